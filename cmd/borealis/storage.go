@@ -1,0 +1,70 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/borealis-db/borealis/internal/storage"
+)
+
+func storageCmd() *cobra.Command {
+	var cfg storage.Config
+	var listen, metrics string
+	cmd := &cobra.Command{
+		Use:   "storage --id ID --az AZ --listen ADDR --dir DIR",
+		Short: "Run one storage node",
+		Long: `Run one storage node. It serves the Storage gRPC service on --listen and
+hosts segments of any number of volumes in --dir. Segments are created when a
+writer first declares them.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cfg.ID == "" || cfg.AZ == "" || listen == "" || cfg.Dir == "" {
+				return errors.New("storage needs --id, --az, --listen and --dir")
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			cfg.Logger = log
+			lis, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("listen on %s: %w", listen, err)
+			}
+			node, err := storage.Open(cfg)
+			if err != nil {
+				return err
+			}
+			if metrics != "" {
+				mlis, err := net.Listen("tcp", metrics)
+				if err != nil {
+					return fmt.Errorf("metrics listen on %s: %w", metrics, err)
+				}
+				go http.Serve(mlis, node.MetricsHandler())
+			}
+			sig := make(chan os.Signal, 1)
+			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+			go func() {
+				s := <-sig
+				log.Info("stopping", "signal", s.String())
+				node.Close()
+			}()
+			log.Info("storage node serving", "id", cfg.ID, "az", cfg.AZ, "addr", lis.Addr().String(), "dir", cfg.Dir)
+			err = node.Serve(lis)
+			node.Close()
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.ID, "id", "", "node id, unique in the cluster (e.g. s1)")
+	f.StringVar(&cfg.AZ, "az", "", "availability zone of the node (e.g. a)")
+	f.StringVar(&listen, "listen", "", "gRPC listen address (e.g. 127.0.0.1:7101)")
+	f.StringVar(&cfg.Dir, "dir", "", "data directory")
+	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this address (optional)")
+	f.DurationVar(&cfg.GossipInterval, "gossip-interval", 200*time.Millisecond, "how often a segment compares notes with a peer")
+	return cmd
+}

@@ -1,0 +1,295 @@
+// Package cluster starts and stops local Borealis clusters made of real OS
+// processes of the borealis binary, for benchmarks, tests and `borealis up`.
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+)
+
+// Component is one process of a cluster, as cluster.json lists it.
+type Component struct {
+	Role string `json:"role"`
+	ID   string `json:"id"`
+	AZ   string `json:"az,omitempty"`
+	Addr string `json:"addr"`
+	Pid  int    `json:"pid"`
+	Log  string `json:"log"`
+	Dir  string `json:"dir,omitempty"`
+}
+
+// File is the shape of cluster.json.
+type File struct {
+	Components []Component `json:"components"`
+}
+
+// ReadFile reads a cluster.json.
+func ReadFile(path string) (*File, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var f File
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &f, nil
+}
+
+// Storage returns the storage components.
+func (f *File) Storage() []Component {
+	var out []Component
+	for _, c := range f.Components {
+		if c.Role == "storage" {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// StorageAZs are the AZs of the six storage nodes s1..s6, two per AZ.
+var StorageAZs = []string{"a", "a", "b", "b", "c", "c"}
+
+// Cluster is a set of running processes started from one binary.
+type Cluster struct {
+	Binary string
+	Dir    string
+
+	mu    sync.Mutex
+	procs map[string]*proc
+	order []string
+}
+
+type proc struct {
+	Component
+	args []string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// New prepares a cluster rooted at dir. Nothing runs until Start calls.
+func New(binary, dir string) *Cluster {
+	return &Cluster{Binary: binary, Dir: dir, procs: map[string]*proc{}}
+}
+
+// FreeAddr returns a loopback address with a port that was free just now.
+func FreeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// StartStorageNodes starts n storage nodes s1..sn, two per AZ, and waits
+// until each answers.
+func (c *Cluster) StartStorageNodes(ctx context.Context, n int) error {
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("s%d", i+1)
+		addr, err := FreeAddr()
+		if err != nil {
+			return err
+		}
+		if err := c.StartStorage(ctx, id, StorageAZs[i%len(StorageAZs)], addr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StartStorage starts one storage node process and waits until it answers.
+func (c *Cluster) StartStorage(ctx context.Context, id, az, addr string) error {
+	dir := filepath.Join(c.Dir, id)
+	p := &proc{
+		Component: Component{Role: "storage", ID: id, AZ: az, Addr: addr, Dir: dir, Log: filepath.Join(c.Dir, id+".log")},
+		args:      []string{"storage", "--id", id, "--az", az, "--listen", addr, "--dir", dir},
+	}
+	c.mu.Lock()
+	if _, ok := c.procs[id]; ok {
+		c.mu.Unlock()
+		return fmt.Errorf("cluster: %s already exists", id)
+	}
+	c.procs[id] = p
+	c.order = append(c.order, id)
+	c.mu.Unlock()
+	return c.launch(ctx, p)
+}
+
+func (c *Cluster) launch(ctx context.Context, p *proc) error {
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(p.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(c.Binary, p.args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group, so a Ctrl-C to the parent is ours to pass on.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("cluster: start %s: %w", p.ID, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	c.mu.Lock()
+	p.cmd, p.done, p.Pid = cmd, done, cmd.Process.Pid
+	c.mu.Unlock()
+	if err := waitReady(ctx, p.Addr, done); err != nil {
+		tail, _ := os.ReadFile(p.Log)
+		if len(tail) > 2000 {
+			tail = tail[len(tail)-2000:]
+		}
+		return fmt.Errorf("cluster: %s did not become ready: %w\n%s", p.ID, err, tail)
+	}
+	return nil
+}
+
+func waitReady(ctx context.Context, addr string, exited <-chan struct{}) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := pb.NewStorageClient(conn)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		_, err := client.Stats(cctx, &pb.StatsRequest{})
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-exited:
+			return errors.New("process exited")
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+	}
+}
+
+func (c *Cluster) get(id string) (*proc, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.procs[id]
+	if !ok {
+		return nil, fmt.Errorf("cluster: no component %q", id)
+	}
+	return p, nil
+}
+
+// Signal sends sig to a component. SIGKILL also waits for it to be gone.
+func (c *Cluster) Signal(id string, sig syscall.Signal) error {
+	p, err := c.get(id)
+	if err != nil {
+		return err
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("cluster: signal %s: %w", id, err)
+	}
+	if sig == syscall.SIGKILL {
+		<-p.done
+	}
+	return nil
+}
+
+// Kill SIGKILLs a component.
+func (c *Cluster) Kill(id string) error { return c.Signal(id, syscall.SIGKILL) }
+
+// Restart starts a stopped component again with the same id, address and data.
+func (c *Cluster) Restart(ctx context.Context, id string) error {
+	p, err := c.get(id)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-p.done:
+	default:
+		return fmt.Errorf("cluster: %s is still running", id)
+	}
+	return c.launch(ctx, p)
+}
+
+// Running reports whether a component's process is alive.
+func (c *Cluster) Running(id string) bool {
+	p, err := c.get(id)
+	if err != nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Components lists every component in start order.
+func (c *Cluster) Components() []Component {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Component, 0, len(c.order))
+	for _, id := range c.order {
+		out = append(out, c.procs[id].Component)
+	}
+	return out
+}
+
+// WriteFile writes cluster.json atomically.
+func (c *Cluster) WriteFile(path string) error {
+	b, err := json.MarshalIndent(File{Components: c.Components()}, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Stop ends every process: SIGTERM, then SIGKILL after grace.
+func (c *Cluster) Stop(grace time.Duration) {
+	c.mu.Lock()
+	procs := make([]*proc, 0, len(c.procs))
+	for _, p := range c.procs {
+		if p.cmd != nil {
+			procs = append(procs, p)
+		}
+	}
+	c.mu.Unlock()
+	for _, p := range procs {
+		p.cmd.Process.Signal(syscall.SIGCONT)
+		p.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(grace)
+	for _, p := range procs {
+		select {
+		case <-p.done:
+		case <-time.After(time.Until(deadline)):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	}
+}

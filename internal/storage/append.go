@@ -1,0 +1,275 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/redo"
+	"github.com/borealis-db/borealis/internal/segment"
+)
+
+// incoming is an append to ingest: from the writer (epoch set) or from a
+// peer's gossip (fromPeer).
+type incoming struct {
+	volume       uint64
+	epoch        uint64
+	minReadPoint uint64
+	declare      []*pb.SegmentSpec
+	batches      []incomingBatch
+	fromPeer     bool
+}
+
+type incomingBatch struct {
+	pg      uint32
+	raw     [][]byte
+	recs    []redo.Record
+	retain  uint64
+	records int
+}
+
+func fromAppendRequest(req *pb.AppendRequest) *incoming {
+	in := &incoming{volume: req.Volume, epoch: req.Epoch, minReadPoint: req.MinReadPoint, declare: req.Declare}
+	for _, b := range req.Batches {
+		in.batches = append(in.batches, incomingBatch{pg: b.Pg, raw: b.Records, retain: b.RetainLsn})
+	}
+	return in
+}
+
+// decode checks every record's CRC and structure before anything is touched,
+// so a refused request stores nothing.
+func (in *incoming) decode() error {
+	for i := range in.batches {
+		b := &in.batches[i]
+		b.recs = make([]redo.Record, len(b.raw))
+		for j, raw := range b.raw {
+			r, err := redo.Decode(raw)
+			if err != nil {
+				reason := pb.Reason_MALFORMED_RECORD
+				if errors.Is(err, redo.ErrBadCRC) {
+					reason = pb.Reason_BAD_CRC
+				}
+				return refuse(reason, in.volume, b.pg, 0, "record %d of PG %d refused: %v", j, b.pg, err)
+			}
+			if r.Volume != in.volume {
+				return refuse(pb.Reason_WRONG_VOLUME, in.volume, b.pg, r.LSN, "record at LSN %d belongs to volume %d, but the request is for volume %d", r.LSN, r.Volume, in.volume)
+			}
+			if r.PG != b.pg {
+				return refuse(pb.Reason_MALFORMED_RECORD, in.volume, b.pg, r.LSN, "record at LSN %d names PG %d but was sent in the batch for PG %d", r.LSN, r.PG, b.pg)
+			}
+			if !in.fromPeer && r.Epoch > in.epoch {
+				return refuse(pb.Reason_MALFORMED_RECORD, in.volume, b.pg, r.LSN, "record at LSN %d carries epoch %d, newer than its request's epoch %d", r.LSN, r.Epoch, in.epoch)
+			}
+			b.recs[j] = r
+		}
+	}
+	return nil
+}
+
+// ingest validates in against the node's state and, if it is acceptable,
+// writes it into the open commit group. It returns the group to wait for (nil
+// if nothing needs syncing) and the segments the append touched.
+func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
+	if err := in.decode(); err != nil {
+		return nil, nil, err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+
+	// Validation: nothing below here may change state until it all passes.
+	volEpoch := n.volEpochs[in.volume]
+	if !in.fromPeer && in.epoch < volEpoch {
+		return nil, nil, refuse(pb.Reason_STALE_EPOCH, in.volume, 0, 0, "volume %d: request epoch %d is older than epoch %d already seen; a newer writer has taken over", in.volume, in.epoch, volEpoch)
+	}
+	declared := map[uint32]*pb.SegmentSpec{}
+	for _, spec := range in.declare {
+		if err := n.checkDeclaration(in.volume, spec); err != nil {
+			return nil, nil, err
+		}
+		declared[spec.Pg] = spec
+	}
+	touched := make([]*seg, len(in.batches))
+	for i, b := range in.batches {
+		s := n.segs[segKey{in.volume, b.pg}]
+		var pages uint64
+		var pageSize uint32
+		if spec := declared[b.pg]; s == nil && spec != nil {
+			pages, pageSize = spec.PagesPerPg, spec.PageSize
+		} else if s != nil {
+			pages, pageSize = s.pages.Load(), s.pageSize.Load()
+		} else {
+			return nil, nil, refuse(pb.Reason_PG_NOT_HOSTED, in.volume, b.pg, 0, "node %s hosts no segment of volume %d PG %d", n.cfg.ID, in.volume, b.pg)
+		}
+		first := uint64(b.pg)*pages + 1
+		for _, r := range b.recs {
+			if r.Page < first || r.Page >= first+pages {
+				return nil, nil, refuse(pb.Reason_MALFORMED_RECORD, in.volume, b.pg, r.LSN, "record at LSN %d is for page %d, outside PG %d (pages %d-%d)", r.LSN, r.Page, b.pg, first, first+pages-1)
+			}
+			if err := checkPayloadFits(&r, int(pageSize)); err != nil {
+				return nil, nil, refuse(pb.Reason_MALFORMED_RECORD, in.volume, b.pg, r.LSN, "record at LSN %d: %v", r.LSN, err)
+			}
+			if !in.fromPeer && r.Epoch < volEpoch {
+				return nil, nil, refuse(pb.Reason_STALE_EPOCH, in.volume, b.pg, r.LSN, "record at LSN %d carries epoch %d, older than epoch %d already seen", r.LSN, r.Epoch, volEpoch)
+			}
+		}
+		touched[i] = s
+	}
+
+	// Mutation.
+	n.stats.appendRequests.Add(1)
+	var writes []func(*pebble.Batch)
+	if in.epoch > volEpoch {
+		n.volEpochs[in.volume] = in.epoch
+		epoch := in.epoch
+		writes = append(writes, func(b *pebble.Batch) { b.Set(epochKey(in.volume), u64(epoch), nil) })
+	}
+	for _, spec := range in.declare {
+		s, decl, err := n.applyDeclaration(in.volume, spec)
+		if err != nil {
+			return nil, nil, err
+		}
+		if decl != nil {
+			key := metaSubKey(in.volume, spec.Pg, metaDecl)
+			writes = append(writes, func(b *pebble.Batch) { b.Set(key, decl, nil) })
+		}
+		for i, b := range in.batches {
+			if b.pg == spec.Pg {
+				touched[i] = s
+			}
+		}
+	}
+	sclWrites := map[*seg]uint64{}
+	var accepted uint64
+	for i, b := range in.batches {
+		s := touched[i]
+		if in.epoch > 0 {
+			s.chain.ObserveEpoch(in.epoch)
+		}
+		if in.minReadPoint > 0 {
+			raise(&s.readPoint, in.minReadPoint)
+		}
+		if b.retain > 0 {
+			raise(&s.retain, b.retain)
+		}
+		for j := range b.recs {
+			r := &b.recs[j]
+			v := s.chain.Offer(segment.Entry{LSN: r.LSN, PrevLSN: r.PrevLSN, Epoch: r.Epoch})
+			if v != segment.Accepted {
+				continue
+			}
+			accepted++
+			raw := b.raw[j]
+			ck := chainKey(in.volume, b.pg, r.LSN)
+			ce := chainEntry{prev: r.PrevLSN, epoch: r.Epoch, page: r.Page}.encode()
+			rk := pageKey(famRecord, in.volume, b.pg, r.Page, r.LSN)
+			writes = append(writes, func(b *pebble.Batch) {
+				b.Set(ck, ce, nil)
+				b.Set(rk, raw, nil)
+			})
+		}
+		if scl := s.chain.SCL(); scl > s.durableSCL.Load() {
+			sclWrites[s] = scl
+		}
+	}
+	if in.fromPeer {
+		n.stats.recordsPulled.Add(accepted)
+	} else {
+		n.stats.recordsAppended.Add(accepted)
+	}
+	if len(writes) == 0 && len(sclWrites) == 0 {
+		return nil, touched, nil
+	}
+	g := n.commits.join(func(b *pebble.Batch, scls map[*seg]uint64) {
+		for _, w := range writes {
+			w(b)
+		}
+		for s, scl := range sclWrites {
+			b.Set(metaSubKey(s.key.vol, s.key.pg, metaSCL), u64(scl), nil)
+			if scl > scls[s] {
+				scls[s] = scl
+			}
+		}
+	})
+	return g, touched, nil
+}
+
+func checkPayloadFits(r *redo.Record, pageSize int) error {
+	switch r.Kind {
+	case redo.KindImage:
+		if len(r.Image) != pageSize {
+			return fmt.Errorf("page image is %d bytes, but the page size is %d", len(r.Image), pageSize)
+		}
+	case redo.KindDiff:
+		for _, rg := range r.Ranges {
+			if int(rg.Offset)+len(rg.Data) > pageSize {
+				return fmt.Errorf("range at offset %d of %d bytes overruns the %d-byte page", rg.Offset, len(rg.Data), pageSize)
+			}
+		}
+	}
+	return nil
+}
+
+func (n *Node) checkDeclaration(vol uint64, spec *pb.SegmentSpec) error {
+	if spec.Volume != vol {
+		return refuse(pb.Reason_WRONG_VOLUME, vol, spec.Pg, 0, "declaration of PG %d names volume %d, but the request is for volume %d", spec.Pg, spec.Volume, vol)
+	}
+	if spec.PageSize == 0 || spec.PagesPerPg == 0 {
+		return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "declaration of volume %d PG %d needs a page size and pages per PG", vol, spec.Pg)
+	}
+	self := false
+	for _, m := range spec.Members {
+		if m.NodeId == n.cfg.ID {
+			self = true
+		}
+	}
+	if !self {
+		return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "declaration of volume %d PG %d does not list this node (%s) as a member", vol, spec.Pg, n.cfg.ID)
+	}
+	if s := n.segs[segKey{vol, spec.Pg}]; s != nil {
+		if s.spec.PageSize != spec.PageSize || s.spec.PagesPerPg != spec.PagesPerPg {
+			return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "volume %d PG %d is hosted with %d-byte pages and %d pages per PG; the declaration says %d and %d", vol, spec.Pg, s.spec.PageSize, s.spec.PagesPerPg, spec.PageSize, spec.PagesPerPg)
+		}
+	}
+	return nil
+}
+
+// applyDeclaration creates the segment or takes a newer membership. It returns
+// the declaration to persist, or nil when nothing changed.
+func (n *Node) applyDeclaration(vol uint64, spec *pb.SegmentSpec) (*seg, []byte, error) {
+	key := segKey{vol, spec.Pg}
+	s := n.segs[key]
+	if s == nil {
+		s = n.newSeg(key, spec, segment.New(segment.State{Epoch: n.volEpochs[vol]}))
+		n.segs[key] = s
+		n.log.Info("hosting new segment", "volume", vol, "pg", spec.Pg, "members", len(spec.Members))
+	} else if spec.MembershipEpoch > s.spec.MembershipEpoch {
+		n.setSpec(s, spec)
+	} else {
+		return s, nil, nil
+	}
+	decl, err := encodeDecl(spec, s.chain)
+	return s, decl, err
+}
+
+// reloadChains rebuilds chains from disk after a failed group commit: their
+// in-memory state had run ahead of what was stored.
+func (n *Node) reloadChains(scls map[*seg]uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for s := range scls {
+		v, ok, err := n.get(metaSubKey(s.key.vol, s.key.pg, metaDecl))
+		if err != nil || !ok {
+			n.log.Error("cannot reload segment after failed commit", "segment", s.key.String(), "err", err)
+			continue
+		}
+		fresh, err := n.loadSegment(s.key, v)
+		if err != nil {
+			n.log.Error("cannot reload segment after failed commit", "segment", s.key.String(), "err", err)
+			continue
+		}
+		s.chain = fresh.chain
+	}
+}
+

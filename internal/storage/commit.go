@@ -1,0 +1,118 @@
+package storage
+
+import (
+	"errors"
+	"sync"
+	"syscall"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+)
+
+// group is one group commit: every append that joined it shares one synced
+// Pebble batch, and so one fsync.
+type group struct {
+	batch  *pebble.Batch
+	joined int
+	// durable SCL per segment once this group is synced.
+	scls map[*seg]uint64
+	done chan struct{}
+	err  error
+}
+
+// committer runs group commit: while one group is being synced, the next one
+// fills. Groups commit strictly in the order they were opened.
+type committer struct {
+	n      *Node
+	mu     sync.Mutex
+	cur    *group
+	kick   chan struct{}
+	closed bool
+	quit   chan struct{}
+}
+
+func newCommitter(n *Node) *committer {
+	c := &committer{n: n, kick: make(chan struct{}, 1), quit: make(chan struct{})}
+	c.cur = c.newGroup()
+	return c
+}
+
+func (c *committer) newGroup() *group {
+	return &group{batch: c.n.db.NewBatch(), scls: map[*seg]uint64{}, done: make(chan struct{})}
+}
+
+// join lets fill write into the open group and returns it. The caller holds
+// Node.mu, so groups are filled in offer order.
+func (c *committer) join(fill func(b *pebble.Batch, scls map[*seg]uint64)) *group {
+	c.mu.Lock()
+	g := c.cur
+	if c.closed {
+		c.mu.Unlock()
+		return closedGroup
+	}
+	fill(g.batch, g.scls)
+	g.joined++
+	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+	return g
+}
+
+var closedGroup = func() *group {
+	g := &group{done: make(chan struct{}), err: errors.New("storage: node is shutting down")}
+	close(g.done)
+	return g
+}()
+
+func (c *committer) run() {
+	for {
+		select {
+		case <-c.kick:
+		case <-c.quit:
+			c.mu.Lock()
+			g := c.cur
+			c.closed = true
+			c.mu.Unlock()
+			if g.joined > 0 {
+				c.commit(g)
+			}
+			return
+		}
+		c.mu.Lock()
+		g := c.cur
+		if g.joined == 0 {
+			c.mu.Unlock()
+			continue
+		}
+		c.cur = c.newGroup()
+		c.mu.Unlock()
+		c.commit(g)
+	}
+}
+
+func (c *committer) commit(g *group) {
+	err := g.batch.Commit(pebble.Sync)
+	g.batch.Close()
+	c.n.stats.groupCommits.Add(1)
+	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			g.err = refuse(pb.Reason_DISK_FULL, 0, 0, 0, "storage node %s: disk full; nothing from this request was stored: %v", c.n.cfg.ID, err)
+		} else {
+			g.err = err
+		}
+		c.n.log.Error("group commit failed", "err", err)
+		c.n.reloadChains(g.scls)
+	} else {
+		for s, scl := range g.scls {
+			raise(&s.durableSCL, scl)
+		}
+	}
+	close(g.done)
+}
+
+func (c *committer) close() {
+	close(c.quit)
+}

@@ -1,0 +1,143 @@
+package storage
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+)
+
+// probeEvery is how many gossip ticks pass between probes of a peer when a
+// segment sees no reason to pull: a node that missed the end of a stream has
+// no holes to notice, only peers that are ahead.
+const probeEvery = 5
+
+func (s *seg) notePeerSCL(node string, scl uint64) {
+	for {
+		old := s.peerSCLs.Load()
+		next := map[string]uint64{}
+		if old != nil {
+			if (*old)[node] >= scl {
+				return
+			}
+			for k, v := range *old {
+				next[k] = v
+			}
+		}
+		next[node] = scl
+		if s.peerSCLs.CompareAndSwap(old, &next) {
+			return
+		}
+	}
+}
+
+func (s *seg) peerAhead() bool {
+	m := s.peerSCLs.Load()
+	if m == nil {
+		return false
+	}
+	mine := s.durableSCL.Load()
+	for _, v := range *m {
+		if v > mine {
+			return true
+		}
+	}
+	return false
+}
+
+func (n *Node) gossipLoop() {
+	t := time.NewTicker(n.cfg.GossipInterval)
+	defer t.Stop()
+	for tick := 0; ; tick++ {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		for _, s := range n.segments() {
+			n.mu.Lock()
+			holes := len(s.chain.Holes()) > 0
+			peers := append([]*pb.Member(nil), s.peers...)
+			n.mu.Unlock()
+			if len(peers) == 0 {
+				continue
+			}
+			if !holes && !s.peerAhead() && tick%probeEvery != 0 {
+				continue
+			}
+			peer := peers[tick%len(peers)]
+			if err := n.pullFrom(s, peer); err != nil {
+				n.log.Debug("gossip pull failed", "segment", s.key.String(), "peer", peer.NodeId, "err", err)
+			}
+		}
+	}
+}
+
+// pullFrom fetches from peer the records above this segment's SCL and ingests
+// them like any append, fsync included.
+func (n *Node) pullFrom(s *seg, peer *pb.Member) error {
+	conn, err := n.peerConn(peer.Addr)
+	if err != nil {
+		return err
+	}
+	client := pb.NewStorageClient(conn)
+	for i := 0; i < 64; i++ {
+		select {
+		case <-n.stop:
+			return nil
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		after := s.durableSCL.Load()
+		resp, err := client.Pull(ctx, &pb.PullRequest{
+			Volume: s.key.vol, Pg: s.key.pg, After: after, MaxBytes: 4 << 20,
+			FromNode: n.cfg.ID, Scl: after,
+		})
+		cancel()
+		if err != nil {
+			return err
+		}
+		s.notePeerSCL(peer.NodeId, resp.Scl)
+		if resp.LogFloor > after && len(resp.Records) > 0 {
+			n.log.Warn("peer has collected records this segment lacks; it needs hydration from pages",
+				"segment", s.key.String(), "peer", peer.NodeId, "scl", after, "peer_log_floor", resp.LogFloor)
+		}
+		if len(resp.Records) == 0 {
+			return nil
+		}
+		g, _, err := n.ingest(&incoming{volume: s.key.vol, fromPeer: true,
+			batches: []incomingBatch{{pg: s.key.pg, raw: resp.Records}}})
+		if err != nil {
+			return err
+		}
+		if g != nil {
+			<-g.done
+			if g.err != nil {
+				return g.err
+			}
+		}
+		if !resp.More || s.durableSCL.Load() == after {
+			return nil
+		}
+	}
+	return nil
+}
+
+func (n *Node) peerConn(addr string) (*grpc.ClientConn, error) {
+	n.peersMu.Lock()
+	defer n.peersMu.Unlock()
+	if c, ok := n.peers[addr]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes)))
+	if err != nil {
+		return nil, err
+	}
+	n.peers[addr] = c
+	return c, nil
+}

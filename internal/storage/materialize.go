@@ -1,0 +1,166 @@
+package storage
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+const (
+	// materializeChunk bounds the chain entries one materializer step folds,
+	// so that a step is short and foreground appends wait little behind it.
+	materializeChunk = 512
+	// collectChunk bounds the log entries one GC step deletes.
+	collectChunk = 4096
+	// maxYield bounds how long background work defers to appends, so that a
+	// steady write load cannot starve it and let the log grow without limit.
+	maxYield = 20 * time.Millisecond
+)
+
+func (n *Node) materializeLoop() {
+	t := time.NewTicker(n.cfg.MaterializeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		for _, s := range n.segments() {
+			for {
+				select {
+				case <-n.stop:
+					return
+				default:
+				}
+				n.yield()
+				did, err := n.materializeStep(s)
+				if err == nil && !did {
+					did, err = n.collectStep(s)
+				}
+				if err != nil {
+					n.log.Error("materializer step failed", "segment", s.key.String(), "err", err)
+					break
+				}
+				if !did {
+					break
+				}
+			}
+		}
+	}
+}
+
+// yield waits while appends are in flight, up to maxYield.
+func (n *Node) yield() {
+	deadline := time.Now().Add(maxYield)
+	for n.appending.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+// materializeStep folds the next chunk of records into page versions. It only
+// goes up to the oldest read point any instance holds (PGMRPL), so every
+// version it writes is one a reader may use, and the versions it replaces are
+// ones no reader can need.
+func (n *Node) materializeStep(s *seg) (bool, error) {
+	target := min(s.durableSCL.Load(), s.readPoint.Load())
+	mat := s.mat.Load()
+	if target <= mat {
+		return false, nil
+	}
+	vol, pg := s.key.vol, s.key.pg
+	it, err := n.db.NewIter(&pebble.IterOptions{
+		LowerBound: chainKey(vol, pg, mat+1),
+		UpperBound: chainKey(vol, pg, target+1),
+	})
+	if err != nil {
+		return false, err
+	}
+	end := mat
+	pages := map[uint64]bool{}
+	for it.First(); it.Valid() && len(pages) < materializeChunk; it.Next() {
+		e, ok := decodeChainEntry(it.Value())
+		if !ok {
+			it.Close()
+			return false, errCorruptChain(s, lastUint64(it.Key()))
+		}
+		pages[e.page] = true
+		end = lastUint64(it.Key())
+	}
+	if err := it.Close(); err != nil {
+		return false, err
+	}
+	if len(pages) == 0 {
+		// Nothing of this PG lies in (mat, target]: other PGs' LSNs.
+		end = target
+	}
+	b := n.db.NewBatch()
+	defer b.Close()
+	for page := range pages {
+		img, pageLSN, err := n.pageAt(n.db, s, page, end)
+		if err != nil {
+			return false, err
+		}
+		b.Set(pageKey(famVersion, vol, pg, page, pageLSN), img, nil)
+		b.DeleteRange(pagePrefix(famVersion, vol, pg, page), pageKey(famVersion, vol, pg, page, pageLSN), nil)
+	}
+	state, _ := json.Marshal(materState{Materialized: end, LogFloor: s.logFloor.Load()})
+	b.Set(metaSubKey(vol, pg, metaMater), state, nil)
+	// Publish the new horizon before older versions disappear, so a reader
+	// that could see the deletion also sees the horizon and is refused.
+	s.mat.Store(end)
+	// No sync: versions are derived from the synced log, and Pebble's WAL
+	// replays in order, so a crash loses at most this step, never the log.
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return false, err
+	}
+	n.stats.pagesMaterialized.Add(uint64(len(pages)))
+	return true, nil
+}
+
+// collectStep deletes chain entries and records that are folded into page
+// versions and that every member of the PG already holds.
+func (n *Node) collectStep(s *seg) (bool, error) {
+	floor := min(s.mat.Load(), s.retain.Load())
+	old := s.logFloor.Load()
+	if floor <= old {
+		return false, nil
+	}
+	vol, pg := s.key.vol, s.key.pg
+	it, err := n.db.NewIter(&pebble.IterOptions{
+		LowerBound: chainKey(vol, pg, old+1),
+		UpperBound: chainKey(vol, pg, floor+1),
+	})
+	if err != nil {
+		return false, err
+	}
+	b := n.db.NewBatch()
+	defer b.Close()
+	newFloor, count := floor, 0
+	for it.First(); it.Valid(); it.Next() {
+		if count == collectChunk {
+			newFloor = lastUint64(it.Key()) - 1
+			break
+		}
+		lsn := lastUint64(it.Key())
+		e, ok := decodeChainEntry(it.Value())
+		if !ok {
+			it.Close()
+			return false, errCorruptChain(s, lsn)
+		}
+		b.Delete(it.Key(), nil)
+		b.Delete(pageKey(famRecord, vol, pg, e.page, lsn), nil)
+		count++
+	}
+	if err := it.Close(); err != nil {
+		return false, err
+	}
+	state, _ := json.Marshal(materState{Materialized: s.mat.Load(), LogFloor: newFloor})
+	b.Set(metaSubKey(vol, pg, metaMater), state, nil)
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return false, err
+	}
+	s.logFloor.Store(newFloor)
+	return true, nil
+}

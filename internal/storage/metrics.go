@@ -1,0 +1,30 @@
+package storage
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// MetricsHandler serves the node's Prometheus metrics.
+func (n *Node) MetricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	counter := func(name, help string, f func() uint64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "borealis", Subsystem: "storage", Name: name, Help: help,
+			ConstLabels: prometheus.Labels{"node": n.cfg.ID, "az": n.cfg.AZ},
+		}, func() float64 { return float64(f()) }))
+	}
+	counter("fsyncs_total", "File syncs issued by the store.", n.stats.fsyncs.Load)
+	counter("group_commits_total", "Synced group commits.", n.stats.groupCommits.Load)
+	counter("append_requests_total", "Append requests accepted.", n.stats.appendRequests.Load)
+	counter("records_appended_total", "Records accepted from the writer.", n.stats.recordsAppended.Load)
+	counter("records_pulled_total", "Records accepted from peers by gossip.", n.stats.recordsPulled.Load)
+	counter("pages_materialized_total", "Page versions written by the materializer.", n.stats.pagesMaterialized.Load)
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "borealis", Subsystem: "storage", Name: "disk_bytes", Help: "Bytes the store occupies on disk.",
+		ConstLabels: prometheus.Labels{"node": n.cfg.ID, "az": n.cfg.AZ},
+	}, func() float64 { return float64(n.DiskUsage()) }))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}

@@ -1,0 +1,74 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+)
+
+// refusal is an error that maps to a typed gRPC status. A node that refuses
+// a request has changed nothing.
+type refusal struct {
+	reason pb.Reason
+	volume uint64
+	pg     uint32
+	lsn    uint64
+	msg    string
+}
+
+func (r *refusal) Error() string { return r.msg }
+
+func refuse(reason pb.Reason, vol uint64, pg uint32, lsn uint64, format string, args ...any) *refusal {
+	return &refusal{reason: reason, volume: vol, pg: pg, lsn: lsn, msg: fmt.Sprintf(format, args...)}
+}
+
+var reasonCodes = map[pb.Reason]codes.Code{
+	pb.Reason_STALE_EPOCH:      codes.FailedPrecondition,
+	pb.Reason_WRONG_VOLUME:     codes.InvalidArgument,
+	pb.Reason_PG_NOT_HOSTED:    codes.NotFound,
+	pb.Reason_BAD_CRC:          codes.DataLoss,
+	pb.Reason_MALFORMED_RECORD: codes.InvalidArgument,
+	pb.Reason_SEGMENT_BEHIND:   codes.Unavailable,
+	pb.Reason_BELOW_GC_HORIZON: codes.OutOfRange,
+	pb.Reason_DISK_FULL:        codes.ResourceExhausted,
+	pb.Reason_BAD_DECLARATION:  codes.InvalidArgument,
+}
+
+// toStatus converts an internal error into the gRPC error sent to callers.
+func toStatus(err error) error {
+	var r *refusal
+	if !errors.As(err, &r) {
+		if _, ok := status.FromError(err); ok {
+			return err
+		}
+		return status.Error(codes.Internal, err.Error())
+	}
+	st := status.New(reasonCodes[r.reason], r.msg)
+	if d, derr := st.WithDetails(&pb.ErrorDetail{Reason: r.reason, Volume: r.volume, Pg: r.pg, Lsn: r.lsn}); derr == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+// ReasonOf extracts the refusal reason from an error returned by a storage
+// node, or REASON_UNSPECIFIED if it is not a refusal.
+func ReasonOf(err error) pb.Reason {
+	st, ok := status.FromError(err)
+	if !ok {
+		return pb.Reason_REASON_UNSPECIFIED
+	}
+	for _, d := range st.Details() {
+		if ed, ok := d.(*pb.ErrorDetail); ok {
+			return ed.Reason
+		}
+	}
+	return pb.Reason_REASON_UNSPECIFIED
+}
+
+func errCorruptChain(s *seg, lsn uint64) error {
+	return fmt.Errorf("storage: %s: chain entry at LSN %d is corrupt", s.key, lsn)
+}

@@ -1,0 +1,96 @@
+package storage
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"sync/atomic"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/segment"
+)
+
+// A segment's metadata lives under three keys so that each has one writer:
+// the declaration and chain summary (append path), the durable SCL (append
+// path, in every group) and the materializer's progress (materializer only).
+const (
+	metaDecl  = 'd'
+	metaSCL   = 's'
+	metaMater = 'g'
+)
+
+func metaSubKey(vol uint64, pg uint32, sub byte) []byte {
+	return append(metaKey(vol, pg), sub)
+}
+
+// declRecord is the persisted declaration of a segment.
+type declRecord struct {
+	Spec        []byte               `json:"spec"` // pb.SegmentSpec
+	Epoch       uint64               `json:"epoch"`
+	Truncations []segment.Truncation `json:"truncations,omitempty"`
+}
+
+// materState is the materializer's and GC's progress on a segment.
+type materState struct {
+	// Every record <= Materialized is folded into a page version, and older
+	// versions of those pages are gone.
+	Materialized uint64 `json:"materialized"`
+	// Chain entries and records <= LogFloor are deleted.
+	LogFloor uint64 `json:"log_floor"`
+}
+
+type segKey struct {
+	vol uint64
+	pg  uint32
+}
+
+func (k segKey) String() string { return fmt.Sprintf("volume %d PG %d", k.vol, k.pg) }
+
+// seg is one hosted segment. Fields under "guarded by Node.mu" change only on
+// the append path; the atomics are read lock-free by reads and background work.
+type seg struct {
+	key segKey
+
+	// guarded by Node.mu
+	spec  *pb.SegmentSpec
+	chain *segment.Chain
+	peers []*pb.Member // the other members
+
+	durableSCL atomic.Uint64 // SCL of records known fsynced
+	readPoint  atomic.Uint64 // PGMRPL last reported by the writer
+	retain     atomic.Uint64 // lowest SCL among members, last reported
+	mat        atomic.Uint64 // materialized (and version-GC'd) up to
+	logFloor   atomic.Uint64 // chain/record GC'd up to
+	pages      atomic.Uint64 // pages per PG
+	pageSize   atomic.Uint32
+	peerSCLs   atomic.Pointer[map[string]uint64]
+}
+
+func (s *seg) firstPage() uint64 { return uint64(s.key.pg)*s.pages.Load() + 1 }
+
+func (s *seg) holdsPage(page uint64) bool {
+	first := s.firstPage()
+	return page >= first && page < first+s.pages.Load()
+}
+
+func raise(a *atomic.Uint64, v uint64) {
+	for {
+		old := a.Load()
+		if v <= old || a.CompareAndSwap(old, v) {
+			return
+		}
+	}
+}
+
+func encodeDecl(spec *pb.SegmentSpec, chain *segment.Chain) ([]byte, error) {
+	raw, err := proto.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	st := chain.State()
+	return json.Marshal(declRecord{Spec: raw, Epoch: st.Epoch, Truncations: st.Truncations})
+}
+
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }

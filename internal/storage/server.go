@@ -1,0 +1,314 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/redo"
+)
+
+// MaxMessageBytes bounds one gRPC message; batches and pulls stay below it.
+const MaxMessageBytes = 64 << 20
+
+// Serve answers RPCs on lis until Close.
+func (n *Node) Serve(lis net.Listener) error {
+	n.mu.Lock()
+	if n.server == nil {
+		n.server = grpc.NewServer(grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes))
+		pb.RegisterStorageServer(n.server, &rpcServer{n: n})
+	}
+	srv := n.server
+	n.mu.Unlock()
+	err := srv.Serve(lis)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+type rpcServer struct {
+	pb.UnimplementedStorageServer
+	n *Node
+}
+
+type pendingAck struct {
+	seq     uint64
+	g       *group
+	touched []*seg
+}
+
+// Append ingests requests in arrival order and answers each after its group
+// commit. Receiving and answering run apart, so the next request is already
+// ingested (and filling the next group) while one is being synced.
+func (r *rpcServer) Append(stream pb.Storage_AppendServer) error {
+	n := r.n
+	pending := make(chan pendingAck, 64)
+	sendErr := make(chan error, 1)
+	go func() {
+		for p := range pending {
+			if p.g != nil {
+				<-p.g.done
+				if p.g.err != nil {
+					n.appending.Add(-1)
+					sendErr <- toStatus(p.g.err)
+					for range pending {
+						n.appending.Add(-1)
+					}
+					return
+				}
+			}
+			resp := &pb.AppendResponse{Seq: p.seq, Acks: make([]*pb.SegmentAck, 0, len(p.touched))}
+			for _, s := range p.touched {
+				resp.Acks = append(resp.Acks, &pb.SegmentAck{Pg: s.key.pg, Scl: s.durableSCL.Load()})
+			}
+			n.appending.Add(-1)
+			if err := stream.Send(resp); err != nil {
+				sendErr <- err
+				for range pending {
+					n.appending.Add(-1)
+				}
+				return
+			}
+		}
+		sendErr <- nil
+	}()
+	fail := func(err error) error {
+		close(pending)
+		<-sendErr
+		return err
+	}
+	for {
+		req, err := stream.Recv()
+		if err == io.EOF {
+			close(pending)
+			return <-sendErr
+		}
+		if err != nil {
+			return fail(err)
+		}
+		n.appending.Add(1)
+		g, touched, err := n.ingest(fromAppendRequest(req))
+		if err != nil {
+			n.appending.Add(-1)
+			n.log.Warn("append refused", "volume", req.Volume, "epoch", req.Epoch, "err", err)
+			return fail(toStatus(err))
+		}
+		select {
+		case pending <- pendingAck{seq: req.Seq, g: g, touched: dedupSegs(touched)}:
+		case err := <-sendErr:
+			n.appending.Add(-1)
+			close(pending)
+			return err
+		}
+	}
+}
+
+func dedupSegs(in []*seg) []*seg {
+	out := in[:0:0]
+	seen := map[*seg]bool{}
+	for _, s := range in {
+		if s != nil && !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (r *rpcServer) GetPage(ctx context.Context, req *pb.GetPageRequest) (*pb.GetPageResponse, error) {
+	data, pageLSN, scl, err := r.n.readPage(req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.GetPageResponse{Data: data, PageLsn: pageLSN, Scl: scl}, nil
+}
+
+// readPage returns the page as of req.ReadLsn: the newest version at or below
+// it with the page's later records up to it applied.
+func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) {
+	s := n.segment(req.Volume, req.Pg)
+	if s == nil {
+		return nil, 0, 0, refuse(pb.Reason_PG_NOT_HOSTED, req.Volume, req.Pg, 0, "node %s hosts no segment of volume %d PG %d", n.cfg.ID, req.Volume, req.Pg)
+	}
+	if req.Epoch > 0 {
+		n.mu.Lock()
+		ve := n.volEpochs[req.Volume]
+		n.mu.Unlock()
+		if req.Epoch < ve {
+			return nil, 0, 0, refuse(pb.Reason_STALE_EPOCH, req.Volume, req.Pg, 0, "volume %d: read with epoch %d, older than epoch %d already seen", req.Volume, req.Epoch, ve)
+		}
+	}
+	if !s.holdsPage(req.Page) {
+		return nil, 0, 0, status.Errorf(codes.InvalidArgument, "page %d is not in volume %d PG %d", req.Page, req.Volume, req.Pg)
+	}
+	// Open the view before checking the horizons: whatever GC did before the
+	// check is in the view, and what it does after is not.
+	snap := n.db.NewSnapshot()
+	defer snap.Close()
+	scl := s.durableSCL.Load()
+	if req.ReadLsn > scl {
+		return nil, 0, scl, refuse(pb.Reason_SEGMENT_BEHIND, req.Volume, req.Pg, req.ReadLsn, "node %s: segment of volume %d PG %d is complete only to LSN %d, below read point %d", n.cfg.ID, req.Volume, req.Pg, scl, req.ReadLsn)
+	}
+	if mat := s.mat.Load(); req.ReadLsn < mat {
+		return nil, 0, scl, refuse(pb.Reason_BELOW_GC_HORIZON, req.Volume, req.Pg, req.ReadLsn, "node %s: read point %d of volume %d PG %d is below %d, where older page versions were collected", n.cfg.ID, req.ReadLsn, req.Volume, req.Pg, mat)
+	}
+	page, pageLSN, err := n.pageAt(snap, s, req.Page, req.ReadLsn)
+	return page, pageLSN, scl, err
+}
+
+type reader interface {
+	NewIter(*pebble.IterOptions) (*pebble.Iterator, error)
+}
+
+// pageAt builds the page as of lsn from the view r.
+func (n *Node) pageAt(r reader, s *seg, page, lsn uint64) ([]byte, uint64, error) {
+	vol, pg := s.key.vol, s.key.pg
+	buf := make([]byte, s.pageSize.Load())
+	var pageLSN uint64
+	vit, err := r.NewIter(&pebble.IterOptions{
+		LowerBound: pagePrefix(famVersion, vol, pg, page),
+		UpperBound: pageKey(famVersion, vol, pg, page, lsn+1),
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	if vit.Last() {
+		pageLSN = lastUint64(vit.Key())
+		copy(buf, vit.Value())
+	}
+	if err := vit.Close(); err != nil {
+		return nil, 0, err
+	}
+	rit, err := r.NewIter(&pebble.IterOptions{
+		LowerBound: pageKey(famRecord, vol, pg, page, pageLSN+1),
+		UpperBound: pageKey(famRecord, vol, pg, page, lsn+1),
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rit.Close()
+	for rit.First(); rit.Valid(); rit.Next() {
+		rec, err := redo.Decode(rit.Value())
+		if err != nil {
+			return nil, 0, status.Errorf(codes.DataLoss, "node %s: stored record at LSN %d of volume %d page %d is corrupt: %v", n.cfg.ID, lastUint64(rit.Key()), vol, page, err)
+		}
+		if err := redo.Apply(buf, &rec); err != nil {
+			return nil, 0, status.Errorf(codes.DataLoss, "node %s: stored record at LSN %d does not apply to page %d: %v", n.cfg.ID, rec.LSN, page, err)
+		}
+		pageLSN = rec.LSN
+	}
+	return buf, pageLSN, rit.Error()
+}
+
+func (r *rpcServer) Pull(ctx context.Context, req *pb.PullRequest) (*pb.PullResponse, error) {
+	n := r.n
+	s := n.segment(req.Volume, req.Pg)
+	if s == nil {
+		return nil, toStatus(refuse(pb.Reason_PG_NOT_HOSTED, req.Volume, req.Pg, 0, "node %s hosts no segment of volume %d PG %d", n.cfg.ID, req.Volume, req.Pg))
+	}
+	if req.FromNode != "" {
+		s.notePeerSCL(req.FromNode, req.Scl)
+	}
+	max := int(req.MaxBytes)
+	if max <= 0 || max > MaxMessageBytes/2 {
+		max = 4 << 20
+	}
+	resp := &pb.PullResponse{Scl: s.durableSCL.Load(), LogFloor: s.logFloor.Load()}
+	snap := n.db.NewSnapshot()
+	defer snap.Close()
+	it, err := snap.NewIter(&pebble.IterOptions{
+		LowerBound: chainKey(req.Volume, req.Pg, req.After+1),
+		UpperBound: prefixEnd(segPrefix(famChain, req.Volume, req.Pg)),
+	})
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	defer it.Close()
+	size := 0
+	for it.First(); it.Valid(); it.Next() {
+		lsn := lastUint64(it.Key())
+		resp.Highest = lsn
+		if size >= max {
+			resp.More = true
+			break
+		}
+		e, ok := decodeChainEntry(it.Value())
+		if !ok {
+			return nil, status.Errorf(codes.DataLoss, "node %s: corrupt chain entry at LSN %d", n.cfg.ID, lsn)
+		}
+		v, closer, err := snap.Get(pageKey(famRecord, req.Volume, req.Pg, e.page, lsn))
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "node %s: chain entry at LSN %d without its record: %v", n.cfg.ID, lsn, err)
+		}
+		resp.Records = append(resp.Records, append([]byte(nil), v...))
+		closer.Close()
+		size += len(v)
+	}
+	return resp, it.Error()
+}
+
+func (r *rpcServer) SegmentInfo(ctx context.Context, req *pb.SegmentInfoRequest) (*pb.SegmentInfoResponse, error) {
+	n := r.n
+	s := n.segment(req.Volume, req.Pg)
+	if s == nil {
+		return nil, toStatus(refuse(pb.Reason_PG_NOT_HOSTED, req.Volume, req.Pg, 0, "node %s hosts no segment of volume %d PG %d", n.cfg.ID, req.Volume, req.Pg))
+	}
+	n.mu.Lock()
+	resp := &pb.SegmentInfoResponse{
+		Scl:             s.durableSCL.Load(),
+		Highest:         s.chain.Highest(),
+		Epoch:           n.volEpochs[req.Volume],
+		MaterializedLsn: s.mat.Load(),
+		LogFloor:        s.logFloor.Load(),
+		Holes:           uint32(len(s.chain.Holes())),
+		Spec:            s.spec,
+	}
+	n.mu.Unlock()
+	resp.Records = n.countKeys(segPrefix(famChain, s.key.vol, s.key.pg))
+	resp.PageVersions = n.countKeys(segPrefix(famVersion, s.key.vol, s.key.pg))
+	return resp, nil
+}
+
+func (n *Node) countKeys(prefix []byte) uint64 {
+	it, err := n.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return 0
+	}
+	defer it.Close()
+	var c uint64
+	for it.First(); it.Valid(); it.Next() {
+		c++
+	}
+	return c
+}
+
+func (r *rpcServer) Stats(ctx context.Context, req *pb.StatsRequest) (*pb.StatsResponse, error) {
+	return r.n.Stats(), nil
+}
+
+// Stats returns the node's counters.
+func (n *Node) Stats() *pb.StatsResponse {
+	n.mu.Lock()
+	segs := len(n.segs)
+	n.mu.Unlock()
+	return &pb.StatsResponse{
+		NodeId:            n.cfg.ID,
+		Az:                n.cfg.AZ,
+		Fsyncs:            n.stats.fsyncs.Load(),
+		GroupCommits:      n.stats.groupCommits.Load(),
+		AppendRequests:    n.stats.appendRequests.Load(),
+		RecordsAppended:   n.stats.recordsAppended.Load(),
+		RecordsPulled:     n.stats.recordsPulled.Load(),
+		PagesMaterialized: n.stats.pagesMaterialized.Load(),
+		DiskBytes:         n.DiskUsage(),
+		Segments:          uint32(segs),
+	}
+}
