@@ -514,7 +514,12 @@ type GetPageRequest struct {
 	Page    uint64                 `protobuf:"varint,3,opt,name=page,proto3" json:"page,omitempty"`
 	ReadLsn uint64                 `protobuf:"varint,4,opt,name=read_lsn,json=readLsn,proto3" json:"read_lsn,omitempty"`
 	// Epoch of the reader; 0 skips the check.
-	Epoch         uint64 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch uint64 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The PG's last LSN at or below read_lsn, as the reader knows it from the
+	// redo it wrote or received. A segment's SCL counts only its own PG's
+	// records, so it is compared with this, not with read_lsn. 0 means
+	// read_lsn itself (the strictest answer).
+	PgTailLsn     uint64 `protobuf:"varint,6,opt,name=pg_tail_lsn,json=pgTailLsn,proto3" json:"pg_tail_lsn,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -580,6 +585,13 @@ func (x *GetPageRequest) GetReadLsn() uint64 {
 func (x *GetPageRequest) GetEpoch() uint64 {
 	if x != nil {
 		return x.Epoch
+	}
+	return 0
+}
+
+func (x *GetPageRequest) GetPgTailLsn() uint64 {
+	if x != nil {
+		return x.PgTailLsn
 	}
 	return 0
 }
@@ -1234,13 +1246,14 @@ const file_storage_proto_rawDesc = "" +
 	"\x03scl\x18\x02 \x01(\x04R\x03scl\"O\n" +
 	"\x0eAppendResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12+\n" +
-	"\x04acks\x18\x02 \x03(\v2\x17.borealis.v1.SegmentAckR\x04acks\"}\n" +
+	"\x04acks\x18\x02 \x03(\v2\x17.borealis.v1.SegmentAckR\x04acks\"\x9d\x01\n" +
 	"\x0eGetPageRequest\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12\x12\n" +
 	"\x04page\x18\x03 \x01(\x04R\x04page\x12\x19\n" +
 	"\bread_lsn\x18\x04 \x01(\x04R\areadLsn\x12\x14\n" +
-	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"R\n" +
+	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12\x1e\n" +
+	"\vpg_tail_lsn\x18\x06 \x01(\x04R\tpgTailLsn\"R\n" +
 	"\x0fGetPageResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x19\n" +
 	"\bpage_lsn\x18\x02 \x01(\x04R\apageLsn\x12\x10\n" +

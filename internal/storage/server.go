@@ -153,14 +153,21 @@ func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) 
 	// check is in the view, and what it does after is not.
 	snap := n.db.NewSnapshot()
 	defer snap.Close()
+	need := req.ReadLsn
+	if req.PgTailLsn > 0 {
+		if req.PgTailLsn > req.ReadLsn {
+			return nil, 0, 0, status.Errorf(codes.InvalidArgument, "PG tail LSN %d is above read point %d", req.PgTailLsn, req.ReadLsn)
+		}
+		need = req.PgTailLsn
+	}
 	scl := s.durableSCL.Load()
-	if req.ReadLsn > scl {
-		return nil, 0, scl, refuse(pb.Reason_SEGMENT_BEHIND, req.Volume, req.Pg, req.ReadLsn, "node %s: segment of volume %d PG %d is complete only to LSN %d, below read point %d", n.cfg.ID, req.Volume, req.Pg, scl, req.ReadLsn)
+	if need > scl {
+		return nil, 0, scl, refuse(pb.Reason_SEGMENT_BEHIND, req.Volume, req.Pg, need, "node %s: segment of volume %d PG %d is complete only to LSN %d, below the %d needed to read at %d", n.cfg.ID, req.Volume, req.Pg, scl, need, req.ReadLsn)
 	}
 	if mat := s.mat.Load(); req.ReadLsn < mat {
 		return nil, 0, scl, refuse(pb.Reason_BELOW_GC_HORIZON, req.Volume, req.Pg, req.ReadLsn, "node %s: read point %d of volume %d PG %d is below %d, where older page versions were collected", n.cfg.ID, req.ReadLsn, req.Volume, req.Pg, mat)
 	}
-	page, pageLSN, err := n.pageAt(snap, s, req.Page, req.ReadLsn)
+	page, pageLSN, err := n.pageAt(snap, s, req.Page, min(req.ReadLsn, scl))
 	return page, pageLSN, scl, err
 }
 
