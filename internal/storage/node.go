@@ -326,6 +326,13 @@ func (n *Node) Close() error {
 // DiskUsage reports the bytes the store occupies on disk.
 func (n *Node) DiskUsage() uint64 { return n.db.Metrics().DiskSpaceUsage() }
 
+// TableBytes reports the bytes of the store's sorted tables: the data itself,
+// without the write-ahead log files that Pebble keeps for reuse.
+func (n *Node) TableBytes() uint64 {
+	m := n.db.Metrics()
+	return m.Table.Local.LiveSize + m.BlobFiles.Local.LiveSize
+}
+
 // Compact forces a full compaction, so that deleted data leaves the disk;
 // used by tests that check disk use follows live data.
 func (n *Node) Compact() error {
