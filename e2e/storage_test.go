@@ -293,5 +293,3 @@ func storageClient(t *testing.T, cl *cluster.Cluster, id string) pb.StorageClien
 	t.Fatalf("no component %s", id)
 	return nil
 }
-
-

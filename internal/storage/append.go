@@ -272,4 +272,3 @@ func (n *Node) reloadChains(scls map[*seg]uint64) {
 		s.chain = fresh.chain
 	}
 }
-
