@@ -1,0 +1,101 @@
+package volume
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/status"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+)
+
+// ErrFenced means a storage node refused this client's volume epoch as stale:
+// a newer writer holds the volume. Once fenced, every pending and later call
+// fails with an error wrapping ErrFenced (which names the node that said so).
+var ErrFenced = errors.New("volume: fenced: a newer writer holds the volume")
+
+// ErrClosed is returned by calls on a closed Client.
+var ErrClosed = errors.New("volume: client closed")
+
+// UnavailableError reports a commit (or an LSN allocation held back by the
+// allocation limit) that could not become durable within WriteTimeout because
+// a PG it depends on has no write quorum of reachable segments. Nothing is
+// lost: the records stay queued, and they become durable if the segments
+// return.
+type UnavailableError struct {
+	Volume      uint64
+	PG          uint32
+	Segments    int      // members of the PG
+	Unreachable []Member // members not reachable when the timeout fired
+	LSN         uint64   // the LSN waited for
+	Waited      time.Duration
+}
+
+func (e *UnavailableError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "volume %d: PG %d has no write quorum: %d of %d segments unreachable (", e.Volume, e.PG, len(e.Unreachable), e.Segments)
+	for i, m := range e.Unreachable {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %s", m.NodeID, m.Addr)
+	}
+	fmt.Fprintf(&b, "); commit at LSN %d not durable after %s; it becomes durable if the segments return", e.LSN, e.Waited.Round(time.Millisecond))
+	return b.String()
+}
+
+// ReadError reports a page read that no segment of the PG could serve. Tried
+// holds what each segment said, in the order they were asked.
+type ReadError struct {
+	Volume  uint64
+	PG      uint32
+	Page    uint64
+	ReadLSN uint64
+	Tried   []SegmentError
+}
+
+// SegmentError is one segment's answer to a failed read.
+type SegmentError struct {
+	Member Member
+	Err    error
+}
+
+func (e *ReadError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "volume %d: cannot read page %d at LSN %d: no segment of PG %d could serve it", e.Volume, e.Page, e.ReadLSN, e.PG)
+	for i, s := range e.Tried {
+		if i == 0 {
+			b.WriteString(": ")
+		} else {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "%s (%s): %v", s.Member.NodeID, s.Member.Addr, s.Err)
+	}
+	return b.String()
+}
+
+// Unwrap returns the segments' errors, so errors.Is/As can look into them.
+func (e *ReadError) Unwrap() []error {
+	out := make([]error, len(e.Tried))
+	for i, s := range e.Tried {
+		out[i] = s.Err
+	}
+	return out
+}
+
+// reasonOf extracts the typed refusal reason carried by a gRPC status, or
+// REASON_UNSPECIFIED.
+func reasonOf(err error) pb.Reason {
+	st, ok := status.FromError(err)
+	if !ok || st == nil {
+		return pb.Reason_REASON_UNSPECIFIED
+	}
+	for _, d := range st.Details() {
+		if ed, ok := d.(*pb.ErrorDetail); ok {
+			return ed.GetReason()
+		}
+	}
+	return pb.Reason_REASON_UNSPECIFIED
+}

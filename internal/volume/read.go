@@ -1,0 +1,179 @@
+package volume
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+)
+
+// ReadPage returns the page as of readLSN (normally a read point: the VDL,
+// or a pinned one). It asks one segment of the page's PG, preferring those
+// known (from acks and earlier reads) to be complete up to the PG's last LSN
+// at or below readLSN (sent as pg_tail_lsn) and, among
+// them, a reachable one with the lowest round-trip time. If that segment has not
+// answered within max(3x its usual latency, 2ms) the same read goes to the
+// next one too (hedging), and the first success wins; a refusal
+// (SEGMENT_BEHIND, BELOW_GC_HORIZON, ...) or a connection error moves on to
+// the next segment at once. Segments not known to be complete are tried last
+// (all of them, in latency order, for a fresh client that knows no SCLs).
+//
+// A page of a PG that no segment hosts reads as zeros: a segment is created
+// on its node by the first batch of records the writer sends it, and a
+// record is durable only once 4 of 6 segments hold it. So when a read
+// quorum (3 of 6) of the PG's nodes answer PG_NOT_HOSTED, no record of the PG
+// was ever durable and every page of it is still all zeros. This is only
+// trusted if this client has not itself written the PG at or below readLSN.
+//
+// If no segment can serve the read, the error is a *ReadError naming the PG
+// and what each segment said.
+func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]byte, error) {
+	idx, err := c.pgOf(page)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.pg(ctx, idx)
+	if err != nil {
+		return nil, err
+	}
+	c.st.reads.Add(1)
+
+	type cand struct {
+		n        *node
+		m        Member
+		lat      time.Duration
+		complete bool
+		up       bool
+	}
+	c.mu.Lock()
+	if err := c.failedLocked(); err != nil {
+		c.mu.Unlock()
+		return nil, err
+	}
+	wrote := p.first != 0 && p.first <= readLSN
+	tail := c.pgTailLocked(p, readLSN)
+	need := readLSN
+	if tail > 0 {
+		need = tail
+	}
+	now := time.Now()
+	cands := make([]cand, len(p.nodes))
+	for i, n := range p.nodes {
+		cands[i] = cand{n: n, m: p.members[i], lat: n.latency(), complete: p.scl[n.m.NodeID] >= need, up: n.reachable(now)}
+	}
+	c.mu.Unlock()
+	// Known complete first, then reachable (the Append stream answers),
+	// then fastest.
+	sort.SliceStable(cands, func(i, j int) bool {
+		if cands[i].complete != cands[j].complete {
+			return cands[i].complete
+		}
+		if cands[i].up != cands[j].up {
+			return cands[i].up
+		}
+		return cands[i].lat < cands[j].lat
+	})
+
+	req := &pb.GetPageRequest{
+		Volume:    c.cfg.VolumeID,
+		Pg:        idx,
+		Page:      page,
+		ReadLsn:   readLSN,
+		Epoch:     c.cfg.Epoch,
+		PgTailLsn: tail,
+	}
+	type result struct {
+		k    int
+		resp *pb.GetPageResponse
+		err  error
+	}
+	results := make(chan result, len(cands))
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	launched := 0
+	launch := func() time.Duration {
+		k := launched
+		launched++
+		n := cands[k].n
+		go func() {
+			actx, acancel := context.WithTimeout(rctx, c.cfg.WriteTimeout)
+			defer acancel()
+			start := time.Now()
+			var resp *pb.GetPageResponse
+			var err error
+			if n.rpc == nil {
+				err = fmt.Errorf("no connection to %q", n.m.Addr)
+			} else {
+				resp, err = n.rpc.GetPage(actx, req)
+			}
+			if err == nil {
+				observe(&n.readLat, time.Since(start))
+			}
+			results <- result{k, resp, err}
+		}()
+		return max(3*cands[k].lat, minHedge)
+	}
+	hedge := time.NewTimer(launch())
+	defer hedge.Stop()
+	errs := make([]error, len(cands))
+	for done := 0; done < launched; {
+		select {
+		case r := <-results:
+			done++
+			if r.err == nil && len(r.resp.GetData()) != 0 && len(r.resp.GetData()) != c.cfg.PageSize {
+				r.err = fmt.Errorf("returned %d bytes, want a %d-byte page", len(r.resp.GetData()), c.cfg.PageSize)
+			}
+			if r.err == nil {
+				c.noteSCL(p, cands[r.k].m.NodeID, r.resp.GetScl())
+				if len(r.resp.GetData()) == 0 {
+					return make([]byte, c.cfg.PageSize), nil
+				}
+				return r.resp.GetData(), nil
+			}
+			if reasonOf(r.err) == pb.Reason_STALE_EPOCH {
+				c.fence(cands[r.k].m.NodeID, r.err)
+				c.mu.Lock()
+				err := c.failedLocked()
+				c.mu.Unlock()
+				return nil, err
+			}
+			errs[r.k] = r.err
+			if launched < len(cands) {
+				c.st.hedged.Add(1)
+				hedge.Reset(launch())
+			}
+		case <-hedge.C:
+			if launched < len(cands) {
+				c.st.hedged.Add(1)
+				hedge.Reset(launch())
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+
+	notHosted := 0
+	re := &ReadError{Volume: c.cfg.VolumeID, PG: idx, Page: page, ReadLSN: readLSN}
+	for k, err := range errs {
+		if reasonOf(err) == pb.Reason_PG_NOT_HOSTED {
+			notHosted++
+		}
+		re.Tried = append(re.Tried, SegmentError{Member: cands[k].m, Err: err})
+	}
+	if !wrote && notHosted >= p.readQ {
+		return make([]byte, c.cfg.PageSize), nil
+	}
+	return nil, re
+}
+
+// noteSCL records an SCL a segment reported outside an ack (e.g. a read).
+func (c *Client) noteSCL(p *pgState, nodeID string, scl uint64) {
+	c.mu.Lock()
+	if scl > p.scl[nodeID] {
+		p.scl[nodeID] = scl
+		p.retain.Store(c.minSCLLocked(p))
+	}
+	c.mu.Unlock()
+}

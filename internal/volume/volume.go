@@ -1,0 +1,833 @@
+// Package volume is the writer's (and reader's) client of a Borealis volume.
+//
+// It turns mini-transactions (MTRs: the dirty pages of one SQLite
+// transaction) into redo records, allocates their LSNs, ships them to the six
+// segments of each protection group (PG) over one long-lived Append stream
+// per storage node, tracks durability with internal/quorum (4 of 6 per PG),
+// and acknowledges a commit once the volume durable LSN (VDL) passes it. It
+// also reads pages back from one segment at a time, hedging to a second one
+// when the first is slow.
+//
+// Shipping never waits for a slow segment: every node has its own queue and
+// sender goroutine, and a commit completes as soon as the tracker has a write
+// quorum of every PG involved. A node that fails is reconnected in the
+// background; records that meanwhile became durable on four others are not
+// resent to it (its own gossip fetches them from its peers).
+package volume
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/quorum"
+	"github.com/borealis-db/borealis/internal/redo"
+)
+
+// Defaults and tuning constants.
+const (
+	// DefaultPageSize is the page size when Config.PageSize is 0.
+	DefaultPageSize = 4096
+	// DefaultPGBytes sizes a PG when Config.PagesPerPG is 0 (10 GiB, as in
+	// DESIGN.md).
+	DefaultPGBytes = 10 << 30
+	// DefaultLAL is the allocation limit when Config.LAL is 0: at most this
+	// many LSNs (one per record) are allocated beyond the VDL. 65536 records
+	// is far more than needed to keep the pipeline full (64 committers with a
+	// few pages each use a few hundred), while it bounds both the writer's
+	// memory for undurable records (at most 256 MiB of 4 KiB full images, in
+	// practice much less since most records are diffs) and the range a new
+	// writer truncates in recovery.
+	DefaultLAL = 1 << 16
+	// DefaultWriteTimeout is Config.WriteTimeout's default.
+	DefaultWriteTimeout = 10 * time.Second
+
+	// maxInflight is the number of unanswered Append requests allowed per
+	// node; records queued meanwhile go out together in the next request.
+	maxInflight = 2
+	// maxRequestBytes caps the record bytes of one Append request (gRPC's
+	// default receive limit is 4 MiB).
+	maxRequestBytes = 3 << 20
+	// maxQueueBytes bounds one node's queue of unsent records. Beyond it the
+	// records already durable on a write quorum (LSN <= PGCL) are dropped:
+	// the node's gossip fetches them from its peers.
+	maxQueueBytes = 64 << 20
+	// keepaliveEvery: a node with nothing to send for this long gets a
+	// request with empty batches, carrying min_read_point and retain_lsn and
+	// proving it reachable.
+	keepaliveEvery = 500 * time.Millisecond
+	// staleAfter: a connected node whose oldest unanswered request is older
+	// than this is counted unreachable.
+	staleAfter = 2 * time.Second
+	// Reconnect backoff of a failed Append stream.
+	minBackoff = 50 * time.Millisecond
+	maxBackoff = time.Second
+	// unavailableRecheck: after WriteTimeout, how often a waiter re-checks
+	// whether the PG it waits for lacks a write quorum.
+	unavailableRecheck = 100 * time.Millisecond
+	// minHedge is the least delay before a read is hedged to another segment.
+	minHedge = 2 * time.Millisecond
+	// membershipEpoch is the membership epoch of the static placement. The
+	// control plane replaces both later.
+	membershipEpoch = 1
+	// pageLSNCap bounds the page -> last LSN map used for PrevPageLSN. When
+	// it fills up it is cleared: PrevPageLSN 0 means "unknown", which is
+	// always allowed.
+	pageLSNCap = 1 << 20
+)
+
+// Member is one segment of a PG: the storage node holding it.
+type Member struct{ NodeID, AZ, Addr string }
+
+// Config configures a Client.
+type Config struct {
+	VolumeID uint64
+	// Epoch is the volume epoch; it is sent in every request, and a node
+	// that has seen a newer one fences this client (ErrFenced).
+	Epoch uint64
+	// PageSize in bytes; default 4096.
+	PageSize int
+	// PagesPerPG: PG i holds pages [i*N+1, (i+1)*N]. Default: 10 GiB worth.
+	PagesPerPG uint64
+	// Placement returns the segments (normally 6, 2 per AZ) of a PG. It is
+	// called once per PG, outside the client's locks.
+	Placement func(pg uint32) ([]Member, error)
+	// BaseLSN is the VDL recovered at open; 0 for a new volume. New LSNs
+	// start at BaseLSN+1.
+	BaseLSN uint64
+	// PGTails gives, for a recovered volume, the last LSN <= BaseLSN of each
+	// PG (from recovery). It is the backlink of the PG's first new record; a
+	// PG missing from the map is taken as having no records yet.
+	PGTails map[uint32]uint64
+	// LAL is the allocation limit: no LSN above VDL+LAL is allocated, and
+	// Submit blocks until the VDL catches up. Default DefaultLAL (65536).
+	LAL uint64
+	// WriteTimeout is how long a commit (or a Submit held back by the LAL)
+	// waits for a PG without a write quorum before failing with
+	// *UnavailableError. Default 10s.
+	WriteTimeout time.Duration
+	// DialOptions are appended to the client's own (insecure credentials,
+	// fast reconnect backoff, a wire-byte stats handler).
+	DialOptions []grpc.DialOption
+	Logger      *slog.Logger
+}
+
+// PageWrite is one page of an MTR.
+type PageWrite struct {
+	Page uint64
+	// Old is the page's previous image; nil means the page is new and a
+	// full image record is written.
+	Old []byte
+	New []byte
+}
+
+// Client is the volume client. It is safe for concurrent use.
+type Client struct {
+	cfg   Config
+	log   *slog.Logger
+	ctx   context.Context // cancelled by Close or fencing: stops the senders
+	stop  context.CancelFunc
+	wg    sync.WaitGroup
+	dials []grpc.DialOption
+
+	vdl atomic.Uint64 // copy of the tracker's VDL, readable without mu
+	mrp atomic.Uint64 // min_read_point sent to storage
+
+	mu       sync.Mutex
+	tracker  *quorum.Tracker
+	last     uint64 // last allocated LSN
+	pageLast map[uint64]uint64
+	pgs      map[uint32]*pgState
+	nodes    map[string]*node
+	waiters  waitHeap
+	pins     map[uint64]int
+	fenced   error
+	closed   bool
+
+	// Placement lookups in progress, so concurrent first touches of a PG
+	// call Placement once.
+	resolving map[uint32]chan struct{}
+
+	st counters
+}
+
+// pgState is the client's view of one PG. Fields marked immutable are set
+// before the pgState is published in Client.pgs.
+type pgState struct {
+	idx     uint32            // immutable
+	members []Member          // immutable
+	nodes   []*node           // immutable, parallel to members
+	spec    *pb.SegmentSpec   // immutable
+	qcfg    quorum.Config     // immutable
+	readQ   int               // immutable: read quorum size
+	retain  atomic.Uint64     // lowest SCL known among members
+	scl     map[string]uint64 // guarded by Client.mu: node id -> last known SCL
+	written bool              // guarded by Client.mu: configured in the tracker and declared to nodes
+	last    uint64            // guarded by Client.mu: last LSN in the PG (backlink)
+	first   uint64            // guarded by Client.mu: first LSN this client allocated in the PG
+	pending []uint64          // guarded by Client.mu: allocated LSNs above PGCL, ascending
+	// lsns (guarded by Client.mu) are the PG's LSNs this client knows,
+	// ascending: every LSN it allocated in the PG above the oldest read
+	// point (min_read_point), plus the last one at or below it as an anchor.
+	// A segment's SCL never exceeds its PG's last record, so a read at R is
+	// served by a segment whose SCL reaches the PG's last LSN <= R
+	// (see pgTailLocked).
+	lsns   []uint64
+	warned time.Time // guarded by Client.mu: last unavailability log
+	_      [0]func() // not comparable
+}
+
+// Open creates a client. It dials nothing until a PG is first touched.
+func Open(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.Placement == nil {
+		return nil, errors.New("volume: Config.Placement is required")
+	}
+	if cfg.PageSize == 0 {
+		cfg.PageSize = DefaultPageSize
+	}
+	if cfg.PageSize < 0 || cfg.PageSize > 1<<24 {
+		return nil, fmt.Errorf("volume: bad page size %d", cfg.PageSize)
+	}
+	if cfg.PagesPerPG == 0 {
+		cfg.PagesPerPG = uint64(DefaultPGBytes / cfg.PageSize)
+	}
+	if cfg.LAL == 0 {
+		cfg.LAL = DefaultLAL
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	c := &Client{
+		cfg:       cfg,
+		log:       cfg.Logger.With("volume", cfg.VolumeID),
+		tracker:   quorum.NewTracker(cfg.BaseLSN),
+		last:      cfg.BaseLSN,
+		pageLast:  make(map[uint64]uint64),
+		pgs:       make(map[uint32]*pgState),
+		nodes:     make(map[string]*node),
+		pins:      make(map[uint64]int),
+		resolving: make(map[uint32]chan struct{}),
+	}
+	c.vdl.Store(cfg.BaseLSN)
+	c.mrp.Store(cfg.BaseLSN)
+	c.ctx, c.stop = context.WithCancel(context.Background())
+	c.dials = append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: minBackoff, Multiplier: 2, Jitter: 0.2, MaxDelay: maxBackoff},
+			MinConnectTimeout: 2 * time.Second,
+		}),
+		grpc.WithStatsHandler(&wireStats{c: c}),
+	}, cfg.DialOptions...)
+	return c, nil
+}
+
+// VDL returns the volume durable LSN.
+func (c *Client) VDL() uint64 { return c.vdl.Load() }
+
+// failedLocked returns the error every operation fails with, if any.
+func (c *Client) failedLocked() error {
+	if c.fenced != nil {
+		return c.fenced
+	}
+	if c.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+func (c *Client) pgOf(page uint64) (uint32, error) {
+	if page == 0 {
+		return 0, errors.New("volume: page 0 does not exist (pages are numbered from 1)")
+	}
+	idx := (page - 1) / c.cfg.PagesPerPG
+	if idx > math.MaxUint32 {
+		return 0, fmt.Errorf("volume: page %d is beyond the last possible PG", page)
+	}
+	return uint32(idx), nil
+}
+
+// pg returns the state of PG idx, calling Placement (outside the lock) the
+// first time.
+func (c *Client) pg(ctx context.Context, idx uint32) (*pgState, error) {
+	for {
+		c.mu.Lock()
+		if err := c.failedLocked(); err != nil {
+			c.mu.Unlock()
+			return nil, err
+		}
+		if p, ok := c.pgs[idx]; ok {
+			c.mu.Unlock()
+			return p, nil
+		}
+		if ch, ok := c.resolving[idx]; ok {
+			c.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		ch := make(chan struct{})
+		c.resolving[idx] = ch
+		c.mu.Unlock()
+
+		members, err := c.cfg.Placement(idx)
+		if err == nil && len(members) == 0 {
+			err = errors.New("no members")
+		}
+		if err == nil {
+			seen := map[string]bool{}
+			for _, m := range members {
+				if m.NodeID == "" || seen[m.NodeID] {
+					err = fmt.Errorf("bad member list %v", members)
+					break
+				}
+				seen[m.NodeID] = true
+			}
+		}
+
+		c.mu.Lock()
+		delete(c.resolving, idx)
+		close(ch)
+		if err != nil {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("volume %d: placement of PG %d: %w", c.cfg.VolumeID, idx, err)
+		}
+		p := c.newPGLocked(idx, members)
+		c.mu.Unlock()
+		return p, nil
+	}
+}
+
+func (c *Client) newPGLocked(idx uint32, members []Member) *pgState {
+	p := &pgState{idx: idx, members: members, scl: make(map[string]uint64)}
+	ids := make([]quorum.SegmentID, len(members))
+	spec := &pb.SegmentSpec{
+		Volume:          c.cfg.VolumeID,
+		Pg:              idx,
+		PageSize:        uint32(c.cfg.PageSize),
+		PagesPerPg:      c.cfg.PagesPerPG,
+		MembershipEpoch: membershipEpoch,
+	}
+	for i, m := range members {
+		ids[i] = quorum.SegmentID(m.NodeID)
+		spec.Members = append(spec.Members, &pb.Member{NodeId: m.NodeID, Az: m.AZ, Addr: m.Addr})
+		n, ok := c.nodes[m.NodeID]
+		if !ok {
+			n = c.newNodeLocked(m)
+			c.nodes[m.NodeID] = n
+		}
+		p.nodes = append(p.nodes, n)
+	}
+	set := quorum.Default(ids)
+	p.qcfg = quorum.Config{Epoch: membershipEpoch, Sets: []quorum.Set{set}}
+	p.readQ = set.Read
+	p.spec = spec
+	if t, ok := c.cfg.PGTails[idx]; ok && t > 0 {
+		p.last = t
+		p.lsns = []uint64{t}
+	}
+	c.pgs[idx] = p
+	return p
+}
+
+// prepared is one page write turned into a record payload, before its LSN.
+type prepared struct {
+	pg     *pgState
+	page   uint64
+	kind   redo.PayloadKind
+	ranges []redo.Range
+	image  []byte
+}
+
+// Submit turns one MTR into redo records, allocates their LSNs, registers
+// them with the durability tracker and queues them to the segments of their
+// PGs. It returns the MTR's last LSN (its CPL) without waiting for
+// durability; pass it to WaitDurable.
+//
+// A page with Old == nil becomes a full-image record; otherwise a diff
+// against Old. Pages identical to Old produce no record; an MTR with no
+// changes at all returns the last allocated LSN, so that waiting for it still
+// orders the caller after every earlier commit.
+//
+// Submit blocks while the MTR's last LSN would exceed VDL+LAL; after
+// WriteTimeout it fails with *UnavailableError if a PG holding the VDL back
+// has no write quorum.
+func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
+	recs := make([]prepared, 0, len(mtr))
+	for _, w := range mtr {
+		if len(w.New) != c.cfg.PageSize {
+			return 0, fmt.Errorf("volume: page %d: new image is %d bytes, want %d", w.Page, len(w.New), c.cfg.PageSize)
+		}
+		if w.Old != nil && len(w.Old) != c.cfg.PageSize {
+			return 0, fmt.Errorf("volume: page %d: old image is %d bytes, want %d", w.Page, len(w.Old), c.cfg.PageSize)
+		}
+		idx, err := c.pgOf(w.Page)
+		if err != nil {
+			return 0, err
+		}
+		p, err := c.pg(ctx, idx)
+		if err != nil {
+			return 0, err
+		}
+		r := prepared{pg: p, page: w.Page}
+		if w.Old == nil {
+			r.kind, r.image = redo.KindImage, w.New
+		} else {
+			r.ranges = redo.Diff(w.Old, w.New)
+			if len(r.ranges) == 0 {
+				continue
+			}
+			n := 0
+			for _, rg := range r.ranges {
+				n += redo.RangeOverhead + len(rg.Data)
+			}
+			if n >= len(w.New) {
+				r.kind, r.ranges, r.image = redo.KindImage, nil, w.New
+			} else {
+				r.kind = redo.KindDiff
+			}
+		}
+		recs = append(recs, r)
+	}
+	if uint64(len(recs)) > c.cfg.LAL {
+		return 0, fmt.Errorf("volume: MTR of %d records exceeds the allocation limit %d", len(recs), c.cfg.LAL)
+	}
+
+	c.mu.Lock()
+	if err := c.failedLocked(); err != nil {
+		c.mu.Unlock()
+		return 0, err
+	}
+	if len(recs) == 0 {
+		lsn := c.last
+		c.mu.Unlock()
+		return lsn, nil
+	}
+	// Back-pressure: never allocate above VDL+LAL.
+	var start time.Time
+	for {
+		end := c.last + uint64(len(recs))
+		if end <= c.tracker.VDL()+c.cfg.LAL {
+			break // allocate, still holding mu
+		}
+		c.mu.Unlock()
+		if start.IsZero() {
+			start = time.Now()
+		}
+		if err := c.waitVDL(ctx, end-c.cfg.LAL, start); err != nil {
+			return 0, err
+		}
+		c.mu.Lock()
+		if err := c.failedLocked(); err != nil {
+			c.mu.Unlock()
+			return 0, err
+		}
+	}
+
+	type nodeBatch struct {
+		n       *node
+		entries []*entry
+	}
+	var batches []nodeBatch
+	byNode := map[*node]int{}
+	for i := range recs {
+		r := &recs[i]
+		p := r.pg
+		lsn := c.last + 1
+		cpl := i == len(recs)-1
+		if !p.written {
+			c.tracker.SetConfig(p.idx, p.qcfg)
+			p.written = true
+			for _, n := range p.nodes {
+				n.addPG(p)
+			}
+		}
+		if err := c.tracker.Allocated(lsn, p.idx, cpl); err != nil {
+			// A bug: LSNs are allocated strictly increasing under mu.
+			c.mu.Unlock()
+			return 0, fmt.Errorf("volume: allocating LSN %d: %w", lsn, err)
+		}
+		c.last = lsn
+		rec := redo.Record{
+			Volume:      c.cfg.VolumeID,
+			PG:          p.idx,
+			Page:        r.page,
+			LSN:         lsn,
+			PrevLSN:     p.last,
+			PrevPageLSN: c.pageLast[r.page],
+			Epoch:       c.cfg.Epoch,
+			CPL:         cpl,
+			Kind:        r.kind,
+			Ranges:      r.ranges,
+			Image:       r.image,
+		}
+		p.last = lsn
+		if p.first == 0 {
+			p.first = lsn
+		}
+		if len(c.pageLast) >= pageLSNCap {
+			clear(c.pageLast)
+		}
+		c.pageLast[r.page] = lsn
+		p.pending = append(p.pending, lsn)
+		mrp := c.mrp.Load()
+		k := 0
+		for k+1 < len(p.lsns) && p.lsns[k+1] <= mrp {
+			k++
+		}
+		if k > 0 {
+			p.lsns = append(p.lsns[:0], p.lsns[k:]...)
+		}
+		p.lsns = append(p.lsns, lsn)
+		e := &entry{pg: p, lsn: lsn, data: rec.Encode()}
+		for _, n := range p.nodes {
+			j, ok := byNode[n]
+			if !ok {
+				j = len(batches)
+				byNode[n] = j
+				batches = append(batches, nodeBatch{n: n})
+			}
+			batches[j].entries = append(batches[j].entries, e)
+		}
+	}
+	for _, b := range batches {
+		b.n.enqueue(b.entries)
+	}
+	lsn := c.last
+	c.mu.Unlock()
+	for _, b := range batches {
+		b.n.signal()
+	}
+	c.st.commits.Add(1)
+	return lsn, nil
+}
+
+// WaitDurable returns when VDL >= lsn. It fails with ctx's error, with an
+// error wrapping ErrFenced, or, once WriteTimeout has passed, with
+// *UnavailableError if a PG that lsn depends on has no write quorum of
+// reachable segments (while every such PG has one it keeps waiting).
+func (c *Client) WaitDurable(ctx context.Context, lsn uint64) error {
+	return c.waitVDL(ctx, lsn, time.Now())
+}
+
+// Commit is Submit followed by WaitDurable.
+func (c *Client) Commit(ctx context.Context, mtr []PageWrite) (uint64, error) {
+	lsn, err := c.Submit(ctx, mtr)
+	if err != nil {
+		return 0, err
+	}
+	return lsn, c.WaitDurable(ctx, lsn)
+}
+
+// waitVDL waits until VDL >= target (see WaitDurable); start is when the
+// caller began waiting, for WriteTimeout.
+func (c *Client) waitVDL(ctx context.Context, target uint64, start time.Time) error {
+	c.mu.Lock()
+	if err := c.failedLocked(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	if c.tracker.VDL() >= target {
+		c.mu.Unlock()
+		return nil
+	}
+	w := &waiter{lsn: target, ch: make(chan struct{})}
+	heap.Push(&c.waiters, w)
+	c.mu.Unlock()
+
+	timer := time.NewTimer(time.Until(start.Add(c.cfg.WriteTimeout)))
+	defer timer.Stop()
+	for {
+		select {
+		case <-w.ch:
+			c.mu.Lock()
+			err := c.failedLocked()
+			c.mu.Unlock()
+			if err != nil && c.vdl.Load() < target {
+				return err
+			}
+			return nil
+		case <-ctx.Done():
+			c.removeWaiter(w)
+			return ctx.Err()
+		case <-timer.C:
+			if ue := c.unavailable(target, time.Since(start)); ue != nil {
+				c.removeWaiter(w)
+				return ue
+			}
+			timer.Reset(unavailableRecheck)
+		}
+	}
+}
+
+func (c *Client) removeWaiter(w *waiter) {
+	c.mu.Lock()
+	if w.index >= 0 {
+		heap.Remove(&c.waiters, w.index)
+	}
+	c.mu.Unlock()
+}
+
+// wakeLocked releases waiters whose LSN the VDL has reached, or all of them
+// when the client failed.
+func (c *Client) wakeLocked(vdl uint64, all bool) {
+	for len(c.waiters) > 0 && (all || c.waiters[0].lsn <= vdl) {
+		w := heap.Pop(&c.waiters).(*waiter)
+		close(w.ch)
+	}
+}
+
+// unavailable returns the error for a waiter of target if a PG holding it
+// back lacks a write quorum of reachable segments; nil otherwise.
+func (c *Client) unavailable(target uint64, waited time.Duration) *UnavailableError {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tracker.VDL() >= target {
+		return nil
+	}
+	var worst *pgState
+	var worstUnreach []Member
+	idxs := make([]uint32, 0, len(c.pgs))
+	for idx := range c.pgs {
+		idxs = append(idxs, idx)
+	}
+	sort.Slice(idxs, func(i, j int) bool { return idxs[i] < idxs[j] })
+	for _, idx := range idxs {
+		p := c.pgs[idx]
+		if len(p.pending) == 0 || p.pending[0] > target {
+			continue
+		}
+		var unreach []Member
+		up := map[quorum.SegmentID]bool{}
+		for i, n := range p.nodes {
+			if n.reachable(now) {
+				up[quorum.SegmentID(n.m.NodeID)] = true
+			} else {
+				unreach = append(unreach, p.members[i])
+			}
+		}
+		if p.qcfg.WriteQuorum(func(s quorum.SegmentID) bool { return up[s] }) {
+			continue
+		}
+		if worst == nil || p.pending[0] < worst.pending[0] {
+			worst, worstUnreach = p, unreach
+		}
+	}
+	if worst == nil {
+		return nil
+	}
+	e := &UnavailableError{
+		Volume:      c.cfg.VolumeID,
+		PG:          worst.idx,
+		Segments:    len(worst.members),
+		Unreachable: worstUnreach,
+		LSN:         target,
+		Waited:      waited,
+	}
+	if now.Sub(worst.warned) > 5*time.Second {
+		worst.warned = now
+		c.log.Warn("PG has no write quorum; commits fail", "pg", worst.idx, "err", e.Error())
+	}
+	return e
+}
+
+// onAcks applies one Append response's acks from node n.
+func (c *Client) onAcks(n *node, acks []*pb.SegmentAck) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fenced != nil || c.closed {
+		return
+	}
+	seg := quorum.SegmentID(n.m.NodeID)
+	for _, a := range acks {
+		p, ok := c.pgs[a.GetPg()]
+		if !ok || !p.written {
+			continue
+		}
+		c.tracker.Ack(p.idx, seg, a.GetScl())
+		if a.GetScl() > p.scl[n.m.NodeID] {
+			p.scl[n.m.NodeID] = a.GetScl()
+		}
+		pgcl := c.tracker.PGCL(p.idx)
+		k := 0
+		for k < len(p.pending) && p.pending[k] <= pgcl {
+			k++
+		}
+		if k > 0 {
+			p.pending = p.pending[k:]
+			if len(p.pending) == 0 {
+				p.pending = nil
+			}
+		}
+		p.retain.Store(c.minSCLLocked(p))
+	}
+	if vdl := c.tracker.VDL(); vdl > c.vdl.Load() {
+		c.vdl.Store(vdl)
+		c.wakeLocked(vdl, false)
+		c.updateMRPLocked()
+	}
+}
+
+// pgTailLocked returns the PG's last LSN <= readLSN as far as this client
+// knows (0: unknown). A segment's SCL counts only its own PG's records, so a
+// read at readLSN needs a segment whose SCL reaches this tail, not readLSN
+// itself; GetPage carries it as pg_tail_lsn.
+func (c *Client) pgTailLocked(p *pgState, readLSN uint64) uint64 {
+	l := p.lsns
+	if len(l) == 0 || readLSN < l[0] {
+		return 0
+	}
+	i := sort.Search(len(l), func(i int) bool { return l[i] > readLSN })
+	return l[i-1]
+}
+
+func (c *Client) minSCLLocked(p *pgState) uint64 {
+	var lo uint64 = math.MaxUint64
+	for _, m := range p.members {
+		if s := p.scl[m.NodeID]; s < lo {
+			lo = s
+		}
+	}
+	return lo
+}
+
+// fence marks the client fenced (a node refused its epoch as stale).
+func (c *Client) fence(nodeID string, err error) {
+	c.mu.Lock()
+	if c.fenced != nil || c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.fenced = fmt.Errorf("%w (storage node %s refused epoch %d of volume %d: %v)", ErrFenced, nodeID, c.cfg.Epoch, c.cfg.VolumeID, err)
+	c.wakeLocked(0, true)
+	c.mu.Unlock()
+	c.log.Error("volume client fenced: a newer writer exists", "node", nodeID, "epoch", c.cfg.Epoch, "err", err)
+	c.stop()
+}
+
+// PinReadPoint returns the current VDL as a read point and keeps it as the
+// volume's oldest read point (sent to storage as min_read_point, so versions
+// it needs are not garbage-collected) until release is called. With nothing
+// pinned, the VDL stands in.
+func (c *Client) PinReadPoint() (lsn uint64, release func()) {
+	c.mu.Lock()
+	lsn = c.tracker.VDL()
+	c.pins[lsn]++
+	c.updateMRPLocked()
+	c.mu.Unlock()
+	var once sync.Once
+	return lsn, func() {
+		once.Do(func() {
+			c.mu.Lock()
+			if c.pins[lsn]--; c.pins[lsn] <= 0 {
+				delete(c.pins, lsn)
+			}
+			c.updateMRPLocked()
+			c.mu.Unlock()
+		})
+	}
+}
+
+func (c *Client) updateMRPLocked() {
+	lo := c.tracker.VDL()
+	for l := range c.pins {
+		if l < lo {
+			lo = l
+		}
+	}
+	c.mrp.Store(lo)
+}
+
+// SegmentSCLs returns, for each segment of pg, the highest SCL known from
+// acks and reads (0: none known yet).
+func (c *Client) SegmentSCLs(pg uint32) map[string]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.pgs[pg]
+	if !ok {
+		return map[string]uint64{}
+	}
+	out := make(map[string]uint64, len(p.members))
+	for _, m := range p.members {
+		out[m.NodeID] = p.scl[m.NodeID]
+	}
+	return out
+}
+
+// Close stops shipping and closes the connections. Pending waits fail with
+// ErrClosed (or the fencing error). Records not yet durable stay undurable.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.wakeLocked(0, true)
+	nodes := make([]*node, 0, len(c.nodes))
+	for _, n := range c.nodes {
+		nodes = append(nodes, n)
+	}
+	c.mu.Unlock()
+	c.stop()
+	c.wg.Wait()
+	var errs []error
+	for _, n := range nodes {
+		if n.conn == nil {
+			continue
+		}
+		if err := n.conn.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// waiter is one goroutine waiting for the VDL to reach lsn.
+type waiter struct {
+	lsn   uint64
+	ch    chan struct{}
+	index int
+}
+
+type waitHeap []*waiter
+
+func (h waitHeap) Len() int           { return len(h) }
+func (h waitHeap) Less(i, j int) bool { return h[i].lsn < h[j].lsn }
+func (h waitHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index = i
+	h[j].index = j
+}
+func (h *waitHeap) Push(x any) {
+	w := x.(*waiter)
+	w.index = len(*h)
+	*h = append(*h, w)
+}
+func (h *waitHeap) Pop() any {
+	old := *h
+	w := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	w.index = -1
+	return w
+}
