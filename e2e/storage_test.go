@@ -136,7 +136,8 @@ func TestThreeNodesDownWritesFailReadsWork(t *testing.T) {
 
 func TestKilledNodeCatchesUpByGossip(t *testing.T) {
 	cl := startNodes(t)
-	v := openVolume(t, cl, volumeOpts{pagesPerPG: 32})
+	// One PG, so that its SCL is comparable with the VDL.
+	v := openVolume(t, cl, volumeOpts{pagesPerPG: 64})
 	w := newWriter(t, v)
 	ctx := context.Background()
 
