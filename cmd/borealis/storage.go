@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -44,7 +45,11 @@ writer first declares them.`,
 				if err != nil {
 					return fmt.Errorf("metrics listen on %s: %w", metrics, err)
 				}
-				go http.Serve(mlis, node.MetricsHandler())
+				mux := http.NewServeMux()
+				mux.Handle("/metrics", node.MetricsHandler())
+				mux.HandleFunc("/debug/pprof/", pprof.Index)
+				mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+				go http.Serve(mlis, mux)
 			}
 			sig := make(chan os.Signal, 1)
 			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -64,7 +69,7 @@ writer first declares them.`,
 	f.StringVar(&cfg.AZ, "az", "", "availability zone of the node (e.g. a)")
 	f.StringVar(&listen, "listen", "", "gRPC listen address (e.g. 127.0.0.1:7101)")
 	f.StringVar(&cfg.Dir, "dir", "", "data directory")
-	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this address (optional)")
+	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics (/metrics) and pprof (/debug/pprof/) on this address (optional)")
 	f.DurationVar(&cfg.GossipInterval, "gossip-interval", 200*time.Millisecond, "how often a segment compares notes with a peer")
 	return cmd
 }

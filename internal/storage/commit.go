@@ -4,6 +4,7 @@ import (
 	"errors"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -94,7 +95,10 @@ func (c *committer) run() {
 }
 
 func (c *committer) commit(g *group) {
+	start := time.Now()
 	err := g.batch.Commit(pebble.Sync)
+	c.n.stats.commitLatency.Observe(time.Since(start).Seconds())
+	c.n.stats.groupSize.Observe(float64(g.joined))
 	g.batch.Close()
 	c.n.stats.groupCommits.Add(1)
 	if err != nil {

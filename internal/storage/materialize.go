@@ -13,6 +13,11 @@ const (
 	materializeChunk = 512
 	// collectChunk bounds the log entries one GC step deletes.
 	collectChunk = 4096
+	// materializeBacklog and materializeDelay decide when a segment is worth
+	// materializing: folding many records per page at once costs less than
+	// rewriting hot pages after every few records.
+	materializeBacklog = 8192
+	materializeDelay   = time.Second
 	// maxYield bounds how long background work defers to appends, so that a
 	// steady write load cannot starve it and let the log grow without limit.
 	maxYield = 20 * time.Millisecond
@@ -69,6 +74,9 @@ func (n *Node) materializeStep(s *seg) (bool, error) {
 	if target <= mat {
 		return false, nil
 	}
+	if target-mat < materializeBacklog && time.Since(s.lastMaterialized) < materializeDelay {
+		return false, nil
+	}
 	vol, pg := s.key.vol, s.key.pg
 	it, err := n.db.NewIter(&pebble.IterOptions{
 		LowerBound: chainKey(vol, pg, mat+1),
@@ -98,12 +106,16 @@ func (n *Node) materializeStep(s *seg) (bool, error) {
 	b := n.db.NewBatch()
 	defer b.Close()
 	for page := range pages {
-		img, pageLSN, err := n.pageAt(n.db, s, page, end)
+		img, pageLSN, base, err := n.pageAt(n.db, s, page, end)
 		if err != nil {
 			return false, err
 		}
 		b.Set(pageKey(famVersion, vol, pg, page, pageLSN), img, nil)
-		b.DeleteRange(pagePrefix(famVersion, vol, pg, page), pageKey(famVersion, vol, pg, page, pageLSN), nil)
+		// Each step leaves one version per page, so the version it started
+		// from is the only older one.
+		if base != 0 && base != pageLSN {
+			b.Delete(pageKey(famVersion, vol, pg, page, base), nil)
+		}
 	}
 	state, _ := json.Marshal(materState{Materialized: end, LogFloor: s.logFloor.Load()})
 	b.Set(metaSubKey(vol, pg, metaMater), state, nil)
@@ -116,6 +128,7 @@ func (n *Node) materializeStep(s *seg) (bool, error) {
 		return false, err
 	}
 	n.stats.pagesMaterialized.Add(uint64(len(pages)))
+	s.lastMaterialized = time.Now()
 	return true, nil
 }
 

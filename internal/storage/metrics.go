@@ -22,6 +22,7 @@ func (n *Node) MetricsHandler() http.Handler {
 	counter("records_appended_total", "Records accepted from the writer.", n.stats.recordsAppended.Load)
 	counter("records_pulled_total", "Records accepted from peers by gossip.", n.stats.recordsPulled.Load)
 	counter("pages_materialized_total", "Page versions written by the materializer.", n.stats.pagesMaterialized.Load)
+	reg.MustRegister(n.stats.commitLatency, n.stats.groupSize)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "borealis", Subsystem: "storage", Name: "disk_bytes", Help: "Bytes the store occupies on disk.",
 		ConstLabels: prometheus.Labels{"node": n.cfg.ID, "az": n.cfg.AZ},

@@ -18,6 +18,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
@@ -75,6 +76,9 @@ type counters struct {
 	recordsAppended   atomic.Uint64
 	recordsPulled     atomic.Uint64
 	pagesMaterialized atomic.Uint64
+
+	commitLatency prometheus.Histogram
+	groupSize     prometheus.Histogram
 }
 
 // Open opens (or creates) the node's store in cfg.Dir and starts its
@@ -103,6 +107,16 @@ func Open(cfg Config) (*Node, error) {
 		peers:     map[string]*grpc.ClientConn{},
 		stop:      make(chan struct{}),
 	}
+	n.stats.commitLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "borealis", Subsystem: "storage", Name: "group_commit_seconds",
+		Help:    "Time to write and sync one group commit.",
+		Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14),
+	})
+	n.stats.groupSize = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "borealis", Subsystem: "storage", Name: "group_commit_requests",
+		Help:    "Append requests sharing one group commit.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+	})
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("storage: create data directory: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -66,6 +67,9 @@ type seg struct {
 	pages      atomic.Uint64 // pages per PG
 	pageSize   atomic.Uint32
 	peerSCLs   atomic.Pointer[map[string]uint64]
+
+	// lastMaterialized is touched only by the materializer goroutine.
+	lastMaterialized time.Time
 }
 
 func (s *seg) firstPage() uint64 { return uint64(s.key.pg)*s.pages.Load() + 1 }

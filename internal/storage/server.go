@@ -167,7 +167,7 @@ func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) 
 	if mat := s.mat.Load(); req.ReadLsn < mat {
 		return nil, 0, scl, refuse(pb.Reason_BELOW_GC_HORIZON, req.Volume, req.Pg, req.ReadLsn, "node %s: read point %d of volume %d PG %d is below %d, where older page versions were collected", n.cfg.ID, req.ReadLsn, req.Volume, req.Pg, mat)
 	}
-	page, pageLSN, err := n.pageAt(snap, s, req.Page, min(req.ReadLsn, scl))
+	page, pageLSN, _, err := n.pageAt(snap, s, req.Page, min(req.ReadLsn, scl))
 	return page, pageLSN, scl, err
 }
 
@@ -175,44 +175,46 @@ type reader interface {
 	NewIter(*pebble.IterOptions) (*pebble.Iterator, error)
 }
 
-// pageAt builds the page as of lsn from the view r.
-func (n *Node) pageAt(r reader, s *seg, page, lsn uint64) ([]byte, uint64, error) {
+// pageAt builds the page as of lsn from the view r. It returns the page, the
+// LSN of the newest record in it, and the LSN of the stored version it
+// started from (0 if none).
+func (n *Node) pageAt(r reader, s *seg, page, lsn uint64) (img []byte, pageLSN, base uint64, err error) {
 	vol, pg := s.key.vol, s.key.pg
 	buf := make([]byte, s.pageSize.Load())
-	var pageLSN uint64
 	vit, err := r.NewIter(&pebble.IterOptions{
 		LowerBound: pagePrefix(famVersion, vol, pg, page),
 		UpperBound: pageKey(famVersion, vol, pg, page, lsn+1),
 	})
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	if vit.Last() {
-		pageLSN = lastUint64(vit.Key())
+		base = lastUint64(vit.Key())
 		copy(buf, vit.Value())
 	}
 	if err := vit.Close(); err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
+	pageLSN = base
 	rit, err := r.NewIter(&pebble.IterOptions{
-		LowerBound: pageKey(famRecord, vol, pg, page, pageLSN+1),
+		LowerBound: pageKey(famRecord, vol, pg, page, base+1),
 		UpperBound: pageKey(famRecord, vol, pg, page, lsn+1),
 	})
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	defer rit.Close()
 	for rit.First(); rit.Valid(); rit.Next() {
 		rec, err := redo.Decode(rit.Value())
 		if err != nil {
-			return nil, 0, status.Errorf(codes.DataLoss, "node %s: stored record at LSN %d of volume %d page %d is corrupt: %v", n.cfg.ID, lastUint64(rit.Key()), vol, page, err)
+			return nil, 0, 0, status.Errorf(codes.DataLoss, "node %s: stored record at LSN %d of volume %d page %d is corrupt: %v", n.cfg.ID, lastUint64(rit.Key()), vol, page, err)
 		}
 		if err := redo.Apply(buf, &rec); err != nil {
-			return nil, 0, status.Errorf(codes.DataLoss, "node %s: stored record at LSN %d does not apply to page %d: %v", n.cfg.ID, rec.LSN, page, err)
+			return nil, 0, 0, status.Errorf(codes.DataLoss, "node %s: stored record at LSN %d does not apply to page %d: %v", n.cfg.ID, rec.LSN, page, err)
 		}
 		pageLSN = rec.LSN
 	}
-	return buf, pageLSN, rit.Error()
+	return buf, pageLSN, base, rit.Error()
 }
 
 func (r *rpcServer) Pull(ctx context.Context, req *pb.PullRequest) (*pb.PullResponse, error) {

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"sort"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/volume"
+)
+
+func benchCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Built-in workloads that print latency percentiles and throughput",
+	}
+	cmd.AddCommand(benchCommitCmd())
+	return cmd
+}
+
+type commitLevel struct {
+	Committers        int     `json:"committers"`
+	Commits           int     `json:"commits"`
+	CommitsPerS       float64 `json:"commits_per_s"`
+	P50Ms             float64 `json:"p50_ms"`
+	P99Ms             float64 `json:"p99_ms"`
+	NetBytesPerCommit float64 `json:"net_bytes_per_commit"`
+	FsyncsPerCommit   float64 `json:"fsyncs_per_commit"`
+	P50OverFloor      float64 `json:"p50_over_floor"`
+}
+
+type commitReport struct {
+	FloorFsyncP50Ms float64       `json:"floor_fsync_p50_ms"`
+	Nodes           int           `json:"nodes"`
+	DurationS       float64       `json:"duration_s_per_level"`
+	Levels          []commitLevel `json:"levels"`
+}
+
+func benchCommitCmd() *cobra.Command {
+	var clusterFile, dir, cpuProfile string
+	var asJSON bool
+	var levels []int
+	var duration time.Duration
+	cmd := &cobra.Command{
+		Use:   "commit",
+		Short: "Commit one-record MTRs (a 200-byte diff) at several concurrency levels",
+		Long: `Commit MTRs of one redo record carrying a 200-byte diff, at each
+concurrency level in turn, against 6 storage nodes. Without --cluster it starts
+its own 6 nodes as separate processes in a temporary directory.
+
+For each level it prints commits/s, p50 and p99 commit latency, the gRPC wire
+bytes per commit (both directions, all 6 nodes), the fsyncs per commit summed
+over the nodes, and p50 as a multiple of the floor: the median of one
+fdatasync'd 4 KiB append on the same disk, measured in the same run.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
+			out := cmd.OutOrStdout()
+			progress := cmd.ErrOrStderr()
+			if asJSON {
+				progress = io.Discard
+			}
+			var members []volume.Member
+			floorDir := dir
+			if clusterFile != "" {
+				f, err := cluster.ReadFile(clusterFile)
+				if err != nil {
+					return err
+				}
+				for _, c := range f.Storage() {
+					members = append(members, volume.Member{NodeID: c.ID, AZ: c.AZ, Addr: c.Addr})
+				}
+				if len(members) != 6 {
+					return fmt.Errorf("%s lists %d storage nodes; the benchmark needs 6", clusterFile, len(members))
+				}
+				if floorDir == "" {
+					floorDir = filepath.Dir(clusterFile)
+				}
+			} else {
+				tmp, err := os.MkdirTemp(dir, "borealis-bench-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(tmp)
+				floorDir = tmp
+				bin, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				cl := cluster.New(bin, tmp)
+				defer cl.Stop(5 * time.Second)
+				fmt.Fprintf(progress, "starting 6 storage nodes in %s\n", tmp)
+				if err := cl.StartStorageNodes(ctx, 6); err != nil {
+					return err
+				}
+				for _, c := range cl.Components() {
+					members = append(members, volume.Member{NodeID: c.ID, AZ: c.AZ, Addr: c.Addr})
+				}
+			}
+			if floorDir == "" {
+				floorDir = os.TempDir()
+			}
+			floor, err := fsyncFloor(floorDir, 200)
+			if err != nil {
+				return fmt.Errorf("measure fsync floor: %w", err)
+			}
+			fmt.Fprintf(progress, "fsync floor (p50 of fdatasync'd 4 KiB appends): %.3f ms\n", ms(floor))
+			rep := commitReport{FloorFsyncP50Ms: ms(floor), Nodes: len(members), DurationS: duration.Seconds()}
+			for _, n := range levels {
+				fmt.Fprintf(progress, "running %d committers for %s\n", n, duration)
+				lvl, err := runCommitLevel(ctx, members, n, duration)
+				if err != nil {
+					return err
+				}
+				lvl.P50OverFloor = lvl.P50Ms / rep.FloorFsyncP50Ms
+				rep.Levels = append(rep.Levels, lvl)
+			}
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			fmt.Fprintf(out, "floor: fdatasync of a 4 KiB append, p50 %.3f ms (same disk, same run)\n", rep.FloorFsyncP50Ms)
+			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintln(tw, "committers\tcommits/s\tp50 ms\tp99 ms\tp50/floor\tnet B/commit\tfsyncs/commit\t")
+			for _, l := range rep.Levels {
+				fmt.Fprintf(tw, "%d\t%.0f\t%.3f\t%.3f\t%.2fx\t%.0f\t%.3f\t\n", l.Committers, l.CommitsPerS, l.P50Ms, l.P99Ms, l.P50OverFloor, l.NetBytesPerCommit, l.FsyncsPerCommit)
+			}
+			return tw.Flush()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&clusterFile, "cluster", "", "cluster.json of a running cluster to use instead of starting one")
+	f.StringVar(&dir, "dir", "", "parent directory for the temporary cluster (default: the system temp dir)")
+	f.BoolVar(&asJSON, "json", false, "print the figures as one JSON object")
+	f.IntSliceVar(&levels, "committers", []int{1, 8, 32, 64}, "concurrency levels to run")
+	f.DurationVar(&duration, "duration", 5*time.Second, "how long each level runs")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write the benchmark client's CPU profile to this file")
+	return cmd
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// fsyncFloor is the median latency of appending 4 KiB to a file and
+// fdatasyncing it: what one durable log write costs on this disk.
+func fsyncFloor(dir string, n int) (time.Duration, error) {
+	f, err := os.CreateTemp(dir, "fsync-floor-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 4096)
+	lat := make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		buf[0] = byte(i)
+		start := time.Now()
+		if _, err := f.Write(buf); err != nil {
+			return 0, err
+		}
+		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+			return 0, err
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	return lat[len(lat)/2], nil
+}
+
+func nodeFsyncs(ctx context.Context, members []volume.Member) (uint64, error) {
+	var total uint64
+	for _, m := range members {
+		conn, err := grpc.NewClient(m.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return 0, err
+		}
+		st, err := pb.NewStorageClient(conn).Stats(ctx, &pb.StatsRequest{})
+		conn.Close()
+		if err != nil {
+			return 0, fmt.Errorf("stats from %s: %w", m.NodeID, err)
+		}
+		total += st.Fsyncs
+	}
+	return total, nil
+}
+
+func runCommitLevel(ctx context.Context, members []volume.Member, committers int, d time.Duration) (commitLevel, error) {
+	const pageSize = 4096
+	vol, err := volume.Open(ctx, volume.Config{
+		VolumeID:   rand.Uint64() | 1,
+		Epoch:      1,
+		PageSize:   pageSize,
+		PagesPerPG: 1 << 20,
+		Placement:  func(uint32) ([]volume.Member, error) { return members, nil },
+		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		return commitLevel{}, err
+	}
+	defer vol.Close()
+	pages := make([][]byte, committers)
+	// Warm up: every committer's page exists, so the measured commits are
+	// 200-byte diffs, not first images.
+	for i := range pages {
+		pages[i] = make([]byte, pageSize)
+		if _, err := vol.Commit(ctx, []volume.PageWrite{{Page: uint64(i + 1), New: pages[i]}}); err != nil {
+			return commitLevel{}, err
+		}
+	}
+	fs0, err := nodeFsyncs(ctx, members)
+	if err != nil {
+		return commitLevel{}, err
+	}
+	st0 := vol.Stats()
+	var mu sync.Mutex
+	var lat []time.Duration
+	var firstErr error
+	var wg sync.WaitGroup
+	start := time.Now()
+	stopAt := start.Add(d)
+	for i := 0; i < committers; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(i), 7))
+			old := pages[i]
+			mine := make([]time.Duration, 0, 1024)
+			for time.Now().Before(stopAt) {
+				next := slices.Clone(old)
+				off := rng.IntN(pageSize - 200)
+				for j := off; j < off+200; j++ {
+					next[j] = byte(rng.Uint32()) | 1
+				}
+				t0 := time.Now()
+				_, err := vol.Commit(ctx, []volume.PageWrite{{Page: uint64(i + 1), Old: old, New: next}})
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					return
+				}
+				mine = append(mine, time.Since(t0))
+				old = next
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}(i)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if firstErr != nil {
+		return commitLevel{}, firstErr
+	}
+	if len(lat) == 0 {
+		return commitLevel{}, errors.New("no commit completed")
+	}
+	st1 := vol.Stats()
+	fs1, err := nodeFsyncs(ctx, members)
+	if err != nil {
+		return commitLevel{}, err
+	}
+	sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
+	n := float64(len(lat))
+	return commitLevel{
+		Committers:        committers,
+		Commits:           len(lat),
+		CommitsPerS:       n / elapsed.Seconds(),
+		P50Ms:             ms(lat[len(lat)/2]),
+		P99Ms:             ms(lat[min(len(lat)-1, len(lat)*99/100)]),
+		NetBytesPerCommit: float64((st1.BytesSent+st1.BytesReceived)-(st0.BytesSent+st0.BytesReceived)) / n,
+		FsyncsPerCommit:   float64(fs1-fs0) / n,
+	}, nil
+}
