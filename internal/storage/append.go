@@ -79,6 +79,12 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 	defer n.mu.Unlock()
 
 	// Validation: nothing below here may change state until it all passes.
+	if err := n.failure(); err != nil {
+		return nil, nil, err
+	}
+	if free := n.diskFree.Load(); free < n.cfg.MinFreeBytes {
+		return nil, nil, refuse(pb.Reason_DISK_FULL, in.volume, 0, 0, "storage node %s: only %d bytes free in %s, below the %d kept in reserve; nothing was stored", n.cfg.ID, free, n.cfg.Dir, n.cfg.MinFreeBytes)
+	}
 	volEpoch := n.volEpochs[in.volume]
 	if !in.fromPeer && in.epoch < volEpoch {
 		return nil, nil, refuse(pb.Reason_STALE_EPOCH, in.volume, 0, 0, "volume %d: request epoch %d is older than epoch %d already seen; a newer writer has taken over", in.volume, in.epoch, volEpoch)
@@ -114,15 +120,28 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 				return nil, nil, refuse(pb.Reason_STALE_EPOCH, in.volume, b.pg, r.LSN, "record at LSN %d carries epoch %d, older than epoch %d already seen", r.LSN, r.Epoch, volEpoch)
 			}
 		}
+		// A segment may have learned a newer epoch by gossip alone.
+		if s != nil && !in.fromPeer && in.epoch < s.chain.Epoch() {
+			return nil, nil, refuse(pb.Reason_STALE_EPOCH, in.volume, b.pg, 0, "volume %d PG %d: request epoch %d is older than epoch %d already seen; a newer writer has taken over", in.volume, b.pg, in.epoch, s.chain.Epoch())
+		}
 		touched[i] = s
 	}
 
 	// Mutation.
 	n.stats.appendRequests.Add(1)
 	var writes []func(*pebble.Batch)
-	if in.epoch > volEpoch {
-		n.volEpochs[in.volume] = in.epoch
-		epoch := in.epoch
+	newest := in.epoch
+	if in.fromPeer {
+		// Records from peers carry the epoch of the writer that made them.
+		for _, b := range in.batches {
+			for _, r := range b.recs {
+				newest = max(newest, r.Epoch)
+			}
+		}
+	}
+	if newest > volEpoch {
+		n.volEpochs[in.volume] = newest
+		epoch := newest
 		writes = append(writes, func(b *pebble.Batch) { b.Set(epochKey(in.volume), u64(epoch), nil) })
 	}
 	for _, spec := range in.declare {
@@ -251,24 +270,4 @@ func (n *Node) applyDeclaration(vol uint64, spec *pb.SegmentSpec) (*seg, []byte,
 	}
 	decl, err := encodeDecl(spec, s.chain)
 	return s, decl, err
-}
-
-// reloadChains rebuilds chains from disk after a failed group commit: their
-// in-memory state had run ahead of what was stored.
-func (n *Node) reloadChains(scls map[*seg]uint64) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for s := range scls {
-		v, ok, err := n.get(metaSubKey(s.key.vol, s.key.pg, metaDecl))
-		if err != nil || !ok {
-			n.log.Error("cannot reload segment after failed commit", "segment", s.key.String(), "err", err)
-			continue
-		}
-		fresh, err := n.loadSegment(s.key, v)
-		if err != nil {
-			n.log.Error("cannot reload segment after failed commit", "segment", s.key.String(), "err", err)
-			continue
-		}
-		s.chain = fresh.chain
-	}
 }

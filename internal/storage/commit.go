@@ -2,13 +2,11 @@ package storage
 
 import (
 	"errors"
+	"fmt"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-
-	pb "github.com/borealis-db/borealis/api/borealispb"
 )
 
 // group is one group commit: every append that joined it shares one synced
@@ -48,6 +46,10 @@ func (c *committer) newGroup() *group {
 func (c *committer) join(fill func(b *pebble.Batch, scls map[*seg]uint64)) *group {
 	c.mu.Lock()
 	g := c.cur
+	if err := c.n.failure(); err != nil {
+		c.mu.Unlock()
+		return failedGroup(err)
+	}
 	if c.closed {
 		c.mu.Unlock()
 		return closedGroup
@@ -59,6 +61,12 @@ func (c *committer) join(fill func(b *pebble.Batch, scls map[*seg]uint64)) *grou
 	case c.kick <- struct{}{}:
 	default:
 	}
+	return g
+}
+
+func failedGroup(err error) *group {
+	g := &group{done: make(chan struct{}), err: err}
+	close(g.done)
 	return g
 }
 
@@ -96,19 +104,21 @@ func (c *committer) run() {
 
 func (c *committer) commit(g *group) {
 	start := time.Now()
-	err := g.batch.Commit(pebble.Sync)
+	err := c.n.failure()
+	if err == nil {
+		err = g.batch.Commit(pebble.Sync)
+	}
 	c.n.stats.commitLatency.Observe(time.Since(start).Seconds())
 	c.n.stats.groupSize.Observe(float64(g.joined))
 	g.batch.Close()
 	c.n.stats.groupCommits.Add(1)
 	if err != nil {
-		if errors.Is(err, syscall.ENOSPC) {
-			g.err = refuse(pb.Reason_DISK_FULL, 0, 0, 0, "storage node %s: disk full; nothing from this request was stored: %v", c.n.cfg.ID, err)
-		} else {
-			g.err = err
-		}
-		c.n.log.Error("group commit failed", "err", err)
-		c.n.reloadChains(g.scls)
+		// The chains already hold what this group failed to store, and later
+		// groups were filled on top of them: no ack from here on could be
+		// trusted. The node stops taking writes; a restart rebuilds its
+		// state from what is on disk.
+		c.n.fail(fmt.Errorf("group commit failed: %w", err))
+		g.err = c.n.failure()
 	} else {
 		for s, scl := range g.scls {
 			raise(&s.durableSCL, scl)

@@ -125,6 +125,7 @@ func (n *Node) materializeStep(s *seg) (bool, error) {
 	// No sync: versions are derived from the synced log, and Pebble's WAL
 	// replays in order, so a crash loses at most this step, never the log.
 	if err := b.Commit(pebble.NoSync); err != nil {
+		s.mat.Store(mat)
 		return false, err
 	}
 	n.stats.pagesMaterialized.Add(uint64(len(pages)))

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -37,7 +38,11 @@ type Config struct {
 	// MaterializeInterval is how often the materializer looks for work when
 	// idle. Default 50ms.
 	MaterializeInterval time.Duration
-	Logger              *slog.Logger
+	// MinFreeBytes is the free disk space below which appends are refused
+	// with DISK_FULL, so that the store never runs out of space in the middle
+	// of a write. Default 64 MiB.
+	MinFreeBytes uint64
+	Logger       *slog.Logger
 }
 
 // Node is a running storage node.
@@ -62,6 +67,13 @@ type Node struct {
 
 	peersMu sync.Mutex
 	peers   map[string]*grpc.ClientConn
+
+	// failed is set when the store failed under us; from then on the node
+	// refuses writes instead of acking what it may not hold.
+	failed atomic.Pointer[error]
+	// diskFree is the free space of the data directory's file system, sampled
+	// in the background; appends are refused below cfg.MinFreeBytes.
+	diskFree atomic.Uint64
 
 	stop   chan struct{}
 	wg     sync.WaitGroup
@@ -98,6 +110,9 @@ func Open(cfg Config) (*Node, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.MinFreeBytes == 0 {
+		cfg.MinFreeBytes = 64 << 20
 	}
 	n := &Node{
 		cfg:       cfg,
@@ -137,7 +152,9 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.commits = newCommitter(n)
-	n.wg.Add(3)
+	n.sampleDiskFree()
+	n.wg.Add(4)
+	go func() { defer n.wg.Done(); n.diskFreeLoop() }()
 	go func() { defer n.wg.Done(); n.commits.run() }()
 	go func() { defer n.wg.Done(); n.materializeLoop() }()
 	go func() { defer n.wg.Done(); n.gossipLoop() }()
@@ -323,8 +340,11 @@ func (n *Node) Close() error {
 	if !n.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	if n.server != nil {
-		n.server.Stop()
+	n.mu.Lock()
+	srv := n.server
+	n.mu.Unlock()
+	if srv != nil {
+		srv.Stop()
 	}
 	close(n.stop)
 	n.commits.close()
@@ -335,6 +355,42 @@ func (n *Node) Close() error {
 	}
 	n.peersMu.Unlock()
 	return n.db.Close()
+}
+
+func (n *Node) fail(err error) {
+	if n.failed.CompareAndSwap(nil, &err) {
+		n.log.Error("storage node stops accepting writes; restart it to recover from what is on disk", "err", err)
+	}
+}
+
+// failure returns why the node stopped accepting writes, or nil.
+func (n *Node) failure() error {
+	if p := n.failed.Load(); p != nil {
+		return fmt.Errorf("storage node %s stopped accepting writes: %w", n.cfg.ID, *p)
+	}
+	return nil
+}
+
+func (n *Node) sampleDiskFree() {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(n.cfg.Dir, &st); err != nil {
+		n.log.Warn("cannot read free disk space", "dir", n.cfg.Dir, "err", err)
+		return
+	}
+	n.diskFree.Store(st.Bavail * uint64(st.Bsize))
+}
+
+func (n *Node) diskFreeLoop() {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+			n.sampleDiskFree()
+		}
+	}
 }
 
 // DiskUsage reports the bytes the store occupies on disk.

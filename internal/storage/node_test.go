@@ -193,3 +193,61 @@ func waitCollected(t *testing.T, c pb.StorageClient, upTo uint64) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestFullDiskRefusesAppendsAndKeepsServing reopens a node with a free-space
+// reserve larger than any disk: appends are refused with DISK_FULL, nothing
+// is stored, and reads go on.
+func TestFullDiskRefusesAppendsAndKeepsServing(t *testing.T) {
+	dir := t.TempDir()
+	n, c, addr := startNode(t, dir)
+	w := newChainWriter(t, c, 1, 0, addr)
+	w.write(1, 1, 7)
+	w.write(1, 2, 8)
+	n.Close()
+
+	full, err := storage.Open(storage.Config{ID: "s1", AZ: "a", Dir: dir, MinFreeBytes: 1 << 62})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer full.Close()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go full.Serve(lis)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fc := pb.NewStorageClient(conn)
+	stream, err := fc.Append(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := redo.Record{Volume: 1, PG: 0, Page: 1, LSN: 3, PrevLSN: 2, Epoch: 1, CPL: true, Kind: redo.KindDiff,
+		Ranges: []redo.Range{{Offset: 0, Data: []byte("x")}}}
+	if err := stream.Send(&pb.AppendRequest{Seq: 1, Volume: 1, Epoch: 1,
+		Batches: []*pb.SegmentBatch{{Pg: 0, Records: [][]byte{r.Encode()}}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	if got := storage.ReasonOf(err); got != pb.Reason_DISK_FULL {
+		t.Fatalf("append on a full disk: %v (%v), want DISK_FULL", got, err)
+	}
+	t.Logf("refusal: %v", err)
+	info, err := fc.SegmentInfo(context.Background(), &pb.SegmentInfoRequest{Volume: 1, Pg: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Scl != 2 || info.Highest != 2 {
+		t.Fatalf("after the refusal SCL %d, highest %d; want 2 and 2", info.Scl, info.Highest)
+	}
+	page, err := fc.GetPage(context.Background(), &pb.GetPageRequest{Volume: 1, Pg: 0, Page: 1, ReadLsn: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page.Data[0] != 8 {
+		t.Fatalf("page 1 at LSN 2 starts with %d, want 8", page.Data[0])
+	}
+}

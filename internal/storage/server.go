@@ -21,8 +21,13 @@ const MaxMessageBytes = 64 << 20
 // Serve answers RPCs on lis until Close.
 func (n *Node) Serve(lis net.Listener) error {
 	n.mu.Lock()
+	if n.closed.Load() {
+		n.mu.Unlock()
+		return errors.New("storage: node is closed")
+	}
 	if n.server == nil {
-		n.server = grpc.NewServer(grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes))
+		// WaitForHandlers: Close must not close the store under a running RPC.
+		n.server = grpc.NewServer(grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes), grpc.WaitForHandlers(true))
 		pb.RegisterStorageServer(n.server, &rpcServer{n: n})
 	}
 	srv := n.server
@@ -46,69 +51,106 @@ type pendingAck struct {
 }
 
 // Append ingests requests in arrival order and answers each after its group
-// commit. Receiving and answering run apart, so the next request is already
-// ingested (and filling the next group) while one is being synced.
+// commit. Receiving, ingesting and answering run apart, so the next request
+// is already filling the next group while one is being synced.
 func (r *rpcServer) Append(stream pb.Storage_AppendServer) error {
 	n := r.n
-	pending := make(chan pendingAck, 64)
-	sendErr := make(chan error, 1)
+	ctx := stream.Context()
+	type received struct {
+		req *pb.AppendRequest
+		err error
+	}
+	reqs := make(chan received)
 	go func() {
-		for p := range pending {
-			if p.g != nil {
-				<-p.g.done
-				if p.g.err != nil {
-					n.appending.Add(-1)
-					sendErr <- toStatus(p.g.err)
-					for range pending {
-						n.appending.Add(-1)
-					}
-					return
-				}
+		for {
+			req, err := stream.Recv()
+			select {
+			case reqs <- received{req, err}:
+			case <-ctx.Done():
+				return
 			}
-			resp := &pb.AppendResponse{Seq: p.seq, Acks: make([]*pb.SegmentAck, 0, len(p.touched))}
-			for _, s := range p.touched {
-				resp.Acks = append(resp.Acks, &pb.SegmentAck{Pg: s.key.pg, Scl: s.durableSCL.Load()})
-			}
-			n.appending.Add(-1)
-			if err := stream.Send(resp); err != nil {
-				sendErr <- err
-				for range pending {
-					n.appending.Add(-1)
-				}
+			if err != nil {
 				return
 			}
 		}
-		sendErr <- nil
 	}()
-	fail := func(err error) error {
+	pending := make(chan pendingAck, 64)
+	answered := make(chan error, 1)
+	go func() { answered <- r.answer(stream, pending) }()
+	// unanswered gives back the in-flight count of requests that answer
+	// left behind when it stopped early.
+	unanswered := func() {
+		for {
+			select {
+			case _, ok := <-pending:
+				if !ok {
+					return
+				}
+				n.appending.Add(-1)
+			default:
+				return
+			}
+		}
+	}
+	finish := func(err error) error {
 		close(pending)
-		<-sendErr
+		if aerr := <-answered; err == nil {
+			err = aerr
+		}
+		unanswered()
 		return err
 	}
 	for {
-		req, err := stream.Recv()
-		if err == io.EOF {
-			close(pending)
-			return <-sendErr
+		var in received
+		select {
+		case in = <-reqs:
+		case <-ctx.Done():
+			return finish(ctx.Err())
+		case err := <-answered:
+			// Answering failed (a failed commit or a broken stream): end the
+			// stream now rather than wait for a request that may never come.
+			unanswered()
+			return err
 		}
-		if err != nil {
-			return fail(err)
+		if in.err == io.EOF {
+			return finish(nil)
+		}
+		if in.err != nil {
+			return finish(in.err)
 		}
 		n.appending.Add(1)
-		g, touched, err := n.ingest(fromAppendRequest(req))
+		g, touched, err := n.ingest(fromAppendRequest(in.req))
 		if err != nil {
 			n.appending.Add(-1)
-			n.log.Warn("append refused", "volume", req.Volume, "epoch", req.Epoch, "err", err)
-			return fail(toStatus(err))
+			n.log.Warn("append refused", "volume", in.req.Volume, "epoch", in.req.Epoch, "err", err)
+			return finish(toStatus(err))
 		}
-		select {
-		case pending <- pendingAck{seq: req.Seq, g: g, touched: dedupSegs(touched)}:
-		case err := <-sendErr:
-			n.appending.Add(-1)
-			close(pending)
+		pending <- pendingAck{seq: in.req.Seq, g: g, touched: dedupSegs(touched)}
+	}
+}
+
+// answer sends the acks of ingested requests in order, each once its group
+// is synced. It returns on the first failure, leaving the rest unanswered.
+func (r *rpcServer) answer(stream pb.Storage_AppendServer, pending <-chan pendingAck) error {
+	n := r.n
+	for p := range pending {
+		if p.g != nil {
+			<-p.g.done
+			if p.g.err != nil {
+				n.appending.Add(-1)
+				return toStatus(p.g.err)
+			}
+		}
+		resp := &pb.AppendResponse{Seq: p.seq, Acks: make([]*pb.SegmentAck, 0, len(p.touched))}
+		for _, s := range p.touched {
+			resp.Acks = append(resp.Acks, &pb.SegmentAck{Pg: s.key.pg, Scl: s.durableSCL.Load()})
+		}
+		n.appending.Add(-1)
+		if err := stream.Send(resp); err != nil {
 			return err
 		}
 	}
+	return nil
 }
 
 func dedupSegs(in []*seg) []*seg {
@@ -149,8 +191,11 @@ func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) 
 	if !s.holdsPage(req.Page) {
 		return nil, 0, 0, status.Errorf(codes.InvalidArgument, "page %d is not in volume %d PG %d", req.Page, req.Volume, req.Pg)
 	}
-	// Open the view before checking the horizons: whatever GC did before the
-	// check is in the view, and what it does after is not.
+	// The SCL is loaded before the view is opened: it is raised only after
+	// its records are committed, so the view holds all they cover. The GC
+	// horizon is checked after: whatever GC did before the check is in the
+	// view, and what it does after is not.
+	scl := s.durableSCL.Load()
 	snap := n.db.NewSnapshot()
 	defer snap.Close()
 	need := req.ReadLsn
@@ -160,7 +205,6 @@ func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) 
 		}
 		need = req.PgTailLsn
 	}
-	scl := s.durableSCL.Load()
 	if need > scl {
 		return nil, 0, scl, refuse(pb.Reason_SEGMENT_BEHIND, req.Volume, req.Pg, need, "node %s: segment of volume %d PG %d is complete only to LSN %d, below the %d needed to read at %d", n.cfg.ID, req.Volume, req.Pg, scl, need, req.ReadLsn)
 	}
