@@ -247,6 +247,11 @@ func (n *node) stream() (answered bool, err error) {
 		select {
 		case <-n.wake:
 		case <-tick.C:
+			if stuck := n.unansweredFor(time.Now()); stuck > resetAfter {
+				// A node that holds requests this long without answering is
+				// wedged or stopped; a new stream requeues them.
+				return false, fmt.Errorf("node %s answered nothing for %s; resetting the stream", n.m.NodeID, stuck.Round(time.Millisecond))
+			}
 		case err := <-recvErr:
 			recvErr <- err // for the deferred drain
 			return false, err
@@ -254,6 +259,16 @@ func (n *node) stream() (answered bool, err error) {
 			return false, ctx.Err()
 		}
 	}
+}
+
+// unansweredFor is how long the oldest unanswered request has waited.
+func (n *node) unansweredFor(now time.Time) time.Duration {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.inflight) == 0 {
+		return 0
+	}
+	return now.Sub(n.inflight[0].sentAt)
 }
 
 // connect prepares the node's state for a new stream: records sent on the

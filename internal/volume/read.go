@@ -52,8 +52,10 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 		c.mu.Unlock()
 		return nil, err
 	}
-	wrote := p.first != 0 && p.first <= readLSN
 	tail := c.pgTailLocked(p, readLSN)
+	// A known tail (from our own writes or from recovery) means the PG holds
+	// records at or below readLSN, so "not hosted" can't mean "all zeros".
+	wrote := (p.first != 0 && p.first <= readLSN) || tail > 0
 	need := readLSN
 	if tail > 0 {
 		need = tail

@@ -71,6 +71,9 @@ const (
 	// staleAfter: a connected node whose oldest unanswered request is older
 	// than this is counted unreachable.
 	staleAfter = 2 * time.Second
+	// resetAfter: a stream whose oldest request has gone unanswered this long
+	// is torn down and opened again.
+	resetAfter = 10 * time.Second
 	// Reconnect backoff of a failed Append stream.
 	minBackoff = 50 * time.Millisecond
 	maxBackoff = time.Second
