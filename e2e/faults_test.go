@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,41 +21,14 @@ func TestPausedAndKilledNodesLoseNothing(t *testing.T) {
 	v := openVolume(t, cl, volumeOpts{pagesPerPG: 64})
 	w := newWriter(t, v)
 	ctx := context.Background()
-	var commits atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for g := 0; g < 4; g++ {
-		wg.Add(1)
-		go func(g int) {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := w.commit(ctx, uint64(1+g*16+i%16)); err != nil {
-					t.Errorf("commit: %v", err)
-					return
-				}
-				commits.Add(1)
-			}
-		}(g)
-	}
-	defer func() {
-		select {
-		case <-stop:
-		default:
-			close(stop)
-		}
-		wg.Wait()
-	}()
+	stop := w.stream(4, 16)
+	defer stop()
 
 	progress := func(what string, d time.Duration) {
 		t.Helper()
-		before := commits.Load()
+		before := w.commits.Load()
 		time.Sleep(d)
-		if commits.Load() == before {
+		if w.commits.Load() == before {
 			t.Fatalf("no commit completed while %s", what)
 		}
 	}
@@ -90,14 +61,13 @@ func TestPausedAndKilledNodesLoseNothing(t *testing.T) {
 		}
 		progress(id+" restarted", 200*time.Millisecond)
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	if t.Failed() {
 		return
 	}
 	w.checkAll()
 	vdl := v.VDL()
-	t.Logf("%d commits acknowledged, VDL %d", commits.Load(), vdl)
+	t.Logf("%d commits acknowledged, VDL %d", w.commits.Load(), vdl)
 
 	// Every node catches up to the VDL and serves every acknowledged page.
 	deadline := time.Now().Add(30 * time.Second)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +24,8 @@ type writer struct {
 	mu    sync.Mutex
 	pages map[uint64][]byte
 	n     map[uint64]int
+	// commits counts the commits made by stream.
+	commits atomic.Int64
 }
 
 func newWriter(t *testing.T, v *volume.Client) *writer {
@@ -55,6 +58,33 @@ func (w *writer) mustCommit(pages ...uint64) uint64 {
 		}
 	}
 	return lsn
+}
+
+// stream commits from the given number of goroutines, each cycling over its
+// own pages, until the returned stop is called; stop waits for them.
+func (w *writer) stream(goroutines, pagesEach int) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if _, err := w.commit(context.Background(), uint64(1+g*pagesEach+i%pagesEach)); err != nil {
+					w.t.Errorf("commit: %v", err)
+					return
+				}
+				w.commits.Add(1)
+			}
+		}(g)
+	}
+	var once sync.Once
+	return func() { once.Do(func() { close(done); wg.Wait() }) }
 }
 
 // checkAll reads every page at the VDL and compares it with the last commit.
@@ -142,33 +172,14 @@ func TestKilledNodeCatchesUpByGossip(t *testing.T) {
 	ctx := context.Background()
 
 	// Stream commits from 8 goroutines; kill s4 in the middle.
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	for g := 0; g < 8; g++ {
-		wg.Add(1)
-		go func(g int) {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := w.commit(ctx, uint64(1+g*8+i%8)); err != nil {
-					t.Errorf("commit: %v", err)
-					return
-				}
-			}
-		}(g)
-	}
+	stop := w.stream(8, 8)
 	time.Sleep(700 * time.Millisecond)
 	sclBefore := v.SegmentSCLs(0)["s4"]
 	if err := cl.Kill("s4"); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(700 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	stop()
 	w.checkAll()
 	vdl := v.VDL()
 	st := v.Stats()

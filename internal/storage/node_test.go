@@ -20,7 +20,12 @@ const pageSize = 4096
 // startNode runs an in-process node on a loopback port.
 func startNode(t *testing.T, dir string) (*storage.Node, pb.StorageClient, string) {
 	t.Helper()
-	n, err := storage.Open(storage.Config{ID: "s1", AZ: "a", Dir: dir, MaterializeInterval: 10 * time.Millisecond})
+	return startNodeWith(t, storage.Config{ID: "s1", AZ: "a", Dir: dir, MaterializeInterval: 10 * time.Millisecond})
+}
+
+func startNodeWith(t *testing.T, cfg storage.Config) (*storage.Node, pb.StorageClient, string) {
+	t.Helper()
+	n, err := storage.Open(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,22 +210,7 @@ func TestFullDiskRefusesAppendsAndKeepsServing(t *testing.T) {
 	w.write(1, 2, 8)
 	n.Close()
 
-	full, err := storage.Open(storage.Config{ID: "s1", AZ: "a", Dir: dir, MinFreeBytes: 1 << 62})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer full.Close()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go full.Serve(lis)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fc := pb.NewStorageClient(conn)
+	_, fc, _ := startNodeWith(t, storage.Config{ID: "s1", AZ: "a", Dir: dir, MinFreeBytes: 1 << 62})
 	stream, err := fc.Append(context.Background())
 	if err != nil {
 		t.Fatal(err)
