@@ -9,6 +9,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 func storageCmd() *cobra.Command {
 	var cfg storage.Config
 	var listen, metrics string
+	var procs int
 	cmd := &cobra.Command{
 		Use:   "storage --id ID --az AZ --listen ADDR --dir DIR",
 		Short: "Run one storage node",
@@ -32,6 +34,9 @@ writer first declares them.`,
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			cfg.Logger = log
+			if procs > 0 {
+				runtime.GOMAXPROCS(procs)
+			}
 			lis, err := net.Listen("tcp", listen)
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w", listen, err)
@@ -71,6 +76,13 @@ writer first declares them.`,
 	f.StringVar(&cfg.Dir, "dir", "", "data directory")
 	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics (/metrics) and pprof (/debug/pprof/) on this address (optional)")
 	f.Uint64Var(&cfg.MinFreeBytes, "min-free-bytes", 64<<20, "refuse appends with DISK_FULL when the data directory's file system has less free space than this")
+	// A node alone on a machine wants Go's default. Several nodes sharing a
+	// few cores (a local cluster) do better with one P each: the append path
+	// is a chain of goroutine hand-offs around an fsync, and with one P each
+	// hand-off is a run-queue push instead of waking another thread. Measured
+	// with six nodes on two cores: single-committer p50 0.80 -> 0.67 ms,
+	// 64-committer throughput +10%.
+	f.IntVar(&procs, "procs", 0, "Go scheduler Ps (GOMAXPROCS) for the node; 0 leaves Go's default (one per CPU, or the GOMAXPROCS environment variable). Local clusters use 1")
 	f.DurationVar(&cfg.GossipInterval, "gossip-interval", 200*time.Millisecond, "how often a segment compares notes with a peer")
 	return cmd
 }

@@ -117,7 +117,9 @@ func (c *Cluster) StartStorage(ctx context.Context, id, az, addr string) error {
 	dir := filepath.Join(c.Dir, id)
 	p := &proc{
 		Component: Component{Role: "storage", ID: id, AZ: az, Addr: addr, Dir: dir, Log: filepath.Join(c.Dir, id+".log")},
-		args:      []string{"storage", "--id", id, "--az", az, "--listen", addr, "--dir", dir},
+		// One P per node: the nodes of a local cluster share the machine's
+		// cores (see `borealis storage --procs`).
+		args: []string{"storage", "--id", id, "--az", az, "--listen", addr, "--dir", dir, "--procs", "1"},
 	}
 	c.mu.Lock()
 	if _, ok := c.procs[id]; ok {

@@ -26,8 +26,8 @@ func (n *Node) Serve(lis net.Listener) error {
 		return errors.New("storage: node is closed")
 	}
 	if n.server == nil {
-		// WaitForHandlers: Close must not close the store under a running RPC.
-		n.server = grpc.NewServer(grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes), grpc.WaitForHandlers(true))
+		// serverOptions: see node.go.
+		n.server = grpc.NewServer(serverOptions()...)
 		pb.RegisterStorageServer(n.server, &rpcServer{n: n})
 	}
 	srv := n.server

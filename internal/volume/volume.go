@@ -64,6 +64,10 @@ const (
 	// records already durable on a write quorum (LSN <= PGCL) are dropped:
 	// the node's gossip fetches them from its peers.
 	maxQueueBytes = 64 << 20
+	// gRPC flow-control windows of the connections to nodes (static, so no
+	// BDP pings on the commit path). Responses are small acks and pages.
+	streamWindowBytes = 4 << 20
+	connWindowBytes   = 16 << 20
 	// keepaliveEvery: a node with nothing to send for this long gets a
 	// request with empty batches, carrying min_read_point and retain_lsn and
 	// proving it reachable.
@@ -236,6 +240,10 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 			MinConnectTimeout: 2 * time.Second,
 		}),
 		grpc.WithStatsHandler(&wireStats{c: c}),
+		// Static windows turn off gRPC's BDP estimator, which otherwise
+		// pings the node on nearly every small Append response.
+		grpc.WithStaticStreamWindowSize(streamWindowBytes),
+		grpc.WithStaticConnWindowSize(connWindowBytes),
 	}, cfg.DialOptions...)
 	return c, nil
 }
