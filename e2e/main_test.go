@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,4 +110,14 @@ func image(page uint64, version int) []byte {
 	}
 	copy(b, fmt.Sprintf("page %d version %d", page, version))
 	return b
+}
+
+// freeListener holds a loopback port for the rest of the test.
+func freeListener(t *testing.T) (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	t.Cleanup(func() { l.Close() })
+	return l.Addr().String(), nil
 }

@@ -1,0 +1,72 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestBenchCommitJSON runs `borealis bench commit --json` end to end (it
+// starts its own six node processes) and checks the figures it reports.
+func TestBenchCommitJSON(t *testing.T) {
+	cmd := exec.Command(binary, "bench", "commit", "--json", "--duration", "300ms", "--committers", "1,4", "--dir", t.TempDir())
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bench commit: %v\n%s", err, out)
+	}
+	var rep struct {
+		Floor  float64 `json:"floor_fsync_p50_ms"`
+		Levels []struct {
+			Committers  int     `json:"committers"`
+			CommitsPerS float64 `json:"commits_per_s"`
+			P50         float64 `json:"p50_ms"`
+			P99         float64 `json:"p99_ms"`
+			NetBytes    float64 `json:"net_bytes_per_commit"`
+			Fsyncs      float64 `json:"fsyncs_per_commit"`
+		} `json:"levels"`
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("bench output is not the JSON object: %v\n%s", err, out)
+	}
+	if rep.Floor <= 0 || len(rep.Levels) != 2 {
+		t.Fatalf("report: %s", out)
+	}
+	for i, l := range rep.Levels {
+		if l.Committers != []int{1, 4}[i] || l.CommitsPerS <= 0 || l.P50 <= 0 || l.P99 < l.P50 || l.NetBytes < 200*4 || l.Fsyncs <= 0 {
+			t.Fatalf("level %d is implausible: %+v", i, l)
+		}
+	}
+}
+
+// TestStorageCommandRefusesBadSetups checks the storage command's errors.
+func TestStorageCommandRefusesBadSetups(t *testing.T) {
+	dir := t.TempDir()
+	run := func(args ...string) string {
+		out, err := exec.Command(binary, append([]string{"storage"}, args...)...).CombinedOutput()
+		if err == nil {
+			t.Fatalf("storage %v succeeded; want an error", args)
+		}
+		return string(out)
+	}
+	if out := run("--id", "s1"); !strings.Contains(out, "needs --id, --az, --listen and --dir") {
+		t.Fatalf("missing flags: %s", out)
+	}
+	// A directory that belongs to another node is refused.
+	if err := os.WriteFile(filepath.Join(dir, "node.json"), []byte(`{"id":"s2","az":"b"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := run("--id", "s1", "--az", "a", "--listen", "127.0.0.1:0", "--dir", dir); !strings.Contains(out, "belongs to node s2 in AZ b") {
+		t.Fatalf("foreign directory: %s", out)
+	}
+	// A port that is taken is refused.
+	addr, err := freeListener(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := run("--id", "s9", "--az", "a", "--listen", addr, "--dir", t.TempDir()); !strings.Contains(out, "listen on "+addr) {
+		t.Fatalf("taken port: %s", out)
+	}
+}
