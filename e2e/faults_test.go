@@ -55,9 +55,18 @@ func TestPausedAndKilledNodesLoseNothing(t *testing.T) {
 		if err := cl.Kill(id); err != nil {
 			t.Fatal(err)
 		}
+		// The process is gone: every ack it sent has been seen.
+		acked := v.SegmentSCLs(0)[id]
 		progress(id+" is down", 400*time.Millisecond)
 		if err := cl.Restart(ctx, id); err != nil {
 			t.Fatal(err)
+		}
+		info, err := storageClient(t, cl, id).SegmentInfo(ctx, &pb.SegmentInfoRequest{Volume: 7, Pg: 0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Scl < acked {
+			t.Fatalf("%s restarted with SCL %d, below the %d it acknowledged before SIGKILL", id, info.Scl, acked)
 		}
 		progress(id+" restarted", 200*time.Millisecond)
 	}

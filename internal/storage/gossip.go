@@ -84,6 +84,13 @@ func (n *Node) pullFrom(s *seg, peer *pb.Member) error {
 		return err
 	}
 	client := pb.NewStorageClient(conn)
+	start, pulled := s.durableSCL.Load(), 0
+	defer func() {
+		if pulled > 0 {
+			n.log.Info("gossip filled segment from peer", "segment", s.key.String(), "peer", peer.NodeId,
+				"records_received", pulled, "scl_before", start, "scl_after", s.durableSCL.Load())
+		}
+	}()
 	for i := 0; i < 64; i++ {
 		select {
 		case <-n.stop:
@@ -108,6 +115,7 @@ func (n *Node) pullFrom(s *seg, peer *pb.Member) error {
 		if len(resp.Records) == 0 {
 			return nil
 		}
+		pulled += len(resp.Records)
 		g, _, err := n.ingest(&incoming{volume: s.key.vol, fromPeer: true,
 			batches: []incomingBatch{{pg: s.key.pg, raw: resp.Records}}})
 		if err != nil {
