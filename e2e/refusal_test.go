@@ -147,6 +147,8 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 		{"read with stale epoch", &pb.GetPageRequest{Volume: refusalVolume, Pg: 0, Page: 3, ReadLsn: 2, Epoch: 4}, pb.Reason_STALE_EPOCH},
 		{"read of unhosted PG", &pb.GetPageRequest{Volume: refusalVolume, Pg: 5, Page: 5*64 + 1, ReadLsn: 2}, pb.Reason_PG_NOT_HOSTED},
 		{"read of unknown volume", &pb.GetPageRequest{Volume: 99, Pg: 0, Page: 1, ReadLsn: 1}, pb.Reason_PG_NOT_HOSTED},
+		{"read of a page outside the PG", &pb.GetPageRequest{Volume: refusalVolume, Pg: 0, Page: 65, ReadLsn: 2}, pb.Reason_BAD_REQUEST},
+		{"read with PG tail above read point", &pb.GetPageRequest{Volume: refusalVolume, Pg: 0, Page: 3, ReadLsn: 2, PgTailLsn: 3}, pb.Reason_BAD_REQUEST},
 	} {
 		_, err := s1.GetPage(ctx, c.req)
 		if got := reasonOf(err); got != c.want {

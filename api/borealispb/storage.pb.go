@@ -47,21 +47,25 @@ const (
 	Reason_DISK_FULL Reason = 8
 	// A segment declaration contradicts what the node holds.
 	Reason_BAD_DECLARATION Reason = 9
+	// A read request contradicts itself or the segment (a page outside the
+	// PG, a PG tail above the read point).
+	Reason_BAD_REQUEST Reason = 10
 )
 
 // Enum value maps for Reason.
 var (
 	Reason_name = map[int32]string{
-		0: "REASON_UNSPECIFIED",
-		1: "STALE_EPOCH",
-		2: "WRONG_VOLUME",
-		3: "PG_NOT_HOSTED",
-		4: "BAD_CRC",
-		5: "MALFORMED_RECORD",
-		6: "SEGMENT_BEHIND",
-		7: "BELOW_GC_HORIZON",
-		8: "DISK_FULL",
-		9: "BAD_DECLARATION",
+		0:  "REASON_UNSPECIFIED",
+		1:  "STALE_EPOCH",
+		2:  "WRONG_VOLUME",
+		3:  "PG_NOT_HOSTED",
+		4:  "BAD_CRC",
+		5:  "MALFORMED_RECORD",
+		6:  "SEGMENT_BEHIND",
+		7:  "BELOW_GC_HORIZON",
+		8:  "DISK_FULL",
+		9:  "BAD_DECLARATION",
+		10: "BAD_REQUEST",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED": 0,
@@ -74,6 +78,7 @@ var (
 		"BELOW_GC_HORIZON":   7,
 		"DISK_FULL":          8,
 		"BAD_DECLARATION":    9,
+		"BAD_REQUEST":        10,
 	}
 )
 
@@ -1304,7 +1309,7 @@ const file_storage_proto_rawDesc = "" +
 	"\x06reason\x18\x01 \x01(\x0e2\x13.borealis.v1.ReasonR\x06reason\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x03 \x01(\rR\x02pg\x12\x10\n" +
-	"\x03lsn\x18\x04 \x01(\x04R\x03lsn*\xc7\x01\n" +
+	"\x03lsn\x18\x04 \x01(\x04R\x03lsn*\xd8\x01\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vSTALE_EPOCH\x10\x01\x12\x10\n" +
@@ -1315,7 +1320,9 @@ const file_storage_proto_rawDesc = "" +
 	"\x0eSEGMENT_BEHIND\x10\x06\x12\x14\n" +
 	"\x10BELOW_GC_HORIZON\x10\a\x12\r\n" +
 	"\tDISK_FULL\x10\b\x12\x13\n" +
-	"\x0fBAD_DECLARATION\x10\t2\xe5\x02\n" +
+	"\x0fBAD_DECLARATION\x10\t\x12\x0f\n" +
+	"\vBAD_REQUEST\x10\n" +
+	"2\xe5\x02\n" +
 	"\aStorage\x12E\n" +
 	"\x06Append\x12\x1a.borealis.v1.AppendRequest\x1a\x1b.borealis.v1.AppendResponse(\x010\x01\x12D\n" +
 	"\aGetPage\x12\x1b.borealis.v1.GetPageRequest\x1a\x1c.borealis.v1.GetPageResponse\x12;\n" +

@@ -36,6 +36,7 @@ var reasonCodes = map[pb.Reason]codes.Code{
 	pb.Reason_BELOW_GC_HORIZON: codes.OutOfRange,
 	pb.Reason_DISK_FULL:        codes.ResourceExhausted,
 	pb.Reason_BAD_DECLARATION:  codes.InvalidArgument,
+	pb.Reason_BAD_REQUEST:      codes.InvalidArgument,
 }
 
 // toStatus converts an internal error into the gRPC error sent to callers.

@@ -189,7 +189,7 @@ func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) 
 		}
 	}
 	if !s.holdsPage(req.Page) {
-		return nil, 0, 0, status.Errorf(codes.InvalidArgument, "page %d is not in volume %d PG %d", req.Page, req.Volume, req.Pg)
+		return nil, 0, 0, refuse(pb.Reason_BAD_REQUEST, req.Volume, req.Pg, 0, "page %d is not in volume %d PG %d", req.Page, req.Volume, req.Pg)
 	}
 	// The SCL is loaded before the view is opened: it is raised only after
 	// its records are committed, so the view holds all they cover. The GC
@@ -201,7 +201,7 @@ func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) 
 	need := req.ReadLsn
 	if req.PgTailLsn > 0 {
 		if req.PgTailLsn > req.ReadLsn {
-			return nil, 0, 0, status.Errorf(codes.InvalidArgument, "PG tail LSN %d is above read point %d", req.PgTailLsn, req.ReadLsn)
+			return nil, 0, 0, refuse(pb.Reason_BAD_REQUEST, req.Volume, req.Pg, req.PgTailLsn, "PG tail LSN %d is above read point %d", req.PgTailLsn, req.ReadLsn)
 		}
 		need = req.PgTailLsn
 	}
