@@ -118,6 +118,12 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 			Batches: []*pb.SegmentBatch{{Pg: 0, Records: [][]byte{truncated[:20]}}}}, pb.Reason_MALFORMED_RECORD},
 		{"backlink not below LSN", &pb.AppendRequest{Seq: 1, Volume: refusalVolume, Epoch: 5,
 			Batches: []*pb.SegmentBatch{{Pg: 0, Records: [][]byte{record(3, 3, 5, 3, "loop").Encode()}}}}, pb.Reason_MALFORMED_RECORD},
+		{"backlink contradicting the chain", &pb.AppendRequest{Seq: 1, Volume: refusalVolume, Epoch: 5,
+			Batches: []*pb.SegmentBatch{{Pg: 0, Records: [][]byte{record(5, 1, 5, 3, "fork").Encode()}}}}, pb.Reason_MALFORMED_RECORD},
+		{"two records with one backlink", &pb.AppendRequest{Seq: 1, Volume: refusalVolume, Epoch: 5,
+			Batches: []*pb.SegmentBatch{{Pg: 0, Records: [][]byte{record(4, 3, 5, 3, "a").Encode(), record(5, 3, 5, 3, "b").Encode()}}}}, pb.Reason_MALFORMED_RECORD},
+		{"record epoch unlike its request's", &pb.AppendRequest{Seq: 1, Volume: refusalVolume, Epoch: 6,
+			Batches: []*pb.SegmentBatch{{Pg: 0, Records: [][]byte{record(3, 2, 5, 3, "old").Encode()}}}}, pb.Reason_MALFORMED_RECORD},
 		{"page outside PG", &pb.AppendRequest{Seq: 1, Volume: refusalVolume, Epoch: 5,
 			Batches: []*pb.SegmentBatch{{Pg: 0, Records: [][]byte{record(3, 2, 5, 65, "far").Encode()}}}}, pb.Reason_MALFORMED_RECORD},
 	}

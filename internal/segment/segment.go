@@ -127,6 +127,28 @@ func New(st State) *Chain {
 // have allocated there, LAL bounds it) or when no truncation for the newer
 // epoch has reached this chain yet (the caller may retry once it has).
 func (c *Chain) Offer(e Entry) Verdict {
+	v := c.judge(e, c.scl, c.epoch, c.holds, c.linked)
+	if v != Accepted {
+		return v
+	}
+	if e.Epoch > c.epoch {
+		c.epoch = e.Epoch
+	}
+	c.held[e.LSN] = e
+	c.byPrev[e.PrevLSN] = e.LSN
+	c.highest = max(c.highest, e.LSN)
+	c.advance()
+	return Accepted
+}
+
+func (c *Chain) holds(lsn uint64) bool { _, ok := c.held[lsn]; return ok }
+
+func (c *Chain) linked(prev uint64) bool { _, ok := c.byPrev[prev]; return ok }
+
+// judge decides what Offer does with e, given a chain whose SCL and epoch are
+// scl and epoch, which holds the LSNs for which holds is true above scl, and
+// in which some held record links back to each prev for which linked is true.
+func (c *Chain) judge(e Entry, scl, epoch uint64, holds, linked func(uint64) bool) Verdict {
 	if e.LSN == 0 || e.PrevLSN >= e.LSN {
 		return Invalid
 	}
@@ -146,29 +168,57 @@ func (c *Chain) Offer(e Entry) Verdict {
 			return StaleEpoch
 		}
 	}
-	if e.LSN <= c.scl {
+	if e.LSN <= scl || holds(e.LSN) {
 		return Duplicate
 	}
-	if _, ok := c.held[e.LSN]; ok {
-		return Duplicate
-	}
-	if e.Epoch < c.epoch && !vouched {
+	if e.Epoch < epoch && !vouched {
 		return StaleEpoch
 	}
-	if e.PrevLSN < c.scl {
+	if e.PrevLSN < scl || linked(e.PrevLSN) {
 		return Invalid
 	}
-	if _, ok := c.byPrev[e.PrevLSN]; ok {
-		return Invalid
-	}
-	if e.Epoch > c.epoch {
-		c.epoch = e.Epoch
-	}
-	c.held[e.LSN] = e
-	c.byPrev[e.PrevLSN] = e.LSN
-	c.highest = max(c.highest, e.LSN)
-	c.advance()
 	return Accepted
+}
+
+// Check tells, without changing the chain, whether offering es in order
+// would accept each of them or find it a duplicate. If not, it returns the
+// index of the first entry that would be refused and its verdict; otherwise
+// -1 and Accepted. A writer's request is checked whole before any of it is
+// offered, so that a refused request changes nothing.
+func (c *Chain) Check(es []Entry) (int, Verdict) {
+	scl, epoch := c.scl, c.epoch
+	var held map[uint64]bool
+	var byPrev map[uint64]uint64
+	holds := func(lsn uint64) bool { return held[lsn] || c.holds(lsn) }
+	linked := func(prev uint64) bool { _, ok := byPrev[prev]; return ok || c.linked(prev) }
+	for i, e := range es {
+		switch v := c.judge(e, scl, epoch, holds, linked); v {
+		case Duplicate:
+			continue
+		case Accepted:
+		default:
+			return i, v
+		}
+		if held == nil {
+			held, byPrev = map[uint64]bool{}, map[uint64]uint64{}
+		}
+		held[e.LSN] = true
+		byPrev[e.PrevLSN] = e.LSN
+		epoch = max(epoch, e.Epoch)
+		// Follow the links forward as advance would; what it would delete
+		// lies at or below the new SCL, where judge no longer looks.
+		for {
+			next, ok := byPrev[scl]
+			if !ok {
+				next, ok = c.byPrev[scl]
+			}
+			if !ok {
+				break
+			}
+			scl = next
+		}
+	}
+	return -1, Accepted
 }
 
 // advance follows backlinks forward from SCL, folding each linked record

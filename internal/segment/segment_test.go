@@ -1,6 +1,7 @@
 package segment
 
 import (
+	"math/rand/v2"
 	"slices"
 	"testing"
 )
@@ -221,6 +222,49 @@ func BenchmarkOfferReordered(b *testing.B) {
 				c.Offer(buf[i])
 			}
 			buf = buf[:0]
+		}
+	}
+}
+
+// TestCheckPredictsOffer checks, on random chains and random requests, that
+// Check reports exactly the first entry Offer would refuse, and changes
+// nothing.
+func TestCheckPredictsOffer(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := 0; round < 2000; round++ {
+		// The same prefix goes to both chains.
+		a, b := New(State{Epoch: 2}), New(State{Epoch: 2})
+		var prefix []Entry
+		for lsn := uint64(1); lsn <= 30; lsn++ {
+			if rng.IntN(3) == 0 {
+				continue
+			}
+			prefix = append(prefix, Entry{LSN: lsn, PrevLSN: lsn - 1, Epoch: 2})
+		}
+		for _, e := range prefix {
+			a.Offer(e)
+			b.Offer(e)
+		}
+		var req []Entry
+		for k := 0; k < 1+rng.IntN(6); k++ {
+			lsn := uint64(1 + rng.IntN(40))
+			prev := uint64(rng.IntN(int(lsn)))
+			req = append(req, Entry{LSN: lsn, PrevLSN: prev, Epoch: uint64(1 + rng.IntN(3))})
+		}
+		before := a.State()
+		idx, verdict := a.Check(req)
+		if a.State().SCL != before.SCL || a.Highest() != b.Highest() {
+			t.Fatalf("round %d: Check changed the chain", round)
+		}
+		wantIdx, want := -1, Accepted
+		for i, e := range req {
+			if v := b.Offer(e); v != Accepted && v != Duplicate {
+				wantIdx, want = i, v
+				break
+			}
+		}
+		if idx != wantIdx || verdict != want {
+			t.Fatalf("round %d: Check(%v) = %d %v; offering gives %d %v", round, req, idx, verdict, wantIdx, want)
 		}
 	}
 }

@@ -59,8 +59,9 @@ func (in *incoming) decode() error {
 			if r.PG != b.pg {
 				return refuse(pb.Reason_MALFORMED_RECORD, in.volume, b.pg, r.LSN, "record at LSN %d names PG %d but was sent in the batch for PG %d", r.LSN, r.PG, b.pg)
 			}
-			if !in.fromPeer && r.Epoch > in.epoch {
-				return refuse(pb.Reason_MALFORMED_RECORD, in.volume, b.pg, r.LSN, "record at LSN %d carries epoch %d, newer than its request's epoch %d", r.LSN, r.Epoch, in.epoch)
+			// A writer sends only records it made, under its own epoch.
+			if !in.fromPeer && r.Epoch != in.epoch {
+				return refuse(pb.Reason_MALFORMED_RECORD, in.volume, b.pg, r.LSN, "record at LSN %d carries epoch %d, but its request's epoch is %d", r.LSN, r.Epoch, in.epoch)
 			}
 			b.recs[j] = r
 		}
@@ -120,9 +121,10 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 				return nil, nil, refuse(pb.Reason_STALE_EPOCH, in.volume, b.pg, r.LSN, "record at LSN %d carries epoch %d, older than epoch %d already seen", r.LSN, r.Epoch, volEpoch)
 			}
 		}
-		// A segment may have learned a newer epoch by gossip alone.
-		if s != nil && !in.fromPeer && in.epoch < s.chain.Epoch() {
-			return nil, nil, refuse(pb.Reason_STALE_EPOCH, in.volume, b.pg, 0, "volume %d PG %d: request epoch %d is older than epoch %d already seen; a newer writer has taken over", in.volume, b.pg, in.epoch, s.chain.Epoch())
+		if !in.fromPeer {
+			if err := n.checkChain(in, b, s, volEpoch); err != nil {
+				return nil, nil, err
+			}
 		}
 		touched[i] = s
 	}
@@ -212,6 +214,35 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 		}
 	})
 	return g, touched, nil
+}
+
+// checkChain refuses a writer's batch that the segment's chain would not
+// take whole: records from an older epoch (a fenced writer), inside a
+// truncated range, or whose backlinks contradict the chain. Acking such a
+// batch without storing it would leave the writer waiting for an SCL that
+// never comes.
+func (n *Node) checkChain(in *incoming, b incomingBatch, s *seg, volEpoch uint64) error {
+	chain := segment.New(segment.State{Epoch: volEpoch})
+	if s != nil {
+		chain = s.chain
+		// A segment may have learned a newer epoch by gossip alone.
+		if in.epoch < chain.Epoch() {
+			return refuse(pb.Reason_STALE_EPOCH, in.volume, b.pg, 0, "volume %d PG %d: request epoch %d is older than epoch %d already seen; a newer writer has taken over", in.volume, b.pg, in.epoch, chain.Epoch())
+		}
+	}
+	entries := make([]segment.Entry, len(b.recs))
+	for j, r := range b.recs {
+		entries[j] = segment.Entry{LSN: r.LSN, PrevLSN: r.PrevLSN, Epoch: r.Epoch}
+	}
+	i, v := chain.Check(entries)
+	switch v {
+	case segment.Accepted:
+		return nil
+	case segment.StaleEpoch, segment.Truncated:
+		return refuse(pb.Reason_STALE_EPOCH, in.volume, b.pg, entries[i].LSN, "volume %d PG %d: record at LSN %d of epoch %d is %v for this segment; a newer writer has taken over", in.volume, b.pg, entries[i].LSN, entries[i].Epoch, v)
+	default:
+		return refuse(pb.Reason_MALFORMED_RECORD, in.volume, b.pg, entries[i].LSN, "volume %d PG %d: record at LSN %d links back to LSN %d, which contradicts the segment's chain (complete to LSN %d)", in.volume, b.pg, entries[i].LSN, entries[i].PrevLSN, chain.SCL())
+	}
 }
 
 func checkPayloadFits(r *redo.Record, pageSize int) error {
