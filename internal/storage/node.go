@@ -403,6 +403,13 @@ func (n *Node) TableBytes() uint64 {
 	return m.Table.Local.LiveSize + m.BlobFiles.Local.LiveSize
 }
 
+// WALBytes reports the bytes of the live write-ahead log and of the old log
+// files Pebble keeps to recycle.
+func (n *Node) WALBytes() (live, recyclable uint64) {
+	m := n.db.Metrics()
+	return m.WAL.PhysicalSize, m.WAL.ObsoletePhysicalSize
+}
+
 // Compact forces a full compaction, so that deleted data leaves the disk;
 // used by tests that check disk use follows live data.
 func (n *Node) Compact() error {
