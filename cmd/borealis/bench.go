@@ -48,10 +48,12 @@ type commitLevel struct {
 }
 
 type commitReport struct {
-	FloorFsyncP50Ms float64       `json:"floor_fsync_p50_ms"`
-	Nodes           int           `json:"nodes"`
-	DurationS       float64       `json:"duration_s_per_level"`
-	Levels          []commitLevel `json:"levels"`
+	FloorFsyncP50Ms  float64       `json:"floor_fsync_p50_ms"`
+	FloorBeforeP50Ms float64       `json:"floor_before_p50_ms"`
+	FloorAfterP50Ms  float64       `json:"floor_after_p50_ms"`
+	Nodes            int           `json:"nodes"`
+	DurationS        float64       `json:"duration_s_per_level"`
+	Levels           []commitLevel `json:"levels"`
 }
 
 func benchCommitCmd() *cobra.Command {
@@ -128,27 +130,37 @@ fdatasync'd 4 KiB append on the same disk, measured in the same run.`,
 			if floorDir == "" {
 				floorDir = os.TempDir()
 			}
-			floor, err := fsyncFloor(floorDir, 200)
+			// The floor is sampled before and after the levels, since the
+			// disk is shared and its latency drifts during a run.
+			floorBefore, err := fsyncSamples(floorDir, 200)
 			if err != nil {
 				return fmt.Errorf("measure fsync floor: %w", err)
 			}
-			fmt.Fprintf(progress, "fsync floor (p50 of fdatasync'd 4 KiB appends): %.3f ms\n", ms(floor))
-			rep := commitReport{FloorFsyncP50Ms: ms(floor), Nodes: len(members), DurationS: duration.Seconds()}
+			rep := commitReport{Nodes: len(members), DurationS: duration.Seconds()}
 			for _, n := range levels {
 				fmt.Fprintf(progress, "running %d committers for %s\n", n, duration)
 				lvl, err := runCommitLevel(ctx, members, n, duration)
 				if err != nil {
 					return err
 				}
-				lvl.P50OverFloor = lvl.P50Ms / rep.FloorFsyncP50Ms
 				rep.Levels = append(rep.Levels, lvl)
+			}
+			floorAfter, err := fsyncSamples(floorDir, 200)
+			if err != nil {
+				return fmt.Errorf("measure fsync floor: %w", err)
+			}
+			rep.FloorFsyncP50Ms = ms(median(append(floorBefore, floorAfter...)))
+			rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms = ms(median(floorBefore)), ms(median(floorAfter))
+			for i := range rep.Levels {
+				rep.Levels[i].P50OverFloor = rep.Levels[i].P50Ms / rep.FloorFsyncP50Ms
 			}
 			if asJSON {
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
 				return enc.Encode(rep)
 			}
-			fmt.Fprintf(out, "floor: fdatasync of a 4 KiB append, p50 %.3f ms (same disk, same run)\n", rep.FloorFsyncP50Ms)
+			fmt.Fprintf(out, "floor: fdatasync of a 4 KiB append, p50 %.3f ms (same disk, same run; %.3f ms before the levels, %.3f ms after)\n",
+				rep.FloorFsyncP50Ms, rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms)
 			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 			fmt.Fprintln(tw, "committers\tcommits/s\tp50 ms\tp99 ms\tp50/floor\tnet B/commit\tfsyncs/commit\t")
 			for _, l := range rep.Levels {
@@ -169,12 +181,12 @@ fdatasync'd 4 KiB append on the same disk, measured in the same run.`,
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// fsyncFloor is the median latency of appending 4 KiB to a file and
-// fdatasyncing it: what one durable log write costs on this disk.
-func fsyncFloor(dir string, n int) (time.Duration, error) {
+// fsyncSamples times n appends of 4 KiB to a file, each fdatasynced: what one
+// durable log write costs on this disk.
+func fsyncSamples(dir string, n int) ([]time.Duration, error) {
 	f, err := os.CreateTemp(dir, "fsync-floor-")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
@@ -184,15 +196,20 @@ func fsyncFloor(dir string, n int) (time.Duration, error) {
 		buf[0] = byte(i)
 		start := time.Now()
 		if _, err := f.Write(buf); err != nil {
-			return 0, err
+			return nil, err
 		}
 		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
-			return 0, err
+			return nil, err
 		}
 		lat = append(lat, time.Since(start))
 	}
-	slices.Sort(lat)
-	return lat[len(lat)/2], nil
+	return lat, nil
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 func nodeFsyncs(ctx context.Context, members []volume.Member) (uint64, error) {

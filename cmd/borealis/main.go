@@ -3,8 +3,12 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 )
@@ -17,7 +21,17 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(storageCmd(), benchCmd())
-	if err := root.Execute(); err != nil {
+	// Ctrl-C or SIGTERM cancels the command's context, so that commands that
+	// start processes or make temporary directories clean up on the way out.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := root.ExecuteContext(ctx)
+	interrupted := ctx.Err() != nil
+	stop()
+	if err != nil && interrupted && errors.Is(err, context.Canceled) {
+		fmt.Fprintln(os.Stderr, "borealis: interrupted")
+		os.Exit(130)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "borealis:", err)
 		os.Exit(1)
 	}

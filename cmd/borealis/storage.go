@@ -8,9 +8,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"os/signal"
 	"runtime"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -41,32 +39,33 @@ writer first declares them.`,
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w", listen, err)
 			}
+			var mlis net.Listener
+			if metrics != "" {
+				if mlis, err = net.Listen("tcp", metrics); err != nil {
+					lis.Close()
+					return fmt.Errorf("metrics listen on %s: %w", metrics, err)
+				}
+			}
 			node, err := storage.Open(cfg)
 			if err != nil {
 				return err
 			}
-			if metrics != "" {
-				mlis, err := net.Listen("tcp", metrics)
-				if err != nil {
-					return fmt.Errorf("metrics listen on %s: %w", metrics, err)
-				}
+			defer node.Close()
+			if mlis != nil {
 				mux := http.NewServeMux()
 				mux.Handle("/metrics", node.MetricsHandler())
 				mux.HandleFunc("/debug/pprof/", pprof.Index)
 				mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 				go http.Serve(mlis, mux)
 			}
-			sig := make(chan os.Signal, 1)
-			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+			ctx := cmd.Context()
 			go func() {
-				s := <-sig
-				log.Info("stopping", "signal", s.String())
+				<-ctx.Done()
+				log.Info("stopping on signal")
 				node.Close()
 			}()
 			log.Info("storage node serving", "id", cfg.ID, "az", cfg.AZ, "addr", lis.Addr().String(), "dir", cfg.Dir)
-			err = node.Serve(lis)
-			node.Close()
-			return err
+			return node.Serve(lis)
 		},
 	}
 	f := cmd.Flags()
