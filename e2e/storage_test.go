@@ -110,7 +110,28 @@ func TestWritesCommitWithAnyTwoNodesDown(t *testing.T) {
 	w := newWriter(t, v)
 	w.mustCommit(1, 2, 17, 18) // two PGs
 	ctx := context.Background()
-	for _, down := range [][]string{{"s1", "s2"}, {"s3", "s6"}, {"s5", "s6"}} {
+	// Every one of the 15 pairs, the three whole AZs among them.
+	ids := []string{"s1", "s2", "s3", "s4", "s5", "s6"}
+	for a := 0; a < len(ids); a++ {
+		for b := a + 1; b < len(ids); b++ {
+			down := []string{ids[a], ids[b]}
+			for _, id := range down {
+				if err := cl.Kill(id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := 0; i < 4; i++ {
+				w.mustCommit(uint64(1+i%3), uint64(17+i%3))
+			}
+			w.checkAll()
+			for _, id := range down {
+				if err := cl.Restart(ctx, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	for _, down := range [][]string{{"s1", "s2"}} {
 		for _, id := range down {
 			if err := cl.Kill(id); err != nil {
 				t.Fatal(err)
@@ -147,7 +168,7 @@ func TestThreeNodesDownWritesFailReadsWork(t *testing.T) {
 	if !errors.As(err, &unavailable) {
 		t.Fatalf("commit with 3 of 6 nodes down: got %v, want *volume.UnavailableError", err)
 	}
-	if waited := time.Since(start); waited < time.Second {
+	if waited := time.Since(start); waited < 1500*time.Millisecond {
 		t.Fatalf("commit failed after %s, before the 1.5s write timeout", waited)
 	}
 	down := map[string]bool{}
@@ -212,8 +233,8 @@ func TestKilledNodeCatchesUpByGossip(t *testing.T) {
 	if stats.RecordsPulled == 0 {
 		t.Fatal("s4 caught up but pulled no record by gossip")
 	}
-	if after := v.Stats(); after.ResentRecords != st.ResentRecords {
-		t.Fatalf("the writer resent %d records; catching up must be gossip's work", after.ResentRecords-st.ResentRecords)
+	if after := v.Stats(); after.RecordsSent != st.RecordsSent {
+		t.Fatalf("the writer sent %d records after s4 restarted; catching up must be gossip's work", after.RecordsSent-st.RecordsSent)
 	}
 	t.Logf("s4: SCL %d before kill, %d after restart, VDL %d, %d records pulled by gossip", sclBefore, info.Scl, vdl, stats.RecordsPulled)
 

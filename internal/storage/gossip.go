@@ -34,6 +34,27 @@ func (s *seg) notePeerSCL(node string, scl uint64) {
 	}
 }
 
+func (s *seg) forgetPeer(node string) {
+	for {
+		old := s.peerSCLs.Load()
+		if old == nil {
+			return
+		}
+		if _, ok := (*old)[node]; !ok {
+			return
+		}
+		next := map[string]uint64{}
+		for k, v := range *old {
+			if k != node {
+				next[k] = v
+			}
+		}
+		if s.peerSCLs.CompareAndSwap(old, &next) {
+			return
+		}
+	}
+}
+
 func (s *seg) peerAhead() bool {
 	m := s.peerSCLs.Load()
 	if m == nil {
@@ -48,6 +69,21 @@ func (s *seg) peerAhead() bool {
 	return false
 }
 
+// pickPeer prefers the peer known to be furthest ahead; with none known
+// ahead, it takes the peers in turn, so every one is probed now and then.
+func (s *seg) pickPeer(peers []*pb.Member, tick int) *pb.Member {
+	best := peers[tick%len(peers)]
+	if m := s.peerSCLs.Load(); m != nil {
+		top := s.durableSCL.Load()
+		for _, p := range peers {
+			if scl := (*m)[p.NodeId]; scl > top {
+				best, top = p, scl
+			}
+		}
+	}
+	return best
+}
+
 func (n *Node) gossipLoop() {
 	t := time.NewTicker(n.cfg.GossipInterval)
 	defer t.Stop()
@@ -59,7 +95,7 @@ func (n *Node) gossipLoop() {
 		}
 		for _, s := range n.segments() {
 			n.mu.Lock()
-			holes := len(s.chain.Holes()) > 0
+			holes := s.chain.HeldAbove() > 0
 			peers := append([]*pb.Member(nil), s.peers...)
 			n.mu.Unlock()
 			if len(peers) == 0 {
@@ -68,8 +104,10 @@ func (n *Node) gossipLoop() {
 			if !holes && !s.peerAhead() && tick%probeEvery != 0 {
 				continue
 			}
-			peer := peers[tick%len(peers)]
+			peer := s.pickPeer(peers, tick)
 			if err := n.pullFrom(s, peer); err != nil {
+				// Ask the others first until this one answers again.
+				s.forgetPeer(peer.NodeId)
 				n.log.Debug("gossip pull failed", "segment", s.key.String(), "peer", peer.NodeId, "err", err)
 			}
 		}
@@ -97,7 +135,7 @@ func (n *Node) pullFrom(s *seg, peer *pb.Member) error {
 			return nil
 		default:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		after := s.durableSCL.Load()
 		resp, err := client.Pull(ctx, &pb.PullRequest{
 			Volume: s.key.vol, Pg: s.key.pg, After: after, MaxBytes: 4 << 20,

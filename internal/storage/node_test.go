@@ -117,8 +117,10 @@ func TestGroupCommitSharesFsyncs(t *testing.T) {
 	if st.AppendRequests != writers*each {
 		t.Fatalf("%d append requests, want %d", st.AppendRequests, writers*each)
 	}
-	if st.GroupCommits >= st.AppendRequests {
-		t.Fatalf("%d group commits for %d concurrent requests: no fsync was shared", st.GroupCommits, st.AppendRequests)
+	// Fsyncs are counted at the file system, so this also covers Pebble's
+	// own syncs (flushes, manifest), not just our commit loop.
+	if st.Fsyncs >= st.AppendRequests {
+		t.Fatalf("%d fsyncs for %d concurrent requests: no fsync was shared", st.Fsyncs, st.AppendRequests)
 	}
 }
 
