@@ -29,8 +29,12 @@ type UnavailableError struct {
 	PG          uint32
 	Segments    int      // members of the PG
 	Unreachable []Member // members not reachable when the timeout fired
-	LSN         uint64   // the LSN waited for
-	Waited      time.Duration
+	// Causes[i] says why Unreachable[i] is: its stream's last error (a
+	// refusal such as DISK_FULL, or a connection error), or how long it
+	// has not answered. nil when unknown.
+	Causes []error
+	LSN    uint64 // the LSN waited for
+	Waited time.Duration
 }
 
 func (e *UnavailableError) Error() string {
@@ -41,6 +45,9 @@ func (e *UnavailableError) Error() string {
 			b.WriteString(", ")
 		}
 		fmt.Fprintf(&b, "%s %s", m.NodeID, m.Addr)
+		if i < len(e.Causes) && e.Causes[i] != nil {
+			fmt.Fprintf(&b, ": %v", e.Causes[i])
+		}
 	}
 	fmt.Fprintf(&b, "); commit at LSN %d not durable after %s; it becomes durable if the segments return", e.LSN, e.Waited.Round(time.Millisecond))
 	return b.String()

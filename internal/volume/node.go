@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 )
@@ -52,8 +53,9 @@ type node struct {
 	declared   map[uint32]bool // PGs declared on the current stream
 	seq        uint64
 	lastSend   time.Time
-	answered   bool // the current stream has answered at least once
-	streams    int  // streams opened so far
+	answered   bool  // the current stream has answered at least once
+	streams    int   // streams opened so far
+	lastErr    error // why the last stream ended
 }
 
 func (c *Client) newNodeLocked(m Member) *node {
@@ -179,6 +181,9 @@ func (n *node) run() {
 			c.fence(n.m.NodeID, err)
 			return
 		}
+		n.mu.Lock()
+		n.lastErr = err
+		n.mu.Unlock()
 		if answered {
 			delay = minBackoff
 		}
@@ -259,6 +264,21 @@ func (n *node) stream() (answered bool, err error) {
 			return false, ctx.Err()
 		}
 	}
+}
+
+// unreachableCause says why the node is not reachable now.
+func (n *node) unreachableCause(now time.Time) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.connected && len(n.inflight) > 0 {
+		return fmt.Errorf("connected, but no answer for %s", now.Sub(n.inflight[0].sentAt).Round(time.Millisecond))
+	}
+	if n.lastErr != nil {
+		if st, ok := status.FromError(n.lastErr); ok {
+			return errors.New(st.Message())
+		}
+	}
+	return n.lastErr
 }
 
 // unansweredFor is how long the oldest unanswered request has waited.

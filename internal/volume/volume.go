@@ -617,6 +617,7 @@ func (c *Client) unavailable(target uint64, waited time.Duration) *UnavailableEr
 	}
 	var worst *pgState
 	var worstUnreach []Member
+	var worstCauses []error
 	idxs := make([]uint32, 0, len(c.pgs))
 	for idx := range c.pgs {
 		idxs = append(idxs, idx)
@@ -628,19 +629,21 @@ func (c *Client) unavailable(target uint64, waited time.Duration) *UnavailableEr
 			continue
 		}
 		var unreach []Member
+		var causes []error
 		up := map[quorum.SegmentID]bool{}
 		for i, n := range p.nodes {
 			if n.reachable(now) {
 				up[quorum.SegmentID(n.m.NodeID)] = true
 			} else {
 				unreach = append(unreach, p.members[i])
+				causes = append(causes, n.unreachableCause(now))
 			}
 		}
 		if p.qcfg.WriteQuorum(func(s quorum.SegmentID) bool { return up[s] }) {
 			continue
 		}
 		if worst == nil || p.pending[0] < worst.pending[0] {
-			worst, worstUnreach = p, unreach
+			worst, worstUnreach, worstCauses = p, unreach, causes
 		}
 	}
 	if worst == nil {
@@ -651,6 +654,7 @@ func (c *Client) unavailable(target uint64, waited time.Duration) *UnavailableEr
 		PG:          worst.idx,
 		Segments:    len(worst.members),
 		Unreachable: worstUnreach,
+		Causes:      worstCauses,
 		LSN:         target,
 		Waited:      waited,
 	}
