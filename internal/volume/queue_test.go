@@ -31,7 +31,6 @@ func newTestClient(t *testing.T) (*Client, *pgState, []*node) {
 		p.nodes = append(p.nodes, n)
 	}
 	p.qcfg = quorum.Config{Epoch: 1, Sets: []quorum.Set{quorum.Default(ids)}}
-	p.readQ = 3
 	p.written = true
 	c.pgs[0] = p
 	c.tracker.SetConfig(0, p.qcfg)

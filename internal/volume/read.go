@@ -7,6 +7,7 @@ import (
 	"time"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/quorum"
 )
 
 // ReadPage returns the page as of readLSN (normally a read point: the VDL,
@@ -156,15 +157,15 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 		}
 	}
 
-	notHosted := 0
+	notHosted := map[quorum.SegmentID]bool{}
 	re := &ReadError{Volume: c.cfg.VolumeID, PG: idx, Page: page, ReadLSN: readLSN}
 	for k, err := range errs {
 		if reasonOf(err) == pb.Reason_PG_NOT_HOSTED {
-			notHosted++
+			notHosted[quorum.SegmentID(cands[k].m.NodeID)] = true
 		}
 		re.Tried = append(re.Tried, SegmentError{Member: cands[k].m, Err: err})
 	}
-	if !wrote && notHosted >= p.readQ {
+	if !wrote && p.qcfg.ReadQuorum(func(s quorum.SegmentID) bool { return notHosted[s] }) {
 		return make([]byte, c.cfg.PageSize), nil
 	}
 	return nil, re

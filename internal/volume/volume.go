@@ -178,7 +178,6 @@ type pgState struct {
 	nodes   []*node           // immutable, parallel to members
 	spec    *pb.SegmentSpec   // immutable
 	qcfg    quorum.Config     // immutable
-	readQ   int               // immutable: read quorum size
 	retain  atomic.Uint64     // lowest SCL known among members
 	scl     map[string]uint64 // guarded by Client.mu: node id -> last known SCL
 	written bool              // guarded by Client.mu: configured in the tracker and declared to nodes
@@ -349,7 +348,6 @@ func (c *Client) newPGLocked(idx uint32, members []Member) *pgState {
 	}
 	set := quorum.Default(ids)
 	p.qcfg = quorum.Config{Epoch: membershipEpoch, Sets: []quorum.Set{set}}
-	p.readQ = set.Read
 	p.spec = spec
 	if t, ok := c.cfg.PGTails[idx]; ok && t > 0 {
 		p.last = t
