@@ -101,7 +101,7 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 		launched++
 		n := cands[k].n
 		go func() {
-			actx, acancel := context.WithTimeout(rctx, c.cfg.WriteTimeout)
+			actx, acancel := context.WithTimeout(rctx, c.cfg.ReadTimeout)
 			defer acancel()
 			start := time.Now()
 			var resp *pb.GetPageResponse

@@ -53,6 +53,8 @@ const (
 	DefaultLAL = 1 << 16
 	// DefaultWriteTimeout is Config.WriteTimeout's default.
 	DefaultWriteTimeout = 10 * time.Second
+	// DefaultReadTimeout is Config.ReadTimeout's default.
+	DefaultReadTimeout = 5 * time.Second
 
 	// maxInflight is the number of unanswered Append requests allowed per
 	// node; records queued meanwhile go out together in the next request.
@@ -125,6 +127,9 @@ type Config struct {
 	// waits for a PG without a write quorum before failing with
 	// *UnavailableError. Default 10s.
 	WriteTimeout time.Duration
+	// ReadTimeout bounds each segment's answer to one GetPage; a read moves
+	// on to the next segment after it. Default 5s.
+	ReadTimeout time.Duration
 	// DialOptions are appended to the client's own (insecure credentials,
 	// fast reconnect backoff, a wire-byte stats handler).
 	DialOptions []grpc.DialOption
@@ -214,6 +219,9 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = DefaultReadTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
