@@ -752,7 +752,8 @@ type PullResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Records [][]byte               `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
 	Scl     uint64                 `protobuf:"varint,2,opt,name=scl,proto3" json:"scl,omitempty"`
-	Highest uint64                 `protobuf:"varint,3,opt,name=highest,proto3" json:"highest,omitempty"`
+	// Highest LSN the peer holds (above scl when it has holes).
+	Highest uint64 `protobuf:"varint,3,opt,name=highest,proto3" json:"highest,omitempty"`
 	// Records below this LSN were garbage-collected; a peer that needs them
 	// must hydrate from pages instead.
 	LogFloor      uint64 `protobuf:"varint,4,opt,name=log_floor,json=logFloor,proto3" json:"log_floor,omitempty"`

@@ -101,15 +101,39 @@ func FreeAddr() (string, error) {
 func (c *Cluster) StartStorageNodes(ctx context.Context, n int) error {
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("s%d", i+1)
-		addr, err := FreeAddr()
-		if err != nil {
-			return err
+		var err error
+		// A port found free can be taken by another process before the
+		// node binds it; then the node exits at once and another is tried.
+		for try := 0; try < 3; try++ {
+			var addr string
+			if addr, err = FreeAddr(); err != nil {
+				return err
+			}
+			if err = c.StartStorage(ctx, id, StorageAZs[i%len(StorageAZs)], addr); !errors.Is(err, errExited) {
+				break
+			}
+			c.forget(id)
 		}
-		if err := c.StartStorage(ctx, id, StorageAZs[i%len(StorageAZs)], addr); err != nil {
+		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// errExited: a process exited before it became ready.
+var errExited = errors.New("process exited")
+
+func (c *Cluster) forget(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.procs, id)
+	for i, o := range c.order {
+		if o == id {
+			c.order = append(c.order[:i], c.order[i+1:]...)
+			break
+		}
+	}
 }
 
 // StartStorage starts one storage node process and waits until it answers.
@@ -180,7 +204,7 @@ func waitReady(ctx context.Context, addr string, exited <-chan struct{}) error {
 		}
 		select {
 		case <-exited:
-			return errors.New("process exited")
+			return errExited
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):

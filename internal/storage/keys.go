@@ -48,6 +48,15 @@ func pageKey(fam byte, vol uint64, pg uint32, page, lsn uint64) []byte {
 	return binary.BigEndian.AppendUint64(pagePrefix(fam, vol, pg, page), lsn)
 }
 
+// parseMetaKey splits a segment metadata key into its segment and sub-key;
+// ok is false for any other key.
+func parseMetaKey(k []byte) (vol uint64, pg uint32, sub byte, ok bool) {
+	if len(k) != 1+8+4+1 || k[0] != famMeta {
+		return 0, 0, 0, false
+	}
+	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint32(k[9:]), k[13], true
+}
+
 // lastUint64 reads the trailing LSN of a chain, record or version key.
 func lastUint64(k []byte) uint64 { return binary.BigEndian.Uint64(k[len(k)-8:]) }
 

@@ -226,11 +226,11 @@ func (n *Node) load() error {
 	}
 	defer it.Close()
 	for it.First(); it.Valid(); it.Next() {
-		k := it.Key()
-		if len(k) != 14 || k[13] != metaDecl {
+		vol, pg, sub, ok := parseMetaKey(it.Key())
+		if !ok || sub != metaDecl {
 			continue
 		}
-		key := segKey{vol: binary.BigEndian.Uint64(k[1:]), pg: binary.BigEndian.Uint32(k[9:])}
+		key := segKey{vol: vol, pg: pg}
 		s, err := n.loadSegment(key, it.Value())
 		if err != nil {
 			return fmt.Errorf("storage: load %s: %w", key, err)

@@ -286,9 +286,11 @@ func (r *rpcServer) Pull(ctx context.Context, req *pb.PullRequest) (*pb.PullResp
 	}
 	defer it.Close()
 	size := 0
+	n.mu.Lock()
+	resp.Highest = s.chain.Highest()
+	n.mu.Unlock()
 	for it.First(); it.Valid(); it.Next() {
 		lsn := lastUint64(it.Key())
-		resp.Highest = lsn
 		if size >= max {
 			resp.More = true
 			break
