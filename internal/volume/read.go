@@ -125,14 +125,11 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 		select {
 		case r := <-results:
 			done++
-			if r.err == nil && len(r.resp.GetData()) != 0 && len(r.resp.GetData()) != c.cfg.PageSize {
+			if r.err == nil && len(r.resp.GetData()) != c.cfg.PageSize {
 				r.err = fmt.Errorf("returned %d bytes, want a %d-byte page", len(r.resp.GetData()), c.cfg.PageSize)
 			}
 			if r.err == nil {
 				c.noteSCL(p, cands[r.k].m.NodeID, r.resp.GetScl())
-				if len(r.resp.GetData()) == 0 {
-					return make([]byte, c.cfg.PageSize), nil
-				}
 				return r.resp.GetData(), nil
 			}
 			if reasonOf(r.err) == pb.Reason_STALE_EPOCH {
