@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"log/slog"
 	"net"
@@ -559,4 +560,29 @@ func BenchmarkCommit64(b *testing.B) {
 	})
 	st := c.Stats()
 	b.ReportMetric(float64(st.RecordsSent)/float64(st.Requests), "records/req")
+}
+
+func TestCollectorExportsCounters(t *testing.T) {
+	c := startCluster(t).open(t, nil)
+	if _, err := c.Commit(context.Background(), []PageWrite{{Page: 1, New: make([]byte, c.cfg.PageSize)}}); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c.Collector())
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		m := f.GetMetric()[0]
+		if m.GetCounter() != nil {
+			got[f.GetName()] = m.GetCounter().GetValue()
+		} else {
+			got[f.GetName()] = m.GetGauge().GetValue()
+		}
+	}
+	if got["borealis_volume_commits_total"] != 1 || got["borealis_volume_vdl"] < 1 || got["borealis_volume_records_sent_total"] != 6 {
+		t.Fatalf("metrics %v", got)
+	}
 }
