@@ -20,6 +20,10 @@ import (
 const (
 	dropPct = 20
 	dupPct  = 10
+
+	crashPct   = 2  // per step: a random segment crashes
+	persistPct = 25 // per accepted record: the segment persists its State
+	checkPct   = 50 // per step: Chain.Check is compared with Offer
 )
 
 // Result summarizes a successful run.
@@ -28,6 +32,7 @@ type Result struct {
 	Records int
 	VDL     uint64
 	Changes int
+	Crashes int
 }
 
 // seg is one segment: the chain under test plus an oracle's copy of what it
@@ -44,6 +49,16 @@ type seg struct {
 	oscl uint64
 
 	down bool // partitioned or dead: deliveries are lost, no gossip
+
+	// Crash and restart. Every accepted entry is persisted (held, list:
+	// a node acks only after fsync); saved is the State last persisted,
+	// which may lag the chain's. While crashed > 0 the chain is gone (nil),
+	// deliveries are lost and the segment neither acks nor gossips; the
+	// count is the steps left until restart.
+	saved   segment.State
+	crashed int
+	acked   uint64 // highest SCL of this segment's acks the tracker saw
+	crashes int
 }
 
 type pg struct {
@@ -108,6 +123,7 @@ type world struct {
 	dirty     []*seg
 	nchanges  int
 	fullEvery int
+	ncrashes  int
 }
 
 // Run simulates one seed. logf, if not nil, receives a line per step. The
@@ -148,6 +164,17 @@ func Run(seed uint64, logf func(string, ...any)) (Result, error) {
 
 	for w.budget > 0 {
 		w.step++
+		if err := w.restartDue(); err != nil {
+			return Result{}, err
+		}
+		if w.rng.IntN(100) < crashPct {
+			w.crash()
+		}
+		if w.rng.IntN(100) < checkPct {
+			if err := w.checkCheck(); err != nil {
+				return Result{}, err
+			}
+		}
 		r := w.rng.IntN(100)
 		switch {
 		case r < 18:
@@ -168,7 +195,7 @@ func Run(seed uint64, logf func(string, ...any)) (Result, error) {
 	if err := w.drain(); err != nil {
 		return Result{}, err
 	}
-	return Result{Steps: w.step, Records: len(w.allocs), VDL: w.tr.VDL(), Changes: w.nchanges}, nil
+	return Result{Steps: w.step, Records: len(w.allocs), VDL: w.tr.VDL(), Changes: w.nchanges, Crashes: w.ncrashes}, nil
 }
 
 func (w *world) log(format string, args ...any) {
@@ -253,12 +280,14 @@ func (w *world) deliver(i int) {
 	w.pool[i] = w.pool[len(w.pool)-1]
 	w.pool = w.pool[:len(w.pool)-1]
 	if m.ack {
+		// An ack already in flight when its segment crashed still arrives.
+		m.seg.acked = max(m.seg.acked, m.scl)
 		adv := w.tr.Ack(m.pg.id, m.seg.id, m.scl)
 		w.log("ack pg%d %s scl %d -> vdl advanced %v", m.pg.id, m.seg.id, m.scl, adv)
 		return
 	}
-	if m.seg.down {
-		w.log("record %d to pg%d %s lost (down)", m.e.LSN, m.pg.id, m.seg.id)
+	if m.seg.down || m.seg.crashed > 0 {
+		w.log("record %d to pg%d %s lost (down %v, crashed %v)", m.e.LSN, m.pg.id, m.seg.id, m.seg.down, m.seg.crashed > 0)
 		return
 	}
 	v := w.offer(m.seg, m.e)
@@ -295,6 +324,11 @@ func (w *world) offer(s *seg, e segment.Entry) segment.Verdict {
 			s.oscl = n
 		}
 		s.dirty(w)
+		// The State summary is persisted now and then, not with every
+		// record: a restart must cope with a stale one.
+		if w.rng.IntN(100) < persistPct {
+			s.saved = s.chain.State()
+		}
 	}
 	return v
 }
@@ -308,7 +342,7 @@ func (s *seg) dirty(w *world) {
 func (p *pg) alive() []*seg {
 	var out []*seg
 	for _, s := range p.segs {
-		if !s.down {
+		if !s.down && s.crashed == 0 {
 			out = append(out, s)
 		}
 	}
@@ -376,7 +410,7 @@ func (w *world) membership(p *pg, final bool) {
 			p.phase = 2
 			return
 		}
-		if p.g.chain.SCL() < w.tr.PGCL(p.id) {
+		if p.g.crashed > 0 || p.g.chain.SCL() < w.tr.PGCL(p.id) {
 			return // G is not complete yet
 		}
 		w.setConfig(p, quorum.Config{Epoch: p.cfg.Epoch + 1, Sets: []quorum.Set{p.cfg.Sets[1]}})
@@ -400,6 +434,17 @@ func (w *world) setConfig(p *pg, c quorum.Config) {
 // that the volume is durable up to the last CPL.
 func (w *world) drain() error {
 	w.lossless = true
+	// Restart every crashed segment first: with too many down no write
+	// quorum could form and the drain would never converge.
+	for _, p := range w.pgs {
+		for _, s := range p.segs {
+			if s.crashed > 0 {
+				if err := w.restart(p, s); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	for round := 0; ; round++ {
 		if round > 100 {
 			return fmt.Errorf("drain did not converge")
@@ -563,6 +608,9 @@ func (p *pg) scls() string {
 		if s.down {
 			b = append(b, '!')
 		}
+		if s.crashed > 0 {
+			b = append(b, '#')
+		}
 	}
 	return string(b)
 }
@@ -570,6 +618,9 @@ func (p *pg) scls() string {
 // checkIncremental compares the chain with the oracle's SCL and with holes
 // derived from the held entries above it.
 func (s *seg) checkIncremental() error {
+	if s.crashed > 0 {
+		return nil
+	}
 	if got := s.chain.SCL(); got != s.oscl {
 		return fmt.Errorf("%s: SCL = %d, oracle %d", s.id, got, s.oscl)
 	}
@@ -608,31 +659,43 @@ func (s *seg) checkHoles(above []uint64) error {
 func (w *world) checkFull() error {
 	for _, p := range w.pgs {
 		for _, s := range p.segs {
-			byPrev := make(map[uint64]uint64, len(s.held))
-			for _, e := range s.list {
-				byPrev[e.PrevLSN] = e.LSN
-			}
-			scl := uint64(0)
-			for {
-				n, ok := byPrev[scl]
-				if !ok {
-					break
-				}
-				scl = n
-			}
-			if got := s.chain.SCL(); got != scl || s.oscl != scl {
-				return fmt.Errorf("%s: SCL = %d, brute force %d (oracle %d)", s.id, got, scl, s.oscl)
-			}
-			var above []uint64
-			for _, e := range s.list {
-				if e.LSN > scl {
-					above = append(above, e.LSN)
-				}
-			}
-			if err := s.checkHoles(above); err != nil {
+			if err := s.checkBrute(); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// checkBrute is checkFull for one segment. A crashed segment has no chain;
+// its persisted entries must still agree with the oracle.
+func (s *seg) checkBrute() error {
+	byPrev := make(map[uint64]uint64, len(s.held))
+	for _, e := range s.list {
+		byPrev[e.PrevLSN] = e.LSN
+	}
+	scl := uint64(0)
+	for {
+		n, ok := byPrev[scl]
+		if !ok {
+			break
+		}
+		scl = n
+	}
+	if s.oscl != scl {
+		return fmt.Errorf("%s: oracle SCL %d, brute force %d", s.id, s.oscl, scl)
+	}
+	if s.crashed > 0 {
+		return nil
+	}
+	if got := s.chain.SCL(); got != scl {
+		return fmt.Errorf("%s: SCL = %d, brute force %d (oracle %d)", s.id, got, scl, s.oscl)
+	}
+	var above []uint64
+	for _, e := range s.list {
+		if e.LSN > scl {
+			above = append(above, e.LSN)
+		}
+	}
+	return s.checkHoles(above)
 }

@@ -35,6 +35,7 @@ func TestRandomSchedules(t *testing.T) {
 		next              atomic.Int64
 		steps, records    atomic.Int64
 		changes, failures atomic.Int64
+		crashes           atomic.Int64
 		wg                sync.WaitGroup
 	)
 	for range runtime.GOMAXPROCS(0) {
@@ -56,12 +57,13 @@ func TestRandomSchedules(t *testing.T) {
 				steps.Add(int64(res.Steps))
 				records.Add(int64(res.Records))
 				changes.Add(int64(res.Changes))
+				crashes.Add(int64(res.Crashes))
 			}
 		}()
 	}
 	wg.Wait()
-	t.Logf("%d seeds, %d steps, %d records, %d membership changes in %v",
-		n, steps.Load(), records.Load(), changes.Load(), time.Since(start).Round(time.Millisecond))
+	t.Logf("%d seeds, %d steps, %d records, %d membership changes, %d segment crashes in %v",
+		n, steps.Load(), records.Load(), changes.Load(), crashes.Load(), time.Since(start).Round(time.Millisecond))
 }
 
 // A run must be a function of its seed alone, or replays would lie.
