@@ -23,11 +23,10 @@ type incoming struct {
 }
 
 type incomingBatch struct {
-	pg      uint32
-	raw     [][]byte
-	recs    []redo.Record
-	retain  uint64
-	records int
+	pg     uint32
+	raw    [][]byte
+	recs   []redo.Record
+	retain uint64
 }
 
 func fromAppendRequest(req *pb.AppendRequest) *incoming {
