@@ -1,0 +1,1001 @@
+// Package control is the control plane's library core: the catalog of
+// storage nodes, volumes, PG membership, epochs and the writer lease, kept in
+// etcd; placement of PGs on storage nodes; and an embedded single-node etcd.
+//
+// # Key layout
+//
+// Every key is under one prefix (DefaultPrefix, "/borealis/v1/"); every value
+// is a JSON object with "version": 1.
+//
+//	nodes/<node-id>                     Node: id, az, addr, capacity_bytes, registered_at
+//	alive/<node-id>                     {node, at, ttl_s}, attached to the node's lease: the node is up iff it exists
+//	seen/<node-id>                      {node, at}: the last heartbeat, kept after the lease expires
+//	counters/volume-id                  the last volume id allocated (a decimal number, not JSON)
+//	volumes/<name>                      Volume: name, id, page_size, pg_size_bytes, pages_per_pg, geometry_epoch, volume_epoch, pgs
+//	volume-ids/<volume-id %020d>        {name}: volume id to name
+//	pgs/<volume-id %020d>/<pg %010d>    PG: volume_id, pg, membership_epoch, geometry_epoch, segments [{node, az, addr}]
+//	writer/<volume-id %020d>            Writer: holder, epoch, lease, acquired_at; attached to the writer lease
+//
+// Every change is an etcd Txn guarded by revisions (CreateRevision == 0 for a
+// new key, ModRevision == the one read for an update), so two racing calls
+// never both win.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+const (
+	// DefaultPrefix is the key prefix of the catalog.
+	DefaultPrefix = "/borealis/v1/"
+	// RecordVersion is the "version" of every record written.
+	RecordVersion = 1
+
+	// DefaultPageSize is the page size of a volume created with page size 0.
+	DefaultPageSize = 4096
+	// DefaultPGSizeBytes is the PG size of a volume created with PG size 0.
+	DefaultPGSizeBytes uint64 = 10 << 30
+	// MaxVolumeBytes caps a volume: it grows a PG at a time up to this size.
+	MaxVolumeBytes uint64 = 128 << 40
+	// MinPageSize and MaxPageSize bound a volume's page size (a power of two).
+	MinPageSize = 512
+	MaxPageSize = 65536
+
+	// SegmentsPerAZ and AZs shape a PG: 2 segments in each of 3 AZs.
+	SegmentsPerAZ = 2
+	AZs           = 3
+
+	// DefaultHeartbeatTTL is how long a node stays up after its last
+	// heartbeat unless told otherwise (etcd lease TTLs are whole seconds).
+	DefaultHeartbeatTTL = 3 * time.Second
+
+	// maxAttempts bounds the retries of a transaction that lost a race.
+	maxAttempts = 100
+)
+
+// Node is a registered storage node.
+type Node struct {
+	Version       int       `json:"version"`
+	ID            string    `json:"id"`
+	AZ            string    `json:"az"`
+	Addr          string    `json:"addr"`
+	CapacityBytes uint64    `json:"capacity_bytes"`
+	RegisteredAt  time.Time `json:"registered_at"`
+}
+
+// Node states.
+const (
+	StateUp   = "up"
+	StateDown = "down"
+)
+
+// NodeState is a node with its liveness: up iff its lease-bound alive key
+// exists.
+type NodeState struct {
+	Node
+	State string `json:"state"`
+	// LastHeartbeat is the time of the node's last heartbeat; zero if it
+	// never heartbeat.
+	LastHeartbeat time.Time `json:"last_heartbeat"`
+}
+
+// Volume is a volume's catalog record.
+type Volume struct {
+	Version     int    `json:"version"`
+	Name        string `json:"name"`
+	ID          uint64 `json:"id"`
+	PageSize    int    `json:"page_size"`
+	PGSizeBytes uint64 `json:"pg_size_bytes"`
+	PagesPerPG  uint64 `json:"pages_per_pg"`
+	// GeometryEpoch goes up by one with each PG added (1 with PG 0).
+	GeometryEpoch uint64 `json:"geometry_epoch"`
+	// VolumeEpoch goes up by one with each writer lease granted and each
+	// BumpEpoch (0: no writer yet).
+	VolumeEpoch uint64    `json:"volume_epoch"`
+	PGs         uint32    `json:"pgs"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// MaxPGs is the number of PGs the volume may grow to: MaxVolumeBytes worth,
+// and no more than a uint32 counts.
+func (v Volume) MaxPGs() uint64 { return maxPGs(v.PGSizeBytes) }
+
+// SizeBytes is the volume's current size: its PGs times the PG size.
+func (v Volume) SizeBytes() uint64 { return uint64(v.PGs) * v.PGSizeBytes }
+
+// PGOf is the PG holding page (pages are numbered from 1): PG i holds pages
+// [i*N+1, (i+1)*N] with N = PagesPerPG.
+func (v Volume) PGOf(page uint64) uint32 { return uint32((page - 1) / v.PagesPerPG) }
+
+func maxPGs(pgSize uint64) uint64 {
+	if pgSize == 0 {
+		return 0
+	}
+	return min(MaxVolumeBytes/pgSize, 1<<32)
+}
+
+// Segment is one of a PG's segments: the node that hosts it. Addr is the
+// node's address when the PG was placed; the node record is authoritative.
+type Segment struct {
+	Node string `json:"node"`
+	AZ   string `json:"az"`
+	Addr string `json:"addr"`
+}
+
+// PG is one protection group's membership.
+type PG struct {
+	Version         int    `json:"version"`
+	VolumeID        uint64 `json:"volume_id"`
+	PG              uint32 `json:"pg"`
+	MembershipEpoch uint64 `json:"membership_epoch"`
+	// GeometryEpoch is the volume's geometry epoch that added this PG.
+	GeometryEpoch uint64    `json:"geometry_epoch"`
+	Segments      []Segment `json:"segments"`
+}
+
+// Writer is the holder of a volume's writer lease.
+type Writer struct {
+	Version    int              `json:"version"`
+	VolumeID   uint64           `json:"volume_id"`
+	Holder     string           `json:"holder"`
+	Epoch      uint64           `json:"epoch"`
+	Lease      clientv3.LeaseID `json:"lease"`
+	TTLSeconds int64            `json:"ttl_s"`
+	AcquiredAt time.Time        `json:"acquired_at"`
+}
+
+type aliveRecord struct {
+	Version    int       `json:"version"`
+	Node       string    `json:"node"`
+	At         time.Time `json:"at"`
+	TTLSeconds int64     `json:"ttl_s,omitempty"`
+}
+
+type volumeIDRecord struct {
+	Version int    `json:"version"`
+	Name    string `json:"name"`
+}
+
+// Catalog is the control plane's catalog in etcd. It is safe for concurrent
+// use; every method is one or a few etcd transactions, so several Catalogs
+// (processes) may share one etcd.
+type Catalog struct {
+	cli    *clientv3.Client
+	prefix string
+	owned  bool
+
+	mu     sync.Mutex
+	leases map[string]*nodeLease
+}
+
+type nodeLease struct {
+	mu  sync.Mutex
+	id  clientv3.LeaseID
+	ttl int64
+}
+
+// New returns a Catalog over cli with its keys under prefix (DefaultPrefix
+// when empty). Close does not close cli.
+func New(cli *clientv3.Client, prefix string) *Catalog {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return &Catalog{cli: cli, prefix: prefix, leases: map[string]*nodeLease{}}
+}
+
+// Open connects to etcd at endpoints (URLs such as http://127.0.0.1:2379, or
+// host:port), checks that it answers, and returns a Catalog that owns the
+// client (Close closes it).
+func Open(ctx context.Context, endpoints []string, prefix string) (*Catalog, error) {
+	if len(endpoints) == 0 {
+		return nil, fmt.Errorf("control: no etcd endpoints given; pass its client URLs (--etcd http://HOST:PORT,...)")
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("control: cannot connect to etcd at %s: %w; check the URLs (--etcd)", strings.Join(endpoints, ","), err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := cli.Get(pctx, "health-check", clientv3.WithCountOnly()); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("control: etcd at %s does not answer: %w; check that it runs and that --etcd lists its client URLs", strings.Join(endpoints, ","), err)
+	}
+	c := New(cli, prefix)
+	c.owned = true
+	return c, nil
+}
+
+// Close closes the etcd client if Open made it.
+func (c *Catalog) Close() error {
+	if c.owned {
+		return c.cli.Close()
+	}
+	return nil
+}
+
+// Client is the etcd client the catalog uses.
+func (c *Catalog) Client() *clientv3.Client { return c.cli }
+
+// Prefix is the catalog's key prefix.
+func (c *Catalog) Prefix() string { return c.prefix }
+
+// ---- keys ----
+
+func (c *Catalog) nodeKey(id string) string  { return c.prefix + "nodes/" + id }
+func (c *Catalog) aliveKey(id string) string { return c.prefix + "alive/" + id }
+func (c *Catalog) seenKey(id string) string  { return c.prefix + "seen/" + id }
+func (c *Catalog) volKey(name string) string { return c.prefix + "volumes/" + name }
+func (c *Catalog) volIDKey(id uint64) string { return fmt.Sprintf("%svolume-ids/%020d", c.prefix, id) }
+func (c *Catalog) counterKey() string        { return c.prefix + "counters/volume-id" }
+func (c *Catalog) pgsPrefix() string         { return c.prefix + "pgs/" }
+func (c *Catalog) pgPrefix(vol uint64) string {
+	return fmt.Sprintf("%spgs/%020d/", c.prefix, vol)
+}
+func (c *Catalog) pgKey(vol uint64, pg uint32) string {
+	return fmt.Sprintf("%s%010d", c.pgPrefix(vol), pg)
+}
+func (c *Catalog) writerKey(vol uint64) string { return fmt.Sprintf("%swriter/%020d", c.prefix, vol) }
+
+// ---- validation ----
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+func checkName(what, s string) error {
+	if !nameRE.MatchString(s) {
+		return fmt.Errorf("%w: %s %q is not valid; use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", ErrInvalid, what, s)
+	}
+	return nil
+}
+
+func ttlSeconds(ttl time.Duration) int64 {
+	s := int64((ttl + time.Second - 1) / time.Second)
+	return max(s, 1)
+}
+
+func encode(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // our records always marshal
+	}
+	return string(b)
+}
+
+func decode[T any](kv *mvccpb.KeyValue) (T, error) {
+	var v T
+	if err := json.Unmarshal(kv.Value, &v); err != nil {
+		return v, fmt.Errorf("control: the catalog record %s is corrupt (%v); inspect it with etcdctl get %s", kv.Key, err, kv.Key)
+	}
+	var ver struct {
+		Version int `json:"version"`
+	}
+	_ = json.Unmarshal(kv.Value, &ver)
+	if ver.Version != RecordVersion {
+		return v, fmt.Errorf("control: the catalog record %s has version %d, and this binary reads version %d; run a matching borealis", kv.Key, ver.Version, RecordVersion)
+	}
+	return v, nil
+}
+
+func etcdErr(what string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("control: %s: %w", what, err)
+	}
+	return fmt.Errorf("control: %s: etcd: %w; check that etcd is reachable", what, err)
+}
+
+// ---- nodes ----
+
+// RegisterNode registers a storage node or updates its address and
+// capacity. It is idempotent. A node's AZ is fixed: registering an existing
+// id in another AZ is refused.
+func (c *Catalog) RegisterNode(ctx context.Context, n Node) error {
+	if err := checkName("node id", n.ID); err != nil {
+		return err
+	}
+	if err := checkName("AZ", n.AZ); err != nil {
+		return fmt.Errorf("node %s: %w", n.ID, err)
+	}
+	if n.Addr == "" {
+		return fmt.Errorf("%w: node %s has no address; give the host:port its Storage service listens on", ErrInvalid, n.ID)
+	}
+	key := c.nodeKey(n.ID)
+	for range maxAttempts {
+		resp, err := c.cli.Get(ctx, key)
+		if err != nil {
+			return etcdErr("register node "+n.ID, err)
+		}
+		rec := n
+		rec.Version = RecordVersion
+		cmp := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+		if len(resp.Kvs) > 0 {
+			old, err := decode[Node](resp.Kvs[0])
+			if err != nil {
+				return err
+			}
+			if old.AZ != n.AZ {
+				return fmt.Errorf("%w: node %s is registered in AZ %s and cannot move to AZ %s; a node in another AZ needs a new id and a fresh data directory", ErrInvalid, n.ID, old.AZ, n.AZ)
+			}
+			if old.Addr == n.Addr && old.CapacityBytes == n.CapacityBytes {
+				return nil
+			}
+			rec.RegisteredAt = old.RegisteredAt
+			cmp = clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)
+		} else if rec.RegisteredAt.IsZero() {
+			rec.RegisteredAt = time.Now().UTC()
+		}
+		tr, err := c.cli.Txn(ctx).If(cmp).Then(clientv3.OpPut(key, encode(rec))).Commit()
+		if err != nil {
+			return etcdErr("register node "+n.ID, err)
+		}
+		if tr.Succeeded {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: registering node %s raced with other changes %d times; retry", ErrConflict, n.ID, maxAttempts)
+}
+
+// Nodes lists the registered nodes, ordered by id.
+func (c *Catalog) Nodes(ctx context.Context) ([]Node, error) {
+	resp, err := c.cli.Get(ctx, c.prefix+"nodes/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, etcdErr("list nodes", err)
+	}
+	return decodeAll[Node](resp.Kvs)
+}
+
+func decodeAll[T any](kvs []*mvccpb.KeyValue) ([]T, error) {
+	out := make([]T, 0, len(kvs))
+	for _, kv := range kvs {
+		v, err := decode[T](kv)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func (c *Catalog) lease(nodeID string) *nodeLease {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l := c.leases[nodeID]
+	if l == nil {
+		l = &nodeLease{}
+		c.leases[nodeID] = l
+	}
+	return l
+}
+
+// Heartbeat records that a registered node is alive. The node's key
+// alive/<id> is bound to an etcd lease of the given TTL (rounded up to whole
+// seconds; etcd may raise a very short TTL to its minimum): the first call
+// grants it, later calls renew it (KeepAliveOnce) and re-grant it if it has
+// expired. A node that does not heartbeat within the TTL is down, and up
+// again at its next heartbeat.
+func (c *Catalog) Heartbeat(ctx context.Context, nodeID string, ttl time.Duration) error {
+	secs := ttlSeconds(ttl)
+	nl := c.lease(nodeID)
+	nl.mu.Lock()
+	defer nl.mu.Unlock()
+	for range 3 {
+		if nl.id == 0 || nl.ttl != secs {
+			g, err := c.cli.Grant(ctx, secs)
+			if err != nil {
+				return etcdErr("heartbeat of node "+nodeID+": grant a lease", err)
+			}
+			nl.id, nl.ttl = g.ID, secs
+		} else if _, err := c.cli.KeepAliveOnce(ctx, nl.id); err != nil {
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				nl.id = 0 // expired: the node was down; grant a new one
+				continue
+			}
+			return etcdErr("heartbeat of node "+nodeID+": renew its lease", err)
+		}
+		rec := aliveRecord{Version: RecordVersion, Node: nodeID, At: time.Now().UTC(), TTLSeconds: secs}
+		v := encode(rec)
+		tr, err := c.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(c.nodeKey(nodeID)), ">", 0)).
+			Then(clientv3.OpPut(c.aliveKey(nodeID), v, clientv3.WithLease(nl.id)), clientv3.OpPut(c.seenKey(nodeID), v)).
+			Commit()
+		if err != nil {
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				nl.id = 0
+				continue
+			}
+			return etcdErr("heartbeat of node "+nodeID, err)
+		}
+		if !tr.Succeeded {
+			return fmt.Errorf("%w: node %s is not registered; register it before it heartbeats", ErrNotFound, nodeID)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: the lease of node %s kept expiring while it heartbeat; is the TTL (%ds) too short for etcd's latency?", ErrConflict, nodeID, secs)
+}
+
+// NodeStates returns every registered node with its state, by id.
+func (c *Catalog) NodeStates(ctx context.Context) (map[string]NodeState, error) {
+	tr, err := c.cli.Txn(ctx).Then(
+		clientv3.OpGet(c.prefix+"nodes/", clientv3.WithPrefix()),
+		clientv3.OpGet(c.prefix+"alive/", clientv3.WithPrefix()),
+		clientv3.OpGet(c.prefix+"seen/", clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return nil, etcdErr("read node states", err)
+	}
+	nodes, err := decodeAll[Node](tr.Responses[0].GetResponseRange().Kvs)
+	if err != nil {
+		return nil, err
+	}
+	alive, err := decodeAll[aliveRecord](tr.Responses[1].GetResponseRange().Kvs)
+	if err != nil {
+		return nil, err
+	}
+	seen, err := decodeAll[aliveRecord](tr.Responses[2].GetResponseRange().Kvs)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]NodeState, len(nodes))
+	for _, n := range nodes {
+		out[n.ID] = NodeState{Node: n, State: StateDown}
+	}
+	for _, s := range seen {
+		if ns, ok := out[s.Node]; ok {
+			ns.LastHeartbeat = s.At
+			out[s.Node] = ns
+		}
+	}
+	for _, a := range alive {
+		if ns, ok := out[a.Node]; ok {
+			ns.State = StateUp
+			if a.At.After(ns.LastHeartbeat) {
+				ns.LastHeartbeat = a.At
+			}
+			out[a.Node] = ns
+		}
+	}
+	return out, nil
+}
+
+// ---- placement input ----
+
+// snapshotOps are the reads placement needs, first in a read Txn.
+func (c *Catalog) snapshotOps() []clientv3.Op {
+	return []clientv3.Op{
+		clientv3.OpGet(c.prefix+"nodes/", clientv3.WithPrefix()),
+		clientv3.OpGet(c.prefix+"alive/", clientv3.WithPrefix()),
+		clientv3.OpGet(c.pgsPrefix(), clientv3.WithPrefix()),
+	}
+}
+
+// nodeInfos builds placement's view from the responses of snapshotOps:
+// every registered node, up iff alive, loaded with the segments it hosts.
+func nodeInfos(rs []*etcdserverpb.ResponseOp) ([]NodeInfo, map[string]PG, error) {
+	nodes, err := decodeAll[Node](rs[0].GetResponseRange().Kvs)
+	if err != nil {
+		return nil, nil, err
+	}
+	alive, err := decodeAll[aliveRecord](rs[1].GetResponseRange().Kvs)
+	if err != nil {
+		return nil, nil, err
+	}
+	up := map[string]bool{}
+	for _, a := range alive {
+		up[a.Node] = true
+	}
+	load := map[string]int{}
+	pgs := map[string]PG{}
+	for _, kv := range rs[2].GetResponseRange().Kvs {
+		pg, err := decode[PG](kv)
+		if err != nil {
+			return nil, nil, err
+		}
+		pgs[string(kv.Key)] = pg
+		for _, s := range pg.Segments {
+			load[s.Node]++
+		}
+	}
+	infos := make([]NodeInfo, 0, len(nodes))
+	for _, n := range nodes {
+		infos = append(infos, NodeInfo{ID: n.ID, AZ: n.AZ, Addr: n.Addr, Up: up[n.ID], Segments: load[n.ID]})
+	}
+	return infos, pgs, nil
+}
+
+func segmentsOf(chosen []NodeInfo) []Segment {
+	segs := make([]Segment, len(chosen))
+	for i, n := range chosen {
+		segs[i] = Segment{Node: n.ID, AZ: n.AZ, Addr: n.Addr}
+	}
+	return segs
+}
+
+// ---- volumes ----
+
+// CreateVolume creates a volume and places its PG 0 on 2 live nodes in each
+// of 3 AZs, least-loaded first. pageSize 0 means DefaultPageSize; pgSizeBytes
+// 0 means DefaultPGSizeBytes. The volume id comes from a counter; the
+// counter, the volume and PG 0 are written in one transaction, so of
+// concurrent creates of one name exactly one wins and the others get
+// ErrExists.
+func (c *Catalog) CreateVolume(ctx context.Context, name string, pageSize int, pgSizeBytes uint64) (Volume, error) {
+	if err := checkName("volume name", name); err != nil {
+		return Volume{}, err
+	}
+	if pageSize == 0 {
+		pageSize = DefaultPageSize
+	}
+	if pgSizeBytes == 0 {
+		pgSizeBytes = DefaultPGSizeBytes
+	}
+	if pageSize < MinPageSize || pageSize > MaxPageSize || pageSize&(pageSize-1) != 0 {
+		return Volume{}, fmt.Errorf("%w: page size %d of volume %s is not valid; use a power of two from %d to %d (default %d)", ErrInvalid, pageSize, name, MinPageSize, MaxPageSize, DefaultPageSize)
+	}
+	if pgSizeBytes < uint64(pageSize) || pgSizeBytes%uint64(pageSize) != 0 {
+		return Volume{}, fmt.Errorf("%w: PG size %d of volume %s is not valid; use a whole number of %d-byte pages, at least one (such as 1MiB or 10GiB)", ErrInvalid, pgSizeBytes, name, pageSize)
+	}
+	if pgSizeBytes > MaxVolumeBytes {
+		return Volume{}, fmt.Errorf("%w: PG size %d of volume %s is larger than the 128 TiB a volume may hold; use a smaller PG size", ErrInvalid, pgSizeBytes, name)
+	}
+	vk, ck := c.volKey(name), c.counterKey()
+	for range maxAttempts {
+		ops := append([]clientv3.Op{clientv3.OpGet(vk), clientv3.OpGet(ck)}, c.snapshotOps()...)
+		tr, err := c.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return Volume{}, etcdErr("create volume "+name, err)
+		}
+		if kvs := tr.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			return Volume{}, existsErr(name, kvs[0])
+		}
+		var last uint64
+		var counterRev int64
+		if kvs := tr.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+			last, err = strconv.ParseUint(string(kvs[0].Value), 10, 64)
+			if err != nil {
+				return Volume{}, fmt.Errorf("control: the volume id counter %s is corrupt (%q); fix it with etcdctl", ck, kvs[0].Value)
+			}
+			counterRev = kvs[0].ModRevision
+		}
+		infos, _, err := nodeInfos(tr.Responses[2:])
+		if err != nil {
+			return Volume{}, err
+		}
+		chosen, err := Place(infos, SegmentsPerAZ, AZs)
+		if err != nil {
+			return Volume{}, fmt.Errorf("cannot create volume %s: %w", name, err)
+		}
+		vol := Volume{
+			Version: RecordVersion, Name: name, ID: last + 1,
+			PageSize: pageSize, PGSizeBytes: pgSizeBytes, PagesPerPG: pgSizeBytes / uint64(pageSize),
+			GeometryEpoch: 1, PGs: 1, CreatedAt: time.Now().UTC(),
+		}
+		pg := PG{Version: RecordVersion, VolumeID: vol.ID, PG: 0, MembershipEpoch: 1, GeometryEpoch: 1, Segments: segmentsOf(chosen)}
+		wr, err := c.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(vk), "=", 0),
+				clientv3.Compare(clientv3.ModRevision(ck), "=", counterRev)).
+			Then(clientv3.OpPut(ck, strconv.FormatUint(vol.ID, 10)),
+				clientv3.OpPut(vk, encode(vol)),
+				clientv3.OpPut(c.volIDKey(vol.ID), encode(volumeIDRecord{Version: RecordVersion, Name: name})),
+				clientv3.OpPut(c.pgKey(vol.ID, 0), encode(pg))).
+			Else(clientv3.OpGet(vk)).
+			Commit()
+		if err != nil {
+			return Volume{}, etcdErr("create volume "+name, err)
+		}
+		if wr.Succeeded {
+			return vol, nil
+		}
+		if kvs := wr.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			return Volume{}, existsErr(name, kvs[0])
+		}
+		// Another volume took the id; try the next.
+	}
+	return Volume{}, fmt.Errorf("%w: creating volume %s raced with other creates %d times; retry", ErrConflict, name, maxAttempts)
+}
+
+func existsErr(name string, kv *mvccpb.KeyValue) error {
+	if v, err := decode[Volume](kv); err == nil {
+		return fmt.Errorf("%w: volume %s already exists (id %d); use it, or choose another name", ErrExists, name, v.ID)
+	}
+	return fmt.Errorf("%w: volume %s already exists; use it, or choose another name", ErrExists, name)
+}
+
+func notFoundVolume(name string) error {
+	return fmt.Errorf("%w: volume %s does not exist; create it first (or check the name)", ErrNotFound, name)
+}
+
+// getVolume reads a volume and its key's ModRevision.
+func (c *Catalog) getVolume(ctx context.Context, name string) (Volume, int64, error) {
+	if err := checkName("volume name", name); err != nil {
+		return Volume{}, 0, err
+	}
+	resp, err := c.cli.Get(ctx, c.volKey(name))
+	if err != nil {
+		return Volume{}, 0, etcdErr("read volume "+name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Volume{}, 0, notFoundVolume(name)
+	}
+	v, err := decode[Volume](resp.Kvs[0])
+	return v, resp.Kvs[0].ModRevision, err
+}
+
+// Volume returns the volume named name.
+func (c *Catalog) Volume(ctx context.Context, name string) (Volume, error) {
+	v, _, err := c.getVolume(ctx, name)
+	return v, err
+}
+
+// VolumeByID returns the volume with id id.
+func (c *Catalog) VolumeByID(ctx context.Context, id uint64) (Volume, error) {
+	resp, err := c.cli.Get(ctx, c.volIDKey(id))
+	if err != nil {
+		return Volume{}, etcdErr(fmt.Sprintf("read volume id %d", id), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Volume{}, fmt.Errorf("%w: no volume has id %d", ErrNotFound, id)
+	}
+	r, err := decode[volumeIDRecord](resp.Kvs[0])
+	if err != nil {
+		return Volume{}, err
+	}
+	return c.Volume(ctx, r.Name)
+}
+
+// Volumes lists every volume, ordered by name.
+func (c *Catalog) Volumes(ctx context.Context) ([]Volume, error) {
+	resp, err := c.cli.Get(ctx, c.prefix+"volumes/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, etcdErr("list volumes", err)
+	}
+	return decodeAll[Volume](resp.Kvs)
+}
+
+// ---- PGs ----
+
+// PG returns one PG's membership.
+func (c *Catalog) PG(ctx context.Context, volID uint64, pg uint32) (PG, error) {
+	resp, err := c.cli.Get(ctx, c.pgKey(volID, pg))
+	if err != nil {
+		return PG{}, etcdErr(fmt.Sprintf("read PG %d of volume id %d", pg, volID), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return PG{}, fmt.Errorf("%w: volume id %d has no PG %d; a PG exists once the volume has grown to it (AddPG)", ErrNotFound, volID, pg)
+	}
+	return decode[PG](resp.Kvs[0])
+}
+
+// PGs returns every PG of a volume, in order.
+func (c *Catalog) PGs(ctx context.Context, volID uint64) ([]PG, error) {
+	resp, err := c.cli.Get(ctx, c.pgPrefix(volID), clientv3.WithPrefix())
+	if err != nil {
+		return nil, etcdErr(fmt.Sprintf("list the PGs of volume id %d", volID), err)
+	}
+	pgs, err := decodeAll[PG](resp.Kvs)
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(pgs, func(i, j int) bool { return pgs[i].PG < pgs[j].PG })
+	return pgs, nil
+}
+
+// AddPG grows a volume by its next PG: pg must be exactly the volume's PG
+// count. It places the PG on 2 live nodes in each of 3 AZs, least-loaded
+// first, and bumps the geometry epoch, in one transaction guarded by the
+// volume's revision. It is idempotent: a PG that already exists is returned
+// as it is, so of racing calls one places the PG and all get it.
+func (c *Catalog) AddPG(ctx context.Context, volName string, pg uint32) (PG, error) {
+	if err := checkName("volume name", volName); err != nil {
+		return PG{}, err
+	}
+	vk := c.volKey(volName)
+	for range maxAttempts {
+		ops := append([]clientv3.Op{clientv3.OpGet(vk)}, c.snapshotOps()...)
+		tr, err := c.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return PG{}, etcdErr(fmt.Sprintf("add PG %d to volume %s", pg, volName), err)
+		}
+		kvs := tr.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			return PG{}, notFoundVolume(volName)
+		}
+		vol, err := decode[Volume](kvs[0])
+		if err != nil {
+			return PG{}, err
+		}
+		rev := kvs[0].ModRevision
+		infos, pgs, err := nodeInfos(tr.Responses[1:])
+		if err != nil {
+			return PG{}, err
+		}
+		pk := c.pgKey(vol.ID, pg)
+		if pg < vol.PGs {
+			if existing, ok := pgs[pk]; ok {
+				return existing, nil
+			}
+			return c.PG(ctx, vol.ID, pg)
+		}
+		if uint64(pg) >= vol.MaxPGs() {
+			return PG{}, fmt.Errorf("%w: volume %s cannot grow to PG %d: it is at its maximum of %d PGs of %d bytes (128 TiB); no page beyond it can be written", ErrVolumeFull, volName, pg, vol.MaxPGs(), vol.PGSizeBytes)
+		}
+		if pg > vol.PGs {
+			return PG{}, fmt.Errorf("%w: volume %s has %d PGs (0..%d), so the next one is PG %d, not %d; volumes grow one PG at a time", ErrInvalid, volName, vol.PGs, vol.PGs-1, vol.PGs, pg)
+		}
+		chosen, err := Place(infos, SegmentsPerAZ, AZs)
+		if err != nil {
+			return PG{}, fmt.Errorf("cannot add PG %d to volume %s: %w", pg, volName, err)
+		}
+		nv := vol
+		nv.PGs++
+		nv.GeometryEpoch++
+		rec := PG{Version: RecordVersion, VolumeID: vol.ID, PG: pg, MembershipEpoch: 1, GeometryEpoch: nv.GeometryEpoch, Segments: segmentsOf(chosen)}
+		wr, err := c.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(vk), "=", rev),
+				clientv3.Compare(clientv3.CreateRevision(pk), "=", 0)).
+			Then(clientv3.OpPut(vk, encode(nv)), clientv3.OpPut(pk, encode(rec))).
+			Commit()
+		if err != nil {
+			return PG{}, etcdErr(fmt.Sprintf("add PG %d to volume %s", pg, volName), err)
+		}
+		if wr.Succeeded {
+			return rec, nil
+		}
+		// The volume changed (another PG, an epoch bump): look again.
+	}
+	return PG{}, fmt.Errorf("%w: adding PG %d to volume %s raced with other changes %d times; retry", ErrConflict, pg, volName, maxAttempts)
+}
+
+// ---- writer lease and epoch ----
+
+// AcquireWriter grants holder the volume's writer lease, an etcd lease of
+// the given TTL, and bumps the volume epoch, in one transaction: the key
+// writer/<volume-id> is created only if absent, and the volume only if
+// unchanged since read. It returns the lease (keep it with RenewWriter, or
+// the client's KeepAlive) and the new epoch. If another holder has the
+// lease, it is refused with ErrWriterHeld, naming the holder.
+func (c *Catalog) AcquireWriter(ctx context.Context, volName, holder string, ttl time.Duration) (clientv3.LeaseID, uint64, error) {
+	if holder == "" {
+		return 0, 0, fmt.Errorf("%w: a writer lease needs a holder name (such as the instance id)", ErrInvalid)
+	}
+	secs := ttlSeconds(ttl)
+	var lease clientv3.LeaseID
+	revoke := func() {
+		if lease != 0 {
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, _ = c.cli.Revoke(rctx, lease)
+		}
+	}
+	vk := c.volKey(volName)
+	for range maxAttempts {
+		vol, rev, err := c.getVolume(ctx, volName)
+		if err != nil {
+			revoke()
+			return 0, 0, err
+		}
+		if lease == 0 {
+			g, err := c.cli.Grant(ctx, secs)
+			if err != nil {
+				return 0, 0, etcdErr("grant the writer lease of volume "+volName, err)
+			}
+			lease = g.ID
+		}
+		wk := c.writerKey(vol.ID)
+		nv := vol
+		nv.VolumeEpoch++
+		w := Writer{Version: RecordVersion, VolumeID: vol.ID, Holder: holder, Epoch: nv.VolumeEpoch, Lease: lease, TTLSeconds: secs, AcquiredAt: time.Now().UTC()}
+		tr, err := c.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(wk), "=", 0),
+				clientv3.Compare(clientv3.ModRevision(vk), "=", rev)).
+			Then(clientv3.OpPut(wk, encode(w), clientv3.WithLease(lease)), clientv3.OpPut(vk, encode(nv))).
+			Else(clientv3.OpGet(wk)).
+			Commit()
+		if err != nil {
+			revoke()
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				return 0, 0, fmt.Errorf("%w: the new writer lease of volume %s expired before it was stored; is the TTL (%ds) too short?", ErrLeaseExpired, volName, secs)
+			}
+			return 0, 0, etcdErr("acquire the writer lease of volume "+volName, err)
+		}
+		if tr.Succeeded {
+			return lease, nv.VolumeEpoch, nil
+		}
+		if kvs := tr.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			revoke()
+			cur, err := decode[Writer](kvs[0])
+			if err != nil {
+				return 0, 0, err
+			}
+			return 0, 0, fmt.Errorf("%w: the writer lease of volume %s is held by %s (epoch %d, since %s); it must release it, or its lease must expire (TTL %ds), before %s can take over",
+				ErrWriterHeld, volName, cur.Holder, cur.Epoch, cur.AcquiredAt.Format(time.RFC3339), cur.TTLSeconds, holder)
+		}
+		// The volume changed between read and write: look again.
+	}
+	revoke()
+	return 0, 0, fmt.Errorf("%w: acquiring the writer lease of volume %s raced with other changes %d times; retry", ErrConflict, volName, maxAttempts)
+}
+
+// RenewWriter renews a writer lease once. An expired lease gives
+// ErrLeaseExpired: its holder is no longer the writer.
+func (c *Catalog) RenewWriter(ctx context.Context, lease clientv3.LeaseID) error {
+	if _, err := c.cli.KeepAliveOnce(ctx, lease); err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return fmt.Errorf("%w: writer lease %x has expired; its holder is no longer the writer and must acquire the lease again (under a new epoch)", ErrLeaseExpired, int64(lease))
+		}
+		return etcdErr(fmt.Sprintf("renew writer lease %x", int64(lease)), err)
+	}
+	return nil
+}
+
+// ReleaseWriter gives a writer lease up (revokes it), so that another
+// holder may acquire it at once. Releasing an expired lease is not an error.
+func (c *Catalog) ReleaseWriter(ctx context.Context, lease clientv3.LeaseID) error {
+	if _, err := c.cli.Revoke(ctx, lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return etcdErr(fmt.Sprintf("release writer lease %x", int64(lease)), err)
+	}
+	return nil
+}
+
+// Writer returns the current holder of a volume's writer lease, or nil.
+func (c *Catalog) Writer(ctx context.Context, volName string) (*Writer, error) {
+	vol, _, err := c.getVolume(ctx, volName)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.cli.Get(ctx, c.writerKey(vol.ID))
+	if err != nil {
+		return nil, etcdErr("read the writer of volume "+volName, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	w, err := decode[Writer](resp.Kvs[0])
+	return &w, err
+}
+
+// BumpEpoch raises the volume epoch from expect to expect+1, a
+// compare-and-swap: if the epoch is not expect, it fails with ErrStaleEpoch.
+func (c *Catalog) BumpEpoch(ctx context.Context, volName string, expect uint64) (uint64, error) {
+	vk := c.volKey(volName)
+	for range maxAttempts {
+		vol, rev, err := c.getVolume(ctx, volName)
+		if err != nil {
+			return 0, err
+		}
+		if vol.VolumeEpoch != expect {
+			return 0, fmt.Errorf("%w: the volume epoch of %s is %d, not %d as expected; another writer has moved it: re-read the volume before taking over", ErrStaleEpoch, volName, vol.VolumeEpoch, expect)
+		}
+		nv := vol
+		nv.VolumeEpoch++
+		tr, err := c.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(vk), "=", rev)).
+			Then(clientv3.OpPut(vk, encode(nv))).
+			Commit()
+		if err != nil {
+			return 0, etcdErr("bump the epoch of volume "+volName, err)
+		}
+		if tr.Succeeded {
+			return nv.VolumeEpoch, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: bumping the epoch of volume %s raced with other changes %d times; retry", ErrConflict, volName, maxAttempts)
+}
+
+// ---- watch ----
+
+// Event kinds.
+const (
+	// EventExisting: a PG that existed when the watch began.
+	EventExisting = "existing"
+	// EventAdded: a new PG (growth).
+	EventAdded = "added"
+	// EventChanged: a PG whose membership changed.
+	EventChanged = "changed"
+)
+
+// Event reports a PG of a watched volume.
+type Event struct {
+	Type     string
+	PG       PG
+	Revision int64 // the etcd revision of the PG record
+}
+
+// Watch reports a volume's geometry: first every PG it has (EventExisting),
+// then each PG added or changed (EventAdded, EventChanged), in order, from an
+// etcd watch on the volume's PG keys that starts right after the initial
+// read, so nothing falls between them. If etcd compacts past the watch or
+// the watch breaks, it reads the PGs again and reports what changed since.
+// The channel is closed when ctx is done.
+func (c *Catalog) Watch(ctx context.Context, volID uint64) <-chan Event {
+	ch := make(chan Event, 64)
+	prefix := c.pgPrefix(volID)
+	go func() {
+		defer close(ch)
+		send := func(ev Event) bool {
+			select {
+			case ch <- ev:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		var last int64 // the revision reported up to; 0 before the first read
+		for ctx.Err() == nil {
+			resp, err := c.cli.Get(ctx, prefix, clientv3.WithPrefix())
+			if err != nil {
+				select {
+				case <-time.After(200 * time.Millisecond):
+				case <-ctx.Done():
+				}
+				continue
+			}
+			for _, kv := range resp.Kvs {
+				typ := EventExisting
+				if last != 0 {
+					if kv.ModRevision <= last {
+						continue
+					}
+					typ = EventChanged
+					if kv.CreateRevision > last {
+						typ = EventAdded
+					}
+				}
+				pg, err := decode[PG](kv)
+				if err != nil {
+					continue
+				}
+				if !send(Event{Type: typ, PG: pg, Revision: kv.ModRevision}) {
+					return
+				}
+			}
+			last = resp.Header.Revision
+			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+			wch := c.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(last+1))
+			for wr := range wch {
+				if wr.Canceled || wr.CompactRevision != 0 || wr.Err() != nil {
+					break
+				}
+				for _, ev := range wr.Events {
+					if ev.Type != clientv3.EventTypePut {
+						continue
+					}
+					pg, err := decode[PG](ev.Kv)
+					if err != nil {
+						continue
+					}
+					typ := EventChanged
+					if ev.IsCreate() {
+						typ = EventAdded
+					}
+					if !send(Event{Type: typ, PG: pg, Revision: ev.Kv.ModRevision}) {
+						cancel()
+						return
+					}
+					last = ev.Kv.ModRevision
+				}
+			}
+			cancel()
+		}
+	}()
+	return ch
+}
