@@ -9,19 +9,21 @@ import (
 	"net/http/pprof"
 	"os"
 	"runtime"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/storage"
 )
 
 func storageCmd() *cobra.Command {
 	var cfg storage.Config
-	var listen, metrics string
+	var listen, metrics, controlAddr string
 	var procs int
 	cmd := &cobra.Command{
-		Use:   "storage --id ID --az AZ --listen ADDR --dir DIR",
+		Use:   "storage --id ID --az AZ --listen ADDR --dir DIR [--control ADDR]",
 		Short: "Run one storage node",
 		Long: `Run one storage node. It serves the Storage gRPC service on --listen and
 hosts segments of any number of volumes in --dir. Segments are created when a
@@ -64,6 +66,14 @@ writer first declares them.`,
 				log.Info("stopping on signal")
 				node.Close()
 			}()
+			if controlAddr != "" {
+				var st syscall.Statfs_t
+				var capacity uint64
+				if err := syscall.Statfs(cfg.Dir, &st); err == nil {
+					capacity = uint64(st.Blocks) * uint64(st.Bsize)
+				}
+				go control.RunNodeAgent(ctx, controlAddr, control.AgentNode{ID: cfg.ID, AZ: cfg.AZ, Addr: lis.Addr().String(), CapacityBytes: capacity}, log)
+			}
 			log.Info("storage node serving", "id", cfg.ID, "az", cfg.AZ, "addr", lis.Addr().String(), "dir", cfg.Dir)
 			return node.Serve(lis)
 		},
@@ -73,6 +83,7 @@ writer first declares them.`,
 	f.StringVar(&cfg.AZ, "az", "", "availability zone of the node (e.g. a)")
 	f.StringVar(&listen, "listen", "", "gRPC listen address (e.g. 127.0.0.1:7101)")
 	f.StringVar(&cfg.Dir, "dir", "", "data directory")
+	f.StringVar(&controlAddr, "control", "", "control plane address (host:port): register with it and heartbeat (optional)")
 	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics (/metrics) and pprof (/debug/pprof/) on this address (optional)")
 	f.Uint64Var(&cfg.MinFreeBytes, "min-free-bytes", 64<<20, "refuse appends with DISK_FULL when the data directory's file system has less free space than this")
 	// A node alone on a machine wants Go's default. Several nodes sharing a

@@ -301,7 +301,7 @@ func etcdErr(what string, err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("control: %s: %w", what, err)
 	}
-	return fmt.Errorf("control: %s: etcd: %w; check that etcd is reachable", what, err)
+	return fmt.Errorf("control: %s: %w: %w; check that etcd is reachable", what, ErrUnavailable, err)
 }
 
 // ---- nodes ----

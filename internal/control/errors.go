@@ -24,4 +24,7 @@ var (
 	ErrLeaseExpired = errors.New("lease expired")
 	// ErrConflict: too many concurrent changes to one record; retry later.
 	ErrConflict = errors.New("too many concurrent changes")
+	// ErrUnavailable: etcd did not answer (or failed) a catalog request. Its
+	// text is "etcd", so that a message reads "...: etcd: <cause>".
+	ErrUnavailable = errors.New("etcd")
 )

@@ -1,0 +1,133 @@
+package control
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+)
+
+// AgentNode is what a storage node tells the control plane about itself.
+type AgentNode struct {
+	ID, AZ, Addr  string
+	CapacityBytes uint64
+}
+
+// Agent retry timings.
+const (
+	agentMinBackoff = 100 * time.Millisecond
+	agentMaxBackoff = 2 * time.Second
+)
+
+// RunNodeAgent keeps a storage node registered with the control plane at
+// controlAddr and heartbeating, until ctx ends.
+//
+// It registers the node, retrying with backoff (up to 2s apart) while the
+// control plane is unreachable or refuses, logging once per outage; then it
+// heartbeats at the interval the control plane asked for. A failed heartbeat
+// sends it back to registering (registration is idempotent), so a control
+// plane that lost the node (NotFound, e.g. on a fresh etcd) or restarted
+// with another heartbeat timeout learns of it again.
+func RunNodeAgent(ctx context.Context, controlAddr string, node AgentNode, log *slog.Logger) {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	log = log.With("control", controlAddr)
+	conn, err := grpc.NewClient(controlAddr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Reconnect promptly when the control plane comes back: gRPC's
+		// default backoff grows to two minutes.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: agentMinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		}))
+	if err != nil {
+		log.Error("control plane address is not valid; the node will not register", "err", err)
+		return
+	}
+	defer conn.Close()
+	cli := pb.NewControlClient(conn)
+
+	var (
+		registered bool
+		interval   time.Duration
+		delay      = agentMinBackoff
+		failing    bool   // in an outage (already logged)
+		lastErr    string // what the outage was logged with
+		announced  bool   // the first success was logged
+	)
+	fail := func(what string, err error) {
+		msg := status.Convert(err).Message()
+		if !failing || msg != lastErr && status.Code(err) != codes.Unavailable && status.Code(err) != codes.DeadlineExceeded {
+			log.Warn(what+" failed; retrying", "node", node.ID, "code", status.Code(err).String(), "err", msg)
+		}
+		failing, lastErr = true, msg
+	}
+	sleep := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		}
+	}
+	for ctx.Err() == nil {
+		if !registered {
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			resp, err := cli.RegisterNode(rctx, &pb.RegisterNodeRequest{Id: node.ID, Az: node.AZ, Addr: node.Addr, CapacityBytes: node.CapacityBytes})
+			cancel()
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				fail("registering with the control plane", err)
+				if !sleep(delay) {
+					return
+				}
+				delay = min(delay*2, agentMaxBackoff)
+				continue
+			}
+			interval = time.Duration(resp.GetHeartbeatIntervalMs()) * time.Millisecond
+			if interval <= 0 {
+				interval = DefaultHeartbeatTimeout / 3
+			}
+			registered, delay = true, agentMinBackoff
+			// Heartbeat at once, so that the node is up without waiting.
+		}
+		hctx, cancel := context.WithTimeout(ctx, max(interval, time.Second))
+		_, err := cli.Heartbeat(hctx, &pb.HeartbeatRequest{Id: node.ID})
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			fail("heartbeat to the control plane", err)
+			registered = false
+			if status.Code(err) == codes.NotFound {
+				continue // register again at once
+			}
+			if !sleep(delay) {
+				return
+			}
+			delay = min(delay*2, agentMaxBackoff)
+			continue
+		}
+		if failing || !announced {
+			log.Info("registered with the control plane and heartbeating", "node", node.ID, "interval", interval)
+			failing, lastErr, announced = false, "", true
+		}
+		if !sleep(interval) {
+			return
+		}
+	}
+}

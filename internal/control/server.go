@@ -1,0 +1,519 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+)
+
+const (
+	// DefaultHeartbeatTimeout is how long a node that stops heartbeating
+	// stays up: the TTL of its liveness lease.
+	DefaultHeartbeatTimeout = DefaultHeartbeatTTL
+	// DefaultWriterTTL is the writer lease's TTL when AcquireWriter asks for
+	// none (ttl_ms 0).
+	DefaultWriterTTL = 10 * time.Second
+	// requestTimeout bounds the catalog work of one unary RPC, so that an
+	// unreachable etcd gives Unavailable instead of a hang.
+	requestTimeout = 10 * time.Second
+)
+
+// Server is the Control gRPC service over a Catalog.
+type Server struct {
+	pb.UnimplementedControlServer
+
+	cat     *Catalog
+	timeout time.Duration
+	log     *slog.Logger
+
+	stopOnce sync.Once
+	stopping chan struct{}
+}
+
+// NewServer returns the Control service over cat. heartbeatTimeout (0: the
+// default, 3s) is the TTL of each node's liveness lease: a node that has not
+// heartbeat for that long is down. etcd leases have whole seconds, so it is
+// rounded up to one.
+func NewServer(cat *Catalog, heartbeatTimeout time.Duration, log *slog.Logger) *Server {
+	if heartbeatTimeout <= 0 {
+		heartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Server{cat: cat, timeout: heartbeatTimeout, log: log, stopping: make(chan struct{})}
+}
+
+// HeartbeatTimeout is the time after which a silent node is down.
+func (s *Server) HeartbeatTimeout() time.Duration { return s.timeout }
+
+// HeartbeatInterval is how often nodes are told to heartbeat: a third of
+// the timeout, so that two heartbeats may be lost without the node going down.
+func (s *Server) HeartbeatInterval() time.Duration { return s.timeout / 3 }
+
+// Stop ends the streams in progress (WatchVolume), so that a graceful stop
+// of the gRPC server does not wait for their clients.
+func (s *Server) Stop() { s.stopOnce.Do(func() { close(s.stopping) }) }
+
+// grpcErr maps a catalog error to a gRPC status, keeping its message.
+func grpcErr(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok && !isCatalogErr(err) {
+		return err
+	}
+	msg := err.Error()
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return status.Error(codes.NotFound, msg)
+	case errors.Is(err, ErrExists):
+		return status.Error(codes.AlreadyExists, msg)
+	case errors.Is(err, ErrInvalid):
+		return status.Error(codes.InvalidArgument, msg)
+	case errors.Is(err, ErrPlacement), errors.Is(err, ErrWriterHeld), errors.Is(err, ErrLeaseExpired):
+		return status.Error(codes.FailedPrecondition, msg)
+	case errors.Is(err, ErrVolumeFull):
+		return status.Error(codes.ResourceExhausted, msg)
+	case errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrConflict):
+		return status.Error(codes.Aborted, msg)
+	}
+	// The caller gave up, or we did (requestTimeout): the latter means etcd
+	// did not answer in time.
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return status.Error(codes.Canceled, msg)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		if ctx.Err() != nil {
+			return status.Error(codes.DeadlineExceeded, msg)
+		}
+		return status.Error(codes.Unavailable, msg+" (etcd did not answer in time)")
+	}
+	if errors.Is(err, ErrUnavailable) {
+		return status.Error(codes.Unavailable, msg)
+	}
+	return status.Error(codes.Internal, msg)
+}
+
+func isCatalogErr(err error) bool {
+	for _, s := range []error{ErrNotFound, ErrExists, ErrInvalid, ErrPlacement, ErrVolumeFull, ErrWriterHeld, ErrStaleEpoch, ErrLeaseExpired, ErrConflict, ErrUnavailable} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// call runs f with the request's context bounded by requestTimeout and maps
+// its error.
+func call[T any](ctx context.Context, f func(context.Context) (T, error)) (T, error) {
+	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	v, err := f(rctx)
+	if err != nil {
+		var zero T
+		return zero, grpcErr(ctx, err)
+	}
+	return v, nil
+}
+
+func pgInfo(pg PG) *pb.PGInfo {
+	out := &pb.PGInfo{VolumeId: pg.VolumeID, Pg: pg.PG, MembershipEpoch: pg.MembershipEpoch, GeometryEpoch: pg.GeometryEpoch}
+	for _, s := range pg.Segments {
+		out.Segments = append(out.Segments, &pb.SegmentInfo{Node: s.Node, Az: s.AZ, Addr: s.Addr})
+	}
+	return out
+}
+
+func volumeInfo(v Volume, pgs []PG) *pb.VolumeInfo {
+	out := &pb.VolumeInfo{
+		Name: v.Name, Id: v.ID, PageSize: uint32(v.PageSize), PgSizeBytes: v.PGSizeBytes, PagesPerPg: v.PagesPerPG,
+		GeometryEpoch: v.GeometryEpoch, VolumeEpoch: v.VolumeEpoch, Pgs: v.PGs, SizeBytes: v.SizeBytes(),
+	}
+	for _, pg := range pgs {
+		out.PgList = append(out.PgList, pgInfo(pg))
+	}
+	return out
+}
+
+// volumeWithPGs reads a volume's PGs and builds its VolumeInfo.
+func (s *Server) volumeWithPGs(ctx context.Context, v Volume) (*pb.VolumeInfo, error) {
+	pgs, err := s.cat.PGs(ctx, v.ID)
+	if err != nil {
+		return nil, err
+	}
+	return volumeInfo(v, pgs), nil
+}
+
+// RegisterNode records a storage node and tells it how often to heartbeat.
+func (s *Server) RegisterNode(ctx context.Context, req *pb.RegisterNodeRequest) (*pb.RegisterNodeResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.RegisterNodeResponse, error) {
+		err := s.cat.RegisterNode(ctx, Node{ID: req.GetId(), AZ: req.GetAz(), Addr: req.GetAddr(), CapacityBytes: req.GetCapacityBytes()})
+		if err != nil {
+			s.log.Warn("node registration refused", "node", req.GetId(), "az", req.GetAz(), "addr", req.GetAddr(), "err", err)
+			return nil, err
+		}
+		s.log.Info("node registered", "node", req.GetId(), "az", req.GetAz(), "addr", req.GetAddr(), "capacity_bytes", req.GetCapacityBytes())
+		return &pb.RegisterNodeResponse{HeartbeatIntervalMs: uint32(s.HeartbeatInterval().Milliseconds())}, nil
+	})
+}
+
+// Heartbeat renews a node's liveness lease (the heartbeat timeout's TTL).
+func (s *Server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.HeartbeatResponse, error) {
+		if err := checkName("node id", req.GetId()); err != nil {
+			return nil, err
+		}
+		if err := s.cat.Heartbeat(ctx, req.GetId(), s.timeout); err != nil {
+			return nil, err
+		}
+		return &pb.HeartbeatResponse{}, nil
+	})
+}
+
+// CreateVolume creates a volume and places its PG 0.
+func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) (*pb.VolumeInfo, error) {
+	return call(ctx, func(ctx context.Context) (*pb.VolumeInfo, error) {
+		v, err := s.cat.CreateVolume(ctx, req.GetName(), int(req.GetPageSize()), req.GetPgSizeBytes())
+		if err != nil {
+			return nil, err
+		}
+		s.log.Info("volume created", "volume", v.Name, "id", v.ID, "page_size", v.PageSize, "pg_size_bytes", v.PGSizeBytes)
+		return s.volumeWithPGs(ctx, v)
+	})
+}
+
+// GetVolume returns a volume with its PGs.
+func (s *Server) GetVolume(ctx context.Context, req *pb.GetVolumeRequest) (*pb.VolumeInfo, error) {
+	return call(ctx, func(ctx context.Context) (*pb.VolumeInfo, error) {
+		v, err := s.cat.Volume(ctx, req.GetName())
+		if err != nil {
+			return nil, err
+		}
+		return s.volumeWithPGs(ctx, v)
+	})
+}
+
+// ListVolumes returns every volume with its PGs.
+func (s *Server) ListVolumes(ctx context.Context, _ *pb.ListVolumesRequest) (*pb.ListVolumesResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.ListVolumesResponse, error) {
+		vols, err := s.listVolumes(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &pb.ListVolumesResponse{Volumes: vols}, nil
+	})
+}
+
+func (s *Server) listVolumes(ctx context.Context) ([]*pb.VolumeInfo, error) {
+	vols, err := s.cat.Volumes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*pb.VolumeInfo, 0, len(vols))
+	for _, v := range vols {
+		vi, err := s.volumeWithPGs(ctx, v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, vi)
+	}
+	return out, nil
+}
+
+// AddPG grows a volume by its next PG.
+func (s *Server) AddPG(ctx context.Context, req *pb.AddPGRequest) (*pb.PGInfo, error) {
+	return call(ctx, func(ctx context.Context) (*pb.PGInfo, error) {
+		pg, err := s.cat.AddPG(ctx, req.GetVolume(), req.GetPg())
+		if err != nil {
+			return nil, err
+		}
+		s.log.Info("PG placed", "volume", req.GetVolume(), "pg", pg.PG, "geometry_epoch", pg.GeometryEpoch)
+		return pgInfo(pg), nil
+	})
+}
+
+// WatchVolume streams the volume's PGs: the existing ones, then each one
+// added or changed, until the client goes away or the server stops.
+func (s *Server) WatchVolume(req *pb.WatchVolumeRequest, stream grpc.ServerStreamingServer[pb.PGInfo]) error {
+	ctx := stream.Context()
+	if _, err := call(ctx, func(ctx context.Context) (Volume, error) { return s.cat.VolumeByID(ctx, req.GetVolumeId()) }); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stopping:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	for ev := range s.cat.Watch(wctx, req.GetVolumeId()) {
+		if err := stream.Send(pgInfo(ev.PG)); err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	return status.Error(codes.Unavailable, "control: the control plane is stopping; watch again from another one (or after its restart)")
+}
+
+// AcquireWriter takes a volume's writer lease and bumps its epoch.
+func (s *Server) AcquireWriter(ctx context.Context, req *pb.AcquireWriterRequest) (*pb.AcquireWriterResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.AcquireWriterResponse, error) {
+		ttl := time.Duration(req.GetTtlMs()) * time.Millisecond
+		if ttl == 0 {
+			ttl = DefaultWriterTTL
+		}
+		lease, epoch, err := s.cat.AcquireWriter(ctx, req.GetVolume(), req.GetHolder(), ttl)
+		if err != nil {
+			return nil, err
+		}
+		s.log.Info("writer lease granted", "volume", req.GetVolume(), "holder", req.GetHolder(), "epoch", epoch, "lease", fmt.Sprintf("%x", int64(lease)))
+		v, err := s.cat.Volume(ctx, req.GetVolume())
+		if err != nil {
+			return nil, err
+		}
+		vi, err := s.volumeWithPGs(ctx, v)
+		if err != nil {
+			return nil, err
+		}
+		return &pb.AcquireWriterResponse{Lease: int64(lease), Epoch: epoch, Volume: vi}, nil
+	})
+}
+
+// RenewWriter renews a writer lease once.
+func (s *Server) RenewWriter(ctx context.Context, req *pb.RenewWriterRequest) (*pb.RenewWriterResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.RenewWriterResponse, error) {
+		if req.GetLease() == 0 {
+			return nil, fmt.Errorf("%w: no lease given; pass the lease AcquireWriter returned", ErrInvalid)
+		}
+		if err := s.cat.RenewWriter(ctx, clientv3.LeaseID(req.GetLease())); err != nil {
+			return nil, err
+		}
+		return &pb.RenewWriterResponse{}, nil
+	})
+}
+
+// ReleaseWriter gives a writer lease up.
+func (s *Server) ReleaseWriter(ctx context.Context, req *pb.ReleaseWriterRequest) (*pb.ReleaseWriterResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.ReleaseWriterResponse, error) {
+		if req.GetLease() == 0 {
+			return nil, fmt.Errorf("%w: no lease given; pass the lease AcquireWriter returned", ErrInvalid)
+		}
+		if err := s.cat.ReleaseWriter(ctx, clientv3.LeaseID(req.GetLease())); err != nil {
+			return nil, err
+		}
+		s.log.Info("writer lease released", "lease", fmt.Sprintf("%x", req.GetLease()))
+		return &pb.ReleaseWriterResponse{}, nil
+	})
+}
+
+// Status reports every node, every volume with its PGs, and the writers.
+func (s *Server) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.StatusResponse, error) {
+		states, err := s.cat.NodeStates(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out := &pb.StatusResponse{HeartbeatTimeoutMs: uint32(s.timeout.Milliseconds())}
+		out.Nodes = nodeStatuses(states, time.Now())
+		if out.Volumes, err = s.listVolumes(ctx); err != nil {
+			return nil, err
+		}
+		for _, v := range out.Volumes {
+			w, err := s.cat.Writer(ctx, v.Name)
+			if err != nil {
+				return nil, err
+			}
+			if w != nil {
+				out.Writers = append(out.Writers, &pb.WriterStatus{Volume: v.Name, Holder: w.Holder, Epoch: w.Epoch})
+			}
+		}
+		return out, nil
+	})
+}
+
+func nodeStatuses(states map[string]NodeState, now time.Time) []*pb.NodeStatus {
+	ids := make([]string, 0, len(states))
+	for id := range states {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	out := make([]*pb.NodeStatus, 0, len(ids))
+	for _, id := range ids {
+		ns := states[id]
+		age := int64(-1)
+		if !ns.LastHeartbeat.IsZero() {
+			age = max(now.Sub(ns.LastHeartbeat).Milliseconds(), 0)
+		}
+		out = append(out, &pb.NodeStatus{Id: ns.ID, Az: ns.AZ, Addr: ns.Addr, State: ns.State, HeartbeatAgeMs: age})
+	}
+	return out
+}
+
+// ---- running the control plane ----
+
+// Config configures Run.
+type Config struct {
+	// Listen is the gRPC address of the Control service (host:port).
+	Listen string
+	// Dir holds the embedded etcd's data; not needed with Etcd.
+	Dir string
+	// Etcd lists the client URLs of an external etcd; empty: embed one in Dir.
+	Etcd []string
+	// Prefix is the catalog's key prefix (DefaultPrefix when empty).
+	Prefix string
+	// HeartbeatTimeout: a node silent this long is down (0: 3s).
+	HeartbeatTimeout time.Duration
+	Logger           *slog.Logger
+	// Ready, if set, is called with the address served once the service
+	// answers.
+	Ready func(addr string)
+}
+
+// Run runs the control plane until ctx ends: the catalog in etcd (embedded
+// in Dir, or external), and the Control service on Listen. On ctx's end it
+// stops serving, closes the catalog and stops the embedded etcd (releasing
+// Dir's lock), and returns nil.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Listen == "" {
+		return errors.New("control: no listen address; pass --listen HOST:PORT")
+	}
+	if len(cfg.Etcd) == 0 && cfg.Dir == "" {
+		return errors.New("control: give --dir for the embedded etcd's data, or --etcd with the client URLs of an external etcd")
+	}
+	timeout := cfg.HeartbeatTimeout
+	if timeout <= 0 {
+		timeout = DefaultHeartbeatTimeout
+	}
+	if timeout < time.Second {
+		return fmt.Errorf("control: heartbeat timeout %s is too short; etcd leases have whole seconds, so use at least 1s", timeout)
+	}
+
+	// Bind first: a taken port is refused before anything else starts.
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("control: cannot listen on %s: the address is in use by another process; stop it or choose another --listen", cfg.Listen)
+		}
+		return fmt.Errorf("control: cannot listen on %s: %w", cfg.Listen, err)
+	}
+	defer lis.Close()
+
+	var etcd *embed.Etcd
+	urls := cfg.Etcd
+	if len(urls) == 0 {
+		var err error
+		etcd, urls, err = StartEmbedded(cfg.Dir, "", "")
+		if err != nil {
+			return err
+		}
+		defer func() {
+			etcd.Close()
+			<-etcd.Server.StopNotify()
+		}()
+		log.Info("embedded etcd started", "dir", cfg.Dir, "client_urls", strings.Join(urls, ","))
+	}
+	cat, err := Open(ctx, urls, cfg.Prefix)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer cat.Close()
+
+	srv := NewServer(cat, timeout, log)
+	gs := grpc.NewServer()
+	pb.RegisterControlServer(gs, srv)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- gs.Serve(lis) }()
+	log.Info("control plane serving", "addr", lis.Addr().String(), "etcd", strings.Join(urls, ","), "embedded", etcd != nil, "heartbeat_timeout", timeout)
+	if cfg.Ready != nil {
+		cfg.Ready(lis.Addr().String())
+	}
+
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go watchNodes(wctx, cat, timeout, log)
+
+	var etcdErrc <-chan error
+	if etcd != nil {
+		etcdErrc = etcd.Err()
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("control plane stopping")
+	case err := <-serveErr:
+		runErr = fmt.Errorf("control: serving on %s failed: %w", lis.Addr(), err)
+	case err := <-etcdErrc:
+		runErr = fmt.Errorf("control: the embedded etcd failed (its log: %s/%s): %w", cfg.Dir, embeddedLogFile, err)
+	}
+	srv.Stop()
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(3 * time.Second):
+		gs.Stop()
+		<-stopped
+	}
+	return runErr
+}
+
+// watchNodes logs each node's changes of state, polling the catalog a few
+// times per heartbeat timeout.
+func watchNodes(ctx context.Context, cat *Catalog, timeout time.Duration, log *slog.Logger) {
+	last := map[string]string{}
+	t := time.NewTicker(max(timeout/4, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		states, err := cat.NodeStates(rctx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		for id, ns := range states {
+			if prev, ok := last[id]; ok && prev != ns.State {
+				if ns.State == StateDown {
+					log.Warn("node down", "node", id, "az", ns.AZ, "last_heartbeat", ns.LastHeartbeat)
+				} else {
+					log.Info("node up", "node", id, "az", ns.AZ)
+				}
+			} else if !ok && ns.State == StateUp {
+				log.Info("node up", "node", id, "az", ns.AZ)
+			}
+			last[id] = ns.State
+		}
+	}
+}
