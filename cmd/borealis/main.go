@@ -20,7 +20,8 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(storageCmd(), benchCmd())
+	root.AddCommand(storageCmd(), benchCmd(), controlCmd())
+	root.AddCommand(upCmd(), restartCmd(), statusCmd())
 	// Ctrl-C or SIGTERM cancels the command's context, so that commands that
 	// start processes or make temporary directories clean up on the way out.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

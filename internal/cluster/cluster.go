@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
@@ -68,6 +69,11 @@ var StorageAZs = []string{"a", "a", "b", "b", "c", "c"}
 type Cluster struct {
 	Binary string
 	Dir    string
+	// ControlAddr, when set, is passed to storage nodes as --control, so they
+	// register and heartbeat with the control plane.
+	ControlAddr string
+
+	exits chan Exit
 
 	mu    sync.Mutex
 	procs map[string]*proc
@@ -76,15 +82,62 @@ type Cluster struct {
 
 type proc struct {
 	Component
-	args []string
-	cmd  *exec.Cmd
-	done chan struct{}
+	args  []string
+	ready func(ctx context.Context, conn *grpc.ClientConn) error
+	cmd   *exec.Cmd
+	done  chan struct{}
+}
+
+func storageReady(ctx context.Context, conn *grpc.ClientConn) error {
+	_, err := pb.NewStorageClient(conn).Stats(ctx, &pb.StatsRequest{})
+	return err
+}
+
+func controlReady(ctx context.Context, conn *grpc.ClientConn) error {
+	_, err := pb.NewControlClient(conn).Status(ctx, &pb.StatusRequest{})
+	return err
+}
+
+// StartControl starts the control plane process (id "control") with its
+// data in Dir/control and waits until it answers.
+func (c *Cluster) StartControl(ctx context.Context, addr string, extra ...string) error {
+	const id = "control"
+	dir := filepath.Join(c.Dir, id)
+	p := &proc{
+		Component: Component{Role: "control", ID: id, Addr: addr, Dir: dir, Log: filepath.Join(c.Dir, id+".log")},
+		args:      append([]string{"control", "--listen", addr, "--dir", dir}, extra...),
+		ready:     controlReady,
+	}
+	if err := c.add(p); err != nil {
+		return err
+	}
+	return c.launch(ctx, p)
+}
+
+func (c *Cluster) add(p *proc) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.procs[p.ID]; ok {
+		return fmt.Errorf("cluster: %s already exists", p.ID)
+	}
+	c.procs[p.ID] = p
+	c.order = append(c.order, p.ID)
+	return nil
 }
 
 // New prepares a cluster rooted at dir. Nothing runs until Start calls.
 func New(binary, dir string) *Cluster {
-	return &Cluster{Binary: binary, Dir: dir, procs: map[string]*proc{}}
+	return &Cluster{Binary: binary, Dir: dir, procs: map[string]*proc{}, exits: make(chan Exit, 64)}
 }
+
+// Exit reports a component's process that ended.
+type Exit struct {
+	Component
+	Err error // as returned by Wait: nil for a clean exit
+}
+
+// Exits delivers every process exit, whoever caused it.
+func (c *Cluster) Exits() <-chan Exit { return c.exits }
 
 // FreeAddr returns a loopback address with a port that was free just now.
 func FreeAddr() (string, error) {
@@ -143,16 +196,15 @@ func (c *Cluster) StartStorage(ctx context.Context, id, az, addr string) error {
 		Component: Component{Role: "storage", ID: id, AZ: az, Addr: addr, Dir: dir, Log: filepath.Join(c.Dir, id+".log")},
 		// One P per node: the nodes of a local cluster share the machine's
 		// cores (see `borealis storage --procs`).
-		args: []string{"storage", "--id", id, "--az", az, "--listen", addr, "--dir", dir, "--procs", "1"},
+		args:  []string{"storage", "--id", id, "--az", az, "--listen", addr, "--dir", dir, "--procs", "1"},
+		ready: storageReady,
 	}
-	c.mu.Lock()
-	if _, ok := c.procs[id]; ok {
-		c.mu.Unlock()
-		return fmt.Errorf("cluster: %s already exists", id)
+	if c.ControlAddr != "" {
+		p.args = append(p.args, "--control", c.ControlAddr)
 	}
-	c.procs[id] = p
-	c.order = append(c.order, id)
-	c.mu.Unlock()
+	if err := c.add(p); err != nil {
+		return err
+	}
 	return c.launch(ctx, p)
 }
 
@@ -173,11 +225,20 @@ func (c *Cluster) launch(ctx context.Context, p *proc) error {
 		return fmt.Errorf("cluster: start %s: %w", p.ID, err)
 	}
 	done := make(chan struct{})
-	go func() { cmd.Wait(); logf.Close(); close(done) }()
 	c.mu.Lock()
 	p.cmd, p.done, p.Pid = cmd, done, cmd.Process.Pid
+	comp := p.Component
 	c.mu.Unlock()
-	if err := waitReady(ctx, p.Addr, done); err != nil {
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		close(done)
+		select {
+		case c.exits <- Exit{Component: comp, Err: err}:
+		default:
+		}
+	}()
+	if err := waitReady(ctx, p.Addr, p.ready, done); err != nil {
 		tail, _ := os.ReadFile(p.Log)
 		if len(tail) > 2000 {
 			tail = tail[len(tail)-2000:]
@@ -187,17 +248,22 @@ func (c *Cluster) launch(ctx context.Context, p *proc) error {
 	return nil
 }
 
-func waitReady(ctx context.Context, addr string, exited <-chan struct{}) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func waitReady(ctx context.Context, addr string, ready func(context.Context, *grpc.ClientConn) error, exited <-chan struct{}) error {
+	// The process is still starting: retry the connection quickly, not with
+	// gRPC's default one-second backoff.
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.5, MaxDelay: 200 * time.Millisecond},
+			MinConnectTimeout: time.Second,
+		}))
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	client := pb.NewStorageClient(conn)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		_, err := client.Stats(cctx, &pb.StatsRequest{})
+		err := ready(cctx, conn)
 		cancel()
 		if err == nil {
 			return nil

@@ -1,0 +1,248 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/storage"
+)
+
+// statusReport is what `borealis status --json` prints.
+type statusReport struct {
+	Nodes   []nodeReport   `json:"nodes"`
+	Volumes []volumeReport `json:"volumes"`
+	Writers []writerReport `json:"writers"`
+	// HeartbeatTimeoutMs is how long a node may miss heartbeats before it is
+	// shown down.
+	HeartbeatTimeoutMs uint32 `json:"heartbeat_timeout_ms"`
+}
+
+type nodeReport struct {
+	ID    string `json:"id"`
+	AZ    string `json:"az"`
+	Addr  string `json:"addr"`
+	State string `json:"state"`
+	// HeartbeatAgeMs is the time since the last heartbeat; -1 if none.
+	HeartbeatAgeMs int64 `json:"heartbeat_age_ms"`
+}
+
+type volumeReport struct {
+	Name          string `json:"name"`
+	ID            uint64 `json:"id"`
+	VolumeEpoch   uint64 `json:"volume_epoch"`
+	GeometryEpoch uint64 `json:"geometry_epoch"`
+	// VDL is the durable LSN as the segments show it: the highest PG
+	// complete LSN (a PG's 4th highest SCL). Only the writer knows the exact
+	// VDL, which also ends on a consistency point; with no writer running,
+	// this is where the volume stands.
+	VDL         uint64     `json:"vdl"`
+	PageSize    uint32     `json:"page_size"`
+	PGSizeBytes uint64     `json:"pg_size_bytes"`
+	SizeBytes   uint64     `json:"size_bytes"`
+	PGs         []pgReport `json:"pgs"`
+}
+
+type pgReport struct {
+	ID              uint32          `json:"id"`
+	MembershipEpoch uint64          `json:"membership_epoch"`
+	PGCL            uint64          `json:"pgcl"`
+	Segments        []segmentReport `json:"segments"`
+}
+
+type segmentReport struct {
+	Node string `json:"node"`
+	AZ   string `json:"az"`
+	Addr string `json:"addr"`
+	SCL  uint64 `json:"scl"`
+	// Empty: the node holds nothing of this PG yet (nothing was written).
+	Empty bool   `json:"empty,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+type writerReport struct {
+	Volume string `json:"volume"`
+	Holder string `json:"holder"`
+	Epoch  uint64 `json:"epoch"`
+}
+
+func statusCmd() *cobra.Command {
+	var dir, control string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [--dir D | --control ADDR] [--json]",
+		Short: "Show the cluster: nodes and their state, volumes, PGs with each segment's SCL, writers",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if control == "" {
+				f, err := cluster.ReadFile(filepath.Join(dir, clusterFileName))
+				if err != nil {
+					return fmt.Errorf("no cluster in %s (%v); give --dir of a `borealis up`, or --control ADDR", dir, err)
+				}
+				for _, c := range f.Components {
+					if c.Role == "control" {
+						control = c.Addr
+					}
+				}
+				if control == "" {
+					return fmt.Errorf("%s lists no control plane", filepath.Join(dir, clusterFileName))
+				}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			rep, err := gatherStatus(ctx, control)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			printStatus(cmd.OutOrStdout(), rep)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "dir", defaultDir, "directory of a `borealis up` cluster (its cluster.json names the control plane)")
+	f.StringVar(&control, "control", "", "control plane address (instead of --dir)")
+	f.BoolVar(&asJSON, "json", false, "print one JSON object")
+	return cmd
+}
+
+func gatherStatus(ctx context.Context, control string) (*statusReport, error) {
+	conn, err := grpc.NewClient(control, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	st, err := pb.NewControlClient(conn).Status(ctx, &pb.StatusRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("control plane at %s: %w", control, err)
+	}
+	rep := &statusReport{HeartbeatTimeoutMs: st.HeartbeatTimeoutMs}
+	for _, n := range st.Nodes {
+		rep.Nodes = append(rep.Nodes, nodeReport{ID: n.Id, AZ: n.Az, Addr: n.Addr, State: n.State, HeartbeatAgeMs: n.HeartbeatAgeMs})
+	}
+	sort.Slice(rep.Nodes, func(i, j int) bool { return rep.Nodes[i].ID < rep.Nodes[j].ID })
+	for _, w := range st.Writers {
+		rep.Writers = append(rep.Writers, writerReport{Volume: w.Volume, Holder: w.Holder, Epoch: w.Epoch})
+	}
+	storageAt := func(addr string) (pb.StorageClient, func(), error) {
+		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, nil, err
+		}
+		return pb.NewStorageClient(c), func() { c.Close() }, nil
+	}
+	addrOf := map[string]string{}
+	for _, n := range st.Nodes {
+		addrOf[n.Id] = n.Addr
+	}
+	for _, v := range st.Volumes {
+		vr := volumeReport{Name: v.Name, ID: v.Id, VolumeEpoch: v.VolumeEpoch, GeometryEpoch: v.GeometryEpoch,
+			PageSize: v.PageSize, PGSizeBytes: v.PgSizeBytes, SizeBytes: v.SizeBytes}
+		for _, pg := range v.PgList {
+			pr := pgReport{ID: pg.Pg, MembershipEpoch: pg.MembershipEpoch}
+			var scls []uint64
+			for _, s := range pg.Segments {
+				addr := addrOf[s.Node]
+				if addr == "" {
+					addr = s.Addr
+				}
+				sr := segmentReport{Node: s.Node, AZ: s.Az, Addr: addr}
+				client, closeConn, err := storageAt(addr)
+				if err == nil {
+					cctx, cancel := context.WithTimeout(ctx, time.Second)
+					info, ierr := client.SegmentInfo(cctx, &pb.SegmentInfoRequest{Volume: v.Id, Pg: pg.Pg})
+					cancel()
+					closeConn()
+					err = ierr
+					if err == nil {
+						sr.SCL = info.Scl
+					}
+				}
+				switch {
+				case storage.ReasonOf(err) == pb.Reason_PG_NOT_HOSTED:
+					// The node creates the segment with its first records.
+					sr.Empty = true
+				case err != nil:
+					sr.Error = shortErr(err)
+				}
+				scls = append(scls, sr.SCL)
+				pr.Segments = append(pr.Segments, sr)
+			}
+			sort.Slice(scls, func(i, j int) bool { return scls[i] > scls[j] })
+			if len(scls) >= 4 {
+				pr.PGCL = scls[3]
+			}
+			vr.VDL = max(vr.VDL, pr.PGCL)
+			vr.PGs = append(vr.PGs, pr)
+		}
+		rep.Volumes = append(rep.Volumes, vr)
+	}
+	return rep, nil
+}
+
+func shortErr(err error) string {
+	s := err.Error()
+	if i := strings.Index(s, "desc = "); i >= 0 {
+		s = s[i+len("desc = "):]
+	}
+	return s
+}
+
+func printStatus(out io.Writer, rep *statusReport) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "NODE\tAZ\tADDRESS\tSTATE\tHEARTBEAT\n")
+	for _, n := range rep.Nodes {
+		state := n.State
+		if state != "up" {
+			state = "DOWN  <--"
+		}
+		age := "never"
+		if n.HeartbeatAgeMs >= 0 {
+			age = (time.Duration(n.HeartbeatAgeMs) * time.Millisecond).Round(100*time.Millisecond).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.ID, n.AZ, n.Addr, state, age)
+	}
+	tw.Flush()
+	for _, v := range rep.Volumes {
+		fmt.Fprintf(out, "\nVOLUME %s (id %d): volume epoch %d, geometry epoch %d, VDL %d (from segments), %d PG(s) of %s, %s\n",
+			v.Name, v.ID, v.VolumeEpoch, v.GeometryEpoch, v.VDL, len(v.PGs), formatSize(v.PGSizeBytes), formatSize(v.SizeBytes))
+		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "  PG\tEPOCH\tPGCL\tSEGMENTS (node/AZ: SCL)\n")
+		for _, pg := range v.PGs {
+			var segs []string
+			for _, s := range pg.Segments {
+				scl := fmt.Sprint(s.SCL)
+				if s.Empty {
+					scl = "empty"
+				}
+				if s.Error != "" {
+					scl = "UNREACHABLE"
+				}
+				segs = append(segs, fmt.Sprintf("%s/%s: %s", s.Node, s.AZ, scl))
+			}
+			fmt.Fprintf(tw, "  %d\t%d\t%d\t%s\n", pg.ID, pg.MembershipEpoch, pg.PGCL, strings.Join(segs, "  "))
+		}
+		tw.Flush()
+	}
+	if len(rep.Writers) == 0 {
+		fmt.Fprintln(out, "\nWRITERS: none")
+	}
+	for _, w := range rep.Writers {
+		fmt.Fprintf(out, "\nWRITER of %s: %s, epoch %d\n", w.Volume, w.Holder, w.Epoch)
+	}
+}

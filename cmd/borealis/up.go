@@ -1,0 +1,406 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/cluster"
+)
+
+const (
+	defaultDir      = "./borealis-data"
+	defaultVolume   = "main"
+	upSocketName    = "up.sock"
+	upLockName      = "up.lock"
+	clusterFileName = "cluster.json"
+	// addressesFileName keeps the addresses a cluster was first given, so a
+	// resumed cluster listens where its catalog says its nodes are.
+	addressesFileName = "addresses.json"
+)
+
+func upCmd() *cobra.Command {
+	var dir, pgSize string
+	var basePort int
+	var heartbeatTimeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "up [--dir D] [--pg-size S]",
+		Short: "Run a whole local cluster: the control plane and 6 storage nodes, as separate processes",
+		Long: `Run a whole local cluster in the foreground: the control plane (with an
+embedded etcd) and six storage nodes s1..s6, two in each of AZs a, b and c,
+each a separate process of this binary with its data and log in --dir. It
+creates the volume "main" if there is none, writes D/cluster.json once
+everything is ready, and runs until Ctrl-C or SIGTERM, which stop every
+process. A process that dies is reported, not restarted: "borealis restart ID"
+starts it again. Running "up" again on the same directory resumes the same
+cluster, on the same addresses, with its data.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			size, err := parseSize(pgSize)
+			if err != nil {
+				return fmt.Errorf("--pg-size: %w", err)
+			}
+			return runUp(cmd.Context(), cmd.OutOrStdout(), upOptions{
+				dir: dir, pgSize: size, pgSizeSet: cmd.Flags().Changed("pg-size"),
+				basePort: basePort, heartbeatTimeout: heartbeatTimeout,
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "dir", defaultDir, "directory for the cluster's data, logs and cluster.json")
+	f.StringVar(&pgSize, "pg-size", "10GiB", "size of a protection group of a new volume, such as 1MiB, 64MiB or 10GiB")
+	f.IntVar(&basePort, "base-port", 7100, "loopback ports: the control plane on this one, s1..s6 on the next six (a resumed cluster keeps its own)")
+	f.DurationVar(&heartbeatTimeout, "heartbeat-timeout", 3*time.Second, "a storage node that misses heartbeats this long is marked down")
+	return cmd
+}
+
+type upOptions struct {
+	dir              string
+	pgSize           uint64
+	pgSizeSet        bool
+	basePort         int
+	heartbeatTimeout time.Duration
+}
+
+func runUp(ctx context.Context, out io.Writer, o upOptions) error {
+	dir, err := filepath.Abs(o.dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	addrs, resumed, err := plannedAddrs(dir, o.basePort)
+	if err != nil {
+		return err
+	}
+	// cluster.json is there only while the cluster is up and ready.
+	clusterFile := filepath.Join(dir, clusterFileName)
+	if err := os.Remove(clusterFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	defer os.Remove(clusterFile)
+	for _, id := range append([]string{"control"}, storageIDs()...) {
+		if err := checkPortFree(addrs[id]); err != nil {
+			return fmt.Errorf("%s cannot listen on %s: %w; stop what holds it, or start a new cluster with another --base-port and --dir", id, addrs[id], err)
+		}
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if resumed {
+		fmt.Fprintf(out, "resuming the cluster in %s\n", dir)
+	} else {
+		fmt.Fprintf(out, "starting a new cluster in %s\n", dir)
+	}
+	cl := cluster.New(bin, dir)
+	cl.ControlAddr = addrs["control"]
+	stopped := false
+	defer func() {
+		if !stopped {
+			cl.Stop(5 * time.Second)
+		}
+	}()
+	start := time.Now()
+	if err := cl.StartControl(ctx, addrs["control"], "--heartbeat-timeout", o.heartbeatTimeout.String()); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  control plane   ready at %s (%s)\n", addrs["control"], since(start))
+	for i, id := range storageIDs() {
+		az := cluster.StorageAZs[i]
+		if err := cl.StartStorage(ctx, id, az, addrs[id]); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "  storage %s (AZ %s) ready at %s (%s)\n", id, az, addrs[id], since(start))
+	}
+	conn, err := grpc.NewClient(addrs["control"], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctl := pb.NewControlClient(conn)
+	if err := waitNodesUp(ctx, ctl, len(storageIDs()), 30*time.Second); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  all 6 storage nodes registered and up (%s)\n", since(start))
+	vol, err := ensureVolume(ctx, ctl, defaultVolume, o.pgSize)
+	if err != nil {
+		return err
+	}
+	if o.pgSizeSet && vol.PgSizeBytes != o.pgSize {
+		fmt.Fprintf(out, "  note: volume %s already exists with %s PGs; --pg-size applies to new volumes only\n", vol.Name, formatSize(vol.PgSizeBytes))
+	}
+	fmt.Fprintf(out, "  volume %s: id %d, %d-byte pages, %s PGs, %d PG(s)\n", vol.Name, vol.Id, vol.PageSize, formatSize(vol.PgSizeBytes), vol.Pgs)
+
+	var fileMu sync.Mutex
+	writeFile := func() error {
+		fileMu.Lock()
+		defer fileMu.Unlock()
+		return cl.WriteFile(clusterFile)
+	}
+	if err := writeFile(); err != nil {
+		return err
+	}
+	sock, err := serveRestarts(ctx, dir, cl, writeFile, out)
+	if err != nil {
+		return err
+	}
+	defer sock.Close()
+
+	fmt.Fprintf(out, "\nBorealis is up (%s).\n", since(start))
+	fmt.Fprintf(out, "  control plane  %s   log %s\n", addrs["control"], filepath.Join(dir, "control.log"))
+	for _, id := range storageIDs() {
+		fmt.Fprintf(out, "  storage %s     %s   log %s\n", id, addrs[id], filepath.Join(dir, id+".log"))
+	}
+	fmt.Fprintf(out, "  cluster file   %s\n", filepath.Join(dir, clusterFileName))
+	fmt.Fprintf(out, "Ctrl-C stops the cluster; running `borealis up --dir %s` again resumes it.\n", o.dir)
+
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(out, "\nstopping every process of the cluster...")
+			stopped = true
+			cl.Stop(10 * time.Second)
+			fmt.Fprintln(out, "stopped.")
+			return nil
+		case e := <-cl.Exits():
+			if ctx.Err() != nil {
+				continue
+			}
+			how := "exited"
+			if e.Err != nil {
+				how = "exited: " + e.Err.Error()
+			}
+			where := ""
+			if e.AZ != "" {
+				where = ", AZ " + e.AZ
+			}
+			fmt.Fprintf(out, "!! %s (%s%s, pid %d) %s. It is not restarted; `borealis restart %s --dir %s` starts it again. Log: %s\n",
+				e.ID, e.Role, where, e.Pid, how, e.ID, o.dir, e.Log)
+		}
+	}
+}
+
+func since(t time.Time) string { return time.Since(t).Round(10 * time.Millisecond).String() }
+
+func storageIDs() []string { return []string{"s1", "s2", "s3", "s4", "s5", "s6"} }
+
+// lockDir makes sure one `up` at a time runs on a directory.
+func lockDir(dir string) (func(), error) {
+	path := filepath.Join(dir, upLockName)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		pid, _ := os.ReadFile(path)
+		f.Close()
+		return nil, fmt.Errorf("%s is in use by a running `borealis up` (pid %s); stop it first, or use another --dir", dir, strings.TrimSpace(string(pid)))
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(fmt.Sprintf("%d\n", os.Getpid())), 0)
+	return func() { f.Close() }, nil
+}
+
+// plannedAddrs gives each component its address: the ones recorded in the
+// directory when resuming (the catalog remembers where each segment lives),
+// else base port onwards, recorded for next time.
+func plannedAddrs(dir string, basePort int) (map[string]string, bool, error) {
+	path := filepath.Join(dir, addressesFileName)
+	addrs := map[string]string{}
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if err := json.Unmarshal(b, &addrs); err != nil {
+			return nil, false, fmt.Errorf("%s is corrupt (%v); it records where the cluster's processes listen", path, err)
+		}
+		for _, id := range append([]string{"control"}, storageIDs()...) {
+			if addrs[id] == "" {
+				return nil, false, fmt.Errorf("%s lists no address for %s", path, id)
+			}
+		}
+		return addrs, true, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, false, fmt.Errorf("cannot resume: %w", err)
+	}
+	if basePort <= 0 || basePort > 65535-6 {
+		return nil, false, fmt.Errorf("--base-port %d: want a port from 1 to %d", basePort, 65535-6)
+	}
+	addrs["control"] = fmt.Sprintf("127.0.0.1:%d", basePort)
+	for i, id := range storageIDs() {
+		addrs[id] = fmt.Sprintf("127.0.0.1:%d", basePort+1+i)
+	}
+	b, _ = json.MarshalIndent(addrs, "", "  ")
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return nil, false, err
+	}
+	return addrs, false, os.Rename(tmp, path)
+}
+
+func checkPortFree(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return errors.New("the port is taken by another process")
+		}
+		return err
+	}
+	return l.Close()
+}
+
+func waitNodesUp(ctx context.Context, ctl pb.ControlClient, want int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := ctl.Status(ctx, &pb.StatusRequest{})
+		up := 0
+		if err == nil {
+			for _, n := range st.Nodes {
+				if n.State == "up" {
+					up++
+				}
+			}
+			if up >= want {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d storage nodes registered with the control plane after %s (last error: %v); see their logs", up, want, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func ensureVolume(ctx context.Context, ctl pb.ControlClient, name string, pgSize uint64) (*pb.VolumeInfo, error) {
+	v, err := ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: name})
+	if err == nil {
+		return v, nil
+	}
+	if status.Code(err) != codes.NotFound {
+		return nil, fmt.Errorf("look up volume %s: %w", name, err)
+	}
+	v, err = ctl.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: name, PgSizeBytes: pgSize})
+	if status.Code(err) == codes.AlreadyExists {
+		return ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: name})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create volume %s: %w", name, err)
+	}
+	return v, nil
+}
+
+// serveRestarts answers `borealis restart` on a unix socket in the cluster
+// directory: the running `up` restarts the component itself, so it stays its
+// child and is stopped with the rest.
+func serveRestarts(ctx context.Context, dir string, cl *cluster.Cluster, writeFile func() error, out io.Writer) (net.Listener, error) {
+	path := filepath.Join(dir, upSocketName)
+	os.Remove(path) // left by an `up` that was killed; the directory lock is ours
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				line, err := bufio.NewReader(c).ReadString('\n')
+				if err != nil {
+					return
+				}
+				fields := strings.Fields(line)
+				if len(fields) != 2 || fields[0] != "restart" {
+					fmt.Fprintf(c, "error: unknown request %q\n", strings.TrimSpace(line))
+					return
+				}
+				id := fields[1]
+				if cl.Running(id) {
+					fmt.Fprintf(c, "error: %s is running; stop it before restarting it\n", id)
+					return
+				}
+				if err := cl.Restart(ctx, id); err != nil {
+					fmt.Fprintf(c, "error: %v\n", strings.ReplaceAll(err.Error(), "\n", " "))
+					return
+				}
+				if err := writeFile(); err != nil {
+					fmt.Fprintf(c, "error: %s restarted, but cluster.json was not updated: %v\n", id, err)
+					return
+				}
+				pid := 0
+				for _, comp := range cl.Components() {
+					if comp.ID == id {
+						pid = comp.Pid
+					}
+				}
+				fmt.Fprintf(out, "%s restarted (pid %d)\n", id, pid)
+				fmt.Fprintf(c, "ok %d\n", pid)
+			}(c)
+		}
+	}()
+	return l, nil
+}
+
+func restartCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "restart ID [--dir D]",
+		Short: "Start a stopped component of a running `borealis up` again",
+		Long: `Start a stopped component (control, s1..s6) of the cluster that a running
+"borealis up" manages in --dir, with the same id, address and data. The
+running "up" starts it, so it stays under its supervision, and updates
+cluster.json with the new pid.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path := filepath.Join(dir, upSocketName)
+			c, err := net.DialTimeout("unix", path, 2*time.Second)
+			if err != nil {
+				return fmt.Errorf("no running `borealis up` manages %s (%v); start the cluster with `borealis up --dir %s`", dir, err, dir)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			fmt.Fprintf(c, "restart %s\n", args[0])
+			reply, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil {
+				return fmt.Errorf("no answer from `borealis up`: %w", err)
+			}
+			reply = strings.TrimSpace(reply)
+			if pid, ok := strings.CutPrefix(reply, "ok "); ok {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s restarted, pid %s\n", args[0], pid)
+				return nil
+			}
+			return errors.New(strings.TrimPrefix(reply, "error: "))
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", defaultDir, "directory of the running cluster")
+	return cmd
+}

@@ -1,0 +1,380 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/volume"
+)
+
+// upProcess is a running `borealis up` and what it printed.
+type upProcess struct {
+	t   *testing.T
+	cmd *exec.Cmd
+	dir string
+	mu  sync.Mutex
+	out bytes.Buffer
+	end chan struct{}
+}
+
+func (u *upProcess) output() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.out.String()
+}
+
+// freeBasePort finds 7 consecutive free loopback ports.
+func freeBasePort(t *testing.T) int {
+	for try := 0; try < 50; try++ {
+		base := 20000 + rand.IntN(30000)
+		ok := true
+		for p := base; p < base+7 && ok; p++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				ok = false
+				continue
+			}
+			l.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no 7 consecutive free ports")
+	return 0
+}
+
+func startUp(t *testing.T, dir string, args ...string) *upProcess {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"up", "--dir", dir}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	u := &upProcess{t: t, cmd: cmd, dir: dir, end: make(chan struct{})}
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			u.mu.Lock()
+			u.out.WriteString(sc.Text() + "\n")
+			u.mu.Unlock()
+		}
+	}()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { cmd.Wait(); pw.Close(); close(u.end) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-u.end:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+		}
+	})
+	return u
+}
+
+// waitReady waits for cluster.json and returns it.
+func (u *upProcess) waitReady() *cluster.File {
+	u.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if f, err := cluster.ReadFile(filepath.Join(u.dir, "cluster.json")); err == nil {
+			return f
+		}
+		select {
+		case <-u.end:
+			u.t.Fatalf("borealis up exited:\n%s", u.output())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	u.t.Fatalf("cluster.json never appeared:\n%s", u.output())
+	return nil
+}
+
+func controlClient(t *testing.T, f *cluster.File) pb.ControlClient {
+	t.Helper()
+	for _, c := range f.Components {
+		if c.Role == "control" {
+			conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { conn.Close() })
+			return pb.NewControlClient(conn)
+		}
+	}
+	t.Fatal("cluster.json lists no control plane")
+	return nil
+}
+
+func nodeState(t *testing.T, ctl pb.ControlClient, id string) string {
+	st, err := ctl.Status(context.Background(), &pb.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range st.Nodes {
+		if n.Id == id {
+			return n.State
+		}
+	}
+	return "unknown"
+}
+
+func waitState(t *testing.T, ctl pb.ControlClient, id, want string, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for nodeState(t, ctl, id) != want {
+		if time.Since(start) > within {
+			t.Fatalf("%s not %s after %s", id, want, within)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+// volumeOn opens the writer's volume client on the volume as the catalog
+// places it.
+func volumeOn(t *testing.T, ctl pb.ControlClient, name string) *volume.Client {
+	t.Helper()
+	vi, err := ctl.GetVolume(context.Background(), &pb.GetVolumeRequest{Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgs := map[uint32][]volume.Member{}
+	for _, pg := range vi.PgList {
+		for _, s := range pg.Segments {
+			pgs[pg.Pg] = append(pgs[pg.Pg], volume.Member{NodeID: s.Node, AZ: s.Az, Addr: s.Addr})
+		}
+	}
+	v, err := volume.Open(context.Background(), volume.Config{
+		VolumeID: vi.Id, Epoch: 1, PageSize: int(vi.PageSize), PagesPerPG: vi.PagesPerPg,
+		Placement: func(pg uint32) ([]volume.Member, error) {
+			if m, ok := pgs[pg]; ok {
+				return m, nil
+			}
+			return nil, fmt.Errorf("PG %d is not placed", pg)
+		},
+		WriteTimeout: 10 * time.Second,
+		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestUpRunsAndResumesACluster runs `borealis up` for real: cluster.json and
+// the catalog describe 6 nodes 2 per AZ and a volume placed 2 per AZ; a
+// SIGKILLed node is reported and shown down, and `borealis restart` brings it
+// back; a second `up` on the same directory is refused; SIGINT leaves no
+// process behind; and `up` again resumes the same volume with its data.
+func TestUpRunsAndResumesACluster(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "c")
+	base := freeBasePort(t)
+	u := startUp(t, dir, "--base-port", fmt.Sprint(base), "--pg-size", "1MiB", "--heartbeat-timeout", "2s")
+	f := u.waitReady()
+
+	byID := map[string]cluster.Component{}
+	azs := map[string]int{}
+	for _, c := range f.Components {
+		byID[c.ID] = c
+		if c.Role == "storage" {
+			azs[c.AZ]++
+		}
+		if c.Pid == 0 || !alive(c.Pid) || c.Log == "" || c.Addr == "" {
+			t.Fatalf("component %+v is not running as listed", c)
+		}
+	}
+	if len(f.Components) != 7 || byID["control"].Role != "control" || len(azs) != 3 || azs["a"] != 2 || azs["b"] != 2 || azs["c"] != 2 {
+		t.Fatalf("cluster.json: %+v", f.Components)
+	}
+	ctl := controlClient(t, f)
+	for _, id := range []string{"s1", "s2", "s3", "s4", "s5", "s6"} {
+		if s := nodeState(t, ctl, id); s != "up" {
+			t.Fatalf("%s is %s", id, s)
+		}
+	}
+	vi, err := ctl.GetVolume(context.Background(), &pb.GetVolumeRequest{Name: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vi.PgSizeBytes != 1<<20 || len(vi.PgList) == 0 {
+		t.Fatalf("volume main: %+v", vi)
+	}
+	for _, pg := range vi.PgList {
+		perAZ, nodes := map[string]int{}, map[string]bool{}
+		for _, s := range pg.Segments {
+			perAZ[s.Az]++
+			nodes[s.Node] = true
+		}
+		if len(pg.Segments) != 6 || len(nodes) != 6 || perAZ["a"] != 2 || perAZ["b"] != 2 || perAZ["c"] != 2 {
+			t.Fatalf("PG %d placed %v", pg.Pg, pg.Segments)
+		}
+	}
+
+	// Data written now must survive the restart of the whole cluster.
+	v := volumeOn(t, ctl, "main")
+	page := image(5, 1)
+	lsn, err := v.Commit(context.Background(), []volume.PageWrite{{Page: 5, New: page}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+
+	// `borealis status --json` shows the nodes, the volume and its SCLs.
+	rep := statusJSON(t, dir)
+	if len(rep.Nodes) != 6 {
+		t.Fatalf("status lists %d nodes", len(rep.Nodes))
+	}
+	if len(rep.Volumes) != 1 || rep.Volumes[0].Name != "main" || len(rep.Volumes[0].PGs) == 0 {
+		t.Fatalf("status volumes: %+v", rep.Volumes)
+	}
+	complete := 0
+	for _, s := range rep.Volumes[0].PGs[0].Segments {
+		if s.SCL >= lsn {
+			complete++
+		}
+	}
+	if complete < 4 || rep.Volumes[0].VDL < lsn {
+		t.Fatalf("status shows %d segments complete to LSN %d and VDL %d: %+v", complete, lsn, rep.Volumes[0].VDL, rep.Volumes[0])
+	}
+
+	// A storage node killed is reported, shown down, and restarted on request.
+	s3 := byID["s3"]
+	if err := syscall.Kill(s3.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	took := waitState(t, ctl, "s3", "down", 8*time.Second)
+	t.Logf("s3 shown down %s after SIGKILL", took)
+	for _, n := range statusJSON(t, dir).Nodes {
+		if (n.ID == "s3") != (n.State == "down") {
+			t.Fatalf("status after killing s3: %+v", n)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(u.output(), "s3 (storage, AZ b") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(u.output(), "s3 (storage, AZ b") {
+		t.Fatalf("up did not report s3's death:\n%s", u.output())
+	}
+	out, err := exec.Command(binary, "restart", "s3", "--dir", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("borealis restart s3: %v\n%s", err, out)
+	}
+	waitState(t, ctl, "s3", "up", 10*time.Second)
+	f2, err := cluster.ReadFile(filepath.Join(dir, "cluster.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range f2.Components {
+		if c.ID == "s3" && (c.Pid == s3.Pid || !alive(c.Pid)) {
+			t.Fatalf("cluster.json lists s3 with pid %d after restart (was %d)", c.Pid, s3.Pid)
+		}
+	}
+
+	// A second `up` on the same directory is refused.
+	out, err = exec.Command(binary, "up", "--dir", dir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "in use by a running `borealis up`") {
+		t.Fatalf("second up on %s: %v\n%s", dir, err, out)
+	}
+
+	// SIGINT stops every process.
+	if err := u.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-u.end:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("up did not stop on SIGINT:\n%s", u.output())
+	}
+	for _, c := range f2.Components {
+		if alive(c.Pid) {
+			t.Fatalf("%s (pid %d) still runs after up stopped", c.ID, c.Pid)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cluster.json")); !os.IsNotExist(err) {
+		t.Fatalf("cluster.json outlives the cluster: %v", err)
+	}
+
+	// Up again: the same cluster, the same volume, the data intact.
+	u2 := startUp(t, dir)
+	f3 := u2.waitReady()
+	if !strings.Contains(u2.output(), "resuming the cluster") {
+		t.Fatalf("second up did not resume:\n%s", u2.output())
+	}
+	ctl2 := controlClient(t, f3)
+	vi2, err := ctl2.GetVolume(context.Background(), &pb.GetVolumeRequest{Name: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vi2.Id != vi.Id {
+		t.Fatalf("resumed volume id %d, was %d", vi2.Id, vi.Id)
+	}
+	v2 := volumeOn(t, ctl2, "main")
+	defer v2.Close()
+	got, err := v2.ReadPage(context.Background(), 5, lsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, page) {
+		t.Fatalf("page 5 after resume differs from what was committed")
+	}
+}
+
+type statusOutput struct {
+	Nodes []struct {
+		ID, AZ, Addr, State string
+	} `json:"nodes"`
+	Volumes []struct {
+		Name          string `json:"name"`
+		VolumeEpoch   uint64 `json:"volume_epoch"`
+		GeometryEpoch uint64 `json:"geometry_epoch"`
+		VDL           uint64 `json:"vdl"`
+		PGs           []struct {
+			ID              uint32 `json:"id"`
+			MembershipEpoch uint64 `json:"membership_epoch"`
+			Segments        []struct {
+				Node string `json:"node"`
+				AZ   string `json:"az"`
+				SCL  uint64 `json:"scl"`
+			} `json:"segments"`
+		} `json:"pgs"`
+	} `json:"volumes"`
+}
+
+func statusJSON(t *testing.T, dir string) statusOutput {
+	t.Helper()
+	out, err := exec.Command(binary, "status", "--dir", dir, "--json").Output()
+	if err != nil {
+		t.Fatalf("borealis status: %v\n%s", err, out)
+	}
+	var rep statusOutput
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	return rep
+}
