@@ -156,34 +156,70 @@ func waitState(t *testing.T, ctl pb.ControlClient, id, want string, within time.
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 
 // volumeOn opens the writer's volume client on the volume as the catalog
-// places it.
+// places it, growing it through the control plane.
 func volumeOn(t *testing.T, ctl pb.ControlClient, name string) *volume.Client {
 	t.Helper()
-	vi, err := ctl.GetVolume(context.Background(), &pb.GetVolumeRequest{Name: name})
-	if err != nil {
+	cfg := volume.Config{Epoch: 1, WriteTimeout: 10 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if err := volume.NewFromControl(ctl, name).Configure(context.Background(), &cfg); err != nil {
 		t.Fatal(err)
 	}
-	pgs := map[uint32][]volume.Member{}
-	for _, pg := range vi.PgList {
-		for _, s := range pg.Segments {
-			pgs[pg.Pg] = append(pgs[pg.Pg], volume.Member{NodeID: s.Node, AZ: s.Az, Addr: s.Addr})
-		}
-	}
-	v, err := volume.Open(context.Background(), volume.Config{
-		VolumeID: vi.Id, Epoch: 1, PageSize: int(vi.PageSize), PagesPerPG: vi.PagesPerPg,
-		Placement: func(pg uint32) ([]volume.Member, error) {
-			if m, ok := pgs[pg]; ok {
-				return m, nil
-			}
-			return nil, fmt.Errorf("PG %d is not placed", pg)
-		},
-		WriteTimeout: 10 * time.Second,
-		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	v, err := volume.Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// TestVolumeGrowsAPGAtATime writes past the first PG of a volume with small
+// PGs: the writer asks the control plane for each new PG, every PG is placed
+// 2 per AZ on distinct nodes, a transaction spanning a PG boundary commits,
+// and reads across the boundaries return what was written. Reading beyond
+// the volume reads zeros and grows nothing.
+func TestVolumeGrowsAPGAtATime(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "c")
+	u := startUp(t, dir, "--base-port", fmt.Sprint(freeBasePort(t)), "--pg-size", "64KiB")
+	ctl := controlClient(t, u.waitReady())
+	v := volumeOn(t, ctl, "main")
+	defer v.Close()
+	ctx := context.Background()
+	// 16 pages per PG: pages 16 and 17 straddle PGs 0 and 1; page 70 is in PG 4.
+	writes := []volume.PageWrite{{Page: 16, New: image(16, 1)}, {Page: 17, New: image(17, 1)}}
+	if _, err := v.Commit(ctx, writes); err != nil {
+		t.Fatal(err)
+	}
+	lsn, err := v.Commit(ctx, []volume.PageWrite{{Page: 70, New: image(70, 1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vi, err := ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vi.Pgs != 5 || vi.GeometryEpoch != 5 || len(vi.PgList) != 5 {
+		t.Fatalf("after writing page 70 the volume has %d PGs (geometry epoch %d); want 5 and 5", vi.Pgs, vi.GeometryEpoch)
+	}
+	for _, pg := range vi.PgList {
+		perAZ, nodes := map[string]int{}, map[string]bool{}
+		for _, s := range pg.Segments {
+			perAZ[s.Az]++
+			nodes[s.Node] = true
+		}
+		if len(pg.Segments) != 6 || len(nodes) != 6 || perAZ["a"] != 2 || perAZ["b"] != 2 || perAZ["c"] != 2 {
+			t.Fatalf("PG %d placed %v", pg.Pg, pg.Segments)
+		}
+	}
+	for page, want := range map[uint64][]byte{16: image(16, 1), 17: image(17, 1), 70: image(70, 1), 33: make([]byte, pageSize), 500: make([]byte, pageSize)} {
+		got, err := v.ReadPage(ctx, page, lsn)
+		if err != nil {
+			t.Fatalf("read page %d: %v", page, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("page %d read back wrong", page)
+		}
+	}
+	if vi, _ := ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: "main"}); vi.Pgs != 5 {
+		t.Fatalf("reading page 500 grew the volume to %d PGs", vi.Pgs)
+	}
 }
 
 // TestUpRunsAndResumesACluster runs `borealis up` for real: cluster.json and

@@ -2,6 +2,7 @@ package volume
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -35,7 +36,10 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 	if err != nil {
 		return nil, err
 	}
-	p, err := c.pg(ctx, idx)
+	p, err := c.pg(ctx, idx, false)
+	if errors.Is(err, ErrNoSuchPG) {
+		return make([]byte, c.cfg.PageSize), nil
+	}
 	if err != nil {
 		return nil, err
 	}

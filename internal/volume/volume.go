@@ -113,6 +113,10 @@ type Config struct {
 	// Placement returns the segments (normally 6, 2 per AZ) of a PG. It is
 	// called once per PG, outside the client's locks.
 	Placement func(pg uint32) ([]Member, error)
+	// Grow, when set, is asked for a PG that Placement reports missing
+	// (ErrNoSuchPG) the first time a write reaches it: the volume grows by
+	// that PG (and any before it). A read of a missing PG reads zeros.
+	Grow func(pg uint32) ([]Member, error)
 	// BaseLSN is the VDL recovered at open; 0 for a new volume. New LSNs
 	// start at BaseLSN+1.
 	BaseLSN uint64
@@ -280,9 +284,13 @@ func (c *Client) pgOf(page uint64) (uint32, error) {
 	return uint32(idx), nil
 }
 
+// ErrNoSuchPG is what Placement returns for a PG the volume does not have
+// yet: nothing was ever written there.
+var ErrNoSuchPG = errors.New("volume: no such PG yet")
+
 // pg returns the state of PG idx, calling Placement (outside the lock) the
-// first time.
-func (c *Client) pg(ctx context.Context, idx uint32) (*pgState, error) {
+// first time, and Grow for a write to a PG that does not exist yet.
+func (c *Client) pg(ctx context.Context, idx uint32, write bool) (*pgState, error) {
 	for {
 		c.mu.Lock()
 		if err := c.failedLocked(); err != nil {
@@ -307,6 +315,9 @@ func (c *Client) pg(ctx context.Context, idx uint32) (*pgState, error) {
 		c.mu.Unlock()
 
 		members, err := c.cfg.Placement(idx)
+		if errors.Is(err, ErrNoSuchPG) && write && c.cfg.Grow != nil {
+			members, err = c.cfg.Grow(idx)
+		}
 		if err == nil && len(members) == 0 {
 			err = errors.New("no members")
 		}
@@ -400,7 +411,7 @@ func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
 		if err != nil {
 			return 0, err
 		}
-		p, err := c.pg(ctx, idx)
+		p, err := c.pg(ctx, idx, true)
 		if err != nil {
 			return 0, err
 		}

@@ -1,0 +1,87 @@
+package volume
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+)
+
+// catalogTimeout bounds one call to the control plane.
+const catalogTimeout = 10 * time.Second
+
+// FromControl places a volume's PGs where the control plane's catalog says
+// they are, and grows the volume through it, a PG at a time.
+type FromControl struct {
+	ctl  pb.ControlClient
+	name string
+}
+
+// NewFromControl returns the placement of the named volume.
+func NewFromControl(ctl pb.ControlClient, volume string) *FromControl {
+	return &FromControl{ctl: ctl, name: volume}
+}
+
+// Configure fills cfg's volume geometry (id, page size, PG size) from the
+// catalog and sets its Placement and Grow to the catalog's.
+func (f *FromControl) Configure(ctx context.Context, cfg *Config) error {
+	v, err := f.ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: f.name})
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", f.name, err)
+	}
+	cfg.VolumeID, cfg.PageSize, cfg.PagesPerPG = v.Id, int(v.PageSize), v.PagesPerPg
+	cfg.Placement, cfg.Grow = f.Placement, f.Grow
+	return nil
+}
+
+// Placement returns the PG's segments, or ErrNoSuchPG if the volume has not
+// grown that far.
+func (f *FromControl) Placement(pg uint32) ([]Member, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), catalogTimeout)
+	defer cancel()
+	v, err := f.ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: f.name})
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: %w", f.name, err)
+	}
+	for _, p := range v.PgList {
+		if p.Pg == pg {
+			return members(p), nil
+		}
+	}
+	if pg >= v.Pgs {
+		return nil, fmt.Errorf("volume %s has %d PG(s), not PG %d: %w", f.name, v.Pgs, pg, ErrNoSuchPG)
+	}
+	return nil, fmt.Errorf("the catalog lists no segments for PG %d of volume %s", pg, f.name)
+}
+
+// Grow adds PGs to the volume, one at a time, until it holds pg, and returns
+// pg's segments. Racing writers are safe: adding an existing PG returns it.
+func (f *FromControl) Grow(pg uint32) ([]Member, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), catalogTimeout)
+	defer cancel()
+	v, err := f.ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: f.name})
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: %w", f.name, err)
+	}
+	if pg < v.Pgs {
+		return f.Placement(pg)
+	}
+	for next := v.Pgs; ; next++ {
+		p, err := f.ctl.AddPG(ctx, &pb.AddPGRequest{Volume: f.name, Pg: next})
+		if err != nil {
+			return nil, fmt.Errorf("grow volume %s to PG %d: %w", f.name, next, err)
+		}
+		if next == pg {
+			return members(p), nil
+		}
+	}
+}
+
+func members(p *pb.PGInfo) []Member {
+	out := make([]Member, len(p.Segments))
+	for i, s := range p.Segments {
+		out[i] = Member{NodeID: s.Node, AZ: s.Az, Addr: s.Addr}
+	}
+	return out
+}
