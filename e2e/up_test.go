@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -413,4 +414,54 @@ func statusJSON(t *testing.T, dir string) statusOutput {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}
 	return rep
+}
+
+// TestStorageLearnsEpochFromControl: when a new writer takes the lease, the
+// control plane bumps the volume epoch, storage nodes learn it with their
+// heartbeats, and the old writer is fenced even if it never met the new one.
+func TestStorageLearnsEpochFromControl(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "c")
+	u := startUp(t, dir, "--base-port", fmt.Sprint(freeBasePort(t)), "--heartbeat-timeout", "2s")
+	ctl := controlClient(t, u.waitReady())
+	ctx := context.Background()
+	first, err := ctl.AcquireWriter(ctx, &pb.AcquireWriterRequest{Volume: "main", Holder: "writer-1", TtlMs: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := volume.Config{Epoch: first.Epoch, WriteTimeout: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if err := volume.NewFromControl(ctl, "main").Configure(ctx, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	old, err := volume.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if _, err := old.Commit(ctx, []volume.PageWrite{{Page: 1, New: image(1, 1)}}); err != nil {
+		t.Fatal(err)
+	}
+	// A new writer takes over: the old lease is released, a new one bumps the epoch.
+	if _, err := ctl.ReleaseWriter(ctx, &pb.ReleaseWriterRequest{Lease: first.Lease}); err != nil {
+		t.Fatal(err)
+	}
+	second, err := ctl.AcquireWriter(ctx, &pb.AcquireWriterRequest{Volume: "main", Holder: "writer-2", TtlMs: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.Epoch != first.Epoch+1 {
+		t.Fatalf("epoch went from %d to %d", first.Epoch, second.Epoch)
+	}
+	// Within a few heartbeats every node refuses the old epoch.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := old.Commit(ctx, []volume.PageWrite{{Page: 1, Old: image(1, 1), New: image(1, 2)}})
+		if errors.Is(err, volume.ErrFenced) {
+			t.Logf("old writer fenced: %v", err)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the old writer is not fenced 10s after the epoch moved on: last commit gave %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

@@ -183,7 +183,10 @@ func (x *HeartbeatRequest) GetId() string {
 }
 
 type HeartbeatResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The current epoch of every volume, so that storage nodes refuse a
+	// fenced writer even before it sends them anything.
+	Epochs        []*VolumeEpoch `protobuf:"bytes,1,rep,name=epochs,proto3" json:"epochs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -218,6 +221,65 @@ func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
 	return file_control_proto_rawDescGZIP(), []int{3}
 }
 
+func (x *HeartbeatResponse) GetEpochs() []*VolumeEpoch {
+	if x != nil {
+		return x.Epochs
+	}
+	return nil
+}
+
+type VolumeEpoch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeEpoch) Reset() {
+	*x = VolumeEpoch{}
+	mi := &file_control_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeEpoch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeEpoch) ProtoMessage() {}
+
+func (x *VolumeEpoch) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeEpoch.ProtoReflect.Descriptor instead.
+func (*VolumeEpoch) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *VolumeEpoch) GetVolumeId() uint64 {
+	if x != nil {
+		return x.VolumeId
+	}
+	return 0
+}
+
+func (x *VolumeEpoch) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 type CreateVolumeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -231,7 +293,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -243,7 +305,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -256,7 +318,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{4}
+	return file_control_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateVolumeRequest) GetName() string {
@@ -289,7 +351,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +363,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +376,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{5}
+	return file_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetVolumeRequest) GetName() string {
@@ -332,7 +394,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -344,7 +406,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -357,7 +419,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{6}
+	return file_control_proto_rawDescGZIP(), []int{7}
 }
 
 type ListVolumesResponse struct {
@@ -369,7 +431,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +443,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +456,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeInfo {
@@ -415,7 +477,7 @@ type SegmentInfo struct {
 
 func (x *SegmentInfo) Reset() {
 	*x = SegmentInfo{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -427,7 +489,7 @@ func (x *SegmentInfo) String() string {
 func (*SegmentInfo) ProtoMessage() {}
 
 func (x *SegmentInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -440,7 +502,7 @@ func (x *SegmentInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentInfo.ProtoReflect.Descriptor instead.
 func (*SegmentInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SegmentInfo) GetNode() string {
@@ -477,7 +539,7 @@ type PGInfo struct {
 
 func (x *PGInfo) Reset() {
 	*x = PGInfo{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -489,7 +551,7 @@ func (x *PGInfo) String() string {
 func (*PGInfo) ProtoMessage() {}
 
 func (x *PGInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -502,7 +564,7 @@ func (x *PGInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PGInfo.ProtoReflect.Descriptor instead.
 func (*PGInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PGInfo) GetVolumeId() uint64 {
@@ -558,7 +620,7 @@ type VolumeInfo struct {
 
 func (x *VolumeInfo) Reset() {
 	*x = VolumeInfo{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +632,7 @@ func (x *VolumeInfo) String() string {
 func (*VolumeInfo) ProtoMessage() {}
 
 func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +645,7 @@ func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeInfo.ProtoReflect.Descriptor instead.
 func (*VolumeInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *VolumeInfo) GetName() string {
@@ -666,7 +728,7 @@ type AddPGRequest struct {
 
 func (x *AddPGRequest) Reset() {
 	*x = AddPGRequest{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -678,7 +740,7 @@ func (x *AddPGRequest) String() string {
 func (*AddPGRequest) ProtoMessage() {}
 
 func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -691,7 +753,7 @@ func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddPGRequest.ProtoReflect.Descriptor instead.
 func (*AddPGRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AddPGRequest) GetVolume() string {
@@ -717,7 +779,7 @@ type WatchVolumeRequest struct {
 
 func (x *WatchVolumeRequest) Reset() {
 	*x = WatchVolumeRequest{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -729,7 +791,7 @@ func (x *WatchVolumeRequest) String() string {
 func (*WatchVolumeRequest) ProtoMessage() {}
 
 func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -742,7 +804,7 @@ func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVolumeRequest.ProtoReflect.Descriptor instead.
 func (*WatchVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchVolumeRequest) GetVolumeId() uint64 {
@@ -763,7 +825,7 @@ type AcquireWriterRequest struct {
 
 func (x *AcquireWriterRequest) Reset() {
 	*x = AcquireWriterRequest{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -775,7 +837,7 @@ func (x *AcquireWriterRequest) String() string {
 func (*AcquireWriterRequest) ProtoMessage() {}
 
 func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -788,7 +850,7 @@ func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterRequest.ProtoReflect.Descriptor instead.
 func (*AcquireWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AcquireWriterRequest) GetVolume() string {
@@ -823,7 +885,7 @@ type AcquireWriterResponse struct {
 
 func (x *AcquireWriterResponse) Reset() {
 	*x = AcquireWriterResponse{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +897,7 @@ func (x *AcquireWriterResponse) String() string {
 func (*AcquireWriterResponse) ProtoMessage() {}
 
 func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +910,7 @@ func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterResponse.ProtoReflect.Descriptor instead.
 func (*AcquireWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AcquireWriterResponse) GetLease() int64 {
@@ -881,7 +943,7 @@ type RenewWriterRequest struct {
 
 func (x *RenewWriterRequest) Reset() {
 	*x = RenewWriterRequest{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +955,7 @@ func (x *RenewWriterRequest) String() string {
 func (*RenewWriterRequest) ProtoMessage() {}
 
 func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +968,7 @@ func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterRequest.ProtoReflect.Descriptor instead.
 func (*RenewWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RenewWriterRequest) GetLease() int64 {
@@ -924,7 +986,7 @@ type RenewWriterResponse struct {
 
 func (x *RenewWriterResponse) Reset() {
 	*x = RenewWriterResponse{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +998,7 @@ func (x *RenewWriterResponse) String() string {
 func (*RenewWriterResponse) ProtoMessage() {}
 
 func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1011,7 @@ func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterResponse.ProtoReflect.Descriptor instead.
 func (*RenewWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 type ReleaseWriterRequest struct {
@@ -961,7 +1023,7 @@ type ReleaseWriterRequest struct {
 
 func (x *ReleaseWriterRequest) Reset() {
 	*x = ReleaseWriterRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1035,7 @@ func (x *ReleaseWriterRequest) String() string {
 func (*ReleaseWriterRequest) ProtoMessage() {}
 
 func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1048,7 @@ func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReleaseWriterRequest) GetLease() int64 {
@@ -1004,7 +1066,7 @@ type ReleaseWriterResponse struct {
 
 func (x *ReleaseWriterResponse) Reset() {
 	*x = ReleaseWriterResponse{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1078,7 @@ func (x *ReleaseWriterResponse) String() string {
 func (*ReleaseWriterResponse) ProtoMessage() {}
 
 func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1091,7 @@ func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 type StatusRequest struct {
@@ -1040,7 +1102,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1114,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1127,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 type NodeStatus struct {
@@ -1083,7 +1145,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1157,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1170,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -1157,7 +1219,7 @@ type WriterStatus struct {
 
 func (x *WriterStatus) Reset() {
 	*x = WriterStatus{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1231,7 @@ func (x *WriterStatus) String() string {
 func (*WriterStatus) ProtoMessage() {}
 
 func (x *WriterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1244,7 @@ func (x *WriterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterStatus.ProtoReflect.Descriptor instead.
 func (*WriterStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WriterStatus) GetVolume() string {
@@ -1218,7 +1280,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1292,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1305,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -1287,8 +1349,12 @@ const file_control_proto_rawDesc = "" +
 	"\x14RegisterNodeResponse\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x01 \x01(\rR\x13heartbeatIntervalMs\"\"\n" +
 	"\x10HeartbeatRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x13\n" +
-	"\x11HeartbeatResponse\"j\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
+	"\x11HeartbeatResponse\x120\n" +
+	"\x06epochs\x18\x01 \x03(\v2\x18.borealis.v1.VolumeEpochR\x06epochs\"@\n" +
+	"\vVolumeEpoch\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"j\n" +
 	"\x13CreateVolumeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\"\n" +
@@ -1384,67 +1450,69 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_control_proto_goTypes = []any{
 	(*RegisterNodeRequest)(nil),   // 0: borealis.v1.RegisterNodeRequest
 	(*RegisterNodeResponse)(nil),  // 1: borealis.v1.RegisterNodeResponse
 	(*HeartbeatRequest)(nil),      // 2: borealis.v1.HeartbeatRequest
 	(*HeartbeatResponse)(nil),     // 3: borealis.v1.HeartbeatResponse
-	(*CreateVolumeRequest)(nil),   // 4: borealis.v1.CreateVolumeRequest
-	(*GetVolumeRequest)(nil),      // 5: borealis.v1.GetVolumeRequest
-	(*ListVolumesRequest)(nil),    // 6: borealis.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),   // 7: borealis.v1.ListVolumesResponse
-	(*SegmentInfo)(nil),           // 8: borealis.v1.SegmentInfo
-	(*PGInfo)(nil),                // 9: borealis.v1.PGInfo
-	(*VolumeInfo)(nil),            // 10: borealis.v1.VolumeInfo
-	(*AddPGRequest)(nil),          // 11: borealis.v1.AddPGRequest
-	(*WatchVolumeRequest)(nil),    // 12: borealis.v1.WatchVolumeRequest
-	(*AcquireWriterRequest)(nil),  // 13: borealis.v1.AcquireWriterRequest
-	(*AcquireWriterResponse)(nil), // 14: borealis.v1.AcquireWriterResponse
-	(*RenewWriterRequest)(nil),    // 15: borealis.v1.RenewWriterRequest
-	(*RenewWriterResponse)(nil),   // 16: borealis.v1.RenewWriterResponse
-	(*ReleaseWriterRequest)(nil),  // 17: borealis.v1.ReleaseWriterRequest
-	(*ReleaseWriterResponse)(nil), // 18: borealis.v1.ReleaseWriterResponse
-	(*StatusRequest)(nil),         // 19: borealis.v1.StatusRequest
-	(*NodeStatus)(nil),            // 20: borealis.v1.NodeStatus
-	(*WriterStatus)(nil),          // 21: borealis.v1.WriterStatus
-	(*StatusResponse)(nil),        // 22: borealis.v1.StatusResponse
+	(*VolumeEpoch)(nil),           // 4: borealis.v1.VolumeEpoch
+	(*CreateVolumeRequest)(nil),   // 5: borealis.v1.CreateVolumeRequest
+	(*GetVolumeRequest)(nil),      // 6: borealis.v1.GetVolumeRequest
+	(*ListVolumesRequest)(nil),    // 7: borealis.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),   // 8: borealis.v1.ListVolumesResponse
+	(*SegmentInfo)(nil),           // 9: borealis.v1.SegmentInfo
+	(*PGInfo)(nil),                // 10: borealis.v1.PGInfo
+	(*VolumeInfo)(nil),            // 11: borealis.v1.VolumeInfo
+	(*AddPGRequest)(nil),          // 12: borealis.v1.AddPGRequest
+	(*WatchVolumeRequest)(nil),    // 13: borealis.v1.WatchVolumeRequest
+	(*AcquireWriterRequest)(nil),  // 14: borealis.v1.AcquireWriterRequest
+	(*AcquireWriterResponse)(nil), // 15: borealis.v1.AcquireWriterResponse
+	(*RenewWriterRequest)(nil),    // 16: borealis.v1.RenewWriterRequest
+	(*RenewWriterResponse)(nil),   // 17: borealis.v1.RenewWriterResponse
+	(*ReleaseWriterRequest)(nil),  // 18: borealis.v1.ReleaseWriterRequest
+	(*ReleaseWriterResponse)(nil), // 19: borealis.v1.ReleaseWriterResponse
+	(*StatusRequest)(nil),         // 20: borealis.v1.StatusRequest
+	(*NodeStatus)(nil),            // 21: borealis.v1.NodeStatus
+	(*WriterStatus)(nil),          // 22: borealis.v1.WriterStatus
+	(*StatusResponse)(nil),        // 23: borealis.v1.StatusResponse
 }
 var file_control_proto_depIdxs = []int32{
-	10, // 0: borealis.v1.ListVolumesResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	8,  // 1: borealis.v1.PGInfo.segments:type_name -> borealis.v1.SegmentInfo
-	9,  // 2: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
-	10, // 3: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
-	20, // 4: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
-	10, // 5: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	21, // 6: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
-	0,  // 7: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
-	2,  // 8: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
-	4,  // 9: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
-	5,  // 10: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
-	6,  // 11: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
-	11, // 12: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
-	12, // 13: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
-	13, // 14: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
-	15, // 15: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
-	17, // 16: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
-	19, // 17: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
-	1,  // 18: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
-	3,  // 19: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
-	10, // 20: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
-	10, // 21: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
-	7,  // 22: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
-	9,  // 23: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
-	9,  // 24: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
-	14, // 25: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
-	16, // 26: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
-	18, // 27: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
-	22, // 28: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
-	18, // [18:29] is the sub-list for method output_type
-	7,  // [7:18] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	4,  // 0: borealis.v1.HeartbeatResponse.epochs:type_name -> borealis.v1.VolumeEpoch
+	11, // 1: borealis.v1.ListVolumesResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	9,  // 2: borealis.v1.PGInfo.segments:type_name -> borealis.v1.SegmentInfo
+	10, // 3: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
+	11, // 4: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
+	21, // 5: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
+	11, // 6: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	22, // 7: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
+	0,  // 8: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
+	2,  // 9: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
+	5,  // 10: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
+	6,  // 11: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
+	7,  // 12: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
+	12, // 13: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
+	13, // 14: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
+	14, // 15: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
+	16, // 16: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
+	18, // 17: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
+	20, // 18: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
+	1,  // 19: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
+	3,  // 20: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
+	11, // 21: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
+	11, // 22: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
+	8,  // 23: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
+	10, // 24: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
+	10, // 25: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
+	15, // 26: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
+	17, // 27: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
+	19, // 28: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
+	23, // 29: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
+	19, // [19:30] is the sub-list for method output_type
+	8,  // [8:19] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1458,7 +1526,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

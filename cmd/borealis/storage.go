@@ -72,7 +72,14 @@ writer first declares them.`,
 				if err := syscall.Statfs(cfg.Dir, &st); err == nil {
 					capacity = uint64(st.Blocks) * uint64(st.Bsize)
 				}
-				go control.RunNodeAgent(ctx, controlAddr, control.AgentNode{ID: cfg.ID, AZ: cfg.AZ, Addr: lis.Addr().String(), CapacityBytes: capacity}, log)
+				go control.RunNodeAgent(ctx, controlAddr, control.AgentNode{
+					ID: cfg.ID, AZ: cfg.AZ, Addr: lis.Addr().String(), CapacityBytes: capacity,
+					OnEpochs: func(epochs map[uint64]uint64) {
+						if err := node.ObserveEpochs(epochs); err != nil {
+							log.Error("cannot record volume epochs from the control plane", "err", err)
+						}
+					},
+				}, log)
 			}
 			log.Info("storage node serving", "id", cfg.ID, "az", cfg.AZ, "addr", lis.Addr().String(), "dir", cfg.Dir)
 			return node.Serve(lis)

@@ -19,6 +19,9 @@ import (
 type AgentNode struct {
 	ID, AZ, Addr  string
 	CapacityBytes uint64
+	// OnEpochs, when set, receives the volumes' current epochs with every
+	// heartbeat, so the node can fence stale writers.
+	OnEpochs func(map[uint64]uint64)
 }
 
 // Agent retry timings.
@@ -105,8 +108,15 @@ func RunNodeAgent(ctx context.Context, controlAddr string, node AgentNode, log *
 			// Heartbeat at once, so that the node is up without waiting.
 		}
 		hctx, cancel := context.WithTimeout(ctx, max(interval, time.Second))
-		_, err := cli.Heartbeat(hctx, &pb.HeartbeatRequest{Id: node.ID})
+		hb, err := cli.Heartbeat(hctx, &pb.HeartbeatRequest{Id: node.ID})
 		cancel()
+		if err == nil && node.OnEpochs != nil && len(hb.GetEpochs()) > 0 {
+			epochs := make(map[uint64]uint64, len(hb.GetEpochs()))
+			for _, e := range hb.GetEpochs() {
+				epochs[e.GetVolumeId()] = e.GetEpoch()
+			}
+			node.OnEpochs(epochs)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return

@@ -183,7 +183,15 @@ func (s *Server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.H
 		if err := s.cat.Heartbeat(ctx, req.GetId(), s.timeout); err != nil {
 			return nil, err
 		}
-		return &pb.HeartbeatResponse{}, nil
+		vols, err := s.cat.Volumes(ctx)
+		if err != nil {
+			return nil, err
+		}
+		resp := &pb.HeartbeatResponse{}
+		for _, v := range vols {
+			resp.Epochs = append(resp.Epochs, &pb.VolumeEpoch{VolumeId: v.ID, Epoch: v.VolumeEpoch})
+		}
+		return resp, nil
 	})
 }
 

@@ -357,6 +357,35 @@ func (n *Node) Close() error {
 	return n.db.Close()
 }
 
+// ObserveEpochs takes the volumes' current epochs from the control plane: a
+// writer with an older one is refused from then on, even on segments it has
+// not written yet. Epochs only go up.
+func (n *Node) ObserveEpochs(epochs map[uint64]uint64) error {
+	n.mu.Lock()
+	raised := map[uint64]uint64{}
+	for vol, epoch := range epochs {
+		if epoch > n.volEpochs[vol] {
+			n.log.Info("volume epoch raised by the control plane", "volume", vol, "from", n.volEpochs[vol], "to", epoch)
+			n.volEpochs[vol] = epoch
+			raised[vol] = epoch
+		}
+	}
+	if len(raised) == 0 {
+		n.mu.Unlock()
+		return nil
+	}
+	// Through the committer, so that it lands in order with the appends'
+	// own epoch writes.
+	g := n.commits.join(func(b *pebble.Batch, _ map[*seg]uint64) {
+		for vol, epoch := range raised {
+			b.Set(epochKey(vol), u64(epoch), nil)
+		}
+	})
+	n.mu.Unlock()
+	<-g.done
+	return g.err
+}
+
 func (n *Node) fail(err error) {
 	if n.failed.CompareAndSwap(nil, &err) {
 		n.log.Error("storage node stops accepting writes; restart it to recover from what is on disk", "err", err)
