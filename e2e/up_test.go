@@ -221,6 +221,20 @@ func TestVolumeGrowsAPGAtATime(t *testing.T) {
 	if vi, _ := ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: "main"}); vi.Pgs != 5 {
 		t.Fatalf("reading page 500 grew the volume to %d PGs", vi.Pgs)
 	}
+
+	// `borealis volume create` takes a PG size too, and lists what it made.
+	out, err := exec.Command(binary, "volume", "create", "small", "--pg-size", "1MiB", "--dir", dir).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "1MiB PGs") {
+		t.Fatalf("volume create: %v\n%s", err, out)
+	}
+	out, err = exec.Command(binary, "volume", "create", "small", "--dir", dir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "already exists") {
+		t.Fatalf("second volume create: %v\n%s", err, out)
+	}
+	out, err = exec.Command(binary, "volume", "list", "--dir", dir).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "small") || !strings.Contains(string(out), "main") {
+		t.Fatalf("volume list: %v\n%s", err, out)
+	}
 }
 
 // TestUpRunsAndResumesACluster runs `borealis up` for real: cluster.json and

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -16,7 +15,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
-	"github.com/borealis-db/borealis/internal/cluster"
 	"github.com/borealis-db/borealis/internal/storage"
 )
 
@@ -79,25 +77,15 @@ type writerReport struct {
 }
 
 func statusCmd() *cobra.Command {
-	var dir, control string
+	var where controlAddrFlags
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status [--dir D | --control ADDR] [--json]",
 		Short: "Show the cluster: nodes and their state, volumes, PGs with each segment's SCL, writers",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if control == "" {
-				f, err := cluster.ReadFile(filepath.Join(dir, clusterFileName))
-				if err != nil {
-					return fmt.Errorf("no cluster in %s (%v); give --dir of a `borealis up`, or --control ADDR", dir, err)
-				}
-				for _, c := range f.Components {
-					if c.Role == "control" {
-						control = c.Addr
-					}
-				}
-				if control == "" {
-					return fmt.Errorf("%s lists no control plane", filepath.Join(dir, clusterFileName))
-				}
+			control, err := where.addr()
+			if err != nil {
+				return err
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 			defer cancel()
@@ -114,9 +102,8 @@ func statusCmd() *cobra.Command {
 			return nil
 		},
 	}
+	where.register(cmd)
 	f := cmd.Flags()
-	f.StringVar(&dir, "dir", defaultDir, "directory of a `borealis up` cluster (its cluster.json names the control plane)")
-	f.StringVar(&control, "control", "", "control plane address (instead of --dir)")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object")
 	return cmd
 }
