@@ -347,6 +347,12 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 		}
 	}
 
+	// An `up` on a new directory whose ports are taken is refused.
+	out, err = exec.Command(binary, "up", "--dir", filepath.Join(t.TempDir(), "other"), "--base-port", fmt.Sprint(base)).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "taken by another process") {
+		t.Fatalf("up on taken ports: %v\n%s", err, out)
+	}
+
 	// A second `up` on the same directory is refused.
 	out, err = exec.Command(binary, "up", "--dir", dir).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "in use by a running `borealis up`") {
