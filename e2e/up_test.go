@@ -161,7 +161,7 @@ func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 func volumeOn(t *testing.T, ctl pb.ControlClient, name string) *volume.Client {
 	t.Helper()
 	cfg := volume.Config{Epoch: 1, WriteTimeout: 10 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	if err := volume.NewFromControl(ctl, name).Configure(context.Background(), &cfg); err != nil {
+	if err := volume.NewFromControl(ctl, name).Configure(t.Context(), &cfg); err != nil {
 		t.Fatal(err)
 	}
 	v, err := volume.Open(context.Background(), cfg)
@@ -183,6 +183,11 @@ func TestVolumeGrowsAPGAtATime(t *testing.T) {
 	v := volumeOn(t, ctl, "main")
 	defer v.Close()
 	ctx := context.Background()
+	// Another party follows the volume through the catalog's watch.
+	follower := volume.NewFromControl(ctl, "main")
+	if err := follower.Configure(t.Context(), &volume.Config{}); err != nil {
+		t.Fatal(err)
+	}
 	// 16 pages per PG: pages 16 and 17 straddle PGs 0 and 1; page 70 is in PG 4.
 	writes := []volume.PageWrite{{Page: 16, New: image(16, 1)}, {Page: 17, New: image(17, 1)}}
 	if _, err := v.Commit(ctx, writes); err != nil {
@@ -207,6 +212,18 @@ func TestVolumeGrowsAPGAtATime(t *testing.T) {
 		}
 		if len(pg.Segments) != 6 || len(nodes) != 6 || perAZ["a"] != 2 || perAZ["b"] != 2 || perAZ["c"] != 2 {
 			t.Fatalf("PG %d placed %v", pg.Pg, pg.Segments)
+		}
+	}
+	for pg := uint32(0); pg < 5; pg++ {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if _, ok := follower.Known(pg); ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the watch never showed PG %d to another party", pg)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	for page, want := range map[uint64][]byte{16: image(16, 1), 17: image(17, 1), 70: image(70, 1), 33: make([]byte, pageSize), 500: make([]byte, pageSize)} {
@@ -449,7 +466,7 @@ func TestStorageLearnsEpochFromControl(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := volume.Config{Epoch: first.Epoch, WriteTimeout: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	if err := volume.NewFromControl(ctl, "main").Configure(ctx, &cfg); err != nil {
+	if err := volume.NewFromControl(ctl, "main").Configure(t.Context(), &cfg); err != nil {
 		t.Fatal(err)
 	}
 	old, err := volume.Open(ctx, cfg)

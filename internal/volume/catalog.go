@@ -3,6 +3,7 @@ package volume
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
@@ -12,19 +13,25 @@ import (
 const catalogTimeout = 10 * time.Second
 
 // FromControl places a volume's PGs where the control plane's catalog says
-// they are, and grows the volume through it, a PG at a time.
+// they are, and grows the volume through it, a PG at a time. It follows the
+// catalog's watch of the volume, so PGs that others add are known without
+// asking.
 type FromControl struct {
 	ctl  pb.ControlClient
 	name string
+
+	mu  sync.Mutex
+	pgs map[uint32][]Member
 }
 
 // NewFromControl returns the placement of the named volume.
 func NewFromControl(ctl pb.ControlClient, volume string) *FromControl {
-	return &FromControl{ctl: ctl, name: volume}
+	return &FromControl{ctl: ctl, name: volume, pgs: map[uint32][]Member{}}
 }
 
 // Configure fills cfg's volume geometry (id, page size, PG size) from the
-// catalog and sets its Placement and Grow to the catalog's.
+// catalog, sets its Placement and Grow to the catalog's, and follows the
+// volume's changes until ctx ends.
 func (f *FromControl) Configure(ctx context.Context, cfg *Config) error {
 	v, err := f.ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: f.name})
 	if err != nil {
@@ -32,22 +39,63 @@ func (f *FromControl) Configure(ctx context.Context, cfg *Config) error {
 	}
 	cfg.VolumeID, cfg.PageSize, cfg.PagesPerPG = v.Id, int(v.PageSize), v.PagesPerPg
 	cfg.Placement, cfg.Grow = f.Placement, f.Grow
+	f.note(v.PgList...)
+	go f.follow(ctx, v.Id)
 	return nil
+}
+
+func (f *FromControl) note(pgs ...*pb.PGInfo) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range pgs {
+		f.pgs[p.Pg] = members(p)
+	}
+}
+
+// Known returns the PG's segments if the catalog has shown them already.
+func (f *FromControl) Known(pg uint32) ([]Member, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m, ok := f.pgs[pg]
+	return m, ok
+}
+
+// follow keeps the cache current from the control plane's watch of the
+// volume, reconnecting until ctx ends.
+func (f *FromControl) follow(ctx context.Context, volID uint64) {
+	for ctx.Err() == nil {
+		stream, err := f.ctl.WatchVolume(ctx, &pb.WatchVolumeRequest{VolumeId: volID})
+		if err == nil {
+			for {
+				p, err := stream.Recv()
+				if err != nil {
+					break
+				}
+				f.note(p)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // Placement returns the PG's segments, or ErrNoSuchPG if the volume has not
 // grown that far.
 func (f *FromControl) Placement(pg uint32) ([]Member, error) {
+	if m, ok := f.Known(pg); ok {
+		return m, nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), catalogTimeout)
 	defer cancel()
 	v, err := f.ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: f.name})
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: %w", f.name, err)
 	}
-	for _, p := range v.PgList {
-		if p.Pg == pg {
-			return members(p), nil
-		}
+	f.note(v.PgList...)
+	if m, ok := f.Known(pg); ok {
+		return m, nil
 	}
 	if pg >= v.Pgs {
 		return nil, fmt.Errorf("volume %s has %d PG(s), not PG %d: %w", f.name, v.Pgs, pg, ErrNoSuchPG)
@@ -72,6 +120,7 @@ func (f *FromControl) Grow(pg uint32) ([]Member, error) {
 		if err != nil {
 			return nil, fmt.Errorf("grow volume %s to PG %d: %w", f.name, next, err)
 		}
+		f.note(p)
 		if next == pg {
 			return members(p), nil
 		}
