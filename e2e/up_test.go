@@ -314,8 +314,28 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 
 	// `borealis status --json` shows the nodes, the volume and its SCLs.
 	rep := statusJSON(t, dir)
-	if len(rep.Nodes) != 6 {
-		t.Fatalf("status lists %d nodes", len(rep.Nodes))
+	nodeAZ := map[string]int{}
+	for _, n := range rep.Nodes {
+		if n.State != "up" {
+			t.Fatalf("status: %+v", n)
+		}
+		nodeAZ[n.AZ]++
+	}
+	if len(rep.Nodes) != 6 || len(nodeAZ) != 3 || nodeAZ["a"] != 2 || nodeAZ["b"] != 2 || nodeAZ["c"] != 2 {
+		t.Fatalf("status lists nodes %+v", rep.Nodes)
+	}
+	if len(rep.Volumes) != 1 {
+		t.Fatalf("status volumes: %+v", rep.Volumes)
+	}
+	for _, pg := range rep.Volumes[0].PGs {
+		perAZ, nodes := map[string]int{}, map[string]bool{}
+		for _, s := range pg.Segments {
+			perAZ[s.AZ]++
+			nodes[s.Node] = true
+		}
+		if len(pg.Segments) != 6 || len(nodes) != 6 || perAZ["a"] != 2 || perAZ["b"] != 2 || perAZ["c"] != 2 {
+			t.Fatalf("status shows PG %d on %+v", pg.ID, pg.Segments)
+		}
 	}
 	if len(rep.Volumes) != 1 || rep.Volumes[0].Name != "main" || len(rep.Volumes[0].PGs) == 0 {
 		t.Fatalf("status volumes: %+v", rep.Volumes)
@@ -335,7 +355,9 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 	if err := syscall.Kill(s3.Pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	took := waitState(t, ctl, "s3", "down", 8*time.Second)
+	// Down within the heartbeat timeout (2s), give or take etcd's lease
+	// expiry check.
+	took := waitState(t, ctl, "s3", "down", 3500*time.Millisecond)
 	t.Logf("s3 shown down %s after SIGKILL", took)
 	for _, n := range statusJSON(t, dir).Nodes {
 		if (n.ID == "s3") != (n.State == "down") {

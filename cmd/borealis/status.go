@@ -7,6 +7,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -118,7 +119,7 @@ func gatherStatus(ctx context.Context, control string) (*statusReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control plane at %s: %w", control, err)
 	}
-	rep := &statusReport{HeartbeatTimeoutMs: st.HeartbeatTimeoutMs}
+	rep := &statusReport{HeartbeatTimeoutMs: st.HeartbeatTimeoutMs, Nodes: []nodeReport{}, Volumes: []volumeReport{}, Writers: []writerReport{}}
 	for _, n := range st.Nodes {
 		rep.Nodes = append(rep.Nodes, nodeReport{ID: n.Id, AZ: n.Az, Addr: n.Addr, State: n.State, HeartbeatAgeMs: n.HeartbeatAgeMs})
 	}
@@ -126,61 +127,105 @@ func gatherStatus(ctx context.Context, control string) (*statusReport, error) {
 	for _, w := range st.Writers {
 		rep.Writers = append(rep.Writers, writerReport{Volume: w.Volume, Holder: w.Holder, Epoch: w.Epoch})
 	}
-	storageAt := func(addr string) (pb.StorageClient, func(), error) {
-		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			return nil, nil, err
-		}
-		return pb.NewStorageClient(c), func() { c.Close() }, nil
-	}
-	addrOf := map[string]string{}
+	addrOf, stateOf := map[string]string{}, map[string]string{}
 	for _, n := range st.Nodes {
-		addrOf[n.Id] = n.Addr
+		addrOf[n.Id], stateOf[n.Id] = n.Addr, n.State
 	}
+	// Build the report with every segment, then ask each node for all of
+	// its segments' SCLs at once, over one connection, all nodes in
+	// parallel: a hung node costs one timeout, not one per segment.
+	type ask struct {
+		vol uint64
+		pg  uint32
+		seg *segmentReport
+	}
+	perNode := map[string][]ask{}
 	for _, v := range st.Volumes {
 		vr := volumeReport{Name: v.Name, ID: v.Id, VolumeEpoch: v.VolumeEpoch, GeometryEpoch: v.GeometryEpoch,
 			PageSize: v.PageSize, PGSizeBytes: v.PgSizeBytes, SizeBytes: v.SizeBytes}
 		for _, pg := range v.PgList {
 			pr := pgReport{ID: pg.Pg, MembershipEpoch: pg.MembershipEpoch}
-			var scls []uint64
 			for _, s := range pg.Segments {
 				addr := addrOf[s.Node]
 				if addr == "" {
 					addr = s.Addr
 				}
-				sr := segmentReport{Node: s.Node, AZ: s.Az, Addr: addr}
-				client, closeConn, err := storageAt(addr)
-				if err == nil {
-					cctx, cancel := context.WithTimeout(ctx, time.Second)
-					info, ierr := client.SegmentInfo(cctx, &pb.SegmentInfoRequest{Volume: v.Id, Pg: pg.Pg})
-					cancel()
-					closeConn()
-					err = ierr
-					if err == nil {
-						sr.SCL = info.Scl
-					}
+				pr.Segments = append(pr.Segments, segmentReport{Node: s.Node, AZ: s.Az, Addr: addr})
+			}
+			vr.PGs = append(vr.PGs, pr)
+		}
+		rep.Volumes = append(rep.Volumes, vr)
+	}
+	for vi := range rep.Volumes {
+		vr := &rep.Volumes[vi]
+		for pi := range vr.PGs {
+			pr := &vr.PGs[pi]
+			for si := range pr.Segments {
+				sr := &pr.Segments[si]
+				if stateOf[sr.Node] == "down" {
+					sr.Error = nodeDown
+					continue
 				}
+				perNode[sr.Node] = append(perNode[sr.Node], ask{vr.ID, pr.ID, sr})
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for node, asks := range perNode {
+		wg.Add(1)
+		go func(addr string, asks []ask) {
+			defer wg.Done()
+			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				for _, a := range asks {
+					a.seg.Error = shortErr(err)
+				}
+				return
+			}
+			defer conn.Close()
+			client := pb.NewStorageClient(conn)
+			for i, a := range asks {
+				cctx, cancel := context.WithTimeout(ctx, time.Second)
+				info, err := client.SegmentInfo(cctx, &pb.SegmentInfoRequest{Volume: a.vol, Pg: a.pg})
+				cancel()
 				switch {
+				case err == nil:
+					a.seg.SCL = info.Scl
 				case storage.ReasonOf(err) == pb.Reason_PG_NOT_HOSTED:
 					// The node creates the segment with its first records.
-					sr.Empty = true
-				case err != nil:
-					sr.Error = shortErr(err)
+					a.seg.Empty = true
+				default:
+					// A node that does not answer one question will not
+					// answer the next ones either.
+					for _, rest := range asks[i:] {
+						rest.seg.Error = shortErr(err)
+					}
+					return
 				}
+			}
+		}(addrOf[node], asks)
+	}
+	wg.Wait()
+	for vi := range rep.Volumes {
+		vr := &rep.Volumes[vi]
+		for pi := range vr.PGs {
+			pr := &vr.PGs[pi]
+			scls := make([]uint64, 0, len(pr.Segments))
+			for _, sr := range pr.Segments {
 				scls = append(scls, sr.SCL)
-				pr.Segments = append(pr.Segments, sr)
 			}
 			sort.Slice(scls, func(i, j int) bool { return scls[i] > scls[j] })
 			if len(scls) >= 4 {
 				pr.PGCL = scls[3]
 			}
 			vr.VDL = max(vr.VDL, pr.PGCL)
-			vr.PGs = append(vr.PGs, pr)
 		}
-		rep.Volumes = append(rep.Volumes, vr)
 	}
 	return rep, nil
 }
+
+// nodeDown is a segment's error when the control plane has its node down.
+const nodeDown = "node is down"
 
 func shortErr(err error) string {
 	s := err.Error()
@@ -217,7 +262,10 @@ func printStatus(out io.Writer, rep *statusReport) {
 				if s.Empty {
 					scl = "empty"
 				}
-				if s.Error != "" {
+				switch {
+				case s.Error == nodeDown:
+					scl = "DOWN"
+				case s.Error != "":
 					scl = "UNREACHABLE"
 				}
 				segs = append(segs, fmt.Sprintf("%s/%s: %s", s.Node, s.AZ, scl))

@@ -34,6 +34,8 @@ const (
 	// addressesFileName keeps the addresses a cluster was first given, so a
 	// resumed cluster listens where its catalog says its nodes are.
 	addressesFileName = "addresses.json"
+	// upPageSize is the page size of the volume `up` creates.
+	upPageSize = 4096
 )
 
 func upCmd() *cobra.Command {
@@ -55,6 +57,9 @@ cluster, on the same addresses, with its data.`,
 			size, err := parseSize(pgSize)
 			if err != nil {
 				return fmt.Errorf("--pg-size: %w", err)
+			}
+			if size%upPageSize != 0 {
+				return fmt.Errorf("--pg-size %s: a PG holds whole pages, so its size must be a multiple of the %d-byte page", pgSize, upPageSize)
 			}
 			return runUp(cmd.Context(), cmd.OutOrStdout(), upOptions{
 				dir: dir, pgSize: size, pgSizeSet: cmd.Flags().Changed("pg-size"),
@@ -149,6 +154,11 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 	vol, err := ensureVolume(ctx, ctl, defaultVolume, o.pgSize)
 	if err != nil {
 		return err
+	}
+	if !resumed {
+		if err := keepAddrs(dir, addrs); err != nil {
+			return err
+		}
 	}
 	if o.pgSizeSet && vol.PgSizeBytes != o.pgSize {
 		fmt.Fprintf(out, "  note: volume %s already exists with %s PGs; --pg-size applies to new volumes only\n", vol.Name, formatSize(vol.PgSizeBytes))
@@ -253,12 +263,22 @@ func plannedAddrs(dir string, basePort int) (map[string]string, bool, error) {
 	for i, id := range storageIDs() {
 		addrs[id] = fmt.Sprintf("127.0.0.1:%d", basePort+1+i)
 	}
-	b, _ = json.MarshalIndent(addrs, "", "  ")
+	return addrs, false, nil
+}
+
+// keepAddrs records the addresses of a cluster that came up, so that the
+// next `up` on the directory listens there again.
+func keepAddrs(dir string, addrs map[string]string) error {
+	path := filepath.Join(dir, addressesFileName)
+	b, err := json.MarshalIndent(addrs, "", "  ")
+	if err != nil {
+		return err
+	}
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return nil, false, err
+		return err
 	}
-	return addrs, false, os.Rename(tmp, path)
+	return os.Rename(tmp, path)
 }
 
 func checkPortFree(addr string) error {
@@ -306,7 +326,7 @@ func ensureVolume(ctx context.Context, ctl pb.ControlClient, name string, pgSize
 	if status.Code(err) != codes.NotFound {
 		return nil, fmt.Errorf("look up volume %s: %w", name, err)
 	}
-	v, err = ctl.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: name, PgSizeBytes: pgSize})
+	v, err = ctl.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: name, PageSize: upPageSize, PgSizeBytes: pgSize})
 	if status.Code(err) == codes.AlreadyExists {
 		return ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: name})
 	}

@@ -54,6 +54,9 @@ func NewServer(cat *Catalog, heartbeatTimeout time.Duration, log *slog.Logger) *
 	if heartbeatTimeout <= 0 {
 		heartbeatTimeout = DefaultHeartbeatTimeout
 	}
+	// etcd leases are whole seconds: report and pace heartbeats by the
+	// timeout that is really in force.
+	heartbeatTimeout = time.Duration(ttlSeconds(heartbeatTimeout)) * time.Second
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
