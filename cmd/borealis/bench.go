@@ -91,6 +91,7 @@ fdatasync'd 4 KiB append on the same disk, measured in the same run.`,
 				progress = io.Discard
 			}
 			var members []volume.Member
+			var ctl pb.ControlClient // set when the cluster has a control plane
 			floorDir := dir
 			if clusterFile != "" {
 				f, err := cluster.ReadFile(clusterFile)
@@ -99,6 +100,16 @@ fdatasync'd 4 KiB append on the same disk, measured in the same run.`,
 				}
 				for _, c := range f.Storage() {
 					members = append(members, volume.Member{NodeID: c.ID, AZ: c.AZ, Addr: c.Addr})
+				}
+				for _, c := range f.Components {
+					if c.Role == "control" {
+						conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+						if err != nil {
+							return err
+						}
+						defer conn.Close()
+						ctl = pb.NewControlClient(conn)
+					}
 				}
 				if len(members) != 6 {
 					return fmt.Errorf("%s lists %d storage nodes; the benchmark needs 6", clusterFile, len(members))
@@ -139,7 +150,11 @@ fdatasync'd 4 KiB append on the same disk, measured in the same run.`,
 			rep := commitReport{Nodes: len(members), DurationS: duration.Seconds()}
 			for _, n := range levels {
 				fmt.Fprintf(progress, "running %d committers for %s\n", n, duration)
-				lvl, err := runCommitLevel(ctx, members, n, duration)
+				cfg, err := benchVolume(ctx, ctl, members, n)
+				if err != nil {
+					return err
+				}
+				lvl, err := runCommitLevel(ctx, cfg, members, n, duration)
 				if err != nil {
 					return err
 				}
@@ -229,16 +244,26 @@ func nodeFsyncs(ctx context.Context, members []volume.Member) (uint64, error) {
 	return total, nil
 }
 
-func runCommitLevel(ctx context.Context, members []volume.Member, committers int, d time.Duration) (commitLevel, error) {
-	const pageSize = 4096
-	vol, err := volume.Open(ctx, volume.Config{
-		VolumeID:   rand.Uint64() | 1,
-		Epoch:      1,
-		PageSize:   pageSize,
-		PagesPerPG: 1 << 20,
-		Placement:  func(uint32) ([]volume.Member, error) { return members, nil },
-		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+// benchVolume gives each level a fresh volume: one the control plane
+// creates (so that status shows it) when the cluster has one, else a
+// random id placed on the six nodes directly.
+func benchVolume(ctx context.Context, ctl pb.ControlClient, members []volume.Member, committers int) (volume.Config, error) {
+	cfg := volume.Config{Epoch: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if ctl == nil {
+		cfg.VolumeID, cfg.PageSize, cfg.PagesPerPG = rand.Uint64()|1, 4096, 1<<20
+		cfg.Placement = func(uint32) ([]volume.Member, error) { return members, nil }
+		return cfg, nil
+	}
+	name := fmt.Sprintf("bench-%s-c%d", time.Now().Format("20060102-150405"), committers)
+	if _, err := ctl.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: name, PageSize: 4096}); err != nil {
+		return cfg, fmt.Errorf("create benchmark volume %s: %w", name, err)
+	}
+	return cfg, volume.NewFromControl(ctl, name).Configure(ctx, &cfg)
+}
+
+func runCommitLevel(ctx context.Context, cfg volume.Config, members []volume.Member, committers int, d time.Duration) (commitLevel, error) {
+	pageSize := cfg.PageSize
+	vol, err := volume.Open(ctx, cfg)
 	if err != nil {
 		return commitLevel{}, err
 	}
