@@ -156,6 +156,32 @@ func waitState(t *testing.T, ctl pb.ControlClient, id, want string, within time.
 
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 
+// placedTwoPerAZ says whether segments, given as (node, AZ) pairs, are 6
+// distinct nodes, 2 in each of AZs a, b and c.
+func placedTwoPerAZ(nodeAZ [][2]string) bool {
+	perAZ, nodes := map[string]int{}, map[string]bool{}
+	for _, s := range nodeAZ {
+		nodes[s[0]] = true
+		perAZ[s[1]]++
+	}
+	return len(nodeAZ) == 6 && len(nodes) == 6 && perAZ["a"] == 2 && perAZ["b"] == 2 && perAZ["c"] == 2
+}
+
+// checkPlacement fails the test unless every PG is placed 2 per AZ on
+// distinct nodes.
+func checkPlacement(t *testing.T, pgs []*pb.PGInfo) {
+	t.Helper()
+	for _, pg := range pgs {
+		var segs [][2]string
+		for _, s := range pg.Segments {
+			segs = append(segs, [2]string{s.Node, s.Az})
+		}
+		if !placedTwoPerAZ(segs) {
+			t.Fatalf("PG %d placed %v", pg.Pg, pg.Segments)
+		}
+	}
+}
+
 // volumeOn opens the writer's volume client on the volume as the catalog
 // places it, growing it through the control plane.
 func volumeOn(t *testing.T, ctl pb.ControlClient, name string) *volume.Client {
@@ -204,16 +230,7 @@ func TestVolumeGrowsAPGAtATime(t *testing.T) {
 	if vi.Pgs != 5 || vi.GeometryEpoch != 5 || len(vi.PgList) != 5 {
 		t.Fatalf("after writing page 70 the volume has %d PGs (geometry epoch %d); want 5 and 5", vi.Pgs, vi.GeometryEpoch)
 	}
-	for _, pg := range vi.PgList {
-		perAZ, nodes := map[string]int{}, map[string]bool{}
-		for _, s := range pg.Segments {
-			perAZ[s.Az]++
-			nodes[s.Node] = true
-		}
-		if len(pg.Segments) != 6 || len(nodes) != 6 || perAZ["a"] != 2 || perAZ["b"] != 2 || perAZ["c"] != 2 {
-			t.Fatalf("PG %d placed %v", pg.Pg, pg.Segments)
-		}
-	}
+	checkPlacement(t, vi.PgList)
 	for pg := uint32(0); pg < 5; pg++ {
 		deadline := time.Now().Add(5 * time.Second)
 		for {
@@ -292,16 +309,7 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 	if vi.PgSizeBytes != 1<<20 || len(vi.PgList) == 0 {
 		t.Fatalf("volume main: %+v", vi)
 	}
-	for _, pg := range vi.PgList {
-		perAZ, nodes := map[string]int{}, map[string]bool{}
-		for _, s := range pg.Segments {
-			perAZ[s.Az]++
-			nodes[s.Node] = true
-		}
-		if len(pg.Segments) != 6 || len(nodes) != 6 || perAZ["a"] != 2 || perAZ["b"] != 2 || perAZ["c"] != 2 {
-			t.Fatalf("PG %d placed %v", pg.Pg, pg.Segments)
-		}
-	}
+	checkPlacement(t, vi.PgList)
 
 	// Data written now must survive the restart of the whole cluster.
 	v := volumeOn(t, ctl, "main")
@@ -328,12 +336,11 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 		t.Fatalf("status volumes: %+v", rep.Volumes)
 	}
 	for _, pg := range rep.Volumes[0].PGs {
-		perAZ, nodes := map[string]int{}, map[string]bool{}
+		var segs [][2]string
 		for _, s := range pg.Segments {
-			perAZ[s.AZ]++
-			nodes[s.Node] = true
+			segs = append(segs, [2]string{s.Node, s.AZ})
 		}
-		if len(pg.Segments) != 6 || len(nodes) != 6 || perAZ["a"] != 2 || perAZ["b"] != 2 || perAZ["c"] != 2 {
+		if !placedTwoPerAZ(segs) {
 			t.Fatalf("status shows PG %d on %+v", pg.ID, pg.Segments)
 		}
 	}
