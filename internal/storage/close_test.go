@@ -19,28 +19,36 @@ func TestCloseDuringReads(t *testing.T) {
 	for l := uint64(1); l <= 50; l++ {
 		w.write(1, l, byte(l))
 	}
+	stop := repeat(32, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		c.GetPage(ctx, &pb.GetPageRequest{Volume: 1, Pg: 0, Page: 1, ReadLsn: 50})
+		c.SegmentInfo(ctx, &pb.SegmentInfoRequest{Volume: 1, Pg: 0})
+		c.Pull(ctx, &pb.PullRequest{Volume: 1, Pg: 0})
+		cancel()
+	})
+	time.Sleep(300 * time.Millisecond)
+	n.Close()
+	stop()
+}
+
+// repeat runs f in n goroutines, each calling it again and again, until the
+// returned stop is called; stop waits for them.
+func repeat(n int, f func()) (stop func()) {
 	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	for i := 0; i < 32; i++ {
+	done := make(chan struct{})
+	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for {
 				select {
-				case <-stop:
+				case <-done:
 					return
 				default:
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-				c.GetPage(ctx, &pb.GetPageRequest{Volume: 1, Pg: 0, Page: 1, ReadLsn: 50})
-				c.SegmentInfo(ctx, &pb.SegmentInfoRequest{Volume: 1, Pg: 0})
-				c.Pull(ctx, &pb.PullRequest{Volume: 1, Pg: 0})
-				cancel()
+				f()
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
-	n.Close()
-	close(stop)
-	wg.Wait()
+	return func() { close(done); wg.Wait() }
 }

@@ -83,54 +83,34 @@ func TestReadNeverServesAStalePage(t *testing.T) {
 		}
 	}()
 	var reads, served, stale atomic.Uint64
-	for i := 0; i < 64; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				l := sent.Load()
-				if l == 0 {
-					continue
-				}
-				reads.Add(1)
-				resp, err := c.GetPage(context.Background(), &pb.GetPageRequest{Volume: 1, Pg: 0, Page: pageOf(l), ReadLsn: l, PgTailLsn: l})
-				if err != nil {
-					continue
-				}
-				served.Add(1)
-				if got := binary.BigEndian.Uint64(resp.Data); got != l {
-					stale.Add(1)
-					t.Errorf("read at %d (segment SCL %d) returned the page as of LSN %d: stale", l, resp.Scl, got)
-				}
-			}
-		}()
-	}
+	stopReaders := repeat(64, func() {
+		l := sent.Load()
+		if l == 0 {
+			return
+		}
+		reads.Add(1)
+		resp, err := c.GetPage(context.Background(), &pb.GetPageRequest{Volume: 1, Pg: 0, Page: pageOf(l), ReadLsn: l, PgTailLsn: l})
+		if err != nil {
+			return
+		}
+		served.Add(1)
+		if got := binary.BigEndian.Uint64(resp.Data); got != l {
+			stale.Add(1)
+			t.Errorf("read at %d (segment SCL %d) returned the page as of LSN %d: stale", l, resp.Scl, got)
+		}
+	})
 	// CPU burners that allocate: frequent GC and long run queues make
 	// readers get preempted at arbitrary points (widening the window).
 	var sink atomic.Pointer[[]byte]
-	for i := 0; i < 4; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				for j := 0; j < 1000; j++ {
-					b := make([]byte, 256)
-					sink.Store(&b)
-				}
-			}
-		}()
-	}
+	stopBurners := repeat(4, func() {
+		for j := 0; j < 1000; j++ {
+			b := make([]byte, 256)
+			sink.Store(&b)
+		}
+	})
 	time.Sleep(4 * time.Second)
+	stopReaders()
+	stopBurners()
 	close(stop)
 	wg.Wait()
 	t.Logf("sent %d, reads %d, served %d, stale %d", sent.Load(), reads.Load(), served.Load(), stale.Load())
