@@ -70,3 +70,31 @@ func TestStorageCommandRefusesBadSetups(t *testing.T) {
 		t.Fatalf("taken port: %s", out)
 	}
 }
+
+// TestCorruptFilesAreRefusedClearly: a corrupt identity file of a storage
+// node, or a corrupt addresses file of an `up` directory, stops the command
+// with an error that names the file, and the file is left as it was.
+func TestCorruptFilesAreRefusedClearly(t *testing.T) {
+	dir := t.TempDir()
+	garbage := []byte("{not json")
+	if err := os.WriteFile(filepath.Join(dir, "node.json"), garbage, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(binary, "storage", "--id", "s1", "--az", "a", "--listen", "127.0.0.1:0", "--dir", dir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "node.json is corrupt") {
+		t.Fatalf("storage on a corrupt node.json: %v\n%s", err, out)
+	}
+	upDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(upDir, "addresses.json"), garbage, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(binary, "up", "--dir", upDir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "addresses.json is corrupt") {
+		t.Fatalf("up on a corrupt addresses.json: %v\n%s", err, out)
+	}
+	for _, p := range []string{filepath.Join(dir, "node.json"), filepath.Join(upDir, "addresses.json")} {
+		if b, _ := os.ReadFile(p); string(b) != string(garbage) {
+			t.Fatalf("%s was changed", p)
+		}
+	}
+}

@@ -531,3 +531,49 @@ func TestStorageLearnsEpochFromControl(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestWritesGoOnWithoutTheControlPlane: the control plane is off the I/O
+// path. With it SIGKILLed, a writer that knows its PGs keeps committing and
+// reading; restarted, it sees every node up again.
+func TestWritesGoOnWithoutTheControlPlane(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "c")
+	u := startUp(t, dir, "--base-port", fmt.Sprint(freeBasePort(t)), "--heartbeat-timeout", "2s")
+	f := u.waitReady()
+	ctl := controlClient(t, f)
+	v := volumeOn(t, ctl, "main")
+	defer v.Close()
+	ctx := context.Background()
+	if _, err := v.Commit(ctx, []volume.PageWrite{{Page: 3, New: image(3, 1)}}); err != nil {
+		t.Fatal(err)
+	}
+	var control cluster.Component
+	for _, c := range f.Components {
+		if c.Role == "control" {
+			control = c
+		}
+	}
+	if err := syscall.Kill(control.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	old := image(3, 1)
+	var lsn uint64
+	for i := 2; i <= 20; i++ {
+		next := image(3, i)
+		var err error
+		if lsn, err = v.Commit(ctx, []volume.PageWrite{{Page: 3, Old: old, New: next}}); err != nil {
+			t.Fatalf("commit %d with the control plane down: %v", i, err)
+		}
+		old = next
+	}
+	got, err := v.ReadPage(ctx, 3, lsn)
+	if err != nil || !bytes.Equal(got, old) {
+		t.Fatalf("read with the control plane down: %v", err)
+	}
+	out, err := exec.Command(binary, "restart", "control", "--dir", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("borealis restart control: %v\n%s", err, out)
+	}
+	for _, id := range []string{"s1", "s2", "s3", "s4", "s5", "s6"} {
+		waitState(t, ctl, id, "up", 10*time.Second)
+	}
+}
