@@ -44,7 +44,7 @@ type counters struct {
 // Stats returns the client's counters.
 func (c *Client) Stats() Stats {
 	c.mu.Lock()
-	last := c.last
+	last := c.tracker.LastAllocated()
 	c.mu.Unlock()
 	return Stats{
 		Commits:         c.st.commits.Load(),

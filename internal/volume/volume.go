@@ -163,7 +163,6 @@ type Client struct {
 
 	mu       sync.Mutex
 	tracker  *quorum.Tracker
-	last     uint64 // last allocated LSN
 	pageLast map[uint64]uint64
 	pgs      map[uint32]*pgState
 	nodes    map[string]*node
@@ -234,7 +233,6 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 		cfg:       cfg,
 		log:       cfg.Logger.With("volume", cfg.VolumeID),
 		tracker:   quorum.NewTracker(cfg.BaseLSN),
-		last:      cfg.BaseLSN,
 		pageLast:  make(map[uint64]uint64),
 		pgs:       make(map[uint32]*pgState),
 		nodes:     make(map[string]*node),
@@ -445,14 +443,14 @@ func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
 		return 0, err
 	}
 	if len(recs) == 0 {
-		lsn := c.last
+		lsn := c.tracker.LastAllocated()
 		c.mu.Unlock()
 		return lsn, nil
 	}
 	// Back-pressure: never allocate above VDL+LAL.
 	var start time.Time
 	for {
-		end := c.last + uint64(len(recs))
+		end := c.tracker.LastAllocated() + uint64(len(recs))
 		if end <= c.tracker.VDL()+c.cfg.LAL {
 			break // allocate, still holding mu
 		}
@@ -479,7 +477,7 @@ func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
 	for i := range recs {
 		r := &recs[i]
 		p := r.pg
-		lsn := c.last + 1
+		lsn := c.tracker.LastAllocated() + 1
 		cpl := i == len(recs)-1
 		if !p.written {
 			c.tracker.SetConfig(p.idx, p.qcfg)
@@ -493,7 +491,6 @@ func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
 			c.mu.Unlock()
 			return 0, fmt.Errorf("volume: allocating LSN %d: %w", lsn, err)
 		}
-		c.last = lsn
 		rec := redo.Record{
 			Volume:      c.cfg.VolumeID,
 			PG:          p.idx,
@@ -539,7 +536,7 @@ func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
 	for _, b := range batches {
 		b.n.enqueue(b.entries)
 	}
-	lsn := c.last
+	lsn := c.tracker.LastAllocated()
 	c.mu.Unlock()
 	for _, b := range batches {
 		b.n.signal()
