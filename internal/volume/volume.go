@@ -317,13 +317,17 @@ func (c *Client) pg(ctx context.Context, idx uint32, write bool) (*pgState, erro
 			members, err = c.cfg.Grow(idx)
 		}
 		if err == nil && len(members) == 0 {
-			err = errors.New("no members")
+			err = errors.New("Placement returned no segments; every PG needs its 6")
 		}
 		if err == nil {
 			seen := map[string]bool{}
 			for _, m := range members {
-				if m.NodeID == "" || seen[m.NodeID] {
-					err = fmt.Errorf("bad member list %v", members)
+				if m.NodeID == "" {
+					err = fmt.Errorf("Placement returned a segment without a node id (address %q)", m.Addr)
+					break
+				}
+				if seen[m.NodeID] {
+					err = fmt.Errorf("Placement returned node %s twice; the segments of a PG must be on distinct nodes", m.NodeID)
 					break
 				}
 				seen[m.NodeID] = true
