@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -45,7 +46,10 @@ const pageSize = 4096
 func startNodes(t *testing.T) *cluster.Cluster {
 	t.Helper()
 	cl := cluster.New(binary, t.TempDir())
-	t.Cleanup(func() { cl.Stop(5 * time.Second) })
+	t.Cleanup(func() {
+		cl.Stop(5 * time.Second)
+		logTailsOnFailure(t, cl)
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := cl.StartStorageNodes(ctx, 6); err != nil {
@@ -120,4 +124,23 @@ func freeListener(t *testing.T) (string, error) {
 	}
 	t.Cleanup(func() { l.Close() })
 	return l.Addr().String(), nil
+}
+
+// logTailsOnFailure puts the end of every process's log into a failed test's
+// output, so a failure seen only in CI can still be understood.
+func logTailsOnFailure(t *testing.T, cl *cluster.Cluster) {
+	if !t.Failed() {
+		return
+	}
+	for _, c := range cl.Components() {
+		data, err := os.ReadFile(c.Log)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		if len(lines) > 40 {
+			lines = lines[len(lines)-40:]
+		}
+		t.Logf("--- last lines of %s ---\n%s", c.Log, strings.Join(lines, "\n"))
+	}
 }

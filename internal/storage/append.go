@@ -173,6 +173,7 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 		if b.retain > 0 {
 			raise(&s.retain, b.retain)
 		}
+		hadHoles := s.chain.HeldAbove() > 0
 		for j := range b.recs {
 			r := &b.recs[j]
 			v := s.chain.Offer(segment.Entry{LSN: r.LSN, PrevLSN: r.PrevLSN, Epoch: r.Epoch})
@@ -191,6 +192,15 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 		}
 		if scl := s.chain.SCL(); scl > s.durableSCL.Load() {
 			sclWrites[s] = scl
+		}
+		if !in.fromPeer && !hadHoles && s.chain.HeldAbove() > 0 {
+			// Records the writer sent while this node was away are missing;
+			// until they are pulled the segment does not count toward the
+			// write quorum, so gossip starts now rather than on its tick.
+			select {
+			case n.holeFound <- struct{}{}:
+			default:
+			}
 		}
 	}
 	if in.fromPeer {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
@@ -88,17 +89,20 @@ func (n *Node) gossipLoop() {
 	t := time.NewTicker(n.cfg.GossipInterval)
 	defer t.Stop()
 	for tick := 0; ; tick++ {
+		onlyHoles := false
 		select {
 		case <-n.stop:
 			return
 		case <-t.C:
+		case <-n.holeFound:
+			onlyHoles = true
 		}
 		for _, s := range n.segments() {
 			n.mu.Lock()
 			holes := s.chain.HeldAbove() > 0
 			peers := append([]*pb.Member(nil), s.peers...)
 			n.mu.Unlock()
-			if len(peers) == 0 {
+			if len(peers) == 0 || (onlyHoles && !holes) {
 				continue
 			}
 			if !holes && !s.peerAhead() && tick%probeEvery != 0 {
@@ -180,6 +184,12 @@ func (n *Node) peerConn(addr string) (*grpc.ClientConn, error) {
 	}
 	c, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// gRPC's default backoff grows to two minutes; a peer that restarts
+		// should be a gossip source again within a second.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: 2 * time.Second,
+		}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes)))
 	if err != nil {
 		return nil, err

@@ -67,6 +67,9 @@ type Node struct {
 
 	peersMu sync.Mutex
 	peers   map[string]*grpc.ClientConn
+	// holeFound wakes gossip when a writer's append leaves a segment with a
+	// hole.
+	holeFound chan struct{}
 
 	// failed is set when the store failed under us; from then on the node
 	// refuses writes instead of acking what it may not hold.
@@ -120,6 +123,7 @@ func Open(cfg Config) (*Node, error) {
 		segs:      map[segKey]*seg{},
 		volEpochs: map[uint64]uint64{},
 		peers:     map[string]*grpc.ClientConn{},
+		holeFound: make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 	}
 	n.stats.commitLatency = prometheus.NewHistogram(prometheus.HistogramOpts{

@@ -206,6 +206,10 @@ func (n *node) run() {
 		}
 		delay = min(2*delay, maxBackoff)
 		c.st.reconnects.Add(1)
+		if n.conn != nil {
+			// gRPC's own reconnect timer may be further out than ours.
+			n.conn.ResetConnectBackoff()
+		}
 	}
 }
 

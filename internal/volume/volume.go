@@ -80,9 +80,12 @@ const (
 	// resetAfter: a stream whose oldest request has gone unanswered this long
 	// is torn down and opened again.
 	resetAfter = 10 * time.Second
-	// Reconnect backoff of a failed Append stream.
+	// Reconnect backoff of a failed Append stream. The cap is short because a
+	// restarted node counts toward the write quorum only once it is fed again:
+	// while it waits, one more failure stops commits. A connect attempt to a
+	// dead node costs one refused SYN.
 	minBackoff = 50 * time.Millisecond
-	maxBackoff = time.Second
+	maxBackoff = 250 * time.Millisecond
 	// unavailableRecheck: after WriteTimeout, how often a waiter re-checks
 	// whether the PG it waits for lacks a write quorum.
 	unavailableRecheck = 100 * time.Millisecond
