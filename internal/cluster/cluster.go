@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,8 +85,10 @@ type proc struct {
 	Component
 	args  []string
 	ready func(ctx context.Context, conn *grpc.ClientConn) error
-	cmd   *exec.Cmd
-	done  chan struct{}
+	// httpReady replaces ready for processes that answer HTTP.
+	httpReady func(ctx context.Context) error
+	cmd       *exec.Cmd
+	done      chan struct{}
 }
 
 func storageReady(ctx context.Context, conn *grpc.ClientConn) error {
@@ -189,6 +192,45 @@ func (c *Cluster) forget(id string) {
 	}
 }
 
+// StartDB starts a database instance (`borealis db`) of the given role
+// ("writer") on volume, serving SQL over HTTP at addr, and waits until its
+// /v1/health says it is ready (recovery done). extra flags are passed on.
+func (c *Cluster) StartDB(ctx context.Context, id, role, volume, addr string, extra ...string) error {
+	if c.ControlAddr == "" {
+		return fmt.Errorf("cluster: a database instance needs the control plane (ControlAddr)")
+	}
+	p := &proc{
+		Component: Component{Role: role, ID: id, Addr: addr, Log: filepath.Join(c.Dir, id+".log")},
+		args: append([]string{"db", "--role", role, "--volume", volume, "--control", c.ControlAddr,
+			"--listen", addr, "--id", id}, extra...),
+		httpReady: func(ctx context.Context) error {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/health", nil)
+			if err != nil {
+				return err
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			var h struct {
+				Ready bool `json:"ready"`
+			}
+			if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+				return err
+			}
+			if !h.Ready {
+				return fmt.Errorf("%s is not ready yet", id)
+			}
+			return nil
+		},
+	}
+	if err := c.add(p); err != nil {
+		return err
+	}
+	return c.launch(ctx, p)
+}
+
 // StartStorage starts one storage node process and waits until it answers.
 func (c *Cluster) StartStorage(ctx context.Context, id, az, addr string) error {
 	dir := filepath.Join(c.Dir, id)
@@ -238,7 +280,11 @@ func (c *Cluster) launch(ctx context.Context, p *proc) error {
 		default:
 		}
 	}()
-	if err := waitReady(ctx, p.Addr, p.ready, done); err != nil {
+	wait := func() error { return waitReady(ctx, p.Addr, p.ready, done) }
+	if p.httpReady != nil {
+		wait = func() error { return waitHTTPReady(ctx, p.httpReady, done) }
+	}
+	if err := wait(); err != nil {
 		tail, _ := os.ReadFile(p.Log)
 		if len(tail) > 2000 {
 			tail = tail[len(tail)-2000:]
@@ -264,6 +310,28 @@ func waitReady(ctx context.Context, addr string, ready func(context.Context, *gr
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		err := ready(cctx, conn)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-exited:
+			return errExited
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+	}
+}
+
+func waitHTTPReady(ctx context.Context, ready func(context.Context) error, exited <-chan struct{}) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := ready(cctx)
 		cancel()
 		if err == nil {
 			return nil
