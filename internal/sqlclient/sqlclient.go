@@ -1,0 +1,312 @@
+// Package sqlclient is a small client of a Borealis database instance's SQL
+// API over HTTP (POST /v1/execute, POST /v1/query, GET /v1/health).
+//
+// Values. Parameters go out as JSON: integers and floats as numbers,
+// strings, booleans, nil as null, and []byte as {"base64":"..."}, the form in
+// which the server returns blobs. Row values come back as int64 (a JSON
+// number with no fraction or exponent that fits), float64 (any other number),
+// string, []byte (a blob) or nil. JSON cannot tell 2.0 from 2, so a REAL
+// with an integral value comes back as int64.
+package sqlclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// Client talks to one database instance. The zero HTTP uses
+// http.DefaultClient.
+type Client struct {
+	// Endpoint is the instance's base URL, such as http://127.0.0.1:7110; a
+	// bare host:port is taken as http.
+	Endpoint string
+	HTTP     *http.Client
+}
+
+// Statement is one SQL statement with its positional parameters.
+type Statement struct {
+	SQL    string `json:"sql"`
+	Params []any  `json:"params,omitempty"`
+}
+
+// Result is what one statement of an Execute did.
+type Result struct {
+	RowsAffected int64 `json:"rows_affected"`
+	LastInsertID int64 `json:"last_insert_id"`
+}
+
+// Rows is the whole result of a query.
+type Rows struct {
+	Columns []string
+	// Types are the column types as the server reports them.
+	Types []string
+	Rows  [][]any
+}
+
+// Health is the instance's GET /v1/health.
+type Health struct {
+	Role     string      `json:"role"`
+	Volume   string      `json:"volume"`
+	VolumeID uint64      `json:"volume_id"`
+	Epoch    uint64      `json:"epoch"`
+	VDL      uint64      `json:"vdl"`
+	Ready    bool        `json:"ready"`
+	Stats    HealthStats `json:"stats"`
+}
+
+// HealthStats are counters since the instance started.
+type HealthStats struct {
+	Commits uint64 `json:"commits"`
+	// RedoBytes: redo shipped to storage. FullPageBytes: what shipping the
+	// whole dirty pages of the same commits would have taken.
+	RedoBytes     uint64 `json:"redo_bytes"`
+	FullPageBytes uint64 `json:"full_page_bytes"`
+	Queries       uint64 `json:"queries"`
+}
+
+// Error is a refusal from the server (a non-2xx reply).
+type Error struct {
+	Status  int    // HTTP status
+	Code    string // such as "sql_error", "read_only", "not_ready"
+	Message string
+}
+
+func (e *Error) Error() string {
+	if e.Code == "" {
+		return fmt.Sprintf("HTTP %d: %s", e.Status, e.Message)
+	}
+	return e.Code + ": " + e.Message
+}
+
+// Code returns the server's error code of err, or "" if err is not an
+// *Error.
+func Code(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return ""
+}
+
+// Execute runs statements on the writer, all in one transaction if
+// transaction is set. It returns once the commit is durable.
+func (c *Client) Execute(ctx context.Context, statements []Statement, transaction bool) ([]Result, error) {
+	stmts := make([]wireStatement, len(statements))
+	for i, s := range statements {
+		p, err := encodeParams(s.Params)
+		if err != nil {
+			return nil, fmt.Errorf("statement %d: %w", i+1, err)
+		}
+		stmts[i] = wireStatement{SQL: s.SQL, Params: p}
+	}
+	var reply struct {
+		Results []Result `json:"results"`
+	}
+	if err := c.do(ctx, http.MethodPost, "/v1/execute", executeRequest{Statements: stmts, Transaction: transaction}, &reply); err != nil {
+		return nil, err
+	}
+	if len(reply.Results) != len(statements) {
+		return reply.Results, fmt.Errorf("the server returned %d results for %d statements", len(reply.Results), len(statements))
+	}
+	return reply.Results, nil
+}
+
+// Query runs one read-only statement on a read connection and returns all
+// its rows.
+func (c *Client) Query(ctx context.Context, sql string, params ...any) (*Rows, error) {
+	p, err := encodeParams(params)
+	if err != nil {
+		return nil, err
+	}
+	var reply struct {
+		Columns []string            `json:"columns"`
+		Types   []string            `json:"types"`
+		Rows    [][]json.RawMessage `json:"rows"`
+	}
+	if err := c.do(ctx, http.MethodPost, "/v1/query", wireStatement{SQL: sql, Params: p}, &reply); err != nil {
+		return nil, err
+	}
+	rows := &Rows{Columns: reply.Columns, Types: reply.Types, Rows: make([][]any, len(reply.Rows))}
+	for i, r := range reply.Rows {
+		row := make([]any, len(r))
+		for j, raw := range r {
+			v, err := decodeValue(raw)
+			if err != nil {
+				return nil, fmt.Errorf("row %d column %d: %w", i+1, j+1, err)
+			}
+			row[j] = v
+		}
+		rows.Rows[i] = row
+	}
+	return rows, nil
+}
+
+// Health asks the instance how it stands.
+func (c *Client) Health(ctx context.Context) (*Health, error) {
+	var h Health
+	// An instance that is not ready may say so with a non-2xx status and
+	// the health object itself, which is worth more than the status alone.
+	if err := c.doStatus(ctx, http.MethodGet, "/v1/health", nil, &h, true); err != nil {
+		return nil, err
+	}
+	return &h, nil
+}
+
+type wireStatement struct {
+	SQL    string `json:"sql"`
+	Params []any  `json:"params,omitempty"`
+}
+
+type executeRequest struct {
+	Statements  []wireStatement `json:"statements"`
+	Transaction bool            `json:"transaction"`
+}
+
+type blobJSON struct {
+	Base64 string `json:"base64"`
+}
+
+func encodeParams(params []any) ([]any, error) {
+	if len(params) == 0 {
+		return nil, nil
+	}
+	out := make([]any, len(params))
+	for i, p := range params {
+		switch v := p.(type) {
+		case []byte:
+			// encoding/json would send a base64 string, which the server
+			// would store as text.
+			out[i] = blobJSON{Base64: base64.StdEncoding.EncodeToString(v)}
+		case nil, bool, string, json.Number,
+			int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64, float32, float64:
+			out[i] = v
+		default:
+			return nil, fmt.Errorf("parameter %d: %T is not a SQL value (want a number, string, bool, []byte or nil)", i+1, p)
+		}
+	}
+	return out, nil
+}
+
+func decodeValue(raw json.RawMessage) (any, error) {
+	s := bytes.TrimSpace(raw)
+	if len(s) == 0 {
+		return nil, errors.New("empty value")
+	}
+	switch s[0] {
+	case 'n':
+		return nil, nil
+	case '"':
+		var str string
+		err := json.Unmarshal(s, &str)
+		return str, err
+	case '{':
+		var b blobJSON
+		if err := json.Unmarshal(s, &b); err != nil {
+			return nil, err
+		}
+		return base64.StdEncoding.DecodeString(b.Base64)
+	case 't', 'f':
+		var v bool
+		err := json.Unmarshal(s, &v)
+		return v, err
+	}
+	num := string(s)
+	if !strings.ContainsAny(num, ".eE") {
+		// Parsed as text, not through float64, so that integers beyond 2^53
+		// keep every digit.
+		if i, err := strconv.ParseInt(num, 10, 64); err == nil {
+			return i, nil
+		}
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil {
+		return nil, fmt.Errorf("unexpected value %s", s)
+	}
+	return f, nil
+}
+
+func (c *Client) url(path string) string {
+	base := strings.TrimRight(c.Endpoint, "/")
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return base + path
+}
+
+// maxErrorBody bounds what is read of a reply that is not the expected JSON.
+const maxErrorBody = 64 << 10
+
+func (c *Client) do(ctx context.Context, method, path string, body, reply any) error {
+	return c.doStatus(ctx, method, path, body, reply, false)
+}
+
+// doStatus with anyStatus takes a non-2xx reply that is not an error
+// object as the reply.
+func (c *Client) doStatus(ctx context.Context, method, path string, body, reply any, anyStatus bool) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.url(path), rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Drained, so the keep-alive connection is reused.
+		io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		resp.Body.Close()
+	}()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		err := decodeError(resp.StatusCode, b)
+		if e := err.(*Error); anyStatus && e.Code == "" && json.Unmarshal(b, reply) == nil {
+			return nil
+		}
+		return err
+	}
+	if err := json.NewDecoder(resp.Body).Decode(reply); err != nil {
+		return fmt.Errorf("%s %s: bad reply: %w", method, path, err)
+	}
+	return nil
+}
+
+func decodeError(status int, b []byte) error {
+	var e struct {
+		Error *struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(b, &e) == nil && e.Error != nil && (e.Error.Code != "" || e.Error.Message != "") {
+		return &Error{Status: status, Code: e.Error.Code, Message: e.Error.Message}
+	}
+	msg := strings.TrimSpace(string(b))
+	if msg == "" {
+		msg = http.StatusText(status)
+	}
+	return &Error{Status: status, Message: msg}
+}
