@@ -11,42 +11,55 @@
 // dirty page becomes a volume.PageWrite (Old: the page's image before the
 // transaction, nil for a page beyond the previous file size; the volume
 // client turns that into a byte-range diff or a full image) and the whole set
-// goes to Submit as one MTR; the commit then waits for WaitDurable while it
-// still holds SQLite's EXCLUSIVE lock. An Unlock below RESERVED without phase
-// two (a ROLLBACK, a failed statement's rollback, a closed connection)
-// discards the buffer: storage is untouched.
+// goes to Submit as one MTR. An Unlock below RESERVED without phase two (a
+// ROLLBACK, a failed statement's rollback, a closed connection) discards the
+// buffer: storage is untouched.
 //
-// TODO(issue 4, next step): pipelined commits. The VFS should hand the MTR
-// to the client and release the write lock at once, the COMMIT returning only
-// when VDL >= its LSN, with read connections pinned at a read point.
+// Connections. A connection opened read-only (mode=ro; OpenDB's Reader) is a
+// read connection: each read transaction is pinned at the VDL when it takes
+// SHARED and reads pages as of that LSN, so it sees every acknowledged commit
+// and never one that is not durable, and it keeps answering while writes
+// stall. Replicas use the same mechanism. Any other connection is a writer
+// connection: only writer connections may take RESERVED, and they run one at
+// a time from SHARED to the end of their write transaction, against the
+// newest state (every MTR submitted, durable or not).
+//
+// Pipelined commits. Phase two hands the MTR to the volume client and
+// returns; the Unlock that ends the write transaction lets the next writer in
+// at once and only then waits until the VDL reaches the MTR's LSN. So COMMIT
+// returns once the commit is durable (its error, such as a
+// *volume.UnavailableError, comes back from COMMIT and unwraps from SQLite's
+// error), while many transactions are in flight per quorum round trip.
+// Commits are acknowledged in LSN order because the VDL only rises. A writer
+// connection that only read waits, at its Unlock, for the newest state it
+// read to be durable.
 //
 // Journal. Connections use journal_mode=MEMORY (set by Open / DSN); the VFS
 // never creates a journal or WAL file on storage. Temporary files SQLite asks
 // for (sorter, statement journals, temp databases) live in memory.
 //
 // File size. The size of the main file is the page count that SQLite keeps
-// in page 1's header (offset 28, big-endian), read from page 1 at the read
-// point (through the page cache). SQLite trusts that field because the VFS
-// serves equal values at offsets 24 and 92 (see below), and it maintains it on
-// every commit. No local file is involved.
+// in page 1's header (offset 28, big-endian), read from page 1 (on the
+// volume) at the read point. SQLite trusts that field because the VFS serves
+// equal values at offsets 24 and 92 (see below), and it maintains it on every
+// commit. No local file is involved.
 //
 // Change counter. With batch-atomic writes SQLite does not bump the change
 // counter at offset 24 of page 1, so another connection would keep a stale
 // page cache. The VFS therefore serves page 1 with a counter (at offset 24,
 // and the same value as version-valid-for at offset 92) that is chosen when
-// the connection takes its SHARED lock: it changes whenever the volume's VDL
-// has moved since the connection's previous read point by commits other than
-// the connection's own, and a new value is always above every value SQLite
-// could hold (those served, and those it wrote itself into page 1), so SQLite
-// drops its page cache exactly when another connection committed. After its
-// own commit a connection keeps its cache. Both fields are stored as zero on
-// the volume (smaller diffs; the stored page 1 is still a valid header).
+// the connection takes its SHARED lock: it changes whenever the connection's
+// read point moved since its previous one by commits other than its own, and
+// a new value is always above every value SQLite could hold (those served,
+// and those it wrote itself into page 1), so SQLite drops its page cache
+// exactly when another connection committed. Both fields are stored as zero
+// on the volume (smaller diffs; the stored page 1 is still a valid header).
 //
-// Page cache. A per-volume LRU of committed page images (its size in MiB)
-// serves reads and the Old images of diffs without reading storage. In this
-// step commits hold EXCLUSIVE while they wait for durability, so no reader
-// holds SHARED during a commit and the cache is always the state at every
-// current read point.
+// Page cache. A per-volume LRU of page images (its size in MiB) serves reads
+// and the Old images of diffs without reading storage. It keeps only the
+// newest version of a page, tagged with its LSN: a read connection uses it
+// when that version is at or below its read point and otherwise reads storage
+// at its read point (see pageCache).
 package sqlvfs
 
 import (
@@ -85,6 +98,9 @@ type Volume interface {
 	Submit(ctx context.Context, mtr []volume.PageWrite) (uint64, error)
 	WaitDurable(ctx context.Context, lsn uint64) error
 	VDL() uint64
+	// PinReadPoint returns the VDL and keeps storage from collecting the
+	// page versions a read at it needs until release is called.
+	PinReadPoint() (lsn uint64, release func())
 }
 
 var _ Volume = (*volume.Client)(nil)
@@ -141,7 +157,9 @@ func Register(name string, vol Volume, opts Options) error {
 		name:     name,
 		vol:      vol,
 		pageSize: opts.PageSize,
-		cache:    newPageCache(opts.CacheMiB << 20 / opts.PageSize),
+		cache:    newPageCache(opts.CacheMiB<<20/opts.PageSize, vol.VDL),
+		writer:   make(chan struct{}, 1),
+		busy:     opts.BusyTimeout,
 	}
 	return nil
 }
@@ -153,12 +171,28 @@ func Unregister(name string) {
 	regMu.Unlock()
 }
 
-// DSN returns the database/sql data source name of a registered database,
-// with the pragmas the VFS requires.
+// DSN returns the database/sql data source name of a registered database's
+// writer connections, with the pragmas the VFS requires. Transactions begin
+// IMMEDIATE: a writer transaction takes the writer turn at BEGIN.
 func DSN(name string, opts Options) string {
+	return dsn(name, opts, false)
+}
+
+// ReaderDSN is DSN for read connections: read-only, each read transaction
+// pinned at the VDL when it starts.
+func ReaderDSN(name string, opts Options) string {
+	return dsn(name, opts, true)
+}
+
+func dsn(name string, opts Options, reader bool) string {
 	opts = opts.withDefaults()
 	q := url.Values{}
 	q.Set("vfs", VFSName)
+	if reader {
+		q.Set("mode", "ro")
+	} else {
+		q.Set("_txlock", "immediate")
+	}
 	// busy_timeout first: the others may wait for another connection's lock.
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", opts.BusyTimeout.Milliseconds()))
 	q.Add("_pragma", fmt.Sprintf("page_size(%d)", opts.PageSize))
@@ -166,11 +200,70 @@ func DSN(name string, opts Options) string {
 	return "file:" + url.PathEscape(name) + "?" + q.Encode()
 }
 
-// Open registers vol under a fresh name and opens it with database/sql and
-// the ncruces driver. It checks that SQLite uses the volume's page size.
+// Open registers vol under a fresh name and opens its writer connections
+// with database/sql and the ncruces driver. Reads on them see the newest
+// state and wait for it to be durable; OpenDB also gives read connections.
 func Open(vol Volume, opts Options) (*sql.DB, error) {
 	db, _, err := open(vol, opts)
 	return db, err
+}
+
+// DB is a SQL database on a volume: Writer runs statements that write (one
+// writer transaction at a time, commits pipelined), Reader runs read-only
+// queries at the VDL.
+type DB struct {
+	Writer *sql.DB
+	Reader *sql.DB
+	d      *database
+}
+
+// Stats are a database's counters since it was opened.
+type Stats struct {
+	// Commits is the number of MTRs submitted.
+	Commits uint64
+	// FullPageBytes is what shipping the whole dirty pages of those MTRs
+	// would have taken.
+	FullPageBytes uint64
+	// VolumeReads counts page reads that missed the page cache.
+	VolumeReads uint64
+}
+
+// OpenDB registers vol under a fresh name and opens writer and read
+// connections on it.
+func OpenDB(vol Volume, opts Options) (*DB, error) {
+	w, d, err := open(vol, opts)
+	if err != nil {
+		return nil, err
+	}
+	r, err := sql.Open("sqlite3", ReaderDSN(d.name, opts))
+	if err == nil {
+		err = r.Ping()
+	}
+	if err != nil {
+		w.Close()
+		Unregister(d.name)
+		return nil, err
+	}
+	return &DB{Writer: w, Reader: r, d: d}, nil
+}
+
+// Stats returns the database's counters.
+func (db *DB) Stats() Stats {
+	return Stats{
+		Commits:       db.d.commits.Load(),
+		FullPageBytes: db.d.fullPageBytes.Load(),
+		VolumeReads:   db.d.volumeReads.Load(),
+	}
+}
+
+// Close closes both pools and forgets the registration.
+func (db *DB) Close() error {
+	err := db.Reader.Close()
+	if werr := db.Writer.Close(); err == nil {
+		err = werr
+	}
+	Unregister(db.d.name)
+	return err
 }
 
 func open(vol Volume, opts Options) (*sql.DB, *database, error) {
@@ -217,36 +310,88 @@ type database struct {
 	vol      Volume
 	pageSize int
 	cache    *pageCache
+	// writer is held by the one writer connection in a transaction.
+	writer chan struct{}
+	busy   time.Duration
 
-	// Counters for tests and later metrics.
-	batches     atomic.Uint64 // transactions committed by batch-atomic write
-	spilled     atomic.Uint64 // page writes outside a batch (cache spills, big transactions)
-	volumeReads atomic.Uint64 // page reads that missed the cache
-	readAts     atomic.Uint64 // ReadAt calls on the main file
+	// Counters for tests and metrics.
+	batches       atomic.Uint64 // transactions committed by batch-atomic write
+	spilled       atomic.Uint64 // page writes outside a batch (cache spills, big transactions)
+	volumeReads   atomic.Uint64 // page reads that missed the cache
+	readAts       atomic.Uint64 // ReadAt calls on the main file
+	commits       atomic.Uint64 // MTRs submitted
+	fullPageBytes atomic.Uint64 // page size times the pages of those MTRs
 
 	lockMu   sync.Mutex
-	waiter   *sync.Cond
-	shared   int
-	pending  bool
 	reserved bool
 }
 
-// page returns the committed image of page pg at read point rp (the slice
-// must not be modified). Images are cached only when cache is true.
-func (d *database) page(pg, rp uint64, cache bool) ([]byte, error) {
-	if b, ok := d.cache.get(pg); ok {
+// acquireWriter waits up to the busy timeout for the writer turn.
+func (d *database) acquireWriter() error {
+	select {
+	case d.writer <- struct{}{}:
+		return nil
+	default:
+	}
+	t := time.NewTimer(d.busy)
+	defer t.Stop()
+	select {
+	case d.writer <- struct{}{}:
+		return nil
+	case <-t.C:
+		return sqlite3.BUSY
+	}
+}
+
+func (d *database) tryWriter() bool {
+	select {
+	case d.writer <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (d *database) releaseWriter() { <-d.writer }
+
+// pageAt returns page pg as of read point rp (the slice must not be
+// modified).
+func (d *database) pageAt(pg, rp uint64) ([]byte, error) {
+	if b, ok := d.cache.at(pg, rp); ok {
 		return b, nil
 	}
-	d.volumeReads.Add(1)
-	b, err := d.vol.ReadPage(context.Background(), pg, rp)
+	b, err := d.read(pg, rp)
 	if err != nil {
 		return nil, err
 	}
+	d.cache.readAt(pg, b, rp)
+	return b, nil
+}
+
+// pageNewest returns the newest version of page pg, committed or not. A
+// version above the VDL is always cached, so a page not in the cache is
+// served by storage at the VDL.
+func (d *database) pageNewest(pg uint64) ([]byte, error) {
+	if b, ok := d.cache.newest(pg); ok {
+		return b, nil
+	}
+	rp := d.vol.VDL()
+	b, err := d.read(pg, rp)
+	if err != nil {
+		return nil, err
+	}
+	d.cache.readNewest(pg, b, rp)
+	return b, nil
+}
+
+func (d *database) read(pg, rp uint64) ([]byte, error) {
+	d.volumeReads.Add(1)
+	b, err := d.vol.ReadPage(context.Background(), pg, rp)
+	if err != nil {
+		return nil, fmt.Errorf("sqlvfs: read page %d at LSN %d: %w", pg, rp, err)
+	}
 	if len(b) != d.pageSize {
 		return nil, fmt.Errorf("sqlvfs: page %d is %d bytes, want %d", pg, len(b), d.pageSize)
-	}
-	if cache {
-		d.cache.put(pg, b)
 	}
 	return b, nil
 }
@@ -268,7 +413,7 @@ func (borealisVFS) Open(name string, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag
 	if d == nil {
 		return nil, flags, sqlite3.CANTOPEN
 	}
-	return &file{db: d}, flags, nil
+	return &file{db: d, reader: flags&vfs.OPEN_READONLY != 0}, flags, nil
 }
 
 func (borealisVFS) Delete(name string, syncDir bool) error {
@@ -291,6 +436,17 @@ type dirtyPage struct {
 type file struct {
 	db   *database
 	lock vfs.LockLevel
+	// reader: a read connection, pinned at the VDL; it never writes.
+	reader bool
+	// holdsWriter: this writer connection has the writer turn.
+	holdsWriter bool
+	unpin       func()
+	// commitLSN is the MTR this transaction submitted, waited for at Unlock.
+	commitLSN uint64
+	// failure is the last error the volume gave this connection. SQLite
+	// reports it only as an I/O error code; ConnError recovers it.
+	failMu  sync.Mutex
+	failure error
 
 	// Read point and the page-1 counter served at it. hi is the highest
 	// counter SQLite can hold for this file: served ones and ones it wrote
@@ -324,18 +480,71 @@ func (f *file) Close() error {
 	return f.Unlock(vfs.LOCK_NONE)
 }
 
-// readPoint is the LSN reads are served at: the one taken with SHARED, or
-// the VDL when no lock is held (SQLite's header read at open).
-func (f *file) readPoint() uint64 {
-	if f.lock >= vfs.LOCK_SHARED && f.rpValid {
-		return f.rp
-	}
-	return f.db.vol.VDL()
+func (f *file) fail(err error) error {
+	f.failMu.Lock()
+	f.failure = err
+	f.failMu.Unlock()
+	return err
 }
 
-// committedSize is the file size at the read point: page 1's page count.
+// ConnError returns, and forgets, the last error the volume gave conn's
+// main database file (a commit not acknowledged in time, a fenced writer, a
+// failed page read). SQLite reports such failures as "disk I/O error"; call
+// this after one to learn what happened, e.g. with errors.As for a
+// *volume.UnavailableError.
+func ConnError(ctx context.Context, conn *sql.Conn) error {
+	var out error
+	err := conn.Raw(func(dc any) error {
+		rc, ok := dc.(interface{ Raw() *sqlite3.Conn })
+		if !ok {
+			return fmt.Errorf("sqlvfs: %T is not a go-sqlite3 connection", dc)
+		}
+		h, err := rc.Raw().FileControl("main", sqlite3.FCNTL_FILE_POINTER)
+		if err != nil {
+			return err
+		}
+		if u, ok := h.(interface{ Unwrap() vfs.File }); ok {
+			h = u.Unwrap()
+		}
+		f, ok := h.(*file)
+		if !ok {
+			return fmt.Errorf("sqlvfs: the connection's database is not on a Borealis volume")
+		}
+		f.failMu.Lock()
+		out, f.failure = f.failure, nil
+		f.failMu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return out
+}
+
+// page returns page pg as this connection sees it outside its own writes:
+// the newest state for the writer in its turn, else the state at its read
+// point (the VDL when it holds no lock: SQLite's header read at open).
+func (f *file) page(pg uint64) ([]byte, error) {
+	var b []byte
+	var err error
+	if f.holdsWriter {
+		b, err = f.db.pageNewest(pg)
+	} else {
+		rp := f.rp
+		if f.lock < vfs.LOCK_SHARED || !f.rpValid {
+			rp = f.db.vol.VDL()
+		}
+		b, err = f.db.pageAt(pg, rp)
+	}
+	if err != nil {
+		return nil, f.fail(err)
+	}
+	return b, nil
+}
+
+// committedSize is the file size before this transaction: page 1's count.
 func (f *file) committedSize() (int64, error) {
-	p1, err := f.db.page(1, f.readPoint(), f.lock >= vfs.LOCK_SHARED)
+	p1, err := f.page(1)
 	if err != nil {
 		return 0, err
 	}
@@ -357,7 +566,7 @@ func (f *file) image(pg uint64) ([]byte, bool, error) {
 			return dp.new, true, nil
 		}
 	}
-	img, err := f.db.page(pg, f.readPoint(), f.lock >= vfs.LOCK_SHARED)
+	img, err := f.page(pg)
 	return img, false, err
 }
 
@@ -445,7 +654,7 @@ func (f *file) touch(pg uint64) (*dirtyPage, error) {
 		return nil, err
 	}
 	if int64(pg) <= committed/ps {
-		old, err := f.db.page(pg, f.readPoint(), true)
+		old, err := f.page(pg)
 		if err != nil {
 			return nil, err
 		}
@@ -550,8 +759,9 @@ func (f *file) RollbackAtomicWrite() error {
 	return nil
 }
 
-// CommitPhaseTwo ships the transaction's dirty pages as one MTR and waits
-// until it is durable (still under EXCLUSIVE; pipelining is a later step).
+// CommitPhaseTwo hands the transaction's dirty pages to the volume as one
+// MTR and returns without waiting: the Unlock that follows waits for it to
+// be durable after letting the next writer in.
 func (f *file) CommitPhaseTwo() error {
 	if !f.inTxn {
 		return nil
@@ -580,34 +790,26 @@ func (f *file) CommitPhaseTwo() error {
 		return nil
 	}
 	sort.Slice(mtr, func(i, j int) bool { return mtr[i].Page < mtr[j].Page })
-	ctx := context.Background()
-	before := f.db.vol.VDL()
-	lsn, err := f.db.vol.Submit(ctx, mtr)
-	if err == nil {
-		err = f.db.vol.WaitDurable(ctx, lsn)
-	}
+	lsn, err := f.db.vol.Submit(context.Background(), mtr)
 	if err != nil {
-		// The MTR may or may not become durable: forget what we cached of
-		// its pages (and page 1, which holds the size).
-		for _, w := range mtr {
-			f.db.cache.drop(w.Page)
-		}
-		f.db.cache.drop(1)
-		f.rpValid = false // a new counter at the next SHARED lock
-		return fmt.Errorf("sqlvfs: commit: %w", err)
+		// Nothing was allocated: the cached images are still the newest.
+		return f.fail(fmt.Errorf("sqlvfs: commit: %w", err))
 	}
+	images := make(map[uint64][]byte, len(mtr))
 	for _, w := range mtr {
-		f.db.cache.put(w.Page, w.New)
+		images[w.Page] = w.New
 	}
-	if f.rpValid && before == f.rp {
-		// Only our own commit moved the VDL since our read point: SQLite's
-		// page cache holds exactly the new state, so serve the counter it
-		// now has (the one it wrote into page 1, if it wrote page 1) and
-		// let it keep its cache.
-		f.rp = lsn
-		if dp := f.dirty[1]; dp != nil {
-			f.served = binary.BigEndian.Uint32(dp.new[24:28])
-		}
+	f.db.cache.committed(lsn, images)
+	f.db.commits.Add(1)
+	f.db.fullPageBytes.Add(uint64(len(mtr) * ps))
+	f.commitLSN = lsn
+	// SQLite's page cache holds exactly the new state (this connection had
+	// the writer turn since its read point): serve the counter it now has,
+	// the one it wrote into page 1 if it wrote page 1, and let it keep its
+	// cache.
+	f.rp = lsn
+	if dp := f.dirty[1]; dp != nil {
+		f.served = binary.BigEndian.Uint32(dp.new[24:28])
 	}
 	return nil
 }
@@ -618,50 +820,57 @@ func (f *file) discard() {
 	f.inBatch, f.undo = false, nil
 }
 
+// setReadPoint moves the connection to read point rp, with a new page-1
+// counter if rp is not the one SQLite's cache reflects.
+func (f *file) setReadPoint(rp uint64) {
+	if !f.rpValid || rp != f.rp {
+		f.hi++
+		f.served = f.hi
+		f.rp, f.rpValid = rp, true
+	}
+}
+
 func (f *file) Lock(lock vfs.LockLevel) error {
 	if f.lock >= lock {
 		return nil
 	}
 	d := f.db
-	d.lockMu.Lock()
-	defer d.lockMu.Unlock()
-	switch lock {
-	case vfs.LOCK_SHARED:
-		if d.pending {
-			return sqlite3.BUSY
-		}
-		d.shared++
-		// A new read point; a new counter if others committed since.
-		rp := d.vol.VDL()
-		if !f.rpValid || rp != f.rp {
-			f.hi++
-			f.served = f.hi
-			f.rp, f.rpValid = rp, true
-		}
-	case vfs.LOCK_RESERVED:
-		if d.reserved {
-			return sqlite3.BUSY
-		}
-		d.reserved = true
-	case vfs.LOCK_EXCLUSIVE:
-		if f.lock == vfs.LOCK_RESERVED {
-			f.lock = vfs.LOCK_PENDING
-			d.pending = true
-		}
-		if d.shared > 1 {
-			before := time.Now()
-			if d.waiter == nil {
-				d.waiter = sync.NewCond(&d.lockMu)
+	if f.lock < vfs.LOCK_SHARED {
+		if f.reader {
+			rp, release := d.vol.PinReadPoint()
+			f.unpin = release
+			f.setReadPoint(rp)
+		} else {
+			if err := d.acquireWriter(); err != nil {
+				return err
 			}
-			defer time.AfterFunc(time.Millisecond, d.waiter.Broadcast).Stop()
-			for d.shared > 1 {
-				if time.Since(before) > time.Millisecond {
-					return sqlite3.BUSY
-				}
-				d.waiter.Wait()
-			}
+			f.holdsWriter = true
+			f.setReadPoint(d.cache.lastSubmitted())
 		}
+		f.lock = vfs.LOCK_SHARED
 	}
+	if lock >= vfs.LOCK_RESERVED && f.lock < vfs.LOCK_RESERVED {
+		if f.reader {
+			return sqlite3.READONLY
+		}
+		if !f.holdsWriter {
+			// SHARED outlived this connection's previous write transaction;
+			// it may write again only if nobody committed since.
+			if !d.tryWriter() {
+				return sqlite3.BUSY
+			}
+			if f.rp != d.cache.lastSubmitted() {
+				d.releaseWriter()
+				return sqlite3.BUSY
+			}
+			f.holdsWriter = true
+		}
+		d.lockMu.Lock()
+		d.reserved = true
+		d.lockMu.Unlock()
+	}
+	// EXCLUSIVE needs nothing more: readers read pinned read points, never
+	// the pages being written.
 	f.lock = lock
 	return nil
 }
@@ -675,20 +884,30 @@ func (f *file) Unlock(lock vfs.LockLevel) error {
 		return nil
 	}
 	d := f.db
-	d.lockMu.Lock()
-	defer d.lockMu.Unlock()
 	if f.lock >= vfs.LOCK_RESERVED {
+		d.lockMu.Lock()
 		d.reserved = false
+		d.lockMu.Unlock()
 	}
-	if f.lock >= vfs.LOCK_PENDING {
-		d.pending = false
+	var wait uint64
+	if f.holdsWriter && (f.lock >= vfs.LOCK_RESERVED || lock < vfs.LOCK_SHARED) {
+		// The transaction is over: the next writer may start while this
+		// one's commit, and the newest state it read, become durable.
+		d.releaseWriter()
+		f.holdsWriter = false
+		wait = max(f.commitLSN, f.rp)
+		f.commitLSN = 0
 	}
-	if lock < vfs.LOCK_SHARED {
-		if d.shared--; d.pending && d.shared <= 1 && d.waiter != nil {
-			d.waiter.Broadcast()
-		}
+	if lock < vfs.LOCK_SHARED && f.unpin != nil {
+		f.unpin()
+		f.unpin = nil
 	}
 	f.lock = lock
+	if wait > d.vol.VDL() {
+		if err := d.vol.WaitDurable(context.Background(), wait); err != nil {
+			return f.fail(fmt.Errorf("sqlvfs: commit at LSN %d not acknowledged: %w", wait, err))
+		}
+	}
 	return nil
 }
 
