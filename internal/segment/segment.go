@@ -294,6 +294,12 @@ func (c *Chain) Holes() []Gap {
 //
 // Applying the same truncation twice is harmless, which lets an interrupted
 // recovery simply redo it.
+//
+// Truncations are meant to arrive in epoch order. One older than a
+// truncation already applied (a peer knew of an interrupted recovery this
+// chain never heard of) still drops its range, but leaves SCL alone: the
+// newer recovery saw past it, its writer's records may since have carried
+// SCL further, and the older Tail knows nothing of them.
 func (c *Chain) Truncate(t Truncation) (drop []uint64) {
 	if t.Epoch > c.epoch {
 		c.epoch = t.Epoch
@@ -302,6 +308,12 @@ func (c *Chain) Truncate(t Truncation) (drop []uint64) {
 		// Already applied: the new writer's records may since have carried
 		// SCL past the range, and resetting it to Tail would forget them.
 		return nil
+	}
+	superseded := false
+	for _, o := range c.truncs {
+		if o.Epoch > t.Epoch {
+			superseded = true
+		}
 	}
 	c.truncs = append(c.truncs, t)
 	for l, e := range c.held {
@@ -316,7 +328,7 @@ func (c *Chain) Truncate(t Truncation) (drop []uint64) {
 		}
 		delete(c.held, l)
 	}
-	if c.scl > t.After {
+	if c.scl > t.After && !superseded {
 		c.scl = t.Tail
 		// Held records between Tail and the old SCL would be chain records
 		// Tail claims do not exist; none can be held (they were folded into
@@ -328,6 +340,17 @@ func (c *Chain) Truncate(t Truncation) (drop []uint64) {
 	}
 	c.advance()
 	return drop
+}
+
+// TruncationFor returns the truncation of the given epoch, if this chain
+// has applied one.
+func (c *Chain) TruncationFor(epoch uint64) (Truncation, bool) {
+	for _, t := range c.truncs {
+		if t.Epoch == epoch {
+			return t, true
+		}
+	}
+	return Truncation{}, false
 }
 
 // State returns the summary to persist.

@@ -268,3 +268,27 @@ func TestCheckPredictsOffer(t *testing.T) {
 		}
 	}
 }
+
+// A truncation older than one already applied drops its range but keeps
+// SCL: the newer recovery's writer has carried the chain past it.
+func TestOlderTruncationKeepsSCL(t *testing.T) {
+	c := New(State{})
+	for _, e := range chainOf(1, 0, 10, 20) {
+		offer(t, c, e, Accepted)
+	}
+	c.Truncate(Truncation{After: 20, Through: 60, Epoch: 3, Tail: 20})
+	offer(t, c, Entry{LSN: 30, PrevLSN: 20, Epoch: 3}, Accepted)
+	offer(t, c, Entry{LSN: 50, PrevLSN: 30, Epoch: 3}, Accepted)
+	// An interrupted recovery of epoch 2 had chosen (25, 70].
+	old := Truncation{After: 25, Through: 70, Epoch: 2, Tail: 20}
+	if drop := c.Truncate(old); drop != nil || c.SCL() != 50 || c.Epoch() != 3 {
+		t.Fatalf("older truncation: drop=%v SCL=%d epoch=%d", drop, c.SCL(), c.Epoch())
+	}
+	offer(t, c, Entry{LSN: 40, PrevLSN: 20, Epoch: 1}, Truncated)
+	if got, ok := c.TruncationFor(2); !ok || got != old {
+		t.Fatalf("TruncationFor(2) = %v, %v", got, ok)
+	}
+	if _, ok := c.TruncationFor(4); ok {
+		t.Fatal("TruncationFor(4) found one")
+	}
+}
