@@ -22,6 +22,7 @@ func main() {
 	}
 	root.AddCommand(storageCmd(), benchCmd(), controlCmd())
 	root.AddCommand(upCmd(), restartCmd(), statusCmd(), volumeCmd())
+	root.AddCommand(sqlCmd())
 	// Ctrl-C or SIGTERM cancels the command's context, so that commands that
 	// start processes or make temporary directories clean up on the way out.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -1,0 +1,837 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/sqlclient"
+)
+
+const (
+	sqlPrompt             = "borealis> "
+	sqlContinuationPrompt = "    ...> "
+	sqlHistoryFile        = ".borealis_history"
+	sqlHistoryMax         = 1000
+)
+
+func sqlCmd() *cobra.Command {
+	var dir, endpoint, script string
+	var asJSON bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "sql [--dir D | --endpoint URL] [-e SQL] [--json] [--timeout T]",
+		Short: "Run SQL on a database instance: one statement or script with -e, else a shell",
+		Long: `Run SQL on the writer of a running cluster, through its HTTP SQL API.
+
+With -e it runs one statement or a ';'-separated script and exits; without it,
+it is an interactive shell (statements end with ';', and .help lists the dot
+commands), or, when standard input is not a terminal, it runs the statements
+read from it and stops at the first error.
+
+Statements that only read (SELECT, WITH ... SELECT, VALUES, EXPLAIN, PRAGMA
+without '=') run on a read connection and print their rows as a table, or
+with --json as one JSON object each ({"columns":...,"types":...,"rows":...}).
+Other statements run on the writer and print nothing (with --json, the
+server's {"results":[...]}). Each runs in its own transaction, except that the
+statements between BEGIN and COMMIT (or SAVEPOINT and its RELEASE) are held
+back and sent together as one transaction at COMMIT; a ROLLBACK drops them
+unsent. A read inside such a transaction is refused, since the API cannot
+return rows from within one.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ep, err := sqlEndpoint(dir, endpoint)
+			if err != nil {
+				return err
+			}
+			s := &sqlSession{
+				client:  &sqlclient.Client{Endpoint: ep, HTTP: &http.Client{}},
+				timeout: timeout,
+				out:     cmd.OutOrStdout(),
+				asJSON:  asJSON,
+			}
+			ctx := cmd.Context()
+			if cmd.Flags().Changed("execute") {
+				return s.runScript(ctx, script)
+			}
+			in := cmd.InOrStdin()
+			if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) && term.IsTerminal(int(os.Stdout.Fd())) {
+				return s.shell(ctx, f, os.Stdout)
+			}
+			return s.readAll(ctx, in)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "dir", defaultDir, "directory of a `borealis up` cluster (its cluster.json names the writer)")
+	f.StringVar(&endpoint, "endpoint", "", "the database instance's HTTP address, such as http://127.0.0.1:7110 (instead of --dir)")
+	f.StringVarP(&script, "execute", "e", "", "run this statement or ';'-separated script (or one dot command) and exit")
+	f.BoolVar(&asJSON, "json", false, "print each result as one JSON object per line")
+	f.DurationVar(&timeout, "timeout", 30*time.Second, "give up on a statement after this long (0: never)")
+	return cmd
+}
+
+// sqlEndpoint is --endpoint, or the writer that the cluster.json in dir lists.
+func sqlEndpoint(dir, endpoint string) (string, error) {
+	if endpoint != "" {
+		return endpoint, nil
+	}
+	path := filepath.Join(dir, clusterFileName)
+	cf, err := cluster.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("no running cluster in %s (there is no %s); start one with `borealis up --dir %s`, or give --endpoint URL", dir, path, dir)
+	}
+	if err != nil {
+		return "", fmt.Errorf("no running cluster in %s: %w", dir, err)
+	}
+	for _, c := range cf.Components {
+		if c.Role == "writer" {
+			return "http://" + c.Addr, nil
+		}
+	}
+	return "", fmt.Errorf("%s lists no writer: the cluster runs no database instance; give --endpoint URL of one", path)
+}
+
+// sqlSession runs statements one at a time and prints their results. It
+// holds back the statements of an explicit transaction until its COMMIT.
+type sqlSession struct {
+	client  *sqlclient.Client
+	timeout time.Duration
+	out     io.Writer
+	asJSON  bool
+	txn     *sqlTxn // the open explicit transaction, or nil
+
+	// running, when set, cancels the statement in flight (the shell sets it
+	// to let Ctrl-C stop a statement without ending the shell).
+	mu      sync.Mutex
+	running context.CancelFunc
+}
+
+type sqlTxn struct {
+	stmts []sqlclient.Statement
+	// savepoint names the SAVEPOINT that opened the transaction, whose
+	// RELEASE commits it.
+	savepoint string
+}
+
+// runScript runs a -e argument: a dot command, or statements, stopping at
+// the first error. A statement may lack its final ';'.
+func (s *sqlSession) runScript(ctx context.Context, script string) error {
+	if t := strings.TrimSpace(script); strings.HasPrefix(t, ".") {
+		_, err := s.dot(ctx, t)
+		return err
+	}
+	stmts, rest := sqlclient.Split(script)
+	if !sqlclient.Blank(rest) {
+		stmts = append(stmts, strings.TrimSpace(rest))
+	}
+	for _, st := range stmts {
+		if err := s.run(ctx, st); err != nil {
+			return stmtError(st, len(stmts), err)
+		}
+	}
+	return s.end()
+}
+
+// readAll runs the statements and dot commands read from in (not a
+// terminal), stopping at the first error, as a script would want.
+func (s *sqlSession) readAll(ctx context.Context, in io.Reader) error {
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 64<<10), 256<<20)
+	var buf strings.Builder
+	for sc.Scan() {
+		line := sc.Text()
+		if sqlclient.Blank(buf.String()) && strings.HasPrefix(strings.TrimSpace(line), ".") {
+			buf.Reset()
+			quit, err := s.dot(ctx, strings.TrimSpace(line))
+			if err != nil {
+				return err
+			}
+			if quit {
+				return s.end()
+			}
+			continue
+		}
+		buf.WriteString(line)
+		buf.WriteByte('\n')
+		stmts, rest := sqlclient.Split(buf.String())
+		for _, st := range stmts {
+			if err := s.run(ctx, st); err != nil {
+				return stmtError(st, 2, err)
+			}
+		}
+		buf.Reset()
+		buf.WriteString(rest)
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	if rest := buf.String(); !sqlclient.Blank(rest) {
+		if err := s.run(ctx, strings.TrimSpace(rest)); err != nil {
+			return stmtError(rest, 2, err)
+		}
+	}
+	return s.end()
+}
+
+// stmtError names the statement that failed when there were several.
+func stmtError(stmt string, n int, err error) error {
+	if n <= 1 {
+		return err
+	}
+	return fmt.Errorf("%s: %w", excerpt(stmt), err)
+}
+
+func excerpt(stmt string) string {
+	s := strings.Join(strings.Fields(stmt), " ")
+	if utf8.RuneCountInString(s) > 60 {
+		s = string([]rune(s)[:57]) + "..."
+	}
+	return strconv.Quote(s)
+}
+
+// end is the end of the input: a transaction still open is dropped, as
+// SQLite drops one when its connection closes, and that is an error.
+func (s *sqlSession) end() error {
+	if s.txn == nil {
+		return nil
+	}
+	n := len(s.txn.stmts)
+	s.txn = nil
+	return fmt.Errorf("the input ended inside a transaction (BEGIN without COMMIT): its %d statement(s) were not sent", n)
+}
+
+// run runs one statement (without its ';').
+func (s *sqlSession) run(ctx context.Context, stmt string) error {
+	kind, name := sqlclient.Classify(stmt)
+	if t := s.txn; t != nil {
+		switch kind {
+		case sqlclient.Begin:
+			return errors.New("cannot start a transaction within a transaction")
+		case sqlclient.Savepoint:
+			t.stmts = append(t.stmts, sqlclient.Statement{SQL: stmt})
+			return nil
+		case sqlclient.Commit:
+			s.txn = nil
+			return s.execute(ctx, t.stmts, true)
+		case sqlclient.Release:
+			t.stmts = append(t.stmts, sqlclient.Statement{SQL: stmt})
+			if t.savepoint != "" && strings.EqualFold(name, t.savepoint) {
+				s.txn = nil
+				return s.execute(ctx, t.stmts, true)
+			}
+			return nil
+		case sqlclient.Rollback:
+			s.txn = nil
+			return nil
+		case sqlclient.Read:
+			return errors.New("a statement that returns rows cannot run inside BEGIN ... COMMIT here: the SQL API runs a transaction's statements all at once at COMMIT, and returns no rows from them; run it after COMMIT (the transaction is still open)")
+		default:
+			t.stmts = append(t.stmts, sqlclient.Statement{SQL: stmt})
+			return nil
+		}
+	}
+	switch kind {
+	case sqlclient.Begin:
+		s.txn = &sqlTxn{}
+		return nil
+	case sqlclient.Savepoint:
+		s.txn = &sqlTxn{savepoint: name, stmts: []sqlclient.Statement{{SQL: stmt}}}
+		return nil
+	case sqlclient.Commit:
+		return errors.New("cannot commit - no transaction is active")
+	case sqlclient.Rollback:
+		return errors.New("cannot rollback - no transaction is active")
+	case sqlclient.Release:
+		return fmt.Errorf("no such savepoint: %s", name)
+	case sqlclient.Read:
+		err := s.query(ctx, stmt)
+		// What looked like a read wrote (a PRAGMA setting something with
+		// parentheses, say): the read connection refused it and changed
+		// nothing, so the writer runs it.
+		if sqlclient.Code(err) == "read_only" {
+			return s.execute(ctx, []sqlclient.Statement{{SQL: stmt}}, false)
+		}
+		return err
+	}
+	return s.execute(ctx, []sqlclient.Statement{{SQL: stmt}}, false)
+}
+
+// statementContext bounds a statement by --timeout and lets the shell
+// cancel it.
+func (s *sqlSession) statementContext(ctx context.Context) (context.Context, func()) {
+	var cancel context.CancelFunc
+	if s.timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+	} else {
+		ctx, cancel = context.WithCancel(ctx)
+	}
+	s.mu.Lock()
+	s.running = cancel
+	s.mu.Unlock()
+	return ctx, func() {
+		s.mu.Lock()
+		s.running = nil
+		s.mu.Unlock()
+		cancel()
+	}
+}
+
+// interrupt cancels the statement in flight; it reports whether there was
+// one.
+func (s *sqlSession) interrupt() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running == nil {
+		return false
+	}
+	s.running()
+	return true
+}
+
+func (s *sqlSession) execute(ctx context.Context, stmts []sqlclient.Statement, transaction bool) error {
+	if len(stmts) == 0 {
+		return nil
+	}
+	sctx, done := s.statementContext(ctx)
+	defer done()
+	res, err := s.client.Execute(sctx, stmts, transaction)
+	if err != nil {
+		return s.requestError(ctx, sctx, err, true)
+	}
+	if s.asJSON {
+		return writeJSONLine(s.out, map[string]any{"results": res})
+	}
+	return nil
+}
+
+func (s *sqlSession) query(ctx context.Context, stmt string, params ...any) error {
+	rows, err := s.queryRows(ctx, stmt, params...)
+	if err != nil {
+		return err
+	}
+	if s.asJSON {
+		return writeJSONLine(s.out, rowsJSON(rows))
+	}
+	return printTable(s.out, rows)
+}
+
+func (s *sqlSession) queryRows(ctx context.Context, stmt string, params ...any) (*sqlclient.Rows, error) {
+	sctx, done := s.statementContext(ctx)
+	defer done()
+	rows, err := s.client.Query(sctx, stmt, params...)
+	if err != nil {
+		return nil, s.requestError(ctx, sctx, err, false)
+	}
+	return rows, nil
+}
+
+// requestError says what a failed request means for the user: the server's
+// refusal as it is, else whether the statement may have taken effect.
+func (s *sqlSession) requestError(outer, sctx context.Context, err error, write bool) error {
+	var se *sqlclient.Error
+	if errors.As(err, &se) {
+		return err
+	}
+	maybe := ""
+	if write {
+		maybe = "; it may or may not have committed"
+	}
+	switch {
+	case outer.Err() != nil:
+		return outer.Err()
+	case errors.Is(sctx.Err(), context.DeadlineExceeded):
+		return fmt.Errorf("no reply within --timeout %s%s", s.timeout, maybe)
+	case sctx.Err() != nil:
+		return fmt.Errorf("interrupted%s", maybe)
+	}
+	return fmt.Errorf("no answer from the database instance at %s (%v)%s", s.client.Endpoint, err, maybe)
+}
+
+func writeJSONLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+// rowsJSON is a query's result in the API's own form, blobs as
+// {"base64":...}.
+func rowsJSON(r *sqlclient.Rows) map[string]any {
+	rows := make([][]any, len(r.Rows))
+	for i, row := range r.Rows {
+		out := make([]any, len(row))
+		for j, v := range row {
+			if b, ok := v.([]byte); ok {
+				v = map[string]string{"base64": base64.StdEncoding.EncodeToString(b)}
+			}
+			out[j] = v
+		}
+		rows[i] = out
+	}
+	cols, types := r.Columns, r.Types
+	if cols == nil {
+		cols = []string{}
+	}
+	if types == nil {
+		types = []string{}
+	}
+	return map[string]any{"columns": cols, "types": types, "rows": rows}
+}
+
+// printTable prints rows as sqlite3 -header -column does: a header, a rule,
+// columns two spaces apart, NULL as nothing; numbers are right-aligned. A
+// result with no rows prints nothing.
+func printTable(w io.Writer, r *sqlclient.Rows) error {
+	if len(r.Rows) == 0 {
+		return nil
+	}
+	cells := make([][]string, len(r.Rows))
+	width := make([]int, len(r.Columns))
+	numeric := make([]bool, len(r.Columns))
+	for j, c := range r.Columns {
+		width[j] = utf8.RuneCountInString(c)
+	}
+	for i, row := range r.Rows {
+		cells[i] = make([]string, len(r.Columns))
+		for j := range r.Columns {
+			if j >= len(row) {
+				continue
+			}
+			typ := ""
+			if j < len(r.Types) {
+				typ = r.Types[j]
+			}
+			cells[i][j] = formatValue(row[j], typ)
+			width[j] = max(width[j], utf8.RuneCountInString(cells[i][j]))
+			switch row[j].(type) {
+			case int64, float64:
+				numeric[j] = true
+			}
+		}
+	}
+	bw := bufio.NewWriter(w)
+	line := func(vals []string, rightAlign bool) {
+		for j, v := range vals {
+			if j > 0 {
+				bw.WriteString("  ")
+			}
+			pad := strings.Repeat(" ", width[j]-utf8.RuneCountInString(v))
+			switch {
+			case rightAlign && numeric[j]:
+				bw.WriteString(pad + v)
+			case j == len(vals)-1:
+				bw.WriteString(v)
+			default:
+				bw.WriteString(v + pad)
+			}
+		}
+		bw.WriteByte('\n')
+	}
+	line(r.Columns, true)
+	rules := make([]string, len(width))
+	for j, n := range width {
+		rules[j] = strings.Repeat("-", n)
+	}
+	line(rules, false)
+	for _, row := range cells {
+		line(row, true)
+	}
+	return bw.Flush()
+}
+
+// formatValue shows a value as sqlite3 would, except that blobs show as
+// X'hex' literals rather than raw bytes.
+func formatValue(v any, typ string) string {
+	switch v := v.(type) {
+	case nil:
+		return ""
+	case int64:
+		// JSON has no 2.0; a column declared with REAL affinity shows it
+		// as SQLite would.
+		if realAffinity(typ) {
+			return strconv.FormatInt(v, 10) + ".0"
+		}
+		return strconv.FormatInt(v, 10)
+	case float64:
+		s := strconv.FormatFloat(v, 'g', 15, 64)
+		if !strings.ContainsAny(s, ".eEIN") {
+			s += ".0"
+		}
+		return s
+	case string:
+		return v
+	case []byte:
+		return "X'" + strings.ToUpper(hex.EncodeToString(v)) + "'"
+	case bool:
+		if v {
+			return "1"
+		}
+		return "0"
+	}
+	return fmt.Sprint(v)
+}
+
+func realAffinity(typ string) bool {
+	t := strings.ToUpper(typ)
+	if strings.Contains(t, "INT") || strings.Contains(t, "CHAR") || strings.Contains(t, "CLOB") || strings.Contains(t, "TEXT") || strings.Contains(t, "BLOB") {
+		return false
+	}
+	return strings.Contains(t, "REAL") || strings.Contains(t, "FLOA") || strings.Contains(t, "DOUB")
+}
+
+const sqlHelp = `Statements end with ';' and may span lines. Reads run on a read
+connection; writes on the writer, each in its own transaction unless inside
+BEGIN ... COMMIT, whose statements are sent together at COMMIT.
+.help             this text
+.quit, .exit      leave (so does Ctrl-D)
+.schema [TABLE]   the CREATE statements of every table, or of TABLE
+.status           the instance: role, volume, epoch, VDL, ready and counters
+.tables           the tables and views
+Ctrl-C drops the statement being typed, or stops the one running.
+`
+
+// dot runs a dot command; quit reports .quit or .exit.
+func (s *sqlSession) dot(ctx context.Context, line string) (quit bool, err error) {
+	fields := strings.Fields(line)
+	switch fields[0] {
+	case ".quit", ".exit", ".q":
+		return true, nil
+	case ".help":
+		_, err := io.WriteString(s.out, sqlHelp)
+		return false, err
+	case ".tables":
+		rows, err := s.queryRows(ctx, "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name")
+		if err != nil {
+			return false, err
+		}
+		if s.asJSON {
+			return false, writeJSONLine(s.out, rowsJSON(rows))
+		}
+		var names []string
+		for _, r := range rows.Rows {
+			names = append(names, formatValue(r[0], ""))
+		}
+		return false, printNameColumns(s.out, names, 80)
+	case ".schema":
+		q := "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
+		var params []any
+		if len(fields) > 1 {
+			// LIKE, as sqlite3 does: case-insensitive, and % and _ match.
+			q += " AND (name LIKE ?1 OR tbl_name LIKE ?1)"
+			params = append(params, fields[1])
+		}
+		rows, err := s.queryRows(ctx, q+" ORDER BY rowid", params...)
+		if err != nil {
+			return false, err
+		}
+		if s.asJSON {
+			return false, writeJSONLine(s.out, rowsJSON(rows))
+		}
+		for _, r := range rows.Rows {
+			if _, err := fmt.Fprintf(s.out, "%s;\n", formatValue(r[0], "")); err != nil {
+				return false, err
+			}
+		}
+		return false, nil
+	case ".status":
+		sctx, done := s.statementContext(ctx)
+		defer done()
+		h, err := s.client.Health(sctx)
+		if err != nil {
+			return false, s.requestError(ctx, sctx, err, false)
+		}
+		if s.asJSON {
+			return false, writeJSONLine(s.out, h)
+		}
+		_, err = fmt.Fprintf(s.out, "endpoint  %s\nrole      %s\nvolume    %s (id %d)\nepoch     %d\nVDL       %d\nready     %v\ncommits   %d\nqueries   %d\nredo      %s shipped (whole dirty pages would have been %s)\n",
+			s.client.Endpoint, h.Role, h.Volume, h.VolumeID, h.Epoch, h.VDL, h.Ready, h.Stats.Commits, h.Stats.Queries,
+			formatSize(h.Stats.RedoBytes), formatSize(h.Stats.FullPageBytes))
+		return false, err
+	}
+	return false, fmt.Errorf("unknown command %s; .help lists the commands", fields[0])
+}
+
+// printNameColumns lays names out in columns, down then across, as
+// sqlite3's .tables does.
+func printNameColumns(w io.Writer, names []string, lineWidth int) error {
+	if len(names) == 0 {
+		return nil
+	}
+	wmax := 0
+	for _, n := range names {
+		wmax = max(wmax, utf8.RuneCountInString(n))
+	}
+	cols := max(1, (lineWidth+2)/(wmax+2))
+	rows := (len(names) + cols - 1) / cols
+	bw := bufio.NewWriter(w)
+	for r := 0; r < rows; r++ {
+		for c := 0; c < cols; c++ {
+			i := c*rows + r
+			if i >= len(names) {
+				break
+			}
+			if c > 0 {
+				bw.WriteString("  ")
+			}
+			n := names[i]
+			if next := (c+1)*rows + r; next < len(names) {
+				n += strings.Repeat(" ", wmax-utf8.RuneCountInString(n))
+			}
+			bw.WriteString(n)
+		}
+		bw.WriteByte('\n')
+	}
+	return bw.Flush()
+}
+
+// shell is the interactive shell on a terminal.
+func (s *sqlSession) shell(ctx context.Context, in *os.File, out *os.File) error {
+	old, err := term.MakeRaw(int(in.Fd()))
+	if err != nil {
+		return s.readAll(ctx, in)
+	}
+	defer term.Restore(int(in.Fd()), old)
+	keys := newTTYKeys(ctx, in, s.interrupt)
+	t := term.NewTerminal(struct {
+		io.Reader
+		io.Writer
+	}{keys, out}, sqlPrompt)
+	hist := loadSQLHistory(keys)
+	t.History = hist
+	resize := func() {
+		if w, h, err := term.GetSize(int(out.Fd())); err == nil {
+			t.SetSize(w, h)
+		}
+	}
+	resize()
+	winch := make(chan os.Signal, 1)
+	signal.Notify(winch, syscall.SIGWINCH)
+	defer signal.Stop(winch)
+	go func() {
+		for range winch {
+			resize()
+		}
+	}()
+	// Results go through the terminal, which turns \n into \r\n in raw
+	// mode and redraws the prompt around them.
+	s.out = t
+	fmt.Fprintf(t, "Connected to %s. Statements end with ';'; .help for help.\n", s.client.Endpoint)
+	var buf strings.Builder
+	for {
+		switch {
+		case s.txn != nil && sqlclient.Blank(buf.String()):
+			t.SetPrompt("borealis*> ")
+		case sqlclient.Blank(buf.String()):
+			t.SetPrompt(sqlPrompt)
+		default:
+			t.SetPrompt(sqlContinuationPrompt)
+		}
+		line, err := t.ReadLine()
+		if keys.takeInterrupt() {
+			buf.Reset()
+			continue
+		}
+		if err == io.EOF {
+			fmt.Fprintln(t)
+			if s.txn != nil {
+				fmt.Fprintf(t, "the open transaction's %d statement(s) were not sent\n", len(s.txn.stmts))
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			fmt.Fprintln(t)
+			return ctx.Err()
+		}
+		if err != nil && !errors.Is(err, term.ErrPasteIndicator) {
+			return err
+		}
+		if sqlclient.Blank(buf.String()) && strings.HasPrefix(strings.TrimSpace(line), ".") {
+			buf.Reset()
+			quit, err := s.dot(ctx, strings.TrimSpace(line))
+			if err != nil {
+				fmt.Fprintf(t, "Error: %v\n", err)
+			}
+			if quit {
+				if s.txn != nil {
+					fmt.Fprintf(t, "the open transaction's %d statement(s) were not sent\n", len(s.txn.stmts))
+				}
+				return nil
+			}
+			continue
+		}
+		buf.WriteString(line)
+		buf.WriteByte('\n')
+		stmts, rest := sqlclient.Split(buf.String())
+		buf.Reset()
+		buf.WriteString(rest)
+		for _, st := range stmts {
+			kind, _ := sqlclient.Classify(st)
+			wasOpen := s.txn != nil
+			if err := s.run(ctx, st); err != nil {
+				fmt.Fprintf(t, "Error: %v\n", err)
+				// The rest of what was typed on the line is not run: it
+				// most likely depends on what failed.
+				break
+			}
+			switch {
+			case !wasOpen && s.txn != nil:
+				fmt.Fprintln(t, "(transaction open: its statements are sent together at COMMIT)")
+			case wasOpen && s.txn == nil && kind == sqlclient.Rollback:
+				fmt.Fprintln(t, "(rolled back: nothing was sent)")
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// ttyKeys reads the terminal for term.Terminal and watches for Ctrl-C: the
+// terminal is raw, so Ctrl-C is a key, not SIGINT. While a statement runs,
+// it stops the statement; while a line is typed, it drops the line.
+type ttyKeys struct {
+	// ctx ends reading: the terminal read cannot be interrupted, so a
+	// SIGTERM would otherwise wait for the next key.
+	ctx       context.Context
+	data      chan []byte
+	err       error // after data is closed
+	pending   []byte
+	interrupt func() bool
+
+	mu          sync.Mutex
+	interrupted bool
+}
+
+func newTTYKeys(ctx context.Context, in io.Reader, interrupt func() bool) *ttyKeys {
+	k := &ttyKeys{ctx: ctx, data: make(chan []byte, 16), interrupt: interrupt}
+	go func() {
+		for {
+			buf := make([]byte, 256)
+			n, err := in.Read(buf)
+			b := buf[:n]
+			if i := strings.IndexByte(string(b), 3); i >= 0 {
+				if k.interrupt() {
+					b = []byte(strings.ReplaceAll(string(b), "\x03", ""))
+				} else {
+					k.mu.Lock()
+					k.interrupted = true
+					k.mu.Unlock()
+					// Enter ends the line being typed; the shell then
+					// drops it.
+					b = []byte(strings.ReplaceAll(string(b), "\x03", "\r"))
+				}
+			}
+			if len(b) > 0 {
+				k.data <- b
+			}
+			if err != nil {
+				k.err = err
+				close(k.data)
+				return
+			}
+		}
+	}()
+	return k
+}
+
+func (k *ttyKeys) Read(p []byte) (int, error) {
+	if len(k.pending) == 0 {
+		select {
+		case b, ok := <-k.data:
+			if !ok {
+				return 0, k.err
+			}
+			k.pending = b
+		case <-k.ctx.Done():
+			return 0, k.ctx.Err()
+		}
+	}
+	n := copy(p, k.pending)
+	k.pending = k.pending[n:]
+	return n, nil
+}
+
+// takeInterrupt reports (once) that Ctrl-C ended the line just read.
+func (k *ttyKeys) takeInterrupt() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	was := k.interrupted
+	k.interrupted = false
+	return was
+}
+
+func (k *ttyKeys) interruptPending() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.interrupted
+}
+
+// sqlHistory is the shell's history, kept in ~/.borealis_history across
+// sessions.
+type sqlHistory struct {
+	keys    *ttyKeys
+	entries []string // oldest first
+	file    *os.File // nil if the history file cannot be written
+}
+
+func loadSQLHistory(keys *ttyKeys) *sqlHistory {
+	h := &sqlHistory{keys: keys}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return h
+	}
+	path := filepath.Join(home, sqlHistoryFile)
+	if b, err := os.ReadFile(path); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.TrimSpace(l) != "" {
+				h.entries = append(h.entries, l)
+			}
+		}
+		if len(h.entries) > sqlHistoryMax {
+			h.entries = h.entries[len(h.entries)-sqlHistoryMax:]
+			// Rewritten, so the file does not grow without bound.
+			os.WriteFile(path, []byte(strings.Join(h.entries, "\n")+"\n"), 0o600)
+		}
+	}
+	h.file, _ = os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	return h
+}
+
+func (h *sqlHistory) Add(entry string) {
+	// A line ended by Ctrl-C was dropped, not entered.
+	if h.keys.interruptPending() || strings.TrimSpace(entry) == "" {
+		return
+	}
+	if n := len(h.entries); n > 0 && h.entries[n-1] == entry {
+		return
+	}
+	h.entries = append(h.entries, entry)
+	if h.file != nil {
+		fmt.Fprintln(h.file, entry)
+	}
+}
+
+func (h *sqlHistory) Len() int { return len(h.entries) }
+
+func (h *sqlHistory) At(i int) string { return h.entries[len(h.entries)-1-i] }

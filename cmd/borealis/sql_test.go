@@ -1,0 +1,312 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/borealis-db/borealis/internal/sqlclient"
+)
+
+// sqlWire records the requests the CLI makes and answers each with a
+// canned reply: the CLI is tested as a client of the wire protocol.
+type sqlWire struct {
+	*httptest.Server
+	mu   sync.Mutex
+	reqs []string // "PATH BODY"
+	// reply gives the status and body for a request.
+	reply func(path string, body map[string]any) (int, string)
+}
+
+func newSQLWire(t *testing.T, reply func(path string, body map[string]any) (int, string)) *sqlWire {
+	w := &sqlWire{reply: reply}
+	w.Server = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		var body map[string]any
+		json.Unmarshal(b, &body)
+		w.mu.Lock()
+		w.reqs = append(w.reqs, r.URL.Path+" "+string(b))
+		w.mu.Unlock()
+		status, out := w.reply(r.URL.Path, body)
+		rw.WriteHeader(status)
+		io.WriteString(rw, out)
+	}))
+	t.Cleanup(w.Close)
+	return w
+}
+
+func (w *sqlWire) requests() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.reqs...)
+}
+
+// okReply answers execute with one result per statement and query with a
+// two-column row.
+func okReply(path string, body map[string]any) (int, string) {
+	switch path {
+	case "/v1/execute":
+		n := len(body["statements"].([]any))
+		return 200, `{"results":[` + strings.TrimSuffix(strings.Repeat(`{"rows_affected":1,"last_insert_id":7},`, n), ",") + `]}`
+	case "/v1/query":
+		return 200, `{"columns":["k","v"],"types":["INTEGER","TEXT"],"rows":[[1,"one"],[22,"twenty-two"]]}`
+	case "/v1/health":
+		return 200, `{"role":"writer","volume":"main","volume_id":1,"epoch":3,"vdl":12345,"ready":true,"stats":{"commits":4,"redo_bytes":2048,"full_page_bytes":65536,"queries":9}}`
+	}
+	return 404, ""
+}
+
+func runSQL(t *testing.T, w *sqlWire, stdin string, args ...string) (string, error) {
+	t.Helper()
+	cmd := sqlCmd()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(io.Discard)
+	cmd.SetIn(strings.NewReader(stdin))
+	cmd.SetArgs(append([]string{"--endpoint", w.URL}, args...))
+	cmd.SetContext(context.Background())
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+func TestSQLRoutesReadsAndWrites(t *testing.T) {
+	w := newSQLWire(t, okReply)
+	out, err := runSQL(t, w, "", "-e", "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a;b'); SELECT * FROM t; PRAGMA integrity_check; PRAGMA user_version = 2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`/v1/execute {"statements":[{"sql":"CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)"}],"transaction":false}`,
+		`/v1/execute {"statements":[{"sql":"INSERT INTO t VALUES (1, 'a;b')"}],"transaction":false}`,
+		`/v1/query {"sql":"SELECT * FROM t"}`,
+		`/v1/query {"sql":"PRAGMA integrity_check"}`,
+		`/v1/execute {"statements":[{"sql":"PRAGMA user_version = 2"}],"transaction":false}`,
+	}
+	if got := w.requests(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("requests:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	table := " k  v\n--  ----------\n 1  one\n22  twenty-two\n"
+	if out != table+table {
+		t.Fatalf("output:\n%q", out)
+	}
+}
+
+func TestSQLSendsATransactionAsOneRequestAtCommit(t *testing.T) {
+	w := newSQLWire(t, okReply)
+	_, err := runSQL(t, w, "", "-e", `BEGIN; INSERT INTO t VALUES (1); UPDATE t SET v = 'x'; COMMIT;
+		BEGIN IMMEDIATE; DELETE FROM t; ROLLBACK;
+		SAVEPOINT a; INSERT INTO t VALUES (2); SAVEPOINT b; ROLLBACK TO b; RELEASE a;
+		INSERT INTO t VALUES (3)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`/v1/execute {"statements":[{"sql":"INSERT INTO t VALUES (1)"},{"sql":"UPDATE t SET v = 'x'"}],"transaction":true}`,
+		`/v1/execute {"statements":[{"sql":"SAVEPOINT a"},{"sql":"INSERT INTO t VALUES (2)"},{"sql":"SAVEPOINT b"},{"sql":"ROLLBACK TO b"},{"sql":"RELEASE a"}],"transaction":true}`,
+		`/v1/execute {"statements":[{"sql":"INSERT INTO t VALUES (3)"}],"transaction":false}`,
+	}
+	if got := w.requests(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("requests:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestSQLRefusesWhatATransactionCannotDoHere(t *testing.T) {
+	w := newSQLWire(t, okReply)
+	for _, tc := range []struct{ script, err string }{
+		{"BEGIN; INSERT INTO t VALUES (1); SELECT * FROM t; COMMIT", "cannot run inside BEGIN ... COMMIT"},
+		{"BEGIN; INSERT INTO t VALUES (1)", "(BEGIN without COMMIT): its 1 statement(s) were not sent"},
+		{"BEGIN; BEGIN", "cannot start a transaction within a transaction"},
+		{"COMMIT", "no transaction is active"},
+	} {
+		if _, err := runSQL(t, w, "", "-e", tc.script); err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Fatalf("%s: err %v", tc.script, err)
+		}
+	}
+	if got := w.requests(); len(got) != 0 {
+		t.Fatalf("sent %v", got)
+	}
+}
+
+func TestSQLStopsAtTheFirstErrorWithTheServersMessage(t *testing.T) {
+	w := newSQLWire(t, func(path string, body map[string]any) (int, string) {
+		if strings.Contains(body["sql"].(string), "nope") {
+			return 400, `{"error":{"code":"sql_error","message":"no such table: nope"}}`
+		}
+		return okReply(path, body)
+	})
+	_, err := runSQL(t, w, "", "-e", "SELECT * FROM nope")
+	if err == nil || err.Error() != "sql_error: no such table: nope" {
+		t.Fatalf("err %v", err)
+	}
+	_, err = runSQL(t, w, "", "-e", "SELECT 1; SELECT * FROM nope; SELECT 2")
+	if err == nil || err.Error() != `"SELECT * FROM nope": sql_error: no such table: nope` {
+		t.Fatalf("err %v", err)
+	}
+	if n := len(w.requests()); n != 3 {
+		t.Fatalf("%d requests; the script should stop at the error", n)
+	}
+}
+
+// A statement taken for a read that writes is refused by the read
+// connection, and then runs on the writer.
+func TestSQLRunsAReadOnlyRefusalOnTheWriter(t *testing.T) {
+	w := newSQLWire(t, func(path string, body map[string]any) (int, string) {
+		if path == "/v1/query" {
+			return 400, `{"error":{"code":"read_only","message":"attempt to write a readonly database"}}`
+		}
+		return okReply(path, body)
+	})
+	if _, err := runSQL(t, w, "", "-e", "PRAGMA user_version(5)"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`/v1/query {"sql":"PRAGMA user_version(5)"}`, `/v1/execute {"statements":[{"sql":"PRAGMA user_version(5)"}],"transaction":false}`}
+	if got := w.requests(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("requests %v", got)
+	}
+}
+
+func TestSQLJSON(t *testing.T) {
+	w := newSQLWire(t, func(path string, body map[string]any) (int, string) {
+		if path == "/v1/query" {
+			return 200, `{"columns":["b","n"],"types":["BLOB",""],"rows":[[{"base64":"AAH/"},null]]}`
+		}
+		return okReply(path, body)
+	})
+	out, err := runSQL(t, w, "", "--json", "-e", "SELECT b, n FROM t; INSERT INTO t VALUES (1)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"columns":["b","n"],"rows":[[{"base64":"AAH/"},null]],"types":["BLOB",""]}` + "\n" +
+		`{"results":[{"rows_affected":1,"last_insert_id":7}]}` + "\n"
+	if out != want {
+		t.Fatalf("output:\n%s\nwant:\n%s", out, want)
+	}
+}
+
+func TestSQLReadsStatementsAndDotCommandsFromStdin(t *testing.T) {
+	w := newSQLWire(t, okReply)
+	out, err := runSQL(t, w, "-- a script\nINSERT INTO t\n  VALUES (1);\n.status\nSELECT 1;\nSELECT\n2\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`/v1/execute {"statements":[{"sql":"-- a script\nINSERT INTO t\n  VALUES (1)"}],"transaction":false}`,
+		`/v1/health `,
+		`/v1/query {"sql":"SELECT 1"}`,
+		`/v1/query {"sql":"SELECT\n2"}`,
+	}
+	if got := w.requests(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("requests:\n%q\nwant:\n%q", got, want)
+	}
+	for _, s := range []string{"role      writer", "volume    main (id 1)", "epoch     3", "VDL       12345", "ready     true"} {
+		if !strings.Contains(out, s) {
+			t.Fatalf(".status output lacks %q:\n%s", s, out)
+		}
+	}
+}
+
+func TestSQLDotCommands(t *testing.T) {
+	w := newSQLWire(t, func(path string, body map[string]any) (int, string) {
+		sql, _ := body["sql"].(string)
+		switch {
+		case strings.Contains(sql, "SELECT name FROM sqlite_schema"):
+			return 200, `{"columns":["name"],"types":["TEXT"],"rows":[["accounts"],["bench"],["t"]]}`
+		case strings.Contains(sql, "SELECT sql FROM sqlite_schema"):
+			return 200, `{"columns":["sql"],"types":["TEXT"],"rows":[["CREATE TABLE t(a)"],["CREATE INDEX ta ON t(a)"]]}`
+		}
+		return okReply(path, body)
+	})
+	out, err := runSQL(t, w, ".tables\n.schema t\n.schema\n.quit\nSELECT 'not run';\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "accounts  bench     t\nCREATE TABLE t(a);\nCREATE INDEX ta ON t(a);\nCREATE TABLE t(a);\nCREATE INDEX ta ON t(a);\n"
+	if out != want {
+		t.Fatalf("output:\n%q\nwant:\n%q", out, want)
+	}
+	reqs := w.requests()
+	if len(reqs) != 3 || !strings.Contains(reqs[1], `"params":["t"]`) || strings.Contains(reqs[2], "params") {
+		t.Fatalf("requests %q", reqs)
+	}
+	if _, err := runSQL(t, w, "", "-e", ".nope"); err == nil || !strings.Contains(err.Error(), "unknown command .nope") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestSQLEndpointFromClusterFile(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := sqlEndpoint(dir, ""); err == nil || !strings.Contains(err.Error(), "no running cluster in "+dir) {
+		t.Fatalf("err %v", err)
+	}
+	path := filepath.Join(dir, "cluster.json")
+	os.WriteFile(path, []byte(`{"components":[{"role":"control","id":"control","addr":"127.0.0.1:7100"}]}`), 0o644)
+	if _, err := sqlEndpoint(dir, ""); err == nil || !strings.Contains(err.Error(), "lists no writer") {
+		t.Fatalf("err %v", err)
+	}
+	os.WriteFile(path, []byte(`{"components":[{"role":"control","id":"control","addr":"127.0.0.1:7100"},{"role":"writer","id":"writer","addr":"127.0.0.1:7110"}]}`), 0o644)
+	if ep, err := sqlEndpoint(dir, ""); err != nil || ep != "http://127.0.0.1:7110" {
+		t.Fatalf("endpoint %q, %v", ep, err)
+	}
+	if ep, _ := sqlEndpoint(dir, "http://elsewhere:1"); ep != "http://elsewhere:1" {
+		t.Fatalf("--endpoint ignored: %q", ep)
+	}
+}
+
+func TestSQLNoServer(t *testing.T) {
+	w := newSQLWire(t, okReply)
+	w.Close()
+	_, err := runSQL(t, w, "", "-e", "INSERT INTO t VALUES (1)")
+	if err == nil || !strings.Contains(err.Error(), "no answer from the database instance at "+w.URL) || !strings.Contains(err.Error(), "may or may not have committed") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestFormatValue(t *testing.T) {
+	for _, tc := range []struct {
+		v    any
+		typ  string
+		want string
+	}{
+		{nil, "", ""},
+		{int64(-3), "INTEGER", "-3"},
+		{int64(2), "REAL", "2.0"},
+		{int64(2), "DOUBLE PRECISION", "2.0"},
+		{int64(2), "", "2"},
+		{2.5, "", "2.5"},
+		{1e20, "", "1e+20"},
+		{0.1, "", "0.1"},
+		{"héllo", "TEXT", "héllo"},
+		{[]byte{0xde, 0xad}, "BLOB", "X'DEAD'"},
+	} {
+		if got := formatValue(tc.v, tc.typ); got != tc.want {
+			t.Errorf("formatValue(%v, %q) = %q; want %q", tc.v, tc.typ, got, tc.want)
+		}
+	}
+}
+
+func TestPrintTableAlignsColumns(t *testing.T) {
+	var b bytes.Buffer
+	printTable(&b, &sqlclient.Rows{
+		Columns: []string{"id", "name", "score"},
+		Types:   []string{"INTEGER", "TEXT", "REAL"},
+		Rows:    [][]any{{int64(1), "ålice", 3.5}, {int64(100), nil, int64(12)}},
+	})
+	want := " id  name   score\n---  -----  -----\n  1  ålice    3.5\n100          12.0\n"
+	if b.String() != want {
+		t.Fatalf("table:\n%s\nwant:\n%s", b.String(), want)
+	}
+	b.Reset()
+	printTable(&b, &sqlclient.Rows{Columns: []string{"a"}})
+	if b.Len() != 0 {
+		t.Fatalf("no rows printed %q", b.String())
+	}
+}
