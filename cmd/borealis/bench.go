@@ -32,7 +32,7 @@ func benchCmd() *cobra.Command {
 		Use:   "bench",
 		Short: "Built-in workloads that print latency percentiles and throughput",
 	}
-	cmd.AddCommand(benchCommitCmd())
+	cmd.AddCommand(benchCommitCmd(), benchSQLCmd())
 	return cmd
 }
 

@@ -1,0 +1,435 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/sqlclient"
+)
+
+type sqlInsertLevel struct {
+	Clients             int     `json:"clients"`
+	Txns                int     `json:"txns"`
+	TPS                 float64 `json:"tps"`
+	P50Ms               float64 `json:"p50_ms"`
+	P99Ms               float64 `json:"p99_ms"`
+	RedoBytesPerTxn     float64 `json:"redo_bytes_per_txn"`
+	FullPageBytesPerTxn float64 `json:"full_page_bytes_per_txn"`
+	// CommitsPerTxn: the instance's commit counter over the level, per
+	// transaction of the benchmark; above 1 when something else commits.
+	CommitsPerTxn float64 `json:"commits_per_txn"`
+	P50OverFloor  float64 `json:"p50_over_floor"`
+}
+
+type sqlSelectLevel struct {
+	Clients int     `json:"clients"`
+	Queries int     `json:"queries"`
+	QPS     float64 `json:"qps"`
+	P50Ms   float64 `json:"p50_ms"`
+	P99Ms   float64 `json:"p99_ms"`
+}
+
+type sqlBenchReport struct {
+	FloorP50Ms       float64          `json:"floor_p50_ms"`
+	FloorBeforeP50Ms float64          `json:"floor_before_p50_ms"`
+	FloorAfterP50Ms  float64          `json:"floor_after_p50_ms"`
+	Endpoint         string           `json:"endpoint"`
+	Table            string           `json:"table"`
+	DurationS        float64          `json:"duration_s_per_level"`
+	Insert           []sqlInsertLevel `json:"insert"`
+	Select           []sqlSelectLevel `json:"select"`
+}
+
+// benchSQLValueLen is the size of the text column of each inserted row.
+const benchSQLValueLen = 100
+
+func benchSQLCmd() *cobra.Command {
+	var clusterFile, dir string
+	var asJSON bool
+	var levels []int
+	var duration time.Duration
+	cmd := &cobra.Command{
+		Use:   "sql",
+		Short: "One-row INSERT transactions and point SELECTs over the SQL API at several concurrency levels",
+		Long: `Run SQL over a database instance's HTTP API: first one-row INSERT
+transactions (an integer key and a 100-byte text) into a fresh table
+bench(k INTEGER PRIMARY KEY, v TEXT), then SELECTs of one row by key, each at
+every concurrency level in turn, each client a goroutine with its own
+keep-alive HTTP connection. Without --cluster it starts its own cluster (the
+control plane, 6 storage nodes and a writer) as separate processes in a
+temporary directory.
+
+For each INSERT level it prints transactions/s, p50 and p99 latency (until the
+commit is durable), and the redo bytes the instance shipped to storage per
+transaction next to what shipping its whole dirty pages would have taken (from
+the instance's /v1/health counters over the level); for each SELECT level,
+queries/s, p50 and p99. The single-client INSERT p50 is also given as a
+multiple of the floor: the median of one fdatasync'd 4 KiB append on the same
+disk, measured in the same run. Progress goes to stderr.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			out, progress := cmd.OutOrStdout(), cmd.ErrOrStderr()
+			if len(levels) == 0 {
+				return errors.New("--clients: give at least one level")
+			}
+			for _, n := range levels {
+				if n < 1 {
+					return fmt.Errorf("--clients: %d is not a number of clients", n)
+				}
+			}
+			var endpoint, floorDir string
+			if clusterFile != "" {
+				f, err := cluster.ReadFile(clusterFile)
+				if err != nil {
+					return err
+				}
+				for _, c := range f.Components {
+					if c.Role == "writer" {
+						endpoint = "http://" + c.Addr
+					}
+				}
+				if endpoint == "" {
+					return fmt.Errorf("%s lists no writer: the cluster runs no database instance", clusterFile)
+				}
+				floorDir = dir
+				if floorDir == "" {
+					floorDir = filepath.Dir(clusterFile)
+				}
+			} else {
+				tmp, err := os.MkdirTemp(dir, "borealis-bench-sql-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(tmp)
+				floorDir = tmp
+				cl, ep, err := startSQLBenchCluster(ctx, tmp, progress)
+				if cl != nil {
+					defer cl.Stop(5 * time.Second)
+				}
+				if err != nil {
+					return err
+				}
+				endpoint = ep
+			}
+			rep, err := runSQLBench(ctx, endpoint, floorDir, levels, duration, progress)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			printSQLBench(out, rep)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&clusterFile, "cluster", "", "cluster.json of a running cluster with a writer, to use instead of starting one")
+	f.StringVar(&dir, "dir", "", "parent directory for the temporary cluster, and where the fsync floor is measured (default: the system temp dir, or the --cluster file's directory)")
+	f.BoolVar(&asJSON, "json", false, "print the figures as one JSON object")
+	f.IntSliceVar(&levels, "clients", []int{1, 8, 32, 64}, "concurrency levels to run")
+	f.DurationVar(&duration, "duration", 5*time.Second, "how long each level runs")
+	return cmd
+}
+
+// startSQLBenchCluster starts the control plane, 6 storage nodes and a
+// writer on a volume of its own in dir, and returns the writer's endpoint.
+// The cluster is returned even on error, to be stopped.
+func startSQLBenchCluster(ctx context.Context, dir string, progress io.Writer) (*cluster.Cluster, string, error) {
+	bin, err := os.Executable()
+	if err != nil {
+		return nil, "", err
+	}
+	cl := cluster.New(bin, dir)
+	ctlAddr, err := cluster.FreeAddr()
+	if err != nil {
+		return nil, "", err
+	}
+	cl.ControlAddr = ctlAddr
+	start := time.Now()
+	fmt.Fprintf(progress, "starting the control plane, 6 storage nodes and a writer in %s\n", dir)
+	if err := cl.StartControl(ctx, ctlAddr); err != nil {
+		return cl, "", err
+	}
+	if err := cl.StartStorageNodes(ctx, 6); err != nil {
+		return cl, "", err
+	}
+	conn, err := grpc.NewClient(ctlAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return cl, "", err
+	}
+	defer conn.Close()
+	ctl := pb.NewControlClient(conn)
+	if err := waitNodesUp(ctx, ctl, 6, 30*time.Second); err != nil {
+		return cl, "", err
+	}
+	const volumeName = "bench"
+	if _, err := ensureVolume(ctx, ctl, volumeName, 0); err != nil {
+		return cl, "", err
+	}
+	addr, err := cluster.FreeAddr()
+	if err != nil {
+		return cl, "", err
+	}
+	if err := cl.StartDB(ctx, "writer", "writer", volumeName, addr); err != nil {
+		return cl, "", err
+	}
+	fmt.Fprintf(progress, "cluster ready in %s; writer at %s\n", since(start), addr)
+	return cl, "http://" + addr, nil
+}
+
+func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d time.Duration, progress io.Writer) (*sqlBenchReport, error) {
+	// One keep-alive connection per client: enough idle connections are
+	// kept that none is closed and reopened between requests.
+	maxClients := slices.Max(levels)
+	tr := &http.Transport{
+		MaxIdleConns:        2 * maxClients,
+		MaxIdleConnsPerHost: 2 * maxClients,
+		IdleConnTimeout:     time.Minute,
+		DisableCompression:  true,
+	}
+	defer tr.CloseIdleConnections()
+	c := &sqlclient.Client{Endpoint: endpoint, HTTP: &http.Client{Transport: tr}}
+
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	h, err := c.Health(hctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("database instance at %s: %w", endpoint, err)
+	}
+	if !h.Ready || h.Role != "writer" {
+		return nil, fmt.Errorf("the database instance at %s is not a ready writer (role %q, ready %v)", endpoint, h.Role, h.Ready)
+	}
+	table, err := freshBenchTable(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(progress, "creating table %s\n", table)
+	if _, err := c.Execute(ctx, []sqlclient.Statement{{SQL: "CREATE TABLE " + table + "(k INTEGER PRIMARY KEY, v TEXT)"}}, false); err != nil {
+		return nil, fmt.Errorf("create table %s: %w", table, err)
+	}
+	insert := sqlclient.Statement{SQL: "INSERT INTO " + table + "(k, v) VALUES (?, ?)"}
+	sel := "SELECT v FROM " + table + " WHERE k = ?"
+
+	// The floor is sampled before and after the levels, since the disk is
+	// shared and its latency drifts during a run.
+	fmt.Fprintln(progress, "measuring the fsync floor")
+	floorBefore, err := fsyncSamples(floorDir, 200)
+	if err != nil {
+		return nil, fmt.Errorf("measure fsync floor: %w", err)
+	}
+	rep := &sqlBenchReport{Endpoint: endpoint, Table: table, DurationS: d.Seconds()}
+
+	var lastKey atomic.Int64
+	insertOne := func(ctx context.Context, rng *rand.Rand) error {
+		st := insert
+		st.Params = []any{lastKey.Add(1), benchText(rng)}
+		_, err := c.Execute(ctx, []sqlclient.Statement{st}, true)
+		return err
+	}
+	// Warm up: the table's first pages exist and the instance's caches are
+	// warm before anything is timed.
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 20; i++ {
+		if err := insertOne(ctx, rng); err != nil {
+			return nil, fmt.Errorf("warm-up insert: %w", err)
+		}
+	}
+	for _, n := range levels {
+		fmt.Fprintf(progress, "INSERT: %d clients for %s\n", n, d)
+		h0, err := c.Health(ctx)
+		if err != nil {
+			return nil, err
+		}
+		lat, elapsed, err := runSQLLevel(ctx, n, d, insertOne)
+		if err != nil {
+			return nil, fmt.Errorf("INSERT with %d clients: %w", n, err)
+		}
+		h1, err := c.Health(ctx)
+		if err != nil {
+			return nil, err
+		}
+		txns := float64(len(lat))
+		rep.Insert = append(rep.Insert, sqlInsertLevel{
+			Clients:             n,
+			Txns:                len(lat),
+			TPS:                 txns / elapsed.Seconds(),
+			P50Ms:               ms(percentile(lat, 50)),
+			P99Ms:               ms(percentile(lat, 99)),
+			RedoBytesPerTxn:     float64(h1.Stats.RedoBytes-h0.Stats.RedoBytes) / txns,
+			FullPageBytesPerTxn: float64(h1.Stats.FullPageBytes-h0.Stats.FullPageBytes) / txns,
+			CommitsPerTxn:       float64(h1.Stats.Commits-h0.Stats.Commits) / txns,
+		})
+	}
+	keys := lastKey.Load()
+	selectOne := func(ctx context.Context, rng *rand.Rand) error {
+		k := 1 + rng.Int64N(keys)
+		rows, err := c.Query(ctx, sel, k)
+		if err != nil {
+			return err
+		}
+		// Every key up to the last was inserted and committed.
+		if len(rows.Rows) != 1 {
+			return fmt.Errorf("key %d: %d rows, want 1", k, len(rows.Rows))
+		}
+		return nil
+	}
+	for _, n := range levels {
+		fmt.Fprintf(progress, "SELECT: %d clients for %s\n", n, d)
+		lat, elapsed, err := runSQLLevel(ctx, n, d, selectOne)
+		if err != nil {
+			return nil, fmt.Errorf("SELECT with %d clients: %w", n, err)
+		}
+		rep.Select = append(rep.Select, sqlSelectLevel{
+			Clients: n,
+			Queries: len(lat),
+			QPS:     float64(len(lat)) / elapsed.Seconds(),
+			P50Ms:   ms(percentile(lat, 50)),
+			P99Ms:   ms(percentile(lat, 99)),
+		})
+	}
+	floorAfter, err := fsyncSamples(floorDir, 200)
+	if err != nil {
+		return nil, fmt.Errorf("measure fsync floor: %w", err)
+	}
+	rep.FloorP50Ms = ms(median(append(floorBefore, floorAfter...)))
+	rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms = ms(median(floorBefore)), ms(median(floorAfter))
+	for i := range rep.Insert {
+		rep.Insert[i].P50OverFloor = rep.Insert[i].P50Ms / rep.FloorP50Ms
+	}
+	return rep, nil
+}
+
+// freshBenchTable is "bench", or the first of bench_2, bench_3, ... that
+// does not exist yet: a run on a used cluster starts from an empty table.
+func freshBenchTable(ctx context.Context, c *sqlclient.Client) (string, error) {
+	rows, err := c.Query(ctx, "SELECT name FROM sqlite_schema WHERE name = 'bench' OR name LIKE 'bench\\_%' ESCAPE '\\'")
+	if err != nil {
+		return "", fmt.Errorf("list tables: %w", err)
+	}
+	taken := map[string]bool{}
+	for _, r := range rows.Rows {
+		if s, ok := r[0].(string); ok {
+			taken[strings.ToLower(s)] = true
+		}
+	}
+	name := "bench"
+	for i := 2; taken[name]; i++ {
+		name = fmt.Sprintf("bench_%d", i)
+	}
+	return name, nil
+}
+
+func benchText(rng *rand.Rand) string {
+	const letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	b := make([]byte, benchSQLValueLen)
+	for i := range b {
+		b[i] = letters[rng.IntN(len(letters))]
+	}
+	return string(b)
+}
+
+// runSQLLevel runs op in n goroutines until d has passed and returns every
+// latency, sorted. The first error stops the level.
+func runSQLLevel(ctx context.Context, n int, d time.Duration, op func(context.Context, *rand.Rand) error) ([]time.Duration, time.Duration, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var mu sync.Mutex
+	var lat []time.Duration
+	var firstErr error
+	var wg sync.WaitGroup
+	start := time.Now()
+	stopAt := start.Add(d)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(i), uint64(start.UnixNano())))
+			mine := make([]time.Duration, 0, 1024)
+			for time.Now().Before(stopAt) && ctx.Err() == nil {
+				t0 := time.Now()
+				if err := op(ctx, rng); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+						cancel()
+					}
+					mu.Unlock()
+					return
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}(i)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if firstErr != nil {
+		return nil, 0, firstErr
+	}
+	if len(lat) == 0 {
+		return nil, 0, errors.New("no request completed")
+	}
+	slices.Sort(lat)
+	return lat, elapsed, nil
+}
+
+// percentile of sorted latencies.
+func percentile(sorted []time.Duration, p int) time.Duration {
+	return sorted[min(len(sorted)-1, len(sorted)*p/100)]
+}
+
+func printSQLBench(out io.Writer, rep *sqlBenchReport) {
+	fmt.Fprintf(out, "floor: fdatasync of a 4 KiB append, p50 %.3f ms (same disk, same run; %.3f ms before the levels, %.3f ms after)\n",
+		rep.FloorP50Ms, rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms)
+	fmt.Fprintf(out, "\nINSERT: one-row transactions (integer key, %d-byte text) into %s at %s, %s per level\n", benchSQLValueLen, rep.Table, rep.Endpoint, time.Duration(rep.DurationS*float64(time.Second)))
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "clients\ttxn/s\tp50 ms\tp99 ms\tp50/floor\tredo B/txn\tfull-page B/txn\tredo/full-page\t")
+	for _, l := range rep.Insert {
+		fmt.Fprintf(tw, "%d\t%.0f\t%.3f\t%.3f\t%.2fx\t%.0f\t%.0f\t%s\t\n", l.Clients, l.TPS, l.P50Ms, l.P99Ms, l.P50OverFloor,
+			l.RedoBytesPerTxn, l.FullPageBytesPerTxn, percentOf(l.RedoBytesPerTxn, l.FullPageBytesPerTxn))
+	}
+	tw.Flush()
+	fmt.Fprintf(out, "\nSELECT v WHERE k = ? (a random key of the %s rows), %s per level\n", rep.Table, time.Duration(rep.DurationS*float64(time.Second)))
+	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "clients\tqueries/s\tp50 ms\tp99 ms\t")
+	for _, l := range rep.Select {
+		fmt.Fprintf(tw, "%d\t%.0f\t%.3f\t%.3f\t\n", l.Clients, l.QPS, l.P50Ms, l.P99Ms)
+	}
+	tw.Flush()
+	if len(rep.Insert) > 0 {
+		l := rep.Insert[0]
+		fmt.Fprintf(out, "\n%d client(s): an INSERT commits in %.2fx the fsync floor (p50); the redo shipped is %s of the whole dirty pages (%.0f vs %.0f bytes per transaction)\n",
+			l.Clients, l.P50OverFloor, percentOf(l.RedoBytesPerTxn, l.FullPageBytesPerTxn), l.RedoBytesPerTxn, l.FullPageBytesPerTxn)
+	}
+}
+
+func percentOf(a, b float64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f%%", 100*a/b)
+}
