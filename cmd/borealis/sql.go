@@ -377,7 +377,7 @@ func writeJSONLine(w io.Writer, v any) error {
 
 // rowsJSON is a query's result in the API's own form, blobs as
 // {"base64":...}.
-func rowsJSON(r *sqlclient.Rows) map[string]any {
+func rowsJSON(r *sqlclient.Rows) any {
 	rows := make([][]any, len(r.Rows))
 	for i, row := range r.Rows {
 		out := make([]any, len(row))
@@ -396,7 +396,11 @@ func rowsJSON(r *sqlclient.Rows) map[string]any {
 	if types == nil {
 		types = []string{}
 	}
-	return map[string]any{"columns": cols, "types": types, "rows": rows}
+	return struct {
+		Columns []string `json:"columns"`
+		Types   []string `json:"types"`
+		Rows    [][]any  `json:"rows"`
+	}{cols, types, rows}
 }
 
 // printTable prints rows as sqlite3 -header -column does: a header, a rule,
@@ -431,21 +435,21 @@ func printTable(w io.Writer, r *sqlclient.Rows) error {
 		}
 	}
 	bw := bufio.NewWriter(w)
+	var l strings.Builder
 	line := func(vals []string, rightAlign bool) {
+		l.Reset()
 		for j, v := range vals {
 			if j > 0 {
-				bw.WriteString("  ")
+				l.WriteString("  ")
 			}
 			pad := strings.Repeat(" ", width[j]-utf8.RuneCountInString(v))
-			switch {
-			case rightAlign && numeric[j]:
-				bw.WriteString(pad + v)
-			case j == len(vals)-1:
-				bw.WriteString(v)
-			default:
-				bw.WriteString(v + pad)
+			if rightAlign && numeric[j] {
+				l.WriteString(pad + v)
+			} else {
+				l.WriteString(v + pad)
 			}
 		}
+		bw.WriteString(strings.TrimRight(l.String(), " "))
 		bw.WriteByte('\n')
 	}
 	line(r.Columns, true)
@@ -564,9 +568,9 @@ func (s *sqlSession) dot(ctx context.Context, line string) (quit bool, err error
 		if s.asJSON {
 			return false, writeJSONLine(s.out, h)
 		}
-		_, err = fmt.Fprintf(s.out, "endpoint  %s\nrole      %s\nvolume    %s (id %d)\nepoch     %d\nVDL       %d\nready     %v\ncommits   %d\nqueries   %d\nredo      %s shipped (whole dirty pages would have been %s)\n",
+		_, err = fmt.Fprintf(s.out, "endpoint  %s\nrole      %s\nvolume    %s (id %d)\nepoch     %d\nVDL       %d\nready     %v\ncommits   %d\nqueries   %d\nredo      %d bytes shipped (whole dirty pages: %d bytes)\n",
 			s.client.Endpoint, h.Role, h.Volume, h.VolumeID, h.Epoch, h.VDL, h.Ready, h.Stats.Commits, h.Stats.Queries,
-			formatSize(h.Stats.RedoBytes), formatSize(h.Stats.FullPageBytes))
+			h.Stats.RedoBytes, h.Stats.FullPageBytes)
 		return false, err
 	}
 	return false, fmt.Errorf("unknown command %s; .help lists the commands", fields[0])
@@ -653,7 +657,9 @@ func (s *sqlSession) shell(ctx context.Context, in *os.File, out *os.File) error
 			continue
 		}
 		if err == io.EOF {
-			fmt.Fprintln(t)
+			// Straight to the terminal: the Terminal would redraw its
+			// prompt around a write.
+			io.WriteString(out, "\r\n")
 			if s.txn != nil {
 				fmt.Fprintf(t, "the open transaction's %d statement(s) were not sent\n", len(s.txn.stmts))
 			}

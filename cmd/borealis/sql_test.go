@@ -185,7 +185,7 @@ func TestSQLJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"columns":["b","n"],"rows":[[{"base64":"AAH/"},null]],"types":["BLOB",""]}` + "\n" +
+	want := `{"columns":["b","n"],"types":["BLOB",""],"rows":[[{"base64":"AAH/"},null]]}` + "\n" +
 		`{"results":[{"rows_affected":1,"last_insert_id":7}]}` + "\n"
 	if out != want {
 		t.Fatalf("output:\n%s\nwant:\n%s", out, want)
