@@ -247,6 +247,9 @@ func OpenDB(vol Volume, opts Options) (*DB, error) {
 	return &DB{Writer: w, Reader: r, d: d}, nil
 }
 
+// Name is the name the database is registered under.
+func (db *DB) Name() string { return db.d.name }
+
 // Stats returns the database's counters.
 func (db *DB) Stats() Stats {
 	return Stats{
@@ -398,14 +401,35 @@ func (d *database) read(pg, rp uint64) ([]byte, error) {
 
 type borealisVFS struct{}
 
-func (borealisVFS) Open(name string, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
+func (v borealisVFS) Open(name string, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
+	return v.open(name, "", flags)
+}
+
+// OpenFilename opens name; a URI with a control parameter
+// ("file:main?vfs=borealis&control=HOST:PORT") names a volume of a cluster,
+// which the opener set with SetOpener starts serving in this process.
+func (v borealisVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
+	if name == nil {
+		return v.open("", "", flags)
+	}
+	return v.open(name.String(), name.URIParameter("control"), flags)
+}
+
+func (borealisVFS) open(name, control string, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
 	const temps = vfs.OPEN_TEMP_JOURNAL | vfs.OPEN_SUBJOURNAL | vfs.OPEN_TEMP_DB | vfs.OPEN_TRANSIENT_DB
-	if flags&temps != 0 {
+	if flags&temps != 0 || name == "" {
 		return &vfsutil.SliceFile{}, flags | vfs.OPEN_MEMORY, nil
 	}
 	if flags&vfs.OPEN_MAIN_DB == 0 {
 		// A main journal, WAL or super-journal: journal_mode must be MEMORY.
 		return nil, flags, sqlite3.CANTOPEN
+	}
+	if control != "" {
+		reg, err := openByControl(control, name)
+		if err != nil {
+			return nil, flags, vfs.SystemError(err, sqlite3.CANTOPEN)
+		}
+		name = reg
 	}
 	regMu.Lock()
 	d := registry[name]
@@ -414,6 +438,48 @@ func (borealisVFS) Open(name string, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag
 		return nil, flags, sqlite3.CANTOPEN
 	}
 	return &file{db: d, reader: flags&vfs.OPEN_READONLY != 0}, flags, nil
+}
+
+// Opener starts serving volume, of the cluster whose control plane is at
+// control, in this process and returns the name it registered it under.
+type Opener func(control, volume string) (registered string, err error)
+
+var (
+	openerMu  sync.Mutex
+	opener    Opener
+	byControl = map[string]string{}
+)
+
+// SetOpener sets what opens a volume named by a control plane address.
+func SetOpener(o Opener) {
+	openerMu.Lock()
+	opener = o
+	openerMu.Unlock()
+}
+
+func openByControl(control, volume string) (string, error) {
+	openerMu.Lock()
+	defer openerMu.Unlock()
+	key := control + "/" + volume
+	if reg, ok := byControl[key]; ok {
+		return reg, nil
+	}
+	if opener == nil {
+		return "", fmt.Errorf("sqlvfs: %s names a control plane, but nothing in this program opens volumes by control plane (import github.com/borealis-db/borealis)", key)
+	}
+	reg, err := opener(control, volume)
+	if err != nil {
+		return "", err
+	}
+	byControl[key] = reg
+	return reg, nil
+}
+
+// ForgetControl drops the registration made by the opener for a volume.
+func ForgetControl(control, volume string) {
+	openerMu.Lock()
+	delete(byControl, control+"/"+volume)
+	openerMu.Unlock()
 }
 
 func (borealisVFS) Delete(name string, syncDir bool) error {
