@@ -180,8 +180,12 @@ type SegmentSpec struct {
 	PagesPerPg      uint64                 `protobuf:"varint,4,opt,name=pages_per_pg,json=pagesPerPg,proto3" json:"pages_per_pg,omitempty"`
 	MembershipEpoch uint64                 `protobuf:"varint,5,opt,name=membership_epoch,json=membershipEpoch,proto3" json:"membership_epoch,omitempty"`
 	Members         []*Member              `protobuf:"bytes,6,rep,name=members,proto3" json:"members,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The PG's recovery truncations, oldest epoch first. A node applies those
+	// it lacks (as Truncate does) before the request's records, so a node
+	// that was away during a recovery learns it on its next contact.
+	Truncations   []*Truncation `protobuf:"bytes,7,rep,name=truncations,proto3" json:"truncations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SegmentSpec) Reset() {
@@ -256,6 +260,84 @@ func (x *SegmentSpec) GetMembers() []*Member {
 	return nil
 }
 
+func (x *SegmentSpec) GetTruncations() []*Truncation {
+	if x != nil {
+		return x.Truncations
+	}
+	return nil
+}
+
+// Truncation is one recovery's decision for one PG: records of epochs older
+// than epoch with LSN in (after, through] are dropped, and the PG's chain
+// continues from tail, its last LSN <= after.
+type Truncation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	After         uint64                 `protobuf:"varint,1,opt,name=after,proto3" json:"after,omitempty"`
+	Through       uint64                 `protobuf:"varint,2,opt,name=through,proto3" json:"through,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Tail          uint64                 `protobuf:"varint,4,opt,name=tail,proto3" json:"tail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Truncation) Reset() {
+	*x = Truncation{}
+	mi := &file_storage_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Truncation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Truncation) ProtoMessage() {}
+
+func (x *Truncation) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Truncation.ProtoReflect.Descriptor instead.
+func (*Truncation) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Truncation) GetAfter() uint64 {
+	if x != nil {
+		return x.After
+	}
+	return 0
+}
+
+func (x *Truncation) GetThrough() uint64 {
+	if x != nil {
+		return x.Through
+	}
+	return 0
+}
+
+func (x *Truncation) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Truncation) GetTail() uint64 {
+	if x != nil {
+		return x.Tail
+	}
+	return 0
+}
+
 // SegmentBatch is the part of an append addressed to one PG.
 type SegmentBatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -271,7 +353,7 @@ type SegmentBatch struct {
 
 func (x *SegmentBatch) Reset() {
 	*x = SegmentBatch{}
-	mi := &file_storage_proto_msgTypes[2]
+	mi := &file_storage_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -283,7 +365,7 @@ func (x *SegmentBatch) String() string {
 func (*SegmentBatch) ProtoMessage() {}
 
 func (x *SegmentBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[2]
+	mi := &file_storage_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -296,7 +378,7 @@ func (x *SegmentBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentBatch.ProtoReflect.Descriptor instead.
 func (*SegmentBatch) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{2}
+	return file_storage_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SegmentBatch) GetPg() uint32 {
@@ -329,16 +411,21 @@ type AppendRequest struct {
 	Epoch uint64 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// Lowest read point of any instance on the volume (PGMRPL): page versions
 	// and records below it that no reader needs may be removed.
-	MinReadPoint  uint64          `protobuf:"varint,4,opt,name=min_read_point,json=minReadPoint,proto3" json:"min_read_point,omitempty"`
-	Declare       []*SegmentSpec  `protobuf:"bytes,5,rep,name=declare,proto3" json:"declare,omitempty"`
-	Batches       []*SegmentBatch `protobuf:"bytes,6,rep,name=batches,proto3" json:"batches,omitempty"`
+	MinReadPoint uint64          `protobuf:"varint,4,opt,name=min_read_point,json=minReadPoint,proto3" json:"min_read_point,omitempty"`
+	Declare      []*SegmentSpec  `protobuf:"bytes,5,rep,name=declare,proto3" json:"declare,omitempty"`
+	Batches      []*SegmentBatch `protobuf:"bytes,6,rep,name=batches,proto3" json:"batches,omitempty"`
+	// The writer's current VDL, on every request (keepalives too). Each
+	// segment in batches keeps the highest it was told, synced with the
+	// request: every record at or below it is durable, so recovery can start
+	// from the highest a read quorum reports.
+	Vdl           uint64 `protobuf:"varint,7,opt,name=vdl,proto3" json:"vdl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AppendRequest) Reset() {
 	*x = AppendRequest{}
-	mi := &file_storage_proto_msgTypes[3]
+	mi := &file_storage_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -350,7 +437,7 @@ func (x *AppendRequest) String() string {
 func (*AppendRequest) ProtoMessage() {}
 
 func (x *AppendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[3]
+	mi := &file_storage_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -363,7 +450,7 @@ func (x *AppendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendRequest.ProtoReflect.Descriptor instead.
 func (*AppendRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{3}
+	return file_storage_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AppendRequest) GetSeq() uint64 {
@@ -408,6 +495,13 @@ func (x *AppendRequest) GetBatches() []*SegmentBatch {
 	return nil
 }
 
+func (x *AppendRequest) GetVdl() uint64 {
+	if x != nil {
+		return x.Vdl
+	}
+	return 0
+}
+
 type SegmentAck struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pg            uint32                 `protobuf:"varint,1,opt,name=pg,proto3" json:"pg,omitempty"`
@@ -418,7 +512,7 @@ type SegmentAck struct {
 
 func (x *SegmentAck) Reset() {
 	*x = SegmentAck{}
-	mi := &file_storage_proto_msgTypes[4]
+	mi := &file_storage_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -430,7 +524,7 @@ func (x *SegmentAck) String() string {
 func (*SegmentAck) ProtoMessage() {}
 
 func (x *SegmentAck) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[4]
+	mi := &file_storage_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -443,7 +537,7 @@ func (x *SegmentAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentAck.ProtoReflect.Descriptor instead.
 func (*SegmentAck) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{4}
+	return file_storage_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SegmentAck) GetPg() uint32 {
@@ -470,7 +564,7 @@ type AppendResponse struct {
 
 func (x *AppendResponse) Reset() {
 	*x = AppendResponse{}
-	mi := &file_storage_proto_msgTypes[5]
+	mi := &file_storage_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +576,7 @@ func (x *AppendResponse) String() string {
 func (*AppendResponse) ProtoMessage() {}
 
 func (x *AppendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[5]
+	mi := &file_storage_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +589,7 @@ func (x *AppendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendResponse.ProtoReflect.Descriptor instead.
 func (*AppendResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{5}
+	return file_storage_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AppendResponse) GetSeq() uint64 {
@@ -524,14 +618,18 @@ type GetPageRequest struct {
 	// redo it wrote or received. A segment's SCL counts only its own PG's
 	// records, so it is compared with this, not with read_lsn. 0 means
 	// read_lsn itself (the strictest answer).
-	PgTailLsn     uint64 `protobuf:"varint,6,opt,name=pg_tail_lsn,json=pgTailLsn,proto3" json:"pg_tail_lsn,omitempty"`
+	PgTailLsn uint64 `protobuf:"varint,6,opt,name=pg_tail_lsn,json=pgTailLsn,proto3" json:"pg_tail_lsn,omitempty"`
+	// The VDL the reader's epoch recovered at (its truncation's after), 0 if
+	// none. A segment that has not applied that epoch's truncation may still
+	// hold records it dropped, so it serves only reads at or below this.
+	RecoveredLsn  uint64 `protobuf:"varint,7,opt,name=recovered_lsn,json=recoveredLsn,proto3" json:"recovered_lsn,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetPageRequest) Reset() {
 	*x = GetPageRequest{}
-	mi := &file_storage_proto_msgTypes[6]
+	mi := &file_storage_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -543,7 +641,7 @@ func (x *GetPageRequest) String() string {
 func (*GetPageRequest) ProtoMessage() {}
 
 func (x *GetPageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[6]
+	mi := &file_storage_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -556,7 +654,7 @@ func (x *GetPageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPageRequest.ProtoReflect.Descriptor instead.
 func (*GetPageRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{6}
+	return file_storage_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetPageRequest) GetVolume() uint64 {
@@ -601,6 +699,13 @@ func (x *GetPageRequest) GetPgTailLsn() uint64 {
 	return 0
 }
 
+func (x *GetPageRequest) GetRecoveredLsn() uint64 {
+	if x != nil {
+		return x.RecoveredLsn
+	}
+	return 0
+}
+
 type GetPageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Data  []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
@@ -613,7 +718,7 @@ type GetPageResponse struct {
 
 func (x *GetPageResponse) Reset() {
 	*x = GetPageResponse{}
-	mi := &file_storage_proto_msgTypes[7]
+	mi := &file_storage_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -625,7 +730,7 @@ func (x *GetPageResponse) String() string {
 func (*GetPageResponse) ProtoMessage() {}
 
 func (x *GetPageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[7]
+	mi := &file_storage_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -638,7 +743,7 @@ func (x *GetPageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPageResponse.ProtoReflect.Descriptor instead.
 func (*GetPageResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{7}
+	return file_storage_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetPageResponse) GetData() []byte {
@@ -671,14 +776,16 @@ type PullRequest struct {
 	MaxBytes uint32 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
 	FromNode string `protobuf:"bytes,5,opt,name=from_node,json=fromNode,proto3" json:"from_node,omitempty"`
 	// The asking segment's SCL, so the peer learns it.
-	Scl           uint64 `protobuf:"varint,6,opt,name=scl,proto3" json:"scl,omitempty"`
+	Scl uint64 `protobuf:"varint,6,opt,name=scl,proto3" json:"scl,omitempty"`
+	// Only the records' headers are wanted (recovery), in headers.
+	HeadersOnly   bool `protobuf:"varint,7,opt,name=headers_only,json=headersOnly,proto3" json:"headers_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PullRequest) Reset() {
 	*x = PullRequest{}
-	mi := &file_storage_proto_msgTypes[8]
+	mi := &file_storage_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +797,7 @@ func (x *PullRequest) String() string {
 func (*PullRequest) ProtoMessage() {}
 
 func (x *PullRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[8]
+	mi := &file_storage_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +810,7 @@ func (x *PullRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullRequest.ProtoReflect.Descriptor instead.
 func (*PullRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{8}
+	return file_storage_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PullRequest) GetVolume() uint64 {
@@ -748,6 +855,90 @@ func (x *PullRequest) GetScl() uint64 {
 	return 0
 }
 
+func (x *PullRequest) GetHeadersOnly() bool {
+	if x != nil {
+		return x.HeadersOnly
+	}
+	return false
+}
+
+// RecordHeader is what recovery needs of a record.
+type RecordHeader struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lsn           uint64                 `protobuf:"varint,1,opt,name=lsn,proto3" json:"lsn,omitempty"`
+	PrevLsn       uint64                 `protobuf:"varint,2,opt,name=prev_lsn,json=prevLsn,proto3" json:"prev_lsn,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Cpl           bool                   `protobuf:"varint,4,opt,name=cpl,proto3" json:"cpl,omitempty"`
+	Page          uint64                 `protobuf:"varint,5,opt,name=page,proto3" json:"page,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordHeader) Reset() {
+	*x = RecordHeader{}
+	mi := &file_storage_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordHeader) ProtoMessage() {}
+
+func (x *RecordHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordHeader.ProtoReflect.Descriptor instead.
+func (*RecordHeader) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RecordHeader) GetLsn() uint64 {
+	if x != nil {
+		return x.Lsn
+	}
+	return 0
+}
+
+func (x *RecordHeader) GetPrevLsn() uint64 {
+	if x != nil {
+		return x.PrevLsn
+	}
+	return 0
+}
+
+func (x *RecordHeader) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RecordHeader) GetCpl() bool {
+	if x != nil {
+		return x.Cpl
+	}
+	return false
+}
+
+func (x *RecordHeader) GetPage() uint64 {
+	if x != nil {
+		return x.Page
+	}
+	return 0
+}
+
 type PullResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Records [][]byte               `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
@@ -756,15 +947,21 @@ type PullResponse struct {
 	Highest uint64 `protobuf:"varint,3,opt,name=highest,proto3" json:"highest,omitempty"`
 	// Records below this LSN were garbage-collected; a peer that needs them
 	// must hydrate from pages instead.
-	LogFloor      uint64 `protobuf:"varint,4,opt,name=log_floor,json=logFloor,proto3" json:"log_floor,omitempty"`
-	More          bool   `protobuf:"varint,5,opt,name=more,proto3" json:"more,omitempty"`
+	LogFloor uint64 `protobuf:"varint,4,opt,name=log_floor,json=logFloor,proto3" json:"log_floor,omitempty"`
+	More     bool   `protobuf:"varint,5,opt,name=more,proto3" json:"more,omitempty"`
+	// With headers_only, the headers instead of records.
+	Headers []*RecordHeader `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty"`
+	// The peer's truncations of the PG, oldest epoch first: a puller applies
+	// those it lacks before it takes any record, so records of a newer
+	// writer never link onto ones its recovery dropped.
+	Truncations   []*Truncation `protobuf:"bytes,7,rep,name=truncations,proto3" json:"truncations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PullResponse) Reset() {
 	*x = PullResponse{}
-	mi := &file_storage_proto_msgTypes[9]
+	mi := &file_storage_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -776,7 +973,7 @@ func (x *PullResponse) String() string {
 func (*PullResponse) ProtoMessage() {}
 
 func (x *PullResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[9]
+	mi := &file_storage_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -789,7 +986,7 @@ func (x *PullResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullResponse.ProtoReflect.Descriptor instead.
 func (*PullResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{9}
+	return file_storage_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PullResponse) GetRecords() [][]byte {
@@ -827,6 +1024,20 @@ func (x *PullResponse) GetMore() bool {
 	return false
 }
 
+func (x *PullResponse) GetHeaders() []*RecordHeader {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *PullResponse) GetTruncations() []*Truncation {
+	if x != nil {
+		return x.Truncations
+	}
+	return nil
+}
+
 type SegmentInfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Volume        uint64                 `protobuf:"varint,1,opt,name=volume,proto3" json:"volume,omitempty"`
@@ -837,7 +1048,7 @@ type SegmentInfoRequest struct {
 
 func (x *SegmentInfoRequest) Reset() {
 	*x = SegmentInfoRequest{}
-	mi := &file_storage_proto_msgTypes[10]
+	mi := &file_storage_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +1060,7 @@ func (x *SegmentInfoRequest) String() string {
 func (*SegmentInfoRequest) ProtoMessage() {}
 
 func (x *SegmentInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[10]
+	mi := &file_storage_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +1073,7 @@ func (x *SegmentInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentInfoRequest.ProtoReflect.Descriptor instead.
 func (*SegmentInfoRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{10}
+	return file_storage_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SegmentInfoRequest) GetVolume() uint64 {
@@ -891,13 +1102,17 @@ type SegmentInfoResponse struct {
 	Records         uint64                 `protobuf:"varint,8,opt,name=records,proto3" json:"records,omitempty"`
 	PageVersions    uint64                 `protobuf:"varint,9,opt,name=page_versions,json=pageVersions,proto3" json:"page_versions,omitempty"`
 	Spec            *SegmentSpec           `protobuf:"bytes,10,opt,name=spec,proto3" json:"spec,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Highest writer VDL this segment was told (AppendRequest.vdl), synced.
+	VdlSeen uint64 `protobuf:"varint,11,opt,name=vdl_seen,json=vdlSeen,proto3" json:"vdl_seen,omitempty"`
+	// The truncations applied to the segment, oldest epoch first.
+	Truncations   []*Truncation `protobuf:"bytes,12,rep,name=truncations,proto3" json:"truncations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SegmentInfoResponse) Reset() {
 	*x = SegmentInfoResponse{}
-	mi := &file_storage_proto_msgTypes[11]
+	mi := &file_storage_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1124,7 @@ func (x *SegmentInfoResponse) String() string {
 func (*SegmentInfoResponse) ProtoMessage() {}
 
 func (x *SegmentInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[11]
+	mi := &file_storage_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1137,7 @@ func (x *SegmentInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentInfoResponse.ProtoReflect.Descriptor instead.
 func (*SegmentInfoResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{11}
+	return file_storage_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SegmentInfoResponse) GetScl() uint64 {
@@ -995,6 +1210,160 @@ func (x *SegmentInfoResponse) GetSpec() *SegmentSpec {
 	return nil
 }
 
+func (x *SegmentInfoResponse) GetVdlSeen() uint64 {
+	if x != nil {
+		return x.VdlSeen
+	}
+	return 0
+}
+
+func (x *SegmentInfoResponse) GetTruncations() []*Truncation {
+	if x != nil {
+		return x.Truncations
+	}
+	return nil
+}
+
+type TruncateRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Volume uint64                 `protobuf:"varint,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	Pg     uint32                 `protobuf:"varint,2,opt,name=pg,proto3" json:"pg,omitempty"`
+	// The new writer's epoch: older than the node's epoch for the volume is
+	// refused (STALE_EPOCH). It becomes the node's epoch for the volume.
+	Epoch   uint64 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	After   uint64 `protobuf:"varint,4,opt,name=after,proto3" json:"after,omitempty"`
+	Through uint64 `protobuf:"varint,5,opt,name=through,proto3" json:"through,omitempty"`
+	Tail    uint64 `protobuf:"varint,6,opt,name=tail,proto3" json:"tail,omitempty"`
+	// Earlier truncations of the PG that the node may have missed, oldest
+	// first; the node applies those it lacks before this one.
+	Prior         []*Truncation `protobuf:"bytes,7,rep,name=prior,proto3" json:"prior,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TruncateRequest) Reset() {
+	*x = TruncateRequest{}
+	mi := &file_storage_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TruncateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TruncateRequest) ProtoMessage() {}
+
+func (x *TruncateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TruncateRequest.ProtoReflect.Descriptor instead.
+func (*TruncateRequest) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TruncateRequest) GetVolume() uint64 {
+	if x != nil {
+		return x.Volume
+	}
+	return 0
+}
+
+func (x *TruncateRequest) GetPg() uint32 {
+	if x != nil {
+		return x.Pg
+	}
+	return 0
+}
+
+func (x *TruncateRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *TruncateRequest) GetAfter() uint64 {
+	if x != nil {
+		return x.After
+	}
+	return 0
+}
+
+func (x *TruncateRequest) GetThrough() uint64 {
+	if x != nil {
+		return x.Through
+	}
+	return 0
+}
+
+func (x *TruncateRequest) GetTail() uint64 {
+	if x != nil {
+		return x.Tail
+	}
+	return 0
+}
+
+func (x *TruncateRequest) GetPrior() []*Truncation {
+	if x != nil {
+		return x.Prior
+	}
+	return nil
+}
+
+type TruncateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Scl           uint64                 `protobuf:"varint,1,opt,name=scl,proto3" json:"scl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TruncateResponse) Reset() {
+	*x = TruncateResponse{}
+	mi := &file_storage_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TruncateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TruncateResponse) ProtoMessage() {}
+
+func (x *TruncateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TruncateResponse.ProtoReflect.Descriptor instead.
+func (*TruncateResponse) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TruncateResponse) GetScl() uint64 {
+	if x != nil {
+		return x.Scl
+	}
+	return 0
+}
+
 type StatsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1003,7 +1372,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_storage_proto_msgTypes[12]
+	mi := &file_storage_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1015,7 +1384,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[12]
+	mi := &file_storage_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1028,7 +1397,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{12}
+	return file_storage_proto_rawDescGZIP(), []int{16}
 }
 
 type StatsResponse struct {
@@ -1043,13 +1412,15 @@ type StatsResponse struct {
 	PagesMaterialized uint64                 `protobuf:"varint,8,opt,name=pages_materialized,json=pagesMaterialized,proto3" json:"pages_materialized,omitempty"`
 	DiskBytes         uint64                 `protobuf:"varint,9,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
 	Segments          uint32                 `protobuf:"varint,10,opt,name=segments,proto3" json:"segments,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Pull requests this node answered (gossip and recovery).
+	PullsServed   uint64 `protobuf:"varint,11,opt,name=pulls_served,json=pullsServed,proto3" json:"pulls_served,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_storage_proto_msgTypes[13]
+	mi := &file_storage_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1432,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[13]
+	mi := &file_storage_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1445,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{13}
+	return file_storage_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StatsResponse) GetNodeId() string {
@@ -1147,6 +1518,13 @@ func (x *StatsResponse) GetSegments() uint32 {
 	return 0
 }
 
+func (x *StatsResponse) GetPullsServed() uint64 {
+	if x != nil {
+		return x.PullsServed
+	}
+	return 0
+}
+
 // ErrorDetail rides in a gRPC status's details so a caller can tell refusals
 // apart without parsing messages.
 type ErrorDetail struct {
@@ -1161,7 +1539,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_storage_proto_msgTypes[14]
+	mi := &file_storage_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1173,7 +1551,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[14]
+	mi := &file_storage_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1186,7 +1564,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{14}
+	return file_storage_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ErrorDetail) GetReason() Reason {
@@ -1225,7 +1603,7 @@ const file_storage_proto_rawDesc = "" +
 	"\x06Member\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x0e\n" +
 	"\x02az\x18\x02 \x01(\tR\x02az\x12\x12\n" +
-	"\x04addr\x18\x03 \x01(\tR\x04addr\"\xce\x01\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\"\x89\x02\n" +
 	"\vSegmentSpec\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12\x1b\n" +
@@ -1233,53 +1611,71 @@ const file_storage_proto_rawDesc = "" +
 	"\fpages_per_pg\x18\x04 \x01(\x04R\n" +
 	"pagesPerPg\x12)\n" +
 	"\x10membership_epoch\x18\x05 \x01(\x04R\x0fmembershipEpoch\x12-\n" +
-	"\amembers\x18\x06 \x03(\v2\x13.borealis.v1.MemberR\amembers\"W\n" +
+	"\amembers\x18\x06 \x03(\v2\x13.borealis.v1.MemberR\amembers\x129\n" +
+	"\vtruncations\x18\a \x03(\v2\x17.borealis.v1.TruncationR\vtruncations\"f\n" +
+	"\n" +
+	"Truncation\x12\x14\n" +
+	"\x05after\x18\x01 \x01(\x04R\x05after\x12\x18\n" +
+	"\athrough\x18\x02 \x01(\x04R\athrough\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x12\n" +
+	"\x04tail\x18\x04 \x01(\x04R\x04tail\"W\n" +
 	"\fSegmentBatch\x12\x0e\n" +
 	"\x02pg\x18\x01 \x01(\rR\x02pg\x12\x18\n" +
 	"\arecords\x18\x02 \x03(\fR\arecords\x12\x1d\n" +
 	"\n" +
-	"retain_lsn\x18\x03 \x01(\x04R\tretainLsn\"\xde\x01\n" +
+	"retain_lsn\x18\x03 \x01(\x04R\tretainLsn\"\xf0\x01\n" +
 	"\rAppendRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\x04R\x06volume\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12$\n" +
 	"\x0emin_read_point\x18\x04 \x01(\x04R\fminReadPoint\x122\n" +
 	"\adeclare\x18\x05 \x03(\v2\x18.borealis.v1.SegmentSpecR\adeclare\x123\n" +
-	"\abatches\x18\x06 \x03(\v2\x19.borealis.v1.SegmentBatchR\abatches\".\n" +
+	"\abatches\x18\x06 \x03(\v2\x19.borealis.v1.SegmentBatchR\abatches\x12\x10\n" +
+	"\x03vdl\x18\a \x01(\x04R\x03vdl\".\n" +
 	"\n" +
 	"SegmentAck\x12\x0e\n" +
 	"\x02pg\x18\x01 \x01(\rR\x02pg\x12\x10\n" +
 	"\x03scl\x18\x02 \x01(\x04R\x03scl\"O\n" +
 	"\x0eAppendResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12+\n" +
-	"\x04acks\x18\x02 \x03(\v2\x17.borealis.v1.SegmentAckR\x04acks\"\x9d\x01\n" +
+	"\x04acks\x18\x02 \x03(\v2\x17.borealis.v1.SegmentAckR\x04acks\"\xc2\x01\n" +
 	"\x0eGetPageRequest\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12\x12\n" +
 	"\x04page\x18\x03 \x01(\x04R\x04page\x12\x19\n" +
 	"\bread_lsn\x18\x04 \x01(\x04R\areadLsn\x12\x14\n" +
 	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12\x1e\n" +
-	"\vpg_tail_lsn\x18\x06 \x01(\x04R\tpgTailLsn\"R\n" +
+	"\vpg_tail_lsn\x18\x06 \x01(\x04R\tpgTailLsn\x12#\n" +
+	"\rrecovered_lsn\x18\a \x01(\x04R\frecoveredLsn\"R\n" +
 	"\x0fGetPageResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x19\n" +
 	"\bpage_lsn\x18\x02 \x01(\x04R\apageLsn\x12\x10\n" +
-	"\x03scl\x18\x03 \x01(\x04R\x03scl\"\x97\x01\n" +
+	"\x03scl\x18\x03 \x01(\x04R\x03scl\"\xba\x01\n" +
 	"\vPullRequest\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12\x14\n" +
 	"\x05after\x18\x03 \x01(\x04R\x05after\x12\x1b\n" +
 	"\tmax_bytes\x18\x04 \x01(\rR\bmaxBytes\x12\x1b\n" +
 	"\tfrom_node\x18\x05 \x01(\tR\bfromNode\x12\x10\n" +
-	"\x03scl\x18\x06 \x01(\x04R\x03scl\"\x85\x01\n" +
+	"\x03scl\x18\x06 \x01(\x04R\x03scl\x12!\n" +
+	"\fheaders_only\x18\a \x01(\bR\vheadersOnly\"w\n" +
+	"\fRecordHeader\x12\x10\n" +
+	"\x03lsn\x18\x01 \x01(\x04R\x03lsn\x12\x19\n" +
+	"\bprev_lsn\x18\x02 \x01(\x04R\aprevLsn\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x10\n" +
+	"\x03cpl\x18\x04 \x01(\bR\x03cpl\x12\x12\n" +
+	"\x04page\x18\x05 \x01(\x04R\x04page\"\xf5\x01\n" +
 	"\fPullResponse\x12\x18\n" +
 	"\arecords\x18\x01 \x03(\fR\arecords\x12\x10\n" +
 	"\x03scl\x18\x02 \x01(\x04R\x03scl\x12\x18\n" +
 	"\ahighest\x18\x03 \x01(\x04R\ahighest\x12\x1b\n" +
 	"\tlog_floor\x18\x04 \x01(\x04R\blogFloor\x12\x12\n" +
-	"\x04more\x18\x05 \x01(\bR\x04more\"<\n" +
+	"\x04more\x18\x05 \x01(\bR\x04more\x123\n" +
+	"\aheaders\x18\x06 \x03(\v2\x19.borealis.v1.RecordHeaderR\aheaders\x129\n" +
+	"\vtruncations\x18\a \x03(\v2\x17.borealis.v1.TruncationR\vtruncations\"<\n" +
 	"\x12SegmentInfoRequest\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
-	"\x02pg\x18\x02 \x01(\rR\x02pg\"\xc7\x02\n" +
+	"\x02pg\x18\x02 \x01(\rR\x02pg\"\x9d\x03\n" +
 	"\x13SegmentInfoResponse\x12\x10\n" +
 	"\x03scl\x18\x01 \x01(\x04R\x03scl\x12\x18\n" +
 	"\ahighest\x18\x02 \x01(\x04R\ahighest\x12\x14\n" +
@@ -1291,8 +1687,20 @@ const file_storage_proto_rawDesc = "" +
 	"\arecords\x18\b \x01(\x04R\arecords\x12#\n" +
 	"\rpage_versions\x18\t \x01(\x04R\fpageVersions\x12,\n" +
 	"\x04spec\x18\n" +
-	" \x01(\v2\x18.borealis.v1.SegmentSpecR\x04spec\"\x0e\n" +
-	"\fStatsRequest\"\xda\x02\n" +
+	" \x01(\v2\x18.borealis.v1.SegmentSpecR\x04spec\x12\x19\n" +
+	"\bvdl_seen\x18\v \x01(\x04R\avdlSeen\x129\n" +
+	"\vtruncations\x18\f \x03(\v2\x17.borealis.v1.TruncationR\vtruncations\"\xc2\x01\n" +
+	"\x0fTruncateRequest\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
+	"\x02pg\x18\x02 \x01(\rR\x02pg\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x14\n" +
+	"\x05after\x18\x04 \x01(\x04R\x05after\x12\x18\n" +
+	"\athrough\x18\x05 \x01(\x04R\athrough\x12\x12\n" +
+	"\x04tail\x18\x06 \x01(\x04R\x04tail\x12-\n" +
+	"\x05prior\x18\a \x03(\v2\x17.borealis.v1.TruncationR\x05prior\"$\n" +
+	"\x10TruncateResponse\x12\x10\n" +
+	"\x03scl\x18\x01 \x01(\x04R\x03scl\"\x0e\n" +
+	"\fStatsRequest\"\xfd\x02\n" +
 	"\rStatsResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x0e\n" +
 	"\x02az\x18\x02 \x01(\tR\x02az\x12\x16\n" +
@@ -1305,7 +1713,8 @@ const file_storage_proto_rawDesc = "" +
 	"\n" +
 	"disk_bytes\x18\t \x01(\x04R\tdiskBytes\x12\x1a\n" +
 	"\bsegments\x18\n" +
-	" \x01(\rR\bsegments\"t\n" +
+	" \x01(\rR\bsegments\x12!\n" +
+	"\fpulls_served\x18\v \x01(\x04R\vpullsServed\"t\n" +
 	"\vErrorDetail\x12+\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x13.borealis.v1.ReasonR\x06reason\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\x04R\x06volume\x12\x0e\n" +
@@ -1323,12 +1732,13 @@ const file_storage_proto_rawDesc = "" +
 	"\tDISK_FULL\x10\b\x12\x13\n" +
 	"\x0fBAD_DECLARATION\x10\t\x12\x0f\n" +
 	"\vBAD_REQUEST\x10\n" +
-	"2\xe5\x02\n" +
+	"2\xae\x03\n" +
 	"\aStorage\x12E\n" +
 	"\x06Append\x12\x1a.borealis.v1.AppendRequest\x1a\x1b.borealis.v1.AppendResponse(\x010\x01\x12D\n" +
 	"\aGetPage\x12\x1b.borealis.v1.GetPageRequest\x1a\x1c.borealis.v1.GetPageResponse\x12;\n" +
 	"\x04Pull\x12\x18.borealis.v1.PullRequest\x1a\x19.borealis.v1.PullResponse\x12P\n" +
-	"\vSegmentInfo\x12\x1f.borealis.v1.SegmentInfoRequest\x1a .borealis.v1.SegmentInfoResponse\x12>\n" +
+	"\vSegmentInfo\x12\x1f.borealis.v1.SegmentInfoRequest\x1a .borealis.v1.SegmentInfoResponse\x12G\n" +
+	"\bTruncate\x12\x1c.borealis.v1.TruncateRequest\x1a\x1d.borealis.v1.TruncateResponse\x12>\n" +
 	"\x05Stats\x12\x19.borealis.v1.StatsRequest\x1a\x1a.borealis.v1.StatsResponseB;Z9github.com/borealis-db/borealis/api/borealispb;borealispbb\x06proto3"
 
 var (
@@ -1344,47 +1754,58 @@ func file_storage_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_storage_proto_goTypes = []any{
 	(Reason)(0),                 // 0: borealis.v1.Reason
 	(*Member)(nil),              // 1: borealis.v1.Member
 	(*SegmentSpec)(nil),         // 2: borealis.v1.SegmentSpec
-	(*SegmentBatch)(nil),        // 3: borealis.v1.SegmentBatch
-	(*AppendRequest)(nil),       // 4: borealis.v1.AppendRequest
-	(*SegmentAck)(nil),          // 5: borealis.v1.SegmentAck
-	(*AppendResponse)(nil),      // 6: borealis.v1.AppendResponse
-	(*GetPageRequest)(nil),      // 7: borealis.v1.GetPageRequest
-	(*GetPageResponse)(nil),     // 8: borealis.v1.GetPageResponse
-	(*PullRequest)(nil),         // 9: borealis.v1.PullRequest
-	(*PullResponse)(nil),        // 10: borealis.v1.PullResponse
-	(*SegmentInfoRequest)(nil),  // 11: borealis.v1.SegmentInfoRequest
-	(*SegmentInfoResponse)(nil), // 12: borealis.v1.SegmentInfoResponse
-	(*StatsRequest)(nil),        // 13: borealis.v1.StatsRequest
-	(*StatsResponse)(nil),       // 14: borealis.v1.StatsResponse
-	(*ErrorDetail)(nil),         // 15: borealis.v1.ErrorDetail
+	(*Truncation)(nil),          // 3: borealis.v1.Truncation
+	(*SegmentBatch)(nil),        // 4: borealis.v1.SegmentBatch
+	(*AppendRequest)(nil),       // 5: borealis.v1.AppendRequest
+	(*SegmentAck)(nil),          // 6: borealis.v1.SegmentAck
+	(*AppendResponse)(nil),      // 7: borealis.v1.AppendResponse
+	(*GetPageRequest)(nil),      // 8: borealis.v1.GetPageRequest
+	(*GetPageResponse)(nil),     // 9: borealis.v1.GetPageResponse
+	(*PullRequest)(nil),         // 10: borealis.v1.PullRequest
+	(*RecordHeader)(nil),        // 11: borealis.v1.RecordHeader
+	(*PullResponse)(nil),        // 12: borealis.v1.PullResponse
+	(*SegmentInfoRequest)(nil),  // 13: borealis.v1.SegmentInfoRequest
+	(*SegmentInfoResponse)(nil), // 14: borealis.v1.SegmentInfoResponse
+	(*TruncateRequest)(nil),     // 15: borealis.v1.TruncateRequest
+	(*TruncateResponse)(nil),    // 16: borealis.v1.TruncateResponse
+	(*StatsRequest)(nil),        // 17: borealis.v1.StatsRequest
+	(*StatsResponse)(nil),       // 18: borealis.v1.StatsResponse
+	(*ErrorDetail)(nil),         // 19: borealis.v1.ErrorDetail
 }
 var file_storage_proto_depIdxs = []int32{
 	1,  // 0: borealis.v1.SegmentSpec.members:type_name -> borealis.v1.Member
-	2,  // 1: borealis.v1.AppendRequest.declare:type_name -> borealis.v1.SegmentSpec
-	3,  // 2: borealis.v1.AppendRequest.batches:type_name -> borealis.v1.SegmentBatch
-	5,  // 3: borealis.v1.AppendResponse.acks:type_name -> borealis.v1.SegmentAck
-	2,  // 4: borealis.v1.SegmentInfoResponse.spec:type_name -> borealis.v1.SegmentSpec
-	0,  // 5: borealis.v1.ErrorDetail.reason:type_name -> borealis.v1.Reason
-	4,  // 6: borealis.v1.Storage.Append:input_type -> borealis.v1.AppendRequest
-	7,  // 7: borealis.v1.Storage.GetPage:input_type -> borealis.v1.GetPageRequest
-	9,  // 8: borealis.v1.Storage.Pull:input_type -> borealis.v1.PullRequest
-	11, // 9: borealis.v1.Storage.SegmentInfo:input_type -> borealis.v1.SegmentInfoRequest
-	13, // 10: borealis.v1.Storage.Stats:input_type -> borealis.v1.StatsRequest
-	6,  // 11: borealis.v1.Storage.Append:output_type -> borealis.v1.AppendResponse
-	8,  // 12: borealis.v1.Storage.GetPage:output_type -> borealis.v1.GetPageResponse
-	10, // 13: borealis.v1.Storage.Pull:output_type -> borealis.v1.PullResponse
-	12, // 14: borealis.v1.Storage.SegmentInfo:output_type -> borealis.v1.SegmentInfoResponse
-	14, // 15: borealis.v1.Storage.Stats:output_type -> borealis.v1.StatsResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	3,  // 1: borealis.v1.SegmentSpec.truncations:type_name -> borealis.v1.Truncation
+	2,  // 2: borealis.v1.AppendRequest.declare:type_name -> borealis.v1.SegmentSpec
+	4,  // 3: borealis.v1.AppendRequest.batches:type_name -> borealis.v1.SegmentBatch
+	6,  // 4: borealis.v1.AppendResponse.acks:type_name -> borealis.v1.SegmentAck
+	11, // 5: borealis.v1.PullResponse.headers:type_name -> borealis.v1.RecordHeader
+	3,  // 6: borealis.v1.PullResponse.truncations:type_name -> borealis.v1.Truncation
+	2,  // 7: borealis.v1.SegmentInfoResponse.spec:type_name -> borealis.v1.SegmentSpec
+	3,  // 8: borealis.v1.SegmentInfoResponse.truncations:type_name -> borealis.v1.Truncation
+	3,  // 9: borealis.v1.TruncateRequest.prior:type_name -> borealis.v1.Truncation
+	0,  // 10: borealis.v1.ErrorDetail.reason:type_name -> borealis.v1.Reason
+	5,  // 11: borealis.v1.Storage.Append:input_type -> borealis.v1.AppendRequest
+	8,  // 12: borealis.v1.Storage.GetPage:input_type -> borealis.v1.GetPageRequest
+	10, // 13: borealis.v1.Storage.Pull:input_type -> borealis.v1.PullRequest
+	13, // 14: borealis.v1.Storage.SegmentInfo:input_type -> borealis.v1.SegmentInfoRequest
+	15, // 15: borealis.v1.Storage.Truncate:input_type -> borealis.v1.TruncateRequest
+	17, // 16: borealis.v1.Storage.Stats:input_type -> borealis.v1.StatsRequest
+	7,  // 17: borealis.v1.Storage.Append:output_type -> borealis.v1.AppendResponse
+	9,  // 18: borealis.v1.Storage.GetPage:output_type -> borealis.v1.GetPageResponse
+	12, // 19: borealis.v1.Storage.Pull:output_type -> borealis.v1.PullResponse
+	14, // 20: borealis.v1.Storage.SegmentInfo:output_type -> borealis.v1.SegmentInfoResponse
+	16, // 21: borealis.v1.Storage.Truncate:output_type -> borealis.v1.TruncateResponse
+	18, // 22: borealis.v1.Storage.Stats:output_type -> borealis.v1.StatsResponse
+	17, // [17:23] is the sub-list for method output_type
+	11, // [11:17] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_storage_proto_init() }
@@ -1398,7 +1819,7 @@ func file_storage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_proto_rawDesc), len(file_storage_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

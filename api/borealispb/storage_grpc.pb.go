@@ -26,6 +26,7 @@ const (
 	Storage_GetPage_FullMethodName     = "/borealis.v1.Storage/GetPage"
 	Storage_Pull_FullMethodName        = "/borealis.v1.Storage/Pull"
 	Storage_SegmentInfo_FullMethodName = "/borealis.v1.Storage/SegmentInfo"
+	Storage_Truncate_FullMethodName    = "/borealis.v1.Storage/Truncate"
 	Storage_Stats_FullMethodName       = "/borealis.v1.Storage/Stats"
 )
 
@@ -43,6 +44,11 @@ type StorageClient interface {
 	Pull(ctx context.Context, in *PullRequest, opts ...grpc.CallOption) (*PullResponse, error)
 	// SegmentInfo reports one segment's chain state.
 	SegmentInfo(ctx context.Context, in *SegmentInfoRequest, opts ...grpc.CallOption) (*SegmentInfoResponse, error)
+	// Truncate applies a new writer's recovery truncation to one segment: it
+	// drops the older epochs' records in (after, through] and continues the
+	// chain from tail. It is answered once the result is fsynced; applying it
+	// again changes nothing.
+	Truncate(ctx context.Context, in *TruncateRequest, opts ...grpc.CallOption) (*TruncateResponse, error)
 	// Stats reports node-wide counters (fsyncs, commits, gossip), for benchmarks
 	// and operators.
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
@@ -99,6 +105,16 @@ func (c *storageClient) SegmentInfo(ctx context.Context, in *SegmentInfoRequest,
 	return out, nil
 }
 
+func (c *storageClient) Truncate(ctx context.Context, in *TruncateRequest, opts ...grpc.CallOption) (*TruncateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TruncateResponse)
+	err := c.cc.Invoke(ctx, Storage_Truncate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *storageClient) Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StatsResponse)
@@ -123,6 +139,11 @@ type StorageServer interface {
 	Pull(context.Context, *PullRequest) (*PullResponse, error)
 	// SegmentInfo reports one segment's chain state.
 	SegmentInfo(context.Context, *SegmentInfoRequest) (*SegmentInfoResponse, error)
+	// Truncate applies a new writer's recovery truncation to one segment: it
+	// drops the older epochs' records in (after, through] and continues the
+	// chain from tail. It is answered once the result is fsynced; applying it
+	// again changes nothing.
+	Truncate(context.Context, *TruncateRequest) (*TruncateResponse, error)
 	// Stats reports node-wide counters (fsyncs, commits, gossip), for benchmarks
 	// and operators.
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
@@ -147,6 +168,9 @@ func (UnimplementedStorageServer) Pull(context.Context, *PullRequest) (*PullResp
 }
 func (UnimplementedStorageServer) SegmentInfo(context.Context, *SegmentInfoRequest) (*SegmentInfoResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SegmentInfo not implemented")
+}
+func (UnimplementedStorageServer) Truncate(context.Context, *TruncateRequest) (*TruncateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Truncate not implemented")
 }
 func (UnimplementedStorageServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Stats not implemented")
@@ -233,6 +257,24 @@ func _Storage_SegmentInfo_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Storage_Truncate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TruncateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServer).Truncate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Storage_Truncate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServer).Truncate(ctx, req.(*TruncateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Storage_Stats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(StatsRequest)
 	if err := dec(in); err != nil {
@@ -269,6 +311,10 @@ var Storage_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SegmentInfo",
 			Handler:    _Storage_SegmentInfo_Handler,
+		},
+		{
+			MethodName: "Truncate",
+			Handler:    _Storage_Truncate_Handler,
 		},
 		{
 			MethodName: "Stats",

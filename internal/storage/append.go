@@ -17,6 +17,7 @@ type incoming struct {
 	volume       uint64
 	epoch        uint64
 	minReadPoint uint64
+	vdl          uint64
 	declare      []*pb.SegmentSpec
 	batches      []incomingBatch
 	fromPeer     bool
@@ -30,7 +31,7 @@ type incomingBatch struct {
 }
 
 func fromAppendRequest(req *pb.AppendRequest) *incoming {
-	in := &incoming{volume: req.Volume, epoch: req.Epoch, minReadPoint: req.MinReadPoint, declare: req.Declare}
+	in := &incoming{volume: req.Volume, epoch: req.Epoch, minReadPoint: req.MinReadPoint, vdl: req.Vdl, declare: req.Declare}
 	for _, b := range req.Batches {
 		in.batches = append(in.batches, incomingBatch{pg: b.Pg, raw: b.Records, retain: b.RetainLsn})
 	}
@@ -74,6 +75,11 @@ func (in *incoming) decode() error {
 func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 	if err := in.decode(); err != nil {
 		return nil, nil, err
+	}
+	if !in.fromPeer {
+		if err := n.applyDeclaredTruncations(in); err != nil {
+			return nil, nil, err
+		}
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -121,7 +127,7 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 			}
 		}
 		if !in.fromPeer {
-			if err := n.checkChain(in, b, s, volEpoch); err != nil {
+			if err := n.checkChain(in, b, s, declared[b.pg], volEpoch); err != nil {
 				return nil, nil, err
 			}
 		}
@@ -169,6 +175,12 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 		}
 		if in.minReadPoint > 0 {
 			raise(&s.readPoint, in.minReadPoint)
+		}
+		if !in.fromPeer && in.vdl > s.vdlSeen.Load() {
+			// Synced with this request's group, so recovery may trust it.
+			s.vdlSeen.Store(in.vdl)
+			key, vdl := metaSubKey(s.key.vol, s.key.pg, metaVDL), in.vdl
+			writes = append(writes, func(b *pebble.Batch) { b.Set(key, u64(vdl), nil) })
 		}
 		if b.retain > 0 {
 			raise(&s.retain, b.retain)
@@ -230,9 +242,11 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 // truncated range, or whose backlinks contradict the chain. Acking such a
 // batch without storing it would leave the writer waiting for an SCL that
 // never comes.
-func (n *Node) checkChain(in *incoming, b incomingBatch, s *seg, volEpoch uint64) error {
-	chain := segment.New(segment.State{Epoch: volEpoch})
-	if s != nil {
+func (n *Node) checkChain(in *incoming, b incomingBatch, s *seg, spec *pb.SegmentSpec, volEpoch uint64) error {
+	var chain *segment.Chain
+	if s == nil {
+		chain = segment.New(newSegmentState(spec, volEpoch))
+	} else {
 		chain = s.chain
 		// A segment may have learned a newer epoch by gossip alone.
 		if in.epoch < chain.Epoch() {
@@ -270,6 +284,55 @@ func checkPayloadFits(r *redo.Record, pageSize int) error {
 	return nil
 }
 
+// newSegmentState is the chain state of a segment a declaration creates: it
+// holds nothing yet, so the declared truncations need no deletions, only to
+// be known, so that the older records it will copy by gossip are judged
+// against them.
+func newSegmentState(spec *pb.SegmentSpec, volEpoch uint64) segment.State {
+	st := segment.State{Epoch: volEpoch}
+	if spec != nil {
+		st.Truncations = TruncationsFromPB(spec.Truncations)
+		for _, t := range st.Truncations {
+			st.Epoch = max(st.Epoch, t.Epoch)
+		}
+	}
+	return st
+}
+
+// applyDeclaredTruncations applies, before anything else of a writer's
+// request, the truncations its declarations carry that a hosted segment
+// lacks: the request's records continue the chain from the truncation's
+// tail and would be refused against the old chain. A segment the request
+// creates gets them in newSegmentState instead.
+func (n *Node) applyDeclaredTruncations(in *incoming) error {
+	for _, spec := range in.declare {
+		if len(spec.Truncations) == 0 {
+			continue
+		}
+		ts := TruncationsFromPB(spec.Truncations)
+		for _, t := range ts {
+			if err := checkTruncation(in.volume, spec.Pg, t, in.epoch); err != nil {
+				return err
+			}
+		}
+		n.mu.Lock()
+		err := n.checkDeclaration(in.volume, spec)
+		s := n.segs[segKey{in.volume, spec.Pg}]
+		lacks := s != nil && lacksTruncation(s.chain, ts)
+		n.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if !lacks {
+			continue
+		}
+		if _, err := n.truncate(in.volume, spec.Pg, in.epoch, ts); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (n *Node) checkDeclaration(vol uint64, spec *pb.SegmentSpec) error {
 	if spec.Volume != vol {
 		return refuse(pb.Reason_WRONG_VOLUME, vol, spec.Pg, 0, "declaration of PG %d names volume %d, but the request is for volume %d", spec.Pg, spec.Volume, vol)
@@ -300,9 +363,10 @@ func (n *Node) applyDeclaration(vol uint64, spec *pb.SegmentSpec) (*seg, []byte,
 	key := segKey{vol, spec.Pg}
 	s := n.segs[key]
 	if s == nil {
-		s = n.newSeg(key, spec, segment.New(segment.State{Epoch: n.volEpochs[vol]}))
+		s = n.newSeg(key, spec, segment.New(newSegmentState(spec, n.volEpochs[vol])))
 		n.segs[key] = s
-		n.log.Info("hosting new segment", "volume", vol, "pg", spec.Pg, "members", len(spec.Members))
+		n.noteWant(s)
+		n.log.Info("hosting new segment", "volume", vol, "pg", spec.Pg, "members", len(spec.Members), "truncations", len(spec.Truncations))
 	} else if spec.MembershipEpoch > s.spec.MembershipEpoch {
 		n.setSpec(s, spec)
 	} else {

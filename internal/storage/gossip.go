@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"google.golang.org/grpc"
@@ -99,7 +100,9 @@ func (n *Node) gossipLoop() {
 		}
 		for _, s := range n.segments() {
 			n.mu.Lock()
-			holes := s.chain.HeldAbove() > 0
+			// A segment below the tail a truncation named lacks records
+			// just as one with holes does.
+			holes := s.chain.HeldAbove() > 0 || s.want.Load() > s.chain.SCL()
 			peers := append([]*pb.Member(nil), s.peers...)
 			n.mu.Unlock()
 			if len(peers) == 0 || (onlyHoles && !holes) {
@@ -148,6 +151,22 @@ func (n *Node) pullFrom(s *seg, peer *pb.Member) error {
 		cancel()
 		if err != nil {
 			return err
+		}
+		if len(resp.Truncations) > 0 {
+			// Before any record: a newer writer's records must not link onto
+			// records its recovery dropped here.
+			ts := TruncationsFromPB(resp.Truncations)
+			n.mu.Lock()
+			lacks := lacksTruncation(s.chain, ts)
+			n.mu.Unlock()
+			if lacks {
+				if _, err := n.truncate(s.key.vol, s.key.pg, 0, ts); err != nil {
+					return fmt.Errorf("apply the truncations peer %s knows: %w", peer.NodeId, err)
+				}
+				n.log.Info("learnt recovery truncations from a peer", "segment", s.key.String(), "peer", peer.NodeId)
+				// The records came for the SCL before; ask again.
+				continue
+			}
 		}
 		s.notePeerSCL(peer.NodeId, resp.Scl)
 		if resp.LogFloor > after && len(resp.Records) > 0 {

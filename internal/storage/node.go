@@ -90,6 +90,7 @@ type counters struct {
 	appendRequests    atomic.Uint64
 	recordsAppended   atomic.Uint64
 	recordsPulled     atomic.Uint64
+	pullsServed       atomic.Uint64
 	pagesMaterialized atomic.Uint64
 
 	commitLatency prometheus.Histogram
@@ -289,6 +290,12 @@ func (n *Node) loadSegment(key segKey, declBytes []byte) (*seg, error) {
 	// Everything in the store was synced before it was acked, and what was
 	// not acked but reached the WAL is as good: it is on disk.
 	s.durableSCL.Store(s.chain.SCL())
+	if v, ok, err := n.get(metaSubKey(key.vol, key.pg, metaVDL)); err != nil {
+		return nil, err
+	} else if ok {
+		s.vdlSeen.Store(binary.BigEndian.Uint64(v))
+	}
+	n.noteWant(s)
 	return s, nil
 }
 

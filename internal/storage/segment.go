@@ -13,12 +13,14 @@ import (
 	"github.com/borealis-db/borealis/internal/segment"
 )
 
-// A segment's metadata lives under three keys so that each has one writer:
+// A segment's metadata lives under four keys so that each has one writer:
 // the declaration and chain summary (append path), the durable SCL (append
-// path, in every group) and the materializer's progress (materializer only).
+// path, in every group), the highest writer VDL seen (append path) and the
+// materializer's progress (materializer only).
 const (
 	metaDecl  = 'd'
 	metaSCL   = 's'
+	metaVDL   = 'v'
 	metaMater = 'g'
 )
 
@@ -60,6 +62,7 @@ type seg struct {
 	peers []*pb.Member // the other members
 
 	durableSCL atomic.Uint64 // SCL of records known fsynced
+	vdlSeen    atomic.Uint64 // highest writer VDL told (AppendRequest.vdl)
 	readPoint  atomic.Uint64 // PGMRPL last reported by the writer
 	retain     atomic.Uint64 // lowest SCL among members, last reported
 	mat        atomic.Uint64 // materialized (and version-GC'd) up to
@@ -67,6 +70,11 @@ type seg struct {
 	pages      atomic.Uint64 // pages per PG
 	pageSize   atomic.Uint32
 	peerSCLs   atomic.Pointer[map[string]uint64]
+
+	// want is the PG tail a recovery truncation named; while the SCL is
+	// below it the segment lacks records that exist, and gossip treats it
+	// like a hole.
+	want atomic.Uint64
 
 	// lastMaterialized is touched only by the materializer goroutine.
 	lastMaterialized time.Time

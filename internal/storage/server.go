@@ -18,6 +18,10 @@ import (
 // MaxMessageBytes bounds one gRPC message; batches and pulls stay below it.
 const MaxMessageBytes = 64 << 20
 
+// headerWireBytes is about what one RecordHeader costs in a PullResponse,
+// for its max_bytes.
+const headerWireBytes = 48
+
 // Serve answers RPCs on lis until Close.
 func (n *Node) Serve(lis net.Listener) error {
 	n.mu.Lock()
@@ -205,6 +209,14 @@ func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) 
 		}
 		need = req.PgTailLsn
 	}
+	if req.RecoveredLsn > 0 && req.Epoch > 0 && min(req.ReadLsn, scl) > req.RecoveredLsn {
+		n.mu.Lock()
+		_, truncated := s.chain.TruncationFor(req.Epoch)
+		n.mu.Unlock()
+		if !truncated {
+			return nil, 0, scl, refuse(pb.Reason_SEGMENT_BEHIND, req.Volume, req.Pg, req.RecoveredLsn, "node %s: segment of volume %d PG %d has not applied the recovery truncation of epoch %d, so above LSN %d it may hold records that recovery dropped", n.cfg.ID, req.Volume, req.Pg, req.Epoch, req.RecoveredLsn)
+		}
+	}
 	if need > scl {
 		return nil, 0, scl, refuse(pb.Reason_SEGMENT_BEHIND, req.Volume, req.Pg, need, "node %s: segment of volume %d PG %d is complete only to LSN %d, below the %d needed to read at %d", n.cfg.ID, req.Volume, req.Pg, scl, need, req.ReadLsn)
 	}
@@ -270,6 +282,7 @@ func (r *rpcServer) Pull(ctx context.Context, req *pb.PullRequest) (*pb.PullResp
 	if req.FromNode != "" {
 		s.notePeerSCL(req.FromNode, req.Scl)
 	}
+	defer n.stats.pullsServed.Add(1)
 	max := int(req.MaxBytes)
 	if max <= 0 || max > MaxMessageBytes/2 {
 		max = 4 << 20
@@ -288,6 +301,7 @@ func (r *rpcServer) Pull(ctx context.Context, req *pb.PullRequest) (*pb.PullResp
 	size := 0
 	n.mu.Lock()
 	resp.Highest = s.chain.Highest()
+	resp.Truncations = TruncationsToPB(s.chain.State().Truncations)
 	n.mu.Unlock()
 	for it.First(); it.Valid(); it.Next() {
 		lsn := lastUint64(it.Key())
@@ -302,6 +316,17 @@ func (r *rpcServer) Pull(ctx context.Context, req *pb.PullRequest) (*pb.PullResp
 		v, closer, err := snap.Get(pageKey(famRecord, req.Volume, req.Pg, e.page, lsn))
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "node %s: chain entry at LSN %d without its record: %v", n.cfg.ID, lsn, err)
+		}
+		if req.HeadersOnly {
+			// The CPL flag is only in the record itself.
+			rec, err := redo.Decode(v)
+			closer.Close()
+			if err != nil {
+				return nil, status.Errorf(codes.DataLoss, "node %s: stored record at LSN %d of volume %d PG %d is corrupt: %v", n.cfg.ID, lsn, req.Volume, req.Pg, err)
+			}
+			resp.Headers = append(resp.Headers, &pb.RecordHeader{Lsn: lsn, PrevLsn: rec.PrevLSN, Epoch: rec.Epoch, Cpl: rec.CPL, Page: rec.Page})
+			size += headerWireBytes
+			continue
 		}
 		resp.Records = append(resp.Records, append([]byte(nil), v...))
 		closer.Close()
@@ -325,6 +350,8 @@ func (r *rpcServer) SegmentInfo(ctx context.Context, req *pb.SegmentInfoRequest)
 		LogFloor:        s.logFloor.Load(),
 		Holes:           uint32(len(s.chain.Holes())),
 		Spec:            s.spec,
+		VdlSeen:         s.vdlSeen.Load(),
+		Truncations:     TruncationsToPB(s.chain.State().Truncations),
 	}
 	n.mu.Unlock()
 	resp.Records = n.countKeys(segPrefix(famChain, s.key.vol, s.key.pg))
@@ -365,5 +392,6 @@ func (n *Node) Stats() *pb.StatsResponse {
 		PagesMaterialized: n.stats.pagesMaterialized.Load(),
 		DiskBytes:         n.DiskUsage(),
 		Segments:          uint32(segs),
+		PullsServed:       n.stats.pullsServed.Load(),
 	}
 }
