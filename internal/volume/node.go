@@ -368,6 +368,9 @@ func (n *node) build(now time.Time) *pb.AppendRequest {
 		Volume:       c.cfg.VolumeID,
 		Epoch:        c.cfg.Epoch,
 		MinReadPoint: c.mrp.Load(),
+		// Durable by the tracker's count, so storage may keep it for
+		// recovery.
+		Vdl: c.vdl.Load(),
 	}
 	// Declare every PG of the node not yet declared on this stream: after a
 	// reconnect the first request re-declares them all.

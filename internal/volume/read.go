@@ -84,12 +84,13 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 	})
 
 	req := &pb.GetPageRequest{
-		Volume:    c.cfg.VolumeID,
-		Pg:        idx,
-		Page:      page,
-		ReadLsn:   readLSN,
-		Epoch:     c.cfg.Epoch,
-		PgTailLsn: tail,
+		Volume:       c.cfg.VolumeID,
+		Pg:           idx,
+		Page:         page,
+		ReadLsn:      readLSN,
+		Epoch:        c.cfg.Epoch,
+		PgTailLsn:    tail,
+		RecoveredLsn: p.recovered,
 	}
 	type result struct {
 		k    int

@@ -34,6 +34,7 @@ import (
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/quorum"
 	"github.com/borealis-db/borealis/internal/redo"
+	"github.com/borealis-db/borealis/internal/segment"
 )
 
 // Defaults and tuning constants.
@@ -127,6 +128,12 @@ type Config struct {
 	// PG (from recovery). It is the backlink of the PG's first new record; a
 	// PG missing from the map is taken as having no records yet.
 	PGTails map[uint32]uint64
+	// Truncations gives, for a recovered volume, each PG's recovery
+	// truncations, oldest epoch first (Recovered.Truncations). They go into
+	// every declaration of the PG, so a segment that missed the recovery
+	// applies them before it takes this client's records; and reads above
+	// BaseLSN avoid segments that have not applied this epoch's.
+	Truncations map[uint32][]segment.Truncation
 	// LAL is the allocation limit: no LSN above VDL+LAL is allocated, and
 	// Submit blocks until the VDL catches up. Default DefaultLAL (65536).
 	LAL uint64
@@ -203,7 +210,10 @@ type pgState struct {
 	// (see pgTailLocked).
 	lsns   []uint64
 	warned time.Time // guarded by Client.mu: last unavailability log
-	_      [0]func() // not comparable
+	// recovered (immutable) is the After of this epoch's truncation of the
+	// PG, 0 if none: a segment that lacks it serves no read above it.
+	recovered uint64
+	_         [0]func() // not comparable
 }
 
 // Open creates a client. It dials nothing until a PG is first touched.
@@ -359,6 +369,12 @@ func (c *Client) newPGLocked(idx uint32, members []Member) *pgState {
 		PageSize:        uint32(c.cfg.PageSize),
 		PagesPerPg:      c.cfg.PagesPerPG,
 		MembershipEpoch: membershipEpoch,
+	}
+	for _, t := range c.cfg.Truncations[idx] {
+		spec.Truncations = append(spec.Truncations, &pb.Truncation{After: t.After, Through: t.Through, Epoch: t.Epoch, Tail: t.Tail})
+		if t.Epoch == c.cfg.Epoch {
+			p.recovered = t.After
+		}
 	}
 	for i, m := range members {
 		ids[i] = quorum.SegmentID(m.NodeID)
