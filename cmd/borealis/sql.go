@@ -568,8 +568,12 @@ func (s *sqlSession) dot(ctx context.Context, line string) (quit bool, err error
 		if s.asJSON {
 			return false, writeJSONLine(s.out, h)
 		}
-		_, err = fmt.Fprintf(s.out, "endpoint  %s\nrole      %s\nvolume    %s (id %d)\nepoch     %d\nVDL       %d\nready     %v\ncommits   %d\nqueries   %d\nredo      %d bytes shipped (whole dirty pages: %d bytes)\n",
-			s.client.Endpoint, h.Role, h.Volume, h.VolumeID, h.Epoch, h.VDL, h.Ready, h.Stats.Commits, h.Stats.Queries,
+		ready := fmt.Sprint(h.Ready)
+		if h.Status != "" && h.Status != "ready" {
+			ready += " (" + h.Status + ")"
+		}
+		_, err = fmt.Fprintf(s.out, "endpoint  %s\nrole      %s\nvolume    %s (id %d)\nepoch     %d\nVDL       %d\nready     %s\ncommits   %d\nqueries   %d\nredo      %d bytes shipped (whole dirty pages: %d bytes)\n",
+			s.client.Endpoint, h.Role, h.Volume, h.VolumeID, h.Epoch, h.VDL, ready, h.Stats.Commits, h.Stats.Queries,
 			h.Stats.RedoBytes, h.Stats.FullPageBytes)
 		return false, err
 	}

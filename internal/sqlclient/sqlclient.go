@@ -53,13 +53,16 @@ type Rows struct {
 
 // Health is the instance's GET /v1/health.
 type Health struct {
-	Role     string      `json:"role"`
-	Volume   string      `json:"volume"`
-	VolumeID uint64      `json:"volume_id"`
-	Epoch    uint64      `json:"epoch"`
-	VDL      uint64      `json:"vdl"`
-	Ready    bool        `json:"ready"`
-	Stats    HealthStats `json:"stats"`
+	Role     string `json:"role"`
+	Volume   string `json:"volume"`
+	VolumeID uint64 `json:"volume_id"`
+	Epoch    uint64 `json:"epoch"`
+	VDL      uint64 `json:"vdl"`
+	Ready    bool   `json:"ready"`
+	// Status says what the instance is doing, such as "ready", or what it
+	// waits for while it is not.
+	Status string      `json:"status,omitempty"`
+	Stats  HealthStats `json:"stats"`
 }
 
 // HealthStats are counters since the instance started.
@@ -69,13 +72,14 @@ type HealthStats struct {
 	// whole dirty pages of the same commits would have taken.
 	RedoBytes     uint64 `json:"redo_bytes"`
 	FullPageBytes uint64 `json:"full_page_bytes"`
+	Executes      uint64 `json:"executes,omitempty"`
 	Queries       uint64 `json:"queries"`
 }
 
 // Error is a refusal from the server (a non-2xx reply).
 type Error struct {
 	Status  int    // HTTP status
-	Code    string // such as "sql_error", "read_only", "not_ready"
+	Code    string // such as "sql_error", "read_only", "not_ready", "busy"
 	Message string
 }
 
