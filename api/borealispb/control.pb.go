@@ -614,6 +614,8 @@ type VolumeInfo struct {
 	Pgs           uint32                 `protobuf:"varint,8,opt,name=pgs,proto3" json:"pgs,omitempty"`
 	SizeBytes     uint64                 `protobuf:"varint,9,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	PgList        []*PGInfo              `protobuf:"bytes,10,rep,name=pg_list,json=pgList,proto3" json:"pg_list,omitempty"`
+	// Every recovery's truncation range, oldest epoch first.
+	Truncations   []*TruncationRecord `protobuf:"bytes,11,rep,name=truncations,proto3" json:"truncations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -718,6 +720,92 @@ func (x *VolumeInfo) GetPgList() []*PGInfo {
 	return nil
 }
 
+func (x *VolumeInfo) GetTruncations() []*TruncationRecord {
+	if x != nil {
+		return x.Truncations
+	}
+	return nil
+}
+
+// TruncationRecord is one recovery's range: records of epochs older than
+// epoch with LSN in (after, through] were dropped from PGs 0..pgs-1.
+type TruncationRecord struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Epoch   uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	After   uint64                 `protobuf:"varint,2,opt,name=after,proto3" json:"after,omitempty"`
+	Through uint64                 `protobuf:"varint,3,opt,name=through,proto3" json:"through,omitempty"`
+	// How many PGs the volume had: PGs added later never held those records.
+	Pgs              uint32 `protobuf:"varint,4,opt,name=pgs,proto3" json:"pgs,omitempty"`
+	RecordedAtUnixMs int64  `protobuf:"varint,5,opt,name=recorded_at_unix_ms,json=recordedAtUnixMs,proto3" json:"recorded_at_unix_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *TruncationRecord) Reset() {
+	*x = TruncationRecord{}
+	mi := &file_control_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TruncationRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TruncationRecord) ProtoMessage() {}
+
+func (x *TruncationRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TruncationRecord.ProtoReflect.Descriptor instead.
+func (*TruncationRecord) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TruncationRecord) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *TruncationRecord) GetAfter() uint64 {
+	if x != nil {
+		return x.After
+	}
+	return 0
+}
+
+func (x *TruncationRecord) GetThrough() uint64 {
+	if x != nil {
+		return x.Through
+	}
+	return 0
+}
+
+func (x *TruncationRecord) GetPgs() uint32 {
+	if x != nil {
+		return x.Pgs
+	}
+	return 0
+}
+
+func (x *TruncationRecord) GetRecordedAtUnixMs() int64 {
+	if x != nil {
+		return x.RecordedAtUnixMs
+	}
+	return 0
+}
+
 type AddPGRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Volume        string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
@@ -728,7 +816,7 @@ type AddPGRequest struct {
 
 func (x *AddPGRequest) Reset() {
 	*x = AddPGRequest{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +828,7 @@ func (x *AddPGRequest) String() string {
 func (*AddPGRequest) ProtoMessage() {}
 
 func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +841,7 @@ func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddPGRequest.ProtoReflect.Descriptor instead.
 func (*AddPGRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AddPGRequest) GetVolume() string {
@@ -779,7 +867,7 @@ type WatchVolumeRequest struct {
 
 func (x *WatchVolumeRequest) Reset() {
 	*x = WatchVolumeRequest{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +879,7 @@ func (x *WatchVolumeRequest) String() string {
 func (*WatchVolumeRequest) ProtoMessage() {}
 
 func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +892,7 @@ func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVolumeRequest.ProtoReflect.Descriptor instead.
 func (*WatchVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchVolumeRequest) GetVolumeId() uint64 {
@@ -825,7 +913,7 @@ type AcquireWriterRequest struct {
 
 func (x *AcquireWriterRequest) Reset() {
 	*x = AcquireWriterRequest{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +925,7 @@ func (x *AcquireWriterRequest) String() string {
 func (*AcquireWriterRequest) ProtoMessage() {}
 
 func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +938,7 @@ func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterRequest.ProtoReflect.Descriptor instead.
 func (*AcquireWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AcquireWriterRequest) GetVolume() string {
@@ -885,7 +973,7 @@ type AcquireWriterResponse struct {
 
 func (x *AcquireWriterResponse) Reset() {
 	*x = AcquireWriterResponse{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -897,7 +985,7 @@ func (x *AcquireWriterResponse) String() string {
 func (*AcquireWriterResponse) ProtoMessage() {}
 
 func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -910,7 +998,7 @@ func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterResponse.ProtoReflect.Descriptor instead.
 func (*AcquireWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AcquireWriterResponse) GetLease() int64 {
@@ -943,7 +1031,7 @@ type RenewWriterRequest struct {
 
 func (x *RenewWriterRequest) Reset() {
 	*x = RenewWriterRequest{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1043,7 @@ func (x *RenewWriterRequest) String() string {
 func (*RenewWriterRequest) ProtoMessage() {}
 
 func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1056,7 @@ func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterRequest.ProtoReflect.Descriptor instead.
 func (*RenewWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RenewWriterRequest) GetLease() int64 {
@@ -986,7 +1074,7 @@ type RenewWriterResponse struct {
 
 func (x *RenewWriterResponse) Reset() {
 	*x = RenewWriterResponse{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -998,7 +1086,7 @@ func (x *RenewWriterResponse) String() string {
 func (*RenewWriterResponse) ProtoMessage() {}
 
 func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1011,7 +1099,7 @@ func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterResponse.ProtoReflect.Descriptor instead.
 func (*RenewWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 type ReleaseWriterRequest struct {
@@ -1023,7 +1111,7 @@ type ReleaseWriterRequest struct {
 
 func (x *ReleaseWriterRequest) Reset() {
 	*x = ReleaseWriterRequest{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1123,7 @@ func (x *ReleaseWriterRequest) String() string {
 func (*ReleaseWriterRequest) ProtoMessage() {}
 
 func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1136,7 @@ func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReleaseWriterRequest) GetLease() int64 {
@@ -1066,7 +1154,7 @@ type ReleaseWriterResponse struct {
 
 func (x *ReleaseWriterResponse) Reset() {
 	*x = ReleaseWriterResponse{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1166,7 @@ func (x *ReleaseWriterResponse) String() string {
 func (*ReleaseWriterResponse) ProtoMessage() {}
 
 func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1179,129 @@ func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{20}
+}
+
+type RecordTruncationRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Volume string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	// The recovering writer's epoch: the volume's current one.
+	Epoch         uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	After         uint64 `protobuf:"varint,3,opt,name=after,proto3" json:"after,omitempty"`
+	Through       uint64 `protobuf:"varint,4,opt,name=through,proto3" json:"through,omitempty"`
+	Pgs           uint32 `protobuf:"varint,5,opt,name=pgs,proto3" json:"pgs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordTruncationRequest) Reset() {
+	*x = RecordTruncationRequest{}
+	mi := &file_control_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordTruncationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordTruncationRequest) ProtoMessage() {}
+
+func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordTruncationRequest.ProtoReflect.Descriptor instead.
+func (*RecordTruncationRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RecordTruncationRequest) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *RecordTruncationRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RecordTruncationRequest) GetAfter() uint64 {
+	if x != nil {
+		return x.After
+	}
+	return 0
+}
+
+func (x *RecordTruncationRequest) GetThrough() uint64 {
+	if x != nil {
+		return x.Through
+	}
+	return 0
+}
+
+func (x *RecordTruncationRequest) GetPgs() uint32 {
+	if x != nil {
+		return x.Pgs
+	}
+	return 0
+}
+
+type RecordTruncationResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every truncation recorded for the volume, oldest epoch first.
+	Truncations   []*TruncationRecord `protobuf:"bytes,1,rep,name=truncations,proto3" json:"truncations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordTruncationResponse) Reset() {
+	*x = RecordTruncationResponse{}
+	mi := &file_control_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordTruncationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordTruncationResponse) ProtoMessage() {}
+
+func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordTruncationResponse.ProtoReflect.Descriptor instead.
+func (*RecordTruncationResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RecordTruncationResponse) GetTruncations() []*TruncationRecord {
+	if x != nil {
+		return x.Truncations
+	}
+	return nil
 }
 
 type StatusRequest struct {
@@ -1102,7 +1312,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1324,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1337,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 type NodeStatus struct {
@@ -1145,7 +1355,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1367,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1380,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -1219,7 +1429,7 @@ type WriterStatus struct {
 
 func (x *WriterStatus) Reset() {
 	*x = WriterStatus{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1441,7 @@ func (x *WriterStatus) String() string {
 func (*WriterStatus) ProtoMessage() {}
 
 func (x *WriterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1454,7 @@ func (x *WriterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterStatus.ProtoReflect.Descriptor instead.
 func (*WriterStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WriterStatus) GetVolume() string {
@@ -1280,7 +1490,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1502,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1515,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -1373,7 +1583,7 @@ const file_control_proto_rawDesc = "" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12)\n" +
 	"\x10membership_epoch\x18\x03 \x01(\x04R\x0fmembershipEpoch\x12%\n" +
 	"\x0egeometry_epoch\x18\x04 \x01(\x04R\rgeometryEpoch\x124\n" +
-	"\bsegments\x18\x05 \x03(\v2\x18.borealis.v1.SegmentInfoR\bsegments\"\xbc\x02\n" +
+	"\bsegments\x18\x05 \x03(\v2\x18.borealis.v1.SegmentInfoR\bsegments\"\xfd\x02\n" +
 	"\n" +
 	"VolumeInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
@@ -1388,7 +1598,14 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\t \x01(\x04R\tsizeBytes\x12,\n" +
 	"\apg_list\x18\n" +
-	" \x03(\v2\x13.borealis.v1.PGInfoR\x06pgList\"6\n" +
+	" \x03(\v2\x13.borealis.v1.PGInfoR\x06pgList\x12?\n" +
+	"\vtruncations\x18\v \x03(\v2\x1d.borealis.v1.TruncationRecordR\vtruncations\"\x99\x01\n" +
+	"\x10TruncationRecord\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x14\n" +
+	"\x05after\x18\x02 \x01(\x04R\x05after\x12\x18\n" +
+	"\athrough\x18\x03 \x01(\x04R\athrough\x12\x10\n" +
+	"\x03pgs\x18\x04 \x01(\rR\x03pgs\x12-\n" +
+	"\x13recorded_at_unix_ms\x18\x05 \x01(\x03R\x10recordedAtUnixMs\"6\n" +
 	"\fAddPGRequest\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\"1\n" +
@@ -1407,7 +1624,15 @@ const file_control_proto_rawDesc = "" +
 	"\x13RenewWriterResponse\",\n" +
 	"\x14ReleaseWriterRequest\x12\x14\n" +
 	"\x05lease\x18\x01 \x01(\x03R\x05lease\"\x17\n" +
-	"\x15ReleaseWriterResponse\"\x0f\n" +
+	"\x15ReleaseWriterResponse\"\x89\x01\n" +
+	"\x17RecordTruncationRequest\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x14\n" +
+	"\x05after\x18\x03 \x01(\x04R\x05after\x12\x18\n" +
+	"\athrough\x18\x04 \x01(\x04R\athrough\x12\x10\n" +
+	"\x03pgs\x18\x05 \x01(\rR\x03pgs\"[\n" +
+	"\x18RecordTruncationResponse\x12?\n" +
+	"\vtruncations\x18\x01 \x03(\v2\x1d.borealis.v1.TruncationRecordR\vtruncations\"\x0f\n" +
 	"\rStatusRequest\"\x80\x01\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
@@ -1424,7 +1649,7 @@ const file_control_proto_rawDesc = "" +
 	"\x05nodes\x18\x01 \x03(\v2\x17.borealis.v1.NodeStatusR\x05nodes\x121\n" +
 	"\avolumes\x18\x02 \x03(\v2\x17.borealis.v1.VolumeInfoR\avolumes\x123\n" +
 	"\awriters\x18\x03 \x03(\v2\x19.borealis.v1.WriterStatusR\awriters\x120\n" +
-	"\x14heartbeat_timeout_ms\x18\x04 \x01(\rR\x12heartbeatTimeoutMs2\xd1\x06\n" +
+	"\x14heartbeat_timeout_ms\x18\x04 \x01(\rR\x12heartbeatTimeoutMs2\xb2\a\n" +
 	"\aControl\x12S\n" +
 	"\fRegisterNode\x12 .borealis.v1.RegisterNodeRequest\x1a!.borealis.v1.RegisterNodeResponse\x12J\n" +
 	"\tHeartbeat\x12\x1d.borealis.v1.HeartbeatRequest\x1a\x1e.borealis.v1.HeartbeatResponse\x12I\n" +
@@ -1435,7 +1660,8 @@ const file_control_proto_rawDesc = "" +
 	"\vWatchVolume\x12\x1f.borealis.v1.WatchVolumeRequest\x1a\x13.borealis.v1.PGInfo0\x01\x12V\n" +
 	"\rAcquireWriter\x12!.borealis.v1.AcquireWriterRequest\x1a\".borealis.v1.AcquireWriterResponse\x12P\n" +
 	"\vRenewWriter\x12\x1f.borealis.v1.RenewWriterRequest\x1a .borealis.v1.RenewWriterResponse\x12V\n" +
-	"\rReleaseWriter\x12!.borealis.v1.ReleaseWriterRequest\x1a\".borealis.v1.ReleaseWriterResponse\x12A\n" +
+	"\rReleaseWriter\x12!.borealis.v1.ReleaseWriterRequest\x1a\".borealis.v1.ReleaseWriterResponse\x12_\n" +
+	"\x10RecordTruncation\x12$.borealis.v1.RecordTruncationRequest\x1a%.borealis.v1.RecordTruncationResponse\x12A\n" +
 	"\x06Status\x12\x1a.borealis.v1.StatusRequest\x1a\x1b.borealis.v1.StatusResponseB;Z9github.com/borealis-db/borealis/api/borealispb;borealispbb\x06proto3"
 
 var (
@@ -1450,69 +1676,76 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_control_proto_goTypes = []any{
-	(*RegisterNodeRequest)(nil),   // 0: borealis.v1.RegisterNodeRequest
-	(*RegisterNodeResponse)(nil),  // 1: borealis.v1.RegisterNodeResponse
-	(*HeartbeatRequest)(nil),      // 2: borealis.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 3: borealis.v1.HeartbeatResponse
-	(*VolumeEpoch)(nil),           // 4: borealis.v1.VolumeEpoch
-	(*CreateVolumeRequest)(nil),   // 5: borealis.v1.CreateVolumeRequest
-	(*GetVolumeRequest)(nil),      // 6: borealis.v1.GetVolumeRequest
-	(*ListVolumesRequest)(nil),    // 7: borealis.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),   // 8: borealis.v1.ListVolumesResponse
-	(*SegmentInfo)(nil),           // 9: borealis.v1.SegmentInfo
-	(*PGInfo)(nil),                // 10: borealis.v1.PGInfo
-	(*VolumeInfo)(nil),            // 11: borealis.v1.VolumeInfo
-	(*AddPGRequest)(nil),          // 12: borealis.v1.AddPGRequest
-	(*WatchVolumeRequest)(nil),    // 13: borealis.v1.WatchVolumeRequest
-	(*AcquireWriterRequest)(nil),  // 14: borealis.v1.AcquireWriterRequest
-	(*AcquireWriterResponse)(nil), // 15: borealis.v1.AcquireWriterResponse
-	(*RenewWriterRequest)(nil),    // 16: borealis.v1.RenewWriterRequest
-	(*RenewWriterResponse)(nil),   // 17: borealis.v1.RenewWriterResponse
-	(*ReleaseWriterRequest)(nil),  // 18: borealis.v1.ReleaseWriterRequest
-	(*ReleaseWriterResponse)(nil), // 19: borealis.v1.ReleaseWriterResponse
-	(*StatusRequest)(nil),         // 20: borealis.v1.StatusRequest
-	(*NodeStatus)(nil),            // 21: borealis.v1.NodeStatus
-	(*WriterStatus)(nil),          // 22: borealis.v1.WriterStatus
-	(*StatusResponse)(nil),        // 23: borealis.v1.StatusResponse
+	(*RegisterNodeRequest)(nil),      // 0: borealis.v1.RegisterNodeRequest
+	(*RegisterNodeResponse)(nil),     // 1: borealis.v1.RegisterNodeResponse
+	(*HeartbeatRequest)(nil),         // 2: borealis.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),        // 3: borealis.v1.HeartbeatResponse
+	(*VolumeEpoch)(nil),              // 4: borealis.v1.VolumeEpoch
+	(*CreateVolumeRequest)(nil),      // 5: borealis.v1.CreateVolumeRequest
+	(*GetVolumeRequest)(nil),         // 6: borealis.v1.GetVolumeRequest
+	(*ListVolumesRequest)(nil),       // 7: borealis.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),      // 8: borealis.v1.ListVolumesResponse
+	(*SegmentInfo)(nil),              // 9: borealis.v1.SegmentInfo
+	(*PGInfo)(nil),                   // 10: borealis.v1.PGInfo
+	(*VolumeInfo)(nil),               // 11: borealis.v1.VolumeInfo
+	(*TruncationRecord)(nil),         // 12: borealis.v1.TruncationRecord
+	(*AddPGRequest)(nil),             // 13: borealis.v1.AddPGRequest
+	(*WatchVolumeRequest)(nil),       // 14: borealis.v1.WatchVolumeRequest
+	(*AcquireWriterRequest)(nil),     // 15: borealis.v1.AcquireWriterRequest
+	(*AcquireWriterResponse)(nil),    // 16: borealis.v1.AcquireWriterResponse
+	(*RenewWriterRequest)(nil),       // 17: borealis.v1.RenewWriterRequest
+	(*RenewWriterResponse)(nil),      // 18: borealis.v1.RenewWriterResponse
+	(*ReleaseWriterRequest)(nil),     // 19: borealis.v1.ReleaseWriterRequest
+	(*ReleaseWriterResponse)(nil),    // 20: borealis.v1.ReleaseWriterResponse
+	(*RecordTruncationRequest)(nil),  // 21: borealis.v1.RecordTruncationRequest
+	(*RecordTruncationResponse)(nil), // 22: borealis.v1.RecordTruncationResponse
+	(*StatusRequest)(nil),            // 23: borealis.v1.StatusRequest
+	(*NodeStatus)(nil),               // 24: borealis.v1.NodeStatus
+	(*WriterStatus)(nil),             // 25: borealis.v1.WriterStatus
+	(*StatusResponse)(nil),           // 26: borealis.v1.StatusResponse
 }
 var file_control_proto_depIdxs = []int32{
 	4,  // 0: borealis.v1.HeartbeatResponse.epochs:type_name -> borealis.v1.VolumeEpoch
 	11, // 1: borealis.v1.ListVolumesResponse.volumes:type_name -> borealis.v1.VolumeInfo
 	9,  // 2: borealis.v1.PGInfo.segments:type_name -> borealis.v1.SegmentInfo
 	10, // 3: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
-	11, // 4: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
-	21, // 5: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
-	11, // 6: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	22, // 7: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
-	0,  // 8: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
-	2,  // 9: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
-	5,  // 10: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
-	6,  // 11: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
-	7,  // 12: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
-	12, // 13: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
-	13, // 14: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
-	14, // 15: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
-	16, // 16: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
-	18, // 17: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
-	20, // 18: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
-	1,  // 19: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
-	3,  // 20: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
-	11, // 21: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
-	11, // 22: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
-	8,  // 23: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
-	10, // 24: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
-	10, // 25: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
-	15, // 26: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
-	17, // 27: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
-	19, // 28: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
-	23, // 29: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
-	19, // [19:30] is the sub-list for method output_type
-	8,  // [8:19] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	12, // 4: borealis.v1.VolumeInfo.truncations:type_name -> borealis.v1.TruncationRecord
+	11, // 5: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
+	12, // 6: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
+	24, // 7: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
+	11, // 8: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	25, // 9: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
+	0,  // 10: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
+	2,  // 11: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
+	5,  // 12: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
+	6,  // 13: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
+	7,  // 14: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
+	13, // 15: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
+	14, // 16: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
+	15, // 17: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
+	17, // 18: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
+	19, // 19: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
+	21, // 20: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
+	23, // 21: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
+	1,  // 22: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
+	3,  // 23: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
+	11, // 24: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
+	11, // 25: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
+	8,  // 26: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
+	10, // 27: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
+	10, // 28: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
+	16, // 29: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
+	18, // 30: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
+	20, // 31: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
+	22, // 32: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
+	26, // 33: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
+	22, // [22:34] is the sub-list for method output_type
+	10, // [10:22] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1526,7 +1759,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

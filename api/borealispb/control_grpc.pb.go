@@ -23,17 +23,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Control_RegisterNode_FullMethodName  = "/borealis.v1.Control/RegisterNode"
-	Control_Heartbeat_FullMethodName     = "/borealis.v1.Control/Heartbeat"
-	Control_CreateVolume_FullMethodName  = "/borealis.v1.Control/CreateVolume"
-	Control_GetVolume_FullMethodName     = "/borealis.v1.Control/GetVolume"
-	Control_ListVolumes_FullMethodName   = "/borealis.v1.Control/ListVolumes"
-	Control_AddPG_FullMethodName         = "/borealis.v1.Control/AddPG"
-	Control_WatchVolume_FullMethodName   = "/borealis.v1.Control/WatchVolume"
-	Control_AcquireWriter_FullMethodName = "/borealis.v1.Control/AcquireWriter"
-	Control_RenewWriter_FullMethodName   = "/borealis.v1.Control/RenewWriter"
-	Control_ReleaseWriter_FullMethodName = "/borealis.v1.Control/ReleaseWriter"
-	Control_Status_FullMethodName        = "/borealis.v1.Control/Status"
+	Control_RegisterNode_FullMethodName     = "/borealis.v1.Control/RegisterNode"
+	Control_Heartbeat_FullMethodName        = "/borealis.v1.Control/Heartbeat"
+	Control_CreateVolume_FullMethodName     = "/borealis.v1.Control/CreateVolume"
+	Control_GetVolume_FullMethodName        = "/borealis.v1.Control/GetVolume"
+	Control_ListVolumes_FullMethodName      = "/borealis.v1.Control/ListVolumes"
+	Control_AddPG_FullMethodName            = "/borealis.v1.Control/AddPG"
+	Control_WatchVolume_FullMethodName      = "/borealis.v1.Control/WatchVolume"
+	Control_AcquireWriter_FullMethodName    = "/borealis.v1.Control/AcquireWriter"
+	Control_RenewWriter_FullMethodName      = "/borealis.v1.Control/RenewWriter"
+	Control_ReleaseWriter_FullMethodName    = "/borealis.v1.Control/ReleaseWriter"
+	Control_RecordTruncation_FullMethodName = "/borealis.v1.Control/RecordTruncation"
+	Control_Status_FullMethodName           = "/borealis.v1.Control/Status"
 )
 
 // ControlClient is the client API for Control service.
@@ -58,6 +59,12 @@ type ControlClient interface {
 	AcquireWriter(ctx context.Context, in *AcquireWriterRequest, opts ...grpc.CallOption) (*AcquireWriterResponse, error)
 	RenewWriter(ctx context.Context, in *RenewWriterRequest, opts ...grpc.CallOption) (*RenewWriterResponse, error)
 	ReleaseWriter(ctx context.Context, in *ReleaseWriterRequest, opts ...grpc.CallOption) (*ReleaseWriterResponse, error)
+	// RecordTruncation records a recovery's truncation range with the
+	// volume, before the new writer truncates any segment, so that a recovery
+	// interrupted midway is known to the next one. Recording the same range
+	// again is harmless; an epoch older than the volume's, or another range
+	// for an epoch already recorded, is refused.
+	RecordTruncation(ctx context.Context, in *RecordTruncationRequest, opts ...grpc.CallOption) (*RecordTruncationResponse, error)
 	// Status reports nodes, volumes with their PGs, and writers.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 }
@@ -179,6 +186,16 @@ func (c *controlClient) ReleaseWriter(ctx context.Context, in *ReleaseWriterRequ
 	return out, nil
 }
 
+func (c *controlClient) RecordTruncation(ctx context.Context, in *RecordTruncationRequest, opts ...grpc.CallOption) (*RecordTruncationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecordTruncationResponse)
+	err := c.cc.Invoke(ctx, Control_RecordTruncation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *controlClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StatusResponse)
@@ -211,6 +228,12 @@ type ControlServer interface {
 	AcquireWriter(context.Context, *AcquireWriterRequest) (*AcquireWriterResponse, error)
 	RenewWriter(context.Context, *RenewWriterRequest) (*RenewWriterResponse, error)
 	ReleaseWriter(context.Context, *ReleaseWriterRequest) (*ReleaseWriterResponse, error)
+	// RecordTruncation records a recovery's truncation range with the
+	// volume, before the new writer truncates any segment, so that a recovery
+	// interrupted midway is known to the next one. Recording the same range
+	// again is harmless; an epoch older than the volume's, or another range
+	// for an epoch already recorded, is refused.
+	RecordTruncation(context.Context, *RecordTruncationRequest) (*RecordTruncationResponse, error)
 	// Status reports nodes, volumes with their PGs, and writers.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	mustEmbedUnimplementedControlServer()
@@ -252,6 +275,9 @@ func (UnimplementedControlServer) RenewWriter(context.Context, *RenewWriterReque
 }
 func (UnimplementedControlServer) ReleaseWriter(context.Context, *ReleaseWriterRequest) (*ReleaseWriterResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReleaseWriter not implemented")
+}
+func (UnimplementedControlServer) RecordTruncation(context.Context, *RecordTruncationRequest) (*RecordTruncationResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RecordTruncation not implemented")
 }
 func (UnimplementedControlServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Status not implemented")
@@ -450,6 +476,24 @@ func _Control_ReleaseWriter_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_RecordTruncation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecordTruncationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RecordTruncation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RecordTruncation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RecordTruncation(ctx, req.(*RecordTruncationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Control_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(StatusRequest)
 	if err := dec(in); err != nil {
@@ -510,6 +554,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReleaseWriter",
 			Handler:    _Control_ReleaseWriter_Handler,
+		},
+		{
+			MethodName: "RecordTruncation",
+			Handler:    _Control_RecordTruncation_Handler,
 		},
 		{
 			MethodName: "Status",

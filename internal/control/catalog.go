@@ -15,6 +15,8 @@
 //	volume-ids/<volume-id %020d>        {name}: volume id to name
 //	pgs/<volume-id %020d>/<pg %010d>    PG: volume_id, pg, membership_epoch, geometry_epoch, segments [{node, az, addr}]
 //	writer/<volume-id %020d>            Writer: holder, epoch, lease, acquired_at; attached to the writer lease
+//	truncations/<volume-id %020d>/<epoch %020d>
+//	                                    Truncation: a recovery's range (after, through] and PG count; kept forever
 //
 // Every change is an etcd Txn guarded by revisions (CreateRevision == 0 for a
 // new key, ModRevision == the one read for an update), so two racing calls
@@ -159,6 +161,19 @@ type Writer struct {
 	AcquiredAt time.Time        `json:"acquired_at"`
 }
 
+// Truncation is a recovery's truncation range: the new writer of Epoch
+// dropped the records of older epochs with LSN in (After, Through] from PGs
+// 0..PGs-1.
+type Truncation struct {
+	Version    int       `json:"version"`
+	VolumeID   uint64    `json:"volume_id"`
+	Epoch      uint64    `json:"epoch"`
+	After      uint64    `json:"after"`
+	Through    uint64    `json:"through"`
+	PGs        uint32    `json:"pgs"`
+	RecordedAt time.Time `json:"recorded_at"`
+}
+
 type aliveRecord struct {
 	Version    int       `json:"version"`
 	Node       string    `json:"node"`
@@ -257,6 +272,12 @@ func (c *Catalog) pgKey(vol uint64, pg uint32) string {
 	return fmt.Sprintf("%s%010d", c.pgPrefix(vol), pg)
 }
 func (c *Catalog) writerKey(vol uint64) string { return fmt.Sprintf("%swriter/%020d", c.prefix, vol) }
+func (c *Catalog) truncsPrefix(vol uint64) string {
+	return fmt.Sprintf("%struncations/%020d/", c.prefix, vol)
+}
+func (c *Catalog) truncKey(vol, epoch uint64) string {
+	return fmt.Sprintf("%s%020d", c.truncsPrefix(vol), epoch)
+}
 
 // ---- validation ----
 
@@ -899,6 +920,75 @@ func (c *Catalog) BumpEpoch(ctx context.Context, volName string, expect uint64) 
 		}
 	}
 	return 0, fmt.Errorf("%w: bumping the epoch of volume %s raced with other changes %d times; retry", ErrConflict, volName, maxAttempts)
+}
+
+// ---- recovery ----
+
+// RecordTruncation records a recovery's truncation range under the
+// volume, kept with every earlier one, and returns them all, oldest epoch
+// first. The writer records it before it truncates any segment, so that a
+// later recovery knows of it even if this one stops midway.
+//
+// t.Epoch must be the volume's current epoch: an older one means a newer
+// writer has taken over (ErrStaleEpoch), a newer one was never granted
+// (ErrInvalid). The check and the write are one transaction guarded by the
+// volume's revision. Recording the same range again returns the history
+// unchanged; another range for an epoch already recorded is refused
+// (ErrExists): the writer must recover again under a new epoch.
+func (c *Catalog) RecordTruncation(ctx context.Context, volName string, t Truncation) ([]Truncation, error) {
+	if t.Through < t.After {
+		return nil, fmt.Errorf("%w: truncation range (%d, %d] of volume %s ends before it starts", ErrInvalid, t.After, t.Through, volName)
+	}
+	vk := c.volKey(volName)
+	for range maxAttempts {
+		vol, rev, err := c.getVolume(ctx, volName)
+		if err != nil {
+			return nil, err
+		}
+		if t.Epoch < vol.VolumeEpoch {
+			return nil, fmt.Errorf("%w: volume %s is at epoch %d; a recovery under epoch %d is stale (a newer writer has taken over)", ErrStaleEpoch, volName, vol.VolumeEpoch, t.Epoch)
+		}
+		if t.Epoch > vol.VolumeEpoch {
+			return nil, fmt.Errorf("%w: volume %s is at epoch %d; epoch %d was never granted (acquire the writer lease first)", ErrInvalid, volName, vol.VolumeEpoch, t.Epoch)
+		}
+		tk := c.truncKey(vol.ID, t.Epoch)
+		rec := t
+		rec.Version, rec.VolumeID, rec.RecordedAt = RecordVersion, vol.ID, time.Now().UTC()
+		tr, err := c.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(vk), "=", rev), clientv3.Compare(clientv3.CreateRevision(tk), "=", 0)).
+			Then(clientv3.OpPut(tk, encode(rec))).
+			Else(clientv3.OpGet(tk)).
+			Commit()
+		if err != nil {
+			return nil, etcdErr(fmt.Sprintf("record the truncation of volume %s for epoch %d", volName, t.Epoch), err)
+		}
+		if !tr.Succeeded {
+			kvs := tr.Responses[0].GetResponseRange().Kvs
+			if len(kvs) == 0 {
+				continue // the volume changed: look again
+			}
+			cur, err := decode[Truncation](kvs[0])
+			if err != nil {
+				return nil, err
+			}
+			if cur.After != t.After || cur.Through != t.Through {
+				return nil, fmt.Errorf("%w: volume %s already has the truncation (%d, %d] recorded for epoch %d, not (%d, %d]; recover again under a new epoch", ErrExists, volName, cur.After, cur.Through, t.Epoch, t.After, t.Through)
+			}
+		}
+		return c.Truncations(ctx, vol.ID)
+	}
+	return nil, fmt.Errorf("%w: recording the truncation of volume %s raced with other changes %d times; retry", ErrConflict, volName, maxAttempts)
+}
+
+// Truncations returns every truncation recorded for a volume, oldest epoch
+// first.
+func (c *Catalog) Truncations(ctx context.Context, volID uint64) ([]Truncation, error) {
+	resp, err := c.cli.Get(ctx, c.truncsPrefix(volID), clientv3.WithPrefix())
+	if err != nil {
+		return nil, etcdErr(fmt.Sprintf("read the truncations of volume id %d", volID), err)
+	}
+	// Keys sort by the zero-padded epoch.
+	return decodeAll[Truncation](resp.Kvs)
 }
 
 // ---- watch ----

@@ -144,10 +144,11 @@ func pgInfo(pg PG) *pb.PGInfo {
 	return out
 }
 
-func volumeInfo(v Volume, pgs []PG) *pb.VolumeInfo {
+func volumeInfo(v Volume, pgs []PG, truncs []Truncation) *pb.VolumeInfo {
 	out := &pb.VolumeInfo{
 		Name: v.Name, Id: v.ID, PageSize: uint32(v.PageSize), PgSizeBytes: v.PGSizeBytes, PagesPerPg: v.PagesPerPG,
 		GeometryEpoch: v.GeometryEpoch, VolumeEpoch: v.VolumeEpoch, Pgs: v.PGs, SizeBytes: v.SizeBytes(),
+		Truncations: truncationRecords(truncs),
 	}
 	for _, pg := range pgs {
 		out.PgList = append(out.PgList, pgInfo(pg))
@@ -155,13 +156,26 @@ func volumeInfo(v Volume, pgs []PG) *pb.VolumeInfo {
 	return out
 }
 
-// volumeWithPGs reads a volume's PGs and builds its VolumeInfo.
+func truncationRecords(ts []Truncation) []*pb.TruncationRecord {
+	out := make([]*pb.TruncationRecord, len(ts))
+	for i, t := range ts {
+		out[i] = &pb.TruncationRecord{Epoch: t.Epoch, After: t.After, Through: t.Through, Pgs: t.PGs, RecordedAtUnixMs: t.RecordedAt.UnixMilli()}
+	}
+	return out
+}
+
+// volumeWithPGs reads a volume's PGs and truncations and builds its
+// VolumeInfo.
 func (s *Server) volumeWithPGs(ctx context.Context, v Volume) (*pb.VolumeInfo, error) {
 	pgs, err := s.cat.PGs(ctx, v.ID)
 	if err != nil {
 		return nil, err
 	}
-	return volumeInfo(v, pgs), nil
+	truncs, err := s.cat.Truncations(ctx, v.ID)
+	if err != nil {
+		return nil, err
+	}
+	return volumeInfo(v, pgs, truncs), nil
 }
 
 // RegisterNode records a storage node and tells it how often to heartbeat.
@@ -308,6 +322,19 @@ func (s *Server) AcquireWriter(ctx context.Context, req *pb.AcquireWriterRequest
 			return nil, err
 		}
 		return &pb.AcquireWriterResponse{Lease: int64(lease), Epoch: epoch, Volume: vi}, nil
+	})
+}
+
+// RecordTruncation records a recovery's truncation range with the volume.
+func (s *Server) RecordTruncation(ctx context.Context, req *pb.RecordTruncationRequest) (*pb.RecordTruncationResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.RecordTruncationResponse, error) {
+		ts, err := s.cat.RecordTruncation(ctx, req.GetVolume(), Truncation{Epoch: req.GetEpoch(), After: req.GetAfter(), Through: req.GetThrough(), PGs: req.GetPgs()})
+		if err != nil {
+			s.log.Warn("truncation not recorded", "volume", req.GetVolume(), "epoch", req.GetEpoch(), "after", req.GetAfter(), "through", req.GetThrough(), "err", err)
+			return nil, err
+		}
+		s.log.Info("truncation recorded", "volume", req.GetVolume(), "epoch", req.GetEpoch(), "after", req.GetAfter(), "through", req.GetThrough(), "pgs", req.GetPgs())
+		return &pb.RecordTruncationResponse{Truncations: truncationRecords(ts)}, nil
 	})
 }
 
