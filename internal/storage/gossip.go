@@ -108,10 +108,17 @@ func (n *Node) gossipLoop() {
 			if len(peers) == 0 || (onlyHoles && !holes) {
 				continue
 			}
-			if !holes && !s.peerAhead() && tick%probeEvery != 0 {
-				continue
+			turn := tick
+			if !holes && !s.peerAhead() {
+				if tick%probeEvery != 0 {
+					continue
+				}
+				// Probes come every probeEvery ticks: counting ticks would
+				// ask the same peer each time when there are probeEvery
+				// peers (a PG of 6 segments has 5).
+				turn = tick / probeEvery
 			}
-			peer := s.pickPeer(peers, tick)
+			peer := s.pickPeer(peers, turn)
 			if err := n.pullFrom(s, peer); err != nil {
 				// Ask the others first until this one answers again.
 				s.forgetPeer(peer.NodeId)
@@ -177,6 +184,9 @@ func (n *Node) pullFrom(s *seg, peer *pb.Member) error {
 			return nil
 		}
 		pulled += len(resp.Records)
+		n.mu.Lock()
+		held := s.chain.HeldAbove()
+		n.mu.Unlock()
 		g, _, err := n.ingest(&incoming{volume: s.key.vol, fromPeer: true,
 			batches: []incomingBatch{{pg: s.key.pg, raw: resp.Records}}})
 		if err != nil {
@@ -187,6 +197,15 @@ func (n *Node) pullFrom(s *seg, peer *pb.Member) error {
 			if g.err != nil {
 				return g.err
 			}
+		}
+		n.mu.Lock()
+		useless := s.chain.SCL() == after && s.chain.HeldAbove() == held
+		n.mu.Unlock()
+		if useless {
+			// Nothing taken: the peer's records are ones a truncation
+			// dropped here, and its SCL counts them. Ask others first.
+			s.forgetPeer(peer.NodeId)
+			return nil
 		}
 		if !resp.More || s.durableSCL.Load() == after {
 			return nil

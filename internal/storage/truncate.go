@@ -2,7 +2,9 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
 
@@ -21,10 +23,24 @@ func (r *rpcServer) Truncate(ctx context.Context, req *pb.TruncateRequest) (*pb.
 	})
 	scl, err := r.n.truncate(req.Volume, req.Pg, req.Epoch, ts)
 	if err != nil {
-		r.n.log.Warn("truncate refused", "volume", req.Volume, "pg", req.Pg, "epoch", req.Epoch, "err", err)
+		level := slog.LevelWarn
+		if storageReason(err) == pb.Reason_PG_NOT_HOSTED {
+			// Recovery asks every member; one that holds nothing is normal.
+			level = slog.LevelDebug
+		}
+		r.n.log.Log(ctx, level, "truncate refused", "volume", req.Volume, "pg", req.Pg, "epoch", req.Epoch, "err", err)
 		return nil, toStatus(err)
 	}
 	return &pb.TruncateResponse{Scl: scl}, nil
+}
+
+// storageReason is the refusal reason of an internal error, if it is one.
+func storageReason(err error) pb.Reason {
+	var r *refusal
+	if errors.As(err, &r) {
+		return r.reason
+	}
+	return pb.Reason_REASON_UNSPECIFIED
 }
 
 // TruncationsFromPB converts truncations from the wire.
