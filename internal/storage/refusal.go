@@ -11,7 +11,12 @@ import (
 )
 
 // refusal is an error that maps to a typed gRPC status. A node that refuses
-// a request has changed nothing.
+// a request has changed nothing, with one exception: recovery truncations
+// that an Append's declarations carry are applied before its records are
+// judged (the records continue the chain from the truncation's tail), and
+// they stay applied if the records are then refused. They stand on their
+// own: a recovery decided them, and the node would apply them from a peer's
+// pull answer anyway.
 type refusal struct {
 	reason pb.Reason
 	volume uint64
