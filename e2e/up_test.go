@@ -44,12 +44,13 @@ func (u *upProcess) output() string {
 	return u.out.String()
 }
 
-// freeBasePort finds 7 consecutive free loopback ports.
+// freeBasePort finds 8 consecutive free loopback ports: control, s1..s6
+// and the writer.
 func freeBasePort(t *testing.T) int {
 	for try := 0; try < 50; try++ {
 		base := 20000 + rand.IntN(30000)
 		ok := true
-		for p := base; p < base+7 && ok; p++ {
+		for p := base; p < base+8 && ok; p++ {
 			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 			if err != nil {
 				ok = false
@@ -61,7 +62,7 @@ func freeBasePort(t *testing.T) int {
 			return base
 		}
 	}
-	t.Fatal("no 7 consecutive free ports")
+	t.Fatal("no 8 consecutive free ports")
 	return 0
 }
 
@@ -197,6 +198,22 @@ func volumeOn(t *testing.T, ctl pb.ControlClient, name string) *volume.Client {
 	return v
 }
 
+// rawVolume is a volume beside "main" (which `up`'s writer owns) for tests
+// that drive a volume client directly; it has main's PG size.
+const rawVolume = "raw"
+
+func createRaw(t *testing.T, ctl pb.ControlClient) {
+	t.Helper()
+	ctx := context.Background()
+	main, err := ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: rawVolume, PageSize: main.PageSize, PgSizeBytes: main.PgSizeBytes}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestVolumeGrowsAPGAtATime writes past the first PG of a volume with small
 // PGs: the writer asks the control plane for each new PG, every PG is placed
 // 2 per AZ on distinct nodes, a transaction spanning a PG boundary commits,
@@ -206,11 +223,12 @@ func TestVolumeGrowsAPGAtATime(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "c")
 	u := startUp(t, dir, "--base-port", fmt.Sprint(freeBasePort(t)), "--pg-size", "64KiB")
 	ctl := controlClient(t, u.waitReady())
-	v := volumeOn(t, ctl, "main")
+	createRaw(t, ctl)
+	v := volumeOn(t, ctl, rawVolume)
 	defer v.Close()
 	ctx := context.Background()
 	// Another party follows the volume through the catalog's watch.
-	follower := volume.NewFromControl(ctl, "main")
+	follower := volume.NewFromControl(ctl, rawVolume)
 	if err := follower.Configure(t.Context(), &volume.Config{}); err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +241,7 @@ func TestVolumeGrowsAPGAtATime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vi, err := ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: "main"})
+	vi, err := ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: rawVolume})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +270,7 @@ func TestVolumeGrowsAPGAtATime(t *testing.T) {
 			t.Fatalf("page %d read back wrong", page)
 		}
 	}
-	if vi, _ := ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: "main"}); vi.Pgs != 5 {
+	if vi, _ := ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: rawVolume}); vi.Pgs != 5 {
 		t.Fatalf("reading page 500 grew the volume to %d PGs", vi.Pgs)
 	}
 
@@ -293,7 +311,7 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 			t.Fatalf("component %+v is not running as listed", c)
 		}
 	}
-	if len(f.Components) != 7 || byID["control"].Role != "control" || len(azs) != 3 || azs["a"] != 2 || azs["b"] != 2 || azs["c"] != 2 {
+	if len(f.Components) != 8 || byID["control"].Role != "control" || byID["writer"].Role != "writer" || len(azs) != 3 || azs["a"] != 2 || azs["b"] != 2 || azs["c"] != 2 {
 		t.Fatalf("cluster.json: %+v", f.Components)
 	}
 	ctl := controlClient(t, f)
@@ -312,7 +330,8 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 	checkPlacement(t, vi.PgList)
 
 	// Data written now must survive the restart of the whole cluster.
-	v := volumeOn(t, ctl, "main")
+	createRaw(t, ctl)
+	v := volumeOn(t, ctl, rawVolume)
 	page := image(5, 1)
 	lsn, err := v.Commit(context.Background(), []volume.PageWrite{{Page: 5, New: page}})
 	if err != nil {
@@ -332,10 +351,11 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 	if len(rep.Nodes) != 6 || len(nodeAZ) != 3 || nodeAZ["a"] != 2 || nodeAZ["b"] != 2 || nodeAZ["c"] != 2 {
 		t.Fatalf("status lists nodes %+v", rep.Nodes)
 	}
-	if len(rep.Volumes) != 1 {
+	if len(rep.Volumes) != 2 || rep.Volumes[0].Name != "main" || rep.Volumes[1].Name != rawVolume {
 		t.Fatalf("status volumes: %+v", rep.Volumes)
 	}
-	for _, pg := range rep.Volumes[0].PGs {
+	raw := rep.Volumes[1]
+	for _, pg := range raw.PGs {
 		var segs [][2]string
 		for _, s := range pg.Segments {
 			segs = append(segs, [2]string{s.Node, s.AZ})
@@ -344,17 +364,17 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 			t.Fatalf("status shows PG %d on %+v", pg.ID, pg.Segments)
 		}
 	}
-	if len(rep.Volumes) != 1 || rep.Volumes[0].Name != "main" || len(rep.Volumes[0].PGs) == 0 {
+	if len(raw.PGs) == 0 {
 		t.Fatalf("status volumes: %+v", rep.Volumes)
 	}
 	complete := 0
-	for _, s := range rep.Volumes[0].PGs[0].Segments {
+	for _, s := range raw.PGs[0].Segments {
 		if s.SCL >= lsn {
 			complete++
 		}
 	}
-	if complete < 4 || rep.Volumes[0].VDL < lsn {
-		t.Fatalf("status shows %d segments complete to LSN %d and VDL %d: %+v", complete, lsn, rep.Volumes[0].VDL, rep.Volumes[0])
+	if complete < 4 || raw.VDL < lsn {
+		t.Fatalf("status shows %d segments complete to LSN %d and VDL %d: %+v", complete, lsn, raw.VDL, raw)
 	}
 
 	// A storage node killed is reported, shown down, and restarted on request.
@@ -437,7 +457,7 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 	if vi2.Id != vi.Id {
 		t.Fatalf("resumed volume id %d, was %d", vi2.Id, vi.Id)
 	}
-	v2 := volumeOn(t, ctl2, "main")
+	v2 := volumeOn(t, ctl2, rawVolume)
 	defer v2.Close()
 	got, err := v2.ReadPage(context.Background(), 5, lsn)
 	if err != nil {
@@ -489,13 +509,14 @@ func TestStorageLearnsEpochFromControl(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "c")
 	u := startUp(t, dir, "--base-port", fmt.Sprint(freeBasePort(t)), "--heartbeat-timeout", "2s")
 	ctl := controlClient(t, u.waitReady())
+	createRaw(t, ctl)
 	ctx := context.Background()
-	first, err := ctl.AcquireWriter(ctx, &pb.AcquireWriterRequest{Volume: "main", Holder: "writer-1", TtlMs: 5000})
+	first, err := ctl.AcquireWriter(ctx, &pb.AcquireWriterRequest{Volume: rawVolume, Holder: "writer-1", TtlMs: 5000})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := volume.Config{Epoch: first.Epoch, WriteTimeout: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	if err := volume.NewFromControl(ctl, "main").Configure(t.Context(), &cfg); err != nil {
+	if err := volume.NewFromControl(ctl, rawVolume).Configure(t.Context(), &cfg); err != nil {
 		t.Fatal(err)
 	}
 	old, err := volume.Open(ctx, cfg)
@@ -510,7 +531,7 @@ func TestStorageLearnsEpochFromControl(t *testing.T) {
 	if _, err := ctl.ReleaseWriter(ctx, &pb.ReleaseWriterRequest{Lease: first.Lease}); err != nil {
 		t.Fatal(err)
 	}
-	second, err := ctl.AcquireWriter(ctx, &pb.AcquireWriterRequest{Volume: "main", Holder: "writer-2", TtlMs: 5000})
+	second, err := ctl.AcquireWriter(ctx, &pb.AcquireWriterRequest{Volume: rawVolume, Holder: "writer-2", TtlMs: 5000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,7 +561,8 @@ func TestWritesGoOnWithoutTheControlPlane(t *testing.T) {
 	u := startUp(t, dir, "--base-port", fmt.Sprint(freeBasePort(t)), "--heartbeat-timeout", "2s")
 	f := u.waitReady()
 	ctl := controlClient(t, f)
-	v := volumeOn(t, ctl, "main")
+	createRaw(t, ctl)
+	v := volumeOn(t, ctl, rawVolume)
 	defer v.Close()
 	ctx := context.Background()
 	if _, err := v.Commit(ctx, []volume.PageWrite{{Page: 3, New: image(3, 1)}}); err != nil {

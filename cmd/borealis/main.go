@@ -21,7 +21,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(storageCmd(), benchCmd(), controlCmd())
-	root.AddCommand(upCmd(), restartCmd(), statusCmd(), volumeCmd())
+	root.AddCommand(upCmd(), restartCmd(), statusCmd(), volumeCmd(), dbCmd())
 	root.AddCommand(sqlCmd())
 	// Ctrl-C or SIGTERM cancels the command's context, so that commands that
 	// start processes or make temporary directories clean up on the way out.

@@ -29,6 +29,7 @@ const (
 	defaultDir      = "./borealis-data"
 	defaultVolume   = "main"
 	upSocketName    = "up.sock"
+	writerID        = "writer"
 	upLockName      = "up.lock"
 	clusterFileName = "cluster.json"
 	// addressesFileName keeps the addresses a cluster was first given, so a
@@ -41,14 +42,15 @@ const (
 func upCmd() *cobra.Command {
 	var dir, pgSize string
 	var basePort int
-	var heartbeatTimeout time.Duration
+	var heartbeatTimeout, writeTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "up [--dir D] [--pg-size S]",
-		Short: "Run a whole local cluster: the control plane and 6 storage nodes, as separate processes",
+		Short: "Run a whole local cluster: the control plane, 6 storage nodes and the writer, as separate processes",
 		Long: `Run a whole local cluster in the foreground: the control plane (with an
-embedded etcd) and six storage nodes s1..s6, two in each of AZs a, b and c,
-each a separate process of this binary with its data and log in --dir. It
-creates the volume "main" if there is none, writes D/cluster.json once
+embedded etcd), six storage nodes s1..s6, two in each of AZs a, b and c, and
+the writer database instance serving SQL over HTTP, each a separate process of
+this binary with its data and log in --dir. It creates the volume "main" if
+there is none, starts the writer on it, writes D/cluster.json once
 everything is ready, and runs until Ctrl-C or SIGTERM, which stop every
 process. A process that dies is reported, not restarted: "borealis restart ID"
 starts it again. Running "up" again on the same directory resumes the same
@@ -63,15 +65,16 @@ cluster, on the same addresses, with its data.`,
 			}
 			return runUp(cmd.Context(), cmd.OutOrStdout(), upOptions{
 				dir: dir, pgSize: size, pgSizeSet: cmd.Flags().Changed("pg-size"),
-				basePort: basePort, heartbeatTimeout: heartbeatTimeout,
+				basePort: basePort, heartbeatTimeout: heartbeatTimeout, writeTimeout: writeTimeout,
 			})
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", defaultDir, "directory for the cluster's data, logs and cluster.json")
 	f.StringVar(&pgSize, "pg-size", "10GiB", "size of a protection group of a new volume, such as 1MiB, 64MiB or 10GiB")
-	f.IntVar(&basePort, "base-port", 7100, "loopback ports: the control plane on this one, s1..s6 on the next six (a resumed cluster keeps its own)")
+	f.IntVar(&basePort, "base-port", 7100, "loopback ports: the control plane on this one, s1..s6 on the next six, the writer's SQL HTTP on the one after (a resumed cluster keeps its own)")
 	f.DurationVar(&heartbeatTimeout, "heartbeat-timeout", 3*time.Second, "a storage node that misses heartbeats this long is marked down")
+	f.DurationVar(&writeTimeout, "write-timeout", 10*time.Second, "how long the writer's commits wait for a write quorum before failing with storage_unavailable")
 	return cmd
 }
 
@@ -81,6 +84,7 @@ type upOptions struct {
 	pgSizeSet        bool
 	basePort         int
 	heartbeatTimeout time.Duration
+	writeTimeout     time.Duration
 }
 
 func runUp(ctx context.Context, out io.Writer, o upOptions) error {
@@ -107,7 +111,7 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 		return err
 	}
 	defer os.Remove(clusterFile)
-	for _, id := range append([]string{"control"}, storageIDs()...) {
+	for _, id := range append([]string{"control", writerID}, storageIDs()...) {
 		if err := checkPortFree(addrs[id]); err != nil {
 			return fmt.Errorf("%s cannot listen on %s: %w; stop what holds it, or start a new cluster with another --base-port and --dir", id, addrs[id], err)
 		}
@@ -164,6 +168,12 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 		fmt.Fprintf(out, "  note: volume %s already exists with %s PGs; --pg-size applies to new volumes only\n", vol.Name, formatSize(vol.PgSizeBytes))
 	}
 	fmt.Fprintf(out, "  volume %s: id %d, %d-byte pages, %s PGs, %d PG(s)\n", vol.Name, vol.Id, vol.PageSize, formatSize(vol.PgSizeBytes), vol.Pgs)
+	// The writer's start includes crash recovery, and after a crash it waits
+	// for the old writer's lease to expire.
+	if err := cl.StartDB(ctx, writerID, "writer", defaultVolume, addrs[writerID], "--write-timeout", o.writeTimeout.String()); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  writer ready at http://%s, recovery done (%s)\n", addrs[writerID], since(start))
 
 	var fileMu sync.Mutex
 	writeFile := func() error {
@@ -185,7 +195,9 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 	for _, id := range storageIDs() {
 		fmt.Fprintf(out, "  storage %s     %s   log %s\n", id, addrs[id], filepath.Join(dir, id+".log"))
 	}
+	fmt.Fprintf(out, "  writer (SQL)   http://%s   log %s\n", addrs[writerID], filepath.Join(dir, writerID+".log"))
 	fmt.Fprintf(out, "  cluster file   %s\n", filepath.Join(dir, clusterFileName))
+	fmt.Fprintf(out, "Try: borealis sql --dir %s -e \"SELECT sqlite_version()\"\n", o.dir)
 	fmt.Fprintf(out, "Ctrl-C stops the cluster; running `borealis up --dir %s` again resumes it.\n", o.dir)
 
 	for {
@@ -251,18 +263,32 @@ func plannedAddrs(dir string, basePort int) (map[string]string, bool, error) {
 				return nil, false, fmt.Errorf("%s lists no address for %s", path, id)
 			}
 		}
+		if addrs[writerID] == "" {
+			// A cluster made before `up` ran a writer: the port after s6.
+			host, port, err := net.SplitHostPort(addrs["control"])
+			if err != nil {
+				return nil, false, fmt.Errorf("%s: control address %q: %w", path, addrs["control"], err)
+			}
+			var p int
+			fmt.Sscan(port, &p)
+			addrs[writerID] = net.JoinHostPort(host, fmt.Sprint(p+7))
+			if err := keepAddrs(dir, addrs); err != nil {
+				return nil, false, err
+			}
+		}
 		return addrs, true, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, false, fmt.Errorf("cannot resume: %w", err)
 	}
-	if basePort <= 0 || basePort > 65535-6 {
-		return nil, false, fmt.Errorf("--base-port %d: want a port from 1 to %d", basePort, 65535-6)
+	if basePort <= 0 || basePort > 65535-7 {
+		return nil, false, fmt.Errorf("--base-port %d: want a port from 1 to %d", basePort, 65535-7)
 	}
 	addrs["control"] = fmt.Sprintf("127.0.0.1:%d", basePort)
 	for i, id := range storageIDs() {
 		addrs[id] = fmt.Sprintf("127.0.0.1:%d", basePort+1+i)
 	}
+	addrs[writerID] = fmt.Sprintf("127.0.0.1:%d", basePort+7)
 	return addrs, false, nil
 }
 

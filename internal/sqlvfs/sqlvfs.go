@@ -452,6 +452,7 @@ var (
 
 // SetOpener sets what opens a volume named by a control plane address.
 func SetOpener(o Opener) {
+	registerOnce.Do(func() { vfs.Register(VFSName, borealisVFS{}) })
 	openerMu.Lock()
 	opener = o
 	openerMu.Unlock()

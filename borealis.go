@@ -1,0 +1,97 @@
+// Package borealis opens SQL databases on Borealis volumes from Go programs,
+// in process, as the volume's writer, through database/sql and the ncruces
+// SQLite driver:
+//
+//	import (
+//		"database/sql"
+//
+//		"github.com/borealis-db/borealis"
+//		_ "github.com/ncruces/go-sqlite3/driver"
+//	)
+//
+//	db, err := sql.Open("sqlite3", borealis.DSN("127.0.0.1:7100", "main"))
+//
+// The first connection takes the volume's writer lease from the control
+// plane, bumps the volume epoch (fencing any other writer) and runs crash
+// recovery, exactly as `borealis db --role writer` does; later connections
+// share that writer. A COMMIT returns once the transaction is durable on a
+// write quorum of every PG it touched. Close releases the lease.
+package borealis
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/borealis-db/borealis/internal/dbserver"
+	"github.com/borealis-db/borealis/internal/sqlvfs"
+)
+
+// StartTimeout bounds the start of an in-process writer: waiting for the
+// lease of a crashed writer to expire, and recovery.
+var StartTimeout = time.Minute
+
+var (
+	mu        sync.Mutex
+	once      sync.Once
+	instances = map[string]*dbserver.Instance{}
+)
+
+// DSN is the database/sql data source name (for the "sqlite3" driver of
+// github.com/ncruces/go-sqlite3/driver) of the volume named volume of the
+// cluster whose control plane listens at control. It carries the pragmas the
+// volume's VFS needs: journal_mode=MEMORY (no journal file ever reaches
+// storage) and IMMEDIATE transactions (a transaction takes the writer turn
+// at BEGIN).
+func DSN(control, volume string) string {
+	once.Do(func() { sqlvfs.SetOpener(open) })
+	q := url.Values{}
+	q.Set("vfs", sqlvfs.VFSName)
+	q.Set("control", control)
+	q.Set("_txlock", "immediate")
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", sqlvfs.DefaultBusyTimeout.Milliseconds()))
+	q.Add("_pragma", "journal_mode(memory)")
+	return "file:" + url.PathEscape(volume) + "?" + q.Encode()
+}
+
+func open(control, volume string) (string, error) {
+	host, _ := os.Hostname()
+	inst, err := dbserver.New(dbserver.Config{
+		Role:    dbserver.RoleWriter,
+		Volume:  volume,
+		Control: control,
+		ID:      fmt.Sprintf("go-%s-%d", host, os.Getpid()),
+	})
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), StartTimeout)
+	defer cancel()
+	if err := inst.Start(ctx); err != nil {
+		inst.Close()
+		return "", fmt.Errorf("borealis: open volume %s at %s: %w", volume, control, err)
+	}
+	mu.Lock()
+	instances[control+"/"+volume] = inst
+	mu.Unlock()
+	return inst.DB().Name(), nil
+}
+
+// Close stops this program's writer of a volume opened through DSN: it
+// releases the writer lease so that another writer can take over at once.
+// Close the *sql.DB first.
+func Close(control, volume string) error {
+	key := control + "/" + volume
+	mu.Lock()
+	inst := instances[key]
+	delete(instances, key)
+	mu.Unlock()
+	sqlvfs.ForgetControl(control, volume)
+	if inst == nil {
+		return nil
+	}
+	return inst.Close()
+}

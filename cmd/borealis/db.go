@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/borealis-db/borealis/internal/dbserver"
+)
+
+func dbCmd() *cobra.Command {
+	var cfg dbserver.Config
+	var listen string
+	cmd := &cobra.Command{
+		Use:   "db --role writer --volume NAME --control ADDR --listen ADDR",
+		Short: "Run a database instance: SQLite on a volume, served over HTTP",
+		Long: `Run a database instance. The writer takes the volume's writer lease and a
+new volume epoch from the control plane, runs crash recovery (a read quorum of
+every PG gives the VDL; everything above it is truncated), and then serves SQL
+over HTTP with JSON on --listen:
+
+  POST /v1/execute  {"statements":[{"sql":"...","params":[...]}],"transaction":true}
+  POST /v1/query    {"sql":"...","params":[...]}
+  GET  /v1/health
+
+It answers /v1/health (ready: false) while it starts. If it loses the lease it
+stops serving writes, takes the lease again and recovers again.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cfg.Volume == "" || cfg.Control == "" || listen == "" {
+				return errors.New("db needs --volume, --control and --listen")
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			cfg.Logger = log
+			inst, err := dbserver.New(cfg)
+			if err != nil {
+				return err
+			}
+			lis, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("listen on %s: %w", listen, err)
+			}
+			srv := &http.Server{Handler: inst.Handler(), ReadHeaderTimeout: 10 * time.Second}
+			ctx := cmd.Context()
+			runErr := make(chan error, 1)
+			go func() { runErr <- inst.Run(ctx) }()
+			serveErr := make(chan error, 1)
+			go func() { serveErr <- srv.Serve(lis) }()
+			log.Info("database instance listening", "role", cfg.Role, "volume", cfg.Volume, "addr", lis.Addr().String())
+			select {
+			case err = <-serveErr:
+				return fmt.Errorf("serve HTTP: %w", err)
+			case err = <-runErr:
+			}
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			inst.Close()
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			log.Info("stopped")
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Role, "role", dbserver.RoleWriter, "instance role (only writer so far)")
+	f.StringVar(&cfg.Volume, "volume", "", "volume name")
+	f.StringVar(&cfg.Control, "control", "", "control plane gRPC address")
+	f.StringVar(&listen, "listen", "", "HTTP address to serve SQL on")
+	f.StringVar(&cfg.ID, "id", "", "instance id, the holder name of the writer lease (default: the role)")
+	f.IntVar(&cfg.CacheMiB, "cache-mib", 64, "page cache size in MiB")
+	f.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "how long a commit waits for a write quorum before failing with storage_unavailable")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "writer lease time to live")
+	f.IntVar(&cfg.MaxWriters, "max-writers", 64, "writer connections (transactions in flight)")
+	return cmd
+}

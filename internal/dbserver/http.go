@@ -1,0 +1,431 @@
+package dbserver
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/borealis-db/borealis/internal/sqlvfs"
+	"github.com/borealis-db/borealis/internal/volume"
+)
+
+// Error codes of the SQL API. They are part of the API: never renamed.
+const (
+	CodeSQL                = "sql_error"
+	CodeConstraint         = "constraint_violation"
+	CodeBadRequest         = "bad_request"
+	CodeBadParameter       = "bad_parameter"
+	CodeBodyTooLarge       = "body_too_large"
+	CodeStorageUnavailable = "storage_unavailable"
+	CodeNotWriter          = "not_writer"
+	CodeReadOnly           = "read_only"
+	CodeNotReady           = "not_ready"
+	CodeTooManyRows        = "too_many_rows"
+	CodeBusy               = "busy"
+	CodeInternal           = "internal"
+)
+
+// Statement is one SQL statement with its parameters.
+type Statement struct {
+	SQL    string            `json:"sql"`
+	Params []json.RawMessage `json:"params,omitempty"`
+}
+
+// ExecuteRequest is the body of POST /v1/execute.
+type ExecuteRequest struct {
+	Statements  []Statement `json:"statements"`
+	Transaction bool        `json:"transaction"`
+}
+
+// ExecResult is the outcome of one statement of /v1/execute.
+type ExecResult struct {
+	RowsAffected int64 `json:"rows_affected"`
+	LastInsertID int64 `json:"last_insert_id"`
+}
+
+// ExecuteResponse is the reply of POST /v1/execute.
+type ExecuteResponse struct {
+	Results []ExecResult `json:"results"`
+}
+
+// QueryResponse is the reply of POST /v1/query.
+type QueryResponse struct {
+	Columns []string `json:"columns"`
+	Types   []string `json:"types"`
+	Rows    [][]any  `json:"rows"`
+}
+
+// ErrorBody is the body of every error reply.
+type ErrorBody struct {
+	Error APIError `json:"error"`
+}
+
+// APIError is an error with a stable code.
+type APIError struct {
+	Status  int    `json:"-"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *APIError) Error() string { return e.Code + ": " + e.Message }
+
+func apiErr(status int, code, format string, args ...any) *APIError {
+	return &APIError{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Handler returns the SQL API of the instance.
+func (s *Instance) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/execute", s.handleExecute)
+	mux.HandleFunc("POST /v1/query", s.handleQuery)
+	mux.HandleFunc("GET /v1/health", s.handleHealth)
+	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, apiErr(http.StatusNotFound, CodeBadRequest, "no endpoint %s %s; the API has POST /v1/execute, POST /v1/query and GET /v1/health", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, e *APIError) {
+	writeJSON(w, e.Status, ErrorBody{Error: *e})
+}
+
+// decode reads a JSON body of at most MaxBodyBytes into v.
+func (s *Instance) decode(w http.ResponseWriter, r *http.Request, v any) *APIError {
+	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return apiErr(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body is larger than %d bytes", s.cfg.MaxBodyBytes)
+		}
+		return apiErr(http.StatusBadRequest, CodeBadRequest, "request body is not valid JSON for this endpoint: %v", err)
+	}
+	if dec.More() {
+		return apiErr(http.StatusBadRequest, CodeBadRequest, "request body has data after the JSON object")
+	}
+	return nil
+}
+
+// params turns JSON parameters into SQLite values: integral numbers into
+// integers, other numbers into reals, strings, booleans (as 0/1), null, and
+// {"base64": "..."} into a blob.
+func params(raw []json.RawMessage) ([]any, *APIError) {
+	out := make([]any, len(raw))
+	for i, r := range raw {
+		var v any
+		dec := json.NewDecoder(strings.NewReader(string(r)))
+		dec.UseNumber()
+		if err := dec.Decode(&v); err != nil {
+			return nil, apiErr(http.StatusBadRequest, CodeBadParameter, "parameter %d: %v", i+1, err)
+		}
+		switch x := v.(type) {
+		case nil, string, bool:
+			out[i] = x
+		case json.Number:
+			if n, err := x.Int64(); err == nil {
+				out[i] = n
+			} else if f, err := x.Float64(); err == nil && !math.IsInf(f, 0) {
+				out[i] = f
+			} else {
+				return nil, apiErr(http.StatusBadRequest, CodeBadParameter, "parameter %d: %s is not a number SQLite can hold", i+1, x)
+			}
+		case map[string]any:
+			b64, ok := x["base64"].(string)
+			if !ok || len(x) != 1 {
+				return nil, apiErr(http.StatusBadRequest, CodeBadParameter, `parameter %d: an object parameter must be {"base64": "..."} (a blob)`, i+1)
+			}
+			b, err := base64.StdEncoding.DecodeString(b64)
+			if err != nil {
+				return nil, apiErr(http.StatusBadRequest, CodeBadParameter, "parameter %d: bad base64: %v", i+1, err)
+			}
+			out[i] = b
+		default:
+			return nil, apiErr(http.StatusBadRequest, CodeBadParameter, "parameter %d: %T is not a SQL value (use a number, string, boolean, null or {\"base64\": ...})", i+1, v)
+		}
+	}
+	return out, nil
+}
+
+func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request) {
+	var req ExecuteRequest
+	if e := s.decode(w, r, &req); e != nil {
+		writeErr(w, e)
+		return
+	}
+	if len(req.Statements) == 0 {
+		writeErr(w, apiErr(http.StatusBadRequest, CodeBadRequest, "no statements"))
+		return
+	}
+	args := make([][]any, len(req.Statements))
+	for i, st := range req.Statements {
+		if strings.TrimSpace(st.SQL) == "" {
+			writeErr(w, apiErr(http.StatusBadRequest, CodeBadRequest, "statement %d is empty", i+1))
+			return
+		}
+		a, e := params(st.Params)
+		if e != nil {
+			e.Message = fmt.Sprintf("statement %d: %s", i+1, e.Message)
+			writeErr(w, e)
+			return
+		}
+		args[i] = a
+	}
+	if e := s.writable(); e != nil {
+		writeErr(w, e)
+		return
+	}
+	res, e := s.execute(r.Context(), req, args)
+	if e != nil {
+		writeErr(w, e)
+		return
+	}
+	writeJSON(w, http.StatusOK, ExecuteResponse{Results: res})
+}
+
+func (s *Instance) execute(ctx context.Context, req ExecuteRequest, args [][]any) ([]ExecResult, *APIError) {
+	conn, err := s.db.Writer.Conn(ctx)
+	if err != nil {
+		return nil, s.classify(ctx, nil, err, "")
+	}
+	defer conn.Close()
+	s.stats.executes.Add(1)
+	type execer interface {
+		ExecContext(context.Context, string, ...any) (sql.Result, error)
+	}
+	var ex execer = conn
+	var tx *sql.Tx
+	if req.Transaction {
+		if tx, err = conn.BeginTx(ctx, nil); err != nil {
+			return nil, s.classify(ctx, conn, err, "BEGIN")
+		}
+		ex = tx
+	}
+	results := make([]ExecResult, 0, len(req.Statements))
+	for i, st := range req.Statements {
+		r, err := ex.ExecContext(ctx, st.SQL, args[i]...)
+		if err != nil {
+			if tx != nil {
+				_ = tx.Rollback()
+			}
+			e := s.classify(ctx, conn, err, "")
+			if len(req.Statements) > 1 {
+				e.Message = fmt.Sprintf("statement %d: %s", i+1, e.Message)
+				if !req.Transaction && i > 0 {
+					e.Message += fmt.Sprintf(" (statements 1-%d were committed)", i)
+				}
+			}
+			return nil, e
+		}
+		var out ExecResult
+		out.RowsAffected, _ = r.RowsAffected()
+		out.LastInsertID, _ = r.LastInsertId()
+		results = append(results, out)
+	}
+	if tx != nil {
+		if err := tx.Commit(); err != nil {
+			return nil, s.classify(ctx, conn, err, "COMMIT")
+		}
+	}
+	return results, nil
+}
+
+func (s *Instance) handleQuery(w http.ResponseWriter, r *http.Request) {
+	var req Statement
+	if e := s.decode(w, r, &req); e != nil {
+		writeErr(w, e)
+		return
+	}
+	if strings.TrimSpace(req.SQL) == "" {
+		writeErr(w, apiErr(http.StatusBadRequest, CodeBadRequest, "sql is empty"))
+		return
+	}
+	args, e := params(req.Params)
+	if e != nil {
+		writeErr(w, e)
+		return
+	}
+	if e := s.readable(); e != nil {
+		writeErr(w, e)
+		return
+	}
+	resp, e := s.query(r.Context(), req.SQL, args)
+	if e != nil {
+		writeErr(w, e)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Instance) query(ctx context.Context, q string, args []any) (*QueryResponse, *APIError) {
+	conn, err := s.db.Reader.Conn(ctx)
+	if err != nil {
+		return nil, s.classify(ctx, nil, err, "")
+	}
+	defer conn.Close()
+	s.stats.queries.Add(1)
+	rows, err := conn.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, s.classify(ctx, conn, err, "")
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return nil, s.classify(ctx, conn, err, "")
+	}
+	ctypes, _ := rows.ColumnTypes()
+	resp := &QueryResponse{Columns: cols, Types: make([]string, len(cols)), Rows: [][]any{}}
+	for i := range cols {
+		if i < len(ctypes) {
+			resp.Types[i] = strings.ToUpper(ctypes[i].DatabaseTypeName())
+		}
+	}
+	for rows.Next() {
+		if len(resp.Rows) >= s.cfg.MaxRows {
+			return nil, apiErr(http.StatusBadRequest, CodeTooManyRows, "the result has more than %d rows; add a LIMIT", s.cfg.MaxRows)
+		}
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, s.classify(ctx, conn, err, "")
+		}
+		for i, v := range vals {
+			vals[i] = jsonValue(v)
+			if resp.Types[i] == "" {
+				resp.Types[i] = typeOf(v)
+			}
+		}
+		resp.Rows = append(resp.Rows, vals)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.classify(ctx, conn, err, "")
+	}
+	return resp, nil
+}
+
+func jsonValue(v any) any {
+	switch x := v.(type) {
+	case []byte:
+		return map[string]string{"base64": base64.StdEncoding.EncodeToString(x)}
+	case time.Time:
+		return x.Format(time.RFC3339Nano)
+	case float64:
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return nil
+		}
+	}
+	return v
+}
+
+func typeOf(v any) string {
+	switch v.(type) {
+	case int64:
+		return "INTEGER"
+	case float64:
+		return "REAL"
+	case string, time.Time:
+		return "TEXT"
+	case []byte:
+		return "BLOB"
+	}
+	return "NULL"
+}
+
+// classify turns an error of database/sql, SQLite or the volume into an API
+// error. stage names a statement the server issued itself (BEGIN, COMMIT).
+func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stage string) *APIError {
+	prefix := ""
+	if stage != "" {
+		prefix = stage + ": "
+	}
+	var cause error
+	if conn != nil && (errors.Is(err, sqlite3.IOERR) || errors.Is(err, sqlite3.CANTOPEN)) {
+		cause = sqlvfs.ConnError(context.Background(), conn)
+	}
+	if cause == nil {
+		cause = err
+	}
+	var unavailable *volume.UnavailableError
+	switch {
+	case errors.As(cause, &unavailable):
+		return apiErr(http.StatusServiceUnavailable, CodeStorageUnavailable, "%s%v", prefix, unavailable)
+	case errors.Is(cause, volume.ErrFenced):
+		s.fenced(cause)
+		return apiErr(http.StatusConflict, CodeNotWriter, "%sthis instance is no longer the writer of volume %s: %v", prefix, s.cfg.Volume, cause)
+	case ctx.Err() != nil:
+		return apiErr(http.StatusServiceUnavailable, CodeStorageUnavailable, "%sthe request ended before it finished: %v", prefix, ctx.Err())
+	case errors.Is(err, sqlite3.CONSTRAINT):
+		return apiErr(http.StatusConflict, CodeConstraint, "%s%s", prefix, sqliteMessage(err))
+	case errors.Is(err, sqlite3.READONLY):
+		return apiErr(http.StatusBadRequest, CodeReadOnly, "%s%s: /v1/query runs on a read connection; send statements that write to /v1/execute", prefix, sqliteMessage(err))
+	case errors.Is(err, sqlite3.BUSY):
+		return apiErr(http.StatusServiceUnavailable, CodeBusy, "%s%s", prefix, sqliteMessage(err))
+	case errors.Is(err, sqlite3.IOERR), errors.Is(err, sqlite3.CANTOPEN), errors.Is(err, sqlite3.CORRUPT), errors.Is(err, sqlite3.NOMEM):
+		return apiErr(http.StatusInternalServerError, CodeInternal, "%s%v", prefix, cause)
+	case isSQLiteError(err):
+		return apiErr(http.StatusBadRequest, CodeSQL, "%s%s", prefix, sqliteMessage(err))
+	}
+	return apiErr(http.StatusInternalServerError, CodeInternal, "%s%v", prefix, err)
+}
+
+func isSQLiteError(err error) bool {
+	var e *sqlite3.Error
+	if errors.As(err, &e) {
+		return true
+	}
+	var c sqlite3.ErrorCode
+	return errors.As(err, &c)
+}
+
+// sqliteMessage is SQLite's own message, without the driver's prefix.
+func sqliteMessage(err error) string {
+	return strings.TrimPrefix(err.Error(), "sqlite3: ")
+}
+
+// Health is the body of GET /v1/health.
+type Health struct {
+	Role     string      `json:"role"`
+	Volume   string      `json:"volume"`
+	VolumeID uint64      `json:"volume_id"`
+	Epoch    uint64      `json:"epoch"`
+	VDL      uint64      `json:"vdl"`
+	Ready    bool        `json:"ready"`
+	Status   string      `json:"status"`
+	Stats    HealthStats `json:"stats"`
+}
+
+// HealthStats are counters since the instance started.
+type HealthStats struct {
+	Commits       uint64 `json:"commits"`
+	RedoBytes     uint64 `json:"redo_bytes"`
+	FullPageBytes uint64 `json:"full_page_bytes"`
+	Executes      uint64 `json:"executes"`
+	Queries       uint64 `json:"queries"`
+}
+
+func (s *Instance) handleHealth(w http.ResponseWriter, r *http.Request) {
+	h := s.Health()
+	status := http.StatusOK
+	if !h.Ready {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, h)
+}

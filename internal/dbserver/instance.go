@@ -1,0 +1,410 @@
+// Package dbserver is a database instance: SQLite on a Borealis volume
+// (internal/sqlvfs), served over HTTP with JSON.
+//
+// A writer instance serves nothing until it holds the volume's writer lease,
+// has bumped the volume epoch (which fences any older writer at every storage
+// node) and has run crash recovery: it reads a read quorum of every PG,
+// computes the VCL and VDL, records the truncation of everything above the
+// VDL in the catalog and on a write quorum of every PG, and opens the volume
+// at the VDL. It does this on every start, so a restart after any crash never
+// shows a partial MTR and never loses an acknowledged one.
+package dbserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/sqlvfs"
+	"github.com/borealis-db/borealis/internal/volume"
+)
+
+// RoleWriter is the only role built so far; replicas come later.
+const RoleWriter = "writer"
+
+// Config configures an instance.
+type Config struct {
+	// Role must be RoleWriter.
+	Role string
+	// Volume is the volume's name in the catalog.
+	Volume string
+	// Control is the control plane's gRPC address.
+	Control string
+	// ID names the instance as the holder of the writer lease.
+	ID string
+	// CacheMiB sizes the page cache. Default sqlvfs.DefaultCacheMiB.
+	CacheMiB int
+	// WriteTimeout is how long a commit waits for a write quorum before it
+	// fails with storage_unavailable. Default 10s.
+	WriteTimeout time.Duration
+	// LeaseTTL is the writer lease's time to live. Default 5s.
+	LeaseTTL time.Duration
+	// MaxBodyBytes bounds a request body. Default 16 MiB.
+	MaxBodyBytes int64
+	// MaxRows bounds the rows of one query reply. Default 100,000.
+	MaxRows int
+	// MaxWriters is the number of writer connections (commits in flight).
+	// Default 64.
+	MaxWriters int
+	Logger     *slog.Logger
+}
+
+func (c *Config) defaults() error {
+	if c.Role == "" {
+		c.Role = RoleWriter
+	}
+	if c.Role != RoleWriter {
+		return fmt.Errorf("dbserver: role %q is not built yet; the only role is %q", c.Role, RoleWriter)
+	}
+	if c.Volume == "" {
+		return errors.New("dbserver: a volume name is required")
+	}
+	if c.Control == "" {
+		return errors.New("dbserver: the control plane's address is required")
+	}
+	if c.ID == "" {
+		c.ID = c.Role
+	}
+	if c.CacheMiB <= 0 {
+		c.CacheMiB = sqlvfs.DefaultCacheMiB
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = 5 * time.Second
+	}
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = 16 << 20
+	}
+	if c.MaxRows <= 0 {
+		c.MaxRows = 100_000
+	}
+	if c.MaxWriters <= 0 {
+		c.MaxWriters = 64
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Instance is a database instance.
+type Instance struct {
+	cfg  Config
+	log  *slog.Logger
+	conn *grpc.ClientConn
+	ctl  pb.ControlClient
+
+	mu     sync.Mutex
+	status string
+	db     *sqlvfs.DB
+	vol    *volume.Client
+	volID  uint64
+	epoch  uint64
+	ready  atomic.Bool
+	lease  *pb.AcquireWriterResponse
+	// lost is closed when the instance stops being the writer.
+	lost     chan struct{}
+	lostOnce *sync.Once
+	closeVol func()
+
+	stats struct {
+		executes, queries atomic.Uint64
+	}
+}
+
+// New checks cfg and prepares an instance; Run or Start do the work.
+func New(cfg Config) (*Instance, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(cfg.Control, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("dbserver: control plane address %q: %w", cfg.Control, err)
+	}
+	return &Instance{
+		cfg:    cfg,
+		log:    cfg.Logger.With("instance", cfg.ID, "volume", cfg.Volume),
+		conn:   conn,
+		ctl:    pb.NewControlClient(conn),
+		status: "starting",
+	}, nil
+}
+
+func (s *Instance) setStatus(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	s.mu.Lock()
+	s.status = msg
+	s.mu.Unlock()
+}
+
+// DB returns the SQL database once the instance is ready.
+func (s *Instance) DB() *sqlvfs.DB {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.db
+}
+
+// Health reports the instance's state.
+func (s *Instance) Health() Health {
+	s.mu.Lock()
+	h := Health{Role: s.cfg.Role, Volume: s.cfg.Volume, VolumeID: s.volID, Epoch: s.epoch, Status: s.status}
+	db, vol := s.db, s.vol
+	s.mu.Unlock()
+	h.Ready = s.ready.Load()
+	if vol != nil {
+		h.VDL = vol.VDL()
+		st := vol.Stats()
+		h.Stats.RedoBytes = st.RecordBytesSent
+	}
+	if db != nil {
+		st := db.Stats()
+		h.Stats.Commits, h.Stats.FullPageBytes = st.Commits, st.FullPageBytes
+	}
+	h.Stats.Executes, h.Stats.Queries = s.stats.executes.Load(), s.stats.queries.Load()
+	return h
+}
+
+// writable refuses a write when the instance cannot take one.
+func (s *Instance) writable() *APIError {
+	if !s.ready.Load() {
+		s.mu.Lock()
+		st := s.status
+		s.mu.Unlock()
+		return apiErr(503, CodeNotReady, "the writer of volume %s is not ready: %s", s.cfg.Volume, st)
+	}
+	return nil
+}
+
+func (s *Instance) readable() *APIError { return s.writable() }
+
+// fenced is called when storage refuses this writer's epoch: another writer
+// took over.
+func (s *Instance) fenced(err error) {
+	s.mu.Lock()
+	once, lost := s.lostOnce, s.lost
+	s.mu.Unlock()
+	if once != nil {
+		once.Do(func() {
+			s.log.Error("fenced: another writer took over the volume", "err", err)
+			close(lost)
+		})
+	}
+}
+
+// Start takes the writer lease (waiting while another holder has it), runs
+// crash recovery and opens the database. The lease is kept until Close or
+// until it is lost; see Run for an instance that takes it back.
+func (s *Instance) Start(ctx context.Context) error {
+	lease, err := s.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.open(ctx, lease); err != nil {
+		s.release(lease)
+		return err
+	}
+	return nil
+}
+
+// Run runs the instance until ctx ends: start, keep the lease, and start
+// again (with a new epoch and a new recovery) whenever it is lost.
+func (s *Instance) Run(ctx context.Context) error {
+	for {
+		lease, err := s.acquire(ctx)
+		if err != nil {
+			return err
+		}
+		if err := s.open(ctx, lease); err != nil {
+			s.release(lease)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			s.setStatus("start failed: %v; retrying", err)
+			s.log.Error("start failed; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		s.mu.Lock()
+		lost := s.lost
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			s.shutdown()
+			return nil
+		case <-lost:
+		}
+		s.shutdown()
+		s.log.Warn("no longer the writer; starting again")
+	}
+}
+
+// acquire takes the writer lease, waiting while another holder (such as a
+// crashed writer whose lease has not yet expired) has it.
+func (s *Instance) acquire(ctx context.Context) (*pb.AcquireWriterResponse, error) {
+	delay := 100 * time.Millisecond
+	for {
+		s.setStatus("taking the writer lease")
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := s.ctl.AcquireWriter(actx, &pb.AcquireWriterRequest{
+			Volume: s.cfg.Volume, Holder: s.cfg.ID, TtlMs: uint32(s.cfg.LeaseTTL.Milliseconds()),
+		})
+		cancel()
+		if err == nil {
+			s.log.Info("took the writer lease", "epoch", resp.Epoch, "lease", resp.Lease)
+			return resp, nil
+		}
+		switch status.Code(err) {
+		case codes.NotFound, codes.InvalidArgument:
+			return nil, fmt.Errorf("dbserver: volume %s: %s", s.cfg.Volume, status.Convert(err).Message())
+		case codes.FailedPrecondition, codes.AlreadyExists, codes.Aborted:
+			s.setStatus("waiting for the writer lease: %s", status.Convert(err).Message())
+		default:
+			s.setStatus("waiting for the control plane at %s: %s", s.cfg.Control, status.Convert(err).Message())
+		}
+		s.log.Info("waiting for the writer lease", "err", status.Convert(err).Message())
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, time.Second)
+	}
+}
+
+// open recovers the volume under the new epoch and opens the database.
+func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) error {
+	epoch := lease.Epoch
+	s.setStatus("recovering at epoch %d", epoch)
+	cfg := volume.Config{
+		Epoch:        epoch,
+		WriteTimeout: s.cfg.WriteTimeout,
+		Logger:       s.cfg.Logger,
+	}
+	vctx, stopFollow := context.WithCancel(context.Background())
+	if err := volume.NewFromControl(s.ctl, s.cfg.Volume).Configure(ctx, &cfg); err != nil {
+		stopFollow()
+		return err
+	}
+	start := time.Now()
+	rec, err := recoverVolume(ctx, s.ctl, s.cfg.Volume, epoch, &cfg, s.log)
+	if err != nil {
+		stopFollow()
+		return fmt.Errorf("dbserver: recovery of volume %s at epoch %d: %w", s.cfg.Volume, epoch, err)
+	}
+	s.log.Info("recovery done", "epoch", epoch, "vdl", cfg.BaseLSN, "took", time.Since(start).Round(time.Millisecond), "detail", rec)
+	vol, err := volume.Open(vctx, cfg)
+	if err != nil {
+		stopFollow()
+		return err
+	}
+	db, err := sqlvfs.OpenDB(vol, sqlvfs.Options{PageSize: cfg.PageSize, CacheMiB: s.cfg.CacheMiB})
+	if err != nil {
+		vol.Close()
+		stopFollow()
+		return err
+	}
+	db.Writer.SetMaxOpenConns(s.cfg.MaxWriters)
+	db.Writer.SetMaxIdleConns(s.cfg.MaxWriters)
+	db.Reader.SetMaxIdleConns(s.cfg.MaxWriters)
+	lost := make(chan struct{})
+	once := &sync.Once{}
+	s.mu.Lock()
+	s.db, s.vol, s.volID, s.epoch = db, vol, cfg.VolumeID, epoch
+	s.lost, s.lostOnce, s.lease = lost, once, lease
+	s.closeVol = func() {
+		db.Close()
+		vol.Close()
+		stopFollow()
+	}
+	s.status = "ready"
+	s.mu.Unlock()
+	s.ready.Store(true)
+	go s.keepLease(lease.Lease, lost, once)
+	s.log.Info("serving as the writer", "epoch", epoch, "vdl", vol.VDL())
+	return nil
+}
+
+// keepLease renews the writer lease until it is lost. Only the control
+// plane saying the lease is gone counts: while the control plane is
+// unreachable the writer goes on, since storage fences it by epoch anyway if
+// another writer takes over.
+func (s *Instance) keepLease(lease int64, lost chan struct{}, once *sync.Once) {
+	t := time.NewTicker(s.cfg.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-lost:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.LeaseTTL/3)
+		_, err := s.ctl.RenewWriter(ctx, &pb.RenewWriterRequest{Lease: lease})
+		cancel()
+		switch status.Code(err) {
+		case codes.OK:
+		case codes.NotFound:
+			once.Do(func() {
+				s.log.Error("the writer lease expired", "err", err)
+				close(lost)
+			})
+			return
+		default:
+			s.log.Warn("cannot renew the writer lease; going on until storage or the control plane says otherwise", "err", err)
+		}
+	}
+}
+
+func (s *Instance) release(lease *pb.AcquireWriterResponse) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := s.ctl.ReleaseWriter(ctx, &pb.ReleaseWriterRequest{Lease: lease.Lease}); err != nil {
+		s.log.Warn("could not release the writer lease; it expires by itself", "err", err)
+	}
+}
+
+// shutdown stops serving, closes the database and the volume client and
+// releases the lease.
+func (s *Instance) shutdown() {
+	s.ready.Store(false)
+	s.mu.Lock()
+	closeVol, lease := s.closeVol, s.lease
+	s.closeVol, s.lease = nil, nil
+	s.db, s.vol = nil, nil
+	s.status = "stopped"
+	s.mu.Unlock()
+	if closeVol != nil {
+		closeVol()
+	}
+	if lease != nil {
+		s.release(lease)
+	}
+}
+
+// Close stops an instance started with Start: it closes the database and
+// the volume client and releases the lease.
+func (s *Instance) Close() error {
+	s.mu.Lock()
+	lost, once := s.lost, s.lostOnce
+	s.mu.Unlock()
+	if once != nil {
+		once.Do(func() { close(lost) })
+	}
+	s.shutdown()
+	return s.conn.Close()
+}
