@@ -166,7 +166,7 @@ func (s *Instance) Health() Health {
 	if vol != nil {
 		h.VDL = vol.VDL()
 		st := vol.Stats()
-		h.Stats.RedoBytes = st.RecordBytesSent
+		h.Stats.RedoBytes = st.RecordBytes
 	}
 	if db != nil {
 		st := db.Stats()

@@ -546,6 +546,7 @@ func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
 		}
 		p.lsns = append(p.lsns, lsn)
 		e := &entry{pg: p, lsn: lsn, data: rec.Encode()}
+		c.st.recordBytes.Add(uint64(len(e.data)))
 		for _, n := range p.nodes {
 			j, ok := byNode[n]
 			if !ok {
