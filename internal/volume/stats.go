@@ -41,7 +41,7 @@ type Stats struct {
 
 type counters struct {
 	commits, requests, recordsSent, recordBytesSent, recordBytes, resent, dropped, reconnects atomic.Uint64
-	reads, hedged, bytesOut, bytesIn                                             atomic.Uint64
+	reads, hedged, bytesOut, bytesIn                                                          atomic.Uint64
 }
 
 // Stats returns the client's counters.
