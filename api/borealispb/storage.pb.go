@@ -1039,9 +1039,15 @@ func (x *PullResponse) GetTruncations() []*Truncation {
 }
 
 type SegmentInfoRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Volume        uint64                 `protobuf:"varint,1,opt,name=volume,proto3" json:"volume,omitempty"`
-	Pg            uint32                 `protobuf:"varint,2,opt,name=pg,proto3" json:"pg,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Volume uint64                 `protobuf:"varint,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	Pg     uint32                 `protobuf:"varint,2,opt,name=pg,proto3" json:"pg,omitempty"`
+	// A recovering writer's epoch (0: none). The node first takes it as the
+	// volume's epoch, synced, refusing every older writer from then on (an
+	// older epoch than the node's is refused with STALE_EPOCH); so the answer
+	// counts every record an older writer could still have had acknowledged
+	// by this node.
+	FenceEpoch    uint64 `protobuf:"varint,3,opt,name=fence_epoch,json=fenceEpoch,proto3" json:"fence_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1086,6 +1092,13 @@ func (x *SegmentInfoRequest) GetVolume() uint64 {
 func (x *SegmentInfoRequest) GetPg() uint32 {
 	if x != nil {
 		return x.Pg
+	}
+	return 0
+}
+
+func (x *SegmentInfoRequest) GetFenceEpoch() uint64 {
+	if x != nil {
+		return x.FenceEpoch
 	}
 	return 0
 }
@@ -1672,10 +1685,12 @@ const file_storage_proto_rawDesc = "" +
 	"\tlog_floor\x18\x04 \x01(\x04R\blogFloor\x12\x12\n" +
 	"\x04more\x18\x05 \x01(\bR\x04more\x123\n" +
 	"\aheaders\x18\x06 \x03(\v2\x19.borealis.v1.RecordHeaderR\aheaders\x129\n" +
-	"\vtruncations\x18\a \x03(\v2\x17.borealis.v1.TruncationR\vtruncations\"<\n" +
+	"\vtruncations\x18\a \x03(\v2\x17.borealis.v1.TruncationR\vtruncations\"]\n" +
 	"\x12SegmentInfoRequest\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
-	"\x02pg\x18\x02 \x01(\rR\x02pg\"\x9d\x03\n" +
+	"\x02pg\x18\x02 \x01(\rR\x02pg\x12\x1f\n" +
+	"\vfence_epoch\x18\x03 \x01(\x04R\n" +
+	"fenceEpoch\"\x9d\x03\n" +
 	"\x13SegmentInfoResponse\x12\x10\n" +
 	"\x03scl\x18\x01 \x01(\x04R\x03scl\x12\x18\n" +
 	"\ahighest\x18\x02 \x01(\x04R\ahighest\x12\x14\n" +

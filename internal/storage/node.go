@@ -397,6 +397,31 @@ func (n *Node) ObserveEpochs(epochs map[uint64]uint64) error {
 	return g.err
 }
 
+// fence raises the volume's epoch for a recovering writer and returns once
+// it is synced; every append accepted before it is synced too (groups commit
+// in order), so an SCL read afterwards counts all an older writer got
+// acknowledged here. An epoch older than the node's is refused.
+func (n *Node) fence(vol, epoch uint64) error {
+	n.mu.Lock()
+	if cur := n.volEpochs[vol]; epoch < cur {
+		n.mu.Unlock()
+		return refuse(pb.Reason_STALE_EPOCH, vol, 0, 0, "volume %d: recovery with epoch %d is older than epoch %d already seen; a newer writer has taken over", vol, epoch, cur)
+	}
+	raise := epoch > n.volEpochs[vol]
+	if raise {
+		n.log.Info("volume epoch raised by a recovering writer", "volume", vol, "from", n.volEpochs[vol], "to", epoch)
+		n.volEpochs[vol] = epoch
+	}
+	g := n.commits.join(func(b *pebble.Batch, _ map[*seg]uint64) {
+		if raise {
+			b.Set(epochKey(vol), u64(epoch), nil)
+		}
+	})
+	n.mu.Unlock()
+	<-g.done
+	return g.err
+}
+
 func (n *Node) fail(err error) {
 	if n.failed.CompareAndSwap(nil, &err) {
 		n.log.Error("storage node stops accepting writes; restart it to recover from what is on disk", "err", err)

@@ -337,6 +337,13 @@ func (r *rpcServer) Pull(ctx context.Context, req *pb.PullRequest) (*pb.PullResp
 
 func (r *rpcServer) SegmentInfo(ctx context.Context, req *pb.SegmentInfoRequest) (*pb.SegmentInfoResponse, error) {
 	n := r.n
+	if req.FenceEpoch > 0 {
+		// Before anything else, and whether or not the PG is hosted here:
+		// an older writer must not create or extend the segment later.
+		if err := n.fence(req.Volume, req.FenceEpoch); err != nil {
+			return nil, toStatus(err)
+		}
+	}
 	s := n.segment(req.Volume, req.Pg)
 	if s == nil {
 		return nil, toStatus(refuse(pb.Reason_PG_NOT_HOSTED, req.Volume, req.Pg, 0, "node %s hosts no segment of volume %d PG %d", n.cfg.ID, req.Volume, req.Pg))

@@ -90,9 +90,10 @@ func oldWriter(t *testing.T, c pb.StorageClient, spec *pb.SegmentSpec) {
 }
 
 // TestTruncate: a segment reports the VDL it was told and the headers of its
-// records; a truncation drops the old writer's records above the recovered
-// VDL, durably, fences the old writer, and the new writer continues the
-// chain from the tail. Repeating it is harmless; contradicting it is refused.
+// records; a recovery's SegmentInfo fences the old writer; a truncation drops
+// the old writer's records above the recovered VDL, durably, and the new
+// writer continues the chain from the tail. Repeating it is harmless;
+// contradicting it is refused.
 func TestTruncate(t *testing.T) {
 	dir := t.TempDir()
 	n, c, addr := startNode(t, dir)
@@ -121,6 +122,24 @@ func TestTruncate(t *testing.T) {
 	}
 	if len(paged.Headers) != 1 || !paged.More {
 		t.Fatalf("headers-only pull of 1 byte: %d headers, more %v", len(paged.Headers), paged.More)
+	}
+
+	// Recovery fences first, through any PG of the volume, hosted or not.
+	_, err = c.SegmentInfo(context.Background(), &pb.SegmentInfoRequest{Volume: 1, Pg: 9, FenceEpoch: 2})
+	if got := storage.ReasonOf(err); got != pb.Reason_PG_NOT_HOSTED {
+		t.Fatalf("fencing SegmentInfo of PG 9: %v, want PG_NOT_HOSTED", err)
+	}
+	_, err = appendOnce(t, c, &pb.AppendRequest{Seq: 1, Volume: 1, Epoch: 1,
+		Batches: []*pb.SegmentBatch{{Pg: 0, Records: [][]byte{rec(7, 6, 1, 7, true, 7)}}}})
+	if got := storage.ReasonOf(err); got != pb.Reason_STALE_EPOCH {
+		t.Fatalf("old writer after the fence: %v, want STALE_EPOCH", err)
+	}
+	_, err = c.SegmentInfo(context.Background(), &pb.SegmentInfoRequest{Volume: 1, Pg: 0, FenceEpoch: 1})
+	if got := storage.ReasonOf(err); got != pb.Reason_STALE_EPOCH {
+		t.Fatalf("fencing with an older epoch: %v, want STALE_EPOCH", err)
+	}
+	if in := info(t, c); in.Epoch != 2 || in.Scl != 6 {
+		t.Fatalf("after the fence: epoch %d, SCL %d; want 2 and 6", in.Epoch, in.Scl)
 	}
 
 	// Recovery found VDL 4 (LSN 4 is this PG's tail) and LAL 10.
@@ -154,12 +173,7 @@ func TestTruncate(t *testing.T) {
 		t.Logf("refused: %v", err)
 	}
 
-	// The old writer is fenced; the new one continues from the tail.
-	_, err = appendOnce(t, c, &pb.AppendRequest{Seq: 1, Volume: 1, Epoch: 1,
-		Batches: []*pb.SegmentBatch{{Pg: 0, Records: [][]byte{rec(7, 6, 1, 7, true, 7)}}}})
-	if got := storage.ReasonOf(err); got != pb.Reason_STALE_EPOCH {
-		t.Fatalf("old writer after truncation: %v, want STALE_EPOCH", err)
-	}
+	// The new writer continues from the tail.
 	if scl := mustAppend(t, c, &pb.AppendRequest{Seq: 1, Volume: 1, Epoch: 2, Vdl: 4,
 		Batches: []*pb.SegmentBatch{{Pg: 0, Records: [][]byte{rec(5, 4, 2, 6, true, 50)}}}}); scl != 5 {
 		t.Fatalf("new writer's first record: SCL %d, want 5", scl)

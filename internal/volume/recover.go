@@ -148,8 +148,10 @@ func (e *RecoverError) Error() string {
 
 func (e *RecoverError) Unwrap() error { return e.Err }
 
-// Recover recovers a volume for a new writer: it asks every segment of every
-// PG for its state, computes the VDL from a read quorum of each
+// Recover recovers a volume for a new writer: it fences older writers on
+// every segment of every PG as it asks for the segment's state (so none can
+// make a record durable behind its back), computes the VDL from a read
+// quorum of each
 // (internal/recovery), records the truncation range in the control plane,
 // truncates every segment (a write quorum of each PG must acknowledge), and
 // waits until the records at or below the VDL are on a write quorum of
@@ -305,17 +307,12 @@ type segInfo struct {
 func (r *recoverer) gather(ctx context.Context) (recovery.Input, map[uint32][]segInfo, error) {
 	in := recovery.Input{Epoch: r.cfg.Epoch, LAL: r.cfg.LAL, Prior: r.cfg.Prior}
 	infos := map[uint32][]segInfo{}
-	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, p := range r.cfg.PGs {
-		infos[p.PG] = make([]segInfo, len(p.Members))
+		row := make([]segInfo, len(p.Members))
+		infos[p.PG] = row
 		for i, m := range p.Members {
-			wg.Go(func() {
-				si := r.askInfo(ctx, p.PG, m)
-				mu.Lock()
-				infos[p.PG][i] = si
-				mu.Unlock()
-			})
+			wg.Go(func() { row[i] = r.askInfo(ctx, p.PG, m) })
 		}
 	}
 	wg.Wait()
@@ -336,16 +333,20 @@ func (r *recoverer) gather(ctx context.Context) (recovery.Input, map[uint32][]se
 func (r *recoverer) askInfo(ctx context.Context, pg uint32, m Member) segInfo {
 	rctx, cancel := context.WithTimeout(ctx, r.cfg.RPCTimeout)
 	defer cancel()
-	resp, err := r.client(m).SegmentInfo(rctx, &pb.SegmentInfoRequest{Volume: r.cfg.VolumeID, Pg: pg})
+	// The request fences older writers on the node first, so the answer
+	// counts every record an older writer could still get acknowledged
+	// here: once a read quorum of a PG is fenced, it can never again get
+	// the four acks that make a record durable.
+	resp, err := r.client(m).SegmentInfo(rctx, &pb.SegmentInfoRequest{Volume: r.cfg.VolumeID, Pg: pg, FenceEpoch: r.cfg.Epoch})
 	id := quorum.SegmentID(m.NodeID)
 	switch {
 	case reasonOf(err) == pb.Reason_PG_NOT_HOSTED:
 		return segInfo{m: m, ans: &recovery.Answer{Segment: id, NotHosted: true}}
+	case reasonOf(err) == pb.Reason_STALE_EPOCH:
+		return segInfo{m: m, err: fmt.Errorf("%w (storage node %s refused recovery under epoch %d of volume %d: %v)", ErrFenced, m.NodeID, r.cfg.Epoch, r.cfg.VolumeID, plainErr(err))}
 	case err != nil:
 		r.log.Warn("recovery: segment did not answer", "pg", pg, "node", m.NodeID, "addr", m.Addr, "err", err)
 		return segInfo{m: m, err: plainErr(err)}
-	case resp.Epoch > r.cfg.Epoch:
-		return segInfo{m: m, err: fmt.Errorf("%w (storage node %s has seen epoch %d of volume %d, newer than the recovery's %d)", ErrFenced, m.NodeID, resp.Epoch, r.cfg.VolumeID, r.cfg.Epoch)}
 	}
 	ts := make([]segment.Truncation, len(resp.Truncations))
 	for i, t := range resp.Truncations {
