@@ -582,7 +582,9 @@ func TestCollectorExportsCounters(t *testing.T) {
 			got[f.GetName()] = m.GetGauge().GetValue()
 		}
 	}
-	if got["borealis_volume_commits_total"] != 1 || got["borealis_volume_vdl"] < 1 || got["borealis_volume_records_sent_total"] != 6 {
+	// The commit is durable once 4 segments acked: the other two copies
+	// may still be on their way, or dropped from their queues.
+	if sent := got["borealis_volume_records_sent_total"]; got["borealis_volume_commits_total"] != 1 || got["borealis_volume_vdl"] < 1 || sent < 4 || sent > 6 {
 		t.Fatalf("metrics %v", got)
 	}
 }
