@@ -243,6 +243,21 @@ func TestSQLRollbacksLeaveNoTrace(t *testing.T) {
 		t.Fatalf("a statement on a missing table: %v", err)
 	}
 
+	// A BEGIN left open is rolled back (it would hold the writer turn), and
+	// transaction control inside "transaction": true is refused.
+	_, err = c.db.Execute(context.Background(), []sqlclient.Statement{{SQL: "BEGIN"}, insert(8000)}, false)
+	if sqlclient.Code(err) != "bad_request" || !strings.Contains(err.Error(), "left a transaction open") {
+		t.Fatalf("a BEGIN without COMMIT: %v", err)
+	}
+	_, err = c.db.Execute(context.Background(), []sqlclient.Statement{{SQL: "BEGIN"}, insert(8001), insert(1)}, false)
+	if sqlclient.Code(err) != "constraint_violation" {
+		t.Fatalf("a failing statement after BEGIN: %v", err)
+	}
+	_, err = c.db.Execute(context.Background(), []sqlclient.Statement{insert(8002), {SQL: "COMMIT"}}, true)
+	if sqlclient.Code(err) != "bad_request" {
+		t.Fatalf("COMMIT inside a transaction: %v", err)
+	}
+
 	after := c.query(t, "SELECT k, v FROM t ORDER BY k")
 	if fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Fatalf("the table changed: %d rows before, %d after", len(before), len(after))
@@ -255,6 +270,8 @@ func TestSQLRollbacksLeaveNoTrace(t *testing.T) {
 		t.Fatalf("%d commits reached storage from failed or rolled-back transactions", health2.Stats.Commits-health.Stats.Commits)
 	}
 	c.integrityOK(t)
+	// Nothing kept the writer turn: writes go on.
+	c.exec(t, true, insert(9000), insert(9001))
 }
 
 // Required test 4, and the pipelined commit's test: SIGKILL every process

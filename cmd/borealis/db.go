@@ -7,9 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"github.com/borealis-db/borealis/internal/dbserver"
@@ -17,7 +21,7 @@ import (
 
 func dbCmd() *cobra.Command {
 	var cfg dbserver.Config
-	var listen string
+	var listen, metrics string
 	cmd := &cobra.Command{
 		Use:   "db --role writer --volume NAME --control ADDR --listen ADDR",
 		Short: "Run a database instance: SQLite on a volume, served over HTTP",
@@ -45,6 +49,20 @@ stops serving writes, takes the lease again and recovers again.`,
 			lis, err := net.Listen("tcp", listen)
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w", listen, err)
+			}
+			if metrics != "" {
+				mlis, err := net.Listen("tcp", metrics)
+				if err != nil {
+					lis.Close()
+					return fmt.Errorf("metrics listen on %s: %w", metrics, err)
+				}
+				reg := prometheus.NewRegistry()
+				reg.MustRegister(inst.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+				mux := http.NewServeMux()
+				mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+				mux.HandleFunc("/debug/pprof/", pprof.Index)
+				mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+				go http.Serve(mlis, mux)
 			}
 			srv := &http.Server{Handler: inst.Handler(), ReadHeaderTimeout: 10 * time.Second}
 			ctx := cmd.Context()
@@ -74,6 +92,7 @@ stops serving writes, takes the lease again and recovers again.`,
 	f.StringVar(&cfg.Volume, "volume", "", "volume name")
 	f.StringVar(&cfg.Control, "control", "", "control plane gRPC address")
 	f.StringVar(&listen, "listen", "", "HTTP address to serve SQL on")
+	f.StringVar(&metrics, "metrics", "", "address to serve Prometheus /metrics and pprof on (off when empty)")
 	f.StringVar(&cfg.ID, "id", "", "instance id, the holder name of the writer lease (default: the role)")
 	f.IntVar(&cfg.CacheMiB, "cache-mib", 64, "page cache size in MiB")
 	f.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "how long a commit waits for a write quorum before failing with storage_unavailable")

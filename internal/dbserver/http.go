@@ -14,6 +14,7 @@ import (
 
 	"github.com/ncruces/go-sqlite3"
 
+	"github.com/borealis-db/borealis/internal/sqlclient"
 	"github.com/borealis-db/borealis/internal/sqlvfs"
 	"github.com/borealis-db/borealis/internal/volume"
 )
@@ -186,6 +187,15 @@ func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request) {
 		}
 		args[i] = a
 	}
+	if req.Transaction {
+		for i, st := range req.Statements {
+			switch k, _ := sqlclient.Classify(st.SQL); k {
+			case sqlclient.Begin, sqlclient.Commit, sqlclient.Rollback:
+				writeErr(w, apiErr(http.StatusBadRequest, CodeBadRequest, "statement %d is %s, but \"transaction\": true already runs the statements in one transaction", i+1, strings.ToUpper(k.String())))
+				return
+			}
+		}
+	}
 	if e := s.writable(); e != nil {
 		writeErr(w, e)
 		return
@@ -210,7 +220,8 @@ func (s *Instance) execute(ctx context.Context, req ExecuteRequest, args [][]any
 	}
 	var ex execer = conn
 	var tx *sql.Tx
-	if req.Transaction {
+	// One statement is atomic by itself: no BEGIN and COMMIT around it.
+	if req.Transaction && len(req.Statements) > 1 {
 		if tx, err = conn.BeginTx(ctx, nil); err != nil {
 			return nil, s.classify(ctx, conn, err, "BEGIN")
 		}
@@ -222,6 +233,10 @@ func (s *Instance) execute(ctx context.Context, req ExecuteRequest, args [][]any
 		if err != nil {
 			if tx != nil {
 				_ = tx.Rollback()
+			} else if open, _ := inTransaction(conn); open {
+				// The statements' own BEGIN: end it, or it would keep the
+				// writer turn after the request.
+				_, _ = conn.ExecContext(context.Background(), "ROLLBACK")
 			}
 			e := s.classify(ctx, conn, err, "")
 			if len(req.Statements) > 1 {
@@ -241,8 +256,26 @@ func (s *Instance) execute(ctx context.Context, req ExecuteRequest, args [][]any
 		if err := tx.Commit(); err != nil {
 			return nil, s.classify(ctx, conn, err, "COMMIT")
 		}
+	} else if open, err := inTransaction(conn); err != nil || open {
+		// A BEGIN without its COMMIT would keep the writer turn after the
+		// request: every other writer would wait for it.
+		_, _ = conn.ExecContext(context.Background(), "ROLLBACK")
+		return nil, apiErr(http.StatusBadRequest, CodeBadRequest, "the statements left a transaction open (BEGIN without COMMIT or ROLLBACK); a transaction must end in the request that began it, so it was rolled back")
 	}
 	return results, nil
+}
+
+// inTransaction reports whether conn is inside an explicit transaction.
+func inTransaction(conn *sql.Conn) (open bool, err error) {
+	err = conn.Raw(func(dc any) error {
+		rc, ok := dc.(interface{ Raw() *sqlite3.Conn })
+		if !ok {
+			return fmt.Errorf("dbserver: %T is not a go-sqlite3 connection", dc)
+		}
+		open = !rc.Raw().GetAutocommit()
+		return nil
+	})
+	return open, err
 }
 
 func (s *Instance) handleQuery(w http.ResponseWriter, r *http.Request) {
