@@ -351,6 +351,9 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 	if len(rep.Nodes) != 6 || len(nodeAZ) != 3 || nodeAZ["a"] != 2 || nodeAZ["b"] != 2 || nodeAZ["c"] != 2 {
 		t.Fatalf("status lists nodes %+v", rep.Nodes)
 	}
+	if len(rep.Writers) != 1 || rep.Writers[0].Volume != "main" || rep.Writers[0].Endpoint != "http://"+byID["writer"].Addr || rep.Writers[0].Ready == nil || !*rep.Writers[0].Ready {
+		t.Fatalf("status writers: %+v", rep.Writers)
+	}
 	if len(rep.Volumes) != 2 || rep.Volumes[0].Name != "main" || rep.Volumes[1].Name != rawVolume {
 		t.Fatalf("status volumes: %+v", rep.Volumes)
 	}
@@ -472,6 +475,12 @@ type statusOutput struct {
 	Nodes []struct {
 		ID, AZ, Addr, State string
 	} `json:"nodes"`
+	Writers []struct {
+		Volume   string `json:"volume"`
+		Epoch    uint64 `json:"epoch"`
+		Endpoint string `json:"endpoint"`
+		Ready    *bool  `json:"ready"`
+	} `json:"writers"`
 	Volumes []struct {
 		Name          string `json:"name"`
 		VolumeEpoch   uint64 `json:"volume_epoch"`

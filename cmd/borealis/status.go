@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -16,6 +17,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/sqlclient"
 	"github.com/borealis-db/borealis/internal/storage"
 )
 
@@ -75,6 +78,13 @@ type writerReport struct {
 	Volume string `json:"volume"`
 	Holder string `json:"holder"`
 	Epoch  uint64 `json:"epoch"`
+	// From the writer's own /v1/health, when the cluster.json of --dir
+	// lists it: its SQL endpoint, its VDL (the exact one, on a consistency
+	// point), and whether it serves.
+	Endpoint string `json:"endpoint,omitempty"`
+	VDL      uint64 `json:"vdl,omitempty"`
+	Ready    *bool  `json:"ready,omitempty"`
+	State    string `json:"state,omitempty"`
 }
 
 func statusCmd() *cobra.Command {
@@ -93,6 +103,9 @@ func statusCmd() *cobra.Command {
 			rep, err := gatherStatus(ctx, control)
 			if err != nil {
 				return err
+			}
+			if where.control == "" {
+				addWriterHealth(ctx, rep, filepath.Join(where.dir, clusterFileName))
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -278,6 +291,35 @@ func printStatus(out io.Writer, rep *statusReport) {
 		fmt.Fprintln(out, "\nWRITERS: none")
 	}
 	for _, w := range rep.Writers {
-		fmt.Fprintf(out, "\nWRITER of %s: %s, epoch %d\n", w.Volume, w.Holder, w.Epoch)
+		fmt.Fprintf(out, "\nWRITER of %s: %s, epoch %d", w.Volume, w.Holder, w.Epoch)
+		if w.Endpoint != "" {
+			fmt.Fprintf(out, ", SQL at %s, VDL %d, %s", w.Endpoint, w.VDL, w.State)
+		}
+		fmt.Fprintln(out)
+	}
+}
+
+// addWriterHealth adds what the writers listed in a cluster.json say of
+// themselves on /v1/health. A writer that does not answer is left as the
+// catalog shows it.
+func addWriterHealth(ctx context.Context, rep *statusReport, clusterFile string) {
+	cf, err := cluster.ReadFile(clusterFile)
+	if err != nil {
+		return
+	}
+	for _, c := range cf.Components {
+		if c.Role != "writer" {
+			continue
+		}
+		h, err := (&sqlclient.Client{Endpoint: "http://" + c.Addr}).Health(ctx)
+		if err != nil {
+			continue
+		}
+		for i := range rep.Writers {
+			if w := &rep.Writers[i]; w.Volume == h.Volume && w.Epoch == h.Epoch {
+				ready := h.Ready
+				w.Endpoint, w.VDL, w.Ready, w.State = "http://"+c.Addr, h.VDL, &ready, h.Status
+			}
+		}
 	}
 }
