@@ -1,0 +1,198 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/borealis-db/borealis/internal/cluster"
+)
+
+// cliSQL runs `borealis sql` with args and stdin, and returns what it printed
+// on stdout and stderr and its exit code.
+func cliSQL(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"sql"}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("sql %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// TestSQLCommandOnUp runs `borealis sql` against the writer of a real `up`
+// cluster: scripts with -e, tables and JSON, a transaction, the server's
+// errors, statements on stdin, dot commands and --endpoint.
+func TestSQLCommandOnUp(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "c")
+	u := startUp(t, dir, "--base-port", fmt.Sprint(freeBasePort(t)))
+	f := u.waitReady()
+	ok := func(stdin string, args ...string) string {
+		t.Helper()
+		out, errOut, code := cliSQL(t, stdin, append([]string{"--dir", dir}, args...)...)
+		if code != 0 {
+			t.Fatalf("sql %v: exit %d\n%s%s", args, code, out, errOut)
+		}
+		return out
+	}
+
+	if out := ok("", "-e", `CREATE TABLE acct(id INTEGER PRIMARY KEY, owner TEXT NOT NULL UNIQUE, balance REAL, photo BLOB);
+		INSERT INTO acct(owner, balance, photo) VALUES ('alice', 100, x'DEADBEEF'), ('bob', 20.5, NULL);
+		-- a comment; with a semicolon
+		INSERT INTO acct(owner, balance) VALUES ('semi;colon', 0)`); out != "" {
+		t.Fatalf("writes printed %q", out)
+	}
+	table := ok("", "-e", "SELECT id, owner, balance, photo FROM acct ORDER BY id")
+	want := "id  owner       balance  photo\n" +
+		"--  ----------  -------  -----------\n" +
+		" 1  alice         100.0  X'DEADBEEF'\n" +
+		" 2  bob            20.5\n" +
+		" 3  semi;colon      0.0\n"
+	if table != want {
+		t.Fatalf("table:\n%s\nwant:\n%s", table, want)
+	}
+
+	// A transfer in one transaction, then the balances as JSON.
+	ok("", "-e", "BEGIN; UPDATE acct SET balance = balance - 10 WHERE owner = 'alice'; UPDATE acct SET balance = balance + 10 WHERE owner = 'bob'; COMMIT;")
+	// A rolled-back transaction sends nothing.
+	ok("", "-e", "BEGIN; DELETE FROM acct; ROLLBACK;")
+	var res struct {
+		Columns []string `json:"columns"`
+		Types   []string `json:"types"`
+		Rows    [][]any  `json:"rows"`
+	}
+	out := ok("", "--json", "-e", "SELECT owner, balance, photo FROM acct ORDER BY id")
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("--json printed %q: %v", out, err)
+	}
+	wantRows := [][]any{{"alice", 90.0, map[string]any{"base64": "3q2+7w=="}}, {"bob", 30.5, nil}, {"semi;colon", 0.0, nil}}
+	if !reflect.DeepEqual(res.Columns, []string{"owner", "balance", "photo"}) || len(res.Types) != 3 || !reflect.DeepEqual(res.Rows, wantRows) {
+		t.Fatalf("--json: %s", out)
+	}
+	out = ok("", "--json", "-e", "INSERT INTO acct(owner) VALUES ('carol')")
+	if strings.TrimSpace(out) != `{"results":[{"rows_affected":1,"last_insert_id":4}]}` {
+		t.Fatalf("--json of an insert: %q", out)
+	}
+
+	// The server's errors, with their codes, and a non-zero exit.
+	for _, tc := range []struct{ script, want string }{
+		{"SELECT * FROM nope", "sql_error"},
+		{"INSERT INTO acct(owner) VALUES ('alice')", "constraint_violation"},
+		{"SELECT 1; INSERT INTO acct(owner) VALUES ('bob'); INSERT INTO acct(owner) VALUES ('dave')", "UNIQUE constraint failed"},
+	} {
+		_, errOut, code := cliSQL(t, "", "--dir", dir, "-e", tc.script)
+		if code == 0 || !strings.Contains(errOut, tc.want) {
+			t.Fatalf("%s: exit %d, stderr %q; want an error with %q", tc.script, code, errOut, tc.want)
+		}
+	}
+	// The failed script stopped at its error: dave was not inserted.
+	if out := ok("", "-e", "SELECT count(*) AS n FROM acct WHERE owner = 'dave'"); out != "n\n-\n0\n" {
+		t.Fatalf("after the failed script: %q", out)
+	}
+
+	// Statements and dot commands on stdin, as a script would pipe them.
+	out = ok("CREATE TABLE notes(k INTEGER PRIMARY KEY, body TEXT);\nINSERT INTO notes(body)\n  VALUES ('one'), ('two');\n.tables\nSELECT count(*) AS notes FROM notes;\n.schema notes\n.status\n")
+	for _, s := range []string{
+		"acct   notes\n",
+		"notes\n-----\n    2\n",
+		"CREATE TABLE notes(k INTEGER PRIMARY KEY, body TEXT);\n",
+		"role      writer\n", "volume    main", "ready     true\n",
+	} {
+		if !strings.Contains(out, s) {
+			t.Fatalf("stdin script output lacks %q:\n%s", s, out)
+		}
+	}
+	// Statements on stdin stop at the first error too.
+	_, errOut, code := cliSQL(t, "INSERT INTO notes(body) VALUES ('three');\nSELECT * FROM nope;\nINSERT INTO notes(body) VALUES ('four');\n", "--dir", dir)
+	if code == 0 || !strings.Contains(errOut, "no such table: nope") {
+		t.Fatalf("stdin error: exit %d, %q", code, errOut)
+	}
+
+	// --endpoint instead of --dir reaches the same writer.
+	var writer cluster.Component
+	for _, c := range f.Components {
+		if c.Role == "writer" {
+			writer = c
+		}
+	}
+	if writer.Addr == "" {
+		t.Fatalf("cluster.json lists no writer: %+v", f.Components)
+	}
+	out, errOut, code = cliSQL(t, "", "--endpoint", "http://"+writer.Addr, "--json", "-e", "SELECT group_concat(body, ',') AS b FROM notes")
+	if code != 0 || !strings.Contains(out, `"rows":[["one,two,three"]]`) {
+		t.Fatalf("--endpoint: exit %d, %q %q", code, out, errOut)
+	}
+
+	// A directory without a running cluster is named in a clear error.
+	_, errOut, code = cliSQL(t, "", "--dir", t.TempDir(), "-e", "SELECT 1")
+	if code == 0 || !strings.Contains(errOut, "no running cluster in") || !strings.Contains(errOut, "borealis up") {
+		t.Fatalf("no cluster: exit %d, %q", code, errOut)
+	}
+}
+
+// TestBenchSQLJSON runs `borealis bench sql --json` end to end (it starts its
+// own cluster, writer included) and checks the report's shape.
+func TestBenchSQLJSON(t *testing.T) {
+	cmd := exec.Command(binary, "bench", "sql", "--json", "--duration", "300ms", "--dir", t.TempDir())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bench sql: %v\n%s\n%s", err, out, stderr.String())
+	}
+	var rep struct {
+		Floor  *float64 `json:"floor_p50_ms"`
+		Insert []struct {
+			Clients  int      `json:"clients"`
+			TPS      *float64 `json:"tps"`
+			P50      *float64 `json:"p50_ms"`
+			P99      *float64 `json:"p99_ms"`
+			Redo     *float64 `json:"redo_bytes_per_txn"`
+			FullPage *float64 `json:"full_page_bytes_per_txn"`
+		} `json:"insert"`
+		Select []struct {
+			Clients int      `json:"clients"`
+			QPS     *float64 `json:"qps"`
+			P50     *float64 `json:"p50_ms"`
+			P99     *float64 `json:"p99_ms"`
+		} `json:"select"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	if err := dec.Decode(&rep); err != nil {
+		t.Fatalf("bench output is not a JSON object: %v\n%s", err, out)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		t.Fatalf("more than one JSON object:\n%s", out)
+	}
+	levels := []int{1, 8, 32, 64}
+	if rep.Floor == nil || *rep.Floor <= 0 || len(rep.Insert) != len(levels) || len(rep.Select) != len(levels) {
+		t.Fatalf("report: %s", out)
+	}
+	for i, l := range rep.Insert {
+		if l.Clients != levels[i] || l.TPS == nil || *l.TPS <= 0 || l.P50 == nil || l.P99 == nil || *l.P99 < *l.P50 ||
+			l.Redo == nil || *l.Redo <= 0 || l.FullPage == nil || *l.FullPage <= 0 {
+			t.Fatalf("insert level %d: %s", i, out)
+		}
+	}
+	for i, l := range rep.Select {
+		if l.Clients != levels[i] || l.QPS == nil || *l.QPS <= 0 || l.P50 == nil || l.P99 == nil || *l.P99 < *l.P50 {
+			t.Fatalf("select level %d: %s", i, out)
+		}
+	}
+	if !strings.Contains(stderr.String(), "INSERT: 64 clients") || !strings.Contains(stderr.String(), "SELECT: 64 clients") {
+		t.Fatalf("no progress on stderr:\n%s", stderr.String())
+	}
+}
