@@ -39,22 +39,30 @@ func newPageCache(maxPages int, vdl func() uint64) *pageCache {
 	return &pageCache{max: maxPages, lru: list.New(), pages: map[uint64]*list.Element{}, vdl: vdl, submitted: vdl()}
 }
 
-// newest returns the newest image of page, if cached.
-func (c *pageCache) newest(page uint64) ([]byte, bool) {
+// newest returns the newest image of page and the LSN of its version (an
+// upper bound), if cached.
+func (c *pageCache) newest(page uint64) ([]byte, uint64, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.pages[page]
 	if !ok {
-		return nil, false
+		return nil, 0, false
 	}
 	c.lru.MoveToFront(e)
-	return e.Value.(*cacheEntry).img, true
+	ce := e.Value.(*cacheEntry)
+	return ce.img, ce.lsn, true
 }
 
 // at returns the image of page as of read point rp, if the cache has it.
 func (c *pageCache) at(page, rp uint64) ([]byte, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if rp > c.submitted {
+		// An MTR at or below rp was handed to the volume (it may even be
+		// durable already) but its pages are not in the cache yet: what the
+		// cache holds may be older than rp. Storage has the state at rp.
+		return nil, false
+	}
 	e, ok := c.pages[page]
 	if !ok {
 		return nil, false

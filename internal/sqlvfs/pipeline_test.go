@@ -97,7 +97,7 @@ func TestCommitsArePipelined(t *testing.T) {
 // unacknowledged insert.
 func TestReadsAnswerWhileWritesStall(t *testing.T) {
 	cl := startCluster(t)
-	vc := cl.client(t, 1, 0)
+	vc := cl.client(t, 1, 0, time.Second)
 	db, err := OpenDB(vc, Options{CacheMiB: 8})
 	if err != nil {
 		t.Fatal(err)

@@ -374,17 +374,17 @@ func (d *database) pageAt(pg, rp uint64) ([]byte, error) {
 // pageNewest returns the newest version of page pg, committed or not. A
 // version above the VDL is always cached, so a page not in the cache is
 // served by storage at the VDL.
-func (d *database) pageNewest(pg uint64) ([]byte, error) {
-	if b, ok := d.cache.newest(pg); ok {
-		return b, nil
+func (d *database) pageNewest(pg uint64) ([]byte, uint64, error) {
+	if b, lsn, ok := d.cache.newest(pg); ok {
+		return b, lsn, nil
 	}
 	rp := d.vol.VDL()
 	b, err := d.read(pg, rp)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	d.cache.readNewest(pg, b, rp)
-	return b, nil
+	return b, rp, nil
 }
 
 func (d *database) read(pg, rp uint64) ([]byte, error) {
@@ -595,7 +595,17 @@ func (f *file) page(pg uint64) ([]byte, error) {
 	var b []byte
 	var err error
 	if f.holdsWriter {
-		b, err = f.db.pageNewest(pg)
+		var lsn uint64
+		b, lsn, err = f.db.pageNewest(pg)
+		if err == nil && f.lock < vfs.LOCK_RESERVED && lsn > f.db.vol.VDL() {
+			// A writer connection outside a write transaction hands what
+			// it reads to the caller before the transaction ends: it may
+			// not see what is not durable yet. (A write transaction may:
+			// its COMMIT waits for everything it read.)
+			if err = f.db.vol.WaitDurable(context.Background(), lsn); err != nil {
+				err = &UnacknowledgedError{LSN: lsn, Err: err}
+			}
+		}
 	} else {
 		rp := f.rp
 		if f.lock < vfs.LOCK_SHARED || !f.rpValid {
@@ -843,6 +853,12 @@ func (f *file) CommitPhaseTwo() error {
 		}
 		nw := dp.new
 		if pg == 1 {
+			if ps16 := int(binary.BigEndian.Uint16(nw[16:18])); ps16 != ps && !(ps16 == 1 && ps == 65536) {
+				// SQLite pages of another size would not line up with the
+				// volume's pages, and the database could not be opened
+				// again with the volume's page size.
+				return f.fail(fmt.Errorf("sqlvfs: SQLite page size %d differs from the volume's %d-byte pages; open with PRAGMA page_size=%d", ps16, ps, ps))
+			}
 			// The counter fields are served per read point, stored as zero.
 			nw = append([]byte(nil), nw...)
 			clear(nw[24:28])
@@ -903,6 +919,10 @@ func (f *file) Lock(lock vfs.LockLevel) error {
 	}
 	d := f.db
 	if f.lock < vfs.LOCK_SHARED {
+		// A new transaction: an error of an earlier one is not its cause.
+		f.failMu.Lock()
+		f.failure = nil
+		f.failMu.Unlock()
 		if f.reader {
 			rp, release := d.vol.PinReadPoint()
 			f.unpin = release
@@ -972,11 +992,29 @@ func (f *file) Unlock(lock vfs.LockLevel) error {
 	f.lock = lock
 	if wait > d.vol.VDL() {
 		if err := d.vol.WaitDurable(context.Background(), wait); err != nil {
-			return f.fail(fmt.Errorf("sqlvfs: commit at LSN %d not acknowledged: %w", wait, err))
+			// SQLite may keep what it read in its page cache: a new
+			// counter at the next SHARED makes it read again.
+			f.rpValid = false
+			return f.fail(&UnacknowledgedError{LSN: wait, Err: err})
 		}
 	}
 	return nil
 }
+
+// UnacknowledgedError is a commit (or a read of the newest state) whose
+// LSN did not become durable in time. The outcome is unknown: the MTR stays
+// with the volume client and becomes durable if storage recovers before
+// the writer stops.
+type UnacknowledgedError struct {
+	LSN uint64
+	Err error
+}
+
+func (e *UnacknowledgedError) Error() string {
+	return fmt.Sprintf("sqlvfs: LSN %d not acknowledged: %v", e.LSN, e.Err)
+}
+
+func (e *UnacknowledgedError) Unwrap() error { return e.Err }
 
 func (f *file) CheckReservedLock() (bool, error) {
 	if f.lock >= vfs.LOCK_RESERVED {

@@ -45,14 +45,18 @@ func startCluster(t *testing.T) *cluster {
 
 // client opens a volume client. A reopened volume passes the VDL and the
 // (single) PG's tail, standing in for recovery.
-func (cl *cluster) client(t *testing.T, epoch, base uint64) *volume.Client {
+func (cl *cluster) client(t *testing.T, epoch, base uint64, writeTimeout ...time.Duration) *volume.Client {
 	t.Helper()
+	wt := 5 * time.Second
+	if len(writeTimeout) > 0 {
+		wt = writeTimeout[0]
+	}
 	cfg := volume.Config{
 		VolumeID:     1,
 		Epoch:        epoch,
 		PageSize:     4096,
 		Placement:    func(uint32) ([]volume.Member, error) { return cl.members, nil },
-		WriteTimeout: 5 * time.Second,
+		WriteTimeout: wt,
 		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	if base > 0 {
