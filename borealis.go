@@ -15,7 +15,11 @@
 // plane, bumps the volume epoch (fencing any other writer) and runs crash
 // recovery, exactly as `borealis db --role writer` does; later connections
 // share that writer. A COMMIT returns once the transaction is durable on a
-// write quorum of every PG it touched. Close releases the lease.
+// write quorum of every PG it touched; a read on these connections returns
+// only durable data, waiting for it if it must. Connections of ReaderDSN
+// read at the durable LSN and never wait. Close releases the lease; if the
+// lease is lost (or another writer fences this one), the in-process writer
+// stops and its connections fail until the volume is opened again.
 package borealis
 
 import (
@@ -52,6 +56,22 @@ func DSN(control, volume string) string {
 	q.Set("vfs", sqlvfs.VFSName)
 	q.Set("control", control)
 	q.Set("_txlock", "immediate")
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", sqlvfs.DefaultBusyTimeout.Milliseconds()))
+	q.Add("_pragma", "journal_mode(memory)")
+	return "file:" + url.PathEscape(volume) + "?" + q.Encode()
+}
+
+// ReaderDSN is DSN for read-only connections: each read transaction is
+// pinned at the volume durable LSN when it starts, so it sees every
+// acknowledged commit and never one that is not durable, never waits for a
+// writer, and keeps answering while writes stall. The volume's writer in
+// this process is started as for DSN.
+func ReaderDSN(control, volume string) string {
+	once.Do(func() { sqlvfs.SetOpener(open) })
+	q := url.Values{}
+	q.Set("vfs", sqlvfs.VFSName)
+	q.Set("control", control)
+	q.Set("mode", "ro")
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", sqlvfs.DefaultBusyTimeout.Milliseconds()))
 	q.Add("_pragma", "journal_mode(memory)")
 	return "file:" + url.PathEscape(volume) + "?" + q.Encode()

@@ -257,6 +257,16 @@ func TestSQLRollbacksLeaveNoTrace(t *testing.T) {
 	if sqlclient.Code(err) != "bad_request" {
 		t.Fatalf("COMMIT inside a transaction: %v", err)
 	}
+	// Two statements in one entry would run as a script: a COMMIT in it
+	// would end the transaction early.
+	_, err = c.db.Execute(context.Background(), []sqlclient.Statement{insert(8003), {SQL: "INSERT INTO t(k, v) VALUES(8004, 'x'); COMMIT"}, {SQL: "INSERT INTO t(k, v) VALUES(1, 'dup')"}}, true)
+	if sqlclient.Code(err) != "bad_request" || !strings.Contains(err.Error(), "more than one SQL statement") {
+		t.Fatalf("two statements in one entry: %v", err)
+	}
+	// A read transaction may not outlive its query.
+	if _, err := c.db.Query(context.Background(), "BEGIN"); sqlclient.Code(err) != "bad_request" {
+		t.Fatalf("BEGIN on /v1/query: %v", err)
+	}
 
 	after := c.query(t, "SELECT k, v FROM t ORDER BY k")
 	if fmt.Sprint(after) != fmt.Sprint(before) {

@@ -65,23 +65,33 @@ stops serving writes, takes the lease again and recovers again.`,
 				go http.Serve(mlis, mux)
 			}
 			srv := &http.Server{Handler: inst.Handler(), ReadHeaderTimeout: 10 * time.Second}
-			ctx := cmd.Context()
+			// The instance outlives the signal until the HTTP server has
+			// drained: requests in flight finish their commits.
+			runCtx, stopRun := context.WithCancel(context.Background())
+			defer stopRun()
 			runErr := make(chan error, 1)
-			go func() { runErr <- inst.Run(ctx) }()
+			go func() { runErr <- inst.Run(runCtx) }()
 			serveErr := make(chan error, 1)
 			go func() { serveErr <- srv.Serve(lis) }()
 			log.Info("database instance listening", "role", cfg.Role, "volume", cfg.Volume, "addr", lis.Addr().String())
+			var failed error
 			select {
-			case err = <-serveErr:
-				return fmt.Errorf("serve HTTP: %w", err)
-			case err = <-runErr:
+			case <-cmd.Context().Done():
+				log.Info("stopping on signal: finishing the requests in flight")
+			case err := <-serveErr:
+				failed = fmt.Errorf("serve HTTP: %w", err)
+			case err := <-runErr:
+				failed = err
+				runErr <- err
 			}
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			_ = srv.Shutdown(sctx)
+			stopRun()
+			<-runErr
 			inst.Close()
-			if err != nil && !errors.Is(err, context.Canceled) {
-				return err
+			if failed != nil && !errors.Is(failed, context.Canceled) {
+				return failed
 			}
 			log.Info("stopped")
 			return nil

@@ -47,8 +47,15 @@ func main() {
 	if err := tx.Commit(); err != nil {
 		log.Fatal(err)
 	}
+	// Read-only connections read at the volume durable LSN: every
+	// acknowledged commit, never one that is not durable, never waiting.
+	rdb, err := sql.Open("sqlite3", borealis.ReaderDSN(*control, *volume))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer rdb.Close()
 	var n int
-	if err := db.QueryRow(`SELECT count(*) FROM greetings`).Scan(&n); err != nil {
+	if err := rdb.QueryRow(`SELECT count(*) FROM greetings`).Scan(&n); err != nil {
 		log.Fatal(err)
 	}
 	fmt.Printf("greetings: %d rows\n", n)

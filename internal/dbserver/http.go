@@ -196,11 +196,12 @@ func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	if e := s.writable(); e != nil {
+	db, e := s.writable(r.Context())
+	if e != nil {
 		writeErr(w, e)
 		return
 	}
-	res, e := s.execute(r.Context(), req, args)
+	res, e := s.execute(r.Context(), db, req, args)
 	if e != nil {
 		writeErr(w, e)
 		return
@@ -208,17 +209,17 @@ func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, ExecuteResponse{Results: res})
 }
 
-func (s *Instance) execute(ctx context.Context, req ExecuteRequest, args [][]any) ([]ExecResult, *APIError) {
-	conn, err := s.db.Writer.Conn(ctx)
+func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req ExecuteRequest, args [][]any) ([]ExecResult, *APIError) {
+	conn, err := db.Writer.Conn(ctx)
 	if err != nil {
 		return nil, s.classify(ctx, nil, err, "")
 	}
 	defer conn.Close()
 	s.stats.executes.Add(1)
-	type execer interface {
-		ExecContext(context.Context, string, ...any) (sql.Result, error)
+	type preparer interface {
+		PrepareContext(context.Context, string) (*sql.Stmt, error)
 	}
-	var ex execer = conn
+	var ex preparer = conn
 	var tx *sql.Tx
 	// One statement is atomic by itself: no BEGIN and COMMIT around it.
 	if req.Transaction && len(req.Statements) > 1 {
@@ -229,7 +230,7 @@ func (s *Instance) execute(ctx context.Context, req ExecuteRequest, args [][]any
 	}
 	results := make([]ExecResult, 0, len(req.Statements))
 	for i, st := range req.Statements {
-		r, err := ex.ExecContext(ctx, st.SQL, args[i]...)
+		r, err := execOne(ctx, ex, st.SQL, args[i])
 		if err != nil {
 			if tx != nil {
 				_ = tx.Rollback()
@@ -265,6 +266,20 @@ func (s *Instance) execute(ctx context.Context, req ExecuteRequest, args [][]any
 	return results, nil
 }
 
+// execOne runs one statement. It is prepared first, which refuses a string
+// of several statements: run as a script, a COMMIT inside one would end the
+// request's transaction behind its back.
+func execOne(ctx context.Context, p interface {
+	PrepareContext(context.Context, string) (*sql.Stmt, error)
+}, q string, args []any) (sql.Result, error) {
+	st, err := p.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	return st.ExecContext(ctx, args...)
+}
+
 // inTransaction reports whether conn is inside an explicit transaction.
 func inTransaction(conn *sql.Conn) (open bool, err error) {
 	err = conn.Raw(func(dc any) error {
@@ -293,11 +308,17 @@ func (s *Instance) handleQuery(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, e)
 		return
 	}
-	if e := s.readable(); e != nil {
+	switch k, _ := sqlclient.Classify(req.SQL); k {
+	case sqlclient.Begin, sqlclient.Commit, sqlclient.Rollback, sqlclient.Savepoint, sqlclient.Release:
+		writeErr(w, apiErr(http.StatusBadRequest, CodeBadRequest, "%s is transaction control; a query runs alone at the VDL, and transactions go to /v1/execute", strings.ToUpper(k.String())))
+		return
+	}
+	db, e := s.readable()
+	if e != nil {
 		writeErr(w, e)
 		return
 	}
-	resp, e := s.query(r.Context(), req.SQL, args)
+	resp, e := s.query(r.Context(), db, req.SQL, args)
 	if e != nil {
 		writeErr(w, e)
 		return
@@ -305,12 +326,19 @@ func (s *Instance) handleQuery(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-func (s *Instance) query(ctx context.Context, q string, args []any) (*QueryResponse, *APIError) {
-	conn, err := s.db.Reader.Conn(ctx)
+func (s *Instance) query(ctx context.Context, db *sqlvfs.DB, q string, args []any) (*QueryResponse, *APIError) {
+	conn, err := db.Reader.Conn(ctx)
 	if err != nil {
 		return nil, s.classify(ctx, nil, err, "")
 	}
 	defer conn.Close()
+	defer func() {
+		// A read transaction left open would pin this pooled connection at
+		// an old read point (and keep storage from collecting below it).
+		if open, _ := inTransaction(conn); open {
+			_, _ = conn.ExecContext(context.Background(), "ROLLBACK")
+		}
+	}()
 	s.stats.queries.Add(1)
 	rows, err := conn.QueryContext(ctx, q, args...)
 	if err != nil {
@@ -397,14 +425,22 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 		cause = err
 	}
 	var unavailable *volume.UnavailableError
+	var unack *sqlvfs.UnacknowledgedError
 	switch {
+	case errors.As(cause, &unack) && errors.As(cause, &unavailable):
+		s.noteUnacknowledged(unack.LSN)
+		return apiErr(http.StatusServiceUnavailable, CodeStorageUnavailable,
+			"%sthe commit was not acknowledged: %v. Its outcome is unknown: it is kept, and it commits if storage recovers before the writer restarts; check before retrying. Writes wait until it is durable", prefix, unavailable)
 	case errors.As(cause, &unavailable):
 		return apiErr(http.StatusServiceUnavailable, CodeStorageUnavailable, "%s%v", prefix, unavailable)
 	case errors.Is(cause, volume.ErrFenced):
 		s.fenced(cause)
 		return apiErr(http.StatusConflict, CodeNotWriter, "%sthis instance is no longer the writer of volume %s: %v", prefix, s.cfg.Volume, cause)
-	case ctx.Err() != nil:
-		return apiErr(http.StatusServiceUnavailable, CodeStorageUnavailable, "%sthe request ended before it finished: %v", prefix, ctx.Err())
+	case errors.Is(cause, volume.ErrClosed), strings.Contains(err.Error(), "sql: database is closed"):
+		// The instance stopped (lease lost, shutting down) under the request.
+		return apiErr(http.StatusServiceUnavailable, CodeNotReady, "%sthe writer of volume %s stopped while the request ran: %v", prefix, s.cfg.Volume, cause)
+	case strings.Contains(err.Error(), "multiple statements"):
+		return apiErr(http.StatusBadRequest, CodeBadRequest, "%sone entry holds more than one SQL statement; send each statement as its own entry", prefix)
 	case errors.Is(err, sqlite3.CONSTRAINT):
 		return apiErr(http.StatusConflict, CodeConstraint, "%s%s", prefix, sqliteMessage(err))
 	case errors.Is(err, sqlite3.READONLY):
@@ -413,6 +449,8 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 		return apiErr(http.StatusServiceUnavailable, CodeBusy, "%s%s", prefix, sqliteMessage(err))
 	case errors.Is(err, sqlite3.IOERR), errors.Is(err, sqlite3.CANTOPEN), errors.Is(err, sqlite3.CORRUPT), errors.Is(err, sqlite3.NOMEM):
 		return apiErr(http.StatusInternalServerError, CodeInternal, "%s%v", prefix, cause)
+	case ctx.Err() != nil:
+		return apiErr(http.StatusServiceUnavailable, CodeStorageUnavailable, "%sthe request ended before it finished: %v", prefix, ctx.Err())
 	case isSQLiteError(err):
 		return apiErr(http.StatusBadRequest, CodeSQL, "%s%s", prefix, sqliteMessage(err))
 	}

@@ -114,6 +114,12 @@ type Instance struct {
 	epoch  uint64
 	ready  atomic.Bool
 	lease  *pb.AcquireWriterResponse
+	// limbo is the highest LSN of a commit that was not acknowledged in
+	// time (0: none); see writable.
+	limbo uint64
+	// restarts: Run takes the lease again when it is lost; an instance
+	// from Start shuts down instead.
+	restarts bool
 	// lost is closed when the instance stops being the writer.
 	lost     chan struct{}
 	lostOnce *sync.Once
@@ -176,18 +182,51 @@ func (s *Instance) Health() Health {
 	return h
 }
 
-// writable refuses a write when the instance cannot take one.
-func (s *Instance) writable() *APIError {
-	if !s.ready.Load() {
-		s.mu.Lock()
-		st := s.status
-		s.mu.Unlock()
-		return apiErr(503, CodeNotReady, "the writer of volume %s is not ready: %s", s.cfg.Volume, st)
+// readable returns the database to query, or why there is none.
+func (s *Instance) readable() (*sqlvfs.DB, *APIError) {
+	s.mu.Lock()
+	db, st := s.db, s.status
+	s.mu.Unlock()
+	if !s.ready.Load() || db == nil {
+		return nil, apiErr(503, CodeNotReady, "the writer of volume %s is not ready: %s", s.cfg.Volume, st)
 	}
-	return nil
+	return db, nil
 }
 
-func (s *Instance) readable() *APIError { return s.writable() }
+// writable returns the database to write to. After a commit that was not
+// acknowledged, it first waits (up to the write timeout) until that commit
+// is durable: new writes would otherwise pile up behind it, each with an
+// unknown outcome.
+func (s *Instance) writable(ctx context.Context) (*sqlvfs.DB, *APIError) {
+	db, e := s.readable()
+	if e != nil {
+		return nil, e
+	}
+	s.mu.Lock()
+	vol, limbo := s.vol, s.limbo
+	s.mu.Unlock()
+	if limbo == 0 || vol == nil || vol.VDL() >= limbo {
+		return db, nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+	defer cancel()
+	if err := vol.WaitDurable(wctx, limbo); err != nil {
+		return nil, apiErr(503, CodeStorageUnavailable, "an earlier commit (LSN %d) is still not acknowledged, and writes wait for it: %v", limbo, err)
+	}
+	s.mu.Lock()
+	if s.limbo == limbo {
+		s.limbo = 0
+	}
+	s.mu.Unlock()
+	return db, nil
+}
+
+// noteUnacknowledged records a commit whose outcome is unknown.
+func (s *Instance) noteUnacknowledged(lsn uint64) {
+	s.mu.Lock()
+	s.limbo = max(s.limbo, lsn)
+	s.mu.Unlock()
+}
 
 // fenced is called when storage refuses this writer's epoch: another writer
 // took over.
@@ -198,7 +237,16 @@ func (s *Instance) fenced(err error) {
 	if once != nil {
 		once.Do(func() {
 			s.log.Error("fenced: another writer took over the volume", "err", err)
+			s.ready.Store(false)
 			close(lost)
+			s.mu.Lock()
+			restarts := s.restarts
+			s.mu.Unlock()
+			if !restarts {
+				// Not inline: the caller still holds a connection, and
+				// closing the database waits for it.
+				go s.shutdown()
+			}
 		})
 	}
 }
@@ -221,6 +269,9 @@ func (s *Instance) Start(ctx context.Context) error {
 // Run runs the instance until ctx ends: start, keep the lease, and start
 // again (with a new epoch and a new recovery) whenever it is lost.
 func (s *Instance) Run(ctx context.Context) error {
+	s.mu.Lock()
+	s.restarts = true
+	s.mu.Unlock()
 	for {
 		lease, err := s.acquire(ctx)
 		if err != nil {
@@ -297,7 +348,8 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) er
 		Logger:       s.cfg.Logger,
 	}
 	vctx, stopFollow := context.WithCancel(context.Background())
-	if err := volume.NewFromControl(s.ctl, s.cfg.Volume).Configure(ctx, &cfg); err != nil {
+	// The catalog watch lives as long as this volume client.
+	if err := volume.NewFromControl(s.ctl, s.cfg.Volume).Configure(vctx, &cfg); err != nil {
 		stopFollow()
 		return err
 	}
@@ -326,7 +378,7 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) er
 	once := &sync.Once{}
 	s.mu.Lock()
 	s.db, s.vol, s.volID, s.epoch = db, vol, cfg.VolumeID, epoch
-	s.lost, s.lostOnce, s.lease = lost, once, lease
+	s.lost, s.lostOnce, s.lease, s.limbo = lost, once, lease, 0
 	s.closeVol = func() {
 		db.Close()
 		vol.Close()
@@ -340,13 +392,16 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) er
 	return nil
 }
 
-// keepLease renews the writer lease until it is lost. Only the control
-// plane saying the lease is gone counts: while the control plane is
-// unreachable the writer goes on, since storage fences it by epoch anyway if
-// another writer takes over.
+// keepLease renews the writer lease until it is lost: the control plane
+// says it is gone, or no renewal succeeded for a whole TTL (the control
+// plane may have expired it, and a new writer may be serving; storage fences
+// this one's writes by epoch, but its reads would go stale). Then the
+// instance stops serving: Run takes the lease again, with a new epoch and a
+// new recovery; an instance from Start shuts down.
 func (s *Instance) keepLease(lease int64, lost chan struct{}, once *sync.Once) {
 	t := time.NewTicker(s.cfg.LeaseTTL / 3)
 	defer t.Stop()
+	lastOK := time.Now()
 	for {
 		select {
 		case <-lost:
@@ -356,17 +411,32 @@ func (s *Instance) keepLease(lease int64, lost chan struct{}, once *sync.Once) {
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.LeaseTTL/3)
 		_, err := s.ctl.RenewWriter(ctx, &pb.RenewWriterRequest{Lease: lease})
 		cancel()
-		switch status.Code(err) {
-		case codes.OK:
-		case codes.NotFound:
-			once.Do(func() {
-				s.log.Error("the writer lease expired", "err", err)
-				close(lost)
-			})
-			return
+		why := ""
+		switch {
+		case err == nil:
+			lastOK = time.Now()
+			continue
+		case status.Code(err) == codes.NotFound:
+			why = "the writer lease expired"
+		case time.Since(lastOK) >= s.cfg.LeaseTTL:
+			why = fmt.Sprintf("the writer lease could not be renewed for %s, its time to live", s.cfg.LeaseTTL)
 		default:
-			s.log.Warn("cannot renew the writer lease; going on until storage or the control plane says otherwise", "err", err)
+			s.log.Warn("cannot renew the writer lease; retrying", "err", err, "since_last_renewal", time.Since(lastOK).Round(time.Millisecond))
+			continue
 		}
+		s.ready.Store(false)
+		once.Do(func() {
+			s.log.Error("no longer the writer: "+why, "err", err)
+			close(lost)
+		})
+		s.mu.Lock()
+		restarts := s.restarts
+		s.mu.Unlock()
+		if !restarts {
+			s.shutdown()
+			s.setStatus("stopped: %s", why)
+		}
+		return
 	}
 }
 
