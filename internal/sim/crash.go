@@ -24,7 +24,7 @@ func (w *world) crash() {
 	s.crashed = 1 + w.rng.IntN(20)
 	s.chain = nil
 	s.crashes++
-	w.ncrashes++
+	w.res.Crashes++
 	w.log("crash pg%d %s for %d steps: saved SCL %d, oracle SCL %d, acked %d (%s)",
 		p.id, s.id, s.crashed, s.saved.SCL, s.oscl, s.acked, p.scls())
 }
@@ -58,15 +58,7 @@ func (w *world) restart(p *pg, s *seg) error {
 			es = append(es, e)
 		}
 	}
-	slices.SortFunc(es, func(a, b segment.Entry) int {
-		switch {
-		case a.LSN < b.LSN:
-			return -1
-		case a.LSN > b.LSN:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(es, cmpLSN)
 	for _, e := range es {
 		if v := c.Offer(e); v != segment.Accepted {
 			return fmt.Errorf("restart pg%d %s from %+v: re-Offer(%+v) = %v, want Accepted", p.id, s.id, s.saved, e, v)
@@ -83,7 +75,7 @@ func (w *world) restart(p *pg, s *seg) error {
 	}
 	if !s.down {
 		// Rejoin: report the SCL as a heartbeat would.
-		w.send(msg{ack: true, pg: p, seg: s, scl: c.SCL()})
+		w.heartbeat(p, s)
 	}
 	return nil
 }
@@ -132,26 +124,32 @@ func (w *world) checkCheck() error {
 	return nil
 }
 
-// request builds 1-4 entries around scl: mostly the PG's records in order,
-// some random ones, and some malformed or forged.
+// request builds 1-4 entries around scl: mostly the PG's records (of the
+// writer in office, or the last one) in order, some random ones, and some
+// malformed or forged.
 func (w *world) request(p *pg, scl uint64) []segment.Entry {
+	wr := w.cur
+	if wr == nil {
+		wr = w.writers[len(w.writers)-1]
+	}
+	wp := wr.pgs[p.idx]
 	n := 1 + w.rng.IntN(4)
-	idx, _ := slices.BinarySearch(p.lsns, scl+1)
+	idx, _ := slices.BinarySearch(wp.lsns, scl+1)
 	idx = max(0, idx-2+w.rng.IntN(6))
 	var es []segment.Entry
 	for range n {
 		var e segment.Entry
-		if len(p.ents) == 0 {
-			e = segment.Entry{LSN: w.next + uint64(w.rng.IntN(3)), PrevLSN: p.last, Epoch: 1}
+		if len(wp.ents) == 0 {
+			e = segment.Entry{LSN: wr.next + uint64(w.rng.IntN(3)), PrevLSN: wp.last, Epoch: wr.epoch}
 			es = append(es, e)
 			continue
 		}
 		r := w.rng.IntN(100)
-		real := p.ents[w.rng.IntN(len(p.ents))]
+		real := wp.ents[w.rng.IntN(len(wp.ents))]
 		switch {
 		case r < 60:
-			if idx < len(p.ents) {
-				e = p.ents[idx]
+			if idx < len(wp.ents) {
+				e = wp.ents[idx]
 				idx++
 			} else {
 				e = real
@@ -159,24 +157,24 @@ func (w *world) request(p *pg, scl uint64) []segment.Entry {
 		case r < 75:
 			e = real
 		case r < 79:
-			e = segment.Entry{LSN: 0, PrevLSN: 0, Epoch: 1}
+			e = segment.Entry{LSN: 0, PrevLSN: 0, Epoch: wr.epoch}
 		case r < 83:
 			e = real
 			e.PrevLSN = e.LSN
 		case r < 88:
 			e = real
-			e.Epoch = 0
+			e.Epoch = uint64(w.rng.IntN(int(wr.epoch)))
 		case r < 94:
 			// A backlink that contradicts the chain.
 			e = real
 			e.PrevLSN = uint64(w.rng.Int64N(int64(e.LSN)))
 		default:
 			// Beyond anything allocated.
-			e = segment.Entry{LSN: w.next + uint64(w.rng.IntN(3)), Epoch: 1 + uint64(w.rng.IntN(2))}
+			e = segment.Entry{LSN: wr.next + uint64(w.rng.IntN(3)), Epoch: uint64(w.rng.IntN(int(w.epochs) + 2))}
 			if w.rng.IntN(2) == 0 {
-				e.PrevLSN = p.last
+				e.PrevLSN = wp.last
 			} else {
-				e.PrevLSN = p.lsns[w.rng.IntN(len(p.lsns))]
+				e.PrevLSN = wp.lsns[w.rng.IntN(len(wp.lsns))]
 			}
 		}
 		es = append(es, e)
