@@ -21,7 +21,7 @@ type cluster struct {
 	nodes   []*storage.Node
 }
 
-func startCluster(t *testing.T) *cluster {
+func startCluster(t testing.TB) *cluster {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	cl := &cluster{}
@@ -45,7 +45,7 @@ func startCluster(t *testing.T) *cluster {
 
 // client opens a volume client. A reopened volume passes the VDL and the
 // (single) PG's tail, standing in for recovery.
-func (cl *cluster) client(t *testing.T, epoch, base uint64, writeTimeout ...time.Duration) *volume.Client {
+func (cl *cluster) client(t testing.TB, epoch, base uint64, writeTimeout ...time.Duration) *volume.Client {
 	t.Helper()
 	wt := 5 * time.Second
 	if len(writeTimeout) > 0 {
