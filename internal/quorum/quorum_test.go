@@ -1,6 +1,7 @@
 package quorum
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -345,5 +346,27 @@ func BenchmarkAllocateAck(b *testing.B) {
 		for _, s := range segs {
 			tr.Ack(pg, s, lsn)
 		}
+	}
+}
+
+// During a membership change (s2 replaced by s7), answers from s1, s5 and
+// s7 are a read quorum of the new set but not of the old one: a record
+// durable before the change on s2, s3, s4 and s6 is on none of them.
+// Recovery therefore needs FullReadQuorum.
+func TestFullReadQuorumDuringAChange(t *testing.T) {
+	old := Default([]SegmentID{"s1", "s2", "s3", "s4", "s5", "s6"})
+	next := Default([]SegmentID{"s1", "s7", "s3", "s4", "s5", "s6"})
+	c := Config{Epoch: 2, Sets: []Set{old, next}}
+	answered := func(ids ...SegmentID) func(SegmentID) bool {
+		return func(s SegmentID) bool { return slices.Contains(ids, s) }
+	}
+	if !c.ReadQuorum(answered("s1", "s5", "s7")) || c.FullReadQuorum(answered("s1", "s5", "s7")) {
+		t.Fatal("s1, s5, s7: want a read quorum of the new set only")
+	}
+	if !c.FullReadQuorum(answered("s1", "s3", "s5", "s7")) {
+		t.Fatal("s1, s3, s5, s7 is a read quorum of both sets")
+	}
+	if (Config{}).FullReadQuorum(answered("s1", "s2", "s3")) {
+		t.Fatal("an empty config has no quorum")
 	}
 }

@@ -15,8 +15,9 @@
 // that one's SCL is at or above the record. So the highest SCL M_pg of any 3
 // answering segments is at or above every durable record of the PG, and the
 // chain of the segment that reported it holds every durable record of the
-// PG. The same holds for any quorum.Config: a read quorum of one set meets
-// every write quorum of that set.
+// PG. During a membership change it takes a read quorum of every set
+// (quorum.Config.FullReadQuorum): a record made durable before the change is
+// on a write quorum of the old set only.
 //
 // # The computation
 //
@@ -213,7 +214,7 @@ func NewPlan(in Input) (*Plan, error) {
 			}
 			answered[a.Segment] = true
 		}
-		if !pg.Config.ReadQuorum(func(s quorum.SegmentID) bool { return answered[s] }) {
+		if !pg.Config.FullReadQuorum(func(s quorum.SegmentID) bool { return answered[s] }) {
 			e := &NoReadQuorumError{PG: pg.PG, Config: pg.Config.Clone()}
 			for _, m := range pg.Config.Members() {
 				if answered[m] {
@@ -283,19 +284,32 @@ func (p *Plan) knownTruncations(pg PG) ([]segment.Truncation, error) {
 }
 
 // trustedSCL is a's SCL, clamped to the After of every truncation of its PG
-// it has not applied: above that it may hold records the truncation dropped.
+// newer than the newest it has applied: above that After it may hold
+// records the truncation dropped.
+//
+// A truncation older than one the segment applied does not clamp it, even
+// if the segment never applied that older one. The recovery of epoch E
+// sent, with its own truncation, every older one it knew with its tail, so
+// a segment that applied E's lacks only older truncations E knew merely as
+// a recorded range (recorded, then interrupted before any segment that
+// answered E applied it). E trusted no segment above such a range's After
+// (the clamp below), so E's own range starts at or below it and, reaching
+// past everything older writers allocated, covers it: applying E dropped
+// whatever the older one would have. Clamping such a segment anyway would
+// distrust the records of E's writer, acknowledged ones included.
 func (p *Plan) trustedSCL(pg uint32, a Answer) uint64 {
-	has := func(epoch uint64) bool {
-		return slices.ContainsFunc(a.Truncations, func(t segment.Truncation) bool { return t.Epoch == epoch })
+	var newest uint64
+	for _, t := range a.Truncations {
+		newest = max(newest, t.Epoch)
 	}
 	scl := a.SCL
 	for _, t := range p.known[pg] {
-		if !has(t.Epoch) {
+		if t.Epoch > newest {
 			scl = min(scl, t.After)
 		}
 	}
 	for _, r := range p.ranges {
-		if pg < r.PGs && !has(r.Epoch) {
+		if pg < r.PGs && r.Epoch > newest {
 			scl = min(scl, r.After)
 		}
 	}

@@ -240,14 +240,9 @@ type world struct {
 // Options select what a run may do beyond the default schedule.
 type Options struct {
 	// Interrupt lets a recovering writer crash midway, leaving a recovery
-	// recorded in the control plane that few or no segments applied.
-	//
-	// Off by default: internal/recovery then decides wrongly (see
-	// TestInterruptedRecoveryKnownBug): every segment lacking the
-	// interrupted recovery's truncation is trusted only up to its After,
-	// even one that applied newer truncations and holds a newer writer's
-	// durable records above it, so the PG tail comes out wrong and, when
-	// the floor is low, acknowledged commits are truncated.
+	// recorded in the control plane that few or no segments applied (see
+	// TestInterruptedRecoveryKeepsAcknowledgedCommits for the bug this
+	// found). On in the tests by default.
 	Interrupt bool
 }
 

@@ -18,8 +18,7 @@ import (
 var (
 	flagSeeds     = flag.Int("seeds", 8000, "number of seeds TestRandomSchedules runs")
 	flagSeed      = flag.Int64("seed", -1, "replay only this seed, logging every step")
-	flagInterrupt = flag.Bool("interrupt", false, "let recovering writers crash midway (Options.Interrupt; finds the recovery bug of TestInterruptedRecoveryKnownBug)")
-	flagKnownBugs = flag.Bool("known-bugs", false, "run the tests of known, unfixed bugs in the core")
+	flagInterrupt = flag.Bool("interrupt", true, "let recovering writers crash midway (Options.Interrupt)")
 )
 
 func TestRandomSchedules(t *testing.T) {
@@ -120,9 +119,9 @@ func TestDeterministic(t *testing.T) {
 	}
 }
 
-// TestInterruptedRecoveryKnownBug is a bug in internal/recovery that the
-// simulation finds with -interrupt (seeds 5, 69, 87 among the first 100),
-// reduced to its core. Run it with -known-bugs.
+// TestInterruptedRecoveryKeepsAcknowledgedCommits is a bug internal/recovery
+// had, which the simulation found with interrupted recoveries (seeds 5, 69,
+// 87 among the first 100), reduced to its core.
 //
 // Recovery 2 records its range (9, 109] in the control plane and crashes
 // before any segment applies it. Recovery 3 knows it (Prior), decides
@@ -130,17 +129,14 @@ func TestDeterministic(t *testing.T) {
 // (one MTR) to a, b, c, d, acknowledges the commit at VDL 14, and crashes
 // before it tells storage any VDL above 9. Recovery 4 hears a, b and e.
 //
-// Plan.trustedSCL clamps every answer lacking t2 to t2's After (9), though
+// Plan.trustedSCL clamped every answer lacking t2 to t2's After (9), though
 // these segments applied t3, newer than t2, and hold nothing t2 would drop:
-// the records above 9 are writer 3's. So recovery 4 decides VDL 9 and
-// truncates the acknowledged commit. When the floor is 14 instead (writer 3
+// the records above 9 are writer 3's. So recovery 4 decided VDL 9 and
+// truncated the acknowledged commit. When the floor is 14 instead (writer 3
 // told it), the VDL is right but PG 0's tail comes out as 9, not 14: the
 // new writer's chain would skip records 10-14, and a segment complete to
 // 10-14 refuses its records.
-func TestInterruptedRecoveryKnownBug(t *testing.T) {
-	if !*flagKnownBugs {
-		t.Skip("a known bug in internal/recovery; run with -known-bugs")
-	}
+func TestInterruptedRecoveryKeepsAcknowledgedCommits(t *testing.T) {
 	ids := []quorum.SegmentID{"a", "b", "c", "d", "e", "f"}
 	cfg := quorum.Config{Epoch: 1, Sets: []quorum.Set{quorum.Default(ids)}}
 	var chain []recovery.Header

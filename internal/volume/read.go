@@ -167,7 +167,7 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 		}
 		re.Tried = append(re.Tried, SegmentError{Member: cands[k].m, Err: err})
 	}
-	if !wrote && p.qcfg.ReadQuorum(func(s quorum.SegmentID) bool { return notHosted[s] }) {
+	if !wrote && p.qcfg.FullReadQuorum(func(s quorum.SegmentID) bool { return notHosted[s] }) {
 		return make([]byte, c.cfg.PageSize), nil
 	}
 	return nil, re
