@@ -1,5 +1,6 @@
-// Command borealis runs every part of Borealis: storage nodes, benchmarks
-// and, later, the control plane and database instances.
+// Command borealis runs every part of Borealis: the control plane, storage
+// nodes, database instances, a whole local cluster (up), the SQL shell and
+// the benchmarks.
 package main
 
 import (
