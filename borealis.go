@@ -51,14 +51,7 @@ var (
 // storage) and IMMEDIATE transactions (a transaction takes the writer turn
 // at BEGIN).
 func DSN(control, volume string) string {
-	once.Do(func() { sqlvfs.SetOpener(open) })
-	q := url.Values{}
-	q.Set("vfs", sqlvfs.VFSName)
-	q.Set("control", control)
-	q.Set("_txlock", "immediate")
-	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", sqlvfs.DefaultBusyTimeout.Milliseconds()))
-	q.Add("_pragma", "journal_mode(memory)")
-	return "file:" + url.PathEscape(volume) + "?" + q.Encode()
+	return dsn(control, volume, false)
 }
 
 // ReaderDSN is DSN for read-only connections: each read transaction is
@@ -67,11 +60,19 @@ func DSN(control, volume string) string {
 // writer, and keeps answering while writes stall. The volume's writer in
 // this process is started as for DSN.
 func ReaderDSN(control, volume string) string {
+	return dsn(control, volume, true)
+}
+
+func dsn(control, volume string, reader bool) string {
 	once.Do(func() { sqlvfs.SetOpener(open) })
 	q := url.Values{}
 	q.Set("vfs", sqlvfs.VFSName)
 	q.Set("control", control)
-	q.Set("mode", "ro")
+	if reader {
+		q.Set("mode", "ro")
+	} else {
+		q.Set("_txlock", "immediate")
+	}
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", sqlvfs.DefaultBusyTimeout.Milliseconds()))
 	q.Add("_pragma", "journal_mode(memory)")
 	return "file:" + url.PathEscape(volume) + "?" + q.Encode()

@@ -306,31 +306,21 @@ func waitReady(ctx context.Context, addr string, ready func(context.Context, *gr
 		return err
 	}
 	defer conn.Close()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		err := ready(cctx, conn)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-exited:
-			return errExited
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-	}
+	return poll(ctx, 30*time.Second, 500*time.Millisecond, func(ctx context.Context) error { return ready(ctx, conn) }, exited)
 }
 
 func waitHTTPReady(ctx context.Context, ready func(context.Context) error, exited <-chan struct{}) error {
-	deadline := time.Now().Add(60 * time.Second)
+	// A writer's start includes waiting out a crashed writer's lease and
+	// recovery: it gets longer than a storage node.
+	return poll(ctx, 60*time.Second, time.Second, ready, exited)
+}
+
+// poll asks ready every 50 ms, each time for at most per, until it answers,
+// the process exits, ctx ends or within has passed.
+func poll(ctx context.Context, within, per time.Duration, ready func(context.Context) error, exited <-chan struct{}) error {
+	deadline := time.Now().Add(within)
 	for {
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		cctx, cancel := context.WithTimeout(ctx, per)
 		err := ready(cctx)
 		cancel()
 		if err == nil {
