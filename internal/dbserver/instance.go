@@ -211,6 +211,10 @@ func (s *Instance) writable(ctx context.Context) (*sqlvfs.DB, *APIError) {
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
 	if err := vol.WaitDurable(wctx, limbo); err != nil {
+		if errors.Is(err, volume.ErrFenced) {
+			s.fenced(err)
+			return nil, apiErr(409, CodeNotWriter, "this instance is no longer the writer of volume %s: %v", s.cfg.Volume, err)
+		}
 		return nil, apiErr(503, CodeStorageUnavailable, "an earlier commit (LSN %d) is still not acknowledged, and writes wait for it: %v", limbo, err)
 	}
 	s.mu.Lock()
