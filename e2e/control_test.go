@@ -193,7 +193,22 @@ func TestControlPlaneTracksStorageNodes(t *testing.T) {
 	procs["s4"].kill()
 	d = cpWaitNodes(t, cli, 4*time.Second, "s4 down", func(m map[string]string) bool { return m["s4"] == "down" && cpUp(m) == 5 })
 	t.Logf("s4 down %s after SIGKILL (heartbeat timeout 2s)", d)
-	startNode(nodes[3])
+	// Tests run in parallel: another may take s4's port while it is free.
+	// The node then exits at once, and it is started on another port.
+	for try := 0; ; try++ {
+		startNode(nodes[3])
+		select {
+		case <-procs["s4"].done:
+			if out := procs["s4"].out.String(); try < 3 && strings.Contains(out, "address already in use") {
+				t.Logf("s4's port was taken while it was down; restarting it on another")
+				nodes[3].addr = cpFreeAddr(t)
+				continue
+			}
+			t.Fatalf("s4 exited on restart:\n%s", procs["s4"].out)
+		case <-time.After(300 * time.Millisecond):
+		}
+		break
+	}
 	d = cpWaitNodes(t, cli, 10*time.Second, "s4 up again", func(m map[string]string) bool { return cpUp(m) == 6 })
 	t.Logf("s4 up %s after restart", d)
 
