@@ -250,7 +250,7 @@ func TestSQLRollbacksLeaveNoTrace(t *testing.T) {
 		t.Fatalf("a BEGIN without COMMIT: %v", err)
 	}
 	_, err = c.db.Execute(context.Background(), []sqlclient.Statement{{SQL: "BEGIN"}, insert(8001), insert(1)}, false)
-	if sqlclient.Code(err) != "constraint_violation" {
+	if sqlclient.Code(err) != "constraint_violation" || !strings.Contains(err.Error(), "was rolled back") {
 		t.Fatalf("a failing statement after BEGIN: %v", err)
 	}
 	_, err = c.db.Execute(context.Background(), []sqlclient.Statement{insert(8002), {SQL: "COMMIT"}}, true)

@@ -232,18 +232,23 @@ func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req ExecuteReques
 	for i, st := range req.Statements {
 		r, err := execOne(ctx, ex, st.SQL, args[i])
 		if err != nil {
+			ownTxn := false
 			if tx != nil {
 				_ = tx.Rollback()
 			} else if open, _ := inTransaction(conn); open {
 				// The statements' own BEGIN: end it, or it would keep the
 				// writer turn after the request.
+				ownTxn = true
 				_, _ = conn.ExecContext(context.Background(), "ROLLBACK")
 			}
 			e := s.classify(ctx, conn, err, "")
 			if len(req.Statements) > 1 {
 				e.Message = fmt.Sprintf("statement %d: %s", i+1, e.Message)
-				if !req.Transaction && i > 0 {
-					e.Message += fmt.Sprintf(" (statements 1-%d were committed)", i)
+				switch {
+				case ownTxn:
+					e.Message += " (the transaction the statements began was rolled back)"
+				case !req.Transaction && i > 0:
+					e.Message += " (statements before it ran in their own transactions, and those committed)"
 				}
 			}
 			return nil, e
