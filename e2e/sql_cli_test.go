@@ -12,7 +12,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/borealis-db/borealis/internal/cluster"
 )
 
 // cliSQL runs `borealis sql` with args and stdin, and returns what it printed
@@ -122,13 +121,8 @@ func TestSQLCommandOnUp(t *testing.T) {
 	}
 
 	// --endpoint instead of --dir reaches the same writer.
-	var writer cluster.Component
-	for _, c := range f.Components {
-		if c.Role == "writer" {
-			writer = c
-		}
-	}
-	if writer.Addr == "" {
+	writer, found := f.Find("writer")
+	if !found {
 		t.Fatalf("cluster.json lists no writer: %+v", f.Components)
 	}
 	out, errOut, code = cliSQL(t, "", "--endpoint", "http://"+writer.Addr, "--json", "-e", "SELECT group_concat(body, ',') AS b FROM notes")

@@ -37,13 +37,11 @@ func startSQLCluster(t *testing.T, args ...string) *sqlCluster {
 
 func writerClient(t *testing.T, f *cluster.File) *sqlclient.Client {
 	t.Helper()
-	for _, c := range f.Components {
-		if c.Role == "writer" {
-			return &sqlclient.Client{Endpoint: "http://" + c.Addr}
-		}
+	w, ok := f.Find("writer")
+	if !ok {
+		t.Fatal("cluster.json lists no writer")
 	}
-	t.Fatal("cluster.json lists no writer")
-	return nil
+	return &sqlclient.Client{Endpoint: "http://" + w.Addr}
 }
 
 func (c *sqlCluster) component(t *testing.T, id string) cluster.Component {

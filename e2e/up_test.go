@@ -116,18 +116,16 @@ func (u *upProcess) waitReady() *cluster.File {
 
 func controlClient(t *testing.T, f *cluster.File) pb.ControlClient {
 	t.Helper()
-	for _, c := range f.Components {
-		if c.Role == "control" {
-			conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { conn.Close() })
-			return pb.NewControlClient(conn)
-		}
+	c, ok := f.Find("control")
+	if !ok {
+		t.Fatal("cluster.json lists no control plane")
 	}
-	t.Fatal("cluster.json lists no control plane")
-	return nil
+	conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewControlClient(conn)
 }
 
 func nodeState(t *testing.T, ctl pb.ControlClient, id string) string {
@@ -577,12 +575,7 @@ func TestWritesGoOnWithoutTheControlPlane(t *testing.T) {
 	if _, err := v.Commit(ctx, []volume.PageWrite{{Page: 3, New: image(3, 1)}}); err != nil {
 		t.Fatal(err)
 	}
-	var control cluster.Component
-	for _, c := range f.Components {
-		if c.Role == "control" {
-			control = c
-		}
-	}
+	control, _ := f.Find("control")
 	if err := syscall.Kill(control.Pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

@@ -101,15 +101,13 @@ fdatasync'd 4 KiB append on the same disk, measured in the same run.`,
 				for _, c := range f.Storage() {
 					members = append(members, volume.Member{NodeID: c.ID, AZ: c.AZ, Addr: c.Addr})
 				}
-				for _, c := range f.Components {
-					if c.Role == "control" {
-						conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-						if err != nil {
-							return err
-						}
-						defer conn.Close()
-						ctl = pb.NewControlClient(conn)
+				if c, ok := f.Find("control"); ok {
+					conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+					if err != nil {
+						return err
 					}
+					defer conn.Close()
+					ctl = pb.NewControlClient(conn)
 				}
 				if len(members) != 6 {
 					return fmt.Errorf("%s lists %d storage nodes; the benchmark needs 6", clusterFile, len(members))

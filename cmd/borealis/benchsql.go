@@ -103,12 +103,11 @@ disk, measured in the same run. Progress goes to stderr.`,
 				if err != nil {
 					return err
 				}
-				for _, c := range f.Components {
-					if c.Role == "writer" {
-						endpoint = "http://" + c.Addr
-					}
+				w, ok := f.Find("writer")
+				if ok {
+					endpoint = "http://" + w.Addr
 				}
-				if endpoint == "" {
+				if !ok {
 					return fmt.Errorf("%s lists no writer: the cluster runs no database instance", clusterFile)
 				}
 				floorDir = dir

@@ -102,10 +102,8 @@ func sqlEndpoint(dir, endpoint string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("no running cluster in %s: %w", dir, err)
 	}
-	for _, c := range cf.Components {
-		if c.Role == "writer" {
-			return "http://" + c.Addr, nil
-		}
+	if c, ok := cf.Find("writer"); ok {
+		return "http://" + c.Addr, nil
 	}
 	return "", fmt.Errorf("%s lists no writer: the cluster runs no database instance; give --endpoint URL of one", path)
 }

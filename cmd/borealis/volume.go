@@ -32,10 +32,8 @@ func (f *controlAddrFlags) addr() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("no running cluster in %s (%v); give --dir of a `borealis up`, or --control ADDR", f.dir, err)
 	}
-	for _, c := range cf.Components {
-		if c.Role == "control" {
-			return c.Addr, nil
-		}
+	if c, ok := cf.Find("control"); ok {
+		return c.Addr, nil
 	}
 	return "", fmt.Errorf("%s lists no control plane", path)
 }

@@ -52,6 +52,17 @@ func ReadFile(path string) (*File, error) {
 	return &f, nil
 }
 
+// Find returns the first component of the given role ("control",
+// "writer", ...).
+func (f *File) Find(role string) (Component, bool) {
+	for _, c := range f.Components {
+		if c.Role == role {
+			return c, true
+		}
+	}
+	return Component{}, false
+}
+
 // Storage returns the storage components.
 func (f *File) Storage() []Component {
 	var out []Component

@@ -72,15 +72,20 @@ type SegmentError struct {
 func (e *ReadError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "volume %d: cannot read page %d at LSN %d: no segment of PG %d could serve it", e.Volume, e.Page, e.ReadLSN, e.PG)
-	for i, s := range e.Tried {
+	writeCauses(&b, e.Tried)
+	return b.String()
+}
+
+// writeCauses appends ": node (addr): err; node (addr): err..." to b.
+func writeCauses(b *strings.Builder, causes []SegmentError) {
+	for i, c := range causes {
 		if i == 0 {
 			b.WriteString(": ")
 		} else {
 			b.WriteString("; ")
 		}
-		fmt.Fprintf(&b, "%s (%s): %v", s.Member.NodeID, s.Member.Addr, s.Err)
+		fmt.Fprintf(b, "%s (%s): %v", c.Member.NodeID, c.Member.Addr, c.Err)
 	}
-	return b.String()
 }
 
 // Unwrap returns the segments' errors, so errors.Is/As can look into them.

@@ -135,14 +135,7 @@ type RecoverError struct {
 func (e *RecoverError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "volume %d: recovery stopped at PG %d (%s): %v", e.Volume, e.PG, e.Step, e.Err)
-	for i, c := range e.Causes {
-		if i == 0 {
-			b.WriteString(": ")
-		} else {
-			b.WriteString("; ")
-		}
-		fmt.Fprintf(&b, "%s (%s): %v", c.Member.NodeID, c.Member.Addr, c.Err)
-	}
+	writeCauses(&b, e.Causes)
 	return b.String()
 }
 
