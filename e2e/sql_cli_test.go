@@ -11,7 +11,6 @@ import (
 	"reflect"
 	"strings"
 	"testing"
-
 )
 
 // cliSQL runs `borealis sql` with args and stdin, and returns what it printed
