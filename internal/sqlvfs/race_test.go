@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/borealis-db/borealis/internal/storage"
 	"github.com/borealis-db/borealis/internal/volume"
 )
 
@@ -174,4 +175,76 @@ func TestSQLitePageSizeMustMatchTheVolume(t *testing.T) {
 	if vc.Stats().Commits != 0 {
 		t.Fatal("the refused commit reached storage")
 	}
+}
+
+// Full disks on the SQL path: with two nodes refusing appends for lack of
+// space, commits go on; with a third, a commit fails with the volume's
+// unavailability error that says the disks are full, reads answer with exactly the
+// acknowledged rows, and once the space is back the database takes writes
+// again with nothing lost or half-written.
+func TestFullDisksOnTheSQLPath(t *testing.T) {
+	cl := startCluster(t)
+	vc := cl.client(t, 1, 0, time.Second)
+	db, err := OpenDB(vc, Options{CacheMiB: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	mustExec(t, db.Writer, "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
+	full := func(c *storage.Config) { c.MinFreeBytes = 1 << 62 }
+	roomy := func(c *storage.Config) {}
+	k := 0
+	insert := func() error {
+		k++
+		_, err := db.Writer.Exec("INSERT INTO t(k, v) VALUES(?, ?)", k, payload(k))
+		return err
+	}
+	for range 5 {
+		if err := insert(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl.restart(t, 0, full)
+	cl.restart(t, 2, full)
+	for range 5 {
+		if err := insert(); err != nil {
+			t.Fatalf("insert with two full disks: %v", err)
+		}
+	}
+	cl.restart(t, 4, full)
+	ctx := context.Background()
+	conn, err := db.Writer.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k++
+	if _, err := conn.ExecContext(ctx, "INSERT INTO t(k, v) VALUES(?, ?)", k, payload(k)); err == nil {
+		t.Fatal("insert with three full disks succeeded")
+	}
+	cause := ConnError(ctx, conn)
+	conn.Close()
+	var unavailable *volume.UnavailableError
+	if !errors.As(cause, &unavailable) || !strings.Contains(cause.Error(), "kept in reserve") {
+		t.Fatalf("insert with three full disks: cause %v; want a *volume.UnavailableError saying the disks are full", cause)
+	}
+	var n, top int
+	if err := db.Reader.QueryRow("SELECT count(*), max(k) FROM t").Scan(&n, &top); err != nil || n != 10 || top != 10 {
+		t.Fatalf("read with three full disks: %d rows up to %d, %v; want the 10 acknowledged", n, top, err)
+	}
+	for _, i := range []int{0, 2, 4} {
+		cl.restart(t, i, roomy)
+	}
+	// The insert that was not acknowledged commits now that storage has room.
+	if err := vc.WaitDurable(ctx, vc.Stats().LastAllocated); err != nil {
+		t.Fatalf("the pending commit after space came back: %v", err)
+	}
+	for range 5 {
+		if err := insert(); err != nil {
+			t.Fatalf("insert after space came back: %v", err)
+		}
+	}
+	if err := db.Reader.QueryRow("SELECT count(*), max(k) FROM t").Scan(&n, &top); err != nil || n != 16 || top != 16 {
+		t.Fatalf("after space came back: %d rows up to %d, %v; want 16", n, top, err)
+	}
+	integrityOK(t, db.Reader)
 }

@@ -19,6 +19,7 @@ import (
 type cluster struct {
 	members []volume.Member
 	nodes   []*storage.Node
+	dirs    []string
 }
 
 func startCluster(t testing.TB) *cluster {
@@ -31,7 +32,8 @@ func startCluster(t testing.TB) *cluster {
 			t.Fatal(err)
 		}
 		id := fmt.Sprintf("s%d", i)
-		n, err := storage.Open(storage.Config{ID: id, AZ: az, Dir: t.TempDir(), Logger: logger})
+		dir := t.TempDir()
+		n, err := storage.Open(storage.Config{ID: id, AZ: az, Dir: dir, Logger: logger})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -39,8 +41,31 @@ func startCluster(t testing.TB) *cluster {
 		t.Cleanup(func() { n.Close() })
 		cl.members = append(cl.members, volume.Member{NodeID: id, AZ: az, Addr: lis.Addr().String()})
 		cl.nodes = append(cl.nodes, n)
+		cl.dirs = append(cl.dirs, dir)
 	}
 	return cl
+}
+
+// restart closes node i and opens it again on its directory and address,
+// with change applied to its config.
+func (cl *cluster) restart(t testing.TB, i int, change func(*storage.Config)) {
+	t.Helper()
+	cl.nodes[i].Close()
+	m := cl.members[i]
+	cfg := storage.Config{ID: m.NodeID, AZ: m.AZ, Dir: cl.dirs[i], Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	change(&cfg)
+	n, err := storage.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", m.Addr)
+	if err != nil {
+		n.Close()
+		t.Fatal(err)
+	}
+	go n.Serve(lis)
+	t.Cleanup(func() { n.Close() })
+	cl.nodes[i] = n
 }
 
 // client opens a volume client. A reopened volume passes the VDL and the
