@@ -34,7 +34,7 @@
 // connection that only read waits, at its Unlock, for the newest state it
 // read to be durable.
 //
-// Journal. Connections use journal_mode=MEMORY (set by Open / DSN); the VFS
+// Journal. Connections use journal_mode=MEMORY (set by DSN); the VFS
 // never creates a journal or WAL file on storage. Temporary files SQLite asks
 // for (sorter, statement journals, temp databases) live in memory.
 //
@@ -112,7 +112,7 @@ type Options struct {
 	PageSize int
 	// CacheMiB sizes the page cache of recent page images. Default 64.
 	CacheMiB int
-	// BusyTimeout is SQLite's busy_timeout used by Open. Default 10s.
+	// BusyTimeout is the busy_timeout DSN and ReaderDSN set. Default 10s.
 	BusyTimeout time.Duration
 }
 
@@ -198,14 +198,6 @@ func dsn(name string, opts Options, reader bool) string {
 	q.Add("_pragma", fmt.Sprintf("page_size(%d)", opts.PageSize))
 	q.Add("_pragma", "journal_mode(memory)")
 	return "file:" + url.PathEscape(name) + "?" + q.Encode()
-}
-
-// Open registers vol under a fresh name and opens its writer connections
-// with database/sql and the ncruces driver. Reads on them see the newest
-// state and wait for it to be durable; OpenDB also gives read connections.
-func Open(vol Volume, opts Options) (*sql.DB, error) {
-	db, _, err := open(vol, opts)
-	return db, err
 }
 
 // DB is a SQL database on a volume: Writer runs statements that write (one
