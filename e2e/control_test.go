@@ -92,6 +92,24 @@ func cpFreeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// cpServing waits for the process to log line, and reports false if it
+// exits first.
+func cpServing(t *testing.T, p *cpProc, line string) bool {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(p.out.String(), line) {
+		select {
+		case <-p.done:
+			return false
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q within 10s:\n%s", line, p.out)
+		}
+	}
+	return true
+}
+
 func cpDial(t *testing.T, addr string) pb.ControlClient {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -155,13 +173,28 @@ func TestControlPlaneTracksStorageNodes(t *testing.T) {
 	type node struct{ id, az, addr string }
 	var nodes []node
 	procs := map[string]*cpProc{}
-	startNode := func(n node) {
-		procs[n.id] = cpStart(t, "storage", "--id", n.id, "--az", n.az, "--listen", n.addr, "--dir", filepath.Join(dir, n.id), "--procs", "1", "--control", ctlAddr)
+	// A port picked free may be taken before the node binds it (by a
+	// parallel test, or by the control plane's embedded etcd picking its
+	// own); the node then exits at once and is started on another.
+	startNode := func(n *node) {
+		for try := 0; ; try++ {
+			p := cpStart(t, "storage", "--id", n.id, "--az", n.az, "--listen", n.addr, "--dir", filepath.Join(dir, n.id), "--procs", "1", "--control", ctlAddr)
+			procs[n.id] = p
+			if cpServing(t, p, "storage node serving") {
+				return
+			}
+			if try == 3 || !strings.Contains(p.out.String(), "address already in use") {
+				t.Fatalf("%s exited at start:\n%s", n.id, p.out)
+			}
+			t.Logf("%s's port %s was taken; starting it on another", n.id, n.addr)
+			n.addr = cpFreeAddr(t)
+		}
 	}
 	for i, az := range []string{"a", "a", "b", "b", "c", "c"} {
-		n := node{fmt.Sprintf("s%d", i+1), az, cpFreeAddr(t)}
-		nodes = append(nodes, n)
-		startNode(n)
+		nodes = append(nodes, node{fmt.Sprintf("s%d", i+1), az, cpFreeAddr(t)})
+	}
+	for i := range nodes {
+		startNode(&nodes[i])
 	}
 	d := cpWaitNodes(t, cli, 15*time.Second, "6 nodes up", func(m map[string]string) bool { return cpUp(m) == 6 })
 	t.Logf("6 nodes up %s after start", d)
@@ -193,22 +226,7 @@ func TestControlPlaneTracksStorageNodes(t *testing.T) {
 	procs["s4"].kill()
 	d = cpWaitNodes(t, cli, 4*time.Second, "s4 down", func(m map[string]string) bool { return m["s4"] == "down" && cpUp(m) == 5 })
 	t.Logf("s4 down %s after SIGKILL (heartbeat timeout 2s)", d)
-	// Tests run in parallel: another may take s4's port while it is free.
-	// The node then exits at once, and it is started on another port.
-	for try := 0; ; try++ {
-		startNode(nodes[3])
-		select {
-		case <-procs["s4"].done:
-			if out := procs["s4"].out.String(); try < 3 && strings.Contains(out, "address already in use") {
-				t.Logf("s4's port was taken while it was down; restarting it on another")
-				nodes[3].addr = cpFreeAddr(t)
-				continue
-			}
-			t.Fatalf("s4 exited on restart:\n%s", procs["s4"].out)
-		case <-time.After(300 * time.Millisecond):
-		}
-		break
-	}
+	startNode(&nodes[3])
 	d = cpWaitNodes(t, cli, 10*time.Second, "s4 up again", func(m map[string]string) bool { return cpUp(m) == 6 })
 	t.Logf("s4 up %s after restart", d)
 
