@@ -146,6 +146,17 @@ func Open(cfg Config) (*Node, error) {
 	opts := &pebble.Options{
 		FS:     syncCountingFS{FS: vfs.Default, syncs: &n.stats.fsyncs},
 		Logger: pebbleLogger{n.log},
+		EventListener: &pebble.EventListener{
+			// A store with a damaged file can no longer back the SCLs it has
+			// acknowledged, so the node stops (crash-stop) rather than serve
+			// from it; its peers hold every durable record.
+			DataCorruption: func(info pebble.DataCorruptionInfo) {
+				n.log.Error("on-disk corruption: the store is damaged and the node stops; every durable record is on its peers (a write quorum of each PG), from which its segments must be rebuilt",
+					"file", info.Path, "error", info.Details.Error(), "dir", cfg.Dir)
+				fmt.Fprintf(os.Stderr, "borealis: storage: on-disk corruption in %s: %v\n", info.Path, info.Details)
+				os.Exit(1)
+			},
+		},
 	}
 	db, err := pebble.Open(filepath.Join(cfg.Dir, "pebble"), opts)
 	if err != nil {
@@ -490,11 +501,25 @@ func (l pebbleLogger) Infof(format string, args ...any) {
 	l.log.Debug(fmt.Sprintf(format, args...), "component", "pebble")
 }
 func (l pebbleLogger) Errorf(format string, args ...any) {
-	l.log.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	l.log.Error(fmt.Sprintf(format, plainErrors(args)...), "component", "pebble")
 }
 func (l pebbleLogger) Fatalf(format string, args ...any) {
-	l.log.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	l.log.Error(fmt.Sprintf(format, plainErrors(args)...), "component", "pebble")
 	os.Exit(1)
+}
+
+// plainErrors turns errors into their messages: pebble formats with %+v,
+// which prints a stack trace for every wrapped cause and buries a
+// corruption report (file, block, checksum) under a hundred lines.
+func plainErrors(args []any) []any {
+	out := make([]any, len(args))
+	for i, a := range args {
+		if err, ok := a.(error); ok {
+			a = err.Error()
+		}
+		out[i] = a
+	}
+	return out
 }
 
 // Flow-control windows of the gRPC server. Static windows turn off gRPC's

@@ -1,0 +1,84 @@
+package storage_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+)
+
+const corruptDirEnv = "BOREALIS_TEST_CORRUPT_DIR"
+
+// TestCorruptStoreStopsTheNode damages a table file of a node's store and
+// starts the node on it in a child process: reading a page stored in the
+// damaged block stops the node (exit 1) with a message naming the file and
+// the checksum mismatch, instead of serving, or acknowledging, from a store
+// that no longer holds what it claimed.
+func TestCorruptStoreStopsTheNode(t *testing.T) {
+	if dir := os.Getenv(corruptDirEnv); dir != "" {
+		readEveryPage(t, dir)
+		return
+	}
+	dir := t.TempDir()
+	n, c, addr := startNode(t, dir)
+	w := newChainWriter(t, c, 1, 0, addr)
+	for l := uint64(1); l <= 64; l++ {
+		w.write(l, l, byte(l))
+	}
+	if err := n.Compact(); err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	tables, _ := filepath.Glob(filepath.Join(dir, "pebble", "*.sst"))
+	if len(tables) == 0 {
+		t.Fatal("no table file after compaction")
+	}
+	for _, table := range tables {
+		f, err := os.OpenFile(table, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The first data block starts at offset 0; the index and footer are
+		// at the end, so the file still opens.
+		if _, err := f.WriteAt(bytes.Repeat([]byte{0x5a}, 64), 100); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCorruptStoreStopsTheNode$", "-test.v")
+	cmd.Env = append(os.Environ(), corruptDirEnv+"="+dir)
+	out, err := cmd.CombinedOutput()
+	exit, ok := err.(*exec.ExitError)
+	if !ok || exit.ExitCode() != 1 {
+		t.Fatalf("the node on a damaged store ended with %v, want exit 1; output:\n%s", err, out)
+	}
+	for _, want := range []string{"on-disk corruption in " + filepath.Join(dir, "pebble"), "checksum mismatch"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(string(out), "stack trace") {
+		t.Fatalf("the corruption report carries stack traces:\n%s", out)
+	}
+	if strings.Contains(string(out), "--- PASS") {
+		t.Fatalf("every page was served from the damaged store:\n%s", out)
+	}
+}
+
+// readEveryPage runs in the child process: it opens the node on dir and
+// reads every page written by the parent.
+func readEveryPage(t *testing.T, dir string) {
+	_, c, _ := startNode(t, dir)
+	for p := uint64(1); p <= 64; p++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c.GetPage(ctx, &pb.GetPageRequest{Volume: 1, Pg: 0, Page: p, ReadLsn: 64, Epoch: 1})
+		cancel()
+	}
+}
