@@ -18,8 +18,9 @@ func TestBenchCommitJSON(t *testing.T) {
 		t.Fatalf("bench commit: %v\n%s", err, out)
 	}
 	var rep struct {
-		Floor  float64 `json:"floor_fsync_p50_ms"`
-		Levels []struct {
+		Floor       float64 `json:"floor_fsync_p50_ms"`
+		QuorumFloor float64 `json:"quorum_floor_p50_ms"`
+		Levels      []struct {
 			Committers  int     `json:"committers"`
 			CommitsPerS float64 `json:"commits_per_s"`
 			P50         float64 `json:"p50_ms"`
@@ -31,7 +32,7 @@ func TestBenchCommitJSON(t *testing.T) {
 	if err := json.Unmarshal(out, &rep); err != nil {
 		t.Fatalf("bench output is not the JSON object: %v\n%s", err, out)
 	}
-	if rep.Floor <= 0 || len(rep.Levels) != 2 {
+	if rep.Floor <= 0 || rep.QuorumFloor <= 0 || len(rep.Levels) != 2 {
 		t.Fatalf("report: %s", out)
 	}
 	for i, l := range rep.Levels {

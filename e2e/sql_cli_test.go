@@ -147,8 +147,9 @@ func TestBenchSQLJSON(t *testing.T) {
 		t.Fatalf("bench sql: %v\n%s\n%s", err, out, stderr.String())
 	}
 	var rep struct {
-		Floor  *float64 `json:"floor_p50_ms"`
-		Insert []struct {
+		Floor       *float64 `json:"floor_p50_ms"`
+		QuorumFloor *float64 `json:"quorum_floor_p50_ms"`
+		Insert      []struct {
 			Clients  int      `json:"clients"`
 			TPS      *float64 `json:"tps"`
 			P50      *float64 `json:"p50_ms"`
@@ -171,7 +172,7 @@ func TestBenchSQLJSON(t *testing.T) {
 		t.Fatalf("more than one JSON object:\n%s", out)
 	}
 	levels := []int{1, 8, 32, 64}
-	if rep.Floor == nil || *rep.Floor <= 0 || len(rep.Insert) != len(levels) || len(rep.Select) != len(levels) {
+	if rep.Floor == nil || *rep.Floor <= 0 || rep.QuorumFloor == nil || *rep.QuorumFloor <= 0 || len(rep.Insert) != len(levels) || len(rep.Select) != len(levels) {
 		t.Fatalf("report: %s", out)
 	}
 	for i, l := range rep.Insert {

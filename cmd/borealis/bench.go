@@ -14,7 +14,6 @@ import (
 	"slices"
 	"sort"
 	"sync"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -45,12 +44,16 @@ type commitLevel struct {
 	NetBytesPerCommit float64 `json:"net_bytes_per_commit"`
 	FsyncsPerCommit   float64 `json:"fsyncs_per_commit"`
 	P50OverFloor      float64 `json:"p50_over_floor"`
+	// P50OverQuorumFloor is p50 over the quorum floor (see diskFloor).
+	P50OverQuorumFloor float64 `json:"p50_over_quorum_floor"`
 }
 
 type commitReport struct {
-	FloorFsyncP50Ms  float64       `json:"floor_fsync_p50_ms"`
-	FloorBeforeP50Ms float64       `json:"floor_before_p50_ms"`
-	FloorAfterP50Ms  float64       `json:"floor_after_p50_ms"`
+	FloorFsyncP50Ms  float64 `json:"floor_fsync_p50_ms"`
+	FloorBeforeP50Ms float64 `json:"floor_before_p50_ms"`
+	FloorAfterP50Ms  float64 `json:"floor_after_p50_ms"`
+	// QuorumFloorP50Ms: the 4th of six concurrent fdatasync'd appends.
+	QuorumFloorP50Ms float64       `json:"quorum_floor_p50_ms"`
 	Nodes            int           `json:"nodes"`
 	DurationS        float64       `json:"duration_s_per_level"`
 	Levels           []commitLevel `json:"levels"`
@@ -71,7 +74,10 @@ its own 6 nodes as separate processes in a temporary directory.
 For each level it prints commits/s, p50 and p99 commit latency, the gRPC wire
 bytes per commit (both directions, all 6 nodes), the fsyncs per commit summed
 over the nodes, and p50 as a multiple of the floor: the median of one
-fdatasync'd 4 KiB append on the same disk, measured in the same run.`,
+fdatasync'd 4 KiB append on the same disk, measured in the same run. It also
+prints p50 over the quorum floor: six such appends at once on six files, up
+to the 4th one done, which is what a commit waits for when all six nodes
+share one disk.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			if cpuProfile != "" {
@@ -139,11 +145,9 @@ fdatasync'd 4 KiB append on the same disk, measured in the same run.`,
 			if floorDir == "" {
 				floorDir = os.TempDir()
 			}
-			// The floor is sampled before and after the levels, since the
-			// disk is shared and its latency drifts during a run.
-			floorBefore, err := fsyncSamples(floorDir, 200)
-			if err != nil {
-				return fmt.Errorf("measure fsync floor: %w", err)
+			var floor diskFloor
+			if err := floor.sample(floorDir); err != nil {
+				return err
 			}
 			rep := commitReport{Nodes: len(members), DurationS: duration.Seconds()}
 			for _, n := range levels {
@@ -158,14 +162,15 @@ fdatasync'd 4 KiB append on the same disk, measured in the same run.`,
 				}
 				rep.Levels = append(rep.Levels, lvl)
 			}
-			floorAfter, err := fsyncSamples(floorDir, 200)
-			if err != nil {
-				return fmt.Errorf("measure fsync floor: %w", err)
+			if err := floor.sample(floorDir); err != nil {
+				return err
 			}
-			rep.FloorFsyncP50Ms = ms(median(append(floorBefore, floorAfter...)))
-			rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms = ms(median(floorBefore)), ms(median(floorAfter))
+			rep.FloorFsyncP50Ms = ms(floor.singleP50())
+			rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms = ms(median(floor.singleBefore)), ms(median(floor.singleAfter))
+			rep.QuorumFloorP50Ms = ms(floor.quorumP50())
 			for i := range rep.Levels {
 				rep.Levels[i].P50OverFloor = rep.Levels[i].P50Ms / rep.FloorFsyncP50Ms
+				rep.Levels[i].P50OverQuorumFloor = rep.Levels[i].P50Ms / rep.QuorumFloorP50Ms
 			}
 			if asJSON {
 				enc := json.NewEncoder(out)
@@ -174,10 +179,11 @@ fdatasync'd 4 KiB append on the same disk, measured in the same run.`,
 			}
 			fmt.Fprintf(out, "floor: fdatasync of a 4 KiB append, p50 %.3f ms (same disk, same run; %.3f ms before the levels, %.3f ms after)\n",
 				rep.FloorFsyncP50Ms, rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms)
+			printQuorumFloor(out, rep.QuorumFloorP50Ms, rep.FloorFsyncP50Ms)
 			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintln(tw, "committers\tcommits/s\tp50 ms\tp99 ms\tp50/floor\tnet B/commit\tfsyncs/commit\t")
+			fmt.Fprintln(tw, "committers\tcommits/s\tp50 ms\tp99 ms\tp50/floor\tp50/quorum floor\tnet B/commit\tfsyncs/commit\t")
 			for _, l := range rep.Levels {
-				fmt.Fprintf(tw, "%d\t%.0f\t%.3f\t%.3f\t%.2fx\t%.0f\t%.3f\t\n", l.Committers, l.CommitsPerS, l.P50Ms, l.P99Ms, l.P50OverFloor, l.NetBytesPerCommit, l.FsyncsPerCommit)
+				fmt.Fprintf(tw, "%d\t%.0f\t%.3f\t%.3f\t%.2fx\t%.2fx\t%.0f\t%.3f\t\n", l.Committers, l.CommitsPerS, l.P50Ms, l.P99Ms, l.P50OverFloor, l.P50OverQuorumFloor, l.NetBytesPerCommit, l.FsyncsPerCommit)
 			}
 			return tw.Flush()
 		},
@@ -193,37 +199,6 @@ fdatasync'd 4 KiB append on the same disk, measured in the same run.`,
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-// fsyncSamples times n appends of 4 KiB to a file, each fdatasynced: what one
-// durable log write costs on this disk.
-func fsyncSamples(dir string, n int) ([]time.Duration, error) {
-	f, err := os.CreateTemp(dir, "fsync-floor-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	buf := make([]byte, 4096)
-	lat := make([]time.Duration, 0, n)
-	for i := 0; i < n; i++ {
-		buf[0] = byte(i)
-		start := time.Now()
-		if _, err := f.Write(buf); err != nil {
-			return nil, err
-		}
-		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
-			return nil, err
-		}
-		lat = append(lat, time.Since(start))
-	}
-	return lat, nil
-}
-
-func median(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
 
 func nodeFsyncs(ctx context.Context, members []volume.Member) (uint64, error) {
 	var total uint64

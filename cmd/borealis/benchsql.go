@@ -38,6 +38,8 @@ type sqlInsertLevel struct {
 	// transaction of the benchmark; above 1 when something else commits.
 	CommitsPerTxn float64 `json:"commits_per_txn"`
 	P50OverFloor  float64 `json:"p50_over_floor"`
+	// P50OverQuorumFloor is p50 over the quorum floor (see diskFloor).
+	P50OverQuorumFloor float64 `json:"p50_over_quorum_floor"`
 }
 
 type sqlSelectLevel struct {
@@ -49,9 +51,11 @@ type sqlSelectLevel struct {
 }
 
 type sqlBenchReport struct {
-	FloorP50Ms       float64          `json:"floor_p50_ms"`
-	FloorBeforeP50Ms float64          `json:"floor_before_p50_ms"`
-	FloorAfterP50Ms  float64          `json:"floor_after_p50_ms"`
+	FloorP50Ms       float64 `json:"floor_p50_ms"`
+	FloorBeforeP50Ms float64 `json:"floor_before_p50_ms"`
+	FloorAfterP50Ms  float64 `json:"floor_after_p50_ms"`
+	// QuorumFloorP50Ms: the 4th of six concurrent fdatasync'd appends.
+	QuorumFloorP50Ms float64          `json:"quorum_floor_p50_ms"`
 	Endpoint         string           `json:"endpoint"`
 	Table            string           `json:"table"`
 	DurationS        float64          `json:"duration_s_per_level"`
@@ -231,12 +235,10 @@ func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d
 	insert := sqlclient.Statement{SQL: "INSERT INTO " + table + "(k, v) VALUES (?, ?)"}
 	sel := "SELECT v FROM " + table + " WHERE k = ?"
 
-	// The floor is sampled before and after the levels, since the disk is
-	// shared and its latency drifts during a run.
-	fmt.Fprintln(progress, "measuring the fsync floor")
-	floorBefore, err := fsyncSamples(floorDir, 200)
-	if err != nil {
-		return nil, fmt.Errorf("measure fsync floor: %w", err)
+	fmt.Fprintln(progress, "measuring the fsync floors")
+	var floor diskFloor
+	if err := floor.sample(floorDir); err != nil {
+		return nil, err
 	}
 	rep := &sqlBenchReport{Endpoint: endpoint, Table: table, DurationS: d.Seconds()}
 
@@ -308,14 +310,15 @@ func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d
 			P99Ms:   ms(percentile(lat, 99)),
 		})
 	}
-	floorAfter, err := fsyncSamples(floorDir, 200)
-	if err != nil {
-		return nil, fmt.Errorf("measure fsync floor: %w", err)
+	if err := floor.sample(floorDir); err != nil {
+		return nil, err
 	}
-	rep.FloorP50Ms = ms(median(append(floorBefore, floorAfter...)))
-	rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms = ms(median(floorBefore)), ms(median(floorAfter))
+	rep.FloorP50Ms = ms(floor.singleP50())
+	rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms = ms(median(floor.singleBefore)), ms(median(floor.singleAfter))
+	rep.QuorumFloorP50Ms = ms(floor.quorumP50())
 	for i := range rep.Insert {
 		rep.Insert[i].P50OverFloor = rep.Insert[i].P50Ms / rep.FloorP50Ms
+		rep.Insert[i].P50OverQuorumFloor = rep.Insert[i].P50Ms / rep.QuorumFloorP50Ms
 	}
 	return rep, nil
 }
@@ -404,11 +407,12 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 func printSQLBench(out io.Writer, rep *sqlBenchReport) {
 	fmt.Fprintf(out, "floor: fdatasync of a 4 KiB append, p50 %.3f ms (same disk, same run; %.3f ms before the levels, %.3f ms after)\n",
 		rep.FloorP50Ms, rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms)
+	printQuorumFloor(out, rep.QuorumFloorP50Ms, rep.FloorP50Ms)
 	fmt.Fprintf(out, "\nINSERT: one-row transactions (integer key, %d-byte text) into %s at %s, %s per level\n", benchSQLValueLen, rep.Table, rep.Endpoint, time.Duration(rep.DurationS*float64(time.Second)))
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "clients\ttxn/s\tp50 ms\tp99 ms\tp50/floor\tredo B/txn\tfull-page B/txn\tredo/full-page\t")
+	fmt.Fprintln(tw, "clients\ttxn/s\tp50 ms\tp99 ms\tp50/floor\tp50/quorum floor\tredo B/txn\tfull-page B/txn\tredo/full-page\t")
 	for _, l := range rep.Insert {
-		fmt.Fprintf(tw, "%d\t%.0f\t%.3f\t%.3f\t%.2fx\t%.0f\t%.0f\t%s\t\n", l.Clients, l.TPS, l.P50Ms, l.P99Ms, l.P50OverFloor,
+		fmt.Fprintf(tw, "%d\t%.0f\t%.3f\t%.3f\t%.2fx\t%.2fx\t%.0f\t%.0f\t%s\t\n", l.Clients, l.TPS, l.P50Ms, l.P99Ms, l.P50OverFloor, l.P50OverQuorumFloor,
 			l.RedoBytesPerTxn, l.FullPageBytesPerTxn, percentOf(l.RedoBytesPerTxn, l.FullPageBytesPerTxn))
 	}
 	tw.Flush()
@@ -421,8 +425,8 @@ func printSQLBench(out io.Writer, rep *sqlBenchReport) {
 	tw.Flush()
 	if len(rep.Insert) > 0 {
 		l := rep.Insert[0]
-		fmt.Fprintf(out, "\n%d client(s): an INSERT commits in %.2fx the fsync floor (p50); the redo shipped is %s of the whole dirty pages (%.0f vs %.0f bytes per transaction)\n",
-			l.Clients, l.P50OverFloor, percentOf(l.RedoBytesPerTxn, l.FullPageBytesPerTxn), l.RedoBytesPerTxn, l.FullPageBytesPerTxn)
+		fmt.Fprintf(out, "\n%d client(s): an INSERT commits in %.2fx the fsync floor (p50), %.2fx the quorum floor; the redo shipped is %s of the whole dirty pages (%.0f vs %.0f bytes per transaction)\n",
+			l.Clients, l.P50OverFloor, l.P50OverQuorumFloor, percentOf(l.RedoBytesPerTxn, l.FullPageBytesPerTxn), l.RedoBytesPerTxn, l.FullPageBytesPerTxn)
 	}
 }
 
