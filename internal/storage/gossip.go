@@ -138,7 +138,9 @@ func (n *Node) pullFrom(s *seg, peer *pb.Member) error {
 	client := pb.NewStorageClient(conn)
 	start, pulled := s.durableSCL.Load(), 0
 	defer func() {
-		if pulled > 0 {
+		// Records held above a hole move no SCL; every gossip round would
+		// log them again.
+		if pulled > 0 && s.durableSCL.Load() > start {
 			n.log.Info("gossip filled segment from peer", "segment", s.key.String(), "peer", peer.NodeId,
 				"records_received", pulled, "scl_before", start, "scl_after", s.durableSCL.Load())
 		}
@@ -176,7 +178,7 @@ func (n *Node) pullFrom(s *seg, peer *pb.Member) error {
 			}
 		}
 		s.notePeerSCL(peer.NodeId, resp.Scl)
-		if resp.LogFloor > after && len(resp.Records) > 0 {
+		if resp.LogFloor > after && len(resp.Records) > 0 && s.hydrationWarnDue(time.Now()) {
 			n.log.Warn("peer has collected records this segment lacks; it needs hydration from pages",
 				"segment", s.key.String(), "peer", peer.NodeId, "scl", after, "peer_log_floor", resp.LogFloor)
 		}
@@ -212,6 +214,16 @@ func (n *Node) pullFrom(s *seg, peer *pb.Member) error {
 		}
 	}
 	return nil
+}
+
+// hydrationWarnDue reports whether a minute has passed since the last
+// warning that the segment needs hydration, and if so starts a new minute.
+func (s *seg) hydrationWarnDue(now time.Time) bool {
+	last := s.hydrationWarned.Load()
+	if last != 0 && now.Sub(time.Unix(0, last)) < time.Minute {
+		return false
+	}
+	return s.hydrationWarned.CompareAndSwap(last, now.UnixNano())
 }
 
 func (n *Node) peerConn(addr string) (*grpc.ClientConn, error) {

@@ -76,6 +76,10 @@ type seg struct {
 	// like a hole.
 	want atomic.Uint64
 
+	// hydrationWarned is when (unix nanos) the node last logged that this
+	// segment needs hydration: once a minute, not every gossip round.
+	hydrationWarned atomic.Int64
+
 	// lastMaterialized is touched only by the materializer goroutine.
 	lastMaterialized time.Time
 }
