@@ -175,8 +175,8 @@ func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request) {
 	}
 	args := make([][]any, len(req.Statements))
 	for i, st := range req.Statements {
-		if strings.TrimSpace(st.SQL) == "" {
-			writeErr(w, apiErr(http.StatusBadRequest, CodeBadRequest, "statement %d is empty", i+1))
+		if noSQL(st.SQL) {
+			writeErr(w, apiErr(http.StatusBadRequest, CodeBadRequest, "statement %d is empty (nothing but spaces, semicolons or comments)", i+1))
 			return
 		}
 		a, e := params(st.Params)
@@ -271,6 +271,39 @@ func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req ExecuteReques
 	return results, nil
 }
 
+// noSQL reports whether SQLite would find no statement in q: nothing but
+// spaces, semicolons and comments (an unfinished block comment included)
+// before the end or a NUL, where SQLite stops reading. Such a string must
+// not reach the driver: it prepares it to a statement with no SQLite
+// statement behind it, whose NumInput panics inside database/sql, which then
+// never gives the connection back, so the request never answers.
+func noSQL(q string) bool {
+	if i := strings.IndexByte(q, 0); i >= 0 {
+		q = q[:i]
+	}
+	for i := 0; i < len(q); {
+		switch c := q[i]; {
+		case c == ';', c == ' ', c == '\t', c == '\n', c == '\v', c == '\f', c == '\r':
+			i++
+		case strings.HasPrefix(q[i:], "--"):
+			j := strings.IndexByte(q[i:], '\n')
+			if j < 0 {
+				return true
+			}
+			i += j + 1
+		case strings.HasPrefix(q[i:], "/*"):
+			j := strings.Index(q[i+2:], "*/")
+			if j < 0 {
+				return true
+			}
+			i += 2 + j + 2
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // execOne runs one statement. It is prepared first, which refuses a string
 // of several statements: run as a script, a COMMIT inside one would end the
 // request's transaction behind its back.
@@ -304,8 +337,8 @@ func (s *Instance) handleQuery(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, e)
 		return
 	}
-	if strings.TrimSpace(req.SQL) == "" {
-		writeErr(w, apiErr(http.StatusBadRequest, CodeBadRequest, "sql is empty"))
+	if noSQL(req.SQL) {
+		writeErr(w, apiErr(http.StatusBadRequest, CodeBadRequest, "sql is empty (nothing but spaces, semicolons or comments)"))
 		return
 	}
 	args, e := params(req.Params)
@@ -446,6 +479,9 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 		return apiErr(http.StatusServiceUnavailable, CodeNotReady, "%sthe writer of volume %s stopped while the request ran: %v", prefix, s.cfg.Volume, cause)
 	case strings.Contains(err.Error(), "multiple statements"):
 		return apiErr(http.StatusBadRequest, CodeBadRequest, "%sone entry holds more than one SQL statement; send each statement as its own entry", prefix)
+	case strings.HasPrefix(err.Error(), "sql: expected ") && strings.Contains(err.Error(), " arguments, got "):
+		// database/sql counts the parameters against the placeholders.
+		return apiErr(http.StatusBadRequest, CodeBadParameter, "%swrong number of parameters: %s", prefix, strings.TrimPrefix(err.Error(), "sql: "))
 	case errors.Is(err, sqlite3.CONSTRAINT):
 		return apiErr(http.StatusConflict, CodeConstraint, "%s%s", prefix, sqliteMessage(err))
 	case errors.Is(err, sqlite3.READONLY):
