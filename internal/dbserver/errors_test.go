@@ -238,7 +238,9 @@ func TestErrorCodes(t *testing.T) {
 		{name: "unknown endpoint", path: "/v1/exec", body: exec(`INSERT INTO t(name) VALUES ('z')`),
 			status: 404, code: CodeBadRequest, mention: []string{"/v1/exec", "POST /v1/execute"}},
 		{name: "execute with GET", method: http.MethodGet, path: E,
-			status: 404, code: CodeBadRequest, mention: []string{"GET /v1/execute"}},
+			status: 405, code: CodeBadRequest, mention: []string{"GET /v1/execute", "takes POST"}},
+		{name: "health with POST", path: "/v1/health", body: `{}`,
+			status: 405, code: CodeBadRequest, mention: []string{"POST /v1/health", "takes GET"}},
 
 		// bad_parameter
 		{name: "object parameter", path: E,
@@ -362,7 +364,7 @@ func TestErrorCodes(t *testing.T) {
 		}
 		for _, body := range bodies {
 			st, b, h := ti.call(t, http.MethodPost, E, body)
-			checkErr(t, st, b, h, http.StatusServiceUnavailable, CodeBusy, "database is locked")
+			checkErr(t, st, b, h, http.StatusServiceUnavailable, CodeBusy, "locked: another transaction held the writer turn")
 		}
 		var spare []*sql.Conn
 		for w.Stats().Idle > 0 {
@@ -374,7 +376,7 @@ func TestErrorCodes(t *testing.T) {
 		}
 		for _, body := range bodies {
 			st, b, h := ti.call(t, http.MethodPost, E, body)
-			checkErr(t, st, b, h, http.StatusServiceUnavailable, CodeBusy, "database is locked")
+			checkErr(t, st, b, h, http.StatusServiceUnavailable, CodeBusy, "locked: another transaction held the writer turn")
 		}
 		for _, c := range spare {
 			c.Close()

@@ -89,7 +89,13 @@ func (s *Instance) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/execute", s.handleExecute)
 	mux.HandleFunc("POST /v1/query", s.handleQuery)
 	mux.HandleFunc("GET /v1/health", s.handleHealth)
+	allowed := map[string]string{"/v1/execute": "POST", "/v1/query": "POST", "/v1/health": "GET"}
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		if m, ok := allowed[r.URL.Path]; ok {
+			w.Header().Set("Allow", m)
+			writeErr(w, apiErr(http.StatusMethodNotAllowed, CodeBadRequest, "%s %s: this endpoint takes %s", r.Method, r.URL.Path, m))
+			return
+		}
 		writeErr(w, apiErr(http.StatusNotFound, CodeBadRequest, "no endpoint %s %s; the API has POST /v1/execute, POST /v1/query and GET /v1/health", r.Method, r.URL.Path))
 	})
 	return mux
@@ -487,7 +493,9 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 	case errors.Is(err, sqlite3.READONLY):
 		return apiErr(http.StatusBadRequest, CodeReadOnly, "%s%s: /v1/query runs on a read connection; send statements that write to /v1/execute", prefix, sqliteMessage(err))
 	case errors.Is(err, sqlite3.BUSY):
-		return apiErr(http.StatusServiceUnavailable, CodeBusy, "%s%s", prefix, sqliteMessage(err))
+		// The driver words it "invalid _pragma: ..." when a new connection
+		// meets the lock; the client needs to know what held it.
+		return apiErr(http.StatusServiceUnavailable, CodeBusy, "%sthe database is locked: another transaction held the writer turn for the whole busy timeout; retry", prefix)
 	case errors.Is(err, sqlite3.IOERR), errors.Is(err, sqlite3.CANTOPEN), errors.Is(err, sqlite3.CORRUPT), errors.Is(err, sqlite3.NOMEM):
 		return apiErr(http.StatusInternalServerError, CodeInternal, "%s%v", prefix, cause)
 	case ctx.Err() != nil:
