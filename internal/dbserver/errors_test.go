@@ -296,6 +296,9 @@ func TestErrorCodes(t *testing.T) {
 			status: 400, code: CodeReadOnly, mention: []string{"readonly", "/v1/execute"}},
 		{name: "CREATE TABLE on query", path: Q, body: query(`CREATE TABLE u(x)`),
 			status: 400, code: CodeReadOnly, mention: []string{"readonly", "/v1/execute"}},
+		// A pooled read connection's temp database would outlive the query.
+		{name: "CREATE TEMP TABLE on query", path: Q, body: query(`CREATE TEMP TABLE u(x)`),
+			status: 400, code: CodeReadOnly, mention: []string{"/v1/execute"}},
 	}
 
 	before := ti.state(t)

@@ -197,6 +197,12 @@ func dsn(name string, opts Options, reader bool) string {
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", opts.BusyTimeout.Milliseconds()))
 	q.Add("_pragma", fmt.Sprintf("page_size(%d)", opts.PageSize))
 	q.Add("_pragma", "journal_mode(memory)")
+	if reader {
+		// mode=ro keeps the volume's file unwritten, but not SQLite's
+		// per-connection temp database: a TEMP table made by one query would
+		// outlive it in the pool and show up in another client's query.
+		q.Add("_pragma", "query_only(1)")
+	}
 	return "file:" + url.PathEscape(name) + "?" + q.Encode()
 }
 
