@@ -174,7 +174,7 @@ func Recover(ctx context.Context, cfg RecoverConfig) (Recovered, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	r := &recoverer{cfg: cfg, log: cfg.Logger.With("volume", cfg.VolumeID, "epoch", cfg.Epoch), conns: map[string]*grpc.ClientConn{}}
+	r := &recoverer{cfg: cfg, log: cfg.Logger.With("volume_id", cfg.VolumeID, "epoch", cfg.Epoch), conns: map[string]*grpc.ClientConn{}}
 	defer r.close()
 	pgCount := uint32(0)
 	seen := map[uint32]bool{}

@@ -244,7 +244,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c := &Client{
 		cfg:       cfg,
-		log:       cfg.Logger.With("volume", cfg.VolumeID),
+		log:       cfg.Logger.With("volume_id", cfg.VolumeID),
 		tracker:   quorum.NewTracker(cfg.BaseLSN),
 		pageLast:  make(map[uint64]uint64),
 		pgs:       make(map[uint32]*pgState),
