@@ -520,26 +520,12 @@ func sqliteMessage(err error) string {
 	return strings.TrimPrefix(err.Error(), "sqlite3: ")
 }
 
-// Health is the body of GET /v1/health.
-type Health struct {
-	Role     string      `json:"role"`
-	Volume   string      `json:"volume"`
-	VolumeID uint64      `json:"volume_id"`
-	Epoch    uint64      `json:"epoch"`
-	VDL      uint64      `json:"vdl"`
-	Ready    bool        `json:"ready"`
-	Status   string      `json:"status"`
-	Stats    HealthStats `json:"stats"`
-}
+// Health is the body of GET /v1/health; the client package declares the
+// shape, so server and client cannot drift apart.
+type Health = sqlclient.Health
 
 // HealthStats are counters since the instance started.
-type HealthStats struct {
-	Commits       uint64 `json:"commits"`
-	RedoBytes     uint64 `json:"redo_bytes"`
-	FullPageBytes uint64 `json:"full_page_bytes"`
-	Executes      uint64 `json:"executes"`
-	Queries       uint64 `json:"queries"`
-}
+type HealthStats = sqlclient.HealthStats
 
 func (s *Instance) handleHealth(w http.ResponseWriter, r *http.Request) {
 	h := s.Health()

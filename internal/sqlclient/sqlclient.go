@@ -72,7 +72,7 @@ type HealthStats struct {
 	// whole dirty pages of the same commits would have taken.
 	RedoBytes     uint64 `json:"redo_bytes"`
 	FullPageBytes uint64 `json:"full_page_bytes"`
-	Executes      uint64 `json:"executes,omitempty"`
+	Executes      uint64 `json:"executes"`
 	Queries       uint64 `json:"queries"`
 }
 
