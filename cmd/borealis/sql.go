@@ -264,8 +264,8 @@ func (s *sqlSession) run(ctx context.Context, stmt string) error {
 		err := s.query(ctx, stmt)
 		// What looked like a read wrote (a PRAGMA setting something with
 		// parentheses, say): the read connection refused it and changed
-		// nothing, so the writer runs it.
-		if sqlclient.Code(err) == "read_only" {
+		// nothing, so the writer runs it, or refuses it in its own words.
+		if c := sqlclient.Code(err); c == "read_only" || c == "not_allowed" {
 			return s.execute(ctx, []sqlclient.Statement{{SQL: stmt}}, false)
 		}
 		return err

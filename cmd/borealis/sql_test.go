@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -157,20 +158,27 @@ func TestSQLStopsAtTheFirstErrorWithTheServersMessage(t *testing.T) {
 }
 
 // A statement taken for a read that writes is refused by the read
-// connection, and then runs on the writer.
+// connection (read_only for a write, not_allowed for a PRAGMA that sets a
+// value), and then runs on the writer.
 func TestSQLRunsAReadOnlyRefusalOnTheWriter(t *testing.T) {
-	w := newSQLWire(t, func(path string, body map[string]any) (int, string) {
-		if path == "/v1/query" {
-			return 400, `{"error":{"code":"read_only","message":"attempt to write a readonly database"}}`
+	for _, refusal := range []string{
+		`400 {"error":{"code":"read_only","message":"attempt to write a readonly database"}}`,
+		`403 {"error":{"code":"not_allowed","message":"not authorized: ..."}}`,
+	} {
+		status, _ := strconv.Atoi(refusal[:3])
+		w := newSQLWire(t, func(path string, body map[string]any) (int, string) {
+			if path == "/v1/query" {
+				return status, refusal[4:]
+			}
+			return okReply(path, body)
+		})
+		if _, err := runSQL(t, w, "", "-e", "PRAGMA user_version(5)"); err != nil {
+			t.Fatal(err)
 		}
-		return okReply(path, body)
-	})
-	if _, err := runSQL(t, w, "", "-e", "PRAGMA user_version(5)"); err != nil {
-		t.Fatal(err)
-	}
-	want := []string{`/v1/query {"sql":"PRAGMA user_version(5)"}`, `/v1/execute {"statements":[{"sql":"PRAGMA user_version(5)"}],"transaction":false}`}
-	if got := w.requests(); !reflect.DeepEqual(got, want) {
-		t.Fatalf("requests %v", got)
+		want := []string{`/v1/query {"sql":"PRAGMA user_version(5)"}`, `/v1/execute {"statements":[{"sql":"PRAGMA user_version(5)"}],"transaction":false}`}
+		if got := w.requests(); !reflect.DeepEqual(got, want) {
+			t.Fatalf("after %s: requests %v", refusal, got)
+		}
 	}
 }
 

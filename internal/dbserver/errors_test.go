@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -134,6 +136,14 @@ func TestErrorCodes(t *testing.T) {
 		E = "/v1/execute"
 		Q = "/v1/query"
 	)
+	// Files the SQL below tries to make on the server; none may appear.
+	outsideDir := t.TempDir()
+	outside := func(name string) string { return filepath.Join(outsideDir, name) }
+	defer func() {
+		if made, _ := os.ReadDir(outsideDir); len(made) > 0 {
+			t.Errorf("SQL made files on the server: %v", made)
+		}
+	}()
 	bigSQL := fmt.Sprintf(`INSERT INTO t(name) VALUES ('%s')`, strings.Repeat("x", errTestMaxBody))
 	cases := []errCase{
 		// sql_error
@@ -298,6 +308,31 @@ func TestErrorCodes(t *testing.T) {
 			status: 400, code: CodeReadOnly, mention: []string{"readonly", "/v1/execute"}},
 		// A pooled read connection's temp database would outlive the query.
 		{name: "CREATE TEMP TABLE on query", path: Q, body: query(`CREATE TEMP TABLE u(x)`),
+			status: 400, code: CodeReadOnly, mention: []string{"/v1/execute"}},
+
+		// not_allowed: files on the server, and settings that would stay on
+		// a pooled connection.
+		{name: "ATTACH a server file on execute", path: E, body: exec(`ATTACH '` + outside("a.db") + `' AS f`),
+			status: 403, code: CodeNotAllowed, mention: []string{"not authorized", "ATTACH"}},
+		{name: "ATTACH a server file in a transaction", path: E,
+			body:   txn(`INSERT INTO t(name) VALUES ('z1')`, `ATTACH '`+outside("b.db")+`' AS f`, `CREATE TABLE f.x(a)`),
+			status: 403, code: CodeNotAllowed, mention: []string{"statement 2", "ATTACH"}},
+		{name: "ATTACH a server file on query", path: Q, body: query(`ATTACH '` + outside("c.db") + `' AS f`),
+			status: 403, code: CodeNotAllowed, mention: []string{"ATTACH"}},
+		{name: "VACUUM INTO a server file", path: E, body: exec(`VACUUM INTO '` + outside("d.db") + `'`),
+			status: 403, code: CodeNotAllowed, mention: []string{"VACUUM INTO"}},
+		{name: "query_only off on a read connection", path: Q, body: query(`PRAGMA query_only(0)`),
+			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA"}},
+		{name: "query_only off, the = form", path: Q, body: query(`pragma QUERY_ONLY = 0`),
+			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA"}},
+		{name: "journal_mode on execute", path: E, body: exec(`PRAGMA journal_mode = DELETE`),
+			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA"}},
+		{name: "busy_timeout on execute", path: E, body: exec(`PRAGMA busy_timeout = 0`),
+			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA"}},
+		{name: "user_version on query", path: Q, body: query(`PRAGMA user_version = 3`),
+			status: 403, code: CodeNotAllowed, mention: []string{"user_version", "/v1/execute"}},
+		// Refused before: the read connections' query_only still holds.
+		{name: "CREATE TEMP TABLE on query after trying to lift query_only", path: Q, body: query(`CREATE TEMP TABLE u(x)`),
 			status: 400, code: CodeReadOnly, mention: []string{"/v1/execute"}},
 	}
 

@@ -52,7 +52,7 @@ func startTestInstance(t *testing.T, cfg Config, opts sqlvfs.Options) *testInsta
 		t.Fatal(err)
 	}
 	opts.PageSize = 4096
-	db, err := sqlvfs.OpenDB(vol, opts)
+	db, err := sqlvfs.OpenDB(vol, withPolicy(opts))
 	if err != nil {
 		vol.Close()
 		t.Fatal(err)

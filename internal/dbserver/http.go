@@ -488,6 +488,8 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 	case strings.HasPrefix(err.Error(), "sql: expected ") && strings.Contains(err.Error(), " arguments, got "):
 		// database/sql counts the parameters against the placeholders.
 		return apiErr(http.StatusBadRequest, CodeBadParameter, "%swrong number of parameters: %s", prefix, strings.TrimPrefix(err.Error(), "sql: "))
+	case errors.Is(err, sqlite3.AUTH):
+		return apiErr(http.StatusForbidden, CodeNotAllowed, "%s%s: the API refuses ATTACH and VACUUM INTO (they open files on the server), and PRAGMAs that set a value (the setting would stay on a pooled connection and change other requests' statements; user_version and application_id may be set through /v1/execute)", prefix, sqliteMessage(err))
 	case errors.Is(err, sqlite3.CONSTRAINT):
 		return apiErr(http.StatusConflict, CodeConstraint, "%s%s", prefix, sqliteMessage(err))
 	case errors.Is(err, sqlite3.READONLY):

@@ -369,7 +369,7 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) er
 		stopFollow()
 		return err
 	}
-	db, err := sqlvfs.OpenDB(vol, sqlvfs.Options{PageSize: cfg.PageSize, CacheMiB: s.cfg.CacheMiB})
+	db, err := sqlvfs.OpenDB(vol, withPolicy(sqlvfs.Options{PageSize: cfg.PageSize, CacheMiB: s.cfg.CacheMiB}))
 	if err != nil {
 		vol.Close()
 		stopFollow()

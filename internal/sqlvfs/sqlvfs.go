@@ -75,7 +75,7 @@ import (
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
-	_ "github.com/ncruces/go-sqlite3/driver" // registers "sqlite3" with database/sql
+	"github.com/ncruces/go-sqlite3/driver" // also registers "sqlite3" with database/sql
 	"github.com/ncruces/go-sqlite3/util/vfsutil"
 	"github.com/ncruces/go-sqlite3/vfs"
 
@@ -114,6 +114,19 @@ type Options struct {
 	CacheMiB int
 	// BusyTimeout is the busy_timeout DSN and ReaderDSN set. Default 10s.
 	BusyTimeout time.Duration
+	// OnConnect, if set, runs on every new connection of OpenDB's pools,
+	// after the DSN's pragmas (reader tells which pool); a server that runs
+	// other people's SQL sets its authorizer there.
+	OnConnect func(c *sqlite3.Conn, reader bool) error
+}
+
+// openPool opens a database/sql pool on dsn, with opts.OnConnect on every
+// connection.
+func openPool(dsn string, opts Options, reader bool) (*sql.DB, error) {
+	if opts.OnConnect == nil {
+		return sql.Open("sqlite3", dsn)
+	}
+	return driver.Open(dsn, func(c *sqlite3.Conn) error { return opts.OnConnect(c, reader) })
 }
 
 func (o Options) withDefaults() Options {
@@ -233,7 +246,7 @@ func OpenDB(vol Volume, opts Options) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := sql.Open("sqlite3", ReaderDSN(d.name, opts))
+	r, err := openPool(ReaderDSN(d.name, opts), opts, true)
 	if err == nil {
 		err = r.Ping()
 	}
@@ -276,7 +289,7 @@ func open(vol Volume, opts Options) (*sql.DB, *database, error) {
 	regMu.Lock()
 	d := registry[name]
 	regMu.Unlock()
-	db, err := sql.Open("sqlite3", DSN(name, opts))
+	db, err := openPool(DSN(name, opts), opts, false)
 	if err != nil {
 		Unregister(name)
 		return nil, nil, err

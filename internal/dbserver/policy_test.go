@@ -1,0 +1,42 @@
+package dbserver
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/borealis-db/borealis/internal/sqlvfs"
+)
+
+// The policy refuses files and lasting settings (TestErrorCodes), but not
+// what the API offers: reading settings and the schema, checks, VACUUM,
+// and the database's own user_version.
+func TestPolicyKeepsWhatTheAPIOffers(t *testing.T) {
+	ti := startTestInstance(t, Config{}, sqlvfs.Options{})
+	ti.ok(t, "/v1/execute", txn(`CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT)`, `CREATE INDEX t_name ON t(name)`,
+		`INSERT INTO t(name) VALUES ('a'), ('b')`), nil)
+	ti.ok(t, "/v1/execute", exec(`DELETE FROM t WHERE name = 'a'`, `VACUUM`, `PRAGMA user_version = 7`, `PRAGMA optimize`), nil)
+	for q, want := range map[string]string{
+		`PRAGMA user_version`:                                     `[[7]]`,
+		`PRAGMA query_only`:                                       `[[1]]`,
+		`PRAGMA journal_mode`:                                     `[["memory"]]`,
+		`PRAGMA integrity_check`:                                  `[["ok"]]`,
+		`PRAGMA quick_check(10)`:                                  `[["ok"]]`,
+		`PRAGMA foreign_key_check(t)`:                             `[]`,
+		`SELECT name FROM pragma_table_info('t')`:                 `[["id"],["name"]]`,
+		`SELECT name FROM pragma_index_list('t')`:                 `[["t_name"]]`,
+		`SELECT name FROM pragma_index_info('t_name')`:            `[["name"]]`,
+		`SELECT count(*) FROM pragma_table_list WHERE name = 't'`: `[[1]]`,
+		`SELECT name FROM t`:                                      `[["b"]]`,
+	} {
+		var r QueryResponse
+		ti.ok(t, "/v1/query", query(q), &r)
+		if got, _ := json.Marshal(r.Rows); string(got) != want {
+			t.Errorf("%s: %s, want %s", q, got, want)
+		}
+	}
+	var r QueryResponse
+	ti.ok(t, "/v1/query", query(`PRAGMA table_info(t)`), &r)
+	if len(r.Rows) != 2 {
+		t.Errorf("PRAGMA table_info(t): %v", r.Rows)
+	}
+}
