@@ -280,6 +280,23 @@ func TestErrorCodes(t *testing.T) {
 		{name: "too few parameters", path: E,
 			body:   js(ExecuteRequest{Statements: []Statement{{SQL: `INSERT INTO t(name, n) VALUES (?, ?)`, Params: raw(`"z"`)}}}),
 			status: 400, code: CodeBadParameter, mention: []string{"wrong number of parameters", "expected 2", "got 1"}},
+		// The driver cannot count numbered and named placeholders for
+		// database/sql; SQLite would bind NULL to those left without a value.
+		{name: "too few named parameters", path: E,
+			body:   js(ExecuteRequest{Statements: []Statement{{SQL: `INSERT INTO t(name, n) VALUES (:name, :n)`, Params: raw(`"z"`)}}}),
+			status: 400, code: CodeBadParameter, mention: []string{"wrong number of parameters", "takes 2", "got 1"}},
+		{name: "too many named parameters in a transaction", path: E,
+			body: js(ExecuteRequest{Transaction: true, Statements: []Statement{
+				{SQL: `INSERT INTO t(name) VALUES ('z1')`},
+				{SQL: `UPDATE t SET n = @n WHERE name = $name`, Params: raw(`1`, `"a"`, `"b"`)},
+			}}),
+			status: 400, code: CodeBadParameter, mention: []string{"statement 2", "takes 2", "got 3"}},
+		{name: "numbered parameters with a gap", path: E,
+			body:   js(ExecuteRequest{Statements: []Statement{{SQL: `INSERT INTO t(name, n) VALUES (?1, ?3)`, Params: raw(`"z"`, `1`)}}}),
+			status: 400, code: CodeBadParameter, mention: []string{"takes 3", "got 2"}},
+		{name: "query with too few named parameters", path: Q,
+			body:   js(Statement{SQL: `SELECT :a, :b`, Params: raw(`1`)}),
+			status: 400, code: CodeBadParameter, mention: []string{"takes 2", "got 1"}},
 		{name: "query object parameter", path: Q,
 			body:   js(Statement{SQL: `SELECT * FROM t WHERE name = ?`, Params: raw(`{"x":1}`)}),
 			status: 400, code: CodeBadParameter, mention: []string{"parameter 1"}},
@@ -402,7 +419,7 @@ func TestErrorCodes(t *testing.T) {
 		}
 		for _, body := range bodies {
 			st, b, h := ti.call(t, http.MethodPost, E, body)
-			checkErr(t, st, b, h, http.StatusServiceUnavailable, CodeBusy, "locked: another transaction held the writer turn")
+			checkErr(t, st, b, h, http.StatusServiceUnavailable, CodeBusy, "locked: another transaction held the writer turn", "retry")
 		}
 		var spare []*sql.Conn
 		for w.Stats().Idle > 0 {
@@ -414,7 +431,7 @@ func TestErrorCodes(t *testing.T) {
 		}
 		for _, body := range bodies {
 			st, b, h := ti.call(t, http.MethodPost, E, body)
-			checkErr(t, st, b, h, http.StatusServiceUnavailable, CodeBusy, "locked: another transaction held the writer turn")
+			checkErr(t, st, b, h, http.StatusServiceUnavailable, CodeBusy, "locked: another transaction held the writer turn", "retry")
 		}
 		for _, c := range spare {
 			c.Close()
@@ -523,6 +540,7 @@ func TestNoSQL(t *testing.T) {
 	for _, q := range []string{
 		"", " ", ";", " ;\t;\r\n\v\f", "-- c", "-- c\n", "/* c */", "/* c", "/* c */ -- d\n;", "/**/", "/*/ */",
 		"\x00SELECT 1", "/* c \x00 */ SELECT 1", "-- c\x00\nSELECT 1",
+		"\v", ";\v", "\t\v", " \v;", "/*", "/*\x00x", ";/*", "/**", "-",
 		"SELECT 1", " SELECT 1;", "-- c\nSELECT 1", "/* c */SELECT 1", "- 1", "/ 1", "'x'", "-1", "x",
 	} {
 		st, _, err := c.Prepare(q)
@@ -539,4 +557,30 @@ func TestNoSQL(t *testing.T) {
 		}
 		st.Close()
 	}
+}
+
+// noSQL and SQLite agree on every string of up to five characters drawn
+// from what can make up an empty statement, and a few that can't.
+func TestNoSQLOnEveryShortString(t *testing.T) {
+	c, err := sqlite3.Open(":memory:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	alphabet := []byte{' ', ';', '-', '/', '*', '\n', '\v', 0, '\f', '\t', 'x'}
+	var walk func(q []byte, left int)
+	walk = func(q []byte, left int) {
+		st, _, err := c.Prepare(string(q))
+		empty := err == nil && st == nil
+		st.Close()
+		if noSQL(string(q)) != empty {
+			t.Fatalf("noSQL(%q) = %v; SQLite prepares it to %v (%v)", q, !empty, st, err)
+		}
+		if left > 0 {
+			for _, b := range alphabet {
+				walk(append(q, b), left-1)
+			}
+		}
+	}
+	walk(nil, 5)
 }

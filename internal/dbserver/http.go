@@ -236,7 +236,11 @@ func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req ExecuteReques
 	}
 	results := make([]ExecResult, 0, len(req.Statements))
 	for i, st := range req.Statements {
-		r, err := execOne(ctx, ex, st.SQL, args[i])
+		err := checkParamCount(conn, st.SQL, len(args[i]))
+		var r sql.Result
+		if err == nil {
+			r, err = execOne(ctx, ex, st.SQL, args[i])
+		}
 		if err != nil {
 			ownTxn := false
 			if tx != nil {
@@ -289,15 +293,22 @@ func noSQL(q string) bool {
 	}
 	for i := 0; i < len(q); {
 		switch c := q[i]; {
-		case c == ';', c == ' ', c == '\t', c == '\n', c == '\v', c == '\f', c == '\r':
+		case c == ';':
 			i++
+		case c == ' ', c == '\t', c == '\n', c == '\f', c == '\r':
+			// SQLite's tokenizer starts a space at these, and then takes a
+			// vertical tab too; a vertical tab first is an illegal token.
+			for i++; i < len(q) && strings.IndexByte(" \t\n\v\f\r", q[i]) >= 0; i++ {
+			}
 		case strings.HasPrefix(q[i:], "--"):
+			// The comment ends before its newline, which starts a space.
 			j := strings.IndexByte(q[i:], '\n')
 			if j < 0 {
 				return true
 			}
-			i += j + 1
-		case strings.HasPrefix(q[i:], "/*"):
+			i += j
+		case strings.HasPrefix(q[i:], "/*") && i+2 < len(q):
+			// "/*" at the very end is a slash to SQLite, not a comment.
 			j := strings.Index(q[i+2:], "*/")
 			if j < 0 {
 				return true
@@ -322,6 +333,62 @@ func execOne(ctx context.Context, p interface {
 	}
 	defer st.Close()
 	return st.ExecContext(ctx, args...)
+}
+
+// paramCountError: the statement's placeholders and the parameters sent
+// differ in number.
+type paramCountError struct{ want, got int }
+
+func (e paramCountError) Error() string {
+	return fmt.Sprintf("wrong number of parameters: the statement takes %d (the highest ?NNN, or one per distinct :name, @name or $name, counted with the plain ?s), got %d", e.want, e.got)
+}
+
+// checkParamCount refuses params that do not match q's placeholders when q
+// may have numbered or named ones: database/sql counts plain ?s itself, but
+// the driver cannot count the others for it, and SQLite binds NULL to any
+// left without a value. It prepares q a second time, so only such SQL pays.
+func checkParamCount(conn *sql.Conn, q string, n int) error {
+	if !mayHaveNamedParams(q) {
+		return nil
+	}
+	var want int
+	err := conn.Raw(func(dc any) error {
+		rc, ok := dc.(interface{ Raw() *sqlite3.Conn })
+		if !ok {
+			return fmt.Errorf("dbserver: %T is not a go-sqlite3 connection", dc)
+		}
+		st, _, err := rc.Raw().Prepare(q)
+		if err != nil || st == nil {
+			// The statement's own run reports it.
+			want = n
+			return nil
+		}
+		want = st.BindCount()
+		return st.Close()
+	})
+	if err != nil {
+		return err
+	}
+	if want != n {
+		return paramCountError{want, n}
+	}
+	return nil
+}
+
+// mayHaveNamedParams reports whether q holds a character that starts a
+// numbered or named placeholder: ':', '@', '$', or '?' before a digit.
+func mayHaveNamedParams(q string) bool {
+	for i := 0; i < len(q); i++ {
+		switch q[i] {
+		case ':', '@', '$':
+			return true
+		case '?':
+			if i+1 < len(q) && q[i+1] >= '0' && q[i+1] <= '9' {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // inTransaction reports whether conn is inside an explicit transaction.
@@ -384,6 +451,9 @@ func (s *Instance) query(ctx context.Context, db *sqlvfs.DB, q string, args []an
 		}
 	}()
 	s.stats.queries.Add(1)
+	if err := checkParamCount(conn, q, len(args)); err != nil {
+		return nil, s.classify(ctx, conn, err, "")
+	}
 	rows, err := conn.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, s.classify(ctx, conn, err, "")
@@ -488,6 +558,8 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 	case strings.HasPrefix(err.Error(), "sql: expected ") && strings.Contains(err.Error(), " arguments, got "):
 		// database/sql counts the parameters against the placeholders.
 		return apiErr(http.StatusBadRequest, CodeBadParameter, "%swrong number of parameters: %s", prefix, strings.TrimPrefix(err.Error(), "sql: "))
+	case errors.As(err, new(paramCountError)):
+		return apiErr(http.StatusBadRequest, CodeBadParameter, "%s%v", prefix, err)
 	case errors.Is(err, sqlite3.AUTH):
 		return apiErr(http.StatusForbidden, CodeNotAllowed, "%s%s: the API refuses ATTACH and VACUUM INTO (they open files on the server), and PRAGMAs that set a value (the setting would stay on a pooled connection and change other requests' statements; user_version and application_id may be set through /v1/execute)", prefix, sqliteMessage(err))
 	case errors.Is(err, sqlite3.CONSTRAINT):
@@ -497,7 +569,7 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 	case errors.Is(err, sqlite3.BUSY):
 		// The driver words it "invalid _pragma: ..." when a new connection
 		// meets the lock; the client needs to know what held it.
-		return apiErr(http.StatusServiceUnavailable, CodeBusy, "%sthe database is locked: another transaction held the writer turn for the whole busy timeout; retry", prefix)
+		return apiErr(http.StatusServiceUnavailable, CodeBusy, "%sthe database is locked: another transaction held the writer turn for the whole busy timeout, or committed after this connection began reading; retry", prefix)
 	case errors.Is(err, sqlite3.IOERR), errors.Is(err, sqlite3.CANTOPEN), errors.Is(err, sqlite3.CORRUPT), errors.Is(err, sqlite3.NOMEM):
 		return apiErr(http.StatusInternalServerError, CodeInternal, "%s%v", prefix, cause)
 	case ctx.Err() != nil:

@@ -40,3 +40,20 @@ func TestPolicyKeepsWhatTheAPIOffers(t *testing.T) {
 		t.Errorf("PRAGMA table_info(t): %v", r.Rows)
 	}
 }
+
+// Numbered and named placeholders take their values by position, and SQL
+// with a ':' or '$' but no placeholder takes none.
+func TestNamedParameters(t *testing.T) {
+	ti := startTestInstance(t, Config{}, sqlvfs.Options{})
+	ti.ok(t, "/v1/execute", exec(`CREATE TABLE t(name TEXT, n INTEGER)`), nil)
+	ti.ok(t, "/v1/execute", js(ExecuteRequest{Statements: []Statement{
+		{SQL: `INSERT INTO t(name, n) VALUES (:name, @n)`, Params: raw(`"a"`, `1`)},
+		{SQL: `INSERT INTO t(n, name) VALUES (?2, ?1)`, Params: raw(`"b"`, `2`)},
+		{SQL: `INSERT INTO t(name, n) VALUES ('12:30 $x', ?)`, Params: raw(`3`)},
+	}}), nil)
+	var r QueryResponse
+	ti.ok(t, "/v1/query", js(Statement{SQL: `SELECT name, n FROM t WHERE n >= $min ORDER BY n`, Params: raw(`1`)}), &r)
+	if got, _ := json.Marshal(r.Rows); string(got) != `[["a",1],["b",2],["12:30 $x",3]]` {
+		t.Fatalf("rows %s", got)
+	}
+}
