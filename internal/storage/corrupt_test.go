@@ -3,6 +3,7 @@ package storage_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,13 +14,18 @@ import (
 	pb "github.com/borealis-db/borealis/api/borealispb"
 )
 
-const corruptDirEnv = "BOREALIS_TEST_CORRUPT_DIR"
+const (
+	corruptDirEnv = "BOREALIS_TEST_CORRUPT_DIR"
+	childOpened   = "the node opened its store; reading every page"
+)
 
-// TestCorruptStoreStopsTheNode damages a table file of a node's store and
-// starts the node on it in a child process: reading a page stored in the
-// damaged block stops the node (exit 1) with a message naming the file and
-// the checksum mismatch, instead of serving, or acknowledging, from a store
-// that no longer holds what it claimed.
+// TestCorruptStoreStopsTheNode damages the middle of a node's table file
+// (where the page images are; the segment metadata read at start sits at its
+// beginning) and starts the node on it in a child process: the node opens,
+// and reading the pages meets the damaged block, which stops the node (exit
+// 1) with a message naming the file and the checksum mismatch, instead of
+// serving, or acknowledging, from a store that no longer holds what it
+// claimed.
 func TestCorruptStoreStopsTheNode(t *testing.T) {
 	if dir := os.Getenv(corruptDirEnv); dir != "" {
 		readEveryPage(t, dir)
@@ -44,9 +50,12 @@ func TestCorruptStoreStopsTheNode(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// The first data block starts at offset 0; the index and footer are
-		// at the end, so the file still opens.
-		if _, err := f.WriteAt(bytes.Repeat([]byte{0x5a}, 64), 100); err != nil {
+		// The index and footer are at the end, so the file still opens.
+		st, err := f.Stat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(bytes.Repeat([]byte{0x5a}, 64), st.Size()/2); err != nil {
 			t.Fatal(err)
 		}
 		f.Close()
@@ -59,7 +68,7 @@ func TestCorruptStoreStopsTheNode(t *testing.T) {
 	if !ok || exit.ExitCode() != 1 {
 		t.Fatalf("the node on a damaged store ended with %v, want exit 1; output:\n%s", err, out)
 	}
-	for _, want := range []string{"on-disk corruption in " + filepath.Join(dir, "pebble"), "checksum mismatch"} {
+	for _, want := range []string{childOpened, "on-disk corruption in " + filepath.Join(dir, "pebble"), "checksum mismatch"} {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("output lacks %q:\n%s", want, out)
 		}
@@ -76,6 +85,7 @@ func TestCorruptStoreStopsTheNode(t *testing.T) {
 // reads every page written by the parent.
 func readEveryPage(t *testing.T, dir string) {
 	_, c, _ := startNode(t, dir)
+	fmt.Println(childOpened)
 	for p := uint64(1); p <= 64; p++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		c.GetPage(ctx, &pb.GetPageRequest{Volume: 1, Pg: 0, Page: p, ReadLsn: 64, Epoch: 1})
