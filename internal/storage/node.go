@@ -42,7 +42,12 @@ type Config struct {
 	// with DISK_FULL, so that the store never runs out of space in the middle
 	// of a write. Default 64 MiB.
 	MinFreeBytes uint64
-	Logger       *slog.Logger
+	// MemTableBytes sizes Pebble's memtable. Records and page versions
+	// live briefly (collected once materialized and read past); the larger
+	// the memtable, the more of them are deleted before a flush would write
+	// them to a table and compactions rewrite them. Default 64 MiB.
+	MemTableBytes uint64
+	Logger        *slog.Logger
 }
 
 // Node is a running storage node.
@@ -118,6 +123,9 @@ func Open(cfg Config) (*Node, error) {
 	if cfg.MinFreeBytes == 0 {
 		cfg.MinFreeBytes = 64 << 20
 	}
+	if cfg.MemTableBytes == 0 {
+		cfg.MemTableBytes = 64 << 20
+	}
 	n := &Node{
 		cfg:       cfg,
 		log:       cfg.Logger.With("node", cfg.ID),
@@ -144,8 +152,9 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	opts := &pebble.Options{
-		FS:     syncCountingFS{FS: vfs.Default, syncs: &n.stats.fsyncs},
-		Logger: pebbleLogger{n.log},
+		FS:           syncCountingFS{FS: vfs.Default, syncs: &n.stats.fsyncs},
+		Logger:       pebbleLogger{n.log},
+		MemTableSize: cfg.MemTableBytes,
 		EventListener: &pebble.EventListener{
 			// A store with a damaged file can no longer back the SCLs it has
 			// acknowledged, so the node stops (crash-stop) rather than serve
