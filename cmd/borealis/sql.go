@@ -316,7 +316,29 @@ func (s *sqlSession) execute(ctx context.Context, stmts []sqlclient.Statement, t
 		return s.requestError(ctx, sctx, err, true)
 	}
 	if s.asJSON {
-		return writeJSONLine(s.out, map[string]any{"results": res})
+		// The server's shape: the counts, and columns, types and rows for
+		// a statement that returned rows.
+		out := make([]any, len(res))
+		for i, r := range res {
+			if r.Rows == nil {
+				out[i] = r
+				continue
+			}
+			out[i] = struct {
+				sqlclient.Result
+				*jsonRows
+			}{r, rowsJSON(r.Rows)}
+		}
+		return writeJSONLine(s.out, map[string]any{"results": out})
+	}
+	// Rows a statement returned (RETURNING, or a SELECT sent along with
+	// writes in a transaction) are printed like a query's.
+	for _, r := range res {
+		if r.Rows != nil {
+			if err := printTable(s.out, r.Rows); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -375,7 +397,14 @@ func writeJSONLine(w io.Writer, v any) error {
 
 // rowsJSON is a query's result in the API's own form, blobs as
 // {"base64":...}.
-func rowsJSON(r *sqlclient.Rows) any {
+// jsonRows is a result set as --json prints it.
+type jsonRows struct {
+	Columns []string `json:"columns"`
+	Types   []string `json:"types"`
+	Rows    [][]any  `json:"rows"`
+}
+
+func rowsJSON(r *sqlclient.Rows) *jsonRows {
 	rows := make([][]any, len(r.Rows))
 	for i, row := range r.Rows {
 		out := make([]any, len(row))
@@ -394,11 +423,7 @@ func rowsJSON(r *sqlclient.Rows) any {
 	if types == nil {
 		types = []string{}
 	}
-	return struct {
-		Columns []string `json:"columns"`
-		Types   []string `json:"types"`
-		Rows    [][]any  `json:"rows"`
-	}{cols, types, rows}
+	return &jsonRows{cols, types, rows}
 }
 
 // printTable prints rows as sqlite3 -header -column does: a header, a rule,

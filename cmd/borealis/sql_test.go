@@ -318,3 +318,23 @@ func TestPrintTableAlignsColumns(t *testing.T) {
 		t.Fatalf("no rows printed %q", b.String())
 	}
 }
+
+// Rows a written statement returns (RETURNING) are printed, as a table or
+// in --json with the server's shape.
+func TestSQLPrintsReturnedRows(t *testing.T) {
+	w := newSQLWire(t, func(path string, body map[string]any) (int, string) {
+		if path == "/v1/execute" {
+			return 200, `{"results":[{"rows_affected":1,"last_insert_id":7,"columns":["id","v"],"types":["INTEGER","TEXT"],"rows":[[7,"x"]]}]}`
+		}
+		return okReply(path, body)
+	})
+	out, err := runSQL(t, w, "", "-e", "INSERT INTO t(v) VALUES ('x') RETURNING id, v")
+	if err != nil || !strings.Contains(out, "id") || !strings.Contains(out, "7") || !strings.Contains(out, "x") {
+		t.Fatalf("table: %q %v", out, err)
+	}
+	out, err = runSQL(t, w, "", "--json", "-e", "INSERT INTO t(v) VALUES ('x') RETURNING id, v")
+	want := `{"results":[{"rows_affected":1,"last_insert_id":7,"columns":["id","v"],"types":["INTEGER","TEXT"],"rows":[[7,"x"]]}]}`
+	if err != nil || strings.TrimSpace(out) != want {
+		t.Fatalf("json: %s %v\nwant %s", out, err, want)
+	}
+}

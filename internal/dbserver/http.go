@@ -49,8 +49,14 @@ type ExecuteRequest struct {
 
 // ExecResult is the outcome of one statement of /v1/execute.
 type ExecResult struct {
+	// RowsAffected: rows the statement itself inserted, updated or deleted
+	// (0 for any other statement).
 	RowsAffected int64 `json:"rows_affected"`
+	// LastInsertID: the rowid of the last row the statement inserted, or 0.
 	LastInsertID int64 `json:"last_insert_id"`
+	// Set, with its columns, types and rows, for a statement that returns
+	// rows: a SELECT, or an INSERT, UPDATE or DELETE with RETURNING.
+	*QueryResponse
 }
 
 // ExecuteResponse is the reply of POST /v1/execute.
@@ -237,9 +243,9 @@ func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req ExecuteReques
 	results := make([]ExecResult, 0, len(req.Statements))
 	for i, st := range req.Statements {
 		err := checkParamCount(conn, st.SQL, len(args[i]))
-		var r sql.Result
+		var out ExecResult
 		if err == nil {
-			r, err = execOne(ctx, ex, st.SQL, args[i])
+			out, err = s.execOne(ctx, conn, ex, st.SQL, args[i])
 		}
 		if err != nil {
 			ownTxn := false
@@ -263,9 +269,6 @@ func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req ExecuteReques
 			}
 			return nil, e
 		}
-		var out ExecResult
-		out.RowsAffected, _ = r.RowsAffected()
-		out.LastInsertID, _ = r.LastInsertId()
 		results = append(results, out)
 	}
 	if tx != nil {
@@ -321,18 +324,59 @@ func noSQL(q string) bool {
 	return true
 }
 
-// execOne runs one statement. It is prepared first, which refuses a string
-// of several statements: run as a script, a COMMIT inside one would end the
-// request's transaction behind its back.
-func execOne(ctx context.Context, p interface {
+// execOne runs one statement on conn through p (conn, or a transaction on
+// it). It is prepared first, which refuses a string of several statements:
+// run as a script, a COMMIT inside one would end the request's transaction
+// behind its back. It runs as a query, so that rows it returns (SELECT,
+// RETURNING) come back; its counts come from the connection, since SQLite's
+// change count is not reset by statements that change no rows, and the last
+// insert rowid would otherwise be another request's.
+func (s *Instance) execOne(ctx context.Context, conn *sql.Conn, p interface {
 	PrepareContext(context.Context, string) (*sql.Stmt, error)
-}, q string, args []any) (sql.Result, error) {
+}, q string, args []any) (ExecResult, error) {
+	var out ExecResult
 	st, err := p.PrepareContext(ctx, q)
 	if err != nil {
-		return nil, err
+		return out, err
 	}
 	defer st.Close()
-	return st.ExecContext(ctx, args...)
+	var before int64
+	if err := rawConn(conn, func(c *sqlite3.Conn) {
+		before = c.TotalChanges()
+		c.SetLastInsertRowID(0)
+	}); err != nil {
+		return out, err
+	}
+	rows, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return out, err
+	}
+	res, err := s.readRows(rows)
+	if err != nil {
+		return out, err
+	}
+	if len(res.Columns) > 0 {
+		out.QueryResponse = res
+	}
+	err = rawConn(conn, func(c *sqlite3.Conn) {
+		if c.TotalChanges() != before {
+			out.RowsAffected = c.Changes()
+		}
+		out.LastInsertID = c.LastInsertRowID()
+	})
+	return out, err
+}
+
+// rawConn runs f on conn's SQLite connection.
+func rawConn(conn *sql.Conn, f func(*sqlite3.Conn)) error {
+	return conn.Raw(func(dc any) error {
+		rc, ok := dc.(interface{ Raw() *sqlite3.Conn })
+		if !ok {
+			return fmt.Errorf("dbserver: %T is not a go-sqlite3 connection", dc)
+		}
+		f(rc.Raw())
+		return nil
+	})
 }
 
 // paramCountError: the statement's placeholders and the parameters sent
@@ -393,14 +437,7 @@ func mayHaveNamedParams(q string) bool {
 
 // inTransaction reports whether conn is inside an explicit transaction.
 func inTransaction(conn *sql.Conn) (open bool, err error) {
-	err = conn.Raw(func(dc any) error {
-		rc, ok := dc.(interface{ Raw() *sqlite3.Conn })
-		if !ok {
-			return fmt.Errorf("dbserver: %T is not a go-sqlite3 connection", dc)
-		}
-		open = !rc.Raw().GetAutocommit()
-		return nil
-	})
+	err = rawConn(conn, func(c *sqlite3.Conn) { open = !c.GetAutocommit() })
 	return open, err
 }
 
@@ -458,10 +495,26 @@ func (s *Instance) query(ctx context.Context, db *sqlvfs.DB, q string, args []an
 	if err != nil {
 		return nil, s.classify(ctx, conn, err, "")
 	}
+	resp, err := s.readRows(rows)
+	if err != nil {
+		return nil, s.classify(ctx, conn, err, "")
+	}
+	return resp, nil
+}
+
+// errTooManyRows: a result beyond Config.MaxRows.
+type errTooManyRows int
+
+func (e errTooManyRows) Error() string {
+	return fmt.Sprintf("the result has more than %d rows; add a LIMIT", int(e))
+}
+
+// readRows reads and closes rows: at most Config.MaxRows of them.
+func (s *Instance) readRows(rows *sql.Rows) (*QueryResponse, error) {
 	defer rows.Close()
 	cols, err := rows.Columns()
 	if err != nil {
-		return nil, s.classify(ctx, conn, err, "")
+		return nil, err
 	}
 	ctypes, _ := rows.ColumnTypes()
 	resp := &QueryResponse{Columns: cols, Types: make([]string, len(cols)), Rows: [][]any{}}
@@ -472,7 +525,7 @@ func (s *Instance) query(ctx context.Context, db *sqlvfs.DB, q string, args []an
 	}
 	for rows.Next() {
 		if len(resp.Rows) >= s.cfg.MaxRows {
-			return nil, apiErr(http.StatusBadRequest, CodeTooManyRows, "the result has more than %d rows; add a LIMIT", s.cfg.MaxRows)
+			return nil, errTooManyRows(s.cfg.MaxRows)
 		}
 		vals := make([]any, len(cols))
 		ptrs := make([]any, len(cols))
@@ -480,7 +533,7 @@ func (s *Instance) query(ctx context.Context, db *sqlvfs.DB, q string, args []an
 			ptrs[i] = &vals[i]
 		}
 		if err := rows.Scan(ptrs...); err != nil {
-			return nil, s.classify(ctx, conn, err, "")
+			return nil, err
 		}
 		for i, v := range vals {
 			vals[i] = jsonValue(v)
@@ -491,9 +544,9 @@ func (s *Instance) query(ctx context.Context, db *sqlvfs.DB, q string, args []an
 		resp.Rows = append(resp.Rows, vals)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, s.classify(ctx, conn, err, "")
+		return nil, err
 	}
-	return resp, nil
+	return resp, rows.Close()
 }
 
 func jsonValue(v any) any {
@@ -558,6 +611,8 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 	case strings.HasPrefix(err.Error(), "sql: expected ") && strings.Contains(err.Error(), " arguments, got "):
 		// database/sql counts the parameters against the placeholders.
 		return apiErr(http.StatusBadRequest, CodeBadParameter, "%swrong number of parameters: %s", prefix, strings.TrimPrefix(err.Error(), "sql: "))
+	case errors.As(err, new(errTooManyRows)):
+		return apiErr(http.StatusBadRequest, CodeTooManyRows, "%s%v", prefix, err)
 	case errors.As(err, new(paramCountError)):
 		return apiErr(http.StatusBadRequest, CodeBadParameter, "%s%v", prefix, err)
 	case errors.Is(err, sqlite3.AUTH):

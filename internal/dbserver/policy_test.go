@@ -57,3 +57,39 @@ func TestNamedParameters(t *testing.T) {
 		t.Fatalf("rows %s", got)
 	}
 }
+
+// Each statement of /v1/execute reports what it did itself: no count or
+// rowid left over from an earlier statement (SQLite keeps both across
+// statements that change no rows, and pooled connections across requests),
+// and the rows a SELECT or RETURNING produces.
+func TestExecuteReportsEachStatement(t *testing.T) {
+	ti := startTestInstance(t, Config{}, sqlvfs.Options{})
+	var resp ExecuteResponse
+	ti.ok(t, "/v1/execute", txn(
+		`CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)`,
+		`INSERT INTO t(v) VALUES ('a'), ('b'), ('c'), ('d'), ('e')`,
+		`SELECT count(*) AS n FROM t`,
+		`CREATE TABLE u(x)`,
+		`UPDATE t SET v = upper(v) WHERE id <= 2`,
+		`UPDATE t SET v = v WHERE id > 100`,
+		`INSERT INTO t(v) VALUES ('f') RETURNING id, v`,
+		`DELETE FROM t WHERE id >= 5 RETURNING id`,
+	), &resp)
+	got, _ := json.Marshal(resp.Results)
+	want := `[{"rows_affected":0,"last_insert_id":0},` +
+		`{"rows_affected":5,"last_insert_id":5},` +
+		`{"rows_affected":0,"last_insert_id":0,"columns":["n"],"types":["INTEGER"],"rows":[[5]]},` +
+		`{"rows_affected":0,"last_insert_id":0},` +
+		`{"rows_affected":2,"last_insert_id":0},` +
+		`{"rows_affected":0,"last_insert_id":0},` +
+		`{"rows_affected":1,"last_insert_id":6,"columns":["id","v"],"types":["INTEGER","TEXT"],"rows":[[6,"f"]]},` +
+		`{"rows_affected":2,"last_insert_id":0,"columns":["id"],"types":["INTEGER"],"rows":[[5],[6]]}]`
+	if string(got) != want {
+		t.Fatalf("results\n%s\nwant\n%s", got, want)
+	}
+	// The next request on the pooled connection starts from nothing.
+	ti.ok(t, "/v1/execute", exec(`SELECT 1 AS one`), &resp)
+	if got, _ := json.Marshal(resp.Results); string(got) != `[{"rows_affected":0,"last_insert_id":0,"columns":["one"],"types":["INTEGER"],"rows":[[1]]}]` {
+		t.Fatalf("a SELECT after the inserts: %s", got)
+	}
+}

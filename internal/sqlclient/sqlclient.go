@@ -41,6 +41,32 @@ type Statement struct {
 type Result struct {
 	RowsAffected int64 `json:"rows_affected"`
 	LastInsertID int64 `json:"last_insert_id"`
+	// Rows are the rows the statement returned (a SELECT, or RETURNING);
+	// nil for a statement that returns none.
+	Rows *Rows `json:"-"`
+}
+
+// wireRows is a result set as the server sends it.
+type wireRows struct {
+	Columns []string            `json:"columns"`
+	Types   []string            `json:"types"`
+	Rows    [][]json.RawMessage `json:"rows"`
+}
+
+func (w *wireRows) decode() (*Rows, error) {
+	rows := &Rows{Columns: w.Columns, Types: w.Types, Rows: make([][]any, len(w.Rows))}
+	for i, r := range w.Rows {
+		row := make([]any, len(r))
+		for j, raw := range r {
+			v, err := decodeValue(raw)
+			if err != nil {
+				return nil, fmt.Errorf("row %d column %d: %w", i+1, j+1, err)
+			}
+			row[j] = v
+		}
+		rows.Rows[i] = row
+	}
+	return rows, nil
 }
 
 // Rows is the whole result of a query.
@@ -112,15 +138,30 @@ func (c *Client) Execute(ctx context.Context, statements []Statement, transactio
 		stmts[i] = wireStatement{SQL: s.SQL, Params: p}
 	}
 	var reply struct {
-		Results []Result `json:"results"`
+		Results []struct {
+			RowsAffected int64 `json:"rows_affected"`
+			LastInsertID int64 `json:"last_insert_id"`
+			wireRows
+		} `json:"results"`
 	}
 	if err := c.do(ctx, http.MethodPost, "/v1/execute", executeRequest{Statements: stmts, Transaction: transaction}, &reply); err != nil {
 		return nil, err
 	}
-	if len(reply.Results) != len(statements) {
-		return reply.Results, fmt.Errorf("the server returned %d results for %d statements", len(reply.Results), len(statements))
+	results := make([]Result, len(reply.Results))
+	for i, r := range reply.Results {
+		results[i] = Result{RowsAffected: r.RowsAffected, LastInsertID: r.LastInsertID}
+		if len(r.Columns) > 0 {
+			rows, err := r.wireRows.decode()
+			if err != nil {
+				return nil, fmt.Errorf("statement %d: %w", i+1, err)
+			}
+			results[i].Rows = rows
+		}
 	}
-	return reply.Results, nil
+	if len(results) != len(statements) {
+		return results, fmt.Errorf("the server returned %d results for %d statements", len(results), len(statements))
+	}
+	return results, nil
 }
 
 // Query runs one read-only statement on a read connection and returns all
@@ -130,27 +171,11 @@ func (c *Client) Query(ctx context.Context, sql string, params ...any) (*Rows, e
 	if err != nil {
 		return nil, err
 	}
-	var reply struct {
-		Columns []string            `json:"columns"`
-		Types   []string            `json:"types"`
-		Rows    [][]json.RawMessage `json:"rows"`
-	}
+	var reply wireRows
 	if err := c.do(ctx, http.MethodPost, "/v1/query", wireStatement{SQL: sql, Params: p}, &reply); err != nil {
 		return nil, err
 	}
-	rows := &Rows{Columns: reply.Columns, Types: reply.Types, Rows: make([][]any, len(reply.Rows))}
-	for i, r := range reply.Rows {
-		row := make([]any, len(r))
-		for j, raw := range r {
-			v, err := decodeValue(raw)
-			if err != nil {
-				return nil, fmt.Errorf("row %d column %d: %w", i+1, j+1, err)
-			}
-			row[j] = v
-		}
-		rows.Rows[i] = row
-	}
-	return rows, nil
+	return reply.decode()
 }
 
 // Health asks the instance how it stands.
