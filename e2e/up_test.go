@@ -445,6 +445,14 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "cluster.json")); !os.IsNotExist(err) {
 		t.Fatalf("cluster.json outlives the cluster: %v", err)
 	}
+	// The writer stopped before the control plane, so it gave its lease
+	// back and the next start need not wait out the lease's TTL.
+	if w, ok := f2.Find("writer"); ok {
+		log, _ := os.ReadFile(w.Log)
+		if strings.Contains(string(log), "could not release the writer lease") {
+			t.Fatalf("the writer could not release its lease on stop:\n%s", log)
+		}
+	}
 
 	// Up again: the same cluster, the same volume, the data intact.
 	u2 := startUp(t, dir)

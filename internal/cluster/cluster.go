@@ -433,24 +433,37 @@ func (c *Cluster) WriteFile(path string) error {
 // Stop ends every process: SIGTERM, then SIGKILL after grace.
 func (c *Cluster) Stop(grace time.Duration) {
 	c.mu.Lock()
-	procs := make([]*proc, 0, len(c.procs))
+	var stages [3][]*proc
 	for _, p := range c.procs {
-		if p.cmd != nil {
-			procs = append(procs, p)
+		if p.cmd == nil {
+			continue
+		}
+		switch p.Role {
+		case "storage":
+			stages[1] = append(stages[1], p)
+		case "control":
+			stages[2] = append(stages[2], p)
+		default:
+			stages[0] = append(stages[0], p)
 		}
 	}
 	c.mu.Unlock()
-	for _, p := range procs {
-		p.cmd.Process.Signal(syscall.SIGCONT)
-		p.cmd.Process.Signal(syscall.SIGTERM)
-	}
+	// Database instances first, while the control plane can still take
+	// their lease back (else the next start waits out its TTL) and storage
+	// can still take their last commits; the control plane last.
 	deadline := time.Now().Add(grace)
-	for _, p := range procs {
-		select {
-		case <-p.done:
-		case <-time.After(time.Until(deadline)):
-			p.cmd.Process.Kill()
-			<-p.done
+	for _, procs := range stages {
+		for _, p := range procs {
+			p.cmd.Process.Signal(syscall.SIGCONT)
+			p.cmd.Process.Signal(syscall.SIGTERM)
+		}
+		for _, p := range procs {
+			select {
+			case <-p.done:
+			case <-time.After(time.Until(deadline)):
+				p.cmd.Process.Kill()
+				<-p.done
+			}
 		}
 	}
 }
