@@ -171,6 +171,14 @@ func TestSQLAZLossAndOneMore(t *testing.T) {
 	if n := c.one(t, "SELECT max(k) FROM t"); n != 30 {
 		t.Fatalf("SELECT with writes stalled shows max(k) %d, want 30", n)
 	}
+	// status says the PG's complete LSN is unknown with three segments
+	// answering, and shows the writer's own VDL.
+	st := statusJSON(t, c.dir)
+	for _, v := range st.Volumes {
+		if v.Name == "main" && (v.VDLSource != "writer" || v.VDL == 0 || len(v.PGs) == 0 || !v.PGs[0].PGCLUnknown) {
+			t.Fatalf("status with three nodes down: %+v", v)
+		}
+	}
 
 	for _, id := range []string{"s1", "s2", "s3"} {
 		out, err := exec.Command(binary, "restart", id, "--dir", c.dir).CombinedOutput()
@@ -470,6 +478,9 @@ func TestSQLWriterRestartsDuringAZLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
+	if st := statusJSON(t, c.dir); len(st.Writers) != 1 || st.Writers[0].Unreachable == "" {
+		t.Fatalf("status does not show the killed writer unreachable: %+v", st.Writers)
+	}
 	out, err := exec.Command(binary, "restart", "writer", "--dir", c.dir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("borealis restart writer: %v\n%s", err, out)

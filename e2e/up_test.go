@@ -484,19 +484,22 @@ type statusOutput struct {
 		ID, AZ, Addr, State string
 	} `json:"nodes"`
 	Writers []struct {
-		Volume   string `json:"volume"`
-		Epoch    uint64 `json:"epoch"`
-		Endpoint string `json:"endpoint"`
-		Ready    *bool  `json:"ready"`
+		Volume      string `json:"volume"`
+		Epoch       uint64 `json:"epoch"`
+		Endpoint    string `json:"endpoint"`
+		Ready       *bool  `json:"ready"`
+		Unreachable string `json:"unreachable"`
 	} `json:"writers"`
 	Volumes []struct {
 		Name          string `json:"name"`
 		VolumeEpoch   uint64 `json:"volume_epoch"`
 		GeometryEpoch uint64 `json:"geometry_epoch"`
 		VDL           uint64 `json:"vdl"`
+		VDLSource     string `json:"vdl_source"`
 		PGs           []struct {
 			ID              uint32 `json:"id"`
 			MembershipEpoch uint64 `json:"membership_epoch"`
+			PGCLUnknown     bool   `json:"pgcl_unknown"`
 			Segments        []struct {
 				Node string `json:"node"`
 				AZ   string `json:"az"`

@@ -46,11 +46,14 @@ type volumeReport struct {
 	ID            uint64 `json:"id"`
 	VolumeEpoch   uint64 `json:"volume_epoch"`
 	GeometryEpoch uint64 `json:"geometry_epoch"`
-	// VDL is the durable LSN as the segments show it: the highest PG
-	// complete LSN (a PG's 4th highest SCL). Only the writer knows the exact
-	// VDL, which also ends on a consistency point; with no writer running,
-	// this is where the volume stands.
-	VDL         uint64     `json:"vdl"`
+	// VDL is the writer's own (exact, on a consistency point) when a
+	// writer listed in cluster.json answers; else the durable LSN as the
+	// segments show it: the highest PG complete LSN (a PG's 4th highest
+	// SCL), a lower bound when a PG has fewer than 4 segments answering.
+	VDL uint64 `json:"vdl"`
+	// VDLSource says which: "writer", "segments", or "segments, lower
+	// bound".
+	VDLSource   string     `json:"vdl_source"`
 	PageSize    uint32     `json:"page_size"`
 	PGSizeBytes uint64     `json:"pg_size_bytes"`
 	SizeBytes   uint64     `json:"size_bytes"`
@@ -58,10 +61,13 @@ type volumeReport struct {
 }
 
 type pgReport struct {
-	ID              uint32          `json:"id"`
-	MembershipEpoch uint64          `json:"membership_epoch"`
-	PGCL            uint64          `json:"pgcl"`
-	Segments        []segmentReport `json:"segments"`
+	ID              uint32 `json:"id"`
+	MembershipEpoch uint64 `json:"membership_epoch"`
+	PGCL            uint64 `json:"pgcl"`
+	// PGCLUnknown: fewer than 4 segments answered, so pgcl is only the
+	// lowest SCL among those that did.
+	PGCLUnknown bool            `json:"pgcl_unknown,omitempty"`
+	Segments    []segmentReport `json:"segments"`
 }
 
 type segmentReport struct {
@@ -85,6 +91,9 @@ type writerReport struct {
 	VDL      uint64 `json:"vdl,omitempty"`
 	Ready    *bool  `json:"ready,omitempty"`
 	State    string `json:"state,omitempty"`
+	// Unreachable: cluster.json lists the holder, but its endpoint does
+	// not answer (why); the lease lasts until its TTL runs out.
+	Unreachable string `json:"unreachable,omitempty"`
 }
 
 func statusCmd() *cobra.Command {
@@ -225,13 +234,26 @@ func gatherStatus(ctx context.Context, control string) (*statusReport, error) {
 			pr := &vr.PGs[pi]
 			scls := make([]uint64, 0, len(pr.Segments))
 			for _, sr := range pr.Segments {
-				scls = append(scls, sr.SCL)
+				if sr.Error == "" {
+					scls = append(scls, sr.SCL)
+				}
 			}
 			sort.Slice(scls, func(i, j int) bool { return scls[i] > scls[j] })
-			if len(scls) >= 4 {
+			switch {
+			case len(scls) >= 4:
 				pr.PGCL = scls[3]
+			case len(scls) > 0:
+				pr.PGCL, pr.PGCLUnknown = scls[len(scls)-1], true
+			default:
+				pr.PGCLUnknown = true
 			}
 			vr.VDL = max(vr.VDL, pr.PGCL)
+			if pr.PGCLUnknown {
+				vr.VDLSource = "segments, lower bound"
+			}
+		}
+		if vr.VDLSource == "" {
+			vr.VDLSource = "segments"
 		}
 	}
 	return rep, nil
@@ -264,8 +286,15 @@ func printStatus(out io.Writer, rep *statusReport) {
 	}
 	tw.Flush()
 	for _, v := range rep.Volumes {
-		fmt.Fprintf(out, "\nVOLUME %s (id %d): volume epoch %d, geometry epoch %d, VDL %d (from segments), %d PG(s) of %s, %s\n",
-			v.Name, v.ID, v.VolumeEpoch, v.GeometryEpoch, v.VDL, len(v.PGs), formatSize(v.PGSizeBytes), formatSize(v.SizeBytes))
+		vdl := fmt.Sprintf("VDL %d (the writer's)", v.VDL)
+		switch v.VDLSource {
+		case "segments":
+			vdl = fmt.Sprintf("VDL %d (from segments)", v.VDL)
+		case "segments, lower bound":
+			vdl = fmt.Sprintf("VDL at least %d (from segments; some PG has fewer than 4 answering)", v.VDL)
+		}
+		fmt.Fprintf(out, "\nVOLUME %s (id %d): volume epoch %d, geometry epoch %d, %s, %d PG(s) of %s, %s\n",
+			v.Name, v.ID, v.VolumeEpoch, v.GeometryEpoch, vdl, len(v.PGs), formatSize(v.PGSizeBytes), formatSize(v.SizeBytes))
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 		fmt.Fprintf(tw, "  PG\tEPOCH\tPGCL\tSEGMENTS (node/AZ: SCL)\n")
 		for _, pg := range v.PGs {
@@ -283,7 +312,14 @@ func printStatus(out io.Writer, rep *statusReport) {
 				}
 				segs = append(segs, fmt.Sprintf("%s/%s: %s", s.Node, s.AZ, scl))
 			}
-			fmt.Fprintf(tw, "  %d\t%d\t%d\t%s\n", pg.ID, pg.MembershipEpoch, pg.PGCL, strings.Join(segs, "  "))
+			pgcl := fmt.Sprint(pg.PGCL)
+			if pg.PGCLUnknown {
+				pgcl = "?"
+				if pg.PGCL > 0 {
+					pgcl = fmt.Sprintf(">=%d?", pg.PGCL)
+				}
+			}
+			fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\n", pg.ID, pg.MembershipEpoch, pgcl, strings.Join(segs, "  "))
 		}
 		tw.Flush()
 	}
@@ -292,7 +328,10 @@ func printStatus(out io.Writer, rep *statusReport) {
 	}
 	for _, w := range rep.Writers {
 		fmt.Fprintf(out, "\nWRITER of %s: %s, epoch %d", w.Volume, w.Holder, w.Epoch)
-		if w.Endpoint != "" {
+		switch {
+		case w.Unreachable != "":
+			fmt.Fprintf(out, ", SQL at %s, UNREACHABLE  <-- (%s)", w.Endpoint, w.Unreachable)
+		case w.Endpoint != "":
 			fmt.Fprintf(out, ", SQL at %s, VDL %d, %s", w.Endpoint, w.VDL, w.State)
 		}
 		fmt.Fprintln(out)
@@ -313,12 +352,23 @@ func addWriterHealth(ctx context.Context, rep *statusReport, clusterFile string)
 		}
 		h, err := (&sqlclient.Client{Endpoint: "http://" + c.Addr}).Health(ctx)
 		if err != nil {
+			for i := range rep.Writers {
+				if w := &rep.Writers[i]; w.Holder == c.ID {
+					notReady := false
+					w.Endpoint, w.Ready, w.Unreachable = "http://"+c.Addr, &notReady, shortErr(err)
+				}
+			}
 			continue
 		}
 		for i := range rep.Writers {
 			if w := &rep.Writers[i]; w.Volume == h.Volume && w.Epoch == h.Epoch {
 				ready := h.Ready
 				w.Endpoint, w.VDL, w.Ready, w.State = "http://"+c.Addr, h.VDL, &ready, h.Status
+				for j := range rep.Volumes {
+					if v := &rep.Volumes[j]; v.Name == h.Volume && h.VDL > 0 {
+						v.VDL, v.VDLSource = h.VDL, "writer"
+					}
+				}
 			}
 		}
 	}
