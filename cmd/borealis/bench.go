@@ -78,6 +78,7 @@ fdatasync'd 4 KiB append on the same disk, measured in the same run. It also
 prints p50 over the quorum floor: six such appends at once on six files, up
 to the 4th one done, which is what a commit waits for when all six nodes
 share one disk.`,
+		Args: noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			if cpuProfile != "" {

@@ -76,7 +76,8 @@ func benchSQLCmd() *cobra.Command {
 		Short: "One-row INSERT transactions and point SELECTs over the SQL API at several concurrency levels",
 		Long: `Run SQL over a database instance's HTTP API: first one-row INSERT
 transactions (an integer key and a 100-byte text) into a fresh table
-bench(k INTEGER PRIMARY KEY, v TEXT), then SELECTs of one row by key, each at
+bench(k INTEGER PRIMARY KEY, v TEXT) (bench_2, bench_3... when taken; it is
+left in the volume), then SELECTs of one row by key, each at
 every concurrency level in turn, each client a goroutine with its own
 keep-alive HTTP connection. Without --cluster it starts its own cluster (the
 control plane, 6 storage nodes and a writer) as separate processes in a
@@ -89,7 +90,7 @@ the instance's /v1/health counters over the level); for each SELECT level,
 queries/s, p50 and p99. The single-client INSERT p50 is also given as a
 multiple of the floor: the median of one fdatasync'd 4 KiB append on the same
 disk, measured in the same run. Progress goes to stderr.`,
-		Args: cobra.NoArgs,
+		Args: noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			out, progress := cmd.OutOrStdout(), cmd.ErrOrStderr()

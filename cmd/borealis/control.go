@@ -23,6 +23,7 @@ in etcd. By default it embeds a single-node etcd with its data in --dir;
 
 Storage nodes started with --control ADDR register and heartbeat; a node that
 misses heartbeats for --heartbeat-timeout is down until it heartbeats again.`,
+		Args: noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfg.Listen == "" {
 				return errors.New("control needs --listen (and --dir, or --etcd)")

@@ -36,7 +36,11 @@ over HTTP with JSON on --listen:
 
 It answers /v1/health (ready: false) while it starts. If it loses the lease it
 stops serving writes, takes the lease again and recovers again.`,
+		Args: noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if cfg.WriteTimeout <= 0 {
+				return fmt.Errorf("--write-timeout %s: want a positive duration", cfg.WriteTimeout)
+			}
 			if cfg.Volume == "" || cfg.Control == "" || listen == "" {
 				return errors.New("db needs --volume, --control and --listen")
 			}

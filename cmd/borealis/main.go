@@ -14,6 +14,16 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// noArgs refuses positional arguments, with hint on what to do instead.
+func noArgs(hint string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return fmt.Errorf("%s takes no arguments, got %q%s", cmd.CommandPath(), args, hint)
+		}
+		return nil
+	}
+}
+
 func main() {
 	root := &cobra.Command{
 		Use:           "borealis",

@@ -51,14 +51,20 @@ read from it and stops at the first error.
 Statements that only read (SELECT, WITH ... SELECT, VALUES, EXPLAIN, PRAGMA
 without '=') run on a read connection and print their rows as a table, or
 with --json as one JSON object each ({"columns":...,"types":...,"rows":...}).
-Other statements run on the writer and print nothing (with --json, the
-server's {"results":[...]}). Each runs in its own transaction, except that the
-statements between BEGIN and COMMIT (or SAVEPOINT and its RELEASE) are held
-back and sent together as one transaction at COMMIT; a ROLLBACK drops them
-unsent. A read inside such a transaction is refused, since the API cannot
-return rows from within one.`,
-		Args: cobra.NoArgs,
+Other statements run on the writer and print only the rows they return
+(RETURNING), or with --json the server's {"results":[...]}. Each runs in its
+own transaction, except that the statements between BEGIN and COMMIT (or
+SAVEPOINT and its RELEASE) are held back and sent together as one transaction
+at COMMIT, reads among them included (their rows are printed then); a
+ROLLBACK drops them unsent.`,
+		Args: noArgs(`; give SQL with -e "...", or on standard input`),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if endpoint != "" && cmd.Flags().Changed("dir") {
+				return errors.New("give --dir or --endpoint, not both")
+			}
+			if timeout < 0 {
+				return fmt.Errorf("--timeout %s: want a duration of 0 (never) or more", timeout)
+			}
 			ep, err := sqlEndpoint(dir, endpoint)
 			if err != nil {
 				return err
@@ -81,7 +87,7 @@ return rows from within one.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&dir, "dir", defaultDir, "directory of a `borealis up` cluster (its cluster.json names the writer)")
+	f.StringVar(&dir, "dir", defaultDir, "directory of a cluster that borealis up runs (its cluster.json names the writer)")
 	f.StringVar(&endpoint, "endpoint", "", "the database instance's HTTP address, such as http://127.0.0.1:7110 (instead of --dir)")
 	f.StringVarP(&script, "execute", "e", "", "run this statement or ';'-separated script (or one dot command) and exit")
 	f.BoolVar(&asJSON, "json", false, "print each result as one JSON object per line")
@@ -240,9 +246,9 @@ func (s *sqlSession) run(ctx context.Context, stmt string) error {
 		case sqlclient.Rollback:
 			s.txn = nil
 			return nil
-		case sqlclient.Read:
-			return errors.New("a statement that returns rows cannot run inside BEGIN ... COMMIT here: the SQL API runs a transaction's statements all at once at COMMIT, and returns no rows from them; run it after COMMIT (the transaction is still open)")
 		default:
+			// Reads too: they run in the transaction at COMMIT, seeing its
+			// earlier statements, and their rows are printed then.
 			t.stmts = append(t.stmts, sqlclient.Statement{SQL: stmt})
 			return nil
 		}

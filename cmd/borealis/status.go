@@ -102,6 +102,7 @@ func statusCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status [--dir D | --control ADDR] [--json]",
 		Short: "Show the cluster: nodes and their state, volumes, PGs with each segment's SCL, writers",
+		Args:  noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			control, err := where.addr()
 			if err != nil {

@@ -28,6 +28,7 @@ func storageCmd() *cobra.Command {
 		Long: `Run one storage node. It serves the Storage gRPC service on --listen and
 hosts segments of any number of volumes in --dir. Segments are created when a
 writer first declares them.`,
+		Args: noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfg.ID == "" || cfg.AZ == "" || listen == "" || cfg.Dir == "" {
 				return errors.New("storage needs --id, --az, --listen and --dir")

@@ -55,7 +55,14 @@ everything is ready, and runs until Ctrl-C or SIGTERM, which stop every
 process. A process that dies is reported, not restarted: "borealis restart ID"
 starts it again. Running "up" again on the same directory resumes the same
 cluster, on the same addresses, with its data.`,
+		Args: noArgs("; the cluster's directory is --dir DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if writeTimeout <= 0 {
+				return fmt.Errorf("--write-timeout %s: want a positive duration", writeTimeout)
+			}
+			if heartbeatTimeout < time.Second {
+				return fmt.Errorf("--heartbeat-timeout %s is too short; etcd leases have whole seconds, so use at least 1s", heartbeatTimeout)
+			}
 			size, err := parseSize(pgSize)
 			if err != nil {
 				return fmt.Errorf("--pg-size: %w", err)
@@ -421,7 +428,7 @@ func restartCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "restart ID [--dir D]",
 		Short: "Start a stopped component of a running `borealis up` again",
-		Long: `Start a stopped component (control, s1..s6) of the cluster that a running
+		Long: `Start a stopped component (control, s1..s6, writer) of the cluster that a running
 "borealis up" manages in --dir, with the same id, address and data. The
 running "up" starts it, so it stays under its supervision, and updates
 cluster.json with the new pid.`,

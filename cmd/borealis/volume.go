@@ -19,7 +19,7 @@ import (
 type controlAddrFlags struct{ dir, control string }
 
 func (f *controlAddrFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.dir, "dir", defaultDir, "directory of a `borealis up` cluster (its cluster.json names the control plane)")
+	cmd.Flags().StringVar(&f.dir, "dir", defaultDir, "directory of a cluster that borealis up runs (its cluster.json names the control plane)")
 	cmd.Flags().StringVar(&f.control, "control", "", "control plane address (instead of --dir)")
 }
 
@@ -95,6 +95,7 @@ func volumeListCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List the volumes",
+		Args:  noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctl, done, err := where.client()
 			if err != nil {

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/spf13/cobra"
+)
+
+// Mistyped command lines are refused before anything starts, saying what
+// to do instead.
+func TestCommandLinesRefused(t *testing.T) {
+	for _, tc := range []struct {
+		cmd  func() *cobra.Command
+		args []string
+		want string
+	}{
+		{upCmd, []string{"/some/dir"}, "the cluster's directory is --dir DIR"},
+		{upCmd, []string{"--write-timeout", "0s"}, "--write-timeout 0s: want a positive duration"},
+		{upCmd, []string{"--write-timeout", "-1s"}, "want a positive duration"},
+		{upCmd, []string{"--heartbeat-timeout", "500ms"}, "use at least 1s"},
+		{sqlCmd, []string{"SELECT 1"}, `give SQL with -e "..."`},
+		{sqlCmd, []string{"--dir", "d", "--endpoint", "http://127.0.0.1:1"}, "not both"},
+		{sqlCmd, []string{"--timeout", "-1s", "-e", "SELECT 1"}, "--timeout -1s"},
+		{statusCmd, []string{"x"}, "takes no arguments"},
+		{dbCmd, []string{"--write-timeout", "0s"}, "want a positive duration"},
+	} {
+		c := tc.cmd()
+		c.SetArgs(tc.args)
+		c.SetOut(io.Discard)
+		c.SetErr(io.Discard)
+		c.SilenceUsage = true
+		err := c.Execute()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s %q: %v, want an error saying %q", c.Name(), tc.args, err, tc.want)
+		}
+	}
+}
