@@ -57,8 +57,8 @@ func TestSQLCommandOnUp(t *testing.T) {
 	want := "id  owner       balance  photo\n" +
 		"--  ----------  -------  -----------\n" +
 		" 1  alice         100.0  X'DEADBEEF'\n" +
-		" 2  bob            20.5\n" +
-		" 3  semi;colon      0.0\n"
+		" 2  bob            20.5  NULL\n" +
+		" 3  semi;colon      0.0  NULL\n"
 	if table != want {
 		t.Fatalf("table:\n%s\nwant:\n%s", table, want)
 	}

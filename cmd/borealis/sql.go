@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/signal"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"golang.org/x/text/width"
 
 	"github.com/borealis-db/borealis/internal/cluster"
 	"github.com/borealis-db/borealis/internal/sqlclient"
@@ -456,7 +458,7 @@ func printTable(w io.Writer, r *sqlclient.Rows) error {
 				typ = r.Types[j]
 			}
 			cells[i][j] = formatValue(row[j], typ)
-			width[j] = max(width[j], utf8.RuneCountInString(cells[i][j]))
+			width[j] = max(width[j], displayWidth(cells[i][j]))
 			switch row[j].(type) {
 			case int64, float64:
 				numeric[j] = true
@@ -471,7 +473,7 @@ func printTable(w io.Writer, r *sqlclient.Rows) error {
 			if j > 0 {
 				l.WriteString("  ")
 			}
-			pad := strings.Repeat(" ", width[j]-utf8.RuneCountInString(v))
+			pad := strings.Repeat(" ", width[j]-displayWidth(v))
 			if rightAlign && numeric[j] {
 				l.WriteString(pad + v)
 			} else {
@@ -493,12 +495,31 @@ func printTable(w io.Writer, r *sqlclient.Rows) error {
 	return bw.Flush()
 }
 
-// formatValue shows a value as sqlite3 would, except that blobs show as
-// X'hex' literals rather than raw bytes.
+// displayWidth is how many terminal columns s takes: East Asian wide and
+// fullwidth characters (CJK, most emoji) take two.
+func displayWidth(s string) int {
+	n := 0
+	for _, r := range s {
+		switch width.LookupRune(r).Kind() {
+		case width.EastAsianWide, width.EastAsianFullwidth:
+			n += 2
+		default:
+			n++
+		}
+	}
+	return n
+}
+
+// cellEscaper keeps a value on its table row.
+var cellEscaper = strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", `\t`)
+
+// formatValue shows a value as sqlite3 would, except that NULL shows as
+// NULL (not as an empty string, which it is not), blobs as X'hex'
+// literals rather than raw bytes, and newlines and tabs in text as \n, \t.
 func formatValue(v any, typ string) string {
 	switch v := v.(type) {
 	case nil:
-		return ""
+		return "NULL"
 	case int64:
 		// JSON has no 2.0; a column declared with REAL affinity shows it
 		// as SQLite would.
@@ -507,13 +528,16 @@ func formatValue(v any, typ string) string {
 		}
 		return strconv.FormatInt(v, 10)
 	case float64:
+		if math.IsInf(v, 0) {
+			return strings.TrimPrefix(strconv.FormatFloat(v, 'g', 15, 64), "+")
+		}
 		s := strconv.FormatFloat(v, 'g', 15, 64)
 		if !strings.ContainsAny(s, ".eEIN") {
 			s += ".0"
 		}
 		return s
 	case string:
-		return v
+		return cellEscaper.Replace(v)
 	case []byte:
 		return "X'" + strings.ToUpper(hex.EncodeToString(v)) + "'"
 	case bool:

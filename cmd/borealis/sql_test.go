@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -283,7 +284,11 @@ func TestFormatValue(t *testing.T) {
 		typ  string
 		want string
 	}{
-		{nil, "", ""},
+		{nil, "", "NULL"},
+		{"", "TEXT", ""},
+		{"two\nlines\tand a tab", "TEXT", `two\nlines\tand a tab`},
+		{math.Inf(1), "REAL", "Inf"},
+		{math.Inf(-1), "REAL", "-Inf"},
 		{int64(-3), "INTEGER", "-3"},
 		{int64(2), "REAL", "2.0"},
 		{int64(2), "DOUBLE PRECISION", "2.0"},
@@ -305,9 +310,10 @@ func TestPrintTableAlignsColumns(t *testing.T) {
 	printTable(&b, &sqlclient.Rows{
 		Columns: []string{"id", "name", "score"},
 		Types:   []string{"INTEGER", "TEXT", "REAL"},
-		Rows:    [][]any{{int64(1), "ålice", 3.5}, {int64(100), nil, int64(12)}},
+		Rows:    [][]any{{int64(1), "ålice", 3.5}, {int64(100), nil, int64(12)}, {int64(7), "世界", 1.5}},
 	})
-	want := " id  name   score\n---  -----  -----\n  1  ålice    3.5\n100          12.0\n"
+	// Wide characters take two columns.
+	want := " id  name   score\n---  -----  -----\n  1  ålice    3.5\n100  NULL    12.0\n  7  世界     1.5\n"
 	if b.String() != want {
 		t.Fatalf("table:\n%s\nwant:\n%s", b.String(), want)
 	}

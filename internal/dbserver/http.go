@@ -35,6 +35,10 @@ const (
 	CodeInternal           = "internal"
 )
 
+// infinities are the REAL values JSON numbers cannot carry, as the API
+// writes them: {"real": "Infinity"}.
+var infinities = map[string]float64{"Infinity": math.Inf(1), "-Infinity": math.Inf(-1)}
+
 // Statement is one SQL statement with its parameters.
 type Statement struct {
 	SQL    string            `json:"sql"`
@@ -159,9 +163,17 @@ func params(raw []json.RawMessage) ([]any, *APIError) {
 				return nil, apiErr(http.StatusBadRequest, CodeBadParameter, "parameter %d: %s is not a number SQLite can hold", i+1, x)
 			}
 		case map[string]any:
+			if r, ok := x["real"].(string); ok && len(x) == 1 {
+				f, ok := infinities[r]
+				if !ok {
+					return nil, apiErr(http.StatusBadRequest, CodeBadParameter, `parameter %d: {"real": %q}: want "Infinity" or "-Infinity" (finite numbers are plain JSON numbers)`, i+1, r)
+				}
+				out[i] = f
+				continue
+			}
 			b64, ok := x["base64"].(string)
 			if !ok || len(x) != 1 {
-				return nil, apiErr(http.StatusBadRequest, CodeBadParameter, `parameter %d: an object parameter must be {"base64": "..."} (a blob)`, i+1)
+				return nil, apiErr(http.StatusBadRequest, CodeBadParameter, `parameter %d: an object parameter must be {"base64": "..."} (a blob) or {"real": "Infinity"} (or "-Infinity")`, i+1)
 			}
 			b, err := base64.StdEncoding.DecodeString(b64)
 			if err != nil {
@@ -556,7 +568,14 @@ func jsonValue(v any) any {
 	case time.Time:
 		return x.Format(time.RFC3339Nano)
 	case float64:
-		if math.IsNaN(x) || math.IsInf(x, 0) {
+		// JSON has no infinities; SQLite stores no NaN (it becomes NULL).
+		if math.IsInf(x, 1) {
+			return map[string]string{"real": "Infinity"}
+		}
+		if math.IsInf(x, -1) {
+			return map[string]string{"real": "-Infinity"}
+		}
+		if math.IsNaN(x) {
 			return nil
 		}
 	}

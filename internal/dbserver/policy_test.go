@@ -2,6 +2,7 @@ package dbserver
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/borealis-db/borealis/internal/sqlvfs"
@@ -91,5 +92,24 @@ func TestExecuteReportsEachStatement(t *testing.T) {
 	ti.ok(t, "/v1/execute", exec(`SELECT 1 AS one`), &resp)
 	if got, _ := json.Marshal(resp.Results); string(got) != `[{"rows_affected":0,"last_insert_id":0,"columns":["one"],"types":["INTEGER"],"rows":[[1]]}]` {
 		t.Fatalf("a SELECT after the inserts: %s", got)
+	}
+}
+
+// REAL infinities, which JSON numbers cannot carry, go in and come back as
+// {"real": "Infinity"}, not as NULL.
+func TestInfinities(t *testing.T) {
+	ti := startTestInstance(t, Config{}, sqlvfs.Options{})
+	ti.ok(t, "/v1/execute", exec(`CREATE TABLE t(x REAL)`), nil)
+	ti.ok(t, "/v1/execute", js(ExecuteRequest{Statements: []Statement{
+		{SQL: `INSERT INTO t VALUES (?), (?), (9e999), (1.5)`, Params: raw(`{"real":"Infinity"}`, `{"real":"-Infinity"}`)},
+	}}), nil)
+	var r QueryResponse
+	ti.ok(t, "/v1/query", query(`SELECT x FROM t`), &r)
+	if got, _ := json.Marshal(r.Rows); string(got) != `[[{"real":"Infinity"}],[{"real":"-Infinity"}],[{"real":"Infinity"}],[1.5]]` {
+		t.Fatalf("rows %s", got)
+	}
+	st, b, _ := ti.call(t, "POST", "/v1/query", js(Statement{SQL: `SELECT ?`, Params: raw(`{"real":"NaN"}`)}))
+	if st != 400 || !strings.Contains(string(b), "bad_parameter") {
+		t.Fatalf("NaN parameter: %d %s", st, b)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -203,6 +204,12 @@ type blobJSON struct {
 	Base64 string `json:"base64"`
 }
 
+// realJSON carries the REAL values JSON numbers cannot: "Infinity" and
+// "-Infinity".
+type realJSON struct {
+	Real string `json:"real"`
+}
+
 func encodeParams(params []any) ([]any, error) {
 	if len(params) == 0 {
 		return nil, nil
@@ -214,8 +221,19 @@ func encodeParams(params []any) ([]any, error) {
 			// encoding/json would send a base64 string, which the server
 			// would store as text.
 			out[i] = blobJSON{Base64: base64.StdEncoding.EncodeToString(v)}
+		case float64:
+			switch {
+			case math.IsInf(v, 1):
+				out[i] = realJSON{"Infinity"}
+			case math.IsInf(v, -1):
+				out[i] = realJSON{"-Infinity"}
+			case math.IsNaN(v):
+				return nil, fmt.Errorf("parameter %d: NaN is not a SQL value", i+1)
+			default:
+				out[i] = v
+			}
 		case nil, bool, string, json.Number,
-			int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64, float32, float64:
+			int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64, float32:
 			out[i] = v
 		default:
 			return nil, fmt.Errorf("parameter %d: %T is not a SQL value (want a number, string, bool, []byte or nil)", i+1, p)
@@ -237,11 +255,24 @@ func decodeValue(raw json.RawMessage) (any, error) {
 		err := json.Unmarshal(s, &str)
 		return str, err
 	case '{':
-		var b blobJSON
-		if err := json.Unmarshal(s, &b); err != nil {
-			return nil, err
+		var obj map[string]string
+		if err := json.Unmarshal(s, &obj); err != nil || len(obj) != 1 {
+			return nil, fmt.Errorf("%s is not a blob or a real", s)
 		}
-		return base64.StdEncoding.DecodeString(b.Base64)
+		if r, ok := obj["real"]; ok {
+			switch r {
+			case "Infinity":
+				return math.Inf(1), nil
+			case "-Infinity":
+				return math.Inf(-1), nil
+			}
+			return nil, fmt.Errorf("real %q is not Infinity or -Infinity", r)
+		}
+		b64, ok := obj["base64"]
+		if !ok {
+			return nil, fmt.Errorf("%s is not a blob or a real", s)
+		}
+		return base64.StdEncoding.DecodeString(b64)
 	case 't', 'f':
 		var v bool
 		err := json.Unmarshal(s, &v)
