@@ -110,6 +110,9 @@ func sqlEndpoint(dir, endpoint string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("no running cluster in %s: %w", dir, err)
 	}
+	if err := upGone(dir); err != nil {
+		return "", err
+	}
 	if c, ok := cf.Find("writer"); ok {
 		return "http://" + c.Addr, nil
 	}
@@ -630,7 +633,7 @@ func (s *sqlSession) dot(ctx context.Context, line string) (quit bool, err error
 			h.Stats.RedoBytes, h.Stats.FullPageBytes)
 		return false, err
 	}
-	return false, fmt.Errorf("unknown command %s; .help lists the commands", fields[0])
+	return false, fmt.Errorf("unknown command %q: .help lists the commands (a dot command is a whole line of its own, with no ';')", fields[0])
 }
 
 // printNameColumns lays names out in columns, down then across, as

@@ -245,7 +245,7 @@ func TestSQLDotCommands(t *testing.T) {
 	if len(reqs) != 3 || !strings.Contains(reqs[1], `"params":["t"]`) || strings.Contains(reqs[2], "params") {
 		t.Fatalf("requests %q", reqs)
 	}
-	if _, err := runSQL(t, w, "", "-e", ".nope"); err == nil || !strings.Contains(err.Error(), "unknown command .nope") {
+	if _, err := runSQL(t, w, "", "-e", ".nope"); err == nil || !strings.Contains(err.Error(), `unknown command ".nope"`) {
 		t.Fatalf("err %v", err)
 	}
 }

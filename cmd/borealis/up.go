@@ -237,6 +237,21 @@ func since(t time.Time) string { return time.Since(t).Round(10 * time.Millisecon
 
 func storageIDs() []string { return []string{"s1", "s2", "s3", "s4", "s5", "s6"} }
 
+// upGone reports an error when dir's cluster.json is left from a `borealis
+// up` that no longer runs (killed with SIGKILL, say): nobody holds its lock.
+func upGone(dir string) error {
+	f, err := os.Open(filepath.Join(dir, upLockName))
+	if err != nil {
+		return nil // not made by up: let the caller try it
+	}
+	defer f.Close()
+	if syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB) != nil {
+		return nil // up holds it
+	}
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return fmt.Errorf("no cluster runs in %s: its %s is left from a `borealis up` that no longer runs; start it again with `borealis up --dir %s`", dir, clusterFileName, dir)
+}
+
 // lockDir makes sure one `up` at a time runs on a directory.
 func lockDir(dir string) (func(), error) {
 	path := filepath.Join(dir, upLockName)

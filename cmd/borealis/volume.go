@@ -32,6 +32,9 @@ func (f *controlAddrFlags) addr() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("no running cluster in %s (%v); give --dir of a `borealis up`, or --control ADDR", f.dir, err)
 	}
+	if err := upGone(f.dir); err != nil {
+		return "", err
+	}
 	if c, ok := cf.Find("control"); ok {
 		return c.Addr, nil
 	}

@@ -270,16 +270,16 @@ func TestErrorCodes(t *testing.T) {
 			status: 400, code: CodeBadParameter, mention: []string{"parameter 1", "1e999"}},
 		{name: "too many parameters", path: E,
 			body:   js(ExecuteRequest{Statements: []Statement{{SQL: `INSERT INTO t(name) VALUES (?)`, Params: raw(`"z"`, `1`)}}}),
-			status: 400, code: CodeBadParameter, mention: []string{"wrong number of parameters", "expected 1", "got 2"}},
+			status: 400, code: CodeBadParameter, mention: []string{"wrong number of parameters", "takes 1", "got 2"}},
 		{name: "too many parameters in the second statement of a transaction", path: E,
 			body: js(ExecuteRequest{Transaction: true, Statements: []Statement{
 				{SQL: `INSERT INTO t(name) VALUES (?)`, Params: raw(`"z1"`)},
 				{SQL: `UPDATE t SET n = ? WHERE name = ?`, Params: raw(`1`, `"a"`, `"b"`)},
 			}}),
-			status: 400, code: CodeBadParameter, mention: []string{"statement 2", "expected 2", "got 3"}},
+			status: 400, code: CodeBadParameter, mention: []string{"statement 2", "takes 2", "got 3"}},
 		{name: "too few parameters", path: E,
 			body:   js(ExecuteRequest{Statements: []Statement{{SQL: `INSERT INTO t(name, n) VALUES (?, ?)`, Params: raw(`"z"`)}}}),
-			status: 400, code: CodeBadParameter, mention: []string{"wrong number of parameters", "expected 2", "got 1"}},
+			status: 400, code: CodeBadParameter, mention: []string{"wrong number of parameters", "takes 2", "got 1"}},
 		// The driver cannot count numbered and named placeholders for
 		// database/sql; SQLite would bind NULL to those left without a value.
 		{name: "too few named parameters", path: E,
@@ -302,7 +302,7 @@ func TestErrorCodes(t *testing.T) {
 			status: 400, code: CodeBadParameter, mention: []string{"parameter 1"}},
 		{name: "query parameter without placeholder", path: Q,
 			body:   js(Statement{SQL: `SELECT 1`, Params: raw(`1`)}),
-			status: 400, code: CodeBadParameter, mention: []string{"wrong number of parameters", "expected 0", "got 1"}},
+			status: 400, code: CodeBadParameter, mention: []string{"wrong number of parameters", "takes 0", "got 1"}},
 
 		// body_too_large
 		{name: "body too large", path: E, body: exec(bigSQL),

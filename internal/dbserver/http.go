@@ -99,6 +99,9 @@ func (s *Instance) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/execute", s.handleExecute)
 	mux.HandleFunc("POST /v1/query", s.handleQuery)
 	mux.HandleFunc("GET /v1/health", s.handleHealth)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, apiErr(http.StatusNotFound, CodeBadRequest, "no endpoint %s %s; the API has POST /v1/execute, POST /v1/query and GET /v1/health", r.Method, r.URL.Path))
+	})
 	allowed := map[string]string{"/v1/execute": "POST", "/v1/query": "POST", "/v1/health": "GET"}
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		if m, ok := allowed[r.URL.Path]; ok {
@@ -393,10 +396,16 @@ func rawConn(conn *sql.Conn, f func(*sqlite3.Conn)) error {
 
 // paramCountError: the statement's placeholders and the parameters sent
 // differ in number.
-type paramCountError struct{ want, got int }
+type paramCountError struct {
+	want, got int
+	named     bool // the statement may have numbered or named placeholders
+}
 
 func (e paramCountError) Error() string {
-	return fmt.Sprintf("wrong number of parameters: the statement takes %d (the highest ?NNN, or one per distinct :name, @name or $name, counted with the plain ?s), got %d", e.want, e.got)
+	if e.named {
+		return fmt.Sprintf("wrong number of parameters: the statement takes %d (the highest ?NNN, or one per distinct :name, @name or $name, counted with the plain ?s), got %d", e.want, e.got)
+	}
+	return fmt.Sprintf("wrong number of parameters: the statement takes %d, got %d", e.want, e.got)
 }
 
 // checkParamCount refuses params that do not match q's placeholders when q
@@ -426,7 +435,7 @@ func checkParamCount(conn *sql.Conn, q string, n int) error {
 		return err
 	}
 	if want != n {
-		return paramCountError{want, n}
+		return paramCountError{want, n, true}
 	}
 	return nil
 }
@@ -629,13 +638,15 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 		return apiErr(http.StatusBadRequest, CodeBadRequest, "%sone entry holds more than one SQL statement; send each statement as its own entry", prefix)
 	case strings.HasPrefix(err.Error(), "sql: expected ") && strings.Contains(err.Error(), " arguments, got "):
 		// database/sql counts the parameters against the placeholders.
-		return apiErr(http.StatusBadRequest, CodeBadParameter, "%swrong number of parameters: %s", prefix, strings.TrimPrefix(err.Error(), "sql: "))
+		var want, got int
+		fmt.Sscanf(err.Error(), "sql: expected %d arguments, got %d", &want, &got)
+		return apiErr(http.StatusBadRequest, CodeBadParameter, "%s%v", prefix, paramCountError{want: want, got: got})
 	case errors.As(err, new(errTooManyRows)):
 		return apiErr(http.StatusBadRequest, CodeTooManyRows, "%s%v", prefix, err)
 	case errors.As(err, new(paramCountError)):
 		return apiErr(http.StatusBadRequest, CodeBadParameter, "%s%v", prefix, err)
 	case errors.Is(err, sqlite3.AUTH):
-		return apiErr(http.StatusForbidden, CodeNotAllowed, "%s%s: the API refuses ATTACH and VACUUM INTO (they open files on the server), and PRAGMAs that set a value (the setting would stay on a pooled connection and change other requests' statements; user_version and application_id may be set through /v1/execute)", prefix, sqliteMessage(err))
+		return apiErr(http.StatusForbidden, CodeNotAllowed, "%snot authorized: the API refuses ATTACH and VACUUM INTO (they open files on the server), and PRAGMAs that set a value (the setting would stay on a pooled connection and change other requests' statements; user_version and application_id may be set through /v1/execute)", prefix)
 	case errors.Is(err, sqlite3.CONSTRAINT):
 		return apiErr(http.StatusConflict, CodeConstraint, "%s%s", prefix, sqliteMessage(err))
 	case errors.Is(err, sqlite3.READONLY):

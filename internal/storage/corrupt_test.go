@@ -12,6 +12,7 @@ import (
 	"time"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/storage"
 )
 
 const (
@@ -90,5 +91,25 @@ func readEveryPage(t *testing.T, dir string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		c.GetPage(ctx, &pb.GetPageRequest{Volume: 1, Pg: 0, Page: p, ReadLsn: 64, Epoch: 1})
 		cancel()
+	}
+}
+
+const inUseDirEnv = "BOREALIS_TEST_IN_USE_DIR"
+
+// A second node (another process) on a directory in use is refused, saying
+// so.
+func TestDirectoryInUseIsRefused(t *testing.T) {
+	if dir := os.Getenv(inUseDirEnv); dir != "" {
+		_, err := storage.Open(storage.Config{ID: "s1", AZ: "a", Dir: dir})
+		fmt.Println("open:", err)
+		return
+	}
+	dir := t.TempDir()
+	startNode(t, dir)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDirectoryInUseIsRefused$")
+	cmd.Env = append(os.Environ(), inUseDirEnv+"="+dir)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "open: storage: "+dir+" is in use by another running storage node") {
+		t.Fatalf("second node on %s: %v\n%s", dir, err, out)
 	}
 }

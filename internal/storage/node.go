@@ -168,6 +168,9 @@ func Open(cfg Config) (*Node, error) {
 		},
 	}
 	db, err := pebble.Open(filepath.Join(cfg.Dir, "pebble"), opts)
+	if errors.Is(err, syscall.EAGAIN) {
+		return nil, fmt.Errorf("storage: %s is in use by another running storage node (its store is locked); stop that one first, or use another --dir", cfg.Dir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("storage: open store in %s: %w", cfg.Dir, err)
 	}
