@@ -175,7 +175,7 @@ func TestSQLAZLossAndOneMore(t *testing.T) {
 	// answering, and shows the writer's own VDL.
 	st := statusJSON(t, c.dir)
 	for _, v := range st.Volumes {
-		if v.Name == "main" && (v.VDLSource != "writer" || v.VDL == 0 || len(v.PGs) == 0 || !v.PGs[0].PGCLUnknown) {
+		if v.Name == "main" && (v.VDLSource != "writer" || v.VDL == 0 || len(v.PGs) == 0 || v.PGs[0].PGCLBound != "unknown") {
 			t.Fatalf("status with three nodes down: %+v", v)
 		}
 	}

@@ -499,7 +499,7 @@ type statusOutput struct {
 		PGs           []struct {
 			ID              uint32 `json:"id"`
 			MembershipEpoch uint64 `json:"membership_epoch"`
-			PGCLUnknown     bool   `json:"pgcl_unknown"`
+			PGCLBound       string `json:"pgcl_bound"`
 			Segments        []struct {
 				Node string `json:"node"`
 				AZ   string `json:"az"`

@@ -51,8 +51,9 @@ type volumeReport struct {
 	// segments show it: the highest PG complete LSN (a PG's 4th highest
 	// SCL), a lower bound when a PG has fewer than 4 segments answering.
 	VDL uint64 `json:"vdl"`
-	// VDLSource says which: "writer", "segments", or "segments, lower
-	// bound".
+	// VDLSource says which: "writer", "segments" (every segment answered),
+	// "segments, lower bound" (some did not, but every PG had 4 that did),
+	// or "unknown" (some PG had fewer than 4 answering, and no writer).
 	VDLSource   string     `json:"vdl_source"`
 	PageSize    uint32     `json:"page_size"`
 	PGSizeBytes uint64     `json:"pg_size_bytes"`
@@ -64,10 +65,11 @@ type pgReport struct {
 	ID              uint32 `json:"id"`
 	MembershipEpoch uint64 `json:"membership_epoch"`
 	PGCL            uint64 `json:"pgcl"`
-	// PGCLUnknown: fewer than 4 segments answered, so pgcl is only the
-	// lowest SCL among those that did.
-	PGCLUnknown bool            `json:"pgcl_unknown,omitempty"`
-	Segments    []segmentReport `json:"segments"`
+	// PGCLBound says what pgcl is: "exact" (every segment answered),
+	// "at_least" (4 or 5 did: their 4th highest SCL, which the others can
+	// only raise), or "unknown" (fewer than 4 did; pgcl is 0).
+	PGCLBound string          `json:"pgcl_bound"`
+	Segments  []segmentReport `json:"segments"`
 }
 
 type segmentReport struct {
@@ -241,20 +243,24 @@ func gatherStatus(ctx context.Context, control string) (*statusReport, error) {
 			}
 			sort.Slice(scls, func(i, j int) bool { return scls[i] > scls[j] })
 			switch {
-			case len(scls) >= 4:
-				pr.PGCL = scls[3]
-			case len(scls) > 0:
-				pr.PGCL, pr.PGCLUnknown = scls[len(scls)-1], true
+			case len(scls) < 4:
+				pr.PGCLBound = "unknown"
+				vr.VDLSource = "unknown"
+			case len(scls) < len(pr.Segments):
+				pr.PGCL, pr.PGCLBound = scls[3], "at_least"
+				if vr.VDLSource == "" {
+					vr.VDLSource = "segments, lower bound"
+				}
 			default:
-				pr.PGCLUnknown = true
+				pr.PGCL, pr.PGCLBound = scls[3], "exact"
 			}
 			vr.VDL = max(vr.VDL, pr.PGCL)
-			if pr.PGCLUnknown {
-				vr.VDLSource = "segments, lower bound"
-			}
 		}
-		if vr.VDLSource == "" {
+		switch vr.VDLSource {
+		case "":
 			vr.VDLSource = "segments"
+		case "unknown":
+			vr.VDL = 0
 		}
 	}
 	return rep, nil
@@ -292,7 +298,9 @@ func printStatus(out io.Writer, rep *statusReport) {
 		case "segments":
 			vdl = fmt.Sprintf("VDL %d (from segments)", v.VDL)
 		case "segments, lower bound":
-			vdl = fmt.Sprintf("VDL at least %d (from segments; some PG has fewer than 4 answering)", v.VDL)
+			vdl = fmt.Sprintf("VDL at least %d (from segments; not all of them answer)", v.VDL)
+		case "unknown":
+			vdl = "VDL unknown (a PG has fewer than 4 segments answering, and no writer answers)"
 		}
 		fmt.Fprintf(out, "\nVOLUME %s (id %d): volume epoch %d, geometry epoch %d, %s, %d PG(s) of %s, %s\n",
 			v.Name, v.ID, v.VolumeEpoch, v.GeometryEpoch, vdl, len(v.PGs), formatSize(v.PGSizeBytes), formatSize(v.SizeBytes))
@@ -314,11 +322,11 @@ func printStatus(out io.Writer, rep *statusReport) {
 				segs = append(segs, fmt.Sprintf("%s/%s: %s", s.Node, s.AZ, scl))
 			}
 			pgcl := fmt.Sprint(pg.PGCL)
-			if pg.PGCLUnknown {
+			switch pg.PGCLBound {
+			case "unknown":
 				pgcl = "?"
-				if pg.PGCL > 0 {
-					pgcl = fmt.Sprintf(">=%d?", pg.PGCL)
-				}
+			case "at_least":
+				pgcl = fmt.Sprintf(">=%d", pg.PGCL)
 			}
 			fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\n", pg.ID, pg.MembershipEpoch, pgcl, strings.Join(segs, "  "))
 		}

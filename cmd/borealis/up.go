@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -238,18 +239,34 @@ func since(t time.Time) string { return time.Since(t).Round(10 * time.Millisecon
 func storageIDs() []string { return []string{"s1", "s2", "s3", "s4", "s5", "s6"} }
 
 // upGone reports an error when dir's cluster.json is left from a `borealis
-// up` that no longer runs (killed with SIGKILL, say): nobody holds its lock.
+// up` that no longer runs (killed with SIGKILL, say): the pid that up.lock
+// names is gone. It does not take the lock itself, which would make an `up`
+// starting at that moment fail.
 func upGone(dir string) error {
-	f, err := os.Open(filepath.Join(dir, upLockName))
+	b, err := os.ReadFile(filepath.Join(dir, upLockName))
 	if err != nil {
 		return nil // not made by up: let the caller try it
 	}
-	defer f.Close()
-	if syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB) != nil {
-		return nil // up holds it
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return nil
 	}
-	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-	return fmt.Errorf("no cluster runs in %s: its %s is left from a `borealis up` that no longer runs; start it again with `borealis up --dir %s`", dir, clusterFileName, dir)
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) && !zombie(pid) {
+		return nil // running (or not ours to signal)
+	}
+	return fmt.Errorf("no cluster runs in %s: its %s is left from a `borealis up` (pid %d) that no longer runs; start it again with `borealis up --dir %s`", dir, clusterFileName, pid, dir)
+}
+
+// zombie reports whether pid has exited and waits for its parent to reap
+// it, as a killed `up` does for a moment.
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] == 'Z'
 }
 
 // lockDir makes sure one `up` at a time runs on a directory.

@@ -430,7 +430,8 @@ func (c *Cluster) WriteFile(path string) error {
 	return os.Rename(tmp, path)
 }
 
-// Stop ends every process: SIGTERM, then SIGKILL after grace.
+// Stop ends every process: SIGTERM, then SIGKILL after grace, a stage at a
+// time.
 func (c *Cluster) Stop(grace time.Duration) {
 	c.mu.Lock()
 	var stages [3][]*proc
@@ -451,8 +452,8 @@ func (c *Cluster) Stop(grace time.Duration) {
 	// Database instances first, while the control plane can still take
 	// their lease back (else the next start waits out its TTL) and storage
 	// can still take their last commits; the control plane last.
-	deadline := time.Now().Add(grace)
 	for _, procs := range stages {
+		deadline := time.Now().Add(grace)
 		for _, p := range procs {
 			p.cmd.Process.Signal(syscall.SIGCONT)
 			p.cmd.Process.Signal(syscall.SIGTERM)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -313,6 +314,13 @@ func TestErrorCodes(t *testing.T) {
 		// too_many_rows
 		{name: "too many rows", path: Q, body: query(rowsCTE(errTestMaxRows + 1)),
 			status: 400, code: CodeTooManyRows, mention: []string{fmt.Sprintf("more than %d rows", errTestMaxRows), "LIMIT"}},
+		// RETURNING's changes are made before its first row comes back.
+		{name: "too many rows returned by an insert", path: E,
+			body:   exec(fmt.Sprintf(`INSERT INTO t(name) SELECT 'r' || value FROM generate_series(1, %d) RETURNING id`, errTestMaxRows+1)),
+			status: 400, code: CodeTooManyRows, mention: []string{fmt.Sprintf("more than %d rows", errTestMaxRows)}},
+		{name: "too many rows returned in a transaction", path: E,
+			body:   txn(`INSERT INTO t(name) VALUES ('z1')`, fmt.Sprintf(`INSERT INTO t(name) SELECT 'r' || value FROM generate_series(1, %d) RETURNING id`, errTestMaxRows+1)),
+			status: 400, code: CodeTooManyRows, mention: []string{"statement 2", fmt.Sprintf("more than %d rows", errTestMaxRows)}},
 
 		// read_only
 		{name: "INSERT on query", path: Q, body: query(`INSERT INTO t(name) VALUES ('z')`),
@@ -325,7 +333,7 @@ func TestErrorCodes(t *testing.T) {
 			status: 400, code: CodeReadOnly, mention: []string{"readonly", "/v1/execute"}},
 		// A pooled read connection's temp database would outlive the query.
 		{name: "CREATE TEMP TABLE on query", path: Q, body: query(`CREATE TEMP TABLE u(x)`),
-			status: 400, code: CodeReadOnly, mention: []string{"/v1/execute"}},
+			status: 403, code: CodeNotAllowed, mention: []string{"TEMP"}},
 
 		// not_allowed: files on the server, and settings that would stay on
 		// a pooled connection.
@@ -349,7 +357,33 @@ func TestErrorCodes(t *testing.T) {
 		{name: "user_version on query", path: Q, body: query(`PRAGMA user_version = 3`),
 			status: 403, code: CodeNotAllowed, mention: []string{"user_version", "/v1/execute"}},
 		// Refused before: the read connections' query_only still holds.
-		{name: "CREATE TEMP TABLE on query after trying to lift query_only", path: Q, body: query(`CREATE TEMP TABLE u(x)`),
+		// An attached file whose name is an expression or a parameter
+		// reaches the authorizer with no name at all.
+		{name: "ATTACH an expression", path: E, body: exec(`ATTACH '` + outside("e.db") + `' || '' AS f`),
+			status: 403, code: CodeNotAllowed, mention: []string{"ATTACH"}},
+		{name: "ATTACH an expression on query", path: Q, body: query(`ATTACH '` + outside("f.db") + `?mode=ro' || '' AS f`),
+			status: 403, code: CodeNotAllowed, mention: []string{"ATTACH"}},
+		{name: "ATTACH a parameter", path: E,
+			body:   js(ExecuteRequest{Statements: []Statement{{SQL: `ATTACH ? AS f`, Params: raw(strconv.Quote(outside("g.db")))}}}),
+			status: 403, code: CodeNotAllowed, mention: []string{"ATTACH"}},
+		// "= ''" reaches the authorizer like a read.
+		{name: "query_only set to empty on query", path: Q, body: query(`PRAGMA query_only = ''`),
+			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA query_only"}},
+		{name: "journal_mode set to empty on execute", path: E, body: exec(`PRAGMA main.journal_mode = ""`),
+			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA journal_mode"}},
+		{name: "schema_version set to empty", path: E, body: exec(`/* x */ PRAGMA "schema_version"('')`),
+			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA schema_version"}},
+		// TEMP objects outlive the request on the pooled connection.
+		{name: "CREATE TEMP TABLE on execute", path: E, body: exec(`CREATE TEMP TABLE t(id INTEGER PRIMARY KEY, name TEXT)`),
+			status: 403, code: CodeNotAllowed, mention: []string{"TEMP"}},
+		{name: "CREATE TABLE temp.x on execute", path: E, body: exec(`CREATE TABLE temp.x(a)`),
+			status: 403, code: CodeNotAllowed, mention: []string{"TEMP"}},
+		{name: "CREATE TEMP TRIGGER", path: E, body: exec(`CREATE TEMP TRIGGER tr AFTER INSERT ON main.t BEGIN UPDATE main.t SET n = 99; END`),
+			status: 403, code: CodeNotAllowed, mention: []string{"TEMP"}},
+		{name: "CREATE TEMP VIEW", path: E, body: exec(`CREATE TEMP VIEW v AS SELECT 1`),
+			status: 403, code: CodeNotAllowed, mention: []string{"TEMP"}},
+		// Refused before: the read connections' query_only still holds.
+		{name: "an insert on query after trying to lift query_only", path: Q, body: query(`INSERT INTO t(name) VALUES ('zz')`),
 			status: 400, code: CodeReadOnly, mention: []string{"/v1/execute"}},
 	}
 

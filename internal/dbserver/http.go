@@ -257,7 +257,12 @@ func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req ExecuteReques
 	}
 	results := make([]ExecResult, 0, len(req.Statements))
 	for i, st := range req.Statements {
-		err := checkParamCount(conn, st.SQL, len(args[i]))
+		var err error
+		if e := pragmaRefusal(st.SQL, false); e != nil {
+			err = e
+		} else {
+			err = checkParamCount(conn, st.SQL, len(args[i]))
+		}
 		var out ExecResult
 		if err == nil {
 			out, err = s.execOne(ctx, conn, ex, st.SQL, args[i])
@@ -356,18 +361,43 @@ func (s *Instance) execOne(ctx context.Context, conn *sql.Conn, p interface {
 	}
 	defer st.Close()
 	var before int64
+	var autocommit bool
+	vacuum := sqlclient.Keyword(q) == "VACUUM"
 	if err := rawConn(conn, func(c *sqlite3.Conn) {
 		before = c.TotalChanges()
+		autocommit = c.GetAutocommit()
 		c.SetLastInsertRowID(0)
+		if vacuum {
+			c.SetAuthorizer(authorizer(false, true))
+		}
 	}); err != nil {
 		return out, err
 	}
-	if mayReturnRows(q) {
-		rows, err := st.QueryContext(ctx, args...)
-		if err != nil {
-			return out, err
+	if vacuum {
+		defer rawConn(conn, func(c *sqlite3.Conn) { c.SetAuthorizer(authorizer(false, false)) })
+	}
+	if mayReturnRows(q) && !vacuum {
+		// A write with RETURNING has made its changes before its first row
+		// comes back; if reading the rows fails (too many of them), a
+		// savepoint takes the changes back, where autocommit would have
+		// kept them.
+		own := autocommit
+		if own {
+			if _, err := conn.ExecContext(ctx, "SAVEPOINT borealis_statement"); err != nil {
+				return out, err
+			}
 		}
-		res, err := s.readRows(rows)
+		res, err := queryRows(ctx, s, st, args)
+		if own {
+			if err != nil {
+				_, _ = conn.ExecContext(context.Background(), "ROLLBACK TO borealis_statement")
+				_, _ = conn.ExecContext(context.Background(), "RELEASE borealis_statement")
+				return out, err
+			}
+			if _, err := conn.ExecContext(ctx, "RELEASE borealis_statement"); err != nil {
+				return out, err
+			}
+		}
 		if err != nil {
 			return out, err
 		}
@@ -389,11 +419,11 @@ func (s *Instance) execOne(ctx context.Context, conn *sql.Conn, p interface {
 }
 
 // mayReturnRows reports whether q can produce rows: a read (SELECT, WITH
-// ... SELECT, VALUES, PRAGMA, EXPLAIN) or anything with RETURNING. A false
+// ... SELECT, VALUES, EXPLAIN), a PRAGMA, or anything with RETURNING. A false
 // yes costs only the query path; every statement that returns rows says
 // one of these.
 func mayReturnRows(q string) bool {
-	if k, _ := sqlclient.Classify(q); k == sqlclient.Read {
+	if k, _ := sqlclient.Classify(q); k == sqlclient.Read || sqlclient.Keyword(q) == "PRAGMA" {
 		return true
 	}
 	for i := 0; i+len("returning") <= len(q); i++ {
@@ -402,6 +432,14 @@ func mayReturnRows(q string) bool {
 		}
 	}
 	return false
+}
+
+func queryRows(ctx context.Context, s *Instance, st *sql.Stmt, args []any) (*QueryResponse, error) {
+	rows, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	return s.readRows(rows)
 }
 
 // rawConn runs f on conn's SQLite connection.
@@ -463,11 +501,11 @@ func checkParamCount(conn *sql.Conn, q string, n int) error {
 }
 
 // mayHaveNamedParams reports whether q holds a character that starts a
-// numbered or named placeholder: ':', '@', '$', or '?' before a digit.
+// numbered or named placeholder: ':', '@', '$', '#', or '?' before a digit.
 func mayHaveNamedParams(q string) bool {
 	for i := 0; i < len(q); i++ {
 		switch q[i] {
-		case ':', '@', '$':
+		case ':', '@', '$', '#':
 			return true
 		case '?':
 			if i+1 < len(q) && q[i+1] >= '0' && q[i+1] <= '9' {
@@ -531,6 +569,9 @@ func (s *Instance) query(ctx context.Context, db *sqlvfs.DB, q string, args []an
 		}
 	}()
 	s.stats.queries.Add(1)
+	if e := pragmaRefusal(q, true); e != nil {
+		return nil, e
+	}
 	if err := checkParamCount(conn, q, len(args)); err != nil {
 		return nil, s.classify(ctx, conn, err, "")
 	}
@@ -634,6 +675,9 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 	if stage != "" {
 		prefix = stage + ": "
 	}
+	if ae, ok := errors.AsType[*APIError](err); ok {
+		return apiErr(ae.Status, ae.Code, "%s%s", prefix, ae.Message)
+	}
 	var cause error
 	if conn != nil && (errors.Is(err, sqlite3.IOERR) || errors.Is(err, sqlite3.CANTOPEN)) {
 		cause = sqlvfs.ConnError(context.Background(), conn)
@@ -668,7 +712,7 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 	case errors.As(err, new(paramCountError)):
 		return apiErr(http.StatusBadRequest, CodeBadParameter, "%s%v", prefix, err)
 	case errors.Is(err, sqlite3.AUTH):
-		return apiErr(http.StatusForbidden, CodeNotAllowed, "%snot authorized: the API refuses ATTACH and VACUUM INTO (they open files on the server), and PRAGMAs that set a value (the setting would stay on a pooled connection and change other requests' statements; user_version and application_id may be set through /v1/execute)", prefix)
+		return apiErr(http.StatusForbidden, CodeNotAllowed, "%snot authorized: the API refuses ATTACH and VACUUM INTO (they open files on the server), TEMP tables, views, indexes and triggers, and PRAGMAs that set a value (they would stay on a pooled connection and change other requests' statements; user_version and application_id may be set through /v1/execute)", prefix)
 	case errors.Is(err, sqlite3.CONSTRAINT):
 		return apiErr(http.StatusConflict, CodeConstraint, "%s%s", prefix, sqliteMessage(err))
 	case errors.Is(err, sqlite3.READONLY):

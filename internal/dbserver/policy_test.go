@@ -40,6 +40,13 @@ func TestPolicyKeepsWhatTheAPIOffers(t *testing.T) {
 	if len(r.Rows) != 2 {
 		t.Errorf("PRAGMA table_info(t): %v", r.Rows)
 	}
+	// A PRAGMA's rows come back from /v1/execute too, in either form.
+	var resp ExecuteResponse
+	ti.ok(t, "/v1/execute", exec(`PRAGMA table_info = t`, `PRAGMA integrity_check(5)`), &resp)
+	if len(resp.Results) != 2 || resp.Results[0].QueryResponse == nil || len(resp.Results[0].Rows) != 2 ||
+		resp.Results[1].QueryResponse == nil || len(resp.Results[1].Rows) != 1 {
+		t.Errorf("PRAGMAs on /v1/execute: %+v", resp.Results)
+	}
 }
 
 // Numbered and named placeholders take their values by position, and SQL

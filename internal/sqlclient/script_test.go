@@ -1,6 +1,8 @@
 package sqlclient
 
 import (
+	"encoding/json"
+	"math"
 	"reflect"
 	"testing"
 )
@@ -100,6 +102,54 @@ func TestClassify(t *testing.T) {
 		kind, name := Classify(tc.sql)
 		if kind != tc.kind || name != tc.name {
 			t.Errorf("Classify(%q) = %v %q; want %v %q", tc.sql, kind, name, tc.kind, tc.name)
+		}
+	}
+}
+
+func TestPragmaAndKeyword(t *testing.T) {
+	for _, tc := range []struct {
+		stmt   string
+		name   string
+		hasArg bool
+		ok     bool
+	}{
+		{"PRAGMA user_version", "user_version", false, true},
+		{"pragma USER_VERSION = 3", "user_version", true, true},
+		{"PRAGMA main.journal_mode = ''", "journal_mode", true, true},
+		{`/* c */ PRAGMA "schema_version"('')`, "schema_version", true, true},
+		{"PRAGMA table_info(t)", "table_info", true, true},
+		{"PRAGMA -- c\n query_only\n=\n0", "query_only", true, true},
+		{"SELECT 1", "", false, false},
+		{"PRAGMA", "", false, false},
+	} {
+		name, hasArg, ok := Pragma(tc.stmt)
+		if name != tc.name || hasArg != tc.hasArg || ok != tc.ok {
+			t.Errorf("Pragma(%q) = %q, %v, %v; want %q, %v, %v", tc.stmt, name, hasArg, ok, tc.name, tc.hasArg, tc.ok)
+		}
+	}
+	for stmt, want := range map[string]string{"vacuum": "VACUUM", " /* x */ VACUUM INTO 'f'": "VACUUM", "-- only": "", "'x'": ""} {
+		if got := Keyword(stmt); got != want {
+			t.Errorf("Keyword(%q) = %q, want %q", stmt, got, want)
+		}
+	}
+}
+
+func TestInfinitiesAsParams(t *testing.T) {
+	out, err := encodeParams([]any{math.Inf(1), float32(math.Inf(-1)), float32(0.5), 2.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(out)
+	if string(b) != `[{"real":"Infinity"},{"real":"-Infinity"},0.5,2.5]` {
+		t.Fatalf("encoded %s", b)
+	}
+	if _, err := encodeParams([]any{math.NaN()}); err == nil {
+		t.Fatal("NaN encoded")
+	}
+	for raw, want := range map[string]float64{`{"real":"Infinity"}`: math.Inf(1), `{"real":"-Infinity"}`: math.Inf(-1)} {
+		v, err := decodeValue(json.RawMessage(raw))
+		if err != nil || v != want {
+			t.Fatalf("decodeValue(%s) = %v, %v", raw, v, err)
 		}
 	}
 }

@@ -221,8 +221,12 @@ func encodeParams(params []any) ([]any, error) {
 			// encoding/json would send a base64 string, which the server
 			// would store as text.
 			out[i] = blobJSON{Base64: base64.StdEncoding.EncodeToString(v)}
-		case float64:
-			switch {
+		case float32, float64:
+			v64, _ := v.(float64)
+			if f, ok := v.(float32); ok {
+				v64 = float64(f)
+			}
+			switch v := v64; {
 			case math.IsInf(v, 1):
 				out[i] = realJSON{"Infinity"}
 			case math.IsInf(v, -1):
@@ -230,10 +234,10 @@ func encodeParams(params []any) ([]any, error) {
 			case math.IsNaN(v):
 				return nil, fmt.Errorf("parameter %d: NaN is not a SQL value", i+1)
 			default:
-				out[i] = v
+				out[i] = p
 			}
 		case nil, bool, string, json.Number,
-			int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64, float32:
+			int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64:
 			out[i] = v
 		default:
 			return nil, fmt.Errorf("parameter %d: %T is not a SQL value (want a number, string, bool, []byte or nil)", i+1, p)
