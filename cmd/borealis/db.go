@@ -41,6 +41,9 @@ stops serving writes, takes the lease again and recovers again.`,
 			if cfg.WriteTimeout <= 0 {
 				return fmt.Errorf("--write-timeout %s: want a positive duration", cfg.WriteTimeout)
 			}
+			if cfg.RequestTimeout < 0 || (cfg.RequestTimeout > 0 && cfg.RequestTimeout <= cfg.WriteTimeout) {
+				return fmt.Errorf("--request-timeout %s: want more than --write-timeout (%s), or 0 for the default", cfg.RequestTimeout, cfg.WriteTimeout)
+			}
 			if cfg.Volume == "" || cfg.Control == "" || listen == "" {
 				return errors.New("db needs --volume, --control and --listen")
 			}
@@ -110,6 +113,7 @@ stops serving writes, takes the lease again and recovers again.`,
 	f.StringVar(&cfg.ID, "id", "", "instance id, the holder name of the writer lease (default: the role)")
 	f.IntVar(&cfg.CacheMiB, "cache-mib", 64, "page cache size in MiB")
 	f.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "how long a commit waits for a write quorum before failing with storage_unavailable")
+	f.DurationVar(&cfg.RequestTimeout, "request-timeout", 0, "how long one request's SQL may run before it is interrupted and fails with timeout (0: 2m, or a minute more than --write-timeout if that is longer)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "writer lease time to live")
 	f.IntVar(&cfg.MaxWriters, "max-writers", 64, "writer connections (transactions in flight)")
 	return cmd

@@ -355,7 +355,7 @@ func TestErrorCodes(t *testing.T) {
 		{name: "busy_timeout on execute", path: E, body: exec(`PRAGMA busy_timeout = 0`),
 			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA"}},
 		{name: "user_version on query", path: Q, body: query(`PRAGMA user_version = 3`),
-			status: 403, code: CodeNotAllowed, mention: []string{"user_version", "/v1/execute"}},
+			status: 400, code: CodeReadOnly, mention: []string{"/v1/execute"}},
 		// Refused before: the read connections' query_only still holds.
 		// An attached file whose name is an expression or a parameter
 		// reaches the authorizer with no name at all.
@@ -368,11 +368,38 @@ func TestErrorCodes(t *testing.T) {
 			status: 403, code: CodeNotAllowed, mention: []string{"ATTACH"}},
 		// "= ''" reaches the authorizer like a read.
 		{name: "query_only set to empty on query", path: Q, body: query(`PRAGMA query_only = ''`),
-			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA query_only"}},
+			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA"}},
 		{name: "journal_mode set to empty on execute", path: E, body: exec(`PRAGMA main.journal_mode = ""`),
-			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA journal_mode"}},
+			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA"}},
 		{name: "schema_version set to empty", path: E, body: exec(`/* x */ PRAGMA "schema_version"('')`),
-			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA schema_version"}},
+			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA"}},
+		// A PRAGMA behind a leading ';' or EXPLAIN, and the reads of a
+		// setting, which the authorizer cannot tell from "= ''".
+		{name: "a PRAGMA behind a semicolon", path: E, body: exec("\n;PRAGMA foreign_keys=''"),
+			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA"}},
+		{name: "a PRAGMA behind EXPLAIN", path: Q, body: query(`EXPLAIN PRAGMA query_only=''`),
+			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA"}},
+		{name: "reading a setting", path: Q, body: query(`PRAGMA journal_mode`),
+			status: 403, code: CodeNotAllowed, mention: []string{"PRAGMA"}},
+		// A COMMIT behind a semicolon would end the request's transaction.
+		{name: "COMMIT behind a semicolon in a transaction", path: E,
+			body:   txn(`INSERT INTO t(name) VALUES ('z1')`, `;COMMIT`, `INSERT INTO nope VALUES (1)`),
+			status: 400, code: CodeBadRequest, mention: []string{"COMMIT"}},
+		// A TEMP trigger named temp.x on a main table looks like a
+		// CREATE TRIGGER in main to the authorizer.
+		{name: "a TEMP trigger named temp.x", path: E,
+			body:   exec(`CREATE TRIGGER temp.tr AFTER INSERT ON main.t BEGIN UPDATE main.t SET name = 'pwned' WHERE id = new.id; END`),
+			status: 403, code: CodeNotAllowed, mention: []string{"TEMP"}},
+		{name: "a TEMP trigger named temp.x in a transaction", path: E,
+			body:   txn(`INSERT INTO t(name) VALUES ('z1')`, `CREATE TRIGGER "temp".tr2 BEFORE DELETE ON t BEGIN SELECT RAISE(IGNORE); END`),
+			status: 403, code: CodeNotAllowed, mention: []string{"statement 2", "TEMP"}},
+		// A value larger than the API's cap fails cleanly instead of
+		// exhausting the connection's memory.
+		{name: "a huge value", path: Q, body: query(`SELECT length(randomblob(300000000))`),
+			status: 400, code: CodeSQL, mention: []string{"too big"}},
+		{name: "a huge value in a transaction", path: E,
+			body:   txn(`INSERT INTO t(name) VALUES ('z1')`, `SELECT length(randomblob(300000000))`),
+			status: 400, code: CodeSQL, mention: []string{"statement 2", "too big"}},
 		// TEMP objects outlive the request on the pooled connection.
 		{name: "CREATE TEMP TABLE on execute", path: E, body: exec(`CREATE TEMP TABLE t(id INTEGER PRIMARY KEY, name TEXT)`),
 			status: 403, code: CodeNotAllowed, mention: []string{"TEMP"}},

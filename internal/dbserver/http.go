@@ -3,6 +3,7 @@ package dbserver
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -32,6 +33,7 @@ const (
 	CodeNotReady           = "not_ready"
 	CodeTooManyRows        = "too_many_rows"
 	CodeBusy               = "busy"
+	CodeTimeout            = "timeout"
 	CodeInternal           = "internal"
 )
 
@@ -223,12 +225,14 @@ func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	db, e := s.writable(r.Context())
+	ctx, cancel := context.WithTimeoutCause(r.Context(), s.cfg.RequestTimeout, errRequestTimeout)
+	defer cancel()
+	db, e := s.writable(ctx)
 	if e != nil {
 		writeErr(w, e)
 		return
 	}
-	res, e := s.execute(r.Context(), db, req, args)
+	res, e := s.execute(ctx, db, req, args)
 	if e != nil {
 		writeErr(w, e)
 		return
@@ -242,6 +246,15 @@ func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req ExecuteReques
 		return nil, s.classify(ctx, nil, err, "")
 	}
 	defer conn.Close()
+	if err := armPolicy(conn, false); err != nil {
+		return nil, s.classify(ctx, conn, err, "")
+	}
+	var tainted bool
+	defer func() {
+		if tainted {
+			discard(conn)
+		}
+	}()
 	s.stats.executes.Add(1)
 	type preparer interface {
 		PrepareContext(context.Context, string) (*sql.Stmt, error)
@@ -257,17 +270,13 @@ func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req ExecuteReques
 	}
 	results := make([]ExecResult, 0, len(req.Statements))
 	for i, st := range req.Statements {
-		var err error
-		if e := pragmaRefusal(st.SQL, false); e != nil {
-			err = e
-		} else {
-			err = checkParamCount(conn, st.SQL, len(args[i]))
-		}
+		err := checkParamCount(conn, st.SQL, len(args[i]))
 		var out ExecResult
 		if err == nil {
 			out, err = s.execOne(ctx, conn, ex, st.SQL, args[i])
 		}
 		if err != nil {
+			tainted = errors.Is(err, errTempObject)
 			ownTxn := false
 			if tx != nil {
 				_ = tx.Rollback()
@@ -368,13 +377,13 @@ func (s *Instance) execOne(ctx context.Context, conn *sql.Conn, p interface {
 		autocommit = c.GetAutocommit()
 		c.SetLastInsertRowID(0)
 		if vacuum {
-			c.SetAuthorizer(authorizer(false, true))
+			c.SetAuthorizer(vacuumAuthorizer)
 		}
 	}); err != nil {
 		return out, err
 	}
 	if vacuum {
-		defer rawConn(conn, func(c *sqlite3.Conn) { c.SetAuthorizer(authorizer(false, false)) })
+		defer rawConn(conn, func(c *sqlite3.Conn) { c.SetAuthorizer(writerAuthorizer) })
 	}
 	if mayReturnRows(q) && !vacuum {
 		// A write with RETURNING has made its changes before its first row
@@ -409,6 +418,11 @@ func (s *Instance) execOne(ctx context.Context, conn *sql.Conn, p interface {
 		// throughput on one-row INSERTs.
 		return out, err
 	}
+	if sqlclient.Keyword(q) == "CREATE" {
+		if err := refuseTempObjects(conn); err != nil {
+			return out, err
+		}
+	}
 	err = rawConn(conn, func(c *sqlite3.Conn) {
 		if c.TotalChanges() != before {
 			out.RowsAffected = c.Changes()
@@ -434,6 +448,38 @@ func mayReturnRows(q string) bool {
 	return false
 }
 
+// errRequestTimeout is the cause of a request's context ending at
+// Config.RequestTimeout.
+var errRequestTimeout = errors.New("request timeout")
+
+// errTempObject: a statement made a TEMP object the authorizer could not
+// see (see withPolicy).
+var errTempObject = errors.New("not authorized: the statement made a TEMP object, which the API refuses (it would stay on a pooled connection)")
+
+// refuseTempObjects reports errTempObject if conn holds a TEMP object;
+// execute then throws the connection away, the object with it.
+func refuseTempObjects(conn *sql.Conn) error {
+	return rawConnErr(conn, func(c *sqlite3.Conn) error {
+		st, _, err := c.Prepare("SELECT 1 FROM temp.sqlite_schema LIMIT 1")
+		if err != nil {
+			return err
+		}
+		temp := st.Step()
+		st.Close()
+		if temp {
+			return errTempObject
+		}
+		return nil
+	})
+}
+
+// discard closes conn for good instead of returning it to the pool. It
+// must run after any transaction on conn has ended.
+func discard(conn *sql.Conn) {
+	// database/sql closes a connection whose Raw returns ErrBadConn.
+	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+}
+
 func queryRows(ctx context.Context, s *Instance, st *sql.Stmt, args []any) (*QueryResponse, error) {
 	rows, err := st.QueryContext(ctx, args...)
 	if err != nil {
@@ -444,13 +490,16 @@ func queryRows(ctx context.Context, s *Instance, st *sql.Stmt, args []any) (*Que
 
 // rawConn runs f on conn's SQLite connection.
 func rawConn(conn *sql.Conn, f func(*sqlite3.Conn)) error {
+	return rawConnErr(conn, func(c *sqlite3.Conn) error { f(c); return nil })
+}
+
+func rawConnErr(conn *sql.Conn, f func(*sqlite3.Conn) error) error {
 	return conn.Raw(func(dc any) error {
 		rc, ok := dc.(interface{ Raw() *sqlite3.Conn })
 		if !ok {
 			return fmt.Errorf("dbserver: %T is not a go-sqlite3 connection", dc)
 		}
-		f(rc.Raw())
-		return nil
+		return f(rc.Raw())
 	})
 }
 
@@ -547,7 +596,9 @@ func (s *Instance) handleQuery(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, e)
 		return
 	}
-	resp, e := s.query(r.Context(), db, req.SQL, args)
+	ctx, cancel := context.WithTimeoutCause(r.Context(), s.cfg.RequestTimeout, errRequestTimeout)
+	defer cancel()
+	resp, e := s.query(ctx, db, req.SQL, args)
 	if e != nil {
 		writeErr(w, e)
 		return
@@ -568,10 +619,10 @@ func (s *Instance) query(ctx context.Context, db *sqlvfs.DB, q string, args []an
 			_, _ = conn.ExecContext(context.Background(), "ROLLBACK")
 		}
 	}()
-	s.stats.queries.Add(1)
-	if e := pragmaRefusal(q, true); e != nil {
-		return nil, e
+	if err := armPolicy(conn, true); err != nil {
+		return nil, s.classify(ctx, conn, err, "")
 	}
+	s.stats.queries.Add(1)
 	if err := checkParamCount(conn, q, len(args)); err != nil {
 		return nil, s.classify(ctx, conn, err, "")
 	}
@@ -707,12 +758,14 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 		var want, got int
 		fmt.Sscanf(err.Error(), "sql: expected %d arguments, got %d", &want, &got)
 		return apiErr(http.StatusBadRequest, CodeBadParameter, "%s%v", prefix, paramCountError{want: want, got: got})
+	case errors.Is(err, errTempObject):
+		return apiErr(http.StatusForbidden, CodeNotAllowed, "%s%v", prefix, errTempObject)
 	case errors.As(err, new(errTooManyRows)):
 		return apiErr(http.StatusBadRequest, CodeTooManyRows, "%s%v", prefix, err)
 	case errors.As(err, new(paramCountError)):
 		return apiErr(http.StatusBadRequest, CodeBadParameter, "%s%v", prefix, err)
 	case errors.Is(err, sqlite3.AUTH):
-		return apiErr(http.StatusForbidden, CodeNotAllowed, "%snot authorized: the API refuses ATTACH and VACUUM INTO (they open files on the server), TEMP tables, views, indexes and triggers, and PRAGMAs that set a value (they would stay on a pooled connection and change other requests' statements; user_version and application_id may be set through /v1/execute)", prefix)
+		return apiErr(http.StatusForbidden, CodeNotAllowed, "%snot authorized: the API refuses ATTACH and VACUUM INTO (they open files on the server), TEMP tables, views, indexes and triggers, and PRAGMAs that have a setter, reads included (a setting would stay on a pooled connection and change other requests' statements); the schema and check PRAGMAs, user_version and application_id are allowed", prefix)
 	case errors.Is(err, sqlite3.CONSTRAINT):
 		return apiErr(http.StatusConflict, CodeConstraint, "%s%s", prefix, sqliteMessage(err))
 	case errors.Is(err, sqlite3.READONLY):
@@ -723,6 +776,8 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 		return apiErr(http.StatusServiceUnavailable, CodeBusy, "%sthe database is locked: another transaction held the writer turn for the whole busy timeout, or committed after this connection began reading; retry", prefix)
 	case errors.Is(err, sqlite3.IOERR), errors.Is(err, sqlite3.CANTOPEN), errors.Is(err, sqlite3.CORRUPT), errors.Is(err, sqlite3.NOMEM):
 		return apiErr(http.StatusInternalServerError, CodeInternal, "%s%v", prefix, cause)
+	case errors.Is(context.Cause(ctx), errRequestTimeout):
+		return apiErr(http.StatusServiceUnavailable, CodeTimeout, "%sthe request ran longer than the instance's request timeout (%s) and was interrupted; a transaction not yet committing was rolled back, one already waiting for durability has an unknown outcome", prefix, s.cfg.RequestTimeout)
 	case ctx.Err() != nil:
 		return apiErr(http.StatusServiceUnavailable, CodeStorageUnavailable, "%sthe request ended before it finished: %v", prefix, ctx.Err())
 	case isSQLiteError(err):

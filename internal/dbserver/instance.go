@@ -47,6 +47,12 @@ type Config struct {
 	// WriteTimeout is how long a commit waits for a write quorum before it
 	// fails with storage_unavailable. Default 10s.
 	WriteTimeout time.Duration
+	// RequestTimeout bounds one request's SQL: a statement still running
+	// then is interrupted, and the request fails with timeout. A runaway
+	// statement would otherwise hold a connection (and, writing, the
+	// writer turn) for as long as its client waits. Default 2m, or a minute
+	// more than WriteTimeout if that is longer.
+	RequestTimeout time.Duration
 	// LeaseTTL is the writer lease's time to live. Default 5s.
 	LeaseTTL time.Duration
 	// MaxBodyBytes bounds a request body. Default 16 MiB.
@@ -80,6 +86,9 @@ func (c *Config) defaults() error {
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 10 * time.Second
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = max(2*time.Minute, c.WriteTimeout+time.Minute)
 	}
 	if c.LeaseTTL <= 0 {
 		c.LeaseTTL = 5 * time.Second

@@ -1,12 +1,11 @@
 package dbserver
 
 import (
-	"net/http"
+	"database/sql"
 	"strings"
 
 	"github.com/ncruces/go-sqlite3"
 
-	"github.com/borealis-db/borealis/internal/sqlclient"
 	"github.com/borealis-db/borealis/internal/sqlvfs"
 )
 
@@ -22,20 +21,51 @@ const CodeNotAllowed = "not_allowed"
 //     authorizer that lets that one through (see execOne).
 //   - TEMP tables, indexes, views and triggers: they stay on the pooled
 //     connection and change what later callers' statements do.
-//   - PRAGMAs that set a value, other than the database's own user_version
-//     and application_id on the writer: the setting stays on the pooled
-//     connection (query_only(0) on a read connection, journal_mode,
-//     busy_timeout, foreign_keys...). The authorizer sees an empty value
-//     both for a read and for "= ”", so a PRAGMA with an argument is also
-//     refused by pragmaRefusal before it is prepared.
+//   - PRAGMAs that have a setter, other than the database's own
+//     user_version and application_id: a setting stays on the pooled
+//     connection (query_only, journal_mode, foreign_keys, busy_timeout...).
+//     The authorizer sees "= ”" exactly like a plain read, and a PRAGMA
+//     can hide behind EXPLAIN or a leading ';' from any look at the text,
+//     so these are refused by name, reads included. What stays: the
+//     PRAGMAs that only read (the schema: table_info, index_list...; the
+//     checks: integrity_check...; and lists such as database_list), and
+//     user_version and application_id (set on the writer; on a read
+//     connection query_only refuses the write).
+//   - A TEMP trigger made as "CREATE TRIGGER temp.x ... ON main.t" reaches
+//     the authorizer as an ordinary CREATE_TRIGGER; execOne looks for TEMP
+//     objects after a CREATE and throws the connection away.
 //
-// Reading a setting, and the PRAGMAs that take a table or index name or a
-// row limit, stay allowed.
+// The authorizer is set at the start of every request (armPolicy): the
+// driver reads PRAGMA query_only on a new connection after its connect
+// hook, which the policy refuses. The connect hook caps the length of a
+// value, so that a request meets SQLITE_TOOBIG long before the connection's
+// memory runs out (SQLITE_NOMEM makes the driver panic with the connection
+// held, which would hang the request and keep the writer turn).
 func withPolicy(opts sqlvfs.Options) sqlvfs.Options {
 	opts.OnConnect = func(c *sqlite3.Conn, reader bool) error {
-		return c.SetAuthorizer(authorizer(reader, false))
+		c.Limit(sqlite3.LIMIT_LENGTH, maxValueBytes)
+		return nil
 	}
 	return opts
+}
+
+// maxValueBytes bounds a string or blob, and a row, in SQL run through the
+// API; each connection has 256 MiB of memory.
+const maxValueBytes = 32 << 20
+
+var (
+	readerAuthorizer = authorizer(true, false)
+	writerAuthorizer = authorizer(false, false)
+	vacuumAuthorizer = authorizer(false, true)
+)
+
+// armPolicy sets the policy's authorizer on conn for this request.
+func armPolicy(conn *sql.Conn, reader bool) error {
+	a := writerAuthorizer
+	if reader {
+		a = readerAuthorizer
+	}
+	return rawConnErr(conn, func(c *sqlite3.Conn) error { return c.SetAuthorizer(a) })
 }
 
 // authorizer is the policy's authorizer for a read or a writer connection;
@@ -49,13 +79,16 @@ func authorizer(reader, vacuum bool) func(sqlite3.AuthorizerActionCode, string, 
 	}
 }
 
-// pragmasWithNames are the PRAGMAs whose argument names what to read (a
-// table, an index, a row limit) rather than a value to set.
-var pragmasWithNames = map[string]bool{
+// readOnlyPragmas have no setter: whatever their argument, they read.
+var readOnlyPragmas = map[string]bool{
 	"table_info": true, "table_xinfo": true, "table_list": true,
 	"index_info": true, "index_xinfo": true, "index_list": true,
 	"foreign_key_list": true, "foreign_key_check": true,
 	"integrity_check": true, "quick_check": true,
+	"database_list": true, "collation_list": true, "function_list": true,
+	"module_list": true, "pragma_list": true, "compile_options": true,
+	"data_version": true, "freelist_count": true, "page_count": true,
+	"optimize": true,
 }
 
 // pragmasOfTheData are settings stored in the database file itself: part of
@@ -75,23 +108,7 @@ func allowed(action sqlite3.AuthorizerActionCode, name3rd, name4th, schema strin
 		return false
 	case sqlite3.AUTH_PRAGMA:
 		name := strings.ToLower(name3rd)
-		if name4th == "" || pragmasWithNames[name] {
-			return true
-		}
-		return !reader && pragmasOfTheData[name]
+		return readOnlyPragmas[name] || pragmasOfTheData[name]
 	}
 	return true
-}
-
-// pragmaRefusal refuses a PRAGMA that sets a value (see withPolicy) before
-// it reaches SQLite, where "= ”" would look like a read.
-func pragmaRefusal(q string, reader bool) *APIError {
-	name, hasArg, ok := sqlclient.Pragma(q)
-	if !ok || !hasArg || pragmasWithNames[name] || (!reader && pragmasOfTheData[name]) {
-		return nil
-	}
-	if pragmasOfTheData[name] {
-		return apiErr(http.StatusForbidden, CodeNotAllowed, "PRAGMA %s sets a value: send it to /v1/execute", name)
-	}
-	return apiErr(http.StatusForbidden, CodeNotAllowed, "PRAGMA %s with a value is not allowed: the setting would stay on a pooled connection and change other requests' statements (user_version and application_id may be set through /v1/execute)", name)
 }

@@ -2,8 +2,11 @@ package dbserver
 
 import (
 	"encoding/json"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/borealis-db/borealis/internal/sqlvfs"
 )
@@ -18,8 +21,6 @@ func TestPolicyKeepsWhatTheAPIOffers(t *testing.T) {
 	ti.ok(t, "/v1/execute", exec(`DELETE FROM t WHERE name = 'a'`, `VACUUM`, `PRAGMA user_version = 7`, `PRAGMA optimize`), nil)
 	for q, want := range map[string]string{
 		`PRAGMA user_version`:                                     `[[7]]`,
-		`PRAGMA query_only`:                                       `[[1]]`,
-		`PRAGMA journal_mode`:                                     `[["memory"]]`,
 		`PRAGMA integrity_check`:                                  `[["ok"]]`,
 		`PRAGMA quick_check(10)`:                                  `[["ok"]]`,
 		`PRAGMA foreign_key_check(t)`:                             `[]`,
@@ -119,4 +120,45 @@ func TestInfinities(t *testing.T) {
 	if st != 400 || !strings.Contains(string(b), "bad_parameter") {
 		t.Fatalf("NaN parameter: %d %s", st, b)
 	}
+}
+
+// A TEMP trigger planted as "temp.x" is refused and leaves nothing behind
+// on any pooled connection: the connection that made it is thrown away.
+func TestPlantedTempTriggerIsGone(t *testing.T) {
+	ti := startTestInstance(t, Config{}, sqlvfs.Options{})
+	ti.ok(t, "/v1/execute", exec(`CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT)`), nil)
+	for _, plant := range []string{
+		exec(`CREATE TRIGGER temp.tr AFTER INSERT ON main.t BEGIN UPDATE main.t SET name = 'pwned' WHERE id = new.id; END`),
+		txn(`INSERT INTO t(name) VALUES ('rolled back')`, `CREATE TRIGGER "temp".tr AFTER INSERT ON t BEGIN UPDATE main.t SET name = 'pwned' WHERE id = new.id; END`),
+	} {
+		if st, b, _ := ti.call(t, "POST", "/v1/execute", plant); st != 403 {
+			t.Fatalf("planting a TEMP trigger: HTTP %d %s", st, b)
+		}
+	}
+	for i := range 20 {
+		ti.ok(t, "/v1/execute", js(ExecuteRequest{Statements: []Statement{{SQL: `INSERT INTO t(name) VALUES (?)`, Params: raw(strconv.Quote(fmt.Sprint("mine ", i)))}}}), nil)
+	}
+	var r QueryResponse
+	ti.ok(t, "/v1/query", query(`SELECT count(*) FROM t WHERE name LIKE 'mine %'`), &r)
+	if got, _ := json.Marshal(r.Rows); string(got) != `[[20]]` {
+		t.Fatalf("rows of ours left as written: %s, want 20", got)
+	}
+}
+
+// A statement that would run forever is interrupted at the request timeout
+// and lets go of the writer turn: the next write goes through.
+func TestRunawayStatementIsInterrupted(t *testing.T) {
+	ti := startTestInstance(t, Config{RequestTimeout: 300 * time.Millisecond}, sqlvfs.Options{})
+	ti.ok(t, "/v1/execute", exec(`CREATE TABLE t(x)`), nil)
+	forever := `INSERT INTO t SELECT x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT x FROM c) WHERE x < 0`
+	for _, req := range []struct{ path, body string }{
+		{"/v1/execute", exec(forever)},
+		{"/v1/query", query(`WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c`)},
+	} {
+		st, b, _ := ti.call(t, "POST", req.path, req.body)
+		if st != 503 || !strings.Contains(string(b), `"timeout"`) {
+			t.Fatalf("%s: HTTP %d %s", req.path, st, b)
+		}
+	}
+	ti.ok(t, "/v1/execute", exec(`INSERT INTO t VALUES (1)`), nil)
 }

@@ -78,6 +78,11 @@ func Classify(statement string) (kind Kind, name string) {
 		if !ok {
 			break
 		}
+		// SQLite skips empty statements before the first: ";COMMIT" is a
+		// COMMIT.
+		if len(words) == 0 && tok.kind == tokSemicolon {
+			continue
+		}
 		words = append(words, tok)
 	}
 	if len(words) == 0 {
@@ -155,7 +160,11 @@ func Classify(statement string) (kind Kind, name string) {
 // Keyword is the statement's first word, upper case ("" if it has none).
 func Keyword(statement string) string {
 	lx := lexer{src: statement}
-	if tok, ok := lx.next(); ok && tok.kind == tokWord {
+	tok, ok := lx.next()
+	for ok && tok.kind == tokSemicolon {
+		tok, ok = lx.next()
+	}
+	if ok && tok.kind == tokWord {
 		return strings.ToUpper(tok.text)
 	}
 	return ""

@@ -70,6 +70,7 @@ import (
 	"io"
 	"net/url"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,10 +124,45 @@ type Options struct {
 // openPool opens a database/sql pool on dsn, with opts.OnConnect on every
 // connection.
 func openPool(dsn string, opts Options, reader bool) (*sql.DB, error) {
-	if opts.OnConnect == nil {
-		return sql.Open("sqlite3", dsn)
+	return driver.Open(dsn, func(c *sqlite3.Conn) error {
+		if !reader {
+			if err := checkConn(c, opts); err != nil {
+				return err
+			}
+		}
+		if opts.OnConnect != nil {
+			return opts.OnConnect(c, reader)
+		}
+		return nil
+	})
+}
+
+// checkConn verifies the pragmas the VFS depends on, on each new writer
+// connection, before OnConnect's authorizer could refuse reading them.
+func checkConn(c *sqlite3.Conn, opts Options) error {
+	read := func(pragma string) (string, error) {
+		st, _, err := c.Prepare("PRAGMA " + pragma)
+		if err != nil {
+			return "", err
+		}
+		defer st.Close()
+		if !st.Step() {
+			return "", st.Err()
+		}
+		return st.ColumnText(0), nil
 	}
-	return driver.Open(dsn, func(c *sqlite3.Conn) error { return opts.OnConnect(c, reader) })
+	ps, err := read("page_size")
+	if err != nil {
+		return err
+	}
+	jm, err := read("journal_mode")
+	if err != nil {
+		return err
+	}
+	if ps != strconv.Itoa(opts.PageSize) || jm != "memory" {
+		return fmt.Errorf("sqlvfs: database has page_size %s, journal_mode %s; want %d, memory", ps, jm, opts.PageSize)
+	}
+	return nil
 }
 
 func (o Options) withDefaults() Options {
@@ -294,28 +330,13 @@ func open(vol Volume, opts Options) (*sql.DB, *database, error) {
 		Unregister(name)
 		return nil, nil, err
 	}
-	if err := check(db, opts); err != nil {
+	// The first connection runs checkConn.
+	if err := db.Ping(); err != nil {
 		db.Close()
 		Unregister(name)
 		return nil, nil, err
 	}
 	return db, d, nil
-}
-
-// check verifies the pragmas the VFS depends on.
-func check(db *sql.DB, opts Options) error {
-	var ps int
-	var jm string
-	if err := db.QueryRow("PRAGMA page_size").Scan(&ps); err != nil {
-		return err
-	}
-	if err := db.QueryRow("PRAGMA journal_mode").Scan(&jm); err != nil {
-		return err
-	}
-	if ps != opts.PageSize || jm != "memory" {
-		return fmt.Errorf("sqlvfs: database has page_size %d, journal_mode %s; want %d, memory", ps, jm, opts.PageSize)
-	}
-	return nil
 }
 
 // database is one registered volume, shared by all its connections.
