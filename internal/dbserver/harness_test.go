@@ -72,6 +72,7 @@ func startTestInstance(t *testing.T, cfg Config, opts sqlvfs.Options) *testInsta
 	db.Writer.SetMaxOpenConns(cfg.MaxWriters)
 	db.Writer.SetMaxIdleConns(cfg.MaxWriters)
 	db.Reader.SetMaxIdleConns(cfg.MaxWriters)
+	db.Reader.SetMaxOpenConns(cfg.MaxWriters)
 	s := &Instance{cfg: cfg, log: logger, status: "ready", db: db, vol: vol}
 	s.closeVol = func() { db.Close(); vol.Close() }
 	s.ready.Store(true)

@@ -59,8 +59,8 @@ type Config struct {
 	MaxBodyBytes int64
 	// MaxRows bounds the rows of one query reply. Default 100,000.
 	MaxRows int
-	// MaxWriters is the number of writer connections (commits in flight).
-	// Default 64.
+	// MaxWriters is the number of writer connections (commits in flight),
+	// and of read connections. Default 64.
 	MaxWriters int
 	Logger     *slog.Logger
 }
@@ -387,6 +387,9 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) er
 	db.Writer.SetMaxOpenConns(s.cfg.MaxWriters)
 	db.Writer.SetMaxIdleConns(s.cfg.MaxWriters)
 	db.Reader.SetMaxIdleConns(s.cfg.MaxWriters)
+	// Each connection may use up to 256 MiB; queries beyond this many wait
+	// for one rather than grow the process without bound.
+	db.Reader.SetMaxOpenConns(s.cfg.MaxWriters)
 	lost := make(chan struct{})
 	once := &sync.Once{}
 	s.mu.Lock()
