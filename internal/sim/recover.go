@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -239,15 +240,7 @@ func (w *world) headers(s *seg, pull recovery.Pull) []recovery.Header {
 	return out
 }
 
-func cmpLSN(a, b segment.Entry) int {
-	switch {
-	case a.LSN < b.LSN:
-		return -1
-	case a.LSN > b.LSN:
-		return 1
-	}
-	return 0
-}
+func cmpLSN(a, b segment.Entry) int { return cmp.Compare(a.LSN, b.LSN) }
 
 // decide runs Plan.Decide, checks the decision against the history, and
 // records it in the control plane.

@@ -170,33 +170,6 @@ func Keyword(statement string) string {
 	return ""
 }
 
-// Pragma tells whether statement is a PRAGMA, its name (lower case,
-// without a schema), and whether it gives an argument ("= value" or
-// "(value)"), which sets the pragma for most names.
-func Pragma(statement string) (name string, hasArg, ok bool) {
-	lx := lexer{src: statement}
-	var words []token
-	for {
-		tok, more := lx.next()
-		if !more {
-			break
-		}
-		words = append(words, tok)
-	}
-	if len(words) < 2 || words[0].kind != tokWord || !strings.EqualFold(words[0].text, "PRAGMA") {
-		return "", false, false
-	}
-	i := 1
-	if len(words) > 3 && words[2].kind == tokOther && words[2].text == "." {
-		i = 3
-	}
-	name = strings.ToLower(unquote(words[i]))
-	if i+1 < len(words) && words[i+1].kind == tokOther && (words[i+1].text == "=" || words[i+1].text == "(") {
-		hasArg = true
-	}
-	return name, hasArg, true
-}
-
 func unquote(t token) string {
 	s := t.text
 	if t.kind == tokQuoted && len(s) >= 2 {

@@ -106,28 +106,8 @@ func TestClassify(t *testing.T) {
 	}
 }
 
-func TestPragmaAndKeyword(t *testing.T) {
-	for _, tc := range []struct {
-		stmt   string
-		name   string
-		hasArg bool
-		ok     bool
-	}{
-		{"PRAGMA user_version", "user_version", false, true},
-		{"pragma USER_VERSION = 3", "user_version", true, true},
-		{"PRAGMA main.journal_mode = ''", "journal_mode", true, true},
-		{`/* c */ PRAGMA "schema_version"('')`, "schema_version", true, true},
-		{"PRAGMA table_info(t)", "table_info", true, true},
-		{"PRAGMA -- c\n query_only\n=\n0", "query_only", true, true},
-		{"SELECT 1", "", false, false},
-		{"PRAGMA", "", false, false},
-	} {
-		name, hasArg, ok := Pragma(tc.stmt)
-		if name != tc.name || hasArg != tc.hasArg || ok != tc.ok {
-			t.Errorf("Pragma(%q) = %q, %v, %v; want %q, %v, %v", tc.stmt, name, hasArg, ok, tc.name, tc.hasArg, tc.ok)
-		}
-	}
-	for stmt, want := range map[string]string{"vacuum": "VACUUM", " /* x */ VACUUM INTO 'f'": "VACUUM", "-- only": "", "'x'": ""} {
+func TestKeyword(t *testing.T) {
+	for stmt, want := range map[string]string{"vacuum": "VACUUM", " /* x */ VACUUM INTO 'f'": "VACUUM", "-- only": "", "'x'": "", ";\n; COMMIT": "COMMIT"} {
 		if got := Keyword(stmt); got != want {
 			t.Errorf("Keyword(%q) = %q, want %q", stmt, got, want)
 		}

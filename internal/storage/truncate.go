@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -87,15 +88,7 @@ func lacksTruncation(c *segment.Chain, ts []segment.Truncation) bool {
 // the scan of the store sees every record accepted before.
 func (n *Node) truncate(vol uint64, pg uint32, epoch uint64, ts []segment.Truncation) (uint64, error) {
 	ts = slices.Clone(ts)
-	slices.SortStableFunc(ts, func(a, b segment.Truncation) int {
-		switch {
-		case a.Epoch < b.Epoch:
-			return -1
-		case a.Epoch > b.Epoch:
-			return 1
-		}
-		return 0
-	})
+	slices.SortStableFunc(ts, func(a, b segment.Truncation) int { return cmp.Compare(a.Epoch, b.Epoch) })
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if err := n.failure(); err != nil {
