@@ -22,6 +22,41 @@ type testInstance struct {
 	*Instance
 	URL    string
 	Client *http.Client
+	nodes  []*testNode
+}
+
+// testNode is one of the instance's storage nodes, which a fault test may
+// stop (as a crash: nothing more is acknowledged) and start again on the
+// same directory and address.
+type testNode struct {
+	t    *testing.T
+	cfg  storage.Config
+	addr string
+	node *storage.Node
+}
+
+// start serves on lis, or when it is nil on the node's address again.
+func (n *testNode) start(lis net.Listener) {
+	n.t.Helper()
+	node, err := storage.Open(n.cfg)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	if lis == nil {
+		if lis, err = net.Listen("tcp", n.addr); err != nil {
+			node.Close()
+			n.t.Fatal(err)
+		}
+	}
+	go node.Serve(lis)
+	n.node = node
+}
+
+func (n *testNode) stop() {
+	if n.node != nil {
+		n.node.Close()
+		n.node = nil
+	}
 }
 
 // startTestInstance starts it. cfg's Volume and Control may be left empty;
@@ -31,23 +66,23 @@ func startTestInstance(t *testing.T, cfg Config, opts sqlvfs.Options) *testInsta
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var members []volume.Member
+	var nodes []*testNode
 	for i, az := range []string{"a", "a", "b", "b", "c", "c"} {
 		lis, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
+		addr := lis.Addr().String()
 		id := fmt.Sprintf("s%d", i)
-		n, err := storage.Open(storage.Config{ID: id, AZ: az, Dir: t.TempDir(), Logger: logger})
-		if err != nil {
-			lis.Close()
-			t.Fatal(err)
-		}
-		go n.Serve(lis)
-		t.Cleanup(func() { n.Close() })
-		members = append(members, volume.Member{NodeID: id, AZ: az, Addr: lis.Addr().String()})
+		n := &testNode{t: t, cfg: storage.Config{ID: id, AZ: az, Dir: t.TempDir(), Logger: logger}, addr: addr}
+		n.start(lis)
+		t.Cleanup(n.stop)
+		nodes = append(nodes, n)
+		members = append(members, volume.Member{NodeID: id, AZ: az, Addr: addr})
 	}
 	vol, err := volume.Open(context.Background(), volume.Config{VolumeID: 1, Epoch: 1, PageSize: 4096,
-		Placement: func(uint32) ([]volume.Member, error) { return members, nil }, Logger: logger})
+		Placement: func(uint32) ([]volume.Member, error) { return members, nil }, Logger: logger,
+		WriteTimeout: cfg.WriteTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,5 +116,5 @@ func startTestInstance(t *testing.T, cfg Config, opts sqlvfs.Options) *testInsta
 	t.Cleanup(s.shutdown)
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
-	return &testInstance{Instance: s, URL: srv.URL, Client: srv.Client()}
+	return &testInstance{Instance: s, URL: srv.URL, Client: srv.Client(), nodes: nodes}
 }
