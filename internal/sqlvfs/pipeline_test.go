@@ -97,12 +97,7 @@ func TestCommitsArePipelined(t *testing.T) {
 // unacknowledged insert.
 func TestReadsAnswerWhileWritesStall(t *testing.T) {
 	cl := startCluster(t)
-	vc := cl.client(t, 1, 0, time.Second)
-	db, err := OpenDB(vc, Options{CacheMiB: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := openDBPools(t, cl.client(t, 1, 0, time.Second), Options{CacheMiB: 8})
 	mustExec(t, db.Writer, "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
 	for k := 1; k <= 10; k++ {
 		mustExec(t, db.Writer, "INSERT INTO t(k, v) VALUES(?, ?)", k, payload(k))
@@ -141,12 +136,7 @@ func TestReadsAnswerWhileWritesStall(t *testing.T) {
 // no trace.
 func TestFiftyMegabyteTransaction(t *testing.T) {
 	cl := startCluster(t)
-	vc := cl.client(t, 1, 0)
-	db, err := OpenDB(vc, Options{CacheMiB: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := openDBPools(t, cl.client(t, 1, 0), Options{CacheMiB: 4})
 	mustExec(t, db.Writer, "CREATE TABLE big(k INTEGER PRIMARY KEY, v BLOB)")
 	const rows, size = 12800, 4096 // 50 MiB of values
 	fill := func(from int, commit bool) {

@@ -100,12 +100,7 @@ func TestReadsInTheWindowBeforeTheCacheHasTheMTR(t *testing.T) {
 // quorum, reading through the writer pool fails instead of showing it.
 func TestWriterPoolReadsOnlyDurableState(t *testing.T) {
 	cl := startCluster(t)
-	vc := cl.client(t, 1, 0, time.Second)
-	db, err := OpenDB(vc, Options{CacheMiB: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := openDBPools(t, cl.client(t, 1, 0, time.Second), Options{CacheMiB: 8})
 	mustExec(t, db.Writer, "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
 	for k := 1; k <= 10; k++ {
 		mustExec(t, db.Writer, "INSERT INTO t(k, v) VALUES(?, 'x')", k)
@@ -185,11 +180,7 @@ func TestSQLitePageSizeMustMatchTheVolume(t *testing.T) {
 func TestFullDisksOnTheSQLPath(t *testing.T) {
 	cl := startCluster(t)
 	vc := cl.client(t, 1, 0, time.Second)
-	db, err := OpenDB(vc, Options{CacheMiB: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := openDBPools(t, vc, Options{CacheMiB: 8})
 	mustExec(t, db.Writer, "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
 	full := func(c *storage.Config) { c.MinFreeBytes = 1 << 62 }
 	roomy := func(c *storage.Config) {}

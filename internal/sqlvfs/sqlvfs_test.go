@@ -517,3 +517,15 @@ func TestConcurrentConnections(t *testing.T) {
 	checkRows(t, db, writers*each)
 	integrityOK(t, db)
 }
+
+// openDBPools opens a database (writer and read pools) on vc, closed when
+// the test ends.
+func openDBPools(t *testing.T, vc Volume, opts Options) *DB {
+	t.Helper()
+	db, err := OpenDB(vc, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
