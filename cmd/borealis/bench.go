@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"runtime/pprof"
 	"slices"
 	"sort"
@@ -99,7 +98,11 @@ share one disk.`,
 			}
 			var members []volume.Member
 			var ctl pb.ControlClient // set when the cluster has a control plane
-			floorDir := dir
+			floorDir, tmp, done, err := benchDirs(dir, clusterFile, "borealis-bench-")
+			if err != nil {
+				return err
+			}
+			defer done()
 			if clusterFile != "" {
 				f, err := cluster.ReadFile(clusterFile)
 				if err != nil {
@@ -119,16 +122,7 @@ share one disk.`,
 				if len(members) != 6 {
 					return fmt.Errorf("%s lists %d storage nodes; the benchmark needs 6", clusterFile, len(members))
 				}
-				if floorDir == "" {
-					floorDir = filepath.Dir(clusterFile)
-				}
 			} else {
-				tmp, err := os.MkdirTemp(dir, "borealis-bench-")
-				if err != nil {
-					return err
-				}
-				defer os.RemoveAll(tmp)
-				floorDir = tmp
 				bin, err := os.Executable()
 				if err != nil {
 					return err
@@ -142,9 +136,6 @@ share one disk.`,
 				for _, c := range cl.Components() {
 					members = append(members, volume.Member{NodeID: c.ID, AZ: c.AZ, Addr: c.Addr})
 				}
-			}
-			if floorDir == "" {
-				floorDir = os.TempDir()
 			}
 			var floor diskFloor
 			if err := floor.sample(floorDir); err != nil {

@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -102,7 +101,12 @@ disk, measured in the same run. Progress goes to stderr.`,
 					return fmt.Errorf("--clients: %d is not a number of clients", n)
 				}
 			}
-			var endpoint, floorDir string
+			floorDir, tmp, done, err := benchDirs(dir, clusterFile, "borealis-bench-sql-")
+			if err != nil {
+				return err
+			}
+			defer done()
+			var endpoint string
 			if clusterFile != "" {
 				f, err := cluster.ReadFile(clusterFile)
 				if err != nil {
@@ -115,17 +119,7 @@ disk, measured in the same run. Progress goes to stderr.`,
 				if !ok {
 					return fmt.Errorf("%s lists no writer: the cluster runs no database instance", clusterFile)
 				}
-				floorDir = dir
-				if floorDir == "" {
-					floorDir = filepath.Dir(clusterFile)
-				}
 			} else {
-				tmp, err := os.MkdirTemp(dir, "borealis-bench-sql-")
-				if err != nil {
-					return err
-				}
-				defer os.RemoveAll(tmp)
-				floorDir = tmp
 				cl, ep, err := startSQLBenchCluster(ctx, tmp, progress)
 				if cl != nil {
 					defer cl.Stop(5 * time.Second)

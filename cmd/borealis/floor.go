@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -51,6 +52,23 @@ func (f *diskFloor) singleP50() time.Duration {
 
 func (f *diskFloor) quorumP50() time.Duration {
 	return median(append(slices.Clone(f.quorumBefore), f.quorumAfter...))
+}
+
+// benchDirs says where a benchmark samples the disk floors: --dir, else
+// beside the --cluster file; without --cluster, in the temporary directory
+// it makes (tmp, for the benchmark's own cluster; done removes it).
+func benchDirs(dir, clusterFile, prefix string) (floorDir, tmp string, done func(), err error) {
+	if clusterFile != "" {
+		if dir == "" {
+			dir = filepath.Dir(clusterFile)
+		}
+		return dir, "", func() {}, nil
+	}
+	tmp, err = os.MkdirTemp(dir, prefix)
+	if err != nil {
+		return "", "", nil, err
+	}
+	return tmp, tmp, func() { os.RemoveAll(tmp) }, nil
 }
 
 // fsyncSamples times n appends of 4 KiB to a file, each fdatasynced: what one
