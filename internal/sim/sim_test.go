@@ -16,7 +16,7 @@ import (
 )
 
 var (
-	flagSeeds     = flag.Int("seeds", 8000, "number of seeds TestRandomSchedules runs")
+	flagSeeds     = flag.Int("seeds", 10000, "number of seeds TestRandomSchedules runs")
 	flagSeed      = flag.Int64("seed", -1, "replay only this seed, logging every step")
 	flagInterrupt = flag.Bool("interrupt", true, "let recovering writers crash midway (Options.Interrupt)")
 )
