@@ -21,9 +21,10 @@ var ErrClosed = errors.New("volume: client closed")
 
 // UnavailableError reports a commit (or an LSN allocation held back by the
 // allocation limit) that could not become durable within WriteTimeout because
-// a PG it depends on has no write quorum of reachable segments. Nothing is
-// lost: the records stay queued, and they become durable if the segments
-// return.
+// a PG it depends on cannot make its records durable: the segments that are
+// reachable and hold or approach them are fewer than a write quorum. Nothing
+// is lost: the records stay queued, and they become durable if enough
+// segments return or catch up.
 type UnavailableError struct {
 	Volume      uint64
 	PG          uint32
@@ -33,23 +34,49 @@ type UnavailableError struct {
 	// refusal such as DISK_FULL, or a connection error), or how long it
 	// has not answered. nil when unknown.
 	Causes []error
+	// Behind are members that answer but hold the PG only below PGLSN and
+	// have stopped moving (an emptied node whose peers collected the log it
+	// lacks acks every record and completes none).
+	Behind []BehindSegment
 	LSN    uint64 // the LSN waited for
+	PGLSN  uint64 // the PG's oldest record that is not durable yet
 	Waited time.Duration
+}
+
+// BehindSegment is a reachable member that cannot complete a waiting record.
+type BehindSegment struct {
+	Member    Member
+	SCL       uint64        // its segment complete LSN
+	Unchanged time.Duration // how long its SCL has not moved
 }
 
 func (e *UnavailableError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "volume %d: PG %d has no write quorum: %d of %d segments unreachable (", e.Volume, e.PG, len(e.Unreachable), e.Segments)
-	for i, m := range e.Unreachable {
-		if i > 0 {
-			b.WriteString(", ")
+	fmt.Fprintf(&b, "volume %d: PG %d has no write quorum: %d of %d segments cannot make it durable", e.Volume, e.PG, len(e.Unreachable)+len(e.Behind), e.Segments)
+	if len(e.Unreachable) > 0 {
+		fmt.Fprintf(&b, "; %d unreachable (", len(e.Unreachable))
+		for i, m := range e.Unreachable {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%s %s", m.NodeID, m.Addr)
+			if i < len(e.Causes) && e.Causes[i] != nil {
+				fmt.Fprintf(&b, ": %v", e.Causes[i])
+			}
 		}
-		fmt.Fprintf(&b, "%s %s", m.NodeID, m.Addr)
-		if i < len(e.Causes) && e.Causes[i] != nil {
-			fmt.Fprintf(&b, ": %v", e.Causes[i])
-		}
+		b.WriteString(")")
 	}
-	fmt.Fprintf(&b, "); commit at LSN %d not durable after %s; it becomes durable if the segments return", e.LSN, e.Waited.Round(time.Millisecond))
+	if len(e.Behind) > 0 {
+		fmt.Fprintf(&b, "; %d reachable but behind (", len(e.Behind))
+		for i, s := range e.Behind {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%s %s: SCL %d, needs %d, unchanged for %s", s.Member.NodeID, s.Member.Addr, s.SCL, e.PGLSN, s.Unchanged.Round(time.Millisecond))
+		}
+		b.WriteString(")")
+	}
+	fmt.Fprintf(&b, "; commit at LSN %d not durable after %s; it becomes durable if the segments return or catch up", e.LSN, e.Waited.Round(time.Millisecond))
 	return b.String()
 }
 

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/quorum"
 )
 
 // entry is one encoded record queued to one node. Each node has its own
@@ -44,18 +45,19 @@ type node struct {
 	readLat   atomic.Int64 // EWMA of GetPage round trips, ns (0: none yet)
 	appendLat atomic.Int64 // EWMA of Append round trips, ns
 
-	mu         sync.Mutex
-	pgs        map[uint32]*pgState // PGs written through this node
-	queue      []*entry            // not yet sent on the current stream, LSN order
-	queueBytes int
-	inflight   []*request // sent on the current stream, unanswered, in order
-	connected  bool
-	declared   map[uint32]bool // PGs declared on the current stream
-	seq        uint64
-	lastSend   time.Time
-	answered   bool  // the current stream has answered at least once
-	streams    int   // streams opened so far
-	lastErr    error // why the last stream ended
+	mu          sync.Mutex
+	pgs         map[uint32]*pgState // PGs written through this node
+	queue       []*entry            // not yet sent on the current stream, LSN order
+	queueBytes  int
+	inflight    []*request // sent on the current stream, unanswered, in order
+	connected   bool
+	connectedAt time.Time       // when the current stream opened
+	declared    map[uint32]bool // PGs declared on the current stream
+	seq         uint64
+	lastSend    time.Time
+	answered    bool  // the current stream has answered at least once
+	streams     int   // streams opened so far
+	lastErr     error // why the last stream ended
 }
 
 func (c *Client) newNodeLocked(m Member) *node {
@@ -141,6 +143,28 @@ func (n *node) reachable(now time.Time) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.connected && (len(n.inflight) == 0 || now.Sub(n.inflight[0].sentAt) < staleAfter)
+}
+
+// progress is what quorum.Judge weighs for this node's segment of a PG
+// whose SCL it last raised (or first reported) at sclAt. A stream that opened
+// since then restarts the clock: a node that just came back gets the same
+// time as any other to show that it catches up.
+func (n *node) progress(now time.Time, scl uint64, sclAt time.Time) quorum.Progress {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	reachable := n.connected && (len(n.inflight) == 0 || now.Sub(n.inflight[0].sentAt) < staleAfter)
+	since := sclAt
+	if n.connectedAt.After(since) {
+		since = n.connectedAt
+	}
+	return quorum.Progress{Reachable: reachable, SCL: scl, Unchanged: now.Sub(since)}
+}
+
+// connectedSince is when the current stream opened.
+func (n *node) connectedSince() time.Time {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.connectedAt
 }
 
 // latency is the node's round-trip estimate for read routing.
@@ -324,6 +348,7 @@ func (n *node) connect() {
 	c.st.dropped.Add(uint64(dropped))
 	clear(n.declared)
 	n.connected = true
+	n.connectedAt = time.Now()
 	n.answered = false
 	n.lastSend = time.Time{} // announce ourselves (declare, keepalive) at once
 	n.streams++

@@ -176,8 +176,7 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 // noteSCL records an SCL a segment reported outside an ack (e.g. a read).
 func (c *Client) noteSCL(p *pgState, nodeID string, scl uint64) {
 	c.mu.Lock()
-	if scl > p.scl[nodeID] {
-		p.scl[nodeID] = scl
+	if p.noteSCLLocked(nodeID, scl, time.Now(), time.Time{}) {
 		p.retain.Store(c.minSCLLocked(p))
 	}
 	c.mu.Unlock()

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -87,6 +88,11 @@ const (
 	// dead node costs one refused SYN.
 	minBackoff = 50 * time.Millisecond
 	maxBackoff = 250 * time.Millisecond
+	// stuckAfter: a segment that answers, holds its PG only below a waiting
+	// record and has not raised its SCL for this long cannot count toward
+	// the record's write quorum once WriteTimeout has passed (quorum.Judge).
+	// A segment catching up raises its SCL with every gossip fill.
+	stuckAfter = 2 * time.Second
 	// unavailableRecheck: after WriteTimeout, how often a waiter re-checks
 	// whether the PG it waits for lacks a write quorum.
 	unavailableRecheck = 100 * time.Millisecond
@@ -198,10 +204,14 @@ type pgState struct {
 	qcfg    quorum.Config     // immutable
 	retain  atomic.Uint64     // lowest SCL known among members
 	scl     map[string]uint64 // guarded by Client.mu: node id -> last known SCL
-	written bool              // guarded by Client.mu: configured in the tracker and declared to nodes
-	last    uint64            // guarded by Client.mu: last LSN in the PG (backlink)
-	first   uint64            // guarded by Client.mu: first LSN this client allocated in the PG
-	pending []uint64          // guarded by Client.mu: allocated LSNs above PGCL, ascending
+	// sclAt (guarded by Client.mu) is when each member's SCL last rose, or
+	// was first reported: a wait past WriteTimeout does not count a segment
+	// that answers but has stood still below the record (quorum.Judge).
+	sclAt   map[string]time.Time
+	written bool     // guarded by Client.mu: configured in the tracker and declared to nodes
+	last    uint64   // guarded by Client.mu: last LSN in the PG (backlink)
+	first   uint64   // guarded by Client.mu: first LSN this client allocated in the PG
+	pending []uint64 // guarded by Client.mu: allocated LSNs above PGCL, ascending
 	// lsns (guarded by Client.mu) are the PG's LSNs this client knows,
 	// ascending: every LSN it allocated in the PG above the oldest read
 	// point (min_read_point), plus the last one at or below it as an anchor.
@@ -361,7 +371,7 @@ func (c *Client) pg(ctx context.Context, idx uint32, write bool) (*pgState, erro
 }
 
 func (c *Client) newPGLocked(idx uint32, members []Member) *pgState {
-	p := &pgState{idx: idx, members: members, scl: make(map[string]uint64)}
+	p := &pgState{idx: idx, members: members, scl: make(map[string]uint64), sclAt: make(map[string]time.Time)}
 	ids := make([]quorum.SegmentID, len(members))
 	spec := &pb.SegmentSpec{
 		Volume:          c.cfg.VolumeID,
@@ -645,7 +655,9 @@ func (c *Client) wakeLocked(vdl uint64, all bool) {
 }
 
 // unavailable returns the error for a waiter of target if a PG holding it
-// back lacks a write quorum of reachable segments; nil otherwise.
+// back cannot make it durable (quorum.Judge): its segments that are
+// reachable and holding or approaching the record do not form a write
+// quorum. nil otherwise: the wait goes on.
 func (c *Client) unavailable(target uint64, waited time.Duration) *UnavailableError {
 	now := time.Now()
 	c.mu.Lock()
@@ -654,51 +666,62 @@ func (c *Client) unavailable(target uint64, waited time.Duration) *UnavailableEr
 		return nil
 	}
 	var worst *pgState
-	var worstUnreach []Member
-	var worstCauses []error
+	var worstStall quorum.Stall
+	var worstProg map[quorum.SegmentID]quorum.Progress
 	idxs := make([]uint32, 0, len(c.pgs))
 	for idx := range c.pgs {
 		idxs = append(idxs, idx)
 	}
-	sort.Slice(idxs, func(i, j int) bool { return idxs[i] < idxs[j] })
+	slices.Sort(idxs)
 	for _, idx := range idxs {
 		p := c.pgs[idx]
 		if len(p.pending) == 0 || p.pending[0] > target {
 			continue
 		}
-		var unreach []Member
-		var causes []error
-		up := map[quorum.SegmentID]bool{}
-		for i, n := range p.nodes {
-			if n.reachable(now) {
-				up[quorum.SegmentID(n.m.NodeID)] = true
-			} else {
-				unreach = append(unreach, p.members[i])
-				causes = append(causes, n.unreachableCause(now))
-			}
+		byID := make(map[quorum.SegmentID]*node, len(p.nodes))
+		for _, n := range p.nodes {
+			byID[quorum.SegmentID(n.m.NodeID)] = n
 		}
-		if p.qcfg.WriteQuorum(func(s quorum.SegmentID) bool { return up[s] }) {
+		prog := make(map[quorum.SegmentID]quorum.Progress, len(p.nodes))
+		st := p.qcfg.Judge(p.pending[0], stuckAfter, func(id quorum.SegmentID) quorum.Progress {
+			var pr quorum.Progress
+			if n := byID[id]; n != nil {
+				pr = n.progress(now, p.scl[n.m.NodeID], p.sclAt[n.m.NodeID])
+			}
+			prog[id] = pr
+			return pr
+		})
+		if !st.Stalled {
 			continue
 		}
 		if worst == nil || p.pending[0] < worst.pending[0] {
-			worst, worstUnreach, worstCauses = p, unreach, causes
+			worst, worstStall, worstProg = p, st, prog
 		}
 	}
 	if worst == nil {
 		return nil
 	}
 	e := &UnavailableError{
-		Volume:      c.cfg.VolumeID,
-		PG:          worst.idx,
-		Segments:    len(worst.members),
-		Unreachable: worstUnreach,
-		Causes:      worstCauses,
-		LSN:         target,
-		Waited:      waited,
+		Volume:   c.cfg.VolumeID,
+		PG:       worst.idx,
+		Segments: len(worst.members),
+		LSN:      target,
+		PGLSN:    worst.pending[0],
+		Waited:   waited,
+	}
+	for _, id := range worstStall.Unreachable {
+		i := slices.IndexFunc(worst.members, func(m Member) bool { return m.NodeID == string(id) })
+		e.Unreachable = append(e.Unreachable, worst.members[i])
+		e.Causes = append(e.Causes, worst.nodes[i].unreachableCause(now))
+	}
+	for _, id := range worstStall.Behind {
+		i := slices.IndexFunc(worst.members, func(m Member) bool { return m.NodeID == string(id) })
+		pr := worstProg[id]
+		e.Behind = append(e.Behind, BehindSegment{Member: worst.members[i], SCL: pr.SCL, Unchanged: pr.Unchanged})
 	}
 	if now.Sub(worst.warned) > 5*time.Second {
 		worst.warned = now
-		c.log.Warn("PG has no write quorum; commits fail", "pg", worst.idx, "err", e.Error())
+		c.log.Warn("PG cannot make commits durable; they fail", "pg", worst.idx, "err", e.Error())
 	}
 	return e
 }
@@ -711,15 +734,15 @@ func (c *Client) onAcks(n *node, acks []*pb.SegmentAck) {
 		return
 	}
 	seg := quorum.SegmentID(n.m.NodeID)
+	now := time.Now()
+	connectedAt := n.connectedSince()
 	for _, a := range acks {
 		p, ok := c.pgs[a.GetPg()]
 		if !ok || !p.written {
 			continue
 		}
 		c.tracker.Ack(p.idx, seg, a.GetScl())
-		if a.GetScl() > p.scl[n.m.NodeID] {
-			p.scl[n.m.NodeID] = a.GetScl()
-		}
+		p.noteSCLLocked(n.m.NodeID, a.GetScl(), now, connectedAt)
 		pgcl := c.tracker.PGCL(p.idx)
 		k := 0
 		for k < len(p.pending) && p.pending[k] <= pgcl {
@@ -751,6 +774,22 @@ func (c *Client) pgTailLocked(p *pgState, readLSN uint64) uint64 {
 	}
 	i := sort.Search(len(l), func(i int) bool { return l[i] > readLSN })
 	return l[i-1]
+}
+
+// noteSCLLocked records an SCL member nodeID reported at now. A report is
+// taken only if it rises, except that the first report on a stream opened
+// after the last one (reconnected) replaces what was known: a node that came
+// back with its directory emptied holds nothing of the PG, whatever it said
+// before. It reports whether the SCL changed.
+func (p *pgState) noteSCLLocked(nodeID string, scl uint64, now, connectedAt time.Time) bool {
+	old, known := p.scl[nodeID]
+	at := p.sclAt[nodeID]
+	if known && scl <= old && !(scl < old && connectedAt.After(at)) {
+		return false
+	}
+	p.sclAt[nodeID] = now
+	p.scl[nodeID] = scl
+	return scl != old
 }
 
 func (c *Client) minSCLLocked(p *pgState) uint64 {

@@ -419,7 +419,7 @@ func TestThreeNodesDownUnavailable(t *testing.T) {
 		t.Fatalf("unreachable %v", ue.Unreachable)
 	}
 	msg := ue.Error()
-	for _, want := range []string{"volume 7", "PG 0", "3 of 6 segments unreachable", "s0 " + cl.members[0].Addr} {
+	for _, want := range []string{"volume 7", "PG 0", "3 of 6 segments cannot make it durable; 3 unreachable (", "s0 " + cl.members[0].Addr} {
 		if !strings.Contains(msg, want) {
 			t.Fatalf("message %q lacks %q", msg, want)
 		}
@@ -518,7 +518,14 @@ func TestAllocationLimit(t *testing.T) {
 func TestUnavailableErrorMessage(t *testing.T) {
 	e := &UnavailableError{Volume: 7, PG: 0, Segments: 6, LSN: 812, Waited: 5 * time.Second,
 		Unreachable: []Member{{NodeID: "s1", Addr: "127.0.0.1:7101"}, {NodeID: "s2", Addr: "127.0.0.1:7102"}, {NodeID: "s3", Addr: "127.0.0.1:7103"}}}
-	want := "volume 7: PG 0 has no write quorum: 3 of 6 segments unreachable (s1 127.0.0.1:7101, s2 127.0.0.1:7102, s3 127.0.0.1:7103); commit at LSN 812 not durable after 5s; it becomes durable if the segments return"
+	want := "volume 7: PG 0 has no write quorum: 3 of 6 segments cannot make it durable; 3 unreachable (s1 127.0.0.1:7101, s2 127.0.0.1:7102, s3 127.0.0.1:7103); commit at LSN 812 not durable after 5s; it becomes durable if the segments return or catch up"
+	if e.Error() != want {
+		t.Fatalf("got  %q\nwant %q", e.Error(), want)
+	}
+	e.Unreachable = e.Unreachable[:2]
+	e.PGLSN = 810
+	e.Behind = []BehindSegment{{Member: Member{NodeID: "s6", Addr: "127.0.0.1:7106"}, SCL: 0, Unchanged: 41 * time.Second}}
+	want = "volume 7: PG 0 has no write quorum: 3 of 6 segments cannot make it durable; 2 unreachable (s1 127.0.0.1:7101, s2 127.0.0.1:7102); 1 reachable but behind (s6 127.0.0.1:7106: SCL 0, needs 810, unchanged for 41s); commit at LSN 812 not durable after 5s; it becomes durable if the segments return or catch up"
 	if e.Error() != want {
 		t.Fatalf("got  %q\nwant %q", e.Error(), want)
 	}

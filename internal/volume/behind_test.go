@@ -1,0 +1,89 @@
+package volume
+
+import (
+	"errors"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/borealis-db/borealis/internal/wait"
+)
+
+// TestBehindSegmentDoesNotHoldACommit is issue 7's repro in process: one
+// node's directory is emptied after its peers collected the log, so it
+// answers every append but can never complete a record; with two more nodes
+// down, only three segments can make a commit durable. The commit must fail
+// after WriteTimeout, naming the two unreachable nodes and the one behind,
+// instead of waiting forever because five answer.
+func TestBehindSegmentDoesNotHoldACommit(t *testing.T) {
+	cl := startCluster(t)
+	c := cl.open(t, func(cfg *Config) { cfg.WriteTimeout = time.Second })
+	ctx := ctxT(t, 60*time.Second)
+
+	img := pageImage(2, 0)
+	if _, err := c.Commit(ctx, []PageWrite{{Page: 2, New: img}}); err != nil {
+		t.Fatal(err)
+	}
+	for v := 1; v <= 20; v++ {
+		next := pageImage(2, v)
+		if _, err := c.Commit(ctx, []PageWrite{{Page: 2, Old: img, New: next}}); err != nil {
+			t.Fatal(err)
+		}
+		img = next
+	}
+	vdl := c.VDL()
+	// The peers materialize the records and collect the log below the VDL
+	// (the oldest read point, since nothing is pinned).
+	peers := []int{0, 1, 2, 3, 4}
+	wait.For(t, 30*time.Second, "the peers to collect their log", func() bool {
+		for _, i := range peers {
+			if infoOf(t, storageClient(t, cl.members[i].Addr), 7, 0).GetLogFloor() == 0 {
+				return false
+			}
+		}
+		return true
+	})
+
+	cl.stop(5)
+	if err := os.RemoveAll(cl.dirs[5]); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(cl.dirs[5], 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cl.restart(5)
+	cl.stop(2)
+	cl.stop(3)
+
+	start := time.Now()
+	_, err := c.Commit(ctx, []PageWrite{{Page: 2, Old: img, New: pageImage(2, 99)}})
+	var ue *UnavailableError
+	if !errors.As(err, &ue) {
+		t.Fatalf("commit with two nodes down and one emptied: %v, want *UnavailableError", err)
+	}
+	t.Logf("failed after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	var unreach, behind []string
+	for _, m := range ue.Unreachable {
+		unreach = append(unreach, m.NodeID)
+	}
+	for _, s := range ue.Behind {
+		behind = append(behind, s.Member.NodeID)
+		if s.SCL >= ue.PGLSN {
+			t.Errorf("%s is listed behind at SCL %d, which reaches LSN %d", s.Member.NodeID, s.SCL, ue.PGLSN)
+		}
+	}
+	slices.Sort(unreach)
+	if !slices.Equal(unreach, []string{"s2", "s3"}) || !slices.Equal(behind, []string{"s5"}) {
+		t.Fatalf("unreachable %v, behind %v; want [s2 s3] and [s5]", unreach, behind)
+	}
+	msg := ue.Error()
+	for _, want := range []string{"PG 0", "3 of 6 segments cannot make it durable", "2 unreachable (s2 ", "1 reachable but behind (s5 " + cl.members[5].Addr + ": SCL 0"} {
+		if !strings.Contains(msg, want) {
+			t.Fatalf("message %q lacks %q", msg, want)
+		}
+	}
+	// Reads at the VDL keep working from the three complete segments.
+	mustRead(t, c, 2, vdl, img)
+}
