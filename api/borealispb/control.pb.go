@@ -386,6 +386,95 @@ func (x *GetVolumeRequest) GetName() string {
 	return ""
 }
 
+type DeleteVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteVolumeRequest) Reset() {
+	*x = DeleteVolumeRequest{}
+	mi := &file_control_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteVolumeRequest) ProtoMessage() {}
+
+func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
+func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DeleteVolumeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeleteVolumeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The volume as it was before the delete, with its PGs.
+	Volume        *VolumeInfo `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteVolumeResponse) Reset() {
+	*x = DeleteVolumeResponse{}
+	mi := &file_control_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteVolumeResponse) ProtoMessage() {}
+
+func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
+func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DeleteVolumeResponse) GetVolume() *VolumeInfo {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
 type ListVolumesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -394,7 +483,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +495,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +508,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 type ListVolumesResponse struct {
@@ -431,7 +520,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +532,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +545,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeInfo {
@@ -477,7 +566,7 @@ type SegmentInfo struct {
 
 func (x *SegmentInfo) Reset() {
 	*x = SegmentInfo{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -489,7 +578,7 @@ func (x *SegmentInfo) String() string {
 func (*SegmentInfo) ProtoMessage() {}
 
 func (x *SegmentInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -502,7 +591,7 @@ func (x *SegmentInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentInfo.ProtoReflect.Descriptor instead.
 func (*SegmentInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SegmentInfo) GetNode() string {
@@ -539,7 +628,7 @@ type PGInfo struct {
 
 func (x *PGInfo) Reset() {
 	*x = PGInfo{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +640,7 @@ func (x *PGInfo) String() string {
 func (*PGInfo) ProtoMessage() {}
 
 func (x *PGInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +653,7 @@ func (x *PGInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PGInfo.ProtoReflect.Descriptor instead.
 func (*PGInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PGInfo) GetVolumeId() uint64 {
@@ -622,7 +711,7 @@ type VolumeInfo struct {
 
 func (x *VolumeInfo) Reset() {
 	*x = VolumeInfo{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -634,7 +723,7 @@ func (x *VolumeInfo) String() string {
 func (*VolumeInfo) ProtoMessage() {}
 
 func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -647,7 +736,7 @@ func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeInfo.ProtoReflect.Descriptor instead.
 func (*VolumeInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VolumeInfo) GetName() string {
@@ -743,7 +832,7 @@ type TruncationRecord struct {
 
 func (x *TruncationRecord) Reset() {
 	*x = TruncationRecord{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +844,7 @@ func (x *TruncationRecord) String() string {
 func (*TruncationRecord) ProtoMessage() {}
 
 func (x *TruncationRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +857,7 @@ func (x *TruncationRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncationRecord.ProtoReflect.Descriptor instead.
 func (*TruncationRecord) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TruncationRecord) GetEpoch() uint64 {
@@ -816,7 +905,7 @@ type AddPGRequest struct {
 
 func (x *AddPGRequest) Reset() {
 	*x = AddPGRequest{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +917,7 @@ func (x *AddPGRequest) String() string {
 func (*AddPGRequest) ProtoMessage() {}
 
 func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +930,7 @@ func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddPGRequest.ProtoReflect.Descriptor instead.
 func (*AddPGRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AddPGRequest) GetVolume() string {
@@ -867,7 +956,7 @@ type WatchVolumeRequest struct {
 
 func (x *WatchVolumeRequest) Reset() {
 	*x = WatchVolumeRequest{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +968,7 @@ func (x *WatchVolumeRequest) String() string {
 func (*WatchVolumeRequest) ProtoMessage() {}
 
 func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +981,7 @@ func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVolumeRequest.ProtoReflect.Descriptor instead.
 func (*WatchVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchVolumeRequest) GetVolumeId() uint64 {
@@ -913,7 +1002,7 @@ type AcquireWriterRequest struct {
 
 func (x *AcquireWriterRequest) Reset() {
 	*x = AcquireWriterRequest{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1014,7 @@ func (x *AcquireWriterRequest) String() string {
 func (*AcquireWriterRequest) ProtoMessage() {}
 
 func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1027,7 @@ func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterRequest.ProtoReflect.Descriptor instead.
 func (*AcquireWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AcquireWriterRequest) GetVolume() string {
@@ -973,7 +1062,7 @@ type AcquireWriterResponse struct {
 
 func (x *AcquireWriterResponse) Reset() {
 	*x = AcquireWriterResponse{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1074,7 @@ func (x *AcquireWriterResponse) String() string {
 func (*AcquireWriterResponse) ProtoMessage() {}
 
 func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1087,7 @@ func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterResponse.ProtoReflect.Descriptor instead.
 func (*AcquireWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AcquireWriterResponse) GetLease() int64 {
@@ -1031,7 +1120,7 @@ type RenewWriterRequest struct {
 
 func (x *RenewWriterRequest) Reset() {
 	*x = RenewWriterRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1132,7 @@ func (x *RenewWriterRequest) String() string {
 func (*RenewWriterRequest) ProtoMessage() {}
 
 func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1145,7 @@ func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterRequest.ProtoReflect.Descriptor instead.
 func (*RenewWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RenewWriterRequest) GetLease() int64 {
@@ -1074,7 +1163,7 @@ type RenewWriterResponse struct {
 
 func (x *RenewWriterResponse) Reset() {
 	*x = RenewWriterResponse{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1175,7 @@ func (x *RenewWriterResponse) String() string {
 func (*RenewWriterResponse) ProtoMessage() {}
 
 func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1188,7 @@ func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterResponse.ProtoReflect.Descriptor instead.
 func (*RenewWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 type ReleaseWriterRequest struct {
@@ -1111,7 +1200,7 @@ type ReleaseWriterRequest struct {
 
 func (x *ReleaseWriterRequest) Reset() {
 	*x = ReleaseWriterRequest{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1123,7 +1212,7 @@ func (x *ReleaseWriterRequest) String() string {
 func (*ReleaseWriterRequest) ProtoMessage() {}
 
 func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1136,7 +1225,7 @@ func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReleaseWriterRequest) GetLease() int64 {
@@ -1154,7 +1243,7 @@ type ReleaseWriterResponse struct {
 
 func (x *ReleaseWriterResponse) Reset() {
 	*x = ReleaseWriterResponse{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1255,7 @@ func (x *ReleaseWriterResponse) String() string {
 func (*ReleaseWriterResponse) ProtoMessage() {}
 
 func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1268,7 @@ func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 type RecordTruncationRequest struct {
@@ -1196,7 +1285,7 @@ type RecordTruncationRequest struct {
 
 func (x *RecordTruncationRequest) Reset() {
 	*x = RecordTruncationRequest{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1297,7 @@ func (x *RecordTruncationRequest) String() string {
 func (*RecordTruncationRequest) ProtoMessage() {}
 
 func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1310,7 @@ func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationRequest.ProtoReflect.Descriptor instead.
 func (*RecordTruncationRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RecordTruncationRequest) GetVolume() string {
@@ -1269,7 +1358,7 @@ type RecordTruncationResponse struct {
 
 func (x *RecordTruncationResponse) Reset() {
 	*x = RecordTruncationResponse{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1370,7 @@ func (x *RecordTruncationResponse) String() string {
 func (*RecordTruncationResponse) ProtoMessage() {}
 
 func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1383,7 @@ func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationResponse.ProtoReflect.Descriptor instead.
 func (*RecordTruncationResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RecordTruncationResponse) GetTruncations() []*TruncationRecord {
@@ -1312,7 +1401,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1324,7 +1413,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1337,7 +1426,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 type NodeStatus struct {
@@ -1355,7 +1444,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1367,7 +1456,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1380,7 +1469,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -1429,7 +1518,7 @@ type WriterStatus struct {
 
 func (x *WriterStatus) Reset() {
 	*x = WriterStatus{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1441,7 +1530,7 @@ func (x *WriterStatus) String() string {
 func (*WriterStatus) ProtoMessage() {}
 
 func (x *WriterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1454,7 +1543,7 @@ func (x *WriterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterStatus.ProtoReflect.Descriptor instead.
 func (*WriterStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WriterStatus) GetVolume() string {
@@ -1490,7 +1579,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +1591,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +1604,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -1570,7 +1659,11 @@ const file_control_proto_rawDesc = "" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\"\n" +
 	"\rpg_size_bytes\x18\x03 \x01(\x04R\vpgSizeBytes\"&\n" +
 	"\x10GetVolumeRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\")\n" +
+	"\x13DeleteVolumeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"G\n" +
+	"\x14DeleteVolumeResponse\x12/\n" +
+	"\x06volume\x18\x01 \x01(\v2\x17.borealis.v1.VolumeInfoR\x06volume\"\x14\n" +
 	"\x12ListVolumesRequest\"H\n" +
 	"\x13ListVolumesResponse\x121\n" +
 	"\avolumes\x18\x01 \x03(\v2\x17.borealis.v1.VolumeInfoR\avolumes\"E\n" +
@@ -1649,13 +1742,14 @@ const file_control_proto_rawDesc = "" +
 	"\x05nodes\x18\x01 \x03(\v2\x17.borealis.v1.NodeStatusR\x05nodes\x121\n" +
 	"\avolumes\x18\x02 \x03(\v2\x17.borealis.v1.VolumeInfoR\avolumes\x123\n" +
 	"\awriters\x18\x03 \x03(\v2\x19.borealis.v1.WriterStatusR\awriters\x120\n" +
-	"\x14heartbeat_timeout_ms\x18\x04 \x01(\rR\x12heartbeatTimeoutMs2\xb2\a\n" +
+	"\x14heartbeat_timeout_ms\x18\x04 \x01(\rR\x12heartbeatTimeoutMs2\x87\b\n" +
 	"\aControl\x12S\n" +
 	"\fRegisterNode\x12 .borealis.v1.RegisterNodeRequest\x1a!.borealis.v1.RegisterNodeResponse\x12J\n" +
 	"\tHeartbeat\x12\x1d.borealis.v1.HeartbeatRequest\x1a\x1e.borealis.v1.HeartbeatResponse\x12I\n" +
 	"\fCreateVolume\x12 .borealis.v1.CreateVolumeRequest\x1a\x17.borealis.v1.VolumeInfo\x12C\n" +
 	"\tGetVolume\x12\x1d.borealis.v1.GetVolumeRequest\x1a\x17.borealis.v1.VolumeInfo\x12P\n" +
-	"\vListVolumes\x12\x1f.borealis.v1.ListVolumesRequest\x1a .borealis.v1.ListVolumesResponse\x127\n" +
+	"\vListVolumes\x12\x1f.borealis.v1.ListVolumesRequest\x1a .borealis.v1.ListVolumesResponse\x12S\n" +
+	"\fDeleteVolume\x12 .borealis.v1.DeleteVolumeRequest\x1a!.borealis.v1.DeleteVolumeResponse\x127\n" +
 	"\x05AddPG\x12\x19.borealis.v1.AddPGRequest\x1a\x13.borealis.v1.PGInfo\x12E\n" +
 	"\vWatchVolume\x12\x1f.borealis.v1.WatchVolumeRequest\x1a\x13.borealis.v1.PGInfo0\x01\x12V\n" +
 	"\rAcquireWriter\x12!.borealis.v1.AcquireWriterRequest\x1a\".borealis.v1.AcquireWriterResponse\x12P\n" +
@@ -1676,7 +1770,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_control_proto_goTypes = []any{
 	(*RegisterNodeRequest)(nil),      // 0: borealis.v1.RegisterNodeRequest
 	(*RegisterNodeResponse)(nil),     // 1: borealis.v1.RegisterNodeResponse
@@ -1685,67 +1779,72 @@ var file_control_proto_goTypes = []any{
 	(*VolumeEpoch)(nil),              // 4: borealis.v1.VolumeEpoch
 	(*CreateVolumeRequest)(nil),      // 5: borealis.v1.CreateVolumeRequest
 	(*GetVolumeRequest)(nil),         // 6: borealis.v1.GetVolumeRequest
-	(*ListVolumesRequest)(nil),       // 7: borealis.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),      // 8: borealis.v1.ListVolumesResponse
-	(*SegmentInfo)(nil),              // 9: borealis.v1.SegmentInfo
-	(*PGInfo)(nil),                   // 10: borealis.v1.PGInfo
-	(*VolumeInfo)(nil),               // 11: borealis.v1.VolumeInfo
-	(*TruncationRecord)(nil),         // 12: borealis.v1.TruncationRecord
-	(*AddPGRequest)(nil),             // 13: borealis.v1.AddPGRequest
-	(*WatchVolumeRequest)(nil),       // 14: borealis.v1.WatchVolumeRequest
-	(*AcquireWriterRequest)(nil),     // 15: borealis.v1.AcquireWriterRequest
-	(*AcquireWriterResponse)(nil),    // 16: borealis.v1.AcquireWriterResponse
-	(*RenewWriterRequest)(nil),       // 17: borealis.v1.RenewWriterRequest
-	(*RenewWriterResponse)(nil),      // 18: borealis.v1.RenewWriterResponse
-	(*ReleaseWriterRequest)(nil),     // 19: borealis.v1.ReleaseWriterRequest
-	(*ReleaseWriterResponse)(nil),    // 20: borealis.v1.ReleaseWriterResponse
-	(*RecordTruncationRequest)(nil),  // 21: borealis.v1.RecordTruncationRequest
-	(*RecordTruncationResponse)(nil), // 22: borealis.v1.RecordTruncationResponse
-	(*StatusRequest)(nil),            // 23: borealis.v1.StatusRequest
-	(*NodeStatus)(nil),               // 24: borealis.v1.NodeStatus
-	(*WriterStatus)(nil),             // 25: borealis.v1.WriterStatus
-	(*StatusResponse)(nil),           // 26: borealis.v1.StatusResponse
+	(*DeleteVolumeRequest)(nil),      // 7: borealis.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),     // 8: borealis.v1.DeleteVolumeResponse
+	(*ListVolumesRequest)(nil),       // 9: borealis.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),      // 10: borealis.v1.ListVolumesResponse
+	(*SegmentInfo)(nil),              // 11: borealis.v1.SegmentInfo
+	(*PGInfo)(nil),                   // 12: borealis.v1.PGInfo
+	(*VolumeInfo)(nil),               // 13: borealis.v1.VolumeInfo
+	(*TruncationRecord)(nil),         // 14: borealis.v1.TruncationRecord
+	(*AddPGRequest)(nil),             // 15: borealis.v1.AddPGRequest
+	(*WatchVolumeRequest)(nil),       // 16: borealis.v1.WatchVolumeRequest
+	(*AcquireWriterRequest)(nil),     // 17: borealis.v1.AcquireWriterRequest
+	(*AcquireWriterResponse)(nil),    // 18: borealis.v1.AcquireWriterResponse
+	(*RenewWriterRequest)(nil),       // 19: borealis.v1.RenewWriterRequest
+	(*RenewWriterResponse)(nil),      // 20: borealis.v1.RenewWriterResponse
+	(*ReleaseWriterRequest)(nil),     // 21: borealis.v1.ReleaseWriterRequest
+	(*ReleaseWriterResponse)(nil),    // 22: borealis.v1.ReleaseWriterResponse
+	(*RecordTruncationRequest)(nil),  // 23: borealis.v1.RecordTruncationRequest
+	(*RecordTruncationResponse)(nil), // 24: borealis.v1.RecordTruncationResponse
+	(*StatusRequest)(nil),            // 25: borealis.v1.StatusRequest
+	(*NodeStatus)(nil),               // 26: borealis.v1.NodeStatus
+	(*WriterStatus)(nil),             // 27: borealis.v1.WriterStatus
+	(*StatusResponse)(nil),           // 28: borealis.v1.StatusResponse
 }
 var file_control_proto_depIdxs = []int32{
 	4,  // 0: borealis.v1.HeartbeatResponse.epochs:type_name -> borealis.v1.VolumeEpoch
-	11, // 1: borealis.v1.ListVolumesResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	9,  // 2: borealis.v1.PGInfo.segments:type_name -> borealis.v1.SegmentInfo
-	10, // 3: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
-	12, // 4: borealis.v1.VolumeInfo.truncations:type_name -> borealis.v1.TruncationRecord
-	11, // 5: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
-	12, // 6: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
-	24, // 7: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
-	11, // 8: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	25, // 9: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
-	0,  // 10: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
-	2,  // 11: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
-	5,  // 12: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
-	6,  // 13: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
-	7,  // 14: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
-	13, // 15: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
-	14, // 16: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
-	15, // 17: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
-	17, // 18: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
-	19, // 19: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
-	21, // 20: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
-	23, // 21: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
-	1,  // 22: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
-	3,  // 23: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
-	11, // 24: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
-	11, // 25: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
-	8,  // 26: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
-	10, // 27: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
-	10, // 28: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
-	16, // 29: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
-	18, // 30: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
-	20, // 31: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
-	22, // 32: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
-	26, // 33: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
-	22, // [22:34] is the sub-list for method output_type
-	10, // [10:22] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	13, // 1: borealis.v1.DeleteVolumeResponse.volume:type_name -> borealis.v1.VolumeInfo
+	13, // 2: borealis.v1.ListVolumesResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	11, // 3: borealis.v1.PGInfo.segments:type_name -> borealis.v1.SegmentInfo
+	12, // 4: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
+	14, // 5: borealis.v1.VolumeInfo.truncations:type_name -> borealis.v1.TruncationRecord
+	13, // 6: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
+	14, // 7: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
+	26, // 8: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
+	13, // 9: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	27, // 10: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
+	0,  // 11: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
+	2,  // 12: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
+	5,  // 13: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
+	6,  // 14: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
+	9,  // 15: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
+	7,  // 16: borealis.v1.Control.DeleteVolume:input_type -> borealis.v1.DeleteVolumeRequest
+	15, // 17: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
+	16, // 18: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
+	17, // 19: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
+	19, // 20: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
+	21, // 21: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
+	23, // 22: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
+	25, // 23: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
+	1,  // 24: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
+	3,  // 25: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
+	13, // 26: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
+	13, // 27: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
+	10, // 28: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
+	8,  // 29: borealis.v1.Control.DeleteVolume:output_type -> borealis.v1.DeleteVolumeResponse
+	12, // 30: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
+	12, // 31: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
+	18, // 32: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
+	20, // 33: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
+	22, // 34: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
+	24, // 35: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
+	28, // 36: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
+	24, // [24:37] is the sub-list for method output_type
+	11, // [11:24] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1759,7 +1858,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

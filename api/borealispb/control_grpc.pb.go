@@ -28,6 +28,7 @@ const (
 	Control_CreateVolume_FullMethodName     = "/borealis.v1.Control/CreateVolume"
 	Control_GetVolume_FullMethodName        = "/borealis.v1.Control/GetVolume"
 	Control_ListVolumes_FullMethodName      = "/borealis.v1.Control/ListVolumes"
+	Control_DeleteVolume_FullMethodName     = "/borealis.v1.Control/DeleteVolume"
 	Control_AddPG_FullMethodName            = "/borealis.v1.Control/AddPG"
 	Control_WatchVolume_FullMethodName      = "/borealis.v1.Control/WatchVolume"
 	Control_AcquireWriter_FullMethodName    = "/borealis.v1.Control/AcquireWriter"
@@ -50,6 +51,12 @@ type ControlClient interface {
 	CreateVolume(ctx context.Context, in *CreateVolumeRequest, opts ...grpc.CallOption) (*VolumeInfo, error)
 	GetVolume(ctx context.Context, in *GetVolumeRequest, opts ...grpc.CallOption) (*VolumeInfo, error)
 	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
+	// DeleteVolume removes a volume and everything the catalog keeps of it
+	// (PGs, truncations), in one transaction, and leaves a tombstone from
+	// which storage nodes learn to drop its segments. It is refused
+	// (FAILED_PRECONDITION, naming the holder) while a writer holds the
+	// volume's lease, and NOT_FOUND for a volume that does not exist.
+	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
 	// AddPG grows a volume by its next PG (idempotent for an existing PG).
 	AddPG(ctx context.Context, in *AddPGRequest, opts ...grpc.CallOption) (*PGInfo, error)
 	// WatchVolume streams the volume's PGs: every existing one first, then
@@ -121,6 +128,16 @@ func (c *controlClient) ListVolumes(ctx context.Context, in *ListVolumesRequest,
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListVolumesResponse)
 	err := c.cc.Invoke(ctx, Control_ListVolumes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteVolumeResponse)
+	err := c.cc.Invoke(ctx, Control_DeleteVolume_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -219,6 +236,12 @@ type ControlServer interface {
 	CreateVolume(context.Context, *CreateVolumeRequest) (*VolumeInfo, error)
 	GetVolume(context.Context, *GetVolumeRequest) (*VolumeInfo, error)
 	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
+	// DeleteVolume removes a volume and everything the catalog keeps of it
+	// (PGs, truncations), in one transaction, and leaves a tombstone from
+	// which storage nodes learn to drop its segments. It is refused
+	// (FAILED_PRECONDITION, naming the holder) while a writer holds the
+	// volume's lease, and NOT_FOUND for a volume that does not exist.
+	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
 	// AddPG grows a volume by its next PG (idempotent for an existing PG).
 	AddPG(context.Context, *AddPGRequest) (*PGInfo, error)
 	// WatchVolume streams the volume's PGs: every existing one first, then
@@ -260,6 +283,9 @@ func (UnimplementedControlServer) GetVolume(context.Context, *GetVolumeRequest) 
 }
 func (UnimplementedControlServer) ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListVolumes not implemented")
+}
+func (UnimplementedControlServer) DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteVolume not implemented")
 }
 func (UnimplementedControlServer) AddPG(context.Context, *AddPGRequest) (*PGInfo, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method AddPG not implemented")
@@ -389,6 +415,24 @@ func _Control_ListVolumes_Handler(srv interface{}, ctx context.Context, dec func
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ControlServer).ListVolumes(ctx, req.(*ListVolumesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_DeleteVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).DeleteVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_DeleteVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).DeleteVolume(ctx, req.(*DeleteVolumeRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -538,6 +582,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListVolumes",
 			Handler:    _Control_ListVolumes_Handler,
+		},
+		{
+			MethodName: "DeleteVolume",
+			Handler:    _Control_DeleteVolume_Handler,
 		},
 		{
 			MethodName: "AddPG",

@@ -12,13 +12,16 @@ import (
 	"runtime/pprof"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
@@ -56,11 +59,15 @@ type commitReport struct {
 	Nodes            int           `json:"nodes"`
 	DurationS        float64       `json:"duration_s_per_level"`
 	Levels           []commitLevel `json:"levels"`
+	// Volumes are the volumes made in --cluster's catalog, one per level;
+	// VolumesKept says they were left there (--keep), else they are deleted.
+	Volumes     []string `json:"volumes,omitempty"`
+	VolumesKept bool     `json:"volumes_kept,omitempty"`
 }
 
 func benchCommitCmd() *cobra.Command {
 	var clusterFile, dir, cpuProfile string
-	var asJSON bool
+	var asJSON, keep bool
 	var levels []int
 	var duration time.Duration
 	cmd := &cobra.Command{
@@ -76,7 +83,12 @@ over the nodes, and p50 as a multiple of the floor: the median of one
 fdatasync'd 4 KiB append on the same disk, measured in the same run. It also
 prints p50 over the quorum floor: six such appends at once on six files, up
 to the 4th one done, which is what a commit waits for when all six nodes
-share one disk.`,
+share one disk.
+
+With --cluster naming a control plane, each level gets its own volume
+bench-<time>-c<N> in the catalog; they are deleted when the benchmark ends
+(their segments with them), unless --keep is given. A cluster of its own is
+removed with its temporary directory, unless --keep is given.`,
 		Args: noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -98,11 +110,12 @@ share one disk.`,
 			}
 			var members []volume.Member
 			var ctl pb.ControlClient // set when the cluster has a control plane
-			floorDir, tmp, done, err := benchDirs(dir, clusterFile, "borealis-bench-")
+			floorDir, tmp, removeTmp, err := benchDirs(dir, clusterFile, "borealis-bench-")
 			if err != nil {
 				return err
 			}
-			defer done()
+			defer keepOrRemove(keep, tmp, removeTmp, progress)
+			vols := &benchVolumes{keep: keep}
 			if clusterFile != "" {
 				f, err := cluster.ReadFile(clusterFile)
 				if err != nil {
@@ -118,6 +131,15 @@ share one disk.`,
 					}
 					defer conn.Close()
 					ctl = pb.NewControlClient(conn)
+					vols.ctl = ctl
+					// For a level that fails, or Ctrl-C (before conn
+					// closes); after the levels it runs before the report
+					// instead, whose exit status then tells of a failure.
+					defer func() {
+						if err := vols.cleanup(progress); err != nil {
+							fmt.Fprintln(cmd.ErrOrStderr(), "borealis:", err)
+						}
+					}()
 				}
 				if len(members) != 6 {
 					return fmt.Errorf("%s lists %d storage nodes; the benchmark needs 6", clusterFile, len(members))
@@ -144,11 +166,7 @@ share one disk.`,
 			rep := commitReport{Nodes: len(members), DurationS: duration.Seconds()}
 			for _, n := range levels {
 				fmt.Fprintf(progress, "running %d committers for %s\n", n, duration)
-				cfg, err := benchVolume(ctx, ctl, members, n)
-				if err != nil {
-					return err
-				}
-				lvl, err := runCommitLevel(ctx, cfg, members, n, duration)
+				lvl, err := runBenchLevel(ctx, ctl, vols, members, n, duration)
 				if err != nil {
 					return err
 				}
@@ -157,6 +175,8 @@ share one disk.`,
 			if err := floor.sample(floorDir); err != nil {
 				return err
 			}
+			rep.Volumes, rep.VolumesKept = vols.names, keep && len(vols.names) > 0
+			cleanupErr := vols.cleanup(progress)
 			rep.FloorFsyncP50Ms = ms(floor.singleP50())
 			rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms = ms(median(floor.singleBefore)), ms(median(floor.singleAfter))
 			rep.QuorumFloorP50Ms = ms(floor.quorumP50())
@@ -167,7 +187,10 @@ share one disk.`,
 			if asJSON {
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
+				if err := enc.Encode(rep); err != nil {
+					return err
+				}
+				return cleanupErr
 			}
 			fmt.Fprintf(out, "floor: fdatasync of a 4 KiB append, p50 %.3f ms (same disk, same run; %.3f ms before the levels, %.3f ms after)\n",
 				rep.FloorFsyncP50Ms, rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms)
@@ -177,7 +200,10 @@ share one disk.`,
 			for _, l := range rep.Levels {
 				fmt.Fprintf(tw, "%d\t%.0f\t%.3f\t%.3f\t%.2fx\t%.2fx\t%.0f\t%.3f\t\n", l.Committers, l.CommitsPerS, l.P50Ms, l.P99Ms, l.P50OverFloor, l.P50OverQuorumFloor, l.NetBytesPerCommit, l.FsyncsPerCommit)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			return cleanupErr
 		},
 	}
 	f := cmd.Flags()
@@ -187,7 +213,71 @@ share one disk.`,
 	f.IntSliceVar(&levels, "committers", []int{1, 8, 32, 64}, "concurrency levels to run")
 	f.DurationVar(&duration, "duration", 5*time.Second, "how long each level runs")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write the benchmark client's CPU profile to this file")
+	f.BoolVar(&keep, "keep", false, "keep what the benchmark made: its volumes in --cluster's catalog, or its own cluster's directory")
 	return cmd
+}
+
+// runBenchLevel runs one level on a fresh volume. The volume's catalog
+// watch ends with the level, before the volume may be deleted.
+func runBenchLevel(ctx context.Context, ctl pb.ControlClient, vols *benchVolumes, members []volume.Member, committers int, d time.Duration) (commitLevel, error) {
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cfg, err := benchVolume(lctx, ctl, vols, members, committers)
+	if err != nil {
+		return commitLevel{}, err
+	}
+	return runCommitLevel(lctx, cfg, members, committers, d)
+}
+
+// benchVolumes are the volumes a benchmark made in a cluster's catalog, to
+// delete when it ends unless it is to keep them: a benchmark's volumes
+// would otherwise stay in every later status for good.
+type benchVolumes struct {
+	ctl   pb.ControlClient
+	keep  bool
+	names []string
+	done  bool
+}
+
+// cleanup deletes the volumes (once), or says they are kept. It has its
+// own deadline: it also runs after Ctrl-C has cancelled the command.
+func (b *benchVolumes) cleanup(progress io.Writer) error {
+	if b.done || len(b.names) == 0 {
+		return nil
+	}
+	b.done = true
+	if b.keep {
+		fmt.Fprintf(progress, "kept the benchmark's volumes (--keep): %s; delete each with borealis volume delete NAME\n", strings.Join(b.names, " "))
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var left []string
+	var firstErr error
+	for _, name := range b.names {
+		_, err := b.ctl.DeleteVolume(ctx, &pb.DeleteVolumeRequest{Name: name})
+		if err != nil && status.Code(err) != codes.NotFound {
+			left = append(left, name)
+			if firstErr == nil {
+				firstErr = errors.New(status.Convert(err).Message())
+			}
+		}
+	}
+	if firstErr != nil {
+		return fmt.Errorf("the benchmark could not delete its volumes %s: %w; delete each with borealis volume delete NAME", strings.Join(left, " "), firstErr)
+	}
+	fmt.Fprintf(progress, "deleted the benchmark's volumes: %s\n", strings.Join(b.names, " "))
+	return nil
+}
+
+// keepOrRemove removes a benchmark's own temporary cluster directory, or
+// says where it is kept.
+func keepOrRemove(keep bool, dir string, remove func(), progress io.Writer) {
+	if keep && dir != "" {
+		fmt.Fprintf(progress, "kept the benchmark's cluster directory (--keep): %s\n", dir)
+		return
+	}
+	remove()
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -210,9 +300,10 @@ func nodeFsyncs(ctx context.Context, members []volume.Member) (uint64, error) {
 }
 
 // benchVolume gives each level a fresh volume: one the control plane
-// creates (so that status shows it) when the cluster has one, else a
-// random id placed on the six nodes directly.
-func benchVolume(ctx context.Context, ctl pb.ControlClient, members []volume.Member, committers int) (volume.Config, error) {
+// creates (so that status shows it while the benchmark runs) when the
+// cluster has one, noted in vols, else a random id placed on the six nodes
+// directly.
+func benchVolume(ctx context.Context, ctl pb.ControlClient, vols *benchVolumes, members []volume.Member, committers int) (volume.Config, error) {
 	cfg := volume.Config{Epoch: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if ctl == nil {
 		cfg.VolumeID, cfg.PageSize, cfg.PagesPerPG = rand.Uint64()|1, 4096, 1<<20
@@ -223,6 +314,7 @@ func benchVolume(ctx context.Context, ctl pb.ControlClient, members []volume.Mem
 	if _, err := ctl.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: name, PageSize: 4096}); err != nil {
 		return cfg, fmt.Errorf("create benchmark volume %s: %w", name, err)
 	}
+	vols.names = append(vols.names, name)
 	return cfg, volume.NewFromControl(ctl, name).Configure(ctx, &cfg)
 }
 

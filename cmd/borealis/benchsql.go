@@ -60,6 +60,9 @@ type sqlBenchReport struct {
 	DurationS        float64          `json:"duration_s_per_level"`
 	Insert           []sqlInsertLevel `json:"insert"`
 	Select           []sqlSelectLevel `json:"select"`
+	// TableDropped: the table was dropped from --cluster's volume at the
+	// end (it is kept with --keep, and goes with a cluster of its own).
+	TableDropped bool `json:"table_dropped,omitempty"`
 }
 
 // benchSQLValueLen is the size of the text column of each inserted row.
@@ -67,7 +70,7 @@ const benchSQLValueLen = 100
 
 func benchSQLCmd() *cobra.Command {
 	var clusterFile, dir string
-	var asJSON bool
+	var asJSON, keep bool
 	var levels []int
 	var duration time.Duration
 	cmd := &cobra.Command{
@@ -75,12 +78,13 @@ func benchSQLCmd() *cobra.Command {
 		Short: "One-row INSERT transactions and point SELECTs over the SQL API at several concurrency levels",
 		Long: `Run SQL over a database instance's HTTP API: first one-row INSERT
 transactions (an integer key and a 100-byte text) into a fresh table
-bench(k INTEGER PRIMARY KEY, v TEXT) (bench_2, bench_3... when taken; it is
-left in the volume), then SELECTs of one row by key, each at
-every concurrency level in turn, each client a goroutine with its own
-keep-alive HTTP connection. Without --cluster it starts its own cluster (the
-control plane, 6 storage nodes and a writer) as separate processes in a
-temporary directory.
+bench(k INTEGER PRIMARY KEY, v TEXT) (bench_2, bench_3... when taken), then
+SELECTs of one row by key, each at every concurrency level in turn, each
+client a goroutine with its own keep-alive HTTP connection. Without --cluster
+it starts its own cluster (the control plane, 6 storage nodes and a writer)
+as separate processes in a temporary directory. When it ends it drops its
+table from --cluster's volume, or removes its own cluster's directory,
+unless --keep is given.
 
 For each INSERT level it prints transactions/s, p50 and p99 latency (until the
 commit is durable), and the redo bytes the instance shipped to storage per
@@ -101,11 +105,11 @@ disk, measured in the same run. Progress goes to stderr.`,
 					return fmt.Errorf("--clients: %d is not a number of clients", n)
 				}
 			}
-			floorDir, tmp, done, err := benchDirs(dir, clusterFile, "borealis-bench-sql-")
+			floorDir, tmp, removeTmp, err := benchDirs(dir, clusterFile, "borealis-bench-sql-")
 			if err != nil {
 				return err
 			}
-			defer done()
+			defer keepOrRemove(keep, tmp, removeTmp, progress)
 			var endpoint string
 			if clusterFile != "" {
 				f, err := cluster.ReadFile(clusterFile)
@@ -129,17 +133,24 @@ disk, measured in the same run. Progress goes to stderr.`,
 				}
 				endpoint = ep
 			}
-			rep, err := runSQLBench(ctx, endpoint, floorDir, levels, duration, progress)
-			if err != nil {
+			// A cluster of its own goes away whole; a running one keeps only
+			// what --keep asks for.
+			drop := clusterFile != "" && !keep
+			rep, err := runSQLBench(ctx, endpoint, floorDir, levels, duration, drop, progress)
+			if rep == nil {
 				return err
 			}
+			// A report with an error: the table could not be dropped.
 			if asJSON {
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
+				if eerr := enc.Encode(rep); eerr != nil {
+					return eerr
+				}
+				return err
 			}
 			printSQLBench(out, rep)
-			return nil
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -148,6 +159,7 @@ disk, measured in the same run. Progress goes to stderr.`,
 	f.BoolVar(&asJSON, "json", false, "print the figures as one JSON object")
 	f.IntSliceVar(&levels, "clients", []int{1, 8, 32, 64}, "concurrency levels to run")
 	f.DurationVar(&duration, "duration", 5*time.Second, "how long each level runs")
+	f.BoolVar(&keep, "keep", false, "keep what the benchmark made: its table in --cluster's volume, or its own cluster's directory")
 	return cmd
 }
 
@@ -197,7 +209,9 @@ func startSQLBenchCluster(ctx context.Context, dir string, progress io.Writer) (
 	return cl, "http://" + addr, nil
 }
 
-func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d time.Duration, progress io.Writer) (*sqlBenchReport, error) {
+// runSQLBench runs the levels on a fresh table, which it drops at the end
+// (also after a failure or Ctrl-C) when drop is set.
+func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d time.Duration, drop bool, progress io.Writer) (rep *sqlBenchReport, err error) {
 	// One keep-alive connection per client: enough idle connections are
 	// kept that none is closed and reopened between requests.
 	maxClients := slices.Max(levels)
@@ -227,6 +241,26 @@ func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d
 	if _, err := c.Execute(ctx, []sqlclient.Statement{{SQL: "CREATE TABLE " + table + "(k INTEGER PRIMARY KEY, v TEXT)"}}, false); err != nil {
 		return nil, fmt.Errorf("create table %s: %w", table, err)
 	}
+	if drop {
+		defer func() {
+			// Its own deadline: ctx may be what Ctrl-C cancelled.
+			dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if _, derr := c.Execute(dctx, []sqlclient.Statement{{SQL: "DROP TABLE " + table}}, false); derr != nil {
+				derr = fmt.Errorf("the benchmark could not drop its table %s: %w; drop it with borealis sql -e 'DROP TABLE %s'", table, derr, table)
+				if err == nil {
+					err = derr // with the report: the figures stand
+				} else {
+					fmt.Fprintln(progress, "borealis:", derr)
+				}
+				return
+			}
+			fmt.Fprintf(progress, "dropped table %s\n", table)
+			if rep != nil {
+				rep.TableDropped = true
+			}
+		}()
+	}
 	insert := sqlclient.Statement{SQL: "INSERT INTO " + table + "(k, v) VALUES (?, ?)"}
 	sel := "SELECT v FROM " + table + " WHERE k = ?"
 
@@ -235,7 +269,7 @@ func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d
 	if err := floor.sample(floorDir); err != nil {
 		return nil, err
 	}
-	rep := &sqlBenchReport{Endpoint: endpoint, Table: table, DurationS: d.Seconds()}
+	rep = &sqlBenchReport{Endpoint: endpoint, Table: table, DurationS: d.Seconds()}
 
 	var lastKey atomic.Int64
 	insertOne := func(ctx context.Context, rng *rand.Rand) error {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"text/tabwriter"
@@ -10,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
@@ -54,8 +56,8 @@ func (f *controlAddrFlags) client() (pb.ControlClient, func(), error) {
 }
 
 func volumeCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "volume", Short: "Create and list volumes"}
-	cmd.AddCommand(volumeCreateCmd(), volumeListCmd())
+	cmd := &cobra.Command{Use: "volume", Short: "Create, list and delete volumes"}
+	cmd.AddCommand(volumeCreateCmd(), volumeListCmd(), volumeDeleteCmd())
 	return cmd
 }
 
@@ -93,10 +95,23 @@ func volumeCreateCmd() *cobra.Command {
 	return cmd
 }
 
+// volumeListEntry is one volume of `volume list --json`.
+type volumeListEntry struct {
+	Name          string `json:"name"`
+	ID            uint64 `json:"id"`
+	PageSize      uint32 `json:"page_size"`
+	PGSizeBytes   uint64 `json:"pg_size_bytes"`
+	PGCount       uint32 `json:"pg_count"`
+	SizeBytes     uint64 `json:"size_bytes"`
+	VolumeEpoch   uint64 `json:"volume_epoch"`
+	GeometryEpoch uint64 `json:"geometry_epoch"`
+}
+
 func volumeListCmd() *cobra.Command {
 	var where controlAddrFlags
+	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "list",
+		Use:   "list [--json]",
 		Short: "List the volumes",
 		Args:  noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -109,7 +124,19 @@ func volumeListCmd() *cobra.Command {
 			defer cancel()
 			resp, err := ctl.ListVolumes(ctx, &pb.ListVolumesRequest{})
 			if err != nil {
-				return err
+				return fmt.Errorf("list volumes: %s", status.Convert(err).Message())
+			}
+			if asJSON {
+				out := struct {
+					Volumes []volumeListEntry `json:"volumes"`
+				}{Volumes: []volumeListEntry{}}
+				for _, v := range resp.Volumes {
+					out.Volumes = append(out.Volumes, volumeListEntry{
+						Name: v.Name, ID: v.Id, PageSize: v.PageSize, PGSizeBytes: v.PgSizeBytes, PGCount: v.Pgs,
+						SizeBytes: v.SizeBytes, VolumeEpoch: v.VolumeEpoch, GeometryEpoch: v.GeometryEpoch,
+					})
+				}
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(out)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tID\tPAGE SIZE\tPG SIZE\tPGS\tSIZE\tVOLUME EPOCH\tGEOMETRY EPOCH")
@@ -117,6 +144,49 @@ func volumeListCmd() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%s\t%d\t%d\n", v.Name, v.Id, v.PageSize, formatSize(v.PgSizeBytes), v.Pgs, formatSize(v.SizeBytes), v.VolumeEpoch, v.GeometryEpoch)
 			}
 			return tw.Flush()
+		},
+	}
+	where.register(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, `print {"volumes": [{"name", "id", "page_size", "pg_size_bytes", "pg_count", "size_bytes", "volume_epoch", "geometry_epoch"}]}`)
+	return cmd
+}
+
+func volumeDeleteCmd() *cobra.Command {
+	var where controlAddrFlags
+	cmd := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a volume and its data; refused while a writer holds it",
+		Long: `Delete a volume: the catalog forgets it (its PGs and recovery
+records with it) in one transaction, and each storage node drops the volume's
+segments when its next heartbeat tells it to (a node that is down, once it is
+back). It is refused while a writer holds the volume's writer lease: stop the
+writer first (a writer that died keeps its lease until the lease's TTL runs
+out). The data cannot be recovered.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return fmt.Errorf("%s takes the name of one volume, got %q; borealis volume list shows the volumes", cmd.CommandPath(), args)
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctl, done, err := where.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
+			defer cancel()
+			resp, err := ctl.DeleteVolume(ctx, &pb.DeleteVolumeRequest{Name: args[0]})
+			if err != nil {
+				return fmt.Errorf("delete volume %s: %s", args[0], status.Convert(err).Message())
+			}
+			v := resp.GetVolume()
+			pgs := "PGs"
+			if v.GetPgs() == 1 {
+				pgs = "PG"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "volume %s deleted (id %d, %d %s of %s); the storage nodes drop its segments at their next heartbeat\n", v.GetName(), v.GetId(), v.GetPgs(), pgs, formatSize(v.GetPgSizeBytes()))
+			return nil
 		},
 	}
 	where.register(cmd)

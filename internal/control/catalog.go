@@ -16,7 +16,14 @@
 //	pgs/<volume-id %020d>/<pg %010d>    PG: volume_id, pg, membership_epoch, geometry_epoch, segments [{node, az, addr}]
 //	writer/<volume-id %020d>            Writer: holder, epoch, lease, acquired_at; attached to the writer lease
 //	truncations/<volume-id %020d>/<epoch %020d>
-//	                                    Truncation: a recovery's range (after, through] and PG count; kept forever
+//	                                    Truncation: a recovery's range (after, through] and PG count; kept while the volume exists
+//	deleted/<volume-id %020d>          DeletedVolume: id, name, pgs, deleted_at; the tombstone of a deleted volume, kept forever
+//
+// A volume's keys are volumes/<name>, volume-ids/<id>, pgs/<id>/..., writer/<id>
+// and truncations/<id>/...; DeleteVolume removes them all in one transaction
+// and leaves deleted/<id>, from which storage nodes learn (in their
+// heartbeats) that they may drop the volume's segments. Volume ids come from
+// the counter and are never reused, so a tombstone never names a live volume.
 //
 // Every change is an etcd Txn guarded by revisions (CreateRevision == 0 for a
 // new key, ModRevision == the one read for an update), so two racing calls
@@ -174,6 +181,17 @@ type Truncation struct {
 	RecordedAt time.Time `json:"recorded_at"`
 }
 
+// DeletedVolume is the tombstone of a deleted volume. It is kept for good:
+// a storage node that was down when the volume was deleted learns of it at
+// its next heartbeat, however late, and drops the volume's segments then.
+type DeletedVolume struct {
+	Version   int       `json:"version"`
+	ID        uint64    `json:"id"`
+	Name      string    `json:"name"`
+	PGs       uint32    `json:"pgs"`
+	DeletedAt time.Time `json:"deleted_at"`
+}
+
 type aliveRecord struct {
 	Version    int       `json:"version"`
 	Node       string    `json:"node"`
@@ -278,6 +296,7 @@ func (c *Catalog) truncsPrefix(vol uint64) string {
 func (c *Catalog) truncKey(vol, epoch uint64) string {
 	return fmt.Sprintf("%s%020d", c.truncsPrefix(vol), epoch)
 }
+func (c *Catalog) deletedKey(vol uint64) string { return fmt.Sprintf("%sdeleted/%020d", c.prefix, vol) }
 
 // ---- validation ----
 
@@ -690,6 +709,113 @@ func (c *Catalog) Volumes(ctx context.Context) ([]Volume, error) {
 		return nil, etcdErr("list volumes", err)
 	}
 	return decodeAll[Volume](resp.Kvs)
+}
+
+// DeleteVolume removes a volume from the catalog: its record, its id's
+// record, its PGs and its truncations go, and its tombstone deleted/<id> is
+// written, in one transaction guarded by the volume's revision and by the
+// absence of a writer lease. So a writer that takes the lease (or grows the
+// volume) meanwhile makes the delete look again, and a volume with a writer
+// is refused with ErrWriterHeld, naming the holder. It returns the volume and
+// its PGs as they were. Storage nodes drop the volume's segments once their heartbeat
+// tells them of the tombstone (DeletedVolumes).
+func (c *Catalog) DeleteVolume(ctx context.Context, name string) (Volume, []PG, error) {
+	if err := checkName("volume name", name); err != nil {
+		return Volume{}, nil, err
+	}
+	vk := c.volKey(name)
+	for range maxAttempts {
+		resp, err := c.cli.Get(ctx, vk)
+		if err != nil {
+			return Volume{}, nil, etcdErr("delete volume "+name, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return Volume{}, nil, fmt.Errorf("%w: volume %s does not exist (never created, or already deleted); borealis volume list shows the volumes", ErrNotFound, name)
+		}
+		vol, err := decode[Volume](resp.Kvs[0])
+		if err != nil {
+			return Volume{}, nil, err
+		}
+		wk := c.writerKey(vol.ID)
+		tomb := DeletedVolume{Version: RecordVersion, ID: vol.ID, Name: vol.Name, PGs: vol.PGs, DeletedAt: time.Now().UTC()}
+		tr, err := c.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(vk), "=", resp.Kvs[0].ModRevision),
+				clientv3.Compare(clientv3.CreateRevision(wk), "=", 0)).
+			Then(clientv3.OpGet(c.pgPrefix(vol.ID), clientv3.WithPrefix()),
+				clientv3.OpDelete(vk),
+				clientv3.OpDelete(c.volIDKey(vol.ID)),
+				clientv3.OpDelete(c.pgPrefix(vol.ID), clientv3.WithPrefix()),
+				clientv3.OpDelete(c.truncsPrefix(vol.ID), clientv3.WithPrefix()),
+				clientv3.OpPut(c.deletedKey(vol.ID), encode(tomb))).
+			Else(clientv3.OpGet(wk)).
+			Commit()
+		if err != nil {
+			return Volume{}, nil, etcdErr("delete volume "+name, err)
+		}
+		if tr.Succeeded {
+			pgs, err := decodeAll[PG](tr.Responses[0].GetResponseRange().Kvs)
+			if err != nil {
+				// Deleted all the same; only the reply lacks them.
+				pgs = nil
+			}
+			sort.Slice(pgs, func(i, j int) bool { return pgs[i].PG < pgs[j].PG })
+			return vol, pgs, nil
+		}
+		if kvs := tr.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			w, err := decode[Writer](kvs[0])
+			if err != nil {
+				return Volume{}, nil, err
+			}
+			return Volume{}, nil, fmt.Errorf("%w: volume %s has a writer: its lease is held by %s (epoch %d, since %s); stop that writer (its lease then goes, or expires within %ds) before deleting the volume",
+				ErrWriterHeld, name, w.Holder, w.Epoch, w.AcquiredAt.Format(time.RFC3339), w.TTLSeconds)
+		}
+		// The volume changed (a writer came and went, a PG was added): look again.
+	}
+	return Volume{}, nil, fmt.Errorf("%w: deleting volume %s raced with other changes %d times; retry", ErrConflict, name, maxAttempts)
+}
+
+// deletedBatch bounds the reads of one DeletedVolumes transaction: etcd
+// refuses a transaction of more than 128 operations by default.
+const deletedBatch = 100
+
+// DeletedVolumes returns which of ids are the ids of deleted volumes (those
+// with a tombstone), in the order given. An id the catalog knows nothing of
+// is not in it: a node never drops a segment on the catalog's silence (an
+// etcd emptied or replaced by mistake must not empty the storage nodes).
+func (c *Catalog) DeletedVolumes(ctx context.Context, ids []uint64) ([]uint64, error) {
+	var out []uint64
+	for len(ids) > 0 {
+		n := min(len(ids), deletedBatch)
+		ops := make([]clientv3.Op, n)
+		for i, id := range ids[:n] {
+			ops[i] = clientv3.OpGet(c.deletedKey(id), clientv3.WithCountOnly())
+		}
+		tr, err := c.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, etcdErr("read the tombstones of deleted volumes", err)
+		}
+		for i, r := range tr.Responses {
+			if r.GetResponseRange().Count > 0 {
+				out = append(out, ids[i])
+			}
+		}
+		ids = ids[n:]
+	}
+	return out, nil
+}
+
+// DeletedVolume returns the tombstone of the deleted volume id, or nil if
+// the catalog has none.
+func (c *Catalog) DeletedVolume(ctx context.Context, id uint64) (*DeletedVolume, error) {
+	resp, err := c.cli.Get(ctx, c.deletedKey(id))
+	if err != nil {
+		return nil, etcdErr(fmt.Sprintf("read the tombstone of volume id %d", id), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	d, err := decode[DeletedVolume](resp.Kvs[0])
+	return &d, err
 }
 
 // ---- PGs ----

@@ -262,6 +262,19 @@ func (s *Server) listVolumes(ctx context.Context) ([]*pb.VolumeInfo, error) {
 	return out, nil
 }
 
+// DeleteVolume removes a volume from the catalog, unless a writer holds it.
+func (s *Server) DeleteVolume(ctx context.Context, req *pb.DeleteVolumeRequest) (*pb.DeleteVolumeResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.DeleteVolumeResponse, error) {
+		v, pgs, err := s.cat.DeleteVolume(ctx, req.GetName())
+		if err != nil {
+			s.log.Warn("volume delete refused", "volume", req.GetName(), "err", err)
+			return nil, err
+		}
+		s.log.Info("volume deleted", "volume", v.Name, "id", v.ID, "pgs", v.PGs)
+		return &pb.DeleteVolumeResponse{Volume: volumeInfo(v, pgs, nil)}, nil
+	})
+}
+
 // AddPG grows a volume by its next PG.
 func (s *Server) AddPG(ctx context.Context, req *pb.AddPGRequest) (*pb.PGInfo, error) {
 	return call(ctx, func(ctx context.Context) (*pb.PGInfo, error) {

@@ -1,0 +1,192 @@
+package control
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// catalogKeys lists every key under the catalog's prefix, without it.
+func catalogKeys(t *testing.T, c *Catalog) []string {
+	t.Helper()
+	resp, err := c.Client().Get(ctxT(t), c.Prefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, kv := range resp.Kvs {
+		out = append(out, strings.TrimPrefix(string(kv.Key), c.Prefix()))
+	}
+	return out
+}
+
+// volumeKeys are the keys that name volume id vol (or, for volumes/, name).
+func volumeKeys(keys []string, name string, vol uint64) []string {
+	id := fmt.Sprintf("%020d", vol)
+	var out []string
+	for _, k := range keys {
+		if k == "volumes/"+name || strings.Contains(k, id) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// TestDeleteVolume: a volume with two PGs, a truncation and a writer is
+// refused while the writer holds it, naming the holder; once the lease is
+// given up, one delete removes every key of the volume and leaves only its
+// tombstone, and nothing of another volume; DeletedVolumes names it and
+// nothing else; a second delete is NotFound, and the name can be created
+// again under a new id.
+func TestDeleteVolume(t *testing.T) {
+	t.Parallel()
+	c := newCatalog(t)
+	ctx := ctxT(t)
+	sixNodes(t, c)
+	vol, err := c.CreateVolume(ctx, "main", 4096, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := c.CreateVolume(ctx, "other", 4096, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AddPG(ctx, "main", 1); err != nil {
+		t.Fatal(err)
+	}
+	lease, epoch, err := c.AcquireWriter(ctx, "main", "db-1", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RecordTruncation(ctx, "main", Truncation{Epoch: epoch, After: 10, Through: 20, PGs: 2}); err != nil {
+		t.Fatal(err)
+	}
+	otherKeysBefore := volumeKeys(catalogKeys(t, c), "other", other.ID)
+
+	_, _, err = c.DeleteVolume(ctx, "main")
+	if !errors.Is(err, ErrWriterHeld) || !strings.Contains(err.Error(), "held by db-1 (epoch 1") {
+		t.Fatalf("delete with a writer: %v; want ErrWriterHeld naming db-1", err)
+	}
+	if v, err := c.Volume(ctx, "main"); err != nil || v.PGs != 2 {
+		t.Fatalf("the refused delete changed the volume: %+v %v", v, err)
+	}
+
+	if err := c.ReleaseWriter(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	got, pgs, err := c.DeleteVolume(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != vol.ID || got.PGs != 2 || len(pgs) != 2 || pgs[0].PG != 0 || pgs[1].PG != 1 {
+		t.Fatalf("delete returned %+v with PGs %+v", got, pgs)
+	}
+	keys := catalogKeys(t, c)
+	if left := volumeKeys(keys, "main", vol.ID); !slices.Equal(left, []string{fmt.Sprintf("deleted/%020d", vol.ID)}) {
+		t.Fatalf("keys of the deleted volume left: %q; want only its tombstone (all keys: %q)", left, keys)
+	}
+	if after := volumeKeys(keys, "other", other.ID); !slices.Equal(after, otherKeysBefore) {
+		t.Fatalf("the other volume's keys changed: %q, were %q", after, otherKeysBefore)
+	}
+	if _, err := c.Volume(ctx, "main"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Volume after delete: %v", err)
+	}
+	if _, err := c.VolumeByID(ctx, vol.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("VolumeByID after delete: %v", err)
+	}
+	if vs, err := c.Volumes(ctx); err != nil || len(vs) != 1 || vs[0].Name != "other" {
+		t.Fatalf("Volumes after delete: %+v %v", vs, err)
+	}
+	if _, err := c.AddPG(ctx, "main", 2); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("AddPG after delete: %v", err)
+	}
+	if _, _, err := c.AcquireWriter(ctx, "main", "db-2", time.Second); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("AcquireWriter after delete: %v", err)
+	}
+
+	del, err := c.DeletedVolumes(ctx, []uint64{other.ID, vol.ID, 999})
+	if err != nil || !slices.Equal(del, []uint64{vol.ID}) {
+		t.Fatalf("DeletedVolumes: %v %v; want [%d]", del, err, vol.ID)
+	}
+	if tomb, err := c.DeletedVolume(ctx, vol.ID); err != nil || tomb == nil || tomb.Name != "main" || tomb.PGs != 2 {
+		t.Fatalf("tombstone: %+v %v", tomb, err)
+	}
+
+	_, _, err = c.DeleteVolume(ctx, "main")
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "volume main does not exist") {
+		t.Fatalf("second delete: %v", err)
+	}
+	again, err := c.CreateVolume(ctx, "main", 4096, 1<<20)
+	if err != nil || again.ID <= other.ID {
+		t.Fatalf("create main again: %+v %v; want an id above %d (ids are never reused)", again, err, other.ID)
+	}
+	if del, err := c.DeletedVolumes(ctx, []uint64{again.ID}); err != nil || len(del) != 0 {
+		t.Fatalf("the new main counts as deleted: %v %v", del, err)
+	}
+}
+
+// TestDeletedVolumesManyIDs: more ids than one etcd transaction may read.
+func TestDeletedVolumesManyIDs(t *testing.T) {
+	t.Parallel()
+	c := newCatalog(t)
+	ctx := ctxT(t)
+	sixNodes(t, c)
+	v, err := c.CreateVolume(ctx, "v", 4096, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.DeleteVolume(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]uint64, 0, 3*deletedBatch)
+	for i := range uint64(3 * deletedBatch) {
+		ids = append(ids, 1000+i)
+	}
+	ids = append(ids, v.ID)
+	del, err := c.DeletedVolumes(ctx, ids)
+	if err != nil || !slices.Equal(del, []uint64{v.ID}) {
+		t.Fatalf("DeletedVolumes over %d ids: %v %v", len(ids), del, err)
+	}
+}
+
+// TestRaceDeleteAndAcquireWriter: a delete and a writer taking the lease at
+// the same moment never both win: either the writer holds a volume that
+// still exists, or the volume is gone and the writer was refused.
+func TestRaceDeleteAndAcquireWriter(t *testing.T) {
+	t.Parallel()
+	c := newCatalog(t)
+	ctx := ctxT(t)
+	sixNodes(t, c)
+	deletes := 0
+	for i := range 20 {
+		name := fmt.Sprintf("v%d", i)
+		if _, err := c.CreateVolume(ctx, name, 4096, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		var delErr, acqErr error
+		var lease clientv3.LeaseID
+		wg.Add(2)
+		go func() { defer wg.Done(); _, _, delErr = c.DeleteVolume(ctx, name) }()
+		go func() { defer wg.Done(); lease, _, acqErr = c.AcquireWriter(ctx, name, "db", 10*time.Second) }()
+		wg.Wait()
+		_, volErr := c.Volume(ctx, name)
+		switch {
+		case delErr == nil && errors.Is(acqErr, ErrNotFound) && errors.Is(volErr, ErrNotFound):
+			deletes++
+		case errors.Is(delErr, ErrWriterHeld) && acqErr == nil && volErr == nil:
+			if err := c.ReleaseWriter(ctx, lease); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			t.Fatalf("round %d: delete %v, acquire %v, volume afterwards %v", i, delErr, acqErr, volErr)
+		}
+	}
+	t.Logf("the delete won %d of 20 rounds", deletes)
+}
