@@ -63,6 +63,20 @@ func TestSQLCommandOnUp(t *testing.T) {
 		t.Fatalf("table:\n%s\nwant:\n%s", table, want)
 	}
 
+	// Wide characters, a long blob and an infinity, as the server sends
+	// them: the table measures the header as its cells, summarizes the blob
+	// and prints Inf; --json prints the infinity as the API does.
+	table = ok("", "-e", "SELECT '日本' AS 名前, 1e300*1e10 AS inf, zeroblob(1048576) AS b")
+	want = "名前  inf  b\n" +
+		"----  ---  ---------------------------------------\n" +
+		"日本  Inf  <blob 1048576 bytes: 0000000000000000…>\n"
+	if table != want {
+		t.Fatalf("table:\n%s\nwant:\n%s", table, want)
+	}
+	if out := ok("", "--json", "-e", "SELECT 1e300*1e10 AS x, -1e300*1e10 AS y"); !strings.Contains(out, `"rows":[[{"real":"Infinity"},{"real":"-Infinity"}]]`) {
+		t.Fatalf("--json of infinities: %q", out)
+	}
+
 	// A transfer in one transaction, then the balances as JSON.
 	ok("", "-e", "BEGIN; UPDATE acct SET balance = balance - 10 WHERE owner = 'alice'; UPDATE acct SET balance = balance + 10 WHERE owner = 'bob'; COMMIT;")
 	// A rolled-back transaction sends nothing.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
@@ -19,6 +20,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
@@ -53,6 +55,8 @@ read from it and stops at the first error.
 Statements that only read (SELECT, WITH ... SELECT, VALUES, EXPLAIN, PRAGMA
 without '=') run on a read connection and print their rows as a table, or
 with --json as one JSON object each ({"columns":...,"types":...,"rows":...}).
+A table shows at most 50 columns of a value, cut short with '…', and a blob
+too long for that as its size and first bytes; --json has every value whole.
 Other statements run on the writer and print only the rows they return
 (RETURNING), or with --json the server's {"results":[...]}. Each runs in its
 own transaction, except that the statements between BEGIN and COMMIT (or
@@ -284,15 +288,11 @@ func (s *sqlSession) run(ctx context.Context, stmt string) error {
 	return s.execute(ctx, []sqlclient.Statement{{SQL: stmt}}, false)
 }
 
-// statementContext bounds a statement by --timeout and lets the shell
-// cancel it.
+// statementContext is the context of one statement, from its request to
+// the last row printed: the shell's Ctrl-C cancels it (see interrupt), and so
+// does a signal, through ctx.
 func (s *sqlSession) statementContext(ctx context.Context) (context.Context, func()) {
-	var cancel context.CancelFunc
-	if s.timeout > 0 {
-		ctx, cancel = context.WithTimeout(ctx, s.timeout)
-	} else {
-		ctx, cancel = context.WithCancel(ctx)
-	}
+	ctx, cancel := context.WithCancel(ctx)
 	s.mu.Lock()
 	s.running = cancel
 	s.mu.Unlock()
@@ -302,6 +302,15 @@ func (s *sqlSession) statementContext(ctx context.Context) (context.Context, fun
 		s.mu.Unlock()
 		cancel()
 	}
+}
+
+// requestContext bounds a request by --timeout. Printing its result is not
+// bounded: a slow terminal is no reason to give up on rows already here.
+func (s *sqlSession) requestContext(sctx context.Context) (context.Context, context.CancelFunc) {
+	if s.timeout > 0 {
+		return context.WithTimeout(sctx, s.timeout)
+	}
+	return context.WithCancel(sctx)
 }
 
 // interrupt cancels the statement in flight; it reports whether there was
@@ -322,9 +331,11 @@ func (s *sqlSession) execute(ctx context.Context, stmts []sqlclient.Statement, t
 	}
 	sctx, done := s.statementContext(ctx)
 	defer done()
-	res, err := s.client.Execute(sctx, stmts, transaction)
+	rctx, cancel := s.requestContext(sctx)
+	defer cancel()
+	res, err := s.client.Execute(rctx, stmts, transaction)
 	if err != nil {
-		return s.requestError(ctx, sctx, err, true)
+		return s.requestError(ctx, rctx, err, true)
 	}
 	if s.asJSON {
 		// The server's shape: the counts, and columns, types and rows for
@@ -346,8 +357,8 @@ func (s *sqlSession) execute(ctx context.Context, stmts []sqlclient.Statement, t
 	// writes in a transaction) are printed like a query's.
 	for _, r := range res {
 		if r.Rows != nil {
-			if err := printTable(s.out, r.Rows); err != nil {
-				return err
+			if err := printTable(sctx, s.out, r.Rows); err != nil {
+				return printError(ctx, err)
 			}
 		}
 	}
@@ -355,24 +366,48 @@ func (s *sqlSession) execute(ctx context.Context, stmts []sqlclient.Statement, t
 }
 
 func (s *sqlSession) query(ctx context.Context, stmt string, params ...any) error {
-	rows, err := s.queryRows(ctx, stmt, params...)
+	sctx, done := s.statementContext(ctx)
+	defer done()
+	rows, err := s.fetch(ctx, sctx, stmt, params...)
 	if err != nil {
 		return err
 	}
 	if s.asJSON {
 		return writeJSONLine(s.out, rowsJSON(rows))
 	}
-	return printTable(s.out, rows)
+	return printError(ctx, printTable(sctx, s.out, rows))
 }
 
+// queryRows runs a query whose rows the caller prints.
 func (s *sqlSession) queryRows(ctx context.Context, stmt string, params ...any) (*sqlclient.Rows, error) {
 	sctx, done := s.statementContext(ctx)
 	defer done()
-	rows, err := s.client.Query(sctx, stmt, params...)
+	return s.fetch(ctx, sctx, stmt, params...)
+}
+
+// fetch runs a query in the statement context sctx, under ctx.
+func (s *sqlSession) fetch(ctx, sctx context.Context, stmt string, params ...any) (*sqlclient.Rows, error) {
+	rctx, cancel := s.requestContext(sctx)
+	defer cancel()
+	rows, err := s.client.Query(rctx, stmt, params...)
 	if err != nil {
-		return nil, s.requestError(ctx, sctx, err, false)
+		return nil, s.requestError(ctx, rctx, err, false)
 	}
 	return rows, nil
+}
+
+// printError says why printing a result stopped: a signal (ctx's error,
+// which the command's exit reports), Ctrl-C in the shell, or the output.
+func printError(ctx context.Context, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(err, context.Canceled):
+		return errors.New("interrupted: the rest of the rows were not printed")
+	}
+	return err
 }
 
 // requestError says what a failed request means for the user: the server's
@@ -406,9 +441,8 @@ func writeJSONLine(w io.Writer, v any) error {
 	return err
 }
 
-// rowsJSON is a query's result in the API's own form, blobs as
-// {"base64":...}.
-// jsonRows is a result set as --json prints it.
+// jsonRows is a result set as --json prints it: in the API's own form, blobs
+// as {"base64":...} and infinities as {"real":"Infinity"}.
 type jsonRows struct {
 	Columns []string `json:"columns"`
 	Types   []string `json:"types"`
@@ -420,8 +454,16 @@ func rowsJSON(r *sqlclient.Rows) *jsonRows {
 	for i, row := range r.Rows {
 		out := make([]any, len(row))
 		for j, v := range row {
-			if b, ok := v.([]byte); ok {
-				v = map[string]string{"base64": base64.StdEncoding.EncodeToString(b)}
+			switch x := v.(type) {
+			case []byte:
+				v = map[string]string{"base64": base64.StdEncoding.EncodeToString(x)}
+			case float64:
+				// JSON numbers have no infinities; encoding/json refuses them.
+				if math.IsInf(x, 1) {
+					v = map[string]string{"real": "Infinity"}
+				} else if math.IsInf(x, -1) {
+					v = map[string]string{"real": "-Infinity"}
+				}
 			}
 			out[j] = v
 		}
@@ -437,22 +479,49 @@ func rowsJSON(r *sqlclient.Rows) *jsonRows {
 	return &jsonRows{cols, types, rows}
 }
 
+// maxCellWidth caps a table column, in terminal columns. A longer value is
+// cut short and ends in cellMore, so that one long value neither widens
+// every row of its column nor makes the table's size grow with it; --json
+// prints every value whole. (sqlCmd's help names it.)
+const maxCellWidth = 50
+
+// cellMore ends a value cut short, and a blob's summary.
+const cellMore = "…"
+
+// blobPrefixBytes is how many leading bytes of a blob too long to show
+// whole its summary shows, in hex.
+const blobPrefixBytes = 8
+
 // printTable prints rows as sqlite3 -header -column does: a header, a rule,
-// columns two spaces apart, NULL as nothing; numbers are right-aligned. A
-// result with no rows prints nothing.
-func printTable(w io.Writer, r *sqlclient.Rows) error {
+// columns two spaces apart; numbers are right-aligned. Unlike sqlite3, a
+// column is at most maxCellWidth wide (see tableCell). A result with no rows
+// prints nothing. It stops, with ctx's error, when ctx is cancelled.
+func printTable(ctx context.Context, w io.Writer, r *sqlclient.Rows) error {
 	if len(r.Rows) == 0 {
 		return nil
 	}
-	cells := make([][]string, len(r.Rows))
-	width := make([]int, len(r.Columns))
-	numeric := make([]bool, len(r.Columns))
-	for j, c := range r.Columns {
-		width[j] = utf8.RuneCountInString(c)
+	type cell struct {
+		s     string
+		width int
 	}
+	ncol := len(r.Columns)
+	header := make([]cell, ncol)
+	colWidth := make([]int, ncol)
+	numeric := make([]bool, ncol)
+	for j, c := range r.Columns {
+		s, n := cellText(c, maxCellWidth)
+		header[j] = cell{s, n}
+		colWidth[j] = n
+	}
+	// Every cell is formatted once, and is short: the table costs what it
+	// prints, however long the values behind it.
+	cells := make([][]cell, len(r.Rows))
 	for i, row := range r.Rows {
-		cells[i] = make([]string, len(r.Columns))
-		for j := range r.Columns {
+		if i%1024 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		cells[i] = make([]cell, ncol)
+		for j := range ncol {
 			if j >= len(row) {
 				continue
 			}
@@ -460,8 +529,9 @@ func printTable(w io.Writer, r *sqlclient.Rows) error {
 			if j < len(r.Types) {
 				typ = r.Types[j]
 			}
-			cells[i][j] = formatValue(row[j], typ)
-			width[j] = max(width[j], displayWidth(cells[i][j]))
+			s, n := tableCell(row[j], typ)
+			cells[i][j] = cell{s, n}
+			colWidth[j] = max(colWidth[j], n)
 			switch row[j].(type) {
 			case int64, float64:
 				numeric[j] = true
@@ -469,56 +539,143 @@ func printTable(w io.Writer, r *sqlclient.Rows) error {
 		}
 	}
 	bw := bufio.NewWriter(w)
-	var l strings.Builder
-	line := func(vals []string, rightAlign bool) {
-		l.Reset()
+	var line []byte
+	spaces := strings.Repeat(" ", maxCellWidth)
+	rule := strings.Repeat("-", maxCellWidth)
+	write := func(vals []cell, rightAlign bool) error {
+		line = line[:0]
 		for j, v := range vals {
 			if j > 0 {
-				l.WriteString("  ")
+				line = append(line, "  "...)
 			}
-			pad := strings.Repeat(" ", width[j]-displayWidth(v))
+			pad := spaces[:max(0, colWidth[j]-v.width)]
 			if rightAlign && numeric[j] {
-				l.WriteString(pad + v)
+				line = append(line, pad...)
+				line = append(line, v.s...)
 			} else {
-				l.WriteString(v + pad)
+				line = append(line, v.s...)
+				line = append(line, pad...)
 			}
 		}
-		bw.WriteString(strings.TrimRight(l.String(), " "))
-		bw.WriteByte('\n')
+		line = append(bytes.TrimRight(line, " "), '\n')
+		_, err := bw.Write(line)
+		return err
 	}
-	line(r.Columns, true)
-	rules := make([]string, len(width))
-	for j, n := range width {
-		rules[j] = strings.Repeat("-", n)
+	if err := write(header, true); err != nil {
+		return err
 	}
-	line(rules, false)
+	rules := make([]cell, ncol)
+	for j, n := range colWidth {
+		rules[j] = cell{rule[:n], n}
+	}
+	if err := write(rules, false); err != nil {
+		return err
+	}
 	for _, row := range cells {
-		line(row, true)
+		// A signal, or Ctrl-C in the shell, stops a long table between
+		// rows rather than after the last.
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := write(row, true); err != nil {
+			return err
+		}
 	}
 	return bw.Flush()
 }
 
-// displayWidth is how many terminal columns s takes: East Asian wide and
-// fullwidth characters (CJK, most emoji) take two.
+// tableCell is v as a table cell shows it, and its width in terminal
+// columns, at most maxCellWidth: text and numbers as formatValue shows
+// them, cut short if longer; a blob as an X'...' literal if that fits, else
+// as a summary of its size and first bytes.
+func tableCell(v any, typ string) (string, int) {
+	switch v := v.(type) {
+	case string:
+		return cellText(v, maxCellWidth)
+	case []byte:
+		if 3+2*len(v) <= maxCellWidth {
+			s := formatValue(v, typ)
+			return s, len(s)
+		}
+		s := fmt.Sprintf("<blob %d bytes: %X%s>", len(v), v[:blobPrefixBytes], cellMore)
+		return cellText(s, maxCellWidth)
+	}
+	return cellText(formatValue(v, typ), maxCellWidth)
+}
+
+// cellText is s with newlines, tabs and other control characters escaped
+// (\n, \t, \x1b), which keeps a value on its row and the terminal's state
+// alone, cut short with cellMore if it is wider than limit columns (limit
+// < 0: no limit); and its width. It reads only as much of s as it shows.
+func cellText(s string, limit int) (string, int) {
+	var b strings.Builder
+	n := 0
+	// cut and cutWidth: where s is cut if it turns out too wide, leaving
+	// room for cellMore.
+	cut, cutWidth := 0, 0
+	for _, r := range s {
+		var esc string
+		w := 0
+		switch {
+		case r == '\n':
+			esc = `\n`
+		case r == '\r':
+			esc = `\r`
+		case r == '\t':
+			esc = `\t`
+		case r < 0x80 && unicode.IsControl(r):
+			esc = fmt.Sprintf(`\x%02x`, r)
+		case unicode.IsControl(r):
+			esc = fmt.Sprintf(`\u%04x`, r)
+		default:
+			w = runeWidth(r)
+		}
+		if esc != "" {
+			w = len(esc)
+		}
+		if limit >= 0 && n+w > limit {
+			return b.String()[:cut] + cellMore, cutWidth + 1
+		}
+		if esc != "" {
+			b.WriteString(esc)
+		} else {
+			b.WriteRune(r)
+		}
+		n += w
+		if n+1 <= limit {
+			cut, cutWidth = b.Len(), n
+		}
+	}
+	return b.String(), n
+}
+
+// displayWidth is how many terminal columns s takes (see runeWidth).
 func displayWidth(s string) int {
 	n := 0
 	for _, r := range s {
-		switch width.LookupRune(r).Kind() {
-		case width.EastAsianWide, width.EastAsianFullwidth:
-			n += 2
-		default:
-			n++
-		}
+		n += runeWidth(r)
 	}
 	return n
 }
 
-// cellEscaper keeps a value on its table row.
-var cellEscaper = strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", `\t`)
+// runeWidth is how many terminal columns r takes: East Asian wide and
+// fullwidth characters (CJK, most emoji) take two, combining marks and
+// invisible format characters none.
+func runeWidth(r rune) int {
+	if unicode.In(r, unicode.Mn, unicode.Me, unicode.Cf) {
+		return 0
+	}
+	switch width.LookupRune(r).Kind() {
+	case width.EastAsianWide, width.EastAsianFullwidth:
+		return 2
+	}
+	return 1
+}
 
 // formatValue shows a value as sqlite3 would, except that NULL shows as
 // NULL (not as an empty string, which it is not), blobs as X'hex'
-// literals rather than raw bytes, and newlines and tabs in text as \n, \t.
+// literals rather than raw bytes, and newlines, tabs and other control
+// characters in text escaped, as cellText does.
 func formatValue(v any, typ string) string {
 	switch v := v.(type) {
 	case nil:
@@ -540,7 +697,8 @@ func formatValue(v any, typ string) string {
 		}
 		return s
 	case string:
-		return cellEscaper.Replace(v)
+		s, _ := cellText(v, -1)
+		return s
 	case []byte:
 		return "X'" + strings.ToUpper(hex.EncodeToString(v)) + "'"
 	case bool:
@@ -617,9 +775,11 @@ func (s *sqlSession) dot(ctx context.Context, line string) (quit bool, err error
 	case ".status":
 		sctx, done := s.statementContext(ctx)
 		defer done()
-		h, err := s.client.Health(sctx)
+		rctx, cancel := s.requestContext(sctx)
+		defer cancel()
+		h, err := s.client.Health(rctx)
 		if err != nil {
-			return false, s.requestError(ctx, sctx, err, false)
+			return false, s.requestError(ctx, rctx, err, false)
 		}
 		if s.asJSON {
 			return false, writeJSONLine(s.out, h)
@@ -644,7 +804,7 @@ func printNameColumns(w io.Writer, names []string, lineWidth int) error {
 	}
 	wmax := 0
 	for _, n := range names {
-		wmax = max(wmax, utf8.RuneCountInString(n))
+		wmax = max(wmax, displayWidth(n))
 	}
 	cols := max(1, (lineWidth+2)/(wmax+2))
 	rows := (len(names) + cols - 1) / cols
@@ -660,7 +820,7 @@ func printNameColumns(w io.Writer, names []string, lineWidth int) error {
 			}
 			n := names[i]
 			if next := (c+1)*rows + r; next < len(names) {
-				n += strings.Repeat(" ", wmax-utf8.RuneCountInString(n))
+				n += strings.Repeat(" ", wmax-displayWidth(n))
 			}
 			bw.WriteString(n)
 		}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -307,7 +309,7 @@ func TestFormatValue(t *testing.T) {
 
 func TestPrintTableAlignsColumns(t *testing.T) {
 	var b bytes.Buffer
-	printTable(&b, &sqlclient.Rows{
+	printTable(context.Background(), &b, &sqlclient.Rows{
 		Columns: []string{"id", "name", "score"},
 		Types:   []string{"INTEGER", "TEXT", "REAL"},
 		Rows:    [][]any{{int64(1), "ålice", 3.5}, {int64(100), nil, int64(12)}, {int64(7), "世界", 1.5}},
@@ -318,7 +320,7 @@ func TestPrintTableAlignsColumns(t *testing.T) {
 		t.Fatalf("table:\n%s\nwant:\n%s", b.String(), want)
 	}
 	b.Reset()
-	printTable(&b, &sqlclient.Rows{Columns: []string{"a"}})
+	printTable(context.Background(), &b, &sqlclient.Rows{Columns: []string{"a"}})
 	if b.Len() != 0 {
 		t.Fatalf("no rows printed %q", b.String())
 	}
@@ -350,5 +352,221 @@ func TestSQLPrintsReturnedRows(t *testing.T) {
 	want := `{"results":[{"rows_affected":1,"last_insert_id":7,"columns":["id","v"],"types":["INTEGER","TEXT"],"rows":[[7,"x"]]}]}`
 	if err != nil || strings.TrimSpace(out) != want {
 		t.Fatalf("json: %s %v\nwant %s", out, err, want)
+	}
+}
+
+// A header is measured as its cells are, in terminal columns: a wide
+// character in it takes two (measured in runes, the padding of the header
+// came out negative, and strings.Repeat panicked).
+func TestPrintTableWideCharactersInHeaders(t *testing.T) {
+	for _, tc := range []struct {
+		rows *sqlclient.Rows
+		want string
+	}{
+		{&sqlclient.Rows{Columns: []string{"'日本'"}, Types: []string{""}, Rows: [][]any{{"日本"}}},
+			"'日本'\n------\n日本\n"},
+		{&sqlclient.Rows{Columns: []string{"名前", "x"}, Types: []string{"", ""}, Rows: [][]any{{int64(1), "a"}, {int64(22), "b"}}},
+			"名前  x\n----  -\n   1  a\n  22  b\n"},
+		// Combining marks take no column; control characters are escaped.
+		{&sqlclient.Rows{Columns: []string{"e\u0301", "k"}, Types: []string{"", ""}, Rows: [][]any{{"e\x1bx", int64(1)}}},
+			"e\u0301       k\n------  -\ne\\x1bx  1\n"},
+	} {
+		var b bytes.Buffer
+		if err := printTable(context.Background(), &b, tc.rows); err != nil {
+			t.Fatal(err)
+		}
+		if b.String() != tc.want {
+			t.Errorf("table:\n%s\nwant:\n%s", b.String(), tc.want)
+		}
+	}
+}
+
+// The shell prints the table, not a panic, for the issue's statements.
+func TestSQLPrintsWideCharacterHeaders(t *testing.T) {
+	w := newSQLWire(t, func(path string, body map[string]any) (int, string) {
+		return 200, `{"columns":["'日本'"],"types":[""],"rows":[["日本"]]}`
+	})
+	out, err := runSQL(t, w, "", "-e", "SELECT '日本'")
+	if err != nil || out != "'日本'\n------\n日本\n" {
+		t.Fatalf("%q, %v", out, err)
+	}
+}
+
+func TestPrintNameColumnsMeasuresDisplayWidth(t *testing.T) {
+	var b bytes.Buffer
+	printNameColumns(&b, []string{"表", "ab", "c"}, 10)
+	if want := "表  ab  c\n"; b.String() != want {
+		t.Fatalf("%q; want %q", b.String(), want)
+	}
+}
+
+// A long value is cut at maxCellWidth columns and a long blob is
+// summarized, so the table is as long as what it shows, not as its widest
+// value times its rows.
+func TestPrintTableCapsLongValues(t *testing.T) {
+	long := strings.Repeat("ab", 1<<19)
+	blob := make([]byte, 1<<20)
+	copy(blob, []byte{0xde, 0xad})
+	rows := &sqlclient.Rows{Columns: []string{"k", "v"}, Types: []string{"INTEGER", ""}}
+	rows.Rows = [][]any{{int64(1), long}, {int64(2), blob}, {int64(3), []byte{0xde, 0xad}}, {int64(4), "世界" + long}}
+	const n = 100
+	for i := 5; i <= n; i++ {
+		rows.Rows = append(rows.Rows, []any{int64(i), blob})
+	}
+	var b bytes.Buffer
+	if err := printTable(context.Background(), &b, rows); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(b.String(), "\n")
+	want := []string{
+		"  k  v",
+		"---  " + strings.Repeat("-", maxCellWidth),
+		"  1  " + long[:maxCellWidth-1] + "…",
+		"  2  <blob 1048576 bytes: DEAD000000000000…>",
+		"  3  X'DEAD'",
+		// A wide character is two columns, so 47 more fit, and the '…'.
+		"  4  世界" + long[:maxCellWidth-5] + "…",
+	}
+	if len(lines) != n+3 || lines[n+2] != "" {
+		t.Fatalf("%d lines", len(lines))
+	}
+	for i, l := range want {
+		if lines[i] != l {
+			t.Errorf("line %d (of %d bytes) starts %q; want %q", i, len(lines[i]), lines[i][:min(len(lines[i]), 80)], l)
+		}
+	}
+	if size := b.Len(); size > n*(5+maxCellWidth*3+1)+200 {
+		t.Fatalf("%d bytes for %d rows of at most %d columns", size, n, maxCellWidth)
+	}
+}
+
+func TestCellText(t *testing.T) {
+	for _, tc := range []struct {
+		s     string
+		limit int
+		want  string
+		width int
+	}{
+		{"abc", 3, "abc", 3},
+		{"abcd", 3, "ab…", 3},
+		{"日本語", 6, "日本語", 6},
+		{"日本語", 5, "日本…", 5},
+		{"日本語", 4, "日…", 3},
+		{"a\nb\tc", -1, `a\nb\tc`, 7},
+		// An escape is not cut in two.
+		{"a\nb", 3, "a…", 2},
+		{"\x7f\u0085", -1, `\x7f\u0085`, 10},
+		{"cafe\u0301s", 5, "cafe\u0301s", 5},
+		{"", 0, "", 0},
+	} {
+		if got, n := cellText(tc.s, tc.limit); got != tc.want || n != tc.width {
+			t.Errorf("cellText(%q, %d) = %q, %d; want %q, %d", tc.s, tc.limit, got, n, tc.want, tc.width)
+		}
+		if got, n := cellText(tc.s, tc.limit); n != displayWidth(got) {
+			t.Errorf("cellText(%q, %d): width %d, but %q takes %d", tc.s, tc.limit, n, got, displayWidth(got))
+		}
+	}
+}
+
+// onWrite calls f at the first write to it.
+type onWrite struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+	f  func()
+}
+
+func (w *onWrite) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f != nil {
+		w.f()
+		w.f = nil
+	}
+	return w.b.Write(p)
+}
+
+func (w *onWrite) Len() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Len()
+}
+
+// manyRows is a query reply of n rows.
+func manyRows(n int) string {
+	var b strings.Builder
+	b.WriteString(`{"columns":["k","v"],"types":["INTEGER","TEXT"],"rows":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `[%d,"row"]`, i)
+	}
+	b.WriteString("]}")
+	return b.String()
+}
+
+// A signal (the command's context cancelled) or Ctrl-C in the shell stops
+// the printing of a long table, not only the request before it.
+func TestSQLStopsPrintingWhenInterrupted(t *testing.T) {
+	const n = 100_000
+	reply := manyRows(n)
+	w := newSQLWire(t, func(path string, body map[string]any) (int, string) { return 200, reply })
+	full := n * len("99999  row\n")
+
+	// A signal: main's context is cancelled, and the command returns its
+	// error, which main reports as "interrupted".
+	t.Run("signal", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		out := &onWrite{f: cancel}
+		cmd := sqlCmd()
+		cmd.SetOut(out)
+		cmd.SetErr(io.Discard)
+		cmd.SetArgs([]string{"--endpoint", w.URL, "-e", "SELECT * FROM t"})
+		cmd.SetContext(ctx)
+		if err := cmd.Execute(); !errors.Is(err, context.Canceled) {
+			t.Errorf("err %v; want context.Canceled", err)
+		}
+		if out.Len() > full/10 {
+			t.Errorf("printed %d of %d bytes after the signal", out.Len(), full)
+		}
+	})
+
+	// Ctrl-C in the shell: the statement is interrupted, the shell goes on.
+	t.Run("ctrl-c", func(t *testing.T) {
+		s := &sqlSession{client: &sqlclient.Client{Endpoint: w.URL}}
+		out := &onWrite{f: func() { s.interrupt() }}
+		s.out = out
+		err := s.run(context.Background(), "SELECT * FROM t")
+		if err == nil || !strings.Contains(err.Error(), "interrupted") {
+			t.Errorf("err %v; want interrupted", err)
+		}
+		if out.Len() > full/10 {
+			t.Errorf("printed %d of %d bytes after Ctrl-C", out.Len(), full)
+		}
+	})
+}
+
+// JSON has no infinities: --json prints them as the server sends them,
+// {"real":"Infinity"}, and a table as sqlite3 does.
+func TestSQLPrintsInfinities(t *testing.T) {
+	const rows = `"columns":["x"],"types":[""],"rows":[[{"real":"Infinity"}],[{"real":"-Infinity"}],[1.5]]`
+	w := newSQLWire(t, func(path string, body map[string]any) (int, string) {
+		if path == "/v1/execute" {
+			return 200, `{"results":[{"rows_affected":0,"last_insert_id":0,` + rows + `}]}`
+		}
+		return 200, "{" + rows + "}"
+	})
+	out, err := runSQL(t, w, "", "--json", "-e", "SELECT 1e300*1e10")
+	if want := "{" + rows + "}\n"; err != nil || out != want {
+		t.Fatalf("--json: %q, %v; want %q", out, err, want)
+	}
+	out, err = runSQL(t, w, "", "--json", "-e", "UPDATE t SET x = x RETURNING 1e300*1e10")
+	if want := `{"results":[{"rows_affected":0,"last_insert_id":0,` + rows + "}]}\n"; err != nil || out != want {
+		t.Fatalf("--json: %q, %v; want %q", out, err, want)
+	}
+	out, err = runSQL(t, w, "", "-e", "SELECT 1e300*1e10")
+	if want := "   x\n----\n Inf\n-Inf\n 1.5\n"; err != nil || out != want {
+		t.Fatalf("table: %q, %v; want %q", out, err, want)
 	}
 }
