@@ -139,8 +139,11 @@ func (x *RegisterNodeResponse) GetHeartbeatIntervalMs() uint32 {
 }
 
 type HeartbeatRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The ids of the volumes the node holds anything of, so that the answer
+	// can say which of them were deleted.
+	HostedVolumes []uint64 `protobuf:"varint,2,rep,packed,name=hosted_volumes,json=hostedVolumes,proto3" json:"hosted_volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -182,13 +185,24 @@ func (x *HeartbeatRequest) GetId() string {
 	return ""
 }
 
+func (x *HeartbeatRequest) GetHostedVolumes() []uint64 {
+	if x != nil {
+		return x.HostedVolumes
+	}
+	return nil
+}
+
 type HeartbeatResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The current epoch of every volume, so that storage nodes refuse a
 	// fenced writer even before it sends them anything.
-	Epochs        []*VolumeEpoch `protobuf:"bytes,1,rep,name=epochs,proto3" json:"epochs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Epochs []*VolumeEpoch `protobuf:"bytes,1,rep,name=epochs,proto3" json:"epochs,omitempty"`
+	// Those of hosted_volumes that were deleted (the catalog keeps their
+	// tombstones): the node drops everything it holds of them. A volume the
+	// catalog does not know at all is never listed.
+	DeletedVolumes []uint64 `protobuf:"varint,2,rep,packed,name=deleted_volumes,json=deletedVolumes,proto3" json:"deleted_volumes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *HeartbeatResponse) Reset() {
@@ -224,6 +238,13 @@ func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
 func (x *HeartbeatResponse) GetEpochs() []*VolumeEpoch {
 	if x != nil {
 		return x.Epochs
+	}
+	return nil
+}
+
+func (x *HeartbeatResponse) GetDeletedVolumes() []uint64 {
+	if x != nil {
+		return x.DeletedVolumes
 	}
 	return nil
 }
@@ -1646,11 +1667,13 @@ const file_control_proto_rawDesc = "" +
 	"\x04addr\x18\x03 \x01(\tR\x04addr\x12%\n" +
 	"\x0ecapacity_bytes\x18\x04 \x01(\x04R\rcapacityBytes\"J\n" +
 	"\x14RegisterNodeResponse\x122\n" +
-	"\x15heartbeat_interval_ms\x18\x01 \x01(\rR\x13heartbeatIntervalMs\"\"\n" +
+	"\x15heartbeat_interval_ms\x18\x01 \x01(\rR\x13heartbeatIntervalMs\"I\n" +
 	"\x10HeartbeatRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
+	"\x0ehosted_volumes\x18\x02 \x03(\x04R\rhostedVolumes\"n\n" +
 	"\x11HeartbeatResponse\x120\n" +
-	"\x06epochs\x18\x01 \x03(\v2\x18.borealis.v1.VolumeEpochR\x06epochs\"@\n" +
+	"\x06epochs\x18\x01 \x03(\v2\x18.borealis.v1.VolumeEpochR\x06epochs\x12'\n" +
+	"\x0fdeleted_volumes\x18\x02 \x03(\x04R\x0edeletedVolumes\"@\n" +
 	"\vVolumeEpoch\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"j\n" +

@@ -50,6 +50,9 @@ const (
 	// A read request contradicts itself or the segment (a page outside the
 	// PG, a PG tail above the read point).
 	Reason_BAD_REQUEST Reason = 10
+	// The volume was deleted from the catalog and the node dropped its
+	// segments; it hosts nothing of it again.
+	Reason_VOLUME_DELETED Reason = 11
 )
 
 // Enum value maps for Reason.
@@ -66,6 +69,7 @@ var (
 		8:  "DISK_FULL",
 		9:  "BAD_DECLARATION",
 		10: "BAD_REQUEST",
+		11: "VOLUME_DELETED",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED": 0,
@@ -79,6 +83,7 @@ var (
 		"DISK_FULL":          8,
 		"BAD_DECLARATION":    9,
 		"BAD_REQUEST":        10,
+		"VOLUME_DELETED":     11,
 	}
 )
 
@@ -1734,7 +1739,7 @@ const file_storage_proto_rawDesc = "" +
 	"\x06reason\x18\x01 \x01(\x0e2\x13.borealis.v1.ReasonR\x06reason\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x03 \x01(\rR\x02pg\x12\x10\n" +
-	"\x03lsn\x18\x04 \x01(\x04R\x03lsn*\xd8\x01\n" +
+	"\x03lsn\x18\x04 \x01(\x04R\x03lsn*\xec\x01\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vSTALE_EPOCH\x10\x01\x12\x10\n" +
@@ -1747,7 +1752,8 @@ const file_storage_proto_rawDesc = "" +
 	"\tDISK_FULL\x10\b\x12\x13\n" +
 	"\x0fBAD_DECLARATION\x10\t\x12\x0f\n" +
 	"\vBAD_REQUEST\x10\n" +
-	"2\xae\x03\n" +
+	"\x12\x12\n" +
+	"\x0eVOLUME_DELETED\x10\v2\xae\x03\n" +
 	"\aStorage\x12E\n" +
 	"\x06Append\x12\x1a.borealis.v1.AppendRequest\x1a\x1b.borealis.v1.AppendResponse(\x010\x01\x12D\n" +
 	"\aGetPage\x12\x1b.borealis.v1.GetPageRequest\x1a\x1c.borealis.v1.GetPageResponse\x12;\n" +

@@ -80,6 +80,12 @@ writer first declares them.`,
 							log.Error("cannot record volume epochs from the control plane", "err", err)
 						}
 					},
+					Hosted: node.HostedVolumes,
+					OnDeleted: func(vols []uint64) {
+						if err := node.DropVolumes(vols); err != nil {
+							log.Error("cannot drop the segments of deleted volumes; once the node restarts, its first heartbeat drops them", "volumes", vols, "err", err)
+						}
+					},
 				}, log)
 			}
 			log.Info("storage node serving", "id", cfg.ID, "az", cfg.AZ, "addr", lis.Addr().String(), "dir", cfg.Dir)

@@ -22,6 +22,12 @@ type AgentNode struct {
 	// OnEpochs, when set, receives the volumes' current epochs with every
 	// heartbeat, so the node can fence stale writers.
 	OnEpochs func(map[uint64]uint64)
+	// Hosted, when set, gives the ids of the volumes the node holds
+	// anything of; each heartbeat sends them, and OnDeleted receives those
+	// that were deleted, for the node to drop. Hosted must be quick: it is
+	// called on the heartbeat's path.
+	Hosted    func() []uint64
+	OnDeleted func([]uint64)
 }
 
 // Agent retry timings.
@@ -107,8 +113,12 @@ func RunNodeAgent(ctx context.Context, controlAddr string, node AgentNode, log *
 			registered, delay = true, agentMinBackoff
 			// Heartbeat at once, so that the node is up without waiting.
 		}
+		req := &pb.HeartbeatRequest{Id: node.ID}
+		if node.Hosted != nil {
+			req.HostedVolumes = node.Hosted()
+		}
 		hctx, cancel := context.WithTimeout(ctx, max(interval, time.Second))
-		hb, err := cli.Heartbeat(hctx, &pb.HeartbeatRequest{Id: node.ID})
+		hb, err := cli.Heartbeat(hctx, req)
 		cancel()
 		if err == nil && node.OnEpochs != nil && len(hb.GetEpochs()) > 0 {
 			epochs := make(map[uint64]uint64, len(hb.GetEpochs()))
@@ -116,6 +126,10 @@ func RunNodeAgent(ctx context.Context, controlAddr string, node AgentNode, log *
 				epochs[e.GetVolumeId()] = e.GetEpoch()
 			}
 			node.OnEpochs(epochs)
+		}
+		if err == nil && node.OnDeleted != nil && len(hb.GetDeletedVolumes()) > 0 {
+			// Before the next heartbeat, which would name them again.
+			node.OnDeleted(hb.GetDeletedVolumes())
 		}
 		if err != nil {
 			if ctx.Err() != nil {

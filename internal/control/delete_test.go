@@ -1,8 +1,11 @@
 package control
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -10,6 +13,10 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
 )
 
 // catalogKeys lists every key under the catalog's prefix, without it.
@@ -189,4 +196,86 @@ func TestRaceDeleteAndAcquireWriter(t *testing.T) {
 		}
 	}
 	t.Logf("the delete won %d of 20 rounds", deletes)
+}
+
+// TestServerDeleteVolumeTellsNodes: DeleteVolume over gRPC refuses an
+// unknown volume (NotFound) and one with a writer (FailedPrecondition,
+// naming it), and deletes an idle one; a node agent that reports the
+// volumes it holds is then told, in its heartbeats, to drop exactly the
+// deleted one: never a live volume, nor one the catalog does not know.
+func TestServerDeleteVolumeTellsNodes(t *testing.T) {
+	t.Parallel()
+	cat := newCatalog(t)
+	sixNodes(t, cat)
+	addr, _ := testServer(t, cat, "", 2*time.Second)
+	cli := dialControl(t, addr)
+	ctx := ctxT(t)
+	a, err := cli.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: "a", PgSizeBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cli.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: "b", PgSizeBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	told := make(chan []uint64, 16)
+	actx, stopAgent := context.WithCancel(context.Background())
+	agentDone := make(chan struct{})
+	go func() {
+		defer close(agentDone)
+		RunNodeAgent(actx, addr, AgentNode{ID: "s1", AZ: "a", Addr: "127.0.0.1:7s1", CapacityBytes: 1 << 30,
+			Hosted: func() []uint64 { return []uint64{a.Id, b.Id, 999} },
+			OnDeleted: func(ids []uint64) {
+				select {
+				case told <- ids:
+				default:
+				}
+			},
+		}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	defer func() { stopAgent(); <-agentDone }()
+
+	_, err = cli.DeleteVolume(ctx, &pb.DeleteVolumeRequest{Name: "nope"})
+	wantCode(t, err, codes.NotFound, "delete an unknown volume")
+	acq, err := cli.AcquireWriter(ctx, &pb.AcquireWriterRequest{Volume: "a", Holder: "w1", TtlMs: 10000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cli.DeleteVolume(ctx, &pb.DeleteVolumeRequest{Name: "a"})
+	wantCode(t, err, codes.FailedPrecondition, "delete a volume with a writer")
+	if !strings.Contains(status.Convert(err).Message(), "held by w1") {
+		t.Fatalf("the refusal does not name the writer: %v", err)
+	}
+	// Heartbeats meanwhile tell of no deletion.
+	select {
+	case ids := <-told:
+		t.Fatalf("told to drop %v before any volume was deleted", ids)
+	default:
+	}
+	if _, err := cli.ReleaseWriter(ctx, &pb.ReleaseWriterRequest{Lease: acq.Lease}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.DeleteVolume(ctx, &pb.DeleteVolumeRequest{Name: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := resp.GetVolume(); v.GetName() != "a" || v.GetId() != a.Id || v.GetPgs() != 1 || len(v.GetPgList()) != 1 {
+		t.Fatalf("DeleteVolume answered %v", v)
+	}
+	// Two heartbeats' worth: each names a, and only a.
+	for range 2 {
+		select {
+		case ids := <-told:
+			if !slices.Equal(ids, []uint64{a.Id}) {
+				t.Fatalf("told to drop %v; want only [%d] (b=%d is live, 999 unknown)", ids, a.Id, b.Id)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no heartbeat told the node of the deleted volume")
+		}
+	}
+	list, err := cli.ListVolumes(ctx, &pb.ListVolumesRequest{})
+	if err != nil || len(list.Volumes) != 1 || list.Volumes[0].Name != "b" {
+		t.Fatalf("ListVolumes after the delete: %v %v", list, err)
+	}
 }

@@ -204,9 +204,18 @@ func (s *Server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.H
 		if err != nil {
 			return nil, err
 		}
-		resp := &pb.HeartbeatResponse{}
+		// Read after the volumes: a volume deleted in between is in both
+		// lists, and the node takes its epoch, then drops it.
+		deleted, err := s.cat.DeletedVolumes(ctx, req.GetHostedVolumes())
+		if err != nil {
+			return nil, err
+		}
+		resp := &pb.HeartbeatResponse{DeletedVolumes: deleted}
 		for _, v := range vols {
 			resp.Epochs = append(resp.Epochs, &pb.VolumeEpoch{VolumeId: v.ID, Epoch: v.VolumeEpoch})
+		}
+		if len(deleted) > 0 {
+			s.log.Info("telling a node to drop deleted volumes", "node", req.GetId(), "volumes", deleted)
 		}
 		return resp, nil
 	})

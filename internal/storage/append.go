@@ -88,6 +88,9 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 	if err := n.failure(); err != nil {
 		return nil, nil, err
 	}
+	if err := n.volumeDeleted(in.volume); err != nil {
+		return nil, nil, err
+	}
 	if free := n.diskFree.Load(); free < n.cfg.MinFreeBytes {
 		return nil, nil, refuse(pb.Reason_DISK_FULL, in.volume, 0, 0, "storage node %s: only %d bytes free in %s, below the %d kept in reserve; nothing was stored", n.cfg.ID, free, n.cfg.Dir, n.cfg.MinFreeBytes)
 	}

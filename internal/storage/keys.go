@@ -9,6 +9,7 @@ import "encoding/binary"
 //	l vol pg lsn           -> chain entry: prevLSN, epoch, page (24 bytes)
 //	r vol pg page lsn      -> encoded redo record
 //	p vol pg page lsn      -> materialized page image
+//	x vol                  -> the volume was deleted and dropped here (unix nanos; see drop.go)
 //
 // The chain entry is kept apart from the record so that the chain can be
 // rebuilt and gossiped in LSN order, while reads find a page's records by
@@ -19,6 +20,7 @@ const (
 	famChain   = 'l'
 	famRecord  = 'r'
 	famVersion = 'p'
+	famDeleted = 'x'
 )
 
 func epochKey(vol uint64) []byte {

@@ -40,10 +40,7 @@ func (n *Node) materializeLoop() {
 				default:
 				}
 				n.yield()
-				did, err := n.materializeStep(s)
-				if err == nil && !did {
-					did, err = n.collectStep(s)
-				}
+				did, err := n.backgroundStep(s)
 				if err != nil {
 					n.log.Error("materializer step failed", "segment", s.key.String(), "err", err)
 					break
@@ -54,6 +51,21 @@ func (n *Node) materializeLoop() {
 			}
 		}
 	}
+}
+
+// backgroundStep materializes, or else collects, one chunk of a segment,
+// unless its volume has been dropped.
+func (n *Node) backgroundStep(s *seg) (bool, error) {
+	n.dropMu.Lock()
+	defer n.dropMu.Unlock()
+	if s.dropped.Load() {
+		return false, nil
+	}
+	did, err := n.materializeStep(s)
+	if err == nil && !did {
+		did, err = n.collectStep(s)
+	}
+	return did, err
 }
 
 // yield waits while appends are in flight, up to maxYield.

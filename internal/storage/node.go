@@ -62,6 +62,14 @@ type Node struct {
 	mu        sync.Mutex
 	segs      map[segKey]*seg
 	volEpochs map[uint64]uint64
+	// deleted are the volumes dropped here (DropVolumes); guarded by mu.
+	deleted map[uint64]bool
+
+	// dropMu is held by each materializer step and by DropVolumes, so that
+	// no step writes into a volume after it is dropped.
+	dropMu sync.Mutex
+	// compactions queues the key ranges of dropped volumes for compactLoop.
+	compactions chan [2][]byte
 
 	commits *committer
 	stats   counters
@@ -131,9 +139,12 @@ func Open(cfg Config) (*Node, error) {
 		log:       cfg.Logger.With("node", cfg.ID),
 		segs:      map[segKey]*seg{},
 		volEpochs: map[uint64]uint64{},
+		deleted:   map[uint64]bool{},
 		peers:     map[string]*grpc.ClientConn{},
 		holeFound: make(chan struct{}, 1),
 		stop:      make(chan struct{}),
+
+		compactions: make(chan [2][]byte, 64),
 	}
 	n.stats.commitLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "borealis", Subsystem: "storage", Name: "group_commit_seconds",
@@ -181,7 +192,8 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n.commits = newCommitter(n)
 	n.sampleDiskFree()
-	n.wg.Add(4)
+	n.wg.Add(5)
+	go func() { defer n.wg.Done(); n.compactLoop() }()
 	go func() { defer n.wg.Done(); n.diskFreeLoop() }()
 	go func() { defer n.wg.Done(); n.commits.run() }()
 	go func() { defer n.wg.Done(); n.materializeLoop() }()
@@ -244,6 +256,16 @@ func (n *Node) load() error {
 	}
 	for it.First(); it.Valid(); it.Next() {
 		n.volEpochs[binary.BigEndian.Uint64(it.Key()[1:])] = binary.BigEndian.Uint64(it.Value())
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	it, err = n.db.NewIter(&pebble.IterOptions{LowerBound: []byte{famDeleted}, UpperBound: []byte{famDeleted + 1}})
+	if err != nil {
+		return err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		n.deleted[binary.BigEndian.Uint64(it.Key()[1:])] = true
 	}
 	if err := it.Close(); err != nil {
 		return err
@@ -398,7 +420,8 @@ func (n *Node) ObserveEpochs(epochs map[uint64]uint64) error {
 	n.mu.Lock()
 	raised := map[uint64]uint64{}
 	for vol, epoch := range epochs {
-		if epoch > n.volEpochs[vol] {
+		// A heartbeat's list may predate the volume's delete.
+		if epoch > n.volEpochs[vol] && !n.deleted[vol] {
 			n.log.Info("volume epoch raised by the control plane", "volume", vol, "from", n.volEpochs[vol], "to", epoch)
 			n.volEpochs[vol] = epoch
 			raised[vol] = epoch
@@ -426,6 +449,10 @@ func (n *Node) ObserveEpochs(epochs map[uint64]uint64) error {
 // acknowledged here. An epoch older than the node's is refused.
 func (n *Node) fence(vol, epoch uint64) error {
 	n.mu.Lock()
+	if err := n.volumeDeleted(vol); err != nil {
+		n.mu.Unlock()
+		return err
+	}
 	if cur := n.volEpochs[vol]; epoch < cur {
 		n.mu.Unlock()
 		return refuse(pb.Reason_STALE_EPOCH, vol, 0, 0, "volume %d: recovery with epoch %d is older than epoch %d already seen; a newer writer has taken over", vol, epoch, cur)

@@ -42,6 +42,7 @@ var reasonCodes = map[pb.Reason]codes.Code{
 	pb.Reason_DISK_FULL:        codes.ResourceExhausted,
 	pb.Reason_BAD_DECLARATION:  codes.InvalidArgument,
 	pb.Reason_BAD_REQUEST:      codes.InvalidArgument,
+	pb.Reason_VOLUME_DELETED:   codes.NotFound,
 }
 
 // toStatus converts an internal error into the gRPC error sent to callers.

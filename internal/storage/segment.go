@@ -80,6 +80,10 @@ type seg struct {
 	// segment needs hydration: once a minute, not every gossip round.
 	hydrationWarned atomic.Int64
 
+	// dropped is set when the segment's volume is dropped (DropVolumes),
+	// under Node.dropMu, so the materializer leaves it alone from then on.
+	dropped atomic.Bool
+
 	// lastMaterialized is touched only by the materializer goroutine.
 	lastMaterialized time.Time
 }

@@ -1,0 +1,228 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/sqlclient"
+	"github.com/borealis-db/borealis/internal/volume"
+	"github.com/borealis-db/borealis/internal/wait"
+)
+
+// cli runs the borealis binary and returns its stdout, stderr and exit code.
+func cli(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("borealis %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// cliOK runs the binary and fails the test unless it exits 0.
+func cliOK(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errOut, code := cli(t, args...)
+	if code != 0 {
+		t.Fatalf("borealis %v: exit %d\n%s%s", args, code, out, errOut)
+	}
+	return out
+}
+
+// volumeNames is `borealis volume list --json`, as names.
+func volumeNames(t *testing.T, dir string) []string {
+	t.Helper()
+	out := cliOK(t, "volume", "list", "--json", "--dir", dir)
+	var list struct {
+		Volumes []struct {
+			Name     string `json:"name"`
+			ID       uint64 `json:"id"`
+			PageSize uint32 `json:"page_size"`
+			PGCount  uint32 `json:"pg_count"`
+		} `json:"volumes"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("volume list --json printed %q: %v", out, err)
+	}
+	var names []string
+	for _, v := range list.Volumes {
+		if v.ID == 0 || v.PageSize == 0 || v.PGCount == 0 {
+			t.Fatalf("volume list --json: %s", out)
+		}
+		names = append(names, v.Name)
+	}
+	return names
+}
+
+// hosts says whether the storage node c holds PG 0 of volume vol.
+func hosts(c pb.StorageClient, vol uint64) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := c.SegmentInfo(ctx, &pb.SegmentInfoRequest{Volume: vol, Pg: 0})
+	switch {
+	case err == nil:
+		return true, nil
+	case reasonOf(err) == pb.Reason_PG_NOT_HOSTED:
+		return false, nil
+	}
+	return false, err
+}
+
+// TestVolumeDelete runs `borealis volume` on a real `up` cluster: list
+// --json; delete refused for the volume `up`'s writer holds and for one that
+// does not exist; a volume written to on every node is deleted, gone from
+// the list, and its segments leave every storage node, one that was down
+// during the delete included, once it is back; and `bench commit --cluster`
+// leaves no volume behind, unless --keep.
+func TestVolumeDelete(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "c")
+	u := startUp(t, dir, "--base-port", fmt.Sprint(freeBasePort(t)))
+	f := u.waitReady()
+	ctl := controlClient(t, f)
+
+	if got := volumeNames(t, dir); !slices.Equal(got, []string{"main"}) {
+		t.Fatalf("volume list: %v, want [main]", got)
+	}
+	_, errOut, code := cli(t, "volume", "delete", "main", "--dir", dir)
+	if code == 0 || !strings.Contains(errOut, "held by writer") {
+		t.Fatalf("delete of the volume up's writer holds: exit %d, %q; want a refusal naming the writer", code, errOut)
+	}
+	_, errOut, code = cli(t, "volume", "delete", "nope", "--dir", dir)
+	if code == 0 || !strings.Contains(errOut, "volume nope does not exist") {
+		t.Fatalf("delete of an unknown volume: exit %d, %q", code, errOut)
+	}
+
+	// A volume with data on all six nodes.
+	cliOK(t, "volume", "create", "scratch", "--pg-size", "1MiB", "--dir", dir)
+	if got := volumeNames(t, dir); !slices.Equal(got, []string{"main", "scratch"}) {
+		t.Fatalf("volume list: %v, want [main scratch]", got)
+	}
+	vi, err := ctl.GetVolume(context.Background(), &pb.GetVolumeRequest{Name: "scratch"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := volumeOn(t, ctl, "scratch")
+	if _, err := v.Commit(context.Background(), []volume.PageWrite{{Page: 1, New: image(1, 1)}}); err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+	nodes := f.Storage()
+	clients := map[string]pb.StorageClient{}
+	for _, n := range nodes {
+		clients[n.ID] = storageAt(t, n.Addr)
+	}
+	wait.For(t, 20*time.Second, "every node to hold the scratch volume", func() bool {
+		for _, n := range nodes {
+			if ok, err := hosts(clients[n.ID], vi.Id); !ok || err != nil {
+				return false
+			}
+		}
+		return true
+	})
+
+	// s6 is down while the volume is deleted.
+	s6 := nodes[len(nodes)-1]
+	if err := syscall.Kill(s6.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, 10*time.Second, "s6 to exit", func() bool { return !alive(s6.Pid) })
+	out := cliOK(t, "volume", "delete", "scratch", "--dir", dir)
+	if !strings.Contains(out, "volume scratch deleted") {
+		t.Fatalf("volume delete printed %q", out)
+	}
+	if got := volumeNames(t, dir); !slices.Equal(got, []string{"main"}) {
+		t.Fatalf("volume list after the delete: %v, want [main]", got)
+	}
+	_, errOut, code = cli(t, "volume", "delete", "scratch", "--dir", dir)
+	if code == 0 || !strings.Contains(errOut, "does not exist") {
+		t.Fatalf("second delete: exit %d, %q", code, errOut)
+	}
+	wait.For(t, 20*time.Second, "the live nodes to drop the deleted volume", func() bool {
+		for _, n := range nodes[:len(nodes)-1] {
+			if ok, err := hosts(clients[n.ID], vi.Id); ok || err != nil {
+				return false
+			}
+		}
+		return true
+	})
+	cliOK(t, "restart", "s6", "--dir", dir)
+	wait.For(t, 30*time.Second, "s6, back, to drop the volume deleted while it was down", func() bool {
+		ok, err := hosts(clients[s6.ID], vi.Id)
+		return err == nil && !ok
+	})
+	// main is untouched: its writer still commits.
+	c := &sqlCluster{u: u, f: f, db: writerClient(t, f), dir: dir}
+	c.exec(t, false, sqlclient.Statement{SQL: "CREATE TABLE after_delete(k INTEGER PRIMARY KEY)"}, sqlclient.Statement{SQL: "INSERT INTO after_delete VALUES (1)"})
+	if n := c.one(t, "SELECT count(*) FROM after_delete"); n != 1 {
+		t.Fatalf("main after the delete: %d rows", n)
+	}
+
+	// bench commit --cluster: its volumes are gone when it ends...
+	clusterFile := filepath.Join(dir, "cluster.json")
+	benchJSON := func(args ...string) (names []string, kept bool) {
+		t.Helper()
+		out := cliOK(t, append([]string{"bench", "commit", "--cluster", clusterFile, "--json", "--duration", "200ms", "--committers", "1,2"}, args...)...)
+		var rep struct {
+			Volumes     []string `json:"volumes"`
+			VolumesKept bool     `json:"volumes_kept"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("bench commit --json printed %q: %v", out, err)
+		}
+		return rep.Volumes, rep.VolumesKept
+	}
+	names, kept := benchJSON()
+	if len(names) != 2 || kept || !strings.HasPrefix(names[0], "bench-") {
+		t.Fatalf("bench commit reported volumes %v, kept %v", names, kept)
+	}
+	if got := volumeNames(t, dir); !slices.Equal(got, []string{"main"}) {
+		t.Fatalf("volume list after bench commit: %v, want [main]", got)
+	}
+	// ...unless --keep, and then volume delete removes them.
+	names, kept = benchJSON("--keep")
+	if len(names) != 2 || !kept {
+		t.Fatalf("bench commit --keep reported volumes %v, kept %v", names, kept)
+	}
+	want := append(slices.Clone(names), "main") // by name
+	if got := volumeNames(t, dir); !slices.Equal(got, want) {
+		t.Fatalf("volume list after bench commit --keep: %v, want %v", got, want)
+	}
+	for _, n := range names {
+		cliOK(t, "volume", "delete", n, "--dir", dir)
+	}
+	if got := volumeNames(t, dir); !slices.Equal(got, []string{"main"}) {
+		t.Fatalf("volume list after deleting the kept volumes: %v, want [main]", got)
+	}
+}
+
+// storageAt is a Storage client of the node at addr.
+func storageAt(t *testing.T, addr string) pb.StorageClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewStorageClient(conn)
+}
