@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -21,7 +23,7 @@ import (
 
 func dbCmd() *cobra.Command {
 	var cfg dbserver.Config
-	var listen, metrics string
+	var listen, metrics, maxBody string
 	cmd := &cobra.Command{
 		Use:   "db --role writer --volume NAME --control ADDR --listen ADDR",
 		Short: "Run a database instance: SQLite on a volume, served over HTTP",
@@ -35,7 +37,11 @@ over HTTP with JSON on --listen:
   GET  /v1/health
 
 It answers /v1/health (ready: false) while it starts. If it loses the lease it
-stops serving writes, takes the lease again and recovers again.`,
+stops serving writes, takes the lease again and recovers again.
+
+A string or blob is at most 32 MiB (a row, 32 MiB + 64 KiB). A request body
+is at most --max-body, 48 MiB by default: enough for the largest blob as a
+parameter, which travels in base64 (4/3 of its size), with its statement.`,
 		Args: noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfg.WriteTimeout <= 0 {
@@ -47,8 +53,21 @@ stops serving writes, takes the lease again and recovers again.`,
 			if cfg.Volume == "" || cfg.Control == "" || listen == "" {
 				return errors.New("db needs --volume, --control and --listen")
 			}
+			n, err := parseSize(maxBody)
+			if err != nil {
+				return fmt.Errorf("--max-body: %w", err)
+			}
+			if n > math.MaxInt64 {
+				return fmt.Errorf("--max-body %s is too large", maxBody)
+			}
+			cfg.MaxBodyBytes = int64(n)
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			cfg.Logger = log
+			if need := int64(base64.StdEncoding.EncodedLen(dbserver.MaxValueBytes)); cfg.MaxBodyBytes < need {
+				// Allowed (an operator may want small requests), but then
+				// the API stores a large value only if SQL builds it.
+				log.Warn("--max-body is below what the largest value the API takes needs as a base64 blob parameter", "max_body", maxBody, "needs", need, "max_value_bytes", dbserver.MaxValueBytes)
+			}
 			inst, err := dbserver.New(cfg)
 			if err != nil {
 				return err
@@ -116,5 +135,6 @@ stops serving writes, takes the lease again and recovers again.`,
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", 0, "how long one request's SQL may run before it is interrupted and fails with timeout (0: 2m, or a minute more than --write-timeout if that is longer)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "writer lease time to live")
 	f.IntVar(&cfg.MaxWriters, "max-writers", 64, "writer connections (transactions in flight)")
+	f.StringVar(&maxBody, "max-body", formatSize(dbserver.DefaultMaxBodyBytes), "largest request body, such as 48MiB; larger ones fail with body_too_large. The default admits the largest string or blob (32 MiB) as a base64 parameter, with its statement")
 	return cmd
 }

@@ -134,7 +134,9 @@ func (s *Instance) decode(w http.ResponseWriter, r *http.Request, v any) *APIErr
 	if err := dec.Decode(v); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return apiErr(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body is larger than %d bytes", s.cfg.MaxBodyBytes)
+			return apiErr(http.StatusRequestEntityTooLarge, CodeBodyTooLarge,
+				"request body is larger than %d bytes (%s), this instance's limit, which borealis db --max-body sets (default %s: a string or blob may be up to %s, and a blob parameter travels in base64, 4/3 of its size)",
+				s.cfg.MaxBodyBytes, sizeText(s.cfg.MaxBodyBytes), sizeText(DefaultMaxBodyBytes), sizeText(MaxValueBytes))
 		}
 		return apiErr(http.StatusBadRequest, CodeBadRequest, "request body is not valid JSON for this endpoint: %v", err)
 	}
@@ -780,10 +782,26 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 		return apiErr(http.StatusServiceUnavailable, CodeTimeout, "%sthe request ran longer than the instance's request timeout (%s) and was interrupted; a transaction not yet committing was rolled back, one already waiting for durability has an unknown outcome", prefix, s.cfg.RequestTimeout)
 	case ctx.Err() != nil:
 		return apiErr(http.StatusServiceUnavailable, CodeStorageUnavailable, "%sthe request ended before it finished: %v", prefix, ctx.Err())
+	case errors.Is(err, sqlite3.TOOBIG):
+		return apiErr(http.StatusBadRequest, CodeSQL, "%s%s: the API stores a string or blob of up to %s, in a row of at most %d bytes (%s, the value with room for the rest of its row)", prefix, sqliteMessage(err), sizeText(MaxValueBytes), MaxRowBytes, sizeText(MaxRowBytes))
 	case isSQLiteError(err):
 		return apiErr(http.StatusBadRequest, CodeSQL, "%s%s", prefix, sqliteMessage(err))
 	}
 	return apiErr(http.StatusInternalServerError, CodeInternal, "%s%v", prefix, err)
+}
+
+// sizeText words a size in bytes for messages: "48 MiB", "42.7 MiB",
+// "1 KiB", "700 bytes".
+func sizeText(n int64) string {
+	for _, u := range []struct {
+		name string
+		size int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size {
+			return strings.TrimSuffix(strings.TrimSuffix(fmt.Sprintf("%.1f", float64(n)/float64(u.size)), "0"), ".") + " " + u.name
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 func isSQLiteError(err error) bool {

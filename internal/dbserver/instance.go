@@ -55,7 +55,9 @@ type Config struct {
 	RequestTimeout time.Duration
 	// LeaseTTL is the writer lease's time to live. Default 5s.
 	LeaseTTL time.Duration
-	// MaxBodyBytes bounds a request body. Default 16 MiB.
+	// MaxBodyBytes bounds a request body. Default DefaultMaxBodyBytes,
+	// which admits the largest value the API takes (MaxValueBytes) as a blob
+	// in base64.
 	MaxBodyBytes int64
 	// MaxRows bounds the rows of one query reply. Default 100,000.
 	MaxRows int
@@ -94,7 +96,7 @@ func (c *Config) defaults() error {
 		c.LeaseTTL = 5 * time.Second
 	}
 	if c.MaxBodyBytes <= 0 {
-		c.MaxBodyBytes = 16 << 20
+		c.MaxBodyBytes = DefaultMaxBodyBytes
 	}
 	if c.MaxRows <= 0 {
 		c.MaxRows = 100_000

@@ -43,15 +43,34 @@ const CodeNotAllowed = "not_allowed"
 // held, which would hang the request and keep the writer turn).
 func withPolicy(opts sqlvfs.Options) sqlvfs.Options {
 	opts.OnConnect = func(c *sqlite3.Conn, reader bool) error {
-		c.Limit(sqlite3.LIMIT_LENGTH, maxValueBytes)
+		c.Limit(sqlite3.LIMIT_LENGTH, MaxRowBytes)
 		return nil
 	}
 	return opts
 }
 
-// maxValueBytes bounds a string or blob, and a row, in SQL run through the
-// API; each connection has 256 MiB of memory.
-const maxValueBytes = 32 << 20
+// The API's size limits, which must agree: a value the API stores must fit
+// in a request body, or a client could store it only by building it in SQL.
+const (
+	// MaxValueBytes is the largest string or blob the API stores: each
+	// connection has 256 MiB of memory, and a statement may hold a few
+	// copies of a value. It is fixed, not a flag: raising it would need
+	// more memory per connection, and lowering it would refuse rows
+	// already stored.
+	MaxValueBytes = 32 << 20
+	// MaxRowBytes is SQLite's LIMIT_LENGTH on every pooled connection. It
+	// bounds a row's record as well as each value, so it is the largest
+	// value with room for the rest of its row (the record header, the key,
+	// a few small columns): with the limit at MaxValueBytes alone, a
+	// MaxValueBytes blob could be bound but never stored.
+	MaxRowBytes = MaxValueBytes + 64<<10
+	// DefaultMaxBodyBytes is the default cap on a request body (borealis db
+	// --max-body). The largest value, sent as a blob parameter, travels in
+	// base64, 4/3 of its size (42.7 MiB for MaxValueBytes, a little more for
+	// MaxRowBytes); the rest is room for the statement and the JSON around
+	// it. A string parameter of ordinary text takes about its own size.
+	DefaultMaxBodyBytes = 48 << 20
+)
 
 var (
 	readerAuthorizer = authorizer(true, false)
