@@ -93,8 +93,8 @@ func hosts(c pb.StorageClient, vol uint64) (bool, error) {
 // --json; delete refused for the volume `up`'s writer holds and for one that
 // does not exist; a volume written to on every node is deleted, gone from
 // the list, and its segments leave every storage node, one that was down
-// during the delete included, once it is back; and `bench commit --cluster`
-// leaves no volume behind, unless --keep.
+// during the delete included, once it is back; `bench commit --cluster`
+// leaves no volume behind and `bench sql --cluster` no table, unless --keep.
 func TestVolumeDelete(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "c")
 	u := startUp(t, dir, "--base-port", fmt.Sprint(freeBasePort(t)))
@@ -213,6 +213,30 @@ func TestVolumeDelete(t *testing.T) {
 	}
 	if got := volumeNames(t, dir); !slices.Equal(got, []string{"main"}) {
 		t.Fatalf("volume list after deleting the kept volumes: %v, want [main]", got)
+	}
+
+	// bench sql --cluster drops its table from the writer's volume, unless
+	// --keep.
+	benchTables := func() int64 {
+		return c.one(t, `SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND (name = 'bench' OR name LIKE 'bench\_%' ESCAPE '\')`)
+	}
+	benchSQL := func(args ...string) (table string, dropped bool) {
+		t.Helper()
+		out := cliOK(t, append([]string{"bench", "sql", "--cluster", clusterFile, "--json", "--duration", "200ms", "--clients", "1"}, args...)...)
+		var rep struct {
+			Table   string `json:"table"`
+			Dropped bool   `json:"table_dropped"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("bench sql --json printed %q: %v", out, err)
+		}
+		return rep.Table, rep.Dropped
+	}
+	if table, dropped := benchSQL(); table != "bench" || !dropped || benchTables() != 0 {
+		t.Fatalf("bench sql: table %q, dropped %v, %d bench tables left", table, dropped, benchTables())
+	}
+	if table, dropped := benchSQL("--keep"); table != "bench" || dropped || benchTables() != 1 {
+		t.Fatalf("bench sql --keep: table %q, dropped %v, %d bench tables left", table, dropped, benchTables())
 	}
 }
 

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"encoding/binary"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -116,7 +117,12 @@ func (n *Node) DropVolumes(vols []uint64) error {
 		return g.err
 	}
 	for _, d := range todo {
-		n.log.Info("dropped a deleted volume", "volume", d.vol, "segments", d.segs)
+		level := slog.LevelInfo
+		if d.segs == 0 {
+			// Every node holds every volume's epoch; most host no segment.
+			level = slog.LevelDebug
+		}
+		n.log.Log(context.Background(), level, "dropped a deleted volume", "volume", d.vol, "segments", d.segs)
 		for _, fam := range volumeFamilies {
 			p := volPrefix(fam, d.vol)
 			select {
