@@ -55,8 +55,8 @@ func TestSQLEmptiedNodeDoesNotHoldWrites(t *testing.T) {
 	}
 	// The peers collect the log below the VDL once they have materialized
 	// it: an emptied s6 can then no longer fill its hole by gossip.
-	wait.For(t, 60*time.Second, "s1, s2 and s5 to collect their log", func() bool {
-		for _, id := range []string{"s1", "s2", "s5"} {
+	wait.For(t, 60*time.Second, "s1 to s5 to collect their log", func() bool {
+		for _, id := range []string{"s1", "s2", "s3", "s4", "s5"} {
 			if segInfo(id).GetLogFloor() == 0 {
 				return false
 			}

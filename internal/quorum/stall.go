@@ -12,6 +12,10 @@ type Progress struct {
 	// Unchanged is how long the SCL has stayed where it is (since it last
 	// rose, or since the segment first reported it).
 	Unchanged time.Duration
+	// Reported is how long ago the segment last reported its SCL. A segment
+	// reports a PG's SCL only when a request carries that PG, so a quiet PG's
+	// SCL can be old news: the segment may have filled its hole since.
+	Reported time.Duration
 }
 
 // Stall is the verdict on a PG whose record at LSN has waited past the
@@ -24,10 +28,14 @@ type Stall struct {
 	// Unreachable are the members whose streams do not answer.
 	Unreachable []SegmentID
 	// Behind are the members that answer but hold the PG only below LSN and
-	// have not moved for stuckAfter: a segment with a hole its peers can no
-	// longer fill (an emptied node whose peers collected the log) acks every
-	// record and never completes one.
+	// have not moved for stuckAfter, as a fresh report shows: a segment with
+	// a hole its peers can no longer fill (an emptied node whose peers
+	// collected the log) acks every record and never completes one.
 	Behind []SegmentID
+	// Ask are the members that would be behind but whose last report is
+	// older than fresh: they count toward the quorum meanwhile, and the
+	// writer should ask them for their SCL now.
+	Ask []SegmentID
 }
 
 // Judge decides whether a PG under c can still make the record at lsn
@@ -35,8 +43,10 @@ type Stall struct {
 // and either already holds the PG through lsn or has moved its SCL within
 // stuckAfter (it is catching up, by gossip or from the writer's queue).
 // Reachability alone is not enough: an answering segment that cannot
-// complete the record would hold the wait open forever.
-func (c Config) Judge(lsn uint64, stuckAfter time.Duration, seg func(SegmentID) Progress) Stall {
+// complete the record would hold the wait open forever. A member is judged
+// behind only on a report younger than fresh; an older one gets the benefit
+// of the doubt and is listed in Ask.
+func (c Config) Judge(lsn uint64, stuckAfter, fresh time.Duration, seg func(SegmentID) Progress) Stall {
 	var st Stall
 	can := map[SegmentID]bool{}
 	for _, id := range c.Members() {
@@ -46,6 +56,9 @@ func (c Config) Judge(lsn uint64, stuckAfter time.Duration, seg func(SegmentID) 
 			st.Unreachable = append(st.Unreachable, id)
 		case p.SCL >= lsn || p.Unchanged < stuckAfter:
 			can[id] = true
+		case p.Reported >= fresh:
+			can[id] = true
+			st.Ask = append(st.Ask, id)
 		default:
 			st.Behind = append(st.Behind, id)
 		}

@@ -49,7 +49,7 @@ func runJudgeCase(lines []string) (got, want string, err error) {
 	}
 	var cfg Config
 	var lsn uint64
-	var stuck time.Duration
+	var stuck, fresh time.Duration
 	for _, kv := range head[1:] {
 		k, v, _ := strings.Cut(kv, "=")
 		switch k {
@@ -62,6 +62,8 @@ func runJudgeCase(lines []string) (got, want string, err error) {
 			lsn, err = strconv.ParseUint(v, 10, 64)
 		case "stuck":
 			stuck, err = time.ParseDuration(v)
+		case "fresh":
+			fresh, err = time.ParseDuration(v)
 		default:
 			err = fmt.Errorf("unknown key %q", k)
 		}
@@ -81,6 +83,8 @@ func runJudgeCase(lines []string) (got, want string, err error) {
 				p.SCL, err = strconv.ParseUint(v, 10, 64)
 			case "unchanged":
 				p.Unchanged, err = time.ParseDuration(v)
+			case "reported":
+				p.Reported, err = time.ParseDuration(v)
 			default:
 				err = fmt.Errorf("unknown key %q", k)
 			}
@@ -98,13 +102,16 @@ func runJudgeCase(lines []string) (got, want string, err error) {
 			return "", "", fmt.Errorf("member %s has no line", id)
 		}
 	}
-	st := cfg.Judge(lsn, stuck, func(id SegmentID) Progress { return segs[id] })
+	st := cfg.Judge(lsn, stuck, fresh, func(id SegmentID) Progress { return segs[id] })
 	got = "waiting"
 	if st.Stalled {
 		got = "stalled"
 	}
 	if st.Stalled || len(st.Unreachable) > 0 || len(st.Behind) > 0 {
 		got += " unreachable=" + joinIDs(st.Unreachable) + " behind=" + joinIDs(st.Behind)
+	}
+	if len(st.Ask) > 0 {
+		got += " ask=" + joinIDs(st.Ask)
 	}
 	return got, lines[i+1], nil
 }

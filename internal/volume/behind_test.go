@@ -87,3 +87,56 @@ func TestBehindSegmentDoesNotHoldACommit(t *testing.T) {
 	// Reads at the VDL keep working from the three complete segments.
 	mustRead(t, c, 2, vdl, img)
 }
+
+// TestQuietPGIsAskedForItsSCL: a node reports a PG's SCL only in answer to a
+// request carrying that PG, so while commits go to PG 1 alone, what the
+// writer knows of PG 0 ages. A segment must not be judged behind on such a
+// report: the verdict asks the node, and its next request carries every PG.
+func TestQuietPGIsAskedForItsSCL(t *testing.T) {
+	cl := startCluster(t)
+	c := cl.open(t, nil)
+	ctx := ctxT(t, 60*time.Second)
+	if _, err := c.Commit(ctx, []PageWrite{{Page: 2, New: pageImage(2, 0)}}); err != nil {
+		t.Fatal(err)
+	}
+	reportAt := func() time.Time {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.pgs[0].reportAt["s0"]
+	}
+	// Commits to PG 1 (pages 17..32) keep every stream busy, so no
+	// keepalive carries PG 0.
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		img := pageImage(18, 0)
+		_, err := c.Commit(ctx, []PageWrite{{Page: 18, New: img}})
+		for v := 1; err == nil; v++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			next := pageImage(18, v)
+			_, err = c.Commit(ctx, []PageWrite{{Page: 18, Old: img, New: next}})
+			img = next
+		}
+		done <- err
+	}()
+	defer func() {
+		close(stop)
+		if err := <-done; err != nil {
+			t.Errorf("commits to PG 1: %v", err)
+		}
+	}()
+	wait.For(t, 30*time.Second, "PG 0's report from s0 to age past reportFresh", func() bool {
+		return time.Since(reportAt()) > 2*reportFresh
+	})
+	before := reportAt()
+	c.mu.Lock()
+	s0 := c.nodes["s0"]
+	c.mu.Unlock()
+	s0.askReport()
+	wait.For(t, 10*time.Second, "s0 to report PG 0 again", func() bool { return reportAt().After(before) })
+}

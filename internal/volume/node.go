@@ -52,6 +52,7 @@ type node struct {
 	inflight    []*request // sent on the current stream, unanswered, in order
 	connected   bool
 	connectedAt time.Time       // when the current stream opened
+	reportAsked atomic.Bool     // see askReport
 	declared    map[uint32]bool // PGs declared on the current stream
 	seq         uint64
 	lastSend    time.Time
@@ -142,22 +143,32 @@ func (n *node) trimLocked() {
 func (n *node) reachable(now time.Time) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	return n.reachableLocked(now)
+}
+
+func (n *node) reachableLocked(now time.Time) bool {
 	return n.connected && (len(n.inflight) == 0 || now.Sub(n.inflight[0].sentAt) < staleAfter)
 }
 
 // progress is what quorum.Judge weighs for this node's segment of a PG
-// whose SCL it last raised (or first reported) at sclAt. A stream that opened
-// since then restarts the clock: a node that just came back gets the same
-// time as any other to show that it catches up.
-func (n *node) progress(now time.Time, scl uint64, sclAt time.Time) quorum.Progress {
+// whose SCL it last raised (or first reported) at sclAt and last reported at
+// reportAt. A stream that opened since then restarts the clock: a node that
+// just came back gets the same time as any other to show that it catches up.
+func (n *node) progress(now time.Time, scl uint64, sclAt, reportAt time.Time) quorum.Progress {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	reachable := n.connected && (len(n.inflight) == 0 || now.Sub(n.inflight[0].sentAt) < staleAfter)
 	since := sclAt
 	if n.connectedAt.After(since) {
 		since = n.connectedAt
 	}
-	return quorum.Progress{Reachable: reachable, SCL: scl, Unchanged: now.Sub(since)}
+	return quorum.Progress{Reachable: n.reachableLocked(now), SCL: scl, Unchanged: now.Sub(since), Reported: now.Sub(reportAt)}
+}
+
+// askReport has the sender send, as soon as it may, a request that carries
+// every PG of the node, so that the node reports each PG's SCL.
+func (n *node) askReport() {
+	n.reportAsked.Store(true)
+	n.signal()
 }
 
 // connectedSince is when the current stream opened.
@@ -368,6 +379,7 @@ func (n *node) build(now time.Time) *pb.AppendRequest {
 		return nil
 	}
 	var take []*entry
+	asked := n.reportAsked.Load()
 	switch {
 	case len(n.queue) > 0:
 		k, size := 0, 0
@@ -382,10 +394,15 @@ func (n *node) build(now time.Time) *pb.AppendRequest {
 			n.queue = n.queue[k:]
 		}
 		n.queueBytes -= size
+	case asked && len(n.pgs) > 0:
+		// a report of every PG, asked for by a waiter (askReport)
 	case len(n.inflight) == 0 && len(n.pgs) > 0 && now.Sub(n.lastSend) >= keepaliveEvery:
 		// keepalive: empty batches for every PG
 	default:
 		return nil
+	}
+	if asked {
+		n.reportAsked.Store(false)
 	}
 	n.seq++
 	req := &pb.AppendRequest{
@@ -422,7 +439,7 @@ func (n *node) build(now time.Time) *pb.AppendRequest {
 		}
 		return b
 	}
-	if take == nil {
+	if take == nil || asked {
 		idxs := make([]uint32, 0, len(n.pgs))
 		for idx := range n.pgs {
 			idxs = append(idxs, idx)

@@ -93,6 +93,10 @@ const (
 	// the record's write quorum once WriteTimeout has passed (quorum.Judge).
 	// A segment catching up raises its SCL with every gossip fill.
 	stuckAfter = 2 * time.Second
+	// reportFresh: a segment is judged behind only on an SCL it reported
+	// this recently; an older report gets it asked for a new one (a node
+	// reports a PG's SCL only in answer to a request that carries the PG).
+	reportFresh = 500 * time.Millisecond
 	// unavailableRecheck: after WriteTimeout, how often a waiter re-checks
 	// whether the PG it waits for lacks a write quorum.
 	unavailableRecheck = 100 * time.Millisecond
@@ -207,11 +211,14 @@ type pgState struct {
 	// sclAt (guarded by Client.mu) is when each member's SCL last rose, or
 	// was first reported: a wait past WriteTimeout does not count a segment
 	// that answers but has stood still below the record (quorum.Judge).
-	sclAt   map[string]time.Time
-	written bool     // guarded by Client.mu: configured in the tracker and declared to nodes
-	last    uint64   // guarded by Client.mu: last LSN in the PG (backlink)
-	first   uint64   // guarded by Client.mu: first LSN this client allocated in the PG
-	pending []uint64 // guarded by Client.mu: allocated LSNs above PGCL, ascending
+	sclAt map[string]time.Time
+	// reportAt (guarded by Client.mu) is when each member last reported its
+	// SCL of this PG, risen or not.
+	reportAt map[string]time.Time
+	written  bool     // guarded by Client.mu: configured in the tracker and declared to nodes
+	last     uint64   // guarded by Client.mu: last LSN in the PG (backlink)
+	first    uint64   // guarded by Client.mu: first LSN this client allocated in the PG
+	pending  []uint64 // guarded by Client.mu: allocated LSNs above PGCL, ascending
 	// lsns (guarded by Client.mu) are the PG's LSNs this client knows,
 	// ascending: every LSN it allocated in the PG above the oldest read
 	// point (min_read_point), plus the last one at or below it as an anchor.
@@ -371,7 +378,7 @@ func (c *Client) pg(ctx context.Context, idx uint32, write bool) (*pgState, erro
 }
 
 func (c *Client) newPGLocked(idx uint32, members []Member) *pgState {
-	p := &pgState{idx: idx, members: members, scl: make(map[string]uint64), sclAt: make(map[string]time.Time)}
+	p := &pgState{idx: idx, members: members, scl: make(map[string]uint64), sclAt: make(map[string]time.Time), reportAt: make(map[string]time.Time)}
 	ids := make([]quorum.SegmentID, len(members))
 	spec := &pb.SegmentSpec{
 		Volume:          c.cfg.VolumeID,
@@ -683,14 +690,17 @@ func (c *Client) unavailable(target uint64, waited time.Duration) *UnavailableEr
 			byID[quorum.SegmentID(n.m.NodeID)] = n
 		}
 		prog := make(map[quorum.SegmentID]quorum.Progress, len(p.nodes))
-		st := p.qcfg.Judge(p.pending[0], stuckAfter, func(id quorum.SegmentID) quorum.Progress {
+		st := p.qcfg.Judge(p.pending[0], stuckAfter, reportFresh, func(id quorum.SegmentID) quorum.Progress {
 			var pr quorum.Progress
 			if n := byID[id]; n != nil {
-				pr = n.progress(now, p.scl[n.m.NodeID], p.sclAt[n.m.NodeID])
+				pr = n.progress(now, p.scl[n.m.NodeID], p.sclAt[n.m.NodeID], p.reportAt[n.m.NodeID])
 			}
 			prog[id] = pr
 			return pr
 		})
+		for _, id := range st.Ask {
+			byID[id].askReport()
+		}
 		if !st.Stalled {
 			continue
 		}
@@ -782,6 +792,7 @@ func (c *Client) pgTailLocked(p *pgState, readLSN uint64) uint64 {
 // back with its directory emptied holds nothing of the PG, whatever it said
 // before. It reports whether the SCL changed.
 func (p *pgState) noteSCLLocked(nodeID string, scl uint64, now, connectedAt time.Time) bool {
+	p.reportAt[nodeID] = now
 	old, known := p.scl[nodeID]
 	at := p.sclAt[nodeID]
 	if known && scl <= old && !(scl < old && connectedAt.After(at)) {
@@ -849,8 +860,9 @@ func (c *Client) updateMRPLocked() {
 	c.mrp.Store(lo)
 }
 
-// SegmentSCLs returns, for each segment of pg, the highest SCL known from
-// acks and reads (0: none known yet).
+// SegmentSCLs returns, for each segment of pg, the SCL known from acks and
+// reads (0: none known yet): the highest reported, or, after the node
+// reconnected, its first report since (see noteSCLLocked).
 func (c *Client) SegmentSCLs(pg uint32) map[string]uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
