@@ -299,6 +299,10 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 	base := freeBasePort(t)
 	u := startUp(t, dir, "--base-port", fmt.Sprint(base), "--pg-size", "1MiB", "--heartbeat-timeout", "2s")
 	f := u.waitReady()
+	// So does the query up suggests.
+	if out, err := exec.Command("sh", "-c", printedCommand(t, u.output(), "Try: ", "")).CombinedOutput(); err != nil || !strings.Contains(string(out), "3.") {
+		t.Fatalf("the command up suggests: %v\n%s", err, out)
+	}
 
 	byID := map[string]cluster.Component{}
 	azs := map[string]int{}
@@ -401,9 +405,11 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 	if !strings.Contains(u.output(), "s3 (storage, AZ b") {
 		t.Fatalf("up did not report s3's death:\n%s", u.output())
 	}
-	out, err := exec.Command(binary, "restart", "s3", "--dir", dir).CombinedOutput()
+	// The hint up printed works as printed: it names this binary, not a
+	// `borealis` the user may not have on PATH.
+	out, err := exec.Command("sh", "-c", printedCommand(t, u.output(), "It is not restarted; `", "` starts it again")).CombinedOutput()
 	if err != nil {
-		t.Fatalf("borealis restart s3: %v\n%s", err, out)
+		t.Fatalf("the restart hint up printed: %v\n%s", err, out)
 	}
 	waitState(t, ctl, "s3", "up", 10*time.Second)
 	f2, err := cluster.ReadFile(filepath.Join(dir, "cluster.json"))
@@ -477,6 +483,26 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 	if !bytes.Equal(got, page) {
 		t.Fatalf("page 5 after resume differs from what was committed")
 	}
+}
+
+// printedCommand finds, in what up printed, the command between before and
+// after (or the end of the line) on the first line that has them.
+func printedCommand(t *testing.T, printed, before, after string) string {
+	t.Helper()
+	for _, line := range strings.Split(printed, "\n") {
+		_, rest, ok := strings.Cut(line, before)
+		if !ok {
+			continue
+		}
+		if after == "" {
+			return rest
+		}
+		if cmd, _, ok := strings.Cut(rest, after); ok {
+			return cmd
+		}
+	}
+	t.Fatalf("up printed no %q...%q:\n%s", before, after, printed)
+	return ""
 }
 
 type statusOutput struct {

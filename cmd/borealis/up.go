@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -96,6 +97,17 @@ type upOptions struct {
 }
 
 func runUp(ctx context.Context, out io.Writer, o upOptions) error {
+	// `borealis up | tee log` and Ctrl-C: the signal reaches tee too, and
+	// the next line up prints meets a closed pipe. Unhandled, SIGPIPE would
+	// kill up there, before it stops its processes and removes
+	// cluster.json and up.sock; handled, the write fails with EPIPE, which
+	// every print here ignores, and up shuts down as it should. (Notify,
+	// not Ignore: an ignored signal would stay ignored in the processes up
+	// starts.)
+	sigpipe := make(chan os.Signal, 1)
+	signal.Notify(sigpipe, syscall.SIGPIPE)
+	defer signal.Stop(sigpipe)
+	self := invocation()
 	dir, err := filepath.Abs(o.dir)
 	if err != nil {
 		return err
@@ -205,8 +217,8 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 	}
 	fmt.Fprintf(out, "  writer (SQL)   http://%s   log %s\n", addrs[writerID], filepath.Join(dir, writerID+".log"))
 	fmt.Fprintf(out, "  cluster file   %s\n", filepath.Join(dir, clusterFileName))
-	fmt.Fprintf(out, "Try: borealis sql --dir %s -e \"SELECT sqlite_version()\"\n", o.dir)
-	fmt.Fprintf(out, "Ctrl-C stops the cluster; running `borealis up --dir %s` again resumes it.\n", o.dir)
+	fmt.Fprintf(out, "Try: %s sql --dir %s -e \"SELECT sqlite_version()\"\n", self, shellQuote(o.dir))
+	fmt.Fprintf(out, "Ctrl-C stops the cluster; running `%s up --dir %s` again resumes it.\n", self, shellQuote(o.dir))
 
 	for {
 		select {
@@ -228,8 +240,8 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 			if e.AZ != "" {
 				where = ", AZ " + e.AZ
 			}
-			fmt.Fprintf(out, "!! %s (%s%s, pid %d) %s. It is not restarted; `borealis restart %s --dir %s` starts it again. Log: %s\n",
-				e.ID, e.Role, where, e.Pid, how, e.ID, o.dir, e.Log)
+			fmt.Fprintf(out, "!! %s (%s%s, pid %d) %s. It is not restarted; `%s restart %s --dir %s` starts it again. Log: %s\n",
+				e.ID, e.Role, where, e.Pid, how, self, e.ID, shellQuote(o.dir), e.Log)
 		}
 	}
 }
@@ -254,7 +266,7 @@ func upGone(dir string) error {
 	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) && !zombie(pid) {
 		return nil // running (or not ours to signal)
 	}
-	return fmt.Errorf("no cluster runs in %s: its %s is left from a `borealis up` (pid %d) that no longer runs; start it again with `borealis up --dir %s`", dir, clusterFileName, pid, dir)
+	return fmt.Errorf("no cluster runs in %s: its %s is left from a `borealis up` (pid %d) that no longer runs; start it again with `%s up --dir %s`", dir, clusterFileName, pid, invocation(), shellQuote(dir))
 }
 
 // zombie reports whether pid has exited and waits for its parent to reap
@@ -401,6 +413,24 @@ func ensureVolume(ctx context.Context, ctl pb.ControlClient, name string, pgSize
 	return v, nil
 }
 
+// restartEvent is one line, in JSON, of up's answer to "restart ID" on
+// up.sock. up starts the component, says "started" once cluster.json lists
+// the new process, "waiting" each time what the component says it waits for
+// changes, and at last "ready", or "failed" if the process exits first.
+// "error" refuses the request.
+type restartEvent struct {
+	Event string `json:"event"`
+	Pid   int    `json:"pid,omitempty"`
+	// Why (waiting) is what the component says it waits for, such as
+	// the storage segments a writer's recovery needs.
+	Why string `json:"why,omitempty"`
+	// Stopped (waiting) lists the cluster's components not running.
+	Stopped []string `json:"stopped,omitempty"`
+	// Error (failed, error) says why; a failure quotes the last lines of
+	// the component's log, one per line.
+	Error string `json:"error,omitempty"`
+}
+
 // serveRestarts answers `borealis restart` on a unix socket in the cluster
 // directory: the running `up` restarts the component itself, so it stays its
 // child and is stopped with the rest.
@@ -423,69 +453,160 @@ func serveRestarts(ctx context.Context, dir string, cl *cluster.Cluster, writeFi
 				if err != nil {
 					return
 				}
+				enc := json.NewEncoder(c)
+				gone := false
+				// The requester may stop listening (its --wait passed)
+				// while up still waits, to report the outcome itself.
+				send := func(ev restartEvent) {
+					if gone {
+						return
+					}
+					c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+					gone = enc.Encode(ev) != nil
+				}
 				fields := strings.Fields(line)
 				if len(fields) != 2 || fields[0] != "restart" {
-					fmt.Fprintf(c, "error: unknown request %q\n", strings.TrimSpace(line))
+					send(restartEvent{Event: "error", Error: fmt.Sprintf("unknown request %q", strings.TrimSpace(line))})
 					return
 				}
-				id := fields[1]
-				if cl.Running(id) {
-					fmt.Fprintf(c, "error: %s is running; stop it before restarting it\n", id)
-					return
-				}
-				if err := cl.Restart(ctx, id); err != nil {
-					fmt.Fprintf(c, "error: %v\n", strings.ReplaceAll(err.Error(), "\n", " "))
-					return
-				}
-				if err := writeFile(); err != nil {
-					fmt.Fprintf(c, "error: %s restarted, but cluster.json was not updated: %v\n", id, err)
-					return
-				}
-				pid := 0
-				for _, comp := range cl.Components() {
-					if comp.ID == id {
-						pid = comp.Pid
-					}
-				}
-				fmt.Fprintf(out, "%s restarted (pid %d)\n", id, pid)
-				fmt.Fprintf(c, "ok %d\n", pid)
+				restart(ctx, cl, fields[1], writeFile, out, send)
 			}(c)
 		}
 	}()
 	return l, nil
 }
 
+// restart starts component id again, records it in cluster.json at once
+// (so that the file names the process that runs, even while it is not
+// ready), and waits for it to become ready, for as long as it runs: a
+// writer whose recovery needs storage nodes that are down waits until they
+// are back. send is told how it goes.
+func restart(ctx context.Context, cl *cluster.Cluster, id string, writeFile func() error, out io.Writer, send func(restartEvent)) {
+	comp, err := cl.StartAgain(id)
+	if err != nil {
+		if cl.Running(id) {
+			err = fmt.Errorf("%s is running; stop it before restarting it", id)
+		}
+		send(restartEvent{Event: "error", Error: err.Error()})
+		return
+	}
+	if err := writeFile(); err != nil {
+		send(restartEvent{Event: "error", Pid: comp.Pid, Error: fmt.Sprintf("%s restarted (pid %d), but cluster.json was not updated: %v", id, comp.Pid, err)})
+		return
+	}
+	fmt.Fprintf(out, "%s restarted (pid %d)\n", id, comp.Pid)
+	send(restartEvent{Event: "started", Pid: comp.Pid})
+	start := time.Now()
+	err = cl.WaitReady(ctx, id, -1, func(why string) {
+		var stopped []string
+		for _, o := range cl.Components() {
+			if !cl.Running(o.ID) {
+				stopped = append(stopped, o.ID)
+			}
+		}
+		send(restartEvent{Event: "waiting", Pid: comp.Pid, Why: why, Stopped: stopped})
+	})
+	switch {
+	case err == nil:
+		// Whoever restarted it may have stopped waiting long ago.
+		fmt.Fprintf(out, "%s (pid %d) is ready, %s after its restart\n", id, comp.Pid, since(start))
+		send(restartEvent{Event: "ready", Pid: comp.Pid})
+	case ctx.Err() != nil:
+		send(restartEvent{Event: "error", Pid: comp.Pid, Error: "`borealis up` is stopping the cluster"})
+	default:
+		// Its exit is reported with the others' in up's output.
+		send(restartEvent{Event: "failed", Pid: comp.Pid, Error: err.Error()})
+	}
+}
+
 func restartCmd() *cobra.Command {
 	var dir string
+	var wait time.Duration
 	cmd := &cobra.Command{
-		Use:   "restart ID [--dir D]",
+		Use:   "restart ID [--dir D] [--wait T]",
 		Short: "Start a stopped component of a running `borealis up` again",
 		Long: `Start a stopped component (control, s1..s6, writer) of the cluster that a running
 "borealis up" manages in --dir, with the same id, address and data. The
 running "up" starts it, so it stays under its supervision, and updates
-cluster.json with the new pid.`,
+cluster.json with the new pid as soon as the process runs.
+
+It then waits up to --wait for the component to become ready. A component
+can take longer: a writer's crash recovery needs a read quorum of every PG
+and a write quorum to acknowledge its truncation, so with too many storage
+nodes down it waits until they are back. Then restart says what the
+component is waiting for and exits 0: the process runs, and becomes ready
+by itself once the wait is over ("borealis status" shows it). It fails if
+the process exits before it is ready, quoting the end of its log.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			self := invocation()
 			path := filepath.Join(dir, upSocketName)
 			c, err := net.DialTimeout("unix", path, 2*time.Second)
 			if err != nil {
-				return fmt.Errorf("no running `borealis up` manages %s (%v); start the cluster with `borealis up --dir %s`", dir, err, dir)
+				return fmt.Errorf("no running `borealis up` manages %s (%v); start the cluster with `%s up --dir %s`", dir, err, self, shellQuote(dir))
 			}
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(60 * time.Second))
-			fmt.Fprintf(c, "restart %s\n", args[0])
-			reply, err := bufio.NewReader(c).ReadString('\n')
-			if err != nil {
-				return fmt.Errorf("no answer from `borealis up`: %w", err)
+			start := time.Now()
+			// up answers "started" at once; after that the wait is --wait.
+			c.SetDeadline(start.Add(10 * time.Second))
+			fmt.Fprintf(c, "restart %s\n", id)
+			dec := json.NewDecoder(c)
+			out := cmd.OutOrStdout()
+			var started, waiting restartEvent
+			for {
+				var ev restartEvent
+				if err := dec.Decode(&ev); err != nil {
+					switch {
+					case started.Pid == 0:
+						return fmt.Errorf("no answer from `borealis up`: %w", err)
+					case errors.Is(err, os.ErrDeadlineExceeded):
+						printStillWaiting(out, self, dir, id, started.Pid, time.Since(start), waiting)
+						return nil
+					default:
+						return fmt.Errorf("%s started (pid %d), but `borealis up` stopped answering: %w", id, started.Pid, err)
+					}
+				}
+				switch ev.Event {
+				case "started":
+					started = ev
+					c.SetDeadline(start.Add(max(wait, 0)))
+				case "waiting":
+					waiting = ev
+				case "ready":
+					fmt.Fprintf(out, "%s restarted, pid %d, ready (%s)\n", id, ev.Pid, since(start))
+					return nil
+				case "failed", "error":
+					return errors.New(ev.Error)
+				default:
+					return fmt.Errorf("`borealis up` answered %q", ev.Event)
+				}
 			}
-			reply = strings.TrimSpace(reply)
-			if pid, ok := strings.CutPrefix(reply, "ok "); ok {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s restarted, pid %s\n", args[0], pid)
-				return nil
-			}
-			return errors.New(strings.TrimPrefix(reply, "error: "))
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", defaultDir, "directory of the running cluster")
+	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "how long to wait for the component to become ready; after that restart reports what it waits for and leaves it starting")
 	return cmd
+}
+
+// printStillWaiting says that a restarted component runs but is not ready
+// yet, and what it waits for. That is not a failure: a writer whose
+// recovery lacks a quorum of some PG becomes ready by itself once enough of
+// its segments are reachable again.
+func printStillWaiting(out io.Writer, self, dir, id string, pid int, waited time.Duration, w restartEvent) {
+	why := w.Why
+	if why == "" {
+		why = "it has not answered yet"
+	}
+	fmt.Fprintf(out, "%s started (pid %d), and is not ready after %s: %s\n", id, pid, waited.Round(time.Second), why)
+	fmt.Fprintf(out, "It keeps running under `borealis up`, and becomes ready by itself once that wait is over; `%s status --dir %s` shows it.\n", self, shellQuote(dir))
+	var stopped []string
+	for _, s := range w.Stopped {
+		if s != id {
+			stopped = append(stopped, s)
+		}
+	}
+	if len(stopped) > 0 {
+		fmt.Fprintf(out, "Not running: %s; `%s restart %s --dir %s` starts %s again.\n", strings.Join(stopped, ", "), self, stopped[0], shellQuote(dir), stopped[0])
+	}
 }

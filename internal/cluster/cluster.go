@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -84,6 +85,9 @@ type Cluster struct {
 	// ControlAddr, when set, is passed to storage nodes as --control, so they
 	// register and heartbeat with the control plane.
 	ControlAddr string
+	// ReadyWithin, if set, replaces how long a start waits for a
+	// component to become ready (StorageReadyWithin, DBReadyWithin).
+	ReadyWithin time.Duration
 
 	exits chan Exit
 
@@ -98,9 +102,29 @@ type proc struct {
 	ready func(ctx context.Context, conn *grpc.ClientConn) error
 	// httpReady replaces ready for processes that answer HTTP.
 	httpReady func(ctx context.Context) error
-	cmd       *exec.Cmd
-	done      chan struct{}
+	// within is how long a start waits for ready by default.
+	within time.Duration
+	cmd    *exec.Cmd
+	done   chan struct{}
+	// exitErr is what Wait returned, once done is closed.
+	exitErr error
+	// logFrom is the size of the log when the process started: what it
+	// wrote comes after (the log is appended to by every process of the
+	// component).
+	logFrom int64
+	// starting is set while StartAgain launches a new process, so that
+	// two restarts at once cannot both start one.
+	starting bool
 }
+
+// Default times a start waits for a component to become ready.
+const (
+	// StorageReadyWithin is for storage nodes and the control plane.
+	StorageReadyWithin = 30 * time.Second
+	// DBReadyWithin is for database instances: their start includes waiting
+	// out a crashed writer's lease and recovery.
+	DBReadyWithin = 60 * time.Second
+)
 
 func storageReady(ctx context.Context, conn *grpc.ClientConn) error {
 	_, err := pb.NewStorageClient(conn).Stats(ctx, &pb.StatsRequest{})
@@ -121,6 +145,7 @@ func (c *Cluster) StartControl(ctx context.Context, addr string, extra ...string
 		Component: Component{Role: "control", ID: id, Addr: addr, Dir: dir, Log: filepath.Join(c.Dir, id+".log")},
 		args:      append([]string{"control", "--listen", addr, "--dir", dir}, extra...),
 		ready:     controlReady,
+		within:    StorageReadyWithin,
 	}
 	if err := c.add(p); err != nil {
 		return err
@@ -225,16 +250,24 @@ func (c *Cluster) StartDB(ctx context.Context, id, role, volume, addr string, ex
 			}
 			defer resp.Body.Close()
 			var h struct {
-				Ready bool `json:"ready"`
+				Ready  bool   `json:"ready"`
+				Status string `json:"status"`
 			}
 			if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
 				return err
 			}
 			if !h.Ready {
-				return fmt.Errorf("%s is not ready yet", id)
+				// The status says what it waits for (the lease, or the
+				// segments recovery needs), which is what a caller
+				// waiting for it wants to tell its user.
+				if h.Status == "" {
+					return errors.New("not ready yet")
+				}
+				return errors.New(h.Status)
 			}
 			return nil
 		},
+		within: DBReadyWithin,
 	}
 	if err := c.add(p); err != nil {
 		return err
@@ -249,8 +282,9 @@ func (c *Cluster) StartStorage(ctx context.Context, id, az, addr string) error {
 		Component: Component{Role: "storage", ID: id, AZ: az, Addr: addr, Dir: dir, Log: filepath.Join(c.Dir, id+".log")},
 		// One P per node: the nodes of a local cluster share the machine's
 		// cores (see `borealis storage --procs`).
-		args:  []string{"storage", "--id", id, "--az", az, "--listen", addr, "--dir", dir, "--procs", "1"},
-		ready: storageReady,
+		args:   []string{"storage", "--id", id, "--az", az, "--listen", addr, "--dir", dir, "--procs", "1"},
+		ready:  storageReady,
+		within: StorageReadyWithin,
 	}
 	if c.ControlAddr != "" {
 		p.args = append(p.args, "--control", c.ControlAddr)
@@ -261,13 +295,33 @@ func (c *Cluster) StartStorage(ctx context.Context, id, az, addr string) error {
 	return c.launch(ctx, p)
 }
 
+// launch starts p's process and waits until it is ready.
 func (c *Cluster) launch(ctx context.Context, p *proc) error {
+	if err := c.start(p); err != nil {
+		return err
+	}
+	return c.waitReady(ctx, p, c.within(p), nil)
+}
+
+func (c *Cluster) within(p *proc) time.Duration {
+	if c.ReadyWithin > 0 {
+		return c.ReadyWithin
+	}
+	return p.within
+}
+
+// start starts p's process, without waiting for it to answer.
+func (c *Cluster) start(p *proc) error {
 	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
 		return err
 	}
 	logf, err := os.OpenFile(p.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
+	}
+	var logFrom int64
+	if st, err := logf.Stat(); err == nil {
+		logFrom = st.Size()
 	}
 	cmd := exec.Command(c.Binary, p.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -279,33 +333,102 @@ func (c *Cluster) launch(ctx context.Context, p *proc) error {
 	}
 	done := make(chan struct{})
 	c.mu.Lock()
-	p.cmd, p.done, p.Pid = cmd, done, cmd.Process.Pid
+	p.cmd, p.done, p.Pid, p.exitErr, p.logFrom = cmd, done, cmd.Process.Pid, nil, logFrom
 	comp := p.Component
 	c.mu.Unlock()
 	go func() {
 		err := cmd.Wait()
 		logf.Close()
+		c.mu.Lock()
+		p.exitErr = err
+		c.mu.Unlock()
 		close(done)
 		select {
 		case c.exits <- Exit{Component: comp, Err: err}:
 		default:
 		}
 	}()
-	wait := func() error { return waitReady(ctx, p.Addr, p.ready, done) }
-	if p.httpReady != nil {
-		wait = func() error { return waitHTTPReady(ctx, p.httpReady, done) }
-	}
-	if err := wait(); err != nil {
-		tail, _ := os.ReadFile(p.Log)
-		if len(tail) > 2000 {
-			tail = tail[len(tail)-2000:]
-		}
-		return fmt.Errorf("cluster: %s did not become ready: %w\n%s", p.ID, err, tail)
-	}
 	return nil
 }
 
-func waitReady(ctx context.Context, addr string, ready func(context.Context, *grpc.ClientConn) error, exited <-chan struct{}) error {
+// NotReadyError reports a component that did not become ready: its process
+// exited first, or it still runs and did not answer as ready in time.
+type NotReadyError struct {
+	Component // as started: its pid and log
+	// Exited: the process ended; Err is how (as Wait returned it, nil for a
+	// clean exit). Otherwise Err is what the last readiness check said,
+	// such as what a writer waits for.
+	Exited bool
+	Err    error
+	Waited time.Duration
+	// LogTail is the end of the component's log, whole lines.
+	LogTail []string
+}
+
+func (e *NotReadyError) Error() string {
+	var b strings.Builder
+	if e.Exited {
+		fmt.Fprintf(&b, "cluster: %s (pid %d) exited before it became ready", e.ID, e.Pid)
+		if e.Err != nil {
+			fmt.Fprintf(&b, " (%v)", e.Err)
+		}
+	} else {
+		fmt.Fprintf(&b, "cluster: %s (pid %d) did not become ready within %s: %v", e.ID, e.Pid, e.Waited.Round(time.Second), e.Err)
+	}
+	if len(e.LogTail) == 0 {
+		fmt.Fprintf(&b, "; it wrote nothing to its log %s", e.Log)
+		return b.String()
+	}
+	fmt.Fprintf(&b, "\nthe last lines it wrote to its log %s:", e.Log)
+	for _, l := range e.LogTail {
+		b.WriteString("\n  ")
+		b.WriteString(l)
+	}
+	return b.String()
+}
+
+// Unwrap lets errors.Is(err, errExited) tell an exit from a slow start.
+func (e *NotReadyError) Unwrap() error {
+	if e.Exited {
+		return errExited
+	}
+	return e.Err
+}
+
+// logTailLines is how many lines of a log a NotReadyError quotes.
+const logTailLines = 20
+
+// waitReady waits until p answers as ready. within <= 0 waits for as long
+// as the process runs and ctx lasts. progress, if set, is told what the
+// readiness check says each time that changes.
+func (c *Cluster) waitReady(ctx context.Context, p *proc, within time.Duration, progress func(string)) error {
+	c.mu.Lock()
+	comp, done, logFrom := p.Component, p.done, p.logFrom
+	c.mu.Unlock()
+	start := time.Now()
+	var err error
+	if p.httpReady != nil {
+		err = poll(ctx, within, time.Second, p.httpReady, done, progress)
+	} else {
+		err = waitGRPCReady(ctx, p.Addr, p.ready, done, within, progress)
+	}
+	if err == nil || (ctx.Err() != nil && errors.Is(err, ctx.Err())) {
+		return err
+	}
+	e := &NotReadyError{Component: comp, Err: err, Waited: time.Since(start)}
+	select {
+	case <-done:
+		e.Exited = true
+		c.mu.Lock()
+		e.Err = p.exitErr
+		c.mu.Unlock()
+	default:
+	}
+	e.LogTail, _ = TailLines(p.Log, logFrom, logTailLines)
+	return e
+}
+
+func waitGRPCReady(ctx context.Context, addr string, ready func(context.Context, *grpc.ClientConn) error, exited <-chan struct{}, within time.Duration, progress func(string)) error {
 	// The process is still starting: retry the connection quickly, not with
 	// gRPC's default one-second backoff.
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -317,25 +440,25 @@ func waitReady(ctx context.Context, addr string, ready func(context.Context, *gr
 		return err
 	}
 	defer conn.Close()
-	return poll(ctx, 30*time.Second, 500*time.Millisecond, func(ctx context.Context) error { return ready(ctx, conn) }, exited)
-}
-
-func waitHTTPReady(ctx context.Context, ready func(context.Context) error, exited <-chan struct{}) error {
-	// A writer's start includes waiting out a crashed writer's lease and
-	// recovery: it gets longer than a storage node.
-	return poll(ctx, 60*time.Second, time.Second, ready, exited)
+	return poll(ctx, within, 500*time.Millisecond, func(ctx context.Context) error { return ready(ctx, conn) }, exited, progress)
 }
 
 // poll asks ready every 50 ms, each time for at most per, until it answers,
-// the process exits, ctx ends or within has passed.
-func poll(ctx context.Context, within, per time.Duration, ready func(context.Context) error, exited <-chan struct{}) error {
+// the process exits, ctx ends or within (if positive) has passed. progress,
+// if set, gets ready's error each time its text changes.
+func poll(ctx context.Context, within, per time.Duration, ready func(context.Context) error, exited <-chan struct{}, progress func(string)) error {
 	deadline := time.Now().Add(within)
+	last := ""
 	for {
 		cctx, cancel := context.WithTimeout(ctx, per)
 		err := ready(cctx)
 		cancel()
 		if err == nil {
 			return nil
+		}
+		if progress != nil && err.Error() != last {
+			last = err.Error()
+			progress(last)
 		}
 		select {
 		case <-exited:
@@ -344,7 +467,7 @@ func poll(ctx context.Context, within, per time.Duration, ready func(context.Con
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
-		if time.Now().After(deadline) {
+		if within > 0 && time.Now().After(deadline) {
 			return err
 		}
 	}
@@ -366,11 +489,17 @@ func (c *Cluster) Signal(id string, sig syscall.Signal) error {
 	if err != nil {
 		return err
 	}
-	if err := p.cmd.Process.Signal(sig); err != nil {
+	c.mu.Lock()
+	cmd, done := p.cmd, p.done
+	c.mu.Unlock()
+	if cmd == nil {
+		return fmt.Errorf("cluster: %s was never started", id)
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
 		return fmt.Errorf("cluster: signal %s: %w", id, err)
 	}
 	if sig == syscall.SIGKILL {
-		<-p.done
+		<-done
 	}
 	return nil
 }
@@ -378,18 +507,61 @@ func (c *Cluster) Signal(id string, sig syscall.Signal) error {
 // Kill SIGKILLs a component.
 func (c *Cluster) Kill(id string) error { return c.Signal(id, syscall.SIGKILL) }
 
-// Restart starts a stopped component again with the same id, address and data.
+// Restart starts a stopped component again with the same id, address and
+// data, and waits until it is ready (as long as its first start would).
 func (c *Cluster) Restart(ctx context.Context, id string) error {
+	if _, err := c.StartAgain(id); err != nil {
+		return err
+	}
+	return c.WaitReady(ctx, id, 0, nil)
+}
+
+// StartAgain starts a stopped component again with the same id, address
+// and data, and returns it with its new pid, without waiting for it to be
+// ready: a caller can record the new process at once (cluster.json), and
+// then WaitReady.
+func (c *Cluster) StartAgain(id string) (Component, error) {
+	c.mu.Lock()
+	p, ok := c.procs[id]
+	if !ok {
+		c.mu.Unlock()
+		return Component{}, fmt.Errorf("cluster: no component %q", id)
+	}
+	running := p.starting
+	if p.done != nil {
+		select {
+		case <-p.done:
+		default:
+			running = true
+		}
+	}
+	if running {
+		c.mu.Unlock()
+		return Component{}, fmt.Errorf("cluster: %s is still running", id)
+	}
+	p.starting = true
+	c.mu.Unlock()
+	err := c.start(p)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p.starting = false
+	return p.Component, err
+}
+
+// WaitReady waits until a component answers as ready, for at most within
+// (0: as long as a start of its kind waits by default; negative: for as long
+// as its process runs and ctx lasts). progress, if set, is told what the
+// component says it is waiting for each time that changes. The error is a
+// *NotReadyError unless ctx ended.
+func (c *Cluster) WaitReady(ctx context.Context, id string, within time.Duration, progress func(string)) error {
 	p, err := c.get(id)
 	if err != nil {
 		return err
 	}
-	select {
-	case <-p.done:
-	default:
-		return fmt.Errorf("cluster: %s is still running", id)
+	if within == 0 {
+		within = c.within(p)
 	}
-	return c.launch(ctx, p)
+	return c.waitReady(ctx, p, within, progress)
 }
 
 // Running reports whether a component's process is alive.
@@ -398,11 +570,17 @@ func (c *Cluster) Running(id string) bool {
 	if err != nil {
 		return false
 	}
+	c.mu.Lock()
+	done, starting := p.done, p.starting
+	c.mu.Unlock()
+	if starting {
+		return true
+	}
 	select {
-	case <-p.done:
+	case <-done:
 		return false
 	default:
-		return true
+		return done != nil
 	}
 }
 
@@ -433,19 +611,24 @@ func (c *Cluster) WriteFile(path string) error {
 // Stop ends every process: SIGTERM, then SIGKILL after grace, a stage at a
 // time.
 func (c *Cluster) Stop(grace time.Duration) {
+	type running struct {
+		cmd  *exec.Cmd
+		done chan struct{}
+	}
 	c.mu.Lock()
-	var stages [3][]*proc
+	var stages [3][]running
 	for _, p := range c.procs {
 		if p.cmd == nil {
 			continue
 		}
+		r := running{p.cmd, p.done}
 		switch p.Role {
 		case "storage":
-			stages[1] = append(stages[1], p)
+			stages[1] = append(stages[1], r)
 		case "control":
-			stages[2] = append(stages[2], p)
+			stages[2] = append(stages[2], r)
 		default:
-			stages[0] = append(stages[0], p)
+			stages[0] = append(stages[0], r)
 		}
 	}
 	c.mu.Unlock()

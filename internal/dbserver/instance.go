@@ -125,6 +125,11 @@ type Instance struct {
 	epoch  uint64
 	ready  atomic.Bool
 	lease  *pb.AcquireWriterResponse
+	// retryWhy, after a start attempt failed, is why: the status keeps it
+	// through the next attempt's quick steps (taking the lease, starting
+	// recovery), so that a poll between two attempts learns what the
+	// writer waits for, not which step of the retry it is in.
+	retryWhy string
 	// limbo is the highest LSN of a commit that was not acknowledged in
 	// time (0: none); see writable.
 	limbo uint64
@@ -162,7 +167,27 @@ func New(cfg Config) (*Instance, error) {
 func (s *Instance) setStatus(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	s.mu.Lock()
-	s.status = msg
+	s.status, s.retryWhy = msg, ""
+	s.mu.Unlock()
+}
+
+// setStep records a step of the start that normally passes in moments; it
+// does not hide why the last attempt failed (see retryWhy).
+func (s *Instance) setStep(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	s.mu.Lock()
+	if s.retryWhy == "" {
+		s.status = msg
+	}
+	s.mu.Unlock()
+}
+
+// setRetry records why a start attempt failed, as the status until an
+// attempt gets further.
+func (s *Instance) setRetry(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	s.mu.Lock()
+	s.status, s.retryWhy = msg, msg
 	s.mu.Unlock()
 }
 
@@ -297,8 +322,13 @@ func (s *Instance) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			s.setStatus("start failed: %v; retrying", err)
-			s.log.Error("start failed; retrying", "err", err)
+			if why := readQuorumWait(err); why != "" {
+				s.setRetry("recovering: %s; trying again every second", why)
+				s.log.Warn("recovery found no read quorum; trying again", "err", err)
+			} else {
+				s.setRetry("start failed: %v; retrying", err)
+				s.log.Error("start failed; retrying", "err", err)
+			}
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -325,7 +355,7 @@ func (s *Instance) Run(ctx context.Context) error {
 func (s *Instance) acquire(ctx context.Context) (*pb.AcquireWriterResponse, error) {
 	delay := 100 * time.Millisecond
 	for {
-		s.setStatus("taking the writer lease")
+		s.setStep("taking the writer lease")
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		resp, err := s.ctl.AcquireWriter(actx, &pb.AcquireWriterRequest{
 			Volume: s.cfg.Volume, Holder: s.cfg.ID, TtlMs: uint32(s.cfg.LeaseTTL.Milliseconds()),
@@ -354,9 +384,36 @@ func (s *Instance) acquire(ctx context.Context) (*pb.AcquireWriterResponse, erro
 }
 
 // open recovers the volume under the new epoch and opens the database.
-func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) error {
+func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) (err error) {
 	epoch := lease.Epoch
-	s.setStatus("recovering at epoch %d", epoch)
+	s.setStep("recovering at epoch %d", epoch)
+	s.mu.Lock()
+	// /v1/health names the epoch being recovered under, which is the one
+	// the catalog's lease shows.
+	s.epoch = epoch
+	s.mu.Unlock()
+	// The lease is kept from now on, not from when the database opens: a
+	// recovery that waits for storage nodes can last longer than the
+	// lease's time to live, and a writer that let it lapse would, once
+	// recovered, find it gone and have to recover all over again (while
+	// `borealis status` showed no writer at all).
+	lost := make(chan struct{})
+	once := &sync.Once{}
+	go s.keepLease(lease.Lease, lost, once)
+	defer func() {
+		if err != nil {
+			once.Do(func() { close(lost) })
+		}
+	}()
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-lost:
+			cancel()
+		case <-rctx.Done():
+		}
+	}()
 	cfg := volume.Config{
 		Epoch:        epoch,
 		WriteTimeout: s.cfg.WriteTimeout,
@@ -369,9 +426,14 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) er
 		return err
 	}
 	start := time.Now()
-	rec, err := recoverVolume(ctx, s.ctl, s.cfg.Volume, epoch, &cfg, s.log)
+	rec, err := recoverVolume(rctx, s.ctl, s.cfg.Volume, epoch, &cfg, s.log, s.recoveryWaits(epoch))
 	if err != nil {
 		stopFollow()
+		select {
+		case <-lost:
+			return fmt.Errorf("dbserver: lost the writer lease during the recovery of volume %s at epoch %d: %w", s.cfg.Volume, epoch, err)
+		default:
+		}
 		return fmt.Errorf("dbserver: recovery of volume %s at epoch %d: %w", s.cfg.Volume, epoch, err)
 	}
 	s.log.Info("recovery done", "epoch", epoch, "vdl", cfg.BaseLSN, "took", time.Since(start).Round(time.Millisecond), "detail", rec)
@@ -392,8 +454,6 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) er
 	// Each connection may use up to 256 MiB; queries beyond this many wait
 	// for one rather than grow the process without bound.
 	db.Reader.SetMaxOpenConns(s.cfg.MaxWriters)
-	lost := make(chan struct{})
-	once := &sync.Once{}
 	s.mu.Lock()
 	s.db, s.vol, s.volID, s.epoch = db, vol, cfg.VolumeID, epoch
 	s.lost, s.lostOnce, s.lease, s.limbo = lost, once, lease, 0
@@ -402,12 +462,35 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) er
 		vol.Close()
 		stopFollow()
 	}
-	s.status = "ready"
+	s.status, s.retryWhy = "ready", ""
 	s.mu.Unlock()
 	s.ready.Store(true)
-	go s.keepLease(lease.Lease, lost, once)
 	s.log.Info("serving as the writer", "epoch", epoch, "vdl", vol.VDL())
 	return nil
+}
+
+// recoveryWaits returns the recovery's Waiting: it puts what recovery waits
+// for into the status, which /v1/health reports (a restart of the writer
+// while storage nodes are down can wait for as long as they are), and logs
+// it when the wait starts or changes its shape.
+func (s *Instance) recoveryWaits(epoch uint64) func(*volume.RecoverWait) {
+	var last string
+	return func(w *volume.RecoverWait) {
+		if w == nil {
+			s.setStatus("recovering at epoch %d", epoch)
+			if last != "" {
+				s.log.Info("recovery goes on: the segments it waited for answered", "epoch", epoch)
+			}
+			last = ""
+			return
+		}
+		s.setStatus("recovering at epoch %d: %s", epoch, w)
+		shape := fmt.Sprintf("%s %d %d/%d", w.Step, w.PG, w.Have, w.Need)
+		if shape != last {
+			last = shape
+			s.log.Warn("recovery waits", "epoch", epoch, "why", w.String())
+		}
+	}
 }
 
 // keepLease renews the writer lease until it is lost: the control plane

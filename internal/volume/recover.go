@@ -67,6 +67,82 @@ type RecoverConfig struct {
 	RPCTimeout  time.Duration
 	DialOptions []grpc.DialOption
 	Logger      *slog.Logger
+	// Waiting, if set, is told what the recovery waits for each time it
+	// finds it still waiting (segments of a PG it needs that have not
+	// answered), and nil once that wait is over. A recovery that lacks a
+	// write quorum of a PG waits for as long as ctx lasts; this is how its
+	// caller can say why, rather than only that it is not done. It is
+	// called from Recover's goroutine and must not block.
+	Waiting func(*RecoverWait)
+}
+
+// RecoverWait is what a running recovery waits for: members of one PG that
+// it needs and that have not yet answered as it must.
+type RecoverWait struct {
+	PG uint32
+	// Step is "Truncate" (a write quorum must acknowledge the truncation)
+	// or "durable" (gossip must copy the records at or below the VDL to a
+	// write quorum; Tail is the PG's last LSN at or below it). Recover
+	// itself does not wait for "SegmentInfo", a read quorum to answer: it
+	// fails with a RecoverError, and a caller that tries again can
+	// describe its wait with this Step.
+	Step string
+	Tail uint64
+	// Have of the PG's Segments did what Step asks; Need must.
+	Have, Need, Segments int
+	// Causes says why each of the others has not, as far as known.
+	Causes []SegmentError
+}
+
+func (w *RecoverWait) String() string {
+	var b strings.Builder
+	switch w.Step {
+	case "SegmentInfo":
+		fmt.Fprintf(&b, "waiting for a read quorum of PG %d: %d of its %d segments answered, %d must", w.PG, w.Have, w.Segments, w.Need)
+	case "Truncate":
+		fmt.Fprintf(&b, "waiting for a write quorum of PG %d to acknowledge the truncation: %d of its %d segments did, %d must", w.PG, w.Have, w.Segments, w.Need)
+	default:
+		fmt.Fprintf(&b, "waiting for a write quorum of PG %d to hold its records up to LSN %d (gossip copies them): %d of its %d segments do, %d must", w.PG, w.Tail, w.Have, w.Segments, w.Need)
+	}
+	for i, c := range w.Causes {
+		if i == 0 {
+			b.WriteString(": ")
+		} else {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "%s (%s): %s", c.Member.NodeID, c.Member.Addr, shortCause(c.Err))
+	}
+	return b.String()
+}
+
+// shortCause is err's message without gRPC's wrapping of a failed dial,
+// which is most of it when a node is down: a status that lists every
+// missing segment stays readable.
+func shortCause(err error) string {
+	if err == nil {
+		return "no answer yet"
+	}
+	msg := err.Error()
+	if rest, ok := strings.CutPrefix(msg, `connection error: desc = "transport: Error while dialing: `); ok {
+		return "unreachable (" + strings.TrimSuffix(rest, `"`) + ")"
+	}
+	return msg
+}
+
+// writeQuorumSize is how many of p's members a write quorum takes.
+func (r *recoverer) writeQuorumSize(p RecoverPG) int {
+	n := 0
+	for _, s := range r.qconfig(p).Sets {
+		n = max(n, s.Write)
+	}
+	return n
+}
+
+// waiting reports w (nil: no longer waiting) to RecoverConfig.Waiting.
+func (r *recoverer) waiting(w *RecoverWait) {
+	if r.cfg.Waiting != nil {
+		r.cfg.Waiting(w)
+	}
 }
 
 // Recovered is what a recovery decided. Apply puts it into the Config of
@@ -512,6 +588,7 @@ func (r *recoverer) truncate(ctx context.Context, res recovery.Result) (map[uint
 	complete := map[uint32]map[quorum.SegmentID]bool{} // acked with SCL >= tail
 	causes := map[uint32]map[string]error{}
 	pending := 0
+	pendingPG := map[uint32]int{} // asked and not yet answered, by PG
 	for _, p := range r.cfg.PGs {
 		acked[p.PG] = map[quorum.SegmentID]bool{}
 		complete[p.PG] = map[quorum.SegmentID]bool{}
@@ -519,11 +596,33 @@ func (r *recoverer) truncate(ctx context.Context, res recovery.Result) (map[uint
 		for _, m := range p.Members {
 			send(p.PG, m)
 			pending++
+			pendingPG[p.PG]++
 		}
 	}
 	qcfgs := map[uint32]quorum.Config{}
+	byPG := map[uint32]RecoverPG{}
 	for _, p := range r.cfg.PGs {
 		qcfgs[p.PG] = r.qconfig(p)
+		byPG[p.PG] = p
+	}
+	// report tells Waiting about a PG that has no write quorum of
+	// acknowledgements once each member has answered its latest request
+	// (so the counts are of one round) and one failed: from then on the
+	// recovery waits for that member, or another, to come back.
+	reported := false
+	report := func(pg uint32) {
+		if r.cfg.Waiting == nil || pendingPG[pg] > 0 || len(causes[pg]) == 0 || qcfgs[pg].WriteQuorum(func(s quorum.SegmentID) bool { return acked[pg][s] }) {
+			return
+		}
+		p := byPG[pg]
+		w := &RecoverWait{PG: pg, Step: "Truncate", Have: len(acked[pg]), Need: r.writeQuorumSize(p), Segments: len(p.Members)}
+		for _, m := range p.Members {
+			if err, ok := causes[pg][m.NodeID]; ok {
+				w.Causes = append(w.Causes, SegmentError{Member: m, Err: err})
+			}
+		}
+		reported = true
+		r.waiting(w)
 	}
 	done := func() bool {
 		for pg, q := range qcfgs {
@@ -539,6 +638,7 @@ func (r *recoverer) truncate(ctx context.Context, res recovery.Result) (map[uint
 		select {
 		case x := <-results:
 			pending--
+			pendingPG[x.pg]--
 			if x.err == nil {
 				acked[x.pg][quorum.SegmentID(x.m.NodeID)] = true
 				if x.scl >= res.Tails[x.pg] {
@@ -546,6 +646,7 @@ func (r *recoverer) truncate(ctx context.Context, res recovery.Result) (map[uint
 				}
 				delete(causes[x.pg], x.m.NodeID)
 				r.log.Debug("recovery: segment truncated", "pg", x.pg, "node", x.m.NodeID, "scl", x.scl)
+				report(x.pg)
 				continue
 			}
 			if reasonOf(x.err) == pb.Reason_STALE_EPOCH {
@@ -557,6 +658,7 @@ func (r *recoverer) truncate(ctx context.Context, res recovery.Result) (map[uint
 					Causes: []SegmentError{{Member: x.m, Err: errors.New(st.Message())}}}
 			}
 			causes[x.pg][x.m.NodeID] = plainErr(x.err)
+			report(x.pg)
 			retry = append(retry, x)
 			if tick == nil {
 				tick = time.After(recoverPoll)
@@ -566,6 +668,7 @@ func (r *recoverer) truncate(ctx context.Context, res recovery.Result) (map[uint
 			for _, x := range retry {
 				send(x.pg, x.m)
 				pending++
+				pendingPG[x.pg]++
 			}
 			retry = nil
 		case <-ctx.Done():
@@ -582,6 +685,9 @@ func (r *recoverer) truncate(ctx context.Context, res recovery.Result) (map[uint
 			}
 			return nil, nil, ctx.Err()
 		}
+	}
+	if reported {
+		r.waiting(nil)
 	}
 	out := map[uint32]int{}
 	for pg, a := range acked {
@@ -605,6 +711,8 @@ func (r *recoverer) truncate(ctx context.Context, res recovery.Result) (map[uint
 // at once.
 func (r *recoverer) awaitDurable(ctx context.Context, res recovery.Result, pgs []RecoverPG) error {
 	last := map[uint32]map[string]error{}
+	have := map[uint32]int{}
+	reported := false
 	for round := 0; len(pgs) > 0; round++ {
 		if round > 0 {
 			select {
@@ -662,6 +770,7 @@ func (r *recoverer) awaitDurable(ctx context.Context, res recovery.Result, pgs [
 					mu.Lock()
 					missing = append(missing, p)
 					last[p.PG] = errs
+					have[p.PG] = len(complete)
 					mu.Unlock()
 				}
 			})
@@ -671,7 +780,21 @@ func (r *recoverer) awaitDurable(ctx context.Context, res recovery.Result, pgs [
 		if len(missing) > 0 && (round == 0 || len(missing) < len(pgs)) {
 			r.log.Info("recovery: waiting for gossip to copy records at or below the VDL to a write quorum", "pg", missing[0].PG, "tail", res.Tails[missing[0].PG], "pgs_waiting", len(missing))
 		}
+		if len(missing) > 0 && r.cfg.Waiting != nil {
+			p := missing[0]
+			w := &RecoverWait{PG: p.PG, Step: "durable", Tail: res.Tails[p.PG], Have: have[p.PG], Need: r.writeQuorumSize(p), Segments: len(p.Members)}
+			for _, m := range p.Members {
+				if err, ok := last[p.PG][m.NodeID]; ok {
+					w.Causes = append(w.Causes, SegmentError{Member: m, Err: err})
+				}
+			}
+			reported = true
+			r.waiting(w)
+		}
 		pgs = missing
+	}
+	if reported {
+		r.waiting(nil)
 	}
 	return nil
 }
