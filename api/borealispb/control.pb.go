@@ -141,9 +141,12 @@ func (x *RegisterNodeResponse) GetHeartbeatIntervalMs() uint32 {
 type HeartbeatRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// The ids of the volumes the node holds anything of, so that the answer
-	// can say which of them were deleted.
-	HostedVolumes []uint64 `protobuf:"varint,2,rep,packed,name=hosted_volumes,json=hostedVolumes,proto3" json:"hosted_volumes,omitempty"`
+	// The volumes the node holds segments of, each with the incarnation its
+	// segments carry (0: declared before volumes had incarnations), so that
+	// the answer can say which of them were deleted.
+	Hosted []*VolumeIncarnation `protobuf:"bytes,3,rep,name=hosted,proto3" json:"hosted,omitempty"`
+	// The ids of the volumes the node holds only an epoch of (no segment).
+	EpochOnly     []uint64 `protobuf:"varint,4,rep,packed,name=epoch_only,json=epochOnly,proto3" json:"epoch_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -185,9 +188,16 @@ func (x *HeartbeatRequest) GetId() string {
 	return ""
 }
 
-func (x *HeartbeatRequest) GetHostedVolumes() []uint64 {
+func (x *HeartbeatRequest) GetHosted() []*VolumeIncarnation {
 	if x != nil {
-		return x.HostedVolumes
+		return x.Hosted
+	}
+	return nil
+}
+
+func (x *HeartbeatRequest) GetEpochOnly() []uint64 {
+	if x != nil {
+		return x.EpochOnly
 	}
 	return nil
 }
@@ -197,12 +207,15 @@ type HeartbeatResponse struct {
 	// The current epoch of every volume, so that storage nodes refuse a
 	// fenced writer even before it sends them anything.
 	Epochs []*VolumeEpoch `protobuf:"bytes,1,rep,name=epochs,proto3" json:"epochs,omitempty"`
-	// Those of hosted_volumes that were deleted (the catalog keeps their
-	// tombstones): the node drops everything it holds of them. A volume the
-	// catalog does not know at all is never listed.
-	DeletedVolumes []uint64 `protobuf:"varint,2,rep,packed,name=deleted_volumes,json=deletedVolumes,proto3" json:"deleted_volumes,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The deleted volumes among those the node reported, each with its
+	// tombstone's incarnation: those of hosted whose tombstone carries the
+	// very incarnation the node reported, never 0 (the node drops their
+	// segments), and those of epoch_only that have a tombstone (the node
+	// forgets their epochs). A volume the catalog does not know, or knows
+	// under another incarnation, is never listed.
+	Deleted       []*VolumeIncarnation `protobuf:"bytes,3,rep,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HeartbeatResponse) Reset() {
@@ -242,11 +255,65 @@ func (x *HeartbeatResponse) GetEpochs() []*VolumeEpoch {
 	return nil
 }
 
-func (x *HeartbeatResponse) GetDeletedVolumes() []uint64 {
+func (x *HeartbeatResponse) GetDeleted() []*VolumeIncarnation {
 	if x != nil {
-		return x.DeletedVolumes
+		return x.Deleted
 	}
 	return nil
+}
+
+// VolumeIncarnation names one volume beyond one catalog: its id with the
+// random incarnation drawn when it was created (VolumeInfo.incarnation).
+type VolumeIncarnation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Incarnation   uint64                 `protobuf:"varint,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeIncarnation) Reset() {
+	*x = VolumeIncarnation{}
+	mi := &file_control_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeIncarnation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeIncarnation) ProtoMessage() {}
+
+func (x *VolumeIncarnation) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeIncarnation.ProtoReflect.Descriptor instead.
+func (*VolumeIncarnation) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *VolumeIncarnation) GetVolumeId() uint64 {
+	if x != nil {
+		return x.VolumeId
+	}
+	return 0
+}
+
+func (x *VolumeIncarnation) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
 }
 
 type VolumeEpoch struct {
@@ -259,7 +326,7 @@ type VolumeEpoch struct {
 
 func (x *VolumeEpoch) Reset() {
 	*x = VolumeEpoch{}
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -271,7 +338,7 @@ func (x *VolumeEpoch) String() string {
 func (*VolumeEpoch) ProtoMessage() {}
 
 func (x *VolumeEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -284,7 +351,7 @@ func (x *VolumeEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeEpoch.ProtoReflect.Descriptor instead.
 func (*VolumeEpoch) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{4}
+	return file_control_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *VolumeEpoch) GetVolumeId() uint64 {
@@ -314,7 +381,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -326,7 +393,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -339,7 +406,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{5}
+	return file_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateVolumeRequest) GetName() string {
@@ -372,7 +439,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -384,7 +451,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -397,7 +464,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{6}
+	return file_control_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetVolumeRequest) GetName() string {
@@ -416,7 +483,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +495,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +508,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteVolumeRequest) GetName() string {
@@ -461,7 +528,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -473,7 +540,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -486,7 +553,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteVolumeResponse) GetVolume() *VolumeInfo {
@@ -504,7 +571,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -516,7 +583,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -529,7 +596,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 type ListVolumesResponse struct {
@@ -541,7 +608,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -553,7 +620,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -566,7 +633,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeInfo {
@@ -587,7 +654,7 @@ type SegmentInfo struct {
 
 func (x *SegmentInfo) Reset() {
 	*x = SegmentInfo{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -599,7 +666,7 @@ func (x *SegmentInfo) String() string {
 func (*SegmentInfo) ProtoMessage() {}
 
 func (x *SegmentInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +679,7 @@ func (x *SegmentInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentInfo.ProtoReflect.Descriptor instead.
 func (*SegmentInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SegmentInfo) GetNode() string {
@@ -649,7 +716,7 @@ type PGInfo struct {
 
 func (x *PGInfo) Reset() {
 	*x = PGInfo{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +728,7 @@ func (x *PGInfo) String() string {
 func (*PGInfo) ProtoMessage() {}
 
 func (x *PGInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +741,7 @@ func (x *PGInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PGInfo.ProtoReflect.Descriptor instead.
 func (*PGInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PGInfo) GetVolumeId() uint64 {
@@ -725,14 +792,19 @@ type VolumeInfo struct {
 	SizeBytes     uint64                 `protobuf:"varint,9,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	PgList        []*PGInfo              `protobuf:"bytes,10,rep,name=pg_list,json=pgList,proto3" json:"pg_list,omitempty"`
 	// Every recovery's truncation range, oldest epoch first.
-	Truncations   []*TruncationRecord `protobuf:"bytes,11,rep,name=truncations,proto3" json:"truncations,omitempty"`
+	Truncations []*TruncationRecord `protobuf:"bytes,11,rep,name=truncations,proto3" json:"truncations,omitempty"`
+	// A random number drawn when the volume was created (never 0 since
+	// incarnations exist; 0 for a volume created before). Ids are unique in
+	// one catalog only, so writers declare it with every segment, and a
+	// storage node drops a segment only on a tombstone of its incarnation.
+	Incarnation   uint64 `protobuf:"varint,12,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VolumeInfo) Reset() {
 	*x = VolumeInfo{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +816,7 @@ func (x *VolumeInfo) String() string {
 func (*VolumeInfo) ProtoMessage() {}
 
 func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +829,7 @@ func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeInfo.ProtoReflect.Descriptor instead.
 func (*VolumeInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *VolumeInfo) GetName() string {
@@ -837,6 +909,13 @@ func (x *VolumeInfo) GetTruncations() []*TruncationRecord {
 	return nil
 }
 
+func (x *VolumeInfo) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
 // TruncationRecord is one recovery's range: records of epochs older than
 // epoch with LSN in (after, through] were dropped from PGs 0..pgs-1.
 type TruncationRecord struct {
@@ -853,7 +932,7 @@ type TruncationRecord struct {
 
 func (x *TruncationRecord) Reset() {
 	*x = TruncationRecord{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +944,7 @@ func (x *TruncationRecord) String() string {
 func (*TruncationRecord) ProtoMessage() {}
 
 func (x *TruncationRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +957,7 @@ func (x *TruncationRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncationRecord.ProtoReflect.Descriptor instead.
 func (*TruncationRecord) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TruncationRecord) GetEpoch() uint64 {
@@ -926,7 +1005,7 @@ type AddPGRequest struct {
 
 func (x *AddPGRequest) Reset() {
 	*x = AddPGRequest{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1017,7 @@ func (x *AddPGRequest) String() string {
 func (*AddPGRequest) ProtoMessage() {}
 
 func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1030,7 @@ func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddPGRequest.ProtoReflect.Descriptor instead.
 func (*AddPGRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AddPGRequest) GetVolume() string {
@@ -977,7 +1056,7 @@ type WatchVolumeRequest struct {
 
 func (x *WatchVolumeRequest) Reset() {
 	*x = WatchVolumeRequest{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1068,7 @@ func (x *WatchVolumeRequest) String() string {
 func (*WatchVolumeRequest) ProtoMessage() {}
 
 func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1081,7 @@ func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVolumeRequest.ProtoReflect.Descriptor instead.
 func (*WatchVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchVolumeRequest) GetVolumeId() uint64 {
@@ -1023,7 +1102,7 @@ type AcquireWriterRequest struct {
 
 func (x *AcquireWriterRequest) Reset() {
 	*x = AcquireWriterRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1114,7 @@ func (x *AcquireWriterRequest) String() string {
 func (*AcquireWriterRequest) ProtoMessage() {}
 
 func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1127,7 @@ func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterRequest.ProtoReflect.Descriptor instead.
 func (*AcquireWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AcquireWriterRequest) GetVolume() string {
@@ -1083,7 +1162,7 @@ type AcquireWriterResponse struct {
 
 func (x *AcquireWriterResponse) Reset() {
 	*x = AcquireWriterResponse{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1174,7 @@ func (x *AcquireWriterResponse) String() string {
 func (*AcquireWriterResponse) ProtoMessage() {}
 
 func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1187,7 @@ func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterResponse.ProtoReflect.Descriptor instead.
 func (*AcquireWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AcquireWriterResponse) GetLease() int64 {
@@ -1141,7 +1220,7 @@ type RenewWriterRequest struct {
 
 func (x *RenewWriterRequest) Reset() {
 	*x = RenewWriterRequest{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1232,7 @@ func (x *RenewWriterRequest) String() string {
 func (*RenewWriterRequest) ProtoMessage() {}
 
 func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1245,7 @@ func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterRequest.ProtoReflect.Descriptor instead.
 func (*RenewWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RenewWriterRequest) GetLease() int64 {
@@ -1184,7 +1263,7 @@ type RenewWriterResponse struct {
 
 func (x *RenewWriterResponse) Reset() {
 	*x = RenewWriterResponse{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1275,7 @@ func (x *RenewWriterResponse) String() string {
 func (*RenewWriterResponse) ProtoMessage() {}
 
 func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1288,7 @@ func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterResponse.ProtoReflect.Descriptor instead.
 func (*RenewWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 type ReleaseWriterRequest struct {
@@ -1221,7 +1300,7 @@ type ReleaseWriterRequest struct {
 
 func (x *ReleaseWriterRequest) Reset() {
 	*x = ReleaseWriterRequest{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1312,7 @@ func (x *ReleaseWriterRequest) String() string {
 func (*ReleaseWriterRequest) ProtoMessage() {}
 
 func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1325,7 @@ func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReleaseWriterRequest) GetLease() int64 {
@@ -1264,7 +1343,7 @@ type ReleaseWriterResponse struct {
 
 func (x *ReleaseWriterResponse) Reset() {
 	*x = ReleaseWriterResponse{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1355,7 @@ func (x *ReleaseWriterResponse) String() string {
 func (*ReleaseWriterResponse) ProtoMessage() {}
 
 func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1368,7 @@ func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 type RecordTruncationRequest struct {
@@ -1306,7 +1385,7 @@ type RecordTruncationRequest struct {
 
 func (x *RecordTruncationRequest) Reset() {
 	*x = RecordTruncationRequest{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1397,7 @@ func (x *RecordTruncationRequest) String() string {
 func (*RecordTruncationRequest) ProtoMessage() {}
 
 func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1410,7 @@ func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationRequest.ProtoReflect.Descriptor instead.
 func (*RecordTruncationRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RecordTruncationRequest) GetVolume() string {
@@ -1379,7 +1458,7 @@ type RecordTruncationResponse struct {
 
 func (x *RecordTruncationResponse) Reset() {
 	*x = RecordTruncationResponse{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1391,7 +1470,7 @@ func (x *RecordTruncationResponse) String() string {
 func (*RecordTruncationResponse) ProtoMessage() {}
 
 func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1404,7 +1483,7 @@ func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationResponse.ProtoReflect.Descriptor instead.
 func (*RecordTruncationResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RecordTruncationResponse) GetTruncations() []*TruncationRecord {
@@ -1422,7 +1501,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1513,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1526,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 type NodeStatus struct {
@@ -1465,7 +1544,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1556,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1569,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -1539,7 +1618,7 @@ type WriterStatus struct {
 
 func (x *WriterStatus) Reset() {
 	*x = WriterStatus{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +1630,7 @@ func (x *WriterStatus) String() string {
 func (*WriterStatus) ProtoMessage() {}
 
 func (x *WriterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +1643,7 @@ func (x *WriterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterStatus.ProtoReflect.Descriptor instead.
 func (*WriterStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WriterStatus) GetVolume() string {
@@ -1600,7 +1679,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1612,7 +1691,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1625,7 +1704,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -1667,13 +1746,18 @@ const file_control_proto_rawDesc = "" +
 	"\x04addr\x18\x03 \x01(\tR\x04addr\x12%\n" +
 	"\x0ecapacity_bytes\x18\x04 \x01(\x04R\rcapacityBytes\"J\n" +
 	"\x14RegisterNodeResponse\x122\n" +
-	"\x15heartbeat_interval_ms\x18\x01 \x01(\rR\x13heartbeatIntervalMs\"I\n" +
+	"\x15heartbeat_interval_ms\x18\x01 \x01(\rR\x13heartbeatIntervalMs\"\x8f\x01\n" +
 	"\x10HeartbeatRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
-	"\x0ehosted_volumes\x18\x02 \x03(\x04R\rhostedVolumes\"n\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
+	"\x06hosted\x18\x03 \x03(\v2\x1e.borealis.v1.VolumeIncarnationR\x06hosted\x12\x1d\n" +
+	"\n" +
+	"epoch_only\x18\x04 \x03(\x04R\tepochOnlyJ\x04\b\x02\x10\x03R\x0ehosted_volumes\"\x96\x01\n" +
 	"\x11HeartbeatResponse\x120\n" +
-	"\x06epochs\x18\x01 \x03(\v2\x18.borealis.v1.VolumeEpochR\x06epochs\x12'\n" +
-	"\x0fdeleted_volumes\x18\x02 \x03(\x04R\x0edeletedVolumes\"@\n" +
+	"\x06epochs\x18\x01 \x03(\v2\x18.borealis.v1.VolumeEpochR\x06epochs\x128\n" +
+	"\adeleted\x18\x03 \x03(\v2\x1e.borealis.v1.VolumeIncarnationR\adeletedJ\x04\b\x02\x10\x03R\x0fdeleted_volumes\"R\n" +
+	"\x11VolumeIncarnation\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\"@\n" +
 	"\vVolumeEpoch\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"j\n" +
@@ -1699,7 +1783,7 @@ const file_control_proto_rawDesc = "" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12)\n" +
 	"\x10membership_epoch\x18\x03 \x01(\x04R\x0fmembershipEpoch\x12%\n" +
 	"\x0egeometry_epoch\x18\x04 \x01(\x04R\rgeometryEpoch\x124\n" +
-	"\bsegments\x18\x05 \x03(\v2\x18.borealis.v1.SegmentInfoR\bsegments\"\xfd\x02\n" +
+	"\bsegments\x18\x05 \x03(\v2\x18.borealis.v1.SegmentInfoR\bsegments\"\x9f\x03\n" +
 	"\n" +
 	"VolumeInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
@@ -1715,7 +1799,8 @@ const file_control_proto_rawDesc = "" +
 	"size_bytes\x18\t \x01(\x04R\tsizeBytes\x12,\n" +
 	"\apg_list\x18\n" +
 	" \x03(\v2\x13.borealis.v1.PGInfoR\x06pgList\x12?\n" +
-	"\vtruncations\x18\v \x03(\v2\x1d.borealis.v1.TruncationRecordR\vtruncations\"\x99\x01\n" +
+	"\vtruncations\x18\v \x03(\v2\x1d.borealis.v1.TruncationRecordR\vtruncations\x12 \n" +
+	"\vincarnation\x18\f \x01(\x04R\vincarnation\"\x99\x01\n" +
 	"\x10TruncationRecord\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x14\n" +
 	"\x05after\x18\x02 \x01(\x04R\x05after\x12\x18\n" +
@@ -1793,81 +1878,84 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_control_proto_goTypes = []any{
 	(*RegisterNodeRequest)(nil),      // 0: borealis.v1.RegisterNodeRequest
 	(*RegisterNodeResponse)(nil),     // 1: borealis.v1.RegisterNodeResponse
 	(*HeartbeatRequest)(nil),         // 2: borealis.v1.HeartbeatRequest
 	(*HeartbeatResponse)(nil),        // 3: borealis.v1.HeartbeatResponse
-	(*VolumeEpoch)(nil),              // 4: borealis.v1.VolumeEpoch
-	(*CreateVolumeRequest)(nil),      // 5: borealis.v1.CreateVolumeRequest
-	(*GetVolumeRequest)(nil),         // 6: borealis.v1.GetVolumeRequest
-	(*DeleteVolumeRequest)(nil),      // 7: borealis.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),     // 8: borealis.v1.DeleteVolumeResponse
-	(*ListVolumesRequest)(nil),       // 9: borealis.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),      // 10: borealis.v1.ListVolumesResponse
-	(*SegmentInfo)(nil),              // 11: borealis.v1.SegmentInfo
-	(*PGInfo)(nil),                   // 12: borealis.v1.PGInfo
-	(*VolumeInfo)(nil),               // 13: borealis.v1.VolumeInfo
-	(*TruncationRecord)(nil),         // 14: borealis.v1.TruncationRecord
-	(*AddPGRequest)(nil),             // 15: borealis.v1.AddPGRequest
-	(*WatchVolumeRequest)(nil),       // 16: borealis.v1.WatchVolumeRequest
-	(*AcquireWriterRequest)(nil),     // 17: borealis.v1.AcquireWriterRequest
-	(*AcquireWriterResponse)(nil),    // 18: borealis.v1.AcquireWriterResponse
-	(*RenewWriterRequest)(nil),       // 19: borealis.v1.RenewWriterRequest
-	(*RenewWriterResponse)(nil),      // 20: borealis.v1.RenewWriterResponse
-	(*ReleaseWriterRequest)(nil),     // 21: borealis.v1.ReleaseWriterRequest
-	(*ReleaseWriterResponse)(nil),    // 22: borealis.v1.ReleaseWriterResponse
-	(*RecordTruncationRequest)(nil),  // 23: borealis.v1.RecordTruncationRequest
-	(*RecordTruncationResponse)(nil), // 24: borealis.v1.RecordTruncationResponse
-	(*StatusRequest)(nil),            // 25: borealis.v1.StatusRequest
-	(*NodeStatus)(nil),               // 26: borealis.v1.NodeStatus
-	(*WriterStatus)(nil),             // 27: borealis.v1.WriterStatus
-	(*StatusResponse)(nil),           // 28: borealis.v1.StatusResponse
+	(*VolumeIncarnation)(nil),        // 4: borealis.v1.VolumeIncarnation
+	(*VolumeEpoch)(nil),              // 5: borealis.v1.VolumeEpoch
+	(*CreateVolumeRequest)(nil),      // 6: borealis.v1.CreateVolumeRequest
+	(*GetVolumeRequest)(nil),         // 7: borealis.v1.GetVolumeRequest
+	(*DeleteVolumeRequest)(nil),      // 8: borealis.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),     // 9: borealis.v1.DeleteVolumeResponse
+	(*ListVolumesRequest)(nil),       // 10: borealis.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),      // 11: borealis.v1.ListVolumesResponse
+	(*SegmentInfo)(nil),              // 12: borealis.v1.SegmentInfo
+	(*PGInfo)(nil),                   // 13: borealis.v1.PGInfo
+	(*VolumeInfo)(nil),               // 14: borealis.v1.VolumeInfo
+	(*TruncationRecord)(nil),         // 15: borealis.v1.TruncationRecord
+	(*AddPGRequest)(nil),             // 16: borealis.v1.AddPGRequest
+	(*WatchVolumeRequest)(nil),       // 17: borealis.v1.WatchVolumeRequest
+	(*AcquireWriterRequest)(nil),     // 18: borealis.v1.AcquireWriterRequest
+	(*AcquireWriterResponse)(nil),    // 19: borealis.v1.AcquireWriterResponse
+	(*RenewWriterRequest)(nil),       // 20: borealis.v1.RenewWriterRequest
+	(*RenewWriterResponse)(nil),      // 21: borealis.v1.RenewWriterResponse
+	(*ReleaseWriterRequest)(nil),     // 22: borealis.v1.ReleaseWriterRequest
+	(*ReleaseWriterResponse)(nil),    // 23: borealis.v1.ReleaseWriterResponse
+	(*RecordTruncationRequest)(nil),  // 24: borealis.v1.RecordTruncationRequest
+	(*RecordTruncationResponse)(nil), // 25: borealis.v1.RecordTruncationResponse
+	(*StatusRequest)(nil),            // 26: borealis.v1.StatusRequest
+	(*NodeStatus)(nil),               // 27: borealis.v1.NodeStatus
+	(*WriterStatus)(nil),             // 28: borealis.v1.WriterStatus
+	(*StatusResponse)(nil),           // 29: borealis.v1.StatusResponse
 }
 var file_control_proto_depIdxs = []int32{
-	4,  // 0: borealis.v1.HeartbeatResponse.epochs:type_name -> borealis.v1.VolumeEpoch
-	13, // 1: borealis.v1.DeleteVolumeResponse.volume:type_name -> borealis.v1.VolumeInfo
-	13, // 2: borealis.v1.ListVolumesResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	11, // 3: borealis.v1.PGInfo.segments:type_name -> borealis.v1.SegmentInfo
-	12, // 4: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
-	14, // 5: borealis.v1.VolumeInfo.truncations:type_name -> borealis.v1.TruncationRecord
-	13, // 6: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
-	14, // 7: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
-	26, // 8: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
-	13, // 9: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	27, // 10: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
-	0,  // 11: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
-	2,  // 12: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
-	5,  // 13: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
-	6,  // 14: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
-	9,  // 15: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
-	7,  // 16: borealis.v1.Control.DeleteVolume:input_type -> borealis.v1.DeleteVolumeRequest
-	15, // 17: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
-	16, // 18: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
-	17, // 19: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
-	19, // 20: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
-	21, // 21: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
-	23, // 22: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
-	25, // 23: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
-	1,  // 24: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
-	3,  // 25: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
-	13, // 26: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
-	13, // 27: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
-	10, // 28: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
-	8,  // 29: borealis.v1.Control.DeleteVolume:output_type -> borealis.v1.DeleteVolumeResponse
-	12, // 30: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
-	12, // 31: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
-	18, // 32: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
-	20, // 33: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
-	22, // 34: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
-	24, // 35: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
-	28, // 36: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
-	24, // [24:37] is the sub-list for method output_type
-	11, // [11:24] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	4,  // 0: borealis.v1.HeartbeatRequest.hosted:type_name -> borealis.v1.VolumeIncarnation
+	5,  // 1: borealis.v1.HeartbeatResponse.epochs:type_name -> borealis.v1.VolumeEpoch
+	4,  // 2: borealis.v1.HeartbeatResponse.deleted:type_name -> borealis.v1.VolumeIncarnation
+	14, // 3: borealis.v1.DeleteVolumeResponse.volume:type_name -> borealis.v1.VolumeInfo
+	14, // 4: borealis.v1.ListVolumesResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	12, // 5: borealis.v1.PGInfo.segments:type_name -> borealis.v1.SegmentInfo
+	13, // 6: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
+	15, // 7: borealis.v1.VolumeInfo.truncations:type_name -> borealis.v1.TruncationRecord
+	14, // 8: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
+	15, // 9: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
+	27, // 10: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
+	14, // 11: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	28, // 12: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
+	0,  // 13: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
+	2,  // 14: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
+	6,  // 15: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
+	7,  // 16: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
+	10, // 17: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
+	8,  // 18: borealis.v1.Control.DeleteVolume:input_type -> borealis.v1.DeleteVolumeRequest
+	16, // 19: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
+	17, // 20: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
+	18, // 21: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
+	20, // 22: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
+	22, // 23: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
+	24, // 24: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
+	26, // 25: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
+	1,  // 26: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
+	3,  // 27: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
+	14, // 28: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
+	14, // 29: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
+	11, // 30: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
+	9,  // 31: borealis.v1.Control.DeleteVolume:output_type -> borealis.v1.DeleteVolumeResponse
+	13, // 32: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
+	13, // 33: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
+	19, // 34: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
+	21, // 35: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
+	23, // 36: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
+	25, // 37: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
+	29, // 38: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
+	26, // [26:39] is the sub-list for method output_type
+	13, // [13:26] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1881,7 +1969,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -51,7 +51,9 @@ const (
 	// PG, a PG tail above the read point).
 	Reason_BAD_REQUEST Reason = 10
 	// The volume was deleted from the catalog and the node dropped its
-	// segments; it hosts nothing of it again.
+	// segments; it hosts nothing of that incarnation of it again. Requests
+	// that carry no incarnation get it for a volume id the node dropped and
+	// holds no segment of since.
 	Reason_VOLUME_DELETED Reason = 11
 )
 
@@ -188,7 +190,16 @@ type SegmentSpec struct {
 	// The PG's recovery truncations, oldest epoch first. A node applies those
 	// it lacks (as Truncate does) before the request's records, so a node
 	// that was away during a recovery learns it on its next contact.
-	Truncations   []*Truncation `protobuf:"bytes,7,rep,name=truncations,proto3" json:"truncations,omitempty"`
+	Truncations []*Truncation `protobuf:"bytes,7,rep,name=truncations,proto3" json:"truncations,omitempty"`
+	// The volume's incarnation (VolumeInfo.incarnation), which tells this
+	// volume apart from another one of the same id in another catalog (a
+	// lost etcd replaced, another cluster's). 0: not said (a segment declared
+	// before incarnations, or a declaration that does not know it). A segment
+	// keeps the incarnation it was created with: a node refuses a
+	// declaration of another nonzero incarnation than the segments it holds
+	// of the volume (BAD_DECLARATION), and drops a segment only when the
+	// control plane names its own nonzero incarnation as deleted.
+	Incarnation   uint64 `protobuf:"varint,8,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -270,6 +281,13 @@ func (x *SegmentSpec) GetTruncations() []*Truncation {
 		return x.Truncations
 	}
 	return nil
+}
+
+func (x *SegmentSpec) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
 }
 
 // Truncation is one recovery's decision for one PG: records of epochs older
@@ -1621,7 +1639,7 @@ const file_storage_proto_rawDesc = "" +
 	"\x06Member\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x0e\n" +
 	"\x02az\x18\x02 \x01(\tR\x02az\x12\x12\n" +
-	"\x04addr\x18\x03 \x01(\tR\x04addr\"\x89\x02\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\"\xab\x02\n" +
 	"\vSegmentSpec\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12\x1b\n" +
@@ -1630,7 +1648,8 @@ const file_storage_proto_rawDesc = "" +
 	"pagesPerPg\x12)\n" +
 	"\x10membership_epoch\x18\x05 \x01(\x04R\x0fmembershipEpoch\x12-\n" +
 	"\amembers\x18\x06 \x03(\v2\x13.borealis.v1.MemberR\amembers\x129\n" +
-	"\vtruncations\x18\a \x03(\v2\x17.borealis.v1.TruncationR\vtruncations\"f\n" +
+	"\vtruncations\x18\a \x03(\v2\x17.borealis.v1.TruncationR\vtruncations\x12 \n" +
+	"\vincarnation\x18\b \x01(\x04R\vincarnation\"f\n" +
 	"\n" +
 	"Truncation\x12\x14\n" +
 	"\x05after\x18\x01 \x01(\x04R\x05after\x12\x18\n" +

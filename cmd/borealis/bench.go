@@ -306,7 +306,7 @@ func nodeFsyncs(ctx context.Context, members []volume.Member) (uint64, error) {
 func benchVolume(ctx context.Context, ctl pb.ControlClient, vols *benchVolumes, members []volume.Member, committers int) (volume.Config, error) {
 	cfg := volume.Config{Epoch: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if ctl == nil {
-		cfg.VolumeID, cfg.PageSize, cfg.PagesPerPG = rand.Uint64()|1, 4096, 1<<20
+		cfg.VolumeID, cfg.Incarnation, cfg.PageSize, cfg.PagesPerPG = rand.Uint64()|1, rand.Uint64()|1, 4096, 1<<20
 		cfg.Placement = func(uint32) ([]volume.Member, error) { return members, nil }
 		return cfg, nil
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/storage"
 )
@@ -81,7 +82,7 @@ writer first declares them.`,
 						}
 					},
 					Hosted: node.HostedVolumes,
-					OnDeleted: func(vols []uint64) {
+					OnDeleted: func(vols []*pb.VolumeIncarnation) {
 						if err := node.DropVolumes(vols); err != nil {
 							log.Error("cannot drop the segments of deleted volumes; once the node restarts, its first heartbeat drops them", "volumes", vols, "err", err)
 						}

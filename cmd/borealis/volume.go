@@ -154,14 +154,20 @@ func volumeListCmd() *cobra.Command {
 func volumeDeleteCmd() *cobra.Command {
 	var where controlAddrFlags
 	cmd := &cobra.Command{
-		Use:   "delete NAME",
+		Use:   "delete NAME [--dir D | --control ADDR]",
 		Short: "Delete a volume and its data; refused while a writer holds it",
 		Long: `Delete a volume: the catalog forgets it (its PGs and recovery
 records with it) in one transaction, and each storage node drops the volume's
 segments when its next heartbeat tells it to (a node that is down, once it is
 back). It is refused while a writer holds the volume's writer lease: stop the
 writer first (a writer that died keeps its lease until the lease's TTL runs
-out). The data cannot be recovered.`,
+out). The data cannot be recovered.
+
+A node drops only the segments of the deleted volume's incarnation, a random
+number drawn when the volume was created: another volume with the same id
+(from a control plane whose etcd was lost and replaced, or another cluster's)
+is never dropped. A volume created before incarnations has none, and its
+segments stay on the nodes.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return fmt.Errorf("%s takes the name of one volume, got %q; borealis volume list shows the volumes", cmd.CommandPath(), args)
@@ -185,7 +191,11 @@ out). The data cannot be recovered.`,
 			if v.GetPgs() == 1 {
 				pgs = "PG"
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "volume %s deleted (id %d, %d %s of %s); the storage nodes drop its segments at their next heartbeat\n", v.GetName(), v.GetId(), v.GetPgs(), pgs, formatSize(v.GetPgSizeBytes()))
+			then := "the storage nodes drop its segments at their next heartbeat"
+			if v.GetIncarnation() == 0 {
+				then = "it was created before volumes had incarnations, so the storage nodes keep its segments: nothing tells them from another cluster's volume of the same id"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "volume %s deleted (id %d, %d %s of %s); %s\n", v.GetName(), v.GetId(), v.GetPgs(), pgs, formatSize(v.GetPgSizeBytes()), then)
 			return nil
 		},
 	}

@@ -22,12 +22,13 @@ type AgentNode struct {
 	// OnEpochs, when set, receives the volumes' current epochs with every
 	// heartbeat, so the node can fence stale writers.
 	OnEpochs func(map[uint64]uint64)
-	// Hosted, when set, gives the ids of the volumes the node holds
-	// anything of; each heartbeat sends them, and OnDeleted receives those
-	// that were deleted, for the node to drop. Hosted must be quick: it is
-	// called on the heartbeat's path.
-	Hosted    func() []uint64
-	OnDeleted func([]uint64)
+	// Hosted, when set, gives the volumes the node holds segments of, with
+	// the incarnation the segments carry, and the ids of those it holds
+	// only an epoch of; each heartbeat sends them, and OnDeleted receives
+	// those that were deleted (pb.HeartbeatResponse.deleted), for the node
+	// to drop. Hosted must be quick: it is called on the heartbeat's path.
+	Hosted    func() (hosted []*pb.VolumeIncarnation, epochOnly []uint64)
+	OnDeleted func([]*pb.VolumeIncarnation)
 }
 
 // Agent retry timings.
@@ -115,7 +116,7 @@ func RunNodeAgent(ctx context.Context, controlAddr string, node AgentNode, log *
 		}
 		req := &pb.HeartbeatRequest{Id: node.ID}
 		if node.Hosted != nil {
-			req.HostedVolumes = node.Hosted()
+			req.Hosted, req.EpochOnly = node.Hosted()
 		}
 		hctx, cancel := context.WithTimeout(ctx, max(interval, time.Second))
 		hb, err := cli.Heartbeat(hctx, req)
@@ -127,9 +128,9 @@ func RunNodeAgent(ctx context.Context, controlAddr string, node AgentNode, log *
 			}
 			node.OnEpochs(epochs)
 		}
-		if err == nil && node.OnDeleted != nil && len(hb.GetDeletedVolumes()) > 0 {
+		if err == nil && node.OnDeleted != nil && len(hb.GetDeleted()) > 0 {
 			// Before the next heartbeat, which would name them again.
-			node.OnDeleted(hb.GetDeletedVolumes())
+			node.OnDeleted(hb.GetDeleted())
 		}
 		if err != nil {
 			if ctx.Err() != nil {

@@ -11,19 +11,35 @@
 //	alive/<node-id>                     {node, at, ttl_s}, attached to the node's lease: the node is up iff it exists
 //	seen/<node-id>                      {node, at}: the last heartbeat, kept after the lease expires
 //	counters/volume-id                  the last volume id allocated (a decimal number, not JSON)
-//	volumes/<name>                      Volume: name, id, page_size, pg_size_bytes, pages_per_pg, geometry_epoch, volume_epoch, pgs
+//	volumes/<name>                      Volume: name, id, incarnation, page_size, pg_size_bytes, pages_per_pg, geometry_epoch, volume_epoch, pgs
 //	volume-ids/<volume-id %020d>        {name}: volume id to name
 //	pgs/<volume-id %020d>/<pg %010d>    PG: volume_id, pg, membership_epoch, geometry_epoch, segments [{node, az, addr}]
 //	writer/<volume-id %020d>            Writer: holder, epoch, lease, acquired_at; attached to the writer lease
 //	truncations/<volume-id %020d>/<epoch %020d>
 //	                                    Truncation: a recovery's range (after, through] and PG count; kept while the volume exists
-//	deleted/<volume-id %020d>          DeletedVolume: id, name, pgs, deleted_at; the tombstone of a deleted volume, kept forever
+//	deleted/<volume-id %020d>           DeletedVolume: id, incarnation, name, pgs, deleted_at; the tombstone of a deleted volume, kept forever
 //
 // A volume's keys are volumes/<name>, volume-ids/<id>, pgs/<id>/..., writer/<id>
 // and truncations/<id>/...; DeleteVolume removes them all in one transaction
 // and leaves deleted/<id>, from which storage nodes learn (in their
 // heartbeats) that they may drop the volume's segments. Volume ids come from
-// the counter and are never reused, so a tombstone never names a live volume.
+// the counter and are never reused, so a tombstone never names a live volume
+// of this catalog.
+//
+// # Incarnations
+//
+// An id is unique in one etcd only: a fresh etcd (the control plane's
+// directory lost, or another cluster's) counts from 1 again, while storage
+// nodes still hold the segments of the volumes that had those ids before.
+// So each volume also has an incarnation, a random 64-bit number drawn when
+// it is created, that writers declare with every segment and nodes keep with
+// it; a tombstone carries it, and a node drops a segment only when the
+// tombstone's incarnation is the segment's own (DeletedVolumes). Volumes
+// created before incarnations have none (0), and neither do the segments
+// their writers declared; a tombstone never matches 0, so deleting such a
+// volume removes it from the catalog but leaves its segments on the storage
+// nodes: nothing tells them from another cluster's volume of the same id, and
+// leaking disk space is better than dropping another volume's data.
 //
 // Every change is an etcd Txn guarded by revisions (CreateRevision == 0 for a
 // new key, ModRevision == the one read for an update), so two racing calls
@@ -35,7 +51,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -105,9 +123,12 @@ type NodeState struct {
 
 // Volume is a volume's catalog record.
 type Volume struct {
-	Version     int    `json:"version"`
-	Name        string `json:"name"`
-	ID          uint64 `json:"id"`
+	Version int    `json:"version"`
+	Name    string `json:"name"`
+	ID      uint64 `json:"id"`
+	// Incarnation is drawn at random when the volume is created (never 0;
+	// 0 for a volume created before incarnations): see "Incarnations".
+	Incarnation uint64 `json:"incarnation,omitempty"`
 	PageSize    int    `json:"page_size"`
 	PGSizeBytes uint64 `json:"pg_size_bytes"`
 	PagesPerPG  uint64 `json:"pages_per_pg"`
@@ -185,11 +206,13 @@ type Truncation struct {
 // a storage node that was down when the volume was deleted learns of it at
 // its next heartbeat, however late, and drops the volume's segments then.
 type DeletedVolume struct {
-	Version   int       `json:"version"`
-	ID        uint64    `json:"id"`
-	Name      string    `json:"name"`
-	PGs       uint32    `json:"pgs"`
-	DeletedAt time.Time `json:"deleted_at"`
+	Version int    `json:"version"`
+	ID      uint64 `json:"id"`
+	// Incarnation is the deleted volume's: nodes drop only segments of it.
+	Incarnation uint64    `json:"incarnation,omitempty"`
+	Name        string    `json:"name"`
+	PGs         uint32    `json:"pgs"`
+	DeletedAt   time.Time `json:"deleted_at"`
 }
 
 type aliveRecord struct {
@@ -625,7 +648,7 @@ func (c *Catalog) CreateVolume(ctx context.Context, name string, pageSize int, p
 			return Volume{}, fmt.Errorf("cannot create volume %s: %w", name, err)
 		}
 		vol := Volume{
-			Version: RecordVersion, Name: name, ID: last + 1,
+			Version: RecordVersion, Name: name, ID: last + 1, Incarnation: newIncarnation(),
 			PageSize: pageSize, PGSizeBytes: pgSizeBytes, PagesPerPG: pgSizeBytes / uint64(pageSize),
 			GeometryEpoch: 1, PGs: 1, CreatedAt: time.Now().UTC(),
 		}
@@ -651,6 +674,16 @@ func (c *Catalog) CreateVolume(ctx context.Context, name string, pageSize int, p
 		// Another volume took the id; try the next.
 	}
 	return Volume{}, fmt.Errorf("%w: creating volume %s raced with other creates %d times; retry", ErrConflict, name, maxAttempts)
+}
+
+// newIncarnation draws a volume's incarnation: random (math/rand/v2's
+// generator is seeded from the system's entropy), never 0.
+func newIncarnation() uint64 {
+	for {
+		if v := rand.Uint64(); v != 0 {
+			return v
+		}
+	}
 }
 
 func existsErr(name string, kv *mvccpb.KeyValue) error {
@@ -717,8 +750,10 @@ func (c *Catalog) Volumes(ctx context.Context) ([]Volume, error) {
 // absence of a writer lease. So a writer that takes the lease (or grows the
 // volume) meanwhile makes the delete look again, and a volume with a writer
 // is refused with ErrWriterHeld, naming the holder. It returns the volume and
-// its PGs as they were. Storage nodes drop the volume's segments once their heartbeat
-// tells them of the tombstone (DeletedVolumes).
+// its PGs as they were. Storage nodes drop the volume's segments once their
+// heartbeat tells them of the tombstone (DeletedVolumes), those of its
+// incarnation only: a volume created before incarnations leaves its segments
+// on the nodes.
 func (c *Catalog) DeleteVolume(ctx context.Context, name string) (Volume, []PG, error) {
 	if err := checkName("volume name", name); err != nil {
 		return Volume{}, nil, err
@@ -737,7 +772,7 @@ func (c *Catalog) DeleteVolume(ctx context.Context, name string) (Volume, []PG, 
 			return Volume{}, nil, err
 		}
 		wk := c.writerKey(vol.ID)
-		tomb := DeletedVolume{Version: RecordVersion, ID: vol.ID, Name: vol.Name, PGs: vol.PGs, DeletedAt: time.Now().UTC()}
+		tomb := DeletedVolume{Version: RecordVersion, ID: vol.ID, Incarnation: vol.Incarnation, Name: vol.Name, PGs: vol.PGs, DeletedAt: time.Now().UTC()}
 		tr, err := c.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(vk), "=", resp.Kvs[0].ModRevision),
 				clientv3.Compare(clientv3.CreateRevision(wk), "=", 0)).
@@ -778,28 +813,62 @@ func (c *Catalog) DeleteVolume(ctx context.Context, name string) (Volume, []PG, 
 // refuses a transaction of more than 128 operations by default.
 const deletedBatch = 100
 
-// DeletedVolumes returns which of ids are the ids of deleted volumes (those
-// with a tombstone), in the order given. An id the catalog knows nothing of
-// is not in it: a node never drops a segment on the catalog's silence (an
-// etcd emptied or replaced by mistake must not empty the storage nodes).
-func (c *Catalog) DeletedVolumes(ctx context.Context, ids []uint64) ([]uint64, error) {
-	var out []uint64
+// VolumeRef names a volume beyond one catalog: its id and incarnation.
+type VolumeRef struct {
+	ID          uint64
+	Incarnation uint64
+}
+
+// DeletedVolumes says which of the volumes a storage node reported were
+// deleted, each with its tombstone's incarnation, in the order given: those
+// of hosted (the volumes the node holds segments of, with the incarnation
+// the segments carry) whose tombstone carries that very incarnation, never 0;
+// then those of epochOnly (ids the node holds only an epoch of) that have a
+// tombstone. A volume the catalog knows nothing of is not in it, nor one
+// whose tombstone has another incarnation: a node never drops a segment on
+// the catalog's silence, nor on an id alone, since another catalog (an etcd
+// emptied or replaced by mistake, another cluster's) may give the same id to
+// another volume.
+func (c *Catalog) DeletedVolumes(ctx context.Context, hosted []VolumeRef, epochOnly []uint64) ([]VolumeRef, error) {
+	ids := make([]uint64, 0, len(hosted)+len(epochOnly))
+	for _, h := range hosted {
+		ids = append(ids, h.ID)
+	}
+	ids = append(ids, epochOnly...)
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	tombs := map[uint64]DeletedVolume{}
 	for len(ids) > 0 {
 		n := min(len(ids), deletedBatch)
 		ops := make([]clientv3.Op, n)
 		for i, id := range ids[:n] {
-			ops[i] = clientv3.OpGet(c.deletedKey(id), clientv3.WithCountOnly())
+			ops[i] = clientv3.OpGet(c.deletedKey(id))
 		}
 		tr, err := c.cli.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
 			return nil, etcdErr("read the tombstones of deleted volumes", err)
 		}
-		for i, r := range tr.Responses {
-			if r.GetResponseRange().Count > 0 {
-				out = append(out, ids[i])
+		for _, r := range tr.Responses {
+			for _, kv := range r.GetResponseRange().Kvs {
+				d, err := decode[DeletedVolume](kv)
+				if err != nil {
+					return nil, err
+				}
+				tombs[d.ID] = d
 			}
 		}
 		ids = ids[n:]
+	}
+	var out []VolumeRef
+	for _, h := range hosted {
+		if d, ok := tombs[h.ID]; ok && d.Incarnation != 0 && d.Incarnation == h.Incarnation {
+			out = append(out, h)
+		}
+	}
+	for _, id := range epochOnly {
+		if d, ok := tombs[id]; ok {
+			out = append(out, VolumeRef{ID: id, Incarnation: d.Incarnation})
+		}
 	}
 	return out, nil
 }

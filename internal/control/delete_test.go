@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/wait"
 )
 
 // catalogKeys lists every key under the catalog's prefix, without it.
@@ -117,12 +118,22 @@ func TestDeleteVolume(t *testing.T) {
 		t.Fatalf("AcquireWriter after delete: %v", err)
 	}
 
-	del, err := c.DeletedVolumes(ctx, []uint64{other.ID, vol.ID, 999})
-	if err != nil || !slices.Equal(del, []uint64{vol.ID}) {
-		t.Fatalf("DeletedVolumes: %v %v; want [%d]", del, err, vol.ID)
+	if vol.Incarnation == 0 || other.Incarnation == 0 || vol.Incarnation == other.Incarnation {
+		t.Fatalf("incarnations %x and %x: want two different nonzero ones", vol.Incarnation, other.Incarnation)
 	}
-	if tomb, err := c.DeletedVolume(ctx, vol.ID); err != nil || tomb == nil || tomb.Name != "main" || tomb.PGs != 2 {
+	hosted := []VolumeRef{{other.ID, other.Incarnation}, {vol.ID, vol.Incarnation}, {999, 1}}
+	del, err := c.DeletedVolumes(ctx, hosted, []uint64{other.ID, 998})
+	if err != nil || !slices.Equal(del, []VolumeRef{{vol.ID, vol.Incarnation}}) {
+		t.Fatalf("DeletedVolumes: %v %v; want [%d/%x]", del, err, vol.ID, vol.Incarnation)
+	}
+	if tomb, err := c.DeletedVolume(ctx, vol.ID); err != nil || tomb == nil || tomb.Name != "main" || tomb.PGs != 2 || tomb.Incarnation != vol.Incarnation {
 		t.Fatalf("tombstone: %+v %v", tomb, err)
+	}
+	// Another incarnation of the id, or none, is not the deleted volume;
+	// a node that holds only the id's epoch is told the tombstone's.
+	del, err = c.DeletedVolumes(ctx, []VolumeRef{{vol.ID, vol.Incarnation + 1}, {vol.ID, 0}}, []uint64{vol.ID})
+	if err != nil || !slices.Equal(del, []VolumeRef{{vol.ID, vol.Incarnation}}) {
+		t.Fatalf("DeletedVolumes of other incarnations and of the epoch only: %v %v; want only the epoch's [%d/%x]", del, err, vol.ID, vol.Incarnation)
 	}
 
 	_, _, err = c.DeleteVolume(ctx, "main")
@@ -133,7 +144,10 @@ func TestDeleteVolume(t *testing.T) {
 	if err != nil || again.ID <= other.ID {
 		t.Fatalf("create main again: %+v %v; want an id above %d (ids are never reused)", again, err, other.ID)
 	}
-	if del, err := c.DeletedVolumes(ctx, []uint64{again.ID}); err != nil || len(del) != 0 {
+	if again.Incarnation == vol.Incarnation {
+		t.Fatalf("main again has the deleted main's incarnation %x", vol.Incarnation)
+	}
+	if del, err := c.DeletedVolumes(ctx, []VolumeRef{{again.ID, again.Incarnation}}, nil); err != nil || len(del) != 0 {
 		t.Fatalf("the new main counts as deleted: %v %v", del, err)
 	}
 }
@@ -151,14 +165,16 @@ func TestDeletedVolumesManyIDs(t *testing.T) {
 	if _, _, err := c.DeleteVolume(ctx, "v"); err != nil {
 		t.Fatal(err)
 	}
-	ids := make([]uint64, 0, 3*deletedBatch)
+	var hosted []VolumeRef
+	var epochOnly []uint64
 	for i := range uint64(3 * deletedBatch) {
-		ids = append(ids, 1000+i)
+		hosted = append(hosted, VolumeRef{1000 + i, 1})
+		epochOnly = append(epochOnly, 5000+i)
 	}
-	ids = append(ids, v.ID)
-	del, err := c.DeletedVolumes(ctx, ids)
-	if err != nil || !slices.Equal(del, []uint64{v.ID}) {
-		t.Fatalf("DeletedVolumes over %d ids: %v %v", len(ids), del, err)
+	hosted = append(hosted, VolumeRef{v.ID, v.Incarnation})
+	del, err := c.DeletedVolumes(ctx, hosted, epochOnly)
+	if err != nil || !slices.Equal(del, []VolumeRef{{v.ID, v.Incarnation}}) {
+		t.Fatalf("DeletedVolumes over %d ids: %v %v", len(hosted)+len(epochOnly), del, err)
 	}
 }
 
@@ -219,22 +235,12 @@ func TestServerDeleteVolumeTellsNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	told := make(chan []uint64, 16)
-	actx, stopAgent := context.WithCancel(context.Background())
-	agentDone := make(chan struct{})
-	go func() {
-		defer close(agentDone)
-		RunNodeAgent(actx, addr, AgentNode{ID: "s1", AZ: "a", Addr: "127.0.0.1:7s1", CapacityBytes: 1 << 30,
-			Hosted: func() []uint64 { return []uint64{a.Id, b.Id, 999} },
-			OnDeleted: func(ids []uint64) {
-				select {
-				case told <- ids:
-				default:
-				}
-			},
-		}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	}()
-	defer func() { stopAgent(); <-agentDone }()
+	// The node holds segments of a and b, one of a volume a with another
+	// incarnation (another catalog's), one of volume 999 (unknown here),
+	// and only the epoch of b.
+	hb := runAgent(t, addr, "s1",
+		[]*pb.VolumeIncarnation{{VolumeId: a.Id, Incarnation: a.Incarnation}, {VolumeId: a.Id, Incarnation: a.Incarnation ^ 1}, {VolumeId: b.Id, Incarnation: b.Incarnation}, {VolumeId: 999, Incarnation: 1}},
+		[]uint64{b.Id})
 
 	_, err = cli.DeleteVolume(ctx, &pb.DeleteVolumeRequest{Name: "nope"})
 	wantCode(t, err, codes.NotFound, "delete an unknown volume")
@@ -247,11 +253,11 @@ func TestServerDeleteVolumeTellsNodes(t *testing.T) {
 	if !strings.Contains(status.Convert(err).Message(), "held by w1") {
 		t.Fatalf("the refusal does not name the writer: %v", err)
 	}
-	// Heartbeats meanwhile tell of no deletion.
-	select {
-	case ids := <-told:
-		t.Fatalf("told to drop %v before any volume was deleted", ids)
-	default:
+	// Heartbeats meanwhile tell of no deletion: wait for one that the
+	// control plane answered after the refused delete.
+	hb.waitAnswered(t, "a heartbeat after the refused delete")
+	if told := hb.told(); len(told) != 0 {
+		t.Fatalf("told to drop %v before any volume was deleted", told)
 	}
 	if _, err := cli.ReleaseWriter(ctx, &pb.ReleaseWriterRequest{Lease: acq.Lease}); err != nil {
 		t.Fatal(err)
@@ -263,19 +269,87 @@ func TestServerDeleteVolumeTellsNodes(t *testing.T) {
 	if v := resp.GetVolume(); v.GetName() != "a" || v.GetId() != a.Id || v.GetPgs() != 1 || len(v.GetPgList()) != 1 {
 		t.Fatalf("DeleteVolume answered %v", v)
 	}
-	// Two heartbeats' worth: each names a, and only a.
-	for range 2 {
-		select {
-		case ids := <-told:
-			if !slices.Equal(ids, []uint64{a.Id}) {
-				t.Fatalf("told to drop %v; want only [%d] (b=%d is live, 999 unknown)", ids, a.Id, b.Id)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("no heartbeat told the node of the deleted volume")
+	// Two heartbeats' worth: each names a with its incarnation, and only
+	// that.
+	hb.waitAnswered(t, "a heartbeat after the delete")
+	hb.waitAnswered(t, "a second heartbeat after the delete")
+	told := hb.told()
+	if len(told) < 2 {
+		t.Fatalf("told of deletions %d times in two heartbeats, want every time", len(told))
+	}
+	want := fmt.Sprintf("[%d/%x]", a.Id, a.Incarnation)
+	for _, got := range told {
+		if got != want {
+			t.Fatalf("told to drop %s; want only %s (a^1 is another incarnation, b=%d is live, 999 unknown)", got, want, b.Id)
 		}
 	}
 	list, err := cli.ListVolumes(ctx, &pb.ListVolumesRequest{})
 	if err != nil || len(list.Volumes) != 1 || list.Volumes[0].Name != "b" {
 		t.Fatalf("ListVolumes after the delete: %v %v", list, err)
 	}
+}
+
+// agentProbe is a node agent whose node reports fixed volumes, and that
+// notes what its heartbeats are told.
+type agentProbe struct {
+	mu        sync.Mutex
+	asked     int      // heartbeats about to be sent (Hosted calls)
+	deletions []string // each OnDeleted call, as [id/incarnation ...]
+}
+
+// runAgent runs a node agent for node id against the control plane at
+// addr, reporting hosted and epochOnly, until the test ends.
+func runAgent(t *testing.T, addr, id string, hosted []*pb.VolumeIncarnation, epochOnly []uint64) *agentProbe {
+	t.Helper()
+	p := &agentProbe{}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		RunNodeAgent(ctx, addr, AgentNode{ID: id, AZ: "a", Addr: "127.0.0.1:7" + id, CapacityBytes: 1 << 30,
+			Hosted: func() ([]*pb.VolumeIncarnation, []uint64) {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				p.asked++
+				return hosted, epochOnly
+			},
+			OnDeleted: func(refs []*pb.VolumeIncarnation) {
+				parts := make([]string, len(refs))
+				for i, r := range refs {
+					parts[i] = fmt.Sprintf("%d/%x", r.VolumeId, r.Incarnation)
+				}
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				p.deletions = append(p.deletions, "["+strings.Join(parts, " ")+"]")
+			},
+		}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	t.Cleanup(func() { stop(); <-done })
+	return p
+}
+
+// waitAnswered waits until a heartbeat that starts after the call has been
+// answered and its answer handled: the agent asks Hosted for the next one
+// only after it has handed the last answer's deletions to OnDeleted.
+func (p *agentProbe) waitAnswered(t *testing.T, what string) {
+	t.Helper()
+	p.mu.Lock()
+	from := p.asked
+	p.mu.Unlock()
+	wait.For(t, 10*time.Second, what, func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		// Heartbeat from+1 starts after the call; from+2 starts after
+		// from+1's answer was handled.
+		return p.asked >= from+2
+	})
+}
+
+// told returns what heartbeats have told of deletions, and forgets it.
+func (p *agentProbe) told() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := p.deletions
+	p.deletions = nil
+	return out
 }

@@ -146,7 +146,7 @@ func pgInfo(pg PG) *pb.PGInfo {
 
 func volumeInfo(v Volume, pgs []PG, truncs []Truncation) *pb.VolumeInfo {
 	out := &pb.VolumeInfo{
-		Name: v.Name, Id: v.ID, PageSize: uint32(v.PageSize), PgSizeBytes: v.PGSizeBytes, PagesPerPg: v.PagesPerPG,
+		Name: v.Name, Id: v.ID, Incarnation: v.Incarnation, PageSize: uint32(v.PageSize), PgSizeBytes: v.PGSizeBytes, PagesPerPg: v.PagesPerPG,
 		GeometryEpoch: v.GeometryEpoch, VolumeEpoch: v.VolumeEpoch, Pgs: v.PGs, SizeBytes: v.SizeBytes(),
 		Truncations: truncationRecords(truncs),
 	}
@@ -206,19 +206,35 @@ func (s *Server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.H
 		}
 		// Read after the volumes: a volume deleted in between is in both
 		// lists, and the node takes its epoch, then drops it.
-		deleted, err := s.cat.DeletedVolumes(ctx, req.GetHostedVolumes())
+		hosted := make([]VolumeRef, len(req.GetHosted()))
+		for i, h := range req.GetHosted() {
+			hosted[i] = VolumeRef{ID: h.GetVolumeId(), Incarnation: h.GetIncarnation()}
+		}
+		deleted, err := s.cat.DeletedVolumes(ctx, hosted, req.GetEpochOnly())
 		if err != nil {
 			return nil, err
 		}
-		resp := &pb.HeartbeatResponse{DeletedVolumes: deleted}
+		resp := &pb.HeartbeatResponse{}
+		for _, d := range deleted {
+			resp.Deleted = append(resp.Deleted, &pb.VolumeIncarnation{VolumeId: d.ID, Incarnation: d.Incarnation})
+		}
 		for _, v := range vols {
 			resp.Epochs = append(resp.Epochs, &pb.VolumeEpoch{VolumeId: v.ID, Epoch: v.VolumeEpoch})
 		}
 		if len(deleted) > 0 {
-			s.log.Info("telling a node to drop deleted volumes", "node", req.GetId(), "volumes", deleted)
+			s.log.Info("telling a node to drop deleted volumes", "node", req.GetId(), "volumes", fmtRefs(deleted))
 		}
 		return resp, nil
 	})
+}
+
+// fmtRefs prints volumes as id/incarnation (hex), for the log.
+func fmtRefs(refs []VolumeRef) string {
+	parts := make([]string, len(refs))
+	for i, r := range refs {
+		parts[i] = fmt.Sprintf("%d/%016x", r.ID, r.Incarnation)
+	}
+	return strings.Join(parts, " ")
 }
 
 // CreateVolume creates a volume and places its PG 0.
@@ -228,7 +244,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *pb.CreateVolumeRequest) 
 		if err != nil {
 			return nil, err
 		}
-		s.log.Info("volume created", "volume", v.Name, "id", v.ID, "page_size", v.PageSize, "pg_size_bytes", v.PGSizeBytes)
+		s.log.Info("volume created", "volume", v.Name, "id", v.ID, "incarnation", fmt.Sprintf("%016x", v.Incarnation), "page_size", v.PageSize, "pg_size_bytes", v.PGSizeBytes)
 		return s.volumeWithPGs(ctx, v)
 	})
 }
@@ -279,7 +295,7 @@ func (s *Server) DeleteVolume(ctx context.Context, req *pb.DeleteVolumeRequest) 
 			s.log.Warn("volume delete refused", "volume", req.GetName(), "err", err)
 			return nil, err
 		}
-		s.log.Info("volume deleted", "volume", v.Name, "id", v.ID, "pgs", v.PGs)
+		s.log.Info("volume deleted", "volume", v.Name, "id", v.ID, "incarnation", fmt.Sprintf("%016x", v.Incarnation), "pgs", v.PGs)
 		return &pb.DeleteVolumeResponse{Volume: volumeInfo(v, pgs, nil)}, nil
 	})
 }

@@ -88,8 +88,13 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 	if err := n.failure(); err != nil {
 		return nil, nil, err
 	}
-	if err := n.volumeDeleted(in.volume); err != nil {
-		return nil, nil, err
+	if len(in.declare) == 0 {
+		// A request without declarations carries no incarnation: it is
+		// refused if the node dropped the volume and hosts nothing of it
+		// since. Declarations are judged each by its own (checkDeclaration).
+		if err := n.volumeDeleted(in.volume); err != nil {
+			return nil, nil, err
+		}
 	}
 	if free := n.diskFree.Load(); free < n.cfg.MinFreeBytes {
 		return nil, nil, refuse(pb.Reason_DISK_FULL, in.volume, 0, 0, "storage node %s: only %d bytes free in %s, below the %d kept in reserve; nothing was stored", n.cfg.ID, free, n.cfg.Dir, n.cfg.MinFreeBytes)
@@ -99,9 +104,15 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 		return nil, nil, refuse(pb.Reason_STALE_EPOCH, in.volume, 0, 0, "volume %d: request epoch %d is older than epoch %d already seen; a newer writer has taken over", in.volume, in.epoch, volEpoch)
 	}
 	declared := map[uint32]*pb.SegmentSpec{}
+	var inc uint64
 	for _, spec := range in.declare {
 		if err := n.checkDeclaration(in.volume, spec); err != nil {
 			return nil, nil, err
+		}
+		if i := spec.GetIncarnation(); i != 0 && inc != 0 && i != inc {
+			return nil, nil, refuse(pb.Reason_BAD_DECLARATION, in.volume, spec.Pg, 0, "the request declares PGs of volume %d under two incarnations, %016x and %016x", in.volume, inc, i)
+		} else if i != 0 {
+			inc = i
 		}
 		declared[spec.Pg] = spec
 	}
@@ -115,6 +126,9 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 		} else if s != nil {
 			pages, pageSize = s.pages.Load(), s.pageSize.Load()
 		} else {
+			if err := n.volumeDeleted(in.volume); err != nil {
+				return nil, nil, err
+			}
 			return nil, nil, refuse(pb.Reason_PG_NOT_HOSTED, in.volume, b.pg, 0, "node %s hosts no segment of volume %d PG %d", n.cfg.ID, in.volume, b.pg)
 		}
 		first := uint64(b.pg)*pages + 1
@@ -352,6 +366,17 @@ func (n *Node) checkDeclaration(vol uint64, spec *pb.SegmentSpec) error {
 	if !self {
 		return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "declaration of volume %d PG %d does not list this node (%s) as a member", vol, spec.Pg, n.cfg.ID)
 	}
+	if inc := spec.GetIncarnation(); inc == 0 {
+		// A declaration that does not say which volume of the id it is:
+		// refused if the node dropped the id and holds nothing of it since.
+		if err := n.volumeDeleted(vol); err != nil {
+			return err
+		}
+	} else if n.deleted[vol][inc] {
+		return refuse(pb.Reason_VOLUME_DELETED, vol, spec.Pg, 0, "volume %d (incarnation %016x) was deleted, and node %s dropped its segments; nothing was stored", vol, inc, n.cfg.ID)
+	} else if held := n.incs[vol]; held != 0 && held != inc {
+		return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "node %s holds segments of volume %d incarnation %016x, and the declaration of PG %d is of incarnation %016x: another volume with the same id, from another catalog (a control plane whose etcd was lost and replaced, or another cluster's); nothing was stored, and the node keeps the segments it holds", n.cfg.ID, vol, held, spec.Pg, inc)
+	}
 	if s := n.segs[segKey{vol, spec.Pg}]; s != nil {
 		if s.spec.PageSize != spec.PageSize || s.spec.PagesPerPg != spec.PagesPerPg {
 			return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "volume %d PG %d is hosted with %d-byte pages and %d pages per PG; the declaration says %d and %d", vol, spec.Pg, s.spec.PageSize, s.spec.PagesPerPg, spec.PageSize, spec.PagesPerPg)
@@ -368,13 +393,17 @@ func (n *Node) applyDeclaration(vol uint64, spec *pb.SegmentSpec) (*seg, []byte,
 	if s == nil {
 		s = n.newSeg(key, spec, segment.New(newSegmentState(spec, n.volEpochs[vol])))
 		n.segs[key] = s
+		n.noteIncarnation(s)
 		n.noteWant(s)
-		n.log.Info("hosting new segment", "volume", vol, "pg", spec.Pg, "members", len(spec.Members), "truncations", len(spec.Truncations))
+		n.log.Info("hosting new segment", "volume", vol, "pg", spec.Pg, "incarnation", fmt.Sprintf("%016x", spec.GetIncarnation()), "members", len(spec.Members), "truncations", len(spec.Truncations))
 	} else if spec.MembershipEpoch > s.spec.MembershipEpoch {
-		n.setSpec(s, spec)
+		// A segment keeps the incarnation it was created with: a
+		// declaration of another one was refused, and one of none (or of
+		// one where the segment has none) does not change it.
+		n.setSpec(s, withIncarnation(spec, s.spec.GetIncarnation()))
 	} else {
 		return s, nil, nil
 	}
-	decl, err := encodeDecl(spec, s.chain)
+	decl, err := encodeDecl(s.spec, s.chain)
 	return s, decl, err
 }

@@ -9,7 +9,8 @@ import "encoding/binary"
 //	l vol pg lsn           -> chain entry: prevLSN, epoch, page (24 bytes)
 //	r vol pg page lsn      -> encoded redo record
 //	p vol pg page lsn      -> materialized page image
-//	x vol                  -> the volume was deleted and dropped here (unix nanos; see drop.go)
+//	x vol inc              -> incarnation inc of the volume was deleted and dropped here (unix nanos; see drop.go);
+//	                          x vol alone, from before incarnations, is read as inc 0
 //
 // The chain entry is kept apart from the record so that the chain can be
 // rebuilt and gossiped in LSN order, while reads find a page's records by

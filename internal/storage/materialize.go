@@ -134,6 +134,9 @@ func (n *Node) materializeStep(s *seg) (bool, error) {
 	// Publish the new horizon before older versions disappear, so a reader
 	// that could see the deletion also sees the horizon and is refused.
 	s.mat.Store(end)
+	if h := n.hooks.materializeCommit.Load(); h != nil {
+		(*h)(s)
+	}
 	// No sync: versions are derived from the synced log, and Pebble's WAL
 	// replays in order, so a crash loses at most this step, never the log.
 	if err := b.Commit(pebble.NoSync); err != nil {

@@ -62,12 +62,25 @@ type Node struct {
 	mu        sync.Mutex
 	segs      map[segKey]*seg
 	volEpochs map[uint64]uint64
-	// deleted are the volumes dropped here (DropVolumes); guarded by mu.
-	deleted map[uint64]bool
+	// deleted are the volume incarnations dropped here (DropVolumes), by
+	// volume id; guarded by mu.
+	deleted map[uint64]map[uint64]bool
+	// incs is the nonzero incarnation of the segments held of each volume
+	// (a node hosts one incarnation of an id; segments of none may be held
+	// beside it); guarded by mu.
+	incs map[uint64]uint64
 
 	// dropMu is held by each materializer step and by DropVolumes, so that
 	// no step writes into a volume after it is dropped.
 	dropMu sync.Mutex
+	// hooks let tests stop the node at chosen points; nil otherwise.
+	hooks struct {
+		// materializeCommit runs in a materializer step, under dropMu,
+		// just before its batch commits.
+		materializeCommit atomic.Pointer[func(*seg)]
+		// dropWaits runs when DropVolumes waits for dropMu.
+		dropWaits atomic.Pointer[func()]
+	}
 	// compactions queues the key ranges of dropped volumes for compactLoop.
 	compactions chan [2][]byte
 
@@ -139,7 +152,8 @@ func Open(cfg Config) (*Node, error) {
 		log:       cfg.Logger.With("node", cfg.ID),
 		segs:      map[segKey]*seg{},
 		volEpochs: map[uint64]uint64{},
-		deleted:   map[uint64]bool{},
+		deleted:   map[uint64]map[uint64]bool{},
+		incs:      map[uint64]uint64{},
 		peers:     map[string]*grpc.ClientConn{},
 		holeFound: make(chan struct{}, 1),
 		stop:      make(chan struct{}),
@@ -265,7 +279,20 @@ func (n *Node) load() error {
 		return err
 	}
 	for it.First(); it.Valid(); it.Next() {
-		n.deleted[binary.BigEndian.Uint64(it.Key()[1:])] = true
+		k := it.Key()
+		var inc uint64 // a tombstone written before incarnations: x vol
+		switch len(k) {
+		case 1 + 8:
+		case 1 + 8 + 8:
+			inc = binary.BigEndian.Uint64(k[9:])
+		default:
+			continue
+		}
+		vol := binary.BigEndian.Uint64(k[1:])
+		if n.deleted[vol] == nil {
+			n.deleted[vol] = map[uint64]bool{}
+		}
+		n.deleted[vol][inc] = true
 	}
 	if err := it.Close(); err != nil {
 		return err
@@ -286,6 +313,7 @@ func (n *Node) load() error {
 			return fmt.Errorf("storage: load %s: %w", key, err)
 		}
 		n.segs[key] = s
+		n.noteIncarnation(s)
 	}
 	return nil
 }
@@ -421,7 +449,7 @@ func (n *Node) ObserveEpochs(epochs map[uint64]uint64) error {
 	raised := map[uint64]uint64{}
 	for vol, epoch := range epochs {
 		// A heartbeat's list may predate the volume's delete.
-		if epoch > n.volEpochs[vol] && !n.deleted[vol] {
+		if epoch > n.volEpochs[vol] && !n.volumeGone(vol) {
 			n.log.Info("volume epoch raised by the control plane", "volume", vol, "from", n.volEpochs[vol], "to", epoch)
 			n.volEpochs[vol] = epoch
 			raised[vol] = epoch

@@ -114,3 +114,22 @@ func encodeDecl(spec *pb.SegmentSpec, chain *segment.Chain) ([]byte, error) {
 }
 
 func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+// withIncarnation is spec with incarnation inc: spec itself if it has it,
+// else a copy (a declaration's spec may be shared with its sender).
+func withIncarnation(spec *pb.SegmentSpec, inc uint64) *pb.SegmentSpec {
+	if spec.GetIncarnation() == inc {
+		return spec
+	}
+	c := proto.Clone(spec).(*pb.SegmentSpec)
+	c.Incarnation = inc
+	return c
+}
+
+// noteIncarnation records the incarnation of a segment the node hosts from
+// now on, if it has one (Node.incs). Called under Node.mu.
+func (n *Node) noteIncarnation(s *seg) {
+	if inc := s.spec.GetIncarnation(); inc != 0 {
+		n.incs[s.key.vol] = inc
+	}
+}

@@ -182,7 +182,7 @@ func (r *rpcServer) GetPage(ctx context.Context, req *pb.GetPageRequest) (*pb.Ge
 func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) {
 	s := n.segment(req.Volume, req.Pg)
 	if s == nil {
-		return nil, 0, 0, refuse(pb.Reason_PG_NOT_HOSTED, req.Volume, req.Pg, 0, "node %s hosts no segment of volume %d PG %d", n.cfg.ID, req.Volume, req.Pg)
+		return nil, 0, 0, n.volumeDeletedOrNotHosted(req.Volume, req.Pg)
 	}
 	if req.Epoch > 0 {
 		n.mu.Lock()
@@ -202,6 +202,11 @@ func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) 
 	scl := s.durableSCL.Load()
 	snap := n.db.NewSnapshot()
 	defer snap.Close()
+	// A drop marks the segment before its deletions commit: a view that
+	// may lack them is refused here, not read as zeros.
+	if err := n.droppedSegment(s); err != nil {
+		return nil, 0, 0, err
+	}
 	need := req.ReadLsn
 	if req.PgTailLsn > 0 {
 		if req.PgTailLsn > req.ReadLsn {
@@ -277,7 +282,7 @@ func (r *rpcServer) Pull(ctx context.Context, req *pb.PullRequest) (*pb.PullResp
 	n := r.n
 	s := n.segment(req.Volume, req.Pg)
 	if s == nil {
-		return nil, toStatus(refuse(pb.Reason_PG_NOT_HOSTED, req.Volume, req.Pg, 0, "node %s hosts no segment of volume %d PG %d", n.cfg.ID, req.Volume, req.Pg))
+		return nil, toStatus(n.volumeDeletedOrNotHosted(req.Volume, req.Pg))
 	}
 	if req.FromNode != "" {
 		s.notePeerSCL(req.FromNode, req.Scl)
@@ -290,6 +295,9 @@ func (r *rpcServer) Pull(ctx context.Context, req *pb.PullRequest) (*pb.PullResp
 	resp := &pb.PullResponse{Scl: s.durableSCL.Load(), LogFloor: s.logFloor.Load()}
 	snap := n.db.NewSnapshot()
 	defer snap.Close()
+	if err := n.droppedSegment(s); err != nil {
+		return nil, toStatus(err)
+	}
 	it, err := snap.NewIter(&pebble.IterOptions{
 		LowerBound: chainKey(req.Volume, req.Pg, req.After+1),
 		UpperBound: prefixEnd(segPrefix(famChain, req.Volume, req.Pg)),
@@ -346,7 +354,7 @@ func (r *rpcServer) SegmentInfo(ctx context.Context, req *pb.SegmentInfoRequest)
 	}
 	s := n.segment(req.Volume, req.Pg)
 	if s == nil {
-		return nil, toStatus(refuse(pb.Reason_PG_NOT_HOSTED, req.Volume, req.Pg, 0, "node %s hosts no segment of volume %d PG %d", n.cfg.ID, req.Volume, req.Pg))
+		return nil, toStatus(n.volumeDeletedOrNotHosted(req.Volume, req.Pg))
 	}
 	n.mu.Lock()
 	resp := &pb.SegmentInfoResponse{
@@ -363,6 +371,9 @@ func (r *rpcServer) SegmentInfo(ctx context.Context, req *pb.SegmentInfoRequest)
 	n.mu.Unlock()
 	resp.Records = n.countKeys(segPrefix(famChain, s.key.vol, s.key.pg))
 	resp.PageVersions = n.countKeys(segPrefix(famVersion, s.key.vol, s.key.pg))
+	if err := n.droppedSegment(s); err != nil {
+		return nil, toStatus(err)
+	}
 	return resp, nil
 }
 

@@ -100,6 +100,9 @@ func (n *Node) truncate(vol uint64, pg uint32, epoch uint64, ts []segment.Trunca
 	}
 	s := n.segs[segKey{vol, pg}]
 	if s == nil {
+		if err := n.volumeDeleted(vol); err != nil {
+			return 0, err
+		}
 		return 0, refuse(pb.Reason_PG_NOT_HOSTED, vol, pg, 0, "node %s hosts no segment of volume %d PG %d", n.cfg.ID, vol, pg)
 	}
 	if epoch > 0 && epoch < s.chain.Epoch() {

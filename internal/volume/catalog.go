@@ -29,15 +29,15 @@ func NewFromControl(ctl pb.ControlClient, volume string) *FromControl {
 	return &FromControl{ctl: ctl, name: volume, pgs: map[uint32][]Member{}}
 }
 
-// Configure fills cfg's volume geometry (id, page size, PG size) from the
-// catalog, sets its Placement and Grow to the catalog's, and follows the
-// volume's changes until ctx ends.
+// Configure fills cfg's volume identity and geometry (id, incarnation, page
+// size, PG size) from the catalog, sets its Placement and Grow to the
+// catalog's, and follows the volume's changes until ctx ends.
 func (f *FromControl) Configure(ctx context.Context, cfg *Config) error {
 	v, err := f.ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: f.name})
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", f.name, err)
 	}
-	cfg.VolumeID, cfg.PageSize, cfg.PagesPerPG = v.Id, int(v.PageSize), v.PagesPerPg
+	cfg.VolumeID, cfg.Incarnation, cfg.PageSize, cfg.PagesPerPG = v.Id, v.Incarnation, int(v.PageSize), v.PagesPerPg
 	cfg.Placement, cfg.Grow = f.Placement, f.Grow
 	f.note(v.PgList...)
 	go f.follow(ctx, v.Id)

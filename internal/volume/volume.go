@@ -117,6 +117,10 @@ type Member struct{ NodeID, AZ, Addr string }
 // Config configures a Client.
 type Config struct {
 	VolumeID uint64
+	// Incarnation is the volume's (VolumeInfo.incarnation), declared with
+	// every segment, so that storage nodes tell the volume apart from
+	// another one with the same id in another catalog; 0 declares none.
+	Incarnation uint64
 	// Epoch is the volume epoch; it is sent in every request, and a node
 	// that has seen a newer one fences this client (ErrFenced).
 	Epoch uint64
@@ -382,6 +386,7 @@ func (c *Client) newPGLocked(idx uint32, members []Member) *pgState {
 	ids := make([]quorum.SegmentID, len(members))
 	spec := &pb.SegmentSpec{
 		Volume:          c.cfg.VolumeID,
+		Incarnation:     c.cfg.Incarnation,
 		Pg:              idx,
 		PageSize:        uint32(c.cfg.PageSize),
 		PagesPerPg:      c.cfg.PagesPerPG,
