@@ -63,6 +63,9 @@ type commitReport struct {
 	// VolumesKept says they were left there (--keep), else they are deleted.
 	Volumes     []string `json:"volumes,omitempty"`
 	VolumesKept bool     `json:"volumes_kept,omitempty"`
+	// VolumesLeft are those of Volumes that the benchmark failed to delete:
+	// still in the catalog (and the command fails, saying why).
+	VolumesLeft []string `json:"volumes_left,omitempty"`
 }
 
 func benchCommitCmd() *cobra.Command {
@@ -136,7 +139,7 @@ removed with its temporary directory, unless --keep is given.`,
 					// closes); after the levels it runs before the report
 					// instead, whose exit status then tells of a failure.
 					defer func() {
-						if err := vols.cleanup(progress); err != nil {
+						if _, err := vols.cleanup(progress); err != nil {
 							fmt.Fprintln(cmd.ErrOrStderr(), "borealis:", err)
 						}
 					}()
@@ -175,8 +178,7 @@ removed with its temporary directory, unless --keep is given.`,
 			if err := floor.sample(floorDir); err != nil {
 				return err
 			}
-			rep.Volumes, rep.VolumesKept = vols.names, keep && len(vols.names) > 0
-			cleanupErr := vols.cleanup(progress)
+			cleanupErr := vols.finish(&rep, progress)
 			rep.FloorFsyncP50Ms = ms(floor.singleP50())
 			rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms = ms(median(floor.singleBefore)), ms(median(floor.singleAfter))
 			rep.QuorumFloorP50Ms = ms(floor.quorumP50())
@@ -239,16 +241,25 @@ type benchVolumes struct {
 	done  bool
 }
 
-// cleanup deletes the volumes (once), or says they are kept. It has its
-// own deadline: it also runs after Ctrl-C has cancelled the command.
-func (b *benchVolumes) cleanup(progress io.Writer) error {
+// finish deletes the volumes unless they are kept, and says in rep what
+// became of them: made, kept, or left behind by a delete that failed.
+func (b *benchVolumes) finish(rep *commitReport, progress io.Writer) error {
+	left, err := b.cleanup(progress)
+	rep.Volumes, rep.VolumesKept, rep.VolumesLeft = b.names, b.keep && len(b.names) > 0, left
+	return err
+}
+
+// cleanup deletes the volumes (once), or says they are kept. It returns
+// those it failed to delete. It has its own deadline: it also runs after
+// Ctrl-C has cancelled the command.
+func (b *benchVolumes) cleanup(progress io.Writer) ([]string, error) {
 	if b.done || len(b.names) == 0 {
-		return nil
+		return nil, nil
 	}
 	b.done = true
 	if b.keep {
 		fmt.Fprintf(progress, "kept the benchmark's volumes (--keep): %s; delete each with borealis volume delete NAME\n", strings.Join(b.names, " "))
-		return nil
+		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -264,10 +275,10 @@ func (b *benchVolumes) cleanup(progress io.Writer) error {
 		}
 	}
 	if firstErr != nil {
-		return fmt.Errorf("the benchmark could not delete its volumes %s: %w; delete each with borealis volume delete NAME", strings.Join(left, " "), firstErr)
+		return left, fmt.Errorf("the benchmark could not delete its volumes %s: %w; delete each with borealis volume delete NAME", strings.Join(left, " "), firstErr)
 	}
 	fmt.Fprintf(progress, "deleted the benchmark's volumes: %s\n", strings.Join(b.names, " "))
-	return nil
+	return nil, nil
 }
 
 // keepOrRemove removes a benchmark's own temporary cluster directory, or
