@@ -13,11 +13,11 @@ import (
 	"testing"
 )
 
-// cliSQL runs `borealis sql` with args and stdin, and returns what it printed
-// on stdout and stderr and its exit code.
-func cliSQL(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
+// runCLI runs the borealis binary with args and stdin, and returns what it
+// printed on stdout and stderr and its exit code.
+func runCLI(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := exec.Command(binary, append([]string{"sql"}, args...)...)
+	cmd := exec.Command(binary, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &out, &errb
 	err := cmd.Run()
@@ -26,9 +26,15 @@ func cliSQL(t *testing.T, stdin string, args ...string) (stdout, stderr string, 
 	case errors.As(err, &ee):
 		code = ee.ExitCode()
 	case err != nil:
-		t.Fatalf("sql %v: %v", args, err)
+		t.Fatalf("borealis %v: %v", args, err)
 	}
 	return out.String(), errb.String(), code
+}
+
+// cliSQL runs `borealis sql` with args and stdin (runCLI).
+func cliSQL(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	return runCLI(t, stdin, append([]string{"sql"}, args...)...)
 }
 
 // TestSQLCommandOnUp runs `borealis sql` against the writer of a real `up`

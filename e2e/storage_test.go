@@ -311,18 +311,26 @@ func TestReadsAtOldAndNewLSN(t *testing.T) {
 	}
 }
 
+// storageClient is a Storage client of cl's node id (storageAt).
 func storageClient(t *testing.T, cl *cluster.Cluster, id string) pb.StorageClient {
 	t.Helper()
 	for _, c := range cl.Components() {
 		if c.ID == id {
-			conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { conn.Close() })
-			return pb.NewStorageClient(conn)
+			return storageAt(t, c.Addr)
 		}
 	}
 	t.Fatalf("no component %s", id)
 	return nil
+}
+
+// storageAt is a Storage client of the node at addr, closed when the test
+// ends.
+func storageAt(t *testing.T, addr string) pb.StorageClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewStorageClient(conn)
 }

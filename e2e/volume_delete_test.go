@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,36 +11,16 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/sqlclient"
 	"github.com/borealis-db/borealis/internal/volume"
 	"github.com/borealis-db/borealis/internal/wait"
 )
 
-// cli runs the borealis binary and returns its stdout, stderr and exit code.
-func cli(t *testing.T, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	cmd := exec.Command(binary, args...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	case err != nil:
-		t.Fatalf("borealis %v: %v", args, err)
-	}
-	return out.String(), errb.String(), code
-}
-
 // cliOK runs the binary and fails the test unless it exits 0.
 func cliOK(t *testing.T, args ...string) string {
 	t.Helper()
-	out, errOut, code := cli(t, args...)
+	out, errOut, code := runCLI(t, "", args...)
 	if code != 0 {
 		t.Fatalf("borealis %v: exit %d\n%s%s", args, code, out, errOut)
 	}
@@ -75,25 +52,36 @@ func volumeNames(t *testing.T, dir string) []string {
 	return names
 }
 
-// hosts says whether the storage node c holds PG 0 of volume vol.
-func hosts(c pb.StorageClient, vol uint64) (bool, error) {
+// segment0 asks the storage node c about its segment of PG 0 of volume
+// vol: its info if it hosts one, else the reason it gave (PG_NOT_HOSTED, or
+// VOLUME_DELETED once it dropped the volume); err for any other answer.
+func segment0(c pb.StorageClient, vol uint64) (*pb.SegmentInfoResponse, pb.Reason, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_, err := c.SegmentInfo(ctx, &pb.SegmentInfoRequest{Volume: vol, Pg: 0})
-	switch {
-	case err == nil:
-		return true, nil
-	case reasonOf(err) == pb.Reason_PG_NOT_HOSTED:
-		return false, nil
+	info, err := c.SegmentInfo(ctx, &pb.SegmentInfoRequest{Volume: vol, Pg: 0})
+	if err == nil {
+		return info, pb.Reason_REASON_UNSPECIFIED, nil
 	}
-	return false, err
+	if r := reasonOf(err); r == pb.Reason_PG_NOT_HOSTED || r == pb.Reason_VOLUME_DELETED {
+		return nil, r, nil
+	}
+	return nil, pb.Reason_REASON_UNSPECIFIED, err
+}
+
+// dropped says whether the node c dropped volume vol: it answers
+// VOLUME_DELETED for it, not PG_NOT_HOSTED (a PG never written).
+func dropped(c pb.StorageClient, vol uint64) bool {
+	_, r, err := segment0(c, vol)
+	return err == nil && r == pb.Reason_VOLUME_DELETED
 }
 
 // TestVolumeDelete runs `borealis volume` on a real `up` cluster: list
 // --json; delete refused for the volume `up`'s writer holds and for one that
-// does not exist; a volume written to on every node is deleted, gone from
-// the list, and its segments leave every storage node, one that was down
-// during the delete included, once it is back; `bench commit --cluster`
+// does not exist; a volume written to on every node (each segment carries
+// the volume's incarnation) is deleted, gone from the list, and its
+// segments leave every storage node, one that was down during the delete
+// included, once it is back, which from then on answer VOLUME_DELETED for
+// it; `bench commit --cluster`
 // leaves no volume behind and `bench sql --cluster` no table, unless --keep.
 func TestVolumeDelete(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "c")
@@ -104,11 +92,11 @@ func TestVolumeDelete(t *testing.T) {
 	if got := volumeNames(t, dir); !slices.Equal(got, []string{"main"}) {
 		t.Fatalf("volume list: %v, want [main]", got)
 	}
-	_, errOut, code := cli(t, "volume", "delete", "main", "--dir", dir)
+	_, errOut, code := runCLI(t, "", "volume", "delete", "main", "--dir", dir)
 	if code == 0 || !strings.Contains(errOut, "held by writer") {
 		t.Fatalf("delete of the volume up's writer holds: exit %d, %q; want a refusal naming the writer", code, errOut)
 	}
-	_, errOut, code = cli(t, "volume", "delete", "nope", "--dir", dir)
+	_, errOut, code = runCLI(t, "", "volume", "delete", "nope", "--dir", dir)
 	if code == 0 || !strings.Contains(errOut, "volume nope does not exist") {
 		t.Fatalf("delete of an unknown volume: exit %d, %q", code, errOut)
 	}
@@ -134,12 +122,20 @@ func TestVolumeDelete(t *testing.T) {
 	}
 	wait.For(t, 20*time.Second, "every node to hold the scratch volume", func() bool {
 		for _, n := range nodes {
-			if ok, err := hosts(clients[n.ID], vi.Id); !ok || err != nil {
+			if info, _, err := segment0(clients[n.ID], vi.Id); info == nil || err != nil {
 				return false
 			}
 		}
 		return true
 	})
+	if vi.Incarnation == 0 {
+		t.Fatal("the scratch volume has no incarnation")
+	}
+	for _, n := range nodes {
+		if info, _, _ := segment0(clients[n.ID], vi.Id); info.GetSpec().GetIncarnation() != vi.Incarnation {
+			t.Fatalf("%s holds scratch's PG 0 under incarnation %x, want the volume's %x", n.ID, info.GetSpec().GetIncarnation(), vi.Incarnation)
+		}
+	}
 
 	// s6 is down while the volume is deleted.
 	s6 := nodes[len(nodes)-1]
@@ -154,13 +150,13 @@ func TestVolumeDelete(t *testing.T) {
 	if got := volumeNames(t, dir); !slices.Equal(got, []string{"main"}) {
 		t.Fatalf("volume list after the delete: %v, want [main]", got)
 	}
-	_, errOut, code = cli(t, "volume", "delete", "scratch", "--dir", dir)
+	_, errOut, code = runCLI(t, "", "volume", "delete", "scratch", "--dir", dir)
 	if code == 0 || !strings.Contains(errOut, "does not exist") {
 		t.Fatalf("second delete: exit %d, %q", code, errOut)
 	}
 	wait.For(t, 20*time.Second, "the live nodes to drop the deleted volume", func() bool {
 		for _, n := range nodes[:len(nodes)-1] {
-			if ok, err := hosts(clients[n.ID], vi.Id); ok || err != nil {
+			if !dropped(clients[n.ID], vi.Id) {
 				return false
 			}
 		}
@@ -168,8 +164,7 @@ func TestVolumeDelete(t *testing.T) {
 	})
 	cliOK(t, "restart", "s6", "--dir", dir)
 	wait.For(t, 30*time.Second, "s6, back, to drop the volume deleted while it was down", func() bool {
-		ok, err := hosts(clients[s6.ID], vi.Id)
-		return err == nil && !ok
+		return dropped(clients[s6.ID], vi.Id)
 	})
 	// main is untouched: its writer still commits.
 	c := &sqlCluster{u: u, f: f, db: writerClient(t, f), dir: dir}
@@ -238,15 +233,4 @@ func TestVolumeDelete(t *testing.T) {
 	if table, dropped := benchSQL("--keep"); table != "bench" || dropped || benchTables() != 1 {
 		t.Fatalf("bench sql --keep: table %q, dropped %v, %d bench tables left", table, dropped, benchTables())
 	}
-}
-
-// storageAt is a Storage client of the node at addr.
-func storageAt(t *testing.T, addr string) pb.StorageClient {
-	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return pb.NewStorageClient(conn)
 }
