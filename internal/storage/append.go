@@ -375,7 +375,7 @@ func (n *Node) checkDeclaration(vol uint64, spec *pb.SegmentSpec) error {
 	} else if n.deleted[vol][inc] {
 		return refuse(pb.Reason_VOLUME_DELETED, vol, spec.Pg, 0, "volume %d (incarnation %016x) was deleted, and node %s dropped its segments; nothing was stored", vol, inc, n.cfg.ID)
 	} else if held := n.incs[vol]; held != 0 && held != inc {
-		return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "node %s holds segments of volume %d incarnation %016x, and the declaration of PG %d is of incarnation %016x: another volume with the same id, from another catalog (a control plane whose etcd was lost and replaced, or another cluster's); nothing was stored, and the node keeps the segments it holds", n.cfg.ID, vol, held, spec.Pg, inc)
+		return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "node %s holds volume %d as incarnation %016x, not %016x: another volume had this id in another catalog (a lost etcd replaced, or another cluster's); nothing was stored", n.cfg.ID, vol, held, inc)
 	}
 	if s := n.segs[segKey{vol, spec.Pg}]; s != nil {
 		if s.spec.PageSize != spec.PageSize || s.spec.PagesPerPg != spec.PagesPerPg {

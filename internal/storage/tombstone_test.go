@@ -153,7 +153,8 @@ func TestTombstonesOfAnotherCatalog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer n.Close()
+	// Closed after the agents stop (cleanups run last first).
+	t.Cleanup(func() { n.Close() })
 	rng := rand.New(rand.NewPCG(5, 6))
 	for _, v := range []control.Volume{mainVol, app} {
 		w := &dropWriter{n: n, vol: v.ID, inc: v.Incarnation, rng: rng}
