@@ -1,6 +1,7 @@
 package dbserver
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"database/sql/driver"
@@ -8,10 +9,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ncruces/go-sqlite3"
 
@@ -95,11 +103,19 @@ func apiErr(status int, code, format string, args ...any) *APIError {
 	return &APIError{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// Handler returns the SQL API of the instance.
+// Handler returns the SQL API of the instance. The request bodies it holds
+// at once add up to at most BodyBudgetBodies times Config.MaxBodyBytes
+// (see bodyBudget); each Handler has its own budget, so an instance serves
+// one.
 func (s *Instance) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/execute", s.handleExecute)
-	mux.HandleFunc("POST /v1/query", s.handleQuery)
+	budget := int64(math.MaxInt64)
+	if s.cfg.MaxBodyBytes <= budget/BodyBudgetBodies {
+		budget = BodyBudgetBodies * s.cfg.MaxBodyBytes
+	}
+	h := &apiHandler{ServeMux: http.NewServeMux(), bodies: newBodyBudget(budget)}
+	mux := h.ServeMux
+	mux.HandleFunc("POST /v1/execute", func(w http.ResponseWriter, r *http.Request) { s.handleExecute(w, r, h.bodies) })
+	mux.HandleFunc("POST /v1/query", func(w http.ResponseWriter, r *http.Request) { s.handleQuery(w, r, h.bodies) })
 	mux.HandleFunc("GET /v1/health", s.handleHealth)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, apiErr(http.StatusNotFound, CodeBadRequest, "no endpoint %s %s; the API has POST /v1/execute, POST /v1/query and GET /v1/health", r.Method, r.URL.Path))
@@ -113,7 +129,13 @@ func (s *Instance) Handler() http.Handler {
 		}
 		writeErr(w, apiErr(http.StatusNotFound, CodeBadRequest, "no endpoint %s %s; the API has POST /v1/execute, POST /v1/query and GET /v1/health", r.Method, r.URL.Path))
 	})
-	return mux
+	return h
+}
+
+// apiHandler is the API's mux with the budget of its request bodies.
+type apiHandler struct {
+	*http.ServeMux
+	bodies *bodyBudget
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -126,77 +148,418 @@ func writeErr(w http.ResponseWriter, e *APIError) {
 	writeJSON(w, e.Status, ErrorBody{Error: *e})
 }
 
-// decode reads a JSON body of at most MaxBodyBytes into v.
-func (s *Instance) decode(w http.ResponseWriter, r *http.Request, v any) *APIError {
-	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return apiErr(http.StatusRequestEntityTooLarge, CodeBodyTooLarge,
-				"request body is larger than %d bytes (%s), this instance's limit, which borealis db --max-body sets (default %s: a string or blob may be up to %s, and a blob parameter travels in base64, 4/3 of its size)",
-				s.cfg.MaxBodyBytes, sizeText(s.cfg.MaxBodyBytes), sizeText(DefaultMaxBodyBytes), sizeText(MaxValueBytes))
-		}
-		return apiErr(http.StatusBadRequest, CodeBadRequest, "request body is not valid JSON for this endpoint: %v", err)
-	}
-	if dec.More() {
-		return apiErr(http.StatusBadRequest, CodeBadRequest, "request body has data after the JSON object")
-	}
-	return nil
+// requestContext bounds everything a request does, from waiting for room
+// to read its body to writing its reply, by Config.RequestTimeout.
+func (s *Instance) requestContext(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(r.Context(), s.cfg.RequestTimeout, errRequestTimeout)
 }
 
-// params turns JSON parameters into SQLite values: integral numbers into
-// integers, other numbers into reals, strings, booleans (as 0/1), null, and
-// {"base64": "..."} into a blob.
-func params(raw []json.RawMessage) ([]any, *APIError) {
-	out := make([]any, len(raw))
-	for i, r := range raw {
-		var v any
-		dec := json.NewDecoder(strings.NewReader(string(r)))
-		dec.UseNumber()
-		if err := dec.Decode(&v); err != nil {
-			return nil, apiErr(http.StatusBadRequest, CodeBadParameter, "parameter %d: %v", i+1, err)
+// readRequest reads r's body, of at most Config.MaxBodyBytes, under the
+// bodies budget and decodes it into v (an *executeBody or a *queryBody). It
+// takes the body's size from the budget before it reads a byte (the cap,
+// when the size is not announced, until the body is read), waiting for room
+// until ctx ends, and release gives it back: the caller calls it when the
+// values decoded from the body are no longer needed: before it writes a
+// reply that may be large (a client reading it slowly holds no budget), or
+// when it returns. It may be called more than once.
+//
+// The body is read whole into one buffer of its announced size and decoded
+// from there, each parameter straight into its SQL value (see param), so a
+// request holds about two copies of its values at most: the body and the
+// values. A json.Decoder would have read it into a buffer grown by
+// doubling, and RawMessage parameters decoded again through interface{}
+// made a 42.7 MiB body with a 32 MiB blob cost 416 MiB of allocations.
+func (s *Instance) readRequest(ctx context.Context, w http.ResponseWriter, r *http.Request, bodies *bodyBudget, v any) (release func(), e *APIError) {
+	release = func() {}
+	limit := s.cfg.MaxBodyBytes
+	size := r.ContentLength // -1: not announced (chunked)
+	if size > limit {
+		// Refused before reading it, without taking any budget.
+		return release, s.bodyTooLarge()
+	}
+	held := size
+	if size < 0 {
+		held = limit
+	}
+	if err := bodies.acquire(ctx, held); err != nil {
+		return release, s.bodiesBusy(w, ctx, bodies, held)
+	}
+	// A client that sends its body slowly holds budget while it does: the
+	// request timeout bounds that too.
+	rc := http.NewResponseController(w)
+	if d, ok := ctx.Deadline(); ok {
+		_ = rc.SetReadDeadline(d)
+	}
+	body, err := readBody(http.MaxBytesReader(w, r.Body, limit), size)
+	_ = rc.SetReadDeadline(time.Time{})
+	if size < 0 {
+		bodies.release(held - int64(len(body)))
+		held = int64(len(body))
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { bodies.release(held) }) }
+	if err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			return release, s.bodyTooLarge()
 		}
-		switch x := v.(type) {
-		case nil, string, bool:
-			out[i] = x
-		case json.Number:
-			if n, err := x.Int64(); err == nil {
-				out[i] = n
-			} else if f, err := x.Float64(); err == nil && !math.IsInf(f, 0) {
-				out[i] = f
-			} else {
-				return nil, apiErr(http.StatusBadRequest, CodeBadParameter, "parameter %d: %s is not a number SQLite can hold", i+1, x)
+		if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			got := fmt.Sprintf("%d bytes of it arrived", len(body))
+			if size >= 0 {
+				got = fmt.Sprintf("%d of its %d bytes arrived", len(body), size)
 			}
-		case map[string]any:
-			if r, ok := x["real"].(string); ok && len(x) == 1 {
-				f, ok := infinities[r]
-				if !ok {
-					return nil, apiErr(http.StatusBadRequest, CodeBadParameter, `parameter %d: {"real": %q}: want "Infinity" or "-Infinity" (finite numbers are plain JSON numbers)`, i+1, r)
-				}
-				out[i] = f
-				continue
-			}
-			b64, ok := x["base64"].(string)
-			if !ok || len(x) != 1 {
-				return nil, apiErr(http.StatusBadRequest, CodeBadParameter, `parameter %d: an object parameter must be {"base64": "..."} (a blob) or {"real": "Infinity"} (or "-Infinity")`, i+1)
-			}
-			b, err := base64.StdEncoding.DecodeString(b64)
-			if err != nil {
-				return nil, apiErr(http.StatusBadRequest, CodeBadParameter, "parameter %d: bad base64: %v", i+1, err)
-			}
-			out[i] = b
-		default:
-			return nil, apiErr(http.StatusBadRequest, CodeBadParameter, "parameter %d: %T is not a SQL value (use a number, string, boolean, null or {\"base64\": ...})", i+1, v)
+			return release, apiErr(http.StatusServiceUnavailable, CodeTimeout, "the request body did not arrive within the instance's request timeout (%s): %s", s.cfg.RequestTimeout, got)
 		}
+		return release, apiErr(http.StatusBadRequest, CodeBadRequest, "reading the request body: %v", err)
+	}
+	if err := decodeBody(body, v); err != nil {
+		if errors.Is(err, errDataAfter) {
+			return release, apiErr(http.StatusBadRequest, CodeBadRequest, "request body has data after the JSON object")
+		}
+		return release, apiErr(http.StatusBadRequest, CodeBadRequest, "request body is not valid JSON for this endpoint: %v", err)
+	}
+	return release, nil
+}
+
+// readBody reads a body of size bytes (-1: unknown) from r.
+func readBody(r io.Reader, size int64) ([]byte, error) {
+	if size < 0 {
+		return io.ReadAll(r)
+	}
+	body := make([]byte, size)
+	n, err := io.ReadFull(r, body)
+	return body[:n], err
+}
+
+func (s *Instance) bodyTooLarge() *APIError {
+	return apiErr(http.StatusRequestEntityTooLarge, CodeBodyTooLarge,
+		"request body is larger than %d bytes (%s), this instance's limit, which borealis db --max-body sets (default %s: a string or blob may be up to %s, and a blob parameter travels in base64, 4/3 of its size)",
+		s.cfg.MaxBodyBytes, FormatSize(s.cfg.MaxBodyBytes), FormatSize(int64(DefaultMaxBodyBytes)), FormatSize(MaxValueBytes))
+}
+
+// bodiesBusy is the refusal of a request that found no room in the bodies
+// budget (see bodyBudget) before ctx ended.
+func (s *Instance) bodiesBusy(w http.ResponseWriter, ctx context.Context, bodies *bodyBudget, size int64) *APIError {
+	w.Header().Set("Retry-After", "1")
+	return apiErr(http.StatusServiceUnavailable, CodeBusy,
+		"the instance is reading and decoding as many request bodies as it holds at once (%s, %d times borealis db --max-body %s), and this request's body (%s) found no room before %s; retry, or send smaller requests",
+		FormatSize(bodies.size), BodyBudgetBodies, FormatSize(s.cfg.MaxBodyBytes), FormatSize(size), waitEnd(ctx, s.cfg.RequestTimeout))
+}
+
+func waitEnd(ctx context.Context, timeout time.Duration) string {
+	if errors.Is(context.Cause(ctx), errRequestTimeout) {
+		return fmt.Sprintf("the request timeout (%s)", timeout)
+	}
+	return fmt.Sprintf("the request ended (%v)", context.Cause(ctx))
+}
+
+// executeBody is the body of POST /v1/execute as the server decodes it (see
+// ExecuteRequest); queryBody, of POST /v1/query (see Statement).
+type (
+	executeBody struct {
+		Statements  []statementBody `json:"statements"`
+		Transaction bool            `json:"transaction"`
+	}
+	statementBody struct {
+		SQL    string  `json:"sql"`
+		Params []param `json:"params"`
+	}
+	queryBody = statementBody
+)
+
+// The fields of each object of a body, checked by knownFields: a client's
+// misspelt "transation": true must not run the statements one by one.
+var (
+	executeFields   = fieldSet{names: []string{"statements", "transaction"}, arrays: map[string]fieldSet{"statements": statementFields}}
+	statementFields = fieldSet{names: []string{"sql", "params"}}
+)
+
+// args are st's parameters as SQLite values, or the first that is not one.
+func (st *statementBody) args() ([]any, *APIError) {
+	out := make([]any, len(st.Params))
+	for i, p := range st.Params {
+		if p.err != "" {
+			return nil, apiErr(http.StatusBadRequest, CodeBadParameter, "parameter %d: %s", i+1, p.err)
+		}
+		out[i] = p.v
 	}
 	return out, nil
 }
 
-func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request) {
-	var req ExecuteRequest
-	if e := s.decode(w, r, &req); e != nil {
+// decodeBody decodes the JSON object in body into v, refusing fields v
+// does not have (as json.Decoder.DisallowUnknownFields would) and anything
+// after the object. json.Unmarshal decodes body in place; a Decoder would
+// first copy it into a buffer of its own.
+func decodeBody(body []byte, v any) error {
+	if len(bytes.TrimLeft(body, " \t\r\n")) == 0 {
+		return io.EOF
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		if se, ok := errors.AsType[*json.SyntaxError](err); ok && se.Offset > 0 && json.Valid(body[:se.Offset-1]) {
+			return errDataAfter
+		}
+		if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok && te.Field != "" {
+			// Not in the words of the server's own Go types.
+			return fmt.Errorf("field %q: want %s, not a JSON %s", te.Field, jsonKind(te.Type.Kind()), te.Value)
+		}
+		return err
+	}
+	fields := statementFields
+	if _, ok := v.(*executeBody); ok {
+		fields = executeFields
+	}
+	return knownFields(body, fields)
+}
+
+var errDataAfter = errors.New("data after the JSON object")
+
+func jsonKind(k reflect.Kind) string {
+	switch k {
+	case reflect.Bool:
+		return "true or false"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice:
+		return "an array"
+	case reflect.Struct:
+		return "an object"
+	}
+	return k.String()
+}
+
+// params turns JSON parameters into SQLite values as a request's are
+// decoded (see param).
+func params(raw []json.RawMessage) ([]any, *APIError) {
+	st := statementBody{Params: make([]param, len(raw))}
+	for i, r := range raw {
+		if err := json.Unmarshal(r, &st.Params[i]); err != nil {
+			return nil, apiErr(http.StatusBadRequest, CodeBadParameter, "parameter %d: %v", i+1, err)
+		}
+	}
+	return st.args()
+}
+
+// param is one parameter, decoded straight from the body into a SQLite
+// value: an integral number into an integer, another number into a real, a
+// string, a boolean (as 0/1), null, {"real": "Infinity"} (or "-Infinity")
+// into an infinite real and {"base64": "..."} into a blob. A value that is
+// none of these keeps why in err, so that the request's reply can name the
+// parameter.
+type param struct {
+	v   any
+	err string
+}
+
+// UnmarshalJSON decodes one parameter. data is valid JSON: the decoder has
+// checked the whole body before it calls this.
+func (p *param) UnmarshalJSON(data []byte) error {
+	p.v, p.err = sqlValue(bytes.TrimSpace(data))
+	return nil
+}
+
+func sqlValue(data []byte) (any, string) {
+	switch data[0] {
+	case 'n':
+		return nil, ""
+	case 't':
+		return true, ""
+	case 'f':
+		return false, ""
+	case '"':
+		return jsonString(data), ""
+	case '[':
+		return nil, `an array is not a SQL value (use a number, string, boolean, null or {"base64": ...})`
+	case '{':
+		return objectValue(data)
+	}
+	num := string(data)
+	if n, err := strconv.ParseInt(num, 10, 64); err == nil {
+		return n, ""
+	}
+	if f, err := strconv.ParseFloat(num, 64); err == nil && !math.IsInf(f, 0) {
+		return f, ""
+	}
+	return nil, num + " is not a number SQLite can hold"
+}
+
+// objectValue is the value of an object parameter: {"real": "Infinity"} or
+// {"base64": "..."}.
+func objectValue(data []byte) (any, string) {
+	members := map[string][]byte{}
+	eachMember(data, func(key string, val []byte) { members[key] = val })
+	if r, ok := members["real"]; ok && len(members) == 1 && r[0] == '"' {
+		name := jsonString(r)
+		f, ok := infinities[name]
+		if !ok {
+			return nil, fmt.Sprintf(`{"real": %q}: want "Infinity" or "-Infinity" (finite numbers are plain JSON numbers)`, name)
+		}
+		return f, ""
+	}
+	b64, ok := members["base64"]
+	if !ok || len(members) != 1 || b64[0] != '"' {
+		return nil, `an object parameter must be {"base64": "..."} (a blob) or {"real": "Infinity"} (or "-Infinity")`
+	}
+	var b []byte
+	var err error
+	if lit := b64[1 : len(b64)-1]; bytes.IndexByte(lit, '\\') < 0 {
+		// Decoded from the body itself: no string in between.
+		b = make([]byte, base64.StdEncoding.DecodedLen(len(lit)))
+		var n int
+		n, err = base64.StdEncoding.Decode(b, lit)
+		b = b[:n]
+	} else {
+		b, err = base64.StdEncoding.DecodeString(jsonString(b64))
+	}
+	if err != nil {
+		return nil, fmt.Sprintf("bad base64: %v", err)
+	}
+	return b, ""
+}
+
+// The helpers below walk JSON that json.Unmarshal has already checked, so
+// they look only for where things end. A string is skipped with
+// bytes.IndexByte, which matters in a body that is mostly one blob.
+
+// fieldSet is the fields of an object, and those of the objects in the
+// arrays some of its fields hold.
+type fieldSet struct {
+	names  []string
+	arrays map[string]fieldSet
+}
+
+// knownFields reports the first field of the object in data (valid JSON),
+// or of an object nested as fs says, that fs does not name. Names match as
+// encoding/json matches them to struct fields: ignoring case.
+func knownFields(data []byte, fs fieldSet) error {
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 || data[0] != '{' {
+		return nil
+	}
+	var err error
+	eachMember(data, func(key string, val []byte) {
+		if err != nil {
+			return
+		}
+		i := slices.IndexFunc(fs.names, func(n string) bool { return strings.EqualFold(n, key) })
+		if i < 0 {
+			err = fmt.Errorf("json: unknown field %q", key)
+			return
+		}
+		if inner, ok := fs.arrays[fs.names[i]]; ok && val[0] == '[' {
+			eachElement(val, func(elem []byte) {
+				if err == nil {
+					err = knownFields(elem, inner)
+				}
+			})
+		}
+	})
+	return err
+}
+
+// eachMember calls f with each member of the object in data, its key
+// decoded and its value as JSON.
+func eachMember(data []byte, f func(key string, val []byte)) {
+	i := jsonSpace(data, 1)
+	for i < len(data) && data[i] != '}' {
+		end := jsonValueEnd(data, i)
+		key := jsonString(data[i:end])
+		i = jsonSpace(data, end)
+		i = jsonSpace(data, i+1) // the ':'
+		end = jsonValueEnd(data, i)
+		f(key, data[i:end])
+		i = jsonSpace(data, end)
+		if i < len(data) && data[i] == ',' {
+			i = jsonSpace(data, i+1)
+		}
+	}
+}
+
+// eachElement calls f with each element of the array in data.
+func eachElement(data []byte, f func(elem []byte)) {
+	i := jsonSpace(data, 1)
+	for i < len(data) && data[i] != ']' {
+		end := jsonValueEnd(data, i)
+		f(data[i:end])
+		i = jsonSpace(data, end)
+		if i < len(data) && data[i] == ',' {
+			i = jsonSpace(data, i+1)
+		}
+	}
+}
+
+// jsonString decodes the string literal lit.
+func jsonString(lit []byte) string {
+	if s := lit[1 : len(lit)-1]; bytes.IndexByte(s, '\\') < 0 && utf8.Valid(s) {
+		return string(s)
+	}
+	// Escapes, or bytes encoding/json replaces with U+FFFD.
+	var s string
+	_ = json.Unmarshal(lit, &s)
+	return s
+}
+
+func jsonSpace(data []byte, i int) int {
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// jsonValueEnd is the index just after the value that starts at data[i].
+func jsonValueEnd(data []byte, i int) int {
+	switch data[i] {
+	case '"':
+		return jsonStringEnd(data, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(data); {
+			switch data[j] {
+			case '"':
+				j = jsonStringEnd(data, j)
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return j + 1
+				}
+			}
+			j++
+		}
+		return len(data)
+	}
+	j := i
+	for j < len(data) && strings.IndexByte(",]} \t\r\n", data[j]) < 0 {
+		j++
+	}
+	return j
+}
+
+// jsonStringEnd is the index just after the string that starts at data[i].
+func jsonStringEnd(data []byte, i int) int {
+	for j := i + 1; j < len(data); j++ {
+		k := bytes.IndexByte(data[j:], '"')
+		if k < 0 {
+			break
+		}
+		j += k
+		escaped := false
+		for b := j - 1; data[b] == '\\'; b-- {
+			escaped = !escaped
+		}
+		if !escaped {
+			return j + 1
+		}
+	}
+	return len(data)
+}
+
+func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request, bodies *bodyBudget) {
+	ctx, cancel := s.requestContext(r)
+	defer cancel()
+	var req executeBody
+	release, e := s.readRequest(ctx, w, r, bodies, &req)
+	defer release()
+	if e != nil {
 		writeErr(w, e)
 		return
 	}
@@ -210,7 +573,7 @@ func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, apiErr(http.StatusBadRequest, CodeBadRequest, "statement %d is empty (nothing but spaces, semicolons or comments)", i+1))
 			return
 		}
-		a, e := params(st.Params)
+		a, e := st.args()
 		if e != nil {
 			e.Message = fmt.Sprintf("statement %d: %s", i+1, e.Message)
 			writeErr(w, e)
@@ -227,8 +590,6 @@ func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	ctx, cancel := context.WithTimeoutCause(r.Context(), s.cfg.RequestTimeout, errRequestTimeout)
-	defer cancel()
 	db, e := s.writable(ctx)
 	if e != nil {
 		writeErr(w, e)
@@ -239,10 +600,11 @@ func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, e)
 		return
 	}
+	release()
 	writeJSON(w, http.StatusOK, ExecuteResponse{Results: res})
 }
 
-func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req ExecuteRequest, args [][]any) ([]ExecResult, *APIError) {
+func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req executeBody, args [][]any) ([]ExecResult, *APIError) {
 	conn, err := db.Writer.Conn(ctx)
 	if err != nil {
 		return nil, s.classify(ctx, nil, err, "")
@@ -573,9 +935,13 @@ func inTransaction(conn *sql.Conn) (open bool, err error) {
 	return open, err
 }
 
-func (s *Instance) handleQuery(w http.ResponseWriter, r *http.Request) {
-	var req Statement
-	if e := s.decode(w, r, &req); e != nil {
+func (s *Instance) handleQuery(w http.ResponseWriter, r *http.Request, bodies *bodyBudget) {
+	ctx, cancel := s.requestContext(r)
+	defer cancel()
+	var req queryBody
+	release, e := s.readRequest(ctx, w, r, bodies, &req)
+	defer release()
+	if e != nil {
 		writeErr(w, e)
 		return
 	}
@@ -583,7 +949,7 @@ func (s *Instance) handleQuery(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, apiErr(http.StatusBadRequest, CodeBadRequest, "sql is empty (nothing but spaces, semicolons or comments)"))
 		return
 	}
-	args, e := params(req.Params)
+	args, e := req.args()
 	if e != nil {
 		writeErr(w, e)
 		return
@@ -598,13 +964,12 @@ func (s *Instance) handleQuery(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, e)
 		return
 	}
-	ctx, cancel := context.WithTimeoutCause(r.Context(), s.cfg.RequestTimeout, errRequestTimeout)
-	defer cancel()
 	resp, e := s.query(ctx, db, req.SQL, args)
 	if e != nil {
 		writeErr(w, e)
 		return
 	}
+	release()
 	writeJSON(w, http.StatusOK, resp)
 }
 
@@ -783,25 +1148,11 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 	case ctx.Err() != nil:
 		return apiErr(http.StatusServiceUnavailable, CodeStorageUnavailable, "%sthe request ended before it finished: %v", prefix, ctx.Err())
 	case errors.Is(err, sqlite3.TOOBIG):
-		return apiErr(http.StatusBadRequest, CodeSQL, "%s%s: the API stores a string or blob of up to %s, in a row of at most %d bytes (%s, the value with room for the rest of its row)", prefix, sqliteMessage(err), sizeText(MaxValueBytes), MaxRowBytes, sizeText(MaxRowBytes))
+		return apiErr(http.StatusBadRequest, CodeSQL, "%s%s: the API stores a string or blob of up to %s, in a row of at most %d bytes (the value with %s for the rest of its row)", prefix, sqliteMessage(err), FormatSize(MaxValueBytes), MaxRowBytes, FormatSize(MaxRowBytes-MaxValueBytes))
 	case isSQLiteError(err):
 		return apiErr(http.StatusBadRequest, CodeSQL, "%s%s", prefix, sqliteMessage(err))
 	}
 	return apiErr(http.StatusInternalServerError, CodeInternal, "%s%v", prefix, err)
-}
-
-// sizeText words a size in bytes for messages: "48 MiB", "42.7 MiB",
-// "1 KiB", "700 bytes".
-func sizeText(n int64) string {
-	for _, u := range []struct {
-		name string
-		size int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.size {
-			return strings.TrimSuffix(strings.TrimSuffix(fmt.Sprintf("%.1f", float64(n)/float64(u.size)), "0"), ".") + " " + u.name
-		}
-	}
-	return fmt.Sprintf("%d bytes", n)
 }
 
 func isSQLiteError(err error) bool {

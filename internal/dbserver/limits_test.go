@@ -31,6 +31,41 @@ func TestDefaultBodyAdmitsTheLargestValue(t *testing.T) {
 	}
 }
 
+// TestLargestValueBody: LargestValueBody is the size of the smallest body
+// that stores the largest value, and the instance takes that body with its
+// cap at that size, and refuses it a byte below.
+func TestLargestValueBody(t *testing.T) {
+	if DefaultMaxBodyBytes < LargestValueBody() {
+		t.Fatalf("DefaultMaxBodyBytes %d is below LargestValueBody %d", DefaultMaxBodyBytes, LargestValueBody())
+	}
+	b64 := base64.StdEncoding.EncodeToString(make([]byte, MaxValueBytes))
+	body := []byte(`{"statements":[{"sql":"INSERT INTO t VALUES(?)","params":[{"base64":"` + b64 + `"}]}]}`)
+	if int64(len(body)) != LargestValueBody() {
+		t.Fatalf("the smallest body that stores the largest value is %d bytes; LargestValueBody says %d", len(body), LargestValueBody())
+	}
+	for _, tc := range []struct {
+		maxBody int64
+		want    int
+	}{{LargestValueBody(), http.StatusServiceUnavailable}, {LargestValueBody() - 1, http.StatusRequestEntityTooLarge}} {
+		h := notReadyInstance(Config{MaxBodyBytes: tc.maxBody}).Handler()
+		st, _, _ := decodeCost(t, h, body)
+		if st != tc.want {
+			t.Errorf("--max-body %d: HTTP %d, want %d", tc.maxBody, st, tc.want)
+		}
+	}
+}
+
+func TestFormatSize(t *testing.T) {
+	for n, want := range map[int64]string{
+		DefaultMaxBodyBytes: "48MiB", 1540 << 10: "1540KiB", 10 << 30: "10GiB", 1 << 40: "1TiB",
+		44_739_243: "42.7MiB", MaxRowBytes: "32832KiB", 700: "700B", 1500: "1.5KiB", 0: "0B",
+	} {
+		if got := FormatSize(n); got != want {
+			t.Errorf("FormatSize(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
 // post sends a body without echoing it (these are tens of megabytes) and
 // returns the status and the decoded reply.
 func post(t *testing.T, ti *testInstance, path string, body []byte) (int, map[string]any) {
@@ -112,8 +147,8 @@ func TestLargestValueThroughTheAPI(t *testing.T) {
 	}
 	st, reply = post(t, ti, "/v1/execute", over)
 	code, msg := errorOf(reply)
-	if st != http.StatusBadRequest || code != CodeSQL || !strings.Contains(msg, "too big") || !strings.Contains(msg, "32 MiB") || !strings.Contains(msg, fmt.Sprint(MaxRowBytes)) {
-		t.Fatalf("a blob one byte over the row limit: HTTP %d %s %q; want sql_error naming 32 MiB and %d", st, code, msg, MaxRowBytes)
+	if st != http.StatusBadRequest || code != CodeSQL || !strings.Contains(msg, "too big") || !strings.Contains(msg, FormatSize(MaxValueBytes)) || !strings.Contains(msg, fmt.Sprint(MaxRowBytes)) {
+		t.Fatalf("a blob one byte over the row limit: HTTP %d %s %q; want sql_error naming %s and %d", st, code, msg, FormatSize(MaxValueBytes), MaxRowBytes)
 	}
 
 	huge := bytes.Repeat([]byte("x"), int(DefaultMaxBodyBytes)+1)

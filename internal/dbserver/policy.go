@@ -1,8 +1,13 @@
 package dbserver
 
 import (
+	"container/list"
+	"context"
 	"database/sql"
+	"encoding/base64"
+	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/ncruces/go-sqlite3"
 
@@ -70,7 +75,160 @@ const (
 	// MaxRowBytes); the rest is room for the statement and the JSON around
 	// it. A string parameter of ordinary text takes about its own size.
 	DefaultMaxBodyBytes = 48 << 20
+	// BodyBudgetBodies is how many bodies of the largest size
+	// (Config.MaxBodyBytes) the instance reads and decodes at once: the
+	// request bodies it holds, from the moment it starts reading one until
+	// its statements have run, add up to at most this many times the body
+	// cap. A request holds its body and the values decoded from it, at most
+	// about twice its size, so by default that memory stays under about
+	// 400 MiB however many clients send at once. Requests beyond wait for
+	// room, as they wait for a pooled connection; see bodyBudget.
+	BodyBudgetBodies = 4
+	// smallBody is the size of a body that need not wait behind a large one
+	// for room in the budget (see bodyBudget.acquire).
+	smallBody = 64 << 10
 )
+
+// LargestValueBody is the size of the smallest request body that stores a
+// value of MaxValueBytes, a blob parameter in base64 with the shortest
+// statement that stores it:
+//
+//	{"statements":[{"sql":"INSERT INTO t VALUES(?)","params":[{"base64":"..."}]}]}
+//
+// A body cap (Config.MaxBodyBytes) below it refuses the largest value; the
+// default leaves room for a longer statement.
+func LargestValueBody() int64 {
+	frame := `{"statements":[{"sql":"INSERT INTO t VALUES(?)","params":[{"base64":""}]}]}`
+	return int64(len(frame) + base64.StdEncoding.EncodedLen(MaxValueBytes))
+}
+
+// bodyBudget bounds the bytes of request bodies the instance holds at once:
+// a request takes its body's size before it reads the body and gives it
+// back when it no longer needs the values decoded from it, so that twenty
+// clients sending the largest blob at once cannot make the instance decode
+// twenty bodies (1.5 GiB) before the connection pools limit anything. A
+// request that does not fit waits, first come first served, so a large
+// body is not starved by a stream of smaller ones; a small body (up to
+// smallBody) that fits goes ahead of waiting large ones, since it cannot
+// hold them back for long.
+//
+// A request waits for room as long as its request timeout allows, as it
+// waits for a pooled connection, and fails with busy only then: while it
+// waits it costs a goroutine and its unread bytes in the socket, not the
+// instance's memory (a client that sends Expect: 100-continue does not even
+// send its body), and a burst of large uploads becomes latency, where a
+// short wait would turn it into failures that every client retries at
+// once.
+type bodyBudget struct {
+	size int64
+
+	mu      sync.Mutex
+	used    int64
+	waiters list.List // of *bodyWaiter, in arrival order
+}
+
+type bodyWaiter struct {
+	n     int64
+	ready chan struct{} // closed when the bytes are granted
+}
+
+func newBodyBudget(size int64) *bodyBudget { return &bodyBudget{size: size} }
+
+// acquire takes n bytes of the budget, waiting for them until ctx ends; it
+// returns the context's cause then. n must not be more than the budget.
+func (b *bodyBudget) acquire(ctx context.Context, n int64) error {
+	b.mu.Lock()
+	if b.used+n <= b.size && (b.waiters.Len() == 0 || n <= smallBody) {
+		b.used += n
+		b.mu.Unlock()
+		return nil
+	}
+	w := &bodyWaiter{n: n, ready: make(chan struct{})}
+	e := b.waiters.PushBack(w)
+	b.mu.Unlock()
+	select {
+	case <-w.ready:
+		return nil
+	case <-ctx.Done():
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	select {
+	case <-w.ready:
+		// Granted as the context ended: give it back.
+		b.used -= n
+	default:
+		b.waiters.Remove(e)
+	}
+	// Either way, those behind it may fit now.
+	b.grantLocked()
+	return context.Cause(ctx)
+}
+
+// release gives back n bytes taken by acquire.
+func (b *bodyBudget) release(n int64) {
+	if n == 0 {
+		return
+	}
+	b.mu.Lock()
+	b.used -= n
+	b.grantLocked()
+	b.mu.Unlock()
+}
+
+// grantLocked hands out what is free: to the waiters in order while the
+// first fits, then to small waiters that fit.
+func (b *bodyBudget) grantLocked() {
+	head := true
+	for e := b.waiters.Front(); e != nil; {
+		next := e.Next()
+		w := e.Value.(*bodyWaiter)
+		switch {
+		case b.used+w.n <= b.size && (head || w.n <= smallBody):
+			b.used += w.n
+			b.waiters.Remove(e)
+			close(w.ready)
+		case head:
+			head = false
+		}
+		e = next
+	}
+}
+
+// inUse reports the bytes taken and the requests waiting.
+func (b *bodyBudget) inUse() (used int64, waiting int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used, b.waiters.Len()
+}
+
+// FormatSize words a size in bytes, for messages and for flags alike: in
+// the largest binary unit it is a whole number of ("48MiB", "1540KiB", a
+// form parseable as a flag value), or, when no unit divides it, in the
+// largest unit it reaches, to a tenth ("42.7MiB"; a message that needs the
+// exact figure gives the bytes beside it).
+func FormatSize[N ~int | ~int64 | ~uint64](size N) string {
+	if size < 0 {
+		return fmt.Sprintf("%dB", size)
+	}
+	n := uint64(size)
+	units := []struct {
+		name string
+		size uint64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}}
+	for _, u := range units {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d%s", n/u.size, u.name)
+		}
+	}
+	for _, u := range units {
+		if n >= u.size {
+			s := fmt.Sprintf("%.1f", float64(n)/float64(u.size))
+			return strings.TrimSuffix(s, ".0") + u.name
+		}
+	}
+	return fmt.Sprintf("%dB", n)
+}
 
 var (
 	readerAuthorizer = authorizer(true, false)
