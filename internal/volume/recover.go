@@ -39,6 +39,10 @@ type RecoverPG struct {
 // the control plane.
 type RecoverConfig struct {
 	VolumeID uint64
+	// Incarnation is the volume's (see Config.Incarnation): recovery
+	// declares it, and a segment of another incarnation under the same id
+	// (another volume, from a replaced catalog) does not count. 0: none.
+	Incarnation uint64
 	// Epoch is the new writer's epoch, already bumped in the control plane
 	// (AcquireWriter): storage refuses every older writer from the moment it
 	// sees it.
@@ -416,6 +420,13 @@ func (r *recoverer) askInfo(ctx context.Context, pg uint32, m Member) segInfo {
 	case err != nil:
 		r.log.Warn("recovery: segment did not answer", "pg", pg, "node", m.NodeID, "addr", m.Addr, "err", err)
 		return segInfo{m: m, err: plainErr(err)}
+	}
+	if got := resp.GetSpec().GetIncarnation(); got != 0 && r.cfg.Incarnation != 0 && got != r.cfg.Incarnation {
+		// Another volume that had this id, in a catalog since replaced: its
+		// records are not this volume's, whatever their LSNs.
+		err := fmt.Errorf("storage node %s holds incarnation %d of volume id %d, and the catalog's volume is incarnation %d: another volume's data, not counted", m.NodeID, got, r.cfg.VolumeID, r.cfg.Incarnation)
+		r.log.Warn("recovery: segment belongs to another volume of the same id", "pg", pg, "node", m.NodeID, "err", err)
+		return segInfo{m: m, err: err}
 	}
 	ts := make([]segment.Truncation, len(resp.Truncations))
 	for i, t := range resp.Truncations {
@@ -807,7 +818,7 @@ func (r *recoverer) declare(ctx context.Context, p RecoverPG, m Member, ts []seg
 	if r.cfg.PageSize <= 0 || r.cfg.PagesPerPG == 0 {
 		return errors.New("RecoverConfig has no page size or PG size to declare it with")
 	}
-	spec := &pb.SegmentSpec{Volume: r.cfg.VolumeID, Pg: p.PG, PageSize: uint32(r.cfg.PageSize), PagesPerPg: r.cfg.PagesPerPG, MembershipEpoch: membershipEpoch}
+	spec := &pb.SegmentSpec{Volume: r.cfg.VolumeID, Incarnation: r.cfg.Incarnation, Pg: p.PG, PageSize: uint32(r.cfg.PageSize), PagesPerPg: r.cfg.PagesPerPG, MembershipEpoch: membershipEpoch}
 	for _, mm := range p.Members {
 		spec.Members = append(spec.Members, &pb.Member{NodeId: mm.NodeID, Az: mm.AZ, Addr: mm.Addr})
 	}
@@ -845,7 +856,7 @@ func RecoverConfigFromControl(ctx context.Context, ctl pb.ControlClient, name st
 	if v.VolumeEpoch != epoch {
 		return RecoverConfig{}, fmt.Errorf("%w: volume %s is at epoch %d in the control plane, not %d", ErrFenced, name, v.VolumeEpoch, epoch)
 	}
-	cfg := RecoverConfig{VolumeID: v.Id, Epoch: epoch, PageSize: int(v.PageSize), PagesPerPG: v.PagesPerPg}
+	cfg := RecoverConfig{VolumeID: v.Id, Incarnation: v.Incarnation, Epoch: epoch, PageSize: int(v.PageSize), PagesPerPG: v.PagesPerPg}
 	for _, p := range v.PgList {
 		cfg.PGs = append(cfg.PGs, RecoverPG{PG: p.Pg, Members: members(p)})
 	}

@@ -352,3 +352,33 @@ func TestRecoverNeedsReadQuorum(t *testing.T) {
 		t.Fatalf("s3 after a failed recovery: %+v", info)
 	}
 }
+
+// TestRecoverCountsOnlyItsIncarnation: segments declared under another
+// incarnation of the same volume id (another volume, from a catalog since
+// replaced) are not this volume's: recovery does not count them, says why,
+// and truncates nothing; under the right incarnation it recovers.
+func TestRecoverCountsOnlyItsIncarnation(t *testing.T) {
+	cl := startCluster(t)
+	c := cl.open(t, func(cfg *Config) { cfg.Incarnation = 5 })
+	ctx := ctxT(t, 30*time.Second)
+	lsn, err := c.Commit(ctx, []PageWrite{{Page: 1, New: pageImage(1, 0)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	rc := RecoverConfig{VolumeID: 7, Incarnation: 6, Epoch: 2, PageSize: 4096, PagesPerPG: 16, SkipRecord: true,
+		PGs: []RecoverPG{{PG: 0, Members: cl.members}}, RPCTimeout: time.Second, Logger: testLogger()}
+	_, err = Recover(ctx, rc)
+	var re *RecoverError
+	if !errors.As(err, &re) || re.PG != 0 || !strings.Contains(err.Error(), "holds incarnation 5 of volume id 7, and the catalog's volume is incarnation 6") {
+		t.Fatalf("recovery under another incarnation: %v", err)
+	}
+	if info := infoOf(t, storageClient(t, cl.members[0].Addr), 7, 0); len(info.Truncations) != 0 || info.Scl != lsn {
+		t.Fatalf("s0 after a refused recovery: %+v", info)
+	}
+	rc.Incarnation, rc.Epoch = 5, 3
+	rec, err := Recover(ctx, rc)
+	if err != nil || rec.BaseLSN != lsn {
+		t.Fatalf("recovery under the volume's incarnation: %+v, %v; want VDL %d", rec, err, lsn)
+	}
+}
