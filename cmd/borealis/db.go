@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +19,14 @@ import (
 
 	"github.com/borealis-db/borealis/internal/dbserver"
 )
+
+// maxBodyTooSmall reports whether a body cap of maxBody refuses every
+// request that stores the largest value, and the smallest cap that does
+// not.
+func maxBodyTooSmall(maxBody int64) (need int64, small bool) {
+	need = dbserver.LargestValueBody()
+	return need, maxBody < need
+}
 
 func dbCmd() *cobra.Command {
 	var cfg dbserver.Config
@@ -41,7 +48,10 @@ stops serving writes, takes the lease again and recovers again.
 
 A string or blob is at most 32 MiB (a row, 32 MiB + 64 KiB). A request body
 is at most --max-body, 48 MiB by default: enough for the largest blob as a
-parameter, which travels in base64 (4/3 of its size), with its statement.`,
+parameter, which travels in base64 (4/3 of its size), with its statement.
+The bodies being read and run at once add up to at most 4 times --max-body;
+a request beyond waits for room, and fails with busy if it finds none within
+--request-timeout.`,
 		Args: noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfg.WriteTimeout <= 0 {
@@ -63,10 +73,10 @@ parameter, which travels in base64 (4/3 of its size), with its statement.`,
 			cfg.MaxBodyBytes = int64(n)
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			cfg.Logger = log
-			if need := int64(base64.StdEncoding.EncodedLen(dbserver.MaxValueBytes)); cfg.MaxBodyBytes < need {
+			if need, small := maxBodyTooSmall(cfg.MaxBodyBytes); small {
 				// Allowed (an operator may want small requests), but then
 				// the API stores a large value only if SQL builds it.
-				log.Warn("--max-body is below what the largest value the API takes needs as a base64 blob parameter", "max_body", maxBody, "needs", need, "max_value_bytes", dbserver.MaxValueBytes)
+				log.Warn("--max-body is below the smallest request that stores the largest value the API takes (a base64 blob parameter with its statement)", "max_body", maxBody, "needs", need, "max_value_bytes", dbserver.MaxValueBytes)
 			}
 			inst, err := dbserver.New(cfg)
 			if err != nil {
@@ -132,7 +142,7 @@ parameter, which travels in base64 (4/3 of its size), with its statement.`,
 	f.StringVar(&cfg.ID, "id", "", "instance id, the holder name of the writer lease (default: the role)")
 	f.IntVar(&cfg.CacheMiB, "cache-mib", 64, "page cache size in MiB")
 	f.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "how long a commit waits for a write quorum before failing with storage_unavailable")
-	f.DurationVar(&cfg.RequestTimeout, "request-timeout", 0, "how long one request's SQL may run before it is interrupted and fails with timeout (0: 2m, or a minute more than --write-timeout if that is longer)")
+	f.DurationVar(&cfg.RequestTimeout, "request-timeout", 0, "how long one request may take, from waiting for room to read its body to the end of its SQL, which is then interrupted and fails with timeout (0: 2m, or a minute more than --write-timeout if that is longer)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "writer lease time to live")
 	f.IntVar(&cfg.MaxWriters, "max-writers", 64, "writer connections (transactions in flight)")
 	f.StringVar(&maxBody, "max-body", formatSize(dbserver.DefaultMaxBodyBytes), "largest request body, such as 48MiB; larger ones fail with body_too_large. The default admits the largest string or blob (32 MiB) as a base64 parameter, with its statement")

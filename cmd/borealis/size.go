@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/borealis-db/borealis/internal/dbserver"
 )
 
 // parseSize reads sizes such as 4096, 1MiB, 64MiB or 10GiB (binary units;
@@ -35,14 +37,6 @@ func parseSize(s string) (uint64, error) {
 	return n * mult, nil
 }
 
-func formatSize(n uint64) string {
-	for _, u := range []struct {
-		suffix string
-		mult   uint64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.mult && n%u.mult == 0 {
-			return fmt.Sprintf("%d%s", n/u.mult, u.suffix)
-		}
-	}
-	return fmt.Sprintf("%dB", n)
-}
+// formatSize words a size as the flags take it ("64MiB"), with the
+// formatter the database server's messages use (one for both).
+func formatSize(n uint64) string { return dbserver.FormatSize(n) }

@@ -485,6 +485,12 @@ func rowsJSON(r *sqlclient.Rows) *jsonRows {
 // prints every value whole. (sqlCmd's help names it.)
 const maxCellWidth = 50
 
+// maxCellBytesPerColumn bounds the bytes of a table cell: at most this many
+// times maxCellWidth. Four is a column of the longest characters UTF-8
+// has; a value whose characters of no width (combining marks, U+200B)
+// take it past that is cut short there.
+const maxCellBytesPerColumn = 4
+
 // cellMore ends a value cut short, and a blob's summary.
 const cellMore = "…"
 
@@ -573,8 +579,12 @@ func printTable(ctx context.Context, w io.Writer, r *sqlclient.Rows) error {
 	}
 	for _, row := range cells {
 		// A signal, or Ctrl-C in the shell, stops a long table between
-		// rows rather than after the last.
+		// rows rather than after the last; the rows before it are printed
+		// whole.
 		if err := ctx.Err(); err != nil {
+			if ferr := bw.Flush(); ferr != nil {
+				return ferr
+			}
 			return err
 		}
 		if err := write(row, true); err != nil {
@@ -604,14 +614,20 @@ func tableCell(v any, typ string) (string, int) {
 }
 
 // cellText is s with newlines, tabs and other control characters escaped
-// (\n, \t, \x1b), which keeps a value on its row and the terminal's state
-// alone, cut short with cellMore if it is wider than limit columns (limit
-// < 0: no limit); and its width. It reads only as much of s as it shows.
+// (\n, \t, \x1b), and the characters that reorder text on the screen (bidi
+// controls such as U+202E) or break a line (U+2028, U+2029) too, which
+// keeps a value on its row and the terminal's state alone; cut short with
+// cellMore if it is wider than limit columns or longer than
+// maxCellBytesPerColumn*limit bytes (characters of no width, such as
+// U+200B, would otherwise make a cell of one column as long as the value);
+// and its width. limit < 0: no limit. It reads only as much of s as it
+// shows.
 func cellText(s string, limit int) (string, int) {
 	var b strings.Builder
 	n := 0
-	// cut and cutWidth: where s is cut if it turns out too wide, leaving
-	// room for cellMore.
+	maxBytes := maxCellBytesPerColumn * limit
+	// cut and cutWidth: where s is cut if it turns out too wide or too
+	// long, leaving room for cellMore.
 	cut, cutWidth := 0, 0
 	for _, r := range s {
 		var esc string
@@ -625,15 +641,16 @@ func cellText(s string, limit int) (string, int) {
 			esc = `\t`
 		case r < 0x80 && unicode.IsControl(r):
 			esc = fmt.Sprintf(`\x%02x`, r)
-		case unicode.IsControl(r):
+		case unicode.IsControl(r), unicode.Is(unicode.Bidi_Control, r), r == '\u2028', r == '\u2029':
 			esc = fmt.Sprintf(`\u%04x`, r)
 		default:
 			w = runeWidth(r)
 		}
+		size := utf8.RuneLen(r)
 		if esc != "" {
-			w = len(esc)
+			w, size = len(esc), len(esc)
 		}
-		if limit >= 0 && n+w > limit {
+		if limit >= 0 && (n+w > limit || b.Len()+size > maxBytes) {
 			return b.String()[:cut] + cellMore, cutWidth + 1
 		}
 		if esc != "" {
@@ -642,7 +659,7 @@ func cellText(s string, limit int) (string, int) {
 			b.WriteRune(r)
 		}
 		n += w
-		if n+1 <= limit {
+		if n+1 <= limit && b.Len()+len(cellMore) <= maxBytes {
 			cut, cutWidth = b.Len(), n
 		}
 	}

@@ -458,6 +458,16 @@ func TestCellText(t *testing.T) {
 		{"\x7f\u0085", -1, `\x7f\u0085`, 10},
 		{"cafe\u0301s", 5, "cafe\u0301s", 5},
 		{"", 0, "", 0},
+		// Characters that reorder or break the line are escaped, the
+		// joiner of an emoji sequence is not.
+		{"a\u202eb\u2066c\u200fd", -1, `a\u202eb\u2066c\u200fd`, 22},
+		{"x\u2028y\u2029", -1, `x\u2028y\u2029`, 14},
+		{"👩\u200d👧", -1, "👩\u200d👧", 4},
+		// Characters of no width take bytes: 4 bytes a column at most,
+		// with room for the '…'.
+		{strings.Repeat("\u200b", 100) + "x", 10, strings.Repeat("\u200b", 12) + "…", 1},
+		{strings.Repeat("e\u0301", 10), 10, strings.Repeat("e\u0301", 10), 10},
+		{strings.Repeat("e\u0301\u0301", 10), 10, strings.Repeat("e\u0301\u0301", 7) + "e…", 9},
 	} {
 		if got, n := cellText(tc.s, tc.limit); got != tc.want || n != tc.width {
 			t.Errorf("cellText(%q, %d) = %q, %d; want %q, %d", tc.s, tc.limit, got, n, tc.want, tc.width)
@@ -465,6 +475,55 @@ func TestCellText(t *testing.T) {
 		if got, n := cellText(tc.s, tc.limit); n != displayWidth(got) {
 			t.Errorf("cellText(%q, %d): width %d, but %q takes %d", tc.s, tc.limit, n, got, displayWidth(got))
 		}
+	}
+}
+
+// A cell of characters of no width is cut at maxCellBytesPerColumn bytes a
+// column like a wide one at maxCellWidth columns: a table of such values is
+// as long as what it shows.
+func TestPrintTableCapsCellBytes(t *testing.T) {
+	zw := strings.Repeat("\u200b", 64<<10) + "x"
+	rows := &sqlclient.Rows{Columns: []string{"v"}, Types: []string{"TEXT"}}
+	const n = 1000
+	for range n {
+		rows.Rows = append(rows.Rows, []any{zw})
+	}
+	var b bytes.Buffer
+	if err := printTable(context.Background(), &b, rows); err != nil {
+		t.Fatal(err)
+	}
+	if size, most := b.Len(), n*(maxCellBytesPerColumn*maxCellWidth+1)+200; size > most {
+		t.Fatalf("%d bytes for %d rows of one %d-byte value; want at most %d", size, n, len(zw), most)
+	}
+	lines := strings.Split(b.String(), "\n")
+	if l := lines[2]; len(l) > maxCellBytesPerColumn*maxCellWidth || !strings.HasSuffix(l, "…") {
+		t.Fatalf("a row of %d bytes, ending %q; want at most %d, ending in …", len(l), l[max(0, len(l)-10):], maxCellBytesPerColumn*maxCellWidth)
+	}
+}
+
+// A table stopped by a signal prints whole the rows it formatted before
+// the signal, not those the output buffer happened to have passed on.
+func TestPrintTableFlushesWhenInterrupted(t *testing.T) {
+	rows := &sqlclient.Rows{Columns: []string{"k", "v"}, Types: []string{"INTEGER", "TEXT"}}
+	for i := range 10_000 {
+		rows.Rows = append(rows.Rows, []any{int64(i), "row"})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &onWrite{f: cancel}
+	if err := printTable(ctx, out, rows); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err %v; want context.Canceled", err)
+	}
+	got := out.b.String()
+	// The first write is the buffer's first 4 KiB; the row it cut in two
+	// was formatted before the signal, and ends the output.
+	if len(got) <= 4096 || !strings.HasSuffix(got, "\n") {
+		t.Fatalf("printed %d bytes ending %q; want more than the first 4096, ending with a whole row", len(got), got[max(0, len(got)-20):])
+	}
+	lines := strings.Split(strings.TrimSuffix(got, "\n"), "\n")
+	last := lines[len(lines)-1]
+	if want := fmt.Sprintf("%4d  row", len(lines)-3); last != want {
+		t.Fatalf("last line %q; want %q", last, want)
 	}
 }
 
