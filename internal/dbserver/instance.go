@@ -47,11 +47,12 @@ type Config struct {
 	// WriteTimeout is how long a commit waits for a write quorum before it
 	// fails with storage_unavailable. Default 10s.
 	WriteTimeout time.Duration
-	// RequestTimeout bounds one request's SQL: a statement still running
-	// then is interrupted, and the request fails with timeout. A runaway
-	// statement would otherwise hold a connection (and, writing, the
-	// writer turn) for as long as its client waits. Default 2m, or a minute
-	// more than WriteTimeout if that is longer.
+	// RequestTimeout bounds one request, from the handler's start: waiting
+	// for room in the body budget, the body's arrival, and its SQL, which
+	// is interrupted when it runs out (code timeout). A runaway statement
+	// would otherwise hold a connection (and, writing, the writer turn) for
+	// as long as its client waits. Default 2m, or a minute more than
+	// WriteTimeout if that is longer.
 	RequestTimeout time.Duration
 	// LeaseTTL is the writer lease's time to live. Default 5s.
 	LeaseTTL time.Duration
