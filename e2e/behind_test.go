@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/sqlclient"
 	"github.com/borealis-db/borealis/internal/wait"
@@ -39,25 +36,24 @@ func TestSQLEmptiedNodeDoesNotHoldWrites(t *testing.T) {
 	}
 
 	volID := mainVolumeID(t, c.dir)
-	segInfo := func(id string) *pb.SegmentInfoResponse {
-		conn, err := grpc.NewClient(c.component(t, id).Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+	peers := map[string]pb.StorageClient{}
+	for _, id := range []string{"s1", "s2", "s3", "s4", "s5"} {
+		peers[id] = storageAt(t, c.component(t, id).Addr)
+	}
+	logFloor := func(id string) uint64 {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		resp, err := pb.NewStorageClient(conn).SegmentInfo(ctx, &pb.SegmentInfoRequest{Volume: volID, Pg: 0})
+		resp, err := peers[id].SegmentInfo(ctx, &pb.SegmentInfoRequest{Volume: volID, Pg: 0})
 		if err != nil {
 			t.Fatalf("SegmentInfo of %s: %v", id, err)
 		}
-		return resp
+		return resp.GetLogFloor()
 	}
 	// The peers collect the log below the VDL once they have materialized
 	// it: an emptied s6 can then no longer fill its hole by gossip.
 	wait.For(t, 60*time.Second, "s1 to s5 to collect their log", func() bool {
-		for _, id := range []string{"s1", "s2", "s3", "s4", "s5"} {
-			if segInfo(id).GetLogFloor() == 0 {
+		for id := range peers {
+			if logFloor(id) == 0 {
 				return false
 			}
 		}
