@@ -131,10 +131,33 @@ func openPool(dsn string, opts Options, reader bool) (*sql.DB, error) {
 			}
 		}
 		if opts.OnConnect != nil {
-			return opts.OnConnect(c, reader)
+			if err := opts.OnConnect(c, reader); err != nil {
+				return err
+			}
 		}
+		f, err := fileOf(c)
+		if err != nil {
+			return err
+		}
+		f.opened = true
 		return nil
 	})
+}
+
+// fileOf returns the VFS file of c's main database.
+func fileOf(c *sqlite3.Conn) (*file, error) {
+	h, err := c.FileControl("main", sqlite3.FCNTL_FILE_POINTER)
+	if err != nil {
+		return nil, err
+	}
+	if u, ok := h.(interface{ Unwrap() vfs.File }); ok {
+		h = u.Unwrap()
+	}
+	f, ok := h.(*file)
+	if !ok {
+		return nil, fmt.Errorf("sqlvfs: the connection's database is not on a Borealis volume")
+	}
+	return f, nil
 }
 
 // checkConn verifies the pragmas the VFS depends on, on each new writer
@@ -539,7 +562,15 @@ type file struct {
 	reader bool
 	// holdsWriter: this writer connection has the writer turn.
 	holdsWriter bool
-	unpin       func()
+	// opened: the connection's setup (its DSN pragmas, checkConn,
+	// OnConnect) is over, so what it reads may reach a caller. Until then
+	// a writer connection does not wait for the newest state it read to be
+	// durable: setup reads only what no commit changes (page size, journal
+	// mode), and every statement after it reads again, under its own
+	// transaction, and waits then. Waiting during setup made a write that
+	// needed a new connection wait out the write timeout twice.
+	opened bool
+	unpin  func()
 	// commitLSN is the MTR this transaction submitted, waited for at Unlock.
 	commitLSN uint64
 	// failure is the last error the volume gave this connection. SQLite
@@ -598,16 +629,9 @@ func ConnError(ctx context.Context, conn *sql.Conn) error {
 		if !ok {
 			return fmt.Errorf("sqlvfs: %T is not a go-sqlite3 connection", dc)
 		}
-		h, err := rc.Raw().FileControl("main", sqlite3.FCNTL_FILE_POINTER)
+		f, err := fileOf(rc.Raw())
 		if err != nil {
 			return err
-		}
-		if u, ok := h.(interface{ Unwrap() vfs.File }); ok {
-			h = u.Unwrap()
-		}
-		f, ok := h.(*file)
-		if !ok {
-			return fmt.Errorf("sqlvfs: the connection's database is not on a Borealis volume")
 		}
 		f.failMu.Lock()
 		out, f.failure = f.failure, nil
@@ -629,7 +653,7 @@ func (f *file) page(pg uint64) ([]byte, error) {
 	if f.holdsWriter {
 		var lsn uint64
 		b, lsn, err = f.db.pageNewest(pg)
-		if err == nil && f.lock < vfs.LOCK_RESERVED && lsn > f.db.vol.VDL() {
+		if err == nil && f.opened && f.lock < vfs.LOCK_RESERVED && lsn > f.db.vol.VDL() {
 			// A writer connection outside a write transaction hands what
 			// it reads to the caller before the transaction ends: it may
 			// not see what is not durable yet. (A write transaction may:
@@ -1014,7 +1038,10 @@ func (f *file) Unlock(lock vfs.LockLevel) error {
 		// one's commit, and the newest state it read, become durable.
 		d.releaseWriter()
 		f.holdsWriter = false
-		wait = max(f.commitLSN, f.rp)
+		wait = f.commitLSN
+		if f.opened {
+			wait = max(wait, f.rp)
+		}
 		f.commitLSN = 0
 	}
 	if lock < vfs.LOCK_SHARED && f.unpin != nil {
