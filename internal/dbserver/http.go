@@ -749,6 +749,17 @@ func (s *Instance) execOne(ctx context.Context, conn *sql.Conn, p interface {
 	if vacuum {
 		defer rawConn(conn, func(c *sqlite3.Conn) { c.SetAuthorizer(writerAuthorizer) })
 	}
+	// The counts are the statement's, read as soon as it is done: the
+	// driver zeroes the last insert rowid before every statement it runs
+	// on the connection, the RELEASE of the savepoint below included.
+	counts := func() error {
+		return rawConn(conn, func(c *sqlite3.Conn) {
+			if c.TotalChanges() != before {
+				out.RowsAffected = c.Changes()
+			}
+			out.LastInsertID = c.LastInsertRowID()
+		})
+	}
 	if mayReturnRows(q) && !vacuum {
 		// A write with RETURNING has made its changes before its first row
 		// comes back; if reading the rows fails (too many of them), a
@@ -761,6 +772,9 @@ func (s *Instance) execOne(ctx context.Context, conn *sql.Conn, p interface {
 			}
 		}
 		res, err := queryRows(ctx, s, st, args)
+		if err == nil {
+			err = counts()
+		}
 		if own {
 			if err != nil {
 				_, _ = conn.ExecContext(context.Background(), "ROLLBACK TO borealis_statement")
@@ -781,19 +795,15 @@ func (s *Instance) execOne(ctx context.Context, conn *sql.Conn, p interface {
 		// Exec: a query's rows machinery costs ~5% of the writer's
 		// throughput on one-row INSERTs.
 		return out, err
+	} else if err := counts(); err != nil {
+		return out, err
 	}
 	if sqlclient.Keyword(q) == "CREATE" {
 		if err := refuseTempObjects(conn); err != nil {
 			return out, err
 		}
 	}
-	err = rawConn(conn, func(c *sqlite3.Conn) {
-		if c.TotalChanges() != before {
-			out.RowsAffected = c.Changes()
-		}
-		out.LastInsertID = c.LastInsertRowID()
-	})
-	return out, err
+	return out, nil
 }
 
 // mayReturnRows reports whether q can produce rows: a read (SELECT, WITH
