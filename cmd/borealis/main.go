@@ -24,7 +24,8 @@ func noArgs(hint string) cobra.PositionalArgs {
 	}
 }
 
-func main() {
+// rootCmd is the borealis command, with every subcommand.
+func rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "borealis",
 		Short:         "Borealis: an Aurora-style log-structured storage service",
@@ -34,9 +35,15 @@ func main() {
 	root.AddCommand(storageCmd(), benchCmd(), controlCmd())
 	root.AddCommand(upCmd(), restartCmd(), statusCmd(), volumeCmd(), dbCmd())
 	root.AddCommand(sqlCmd())
-	// Ctrl-C or SIGTERM cancels the command's context, so that commands that
-	// start processes or make temporary directories clean up on the way out.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	return root
+}
+
+func main() {
+	root := rootCmd()
+	// Ctrl-C or SIGTERM (and for some commands SIGHUP) cancels the
+	// command's context, so that commands that start processes or make
+	// temporary directories clean up on the way out.
+	ctx, stop := signal.NotifyContext(context.Background(), stopSignals(root, os.Args[1:])...)
 	err := root.ExecuteContext(ctx)
 	interrupted := ctx.Err() != nil
 	stop()
@@ -48,4 +55,33 @@ func main() {
 		fmt.Fprintln(os.Stderr, "borealis:", err)
 		os.Exit(1)
 	}
+}
+
+// hangupStops are the commands that a hangup (SIGHUP: the terminal they run
+// in closed) stops as Ctrl-C does: the daemons, as a clean stop, and the
+// commands that start processes or make volumes and temporary directories,
+// which they remove on the way out. `up` killed by a hangup would leave
+// cluster.json and up.sock behind, and its processes would die with it
+// (their parent-death signal) instead of stopping in order. The others keep
+// the default and end at once: the sql shell, say, has nothing to clean up
+// once its terminal is gone.
+var hangupStops = map[string]bool{"up": true, "storage": true, "control": true, "db": true, "bench": true}
+
+// stopSignals are the signals that cancel the context of the command that
+// args name.
+func stopSignals(root *cobra.Command, args []string) []os.Signal {
+	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM}
+	cmd, _, err := root.Find(args)
+	if err != nil {
+		return sigs
+	}
+	for cmd.HasParent() && cmd.Parent() != root {
+		cmd = cmd.Parent()
+	}
+	// Under nohup SIGHUP is ignored, and should stay so: Notify would
+	// install a handler instead.
+	if hangupStops[cmd.Name()] && !signal.Ignored(syscall.SIGHUP) {
+		sigs = append(sigs, syscall.SIGHUP)
+	}
+	return sigs
 }

@@ -53,8 +53,8 @@ embedded etcd), six storage nodes s1..s6, two in each of AZs a, b and c, and
 the writer database instance serving SQL over HTTP, each a separate process of
 this binary with its data and log in --dir. It creates the volume "main" if
 there is none, starts the writer on it, writes D/cluster.json once
-everything is ready, and runs until Ctrl-C or SIGTERM, which stop every
-process. A process that dies is reported, not restarted: "borealis restart ID"
+everything is ready, and runs until Ctrl-C, SIGTERM or SIGHUP (its terminal
+closing), which stop every process. A process that dies is reported, not restarted: "borealis restart ID"
 starts it again. Running "up" again on the same directory resumes the same
 cluster, on the same addresses, with its data.`,
 		Args: noArgs("; the cluster's directory is --dir DIR"),
