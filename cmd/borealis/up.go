@@ -175,7 +175,7 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 		return err
 	}
 	fmt.Fprintf(out, "  all 6 storage nodes registered and up (%s)\n", since(start))
-	vol, err := ensureVolume(ctx, ctl, defaultVolume, o.pgSize)
+	vol, created, err := getOrCreateVolume(ctx, ctl, defaultVolume, o.pgSize)
 	if err != nil {
 		return err
 	}
@@ -184,10 +184,10 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 			return err
 		}
 	}
-	if o.pgSizeSet && vol.PgSizeBytes != o.pgSize {
+	if o.pgSizeSet && !created && vol.PgSizeBytes != o.pgSize {
 		fmt.Fprintf(out, "  note: volume %s already exists with %s PGs; --pg-size applies to new volumes only\n", vol.Name, formatSize(vol.PgSizeBytes))
 	}
-	fmt.Fprintf(out, "  volume %s: id %d, %d-byte pages, %s PGs, %d PG(s)\n", vol.Name, vol.Id, vol.PageSize, formatSize(vol.PgSizeBytes), vol.Pgs)
+	printVolume(out, vol, created, resumed)
 	// The writer's start includes crash recovery, and after a crash it waits
 	// for the old writer's lease to expire.
 	if err := cl.StartDB(ctx, writerID, "writer", defaultVolume, addrs[writerID], "--write-timeout", o.writeTimeout.String()); err != nil {
@@ -395,22 +395,52 @@ func waitNodesUp(ctx context.Context, ctl pb.ControlClient, want int, timeout ti
 	}
 }
 
+// ensureVolume returns the volume name, which it creates (with pgSize-byte
+// PGs) if there is none.
 func ensureVolume(ctx context.Context, ctl pb.ControlClient, name string, pgSize uint64) (*pb.VolumeInfo, error) {
-	v, err := ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: name})
+	v, _, err := getOrCreateVolume(ctx, ctl, name, pgSize)
+	return v, err
+}
+
+// getOrCreateVolume is ensureVolume, and reports whether it created the
+// volume.
+func getOrCreateVolume(ctx context.Context, ctl pb.ControlClient, name string, pgSize uint64) (v *pb.VolumeInfo, created bool, err error) {
+	v, err = ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: name})
 	if err == nil {
-		return v, nil
+		return v, false, nil
 	}
 	if status.Code(err) != codes.NotFound {
-		return nil, fmt.Errorf("look up volume %s: %w", name, err)
+		return nil, false, fmt.Errorf("look up volume %s: %w", name, err)
 	}
 	v, err = ctl.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: name, PageSize: upPageSize, PgSizeBytes: pgSize})
 	if status.Code(err) == codes.AlreadyExists {
-		return ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: name})
+		// Another client created it first.
+		v, err = ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: name})
+		if err != nil {
+			return nil, false, fmt.Errorf("look up volume %s: %w", name, err)
+		}
+		return v, false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("create volume %s: %w", name, err)
+		return nil, false, fmt.Errorf("create volume %s: %w", name, err)
 	}
-	return v, nil
+	return v, true, nil
+}
+
+// printVolume describes the volume up runs the writer on, and says so when
+// up has just created it: it is empty. On a resumed cluster that means the
+// catalog had no such volume, most likely because it was deleted, and a
+// deleted volume's data does not come back.
+func printVolume(out io.Writer, vol *pb.VolumeInfo, created, resumed bool) {
+	shape := fmt.Sprintf("%d-byte pages, %s PGs, %d PG(s)", vol.PageSize, formatSize(vol.PgSizeBytes), vol.Pgs)
+	if !created {
+		fmt.Fprintf(out, "  volume %s: id %d, %s\n", vol.Name, vol.Id, shape)
+		return
+	}
+	fmt.Fprintf(out, "  created volume %s (id %d): it is new and empty; %s\n", vol.Name, vol.Id, shape)
+	if resumed {
+		fmt.Fprintf(out, "  note: the resumed cluster's catalog had no volume %s: it was deleted (borealis volume delete), or the control plane's data was lost. A deleted volume's data is not brought back; the new %s starts empty\n", vol.Name, vol.Name)
+	}
 }
 
 // restartEvent is one line, in JSON, of up's answer to "restart ID" on
