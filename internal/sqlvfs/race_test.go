@@ -97,37 +97,51 @@ func TestReadsInTheWindowBeforeTheCacheHasTheMTR(t *testing.T) {
 
 // A writer connection's read outside a write transaction never returns a
 // commit that is not durable: after a commit failed for lack of a write
-// quorum, reading through the writer pool fails instead of showing it.
+// quorum, reading through the writer pool fails instead of showing it. So it
+// is for OpenDB's pool, and for a database/sql pool opened on DSN, as
+// borealis.DSN users open it (without OpenDB's connect hook).
 func TestWriterPoolReadsOnlyDurableState(t *testing.T) {
-	cl := startCluster(t)
-	db := openDBPools(t, cl.client(t, 1, 0, time.Second), Options{CacheMiB: 8})
-	mustExec(t, db.Writer, "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
-	for k := 1; k <= 10; k++ {
-		mustExec(t, db.Writer, "INSERT INTO t(k, v) VALUES(?, 'x')", k)
-	}
-	for _, i := range []int{0, 2, 4} {
-		cl.nodes[i].Close()
-	}
-	if _, err := db.Writer.Exec("INSERT INTO t(k, v) VALUES(11, 'never acknowledged')"); err == nil {
-		t.Fatal("insert with 3 nodes down succeeded")
-	}
-	ctx := context.Background()
-	conn, err := db.Writer.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	var n int
-	err = conn.QueryRowContext(ctx, "SELECT count(*) FROM t").Scan(&n)
-	if err == nil {
-		t.Fatalf("the writer pool read %d rows, the unacknowledged one included, without an error", n)
-	}
-	var unack *UnacknowledgedError
-	if cause := ConnError(ctx, conn); !errors.As(cause, &unack) {
-		t.Fatalf("read of an undurable state: %v, cause %v; want an *UnacknowledgedError", err, cause)
-	}
-	if err := db.Reader.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 10 {
-		t.Fatalf("read connection: %d rows, %v; want the 10 acknowledged", n, err)
+	for _, pool := range []string{"OpenDB", "sql.Open(DSN)"} {
+		t.Run(pool, func(t *testing.T) {
+			cl := startCluster(t)
+			db := openDBPools(t, cl.client(t, 1, 0, time.Second), Options{CacheMiB: 8})
+			writer := db.Writer
+			if pool == "sql.Open(DSN)" {
+				var err error
+				if writer, err = sql.Open("sqlite3", DSN(db.d.name, Options{})); err != nil {
+					t.Fatal(err)
+				}
+				defer writer.Close()
+			}
+			mustExec(t, writer, "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
+			for k := 1; k <= 10; k++ {
+				mustExec(t, writer, "INSERT INTO t(k, v) VALUES(?, 'x')", k)
+			}
+			for _, i := range []int{0, 2, 4} {
+				cl.nodes[i].Close()
+			}
+			if _, err := writer.Exec("INSERT INTO t(k, v) VALUES(11, 'never acknowledged')"); err == nil {
+				t.Fatal("insert with 3 nodes down succeeded")
+			}
+			ctx := context.Background()
+			conn, err := writer.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			var n int
+			err = conn.QueryRowContext(ctx, "SELECT count(*) FROM t").Scan(&n)
+			if err == nil {
+				t.Fatalf("the writer pool read %d rows, the unacknowledged one included, without an error", n)
+			}
+			var unack *UnacknowledgedError
+			if cause := ConnError(ctx, conn); !errors.As(cause, &unack) {
+				t.Fatalf("read of an undurable state: %v, cause %v; want an *UnacknowledgedError", err, cause)
+			}
+			if err := db.Reader.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 10 {
+				t.Fatalf("read connection: %d rows, %v; want the 10 acknowledged", n, err)
+			}
+		})
 	}
 }
 

@@ -124,7 +124,7 @@ type Options struct {
 // openPool opens a database/sql pool on dsn, with opts.OnConnect on every
 // connection.
 func openPool(dsn string, opts Options, reader bool) (*sql.DB, error) {
-	return driver.Open(dsn, func(c *sqlite3.Conn) error {
+	return driver.Open(dsn+"&"+setupParam+"=1", func(c *sqlite3.Conn) error {
 		if !reader {
 			if err := checkConn(c, opts); err != nil {
 				return err
@@ -140,9 +140,17 @@ func openPool(dsn string, opts Options, reader bool) (*sql.DB, error) {
 			return err
 		}
 		f.opened = true
+		// Setup read the newest state without waiting, and SQLite keeps
+		// what it read (the schema): a new counter at the next SHARED makes
+		// it read again, under a transaction that waits.
+		f.rpValid = false
 		return nil
 	})
 }
+
+// setupParam marks the connections of openPool, whose setup does not wait
+// (see file.opened).
+const setupParam = "borealis_setup"
 
 // fileOf returns the VFS file of c's main database.
 func fileOf(c *sqlite3.Conn) (*file, error) {
@@ -457,7 +465,7 @@ func (d *database) read(pg, rp uint64) ([]byte, error) {
 type borealisVFS struct{}
 
 func (v borealisVFS) Open(name string, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
-	return v.open(name, "", flags)
+	return v.open(name, "", false, flags)
 }
 
 // OpenFilename opens name; a URI with a control parameter
@@ -465,12 +473,12 @@ func (v borealisVFS) Open(name string, flags vfs.OpenFlag) (vfs.File, vfs.OpenFl
 // which the opener set with SetOpener starts serving in this process.
 func (v borealisVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
 	if name == nil {
-		return v.open("", "", flags)
+		return v.open("", "", false, flags)
 	}
-	return v.open(name.String(), name.URIParameter("control"), flags)
+	return v.open(name.String(), name.URIParameter("control"), name.URIParameter(setupParam) != "", flags)
 }
 
-func (borealisVFS) open(name, control string, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
+func (borealisVFS) open(name, control string, setup bool, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
 	const temps = vfs.OPEN_TEMP_JOURNAL | vfs.OPEN_SUBJOURNAL | vfs.OPEN_TEMP_DB | vfs.OPEN_TRANSIENT_DB
 	if flags&temps != 0 || name == "" {
 		return &vfsutil.SliceFile{}, flags | vfs.OPEN_MEMORY, nil
@@ -492,7 +500,7 @@ func (borealisVFS) open(name, control string, flags vfs.OpenFlag) (vfs.File, vfs
 	if d == nil {
 		return nil, flags, sqlite3.CANTOPEN
 	}
-	return &file{db: d, reader: flags&vfs.OPEN_READONLY != 0}, flags, nil
+	return &file{db: d, reader: flags&vfs.OPEN_READONLY != 0, opened: !setup}, flags, nil
 }
 
 // Opener starts serving volume, of the cluster whose control plane is at
@@ -562,13 +570,14 @@ type file struct {
 	reader bool
 	// holdsWriter: this writer connection has the writer turn.
 	holdsWriter bool
-	// opened: the connection's setup (its DSN pragmas, checkConn,
-	// OnConnect) is over, so what it reads may reach a caller. Until then
-	// a writer connection does not wait for the newest state it read to be
-	// durable: setup reads only what no commit changes (page size, journal
-	// mode), and every statement after it reads again, under its own
-	// transaction, and waits then. Waiting during setup made a write that
-	// needed a new connection wait out the write timeout twice.
+	// opened: what the connection reads may reach a caller, so a writer
+	// connection waits for the newest state it read to be durable. A
+	// connection of OpenDB's pools is not opened during its setup (its DSN
+	// pragmas, checkConn, OnConnect): setup hands nothing it reads to a
+	// caller, and waiting there made a write that needed a new connection
+	// wait out the write timeout twice. Every other connection (a
+	// database/sql pool on DSN, as borealis.DSN users open) is opened from
+	// the start.
 	opened bool
 	unpin  func()
 	// commitLSN is the MTR this transaction submitted, waited for at Unlock.
