@@ -581,8 +581,20 @@ the process exits before it is ready, quoting the end of its log.`,
 			// up answers "started" at once; after that the wait is --wait.
 			c.SetDeadline(start.Add(10 * time.Second))
 			fmt.Fprintf(c, "restart %s\n", id)
-			dec := json.NewDecoder(c)
+			br := bufio.NewReader(c)
 			out := cmd.OutOrStdout()
+			if first, err := br.Peek(1); err == nil && first[0] != '{' {
+				// An `up` of an earlier build (still running after a
+				// rebuild) answers one line: "ok PID" or "error: ...".
+				line, _ := br.ReadString('\n')
+				line = strings.TrimSpace(line)
+				if pid, ok := strings.CutPrefix(line, "ok "); ok {
+					fmt.Fprintf(out, "%s restarted, pid %s (the running `borealis up` is of an earlier build: it does not report readiness)\n", id, pid)
+					return nil
+				}
+				return errors.New(strings.TrimPrefix(line, "error: "))
+			}
+			dec := json.NewDecoder(br)
 			var started, waiting restartEvent
 			for {
 				var ev restartEvent
