@@ -142,6 +142,16 @@ type Instance struct {
 	lostOnce *sync.Once
 	closeVol func()
 
+	// hooks let tests stop the start at a chosen point; they are nil
+	// outside tests, and set before Start or Run.
+	hooks struct {
+		// recovered runs in open once recovery has succeeded, before the
+		// volume and the database open; lost is the attempt's.
+		recovered func(lost <-chan struct{})
+		// keeperDone runs when the keepLease of the given lease returns.
+		keeperDone func(lease int64)
+	}
+
 	stats struct {
 		executes, queries atomic.Uint64
 	}
@@ -438,6 +448,9 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) (e
 		return fmt.Errorf("dbserver: recovery of volume %s at epoch %d: %w", s.cfg.Volume, epoch, err)
 	}
 	s.log.Info("recovery done", "epoch", epoch, "vdl", cfg.BaseLSN, "took", time.Since(start).Round(time.Millisecond), "detail", rec)
+	if h := s.hooks.recovered; h != nil {
+		h(lost)
+	}
 	vol, err := volume.Open(vctx, cfg)
 	if err != nil {
 		stopFollow()
@@ -456,6 +469,22 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) (e
 	// for one rather than grow the process without bound.
 	db.Reader.SetMaxOpenConns(s.cfg.MaxWriters)
 	s.mu.Lock()
+	// The lease may have been lost since recovery began: the volume and the
+	// database opened on vctx, which outlives rctx, and recovery may have
+	// succeeded just as rctx was cancelled. keepLease closes lost before it
+	// does anything else, and marks the instance not ready under s.mu, so
+	// this check and the publication below cannot interleave with it: an
+	// attempt whose lease is gone never serves (it would serve without
+	// renewals, and stale reads once another writer took over).
+	select {
+	case <-lost:
+		s.mu.Unlock()
+		db.Close()
+		vol.Close()
+		stopFollow()
+		return fmt.Errorf("dbserver: lost the writer lease of volume %s at epoch %d before serving", s.cfg.Volume, epoch)
+	default:
+	}
 	s.db, s.vol, s.volID, s.epoch = db, vol, cfg.VolumeID, epoch
 	s.lost, s.lostOnce, s.lease, s.limbo = lost, once, lease, 0
 	s.closeVol = func() {
@@ -464,8 +493,8 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) (e
 		stopFollow()
 	}
 	s.status, s.retryWhy = "ready", ""
-	s.mu.Unlock()
 	s.ready.Store(true)
+	s.mu.Unlock()
 	s.log.Info("serving as the writer", "epoch", epoch, "vdl", vol.VDL())
 	return nil
 }
@@ -500,7 +529,15 @@ func (s *Instance) recoveryWaits(epoch uint64) func(*volume.RecoverWait) {
 // this one's writes by epoch, but its reads would go stale). Then the
 // instance stops serving: Run takes the lease again, with a new epoch and a
 // new recovery; an instance from Start shuts down.
+//
+// Only the keepLease that closes lost acts on the instance: once the
+// attempt has ended otherwise (it failed, was fenced or shut down), what
+// its renewal returns concerns a lease that is no longer the instance's,
+// and the instance may already serve under the next attempt's.
 func (s *Instance) keepLease(lease int64, lost chan struct{}, once *sync.Once) {
+	if h := s.hooks.keeperDone; h != nil {
+		defer h(lease)
+	}
 	t := time.NewTicker(s.cfg.LeaseTTL / 3)
 	defer t.Stop()
 	lastOK := time.Now()
@@ -513,12 +550,21 @@ func (s *Instance) keepLease(lease int64, lost chan struct{}, once *sync.Once) {
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.LeaseTTL/3)
 		_, err := s.ctl.RenewWriter(ctx, &pb.RenewWriterRequest{Lease: lease})
 		cancel()
+		select {
+		case <-lost:
+			// The attempt ended while the renewal was in flight (Run may
+			// have released the lease: the answer says it is gone).
+			return
+		default:
+		}
 		why := ""
 		switch {
 		case err == nil:
 			lastOK = time.Now()
 			continue
-		case status.Code(err) == codes.NotFound:
+		case status.Code(err) == codes.NotFound, status.Code(err) == codes.FailedPrecondition:
+			// The control plane answers an expired (or released) lease
+			// with FailedPrecondition (control.ErrLeaseExpired).
 			why = "the writer lease expired"
 		case time.Since(lastOK) >= s.cfg.LeaseTTL:
 			why = fmt.Sprintf("the writer lease could not be renewed for %s, its time to live", s.cfg.LeaseTTL)
@@ -526,12 +572,19 @@ func (s *Instance) keepLease(lease int64, lost chan struct{}, once *sync.Once) {
 			s.log.Warn("cannot renew the writer lease; retrying", "err", err, "since_last_renewal", time.Since(lastOK).Round(time.Millisecond))
 			continue
 		}
-		s.ready.Store(false)
+		won := false
 		once.Do(func() {
-			s.log.Error("no longer the writer: "+why, "err", err)
 			close(lost)
+			won = true
 		})
+		if !won {
+			return
+		}
+		s.log.Error("no longer the writer: "+why, "err", err)
+		// Under s.mu, with lost already closed: open either published
+		// before (and this unpublishes) or sees lost closed and fails.
 		s.mu.Lock()
+		s.ready.Store(false)
 		restarts := s.restarts
 		s.mu.Unlock()
 		if !restarts {
@@ -553,13 +606,20 @@ func (s *Instance) release(lease *pb.AcquireWriterResponse) {
 // shutdown stops serving, closes the database and the volume client and
 // releases the lease.
 func (s *Instance) shutdown() {
-	s.ready.Store(false)
 	s.mu.Lock()
+	s.ready.Store(false)
 	closeVol, lease := s.closeVol, s.lease
+	lost, once := s.lost, s.lostOnce
 	s.closeVol, s.lease = nil, nil
 	s.db, s.vol = nil, nil
 	s.status = "stopped"
 	s.mu.Unlock()
+	// The served attempt ends here: its keepLease stops rather than renew
+	// (or, once the lease is released, report lost) a lease that is no
+	// longer kept, as after Run's context ends.
+	if once != nil {
+		once.Do(func() { close(lost) })
+	}
 	if closeVol != nil {
 		closeVol()
 	}

@@ -1,0 +1,292 @@
+package dbserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/control"
+	"github.com/borealis-db/borealis/internal/storage"
+	"github.com/borealis-db/borealis/internal/wait"
+)
+
+// startControlCluster runs six in-process storage nodes (two per AZ) and a
+// control plane (embedded etcd, catalog, gRPC service) that lists them as
+// up, with a volume named "main". It returns the control plane's address.
+func startControlCluster(t *testing.T) string {
+	t.Helper()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	e, urls, err := control.StartEmbedded(t.TempDir(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cat, err := control.Open(ctx, urls, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cat.Close() })
+	for i, az := range []string{"a", "a", "b", "b", "c", "c"} {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := fmt.Sprintf("s%d", i)
+		n := &testNode{t: t, cfg: storage.Config{ID: id, AZ: az, Dir: t.TempDir(), Logger: logger}, addr: lis.Addr().String()}
+		n.start(lis)
+		t.Cleanup(n.stop)
+		if err := cat.RegisterNode(ctx, control.Node{ID: id, AZ: az, Addr: n.addr, CapacityBytes: 1 << 30}); err != nil {
+			t.Fatal(err)
+		}
+		if err := cat.Heartbeat(ctx, id, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := control.NewServer(cat, 0, logger)
+	gs := grpc.NewServer()
+	pb.RegisterControlServer(gs, srv)
+	go gs.Serve(lis)
+	t.Cleanup(func() { srv.Stop(); gs.Stop() })
+	if _, err := srv.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: "main", PageSize: 4096, PgSizeBytes: 16 * 4096}); err != nil {
+		t.Fatal(err)
+	}
+	return lis.Addr().String()
+}
+
+// hookedControl is the control plane as an instance sees it, with calls a
+// test replaces (nil: passed on).
+type hookedControl struct {
+	pb.ControlClient
+	getVolume func(ctx context.Context, req *pb.GetVolumeRequest, opts ...grpc.CallOption) (*pb.VolumeInfo, error)
+	renew     func(ctx context.Context, req *pb.RenewWriterRequest, opts ...grpc.CallOption) (*pb.RenewWriterResponse, error)
+}
+
+func (h *hookedControl) GetVolume(ctx context.Context, req *pb.GetVolumeRequest, opts ...grpc.CallOption) (*pb.VolumeInfo, error) {
+	if h.getVolume != nil {
+		return h.getVolume(ctx, req, opts...)
+	}
+	return h.ControlClient.GetVolume(ctx, req, opts...)
+}
+
+func (h *hookedControl) RenewWriter(ctx context.Context, req *pb.RenewWriterRequest, opts ...grpc.CallOption) (*pb.RenewWriterResponse, error) {
+	if h.renew != nil {
+		return h.renew(ctx, req, opts...)
+	}
+	return h.ControlClient.RenewWriter(ctx, req, opts...)
+}
+
+// hookedInstance is a writer of volume "main" whose control client h wraps;
+// set h's hooks and the instance's before Start or Run.
+func hookedInstance(t *testing.T, control string, ttl time.Duration) (*Instance, *hookedControl) {
+	t.Helper()
+	s, err := New(Config{Volume: "main", Control: control, ID: "w1", LeaseTTL: ttl,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &hookedControl{ControlClient: s.ctl}
+	s.ctl = h
+	return s, h
+}
+
+// waitClosed waits (a while, not forever) for c to be closed; the test
+// fails if it is not. It may run on any goroutine.
+func waitClosed(t *testing.T, c <-chan struct{}, what string) bool {
+	t.Helper()
+	select {
+	case <-c:
+		return true
+	case <-time.After(30 * time.Second):
+		t.Errorf("gave up waiting for %s", what)
+		return false
+	}
+}
+
+// TestLeaseLostAtTheEndOfRecovery: the control plane stops answering
+// renewals near the end of recovery, for longer than the lease's TTL, so
+// that keepLease gives the lease up after recovery has succeeded but before
+// the database opens. Start must fail and the instance must not serve: it
+// would serve with no renewals at all, and once another writer took the
+// lease and fenced it, its reads would be stale while it still thought
+// itself the writer.
+func TestLeaseLostAtTheEndOfRecovery(t *testing.T) {
+	addr := startControlCluster(t)
+	s, h := hookedInstance(t, addr, 600*time.Millisecond)
+	defer s.Close()
+	var unreachable atomic.Bool
+	h.renew = func(ctx context.Context, req *pb.RenewWriterRequest, opts ...grpc.CallOption) (*pb.RenewWriterResponse, error) {
+		if unreachable.Load() {
+			return nil, status.Error(codes.Unavailable, "the control plane is unreachable (test)")
+		}
+		return h.ControlClient.RenewWriter(ctx, req, opts...)
+	}
+	var recovered atomic.Bool
+	s.hooks.recovered = func(lost <-chan struct{}) {
+		recovered.Store(true)
+		unreachable.Store(true)
+		waitClosed(t, lost, "keepLease to give the lease up")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err := s.Start(ctx)
+	if !recovered.Load() {
+		t.Fatalf("recovery did not succeed: %v", err)
+	}
+	if err == nil {
+		t.Fatalf("Start succeeded with a lost lease: health %+v", s.Health())
+	}
+	t.Logf("Start: %v", err)
+	if !strings.Contains(err.Error(), "lost the writer lease") {
+		t.Fatalf("Start failed for another reason: %v", err)
+	}
+	if h := s.Health(); h.Ready || s.DB() != nil {
+		t.Fatalf("the instance serves without its lease: health %+v", h)
+	}
+	if _, e := s.readable(); e == nil || e.Code != CodeNotReady {
+		t.Fatalf("a query of an instance without its lease: %v", e)
+	}
+}
+
+// TestStaleRenewalAfterARetriedStart: a renewal of attempt 1's lease is in
+// flight when attempt 1 fails; Run releases that lease and starts attempt
+// 2, which serves; then the renewal returns NotFound. The instance still
+// holds attempt 2's valid lease and must stay ready: the old keepLease
+// must not mark it not ready (for ever, as nothing would mark it ready
+// again), nor shut anything down.
+func TestStaleRenewalAfterARetriedStart(t *testing.T) {
+	addr := startControlCluster(t)
+	s, h := hookedInstance(t, addr, 1500*time.Millisecond)
+	var firstLease atomic.Int64
+	renewing := make(chan struct{})  // attempt 1's renewal is in flight
+	answer := make(chan struct{})    // it may return now
+	oldDone := make(chan struct{})   // attempt 1's keepLease returned
+	var oldNotFound atomic.Bool      // ... after its renewal found the lease gone
+	var renewOnce, getOnce sync.Once // the first calls are attempt 1's
+	h.renew = func(ctx context.Context, req *pb.RenewWriterRequest, opts ...grpc.CallOption) (*pb.RenewWriterResponse, error) {
+		first := false
+		renewOnce.Do(func() { first = true })
+		if !first {
+			return h.ControlClient.RenewWriter(ctx, req, opts...)
+		}
+		firstLease.Store(req.Lease)
+		close(renewing)
+		waitClosed(t, answer, "attempt 2 to serve")
+		// The answer is late, not its question: the renewal reaches the
+		// control plane after Run released the lease.
+		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		resp, err := h.ControlClient.RenewWriter(rctx, req, opts...)
+		oldNotFound.Store(leaseGone(err))
+		return resp, err
+	}
+	h.getVolume = func(ctx context.Context, req *pb.GetVolumeRequest, opts ...grpc.CallOption) (*pb.VolumeInfo, error) {
+		first := false
+		getOnce.Do(func() { first = true })
+		if first {
+			// Attempt 1 fails, with its renewal in flight.
+			waitClosed(t, renewing, "attempt 1's first renewal")
+			return nil, status.Error(codes.Unavailable, "the control plane is unreachable (test)")
+		}
+		return h.ControlClient.GetVolume(ctx, req, opts...)
+	}
+	s.hooks.keeperDone = func(lease int64) {
+		if lease == firstLease.Load() {
+			close(oldDone)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- s.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-ran; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("Run: %v", err)
+		}
+		s.conn.Close()
+	}()
+	wait.For(t, 30*time.Second, "attempt 2 to serve", func() bool { return s.Health().Ready })
+	epoch := s.Health().Epoch
+	close(answer)
+	if !waitClosed(t, oldDone, "attempt 1's keepLease to return") {
+		t.FailNow()
+	}
+	if !oldNotFound.Load() {
+		t.Fatal("attempt 1's late renewal did not find its lease gone; the test tests nothing")
+	}
+	hl := s.Health()
+	if !hl.Ready || hl.Epoch != epoch || hl.Status != "ready" {
+		t.Fatalf("after attempt 1's late renewal failed, attempt 2 (epoch %d) no longer serves: health %+v", epoch, hl)
+	}
+	db, e := s.readable()
+	if e != nil {
+		t.Fatalf("a query after attempt 1's late renewal: %v", e)
+	}
+	if _, err := db.Reader.Exec("SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// leaseGone: a renewal's error says the lease no longer exists.
+func leaseGone(err error) bool {
+	c := status.Code(err)
+	return c == codes.NotFound || c == codes.FailedPrecondition
+}
+
+// TestRevokedLeaseStopsTheWriter: when the control plane says the lease is
+// gone (it answers FailedPrecondition for an expired or released lease),
+// the writer stops at once, for that reason, rather than keep serving until
+// renewals have failed for a whole TTL.
+func TestRevokedLeaseStopsTheWriter(t *testing.T) {
+	addr := startControlCluster(t)
+	s, h := hookedInstance(t, addr, 1500*time.Millisecond)
+	defer s.Close()
+	var renewErr atomic.Value
+	h.renew = func(ctx context.Context, req *pb.RenewWriterRequest, opts ...grpc.CallOption) (*pb.RenewWriterResponse, error) {
+		resp, err := h.ControlClient.RenewWriter(ctx, req, opts...)
+		if err != nil {
+			renewErr.Store(err)
+		}
+		return resp, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	lease := s.lease.Lease
+	s.mu.Unlock()
+	if _, err := h.ControlClient.ReleaseWriter(ctx, &pb.ReleaseWriterRequest{Lease: lease}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, 30*time.Second, "the writer to stop", func() bool { return !s.Health().Ready })
+	wait.For(t, 30*time.Second, "the writer's status to say why it stopped", func() bool {
+		return strings.HasPrefix(s.Health().Status, "stopped: ")
+	})
+	err, _ := renewErr.Load().(error)
+	if !leaseGone(err) {
+		t.Fatalf("the renewal of a released lease: %v", err)
+	}
+	if st := s.Health().Status; st != "stopped: the writer lease expired" {
+		t.Fatalf("status %q after the control plane said the lease was gone (%v)", st, err)
+	}
+}
