@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -136,8 +137,14 @@ type uploadReply struct {
 // a length) that arrives only as the test writes it.
 func startUpload(t *testing.T, url string, size int64) *upload {
 	t.Helper()
+	return startUploadTo(t, url, "/v1/execute", size)
+}
+
+// startUploadTo is startUpload to path.
+func startUploadTo(t *testing.T, url, path string, size int64) *upload {
+	t.Helper()
 	pr, pw := io.Pipe()
-	req, err := http.NewRequest(http.MethodPost, url+"/v1/execute", pr)
+	req, err := http.NewRequest(http.MethodPost, url+path, pr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,12 +188,13 @@ func insertBody(t *testing.T, size int) []byte {
 	return bytes.Replace(b, []byte(`""`), []byte(`"`+strings.Repeat("x", pad)+`"`), 1)
 }
 
-// TestBodiesWaitForRoom: the request bodies an instance reads and decodes
-// at once add up to at most BodyBudgetBodies times its body cap. Four
-// uploads of the largest body, sent slowly, hold all of it; a fifth request
-// waits, unanswered, until one of them ends, and is then read and answered.
-// A body sent without a length holds the cap until it is read, then its
-// size. A body announced over the cap is refused without taking any.
+// TestBodiesWaitForRoom: the large request bodies /v1/execute reads and
+// decodes at once add up to at most its share of the budget,
+// BodyBudgetBodies-QueryBodyBudgetBodies times the body cap. Uploads of the
+// largest body, sent slowly, hold all of it; one more waits, unanswered,
+// until one of them ends, and is then read and answered. A large body sent
+// without a length holds the cap until it is read, then its size. A body
+// announced over the cap is refused without taking any.
 func TestBodiesWaitForRoom(t *testing.T) {
 	const maxBody = 1 << 20
 	h := notReadyInstance(Config{MaxBodyBytes: maxBody, RequestTimeout: 5 * time.Minute}).Handler().(*apiHandler)
@@ -200,20 +208,21 @@ func TestBodiesWaitForRoom(t *testing.T) {
 		}
 	}
 
+	const share = BodyBudgetBodies - QueryBodyBudgetBodies
 	var slow []*upload
-	for range BodyBudgetBodies {
+	for range share {
 		u := startUpload(t, srv.URL, maxBody)
 		if _, err := u.body.Write([]byte(`{"statements": [`)); err != nil {
 			t.Fatal(err)
 		}
 		slow = append(slow, u)
 	}
-	wait.For(t, 10*time.Second, "the slow uploads to hold the whole budget", budget(BodyBudgetBodies*maxBody, 0))
+	wait.For(t, 10*time.Second, "the slow uploads to hold the whole budget", budget(share*maxBody, 0))
 
 	body := insertBody(t, maxBody)
 	fifth := startUpload(t, srv.URL, int64(len(body)))
 	go func() { fifth.body.Write(body); fifth.body.Close() }()
-	wait.For(t, 10*time.Second, "the fifth request to wait for room", budget(BodyBudgetBodies*maxBody, 1))
+	wait.For(t, 10*time.Second, "the fifth request to wait for room", budget(share*maxBody, 1))
 	select {
 	case r := <-fifth.reply:
 		t.Fatalf("the fifth request was answered while the budget was full: %+v", r)
@@ -232,14 +241,21 @@ func TestBodiesWaitForRoom(t *testing.T) {
 	}
 	wait.For(t, 10*time.Second, "the budget to be given back", budget(0, 0))
 
-	// Chunked: the cap while it is read, nothing once answered.
+	// Chunked: nothing for its first smallBody bytes, then the cap while
+	// it is read, nothing once answered.
 	chunked := startUpload(t, srv.URL, -1)
-	small := insertBody(t, 100)
-	if _, err := chunked.body.Write(small[:50]); err != nil {
+	large := insertBody(t, smallBody+100)
+	if _, err := chunked.body.Write(large[:smallBody]); err != nil {
 		t.Fatal(err)
 	}
-	wait.For(t, 10*time.Second, "a chunked body to hold the cap while it is read", budget(maxBody, 0))
-	chunked.body.Write(small[50:])
+	if used, _ := h.bodies.inUse(); used != 0 {
+		t.Fatalf("a chunked body's first %d bytes took %d bytes of the budget", smallBody, used)
+	}
+	if _, err := chunked.body.Write(large[smallBody : smallBody+50]); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, 10*time.Second, "a large chunked body to hold the cap while it is read", budget(maxBody, 0))
+	chunked.body.Write(large[smallBody+50:])
 	chunked.body.Close()
 	if r := chunked.answered(t); r.code != CodeNotReady {
 		t.Fatalf("chunked request: %+v; want not_ready", r)
@@ -256,9 +272,9 @@ func TestBodiesWaitForRoom(t *testing.T) {
 	}
 }
 
-// TestBodiesBusy: a request that finds no room for its body within the
-// request timeout is answered 503 busy, saying why and what to do, with a
-// Retry-After; once there is room, requests are read again. A body that
+// TestBodiesBusy: a request that finds no room for its large body within
+// the request timeout is answered 503 busy, saying why and what to do, with
+// a Retry-After; once there is room, requests are read again. A body that
 // stops arriving fails with timeout and gives its room back.
 func TestBodiesBusy(t *testing.T) {
 	const maxBody = 1 << 20
@@ -266,21 +282,23 @@ func TestBodiesBusy(t *testing.T) {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	// Held as requests in flight would hold it.
-	if err := h.bodies.acquire(context.Background(), BodyBudgetBodies*maxBody); err != nil {
+	if err := h.queryBodies.acquire(context.Background(), h.queryBodies.size); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Post(srv.URL+"/v1/query", "application/json", strings.NewReader(query("SELECT 1")))
+	largeQuery := query("SELECT '" + strings.Repeat("x", smallBody) + "'")
+	resp, err := http.Post(srv.URL+"/v1/query", "application/json", strings.NewReader(largeQuery))
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	checkErr(t, resp.StatusCode, b, resp.Header, http.StatusServiceUnavailable, CodeBusy, "4MiB", "--max-body 1MiB", "request timeout", "retry")
+	checkErr(t, resp.StatusCode, b, resp.Header, http.StatusServiceUnavailable, CodeBusy, "1048576 bytes, 1MiB", "4 times", "--max-body 1MiB",
+		fmt.Sprintf("(%d bytes, 64.0KiB)", len(largeQuery)), "request timeout", "retry")
 	if resp.Header.Get("Retry-After") == "" {
 		t.Errorf("busy reply without Retry-After")
 	}
-	h.bodies.release(BodyBudgetBodies * maxBody)
-	resp, err = http.Post(srv.URL+"/v1/query", "application/json", strings.NewReader(query("SELECT 1")))
+	h.queryBodies.release(h.queryBodies.size)
+	resp, err = http.Post(srv.URL+"/v1/query", "application/json", strings.NewReader(largeQuery))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,8 +322,8 @@ func TestBodiesBusy(t *testing.T) {
 }
 
 // TestBodyBudgetOrder: room goes to waiters first come first served, so a
-// large body is not starved by later ones; a small body that fits passes
-// them; a waiter whose request ends gives up its place.
+// large body is not starved by later ones, however small; a waiter whose
+// request ends gives up its place.
 func TestBodyBudgetOrder(t *testing.T) {
 	const size = 10 << 20
 	b := newBodyBudget(size)
@@ -331,11 +349,6 @@ func TestBodyBudgetOrder(t *testing.T) {
 	// 1 MiB would fit (8 + 1 <= 10), but the large body came first.
 	waitFor("medium", 1<<20, ctx)
 	wait.For(t, 10*time.Second, "the medium body to wait behind it", waiting(2))
-	// A small body that fits does not wait.
-	if err := b.acquire(ctx, smallBody); err != nil {
-		t.Fatal(err)
-	}
-	b.release(smallBody)
 	// A waiter whose request ends leaves the queue.
 	cctx, cancel := context.WithCancelCause(ctx)
 	waitFor("abandoned", 3<<20, cctx)

@@ -105,17 +105,21 @@ func apiErr(status int, code, format string, args ...any) *APIError {
 
 // Handler returns the SQL API of the instance. The request bodies it holds
 // at once add up to at most BodyBudgetBodies times Config.MaxBodyBytes
-// (see bodyBudget); each Handler has its own budget, so an instance serves
-// one.
+// (see bodyBudget): /v1/execute's large bodies share all of it but
+// QueryBodyBudgetBodies times the cap, which /v1/query's have to
+// themselves, so that reads keep answering while writes holding their
+// bodies stall. Each Handler has its own budgets, so an instance serves one.
 func (s *Instance) Handler() http.Handler {
-	budget := int64(math.MaxInt64)
-	if s.cfg.MaxBodyBytes <= budget/BodyBudgetBodies {
-		budget = BodyBudgetBodies * s.cfg.MaxBodyBytes
+	perBody := s.cfg.MaxBodyBytes
+	writes, reads := int64(math.MaxInt64), int64(math.MaxInt64)
+	if perBody <= math.MaxInt64/BodyBudgetBodies {
+		writes = (BodyBudgetBodies - QueryBodyBudgetBodies) * perBody
+		reads = QueryBodyBudgetBodies * perBody
 	}
-	h := &apiHandler{ServeMux: http.NewServeMux(), bodies: newBodyBudget(budget)}
+	h := &apiHandler{ServeMux: http.NewServeMux(), bodies: newBodyBudget(writes), queryBodies: newBodyBudget(reads), bodyIdle: BodyIdleTimeout}
 	mux := h.ServeMux
-	mux.HandleFunc("POST /v1/execute", func(w http.ResponseWriter, r *http.Request) { s.handleExecute(w, r, h.bodies) })
-	mux.HandleFunc("POST /v1/query", func(w http.ResponseWriter, r *http.Request) { s.handleQuery(w, r, h.bodies) })
+	mux.HandleFunc("POST /v1/execute", func(w http.ResponseWriter, r *http.Request) { s.handleExecute(w, r, h, h.bodies) })
+	mux.HandleFunc("POST /v1/query", func(w http.ResponseWriter, r *http.Request) { s.handleQuery(w, r, h, h.queryBodies) })
 	mux.HandleFunc("GET /v1/health", s.handleHealth)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, apiErr(http.StatusNotFound, CodeBadRequest, "no endpoint %s %s; the API has POST /v1/execute, POST /v1/query and GET /v1/health", r.Method, r.URL.Path))
@@ -132,10 +136,14 @@ func (s *Instance) Handler() http.Handler {
 	return h
 }
 
-// apiHandler is the API's mux with the budget of its request bodies.
+// apiHandler is the API's mux with the budgets of its request bodies:
+// bodies for /v1/execute, queryBodies for /v1/query.
 type apiHandler struct {
 	*http.ServeMux
-	bodies *bodyBudget
+	bodies, queryBodies *bodyBudget
+	// bodyIdle is how long a body may go without a byte arriving
+	// (BodyIdleTimeout; tests shorten it).
+	bodyIdle time.Duration
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -155,13 +163,26 @@ func (s *Instance) requestContext(r *http.Request) (context.Context, context.Can
 }
 
 // readRequest reads r's body, of at most Config.MaxBodyBytes, under the
-// bodies budget and decodes it into v (an *executeBody or a *queryBody). It
-// takes the body's size from the budget before it reads a byte (the cap,
-// when the size is not announced, until the body is read), waiting for room
-// until ctx ends, and release gives it back: the caller calls it when the
-// values decoded from the body are no longer needed: before it writes a
-// reply that may be large (a client reading it slowly holds no budget), or
-// when it returns. It may be called more than once.
+// bodies budget and decodes it into v (an *executeBody or a *queryBody).
+// release gives back what the body took of the budget: the caller calls it
+// when the values decoded from the body are no longer needed: before it
+// writes a reply that may be large (a client reading it slowly holds no
+// budget), or when it returns. It may be called more than once; a panic
+// while the body is read or decoded gives the room back itself.
+//
+// A small body (up to smallBody, by its Content-Length, or a chunked one
+// that ends within smallBody bytes) takes nothing from the budget and never
+// waits: its memory is bounded by its size and the connections, and a
+// SELECT 1 must not wait behind uploads that have not arrived. A larger
+// body takes its whole size before it reads a byte (the cap, when the size
+// is not announced, until the body is read; a chunked body's first
+// smallBody bytes are read before), waiting for room, first come first
+// served, until ctx ends. Charging bytes as they arrive instead would let
+// five large uploads each hold four fifths of their body and none finish.
+// Once it has room, a body must keep arriving: a read that waits longer
+// than the handler's body idle timeout for its next byte fails the request
+// with timeout, and the whole body must arrive within ctx, so a stalled
+// upload gives its room back after the idle timeout, not the request's.
 //
 // The body is read whole into one buffer of its announced size and decoded
 // from there, each parameter straight into its SQL value (see param), so a
@@ -169,35 +190,56 @@ func (s *Instance) requestContext(r *http.Request) (context.Context, context.Can
 // values. A json.Decoder would have read it into a buffer grown by
 // doubling, and RawMessage parameters decoded again through interface{}
 // made a 42.7 MiB body with a 32 MiB blob cost 416 MiB of allocations.
-func (s *Instance) readRequest(ctx context.Context, w http.ResponseWriter, r *http.Request, bodies *bodyBudget, v any) (release func(), e *APIError) {
-	release = func() {}
+func (s *Instance) readRequest(ctx context.Context, w http.ResponseWriter, r *http.Request, h *apiHandler, bodies *bodyBudget, v any) (release func(), e *APIError) {
+	var held int64 // of the budget, given back by release
+	var once sync.Once
+	release = func() { once.Do(func() { bodies.release(held) }) }
+	defer func() {
+		// A panic reading or decoding the body (the server recovers it and
+		// drops the connection) must not keep its room for good: the
+		// caller never got release.
+		if p := recover(); p != nil {
+			release()
+			panic(p)
+		}
+	}()
 	limit := s.cfg.MaxBodyBytes
 	size := r.ContentLength // -1: not announced (chunked)
 	if size > limit {
 		// Refused before reading it, without taking any budget.
 		return release, s.bodyTooLarge()
 	}
-	held := size
-	if size < 0 {
-		held = limit
-	}
-	if err := bodies.acquire(ctx, held); err != nil {
-		return release, s.bodiesBusy(w, ctx, bodies, held)
-	}
-	// A client that sends its body slowly holds budget while it does: the
-	// request timeout bounds that too.
 	rc := http.NewResponseController(w)
-	if d, ok := ctx.Deadline(); ok {
-		_ = rc.SetReadDeadline(d)
+	defer rc.SetReadDeadline(time.Time{})
+	in := &bodyReader{r: http.MaxBytesReader(w, r.Body, limit), rc: rc, ctx: ctx, idle: h.bodyIdle}
+	take := func(n int64) *APIError {
+		if err := bodies.acquire(ctx, n); err != nil {
+			return s.bodiesBusy(w, ctx, r.URL.Path, bodies, n)
+		}
+		held = n
+		return nil
 	}
-	body, err := readBody(http.MaxBytesReader(w, r.Body, limit), size)
-	_ = rc.SetReadDeadline(time.Time{})
-	if size < 0 {
-		bodies.release(held - int64(len(body)))
-		held = int64(len(body))
+	var body []byte
+	var err error
+	switch {
+	case size >= 0 && size <= smallBody:
+		body, err = readBody(in, size)
+	case size >= 0:
+		if e := take(size); e != nil {
+			return release, e
+		}
+		body, err = readBody(in, size)
+	default:
+		body, err = readAll(nil, io.LimitReader(in, smallBody+1))
+		if err == nil && len(body) > smallBody {
+			if e := take(limit); e != nil {
+				return release, e
+			}
+			body, err = readAll(body, in)
+			bodies.release(held - int64(len(body)))
+			held = int64(len(body))
+		}
 	}
-	var once sync.Once
-	release = func() { once.Do(func() { bodies.release(held) }) }
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
 			return release, s.bodyTooLarge()
@@ -206,6 +248,10 @@ func (s *Instance) readRequest(ctx context.Context, w http.ResponseWriter, r *ht
 			got := fmt.Sprintf("%d bytes of it arrived", len(body))
 			if size >= 0 {
 				got = fmt.Sprintf("%d of its %d bytes arrived", len(body), size)
+			}
+			// (A read that fails cancels ctx: the server's doing.)
+			if in.idleDeadline && errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(context.Cause(ctx), errRequestTimeout) {
+				return release, apiErr(http.StatusServiceUnavailable, CodeTimeout, "the request body stopped arriving: no byte of it came for %s, the instance's body idle timeout: %s", in.idle, got)
 			}
 			return release, apiErr(http.StatusServiceUnavailable, CodeTimeout, "the request body did not arrive within the instance's request timeout (%s): %s", s.cfg.RequestTimeout, got)
 		}
@@ -220,14 +266,55 @@ func (s *Instance) readRequest(ctx context.Context, w http.ResponseWriter, r *ht
 	return release, nil
 }
 
-// readBody reads a body of size bytes (-1: unknown) from r.
-func readBody(r io.Reader, size int64) ([]byte, error) {
-	if size < 0 {
-		return io.ReadAll(r)
+// bodyReader reads a request body with a read deadline before each read:
+// the body idle timeout from now, or ctx's deadline if that comes first.
+type bodyReader struct {
+	r    io.Reader
+	rc   *http.ResponseController
+	ctx  context.Context
+	idle time.Duration
+	// idleDeadline: the last deadline set was the idle timeout's.
+	idleDeadline bool
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	d, end := time.Now().Add(b.idle), time.Time{}
+	if dl, ok := b.ctx.Deadline(); ok {
+		end = dl
 	}
+	b.idleDeadline = b.idle > 0 && (end.IsZero() || d.Before(end))
+	if !b.idleDeadline {
+		d = end
+	}
+	_ = b.rc.SetReadDeadline(d)
+	return b.r.Read(p)
+}
+
+// readBody reads a body of size bytes from r.
+func readBody(r io.Reader, size int64) ([]byte, error) {
 	body := make([]byte, size)
 	n, err := io.ReadFull(r, body)
 	return body[:n], err
+}
+
+// readAll appends what r holds to b, as io.ReadAll does.
+func readAll(b []byte, r io.Reader) ([]byte, error) {
+	if b == nil {
+		b = make([]byte, 0, 512)
+	}
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return b, err
+		}
+	}
 }
 
 func (s *Instance) bodyTooLarge() *APIError {
@@ -238,11 +325,11 @@ func (s *Instance) bodyTooLarge() *APIError {
 
 // bodiesBusy is the refusal of a request that found no room in the bodies
 // budget (see bodyBudget) before ctx ended.
-func (s *Instance) bodiesBusy(w http.ResponseWriter, ctx context.Context, bodies *bodyBudget, size int64) *APIError {
+func (s *Instance) bodiesBusy(w http.ResponseWriter, ctx context.Context, path string, bodies *bodyBudget, size int64) *APIError {
 	w.Header().Set("Retry-After", "1")
 	return apiErr(http.StatusServiceUnavailable, CodeBusy,
-		"the instance is reading and decoding as many request bodies as it holds at once (%s, %d times borealis db --max-body %s), and this request's body (%s) found no room before %s; retry, or send smaller requests",
-		FormatSize(bodies.size), BodyBudgetBodies, FormatSize(s.cfg.MaxBodyBytes), FormatSize(size), waitEnd(ctx, s.cfg.RequestTimeout))
+		"the instance is reading and decoding as many large request bodies for %s as it holds at once (%d bytes, %s: their share of the %d times borealis db --max-body %s it holds in all), and this request's body (%d bytes, %s) found no room before %s; retry, or send smaller requests (a body of up to %s never waits)",
+		path, bodies.size, FormatSize(bodies.size), BodyBudgetBodies, FormatSize(s.cfg.MaxBodyBytes), size, FormatSize(size), waitEnd(ctx, s.cfg.RequestTimeout), FormatSize(smallBody))
 }
 
 func waitEnd(ctx context.Context, timeout time.Duration) string {
@@ -326,20 +413,9 @@ func jsonKind(k reflect.Kind) string {
 	return k.String()
 }
 
-// params turns JSON parameters into SQLite values as a request's are
-// decoded (see param).
-func params(raw []json.RawMessage) ([]any, *APIError) {
-	st := statementBody{Params: make([]param, len(raw))}
-	for i, r := range raw {
-		if err := json.Unmarshal(r, &st.Params[i]); err != nil {
-			return nil, apiErr(http.StatusBadRequest, CodeBadParameter, "parameter %d: %v", i+1, err)
-		}
-	}
-	return st.args()
-}
-
 // param is one parameter, decoded straight from the body into a SQLite
-// value: an integral number into an integer, another number into a real, a
+// value: an integral number into an integer (refused beyond 64 bits),
+// another number into a real, a
 // string, a boolean (as 0/1), null, {"real": "Infinity"} (or "-Infinity")
 // into an infinite real and {"base64": "..."} into a blob. A value that is
 // none of these keeps why in err, so that the request's reply can name the
@@ -372,8 +448,15 @@ func sqlValue(data []byte) (any, string) {
 		return objectValue(data)
 	}
 	num := string(data)
-	if n, err := strconv.ParseInt(num, 10, 64); err == nil {
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err == nil {
 		return n, ""
+	}
+	if errors.Is(err, strconv.ErrRange) {
+		// An integer SQLite cannot hold: as a REAL it would silently
+		// lose its low digits (9223372036854775808 is stored as
+		// 9.22337203685478e+18).
+		return nil, num + " is an integer beyond SQLite's 64-bit range (-9223372036854775808 to 9223372036854775807); send it as a string, or as a real with a fraction or an exponent (such as 9.3e18) to store it approximately"
 	}
 	if f, err := strconv.ParseFloat(num, 64); err == nil && !math.IsInf(f, 0) {
 		return f, ""
@@ -553,11 +636,11 @@ func jsonStringEnd(data []byte, i int) int {
 	return len(data)
 }
 
-func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request, bodies *bodyBudget) {
+func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request, h *apiHandler, bodies *bodyBudget) {
 	ctx, cancel := s.requestContext(r)
 	defer cancel()
 	var req executeBody
-	release, e := s.readRequest(ctx, w, r, bodies, &req)
+	release, e := s.readRequest(ctx, w, r, h, bodies, &req)
 	defer release()
 	if e != nil {
 		writeErr(w, e)
@@ -945,11 +1028,11 @@ func inTransaction(conn *sql.Conn) (open bool, err error) {
 	return open, err
 }
 
-func (s *Instance) handleQuery(w http.ResponseWriter, r *http.Request, bodies *bodyBudget) {
+func (s *Instance) handleQuery(w http.ResponseWriter, r *http.Request, h *apiHandler, bodies *bodyBudget) {
 	ctx, cancel := s.requestContext(r)
 	defer cancel()
 	var req queryBody
-	release, e := s.readRequest(ctx, w, r, bodies, &req)
+	release, e := s.readRequest(ctx, w, r, h, bodies, &req)
 	defer release()
 	if e != nil {
 		writeErr(w, e)

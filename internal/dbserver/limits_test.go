@@ -59,6 +59,9 @@ func TestFormatSize(t *testing.T) {
 	for n, want := range map[int64]string{
 		DefaultMaxBodyBytes: "48MiB", 1540 << 10: "1540KiB", 10 << 30: "10GiB", 1 << 40: "1TiB",
 		44_739_243: "42.7MiB", MaxRowBytes: "32832KiB", 700: "700B", 1500: "1.5KiB", 0: "0B",
+		// A byte short of a whole unit keeps its tenth: "48MiB" would look
+		// exact, and parse as a flag value.
+		DefaultMaxBodyBytes - 1: "48.0MiB", 1<<20 - 1: "1024.0KiB", 1<<30 + 1: "1.0GiB",
 	} {
 		if got := FormatSize(n); got != want {
 			t.Errorf("FormatSize(%d) = %q, want %q", n, got, want)

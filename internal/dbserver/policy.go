@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ncruces/go-sqlite3"
 
@@ -77,16 +78,30 @@ const (
 	DefaultMaxBodyBytes = 48 << 20
 	// BodyBudgetBodies is how many bodies of the largest size
 	// (Config.MaxBodyBytes) the instance reads and decodes at once: the
-	// request bodies it holds, from the moment it starts reading one until
-	// its statements have run, add up to at most this many times the body
-	// cap. A request holds its body and the values decoded from it, at most
-	// about twice its size, so by default that memory stays under about
-	// 400 MiB however many clients send at once. Requests beyond wait for
-	// room, as they wait for a pooled connection; see bodyBudget.
+	// large request bodies it holds, from the moment it starts reading one
+	// until its statements have run, add up to at most this many times the
+	// body cap. A request holds its body and the values decoded from it, at
+	// most about twice its size, so by default that memory stays under
+	// about 400 MiB however many clients send at once. Requests beyond wait
+	// for room, as they wait for a pooled connection; see bodyBudget.
 	BodyBudgetBodies = 4
-	// smallBody is the size of a body that need not wait behind a large one
-	// for room in the budget (see bodyBudget.acquire).
+	// QueryBodyBudgetBodies of them are /v1/query's alone: writes that hold
+	// their bodies while they wait out a lost write quorum (up to
+	// --write-timeout) never leave a large read without room.
+	QueryBodyBudgetBodies = 1
+	// smallBody is the largest body that takes nothing from the budget and
+	// never waits for room (see readRequest): a query or a small write
+	// must not wait behind large uploads, stalled or not. What such bodies
+	// hold is bounded by the connections the server has open, 64 KiB
+	// each on top of the buffers and goroutine every connection has.
 	smallBody = 64 << 10
+	// BodyIdleTimeout is how long a request body that has started to be
+	// read may go without a byte arriving (as MySQL's net_read_timeout or
+	// nginx's client_body_timeout): a client that announces a large body
+	// and stalls holds its room in the budget for this long, not for the
+	// whole request timeout. The request timeout still bounds the whole
+	// body.
+	BodyIdleTimeout = 10 * time.Second
 )
 
 // LargestValueBody is the size of the smallest request body that stores a
@@ -103,14 +118,13 @@ func LargestValueBody() int64 {
 }
 
 // bodyBudget bounds the bytes of request bodies the instance holds at once:
-// a request takes its body's size before it reads the body and gives it
-// back when it no longer needs the values decoded from it, so that twenty
-// clients sending the largest blob at once cannot make the instance decode
-// twenty bodies (1.5 GiB) before the connection pools limit anything. A
-// request that does not fit waits, first come first served, so a large
-// body is not starved by a stream of smaller ones; a small body (up to
-// smallBody) that fits goes ahead of waiting large ones, since it cannot
-// hold them back for long.
+// a request with a large body takes its size before it reads the body and
+// gives it back when it no longer needs the values decoded from it, so that
+// twenty clients sending the largest blob at once cannot make the instance
+// decode twenty bodies (1.5 GiB) before the connection pools limit
+// anything. A request that does not fit waits, first come first served, so
+// a large body is not starved by a stream of smaller ones. Small bodies
+// (up to smallBody) do not come here at all (see readRequest).
 //
 // A request waits for room as long as its request timeout allows, as it
 // waits for a pooled connection, and fails with busy only then: while it
@@ -118,7 +132,8 @@ func LargestValueBody() int64 {
 // instance's memory (a client that sends Expect: 100-continue does not even
 // send its body), and a burst of large uploads becomes latency, where a
 // short wait would turn it into failures that every client retries at
-// once.
+// once. A body that has room but stops arriving gives it back after
+// BodyIdleTimeout.
 type bodyBudget struct {
 	size int64
 
@@ -138,7 +153,7 @@ func newBodyBudget(size int64) *bodyBudget { return &bodyBudget{size: size} }
 // returns the context's cause then. n must not be more than the budget.
 func (b *bodyBudget) acquire(ctx context.Context, n int64) error {
 	b.mu.Lock()
-	if b.used+n <= b.size && (b.waiters.Len() == 0 || n <= smallBody) {
+	if b.used+n <= b.size && b.waiters.Len() == 0 {
 		b.used += n
 		b.mu.Unlock()
 		return nil
@@ -176,22 +191,17 @@ func (b *bodyBudget) release(n int64) {
 	b.mu.Unlock()
 }
 
-// grantLocked hands out what is free: to the waiters in order while the
-// first fits, then to small waiters that fit.
+// grantLocked hands out what is free to the waiters in order, while the
+// first fits.
 func (b *bodyBudget) grantLocked() {
-	head := true
-	for e := b.waiters.Front(); e != nil; {
-		next := e.Next()
+	for e := b.waiters.Front(); e != nil; e = b.waiters.Front() {
 		w := e.Value.(*bodyWaiter)
-		switch {
-		case b.used+w.n <= b.size && (head || w.n <= smallBody):
-			b.used += w.n
-			b.waiters.Remove(e)
-			close(w.ready)
-		case head:
-			head = false
+		if b.used+w.n > b.size {
+			return
 		}
-		e = next
+		b.used += w.n
+		b.waiters.Remove(e)
+		close(w.ready)
 	}
 }
 
@@ -205,8 +215,10 @@ func (b *bodyBudget) inUse() (used int64, waiting int) {
 // FormatSize words a size in bytes, for messages and for flags alike: in
 // the largest binary unit it is a whole number of ("48MiB", "1540KiB", a
 // form parseable as a flag value), or, when no unit divides it, in the
-// largest unit it reaches, to a tenth ("42.7MiB"; a message that needs the
-// exact figure gives the bytes beside it).
+// largest unit it reaches, to a tenth, the tenth always shown ("42.7MiB",
+// and "48.0MiB" for a byte short of 48 MiB: never a figure that looks
+// exact and would parse as a flag value; a message that needs the exact
+// figure gives the bytes beside it).
 func FormatSize[N ~int | ~int64 | ~uint64](size N) string {
 	if size < 0 {
 		return fmt.Sprintf("%dB", size)
@@ -223,8 +235,7 @@ func FormatSize[N ~int | ~int64 | ~uint64](size N) string {
 	}
 	for _, u := range units {
 		if n >= u.size {
-			s := fmt.Sprintf("%.1f", float64(n)/float64(u.size))
-			return strings.TrimSuffix(s, ".0") + u.name
+			return fmt.Sprintf("%.1f%s", float64(n)/float64(u.size), u.name)
 		}
 	}
 	return fmt.Sprintf("%dB", n)
