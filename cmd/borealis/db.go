@@ -141,7 +141,7 @@ a request beyond waits for room, and fails with busy if it finds none within
 	f.StringVar(&metrics, "metrics", "", "address to serve Prometheus /metrics and pprof on (off when empty)")
 	f.StringVar(&cfg.ID, "id", "", "instance id, the holder name of the writer lease (default: the role)")
 	f.IntVar(&cfg.CacheMiB, "cache-mib", 64, "page cache size in MiB")
-	f.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "how long a commit waits for a write quorum before failing with storage_unavailable")
+	f.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "how long a commit waits for a write quorum of segments that can make it durable (answering, and holding or catching up to it) before failing with storage_unavailable")
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", 0, "how long one request may take, from waiting for room to read its body to the end of its SQL, which is then interrupted and fails with timeout (0: 2m, or a minute more than --write-timeout if that is longer)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "writer lease time to live")
 	f.IntVar(&cfg.MaxWriters, "max-writers", 64, "writer connections (transactions in flight)")

@@ -83,7 +83,7 @@ cluster, on the same addresses, with its data.`,
 	f.StringVar(&pgSize, "pg-size", "10GiB", "size of a protection group of a new volume, such as 1MiB, 64MiB or 10GiB")
 	f.IntVar(&basePort, "base-port", 7100, "loopback ports: the control plane on this one, s1..s6 on the next six, the writer's SQL HTTP on the one after (a resumed cluster keeps its own)")
 	f.DurationVar(&heartbeatTimeout, "heartbeat-timeout", 3*time.Second, "a storage node that misses heartbeats this long is marked down")
-	f.DurationVar(&writeTimeout, "write-timeout", 10*time.Second, "how long the writer's commits wait for a write quorum before failing with storage_unavailable")
+	f.DurationVar(&writeTimeout, "write-timeout", 10*time.Second, "how long the writer's commits wait for a write quorum of segments that can make them durable (answering, and holding or catching up to them) before failing with storage_unavailable")
 	return cmd
 }
 
