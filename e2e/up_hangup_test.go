@@ -94,15 +94,8 @@ func TestUpStopsOnHangup(t *testing.T) {
 	if p := printed(); !strings.Contains(p, "stopping every process of the cluster") || !strings.HasSuffix(p, "stopped.\n") {
 		t.Fatalf("up after SIGHUP printed:\n%s", p)
 	}
-	for _, name := range []string{"cluster.json", "up.sock"} {
-		if _, err := os.Stat(filepath.Join(dir, name)); !os.IsNotExist(err) {
-			t.Fatalf("%s outlives the cluster stopped by SIGHUP: %v", name, err)
-		}
-	}
+	checkClusterGone(t, dir, f)
 	for _, c := range f.Components {
-		if alive(c.Pid) {
-			t.Fatalf("%s (pid %d) still runs after up stopped", c.ID, c.Pid)
-		}
 		// Each process was told to stop and did, rather than dying with
 		// up (their parent-death signal is SIGKILL).
 		stop := map[string]string{"control": "control plane stopping", "storage": "stopping on signal", "writer": "stopping on signal"}[c.Role]

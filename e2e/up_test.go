@@ -157,6 +157,22 @@ func waitState(t *testing.T, ctl pb.ControlClient, id, want string, within time.
 
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 
+// checkClusterGone fails t unless the `up` of dir left no process of f
+// running and removed cluster.json and up.sock.
+func checkClusterGone(t *testing.T, dir string, f *cluster.File) {
+	t.Helper()
+	for _, c := range f.Components {
+		if alive(c.Pid) {
+			t.Fatalf("%s (pid %d) still runs after up stopped", c.ID, c.Pid)
+		}
+	}
+	for _, name := range []string{"cluster.json", "up.sock"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); !os.IsNotExist(err) {
+			t.Fatalf("%s outlives the cluster: %v", name, err)
+		}
+	}
+}
+
 // placedTwoPerAZ says whether segments, given as (node, AZ) pairs, are 6
 // distinct nodes, 2 in each of AZs a, b and c.
 func placedTwoPerAZ(nodeAZ [][2]string) bool {
@@ -443,14 +459,7 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("up did not stop on SIGINT:\n%s", u.output())
 	}
-	for _, c := range f2.Components {
-		if alive(c.Pid) {
-			t.Fatalf("%s (pid %d) still runs after up stopped", c.ID, c.Pid)
-		}
-	}
-	if _, err := os.Stat(filepath.Join(dir, "cluster.json")); !os.IsNotExist(err) {
-		t.Fatalf("cluster.json outlives the cluster: %v", err)
-	}
+	checkClusterGone(t, dir, f2)
 	// The writer stopped before the control plane, so it gave its lease
 	// back and the next start need not wait out the lease's TTL.
 	if w, ok := f2.Find("writer"); ok {

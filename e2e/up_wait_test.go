@@ -269,14 +269,5 @@ func TestUpCleansUpWithoutStdout(t *testing.T) {
 	if waitErr != nil {
 		t.Fatalf("up with its output gone ended with %v, not a clean stop", waitErr)
 	}
-	for _, name := range []string{"cluster.json", "up.sock"} {
-		if _, err := os.Stat(filepath.Join(dir, name)); !os.IsNotExist(err) {
-			t.Fatalf("%s outlives the cluster: %v", name, err)
-		}
-	}
-	for _, c := range f.Components {
-		if alive(c.Pid) {
-			t.Fatalf("%s (pid %d) still runs after up stopped", c.ID, c.Pid)
-		}
-	}
+	checkClusterGone(t, dir, f)
 }
