@@ -43,17 +43,23 @@ func (f *controlAddrFlags) addr() (string, error) {
 	return "", fmt.Errorf("%s lists no control plane", path)
 }
 
-func (f *controlAddrFlags) client() (pb.ControlClient, func(), error) {
+// dial connects to the control plane for one command, bounded by
+// controlCallTimeout; done closes the connection.
+func (f *controlAddrFlags) dial(parent context.Context) (context.Context, pb.ControlClient, func(), error) {
 	addr, err := f.addr()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return pb.NewControlClient(conn), func() { conn.Close() }, nil
+	ctx, cancel := context.WithTimeout(parent, controlCallTimeout)
+	return ctx, pb.NewControlClient(conn), func() { cancel(); conn.Close() }, nil
 }
+
+// controlCallTimeout bounds a volume command's call to the control plane.
+const controlCallTimeout = 15 * time.Second
 
 func volumeCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "volume", Short: "Create, list and delete volumes"}
@@ -74,16 +80,14 @@ func volumeCreateCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("--pg-size: %w", err)
 			}
-			ctl, done, err := where.client()
+			ctx, ctl, done, err := where.dial(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer done()
-			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
-			defer cancel()
 			v, err := ctl.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: args[0], PageSize: pageSize, PgSizeBytes: size})
 			if err != nil {
-				return fmt.Errorf("create volume %s: %w", args[0], err)
+				return fmt.Errorf("create volume %s: %s", args[0], status.Convert(err).Message())
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "volume %s created: id %d, %d-byte pages, %s PGs\n", v.Name, v.Id, v.PageSize, formatSize(v.PgSizeBytes))
 			return nil
@@ -115,13 +119,11 @@ func volumeListCmd() *cobra.Command {
 		Short: "List the volumes",
 		Args:  noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctl, done, err := where.client()
+			ctx, ctl, done, err := where.dial(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer done()
-			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
-			defer cancel()
 			resp, err := ctl.ListVolumes(ctx, &pb.ListVolumesRequest{})
 			if err != nil {
 				return fmt.Errorf("list volumes: %s", status.Convert(err).Message())
@@ -175,13 +177,11 @@ segments stay on the nodes.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctl, done, err := where.client()
+			ctx, ctl, done, err := where.dial(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer done()
-			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
-			defer cancel()
 			resp, err := ctl.DeleteVolume(ctx, &pb.DeleteVolumeRequest{Name: args[0]})
 			if err != nil {
 				return fmt.Errorf("delete volume %s: %s", args[0], status.Convert(err).Message())
