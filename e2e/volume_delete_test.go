@@ -111,9 +111,21 @@ func TestVolumeDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	v := volumeOn(t, ctl, "scratch")
-	if _, err := v.Commit(context.Background(), []volume.PageWrite{{Page: 1, New: image(1, 1)}}); err != nil {
+	lsn, err := v.Commit(context.Background(), []volume.PageWrite{{Page: 1, New: image(1, 1)}})
+	if err != nil {
 		t.Fatal(err)
 	}
+	// The commit is acknowledged by four; closing the writer before the
+	// other two have it could leave them without the segment's declaration.
+	wait.For(t, 20*time.Second, "all six segments to acknowledge the record", func() bool {
+		scls := v.SegmentSCLs(0)
+		for _, scl := range scls {
+			if scl < lsn {
+				return false
+			}
+		}
+		return len(scls) == 6
+	})
 	v.Close()
 	nodes := f.Storage()
 	clients := map[string]pb.StorageClient{}
