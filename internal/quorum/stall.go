@@ -9,9 +9,14 @@ type Progress struct {
 	Reachable bool
 	// SCL is the highest segment complete LSN the segment reported.
 	SCL uint64
-	// Unchanged is how long the SCL has stayed where it is (since it last
-	// rose, or since the segment first reported it).
+	// Unchanged is how long the SCL has stayed where it is: since it last
+	// rose, the segment first reported it, or it received the record,
+	// whichever is latest.
 	Unchanged time.Duration
+	// Received: the segment acknowledged a request that carried the
+	// record. One that has not may only be behind the writer's queue to it
+	// (a backlog, a slow fsync in flight): it is not judged behind yet.
+	Received bool
 	// Reported is how long ago the segment last reported its SCL. A segment
 	// reports a PG's SCL only when a request carries that PG, so a quiet PG's
 	// SCL can be old news: the segment may have filled its hole since.
@@ -54,7 +59,7 @@ func (c Config) Judge(lsn uint64, stuckAfter, fresh time.Duration, seg func(Segm
 		switch {
 		case !p.Reachable:
 			st.Unreachable = append(st.Unreachable, id)
-		case p.SCL >= lsn || p.Unchanged < stuckAfter:
+		case p.SCL >= lsn || !p.Received || p.Unchanged < stuckAfter:
 			can[id] = true
 		case p.Reported >= fresh:
 			can[id] = true

@@ -75,7 +75,7 @@ func runJudgeCase(lines []string) (got, want string, err error) {
 	i := 1
 	for ; i < len(lines) && lines[i] != "----"; i++ {
 		f := strings.Fields(lines[i])
-		p := Progress{Reachable: f[1] == "up"}
+		p := Progress{Reachable: f[1] == "up", Received: true}
 		for _, kv := range f[2:] {
 			k, v, _ := strings.Cut(kv, "=")
 			switch k {
@@ -85,6 +85,8 @@ func runJudgeCase(lines []string) (got, want string, err error) {
 				p.Unchanged, err = time.ParseDuration(v)
 			case "reported":
 				p.Reported, err = time.ParseDuration(v)
+			case "received":
+				p.Received = v == "yes"
 			default:
 				err = fmt.Errorf("unknown key %q", k)
 			}

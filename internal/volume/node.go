@@ -154,14 +154,18 @@ func (n *node) reachableLocked(now time.Time) bool {
 // whose SCL it last raised (or first reported) at sclAt and last reported at
 // reportAt. A stream that opened since then restarts the clock: a node that
 // just came back gets the same time as any other to show that it catches up.
-func (n *node) progress(now time.Time, scl uint64, sclAt, reportAt time.Time) quorum.Progress {
+func (n *node) progress(now time.Time, scl uint64, sclAt, reportAt time.Time, recv received, head uint64) quorum.Progress {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	since := sclAt
 	if n.connectedAt.After(since) {
 		since = n.connectedAt
 	}
-	return quorum.Progress{Reachable: n.reachableLocked(now), SCL: scl, Unchanged: now.Sub(since), Reported: now.Sub(reportAt)}
+	got := recv.head == head && !recv.at.Before(n.connectedAt)
+	if got && recv.at.After(since) {
+		since = recv.at
+	}
+	return quorum.Progress{Reachable: n.reachableLocked(now), SCL: scl, Received: got, Unchanged: now.Sub(since), Reported: now.Sub(reportAt)}
 }
 
 // askReport has the sender send, as soon as it may, a request that carries
@@ -394,8 +398,10 @@ func (n *node) build(now time.Time) *pb.AppendRequest {
 			n.queue = n.queue[k:]
 		}
 		n.queueBytes -= size
-	case asked && len(n.pgs) > 0:
-		// a report of every PG, asked for by a waiter (askReport)
+	case asked && len(n.pgs) > 0 && len(n.inflight) == 0:
+		// a report of every PG, asked for by a waiter (askReport); with
+		// requests in flight it rides on the next one with records, so it
+		// never takes the last slot of a slow node
 	case len(n.inflight) == 0 && len(n.pgs) > 0 && now.Sub(n.lastSend) >= keepaliveEvery:
 		// keepalive: empty batches for every PG
 	default:
@@ -491,7 +497,7 @@ func (n *node) recv(s grpc.BidiStreamingClient[pb.AppendRequest, pb.AppendRespon
 		n.answered = true
 		n.mu.Unlock()
 		observe(&n.appendLat, now.Sub(req.sentAt))
-		n.c.onAcks(n, resp.GetAcks())
+		n.c.onAcks(n, resp.GetAcks(), req.entries)
 		n.signal()
 	}
 }

@@ -219,10 +219,14 @@ type pgState struct {
 	// reportAt (guarded by Client.mu) is when each member last reported its
 	// SCL of this PG, risen or not.
 	reportAt map[string]time.Time
-	written  bool     // guarded by Client.mu: configured in the tracker and declared to nodes
-	last     uint64   // guarded by Client.mu: last LSN in the PG (backlink)
-	first    uint64   // guarded by Client.mu: first LSN this client allocated in the PG
-	pending  []uint64 // guarded by Client.mu: allocated LSNs above PGCL, ascending
+	// recv (guarded by Client.mu) is when each member first acknowledged a
+	// request carrying the PG's oldest pending record (pending[0]): only a
+	// member that has it can be judged behind on it (quorum.Judge).
+	recv    map[string]received
+	written bool     // guarded by Client.mu: configured in the tracker and declared to nodes
+	last    uint64   // guarded by Client.mu: last LSN in the PG (backlink)
+	first   uint64   // guarded by Client.mu: first LSN this client allocated in the PG
+	pending []uint64 // guarded by Client.mu: allocated LSNs above PGCL, ascending
 	// lsns (guarded by Client.mu) are the PG's LSNs this client knows,
 	// ascending: every LSN it allocated in the PG above the oldest read
 	// point (min_read_point), plus the last one at or below it as an anchor.
@@ -382,7 +386,7 @@ func (c *Client) pg(ctx context.Context, idx uint32, write bool) (*pgState, erro
 }
 
 func (c *Client) newPGLocked(idx uint32, members []Member) *pgState {
-	p := &pgState{idx: idx, members: members, scl: make(map[string]uint64), sclAt: make(map[string]time.Time), reportAt: make(map[string]time.Time)}
+	p := &pgState{idx: idx, members: members, scl: make(map[string]uint64), sclAt: make(map[string]time.Time), reportAt: make(map[string]time.Time), recv: make(map[string]received)}
 	ids := make([]quorum.SegmentID, len(members))
 	spec := &pb.SegmentSpec{
 		Volume:          c.cfg.VolumeID,
@@ -698,7 +702,7 @@ func (c *Client) unavailable(target uint64, waited time.Duration) *UnavailableEr
 		st := p.qcfg.Judge(p.pending[0], stuckAfter, reportFresh, func(id quorum.SegmentID) quorum.Progress {
 			var pr quorum.Progress
 			if n := byID[id]; n != nil {
-				pr = n.progress(now, p.scl[n.m.NodeID], p.sclAt[n.m.NodeID], p.reportAt[n.m.NodeID])
+				pr = n.progress(now, p.scl[n.m.NodeID], p.sclAt[n.m.NodeID], p.reportAt[n.m.NodeID], p.recv[n.m.NodeID], p.pending[0])
 			}
 			prog[id] = pr
 			return pr
@@ -741,13 +745,22 @@ func (c *Client) unavailable(target uint64, waited time.Duration) *UnavailableEr
 	return e
 }
 
-// onAcks applies one Append response's acks from node n.
-func (c *Client) onAcks(n *node, acks []*pb.SegmentAck) {
+// received marks when a member first acknowledged a request carrying the
+// record at head, its PG's oldest pending LSN then.
+type received struct {
+	head uint64
+	at   time.Time
+}
+
+// onAcks applies one Append response's acks from node n; sent are the
+// records of the request it answers.
+func (c *Client) onAcks(n *node, acks []*pb.SegmentAck, sent []*entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.fenced != nil || c.closed {
 		return
 	}
+	defer c.noteReceivedLocked(n.m.NodeID, sent)
 	seg := quorum.SegmentID(n.m.NodeID)
 	now := time.Now()
 	connectedAt := n.connectedSince()
@@ -775,6 +788,24 @@ func (c *Client) onAcks(n *node, acks []*pb.SegmentAck) {
 		c.vdl.Store(vdl)
 		c.wakeLocked(vdl, false)
 		c.updateMRPLocked()
+	}
+}
+
+// noteReceivedLocked records, for each PG whose oldest pending record is in
+// sent (LSN order), that node nodeID now holds it.
+func (c *Client) noteReceivedLocked(nodeID string, sent []*entry) {
+	now := time.Now()
+	for i, e := range sent {
+		if i+1 < len(sent) && sent[i+1].pg == e.pg {
+			continue // the PG's last record in the request
+		}
+		p := e.pg
+		if len(p.pending) == 0 || e.lsn < p.pending[0] {
+			continue
+		}
+		if r := p.recv[nodeID]; r.head != p.pending[0] {
+			p.recv[nodeID] = received{head: p.pending[0], at: now}
+		}
 	}
 }
 
