@@ -101,17 +101,24 @@ func TestReadsInTheWindowBeforeTheCacheHasTheMTR(t *testing.T) {
 // is for OpenDB's pool, and for a database/sql pool opened on DSN, as
 // borealis.DSN users open it (without OpenDB's connect hook).
 func TestWriterPoolReadsOnlyDurableState(t *testing.T) {
-	for _, pool := range []string{"OpenDB", "sql.Open(DSN)"} {
+	for _, pool := range []string{"OpenDB", "sql.Open(DSN)", "sql.Open(DSN with a forged setup mark)"} {
 		t.Run(pool, func(t *testing.T) {
 			cl := startCluster(t)
 			db := openDBPools(t, cl.client(t, 1, 0, time.Second), Options{CacheMiB: 8})
 			writer := db.Writer
-			if pool == "sql.Open(DSN)" {
+			if pool != "OpenDB" {
+				dsn := DSN(db.d.name, Options{})
+				if pool != "sql.Open(DSN)" {
+					// Only OpenDB's pools may skip the wait during setup.
+					dsn += "&" + setupParam + "=1"
+				}
 				var err error
-				if writer, err = sql.Open("sqlite3", DSN(db.d.name, Options{})); err != nil {
+				if writer, err = sql.Open("sqlite3", dsn); err != nil {
 					t.Fatal(err)
 				}
 				defer writer.Close()
+				// Every read below gets a new connection, setup included.
+				writer.SetMaxIdleConns(0)
 			}
 			mustExec(t, writer, "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
 			for k := 1; k <= 10; k++ {

@@ -68,6 +68,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/url"
 	"sort"
 	"strconv"
@@ -124,7 +125,7 @@ type Options struct {
 // openPool opens a database/sql pool on dsn, with opts.OnConnect on every
 // connection.
 func openPool(dsn string, opts Options, reader bool) (*sql.DB, error) {
-	return driver.Open(dsn+"&"+setupParam+"=1", func(c *sqlite3.Conn) error {
+	return driver.Open(dsn+"&"+setupParam+"="+setupToken, func(c *sqlite3.Conn) error {
 		if !reader {
 			if err := checkConn(c, opts); err != nil {
 				return err
@@ -151,6 +152,10 @@ func openPool(dsn string, opts Options, reader bool) (*sql.DB, error) {
 // setupParam marks the connections of openPool, whose setup does not wait
 // (see file.opened).
 const setupParam = "borealis_setup"
+
+// setupToken is setupParam's value, drawn once per process, so that no DSN
+// written by hand can turn a connection's durability wait off.
+var setupToken = strconv.FormatUint(rand.Uint64(), 36)
 
 // fileOf returns the VFS file of c's main database.
 func fileOf(c *sqlite3.Conn) (*file, error) {
@@ -475,7 +480,7 @@ func (v borealisVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.F
 	if name == nil {
 		return v.open("", "", false, flags)
 	}
-	return v.open(name.String(), name.URIParameter("control"), name.URIParameter(setupParam) != "", flags)
+	return v.open(name.String(), name.URIParameter("control"), name.URIParameter(setupParam) == setupToken, flags)
 }
 
 func (borealisVFS) open(name, control string, setup bool, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
