@@ -258,7 +258,7 @@ func (b *benchVolumes) cleanup(progress io.Writer) ([]string, error) {
 	}
 	b.done = true
 	if b.keep {
-		fmt.Fprintf(progress, "kept the benchmark's volumes (--keep): %s; delete each with borealis volume delete NAME\n", strings.Join(b.names, " "))
+		fmt.Fprintf(progress, "kept the benchmark's volumes (--keep): %s; delete each with `%s volume delete NAME`\n", strings.Join(b.names, " "), invocation())
 		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -275,7 +275,7 @@ func (b *benchVolumes) cleanup(progress io.Writer) ([]string, error) {
 		}
 	}
 	if firstErr != nil {
-		return left, fmt.Errorf("the benchmark could not delete its volumes %s: %w; delete each with borealis volume delete NAME", strings.Join(left, " "), firstErr)
+		return left, fmt.Errorf("the benchmark could not delete its volumes %s: %w; delete each with `%s volume delete NAME`", strings.Join(left, " "), firstErr, invocation())
 	}
 	fmt.Fprintf(progress, "deleted the benchmark's volumes: %s\n", strings.Join(b.names, " "))
 	return nil, nil
