@@ -25,6 +25,503 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// InstanceInfo is a database instance as the catalog knows it.
+type InstanceInfo struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Volume string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	Id     string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// "writer" or "replica".
+	Role string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	Az   string `protobuf:"bytes,4,opt,name=az,proto3" json:"az,omitempty"`
+	// host:port of its SQL API (HTTP).
+	SqlEndpoint string `protobuf:"bytes,5,opt,name=sql_endpoint,json=sqlEndpoint,proto3" json:"sql_endpoint,omitempty"`
+	// The writer's redo stream (gRPC host:port); empty on a replica.
+	ReplicationEndpoint string `protobuf:"bytes,6,opt,name=replication_endpoint,json=replicationEndpoint,proto3" json:"replication_endpoint,omitempty"`
+	// The writer's epoch; on a replica, the epoch of the stream it follows.
+	Epoch uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The writer's VDL; on a replica, the VDL it has applied.
+	Vdl uint64 `protobuf:"varint,8,opt,name=vdl,proto3" json:"vdl,omitempty"`
+	// The oldest read point it pins. The writer's is the volume's PGMRPL: the
+	// minimum over itself and every live replica, which it sends to storage.
+	ReadPoint uint64 `protobuf:"varint,9,opt,name=read_point,json=readPoint,proto3" json:"read_point,omitempty"`
+	// What it is doing: a writer "ready" or its start step; a replica
+	// "streaming", "connecting" or "stale".
+	State string `protobuf:"bytes,10,opt,name=state,proto3" json:"state,omitempty"`
+	// When the instance last wrote this record (its own clock).
+	UpdatedUnixMs int64 `protobuf:"varint,11,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
+	// Failover prefers replicas of a lower tier.
+	PromotionTier uint32 `protobuf:"varint,12,opt,name=promotion_tier,json=promotionTier,proto3" json:"promotion_tier,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceInfo) Reset() {
+	*x = InstanceInfo{}
+	mi := &file_control_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceInfo) ProtoMessage() {}
+
+func (x *InstanceInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceInfo.ProtoReflect.Descriptor instead.
+func (*InstanceInfo) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *InstanceInfo) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *InstanceInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *InstanceInfo) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *InstanceInfo) GetAz() string {
+	if x != nil {
+		return x.Az
+	}
+	return ""
+}
+
+func (x *InstanceInfo) GetSqlEndpoint() string {
+	if x != nil {
+		return x.SqlEndpoint
+	}
+	return ""
+}
+
+func (x *InstanceInfo) GetReplicationEndpoint() string {
+	if x != nil {
+		return x.ReplicationEndpoint
+	}
+	return ""
+}
+
+func (x *InstanceInfo) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *InstanceInfo) GetVdl() uint64 {
+	if x != nil {
+		return x.Vdl
+	}
+	return 0
+}
+
+func (x *InstanceInfo) GetReadPoint() uint64 {
+	if x != nil {
+		return x.ReadPoint
+	}
+	return 0
+}
+
+func (x *InstanceInfo) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *InstanceInfo) GetUpdatedUnixMs() int64 {
+	if x != nil {
+		return x.UpdatedUnixMs
+	}
+	return 0
+}
+
+func (x *InstanceInfo) GetPromotionTier() uint32 {
+	if x != nil {
+		return x.PromotionTier
+	}
+	return 0
+}
+
+type RegisterInstanceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Info          *InstanceInfo          `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	TtlMs         uint32                 `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterInstanceRequest) Reset() {
+	*x = RegisterInstanceRequest{}
+	mi := &file_control_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterInstanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterInstanceRequest) ProtoMessage() {}
+
+func (x *RegisterInstanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterInstanceRequest.ProtoReflect.Descriptor instead.
+func (*RegisterInstanceRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RegisterInstanceRequest) GetInfo() *InstanceInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+func (x *RegisterInstanceRequest) GetTtlMs() uint32 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+type RegisterInstanceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lease         int64                  `protobuf:"varint,1,opt,name=lease,proto3" json:"lease,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterInstanceResponse) Reset() {
+	*x = RegisterInstanceResponse{}
+	mi := &file_control_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterInstanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterInstanceResponse) ProtoMessage() {}
+
+func (x *RegisterInstanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterInstanceResponse.ProtoReflect.Descriptor instead.
+func (*RegisterInstanceResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RegisterInstanceResponse) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+type RenewInstanceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Lease int64                  `protobuf:"varint,1,opt,name=lease,proto3" json:"lease,omitempty"`
+	// If set, replaces the record; its volume and id must be the lease's.
+	Info          *InstanceInfo `protobuf:"bytes,2,opt,name=info,proto3" json:"info,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewInstanceRequest) Reset() {
+	*x = RenewInstanceRequest{}
+	mi := &file_control_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewInstanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewInstanceRequest) ProtoMessage() {}
+
+func (x *RenewInstanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewInstanceRequest.ProtoReflect.Descriptor instead.
+func (*RenewInstanceRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RenewInstanceRequest) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *RenewInstanceRequest) GetInfo() *InstanceInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+type RenewInstanceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewInstanceResponse) Reset() {
+	*x = RenewInstanceResponse{}
+	mi := &file_control_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewInstanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewInstanceResponse) ProtoMessage() {}
+
+func (x *RenewInstanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewInstanceResponse.ProtoReflect.Descriptor instead.
+func (*RenewInstanceResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{4}
+}
+
+type DeregisterInstanceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lease         int64                  `protobuf:"varint,1,opt,name=lease,proto3" json:"lease,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeregisterInstanceRequest) Reset() {
+	*x = DeregisterInstanceRequest{}
+	mi := &file_control_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeregisterInstanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeregisterInstanceRequest) ProtoMessage() {}
+
+func (x *DeregisterInstanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeregisterInstanceRequest.ProtoReflect.Descriptor instead.
+func (*DeregisterInstanceRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DeregisterInstanceRequest) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+type DeregisterInstanceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeregisterInstanceResponse) Reset() {
+	*x = DeregisterInstanceResponse{}
+	mi := &file_control_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeregisterInstanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeregisterInstanceResponse) ProtoMessage() {}
+
+func (x *DeregisterInstanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeregisterInstanceResponse.ProtoReflect.Descriptor instead.
+func (*DeregisterInstanceResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{6}
+}
+
+type ListInstancesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInstancesRequest) Reset() {
+	*x = ListInstancesRequest{}
+	mi := &file_control_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInstancesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInstancesRequest) ProtoMessage() {}
+
+func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
+func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListInstancesRequest) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+type ListInstancesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Instances     []*InstanceInfo        `protobuf:"bytes,1,rep,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInstancesResponse) Reset() {
+	*x = ListInstancesResponse{}
+	mi := &file_control_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInstancesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInstancesResponse) ProtoMessage() {}
+
+func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
+func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListInstancesResponse) GetInstances() []*InstanceInfo {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
 type RegisterNodeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -37,7 +534,7 @@ type RegisterNodeRequest struct {
 
 func (x *RegisterNodeRequest) Reset() {
 	*x = RegisterNodeRequest{}
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -49,7 +546,7 @@ func (x *RegisterNodeRequest) String() string {
 func (*RegisterNodeRequest) ProtoMessage() {}
 
 func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -62,7 +559,7 @@ func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{0}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RegisterNodeRequest) GetId() string {
@@ -103,7 +600,7 @@ type RegisterNodeResponse struct {
 
 func (x *RegisterNodeResponse) Reset() {
 	*x = RegisterNodeResponse{}
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -115,7 +612,7 @@ func (x *RegisterNodeResponse) String() string {
 func (*RegisterNodeResponse) ProtoMessage() {}
 
 func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -128,7 +625,7 @@ func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeResponse.ProtoReflect.Descriptor instead.
 func (*RegisterNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{1}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RegisterNodeResponse) GetHeartbeatIntervalMs() uint32 {
@@ -153,7 +650,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -165,7 +662,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -178,7 +675,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{2}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *HeartbeatRequest) GetId() string {
@@ -220,7 +717,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -232,7 +729,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -245,7 +742,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{3}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HeartbeatResponse) GetEpochs() []*VolumeEpoch {
@@ -274,7 +771,7 @@ type VolumeIncarnation struct {
 
 func (x *VolumeIncarnation) Reset() {
 	*x = VolumeIncarnation{}
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -286,7 +783,7 @@ func (x *VolumeIncarnation) String() string {
 func (*VolumeIncarnation) ProtoMessage() {}
 
 func (x *VolumeIncarnation) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -299,7 +796,7 @@ func (x *VolumeIncarnation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeIncarnation.ProtoReflect.Descriptor instead.
 func (*VolumeIncarnation) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{4}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VolumeIncarnation) GetVolumeId() uint64 {
@@ -326,7 +823,7 @@ type VolumeEpoch struct {
 
 func (x *VolumeEpoch) Reset() {
 	*x = VolumeEpoch{}
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -338,7 +835,7 @@ func (x *VolumeEpoch) String() string {
 func (*VolumeEpoch) ProtoMessage() {}
 
 func (x *VolumeEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -351,7 +848,7 @@ func (x *VolumeEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeEpoch.ProtoReflect.Descriptor instead.
 func (*VolumeEpoch) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{5}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *VolumeEpoch) GetVolumeId() uint64 {
@@ -381,7 +878,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +890,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +903,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{6}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateVolumeRequest) GetName() string {
@@ -439,7 +936,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +948,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +961,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetVolumeRequest) GetName() string {
@@ -483,7 +980,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +992,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +1005,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DeleteVolumeRequest) GetName() string {
@@ -528,7 +1025,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -540,7 +1037,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -553,7 +1050,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeleteVolumeResponse) GetVolume() *VolumeInfo {
@@ -571,7 +1068,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +1080,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +1093,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 type ListVolumesResponse struct {
@@ -608,7 +1105,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +1117,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +1130,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeInfo {
@@ -654,7 +1151,7 @@ type SegmentInfo struct {
 
 func (x *SegmentInfo) Reset() {
 	*x = SegmentInfo{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +1163,7 @@ func (x *SegmentInfo) String() string {
 func (*SegmentInfo) ProtoMessage() {}
 
 func (x *SegmentInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +1176,7 @@ func (x *SegmentInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentInfo.ProtoReflect.Descriptor instead.
 func (*SegmentInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SegmentInfo) GetNode() string {
@@ -716,7 +1213,7 @@ type PGInfo struct {
 
 func (x *PGInfo) Reset() {
 	*x = PGInfo{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +1225,7 @@ func (x *PGInfo) String() string {
 func (*PGInfo) ProtoMessage() {}
 
 func (x *PGInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +1238,7 @@ func (x *PGInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PGInfo.ProtoReflect.Descriptor instead.
 func (*PGInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PGInfo) GetVolumeId() uint64 {
@@ -804,7 +1301,7 @@ type VolumeInfo struct {
 
 func (x *VolumeInfo) Reset() {
 	*x = VolumeInfo{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -816,7 +1313,7 @@ func (x *VolumeInfo) String() string {
 func (*VolumeInfo) ProtoMessage() {}
 
 func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -829,7 +1326,7 @@ func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeInfo.ProtoReflect.Descriptor instead.
 func (*VolumeInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *VolumeInfo) GetName() string {
@@ -932,7 +1429,7 @@ type TruncationRecord struct {
 
 func (x *TruncationRecord) Reset() {
 	*x = TruncationRecord{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -944,7 +1441,7 @@ func (x *TruncationRecord) String() string {
 func (*TruncationRecord) ProtoMessage() {}
 
 func (x *TruncationRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -957,7 +1454,7 @@ func (x *TruncationRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncationRecord.ProtoReflect.Descriptor instead.
 func (*TruncationRecord) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TruncationRecord) GetEpoch() uint64 {
@@ -1005,7 +1502,7 @@ type AddPGRequest struct {
 
 func (x *AddPGRequest) Reset() {
 	*x = AddPGRequest{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1514,7 @@ func (x *AddPGRequest) String() string {
 func (*AddPGRequest) ProtoMessage() {}
 
 func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1527,7 @@ func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddPGRequest.ProtoReflect.Descriptor instead.
 func (*AddPGRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AddPGRequest) GetVolume() string {
@@ -1056,7 +1553,7 @@ type WatchVolumeRequest struct {
 
 func (x *WatchVolumeRequest) Reset() {
 	*x = WatchVolumeRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1565,7 @@ func (x *WatchVolumeRequest) String() string {
 func (*WatchVolumeRequest) ProtoMessage() {}
 
 func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1578,7 @@ func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVolumeRequest.ProtoReflect.Descriptor instead.
 func (*WatchVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchVolumeRequest) GetVolumeId() uint64 {
@@ -1102,7 +1599,7 @@ type AcquireWriterRequest struct {
 
 func (x *AcquireWriterRequest) Reset() {
 	*x = AcquireWriterRequest{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1611,7 @@ func (x *AcquireWriterRequest) String() string {
 func (*AcquireWriterRequest) ProtoMessage() {}
 
 func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1624,7 @@ func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterRequest.ProtoReflect.Descriptor instead.
 func (*AcquireWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AcquireWriterRequest) GetVolume() string {
@@ -1162,7 +1659,7 @@ type AcquireWriterResponse struct {
 
 func (x *AcquireWriterResponse) Reset() {
 	*x = AcquireWriterResponse{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +1671,7 @@ func (x *AcquireWriterResponse) String() string {
 func (*AcquireWriterResponse) ProtoMessage() {}
 
 func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +1684,7 @@ func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterResponse.ProtoReflect.Descriptor instead.
 func (*AcquireWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AcquireWriterResponse) GetLease() int64 {
@@ -1220,7 +1717,7 @@ type RenewWriterRequest struct {
 
 func (x *RenewWriterRequest) Reset() {
 	*x = RenewWriterRequest{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1729,7 @@ func (x *RenewWriterRequest) String() string {
 func (*RenewWriterRequest) ProtoMessage() {}
 
 func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1742,7 @@ func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterRequest.ProtoReflect.Descriptor instead.
 func (*RenewWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RenewWriterRequest) GetLease() int64 {
@@ -1263,7 +1760,7 @@ type RenewWriterResponse struct {
 
 func (x *RenewWriterResponse) Reset() {
 	*x = RenewWriterResponse{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1772,7 @@ func (x *RenewWriterResponse) String() string {
 func (*RenewWriterResponse) ProtoMessage() {}
 
 func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1785,7 @@ func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterResponse.ProtoReflect.Descriptor instead.
 func (*RenewWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{30}
 }
 
 type ReleaseWriterRequest struct {
@@ -1300,7 +1797,7 @@ type ReleaseWriterRequest struct {
 
 func (x *ReleaseWriterRequest) Reset() {
 	*x = ReleaseWriterRequest{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1809,7 @@ func (x *ReleaseWriterRequest) String() string {
 func (*ReleaseWriterRequest) ProtoMessage() {}
 
 func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1822,7 @@ func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReleaseWriterRequest) GetLease() int64 {
@@ -1343,7 +1840,7 @@ type ReleaseWriterResponse struct {
 
 func (x *ReleaseWriterResponse) Reset() {
 	*x = ReleaseWriterResponse{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1852,7 @@ func (x *ReleaseWriterResponse) String() string {
 func (*ReleaseWriterResponse) ProtoMessage() {}
 
 func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1368,7 +1865,7 @@ func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 type RecordTruncationRequest struct {
@@ -1385,7 +1882,7 @@ type RecordTruncationRequest struct {
 
 func (x *RecordTruncationRequest) Reset() {
 	*x = RecordTruncationRequest{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1894,7 @@ func (x *RecordTruncationRequest) String() string {
 func (*RecordTruncationRequest) ProtoMessage() {}
 
 func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1907,7 @@ func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationRequest.ProtoReflect.Descriptor instead.
 func (*RecordTruncationRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RecordTruncationRequest) GetVolume() string {
@@ -1458,7 +1955,7 @@ type RecordTruncationResponse struct {
 
 func (x *RecordTruncationResponse) Reset() {
 	*x = RecordTruncationResponse{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1967,7 @@ func (x *RecordTruncationResponse) String() string {
 func (*RecordTruncationResponse) ProtoMessage() {}
 
 func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1980,7 @@ func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationResponse.ProtoReflect.Descriptor instead.
 func (*RecordTruncationResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RecordTruncationResponse) GetTruncations() []*TruncationRecord {
@@ -1501,7 +1998,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +2010,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1526,7 +2023,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 type NodeStatus struct {
@@ -1544,7 +2041,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1556,7 +2053,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1569,7 +2066,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -1618,7 +2115,7 @@ type WriterStatus struct {
 
 func (x *WriterStatus) Reset() {
 	*x = WriterStatus{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1630,7 +2127,7 @@ func (x *WriterStatus) String() string {
 func (*WriterStatus) ProtoMessage() {}
 
 func (x *WriterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1643,7 +2140,7 @@ func (x *WriterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterStatus.ProtoReflect.Descriptor instead.
 func (*WriterStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *WriterStatus) GetVolume() string {
@@ -1679,7 +2176,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +2188,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +2201,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -1739,7 +2236,38 @@ var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\vborealis.v1\"p\n" +
+	"\rcontrol.proto\x12\vborealis.v1\"\xdc\x02\n" +
+	"\fInstanceInfo\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x0e\n" +
+	"\x02az\x18\x04 \x01(\tR\x02az\x12!\n" +
+	"\fsql_endpoint\x18\x05 \x01(\tR\vsqlEndpoint\x121\n" +
+	"\x14replication_endpoint\x18\x06 \x01(\tR\x13replicationEndpoint\x12\x14\n" +
+	"\x05epoch\x18\a \x01(\x04R\x05epoch\x12\x10\n" +
+	"\x03vdl\x18\b \x01(\x04R\x03vdl\x12\x1d\n" +
+	"\n" +
+	"read_point\x18\t \x01(\x04R\treadPoint\x12\x14\n" +
+	"\x05state\x18\n" +
+	" \x01(\tR\x05state\x12&\n" +
+	"\x0fupdated_unix_ms\x18\v \x01(\x03R\rupdatedUnixMs\x12%\n" +
+	"\x0epromotion_tier\x18\f \x01(\rR\rpromotionTier\"_\n" +
+	"\x17RegisterInstanceRequest\x12-\n" +
+	"\x04info\x18\x01 \x01(\v2\x19.borealis.v1.InstanceInfoR\x04info\x12\x15\n" +
+	"\x06ttl_ms\x18\x02 \x01(\rR\x05ttlMs\"0\n" +
+	"\x18RegisterInstanceResponse\x12\x14\n" +
+	"\x05lease\x18\x01 \x01(\x03R\x05lease\"[\n" +
+	"\x14RenewInstanceRequest\x12\x14\n" +
+	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12-\n" +
+	"\x04info\x18\x02 \x01(\v2\x19.borealis.v1.InstanceInfoR\x04info\"\x17\n" +
+	"\x15RenewInstanceResponse\"1\n" +
+	"\x19DeregisterInstanceRequest\x12\x14\n" +
+	"\x05lease\x18\x01 \x01(\x03R\x05lease\"\x1c\n" +
+	"\x1aDeregisterInstanceResponse\".\n" +
+	"\x14ListInstancesRequest\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\tR\x06volume\"P\n" +
+	"\x15ListInstancesResponse\x127\n" +
+	"\tinstances\x18\x01 \x03(\v2\x19.borealis.v1.InstanceInfoR\tinstances\"p\n" +
 	"\x13RegisterNodeRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
 	"\x02az\x18\x02 \x01(\tR\x02az\x12\x12\n" +
@@ -1850,7 +2378,8 @@ const file_control_proto_rawDesc = "" +
 	"\x05nodes\x18\x01 \x03(\v2\x17.borealis.v1.NodeStatusR\x05nodes\x121\n" +
 	"\avolumes\x18\x02 \x03(\v2\x17.borealis.v1.VolumeInfoR\avolumes\x123\n" +
 	"\awriters\x18\x03 \x03(\v2\x19.borealis.v1.WriterStatusR\awriters\x120\n" +
-	"\x14heartbeat_timeout_ms\x18\x04 \x01(\rR\x12heartbeatTimeoutMs2\x87\b\n" +
+	"\x14heartbeat_timeout_ms\x18\x04 \x01(\rR\x12heartbeatTimeoutMs2\xff\n" +
+	"\n" +
 	"\aControl\x12S\n" +
 	"\fRegisterNode\x12 .borealis.v1.RegisterNodeRequest\x1a!.borealis.v1.RegisterNodeResponse\x12J\n" +
 	"\tHeartbeat\x12\x1d.borealis.v1.HeartbeatRequest\x1a\x1e.borealis.v1.HeartbeatResponse\x12I\n" +
@@ -1864,7 +2393,11 @@ const file_control_proto_rawDesc = "" +
 	"\vRenewWriter\x12\x1f.borealis.v1.RenewWriterRequest\x1a .borealis.v1.RenewWriterResponse\x12V\n" +
 	"\rReleaseWriter\x12!.borealis.v1.ReleaseWriterRequest\x1a\".borealis.v1.ReleaseWriterResponse\x12_\n" +
 	"\x10RecordTruncation\x12$.borealis.v1.RecordTruncationRequest\x1a%.borealis.v1.RecordTruncationResponse\x12A\n" +
-	"\x06Status\x12\x1a.borealis.v1.StatusRequest\x1a\x1b.borealis.v1.StatusResponseB;Z9github.com/borealis-db/borealis/api/borealispb;borealispbb\x06proto3"
+	"\x06Status\x12\x1a.borealis.v1.StatusRequest\x1a\x1b.borealis.v1.StatusResponse\x12_\n" +
+	"\x10RegisterInstance\x12$.borealis.v1.RegisterInstanceRequest\x1a%.borealis.v1.RegisterInstanceResponse\x12V\n" +
+	"\rRenewInstance\x12!.borealis.v1.RenewInstanceRequest\x1a\".borealis.v1.RenewInstanceResponse\x12e\n" +
+	"\x12DeregisterInstance\x12&.borealis.v1.DeregisterInstanceRequest\x1a'.borealis.v1.DeregisterInstanceResponse\x12V\n" +
+	"\rListInstances\x12!.borealis.v1.ListInstancesRequest\x1a\".borealis.v1.ListInstancesResponseB;Z9github.com/borealis-db/borealis/api/borealispb;borealispbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1878,84 +2411,104 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_control_proto_goTypes = []any{
-	(*RegisterNodeRequest)(nil),      // 0: borealis.v1.RegisterNodeRequest
-	(*RegisterNodeResponse)(nil),     // 1: borealis.v1.RegisterNodeResponse
-	(*HeartbeatRequest)(nil),         // 2: borealis.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),        // 3: borealis.v1.HeartbeatResponse
-	(*VolumeIncarnation)(nil),        // 4: borealis.v1.VolumeIncarnation
-	(*VolumeEpoch)(nil),              // 5: borealis.v1.VolumeEpoch
-	(*CreateVolumeRequest)(nil),      // 6: borealis.v1.CreateVolumeRequest
-	(*GetVolumeRequest)(nil),         // 7: borealis.v1.GetVolumeRequest
-	(*DeleteVolumeRequest)(nil),      // 8: borealis.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),     // 9: borealis.v1.DeleteVolumeResponse
-	(*ListVolumesRequest)(nil),       // 10: borealis.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),      // 11: borealis.v1.ListVolumesResponse
-	(*SegmentInfo)(nil),              // 12: borealis.v1.SegmentInfo
-	(*PGInfo)(nil),                   // 13: borealis.v1.PGInfo
-	(*VolumeInfo)(nil),               // 14: borealis.v1.VolumeInfo
-	(*TruncationRecord)(nil),         // 15: borealis.v1.TruncationRecord
-	(*AddPGRequest)(nil),             // 16: borealis.v1.AddPGRequest
-	(*WatchVolumeRequest)(nil),       // 17: borealis.v1.WatchVolumeRequest
-	(*AcquireWriterRequest)(nil),     // 18: borealis.v1.AcquireWriterRequest
-	(*AcquireWriterResponse)(nil),    // 19: borealis.v1.AcquireWriterResponse
-	(*RenewWriterRequest)(nil),       // 20: borealis.v1.RenewWriterRequest
-	(*RenewWriterResponse)(nil),      // 21: borealis.v1.RenewWriterResponse
-	(*ReleaseWriterRequest)(nil),     // 22: borealis.v1.ReleaseWriterRequest
-	(*ReleaseWriterResponse)(nil),    // 23: borealis.v1.ReleaseWriterResponse
-	(*RecordTruncationRequest)(nil),  // 24: borealis.v1.RecordTruncationRequest
-	(*RecordTruncationResponse)(nil), // 25: borealis.v1.RecordTruncationResponse
-	(*StatusRequest)(nil),            // 26: borealis.v1.StatusRequest
-	(*NodeStatus)(nil),               // 27: borealis.v1.NodeStatus
-	(*WriterStatus)(nil),             // 28: borealis.v1.WriterStatus
-	(*StatusResponse)(nil),           // 29: borealis.v1.StatusResponse
+	(*InstanceInfo)(nil),               // 0: borealis.v1.InstanceInfo
+	(*RegisterInstanceRequest)(nil),    // 1: borealis.v1.RegisterInstanceRequest
+	(*RegisterInstanceResponse)(nil),   // 2: borealis.v1.RegisterInstanceResponse
+	(*RenewInstanceRequest)(nil),       // 3: borealis.v1.RenewInstanceRequest
+	(*RenewInstanceResponse)(nil),      // 4: borealis.v1.RenewInstanceResponse
+	(*DeregisterInstanceRequest)(nil),  // 5: borealis.v1.DeregisterInstanceRequest
+	(*DeregisterInstanceResponse)(nil), // 6: borealis.v1.DeregisterInstanceResponse
+	(*ListInstancesRequest)(nil),       // 7: borealis.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),      // 8: borealis.v1.ListInstancesResponse
+	(*RegisterNodeRequest)(nil),        // 9: borealis.v1.RegisterNodeRequest
+	(*RegisterNodeResponse)(nil),       // 10: borealis.v1.RegisterNodeResponse
+	(*HeartbeatRequest)(nil),           // 11: borealis.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),          // 12: borealis.v1.HeartbeatResponse
+	(*VolumeIncarnation)(nil),          // 13: borealis.v1.VolumeIncarnation
+	(*VolumeEpoch)(nil),                // 14: borealis.v1.VolumeEpoch
+	(*CreateVolumeRequest)(nil),        // 15: borealis.v1.CreateVolumeRequest
+	(*GetVolumeRequest)(nil),           // 16: borealis.v1.GetVolumeRequest
+	(*DeleteVolumeRequest)(nil),        // 17: borealis.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),       // 18: borealis.v1.DeleteVolumeResponse
+	(*ListVolumesRequest)(nil),         // 19: borealis.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),        // 20: borealis.v1.ListVolumesResponse
+	(*SegmentInfo)(nil),                // 21: borealis.v1.SegmentInfo
+	(*PGInfo)(nil),                     // 22: borealis.v1.PGInfo
+	(*VolumeInfo)(nil),                 // 23: borealis.v1.VolumeInfo
+	(*TruncationRecord)(nil),           // 24: borealis.v1.TruncationRecord
+	(*AddPGRequest)(nil),               // 25: borealis.v1.AddPGRequest
+	(*WatchVolumeRequest)(nil),         // 26: borealis.v1.WatchVolumeRequest
+	(*AcquireWriterRequest)(nil),       // 27: borealis.v1.AcquireWriterRequest
+	(*AcquireWriterResponse)(nil),      // 28: borealis.v1.AcquireWriterResponse
+	(*RenewWriterRequest)(nil),         // 29: borealis.v1.RenewWriterRequest
+	(*RenewWriterResponse)(nil),        // 30: borealis.v1.RenewWriterResponse
+	(*ReleaseWriterRequest)(nil),       // 31: borealis.v1.ReleaseWriterRequest
+	(*ReleaseWriterResponse)(nil),      // 32: borealis.v1.ReleaseWriterResponse
+	(*RecordTruncationRequest)(nil),    // 33: borealis.v1.RecordTruncationRequest
+	(*RecordTruncationResponse)(nil),   // 34: borealis.v1.RecordTruncationResponse
+	(*StatusRequest)(nil),              // 35: borealis.v1.StatusRequest
+	(*NodeStatus)(nil),                 // 36: borealis.v1.NodeStatus
+	(*WriterStatus)(nil),               // 37: borealis.v1.WriterStatus
+	(*StatusResponse)(nil),             // 38: borealis.v1.StatusResponse
 }
 var file_control_proto_depIdxs = []int32{
-	4,  // 0: borealis.v1.HeartbeatRequest.hosted:type_name -> borealis.v1.VolumeIncarnation
-	5,  // 1: borealis.v1.HeartbeatResponse.epochs:type_name -> borealis.v1.VolumeEpoch
-	4,  // 2: borealis.v1.HeartbeatResponse.deleted:type_name -> borealis.v1.VolumeIncarnation
-	14, // 3: borealis.v1.DeleteVolumeResponse.volume:type_name -> borealis.v1.VolumeInfo
-	14, // 4: borealis.v1.ListVolumesResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	12, // 5: borealis.v1.PGInfo.segments:type_name -> borealis.v1.SegmentInfo
-	13, // 6: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
-	15, // 7: borealis.v1.VolumeInfo.truncations:type_name -> borealis.v1.TruncationRecord
-	14, // 8: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
-	15, // 9: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
-	27, // 10: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
-	14, // 11: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	28, // 12: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
-	0,  // 13: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
-	2,  // 14: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
-	6,  // 15: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
-	7,  // 16: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
-	10, // 17: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
-	8,  // 18: borealis.v1.Control.DeleteVolume:input_type -> borealis.v1.DeleteVolumeRequest
-	16, // 19: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
-	17, // 20: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
-	18, // 21: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
-	20, // 22: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
-	22, // 23: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
-	24, // 24: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
-	26, // 25: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
-	1,  // 26: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
-	3,  // 27: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
-	14, // 28: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
-	14, // 29: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
-	11, // 30: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
-	9,  // 31: borealis.v1.Control.DeleteVolume:output_type -> borealis.v1.DeleteVolumeResponse
-	13, // 32: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
-	13, // 33: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
-	19, // 34: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
-	21, // 35: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
-	23, // 36: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
-	25, // 37: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
-	29, // 38: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
-	26, // [26:39] is the sub-list for method output_type
-	13, // [13:26] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	0,  // 0: borealis.v1.RegisterInstanceRequest.info:type_name -> borealis.v1.InstanceInfo
+	0,  // 1: borealis.v1.RenewInstanceRequest.info:type_name -> borealis.v1.InstanceInfo
+	0,  // 2: borealis.v1.ListInstancesResponse.instances:type_name -> borealis.v1.InstanceInfo
+	13, // 3: borealis.v1.HeartbeatRequest.hosted:type_name -> borealis.v1.VolumeIncarnation
+	14, // 4: borealis.v1.HeartbeatResponse.epochs:type_name -> borealis.v1.VolumeEpoch
+	13, // 5: borealis.v1.HeartbeatResponse.deleted:type_name -> borealis.v1.VolumeIncarnation
+	23, // 6: borealis.v1.DeleteVolumeResponse.volume:type_name -> borealis.v1.VolumeInfo
+	23, // 7: borealis.v1.ListVolumesResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	21, // 8: borealis.v1.PGInfo.segments:type_name -> borealis.v1.SegmentInfo
+	22, // 9: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
+	24, // 10: borealis.v1.VolumeInfo.truncations:type_name -> borealis.v1.TruncationRecord
+	23, // 11: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
+	24, // 12: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
+	36, // 13: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
+	23, // 14: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	37, // 15: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
+	9,  // 16: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
+	11, // 17: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
+	15, // 18: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
+	16, // 19: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
+	19, // 20: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
+	17, // 21: borealis.v1.Control.DeleteVolume:input_type -> borealis.v1.DeleteVolumeRequest
+	25, // 22: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
+	26, // 23: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
+	27, // 24: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
+	29, // 25: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
+	31, // 26: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
+	33, // 27: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
+	35, // 28: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
+	1,  // 29: borealis.v1.Control.RegisterInstance:input_type -> borealis.v1.RegisterInstanceRequest
+	3,  // 30: borealis.v1.Control.RenewInstance:input_type -> borealis.v1.RenewInstanceRequest
+	5,  // 31: borealis.v1.Control.DeregisterInstance:input_type -> borealis.v1.DeregisterInstanceRequest
+	7,  // 32: borealis.v1.Control.ListInstances:input_type -> borealis.v1.ListInstancesRequest
+	10, // 33: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
+	12, // 34: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
+	23, // 35: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
+	23, // 36: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
+	20, // 37: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
+	18, // 38: borealis.v1.Control.DeleteVolume:output_type -> borealis.v1.DeleteVolumeResponse
+	22, // 39: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
+	22, // 40: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
+	28, // 41: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
+	30, // 42: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
+	32, // 43: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
+	34, // 44: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
+	38, // 45: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
+	2,  // 46: borealis.v1.Control.RegisterInstance:output_type -> borealis.v1.RegisterInstanceResponse
+	4,  // 47: borealis.v1.Control.RenewInstance:output_type -> borealis.v1.RenewInstanceResponse
+	6,  // 48: borealis.v1.Control.DeregisterInstance:output_type -> borealis.v1.DeregisterInstanceResponse
+	8,  // 49: borealis.v1.Control.ListInstances:output_type -> borealis.v1.ListInstancesResponse
+	33, // [33:50] is the sub-list for method output_type
+	16, // [16:33] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1969,7 +2522,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

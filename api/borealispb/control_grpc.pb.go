@@ -23,19 +23,23 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Control_RegisterNode_FullMethodName     = "/borealis.v1.Control/RegisterNode"
-	Control_Heartbeat_FullMethodName        = "/borealis.v1.Control/Heartbeat"
-	Control_CreateVolume_FullMethodName     = "/borealis.v1.Control/CreateVolume"
-	Control_GetVolume_FullMethodName        = "/borealis.v1.Control/GetVolume"
-	Control_ListVolumes_FullMethodName      = "/borealis.v1.Control/ListVolumes"
-	Control_DeleteVolume_FullMethodName     = "/borealis.v1.Control/DeleteVolume"
-	Control_AddPG_FullMethodName            = "/borealis.v1.Control/AddPG"
-	Control_WatchVolume_FullMethodName      = "/borealis.v1.Control/WatchVolume"
-	Control_AcquireWriter_FullMethodName    = "/borealis.v1.Control/AcquireWriter"
-	Control_RenewWriter_FullMethodName      = "/borealis.v1.Control/RenewWriter"
-	Control_ReleaseWriter_FullMethodName    = "/borealis.v1.Control/ReleaseWriter"
-	Control_RecordTruncation_FullMethodName = "/borealis.v1.Control/RecordTruncation"
-	Control_Status_FullMethodName           = "/borealis.v1.Control/Status"
+	Control_RegisterNode_FullMethodName       = "/borealis.v1.Control/RegisterNode"
+	Control_Heartbeat_FullMethodName          = "/borealis.v1.Control/Heartbeat"
+	Control_CreateVolume_FullMethodName       = "/borealis.v1.Control/CreateVolume"
+	Control_GetVolume_FullMethodName          = "/borealis.v1.Control/GetVolume"
+	Control_ListVolumes_FullMethodName        = "/borealis.v1.Control/ListVolumes"
+	Control_DeleteVolume_FullMethodName       = "/borealis.v1.Control/DeleteVolume"
+	Control_AddPG_FullMethodName              = "/borealis.v1.Control/AddPG"
+	Control_WatchVolume_FullMethodName        = "/borealis.v1.Control/WatchVolume"
+	Control_AcquireWriter_FullMethodName      = "/borealis.v1.Control/AcquireWriter"
+	Control_RenewWriter_FullMethodName        = "/borealis.v1.Control/RenewWriter"
+	Control_ReleaseWriter_FullMethodName      = "/borealis.v1.Control/ReleaseWriter"
+	Control_RecordTruncation_FullMethodName   = "/borealis.v1.Control/RecordTruncation"
+	Control_Status_FullMethodName             = "/borealis.v1.Control/Status"
+	Control_RegisterInstance_FullMethodName   = "/borealis.v1.Control/RegisterInstance"
+	Control_RenewInstance_FullMethodName      = "/borealis.v1.Control/RenewInstance"
+	Control_DeregisterInstance_FullMethodName = "/borealis.v1.Control/DeregisterInstance"
+	Control_ListInstances_FullMethodName      = "/borealis.v1.Control/ListInstances"
 )
 
 // ControlClient is the client API for Control service.
@@ -74,6 +78,22 @@ type ControlClient interface {
 	RecordTruncation(ctx context.Context, in *RecordTruncationRequest, opts ...grpc.CallOption) (*RecordTruncationResponse, error)
 	// Status reports nodes, volumes with their PGs, and writers.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// RegisterInstance records a database instance (writer or replica) of a
+	// volume under a lease of its own: the record disappears when the lease
+	// expires or is released. Registering an id that is already registered
+	// replaces its record (and revokes the older lease), so a restarted
+	// instance takes its id back at once. NOT_FOUND for a volume that does
+	// not exist; INVALID_ARGUMENT for a record without id, role or endpoint.
+	RegisterInstance(ctx context.Context, in *RegisterInstanceRequest, opts ...grpc.CallOption) (*RegisterInstanceResponse, error)
+	// RenewInstance keeps an instance's lease alive and, if info is set,
+	// replaces its record (its replication state). FAILED_PRECONDITION once
+	// the lease has expired or was replaced: the instance registers again.
+	RenewInstance(ctx context.Context, in *RenewInstanceRequest, opts ...grpc.CallOption) (*RenewInstanceResponse, error)
+	// DeregisterInstance releases the lease and removes the record.
+	DeregisterInstance(ctx context.Context, in *DeregisterInstanceRequest, opts ...grpc.CallOption) (*DeregisterInstanceResponse, error)
+	// ListInstances lists the registered instances of a volume ("" for all
+	// volumes), by volume and then id.
+	ListInstances(ctx context.Context, in *ListInstancesRequest, opts ...grpc.CallOption) (*ListInstancesResponse, error)
 }
 
 type controlClient struct {
@@ -223,6 +243,46 @@ func (c *controlClient) Status(ctx context.Context, in *StatusRequest, opts ...g
 	return out, nil
 }
 
+func (c *controlClient) RegisterInstance(ctx context.Context, in *RegisterInstanceRequest, opts ...grpc.CallOption) (*RegisterInstanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterInstanceResponse)
+	err := c.cc.Invoke(ctx, Control_RegisterInstance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) RenewInstance(ctx context.Context, in *RenewInstanceRequest, opts ...grpc.CallOption) (*RenewInstanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewInstanceResponse)
+	err := c.cc.Invoke(ctx, Control_RenewInstance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) DeregisterInstance(ctx context.Context, in *DeregisterInstanceRequest, opts ...grpc.CallOption) (*DeregisterInstanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeregisterInstanceResponse)
+	err := c.cc.Invoke(ctx, Control_DeregisterInstance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) ListInstances(ctx context.Context, in *ListInstancesRequest, opts ...grpc.CallOption) (*ListInstancesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListInstancesResponse)
+	err := c.cc.Invoke(ctx, Control_ListInstances_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -259,6 +319,22 @@ type ControlServer interface {
 	RecordTruncation(context.Context, *RecordTruncationRequest) (*RecordTruncationResponse, error)
 	// Status reports nodes, volumes with their PGs, and writers.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// RegisterInstance records a database instance (writer or replica) of a
+	// volume under a lease of its own: the record disappears when the lease
+	// expires or is released. Registering an id that is already registered
+	// replaces its record (and revokes the older lease), so a restarted
+	// instance takes its id back at once. NOT_FOUND for a volume that does
+	// not exist; INVALID_ARGUMENT for a record without id, role or endpoint.
+	RegisterInstance(context.Context, *RegisterInstanceRequest) (*RegisterInstanceResponse, error)
+	// RenewInstance keeps an instance's lease alive and, if info is set,
+	// replaces its record (its replication state). FAILED_PRECONDITION once
+	// the lease has expired or was replaced: the instance registers again.
+	RenewInstance(context.Context, *RenewInstanceRequest) (*RenewInstanceResponse, error)
+	// DeregisterInstance releases the lease and removes the record.
+	DeregisterInstance(context.Context, *DeregisterInstanceRequest) (*DeregisterInstanceResponse, error)
+	// ListInstances lists the registered instances of a volume ("" for all
+	// volumes), by volume and then id.
+	ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -307,6 +383,18 @@ func (UnimplementedControlServer) RecordTruncation(context.Context, *RecordTrunc
 }
 func (UnimplementedControlServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedControlServer) RegisterInstance(context.Context, *RegisterInstanceRequest) (*RegisterInstanceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RegisterInstance not implemented")
+}
+func (UnimplementedControlServer) RenewInstance(context.Context, *RenewInstanceRequest) (*RenewInstanceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RenewInstance not implemented")
+}
+func (UnimplementedControlServer) DeregisterInstance(context.Context, *DeregisterInstanceRequest) (*DeregisterInstanceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeregisterInstance not implemented")
+}
+func (UnimplementedControlServer) ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListInstances not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -556,6 +644,78 @@ func _Control_Status_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_RegisterInstance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterInstanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RegisterInstance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RegisterInstance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RegisterInstance(ctx, req.(*RegisterInstanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_RenewInstance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewInstanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RenewInstance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RenewInstance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RenewInstance(ctx, req.(*RenewInstanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_DeregisterInstance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeregisterInstanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).DeregisterInstance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_DeregisterInstance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).DeregisterInstance(ctx, req.(*DeregisterInstanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_ListInstances_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListInstancesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).ListInstances(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_ListInstances_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).ListInstances(ctx, req.(*ListInstancesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -610,6 +770,22 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Control_Status_Handler,
+		},
+		{
+			MethodName: "RegisterInstance",
+			Handler:    _Control_RegisterInstance_Handler,
+		},
+		{
+			MethodName: "RenewInstance",
+			Handler:    _Control_RenewInstance_Handler,
+		},
+		{
+			MethodName: "DeregisterInstance",
+			Handler:    _Control_DeregisterInstance_Handler,
+		},
+		{
+			MethodName: "ListInstances",
+			Handler:    _Control_ListInstances_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
