@@ -90,6 +90,58 @@ type Health struct {
 	// waits for while it is not.
 	Status string      `json:"status,omitempty"`
 	Stats  HealthStats `json:"stats"`
+
+	// ID and AZ name the instance; Endpoint is the SQL endpoint it
+	// registered in the catalog.
+	ID       string `json:"id,omitempty"`
+	AZ       string `json:"az,omitempty"`
+	Endpoint string `json:"endpoint,omitempty"`
+	// ReadPoint is the oldest read point the instance pins; on the writer,
+	// the volume's PGMRPL (the minimum over it and every live replica),
+	// which it sends to storage.
+	ReadPoint uint64 `json:"read_point"`
+	// Replica is set on a replica (role "replica"): its VDL above is the
+	// one it has applied.
+	Replica *ReplicaHealth `json:"replica,omitempty"`
+	// Replicas, on the writer, are the replicas subscribed to its redo
+	// stream.
+	Replicas []StreamHealth `json:"replicas,omitempty"`
+}
+
+// ReplicaHealth is a replica's replication state.
+type ReplicaHealth struct {
+	// Stream is "streaming" (attached to the writer's redo stream and
+	// current), "connecting" (never attached yet) or "stale" (the stream
+	// broke: the replica serves reads at its last applied VDL and
+	// reconnects).
+	Stream string `json:"stream"`
+	// WriterVDL is the newest VDL the writer told the replica of.
+	WriterVDL uint64 `json:"writer_vdl"`
+	// LagLSN is WriterVDL minus the applied VDL.
+	LagLSN uint64 `json:"lag_lsn"`
+	// LagMS is how long the replica has been behind: 0 when it has applied
+	// every commit the writer acknowledged as far as it knows, otherwise
+	// the milliseconds since the oldest commit it has not applied was
+	// acknowledged (and, while stale, since it last heard the writer).
+	LagMS float64 `json:"lag_ms"`
+	// Writer is the writer's SQL endpoint, where writes go.
+	Writer string `json:"writer,omitempty"`
+	// Epoch is the epoch of the stream it follows.
+	Epoch uint64 `json:"epoch"`
+	// Resyncs counts the times it dropped its cache to resume at a newer
+	// VDL after missing MTRs.
+	Resyncs uint64 `json:"resyncs"`
+}
+
+// StreamHealth is one replica subscribed to the writer's redo stream.
+type StreamHealth struct {
+	ID        string `json:"id"`
+	Applied   uint64 `json:"applied"`
+	ReadFloor uint64 `json:"read_floor"`
+	// BytesSent and MTRsSent count what the writer sent it on this
+	// subscription.
+	BytesSent uint64 `json:"bytes_sent"`
+	MTRsSent  uint64 `json:"mtrs_sent"`
 }
 
 // HealthStats are counters since the instance started.
