@@ -1,6 +1,7 @@
 // Package control is the control plane's library core: the catalog of
-// storage nodes, volumes, PG membership, epochs and the writer lease, kept in
-// etcd; placement of PGs on storage nodes; and an embedded single-node etcd.
+// storage nodes, volumes, PG membership, epochs, the writer lease and the
+// registry of database instances, kept in etcd; placement of PGs on storage
+// nodes; and an embedded single-node etcd.
 //
 // # Key layout
 //
@@ -18,13 +19,15 @@
 //	truncations/<volume-id %020d>/<epoch %020d>
 //	                                    Truncation: a recovery's range (after, through] and PG count; kept while the volume exists
 //	deleted/<volume-id %020d>           DeletedVolume: id, incarnation, name, pgs, deleted_at; the tombstone of a deleted volume, kept forever
+//	instances/<volume-id %020d>/<instance-id>
+//	                                    Instance: a database instance (writer or replica) of the volume, attached to a lease of its own (instances.go)
 //
-// A volume's keys are volumes/<name>, volume-ids/<id>, pgs/<id>/..., writer/<id>
-// and truncations/<id>/...; DeleteVolume removes them all in one transaction
-// and leaves deleted/<id>, from which storage nodes learn (in their
-// heartbeats) that they may drop the volume's segments. Volume ids come from
-// the counter and are never reused, so a tombstone never names a live volume
-// of this catalog.
+// A volume's keys are volumes/<name>, volume-ids/<id>, pgs/<id>/...,
+// writer/<id>, truncations/<id>/... and instances/<id>/...; DeleteVolume
+// removes them all in one transaction and leaves deleted/<id>, from which
+// storage nodes learn (in their heartbeats) that they may drop the volume's
+// segments. Volume ids come from the counter and are never reused, so a
+// tombstone never names a live volume of this catalog.
 //
 // # Incarnations
 //
@@ -745,12 +748,14 @@ func (c *Catalog) Volumes(ctx context.Context) ([]Volume, error) {
 }
 
 // DeleteVolume removes a volume from the catalog: its record, its id's
-// record, its PGs and its truncations go, and its tombstone deleted/<id> is
-// written, in one transaction guarded by the volume's revision and by the
-// absence of a writer lease. So a writer that takes the lease (or grows the
-// volume) meanwhile makes the delete look again, and a volume with a writer
-// is refused with ErrWriterHeld, naming the holder. It returns the volume and
-// its PGs as they were. Storage nodes drop the volume's segments once their
+// record, its PGs, its truncations and its instances' records go, and its
+// tombstone deleted/<id> is written, in one transaction guarded by the
+// volume's revision and by the absence of a writer lease. So a writer that
+// takes the lease (or grows the volume) meanwhile makes the delete look
+// again, and a volume with a writer is refused with ErrWriterHeld, naming
+// the holder. The instances' leases are revoked after it (best effort: their
+// renewals fail from the delete on all the same, since the leases hold no
+// record any more). It returns the volume and its PGs as they were. Storage nodes drop the volume's segments once their
 // heartbeat tells them of the tombstone (DeletedVolumes), those of its
 // incarnation only: a volume created before incarnations leaves its segments
 // on the nodes.
@@ -781,6 +786,7 @@ func (c *Catalog) DeleteVolume(ctx context.Context, name string) (Volume, []PG, 
 				clientv3.OpDelete(c.volIDKey(vol.ID)),
 				clientv3.OpDelete(c.pgPrefix(vol.ID), clientv3.WithPrefix()),
 				clientv3.OpDelete(c.truncsPrefix(vol.ID), clientv3.WithPrefix()),
+				clientv3.OpDelete(c.volInstancesPrefix(vol.ID), clientv3.WithPrefix(), clientv3.WithPrevKV()),
 				clientv3.OpPut(c.deletedKey(vol.ID), encode(tomb))).
 			Else(clientv3.OpGet(wk)).
 			Commit()
@@ -788,6 +794,12 @@ func (c *Catalog) DeleteVolume(ctx context.Context, name string) (Volume, []PG, 
 			return Volume{}, nil, etcdErr("delete volume "+name, err)
 		}
 		if tr.Succeeded {
+			for _, kv := range tr.Responses[5].GetResponseDeleteRange().PrevKvs {
+				if kv.Lease != 0 {
+					// Best effort: a lease left behind holds nothing and expires.
+					_, _ = c.cli.Revoke(ctx, clientv3.LeaseID(kv.Lease))
+				}
+			}
 			pgs, err := decodeAll[PG](tr.Responses[0].GetResponseRange().Kvs)
 			if err != nil {
 				// Deleted all the same; only the reply lacks them.

@@ -20,7 +20,9 @@ var (
 	ErrWriterHeld = errors.New("writer lease held")
 	// ErrStaleEpoch: a compare-and-swap on the volume epoch found another value.
 	ErrStaleEpoch = errors.New("stale volume epoch")
-	// ErrLeaseExpired: a writer lease that no longer exists.
+	// ErrLeaseExpired: a writer lease that no longer exists, or an
+	// instance lease that no longer holds its record (expired, released,
+	// replaced by a newer registration of the id).
 	ErrLeaseExpired = errors.New("lease expired")
 	// ErrConflict: too many concurrent changes to one record; retry later.
 	ErrConflict = errors.New("too many concurrent changes")

@@ -29,6 +29,9 @@ const (
 	// DefaultWriterTTL is the writer lease's TTL when AcquireWriter asks for
 	// none (ttl_ms 0).
 	DefaultWriterTTL = 10 * time.Second
+	// DefaultInstanceTTL is an instance lease's TTL when RegisterInstance
+	// asks for none (ttl_ms 0).
+	DefaultInstanceTTL = 5 * time.Second
 	// requestTimeout bounds the catalog work of one unary RPC, so that an
 	// unreachable etcd gives Unavailable instead of a hang.
 	requestTimeout = 10 * time.Second
@@ -403,6 +406,110 @@ func (s *Server) ReleaseWriter(ctx context.Context, req *pb.ReleaseWriterRequest
 		}
 		s.log.Info("writer lease released", "lease", fmt.Sprintf("%x", req.GetLease()))
 		return &pb.ReleaseWriterResponse{}, nil
+	})
+}
+
+// instanceFromPB is the catalog's record of an InstanceInfo (nil: the zero
+// record, which fails validation).
+func instanceFromPB(in *pb.InstanceInfo) Instance {
+	return Instance{
+		Volume: in.GetVolume(), ID: in.GetId(), Role: in.GetRole(), AZ: in.GetAz(),
+		SQLEndpoint: in.GetSqlEndpoint(), ReplicationEndpoint: in.GetReplicationEndpoint(),
+		Epoch: in.GetEpoch(), VDL: in.GetVdl(), ReadPoint: in.GetReadPoint(), State: in.GetState(),
+		UpdatedUnixMs: in.GetUpdatedUnixMs(), PromotionTier: in.GetPromotionTier(),
+	}
+}
+
+func instanceInfo(in Instance) *pb.InstanceInfo {
+	return &pb.InstanceInfo{
+		Volume: in.Volume, Id: in.ID, Role: in.Role, Az: in.AZ,
+		SqlEndpoint: in.SQLEndpoint, ReplicationEndpoint: in.ReplicationEndpoint,
+		Epoch: in.Epoch, Vdl: in.VDL, ReadPoint: in.ReadPoint, State: in.State,
+		UpdatedUnixMs: in.UpdatedUnixMs, PromotionTier: in.PromotionTier,
+	}
+}
+
+// RegisterInstance records a database instance under a new lease (ttl_ms,
+// or DefaultInstanceTTL), replacing an earlier record of its id.
+func (s *Server) RegisterInstance(ctx context.Context, req *pb.RegisterInstanceRequest) (*pb.RegisterInstanceResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.RegisterInstanceResponse, error) {
+		if req.GetInfo() == nil {
+			return nil, fmt.Errorf("%w: no instance record given; pass info with the instance's volume, id, role and SQL endpoint", ErrInvalid)
+		}
+		ttl := time.Duration(req.GetTtlMs()) * time.Millisecond
+		if ttl == 0 {
+			ttl = DefaultInstanceTTL
+		}
+		in := instanceFromPB(req.GetInfo())
+		rec, replaced, err := s.cat.RegisterInstance(ctx, in, ttl)
+		if err != nil {
+			s.log.Warn("instance registration refused", "volume", in.Volume, "instance", in.ID, "role", in.Role, "err", err)
+			return nil, err
+		}
+		attrs := []any{"volume", rec.Volume, "instance", rec.ID, "role", rec.Role, "az", rec.AZ, "sql_endpoint", rec.SQLEndpoint,
+			"lease", fmt.Sprintf("%x", int64(rec.Lease)), "ttl_s", rec.TTLSeconds}
+		if replaced != nil {
+			attrs = append(attrs, "replaced_lease", fmt.Sprintf("%x", int64(replaced.Lease)))
+		}
+		s.log.Info("instance registered", attrs...)
+		return &pb.RegisterInstanceResponse{Lease: int64(rec.Lease)}, nil
+	})
+}
+
+// RenewInstance keeps an instance's lease alive and, if info is set,
+// replaces its record.
+func (s *Server) RenewInstance(ctx context.Context, req *pb.RenewInstanceRequest) (*pb.RenewInstanceResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.RenewInstanceResponse, error) {
+		if req.GetLease() == 0 {
+			return nil, fmt.Errorf("%w: no lease given; pass the lease RegisterInstance returned", ErrInvalid)
+		}
+		var in *Instance
+		if req.GetInfo() != nil {
+			r := instanceFromPB(req.GetInfo())
+			in = &r
+		}
+		if err := s.cat.RenewInstance(ctx, clientv3.LeaseID(req.GetLease()), in); err != nil {
+			if errors.Is(err, ErrLeaseExpired) {
+				s.log.Warn("instance renewal refused", "lease", fmt.Sprintf("%x", req.GetLease()), "volume", req.GetInfo().GetVolume(), "instance", req.GetInfo().GetId(), "err", err)
+			}
+			return nil, err
+		}
+		return &pb.RenewInstanceResponse{}, nil
+	})
+}
+
+// DeregisterInstance releases an instance's lease, removing its record. A
+// lease already gone (expired, released, replaced) is not an error.
+func (s *Server) DeregisterInstance(ctx context.Context, req *pb.DeregisterInstanceRequest) (*pb.DeregisterInstanceResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.DeregisterInstanceResponse, error) {
+		if req.GetLease() == 0 {
+			return nil, fmt.Errorf("%w: no lease given; pass the lease RegisterInstance returned", ErrInvalid)
+		}
+		rec, err := s.cat.DeregisterInstance(ctx, clientv3.LeaseID(req.GetLease()))
+		if err != nil {
+			return nil, err
+		}
+		if rec != nil {
+			s.log.Info("instance deregistered", "volume", rec.Volume, "instance", rec.ID, "role", rec.Role, "lease", fmt.Sprintf("%x", req.GetLease()))
+		} else {
+			s.log.Info("instance deregistered: its lease was already gone", "lease", fmt.Sprintf("%x", req.GetLease()))
+		}
+		return &pb.DeregisterInstanceResponse{}, nil
+	})
+}
+
+// ListInstances lists the registered instances of a volume, or of all.
+func (s *Server) ListInstances(ctx context.Context, req *pb.ListInstancesRequest) (*pb.ListInstancesResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.ListInstancesResponse, error) {
+		ins, err := s.cat.Instances(ctx, req.GetVolume())
+		if err != nil {
+			return nil, err
+		}
+		out := &pb.ListInstancesResponse{Instances: make([]*pb.InstanceInfo, len(ins))}
+		for i, in := range ins {
+			out.Instances[i] = instanceInfo(in)
+		}
+		return out, nil
 	})
 }
 
