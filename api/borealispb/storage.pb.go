@@ -645,7 +645,12 @@ type GetPageRequest struct {
 	// The VDL the reader's epoch recovered at (its truncation's after), 0 if
 	// none. A segment that has not applied that epoch's truncation may still
 	// hold records it dropped, so it serves only reads at or below this.
-	RecoveredLsn  uint64 `protobuf:"varint,7,opt,name=recovered_lsn,json=recoveredLsn,proto3" json:"recovered_lsn,omitempty"`
+	RecoveredLsn uint64 `protobuf:"varint,7,opt,name=recovered_lsn,json=recoveredLsn,proto3" json:"recovered_lsn,omitempty"`
+	// A read replica's read: epoch names only the epoch whose truncation
+	// recovered_lsn is, and is not checked against newer epochs (a replica
+	// that follows an older writer's stream still reads durable pages at or
+	// below that writer's VDL, which every later recovery keeps).
+	Replica       bool `protobuf:"varint,8,opt,name=replica,proto3" json:"replica,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -727,6 +732,13 @@ func (x *GetPageRequest) GetRecoveredLsn() uint64 {
 		return x.RecoveredLsn
 	}
 	return 0
+}
+
+func (x *GetPageRequest) GetReplica() bool {
+	if x != nil {
+		return x.Replica
+	}
+	return false
 }
 
 type GetPageResponse struct {
@@ -1675,7 +1687,7 @@ const file_storage_proto_rawDesc = "" +
 	"\x03scl\x18\x02 \x01(\x04R\x03scl\"O\n" +
 	"\x0eAppendResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12+\n" +
-	"\x04acks\x18\x02 \x03(\v2\x17.borealis.v1.SegmentAckR\x04acks\"\xc2\x01\n" +
+	"\x04acks\x18\x02 \x03(\v2\x17.borealis.v1.SegmentAckR\x04acks\"\xdc\x01\n" +
 	"\x0eGetPageRequest\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12\x12\n" +
@@ -1683,7 +1695,8 @@ const file_storage_proto_rawDesc = "" +
 	"\bread_lsn\x18\x04 \x01(\x04R\areadLsn\x12\x14\n" +
 	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12\x1e\n" +
 	"\vpg_tail_lsn\x18\x06 \x01(\x04R\tpgTailLsn\x12#\n" +
-	"\rrecovered_lsn\x18\a \x01(\x04R\frecoveredLsn\"R\n" +
+	"\rrecovered_lsn\x18\a \x01(\x04R\frecoveredLsn\x12\x18\n" +
+	"\areplica\x18\b \x01(\bR\areplica\"R\n" +
 	"\x0fGetPageResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x19\n" +
 	"\bpage_lsn\x18\x02 \x01(\x04R\apageLsn\x12\x10\n" +

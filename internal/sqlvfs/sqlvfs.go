@@ -120,6 +120,10 @@ type Options struct {
 	// after the DSN's pragmas (reader tells which pool); a server that runs
 	// other people's SQL sets its authorizer there.
 	OnConnect func(c *sqlite3.Conn, reader bool) error
+	// MaxReadAge bounds how long a read transaction may stay pinned at its
+	// read point: past it, its page reads fail with ErrSnapshotTooOld (and a
+	// replica stops holding storage's GC back for it). 0: no bound.
+	MaxReadAge time.Duration
 }
 
 // openPool opens a database/sql pool on dsn, with opts.OnConnect on every
@@ -245,6 +249,7 @@ func Register(name string, vol Volume, opts Options) error {
 		cache:    newPageCache(opts.CacheMiB<<20/opts.PageSize, vol.VDL),
 		writer:   make(chan struct{}, 1),
 		busy:     opts.BusyTimeout,
+		maxAge:   opts.MaxReadAge,
 	}
 	return nil
 }
@@ -345,8 +350,10 @@ func (db *DB) Stats() Stats {
 // Close closes both pools and forgets the registration.
 func (db *DB) Close() error {
 	err := db.Reader.Close()
-	if werr := db.Writer.Close(); err == nil {
-		err = werr
+	if db.Writer != nil {
+		if werr := db.Writer.Close(); err == nil {
+			err = werr
+		}
 	}
 	Unregister(db.d.name)
 	return err
@@ -381,6 +388,7 @@ type database struct {
 	vol      Volume
 	pageSize int
 	cache    *pageCache
+	maxAge   time.Duration
 	// writer is held by the one writer connection in a transaction.
 	writer chan struct{}
 	busy   time.Duration
@@ -585,6 +593,9 @@ type file struct {
 	// the start.
 	opened bool
 	unpin  func()
+	// pinnedAt is when a read connection's transaction pinned its read
+	// point.
+	pinnedAt time.Time
 	// commitLSN is the MTR this transaction submitted, waited for at Unlock.
 	commitLSN uint64
 	// failure is the last error the volume gave this connection. SQLite
@@ -680,6 +691,8 @@ func (f *file) page(pg uint64) ([]byte, error) {
 		rp := f.rp
 		if f.lock < vfs.LOCK_SHARED || !f.rpValid {
 			rp = f.db.vol.VDL()
+		} else if f.reader && f.db.maxAge > 0 && time.Since(f.pinnedAt) > f.db.maxAge {
+			return nil, f.fail(fmt.Errorf("%w (pinned at LSN %d for %s, above %s)", ErrSnapshotTooOld, rp, time.Since(f.pinnedAt).Round(time.Millisecond), f.db.maxAge))
 		}
 		b, err = f.db.pageAt(pg, rp)
 	}
@@ -996,6 +1009,7 @@ func (f *file) Lock(lock vfs.LockLevel) error {
 		if f.reader {
 			rp, release := d.vol.PinReadPoint()
 			f.unpin = release
+			f.pinnedAt = time.Now()
 			f.setReadPoint(rp)
 		} else {
 			if err := d.acquireWriter(); err != nil {

@@ -184,7 +184,7 @@ func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) 
 	if s == nil {
 		return nil, 0, 0, n.volumeDeletedOrNotHosted(req.Volume, req.Pg)
 	}
-	if req.Epoch > 0 {
+	if req.Epoch > 0 && !req.Replica {
 		n.mu.Lock()
 		ve := n.volEpochs[req.Volume]
 		n.mu.Unlock()

@@ -78,8 +78,10 @@ func (c *Client) newNodeLocked(m Member) *node {
 		n.conn = conn
 		n.rpc = pb.NewStorageClient(conn)
 	}
-	c.wg.Add(1)
-	go n.run()
+	if !c.cfg.ReadOnly {
+		c.wg.Add(1)
+		go n.run()
+	}
 	return n
 }
 

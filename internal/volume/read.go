@@ -38,6 +38,11 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 	}
 	p, err := c.pg(ctx, idx, false)
 	if errors.Is(err, ErrNoSuchPG) {
+		if t := c.roTail(idx, readLSN); t > 0 {
+			// The writer's stream showed records of the PG: it exists,
+			// whatever an older view of the catalog says.
+			return nil, fmt.Errorf("volume %d: PG %d holds records up to LSN %d, but the catalog does not list it yet: %w", c.cfg.VolumeID, idx, t, err)
+		}
 		return make([]byte, c.cfg.PageSize), nil
 	}
 	if err != nil {
@@ -57,7 +62,17 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 		c.mu.Unlock()
 		return nil, err
 	}
+	now0 := time.Now()
 	tail := c.pgTailLocked(p, readLSN)
+	recovered, epoch := p.recovered, c.cfg.Epoch
+	if c.cfg.ReadOnly {
+		epoch = c.roEpoch.Load()
+		recovered = c.roRecovered[p.idx]
+		for id, scl := range c.roSCLs[p.idx] {
+			p.noteSCLLocked(id, scl, now0, time.Time{})
+		}
+		delete(c.roSCLs, p.idx)
+	}
 	// A known tail (from our own writes or from recovery) means the PG holds
 	// records at or below readLSN, so "not hosted" can't mean "all zeros".
 	wrote := (p.first != 0 && p.first <= readLSN) || tail > 0
@@ -88,9 +103,10 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 		Pg:           idx,
 		Page:         page,
 		ReadLsn:      readLSN,
-		Epoch:        c.cfg.Epoch,
+		Epoch:        epoch,
 		PgTailLsn:    tail,
-		RecoveredLsn: p.recovered,
+		RecoveredLsn: recovered,
+		Replica:      c.cfg.ReadOnly,
 	}
 	type result struct {
 		k    int
@@ -137,7 +153,7 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 				c.noteSCL(p, cands[r.k].m.NodeID, r.resp.GetScl())
 				return r.resp.GetData(), nil
 			}
-			if reasonOf(r.err) == pb.Reason_STALE_EPOCH {
+			if reasonOf(r.err) == pb.Reason_STALE_EPOCH && !c.cfg.ReadOnly {
 				c.fence(cands[r.k].m.NodeID, r.err)
 				c.mu.Lock()
 				err := c.failedLocked()

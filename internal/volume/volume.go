@@ -162,6 +162,15 @@ type Config struct {
 	// fast reconnect backoff, a wire-byte stats handler).
 	DialOptions []grpc.DialOption
 	Logger      *slog.Logger
+
+	// ReadOnly makes a read replica's client: it never writes (Submit fails
+	// with ErrReadOnly) and opens no Append stream; its VDL is the one the
+	// replica applied (SetVDL), and the PG tails and segment SCLs its reads
+	// route by come from the writer's redo stream (NoteRedo, NotePGStates).
+	ReadOnly bool
+	// Redo, if set, is told of every MTR as it is submitted and of the VDL
+	// as it rises: the writer's redo stream to replicas.
+	Redo RedoObserver
 }
 
 // PageWrite is one page of an MTR.
@@ -183,6 +192,9 @@ type Client struct {
 	dials []grpc.DialOption
 
 	vdl atomic.Uint64 // copy of the tracker's VDL, readable without mu
+	// roEpoch is a read-only client's stream epoch (SetStreamEpoch), sent
+	// with its reads.
+	roEpoch atomic.Uint64
 	mrp atomic.Uint64 // min_read_point sent to storage
 
 	mu       sync.Mutex
@@ -192,8 +204,18 @@ type Client struct {
 	nodes    map[string]*node
 	waiters  waitHeap
 	pins     map[uint64]int
-	fenced   error
-	closed   bool
+	pinAt    map[uint64]time.Time
+	// floor and floorHeld: the replicas' part of the PGMRPL (SetReadFloor).
+	floor     uint64
+	floorSet  bool
+	floorHeld bool
+	// A read-only client's view of the PGs from the redo stream: each PG's
+	// LSNs (as pgState.lsns), recovered LSN and segment SCLs.
+	roTails     map[uint32][]uint64
+	roRecovered map[uint32]uint64
+	roSCLs      map[uint32]map[string]uint64
+	fenced      error
+	closed      bool
 
 	// Placement lookups in progress, so concurrent first touches of a PG
 	// call Placement once.
@@ -268,14 +290,18 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 		cfg.Logger = slog.Default()
 	}
 	c := &Client{
-		cfg:       cfg,
-		log:       cfg.Logger.With("volume_id", cfg.VolumeID),
-		tracker:   quorum.NewTracker(cfg.BaseLSN),
-		pageLast:  make(map[uint64]uint64),
-		pgs:       make(map[uint32]*pgState),
-		nodes:     make(map[string]*node),
-		pins:      make(map[uint64]int),
-		resolving: make(map[uint32]chan struct{}),
+		cfg:         cfg,
+		log:         cfg.Logger.With("volume_id", cfg.VolumeID),
+		tracker:     quorum.NewTracker(cfg.BaseLSN),
+		pageLast:    make(map[uint64]uint64),
+		pgs:         make(map[uint32]*pgState),
+		nodes:       make(map[string]*node),
+		pins:        make(map[uint64]int),
+		pinAt:       make(map[uint64]time.Time),
+		roTails:     make(map[uint32][]uint64),
+		roRecovered: make(map[uint32]uint64),
+		roSCLs:      make(map[uint32]map[string]uint64),
+		resolving:   make(map[uint32]chan struct{}),
 	}
 	c.vdl.Store(cfg.BaseLSN)
 	c.mrp.Store(cfg.BaseLSN)
@@ -446,6 +472,9 @@ type prepared struct {
 // WriteTimeout it fails with *UnavailableError if a PG holding the VDL back
 // has no write quorum.
 func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
+	if c.cfg.ReadOnly {
+		return 0, ErrReadOnly
+	}
 	recs := make([]prepared, 0, len(mtr))
 	for _, w := range mtr {
 		if len(w.New) != c.cfg.PageSize {
@@ -522,6 +551,11 @@ func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
 		entries []*entry
 	}
 	var batches []nodeBatch
+	var published [][]byte
+	if c.cfg.Redo != nil {
+		published = make([][]byte, 0, len(recs))
+	}
+	first := c.tracker.LastAllocated() + 1
 	byNode := map[*node]int{}
 	for i := range recs {
 		r := &recs[i]
@@ -573,6 +607,9 @@ func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
 		p.lsns = append(p.lsns, lsn)
 		e := &entry{pg: p, lsn: lsn, data: rec.Encode()}
 		c.st.recordBytes.Add(uint64(len(e.data)))
+		if published != nil {
+			published = append(published, e.data)
+		}
 		for _, n := range p.nodes {
 			j, ok := byNode[n]
 			if !ok {
@@ -587,6 +624,11 @@ func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
 		b.n.enqueue(b.entries)
 	}
 	lsn := c.tracker.LastAllocated()
+	if published != nil {
+		// Under mu: the redo stream sees MTRs in LSN order, each before
+		// any VDL that covers it.
+		c.cfg.Redo.Submitted(first, lsn, published)
+	}
 	c.mu.Unlock()
 	for _, b := range batches {
 		b.n.signal()
@@ -620,7 +662,7 @@ func (c *Client) waitVDL(ctx context.Context, target uint64, start time.Time) er
 		c.mu.Unlock()
 		return err
 	}
-	if c.tracker.VDL() >= target {
+	if c.vdl.Load() >= target {
 		c.mu.Unlock()
 		return nil
 	}
@@ -788,6 +830,9 @@ func (c *Client) onAcks(n *node, acks []*pb.SegmentAck, sent []*entry) {
 		c.vdl.Store(vdl)
 		c.wakeLocked(vdl, false)
 		c.updateMRPLocked()
+		if c.cfg.Redo != nil {
+			c.cfg.Redo.Durable(vdl, now)
+		}
 	}
 }
 
@@ -815,6 +860,9 @@ func (c *Client) noteReceivedLocked(nodeID string, sent []*entry) {
 // itself; GetPage carries it as pg_tail_lsn.
 func (c *Client) pgTailLocked(p *pgState, readLSN uint64) uint64 {
 	l := p.lsns
+	if c.cfg.ReadOnly {
+		l = c.roTails[p.idx]
+	}
 	if len(l) == 0 || readLSN < l[0] {
 		return 0
 	}
@@ -869,7 +917,10 @@ func (c *Client) fence(nodeID string, err error) {
 // pinned, the VDL stands in.
 func (c *Client) PinReadPoint() (lsn uint64, release func()) {
 	c.mu.Lock()
-	lsn = c.tracker.VDL()
+	lsn = c.vdl.Load()
+	if c.pins[lsn] == 0 {
+		c.pinAt[lsn] = time.Now()
+	}
 	c.pins[lsn]++
 	c.updateMRPLocked()
 	c.mu.Unlock()
@@ -879,6 +930,7 @@ func (c *Client) PinReadPoint() (lsn uint64, release func()) {
 			c.mu.Lock()
 			if c.pins[lsn]--; c.pins[lsn] <= 0 {
 				delete(c.pins, lsn)
+				delete(c.pinAt, lsn)
 			}
 			c.updateMRPLocked()
 			c.mu.Unlock()
@@ -887,11 +939,19 @@ func (c *Client) PinReadPoint() (lsn uint64, release func()) {
 }
 
 func (c *Client) updateMRPLocked() {
-	lo := c.tracker.VDL()
+	lo := c.vdl.Load()
 	for l := range c.pins {
 		if l < lo {
 			lo = l
 		}
+	}
+	if c.floorSet {
+		lo = min(lo, c.floor)
+	}
+	if c.floorHeld {
+		// 0 raises nothing at storage: what the previous writer's replicas
+		// pinned stays readable until they report.
+		lo = 0
 	}
 	c.mrp.Store(lo)
 }
