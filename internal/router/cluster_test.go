@@ -1,0 +1,226 @@
+package router
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/borealis-db/borealis/internal/sqlclient"
+	"github.com/borealis-db/borealis/internal/wait"
+)
+
+// The cluster endpoint forwards to the writer record with the highest
+// epoch, and follows a new one after a refresh.
+func TestClusterForwardsToWriterAndFollowsNewEpoch(t *testing.T) {
+	ctl := startControl(t)
+	w1 := newInstance(t, "w1", RoleWriter)
+	r1 := newInstance(t, "r1", RoleReplica)
+	ctl.set(w1.record(1), r1.record(1))
+	h := newHarness(t, ctl, nil)
+
+	body := `{"statements":[{"sql":"INSERT INTO t VALUES (?)","params":[1]}],"transaction":true}`
+	rep := do(t, http.MethodPost, h.cluster.URL+"/v1/execute", body)
+	expect(t, rep, http.StatusOK, "w1")
+	if got := string(w1.body()); got != body {
+		t.Fatalf("the writer got body %q, want %q unchanged", got, body)
+	}
+	var out struct{ LSN uint64 }
+	if err := json.Unmarshal(rep.body, &out); err != nil || out.LSN != 7 {
+		t.Fatalf("the writer's reply did not come through: %s (%v)", rep.body, err)
+	}
+	// Queries on the cluster endpoint go to the writer too.
+	expect(t, do(t, http.MethodPost, h.cluster.URL+"/v1/query", `{"sql":"SELECT 1"}`), http.StatusOK, "w1")
+	if r1.queries.Load() != 0 {
+		t.Fatal("the cluster endpoint sent a query to a replica")
+	}
+
+	// A failover: a new writer registers with a higher epoch, while the
+	// old one's record has not expired.
+	w2 := newInstance(t, "w2", RoleWriter)
+	ctl.set(w2.record(2))
+	wait.For(t, within, "the cluster endpoint to follow w2", func() bool {
+		return execute(t, h.cluster.URL).instance == "w2"
+	})
+	expect(t, execute(t, h.cluster.URL), http.StatusOK, "w2")
+	st := h.r.Status()
+	if st.Writer == nil || st.Writer.ID != "w2" || st.Writer.Epoch != 2 || len(st.Others) != 1 || st.Others[0].ID != "w1" {
+		t.Fatalf("status: writer %+v, others %+v; want w2 at epoch 2, and w1 among the others", st.Writer, st.Others)
+	}
+}
+
+func TestClusterNoWriter(t *testing.T) {
+	ctl := startControl(t)
+	r1 := newInstance(t, "r1", RoleReplica)
+	ctl.set(r1.record(1))
+	h := newHarness(t, ctl, nil)
+
+	rep := execute(t, h.cluster.URL)
+	if rep.status != http.StatusServiceUnavailable || rep.code != CodeNoWriter || !strings.Contains(rep.message, `volume "main" has no writer`) {
+		t.Fatalf("got HTTP %d %s, want 503 no_writer naming the volume", rep.status, rep.body)
+	}
+	if rep.instance != "" {
+		t.Fatalf("the router's own refusal names instance %q", rep.instance)
+	}
+	if r1.executes.Load() != 0 {
+		t.Fatal("the cluster endpoint sent a write to a replica")
+	}
+}
+
+// A writer refusing as not_writer makes the router refresh and send the
+// request once more, to the writer the catalog names now.
+func TestClusterRetriesAfterNotWriter(t *testing.T) {
+	ctl := startControl(t)
+	w1 := newInstance(t, "w1", RoleWriter)
+	w2 := newInstance(t, "w2", RoleWriter)
+	ctl.set(w1.record(1))
+	// No periodic refresh within the test: only the retry's.
+	h := newHarness(t, ctl, func(c *Config) { c.Refresh = time.Hour })
+	wait.For(t, within, "w1 as the writer", func() bool { return h.writerID() == "w1" })
+
+	w1.setOnExecute(func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+		// Fenced by a new writer that has registered.
+		ctl.remove("w1")
+		ctl.set(w2.record(2))
+		writeError(w, http.StatusConflict, CodeNotWriter, "not the writer; the writer is w2")
+	})
+	body := `{"statements":[{"sql":"INSERT INTO t VALUES (1)"}]}`
+	expect(t, do(t, http.MethodPost, h.cluster.URL+"/v1/execute", body), http.StatusOK, "w2")
+	if w1.executes.Load() != 1 || w2.executes.Load() != 1 || string(w2.body()) != body {
+		t.Fatalf("w1 got %d writes, w2 %d (body %q); want one each, the same body", w1.executes.Load(), w2.executes.Load(), w2.body())
+	}
+
+	// Retried once only: two writers that both refuse give the second
+	// refusal.
+	w2.setOnExecute(func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+		writeError(w, http.StatusConflict, CodeNotWriter, "not the writer either")
+	})
+	w1.setOnExecute(func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+		writeError(w, http.StatusConflict, CodeNotWriter, "not the writer")
+	})
+	ctl.set(w1.record(3))
+	rep := execute(t, h.cluster.URL)
+	if rep.status != http.StatusConflict || rep.code != CodeNotWriter {
+		t.Fatalf("got HTTP %d %s, want the writer's own 409 not_writer", rep.status, rep.body)
+	}
+	if n := w1.executes.Load() + w2.executes.Load(); n != 4 {
+		t.Fatalf("%d writes reached the writers, want 4 (two requests, each retried once)", n)
+	}
+}
+
+// A writer whose connection is refused: the router refreshes and retries
+// on the new writer, since the request never reached the old one.
+func TestClusterRetriesWhenWriterUnreachable(t *testing.T) {
+	ctl := startControl(t)
+	w1 := newInstance(t, "w1", RoleWriter)
+	w2 := newInstance(t, "w2", RoleWriter)
+	ctl.set(w1.record(1))
+	h := newHarness(t, ctl, func(c *Config) { c.Refresh = time.Hour })
+	wait.For(t, within, "w1 as the writer", func() bool { return h.writerID() == "w1" })
+
+	w1.srv.Close()
+	ctl.remove("w1")
+	ctl.set(w2.record(2))
+	expect(t, execute(t, h.cluster.URL), http.StatusOK, "w2")
+
+	// With no writer left that can be reached: 502, naming it.
+	w2.srv.Close()
+	rep := execute(t, h.cluster.URL)
+	if rep.status != http.StatusBadGateway || rep.code != CodeUnavailable || !strings.Contains(rep.message, "w2") {
+		t.Fatalf("got HTTP %d %s, want 502 unavailable naming w2", rep.status, rep.body)
+	}
+}
+
+// A write whose connection fails after it was sent may have committed: it
+// is not sent again. A query is.
+func TestClusterDoesNotRetryWriteThatReachedTheWriter(t *testing.T) {
+	ctl := startControl(t)
+	w1 := newInstance(t, "w1", RoleWriter)
+	w2 := newInstance(t, "w2", RoleWriter)
+	ctl.set(w1.record(1))
+	h := newHarness(t, ctl, func(c *Config) { c.Refresh = time.Hour })
+	wait.For(t, within, "w1 as the writer", func() bool { return h.writerID() == "w1" })
+
+	crash := func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+		ctl.remove("w1")
+		ctl.set(w2.record(2))
+		panic(http.ErrAbortHandler) // the connection drops without an answer
+	}
+	w1.setOnExecute(crash)
+	rep := execute(t, h.cluster.URL)
+	if rep.status != http.StatusBadGateway || rep.code != CodeUnavailable || !strings.Contains(rep.message, "may or may not have been applied") {
+		t.Fatalf("got HTTP %d %s, want 502 unavailable saying the write may have been applied", rep.status, rep.body)
+	}
+	if w2.executes.Load() != 0 {
+		t.Fatal("a write that reached a writer was sent again")
+	}
+
+	ctl.remove("w2")
+	ctl.set(w1.record(3))
+	h.r.writers.Refresh(t.Context())
+	w1.setOnQuery(crash)
+	expect(t, do(t, http.MethodPost, h.cluster.URL+"/v1/query", `{"sql":"SELECT 1"}`), http.StatusOK, "w2")
+}
+
+// A body above ReplayBodyBytes is streamed to the writer, and its refusal
+// comes back as it is: it cannot be sent twice.
+func TestClusterStreamsLargeBodyWithoutRetry(t *testing.T) {
+	ctl := startControl(t)
+	w1 := newInstance(t, "w1", RoleWriter)
+	w2 := newInstance(t, "w2", RoleWriter)
+	ctl.set(w1.record(1))
+	h := newHarness(t, ctl, func(c *Config) { c.Refresh = time.Hour })
+	wait.For(t, within, "w1 as the writer", func() bool { return h.writerID() == "w1" })
+
+	big := `{"statements":[{"sql":"INSERT INTO t VALUES (?)","params":["` + strings.Repeat("x", 2<<20) + `"]}]}`
+	expect(t, do(t, http.MethodPost, h.cluster.URL+"/v1/execute", big), http.StatusOK, "w1")
+	if !bytes.Equal(w1.body(), []byte(big)) {
+		t.Fatalf("the writer got %d bytes, want the %d sent", len(w1.body()), len(big))
+	}
+
+	w1.setOnExecute(func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+		ctl.remove("w1")
+		ctl.set(w2.record(2))
+		writeError(w, http.StatusConflict, CodeNotWriter, "not the writer; the writer is w2")
+	})
+	rep := do(t, http.MethodPost, h.cluster.URL+"/v1/execute", big)
+	if rep.status != http.StatusConflict || rep.code != CodeNotWriter || rep.instance != "w1" {
+		t.Fatalf("got HTTP %d from %q %s, want w1's 409 not_writer", rep.status, rep.instance, rep.body)
+	}
+	if w2.executes.Load() != 0 {
+		t.Fatal("a streamed body was sent twice")
+	}
+}
+
+// GET /v1/health on either endpoint is the router's own status.
+func TestHealthOnBothEndpoints(t *testing.T) {
+	ctl := startControl(t)
+	w1 := newInstance(t, "w1", RoleWriter)
+	r1 := newInstance(t, "r1", RoleReplica)
+	r2 := newInstance(t, "r2", RoleReplica)
+	r1.setHealth(func(h *sqlclient.Health) { h.VDL = 42 })
+	r2.setHealth(func(h *sqlclient.Health) { h.Replica.Stream = "connecting" })
+	ctl.set(w1.record(1), r1.record(1), r2.record(1))
+	h := newHarness(t, ctl, nil)
+	h.waitCandidates(t, "r1")
+
+	for _, url := range []string{h.cluster.URL, h.reader.URL} {
+		rep := do(t, http.MethodGet, url+"/v1/health", "")
+		var st Status
+		if err := json.Unmarshal(rep.body, &st); err != nil || rep.status != http.StatusOK {
+			t.Fatalf("%s/v1/health: HTTP %d %s (%v)", url, rep.status, rep.body, err)
+		}
+		if st.Volume != "main" || st.Writer == nil || st.Writer.ID != "w1" || st.Writer.Endpoint != w1.endpoint() || st.ClusterEndpoint != "cluster.example:7100" {
+			t.Fatalf("%s/v1/health: %s", url, rep.body)
+		}
+		if len(st.Replicas) != 2 || !st.Replicas[0].Candidate || st.Replicas[0].VDL != 42 || st.Replicas[0].Stream != "streaming" ||
+			st.Replicas[1].Candidate || st.Replicas[1].Why != "stream connecting" {
+			t.Fatalf("%s/v1/health replicas: %+v", url, st.Replicas)
+		}
+		if rep.instance != "" {
+			t.Fatalf("%s/v1/health was answered by instance %q, not the router", url, rep.instance)
+		}
+	}
+}

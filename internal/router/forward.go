@@ -1,0 +1,199 @@
+package router
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"strings"
+	"sync/atomic"
+)
+
+// Error codes the router answers with itself, in the SQL API's error body
+// ({"error": {"code", "message"}}). Those the SQL API also has mean the
+// same there.
+const (
+	// CodeNoWriter: the volume has no writer in the catalog (503).
+	CodeNoWriter = "no_writer"
+	// CodeNotWriter: the reader endpoint refuses anything but queries (409).
+	CodeNotWriter = "not_writer"
+	// CodeUnavailable: the instance the request went to could not be
+	// reached, or failed before it answered (502).
+	CodeUnavailable = "unavailable"
+	// CodeBadRequest: a query body the router cannot read min_lsn from
+	// (400), or an unknown method on /v1/query (405).
+	CodeBadRequest = "bad_request"
+	// CodeBodyTooLarge: a query body above Config.MaxBodyBytes (413).
+	CodeBodyTooLarge = "body_too_large"
+)
+
+// maxPeek bounds what is read of a refusal to learn its error code.
+const maxPeek = 64 << 10
+
+type apiError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, format string, args ...any) {
+	writeJSON(w, status, struct {
+		Error apiError `json:"error"`
+	}{apiError{Code: code, Message: fmt.Sprintf(format, args...)}})
+}
+
+// errorCode returns the code of an SQL API error body, or "".
+func errorCode(b []byte) string {
+	var e struct {
+		Error *apiError `json:"error"`
+	}
+	if json.Unmarshal(b, &e) != nil || e.Error == nil {
+		return ""
+	}
+	return e.Error.Code
+}
+
+// body is a request body to forward: whole in buf (it can be sent again),
+// or, when it was too large to buffer, a stream that can be sent once.
+type body struct {
+	buf    []byte
+	stream io.Reader
+	length int64 // of the stream; -1 unknown
+}
+
+func (b *body) replayable() bool { return b.stream == nil }
+
+// readBody buffers r's body if it is at most ReplayBodyBytes, or returns
+// it as a stream (its first bytes already read) otherwise.
+func readBody(r *http.Request) (*body, error) {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return &body{}, nil
+	}
+	if r.ContentLength > ReplayBodyBytes {
+		return &body{stream: r.Body, length: r.ContentLength}, nil
+	}
+	buf, err := io.ReadAll(io.LimitReader(r.Body, ReplayBodyBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(buf) > ReplayBodyBytes {
+		return &body{stream: io.MultiReader(bytes.NewReader(buf), r.Body), length: r.ContentLength}, nil
+	}
+	return &body{buf: buf}, nil
+}
+
+// hopHeaders are the hop-by-hop headers a proxy does not forward
+// (RFC 9110 §7.6.1), as net/http/httputil.ReverseProxy drops them.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func dropHopHeaders(h http.Header) {
+	for _, v := range h.Values("Connection") {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				h.Del(f)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+}
+
+func baseURL(endpoint string) string {
+	base := strings.TrimRight(endpoint, "/")
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return base
+}
+
+// send forwards req, with b as its body, to the instance at endpoint. wrote
+// tells whether the whole request went out: when it did not, the instance
+// cannot have acted on it, and it is safe to send again elsewhere.
+func (r *Router) send(req *http.Request, endpoint string, b *body) (resp *http.Response, wrote bool, err error) {
+	var sent atomic.Bool
+	ctx := httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		WroteRequest: func(i httptrace.WroteRequestInfo) {
+			if i.Err == nil {
+				sent.Store(true)
+			}
+		},
+	})
+	var rd io.Reader = http.NoBody
+	switch {
+	case b.stream != nil:
+		rd = b.stream
+	case len(b.buf) > 0:
+		rd = bytes.NewReader(b.buf)
+	}
+	out, err := http.NewRequestWithContext(ctx, req.Method, baseURL(endpoint)+req.URL.RequestURI(), rd)
+	if err != nil {
+		return nil, false, err
+	}
+	if b.stream != nil {
+		out.ContentLength = b.length // -1 (chunked) when unknown
+	}
+	out.Header = req.Header.Clone()
+	if out.Header == nil {
+		out.Header = http.Header{}
+	}
+	dropHopHeaders(out.Header)
+	if host, _, err := net.SplitHostPort(req.RemoteAddr); err == nil {
+		if prior := out.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+			host = strings.Join(prior, ", ") + ", " + host
+		}
+		out.Header.Set("X-Forwarded-For", host)
+	}
+	resp, err = r.transport.RoundTrip(out)
+	return resp, sent.Load(), err
+}
+
+// relay writes resp to w as the answer of the instance id, and closes its
+// body.
+func relay(w http.ResponseWriter, resp *http.Response, id string) {
+	defer resp.Body.Close()
+	h := w.Header()
+	for k, vv := range resp.Header {
+		h[k] = vv
+	}
+	dropHopHeaders(h)
+	h.Set(InstanceHeader, id)
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, resp.Body)
+}
+
+// peek reads the start of resp's body (a refusal: small) and returns its
+// error code; resp's body still reads from its first byte.
+func peek(resp *http.Response) string {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxPeek))
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(b), resp.Body), resp.Body}
+	return errorCode(b)
+}
+
+// discard drains (a bounded amount of) resp's body, so that its connection
+// is reused, and closes it.
+func discard(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxPeek))
+	resp.Body.Close()
+}
+
+// clientGone says whether req's client went away (or its server is
+// shutting down): then a failed forward is nobody's failure, and nobody
+// reads the answer.
+func clientGone(req *http.Request) bool {
+	return req.Context().Err() != nil
+}

@@ -1,0 +1,614 @@
+// Package router is Borealis's stateless router (DESIGN.md §3, "Replicas").
+// It serves two endpoints, each on a listener of its own:
+//
+//   - the cluster endpoint (ClusterHandler) forwards every request to the
+//     volume's current writer;
+//   - the reader endpoint (ReaderHandler) balances POST /v1/query across the
+//     healthy replicas, by least outstanding requests, and falls back to the
+//     writer when no replica can answer. It never writes.
+//
+// The router learns where the instances are from the control plane's
+// instance registry (Control.ListInstances, whose records are leased, so a
+// dead instance drops out), and how they stand by polling each one's
+// GET /v1/health. It keeps no state of its own beyond what it last learnt:
+// any number of routers may serve the same volume.
+//
+// Both endpoints name the instance that answered in the Borealis-Instance
+// response header, and answer GET /v1/health themselves with the router's
+// status (Status).
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/sqlclient"
+)
+
+// Defaults of Config.
+const (
+	DefaultVolume        = "main"
+	DefaultMaxLag        = time.Second
+	DefaultRefresh       = 250 * time.Millisecond
+	DefaultHealthTimeout = 500 * time.Millisecond
+	// DefaultMaxBodyBytes is the SQL API's default cap on a request body
+	// (dbserver.DefaultMaxBodyBytes).
+	DefaultMaxBodyBytes = 48 << 20
+)
+
+// ReplayBodyBytes bounds the request bodies the router buffers so that it
+// can send them again to another instance. The cluster endpoint streams a
+// larger body to the writer and never retries it; the reader endpoint
+// buffers every query body (it must read min_lsn before it picks a
+// replica), but only bigBodySlots larger than this at once.
+const ReplayBodyBytes = 1 << 20
+
+// InstanceHeader is the response header naming the instance (its catalog
+// id) that answered a forwarded request.
+const InstanceHeader = "Borealis-Instance"
+
+// Roles and replica stream states, as the catalog and GET /v1/health name
+// them.
+const (
+	RoleWriter      = "writer"
+	RoleReplica     = "replica"
+	StreamStreaming = "streaming"
+)
+
+const (
+	// listTimeout bounds one ListInstances call.
+	listTimeout = 2 * time.Second
+	// bigBodySlots is how many query bodies above ReplayBodyBytes the reader
+	// endpoint holds at once; others wait for a slot.
+	bigBodySlots = 4
+	// maxReplicaTries is how many replicas a query tries before the writer:
+	// a lagging replica answers only after waiting for min_lsn within its
+	// bound, so trying all fifteen could take fifteen times that.
+	maxReplicaTries = 2
+	// logEvery rate-limits the log lines a failing instance or control
+	// plane would repeat on every request or refresh.
+	logEvery = 10 * time.Second
+)
+
+// Config configures a Router.
+type Config struct {
+	// Control is the control plane's gRPC address (host:port). Required.
+	Control string
+	// Volume is the volume whose instances the router serves. Default
+	// DefaultVolume.
+	Volume string
+	// MaxLag is the replication lag (a replica's health lag_ms) above which
+	// the reader endpoint skips a replica. Default DefaultMaxLag (zero or
+	// negative means the default).
+	MaxLag time.Duration
+	// Refresh is how often the router lists the volume's instances and
+	// polls each one's health. Default DefaultRefresh.
+	Refresh time.Duration
+	// HealthTimeout bounds one health poll. Default DefaultHealthTimeout.
+	HealthTimeout time.Duration
+	// ClusterAddr is the cluster endpoint's address as clients reach it,
+	// which the reader endpoint names when it refuses a write. Optional.
+	ClusterAddr string
+	// MaxBodyBytes bounds a query body on the reader endpoint (which reads
+	// it whole). Default DefaultMaxBodyBytes. The cluster endpoint leaves
+	// the bound to the writer.
+	MaxBodyBytes int64
+	// Logger receives the router's log; nil discards it.
+	Logger *slog.Logger
+	// Transport carries forwarded requests and health polls. Default: a
+	// clone of http.DefaultTransport, which Close releases.
+	Transport http.RoundTripper
+	// Writers says where writes go. Default: the catalog (the "writer"
+	// record with the highest epoch). It is the seam through which the
+	// cluster endpoint follows a failover.
+	Writers WriterSource
+}
+
+// WriterSource says which instance currently takes writes.
+type WriterSource interface {
+	// Writer returns the writer, or false when the volume has none.
+	Writer() (Target, bool)
+	// Refresh brings Writer up to date; the cluster endpoint calls it when
+	// the writer refused a request as not_writer or could not be reached,
+	// before it retries once.
+	Refresh(ctx context.Context) error
+}
+
+// Target is an instance requests can be sent to.
+type Target struct {
+	// ID is the instance's catalog id (what InstanceHeader carries).
+	ID string
+	// Endpoint is its SQL API: host:port, or a base URL.
+	Endpoint string
+	// Epoch is the writer's epoch.
+	Epoch uint64
+}
+
+// Router serves a volume's cluster and reader endpoints. Its methods are
+// safe for concurrent use.
+type Router struct {
+	cfg       Config
+	log       *slog.Logger
+	maxLagMS  float64
+	conn      *grpc.ClientConn
+	ctl       pb.ControlClient
+	transport http.RoundTripper
+	ownsTr    *http.Transport // the default transport, closed by Close
+	health    *http.Client
+	writers   WriterSource
+	bigBodies chan struct{}
+	limited   limiter
+
+	base   context.Context // ends with Close; the pollers run under it
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	closed   bool
+	insts    map[string]*instance // by catalog id
+	listed   time.Time            // when the catalog was last listed successfully
+	listErr  error                // the last listing's failure, nil once one succeeds
+	rr       uint64               // round-robin among equally loaded replicas
+	flight   *refreshFlight       // the listing under way, if any
+	lastList time.Time            // when the last successful listing began
+}
+
+// instance is one catalog record with what its polls found.
+type instance struct {
+	id       string
+	endpoint string // fixed: a record with another endpoint is another instance
+	stop     context.CancelFunc
+	// outstanding counts the requests forwarded to it that are not done.
+	outstanding atomic.Int64
+	served      atomic.Uint64
+
+	// Guarded by Router.mu.
+	info     *pb.InstanceInfo
+	health   *sqlclient.Health // the last successful poll's answer
+	polled   time.Time         // when the last successful poll began
+	pollErr  error             // the last poll's failure; nil once one succeeds
+	failed   error             // a forwarded request's connection failure
+	failedAt time.Time         // cleared by a poll that began after it
+}
+
+// refreshFlight is one ListInstances call that concurrent refreshes share.
+type refreshFlight struct {
+	started time.Time
+	done    chan struct{}
+	err     error
+}
+
+// New returns a router of cfg.Volume's instances. It does not contact the
+// control plane: Run lists the instances, and the first request waits for
+// that listing.
+func New(cfg Config) (*Router, error) {
+	if cfg.Control == "" {
+		return nil, errors.New("router: Config.Control (the control plane's gRPC address) is required")
+	}
+	if cfg.Volume == "" {
+		cfg.Volume = DefaultVolume
+	}
+	if cfg.MaxLag <= 0 {
+		cfg.MaxLag = DefaultMaxLag
+	}
+	if cfg.Refresh <= 0 {
+		cfg.Refresh = DefaultRefresh
+	}
+	if cfg.HealthTimeout <= 0 {
+		cfg.HealthTimeout = DefaultHealthTimeout
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("volume", cfg.Volume)
+	conn, err := grpc.NewClient(cfg.Control,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Reconnect promptly when the control plane comes back: gRPC's
+		// default backoff grows to two minutes.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("router: control plane address %q: %w", cfg.Control, err)
+	}
+	r := &Router{
+		cfg:       cfg,
+		log:       log,
+		maxLagMS:  float64(cfg.MaxLag) / float64(time.Millisecond),
+		conn:      conn,
+		ctl:       pb.NewControlClient(conn),
+		transport: cfg.Transport,
+		bigBodies: make(chan struct{}, bigBodySlots),
+		insts:     map[string]*instance{},
+	}
+	if r.transport == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = 64
+		r.transport, r.ownsTr = tr, tr
+	}
+	r.health = &http.Client{
+		Transport:     r.transport,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	r.writers = cfg.Writers
+	if r.writers == nil {
+		r.writers = catalogWriters{r}
+	}
+	r.base, r.cancel = context.WithCancel(context.Background())
+	return r, nil
+}
+
+// Run lists the volume's instances every Config.Refresh until ctx ends or
+// the router is closed, and returns nil then. Each instance listed is
+// polled for its health on its own, at the same interval, until it leaves
+// the catalog. A failed listing keeps the instances last listed (their
+// polls still tell which are alive) and is logged.
+func (r *Router) Run(ctx context.Context) error {
+	t := time.NewTicker(r.cfg.Refresh)
+	defer t.Stop()
+	for {
+		_ = r.refreshSince(ctx, time.Now())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.base.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Close stops the health polls and releases the control plane connection
+// and the default transport's idle connections. Requests under way finish
+// on the state last learnt; the router must not be used afterwards.
+func (r *Router) Close() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	r.cancel()
+	r.wg.Wait()
+	r.conn.Close()
+	if r.ownsTr != nil {
+		r.ownsTr.CloseIdleConnections()
+	}
+}
+
+// refreshSince returns once a listing that began at or after since is done,
+// starting one unless one is under way: concurrent callers share a call. It
+// returns that listing's error.
+func (r *Router) refreshSince(ctx context.Context, since time.Time) error {
+	for {
+		r.mu.Lock()
+		if !r.lastList.IsZero() && !r.lastList.Before(since) {
+			r.mu.Unlock()
+			return nil
+		}
+		if f := r.flight; f != nil {
+			r.mu.Unlock()
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+			if !f.started.Before(since) {
+				return f.err
+			}
+			continue
+		}
+		f := &refreshFlight{started: time.Now(), done: make(chan struct{})}
+		r.flight = f
+		r.mu.Unlock()
+
+		// Shared by every caller waiting: no one caller's cancellation
+		// ends it.
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), listTimeout)
+		f.err = r.list(lctx, f.started)
+		cancel()
+		r.mu.Lock()
+		r.flight = nil
+		close(f.done)
+		r.mu.Unlock()
+		return f.err
+	}
+}
+
+// list calls ListInstances and applies its answer.
+func (r *Router) list(ctx context.Context, started time.Time) error {
+	resp, err := r.ctl.ListInstances(ctx, &pb.ListInstancesRequest{Volume: r.cfg.Volume})
+	if err != nil {
+		err = fmt.Errorf("listing the instances of volume %q at the control plane %s: %s", r.cfg.Volume, r.cfg.Control, status.Convert(err).Message())
+		r.mu.Lock()
+		r.listErr = err
+		r.mu.Unlock()
+		if ok, suppressed := r.limited.allow("list"); ok {
+			r.log.Warn("cannot list the volume's instances; keeping those last listed", "control", r.cfg.Control, "err", err, "suppressed", suppressed)
+		}
+		return err
+	}
+	r.apply(resp.GetInstances(), started)
+	return nil
+}
+
+// apply makes the catalog's records the router's instances: it starts
+// polling the new ones and stops polling those that left.
+func (r *Router) apply(records []*pb.InstanceInfo, started time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	seen := make(map[string]bool, len(records))
+	for _, info := range records {
+		if info.GetVolume() != r.cfg.Volume || info.GetId() == "" || info.GetSqlEndpoint() == "" {
+			continue
+		}
+		seen[info.Id] = true
+		in := r.insts[info.Id]
+		if in != nil && in.endpoint != info.SqlEndpoint {
+			r.log.Info("instance moved", "instance", in.id, "from", in.endpoint, "to", info.SqlEndpoint)
+			in.stop()
+			in = nil
+		}
+		if in == nil {
+			ctx, stop := context.WithCancel(r.base)
+			in = &instance{id: info.Id, endpoint: info.SqlEndpoint, stop: stop}
+			r.insts[in.id] = in
+			r.wg.Add(1)
+			go r.poll(ctx, in)
+			r.log.Info("instance joined", "instance", in.id, "role", info.Role, "endpoint", in.endpoint, "epoch", info.Epoch)
+		}
+		in.info = info
+	}
+	for id, in := range r.insts {
+		if !seen[id] {
+			in.stop()
+			delete(r.insts, id)
+			r.log.Info("instance left the catalog", "instance", id, "endpoint", in.endpoint)
+		}
+	}
+	r.listed, r.listErr = time.Now(), nil
+	if started.After(r.lastList) {
+		r.lastList = started
+	}
+}
+
+// poll asks in for its health every Config.Refresh until ctx ends.
+func (r *Router) poll(ctx context.Context, in *instance) {
+	defer r.wg.Done()
+	c := sqlclient.Client{Endpoint: in.endpoint, HTTP: r.health}
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		began := time.Now()
+		pctx, cancel := context.WithTimeout(ctx, r.cfg.HealthTimeout)
+		h, err := c.Health(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		r.mu.Lock()
+		was := in.pollErr
+		if err != nil {
+			in.pollErr = err
+		} else {
+			in.health, in.polled, in.pollErr = h, began, nil
+			if in.failed != nil && began.After(in.failedAt) {
+				in.failed = nil
+			}
+		}
+		r.mu.Unlock()
+		switch {
+		case err != nil && was == nil:
+			r.log.Warn("health poll failed; the instance takes no queries until a poll succeeds", "instance", in.id, "endpoint", in.endpoint, "err", err)
+		case err == nil && was != nil:
+			r.log.Info("health poll succeeds again", "instance", in.id, "endpoint", in.endpoint)
+		}
+		t.Reset(r.cfg.Refresh)
+	}
+}
+
+// catalogWriters is the default WriterSource: the catalog's "writer"
+// record with the highest epoch (then the newest, then the lowest id).
+type catalogWriters struct{ r *Router }
+
+func (c catalogWriters) Writer() (Target, bool) {
+	r := c.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var best *pb.InstanceInfo
+	for _, in := range r.insts {
+		i := in.info
+		if i.GetRole() != RoleWriter {
+			continue
+		}
+		if best == nil || i.Epoch > best.Epoch ||
+			i.Epoch == best.Epoch && (i.UpdatedUnixMs > best.UpdatedUnixMs || i.UpdatedUnixMs == best.UpdatedUnixMs && i.Id < best.Id) {
+			best = i
+		}
+	}
+	if best == nil {
+		return Target{}, false
+	}
+	return Target{ID: best.Id, Endpoint: best.SqlEndpoint, Epoch: best.Epoch}, true
+}
+
+func (c catalogWriters) Refresh(ctx context.Context) error {
+	return c.r.refreshSince(ctx, time.Now())
+}
+
+// awaitFirstListing waits, until ctx ends, for the catalog's first
+// listing, so that a router just started does not answer no_writer for
+// want of having asked.
+func (r *Router) awaitFirstListing(ctx context.Context) {
+	r.mu.Lock()
+	listed := !r.lastList.IsZero()
+	r.mu.Unlock()
+	if !listed {
+		_ = r.refreshSince(ctx, time.Time{})
+	}
+}
+
+// unfit says why in cannot take queries now, or "" if it can (min_lsn
+// aside). r.mu must be held.
+func (r *Router) unfit(in *instance) string {
+	switch {
+	case in.info.GetRole() != RoleReplica:
+		return fmt.Sprintf("catalog role %q", in.info.GetRole())
+	case in.pollErr != nil:
+		return "health poll failed: " + in.pollErr.Error()
+	case in.health == nil:
+		return "not polled yet"
+	case in.failed != nil:
+		return "a request to it failed (" + in.failed.Error() + "); waiting for a health poll"
+	}
+	h := in.health
+	switch {
+	case h.Role != RoleReplica || h.Replica == nil:
+		return fmt.Sprintf("reports role %q", h.Role)
+	case !h.Ready:
+		return "not ready: " + orDash(h.Status)
+	case h.Replica.Stream != StreamStreaming:
+		return "stream " + orDash(h.Replica.Stream)
+	case h.Replica.LagMS > r.maxLagMS:
+		return fmt.Sprintf("lag %.0f ms above the %s bound", h.Replica.LagMS, r.cfg.MaxLag)
+	}
+	return ""
+}
+
+// pick chooses, among the replicas not tried that can take a query and
+// have applied minLSN, the one with the fewest outstanding requests (ties
+// in turn), and counts the request as outstanding on it. nil if none.
+func (r *Router) pick(minLSN uint64, tried map[string]bool) *instance {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var cands []*instance
+	for _, in := range r.insts {
+		if tried[in.id] || r.unfit(in) != "" || in.health.VDL < minLSN {
+			continue
+		}
+		cands = append(cands, in)
+	}
+	if len(cands) == 0 {
+		return nil
+	}
+	slices.SortFunc(cands, func(a, b *instance) int { return strings.Compare(a.id, b.id) })
+	start := int(r.rr % uint64(len(cands)))
+	r.rr++
+	var best *instance
+	for i := range cands {
+		c := cands[(start+i)%len(cands)]
+		if best == nil || c.outstanding.Load() < best.outstanding.Load() {
+			best = c
+		}
+	}
+	best.outstanding.Add(1)
+	return best
+}
+
+// candidates counts the replicas that can take queries, and those of them
+// that have applied minLSN.
+func (r *Router) candidates(minLSN uint64) (healthy, applied int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, in := range r.insts {
+		if r.unfit(in) == "" {
+			healthy++
+			if in.health.VDL >= minLSN {
+				applied++
+			}
+		}
+	}
+	return healthy, applied
+}
+
+// markFailed keeps in from taking queries until a poll that begins after
+// now succeeds.
+func (r *Router) markFailed(in *instance, err error) {
+	r.mu.Lock()
+	in.failed, in.failedAt = err, time.Now()
+	r.mu.Unlock()
+}
+
+// begin counts a request to the instance id as outstanding (if the catalog
+// lists it) and returns what ends it.
+func (r *Router) begin(id string) func() {
+	r.mu.Lock()
+	in := r.insts[id]
+	r.mu.Unlock()
+	if in == nil {
+		return func() {}
+	}
+	in.outstanding.Add(1)
+	return in.done
+}
+
+// done ends a request counted as outstanding on in.
+func (in *instance) done() {
+	in.outstanding.Add(-1)
+	in.served.Add(1)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// limiter rate-limits log lines by key.
+type limiter struct {
+	mu   sync.Mutex
+	last map[string]*limited
+}
+
+type limited struct {
+	at         time.Time
+	suppressed int
+}
+
+// allow says whether a line of key may be logged now, and how many were
+// suppressed since the last one.
+func (l *limiter) allow(key string) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.last == nil {
+		l.last = map[string]*limited{}
+	}
+	e := l.last[key]
+	now := time.Now()
+	if e == nil {
+		l.last[key] = &limited{at: now}
+		return true, 0
+	}
+	if now.Sub(e.at) < logEvery {
+		e.suppressed++
+		return false, 0
+	}
+	n := e.suppressed
+	e.at, e.suppressed = now, 0
+	return true, n
+}
