@@ -78,13 +78,21 @@ a request beyond waits for room, and fails with busy if it finds none within
 				// the API stores a large value only if SQL builds it.
 				log.Warn("--max-body is below the smallest request that stores the largest value the API takes (a base64 blob parameter with its statement)", "max_body", maxBody, "needs", need, "max_value_bytes", dbserver.MaxValueBytes)
 			}
-			inst, err := dbserver.New(cfg)
-			if err != nil {
-				return err
-			}
 			lis, err := net.Listen("tcp", listen)
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w", listen, err)
+			}
+			cfg.Endpoint = advertised(listen, lis.Addr())
+			if cfg.ReplicationListen == "" {
+				// The redo stream on the same host as the SQL endpoint, on a
+				// port the system picks; replicas find it in the catalog.
+				host, _, _ := net.SplitHostPort(cfg.Endpoint)
+				cfg.ReplicationListen = net.JoinHostPort(host, "0")
+			}
+			inst, err := dbserver.New(cfg)
+			if err != nil {
+				lis.Close()
+				return err
 			}
 			if metrics != "" {
 				mlis, err := net.Listen("tcp", metrics)
@@ -134,12 +142,17 @@ a request beyond waits for room, and fails with busy if it finds none within
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Role, "role", dbserver.RoleWriter, "instance role (only writer so far)")
+	f.StringVar(&cfg.Role, "role", dbserver.RoleWriter, "instance role: writer (takes the writer lease, recovers the volume and serves writes) or replica (reads the volume's pages from storage and follows the writer's redo stream; keeps no data on local disk)")
+	f.StringVar(&cfg.AZ, "az", "", "availability zone of the instance, registered in the catalog")
+	f.DurationVar(&cfg.MaxReadAge, "max-read-age", 5*time.Minute, "how long a read transaction may stay pinned at its read point; beyond it its reads fail with snapshot_too_old, and it no longer holds storage's garbage collection back")
+	f.DurationVar(&cfg.MinLSNWait, "min-lsn-wait", time.Second, "how long a query with min_lsn waits for the instance to reach that LSN before it fails with lagging")
+	f.StringVar(&cfg.ReplicationListen, "replication-listen", "", "writer: gRPC address to serve the redo stream to replicas on (default: the --listen host, on a port the system picks; replicas find it in the catalog)")
+	f.Uint32Var(&cfg.PromotionTier, "promotion-tier", 1, "replica: failover promotes a replica of the lowest tier first")
 	f.StringVar(&cfg.Volume, "volume", "", "volume name")
 	f.StringVar(&cfg.Control, "control", "", "control plane gRPC address")
 	f.StringVar(&listen, "listen", "", "HTTP address to serve SQL on")
 	f.StringVar(&metrics, "metrics", "", "address to serve Prometheus /metrics and pprof on (off when empty)")
-	f.StringVar(&cfg.ID, "id", "", "instance id, the holder name of the writer lease (default: the role)")
+	f.StringVar(&cfg.ID, "id", "", "instance id, registered in the catalog; the holder name of the writer lease (default: the role)")
 	f.IntVar(&cfg.CacheMiB, "cache-mib", 64, "page cache size in MiB")
 	f.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "how long a commit waits for a write quorum of segments that can make it durable (answering, and holding or catching up to it) before failing with storage_unavailable")
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", 0, "how long one request may take, from waiting for room to read its body to the end of its SQL, which is then interrupted and fails with timeout (0: 2m, or a minute more than --write-timeout if that is longer)")
@@ -147,4 +160,17 @@ a request beyond waits for room, and fails with busy if it finds none within
 	f.IntVar(&cfg.MaxWriters, "max-writers", 64, "writer connections (transactions in flight)")
 	f.StringVar(&maxBody, "max-body", formatSize(dbserver.DefaultMaxBodyBytes), "largest request body, such as 48MiB; larger ones fail with body_too_large. The default admits the largest string or blob (32 MiB) as a base64 parameter, with its statement")
 	return cmd
+}
+
+// advertised is the SQL endpoint to register for a listener asked for at
+// listen: the address it got, with a wildcard host replaced by loopback.
+func advertised(listen string, got net.Addr) string {
+	host, port, err := net.SplitHostPort(got.String())
+	if err != nil {
+		return got.String()
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }

@@ -76,6 +76,9 @@ type ExecResult struct {
 // ExecuteResponse is the reply of POST /v1/execute.
 type ExecuteResponse struct {
 	Results []ExecResult `json:"results"`
+	// LSN is durable and covers the commit: a query with "min_lsn": LSN,
+	// on any instance, sees it.
+	LSN uint64 `json:"lsn"`
 }
 
 // QueryResponse is the reply of POST /v1/query.
@@ -95,6 +98,9 @@ type APIError struct {
 	Status  int    `json:"-"`
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// Writer, on a replica's not_writer and lagging, is the writer's SQL
+	// endpoint.
+	Writer string `json:"writer,omitempty"`
 }
 
 func (e *APIError) Error() string { return e.Code + ": " + e.Message }
@@ -121,10 +127,11 @@ func (s *Instance) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/execute", func(w http.ResponseWriter, r *http.Request) { s.handleExecute(w, r, h, h.bodies) })
 	mux.HandleFunc("POST /v1/query", func(w http.ResponseWriter, r *http.Request) { s.handleQuery(w, r, h, h.queryBodies) })
 	mux.HandleFunc("GET /v1/health", s.handleHealth)
+	mux.HandleFunc("POST /v1/wait", s.handleWait)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, apiErr(http.StatusNotFound, CodeBadRequest, "no endpoint %s %s; the API has POST /v1/execute, POST /v1/query and GET /v1/health", r.Method, r.URL.Path))
 	})
-	allowed := map[string]string{"/v1/execute": "POST", "/v1/query": "POST", "/v1/health": "GET"}
+	allowed := map[string]string{"/v1/execute": "POST", "/v1/query": "POST", "/v1/health": "GET", "/v1/wait": "POST"}
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		if m, ok := allowed[r.URL.Path]; ok {
 			w.Header().Set("Allow", m)
@@ -350,7 +357,10 @@ type (
 		SQL    string  `json:"sql"`
 		Params []param `json:"params"`
 	}
-	queryBody = statementBody
+	queryBody struct {
+		statementBody
+		MinLSN uint64 `json:"min_lsn"`
+	}
 )
 
 // The fields of each object of a body, checked by knownFields: a client's
@@ -358,6 +368,7 @@ type (
 var (
 	executeFields   = fieldSet{names: []string{"statements", "transaction"}, arrays: map[string]fieldSet{"statements": statementFields}}
 	statementFields = fieldSet{names: []string{"sql", "params"}}
+	queryFields     = fieldSet{names: []string{"sql", "params", "min_lsn"}}
 )
 
 // args are st's parameters as SQLite values, or the first that is not one.
@@ -390,7 +401,7 @@ func decodeBody(body []byte, v any) error {
 		}
 		return err
 	}
-	fields := statementFields
+	fields := queryFields
 	if _, ok := v.(*executeBody); ok {
 		fields = executeFields
 	}
@@ -684,7 +695,7 @@ func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request, h *apiH
 		return
 	}
 	release()
-	writeJSON(w, http.StatusOK, ExecuteResponse{Results: res})
+	writeJSON(w, http.StatusOK, ExecuteResponse{Results: res, LSN: s.durableLSN()})
 }
 
 func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req executeBody, args [][]any) ([]ExecResult, *APIError) {
@@ -1057,6 +1068,10 @@ func (s *Instance) handleQuery(w http.ResponseWriter, r *http.Request, h *apiHan
 		writeErr(w, e)
 		return
 	}
+	if e := s.reach(ctx, req.MinLSN); e != nil {
+		writeErr(w, e)
+		return
+	}
 	resp, e := s.query(ctx, db, req.SQL, args)
 	if e != nil {
 		writeErr(w, e)
@@ -1205,6 +1220,8 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 			"%sthe commit was not acknowledged: %v. Its outcome is unknown: it is kept, and it commits if storage recovers before the writer restarts; check before retrying. Writes wait until it is durable", prefix, unavailable)
 	case errors.As(cause, &unavailable):
 		return apiErr(http.StatusServiceUnavailable, CodeStorageUnavailable, "%s%v", prefix, unavailable)
+	case errors.Is(cause, sqlvfs.ErrSnapshotTooOld), volume.BelowGCHorizon(cause):
+		return apiErr(http.StatusConflict, CodeSnapshotTooOld, "%sthe query's read point is too old: %v; run it again, at a newer read point", prefix, cause)
 	case errors.Is(cause, volume.ErrFenced):
 		s.fenced(cause)
 		return apiErr(http.StatusConflict, CodeNotWriter, "%sthis instance is no longer the writer of volume %s: %v", prefix, s.cfg.Volume, cause)

@@ -25,16 +25,21 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/instance"
+	"github.com/borealis-db/borealis/internal/redostream"
 	"github.com/borealis-db/borealis/internal/sqlvfs"
 	"github.com/borealis-db/borealis/internal/volume"
 )
 
-// RoleWriter is the only role built so far; replicas come later.
-const RoleWriter = "writer"
+// Roles.
+const (
+	RoleWriter  = instance.RoleWriter
+	RoleReplica = instance.RoleReplica
+)
 
 // Config configures an instance.
 type Config struct {
-	// Role must be RoleWriter.
+	// Role is RoleWriter or RoleReplica.
 	Role string
 	// Volume is the volume's name in the catalog.
 	Volume string
@@ -66,14 +71,41 @@ type Config struct {
 	// and of read connections. Default 64.
 	MaxWriters int
 	Logger     *slog.Logger
+
+	// AZ is the instance's availability zone, registered in the catalog.
+	AZ string
+	// Endpoint is the instance's SQL endpoint (host:port) as clients reach
+	// it, registered in the catalog.
+	Endpoint string
+	// ReplicationListen is where a writer serves its redo stream to
+	// replicas. Default 127.0.0.1:0 (a port the system picks; replicas
+	// find it in the catalog).
+	ReplicationListen string
+	// MaxReadAge bounds how long a read transaction may stay pinned at its
+	// read point (snapshot_too_old beyond). Default 5m.
+	MaxReadAge time.Duration
+	// MinLSNWait bounds how long a query with min_lsn waits for the
+	// instance to reach it (lagging beyond). Default 1s.
+	MinLSNWait time.Duration
+	// PromotionTier is a replica's tier for failover.
+	PromotionTier uint32
 }
 
 func (c *Config) defaults() error {
 	if c.Role == "" {
 		c.Role = RoleWriter
 	}
-	if c.Role != RoleWriter {
-		return fmt.Errorf("dbserver: role %q is not built yet; the only role is %q", c.Role, RoleWriter)
+	if c.Role != RoleWriter && c.Role != RoleReplica {
+		return fmt.Errorf("dbserver: role %q: want %q or %q", c.Role, RoleWriter, RoleReplica)
+	}
+	if c.ReplicationListen == "" {
+		c.ReplicationListen = "127.0.0.1:0"
+	}
+	if c.MaxReadAge <= 0 {
+		c.MaxReadAge = instance.DefaultMaxReadAge
+	}
+	if c.MinLSNWait <= 0 {
+		c.MinLSNWait = time.Second
 	}
 	if c.Volume == "" {
 		return errors.New("dbserver: a volume name is required")
@@ -141,6 +173,14 @@ type Instance struct {
 	lost     chan struct{}
 	lostOnce *sync.Once
 	closeVol func()
+
+	// The writer's redo stream: the attempt's server, and the listener
+	// that outlives attempts.
+	stream   *redostream.Server
+	replGRPC *grpc.Server
+	replAddr string
+	// rep is a replica's running state.
+	rep *instance.Replica
 
 	// hooks let tests stop the start at a chosen point; they are nil
 	// outside tests, and set before Start or Run.
@@ -226,11 +266,16 @@ func (s *Instance) Health() Health {
 		h.Stats.Commits, h.Stats.FullPageBytes = st.Commits, st.FullPageBytes
 	}
 	h.Stats.Executes, h.Stats.Queries = s.stats.executes.Load(), s.stats.queries.Load()
+	h.ID, h.AZ, h.Endpoint = s.cfg.ID, s.cfg.AZ, s.cfg.Endpoint
+	s.replicationHealth(&h)
 	return h
 }
 
 // readable returns the database to query, or why there is none.
 func (s *Instance) readable() (*sqlvfs.DB, *APIError) {
+	if s.cfg.Role == RoleReplica {
+		return s.replicaReadable()
+	}
 	s.mu.Lock()
 	db, st := s.db, s.status
 	s.mu.Unlock()
@@ -245,6 +290,9 @@ func (s *Instance) readable() (*sqlvfs.DB, *APIError) {
 // is durable: new writes would otherwise pile up behind it, each with an
 // unknown outcome.
 func (s *Instance) writable(ctx context.Context) (*sqlvfs.DB, *APIError) {
+	if s.cfg.Role == RoleReplica {
+		return nil, s.notWriter()
+	}
 	db, e := s.readable()
 	if e != nil {
 		return nil, e
@@ -306,6 +354,9 @@ func (s *Instance) fenced(err error) {
 // crash recovery and opens the database. The lease is kept until Close or
 // until it is lost; see Run for an instance that takes it back.
 func (s *Instance) Start(ctx context.Context) error {
+	if s.cfg.Role == RoleReplica {
+		return s.startReplica(ctx)
+	}
 	lease, err := s.acquire(ctx)
 	if err != nil {
 		return err
@@ -320,6 +371,9 @@ func (s *Instance) Start(ctx context.Context) error {
 // Run runs the instance until ctx ends: start, keep the lease, and start
 // again (with a new epoch and a new recovery) whenever it is lost.
 func (s *Instance) Run(ctx context.Context) error {
+	if s.cfg.Role == RoleReplica {
+		return s.runReplica(ctx)
+	}
 	s.mu.Lock()
 	s.restarts = true
 	s.mu.Unlock()
@@ -451,13 +505,22 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) (e
 	if h := s.hooks.recovered; h != nil {
 		h(lost)
 	}
-	vol, err := volume.Open(vctx, cfg)
-	if err != nil {
+	if _, err := s.serveReplication(); err != nil {
 		stopFollow()
 		return err
 	}
-	db, err := sqlvfs.OpenDB(vol, withPolicy(sqlvfs.Options{PageSize: cfg.PageSize, CacheMiB: s.cfg.CacheMiB}))
+	stream := s.newStream(rctx, cfg)
+	cfg.Redo = stream
+	vol, err := volume.Open(vctx, cfg)
 	if err != nil {
+		stream.Close()
+		stopFollow()
+		return err
+	}
+	stream.Attach(vol)
+	db, err := sqlvfs.OpenDB(vol, withPolicy(sqlvfs.Options{PageSize: cfg.PageSize, CacheMiB: s.cfg.CacheMiB, MaxReadAge: s.cfg.MaxReadAge}))
+	if err != nil {
+		stream.Close()
 		vol.Close()
 		stopFollow()
 		return err
@@ -479,6 +542,7 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) (e
 	select {
 	case <-lost:
 		s.mu.Unlock()
+		stream.Close()
 		db.Close()
 		vol.Close()
 		stopFollow()
@@ -487,7 +551,9 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) (e
 	}
 	s.db, s.vol, s.volID, s.epoch = db, vol, cfg.VolumeID, epoch
 	s.lost, s.lostOnce, s.lease, s.limbo = lost, once, lease, 0
+	s.stream = stream
 	s.closeVol = func() {
+		stream.Close()
 		db.Close()
 		vol.Close()
 		stopFollow()
@@ -495,6 +561,7 @@ func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) (e
 	s.status, s.retryWhy = "ready", ""
 	s.ready.Store(true)
 	s.mu.Unlock()
+	go s.keepRegistration(lost)
 	s.log.Info("serving as the writer", "epoch", epoch, "vdl", vol.VDL())
 	return nil
 }
@@ -611,7 +678,7 @@ func (s *Instance) shutdown() {
 	closeVol, lease := s.closeVol, s.lease
 	lost, once := s.lost, s.lostOnce
 	s.closeVol, s.lease = nil, nil
-	s.db, s.vol = nil, nil
+	s.db, s.vol, s.stream = nil, nil, nil
 	s.status = "stopped"
 	s.mu.Unlock()
 	// The served attempt ends here: its keepLease stops rather than renew
@@ -638,5 +705,15 @@ func (s *Instance) Close() error {
 		once.Do(func() { close(lost) })
 	}
 	s.shutdown()
+	s.mu.Lock()
+	g, rep := s.replGRPC, s.rep
+	s.replGRPC, s.rep = nil, nil
+	s.mu.Unlock()
+	if g != nil {
+		g.Stop()
+	}
+	if rep != nil {
+		rep.Close()
+	}
 	return s.conn.Close()
 }

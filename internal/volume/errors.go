@@ -138,3 +138,18 @@ func reasonOf(err error) pb.Reason {
 	}
 	return pb.Reason_REASON_UNSPECIFIED
 }
+
+// BelowGCHorizon reports whether a failed read was refused by a segment
+// because storage collected the page versions its read point needs.
+func BelowGCHorizon(err error) bool {
+	var re *ReadError
+	if !errors.As(err, &re) {
+		return false
+	}
+	for _, t := range re.Tried {
+		if reasonOf(t.Err) == pb.Reason_BELOW_GC_HORIZON {
+			return true
+		}
+	}
+	return false
+}
