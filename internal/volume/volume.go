@@ -195,7 +195,7 @@ type Client struct {
 	// roEpoch is a read-only client's stream epoch (SetStreamEpoch), sent
 	// with its reads.
 	roEpoch atomic.Uint64
-	mrp atomic.Uint64 // min_read_point sent to storage
+	mrp     atomic.Uint64 // min_read_point sent to storage
 
 	mu       sync.Mutex
 	tracker  *quorum.Tracker
