@@ -34,7 +34,7 @@ func rootCmd() *cobra.Command {
 	}
 	root.AddCommand(storageCmd(), benchCmd(), controlCmd())
 	root.AddCommand(upCmd(), restartCmd(), statusCmd(), volumeCmd(), dbCmd())
-	root.AddCommand(sqlCmd())
+	root.AddCommand(sqlCmd(), routerCmd())
 	return root
 }
 

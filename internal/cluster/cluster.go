@@ -33,6 +33,9 @@ type Component struct {
 	Pid  int    `json:"pid"`
 	Log  string `json:"log"`
 	Dir  string `json:"dir,omitempty"`
+	// A router's two endpoints (host:port); Addr is its cluster endpoint.
+	ClusterEndpoint string `json:"cluster_endpoint,omitempty"`
+	ReaderEndpoint  string `json:"reader_endpoint,omitempty"`
 }
 
 // File is the shape of cluster.json.
@@ -235,8 +238,14 @@ func (c *Cluster) StartDB(ctx context.Context, id, role, volume, addr string, ex
 	if c.ControlAddr == "" {
 		return fmt.Errorf("cluster: a database instance needs the control plane (ControlAddr)")
 	}
+	az := ""
+	for i := 0; i+1 < len(extra); i++ {
+		if extra[i] == "--az" {
+			az = extra[i+1]
+		}
+	}
 	p := &proc{
-		Component: Component{Role: role, ID: id, Addr: addr, Log: filepath.Join(c.Dir, id+".log")},
+		Component: Component{Role: role, ID: id, AZ: az, Addr: addr, Log: filepath.Join(c.Dir, id+".log")},
 		args: append([]string{"db", "--role", role, "--volume", volume, "--control", c.ControlAddr,
 			"--listen", addr, "--id", id}, extra...),
 		httpReady: func(ctx context.Context) error {
@@ -268,6 +277,51 @@ func (c *Cluster) StartDB(ctx context.Context, id, role, volume, addr string, ex
 			return nil
 		},
 		within: DBReadyWithin,
+	}
+	if err := c.add(p); err != nil {
+		return err
+	}
+	return c.launch(ctx, p)
+}
+
+// StartReplica starts a read replica (`borealis db --role replica`) of
+// volume in AZ az, serving SQL at addr, and waits until it is ready
+// (attached to the writer's redo stream).
+func (c *Cluster) StartReplica(ctx context.Context, id, az, volume, addr string, extra ...string) error {
+	return c.StartDB(ctx, id, "replica", volume, addr, append([]string{"--az", az}, extra...)...)
+}
+
+// StartRouter starts the router (`borealis router`) of volume with its
+// cluster endpoint at clusterAddr and its reader endpoint at readerAddr,
+// and waits until both answer.
+func (c *Cluster) StartRouter(ctx context.Context, id, volume, clusterAddr, readerAddr string, extra ...string) error {
+	if c.ControlAddr == "" {
+		return fmt.Errorf("cluster: the router needs the control plane (ControlAddr)")
+	}
+	health := func(ctx context.Context, addr string) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/health", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	}
+	p := &proc{
+		Component: Component{Role: "router", ID: id, Addr: clusterAddr, Log: filepath.Join(c.Dir, id+".log"),
+			ClusterEndpoint: clusterAddr, ReaderEndpoint: readerAddr},
+		args: append([]string{"router", "--control", c.ControlAddr, "--volume", volume,
+			"--listen", clusterAddr, "--reader-listen", readerAddr}, extra...),
+		httpReady: func(ctx context.Context) error {
+			if err := health(ctx, clusterAddr); err != nil {
+				return err
+			}
+			return health(ctx, readerAddr)
+		},
+		within: StorageReadyWithin,
 	}
 	if err := c.add(p); err != nil {
 		return err
