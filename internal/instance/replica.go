@@ -257,12 +257,16 @@ func (r *Replica) handle(m *pb.ReplicationMessage) bool {
 	if !ok {
 		return false
 	}
+	before := r.f.Applied()
 	rd := r.f.Step(msg)
 	if msg.Kind == replica.Start {
-		if !r.started {
+		switch {
+		case !r.started:
 			r.log.Info("attached to the writer's redo stream", "epoch", msg.Epoch, "from", msg.From, "vdl", msg.VDL)
-		} else if rd.Resync {
-			r.log.Warn("resynced: missed MTRs, dropped the page cache", "epoch", msg.Epoch, "from", msg.From)
+		case rd.Resync:
+			r.log.Warn("attached again after missing MTRs: dropped the page cache and resumed at the writer's VDL", "epoch", msg.Epoch, "from", msg.From, "applied_before", before)
+		default:
+			r.log.Info("attached again, resuming where it stood", "epoch", msg.Epoch, "from", msg.From)
 		}
 		r.started = true
 	}
