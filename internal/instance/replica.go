@@ -74,6 +74,11 @@ type Replica struct {
 	// behindSince is the writer's clock when the oldest VDL not yet applied
 	// was reached (0: caught up).
 	behindSince int64
+	// vdlAt is the writer's clock when it reached the newest VDL it sent,
+	// and applyDelay how long after that moment the replica applied it:
+	// the lag of the last commit seen.
+	vdlAt      int64
+	applyDelay time.Duration
 	// applies remembers when recent VDLs were applied (ascending), for
 	// AppliedAt.
 	applies   []applyMark
@@ -222,8 +227,9 @@ func (r *Replica) Status() Status {
 		Resyncs:   r.f.Resyncs(),
 	}
 	st.LagLSN = st.WriterVDL - st.Applied
+	st.Lag = r.applyDelay
 	if r.behindSince != 0 {
-		st.Lag = now.Sub(time.UnixMicro(r.behindSince))
+		st.Lag = max(st.Lag, now.Sub(time.UnixMicro(r.behindSince)))
 	}
 	if st.State != replica.Streaming && !r.heard.IsZero() {
 		st.Lag = max(st.Lag, now.Sub(r.heard))
@@ -249,8 +255,11 @@ func (r *Replica) handle(m *pb.ReplicationMessage) bool {
 		r.vol.NotePGStates(redostream.PGStatesOf(k.Pgs.Pgs))
 		return false
 	case *pb.ReplicationMessage_Vdl:
-		if k.Vdl.Vdl > r.f.Applied() && r.behindSince == 0 {
-			r.behindSince = k.Vdl.DurableUnixUs
+		if k.Vdl.Vdl > r.f.Applied() {
+			if r.behindSince == 0 {
+				r.behindSince = k.Vdl.DurableUnixUs
+			}
+			r.vdlAt = k.Vdl.DurableUnixUs
 		}
 	}
 	msg, ok := redostream.MessageOf(m)
@@ -316,6 +325,11 @@ func (r *Replica) apply(rd replica.Ready, now time.Time) {
 	}
 	if rd.Applied >= r.f.WriterVDL() {
 		r.behindSince = 0
+	}
+	if rd.Applied > before && r.vdlAt != 0 {
+		// The writer's clock against this one: on one machine, the lag
+		// itself; across machines, skew is floored at zero.
+		r.applyDelay = max(0, now.Sub(time.UnixMicro(r.vdlAt)))
 	}
 }
 
