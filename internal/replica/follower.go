@@ -18,7 +18,8 @@
 // Follower stands (another epoch, or a writer that no longer holds the MTRs
 // it missed) makes it resync: the cache may hold page images older than the
 // new start, so it is dropped, and the Follower resumes at the start, which
-// is a VDL.
+// is a VDL. A stream of an older epoch than the one followed comes from a
+// fenced writer: it is refused like a gap.
 package replica
 
 // MTR is one mini-transaction as the stream carries it: records with LSNs
@@ -160,6 +161,13 @@ func (f *Follower) Step(m Message) Ready {
 func (f *Follower) ready() Ready { return Ready{Applied: f.applied} }
 
 func (f *Follower) start(m Message) Ready {
+	if m.Epoch < f.epoch {
+		// A writer of an older epoch than the one followed was fenced by
+		// it (a zombie the catalog still named): the MTRs it streams
+		// above its VDL were discarded, and the newer epoch's VDL
+		// learned here would cover them. Refuse its stream.
+		return f.gap()
+	}
 	rd := Ready{}
 	f.pending = nil
 	// The stream goes on exactly where this Follower stands only if it
