@@ -460,14 +460,17 @@ func (x *StreamStart) GetHeartbeatMs() uint32 {
 	return 0
 }
 
-// MTR is one mini-transaction: records with LSNs first_lsn..last_lsn, all of
-// them, in LSN order; the last is its CPL.
+// MTR is one mini-transaction, or a part of one: records with LSNs
+// first_lsn..last_lsn, all of them, in LSN order. A large MTR goes out in
+// parts of bounded size: every part but the last has partial set, and the
+// last record of the last part is the MTR's CPL.
 type MTR struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	FirstLsn uint64                 `protobuf:"varint,1,opt,name=first_lsn,json=firstLsn,proto3" json:"first_lsn,omitempty"`
 	LastLsn  uint64                 `protobuf:"varint,2,opt,name=last_lsn,json=lastLsn,proto3" json:"last_lsn,omitempty"`
 	// Encoded redo records (internal/redo).
 	Records       [][]byte `protobuf:"bytes,3,rep,name=records,proto3" json:"records,omitempty"`
+	Partial       bool     `protobuf:"varint,4,opt,name=partial,proto3" json:"partial,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -521,6 +524,13 @@ func (x *MTR) GetRecords() [][]byte {
 		return x.Records
 	}
 	return nil
+}
+
+func (x *MTR) GetPartial() bool {
+	if x != nil {
+		return x.Partial
+	}
+	return false
 }
 
 // VDLUpdate: every MTR at or below vdl is durable. durable_unix_us is the
@@ -776,11 +786,12 @@ const file_replication_proto_rawDesc = "" +
 	"\fpages_per_pg\x18\x06 \x01(\x04R\n" +
 	"pagesPerPg\x12&\n" +
 	"\x03pgs\x18\a \x03(\v2\x14.borealis.v1.PGStateR\x03pgs\x12!\n" +
-	"\fheartbeat_ms\x18\b \x01(\rR\vheartbeatMs\"W\n" +
+	"\fheartbeat_ms\x18\b \x01(\rR\vheartbeatMs\"q\n" +
 	"\x03MTR\x12\x1b\n" +
 	"\tfirst_lsn\x18\x01 \x01(\x04R\bfirstLsn\x12\x19\n" +
 	"\blast_lsn\x18\x02 \x01(\x04R\alastLsn\x12\x18\n" +
-	"\arecords\x18\x03 \x03(\fR\arecords\"E\n" +
+	"\arecords\x18\x03 \x03(\fR\arecords\x12\x18\n" +
+	"\apartial\x18\x04 \x01(\bR\apartial\"E\n" +
 	"\tVDLUpdate\x12\x10\n" +
 	"\x03vdl\x18\x01 \x01(\x04R\x03vdl\x12&\n" +
 	"\x0fdurable_unix_us\x18\x02 \x01(\x03R\rdurableUnixUs\"x\n" +

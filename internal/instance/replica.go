@@ -247,10 +247,13 @@ func (r *Replica) handle(m *pb.ReplicationMessage) bool {
 	r.heard = now
 	switch k := m.Kind.(type) {
 	case *pb.ReplicationMessage_Start:
-		r.vol.SetStreamEpoch(k.Start.Epoch)
-		// The tails at From are known before From is exposed.
-		r.vol.NotePGStates(redostream.PGStatesOf(k.Start.Pgs))
-		r.streamAt = now
+		if k.Start.Epoch >= r.f.Epoch() {
+			// The tails at From are known before From is exposed. (The
+			// Follower refuses an older epoch's stream: a fenced writer's.)
+			r.vol.SetStreamEpoch(k.Start.Epoch)
+			r.vol.NotePGStates(redostream.PGStatesOf(k.Start.Pgs))
+			r.streamAt = now
+		}
 	case *pb.ReplicationMessage_Pgs:
 		r.vol.NotePGStates(redostream.PGStatesOf(k.Pgs.Pgs))
 		return false

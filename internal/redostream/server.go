@@ -50,12 +50,6 @@ type ServerConfig struct {
 	PagesPerPG uint64
 	// BaseLSN is the VDL the writer recovered at: the stream starts there.
 	BaseLSN uint64
-	// PGStates returns each PG's state at a read point (the volume
-	// client's PGStates).
-	PGStates func(at uint64) []volume.PGState
-	// SetReadFloor receives the replicas' part of the PGMRPL (the volume
-	// client's SetReadFloor).
-	SetReadFloor func(floor uint64, held bool)
 	// ReportTTL is how long a replica's read floor holds storage's GC back
 	// without a new report.
 	ReportTTL time.Duration
@@ -66,12 +60,22 @@ type ServerConfig struct {
 	Logger   *slog.Logger
 }
 
+// Volume is what the Server needs of the writer's volume client.
+type Volume interface {
+	// PGStates returns each PG's state at a read point.
+	PGStates(at uint64) []volume.PGState
+	// SetReadFloor takes the replicas' part of the PGMRPL.
+	SetReadFloor(floor uint64, held bool)
+}
+
 // Server is the writer's side of the redo stream. It implements
-// pb.ReplicationServer and volume.RedoObserver.
+// pb.ReplicationServer and volume.RedoObserver. It is made before the
+// volume client (whose Config.Redo it is) and attached to it after.
 type Server struct {
 	pb.UnimplementedReplicationServer
 	cfg ServerConfig
 	log *slog.Logger
+	vol Volume
 
 	// floorMu serializes computing the PGMRPL and handing it to the volume
 	// client, whose lock is taken after it (never under mu).
@@ -138,9 +142,16 @@ func NewServer(cfg ServerConfig) *Server {
 		subs:     map[*subscription]struct{}{},
 		stopTick: make(chan struct{}),
 	}
+	return s
+}
+
+// Attach gives the Server its volume client and starts it: the PGMRPL
+// (held at first) goes to the client at once, before it sends storage
+// anything.
+func (s *Server) Attach(v Volume) {
+	s.vol = v
 	s.updateFloor()
 	go s.tick()
-	return s
 }
 
 // Submitted takes an MTR (volume.RedoObserver; under the client's lock).
@@ -224,9 +235,7 @@ func (s *Server) updateFloor() {
 	s.mu.Lock()
 	floor, held := s.floors.Value(math.MaxUint64, time.Now())
 	s.mu.Unlock()
-	if s.cfg.SetReadFloor != nil {
-		s.cfg.SetReadFloor(floor, held)
-	}
+	s.vol.SetReadFloor(floor, held)
 }
 
 // Subscription is one subscribed replica, as Subscriptions reports it.
@@ -258,14 +267,19 @@ func (s *Server) Subscribe(stream pb.Replication_SubscribeServer) error {
 	if hello == nil || hello.ReplicaId == "" {
 		return status.Error(codes.InvalidArgument, "redo stream: the first message must be a Hello naming the replica")
 	}
+	if hello.Epoch > s.cfg.Epoch {
+		// A replica that followed a newer writer: this one was fenced (or
+		// is about to be) and its MTRs above its VDL may be discarded.
+		return status.Errorf(codes.FailedPrecondition, "redo stream: this writer's epoch %d is older than the replica's %d; a newer writer took over", s.cfg.Epoch, hello.Epoch)
+	}
 	if hello.VolumeId != 0 && hello.VolumeId != s.cfg.VolumeID {
 		return status.Errorf(codes.FailedPrecondition, "redo stream: this writer serves volume %d, not %d", s.cfg.VolumeID, hello.VolumeId)
 	}
 	sub := &subscription{id: hello.ReplicaId, wake: make(chan struct{}, 1)}
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || s.vol == nil {
 		s.mu.Unlock()
-		return status.Error(codes.Unavailable, "redo stream: the writer is stopping")
+		return status.Error(codes.Unavailable, "redo stream: the writer is not serving")
 	}
 	from := s.vdl
 	if k, ok := s.resumeLocked(hello); ok {
@@ -291,7 +305,7 @@ func (s *Server) Subscribe(stream pb.Replication_SubscribeServer) error {
 	start := &pb.StreamStart{
 		VolumeId: s.cfg.VolumeID, Epoch: s.cfg.Epoch, From: from, Vdl: vdl,
 		PageSize: uint32(s.cfg.PageSize), PagesPerPg: s.cfg.PagesPerPG,
-		Pgs: pgStatesPB(s.cfg.PGStates(from)), HeartbeatMs: uint32(Heartbeat.Milliseconds()),
+		Pgs: pgStatesPB(s.vol.PGStates(from)), HeartbeatMs: uint32(Heartbeat.Milliseconds()),
 	}
 	if err := stream.Send(&pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Start{Start: start}}); err != nil {
 		return err
@@ -375,21 +389,20 @@ func (s *Server) feed(ctx context.Context, stream pb.Replication_SubscribeServer
 		s.mu.Unlock()
 
 		for _, m := range batch {
-			msg := &pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Mtr{Mtr: &pb.MTR{FirstLsn: m.first, LastLsn: m.last, Records: m.records}}}
-			if err := stream.Send(msg); err != nil {
+			if err := sendMTR(stream, m); err != nil {
 				return err
 			}
 			sentLSN = m.last
 		}
-		// Never a VDL beyond the MTRs sent: the replica takes that for a
-		// loss. Every MTR boundary at or below the VDL is durable.
-		v := min(vdl, sentLSN)
-		if v > sentVDL || (beat && len(batch) == 0) {
-			msg := &pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Vdl{Vdl: &pb.VDLUpdate{Vdl: v, DurableUnixUs: vdlAt.UnixMicro()}}}
+		// Never a VDL beyond the MTRs sent (the replica takes that for a
+		// loss), and only a VDL the writer reached (the replica exposes
+		// it): a VDL above a capped batch goes out after the next one.
+		if vdl <= sentLSN && (vdl > sentVDL || (beat && len(batch) == 0)) {
+			msg := &pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Vdl{Vdl: &pb.VDLUpdate{Vdl: vdl, DurableUnixUs: vdlAt.UnixMicro()}}}
 			if err := stream.Send(msg); err != nil {
 				return err
 			}
-			sentVDL = max(sentVDL, v)
+			sentVDL = max(sentVDL, vdl)
 		}
 		beat = false
 		s.mu.Lock()
@@ -398,7 +411,7 @@ func (s *Server) feed(ctx context.Context, stream pb.Replication_SubscribeServer
 		s.mu.Unlock()
 		if now := time.Now(); !now.Before(nextStates) {
 			nextStates = now.Add(pgStatesEvery)
-			msg := &pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Pgs{Pgs: &pb.PGStates{Pgs: pgStatesPB(s.cfg.PGStates(sentVDL))}}}
+			msg := &pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Pgs{Pgs: &pb.PGStates{Pgs: pgStatesPB(s.vol.PGStates(sentVDL))}}}
 			if err := stream.Send(msg); err != nil {
 				return err
 			}
@@ -419,6 +432,31 @@ func (s *Server) feed(ctx context.Context, stream pb.Replication_SubscribeServer
 			return ctx.Err()
 		}
 	}
+}
+
+// maxPartBytes bounds the records of one MTR message: a larger MTR goes out
+// in parts (gRPC refuses messages above 4 MiB by default).
+const maxPartBytes = 1 << 20
+
+// sendMTR sends m whole, or in parts of at most maxPartBytes of records
+// (at least one record each).
+func sendMTR(stream pb.Replication_SubscribeServer, m logMTR) error {
+	if m.size <= maxPartBytes {
+		return stream.Send(&pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Mtr{Mtr: &pb.MTR{FirstLsn: m.first, LastLsn: m.last, Records: m.records}}})
+	}
+	for i := 0; i < len(m.records); {
+		j, size := i, 0
+		for j < len(m.records) && (j == i || size+len(m.records[j]) <= maxPartBytes) {
+			size += len(m.records[j])
+			j++
+		}
+		part := &pb.MTR{FirstLsn: m.first + uint64(i), LastLsn: m.first + uint64(j) - 1, Records: m.records[i:j], Partial: j < len(m.records)}
+		if err := stream.Send(&pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Mtr{Mtr: part}}); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
 }
 
 func pgStatesPB(states []volume.PGState) []*pb.PGState {

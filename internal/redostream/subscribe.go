@@ -61,7 +61,10 @@ func Follow(ctx context.Context, cfg SubscriberConfig) {
 				conn.Close()
 				conn = nil
 			}
-			conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			// A message holds at most maxPartBytes of records, but one
+			// record alone may be a page image of up to 64 KiB over it.
+			conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4*maxPartBytes)))
 			if err == nil {
 				connAddr = addr
 			} else {
@@ -158,7 +161,7 @@ func MessageOf(m *pb.ReplicationMessage) (replica.Message, bool) {
 	case *pb.ReplicationMessage_Start:
 		return replica.Message{Kind: replica.Start, Epoch: k.Start.Epoch, From: k.Start.From, VDL: k.Start.Vdl}, true
 	case *pb.ReplicationMessage_Mtr:
-		return replica.Message{Kind: replica.Received, MTR: replica.MTR{First: k.Mtr.FirstLsn, Last: k.Mtr.LastLsn, Records: k.Mtr.Records}}, true
+		return replica.Message{Kind: replica.Received, MTR: replica.MTR{First: k.Mtr.FirstLsn, Last: k.Mtr.LastLsn, Records: k.Mtr.Records}, Partial: k.Mtr.Partial}, true
 	case *pb.ReplicationMessage_Vdl:
 		return replica.Message{Kind: replica.VDL, VDL: k.Vdl.Vdl}, true
 	}

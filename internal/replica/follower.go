@@ -39,8 +39,10 @@ type Message struct {
 	From  uint64
 	// Start and VDL: the writer's VDL.
 	VDL uint64
-	// Received: the MTR.
-	MTR MTR
+	// Received: the MTR, or a part of it: Partial says more of its records
+	// follow in the next message (a large MTR is sent in parts).
+	MTR     MTR
+	Partial bool
 }
 
 // Kind is a Message's kind.
@@ -107,6 +109,8 @@ type Follower struct {
 	// pending are received MTRs above applied, in LSN order and contiguous
 	// from applied+1 (when not empty).
 	pending []MTR
+	// partial is the MTR being received in parts (nil: none).
+	partial *MTR
 	// writerVDL is the newest VDL the writer told of.
 	writerVDL uint64
 	resyncs   uint64
@@ -142,7 +146,7 @@ func (f *Follower) Step(m Message) Ready {
 		if f.state != Streaming {
 			return f.ready()
 		}
-		return f.received(m.MTR)
+		return f.received(m.MTR, m.Partial)
 	case VDL:
 		if f.state != Streaming {
 			return f.ready()
@@ -152,7 +156,7 @@ func (f *Follower) Step(m Message) Ready {
 		if f.state == Streaming {
 			f.state = Stale
 		}
-		f.pending = nil
+		f.pending, f.partial = nil, nil
 		return f.ready()
 	}
 	return f.ready()
@@ -169,7 +173,7 @@ func (f *Follower) start(m Message) Ready {
 		return f.gap()
 	}
 	rd := Ready{}
-	f.pending = nil
+	f.pending, f.partial = nil, nil
 	// The stream goes on exactly where this Follower stands only if it
 	// starts at what was applied: every MTR above is then in it, and the
 	// cache holds the state at applied (a new epoch that starts there
@@ -188,13 +192,17 @@ func (f *Follower) start(m Message) Ready {
 	f.epoch = m.Epoch
 	f.applied = max(f.applied, m.From)
 	f.next = m.From + 1
+	if m.Epoch != f.epoch {
+		// Only this epoch's VDLs say what its stream covers.
+		f.writerVDL = m.VDL
+	}
 	f.writerVDL = max(f.writerVDL, m.VDL)
 	f.state = Streaming
 	rd.Applied = f.applied
 	return rd
 }
 
-func (f *Follower) received(mtr MTR) Ready {
+func (f *Follower) received(mtr MTR, partial bool) Ready {
 	if mtr.Last < mtr.First {
 		return f.gap()
 	}
@@ -206,6 +214,20 @@ func (f *Follower) received(mtr MTR) Ready {
 		return f.gap()
 	}
 	f.next = mtr.Last + 1
+	if f.partial != nil {
+		// The next part of the MTR being assembled.
+		f.partial.Last = mtr.Last
+		f.partial.Records = append(f.partial.Records, mtr.Records...)
+		mtr = *f.partial
+	}
+	if partial {
+		if f.partial == nil {
+			cp := MTR{First: mtr.First, Last: mtr.Last, Records: append([][]byte(nil), mtr.Records...)}
+			f.partial = &cp
+		}
+		return f.ready()
+	}
+	f.partial = nil
 	if mtr.Last <= f.applied {
 		// Resent after a start below applied: already in the state.
 		return f.ready()
@@ -215,8 +237,16 @@ func (f *Follower) received(mtr MTR) Ready {
 	return f.advance(Ready{})
 }
 
+// complete is the last LSN of the last MTR received whole.
+func (f *Follower) complete() uint64 {
+	if f.partial != nil {
+		return f.partial.First - 1
+	}
+	return f.next - 1
+}
+
 func (f *Follower) vdl(v uint64) Ready {
-	if v >= f.next {
+	if v > f.complete() {
 		// The writer sends every MTR before the VDL that covers it: a VDL
 		// beyond the last MTR received means some were lost.
 		f.writerVDL = max(f.writerVDL, v)
@@ -226,8 +256,14 @@ func (f *Follower) vdl(v uint64) Ready {
 	return f.advance(Ready{})
 }
 
-// advance applies the pending MTRs the writer's VDL covers.
+// advance applies the pending MTRs the writer's VDL covers, once every one
+// of them has arrived: the state exposed is always the one at a VDL the
+// writer reached (a start's VDL can be ahead of the MTRs that follow it).
 func (f *Follower) advance(rd Ready) Ready {
+	if f.complete() < f.writerVDL {
+		rd.Applied = f.applied
+		return rd
+	}
 	k := 0
 	for k < len(f.pending) && f.pending[k].Last <= f.writerVDL {
 		k++
@@ -244,7 +280,7 @@ func (f *Follower) advance(rd Ready) Ready {
 // gap ends the subscription: what was buffered is dropped, and the shell
 // subscribes again from Applied.
 func (f *Follower) gap() Ready {
-	f.pending = nil
+	f.pending, f.partial = nil, nil
 	f.state = Stale
 	return Ready{Applied: f.applied, Resubscribe: true}
 }

@@ -85,8 +85,9 @@ func parseMessage(cmd string) (Message, error) {
 		}
 		return m, nil
 	case "mtr":
-		if len(f) != 2 {
-			return Message{}, fmt.Errorf("want mtr A..B")
+		partial := len(f) == 3 && f[2] == "partial"
+		if len(f) != 2 && !partial {
+			return Message{}, fmt.Errorf("want mtr A..B [partial]")
 		}
 		a, b, ok := strings.Cut(f[1], "..")
 		if !ok {
@@ -100,7 +101,7 @@ func parseMessage(cmd string) (Message, error) {
 		if err != nil {
 			return Message{}, err
 		}
-		m := Message{Kind: Received, MTR: MTR{First: first, Last: last}}
+		m := Message{Kind: Received, MTR: MTR{First: first, Last: last}, Partial: partial}
 		for l := first; l <= last; l++ {
 			m.MTR.Records = append(m.MTR.Records, []byte(fmt.Sprintf("record %d", l)))
 		}
