@@ -67,6 +67,27 @@ func (f *File) Find(role string) (Component, bool) {
 	return Component{}, false
 }
 
+// ByID returns the component with the given id.
+func (f *File) ByID(id string) (Component, bool) {
+	for _, c := range f.Components {
+		if c.ID == id {
+			return c, true
+		}
+	}
+	return Component{}, false
+}
+
+// Replicas returns the read replica components, in the file's order.
+func (f *File) Replicas() []Component {
+	var out []Component
+	for _, c := range f.Components {
+		if c.Role == "replica" {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // Storage returns the storage components.
 func (f *File) Storage() []Component {
 	var out []Component
@@ -235,8 +256,20 @@ func (c *Cluster) forget(id string) {
 // ("writer") on volume, serving SQL over HTTP at addr, and waits until its
 // /v1/health says it is ready (recovery done). extra flags are passed on.
 func (c *Cluster) StartDB(ctx context.Context, id, role, volume, addr string, extra ...string) error {
+	p, err := c.dbProc(id, role, volume, addr, extra)
+	if err != nil {
+		return err
+	}
+	if err := c.add(p); err != nil {
+		return err
+	}
+	return c.launch(ctx, p)
+}
+
+// dbProc is the process of a database instance (`borealis db`).
+func (c *Cluster) dbProc(id, role, volume, addr string, extra []string) (*proc, error) {
 	if c.ControlAddr == "" {
-		return fmt.Errorf("cluster: a database instance needs the control plane (ControlAddr)")
+		return nil, fmt.Errorf("cluster: a database instance needs the control plane (ControlAddr)")
 	}
 	az := ""
 	for i := 0; i+1 < len(extra); i++ {
@@ -244,44 +277,112 @@ func (c *Cluster) StartDB(ctx context.Context, id, role, volume, addr string, ex
 			az = extra[i+1]
 		}
 	}
-	p := &proc{
+	return &proc{
 		Component: Component{Role: role, ID: id, AZ: az, Addr: addr, Log: filepath.Join(c.Dir, id+".log")},
 		args: append([]string{"db", "--role", role, "--volume", volume, "--control", c.ControlAddr,
 			"--listen", addr, "--id", id}, extra...),
-		httpReady: func(ctx context.Context) error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/health", nil)
-			if err != nil {
-				return err
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			var h struct {
-				Ready  bool   `json:"ready"`
-				Status string `json:"status"`
-			}
-			if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
-				return err
-			}
-			if !h.Ready {
-				// The status says what it waits for (the lease, or the
-				// segments recovery needs), which is what a caller
-				// waiting for it wants to tell its user.
-				if h.Status == "" {
-					return errors.New("not ready yet")
-				}
-				return errors.New(h.Status)
-			}
-			return nil
-		},
-		within: DBReadyWithin,
+		httpReady: func(ctx context.Context) error { return dbReady(ctx, addr) },
+		within:    DBReadyWithin,
+	}, nil
+}
+
+// ReplicaSpec is one replica of StartReplicas.
+type ReplicaSpec struct {
+	ID, AZ, Addr string
+	// Extra flags are passed on to `borealis db`.
+	Extra []string
+}
+
+// ReplicaReadyWithin is how long StartReplicas waits for a replica by
+// default: a replica recovers nothing, it opens the volume and attaches to
+// the writer's redo stream.
+const ReplicaReadyWithin = 30 * time.Second
+
+// StartReplicas starts read replicas of volume, all at once, listed in the
+// order of specs, and waits for each to be ready (attached to the writer's
+// redo stream) in parallel, for at most within (0: ReplicaReadyWithin, or
+// ReadyWithin if set). errs[i] is what became of specs[i]: nil once ready,
+// or a *NotReadyError (the replica's process may still run, and become
+// ready later). It returns a single error instead when nothing could be
+// started (a bad spec, an id taken).
+func (c *Cluster) StartReplicas(ctx context.Context, volume string, specs []ReplicaSpec, within time.Duration) (errs []error, err error) {
+	if within <= 0 {
+		within = ReplicaReadyWithin
+		if c.ReadyWithin > 0 {
+			within = c.ReadyWithin
+		}
 	}
-	if err := c.add(p); err != nil {
+	procs := make([]*proc, len(specs))
+	for i, s := range specs {
+		p, err := c.dbProc(s.ID, "replica", volume, s.Addr, append([]string{"--az", s.AZ}, s.Extra...))
+		if err != nil {
+			return nil, err
+		}
+		procs[i] = p
+	}
+	errs = make([]error, len(specs))
+	var wg sync.WaitGroup
+	for i, p := range procs {
+		if err := c.add(p); err != nil {
+			errs[i] = err
+			continue
+		}
+		if err := c.start(p); err != nil {
+			errs[i] = err
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = c.waitReady(ctx, p, within, nil)
+		}()
+	}
+	wg.Wait()
+	return errs, nil
+}
+
+// dbReady asks a database instance's /v1/health whether it is ready, and
+// if not, returns what it says it waits for.
+func dbReady(ctx context.Context, addr string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/health", nil)
+	if err != nil {
 		return err
 	}
-	return c.launch(ctx, p)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var h struct {
+		Ready   bool   `json:"ready"`
+		Status  string `json:"status"`
+		Replica *struct {
+			Stream string `json:"stream"`
+			Writer string `json:"writer"`
+		} `json:"replica"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		return err
+	}
+	if h.Ready {
+		return nil
+	}
+	// The status says what it waits for (the lease, or the segments
+	// recovery needs), which is what a caller waiting for it wants to tell
+	// its user.
+	switch {
+	case h.Replica != nil && strings.HasPrefix(h.Status, "ready"):
+		// A replica that opened the volume, but has not attached to the
+		// writer's redo stream yet: it knows no VDL to read at.
+		writer := h.Replica.Writer
+		if writer == "" {
+			writer = "none registered yet"
+		}
+		return fmt.Errorf("waiting to attach to the writer's redo stream (stream %s; writer: %s)", h.Replica.Stream, writer)
+	case h.Status == "":
+		return errors.New("not ready yet")
+	}
+	return errors.New(h.Status)
 }
 
 // StartReplica starts a read replica (`borealis db --role replica`) of
@@ -670,25 +771,29 @@ func (c *Cluster) Stop(grace time.Duration) {
 		done chan struct{}
 	}
 	c.mu.Lock()
-	var stages [3][]running
+	var stages [4][]running
 	for _, p := range c.procs {
 		if p.cmd == nil {
 			continue
 		}
 		r := running{p.cmd, p.done}
 		switch p.Role {
-		case "storage":
-			stages[1] = append(stages[1], r)
-		case "control":
-			stages[2] = append(stages[2], r)
-		default:
+		case "router", "replica":
 			stages[0] = append(stages[0], r)
+		case "storage":
+			stages[2] = append(stages[2], r)
+		case "control":
+			stages[3] = append(stages[3], r)
+		default:
+			stages[1] = append(stages[1], r)
 		}
 	}
 	c.mu.Unlock()
-	// Database instances first, while the control plane can still take
-	// their lease back (else the next start waits out its TTL) and storage
-	// can still take their last commits; the control plane last.
+	// The router and the replicas first (nothing is sent to the writer's
+	// redo stream for them to follow any more), then the writer, while
+	// the control plane can still take every instance's lease and record
+	// back (else the next start waits out the writer lease's TTL) and
+	// storage can still take the last commits; the control plane last.
 	for _, procs := range stages {
 		deadline := time.Now().Add(grace)
 		for _, p := range procs {
