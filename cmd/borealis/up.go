@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -39,26 +40,69 @@ const (
 	addressesFileName = "addresses.json"
 	// upPageSize is the page size of the volume `up` creates.
 	upPageSize = 4096
+	// upSettingsName keeps what the last `up` ran with (how many replicas),
+	// so that `up` again resumes the same cluster.
+	upSettingsName = "up.json"
+	// writerAZ is the writer's AZ; replicas go round the AZs from the next.
+	writerAZ = "a"
+	// routerID is the router's component id; its reader endpoint's address
+	// is kept in addresses.json under routerReaderKey.
+	routerID        = "router"
+	routerReaderKey = "router-reader"
+	// maxReplicas is how many read replicas a volume has at most (DESIGN.md).
+	maxReplicas = 15
+	// defaultReplicas is how many `up` starts on a new cluster.
+	defaultReplicas = 1
 )
+
+// replicaID is the id of the i-th replica (from 1): r1, r2, ...
+func replicaID(i int) string { return fmt.Sprintf("r%d", i) }
+
+// replicaAZ is the AZ of the i-th replica (from 1): round the AZs a, b, c
+// starting after the writer's, so r1 is in b, r2 in c, r3 in a, r4 in b...
+func replicaAZ(i int) string { return [...]string{"b", "c", "a"}[(i-1)%3] }
+
+// checkReplicas refuses a --replicas that `up` cannot run.
+func checkReplicas(n int) error {
+	switch {
+	case n < 0:
+		return fmt.Errorf("--replicas %d: want a number of read replicas from 0 to %d", n, maxReplicas)
+	case n > maxReplicas:
+		return fmt.Errorf("--replicas %d: a volume has at most %d read replicas", n, maxReplicas)
+	}
+	return nil
+}
 
 func upCmd() *cobra.Command {
 	var dir, pgSize string
-	var basePort int
+	var basePort, replicas int
 	var heartbeatTimeout, writeTimeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "up [--dir D] [--pg-size S]",
-		Short: "Run a whole local cluster: the control plane, 6 storage nodes and the writer, as separate processes",
+		Use:   "up [--dir D] [--replicas N] [--pg-size S]",
+		Short: "Run a whole local cluster: the control plane, 6 storage nodes, the writer, read replicas and the router, as separate processes",
 		Long: `Run a whole local cluster in the foreground: the control plane (with an
-embedded etcd), six storage nodes s1..s6, two in each of AZs a, b and c, and
-the writer database instance serving SQL over HTTP, each a separate process of
-this binary with its data and log in --dir. It creates the volume "main" if
-there is none, starts the writer on it, writes D/cluster.json once
+embedded etcd), six storage nodes s1..s6, two in each of AZs a, b and c, the
+writer database instance (AZ a) serving SQL over HTTP, --replicas read
+replicas r1..rN (AZs b, c, a, b, ... in turn) and the router, with its
+cluster endpoint (to the writer) and its reader endpoint (queries balanced
+over the replicas). Each is a separate process of this binary with its data
+and log in --dir. It creates the volume "main" if there is none, starts the
+writer on it, then the replicas and the router, writes D/cluster.json once
 everything is ready, and runs until Ctrl-C, SIGTERM or SIGHUP (its terminal
 closing), which stop every process. A process that dies is reported, not restarted: "borealis restart ID"
 starts it again. Running "up" again on the same directory resumes the same
-cluster, on the same addresses, with its data.`,
+cluster, on the same addresses, with its data, and with as many replicas as
+it last ran unless --replicas says otherwise.
+
+Ports, from --base-port P: the control plane on P, s1..s6 on P+1..P+6, the
+writer on P+7, the replicas on P+8..P+7+N, then the router's cluster
+endpoint and reader endpoint. A resumed cluster keeps the ports it had; a
+replica or router it did not have yet gets the ports after the highest.`,
 		Args: noArgs("; the cluster's directory is --dir DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkReplicas(replicas); err != nil {
+				return err
+			}
 			if writeTimeout <= 0 {
 				return fmt.Errorf("--write-timeout %s: want a positive duration", writeTimeout)
 			}
@@ -75,13 +119,15 @@ cluster, on the same addresses, with its data.`,
 			return runUp(cmd.Context(), cmd.OutOrStdout(), upOptions{
 				dir: dir, pgSize: size, pgSizeSet: cmd.Flags().Changed("pg-size"),
 				basePort: basePort, heartbeatTimeout: heartbeatTimeout, writeTimeout: writeTimeout,
+				replicas: replicas, replicasSet: cmd.Flags().Changed("replicas"),
 			})
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", defaultDir, "directory for the cluster's data, logs and cluster.json")
 	f.StringVar(&pgSize, "pg-size", "10GiB", "size of a protection group of a new volume, such as 1MiB, 64MiB or 10GiB")
-	f.IntVar(&basePort, "base-port", 7100, "loopback ports: the control plane on this one, s1..s6 on the next six, the writer's SQL HTTP on the one after (a resumed cluster keeps its own)")
+	f.IntVar(&basePort, "base-port", 7100, "loopback ports: the control plane on this one, s1..s6 on the next six, the writer's SQL HTTP on the one after, then the replicas', then the router's cluster and reader endpoints (a resumed cluster keeps its own)")
+	f.IntVar(&replicas, "replicas", defaultReplicas, fmt.Sprintf("read replicas to run, r1..rN, 0 to %d (a resumed cluster: as many as it last ran)", maxReplicas))
 	f.DurationVar(&heartbeatTimeout, "heartbeat-timeout", 3*time.Second, "a storage node that misses heartbeats this long is marked down")
 	f.DurationVar(&writeTimeout, "write-timeout", 10*time.Second, "how long the writer's commits wait for a write quorum of segments that can make them durable (answering, and holding or catching up to them) before failing with storage_unavailable")
 	return cmd
@@ -94,6 +140,10 @@ type upOptions struct {
 	basePort         int
 	heartbeatTimeout time.Duration
 	writeTimeout     time.Duration
+	// replicas is --replicas; replicasSet, whether it was given (else a
+	// resumed cluster runs as many as it last did).
+	replicas    int
+	replicasSet bool
 }
 
 func runUp(ctx context.Context, out io.Writer, o upOptions) error {
@@ -125,13 +175,25 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 	if err != nil {
 		return err
 	}
+	nReplicas, last, err := replicaCount(dir, o.replicas, o.replicasSet, resumed)
+	if err != nil {
+		return err
+	}
+	addrsChanged, err := planInstanceAddrs(addrs, nReplicas)
+	if err != nil {
+		return err
+	}
+	instanceIDs := []string{writerID}
+	for i := 1; i <= nReplicas; i++ {
+		instanceIDs = append(instanceIDs, replicaID(i))
+	}
 	// cluster.json is there only while the cluster is up and ready.
 	clusterFile := filepath.Join(dir, clusterFileName)
 	if err := os.Remove(clusterFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	defer os.Remove(clusterFile)
-	for _, id := range append([]string{"control", writerID}, storageIDs()...) {
+	for _, id := range append(append([]string{"control"}, storageIDs()...), append(instanceIDs, routerID, routerReaderKey)...) {
 		if err := checkPortFree(addrs[id]); err != nil {
 			return fmt.Errorf("%s cannot listen on %s: %w; stop what holds it, or start a new cluster with another --base-port and --dir", id, addrs[id], err)
 		}
@@ -144,6 +206,9 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 		fmt.Fprintf(out, "resuming the cluster in %s\n", dir)
 	} else {
 		fmt.Fprintf(out, "starting a new cluster in %s\n", dir)
+	}
+	if note := replicasNote(nReplicas, last, o.replicasSet); note != "" {
+		fmt.Fprintf(out, "  %s\n", note)
 	}
 	cl := cluster.New(bin, dir)
 	cl.ControlAddr = addrs["control"]
@@ -179,7 +244,7 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 	if err != nil {
 		return err
 	}
-	if !resumed {
+	if !resumed || addrsChanged {
 		if err := keepAddrs(dir, addrs); err != nil {
 			return err
 		}
@@ -190,10 +255,44 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 	printVolume(out, vol, created, resumed)
 	// The writer's start includes crash recovery, and after a crash it waits
 	// for the old writer's lease to expire.
-	if err := cl.StartDB(ctx, writerID, "writer", defaultVolume, addrs[writerID], "--write-timeout", o.writeTimeout.String()); err != nil {
+	if err := cl.StartDB(ctx, writerID, "writer", defaultVolume, addrs[writerID], "--az", writerAZ, "--write-timeout", o.writeTimeout.String()); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "  writer ready at http://%s, recovery done (%s)\n", addrs[writerID], since(start))
+	fmt.Fprintf(out, "  writer (AZ %s) ready at http://%s, recovery done (%s)\n", writerAZ, addrs[writerID], since(start))
+	// The replicas start all at once; each is ready once it has attached
+	// to the writer's redo stream, and the router finds them in the
+	// catalog. One that is not ready is reported, and the cluster comes up
+	// without it: the writer serves, and the reader endpoint skips it.
+	var specs []cluster.ReplicaSpec
+	for i := 1; i <= nReplicas; i++ {
+		specs = append(specs, cluster.ReplicaSpec{ID: replicaID(i), AZ: replicaAZ(i), Addr: addrs[replicaID(i)]})
+	}
+	if len(specs) > 0 {
+		errs, err := cl.StartReplicas(ctx, defaultVolume, specs, 0)
+		if err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		ready := 0
+		for i, sp := range specs {
+			if errs[i] == nil {
+				ready++
+				fmt.Fprintf(out, "  replica %s (AZ %s) ready at http://%s, following the writer\n", sp.ID, sp.AZ, sp.Addr)
+				continue
+			}
+			fmt.Fprintf(out, "!! replica %s (AZ %s) at http://%s is not ready: %s\n", sp.ID, sp.AZ, sp.Addr, notReadyLine(errs[i], self, sp.ID, o.dir))
+		}
+		fmt.Fprintf(out, "  %d of %d replica(s) ready (%s)\n", ready, len(specs), since(start))
+	}
+	if err := cl.StartRouter(ctx, routerID, defaultVolume, addrs[routerID], addrs[routerReaderKey]); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  router ready: cluster endpoint http://%s, reader endpoint http://%s (%s)\n", addrs[routerID], addrs[routerReaderKey], since(start))
+	if err := keepSettings(dir, upSettings{Replicas: nReplicas}); err != nil {
+		return err
+	}
 
 	var fileMu sync.Mutex
 	writeFile := func() error {
@@ -211,13 +310,11 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 	defer sock.Close()
 
 	fmt.Fprintf(out, "\nBorealis is up (%s).\n", since(start))
-	fmt.Fprintf(out, "  control plane  %s   log %s\n", addrs["control"], filepath.Join(dir, "control.log"))
-	for _, id := range storageIDs() {
-		fmt.Fprintf(out, "  storage %s     %s   log %s\n", id, addrs[id], filepath.Join(dir, id+".log"))
-	}
-	fmt.Fprintf(out, "  writer (SQL)   http://%s   log %s\n", addrs[writerID], filepath.Join(dir, writerID+".log"))
-	fmt.Fprintf(out, "  cluster file   %s\n", filepath.Join(dir, clusterFileName))
+	printUp(out, dir, cl.Components())
 	fmt.Fprintf(out, "Try: %s sql --dir %s -e \"SELECT sqlite_version()\"\n", self, shellQuote(o.dir))
+	if nReplicas > 0 {
+		fmt.Fprintf(out, "     %s sql --dir %s --reader -e \"SELECT sqlite_version()\"   # queries on the replicas, through the reader endpoint\n", self, shellQuote(o.dir))
+	}
 	fmt.Fprintf(out, "Ctrl-C stops the cluster; running `%s up --dir %s` again resumes it.\n", self, shellQuote(o.dir))
 
 	for {
@@ -244,6 +341,23 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 				e.ID, e.Role, where, e.Pid, how, self, e.ID, shellQuote(o.dir), e.Log)
 		}
 	}
+}
+
+// notReadyLine says in one line why a replica did not become ready, and
+// what to do about it; its log has the rest.
+func notReadyLine(err error, self, id, dir string) string {
+	var nr *cluster.NotReadyError
+	if !errors.As(err, &nr) {
+		return err.Error()
+	}
+	if nr.Exited {
+		how := "exited"
+		if nr.Err != nil {
+			how += " (" + nr.Err.Error() + ")"
+		}
+		return fmt.Sprintf("it %s; `%s restart %s --dir %s` starts it again. Log: %s", how, self, id, shellQuote(dir), nr.Log)
+	}
+	return fmt.Sprintf("after %s: %v. It keeps running and trying; `%s status --dir %s` shows it. Log: %s", nr.Waited.Round(time.Second), nr.Err, self, shellQuote(dir), nr.Log)
 }
 
 func since(t time.Time) string { return time.Since(t).Round(10 * time.Millisecond).String() }
@@ -341,6 +455,147 @@ func plannedAddrs(dir string, basePort int) (map[string]string, bool, error) {
 	}
 	addrs[writerID] = fmt.Sprintf("127.0.0.1:%d", basePort+7)
 	return addrs, false, nil
+}
+
+// planInstanceAddrs gives the replicas r1..rN and the router's two
+// endpoints an address each if addrs has none for them yet: the ports after
+// the highest one in addrs, in that order, on the control plane's host. On
+// a new cluster that is the writer's port + 1 onwards; a resumed one keeps
+// the addresses it had, and a replica it never had gets ports of its own.
+// It reports whether it added any.
+func planInstanceAddrs(addrs map[string]string, replicas int) (bool, error) {
+	host, _, err := net.SplitHostPort(addrs["control"])
+	if err != nil {
+		return false, fmt.Errorf("control address %q: %w", addrs["control"], err)
+	}
+	highest := 0
+	for id, a := range addrs {
+		_, port, err := net.SplitHostPort(a)
+		if err != nil {
+			return false, fmt.Errorf("the address of %s, %q: %w", id, a, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return false, fmt.Errorf("the address of %s, %q: bad port", id, a)
+		}
+		highest = max(highest, p)
+	}
+	want := []string{}
+	for i := 1; i <= replicas; i++ {
+		want = append(want, replicaID(i))
+	}
+	want = append(want, routerID, routerReaderKey)
+	added := false
+	for _, id := range want {
+		if addrs[id] != "" {
+			continue
+		}
+		highest++
+		if highest > 65535 {
+			return false, fmt.Errorf("no port left for %s after %d: start a new cluster with a lower --base-port and another --dir", id, highest-1)
+		}
+		addrs[id] = net.JoinHostPort(host, strconv.Itoa(highest))
+		added = true
+	}
+	return added, nil
+}
+
+// upSettings is what the last `up` on a directory ran with (up.json).
+type upSettings struct {
+	Replicas int `json:"replicas"`
+}
+
+// replicaCount is how many replicas this `up` runs: --replicas if given,
+// or on a new cluster; else (resuming) as many as the last `up` ran, from
+// up.json (the default for a cluster made before replicas). last is that
+// number, -1 if not known.
+func replicaCount(dir string, flag int, set, resumed bool) (n, last int, err error) {
+	last = -1
+	path := filepath.Join(dir, upSettingsName)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		var st upSettings
+		if err := json.Unmarshal(b, &st); err != nil {
+			return 0, 0, fmt.Errorf("%s is corrupt (%v); it records how many replicas the cluster runs: fix it, or remove it and give --replicas", path, err)
+		}
+		if checkReplicas(st.Replicas) == nil {
+			last = st.Replicas
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return 0, 0, err
+	}
+	if set || !resumed || last < 0 {
+		return flag, last, nil
+	}
+	return last, last, nil
+}
+
+// replicasNote says how many replicas a resumed cluster runs when that is
+// not what --replicas said, or differs from its last run; else "".
+func replicasNote(n, last int, set bool) string {
+	switch {
+	case last < 0 || n == last && (set || n == defaultReplicas):
+		return ""
+	case !set:
+		return fmt.Sprintf("%d replica(s), as the cluster last ran (--replicas N changes that)", n)
+	case n > last:
+		return fmt.Sprintf("--replicas %d: %s more than the cluster last ran", n, idRange(last+1, n))
+	}
+	return fmt.Sprintf("--replicas %d: %s of the last run not started (a replica keeps no data of its own; `up --replicas %d` starts them again)", n, idRange(n+1, last), last)
+}
+
+// idRange names replicas from..to: "r2", "r2, r3", "r2..r5".
+func idRange(from, to int) string {
+	switch {
+	case from == to:
+		return replicaID(from)
+	case to == from+1:
+		return replicaID(from) + ", " + replicaID(to)
+	}
+	return replicaID(from) + ".." + replicaID(to)
+}
+
+// keepSettings records what this `up` runs with, for the next one.
+func keepSettings(dir string, st upSettings) error {
+	path := filepath.Join(dir, upSettingsName)
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// printUp lists the components of a cluster that came up: where each
+// listens, its AZ and its log, and the router's two endpoints as a user
+// would copy them.
+func printUp(out io.Writer, dir string, comps []cluster.Component) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	for _, c := range comps {
+		az := ""
+		if c.AZ != "" {
+			az = "AZ " + c.AZ
+		}
+		switch c.Role {
+		case "control":
+			fmt.Fprintf(tw, "  control plane\t%s\t%s\tlog %s\n", c.Addr, az, c.Log)
+		case "storage":
+			fmt.Fprintf(tw, "  storage %s\t%s\t%s\tlog %s\n", c.ID, c.Addr, az, c.Log)
+		case "writer":
+			fmt.Fprintf(tw, "  writer (SQL)\thttp://%s\t%s\tlog %s\n", c.Addr, az, c.Log)
+		case "replica":
+			fmt.Fprintf(tw, "  replica %s\thttp://%s\t%s\tlog %s\n", c.ID, c.Addr, az, c.Log)
+		case "router":
+			fmt.Fprintf(tw, "  cluster endpoint\thttp://%s\t\tthe router: reads and writes, to the writer (log %s)\n", c.ClusterEndpoint, c.Log)
+			fmt.Fprintf(tw, "  reader endpoint\thttp://%s\t\tthe router: queries, balanced over the replicas\n", c.ReaderEndpoint)
+		}
+	}
+	fmt.Fprintf(tw, "  cluster file\t%s\n", filepath.Join(dir, clusterFileName))
+	tw.Flush()
 }
 
 // keepAddrs records the addresses of a cluster that came up, so that the
@@ -514,8 +769,17 @@ func serveRestarts(ctx context.Context, dir string, cl *cluster.Cluster, writeFi
 func restart(ctx context.Context, cl *cluster.Cluster, id string, writeFile func() error, out io.Writer, send func(restartEvent)) {
 	comp, err := cl.StartAgain(id)
 	if err != nil {
-		if cl.Running(id) {
+		var ids []string
+		known := false
+		for _, c := range cl.Components() {
+			ids = append(ids, c.ID)
+			known = known || c.ID == id
+		}
+		switch {
+		case cl.Running(id):
 			err = fmt.Errorf("%s is running; stop it before restarting it", id)
+		case !known:
+			err = fmt.Errorf("this cluster has no component %q: it runs %s (a replica it does not run starts with `up --replicas N`)", id, strings.Join(ids, ", "))
 		}
 		send(restartEvent{Event: "error", Error: err.Error()})
 		return
@@ -555,15 +819,17 @@ func restartCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "restart ID [--dir D] [--wait T]",
 		Short: "Start a stopped component of a running `borealis up` again",
-		Long: `Start a stopped component (control, s1..s6, writer) of the cluster that a running
-"borealis up" manages in --dir, with the same id, address and data. The
+		Long: `Start a stopped component (control, s1..s6, writer, a replica r1..rN, router)
+of the cluster that a running "borealis up" manages in --dir, with the same
+id, address and data (a replica and the router have none of their own). The
 running "up" starts it, so it stays under its supervision, and updates
 cluster.json with the new pid as soon as the process runs.
 
 It then waits up to --wait for the component to become ready. A component
 can take longer: a writer's crash recovery needs a read quorum of every PG
 and a write quorum to acknowledge its truncation, so with too many storage
-nodes down it waits until they are back. Then restart says what the
+nodes down it waits until they are back, and a replica waits until it has
+attached to the writer's redo stream. Then restart says what the
 component is waiting for and exits 0: the process runs, and becomes ready
 by itself once the wait is over ("borealis status" shows it). It fails if
 the process exits before it is ready, quoting the end of its log.`,
