@@ -3,12 +3,16 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -18,6 +22,7 @@ import (
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/router"
 	"github.com/borealis-db/borealis/internal/sqlclient"
 	"github.com/borealis-db/borealis/internal/storage"
 )
@@ -30,6 +35,72 @@ type statusReport struct {
 	// HeartbeatTimeoutMs is how long a node may miss heartbeats before it is
 	// shown down.
 	HeartbeatTimeoutMs uint32 `json:"heartbeat_timeout_ms"`
+	// Instances are the database instances, writers and replicas, of every
+	// volume: the catalog's records (Control.ListInstances) with what each
+	// says of itself on /v1/health, and those cluster.json lists that have
+	// no record (starting, or stopped).
+	Instances []instanceReport `json:"instances"`
+	// InstancesError says why the catalog could not list the instances.
+	InstancesError string `json:"instances_error,omitempty"`
+	// Routers are the routers cluster.json lists.
+	Routers []routerReport `json:"routers,omitempty"`
+}
+
+// instanceReport is one database instance.
+type instanceReport struct {
+	Volume string `json:"volume"`
+	ID     string `json:"id"`
+	// Role is "writer" or "replica".
+	Role string `json:"role"`
+	AZ   string `json:"az"`
+	// Endpoint is its SQL API, as an URL.
+	Endpoint string `json:"endpoint"`
+	// Epoch is the writer's; a replica's is the epoch of the stream it
+	// follows.
+	Epoch uint64 `json:"epoch"`
+	// VDL is the writer's; a replica's is the VDL it has applied.
+	VDL uint64 `json:"vdl"`
+	// LagLSN is how far a replica's applied VDL is behind the writer's VDL
+	// as the replica knows it, and LagMS for how long it has been behind
+	// (0 when caught up); 0 on a writer. An instance that does not answer
+	// has LagLSN from the catalog's records (the writer's VDL minus its
+	// own, each up to a lease renewal old), and LagMS -1 (unknown).
+	LagLSN uint64  `json:"lag_lsn"`
+	LagMS  float64 `json:"lag_ms"`
+	// ReadPoint is the oldest read point the instance pins; the writer's
+	// is the volume's PGMRPL.
+	ReadPoint uint64 `json:"read_point"`
+	// State is what it does: a writer "ready", or what it waits for; a
+	// replica its stream, "streaming", "connecting" or "stale"; "not
+	// registered" for an instance cluster.json lists that neither is in
+	// the catalog nor answers.
+	State string `json:"state"`
+	// Ready says whether it serves, from its /v1/health.
+	Ready *bool `json:"ready,omitempty"`
+	// WriterVDL (a replica) is the writer's VDL as the replica knows it;
+	// Resyncs how often it dropped its cache to catch up past a gap.
+	WriterVDL uint64 `json:"writer_vdl,omitempty"`
+	Resyncs   uint64 `json:"resyncs,omitempty"`
+	// Registered: the catalog has a record of it.
+	Registered bool `json:"registered"`
+	// Source says where the figures come from: "health" (the instance
+	// answered) or "catalog" (its record; it did not answer).
+	Source string `json:"source"`
+	// Unreachable says why its /v1/health did not answer.
+	Unreachable string `json:"unreachable,omitempty"`
+}
+
+// routerReport is a router that cluster.json lists.
+type routerReport struct {
+	ID              string `json:"id"`
+	ClusterEndpoint string `json:"cluster_endpoint"`
+	ReaderEndpoint  string `json:"reader_endpoint"`
+	// Writer is where its cluster endpoint sends requests; Candidates the
+	// replicas its reader endpoint balances queries over now.
+	Writer     string   `json:"writer,omitempty"`
+	Candidates []string `json:"candidates"`
+	// Unreachable says why its /v1/health did not answer.
+	Unreachable string `json:"unreachable,omitempty"`
 }
 
 type nodeReport struct {
@@ -54,7 +125,11 @@ type volumeReport struct {
 	// VDLSource says which: "writer", "segments" (every segment answered),
 	// "segments, lower bound" (some did not, but every PG had 4 that did),
 	// or "unknown" (some PG had fewer than 4 answering, and no writer).
-	VDLSource   string     `json:"vdl_source"`
+	VDLSource string `json:"vdl_source"`
+	// PGMRPL is the lowest read point of any of the volume's instances,
+	// below which storage may collect page versions: the writer's
+	// read_point (0 without a writer).
+	PGMRPL      uint64     `json:"pgmrpl"`
 	PageSize    uint32     `json:"page_size"`
 	PGSizeBytes uint64     `json:"pg_size_bytes"`
 	SizeBytes   uint64     `json:"size_bytes"`
@@ -103,7 +178,7 @@ func statusCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status [--dir D | --control ADDR] [--json]",
-		Short: "Show the cluster: nodes and their state, volumes, PGs with each segment's SCL, writers",
+		Short: "Show the cluster: nodes and their state, volumes, PGs with each segment's SCL, writers, replicas and their lag, the router",
 		Args:  noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			control, err := where.addr()
@@ -116,9 +191,13 @@ func statusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var cf *cluster.File
 			if where.control == "" {
-				addWriterHealth(ctx, rep, filepath.Join(where.dir, clusterFileName))
+				clusterFile := filepath.Join(where.dir, clusterFileName)
+				addWriterHealth(ctx, rep, clusterFile)
+				cf, _ = cluster.ReadFile(clusterFile)
 			}
+			addInstances(ctx, rep, control, cf)
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
@@ -345,6 +424,7 @@ func printStatus(out io.Writer, rep *statusReport) {
 		}
 		fmt.Fprintln(out)
 	}
+	printInstances(out, rep)
 }
 
 // addWriterHealth adds what the writers listed in a cluster.json say of
@@ -381,4 +461,282 @@ func addWriterHealth(ctx context.Context, rep *statusReport, clusterFile string)
 			}
 		}
 	}
+}
+
+// instanceHealthTimeout bounds each instance's /v1/health for status: one
+// that hangs shows as unreachable, with its catalog record's figures.
+const instanceHealthTimeout = time.Second
+
+// addInstances lists the database instances of every volume from the
+// catalog, asks each (in parallel) how it stands, adds those cf lists that
+// the catalog does not (an instance starting, or stopped), sets each
+// volume's PGMRPL from its writer, and adds cf's routers.
+func addInstances(ctx context.Context, rep *statusReport, control string, cf *cluster.File) {
+	rep.Instances = []instanceReport{}
+	var infos []*pb.InstanceInfo
+	conn, err := grpc.NewClient(control, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err == nil {
+		var resp *pb.ListInstancesResponse
+		resp, err = pb.NewControlClient(conn).ListInstances(ctx, &pb.ListInstancesRequest{})
+		conn.Close()
+		if err == nil {
+			infos = resp.Instances
+		}
+	}
+	if err != nil {
+		rep.InstancesError = shortErr(err)
+	}
+	listed := map[string]bool{}
+	for _, in := range infos {
+		listed[in.Id] = true
+		rep.Instances = append(rep.Instances, instanceReport{
+			Volume: in.Volume, ID: in.Id, Role: in.Role, AZ: in.Az, Endpoint: "http://" + in.SqlEndpoint,
+			Epoch: in.Epoch, VDL: in.Vdl, ReadPoint: in.ReadPoint, State: in.State, Registered: true, Source: "catalog",
+		})
+	}
+	if cf != nil {
+		for _, c := range cf.Components {
+			if (c.Role == "writer" || c.Role == "replica") && !listed[c.ID] {
+				rep.Instances = append(rep.Instances, instanceReport{
+					Volume: defaultVolume, ID: c.ID, Role: c.Role, AZ: c.AZ, Endpoint: "http://" + c.Addr,
+					State: "not registered", Source: "catalog",
+				})
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range rep.Instances {
+		wg.Add(1)
+		go func(in *instanceReport) {
+			defer wg.Done()
+			hctx, cancel := context.WithTimeout(ctx, instanceHealthTimeout)
+			defer cancel()
+			h, err := (&sqlclient.Client{Endpoint: in.Endpoint}).Health(hctx)
+			if err != nil {
+				in.Unreachable = healthErr(err)
+				return
+			}
+			applyHealth(in, h)
+		}(&rep.Instances[i])
+	}
+	wg.Wait()
+	finishInstances(rep)
+	if cf != nil {
+		for _, c := range cf.Components {
+			if c.Role == "router" {
+				rep.Routers = append(rep.Routers, routerStatus(ctx, c))
+			}
+		}
+	}
+}
+
+// applyHealth puts what an instance says of itself on /v1/health into its
+// report.
+func applyHealth(in *instanceReport, h *sqlclient.Health) {
+	ready := h.Ready
+	in.Source, in.Ready = "health", &ready
+	in.Epoch, in.VDL, in.ReadPoint = h.Epoch, h.VDL, h.ReadPoint
+	if h.AZ != "" {
+		in.AZ = h.AZ
+	}
+	if h.Volume != "" {
+		in.Volume = h.Volume
+	}
+	if h.Role != "" {
+		in.Role = h.Role
+	}
+	in.State = h.Status
+	if r := h.Replica; r != nil {
+		in.State, in.LagLSN, in.LagMS, in.WriterVDL, in.Resyncs = r.Stream, r.LagLSN, r.LagMS, r.WriterVDL, r.Resyncs
+		if !h.Ready && h.Status != "" && !strings.HasPrefix(h.Status, "ready") {
+			in.State = h.Status // still opening the volume, say
+		}
+	}
+}
+
+// finishInstances fills what the instances' own reports could not: the
+// lag of those that did not answer, from the catalog; each volume's
+// PGMRPL; and the order, by volume, the writer first, then the replicas
+// by number.
+func finishInstances(rep *statusReport) {
+	writerVDL, pgmrpl := map[string]uint64{}, map[string]uint64{}
+	for _, in := range rep.Instances {
+		if in.Role == "writer" && (in.Source == "health" || in.Registered) && in.VDL >= writerVDL[in.Volume] {
+			writerVDL[in.Volume], pgmrpl[in.Volume] = in.VDL, in.ReadPoint
+		}
+	}
+	for i := range rep.Instances {
+		in := &rep.Instances[i]
+		if in.Source == "health" || in.Role != "replica" {
+			continue
+		}
+		in.LagMS = -1
+		if w := writerVDL[in.Volume]; w > in.VDL && in.Registered {
+			in.LagLSN = w - in.VDL
+		}
+	}
+	for i := range rep.Volumes {
+		rep.Volumes[i].PGMRPL = pgmrpl[rep.Volumes[i].Name]
+	}
+	sort.SliceStable(rep.Instances, func(i, j int) bool {
+		a, b := rep.Instances[i], rep.Instances[j]
+		if a.Volume != b.Volume {
+			return a.Volume < b.Volume
+		}
+		if (a.Role == "writer") != (b.Role == "writer") {
+			return a.Role == "writer"
+		}
+		return idLess(a.ID, b.ID)
+	})
+}
+
+// idLess orders ids by their text, but a number at their end as a number:
+// r2 before r10.
+func idLess(a, b string) bool {
+	pa, na := splitNumber(a)
+	pb, nb := splitNumber(b)
+	if pa != pb || na < 0 || nb < 0 {
+		return a < b
+	}
+	return na < nb
+}
+
+// splitNumber cuts an id into its prefix and the number it ends in (-1:
+// none).
+func splitNumber(s string) (string, int) {
+	i := len(s)
+	for i > 0 && s[i-1] >= '0' && s[i-1] <= '9' {
+		i--
+	}
+	if i == len(s) || len(s)-i > 9 {
+		return s, -1
+	}
+	n := 0
+	for _, c := range s[i:] {
+		n = n*10 + int(c-'0')
+	}
+	return s[:i], n
+}
+
+// routerStatus asks a router what it routes to (GET /v1/health on its
+// cluster endpoint).
+func routerStatus(ctx context.Context, c cluster.Component) routerReport {
+	rr := routerReport{ID: c.ID, ClusterEndpoint: "http://" + c.ClusterEndpoint, ReaderEndpoint: "http://" + c.ReaderEndpoint, Candidates: []string{}}
+	if c.ClusterEndpoint == "" {
+		rr.ClusterEndpoint = "http://" + c.Addr
+	}
+	hctx, cancel := context.WithTimeout(ctx, instanceHealthTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(hctx, http.MethodGet, rr.ClusterEndpoint+"/v1/health", nil)
+	if err != nil {
+		rr.Unreachable = err.Error()
+		return rr
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		rr.Unreachable = healthErr(err)
+		return rr
+	}
+	defer resp.Body.Close()
+	var st router.Status
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err != nil {
+		rr.Unreachable = fmt.Sprintf("its /v1/health answered %s, not the router's status: %v", resp.Status, err)
+		return rr
+	}
+	if st.Writer != nil {
+		rr.Writer = st.Writer.ID
+	}
+	for _, r := range st.Replicas {
+		if r.Candidate {
+			rr.Candidates = append(rr.Candidates, r.ID)
+		}
+	}
+	return rr
+}
+
+// printInstances is status's text for the instances and the routers.
+func printInstances(out io.Writer, rep *statusReport) {
+	if rep.InstancesError != "" {
+		fmt.Fprintf(out, "\nINSTANCES: the catalog could not list them: %s\n", rep.InstancesError)
+	}
+	pgmrpl := map[string]uint64{}
+	for _, v := range rep.Volumes {
+		pgmrpl[v.Name] = v.PGMRPL
+	}
+	for i := 0; i < len(rep.Instances); {
+		vol := rep.Instances[i].Volume
+		j := i
+		for j < len(rep.Instances) && rep.Instances[j].Volume == vol {
+			j++
+		}
+		fmt.Fprintf(out, "\nINSTANCES of %s: PGMRPL %d (the oldest read point of any instance: storage may collect the page versions below it)\n", vol, pgmrpl[vol])
+		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "  ID\tROLE\tAZ\tENDPOINT\tVDL\tLAG LSN\tLAG\tREAD POINT\tSTATE\n")
+		for _, in := range rep.Instances[i:j] {
+			lagLSN, lag := "-", "-"
+			if in.Role == "replica" {
+				lagLSN = fmt.Sprint(in.LagLSN)
+				if in.LagMS >= 0 {
+					lag = (time.Duration(in.LagMS * float64(time.Millisecond))).Round(time.Millisecond).String()
+				}
+			}
+			state := in.State
+			switch {
+			case in.Unreachable != "" && in.Registered:
+				state = fmt.Sprintf("UNREACHABLE  <-- (%s; figures from its catalog record, last %s)", in.Unreachable, orDash(in.State))
+			case in.Unreachable != "":
+				state = "NOT RUNNING  <-- (not in the catalog, and does not answer)"
+			case in.Ready != nil && !*in.Ready:
+				state += "  <-- not ready"
+			case in.Role == "replica" && in.State != "streaming":
+				state += "  <--"
+			}
+			az := in.AZ
+			if az == "" {
+				az = "-"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", in.ID, in.Role, az, in.Endpoint, in.VDL, lagLSN, lag, in.ReadPoint, state)
+		}
+		tw.Flush()
+		i = j
+	}
+	for _, r := range rep.Routers {
+		fmt.Fprintf(out, "\nROUTER %s: cluster endpoint %s, reader endpoint %s", r.ID, r.ClusterEndpoint, r.ReaderEndpoint)
+		switch {
+		case r.Unreachable != "":
+			fmt.Fprintf(out, ", UNREACHABLE  <-- (%s)\n", r.Unreachable)
+			continue
+		case r.Writer == "":
+			fmt.Fprintf(out, "\n  writes: no writer in the catalog  <--")
+		default:
+			fmt.Fprintf(out, "\n  writes go to %s", r.Writer)
+		}
+		if len(r.Candidates) == 0 {
+			fmt.Fprintf(out, "; queries to the writer (no replica fit to serve them)\n")
+		} else {
+			fmt.Fprintf(out, "; queries are balanced over %s\n", strings.Join(r.Candidates, ", "))
+		}
+	}
+}
+
+// healthErr says why a /v1/health went unanswered, in fewer words than
+// net/http's error.
+func healthErr(err error) string {
+	var ue *url.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Sprintf("no answer within %s", instanceHealthTimeout)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused: it does not run"
+	case errors.As(err, &ue):
+		return ue.Err.Error()
+	}
+	return shortErr(err)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
