@@ -26,8 +26,12 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	"golang.org/x/text/width"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/router"
 	"github.com/borealis-db/borealis/internal/sqlclient"
 )
 
@@ -39,13 +43,17 @@ const (
 )
 
 func sqlCmd() *cobra.Command {
-	var dir, endpoint, script string
-	var asJSON bool
+	var dir, endpoint, script, replicaFlag string
+	var asJSON, reader bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "sql [--dir D | --endpoint URL] [-e SQL] [--json] [--timeout T]",
+		Use:   "sql [--dir D | --endpoint URL] [--replica ID | --reader] [-e SQL] [--json] [--timeout T]",
 		Short: "Run SQL on a database instance: one statement or script with -e, else a shell",
-		Long: `Run SQL on the writer of a running cluster, through its HTTP SQL API.
+		Long: `Run SQL on the writer of a running cluster, through its HTTP SQL API; with
+--replica ID on that read replica, and with --reader on the router's reader
+endpoint, which balances queries over the replicas. A replica and the
+reader endpoint run queries only: a write there is refused, saying where
+writes go.
 
 With -e it runs one statement or a ';'-separated script and exits; without it,
 it is an interactive shell (statements end with ';', and .help lists the dot
@@ -68,15 +76,19 @@ ROLLBACK drops them unsent.`,
 			if endpoint != "" && cmd.Flags().Changed("dir") {
 				return errors.New("give --dir or --endpoint, not both")
 			}
+			if err := checkSQLTarget(endpoint, replicaFlag, cmd.Flags().Changed("replica"), reader); err != nil {
+				return err
+			}
 			if timeout < 0 {
 				return fmt.Errorf("--timeout %s: want a duration of 0 (never) or more", timeout)
 			}
-			ep, err := sqlEndpoint(dir, endpoint)
+			target, err := sqlTargetFor(cmd.Context(), dir, endpoint, replicaFlag, reader)
 			if err != nil {
 				return err
 			}
 			s := &sqlSession{
-				client:  &sqlclient.Client{Endpoint: ep, HTTP: &http.Client{}},
+				client:  &sqlclient.Client{Endpoint: target.endpoint, HTTP: &http.Client{}},
+				target:  target,
 				timeout: timeout,
 				out:     cmd.OutOrStdout(),
 				asJSON:  asJSON,
@@ -95,6 +107,8 @@ ROLLBACK drops them unsent.`,
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", defaultDir, "directory of a cluster that borealis up runs (its cluster.json names the writer)")
 	f.StringVar(&endpoint, "endpoint", "", "the database instance's HTTP address, such as http://127.0.0.1:7110 (instead of --dir)")
+	f.StringVar(&replicaFlag, "replica", "", "run on this read replica of the --dir cluster (such as r1), as cluster.json or the catalog names it: queries only")
+	f.BoolVar(&reader, "reader", false, "run on the router's reader endpoint of the --dir cluster, which balances queries over the replicas: queries only")
 	f.StringVarP(&script, "execute", "e", "", "run this statement or ';'-separated script (or one dot command) and exit")
 	f.BoolVar(&asJSON, "json", false, "print each result as one JSON object per line")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "give up on a statement after this long (0: never)")
@@ -123,10 +137,185 @@ func sqlEndpoint(dir, endpoint string) (string, error) {
 	return "", fmt.Errorf("%s lists no writer: the cluster runs no database instance; give --endpoint URL of one", path)
 }
 
+// checkSQLTarget refuses flags that name more than one place to run SQL.
+func checkSQLTarget(endpoint, replica string, replicaSet, reader bool) error {
+	switch {
+	case replicaSet && replica == "":
+		return errors.New("--replica needs the id of a replica, such as r1 (`borealis status` lists them)")
+	case replicaSet && reader:
+		return errors.New("give --replica ID or --reader, not both: --reader balances queries over every replica")
+	case endpoint != "" && (replicaSet || reader):
+		return errors.New("give --endpoint URL, or --replica ID or --reader of the --dir cluster, not both")
+	}
+	return nil
+}
+
+// sqlTarget is where `borealis sql` runs its statements.
+type sqlTarget struct {
+	endpoint string
+	// kind is "writer" (cluster.json's writer), "replica", "reader" (the
+	// router's reader endpoint) or "" (--endpoint).
+	kind string
+	// id names the replica.
+	id string
+	// dir is the cluster's directory; writer and clusterEndpoint are its
+	// writer's and router's cluster endpoint URLs ("" if unknown), where a
+	// write sent to a replica or the reader endpoint should go instead.
+	dir, writer, clusterEndpoint string
+}
+
+// sqlTargetFor finds where to run SQL: --endpoint; else in the cluster of
+// dir, the replica named by --replica (from cluster.json, or the catalog
+// for one that `up` did not start), the router's reader endpoint with
+// --reader, or the writer.
+func sqlTargetFor(ctx context.Context, dir, endpoint, replica string, reader bool) (sqlTarget, error) {
+	if endpoint != "" {
+		return sqlTarget{endpoint: endpoint}, nil
+	}
+	if replica == "" && !reader {
+		ep, err := sqlEndpoint(dir, "")
+		return sqlTarget{endpoint: ep, kind: "writer", dir: dir}, err
+	}
+	path := filepath.Join(dir, clusterFileName)
+	cf, err := cluster.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return sqlTarget{}, fmt.Errorf("no running cluster in %s (there is no %s); start one with `%s up --dir %s`, or give --endpoint URL of an instance", dir, path, invocation(), shellQuote(dir))
+	}
+	if err != nil {
+		return sqlTarget{}, fmt.Errorf("no running cluster in %s: %w", dir, err)
+	}
+	if err := upGone(dir); err != nil {
+		return sqlTarget{}, err
+	}
+	t := sqlTarget{dir: dir}
+	if w, ok := cf.Find("writer"); ok {
+		t.writer = "http://" + w.Addr
+	}
+	if r, ok := cf.Find("router"); ok && r.ClusterEndpoint != "" {
+		t.clusterEndpoint = "http://" + r.ClusterEndpoint
+	}
+	if reader {
+		r, ok := cf.Find("router")
+		if !ok || r.ReaderEndpoint == "" {
+			return sqlTarget{}, fmt.Errorf("%s lists no router, so there is no reader endpoint; `--replica ID` runs on one replica", path)
+		}
+		t.endpoint, t.kind = "http://"+r.ReaderEndpoint, "reader"
+		return t, nil
+	}
+	t.kind, t.id = "replica", replica
+	if c, ok := cf.ByID(replica); ok {
+		if c.Role != "replica" {
+			return sqlTarget{}, fmt.Errorf("%s is the cluster's %s, not a read replica; %s", replica, c.Role, replicaList(cf.Replicas()))
+		}
+		t.endpoint = "http://" + c.Addr
+		return t, nil
+	}
+	// A replica `up` did not start (`borealis db --role replica` by hand)
+	// is in the catalog.
+	ctl, ok := cf.Find("control")
+	if !ok {
+		return sqlTarget{}, fmt.Errorf("%s lists no replica %s, and no control plane to ask; %s", path, replica, replicaList(cf.Replicas()))
+	}
+	conn, err := grpc.NewClient(ctl.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return sqlTarget{}, err
+	}
+	defer conn.Close()
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := pb.NewControlClient(conn).ListInstances(lctx, &pb.ListInstancesRequest{Volume: defaultVolume})
+	if err != nil {
+		return sqlTarget{}, fmt.Errorf("%s lists no replica %s, and the catalog could not be asked: %v", path, replica, shortErr(err))
+	}
+	for _, in := range resp.Instances {
+		if in.Id == replica && in.Role == "replica" {
+			t.endpoint = "http://" + in.SqlEndpoint
+			return t, nil
+		}
+	}
+	known := cf.Replicas()
+	for _, in := range resp.Instances {
+		if _, listed := cf.ByID(in.Id); in.Role == "replica" && !listed {
+			known = append(known, cluster.Component{ID: in.Id})
+		}
+	}
+	return sqlTarget{}, fmt.Errorf("no replica %s: neither %s nor the catalog knows it; %s", replica, path, replicaList(known))
+}
+
+// replicaList names the replicas there are, for an error.
+func replicaList(reps []cluster.Component) string {
+	if len(reps) == 0 {
+		return "the cluster runs no replica (`borealis up --replicas N` starts some)"
+	}
+	ids := make([]string, len(reps))
+	for i, r := range reps {
+		ids[i] = r.ID
+	}
+	return "its replicas are " + strings.Join(ids, ", ")
+}
+
+// describe says what the session runs on, for the shell's greeting.
+func (t sqlTarget) describe() string {
+	switch t.kind {
+	case "replica":
+		return fmt.Sprintf(" (read replica %s: queries only)", t.id)
+	case "reader":
+		return " (the router's reader endpoint: queries only, balanced over the replicas)"
+	}
+	return ""
+}
+
+// writeHint is what to tell a user whose write a replica or the reader
+// endpoint refused: where writes go.
+func (t sqlTarget) writeHint() string {
+	var what string
+	switch t.kind {
+	case "replica":
+		what = fmt.Sprintf("this session runs on read replica %s, which never writes", t.id)
+	case "reader":
+		what = "this session runs on the router's reader endpoint, which only runs queries"
+	default:
+		return ""
+	}
+	var where []string
+	if t.writer != "" {
+		where = append(where, fmt.Sprintf("`%s sql --dir %s` runs them on the writer (%s)", invocation(), shellQuote(t.dir), t.writer))
+	}
+	if t.clusterEndpoint != "" {
+		where = append(where, fmt.Sprintf("the router's cluster endpoint %s takes them and follows the writer", t.clusterEndpoint))
+	}
+	if len(where) == 0 {
+		return what + "; send writes to the writer"
+	}
+	return what + ": " + strings.Join(where, ", and ")
+}
+
+// hintedError is a server's refusal with a hint for the user after it.
+type hintedError struct {
+	err  error
+	hint string
+}
+
+func (e *hintedError) Error() string { return e.err.Error() + "\n" + e.hint }
+func (e *hintedError) Unwrap() error { return e.err }
+
+// withWriteHint adds to a replica's or the reader endpoint's not_writer
+// where writes go.
+func (s *sqlSession) withWriteHint(err error) error {
+	if sqlclient.Code(err) != "not_writer" {
+		return err
+	}
+	if h := s.target.writeHint(); h != "" {
+		return &hintedError{err, h}
+	}
+	return err
+}
+
 // sqlSession runs statements one at a time and prints their results. It
 // holds back the statements of an explicit transaction until its COMMIT.
 type sqlSession struct {
 	client  *sqlclient.Client
+	target  sqlTarget
 	timeout time.Duration
 	out     io.Writer
 	asJSON  bool
@@ -335,7 +524,7 @@ func (s *sqlSession) execute(ctx context.Context, stmts []sqlclient.Statement, t
 	defer cancel()
 	res, err := s.client.Execute(rctx, stmts, transaction)
 	if err != nil {
-		return s.requestError(ctx, rctx, err, true)
+		return s.withWriteHint(s.requestError(ctx, rctx, err, true))
 	}
 	if s.asJSON {
 		// The server's shape: the counts, and columns, types and rows for
@@ -794,6 +983,9 @@ func (s *sqlSession) dot(ctx context.Context, line string) (quit bool, err error
 		defer done()
 		rctx, cancel := s.requestContext(sctx)
 		defer cancel()
+		if s.target.kind == "reader" {
+			return false, s.routerStatus(ctx, rctx)
+		}
 		h, err := s.client.Health(rctx)
 		if err != nil {
 			return false, s.requestError(ctx, rctx, err, false)
@@ -808,9 +1000,74 @@ func (s *sqlSession) dot(ctx context.Context, line string) (quit bool, err error
 		_, err = fmt.Fprintf(s.out, "endpoint  %s\nrole      %s\nvolume    %s (id %d)\nepoch     %d\nVDL       %d\nready     %s\ncommits   %d\nqueries   %d\nredo      %d bytes shipped (whole dirty pages: %d bytes)\n",
 			s.client.Endpoint, h.Role, h.Volume, h.VolumeID, h.Epoch, h.VDL, ready, h.Stats.Commits, h.Stats.Queries,
 			h.Stats.RedoBytes, h.Stats.FullPageBytes)
+		if err != nil {
+			return false, err
+		}
+		switch r := h.Replica; {
+		case r != nil:
+			_, err = fmt.Fprintf(s.out, "stream    %s, from the writer at %s (its VDL %d)\nlag       %d LSNs, %s\npinned    %d (the oldest read point it holds)\nresyncs   %d\n",
+				r.Stream, orDash(r.Writer), r.WriterVDL, r.LagLSN, time.Duration(r.LagMS*float64(time.Millisecond)).Round(time.Microsecond), h.ReadPoint, r.Resyncs)
+		case h.Role == "writer":
+			var ids []string
+			for _, sub := range h.Replicas {
+				ids = append(ids, sub.ID)
+			}
+			_, err = fmt.Fprintf(s.out, "PGMRPL    %d (the oldest read point of any instance)\nreplicas  %s\n", h.ReadPoint, orDash(strings.Join(ids, ", ")))
+		}
 		return false, err
 	}
 	return false, fmt.Errorf("unknown command %q: .help lists the commands (a dot command is a whole line of its own, with no ';')", fields[0])
+}
+
+// routerStatus is .status on the reader endpoint: the router's view of the
+// volume's instances.
+func (s *sqlSession) routerStatus(ctx, rctx context.Context) error {
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, strings.TrimRight(s.client.Endpoint, "/")+"/v1/health", nil)
+	if err != nil {
+		return err
+	}
+	hc := s.client.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return s.requestError(ctx, rctx, err, false)
+	}
+	defer resp.Body.Close()
+	var st router.Status
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err != nil {
+		return fmt.Errorf("%s/v1/health answered %s, not a router's status: %v", s.client.Endpoint, resp.Status, err)
+	}
+	if s.asJSON {
+		return writeJSONLine(s.out, st)
+	}
+	writer := "none"
+	if st.Writer != nil {
+		writer = fmt.Sprintf("%s at %s (VDL %d)", st.Writer.ID, st.Writer.Endpoint, st.Writer.VDL)
+	}
+	if _, err := fmt.Fprintf(s.out, "endpoint  %s (the router's reader endpoint)\nvolume    %s\nwriter    %s\nmax lag   %s\n", s.client.Endpoint, st.Volume, writer, time.Duration(st.MaxLagMS*float64(time.Millisecond))); err != nil {
+		return err
+	}
+	if len(st.Replicas) == 0 {
+		_, err := fmt.Fprintln(s.out, "replicas  none: queries go to the writer")
+		return err
+	}
+	for i, r := range st.Replicas {
+		label := "replicas "
+		if i > 0 {
+			label = "         "
+		}
+		fit := "takes queries"
+		if !r.Candidate {
+			fit = "skipped: " + r.Why
+		}
+		if _, err := fmt.Fprintf(s.out, "%s %s at %s: VDL %d, %s, lag %s; %s\n", label, r.ID, r.Endpoint, r.VDL, orDash(r.Stream),
+			time.Duration(r.LagMS*float64(time.Millisecond)).Round(time.Microsecond), fit); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // printNameColumns lays names out in columns, down then across, as
@@ -877,7 +1134,7 @@ func (s *sqlSession) shell(ctx context.Context, in *os.File, out *os.File) error
 	// Results go through the terminal, which turns \n into \r\n in raw
 	// mode and redraws the prompt around them.
 	s.out = t
-	fmt.Fprintf(t, "Connected to %s. Statements end with ';'; .help for help.\n", s.client.Endpoint)
+	fmt.Fprintf(t, "Connected to %s%s. Statements end with ';'; .help for help.\n", s.client.Endpoint, s.target.describe())
 	var buf strings.Builder
 	for {
 		switch {
