@@ -123,7 +123,11 @@ type Hello struct {
 	// The epoch of the stream the replica followed last (0: none).
 	Epoch uint64 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// The VDL it has applied (0: none).
-	Applied       uint64 `protobuf:"varint,4,opt,name=applied,proto3" json:"applied,omitempty"`
+	Applied uint64 `protobuf:"varint,4,opt,name=applied,proto3" json:"applied,omitempty"`
+	// Its read floor now (as in Report; 0: it pins nothing and applied
+	// nothing): it holds storage's GC from the moment it subscribes, and
+	// counts as its first report.
+	ReadFloor     uint64 `protobuf:"varint,5,opt,name=read_floor,json=readFloor,proto3" json:"read_floor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -182,6 +186,13 @@ func (x *Hello) GetEpoch() uint64 {
 func (x *Hello) GetApplied() uint64 {
 	if x != nil {
 		return x.Applied
+	}
+	return 0
+}
+
+func (x *Hello) GetReadFloor() uint64 {
+	if x != nil {
+		return x.ReadFloor
 	}
 	return 0
 }
@@ -760,13 +771,15 @@ const file_replication_proto_rawDesc = "" +
 	"\x0eReplicaMessage\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.borealis.v1.HelloH\x00R\x05hello\x12-\n" +
 	"\x06report\x18\x02 \x01(\v2\x13.borealis.v1.ReportH\x00R\x06reportB\x06\n" +
-	"\x04kind\"s\n" +
+	"\x04kind\"\x92\x01\n" +
 	"\x05Hello\x12\x1d\n" +
 	"\n" +
 	"replica_id\x18\x01 \x01(\tR\treplicaId\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\x04R\bvolumeId\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x18\n" +
-	"\aapplied\x18\x04 \x01(\x04R\aapplied\"A\n" +
+	"\aapplied\x18\x04 \x01(\x04R\aapplied\x12\x1d\n" +
+	"\n" +
+	"read_floor\x18\x05 \x01(\x04R\treadFloor\"A\n" +
 	"\x06Report\x12\x1d\n" +
 	"\n" +
 	"read_floor\x18\x01 \x01(\x04R\treadFloor\x12\x18\n" +

@@ -289,9 +289,15 @@ func (s *Server) Subscribe(stream pb.Replication_SubscribeServer) error {
 	}
 	vdl := s.vdl
 	sub.applied, sub.floor = hello.Applied, from
-	// Until its first report, the replica's floor is where it starts:
-	// whatever it pins from now on is at or above it.
-	s.floors.Report(sub.id, from, time.Now())
+	// The replica's floor from now on: the one its Hello tells, or (a
+	// replica that tells none) where it starts, since whatever it pins
+	// from now on is at or above it. A report of its last subscription
+	// that has not expired still holds the older read points it may pin.
+	if hello.ReadFloor > 0 {
+		s.floors.Report(sub.id, min(hello.ReadFloor, from), time.Now())
+	} else {
+		s.floors.Provisional(sub.id, from, time.Now())
+	}
 	s.subs[sub] = struct{}{}
 	s.mu.Unlock()
 	defer func() {

@@ -105,7 +105,8 @@ func subscribeOnce(ctx context.Context, rc pb.ReplicationClient, cfg SubscriberC
 		return false, err
 	}
 	epoch, applied := cfg.Position()
-	hello := &pb.Hello{ReplicaId: cfg.ReplicaID, VolumeId: cfg.VolumeID, Epoch: epoch, Applied: applied}
+	floor, _ := cfg.Report()
+	hello := &pb.Hello{ReplicaId: cfg.ReplicaID, VolumeId: cfg.VolumeID, Epoch: epoch, Applied: applied, ReadFloor: floor}
 	if err := stream.Send(&pb.ReplicaMessage{Kind: &pb.ReplicaMessage_Hello{Hello: hello}}); err != nil {
 		return false, err
 	}

@@ -23,6 +23,9 @@ type PGMRPL struct {
 type floorReport struct {
 	floor uint64
 	at    time.Time
+	// provisional: a stand-in the writer made up (a subscription's start),
+	// which holds GC back but does not end the start's hold.
+	provisional bool
 }
 
 // NewPGMRPL returns an aggregate whose reports live for ttl, started at
@@ -39,6 +42,18 @@ func NewPGMRPL(ttl time.Duration, start time.Time, expect []string) *PGMRPL {
 // Report records replica id's floor at now.
 func (a *PGMRPL) Report(id string, floor uint64, now time.Time) {
 	a.reports[id] = floorReport{floor: floor, at: now}
+}
+
+// Provisional records a floor for replica id that it did not report (the
+// start of its subscription): it lowers the aggregate like a report, never
+// raises a live report's floor, and does not end the start's hold.
+func (a *PGMRPL) Provisional(id string, floor uint64, now time.Time) {
+	if r, ok := a.reports[id]; ok && now.Sub(r.at) <= a.ttl {
+		floor = min(floor, r.floor)
+		a.reports[id] = floorReport{floor: floor, at: now, provisional: r.provisional}
+		return
+	}
+	a.reports[id] = floorReport{floor: floor, at: now, provisional: true}
 }
 
 // Forget drops replica id's report at once (it deregistered cleanly).
@@ -62,7 +77,7 @@ func (a *PGMRPL) Value(own uint64, now time.Time) (v uint64, held bool) {
 	}
 	if now.Sub(a.start) < a.ttl {
 		for id := range a.expect {
-			if _, ok := a.reports[id]; !ok {
+			if r, ok := a.reports[id]; !ok || r.provisional {
 				return v, true
 			}
 		}
