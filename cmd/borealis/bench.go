@@ -33,7 +33,7 @@ func benchCmd() *cobra.Command {
 		Use:   "bench",
 		Short: "Built-in workloads that print latency percentiles and throughput",
 	}
-	cmd.AddCommand(benchCommitCmd(), benchSQLCmd())
+	cmd.AddCommand(benchCommitCmd(), benchSQLCmd(), benchReplicaCmd())
 	return cmd
 }
 
