@@ -511,6 +511,11 @@ type upSettings struct {
 // number, -1 if not known.
 func replicaCount(dir string, flag int, set, resumed bool) (n, last int, err error) {
 	last = -1
+	if !resumed {
+		// A new cluster (up.json is left from one whose addresses.json
+		// was removed, if at all).
+		return flag, last, nil
+	}
 	path := filepath.Join(dir, upSettingsName)
 	b, err := os.ReadFile(path)
 	switch {
@@ -525,7 +530,7 @@ func replicaCount(dir string, flag int, set, resumed bool) (n, last int, err err
 	case !errors.Is(err, os.ErrNotExist):
 		return 0, 0, err
 	}
-	if set || !resumed || last < 0 {
+	if set || last < 0 {
 		return flag, last, nil
 	}
 	return last, last, nil

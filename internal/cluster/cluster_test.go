@@ -131,3 +131,110 @@ func TestStartThatExits(t *testing.T) {
 		}
 	}
 }
+
+// readyServer answers /v1/health as a replica: ready, or attached to no
+// stream yet.
+func readyServer(t *testing.T, ready bool) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ready {
+			fmt.Fprint(w, `{"role":"replica","ready":true,"status":"ready","replica":{"stream":"streaming","writer":"127.0.0.1:7107"}}`)
+			return
+		}
+		fmt.Fprint(w, `{"role":"replica","ready":false,"status":"ready: serving reads at applied VDL; connecting","replica":{"stream":"connecting"}}`)
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
+}
+
+// StartReplicas starts every replica at once, lists them in their order,
+// and says of each whether it became ready; one that has not attached to
+// the writer's stream says so.
+func TestStartReplicas(t *testing.T) {
+	c := New(fakeBinary(t, `exec sleep 600`), t.TempDir())
+	c.ControlAddr = "127.0.0.1:1"
+	t.Cleanup(func() { c.Stop(time.Second) })
+	specs := []ReplicaSpec{
+		{ID: "r1", AZ: "b", Addr: readyServer(t, true)},
+		{ID: "r2", AZ: "c", Addr: readyServer(t, false)},
+		{ID: "r3", AZ: "a", Addr: readyServer(t, true)},
+	}
+	start := time.Now()
+	errs, err := c.StartReplicas(context.Background(), "main", specs, 700*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// In parallel: one wait, not one per replica that is not ready.
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("StartReplicas took %s", took)
+	}
+	var nr *NotReadyError
+	if errs[0] != nil || errs[2] != nil || !errors.As(errs[1], &nr) || nr.Exited || !strings.Contains(errs[1].Error(), "waiting to attach to the writer's redo stream (stream connecting; writer: none registered yet)") {
+		t.Fatalf("errs %v", errs)
+	}
+	var got []string
+	for _, comp := range c.Components() {
+		got = append(got, comp.ID+"/"+comp.Role+"/"+comp.AZ)
+		if comp.Pid == 0 || !c.Running(comp.ID) {
+			t.Fatalf("%s does not run: %+v", comp.ID, comp)
+		}
+	}
+	if s := strings.Join(got, " "); s != "r1/replica/b r2/replica/c r3/replica/a" {
+		t.Fatalf("components %s", s)
+	}
+	if _, err := c.StartReplicas(context.Background(), "main", specs[:1], time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if errs, _ := c.StartReplicas(context.Background(), "main", specs[:1], time.Second); errs[0] == nil || !strings.Contains(errs[0].Error(), "r1 already exists") {
+		t.Fatalf("a second r1: %v", errs)
+	}
+}
+
+// Stop stops the router and the replicas first, then the writer, then
+// storage, and the control plane last.
+func TestStopOrder(t *testing.T) {
+	dir := t.TempDir()
+	order := filepath.Join(dir, "order")
+	// The role is the first argument, or for `db` the one after --role.
+	c := New(fakeBinary(t, `role=$1; [ "$1" = db ] && role=$3
+trap 'echo $role >> `+order+`; exit 0' TERM
+while true; do sleep 0.02; done`), dir)
+	c.ControlAddr = "127.0.0.1:1"
+	c.ReadyWithin = 100 * time.Millisecond
+	ctx := context.Background()
+	free := func() string {
+		a, err := FreeAddr()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	// None becomes ready (nothing answers); each keeps running.
+	c.StartControl(ctx, free())
+	c.StartStorage(ctx, "s1", "a", free())
+	c.StartDB(ctx, "writer", "writer", "main", free())
+	c.StartReplica(ctx, "r1", "b", "main", free())
+	c.StartRouter(ctx, "router", "main", free(), free())
+	if len(c.Components()) != 5 {
+		t.Fatalf("components %+v", c.Components())
+	}
+	c.Stop(5 * time.Second)
+	b, err := os.ReadFile(order)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Fields(string(b))
+	if len(lines) != 5 {
+		t.Fatalf("stopped %q", lines)
+	}
+	first := []string{lines[0], lines[1]}
+	slices.Sort(first)
+	if !slices.Equal(first, []string{"replica", "router"}) || !slices.Equal(lines[2:], []string{"writer", "storage", "control"}) {
+		t.Fatalf("stopped in the order %q", lines)
+	}
+}
