@@ -31,13 +31,11 @@ func (s *Instance) startReplica(ctx context.Context) error {
 	rep, err := instance.StartReplica(ctx, instance.ReplicaConfig{
 		Volume: s.cfg.Volume, Ctl: s.ctl, ID: s.cfg.ID, AZ: s.cfg.AZ, Endpoint: s.cfg.Endpoint,
 		Options:  withPolicy(sqlvfs.Options{CacheMiB: s.cfg.CacheMiB, MaxReadAge: s.cfg.MaxReadAge}),
-		LeaseTTL: s.cfg.LeaseTTL, PromotionTier: s.cfg.PromotionTier, Logger: s.cfg.Logger,
+		LeaseTTL: s.cfg.LeaseTTL, PromotionTier: s.cfg.PromotionTier, MaxConns: s.cfg.MaxWriters, Logger: s.cfg.Logger,
 	})
 	if err != nil {
 		return err
 	}
-	rep.DB().Reader.SetMaxIdleConns(s.cfg.MaxWriters)
-	rep.DB().Reader.SetMaxOpenConns(s.cfg.MaxWriters)
 	s.mu.Lock()
 	s.rep, s.volID = rep, rep.VolumeID()
 	s.status, s.retryWhy = "ready", ""

@@ -52,13 +52,17 @@ type ReplicaConfig struct {
 	LeaseTTL time.Duration
 	// PromotionTier is registered for failover.
 	PromotionTier uint32
-	Logger        *slog.Logger
+	// MaxConns bounds the database's read connections (0: database/sql's
+	// default).
+	MaxConns int
+	Logger   *slog.Logger
 }
 
 // Replica is a running read replica.
 type Replica struct {
 	cfg    ReplicaConfig
 	log    *slog.Logger
+	rctx   context.Context
 	vol    *volume.Client
 	db     *sqlvfs.DB
 	volID  uint64
@@ -122,15 +126,8 @@ func StartReplica(ctx context.Context, cfg ReplicaConfig) (*Replica, error) {
 		cancel()
 		return nil, err
 	}
-	opts := cfg.Options
-	opts.PageSize = vcfg.PageSize
-	db, err := sqlvfs.OpenReplicaDB(vol, opts)
-	if err != nil {
-		vol.Close()
-		cancel()
-		return nil, err
-	}
-	r.vol, r.db, r.volID, r.cancel = vol, db, vcfg.VolumeID, cancel
+	r.cfg.Options.PageSize = vcfg.PageSize
+	r.vol, r.volID, r.cancel, r.rctx = vol, vcfg.VolumeID, cancel, rctx
 	if err := r.register(ctx); err != nil {
 		r.close()
 		return nil, err
@@ -156,8 +153,13 @@ func StartReplica(ctx context.Context, cfg ReplicaConfig) (*Replica, error) {
 	return r, nil
 }
 
-// DB is the replica's database (read connections only).
-func (r *Replica) DB() *sqlvfs.DB { return r.db }
+// DB is the replica's database (read connections only), nil until the
+// replica attached to the writer's stream for the first time (Ready).
+func (r *Replica) DB() *sqlvfs.DB {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.db
+}
 
 // Volume is the replica's read-only volume client.
 func (r *Replica) Volume() *volume.Client { return r.vol }
@@ -168,12 +170,44 @@ func (r *Replica) VolumeID() uint64 { return r.volID }
 // Applied is the VDL the replica exposes.
 func (r *Replica) Applied() uint64 { return r.vol.VDL() }
 
-// Ready reports whether the replica has attached to a stream once: before
-// that it knows no VDL to read at.
+// Ready reports whether the replica serves: it attached to a stream once
+// (before that it knows no VDL to read at; storage may have collected
+// everything below the writer's) and opened its database there.
 func (r *Replica) Ready() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.started
+	return r.db != nil
+}
+
+// openDB opens the database once the first stream start set the VDL, and
+// publishes it. The page cache it filled while it opened may hold pages
+// older than MTRs applied meanwhile (applied to no cache): it is dropped
+// before the database serves.
+func (r *Replica) openDB() {
+	defer r.done.Done()
+	delay := 100 * time.Millisecond
+	for r.rctx.Err() == nil {
+		db, err := sqlvfs.OpenReplicaDB(r.vol, r.cfg.Options)
+		if err == nil {
+			if r.cfg.MaxConns > 0 {
+				db.Reader.SetMaxIdleConns(r.cfg.MaxConns)
+				db.Reader.SetMaxOpenConns(r.cfg.MaxConns)
+			}
+			r.mu.Lock()
+			db.Resync(r.vol.VDL())
+			r.db = db
+			r.mu.Unlock()
+			r.log.Info("serving reads", "applied", r.vol.VDL())
+			return
+		}
+		r.log.Warn("cannot open the database on the volume yet; retrying", "applied", r.vol.VDL(), "err", err)
+		select {
+		case <-r.rctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
 }
 
 // Writer is the writer's SQL endpoint as the catalog last showed it.
@@ -280,7 +314,11 @@ func (r *Replica) handle(m *pb.ReplicationMessage) bool {
 		default:
 			r.log.Info("attached again, resuming where it stood", "epoch", msg.Epoch, "from", msg.From)
 		}
-		r.started = true
+		if !r.started {
+			r.started = true
+			r.done.Add(1)
+			defer func() { go r.openDB() }()
+		}
 	}
 	r.apply(rd, now)
 	return rd.Resubscribe
@@ -289,7 +327,7 @@ func (r *Replica) handle(m *pb.ReplicationMessage) bool {
 // apply carries out a Ready: drop the cache, apply the MTRs, expose the
 // VDL. Called under r.mu.
 func (r *Replica) apply(rd replica.Ready, now time.Time) {
-	if rd.Resync {
+	if rd.Resync && r.db != nil {
 		r.db.Resync(rd.Applied)
 	}
 	for _, mtr := range rd.Apply {
@@ -306,6 +344,9 @@ func (r *Replica) apply(rd replica.Ready, now time.Time) {
 		}
 		for _, rec := range recs {
 			r.vol.NoteRedo(rec.PG, rec.LSN)
+		}
+		if r.db == nil {
+			continue // no cache yet: storage serves every page
 		}
 		if bad {
 			r.applyErrs++
@@ -458,7 +499,10 @@ func (r *Replica) Close() error {
 func (r *Replica) close() error {
 	r.cancel()
 	r.done.Wait()
-	err := r.db.Close()
+	var err error
+	if r.db != nil {
+		err = r.db.Close()
+	}
 	if verr := r.vol.Close(); err == nil {
 		err = verr
 	}

@@ -189,13 +189,13 @@ func (f *Follower) start(m Message) Ready {
 			f.resyncs++
 		}
 	}
-	f.epoch = m.Epoch
-	f.applied = max(f.applied, m.From)
-	f.next = m.From + 1
 	if m.Epoch != f.epoch {
 		// Only this epoch's VDLs say what its stream covers.
 		f.writerVDL = m.VDL
 	}
+	f.epoch = m.Epoch
+	f.applied = max(f.applied, m.From)
+	f.next = m.From + 1
 	f.writerVDL = max(f.writerVDL, m.VDL)
 	f.state = Streaming
 	rd.Applied = f.applied

@@ -575,3 +575,32 @@ func TestHeldFloorKeepsEveryVersion(t *testing.T) {
 
 // noFloor is the Server's read floor when no replica reports.
 const noFloor = math.MaxUint64
+
+// A pin is left out of ReadFloor only once it is older than maxAge; a
+// transaction that pinned an LSN just now still needs that LSN's
+// versions, even if another transaction pinned the same LSN long ago and
+// is still open. pinAt keeps the first pin's time while the LSN stays
+// pinned, so the young transaction's read point is left out too: the
+// replica reports a floor above it, storage may collect what it reads,
+// and it fails (BELOW_GC_HORIZON, snapshot_too_old) well within its age.
+func TestReadFloorKeepsAYoungPinOfAnOldLSN(t *testing.T) {
+	cl := startCluster(t)
+	ro := cl.open(t, func(c *Config) { c.ReadOnly = true })
+	ro.SetVDL(10)
+	lsn, releaseOld := ro.PinReadPoint()
+	defer releaseOld()
+	// That transaction has been open for an hour (past its bound).
+	ro.mu.Lock()
+	ro.pinAt[lsn] = time.Now().Add(-time.Hour)
+	ro.mu.Unlock()
+	// A new transaction pins the same VDL now.
+	if again, releaseYoung := ro.PinReadPoint(); again != lsn {
+		t.Fatalf("pinned %d, then %d", lsn, again)
+	} else {
+		defer releaseYoung()
+	}
+	ro.SetVDL(20)
+	if got := ro.ReadFloor(time.Now(), 30*time.Minute); got != lsn {
+		t.Fatalf("floor %d with a transaction pinned at %d a moment ago (max age 30m), want %d", got, lsn, lsn)
+	}
+}

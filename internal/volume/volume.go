@@ -918,9 +918,9 @@ func (c *Client) fence(nodeID string, err error) {
 func (c *Client) PinReadPoint() (lsn uint64, release func()) {
 	c.mu.Lock()
 	lsn = c.vdl.Load()
-	if c.pins[lsn] == 0 {
-		c.pinAt[lsn] = time.Now()
-	}
+	// The newest pin's time: ReadFloor may leave a read point out only
+	// once every transaction pinned there is too old.
+	c.pinAt[lsn] = time.Now()
 	c.pins[lsn]++
 	c.updateMRPLocked()
 	c.mu.Unlock()
