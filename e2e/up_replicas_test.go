@@ -201,6 +201,10 @@ func TestUpReplicas(t *testing.T) {
 		f, err = cluster.ReadFile(filepath.Join(dir, "cluster.json"))
 		return err == nil
 	})
+	// cluster.json is written just before up prints the cluster's summary.
+	wait.For(t, 10*time.Second, "up to print the cluster's summary", func() bool {
+		return strings.Contains(u.output(), "Ctrl-C stops the cluster")
+	})
 	t.Logf("up printed:\n%s", u.output())
 	if strings.Contains(u.output(), "!! ") {
 		t.Fatalf("up reported a failure:\n%s", u.output())
