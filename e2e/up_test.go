@@ -44,15 +44,16 @@ func (u *upProcess) output() string {
 	return u.out.String()
 }
 
-// freeBasePort finds 8 consecutive free loopback ports: control, s1..s6
-// and the writer. They are taken below Linux's ephemeral range (32768 up),
+// freeBasePort finds 11 consecutive free loopback ports: control, s1..s6,
+// the writer, the replica r1 and the router's two endpoints (up's
+// default cluster). They are taken below Linux's ephemeral range (32768 up),
 // where no port picked by the kernel (":0" listeners, embedded etcd,
 // outgoing connections) can land on them between the check and the bind.
 func freeBasePort(t *testing.T) int {
 	for try := 0; try < 50; try++ {
 		base := 20000 + rand.IntN(12000)
 		ok := true
-		for p := base; p < base+8 && ok; p++ {
+		for p := base; p < base+11 && ok; p++ {
 			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 			if err != nil {
 				ok = false
@@ -64,7 +65,7 @@ func freeBasePort(t *testing.T) int {
 			return base
 		}
 	}
-	t.Fatal("no 8 consecutive free ports")
+	t.Fatal("no 11 consecutive free ports")
 	return 0
 }
 
@@ -331,7 +332,7 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 			t.Fatalf("component %+v is not running as listed", c)
 		}
 	}
-	if len(f.Components) != 8 || byID["control"].Role != "control" || byID["writer"].Role != "writer" || len(azs) != 3 || azs["a"] != 2 || azs["b"] != 2 || azs["c"] != 2 {
+	if len(f.Components) != 10 || byID["r1"].Role != "replica" || byID["router"].Role != "router" || byID["control"].Role != "control" || byID["writer"].Role != "writer" || len(azs) != 3 || azs["a"] != 2 || azs["b"] != 2 || azs["c"] != 2 {
 		t.Fatalf("cluster.json: %+v", f.Components)
 	}
 	ctl := controlClient(t, f)

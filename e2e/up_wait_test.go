@@ -141,7 +141,7 @@ func TestRestartWriterThatWaitsForStorage(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait.For(t, 10*time.Second, "up to report the second writer's death", func() bool {
-		return strings.Contains(u.output(), fmt.Sprintf("!! writer (writer, pid %d)", w.Pid))
+		return strings.Contains(u.output(), fmt.Sprintf("!! writer (writer, AZ a, pid %d)", w.Pid))
 	})
 	noWriterLease(t, ctl)
 	restart := exec.Command(binary, "restart", "writer", "--dir", dir, "--wait", "60s")
@@ -189,7 +189,7 @@ func TestRestartWriterThatWaitsForStorage(t *testing.T) {
 
 	// Restarted once more, it waits; a node back, it is ready by itself.
 	wait.For(t, 10*time.Second, "up to report the third writer's death", func() bool {
-		return strings.Contains(u.output(), fmt.Sprintf("!! writer (writer, pid %d)", third.Pid))
+		return strings.Contains(u.output(), fmt.Sprintf("!! writer (writer, AZ a, pid %d)", third.Pid))
 	})
 	noWriterLease(t, ctl)
 	out, err = exec.Command(binary, "restart", "writer", "--dir", dir, "--wait", "0s").CombinedOutput()
