@@ -1006,7 +1006,7 @@ func (s *sqlSession) dot(ctx context.Context, line string) (quit bool, err error
 		switch r := h.Replica; {
 		case r != nil:
 			_, err = fmt.Fprintf(s.out, "stream    %s, from the writer at %s (its VDL %d)\nlag       %d LSNs, %s\npinned    %d (the oldest read point it holds)\nresyncs   %d\n",
-				r.Stream, orDash(r.Writer), r.WriterVDL, r.LagLSN, time.Duration(r.LagMS*float64(time.Millisecond)).Round(time.Microsecond), h.ReadPoint, r.Resyncs)
+				r.Stream, orDash(r.Writer), r.WriterVDL, r.LagLSN, formatLagMS(r.LagMS), h.ReadPoint, r.Resyncs)
 		case h.Role == "writer":
 			var ids []string
 			for _, sub := range h.Replicas {
@@ -1063,7 +1063,7 @@ func (s *sqlSession) routerStatus(ctx, rctx context.Context) error {
 			fit = "skipped: " + r.Why
 		}
 		if _, err := fmt.Fprintf(s.out, "%s %s at %s: VDL %d, %s, lag %s; %s\n", label, r.ID, r.Endpoint, r.VDL, orDash(r.Stream),
-			time.Duration(r.LagMS*float64(time.Millisecond)).Round(time.Microsecond), fit); err != nil {
+			formatLagMS(r.LagMS), fit); err != nil {
 			return err
 		}
 	}

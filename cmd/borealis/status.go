@@ -677,7 +677,7 @@ func printInstances(out io.Writer, rep *statusReport) {
 			if in.Role == "replica" {
 				lagLSN = fmt.Sprint(in.LagLSN)
 				if in.LagMS >= 0 {
-					lag = (time.Duration(in.LagMS * float64(time.Millisecond))).Round(time.Millisecond).String()
+					lag = formatLagMS(in.LagMS)
 				}
 			}
 			state := in.State
@@ -732,6 +732,16 @@ func healthErr(err error) string {
 		return ue.Err.Error()
 	}
 	return shortErr(err)
+}
+
+// formatLagMS shows a lag in milliseconds as a duration: to 10 µs below a
+// millisecond, to the millisecond above.
+func formatLagMS(ms float64) string {
+	d := time.Duration(ms * float64(time.Millisecond))
+	if d < time.Millisecond {
+		return d.Round(10 * time.Microsecond).String()
+	}
+	return d.Round(time.Millisecond).String()
 }
 
 func orDash(s string) string {
