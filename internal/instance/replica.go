@@ -297,6 +297,11 @@ func (r *Replica) handle(m *pb.ReplicationMessage) bool {
 				r.behindSince = k.Vdl.DurableUnixUs
 			}
 			r.vdlAt = k.Vdl.DurableUnixUs
+		} else if r.f.State() == replica.Streaming {
+			// A heartbeat of a VDL already applied: the replica is
+			// current, however late it applied that VDL (after a pause,
+			// a backlog).
+			r.applyDelay = 0
 		}
 	}
 	msg, ok := redostream.MessageOf(m)
