@@ -160,6 +160,9 @@ type Error struct {
 	Status  int    // HTTP status
 	Code    string // such as "sql_error", "read_only", "not_ready", "busy"
 	Message string
+	// Writer is the writer's SQL endpoint, on a replica's not_writer and
+	// lagging.
+	Writer string
 }
 
 func (e *Error) Error() string {
@@ -415,10 +418,11 @@ func decodeError(status int, b []byte) error {
 		Error *struct {
 			Code    string `json:"code"`
 			Message string `json:"message"`
+			Writer  string `json:"writer"`
 		} `json:"error"`
 	}
 	if json.Unmarshal(b, &e) == nil && e.Error != nil && (e.Error.Code != "" || e.Error.Message != "") {
-		return &Error{Status: status, Code: e.Error.Code, Message: e.Error.Message}
+		return &Error{Status: status, Code: e.Error.Code, Message: e.Error.Message, Writer: e.Error.Writer}
 	}
 	msg := strings.TrimSpace(string(b))
 	if msg == "" {
