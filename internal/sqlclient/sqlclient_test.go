@@ -183,7 +183,7 @@ func TestHealth(t *testing.T) {
 	}
 	want := Health{Role: "writer", Volume: "main", VolumeID: 1, Epoch: 3, VDL: 12345, Ready: true,
 		Stats: HealthStats{Commits: 10, RedoBytes: 2000, FullPageBytes: 40960, Queries: 5}}
-	if *h != want {
+	if !reflect.DeepEqual(*h, want) {
 		t.Fatalf("health %+v", *h)
 	}
 }
