@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -211,6 +212,11 @@ type cpuPerTxn struct {
 	TotalUs float64 `json:"us_per_txn"`
 	// ByRole: control, storage, writer, replica, router, bench.
 	ByRole map[string]float64 `json:"us_per_txn_by_role"`
+	// MachineBusyPct is how busy the machine's CPUs were over the run (from
+	// /proc/stat), and OtherPct the part of it that none of the processes
+	// above took: other work on the machine, which skews the figures.
+	MachineBusyPct float64 `json:"machine_busy_pct"`
+	OtherPct       float64 `json:"other_pct"`
 }
 
 func benchReplicaCmd() *cobra.Command {
@@ -1033,8 +1039,14 @@ func (e *replicaEnv) profile(ctx context.Context, o replicaBenchOptions, name st
 }
 
 // cpuSample is the CPU time so far of each process of the cluster and of
-// the benchmark, by pid.
-type cpuSample map[int]procCPU
+// the benchmark, and of the whole machine.
+type cpuSample struct {
+	procs map[int]procCPU // by pid
+	// busy is the machine's non-idle CPU time (clock ticks) when the
+	// sample was taken, at.
+	busy uint64
+	at   time.Time
+}
 
 type procCPU struct {
 	role  string
@@ -1042,13 +1054,16 @@ type procCPU struct {
 }
 
 func (e *replicaEnv) cpuSample() cpuSample {
-	s := cpuSample{}
+	s := cpuSample{procs: map[int]procCPU{}, at: time.Now()}
+	if b, err := os.ReadFile("/proc/stat"); err == nil {
+		s.busy, _ = parseMachineBusy(b)
+	}
 	add := func(role string, pid int) {
 		if pid <= 0 {
 			return
 		}
 		if t, err := procTicks(pid); err == nil {
-			s[pid] = procCPU{role, t}
+			s.procs[pid] = procCPU{role, t}
 		}
 	}
 	for _, c := range e.foreign {
@@ -1099,21 +1114,54 @@ func parseStatTicks(b []byte) (uint64, error) {
 	return u + st, nil
 }
 
+// parseMachineBusy reads the non-idle time (user, nice, system, irq,
+// softirq, steal) of /proc/stat's first line, in clock ticks.
+func parseMachineBusy(b []byte) (uint64, error) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, errors.New("no cpu line in /proc/stat")
+	}
+	var busy uint64
+	// user nice system idle iowait irq softirq steal: all but idle, iowait.
+	for i, v := range f[1:9] {
+		if i == 3 || i == 4 {
+			continue
+		}
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, err
+		}
+		busy += n
+	}
+	return busy, nil
+}
+
 // cpuPer is the CPU spent between two samples by the processes in both,
-// per transaction, in µs, in all and by role.
+// per transaction, in µs, in all and by role; and how busy the machine
+// was, by them and by others.
 func cpuPer(a, b cpuSample, txns int) cpuPerTxn {
 	out := cpuPerTxn{ByRole: map[string]float64{}}
 	if txns == 0 {
 		return out
 	}
-	for pid, pb := range b {
-		pa, ok := a[pid]
+	var ours uint64
+	for pid, pb := range b.procs {
+		pa, ok := a.procs[pid]
 		if !ok || pa.role != pb.role || pb.ticks < pa.ticks {
 			continue
 		}
+		ours += pb.ticks - pa.ticks
 		us := float64(pb.ticks-pa.ticks) * 1e6 / clockTicks / float64(txns)
 		out.ByRole[pb.role] += us
 		out.TotalUs += us
+	}
+	if wall := b.at.Sub(a.at).Seconds() * float64(runtime.NumCPU()) * clockTicks; wall > 0 && b.busy >= a.busy {
+		busy := b.busy - a.busy
+		out.MachineBusyPct = 100 * float64(busy) / wall
+		if busy > ours {
+			out.OtherPct = 100 * float64(busy-ours) / wall
+		}
 	}
 	return out
 }
@@ -1473,6 +1521,22 @@ func doJSON(hc *http.Client, req *http.Request, reply any) (http.Header, time.Ti
 	return resp.Header, arrived, nil
 }
 
+// maxOtherPct is the largest share of the machine's CPUs that other
+// processes took during any level or run.
+func maxOtherPct(rep *replicaBenchReport) float64 {
+	var m float64
+	for _, l := range rep.Levels {
+		m = max(m, l.CPU.OtherPct)
+	}
+	for _, r := range rep.WriterInsertTPS {
+		m = max(m, r.CPU.OtherPct)
+	}
+	for _, r := range rep.ReaderQPS {
+		m = max(m, r.CPU.OtherPct)
+	}
+	return m
+}
+
 // cpuRoles is the order CPU shares are printed in.
 var cpuRoles = []string{"writer", "storage", "replica", "router", "control", "bench"}
 
@@ -1483,7 +1547,11 @@ func formatCPU(c cpuPerTxn) string {
 			parts = append(parts, fmt.Sprintf("%s %.0f", r, v))
 		}
 	}
-	return strings.Join(parts, ", ")
+	s := strings.Join(parts, ", ")
+	if c.MachineBusyPct > 0 {
+		s += fmt.Sprintf("; the machine's CPUs %.0f%% busy, %.0f%% with other processes", c.MachineBusyPct, c.OtherPct)
+	}
+	return s
 }
 
 func printReplicaBench(out io.Writer, rep *replicaBenchReport) {
@@ -1564,6 +1632,9 @@ func printReplicaBench(out io.Writer, rep *replicaBenchReport) {
 			fmt.Fprintf(tw, "%d\t%.0f\t%.3f\t%.3f\t%.0f\t%s\t\n", r.Replicas, r.QPS, r.P50Ms, r.P99Ms, r.CPU.TotalUs, strings.Join(by, ", "))
 		}
 		tw.Flush()
+		for _, r := range rep.ReaderQPS {
+			fmt.Fprintf(out, "  %d replicas: CPU µs per query %s\n", r.Replicas, formatCPU(r.CPU))
+		}
 	}
 
 	fmt.Fprintln(out)
@@ -1590,6 +1661,9 @@ func printReplicaBench(out io.Writer, rep *replicaBenchReport) {
 			}
 			fmt.Fprintf(out, "lag at 2000 writes/s on %s: p50 %.3f ms, p99 %.3f ms (target p50 <= 2 ms, p99 <= 20 ms: %s)\n", r.Replica, r.P50Ms, r.P99Ms, ok)
 		}
+	}
+	if other := maxOtherPct(rep); other >= 10 {
+		fmt.Fprintf(out, "note: other processes took up to %.0f%% of the machine's CPUs during a run: the figures are skewed by them\n", other)
 	}
 	for _, s := range rep.Skipped {
 		fmt.Fprintf(out, "skipped: %s\n", s)

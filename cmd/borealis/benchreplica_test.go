@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -111,12 +113,27 @@ func TestLagOfAndProcStat(t *testing.T) {
 	if _, err := procTicks(os.Getpid()); err != nil {
 		t.Errorf("procTicks of this process: %v", err)
 	}
-	a := cpuSample{1: {"writer", 100}, 2: {"storage", 50}, 3: {"replica", 10}}
-	b := cpuSample{1: {"writer", 110}, 2: {"storage", 70}, 4: {"replica", 5}}
+	t0 := time.Unix(1000, 0)
+	a := cpuSample{procs: map[int]procCPU{1: {"writer", 100}, 2: {"storage", 50}, 3: {"replica", 10}}, busy: 1000, at: t0}
+	b := cpuSample{procs: map[int]procCPU{1: {"writer", 110}, 2: {"storage", 70}, 4: {"replica", 5}}, busy: 1000 + 40, at: t0.Add(time.Second)}
 	c := cpuPer(a, b, 100)
 	// 10 and 20 ticks of 10 ms over 100 txns; pid 3 ended, pid 4 began.
 	if c.TotalUs != 3000 || c.ByRole["writer"] != 1000 || c.ByRole["storage"] != 2000 || len(c.ByRole) != 2 {
 		t.Errorf("cpuPer = %+v", c)
+	}
+	// 40 ticks busy in a second of runtime.NumCPU() CPUs, 10 not ours.
+	cpus := float64(runtime.NumCPU())
+	if want := 40 / cpus; math.Abs(c.MachineBusyPct-want) > 1e-9 || math.Abs(c.OtherPct-10/cpus) > 1e-9 {
+		t.Errorf("machine busy %.3f%%, other %.3f%%; want %.3f%% and %.3f%%", c.MachineBusyPct, c.OtherPct, want, 10/cpus)
+	}
+	busy, err := parseMachineBusy([]byte("cpu  10 1 5 1000 7 2 3 4 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"))
+	if err != nil || busy != 10+1+5+2+3+4 {
+		t.Errorf("parseMachineBusy = %d, %v; want 25", busy, err)
+	}
+	if b, err := os.ReadFile("/proc/stat"); err != nil {
+		t.Error(err)
+	} else if _, err := parseMachineBusy(b); err != nil {
+		t.Errorf("this machine's /proc/stat: %v", err)
 	}
 }
 
