@@ -1204,8 +1204,12 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 	if ae, ok := errors.AsType[*APIError](err); ok {
 		return apiErr(ae.Status, ae.Code, "%s%s", prefix, ae.Message)
 	}
+	// A failure the volume gave this statement's transaction comes first,
+	// whatever SQLite made of it: a page it could not read may surface as
+	// an I/O error, or as a schema it could not check ("no such table" on
+	// a replica whose connection held an older schema).
 	var cause error
-	if conn != nil && (errors.Is(err, sqlite3.IOERR) || errors.Is(err, sqlite3.CANTOPEN)) {
+	if conn != nil {
 		cause = sqlvfs.ConnError(context.Background(), conn)
 	}
 	if cause == nil {
@@ -1228,6 +1232,9 @@ func (s *Instance) classify(ctx context.Context, conn *sql.Conn, err error, stag
 	case errors.Is(cause, volume.ErrClosed), strings.Contains(err.Error(), "sql: database is closed"):
 		// The instance stopped (lease lost, shutting down) under the request.
 		return apiErr(http.StatusServiceUnavailable, CodeNotReady, "%sthe writer of volume %s stopped while the request ran: %v", prefix, s.cfg.Volume, cause)
+	case cause != err && !errors.Is(err, sqlite3.IOERR) && !errors.Is(err, sqlite3.CANTOPEN):
+		// SQLite's own error stems from a page it could not read.
+		return apiErr(http.StatusServiceUnavailable, CodeStorageUnavailable, "%sa page could not be read: %v", prefix, cause)
 	case strings.Contains(err.Error(), "multiple statements"):
 		return apiErr(http.StatusBadRequest, CodeBadRequest, "%sone entry holds more than one SQL statement; send each statement as its own entry", prefix)
 	case strings.HasPrefix(err.Error(), "sql: expected ") && strings.Contains(err.Error(), " arguments, got "):
