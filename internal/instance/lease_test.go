@@ -99,9 +99,16 @@ func (h *hookedControl) RenewWriter(ctx context.Context, req *pb.RenewWriterRequ
 }
 
 // hookedWriter is a writer of volume "main" whose control client h wraps;
-// set h's hooks and the writer's before Start or Run. The connection to the
-// control plane is closed when the test ends.
+// set h's hooks and the writer's before Start or Run.
 func hookedWriter(t *testing.T, control string, ttl time.Duration) (*Writer, *hookedControl) {
+	t.Helper()
+	return hookedWriterOf(t, control, WriterConfig{Volume: "main", ID: "w1", LeaseTTL: ttl})
+}
+
+// hookedWriterOf is hookedWriter with cfg, whose Ctl, Control and Logger
+// it sets. The connection to the control plane is closed when the test
+// ends.
+func hookedWriterOf(t *testing.T, control string, cfg WriterConfig) (*Writer, *hookedControl) {
 	t.Helper()
 	conn, err := grpc.NewClient(control, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -109,8 +116,9 @@ func hookedWriter(t *testing.T, control string, ttl time.Duration) (*Writer, *ho
 	}
 	t.Cleanup(func() { conn.Close() })
 	h := &hookedControl{ControlClient: pb.NewControlClient(conn)}
-	w, err := NewWriter(WriterConfig{Volume: "main", Ctl: h, Control: control, ID: "w1", LeaseTTL: ttl,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	cfg.Ctl, cfg.Control = h, control
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	w, err := NewWriter(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
