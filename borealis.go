@@ -30,7 +30,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/borealis-db/borealis/internal/dbserver"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/instance"
 	"github.com/borealis-db/borealis/internal/sqlvfs"
 )
 
@@ -41,8 +45,23 @@ var StartTimeout = time.Minute
 var (
 	mu        sync.Mutex
 	once      sync.Once
-	instances = map[string]*dbserver.Instance{}
+	instances = map[string]*writer{}
 )
+
+// writer is this program's writer of a volume, with its connection to the
+// control plane.
+type writer struct {
+	w    *instance.Writer
+	conn *grpc.ClientConn
+}
+
+func (w *writer) close() error {
+	err := w.w.Close()
+	if cerr := w.conn.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
 
 // DSN is the database/sql data source name (for the "sqlite3" driver of
 // github.com/ncruces/go-sqlite3/driver) of the volume named volume of the
@@ -80,25 +99,31 @@ func dsn(control, volume string, reader bool) string {
 
 func open(control, volume string) (string, error) {
 	host, _ := os.Hostname()
-	inst, err := dbserver.New(dbserver.Config{
-		Role:    dbserver.RoleWriter,
+	conn, err := grpc.NewClient(control, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return "", fmt.Errorf("borealis: control plane address %q: %w", control, err)
+	}
+	w, err := instance.NewWriter(instance.WriterConfig{
 		Volume:  volume,
+		Ctl:     pb.NewControlClient(conn),
 		Control: control,
 		ID:      fmt.Sprintf("go-%s-%d", host, os.Getpid()),
 	})
 	if err != nil {
+		conn.Close()
 		return "", err
 	}
+	inst := &writer{w: w, conn: conn}
 	ctx, cancel := context.WithTimeout(context.Background(), StartTimeout)
 	defer cancel()
-	if err := inst.Start(ctx); err != nil {
-		inst.Close()
+	if err := w.Start(ctx); err != nil {
+		inst.close()
 		return "", fmt.Errorf("borealis: open volume %s at %s: %w", volume, control, err)
 	}
 	mu.Lock()
 	instances[control+"/"+volume] = inst
 	mu.Unlock()
-	return inst.DB().Name(), nil
+	return w.DB().Name(), nil
 }
 
 // Close stops this program's writer of a volume opened through DSN: it
@@ -114,5 +139,5 @@ func Close(control, volume string) error {
 	if inst == nil {
 		return nil
 	}
-	return inst.Close()
+	return inst.close()
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/borealis-db/borealis/internal/instance"
 	"github.com/borealis-db/borealis/internal/wait"
 )
 
@@ -28,7 +29,11 @@ func notReadyInstance(cfg Config) *Instance {
 	if err := cfg.defaults(); err != nil {
 		panic(err)
 	}
-	return &Instance{cfg: cfg, log: cfg.Logger, status: "starting"}
+	w, err := instance.NewWriter(writerConfig(cfg, noControl{}))
+	if err != nil {
+		panic(err)
+	}
+	return &Instance{cfg: cfg, log: cfg.Logger, w: w, role: writerRole{w}}
 }
 
 // decodeCost serves body to h and returns the reply's status, the bytes

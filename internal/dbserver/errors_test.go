@@ -510,8 +510,7 @@ func TestErrorCodes(t *testing.T) {
 	})
 
 	t.Run("not ready", func(t *testing.T) {
-		ti.ready.Store(false)
-		ti.setStatus("waiting for the writer lease: held by w2")
+		resume := ti.notReady("waiting for the writer lease: held by w2")
 		for _, c := range []struct{ path, body string }{
 			{E, exec(`INSERT INTO t(name) VALUES ('z')`)},
 			{E, txn(`INSERT INTO t(name) VALUES ('z1')`, `UPDATE t SET n = n + 1`)},
@@ -525,8 +524,7 @@ func TestErrorCodes(t *testing.T) {
 		if err := json.Unmarshal(b, &hl); err != nil || st != http.StatusServiceUnavailable || hl.Ready {
 			t.Fatalf("health while not ready: HTTP %d %s (%v)", st, b, err)
 		}
-		ti.setStatus("ready")
-		ti.ready.Store(true)
+		resume()
 		before = ti.unchangedAndServing(t, before)
 	})
 }

@@ -10,6 +10,8 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/instance"
 	"github.com/borealis-db/borealis/internal/sqlvfs"
 	"github.com/borealis-db/borealis/internal/storage"
 	"github.com/borealis-db/borealis/internal/volume"
@@ -103,18 +105,44 @@ func startTestInstance(t *testing.T, cfg Config, opts sqlvfs.Options) *testInsta
 	if err := cfg.defaults(); err != nil {
 		t.Fatal(err)
 	}
-	// As Instance.open sizes them.
-	db.Writer.SetMaxOpenConns(cfg.MaxWriters)
-	db.Writer.SetMaxIdleConns(cfg.MaxWriters)
-	db.Reader.SetMaxIdleConns(cfg.MaxWriters)
-	db.Reader.SetMaxOpenConns(cfg.MaxWriters)
-	s := &Instance{cfg: cfg, log: logger, status: "ready", db: db, vol: vol}
-	s.closeVol = func() { db.Close(); vol.Close() }
-	s.ready.Store(true)
+	// A writer serving db as it is: no lease, no recovery (it sizes the
+	// pools as a writer does).
+	w := instance.NewOpenWriter(writerConfig(cfg, noControl{}), db, vol)
+	s := &Instance{cfg: cfg, log: logger, w: w, role: writerRole{w}}
 	// Cleanups run last in, first out: the server stops before the
 	// database closes, and the database before the storage nodes.
-	t.Cleanup(s.shutdown)
+	t.Cleanup(func() { w.Close() })
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
 	return &testInstance{Instance: s, URL: srv.URL, Client: srv.Client(), nodes: nodes}
+}
+
+// noControl is the control plane of a test instance that never calls it.
+type noControl struct{ pb.ControlClient }
+
+// notReady makes the instance answer as a writer that does not serve, with
+// status st, until resume is called: it refuses with what
+// instance.Writer.Readable and Writable refuse with then, through the same
+// mapping to API errors. Call both between requests.
+func (ti *testInstance) notReady(st string) (resume func()) {
+	prev := ti.role
+	ti.role = notReadyRole{role: prev, err: &instance.NotReadyError{Volume: ti.cfg.Volume, Status: st}}
+	return func() { ti.role = prev }
+}
+
+// notReadyRole is a role that does not serve.
+type notReadyRole struct {
+	role
+	err *instance.NotReadyError
+}
+
+func (r notReadyRole) readable() (*sqlvfs.DB, *APIError) { return nil, writerRefusal(r.err) }
+
+func (r notReadyRole) writable(context.Context) (*sqlvfs.DB, *APIError) {
+	return nil, writerRefusal(r.err)
+}
+
+func (r notReadyRole) health(h *Health) {
+	r.role.health(h)
+	h.Ready, h.Status = false, r.err.Status
 }

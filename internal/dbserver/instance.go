@@ -1,13 +1,8 @@
-// Package dbserver is a database instance: SQLite on a Borealis volume
-// (internal/sqlvfs), served over HTTP with JSON.
-//
-// A writer instance serves nothing until it holds the volume's writer lease,
-// has bumped the volume epoch (which fences any older writer at every storage
-// node) and has run crash recovery: it reads a read quorum of every PG,
-// computes the VCL and VDL, records the truncation of everything above the
-// VDL in the catalog and on a write quorum of every PG, and opens the volume
-// at the VDL. It does this on every start, so a restart after any crash never
-// shows a partial MTR and never loses an acknowledged one.
+// Package dbserver serves a database instance, SQLite on a Borealis volume,
+// over HTTP with JSON. The instance's lifecycle is internal/instance's: a
+// writer (instance.Writer: the lease, recovery, the redo stream) or a
+// replica (instance.Replica); this package is its HTTP face (the API, its
+// limits and policy, health and metrics).
 package dbserver
 
 import (
@@ -15,18 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/instance"
-	"github.com/borealis-db/borealis/internal/redostream"
 	"github.com/borealis-db/borealis/internal/sqlvfs"
 	"github.com/borealis-db/borealis/internal/volume"
 )
@@ -143,58 +134,36 @@ func (c *Config) defaults() error {
 	return nil
 }
 
-// Instance is a database instance.
+// Instance is a database instance served over HTTP: the HTTP face of a
+// writer or a replica, whose lifecycle is its role's.
 type Instance struct {
 	cfg  Config
 	log  *slog.Logger
-	conn *grpc.ClientConn
-	ctl  pb.ControlClient
+	conn *grpc.ClientConn // the control plane's (nil in tests)
 
-	mu     sync.Mutex
-	status string
-	db     *sqlvfs.DB
-	vol    *volume.Client
-	volID  uint64
-	epoch  uint64
-	ready  atomic.Bool
-	lease  *pb.AcquireWriterResponse
-	// retryWhy, after a start attempt failed, is why: the status keeps it
-	// through the next attempt's quick steps (taking the lease, starting
-	// recovery), so that a poll between two attempts learns what the
-	// writer waits for, not which step of the retry it is in.
-	retryWhy string
-	// limbo is the highest LSN of a commit that was not acknowledged in
-	// time (0: none); see writable.
-	limbo uint64
-	// restarts: Run takes the lease again when it is lost; an instance
-	// from Start shuts down instead.
-	restarts bool
-	// lost is closed when the instance stops being the writer.
-	lost     chan struct{}
-	lostOnce *sync.Once
-	closeVol func()
-
-	// The writer's redo stream: the attempt's server, and the listener
-	// that outlives attempts.
-	stream   *redostream.Server
-	replGRPC *grpc.Server
-	replAddr string
-	// rep is a replica's running state.
-	rep *instance.Replica
-
-	// hooks let tests stop the start at a chosen point; they are nil
-	// outside tests, and set before Start or Run.
-	hooks struct {
-		// recovered runs in open once recovery has succeeded, before the
-		// volume and the database open; lost is the attempt's.
-		recovered func(lost <-chan struct{})
-		// keeperDone runs when the keepLease of the given lease returns.
-		keeperDone func(lease int64)
-	}
+	// role is the instance's lifecycle: w's on a writer, rep's on a
+	// replica (the other is nil).
+	role role
+	w    *instance.Writer
+	rep  *replicaRole
 
 	stats struct {
 		executes, queries atomic.Uint64
 	}
+}
+
+// role is an instance's lifecycle as its HTTP face needs it.
+type role interface {
+	start(ctx context.Context) error
+	run(ctx context.Context) error
+	close() error
+	// readable returns the database to query, or why there is none.
+	readable() (*sqlvfs.DB, *APIError)
+	// writable returns the database to write to, or the refusal.
+	writable(ctx context.Context) (*sqlvfs.DB, *APIError)
+	// health fills in the role's part of h: readiness, status, volume,
+	// epoch, VDL, read point, commit counters and replication.
+	health(h *Health)
 }
 
 // New checks cfg and prepares an instance; Run or Start do the work.
@@ -206,514 +175,108 @@ func New(cfg Config) (*Instance, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dbserver: control plane address %q: %w", cfg.Control, err)
 	}
-	return &Instance{
-		cfg:    cfg,
-		log:    cfg.Logger.With("instance", cfg.ID, "volume", cfg.Volume),
-		conn:   conn,
-		ctl:    pb.NewControlClient(conn),
-		status: "starting",
-	}, nil
-}
-
-func (s *Instance) setStatus(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	s.mu.Lock()
-	s.status, s.retryWhy = msg, ""
-	s.mu.Unlock()
-}
-
-// setStep records a step of the start that normally passes in moments; it
-// does not hide why the last attempt failed (see retryWhy).
-func (s *Instance) setStep(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	s.mu.Lock()
-	if s.retryWhy == "" {
-		s.status = msg
+	ctl := pb.NewControlClient(conn)
+	s := &Instance{
+		cfg:  cfg,
+		log:  cfg.Logger.With("instance", cfg.ID, "volume", cfg.Volume),
+		conn: conn,
 	}
-	s.mu.Unlock()
+	if cfg.Role == RoleReplica {
+		s.rep = &replicaRole{cfg: cfg, log: s.log, ctl: ctl, status: "starting"}
+		s.role = s.rep
+		return s, nil
+	}
+	w, err := instance.NewWriter(writerConfig(cfg, ctl))
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	s.w, s.role = w, writerRole{w}
+	return s, nil
 }
 
-// setRetry records why a start attempt failed, as the status until an
-// attempt gets further.
-func (s *Instance) setRetry(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	s.mu.Lock()
-	s.status, s.retryWhy = msg, msg
-	s.mu.Unlock()
+// writerConfig is the writer's part of cfg.
+func writerConfig(cfg Config, ctl pb.ControlClient) instance.WriterConfig {
+	return instance.WriterConfig{
+		Volume: cfg.Volume, Ctl: ctl, Control: cfg.Control,
+		ID: cfg.ID, AZ: cfg.AZ, Endpoint: cfg.Endpoint, ReplicationListen: cfg.ReplicationListen,
+		Options:  withPolicy(sqlvfs.Options{CacheMiB: cfg.CacheMiB, MaxReadAge: cfg.MaxReadAge}),
+		MaxConns: cfg.MaxWriters, WriteTimeout: cfg.WriteTimeout, LeaseTTL: cfg.LeaseTTL, Logger: cfg.Logger,
+	}
 }
 
-// DB returns the SQL database once the instance is ready.
+// DB returns a writer's SQL database once it is ready (nil on a replica).
 func (s *Instance) DB() *sqlvfs.DB {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.db
+	if s.w == nil {
+		return nil
+	}
+	return s.w.DB()
 }
+
+// Writer is the writer of a writer instance (nil on a replica).
+func (s *Instance) Writer() *instance.Writer { return s.w }
 
 // Health reports the instance's state.
 func (s *Instance) Health() Health {
-	s.mu.Lock()
-	h := Health{Role: s.cfg.Role, Volume: s.cfg.Volume, VolumeID: s.volID, Epoch: s.epoch, Status: s.status}
-	db, vol := s.db, s.vol
-	s.mu.Unlock()
-	h.Ready = s.ready.Load()
-	if vol != nil {
-		h.VDL = vol.VDL()
-		st := vol.Stats()
-		h.Stats.RedoBytes = st.RecordBytes
-	}
-	if db != nil {
-		st := db.Stats()
-		h.Stats.Commits, h.Stats.FullPageBytes = st.Commits, st.FullPageBytes
-	}
+	h := Health{Role: s.cfg.Role, Volume: s.cfg.Volume}
+	s.role.health(&h)
 	h.Stats.Executes, h.Stats.Queries = s.stats.executes.Load(), s.stats.queries.Load()
 	h.ID, h.AZ, h.Endpoint = s.cfg.ID, s.cfg.AZ, s.cfg.Endpoint
-	s.replicationHealth(&h)
 	return h
 }
 
 // readable returns the database to query, or why there is none.
-func (s *Instance) readable() (*sqlvfs.DB, *APIError) {
-	if s.cfg.Role == RoleReplica {
-		return s.replicaReadable()
-	}
-	s.mu.Lock()
-	db, st := s.db, s.status
-	s.mu.Unlock()
-	if !s.ready.Load() || db == nil {
-		return nil, apiErr(503, CodeNotReady, "the writer of volume %s is not ready: %s", s.cfg.Volume, st)
-	}
-	return db, nil
-}
+func (s *Instance) readable() (*sqlvfs.DB, *APIError) { return s.role.readable() }
 
-// writable returns the database to write to. After a commit that was not
-// acknowledged, it first waits (up to the write timeout) until that commit
-// is durable: new writes would otherwise pile up behind it, each with an
-// unknown outcome.
+// writable returns the database to write to, or why there is none: on a
+// writer, after a commit that was not acknowledged, once that commit is
+// durable (see instance.Writer.Writable).
 func (s *Instance) writable(ctx context.Context) (*sqlvfs.DB, *APIError) {
-	if s.cfg.Role == RoleReplica {
-		return nil, s.notWriter()
-	}
-	db, e := s.readable()
-	if e != nil {
-		return nil, e
-	}
-	s.mu.Lock()
-	vol, limbo := s.vol, s.limbo
-	s.mu.Unlock()
-	if limbo == 0 || vol == nil || vol.VDL() >= limbo {
-		return db, nil
-	}
-	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
-	defer cancel()
-	if err := vol.WaitDurable(wctx, limbo); err != nil {
-		if errors.Is(err, volume.ErrFenced) {
-			s.fenced(err)
-			return nil, apiErr(409, CodeNotWriter, "this instance is no longer the writer of volume %s: %v", s.cfg.Volume, err)
-		}
-		return nil, apiErr(503, CodeStorageUnavailable, "an earlier commit (LSN %d) is still not acknowledged, and writes wait for it: %v", limbo, err)
-	}
-	s.mu.Lock()
-	if s.limbo == limbo {
-		s.limbo = 0
-	}
-	s.mu.Unlock()
-	return db, nil
+	return s.role.writable(ctx)
 }
 
 // noteUnacknowledged records a commit whose outcome is unknown.
 func (s *Instance) noteUnacknowledged(lsn uint64) {
-	s.mu.Lock()
-	s.limbo = max(s.limbo, lsn)
-	s.mu.Unlock()
+	if s.w != nil {
+		s.w.NoteUnacknowledged(lsn)
+	}
 }
 
 // fenced is called when storage refuses this writer's epoch: another writer
 // took over.
 func (s *Instance) fenced(err error) {
-	s.mu.Lock()
-	once, lost := s.lostOnce, s.lost
-	s.mu.Unlock()
-	if once != nil {
-		once.Do(func() {
-			s.log.Error("fenced: another writer took over the volume", "err", err)
-			s.ready.Store(false)
-			close(lost)
-			s.mu.Lock()
-			restarts := s.restarts
-			s.mu.Unlock()
-			if !restarts {
-				// Not inline: the caller still holds a connection, and
-				// closing the database waits for it.
-				go s.shutdown()
-			}
-		})
+	if s.w != nil {
+		s.w.Fenced(err)
 	}
 }
 
-// Start takes the writer lease (waiting while another holder has it), runs
-// crash recovery and opens the database. The lease is kept until Close or
-// until it is lost; see Run for an instance that takes it back.
-func (s *Instance) Start(ctx context.Context) error {
-	if s.cfg.Role == RoleReplica {
-		return s.startReplica(ctx)
+// writerVolume is a writer's volume client while it serves (nil otherwise,
+// and on a replica).
+func (s *Instance) writerVolume() *volume.Client {
+	if s.w == nil {
+		return nil
 	}
-	lease, err := s.acquire(ctx)
-	if err != nil {
-		return err
-	}
-	if err := s.open(ctx, lease); err != nil {
-		s.release(lease)
-		return err
-	}
-	return nil
+	return s.w.Volume()
 }
 
-// Run runs the instance until ctx ends: start, keep the lease, and start
-// again (with a new epoch and a new recovery) whenever it is lost.
-func (s *Instance) Run(ctx context.Context) error {
-	if s.cfg.Role == RoleReplica {
-		return s.runReplica(ctx)
-	}
-	s.mu.Lock()
-	s.restarts = true
-	s.mu.Unlock()
-	for {
-		lease, err := s.acquire(ctx)
-		if err != nil {
-			return err
-		}
-		if err := s.open(ctx, lease); err != nil {
-			s.release(lease)
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if why := readQuorumWait(err); why != "" {
-				s.setRetry("recovering: %s; trying again every second", why)
-				s.log.Warn("recovery found no read quorum; trying again", "err", err)
-			} else {
-				s.setRetry("start failed: %v; retrying", err)
-				s.log.Error("start failed; retrying", "err", err)
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		s.mu.Lock()
-		lost := s.lost
-		s.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			s.shutdown()
-			return nil
-		case <-lost:
-		}
-		s.shutdown()
-		s.log.Warn("no longer the writer; starting again")
-	}
-}
+// Start starts the instance once: a writer takes the writer lease (waiting
+// while another holder has it), runs crash recovery and opens the
+// database, and keeps the lease until Close or until it is lost; a replica
+// opens the volume and starts following the writer. See Run for an
+// instance that starts again.
+func (s *Instance) Start(ctx context.Context) error { return s.role.start(ctx) }
 
-// acquire takes the writer lease, waiting while another holder (such as a
-// crashed writer whose lease has not yet expired) has it.
-func (s *Instance) acquire(ctx context.Context) (*pb.AcquireWriterResponse, error) {
-	delay := 100 * time.Millisecond
-	for {
-		s.setStep("taking the writer lease")
-		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		resp, err := s.ctl.AcquireWriter(actx, &pb.AcquireWriterRequest{
-			Volume: s.cfg.Volume, Holder: s.cfg.ID, TtlMs: uint32(s.cfg.LeaseTTL.Milliseconds()),
-		})
-		cancel()
-		if err == nil {
-			s.log.Info("took the writer lease", "epoch", resp.Epoch, "lease", resp.Lease)
-			return resp, nil
-		}
-		switch status.Code(err) {
-		case codes.NotFound, codes.InvalidArgument:
-			return nil, fmt.Errorf("dbserver: volume %s: %s", s.cfg.Volume, status.Convert(err).Message())
-		case codes.FailedPrecondition, codes.AlreadyExists, codes.Aborted:
-			s.setStatus("waiting for the writer lease: %s", status.Convert(err).Message())
-		default:
-			s.setStatus("waiting for the control plane at %s: %s", s.cfg.Control, status.Convert(err).Message())
-		}
-		s.log.Info("waiting for the writer lease", "err", status.Convert(err).Message())
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, time.Second)
-	}
-}
+// Run runs the instance until ctx ends: a writer starts, keeps the lease,
+// and starts again (with a new epoch and a new recovery) whenever it is
+// lost; a replica retries its start until it succeeds.
+func (s *Instance) Run(ctx context.Context) error { return s.role.run(ctx) }
 
-// open recovers the volume under the new epoch and opens the database.
-func (s *Instance) open(ctx context.Context, lease *pb.AcquireWriterResponse) (err error) {
-	epoch := lease.Epoch
-	s.setStep("recovering at epoch %d", epoch)
-	s.mu.Lock()
-	// /v1/health names the epoch being recovered under, which is the one
-	// the catalog's lease shows.
-	s.epoch = epoch
-	s.mu.Unlock()
-	// The lease is kept from now on, not from when the database opens: a
-	// recovery that waits for storage nodes can last longer than the
-	// lease's time to live, and a writer that let it lapse would, once
-	// recovered, find it gone and have to recover all over again (while
-	// `borealis status` showed no writer at all).
-	lost := make(chan struct{})
-	once := &sync.Once{}
-	go s.keepLease(lease.Lease, lost, once)
-	defer func() {
-		if err != nil {
-			once.Do(func() { close(lost) })
-		}
-	}()
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-lost:
-			cancel()
-		case <-rctx.Done():
-		}
-	}()
-	cfg := volume.Config{
-		Epoch:        epoch,
-		WriteTimeout: s.cfg.WriteTimeout,
-		Logger:       s.cfg.Logger,
-	}
-	vctx, stopFollow := context.WithCancel(context.Background())
-	// The catalog watch lives as long as this volume client.
-	if err := volume.NewFromControl(s.ctl, s.cfg.Volume).Configure(vctx, &cfg); err != nil {
-		stopFollow()
-		return err
-	}
-	start := time.Now()
-	rec, err := recoverVolume(rctx, s.ctl, s.cfg.Volume, epoch, &cfg, s.log, s.recoveryWaits(epoch))
-	if err != nil {
-		stopFollow()
-		select {
-		case <-lost:
-			return fmt.Errorf("dbserver: lost the writer lease during the recovery of volume %s at epoch %d: %w", s.cfg.Volume, epoch, err)
-		default:
-		}
-		return fmt.Errorf("dbserver: recovery of volume %s at epoch %d: %w", s.cfg.Volume, epoch, err)
-	}
-	s.log.Info("recovery done", "epoch", epoch, "vdl", cfg.BaseLSN, "took", time.Since(start).Round(time.Millisecond), "detail", rec)
-	if h := s.hooks.recovered; h != nil {
-		h(lost)
-	}
-	if _, err := s.serveReplication(); err != nil {
-		stopFollow()
-		return err
-	}
-	stream := s.newStream(rctx, cfg)
-	cfg.Redo = stream
-	vol, err := volume.Open(vctx, cfg)
-	if err != nil {
-		stream.Close()
-		stopFollow()
-		return err
-	}
-	stream.Attach(vol)
-	db, err := sqlvfs.OpenDB(vol, withPolicy(sqlvfs.Options{PageSize: cfg.PageSize, CacheMiB: s.cfg.CacheMiB, MaxReadAge: s.cfg.MaxReadAge}))
-	if err != nil {
-		stream.Close()
-		vol.Close()
-		stopFollow()
-		return err
-	}
-	db.Writer.SetMaxOpenConns(s.cfg.MaxWriters)
-	db.Writer.SetMaxIdleConns(s.cfg.MaxWriters)
-	db.Reader.SetMaxIdleConns(s.cfg.MaxWriters)
-	// Each connection may use up to 256 MiB; queries beyond this many wait
-	// for one rather than grow the process without bound.
-	db.Reader.SetMaxOpenConns(s.cfg.MaxWriters)
-	s.mu.Lock()
-	// The lease may have been lost since recovery began: the volume and the
-	// database opened on vctx, which outlives rctx, and recovery may have
-	// succeeded just as rctx was cancelled. keepLease closes lost before it
-	// does anything else, and marks the instance not ready under s.mu, so
-	// this check and the publication below cannot interleave with it: an
-	// attempt whose lease is gone never serves (it would serve without
-	// renewals, and stale reads once another writer took over).
-	select {
-	case <-lost:
-		s.mu.Unlock()
-		stream.Close()
-		db.Close()
-		vol.Close()
-		stopFollow()
-		return fmt.Errorf("dbserver: lost the writer lease of volume %s at epoch %d before serving", s.cfg.Volume, epoch)
-	default:
-	}
-	s.db, s.vol, s.volID, s.epoch = db, vol, cfg.VolumeID, epoch
-	s.lost, s.lostOnce, s.lease, s.limbo = lost, once, lease, 0
-	s.stream = stream
-	s.closeVol = func() {
-		stream.Close()
-		db.Close()
-		vol.Close()
-		stopFollow()
-	}
-	s.status, s.retryWhy = "ready", ""
-	s.ready.Store(true)
-	s.mu.Unlock()
-	go s.keepRegistration(lost)
-	s.log.Info("serving as the writer", "epoch", epoch, "vdl", vol.VDL())
-	return nil
-}
-
-// recoveryWaits returns the recovery's Waiting: it puts what recovery waits
-// for into the status, which /v1/health reports (a restart of the writer
-// while storage nodes are down can wait for as long as they are), and logs
-// it when the wait starts or changes its shape.
-func (s *Instance) recoveryWaits(epoch uint64) func(*volume.RecoverWait) {
-	var last string
-	return func(w *volume.RecoverWait) {
-		if w == nil {
-			s.setStatus("recovering at epoch %d", epoch)
-			if last != "" {
-				s.log.Info("recovery goes on: the segments it waited for answered", "epoch", epoch)
-			}
-			last = ""
-			return
-		}
-		s.setStatus("recovering at epoch %d: %s", epoch, w)
-		shape := fmt.Sprintf("%s %d %d/%d", w.Step, w.PG, w.Have, w.Need)
-		if shape != last {
-			last = shape
-			s.log.Warn("recovery waits", "epoch", epoch, "why", w.String())
-		}
-	}
-}
-
-// keepLease renews the writer lease until it is lost: the control plane
-// says it is gone, or no renewal succeeded for a whole TTL (the control
-// plane may have expired it, and a new writer may be serving; storage fences
-// this one's writes by epoch, but its reads would go stale). Then the
-// instance stops serving: Run takes the lease again, with a new epoch and a
-// new recovery; an instance from Start shuts down.
-//
-// Only the keepLease that closes lost acts on the instance: once the
-// attempt has ended otherwise (it failed, was fenced or shut down), what
-// its renewal returns concerns a lease that is no longer the instance's,
-// and the instance may already serve under the next attempt's.
-func (s *Instance) keepLease(lease int64, lost chan struct{}, once *sync.Once) {
-	if h := s.hooks.keeperDone; h != nil {
-		defer h(lease)
-	}
-	t := time.NewTicker(s.cfg.LeaseTTL / 3)
-	defer t.Stop()
-	lastOK := time.Now()
-	for {
-		select {
-		case <-lost:
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.LeaseTTL/3)
-		_, err := s.ctl.RenewWriter(ctx, &pb.RenewWriterRequest{Lease: lease})
-		cancel()
-		select {
-		case <-lost:
-			// The attempt ended while the renewal was in flight (Run may
-			// have released the lease: the answer says it is gone).
-			return
-		default:
-		}
-		why := ""
-		switch {
-		case err == nil:
-			lastOK = time.Now()
-			continue
-		case status.Code(err) == codes.NotFound, status.Code(err) == codes.FailedPrecondition:
-			// The control plane answers an expired (or released) lease
-			// with FailedPrecondition (control.ErrLeaseExpired).
-			why = "the writer lease expired"
-		case time.Since(lastOK) >= s.cfg.LeaseTTL:
-			why = fmt.Sprintf("the writer lease could not be renewed for %s, its time to live", s.cfg.LeaseTTL)
-		default:
-			s.log.Warn("cannot renew the writer lease; retrying", "err", err, "since_last_renewal", time.Since(lastOK).Round(time.Millisecond))
-			continue
-		}
-		won := false
-		once.Do(func() {
-			close(lost)
-			won = true
-		})
-		if !won {
-			return
-		}
-		s.log.Error("no longer the writer: "+why, "err", err)
-		// Under s.mu, with lost already closed: open either published
-		// before (and this unpublishes) or sees lost closed and fails.
-		s.mu.Lock()
-		s.ready.Store(false)
-		restarts := s.restarts
-		s.mu.Unlock()
-		if !restarts {
-			s.shutdown()
-			s.setStatus("stopped: %s", why)
-		}
-		return
-	}
-}
-
-func (s *Instance) release(lease *pb.AcquireWriterResponse) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if _, err := s.ctl.ReleaseWriter(ctx, &pb.ReleaseWriterRequest{Lease: lease.Lease}); err != nil {
-		s.log.Warn("could not release the writer lease; it expires by itself", "err", err)
-	}
-}
-
-// shutdown stops serving, closes the database and the volume client and
-// releases the lease.
-func (s *Instance) shutdown() {
-	s.mu.Lock()
-	s.ready.Store(false)
-	closeVol, lease := s.closeVol, s.lease
-	lost, once := s.lost, s.lostOnce
-	s.closeVol, s.lease = nil, nil
-	s.db, s.vol, s.stream = nil, nil, nil
-	s.status = "stopped"
-	s.mu.Unlock()
-	// The served attempt ends here: its keepLease stops rather than renew
-	// (or, once the lease is released, report lost) a lease that is no
-	// longer kept, as after Run's context ends.
-	if once != nil {
-		once.Do(func() { close(lost) })
-	}
-	if closeVol != nil {
-		closeVol()
-	}
-	if lease != nil {
-		s.release(lease)
-	}
-}
-
-// Close stops an instance started with Start: it closes the database and
-// the volume client and releases the lease.
+// Close stops the instance: a writer closes the database and the volume
+// client and releases the lease; a replica deregisters and closes.
 func (s *Instance) Close() error {
-	s.mu.Lock()
-	lost, once := s.lost, s.lostOnce
-	s.mu.Unlock()
-	if once != nil {
-		once.Do(func() { close(lost) })
-	}
-	s.shutdown()
-	s.mu.Lock()
-	g, rep := s.replGRPC, s.rep
-	s.replGRPC, s.rep = nil, nil
-	s.mu.Unlock()
-	if g != nil {
-		g.Stop()
-	}
-	if rep != nil {
-		rep.Close()
+	s.role.close()
+	if s.conn == nil {
+		return nil
 	}
 	return s.conn.Close()
 }

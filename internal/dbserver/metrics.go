@@ -73,10 +73,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descSubApplied, prometheus.GaugeValue, float64(sub.Applied), h.Volume, sub.ID)
 		ch <- prometheus.MustNewConstMetric(descSubBytes, prometheus.CounterValue, float64(sub.BytesSent), h.Volume, sub.ID)
 	}
-	s.mu.Lock()
-	vol := s.vol
-	s.mu.Unlock()
-	if vol != nil {
+	if vol := s.writerVolume(); vol != nil {
 		vol.Collector().Collect(ch)
 	}
 }

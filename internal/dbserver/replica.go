@@ -4,10 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/instance"
 	"github.com/borealis-db/borealis/internal/replica"
 	"github.com/borealis-db/borealis/internal/sqlclient"
@@ -24,39 +29,75 @@ const (
 	CodeSnapshotTooOld = "snapshot_too_old"
 )
 
-// startReplica starts the replica once: the volume, the registration and
-// the stream.
-func (s *Instance) startReplica(ctx context.Context) error {
-	s.setStep("opening volume %s read-only", s.cfg.Volume)
+// replicaRole is a replica instance's lifecycle: it starts an
+// instance.Replica (retrying, under Run) and serves it until the end.
+type replicaRole struct {
+	cfg Config
+	log *slog.Logger
+	ctl pb.ControlClient
+
+	mu     sync.Mutex
+	status string
+	// retryWhy, after a start attempt failed, is why (see setStep).
+	retryWhy string
+	rep      *instance.Replica
+	volID    uint64
+	ready    atomic.Bool
+}
+
+// setStep records a step of the start that normally passes in moments; it
+// does not hide why the last attempt failed.
+func (r *replicaRole) setStep(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	r.mu.Lock()
+	if r.retryWhy == "" {
+		r.status = msg
+	}
+	r.mu.Unlock()
+}
+
+// setRetry records why a start attempt failed, as the status until an
+// attempt gets further.
+func (r *replicaRole) setRetry(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	r.mu.Lock()
+	r.status, r.retryWhy = msg, msg
+	r.mu.Unlock()
+}
+
+// start starts the replica once: the volume, the registration and the
+// stream.
+func (r *replicaRole) start(ctx context.Context) error {
+	r.setStep("opening volume %s read-only", r.cfg.Volume)
 	rep, err := instance.StartReplica(ctx, instance.ReplicaConfig{
-		Volume: s.cfg.Volume, Ctl: s.ctl, ID: s.cfg.ID, AZ: s.cfg.AZ, Endpoint: s.cfg.Endpoint,
-		Options:  withPolicy(sqlvfs.Options{CacheMiB: s.cfg.CacheMiB, MaxReadAge: s.cfg.MaxReadAge}),
-		LeaseTTL: s.cfg.LeaseTTL, PromotionTier: s.cfg.PromotionTier, MaxConns: s.cfg.MaxWriters, Logger: s.cfg.Logger,
+		Volume: r.cfg.Volume, Ctl: r.ctl, ID: r.cfg.ID, AZ: r.cfg.AZ, Endpoint: r.cfg.Endpoint,
+		Options:  withPolicy(sqlvfs.Options{CacheMiB: r.cfg.CacheMiB, MaxReadAge: r.cfg.MaxReadAge}),
+		LeaseTTL: r.cfg.LeaseTTL, PromotionTier: r.cfg.PromotionTier, MaxConns: r.cfg.MaxWriters, Logger: r.cfg.Logger,
 	})
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.rep, s.volID = rep, rep.VolumeID()
-	s.status, s.retryWhy = "ready", ""
-	s.ready.Store(true)
-	s.mu.Unlock()
+	r.mu.Lock()
+	r.rep, r.volID = rep, rep.VolumeID()
+	r.status, r.retryWhy = "ready", ""
+	r.ready.Store(true)
+	r.mu.Unlock()
 	return nil
 }
 
-// runReplica starts the replica, retrying while the control plane or the
-// volume cannot be reached, and serves until ctx ends.
-func (s *Instance) runReplica(ctx context.Context) error {
+// run starts the replica, retrying while the control plane or the volume
+// cannot be reached, and serves until ctx ends.
+func (r *replicaRole) run(ctx context.Context) error {
 	for {
-		err := s.startReplica(ctx)
+		err := r.start(ctx)
 		if err == nil {
 			break
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		s.setRetry("start failed: %v; retrying", err)
-		s.log.Warn("replica start failed; retrying", "err", err)
+		r.setRetry("start failed: %v; retrying", err)
+		r.log.Warn("replica start failed; retrying", "err", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -64,48 +105,67 @@ func (s *Instance) runReplica(ctx context.Context) error {
 		}
 	}
 	<-ctx.Done()
-	s.mu.Lock()
-	rep := s.rep
-	s.rep = nil
-	s.ready.Store(false)
-	s.status = "stopped"
-	s.mu.Unlock()
+	r.stop()
+	return nil
+}
+
+func (r *replicaRole) close() error {
+	r.stop()
+	return nil
+}
+
+// stop closes the replica, if it runs.
+func (r *replicaRole) stop() {
+	r.mu.Lock()
+	rep := r.rep
+	r.rep = nil
+	r.ready.Store(false)
+	r.status = "stopped"
+	r.mu.Unlock()
 	if rep != nil {
 		rep.Close()
 	}
-	return nil
+}
+
+// replica is the running replica (nil before it started, and after).
+func (r *replicaRole) replica() *instance.Replica {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rep
 }
 
 // Replica is the running replica of a replica instance (nil before it
 // started, and on a writer).
 func (s *Instance) Replica() *instance.Replica {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rep
+	if s.rep == nil {
+		return nil
+	}
+	return s.rep.replica()
 }
 
-func (s *Instance) replicaReadable() (*sqlvfs.DB, *APIError) {
-	s.mu.Lock()
-	rep, st := s.rep, s.status
-	s.mu.Unlock()
-	if rep == nil || !s.ready.Load() {
-		return nil, apiErr(http.StatusServiceUnavailable, CodeNotReady, "replica %s of volume %s is not ready: %s", s.cfg.ID, s.cfg.Volume, st)
+func (r *replicaRole) readable() (*sqlvfs.DB, *APIError) {
+	r.mu.Lock()
+	rep, st := r.rep, r.status
+	r.mu.Unlock()
+	if rep == nil || !r.ready.Load() {
+		return nil, apiErr(http.StatusServiceUnavailable, CodeNotReady, "replica %s of volume %s is not ready: %s", r.cfg.ID, r.cfg.Volume, st)
 	}
 	if !rep.Ready() {
-		return nil, apiErr(http.StatusServiceUnavailable, CodeNotReady, "replica %s of volume %s has not attached to the writer's redo stream yet (writer: %s)", s.cfg.ID, s.cfg.Volume, orUnknown(rep.Writer()))
+		return nil, apiErr(http.StatusServiceUnavailable, CodeNotReady, "replica %s of volume %s has not attached to the writer's redo stream yet (writer: %s)", r.cfg.ID, r.cfg.Volume, orUnknown(rep.Writer()))
 	}
 	return rep.DB(), nil
 }
 
-// notWriter is a replica's answer to a write.
-func (s *Instance) notWriter() *APIError {
+// writable is a replica's answer to a write: not_writer, naming the
+// writer.
+func (r *replicaRole) writable(context.Context) (*sqlvfs.DB, *APIError) {
 	w := ""
-	if rep := s.Replica(); rep != nil {
+	if rep := r.replica(); rep != nil {
 		w = rep.Writer()
 	}
-	e := apiErr(http.StatusConflict, CodeNotWriter, "instance %s is a read replica of volume %s and never writes; send writes to the writer at %s", s.cfg.ID, s.cfg.Volume, orUnknown(w))
+	e := apiErr(http.StatusConflict, CodeNotWriter, "instance %s is a read replica of volume %s and never writes; send writes to the writer at %s", r.cfg.ID, r.cfg.Volume, orUnknown(w))
 	e.Writer = w
-	return e
+	return nil, e
 }
 
 func orUnknown(s string) string {
@@ -113,6 +173,28 @@ func orUnknown(s string) string {
 		return "(not known yet)"
 	}
 	return s
+}
+
+// health fills in the replica's state and its replication.
+func (r *replicaRole) health(h *Health) {
+	r.mu.Lock()
+	h.VolumeID, h.Status = r.volID, r.status
+	rep := r.rep
+	r.mu.Unlock()
+	h.Ready = r.ready.Load()
+	if rep == nil {
+		return
+	}
+	st := rep.Status()
+	h.Ready = h.Ready && rep.Ready()
+	h.VDL, h.VolumeID, h.Epoch, h.ReadPoint = st.Applied, rep.VolumeID(), st.Epoch, st.ReadFloor
+	h.Replica = &sqlclient.ReplicaHealth{
+		Stream: st.State.String(), WriterVDL: st.WriterVDL, LagLSN: st.LagLSN,
+		LagMS: float64(st.Lag.Microseconds()) / 1000, Writer: st.Writer, Epoch: st.Epoch, Resyncs: st.Resyncs,
+	}
+	if st.State != replica.Streaming && h.Status == "ready" {
+		h.Status = "ready: serving reads at applied VDL; " + st.State.String()
+	}
 }
 
 // reach waits, up to MinLSNWait, until the instance has applied (a
@@ -126,9 +208,7 @@ func (s *Instance) reach(ctx context.Context, minLSN uint64) *APIError {
 	if rep := s.Replica(); rep != nil {
 		wait, at = rep.WaitApplied, rep.Applied
 	} else {
-		s.mu.Lock()
-		vol := s.vol
-		s.mu.Unlock()
+		vol := s.writerVolume()
 		if vol == nil {
 			return apiErr(http.StatusServiceUnavailable, CodeNotReady, "the writer of volume %s is not ready", s.cfg.Volume)
 		}
@@ -152,41 +232,11 @@ func (s *Instance) reach(ctx context.Context, minLSN uint64) *APIError {
 	return nil
 }
 
-// replicationHealth fills the replication part of the health report.
-func (s *Instance) replicationHealth(h *Health) {
-	s.mu.Lock()
-	rep, stream, vol := s.rep, s.stream, s.vol
-	s.mu.Unlock()
-	if rep != nil {
-		st := rep.Status()
-		h.Ready = h.Ready && rep.Ready()
-		h.VDL, h.VolumeID, h.Epoch, h.ReadPoint = st.Applied, rep.VolumeID(), st.Epoch, st.ReadFloor
-		h.Replica = &sqlclient.ReplicaHealth{
-			Stream: st.State.String(), WriterVDL: st.WriterVDL, LagLSN: st.LagLSN,
-			LagMS: float64(st.Lag.Microseconds()) / 1000, Writer: st.Writer, Epoch: st.Epoch, Resyncs: st.Resyncs,
-		}
-		if st.State != replica.Streaming && h.Status == "ready" {
-			h.Status = "ready: serving reads at applied VDL; " + st.State.String()
-		}
-		return
-	}
-	if vol != nil {
-		h.ReadPoint = vol.MinReadPoint()
-	}
-	if stream != nil {
-		for _, sub := range stream.Subscriptions() {
-			h.Replicas = append(h.Replicas, sqlclient.StreamHealth{ID: sub.ID, Applied: sub.Applied, ReadFloor: sub.Floor, BytesSent: sub.Bytes, MTRsSent: sub.MTRs})
-		}
-	}
-}
-
 // durableLSN is an LSN at or above every commit acknowledged so far: the
 // VDL, read after a commit returns. A replica answers a query with it as
 // min_lsn once it has applied the commit.
 func (s *Instance) durableLSN() uint64 {
-	s.mu.Lock()
-	vol := s.vol
-	s.mu.Unlock()
+	vol := s.writerVolume()
 	if vol == nil {
 		return 0
 	}
@@ -240,9 +290,7 @@ func (s *Instance) handleWait(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, resp)
 		return
 	}
-	s.mu.Lock()
-	vol := s.vol
-	s.mu.Unlock()
+	vol := s.writerVolume()
 	if vol == nil {
 		writeErr(w, apiErr(http.StatusServiceUnavailable, CodeNotReady, "the writer of volume %s is not ready", s.cfg.Volume))
 		return

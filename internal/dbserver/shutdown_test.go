@@ -36,7 +36,7 @@ func TestRequestsDuringShutdown(t *testing.T) {
 		}()
 	}
 	time.Sleep(5 * time.Millisecond)
-	ti.shutdown()
+	ti.w.Close()
 	wg.Wait()
 	t.Logf("replies by HTTP status: %v", statuses)
 	for st := range statuses {

@@ -400,7 +400,7 @@ func (r *Replica) report() (uint64, uint64) {
 
 // findWriter looks the writer's redo stream up in the catalog.
 func (r *Replica) findWriter(ctx context.Context) (string, error) {
-	w, err := Writer(ctx, r.cfg.Ctl, r.cfg.Volume)
+	w, err := WriterRecord(ctx, r.cfg.Ctl, r.cfg.Volume)
 	if err != nil {
 		return "", err
 	}
@@ -413,9 +413,9 @@ func (r *Replica) findWriter(ctx context.Context) (string, error) {
 	return w.ReplicationEndpoint, nil
 }
 
-// Writer returns the catalog's record of a volume's writer: the writer
-// record of the highest epoch.
-func Writer(ctx context.Context, ctl pb.ControlClient, volumeName string) (*pb.InstanceInfo, error) {
+// WriterRecord returns the catalog's record of a volume's writer: the
+// writer record of the highest epoch.
+func WriterRecord(ctx context.Context, ctl pb.ControlClient, volumeName string) (*pb.InstanceInfo, error) {
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	resp, err := ctl.ListInstances(lctx, &pb.ListInstancesRequest{Volume: volumeName})

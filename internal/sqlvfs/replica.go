@@ -14,28 +14,18 @@ var ErrSnapshotTooOld = errors.New("sqlvfs: snapshot too old: the read transacti
 
 // OpenReplicaDB opens a read replica's database on vol, a read-only volume
 // client whose VDL is the one the replica applied: read connections only
-// (Writer is nil). The replica moves it forward with Apply.
+// (Writer is nil). The replica moves it forward with Apply; Promote makes
+// it a writer's.
 func OpenReplicaDB(vol Volume, opts Options) (*DB, error) {
-	opts = opts.withDefaults()
-	name := fmt.Sprintf("replica%d", nameSeq.Add(1))
-	if err := Register(name, vol, opts); err != nil {
-		return nil, err
-	}
-	regMu.Lock()
-	d := registry[name]
-	regMu.Unlock()
-	r, err := openPool(ReaderDSN(name, opts), opts, true)
-	if err == nil {
-		err = r.Ping()
-	}
+	db, err := newDB("replica", vol, opts)
 	if err != nil {
-		if r != nil {
-			r.Close()
-		}
-		Unregister(name)
 		return nil, err
 	}
-	return &DB{Reader: r, d: d}, nil
+	if err := db.openReader(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
 }
 
 // Apply applies one MTR that ends at lsn to the page cache, atomically for

@@ -225,33 +225,63 @@ var counterTrick = true
 var (
 	registerOnce sync.Once
 	regMu        sync.Mutex
-	registry     = map[string]*database{}
-	nameSeq      atomic.Uint64
+	// registry indexes the open databases by name, for the VFS's Open: a
+	// DB owns its database, and its Close removes it.
+	registry = map[string]*database{}
+	nameSeq  atomic.Uint64
 )
 
-// Register makes vol available to SQLite as the main database file name
-// (open it with "file:NAME?vfs=borealis"). It fails if name is taken.
-func Register(name string, vol Volume, opts Options) error {
+// newDatabase makes the database of vol, named name (not yet indexed).
+func newDatabase(name string, vol Volume, opts Options) (*database, error) {
 	opts = opts.withDefaults()
 	if opts.PageSize < 512 || opts.PageSize > 65536 || opts.PageSize&(opts.PageSize-1) != 0 {
-		return fmt.Errorf("sqlvfs: page size %d is not a SQLite page size", opts.PageSize)
+		return nil, fmt.Errorf("sqlvfs: page size %d is not a SQLite page size", opts.PageSize)
 	}
-	registerOnce.Do(func() { vfs.Register(VFSName, borealisVFS{}) })
-	regMu.Lock()
-	defer regMu.Unlock()
-	if _, ok := registry[name]; ok {
-		return fmt.Errorf("sqlvfs: database %q already registered", name)
-	}
-	registry[name] = &database{
+	d := &database{
 		name:     name,
-		vol:      vol,
 		pageSize: opts.PageSize,
-		cache:    newPageCache(opts.CacheMiB<<20/opts.PageSize, vol.VDL),
 		writer:   make(chan struct{}, 1),
 		busy:     opts.BusyTimeout,
 		maxAge:   opts.MaxReadAge,
 	}
+	d.setVolume(vol)
+	d.cache = newPageCache(opts.CacheMiB<<20/opts.PageSize, func() uint64 { return d.volume().VDL() })
+	return d, nil
+}
+
+// index makes d available to SQLite under its name; it fails if the name
+// is taken.
+func index(d *database) error {
+	registerOnce.Do(func() { vfs.Register(VFSName, borealisVFS{}) })
+	regMu.Lock()
+	defer regMu.Unlock()
+	if _, ok := registry[d.name]; ok {
+		return fmt.Errorf("sqlvfs: database %q already registered", d.name)
+	}
+	registry[d.name] = d
 	return nil
+}
+
+// unindex removes d from the registry (and not another database that took
+// its name since).
+func unindex(d *database) {
+	regMu.Lock()
+	if registry[d.name] == d {
+		delete(registry, d.name)
+	}
+	regMu.Unlock()
+}
+
+// Register makes vol available to SQLite as the main database file name
+// (open it with "file:NAME?vfs=borealis"). It fails if name is taken.
+// OpenDB and OpenReplicaDB register their database themselves, under a
+// fresh name.
+func Register(name string, vol Volume, opts Options) error {
+	d, err := newDatabase(name, vol, opts)
+	if err != nil {
+		return err
+	}
+	return index(d)
 }
 
 // Unregister forgets name; connections already open keep working.
@@ -298,11 +328,15 @@ func dsn(name string, opts Options, reader bool) string {
 
 // DB is a SQL database on a volume: Writer runs statements that write (one
 // writer transaction at a time, commits pipelined), Reader runs read-only
-// queries at the VDL.
+// queries at the VDL. The DB owns its database (page cache, writer turn,
+// counters, volume client binding); the registry only indexes it by name
+// for SQLite's VFS, and Close removes it.
 type DB struct {
 	Writer *sql.DB
 	Reader *sql.DB
 	d      *database
+	// opts, with defaults, open the pools (Promote opens Writer later).
+	opts Options
 }
 
 // Stats are a database's counters since it was opened.
@@ -316,23 +350,64 @@ type Stats struct {
 	VolumeReads uint64
 }
 
+// newDB makes the database of vol under a fresh name (prefix and a
+// number) and indexes it; it has no pools yet.
+func newDB(prefix string, vol Volume, opts Options) (*DB, error) {
+	opts = opts.withDefaults()
+	d, err := newDatabase(fmt.Sprintf("%s%d", prefix, nameSeq.Add(1)), vol, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := index(d); err != nil {
+		return nil, err
+	}
+	return &DB{d: d, opts: opts}, nil
+}
+
+// openWriter opens the Writer pool. Its first connection runs checkConn.
+func (db *DB) openWriter() error {
+	w, err := openPool(DSN(db.d.name, db.opts), db.opts, false)
+	if err != nil {
+		return err
+	}
+	if err := w.Ping(); err != nil {
+		w.Close()
+		return err
+	}
+	db.Writer = w
+	return nil
+}
+
+// openReader opens the Reader pool.
+func (db *DB) openReader() error {
+	r, err := openPool(ReaderDSN(db.d.name, db.opts), db.opts, true)
+	if err != nil {
+		return err
+	}
+	if err := r.Ping(); err != nil {
+		r.Close()
+		return err
+	}
+	db.Reader = r
+	return nil
+}
+
 // OpenDB registers vol under a fresh name and opens writer and read
 // connections on it.
 func OpenDB(vol Volume, opts Options) (*DB, error) {
-	w, d, err := open(vol, opts)
+	db, err := newDB("vol", vol, opts)
 	if err != nil {
 		return nil, err
 	}
-	r, err := openPool(ReaderDSN(d.name, opts), opts, true)
-	if err == nil {
-		err = r.Ping()
-	}
-	if err != nil {
-		w.Close()
-		Unregister(d.name)
+	if err := db.openWriter(); err != nil {
+		db.Close()
 		return nil, err
 	}
-	return &DB{Writer: w, Reader: r, d: d}, nil
+	if err := db.openReader(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
 }
 
 // Name is the name the database is registered under.
@@ -347,45 +422,28 @@ func (db *DB) Stats() Stats {
 	}
 }
 
-// Close closes both pools and forgets the registration.
+// Close closes both pools and removes the database from the registry.
 func (db *DB) Close() error {
-	err := db.Reader.Close()
+	var err error
+	if db.Reader != nil {
+		err = db.Reader.Close()
+	}
 	if db.Writer != nil {
 		if werr := db.Writer.Close(); err == nil {
 			err = werr
 		}
 	}
-	Unregister(db.d.name)
+	unindex(db.d)
 	return err
 }
 
-func open(vol Volume, opts Options) (*sql.DB, *database, error) {
-	opts = opts.withDefaults()
-	name := fmt.Sprintf("vol%d", nameSeq.Add(1))
-	if err := Register(name, vol, opts); err != nil {
-		return nil, nil, err
-	}
-	regMu.Lock()
-	d := registry[name]
-	regMu.Unlock()
-	db, err := openPool(DSN(name, opts), opts, false)
-	if err != nil {
-		Unregister(name)
-		return nil, nil, err
-	}
-	// The first connection runs checkConn.
-	if err := db.Ping(); err != nil {
-		db.Close()
-		Unregister(name)
-		return nil, nil, err
-	}
-	return db, d, nil
-}
-
-// database is one registered volume, shared by all its connections.
+// database is one volume's SQLite database, shared by all its connections:
+// its page cache, its writer turn and its counters. It belongs to a DB (or
+// to a name given to Register).
 type database struct {
-	name     string
-	vol      Volume
+	name string
+	// vol is the volume client; Promote replaces it.
+	vol      atomic.Pointer[volRef]
 	pageSize int
 	cache    *pageCache
 	maxAge   time.Duration
@@ -404,6 +462,14 @@ type database struct {
 	lockMu   sync.Mutex
 	reserved bool
 }
+
+// volRef holds a Volume for atomic.Pointer.
+type volRef struct{ Volume }
+
+// volume is the database's volume client now.
+func (d *database) volume() Volume { return d.vol.Load().Volume }
+
+func (d *database) setVolume(vol Volume) { d.vol.Store(&volRef{vol}) }
 
 // acquireWriter waits up to the busy timeout for the writer turn.
 func (d *database) acquireWriter() error {
@@ -454,7 +520,7 @@ func (d *database) pageNewest(pg uint64) ([]byte, uint64, error) {
 	if b, lsn, ok := d.cache.newest(pg); ok {
 		return b, lsn, nil
 	}
-	rp := d.vol.VDL()
+	rp := d.volume().VDL()
 	b, err := d.read(pg, rp)
 	if err != nil {
 		return nil, 0, err
@@ -465,7 +531,7 @@ func (d *database) pageNewest(pg uint64) ([]byte, uint64, error) {
 
 func (d *database) read(pg, rp uint64) ([]byte, error) {
 	d.volumeReads.Add(1)
-	b, err := d.vol.ReadPage(context.Background(), pg, rp)
+	b, err := d.volume().ReadPage(context.Background(), pg, rp)
 	if err != nil {
 		return nil, fmt.Errorf("sqlvfs: read page %d at LSN %d: %w", pg, rp, err)
 	}
@@ -678,19 +744,20 @@ func (f *file) page(pg uint64) ([]byte, error) {
 	if f.holdsWriter {
 		var lsn uint64
 		b, lsn, err = f.db.pageNewest(pg)
-		if err == nil && f.opened && f.lock < vfs.LOCK_RESERVED && lsn > f.db.vol.VDL() {
+		vol := f.db.volume()
+		if err == nil && f.opened && f.lock < vfs.LOCK_RESERVED && lsn > vol.VDL() {
 			// A writer connection outside a write transaction hands what
 			// it reads to the caller before the transaction ends: it may
 			// not see what is not durable yet. (A write transaction may:
 			// its COMMIT waits for everything it read.)
-			if err = f.db.vol.WaitDurable(context.Background(), lsn); err != nil {
+			if err = vol.WaitDurable(context.Background(), lsn); err != nil {
 				err = &UnacknowledgedError{LSN: lsn, Err: err}
 			}
 		}
 	} else {
 		rp := f.rp
 		if f.lock < vfs.LOCK_SHARED || !f.rpValid {
-			rp = f.db.vol.VDL()
+			rp = f.db.volume().VDL()
 		} else if f.reader && f.db.maxAge > 0 && time.Since(f.pinnedAt) > f.db.maxAge {
 			return nil, f.fail(fmt.Errorf("%w (pinned at LSN %d for %s, above %s)", ErrSnapshotTooOld, rp, time.Since(f.pinnedAt).Round(time.Millisecond), f.db.maxAge))
 		}
@@ -956,7 +1023,7 @@ func (f *file) CommitPhaseTwo() error {
 		return nil
 	}
 	sort.Slice(mtr, func(i, j int) bool { return mtr[i].Page < mtr[j].Page })
-	lsn, err := f.db.vol.Submit(context.Background(), mtr)
+	lsn, err := f.db.volume().Submit(context.Background(), mtr)
 	if err != nil {
 		// Nothing was allocated: the cached images are still the newest.
 		return f.fail(fmt.Errorf("sqlvfs: commit: %w", err))
@@ -1007,7 +1074,7 @@ func (f *file) Lock(lock vfs.LockLevel) error {
 		f.failure = nil
 		f.failMu.Unlock()
 		if f.reader {
-			rp, release := d.vol.PinReadPoint()
+			rp, release := d.volume().PinReadPoint()
 			f.unpin = release
 			f.pinnedAt = time.Now()
 			f.setReadPoint(rp)
@@ -1077,8 +1144,8 @@ func (f *file) Unlock(lock vfs.LockLevel) error {
 		f.unpin = nil
 	}
 	f.lock = lock
-	if wait > d.vol.VDL() {
-		if err := d.vol.WaitDurable(context.Background(), wait); err != nil {
+	if vol := d.volume(); wait > vol.VDL() {
+		if err := vol.WaitDurable(context.Background(), wait); err != nil {
 			// SQLite may keep what it read in its page cache: a new
 			// counter at the next SHARED makes it read again.
 			f.rpValid = false

@@ -96,6 +96,20 @@ func (cl *cluster) client(t testing.TB, epoch, base uint64, writeTimeout ...time
 	return c
 }
 
+// open opens a database's writer pool on vol (under a fresh name, left in
+// the registry) and returns it with the database.
+func open(vol Volume, opts Options) (*sql.DB, *database, error) {
+	db, err := newDB("vol", vol, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := db.openWriter(); err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return db.Writer, db.d, nil
+}
+
 func openDB(t *testing.T, vol Volume) (*sql.DB, *database) {
 	t.Helper()
 	db, d, err := open(vol, Options{CacheMiB: 8})

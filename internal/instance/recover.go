@@ -1,4 +1,4 @@
-package dbserver
+package instance
 
 import (
 	"context"
@@ -61,4 +61,28 @@ func readQuorumWait(err error) string {
 	}
 	w := &volume.RecoverWait{PG: nq.PG, Step: "SegmentInfo", Have: len(nq.Answered), Need: need, Segments: len(nq.Config.Members()), Causes: re.Causes}
 	return w.String()
+}
+
+// recoveryWaits returns the recovery's Waiting: it puts what recovery waits
+// for into the status, which /v1/health reports (a restart of the writer
+// while storage nodes are down can wait for as long as they are), and logs
+// it when the wait starts or changes its shape.
+func (w *Writer) recoveryWaits(epoch uint64) func(*volume.RecoverWait) {
+	var last string
+	return func(rw *volume.RecoverWait) {
+		if rw == nil {
+			w.setStatus("recovering at epoch %d", epoch)
+			if last != "" {
+				w.log.Info("recovery goes on: the segments it waited for answered", "epoch", epoch)
+			}
+			last = ""
+			return
+		}
+		w.setStatus("recovering at epoch %d: %s", epoch, rw)
+		shape := fmt.Sprintf("%s %d %d/%d", rw.Step, rw.PG, rw.Have, rw.Need)
+		if shape != last {
+			last = shape
+			w.log.Warn("recovery waits", "epoch", epoch, "why", rw.String())
+		}
+	}
 }

@@ -1,4 +1,4 @@
-package dbserver
+package instance
 
 import (
 	"errors"
@@ -6,19 +6,22 @@ import (
 	"strings"
 	"testing"
 
+	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/quorum"
 	"github.com/borealis-db/borealis/internal/recovery"
 	"github.com/borealis-db/borealis/internal/volume"
 )
 
-func waitingInstance(t *testing.T) *Instance {
+// noControl is the control plane of a writer that never calls it.
+type noControl struct{ pb.ControlClient }
+
+func waitingWriter(t *testing.T) *Writer {
 	t.Helper()
-	s, err := New(Config{Volume: "main", Control: "127.0.0.1:1"})
+	w, err := NewWriter(WriterConfig{Volume: "main", Ctl: noControl{}, Control: "127.0.0.1:1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.conn.Close() })
-	return s
+	return w
 }
 
 var testMembers = func() []volume.Member {
@@ -33,20 +36,19 @@ var testMembers = func() []volume.Member {
 // /v1/health's status names the PG and each missing segment; when the wait
 // is over it says recovery goes on.
 func TestHealthSaysWhatRecoveryWaitsFor(t *testing.T) {
-	s := waitingInstance(t)
-	waits := s.recoveryWaits(3)
+	w := waitingWriter(t)
+	waits := w.recoveryWaits(3)
 	refused := errors.New(`connection error: desc = "transport: Error while dialing: dial tcp 127.0.0.1:7103: connect: connection refused"`)
 	waits(&volume.RecoverWait{PG: 0, Step: "Truncate", Have: 3, Need: 4, Segments: 6,
 		Causes: []volume.SegmentError{{Member: testMembers[2], Err: refused}, {Member: testMembers[3], Err: errors.New("deadline exceeded")}}})
-	h := s.Health()
 	want := "recovering at epoch 3: waiting for a write quorum of PG 0 to acknowledge the truncation: 3 of its 6 segments did, 4 must: " +
 		"s3 (127.0.0.1:7103): unreachable (dial tcp 127.0.0.1:7103: connect: connection refused); s4 (127.0.0.1:7104): deadline exceeded"
-	if h.Ready || h.Status != want {
-		t.Fatalf("health while recovery waits: ready %v, status\n%q\nwant\n%q", h.Ready, h.Status, want)
+	if w.Ready() || w.Status() != want {
+		t.Fatalf("health while recovery waits: ready %v, status\n%q\nwant\n%q", w.Ready(), w.Status(), want)
 	}
 	waits(nil)
-	if h := s.Health(); h.Status != "recovering at epoch 3" {
-		t.Fatalf("health once the wait is over: %q", h.Status)
+	if st := w.Status(); st != "recovering at epoch 3" {
+		t.Fatalf("health once the wait is over: %q", st)
 	}
 }
 
@@ -65,7 +67,7 @@ func TestHealthSaysWhatARetriedRecoveryWaitsFor(t *testing.T) {
 	for _, m := range testMembers[2:] {
 		re.Causes = append(re.Causes, volume.SegmentError{Member: m, Err: errors.New("connection refused")})
 	}
-	err := fmt.Errorf("dbserver: recovery of volume main at epoch 9: %w", re)
+	err := fmt.Errorf("instance: recovery of volume main at epoch 9: %w", re)
 	why := readQuorumWait(err)
 	want := "waiting for a read quorum of PG 2: 2 of its 6 segments answered, 3 must: s3 (127.0.0.1:7103): connection refused; s4 (127.0.0.1:7104): connection refused; s5 (127.0.0.1:7105): connection refused; s6 (127.0.0.1:7106): connection refused"
 	if why != want {
@@ -75,17 +77,17 @@ func TestHealthSaysWhatARetriedRecoveryWaitsFor(t *testing.T) {
 		t.Fatal("another failure read as a wait for a read quorum")
 	}
 
-	s := waitingInstance(t)
-	s.setRetry("recovering: %s; trying again every second", why)
-	s.setStep("taking the writer lease")
-	s.setStep("recovering at epoch 10")
-	if st := s.Health().Status; !strings.HasPrefix(st, "recovering: waiting for a read quorum of PG 2") {
+	w := waitingWriter(t)
+	w.setRetry("recovering: %s; trying again every second", why)
+	w.setStep("taking the writer lease")
+	w.setStep("recovering at epoch 10")
+	if st := w.Status(); !strings.HasPrefix(st, "recovering: waiting for a read quorum of PG 2") {
 		t.Fatalf("status during a retry: %q", st)
 	}
 	// A real wait of the new attempt replaces it.
-	s.setStatus("waiting for the writer lease: held by w2")
-	s.setStep("recovering at epoch 11")
-	if st := s.Health().Status; st != "recovering at epoch 11" {
+	w.setStatus("waiting for the writer lease: held by w2")
+	w.setStep("recovering at epoch 11")
+	if st := w.Status(); st != "recovering at epoch 11" {
 		t.Fatalf("status after a new wait and a step: %q", st)
 	}
 }

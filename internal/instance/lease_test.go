@@ -1,4 +1,4 @@
-package dbserver
+package instance
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
@@ -47,10 +48,13 @@ func startControlCluster(t *testing.T) string {
 			t.Fatal(err)
 		}
 		id := fmt.Sprintf("s%d", i)
-		n := &testNode{t: t, cfg: storage.Config{ID: id, AZ: az, Dir: t.TempDir(), Logger: logger}, addr: lis.Addr().String()}
-		n.start(lis)
-		t.Cleanup(n.stop)
-		if err := cat.RegisterNode(ctx, control.Node{ID: id, AZ: az, Addr: n.addr, CapacityBytes: 1 << 30}); err != nil {
+		n, err := storage.Open(storage.Config{ID: id, AZ: az, Dir: t.TempDir(), Logger: logger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go n.Serve(lis)
+		t.Cleanup(func() { n.Close() })
+		if err := cat.RegisterNode(ctx, control.Node{ID: id, AZ: az, Addr: lis.Addr().String(), CapacityBytes: 1 << 30}); err != nil {
 			t.Fatal(err)
 		}
 		if err := cat.Heartbeat(ctx, id, time.Minute); err != nil {
@@ -72,7 +76,7 @@ func startControlCluster(t *testing.T) string {
 	return lis.Addr().String()
 }
 
-// hookedControl is the control plane as an instance sees it, with calls a
+// hookedControl is the control plane as a writer sees it, with calls a
 // test replaces (nil: passed on).
 type hookedControl struct {
 	pb.ControlClient
@@ -94,18 +98,31 @@ func (h *hookedControl) RenewWriter(ctx context.Context, req *pb.RenewWriterRequ
 	return h.ControlClient.RenewWriter(ctx, req, opts...)
 }
 
-// hookedInstance is a writer of volume "main" whose control client h wraps;
-// set h's hooks and the instance's before Start or Run.
-func hookedInstance(t *testing.T, control string, ttl time.Duration) (*Instance, *hookedControl) {
+// hookedWriter is a writer of volume "main" whose control client h wraps;
+// set h's hooks and the writer's before Start or Run.
+func hookedWriter(t *testing.T, control string, ttl time.Duration) (*Writer, *hookedControl) {
 	t.Helper()
-	s, err := New(Config{Volume: "main", Control: control, ID: "w1", LeaseTTL: ttl,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	return hookedWriterOf(t, control, WriterConfig{Volume: "main", ID: "w1", LeaseTTL: ttl})
+}
+
+// hookedWriterOf is hookedWriter with cfg, whose Ctl, Control and Logger
+// it sets. The connection to the control plane is closed when the test
+// ends.
+func hookedWriterOf(t *testing.T, control string, cfg WriterConfig) (*Writer, *hookedControl) {
+	t.Helper()
+	conn, err := grpc.NewClient(control, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &hookedControl{ControlClient: s.ctl}
-	s.ctl = h
-	return s, h
+	t.Cleanup(func() { conn.Close() })
+	h := &hookedControl{ControlClient: pb.NewControlClient(conn)}
+	cfg.Ctl, cfg.Control = h, control
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	w, err := NewWriter(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, h
 }
 
 // waitClosed waits (a while, not forever) for c to be closed; the test
@@ -130,8 +147,8 @@ func waitClosed(t *testing.T, c <-chan struct{}, what string) bool {
 // itself the writer.
 func TestLeaseLostAtTheEndOfRecovery(t *testing.T) {
 	addr := startControlCluster(t)
-	s, h := hookedInstance(t, addr, 600*time.Millisecond)
-	defer s.Close()
+	w, h := hookedWriter(t, addr, 600*time.Millisecond)
+	defer w.Close()
 	var unreachable atomic.Bool
 	h.renew = func(ctx context.Context, req *pb.RenewWriterRequest, opts ...grpc.CallOption) (*pb.RenewWriterResponse, error) {
 		if unreachable.Load() {
@@ -140,29 +157,32 @@ func TestLeaseLostAtTheEndOfRecovery(t *testing.T) {
 		return h.ControlClient.RenewWriter(ctx, req, opts...)
 	}
 	var recovered atomic.Bool
-	s.hooks.recovered = func(lost <-chan struct{}) {
+	w.hooks.recovered = func(lost <-chan struct{}) {
 		recovered.Store(true)
 		unreachable.Store(true)
 		waitClosed(t, lost, "keepLease to give the lease up")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	err := s.Start(ctx)
+	err := w.Start(ctx)
 	if !recovered.Load() {
 		t.Fatalf("recovery did not succeed: %v", err)
 	}
 	if err == nil {
-		t.Fatalf("Start succeeded with a lost lease: health %+v", s.Health())
+		t.Fatalf("Start succeeded with a lost lease: ready %v, status %q", w.Ready(), w.Status())
 	}
 	t.Logf("Start: %v", err)
 	if !strings.Contains(err.Error(), "lost the writer lease") {
 		t.Fatalf("Start failed for another reason: %v", err)
 	}
-	if h := s.Health(); h.Ready || s.DB() != nil {
-		t.Fatalf("the instance serves without its lease: health %+v", h)
+	if w.Ready() || w.DB() != nil || w.Volume() != nil {
+		t.Fatalf("the writer serves without its lease: status %q", w.Status())
 	}
-	if _, e := s.readable(); e == nil || e.Code != CodeNotReady {
-		t.Fatalf("a query of an instance without its lease: %v", e)
+	if _, err := w.Readable(); !errors.As(err, new(*NotReadyError)) {
+		t.Fatalf("a query of a writer without its lease: %v", err)
+	}
+	if _, err := w.Writable(ctx); !errors.As(err, new(*NotReadyError)) {
+		t.Fatalf("a write to a writer without its lease: %v", err)
 	}
 }
 
@@ -174,7 +194,7 @@ func TestLeaseLostAtTheEndOfRecovery(t *testing.T) {
 // again), nor shut anything down.
 func TestStaleRenewalAfterARetriedStart(t *testing.T) {
 	addr := startControlCluster(t)
-	s, h := hookedInstance(t, addr, 1500*time.Millisecond)
+	w, h := hookedWriter(t, addr, 1500*time.Millisecond)
 	var firstLease atomic.Int64
 	renewing := make(chan struct{})  // attempt 1's renewal is in flight
 	answer := make(chan struct{})    // it may return now
@@ -208,23 +228,22 @@ func TestStaleRenewalAfterARetriedStart(t *testing.T) {
 		}
 		return h.ControlClient.GetVolume(ctx, req, opts...)
 	}
-	s.hooks.keeperDone = func(lease int64) {
+	w.hooks.keeperDone = func(lease int64) {
 		if lease == firstLease.Load() {
 			close(oldDone)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan error, 1)
-	go func() { ran <- s.Run(ctx) }()
+	go func() { ran <- w.Run(ctx) }()
 	defer func() {
 		cancel()
 		if err := <-ran; err != nil && !errors.Is(err, context.Canceled) {
 			t.Errorf("Run: %v", err)
 		}
-		s.conn.Close()
 	}()
-	wait.For(t, 30*time.Second, "attempt 2 to serve", func() bool { return s.Health().Ready })
-	epoch := s.Health().Epoch
+	wait.For(t, 30*time.Second, "attempt 2 to serve", func() bool { return w.Ready() })
+	epoch := w.Epoch()
 	close(answer)
 	if !waitClosed(t, oldDone, "attempt 1's keepLease to return") {
 		t.FailNow()
@@ -232,13 +251,12 @@ func TestStaleRenewalAfterARetriedStart(t *testing.T) {
 	if !oldNotFound.Load() {
 		t.Fatal("attempt 1's late renewal did not find its lease gone; the test tests nothing")
 	}
-	hl := s.Health()
-	if !hl.Ready || hl.Epoch != epoch || hl.Status != "ready" {
-		t.Fatalf("after attempt 1's late renewal failed, attempt 2 (epoch %d) no longer serves: health %+v", epoch, hl)
+	if !w.Ready() || w.Epoch() != epoch || w.Status() != "ready" {
+		t.Fatalf("after attempt 1's late renewal failed, attempt 2 (epoch %d) no longer serves: ready %v, epoch %d, status %q", epoch, w.Ready(), w.Epoch(), w.Status())
 	}
-	db, e := s.readable()
-	if e != nil {
-		t.Fatalf("a query after attempt 1's late renewal: %v", e)
+	db, err := w.Readable()
+	if err != nil {
+		t.Fatalf("a query after attempt 1's late renewal: %v", err)
 	}
 	if _, err := db.Reader.Exec("SELECT 1"); err != nil {
 		t.Fatal(err)
@@ -257,8 +275,8 @@ func leaseGone(err error) bool {
 // renewals have failed for a whole TTL.
 func TestRevokedLeaseStopsTheWriter(t *testing.T) {
 	addr := startControlCluster(t)
-	s, h := hookedInstance(t, addr, 1500*time.Millisecond)
-	defer s.Close()
+	w, h := hookedWriter(t, addr, 1500*time.Millisecond)
+	defer w.Close()
 	var renewErr atomic.Value
 	h.renew = func(ctx context.Context, req *pb.RenewWriterRequest, opts ...grpc.CallOption) (*pb.RenewWriterResponse, error) {
 		resp, err := h.ControlClient.RenewWriter(ctx, req, opts...)
@@ -269,24 +287,24 @@ func TestRevokedLeaseStopsTheWriter(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := s.Start(ctx); err != nil {
+	if err := w.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	s.mu.Lock()
-	lease := s.lease.Lease
-	s.mu.Unlock()
+	w.mu.Lock()
+	lease := w.lease.Lease
+	w.mu.Unlock()
 	if _, err := h.ControlClient.ReleaseWriter(ctx, &pb.ReleaseWriterRequest{Lease: lease}); err != nil {
 		t.Fatal(err)
 	}
-	wait.For(t, 30*time.Second, "the writer to stop", func() bool { return !s.Health().Ready })
+	wait.For(t, 30*time.Second, "the writer to stop", func() bool { return !w.Ready() })
 	wait.For(t, 30*time.Second, "the writer's status to say why it stopped", func() bool {
-		return strings.HasPrefix(s.Health().Status, "stopped: ")
+		return strings.HasPrefix(w.Status(), "stopped: ")
 	})
 	err, _ := renewErr.Load().(error)
 	if !leaseGone(err) {
 		t.Fatalf("the renewal of a released lease: %v", err)
 	}
-	if st := s.Health().Status; st != "stopped: the writer lease expired" {
+	if st := w.Status(); st != "stopped: the writer lease expired" {
 		t.Fatalf("status %q after the control plane said the lease was gone (%v)", st, err)
 	}
 }
