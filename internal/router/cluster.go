@@ -61,7 +61,7 @@ func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, rea
 			return
 		}
 		done := r.begin(t.ID)
-		resp, wrote, err := r.send(req, t.Endpoint, b)
+		resp, wrote, err := r.send(req.Context(), req, t.Endpoint, b)
 		if err != nil {
 			done()
 			if clientGone(req) {
@@ -96,8 +96,16 @@ func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, rea
 			_ = r.writers.Refresh(req.Context())
 			continue
 		}
-		relay(w, resp, t.ID)
+		err = relay(w, resp, t.ID)
 		done()
+		if err != nil {
+			if !clientGone(req) {
+				if ok, n := r.limited.allow("writer body " + t.ID); ok {
+					r.log.Warn("the writer's answer was cut short; aborting the response", "instance", t.ID, "endpoint", t.Endpoint, "path", req.URL.Path, "err", err, "suppressed", n)
+				}
+			}
+			abortResponse()
+		}
 		return
 	}
 }

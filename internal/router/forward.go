@@ -2,6 +2,7 @@ package router
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -118,12 +119,14 @@ func baseURL(endpoint string) string {
 	return base
 }
 
-// send forwards req, with b as its body, to the instance at endpoint. wrote
-// tells whether the whole request went out: when it did not, the instance
-// cannot have acted on it, and it is safe to send again elsewhere.
-func (r *Router) send(req *http.Request, endpoint string, b *body) (resp *http.Response, wrote bool, err error) {
+// send forwards req, with b as its body, to the instance at endpoint, under
+// ctx (req's context, or one that ends with it); the response's body reads
+// under ctx too. wrote tells whether the whole request went out: when it
+// did not, the instance cannot have acted on it, and it is safe to send
+// again elsewhere.
+func (r *Router) send(ctx context.Context, req *http.Request, endpoint string, b *body) (resp *http.Response, wrote bool, err error) {
 	var sent atomic.Bool
-	ctx := httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 		WroteRequest: func(i httptrace.WroteRequestInfo) {
 			if i.Err == nil {
 				sent.Store(true)
@@ -160,8 +163,11 @@ func (r *Router) send(req *http.Request, endpoint string, b *body) (resp *http.R
 }
 
 // relay writes resp to w as the answer of the instance id, and closes its
-// body.
-func relay(w http.ResponseWriter, resp *http.Response, id string) {
+// body. It returns the error that cut the body short, reading it (the
+// instance failed, or the attempt's context ended) or writing it (the
+// client went away): then the answer is incomplete, and the caller must
+// abort the response (abortResponse) lest it end as if it were whole.
+func relay(w http.ResponseWriter, resp *http.Response, id string) error {
 	defer resp.Body.Close()
 	h := w.Header()
 	for k, vv := range resp.Header {
@@ -170,7 +176,16 @@ func relay(w http.ResponseWriter, resp *http.Response, id string) {
 	dropHopHeaders(h)
 	h.Set(InstanceHeader, id)
 	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body)
+	_, err := io.Copy(w, resp.Body)
+	return err
+}
+
+// abortResponse ends the handler's response by breaking its connection (or
+// resetting its HTTP/2 stream), once its headers and perhaps part of its
+// body went out: the client sees an error, not an answer cut short that
+// looks whole, as a chunked body ended by the handler's return would.
+func abortResponse() {
+	panic(http.ErrAbortHandler)
 }
 
 // peek reads the start of resp's body (a refusal: small) and returns its

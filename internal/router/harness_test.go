@@ -92,6 +92,10 @@ type fakeInstance struct {
 	health       sqlclient.Health
 	healthStatus int // 0: 200 with health; otherwise that status and no JSON
 	lastBody     []byte
+	// stalled, while not nil, holds every request until it is closed: the
+	// instance is SIGSTOPped (its kernel takes connections and requests,
+	// nothing answers).
+	stalled chan struct{}
 	// onQuery and onExecute, when set, answer instead of the defaults
 	// (which echo the body's length).
 	onQuery, onExecute func(w http.ResponseWriter, r *http.Request, body []byte)
@@ -142,6 +146,17 @@ func (fi *fakeInstance) setOnExecute(f func(w http.ResponseWriter, r *http.Reque
 	fi.onExecute = f
 }
 
+// stall holds every request the instance gets from now on, health polls
+// too, until the test ends.
+func (fi *fakeInstance) stall(t *testing.T) {
+	fi.mu.Lock()
+	defer fi.mu.Unlock()
+	if fi.stalled == nil {
+		fi.stalled = make(chan struct{})
+		t.Cleanup(func() { close(fi.stalled) })
+	}
+}
+
 func (fi *fakeInstance) body() []byte {
 	fi.mu.Lock()
 	defer fi.mu.Unlock()
@@ -149,6 +164,13 @@ func (fi *fakeInstance) body() []byte {
 }
 
 func (fi *fakeInstance) serve(w http.ResponseWriter, r *http.Request) {
+	fi.mu.Lock()
+	stalled := fi.stalled
+	fi.mu.Unlock()
+	if stalled != nil {
+		<-stalled
+		return
+	}
 	switch {
 	case r.Method == http.MethodGet && r.URL.Path == "/v1/health":
 		fi.polls.Add(1)

@@ -183,6 +183,26 @@ type instance struct {
 	pollErr  error             // the last poll's failure; nil once one succeeds
 	failed   error             // a forwarded request's connection failure
 	failedAt time.Time         // cleared by a poll that began after it
+	// fit is live while the polls find the instance fit (pollUnfit says
+	// ""), and nil otherwise: the poll that finds it unfit cancels it, with
+	// an *unfitError as its cause, and the one that finds it fit again
+	// starts another. A query forwarded to it ends with it, so that one
+	// held by a replica that stopped answering (a SIGSTOPped process's
+	// kernel still takes the connection and the request) goes elsewhere
+	// once a poll fails or times out, rather than waiting for as long as
+	// the replica stays stopped.
+	fit    context.Context
+	endFit context.CancelCauseFunc
+}
+
+// unfitError is the cause with which an instance's fit context ends.
+type unfitError struct {
+	id  string
+	why string
+}
+
+func (e *unfitError) Error() string {
+	return fmt.Sprintf("replica %s turned unfit (%s)", e.id, e.why)
 }
 
 // refreshFlight is one ListInstances call that concurrent refreshes share.
@@ -420,12 +440,25 @@ func (r *Router) poll(ctx context.Context, in *instance) {
 				in.failed = nil
 			}
 		}
+		why := r.pollUnfit(in)
+		var cut int64
+		switch {
+		case why != "" && in.fit != nil:
+			cut = in.outstanding.Load()
+			in.endFit(&unfitError{id: in.id, why: why})
+			in.fit, in.endFit = nil, nil
+		case why == "" && in.fit == nil:
+			in.fit, in.endFit = context.WithCancelCause(context.Background())
+		}
 		r.mu.Unlock()
 		switch {
 		case err != nil && was == nil:
 			r.log.Warn("health poll failed; the instance takes no queries until a poll succeeds", "instance", in.id, "endpoint", in.endpoint, "err", err)
 		case err == nil && was != nil:
 			r.log.Info("health poll succeeds again", "instance", in.id, "endpoint", in.endpoint)
+		}
+		if cut > 0 {
+			r.log.Warn("an instance turned unfit with queries under way; they go elsewhere", "instance", in.id, "endpoint", in.endpoint, "why", why, "outstanding", cut)
 		}
 		t.Reset(r.cfg.Refresh)
 	}
@@ -475,15 +508,26 @@ func (r *Router) awaitFirstListing(ctx context.Context) {
 // unfit says why in cannot take queries now, or "" if it can (min_lsn
 // aside). r.mu must be held.
 func (r *Router) unfit(in *instance) string {
-	switch {
-	case in.info.GetRole() != RoleReplica:
+	if in.info.GetRole() != RoleReplica {
 		return fmt.Sprintf("catalog role %q", in.info.GetRole())
+	}
+	why := r.pollUnfit(in)
+	if in.failed != nil && in.pollErr == nil && in.health != nil {
+		return "a request to it failed (" + in.failed.Error() + "); waiting for a health poll"
+	}
+	return why
+}
+
+// pollUnfit says why in's health polls keep it from taking queries, or ""
+// if they do not: its last poll failed, or none succeeded yet, or the last
+// answer is not that of a ready replica streaming within Config.MaxLag.
+// r.mu must be held.
+func (r *Router) pollUnfit(in *instance) string {
+	switch {
 	case in.pollErr != nil:
 		return "health poll failed: " + in.pollErr.Error()
 	case in.health == nil:
 		return "not polled yet"
-	case in.failed != nil:
-		return "a request to it failed (" + in.failed.Error() + "); waiting for a health poll"
 	}
 	h := in.health
 	switch {
@@ -501,8 +545,10 @@ func (r *Router) unfit(in *instance) string {
 
 // pick chooses, among the replicas not tried that can take a query and
 // have applied minLSN, the one with the fewest outstanding requests (ties
-// in turn), and counts the request as outstanding on it. nil if none.
-func (r *Router) pick(minLSN uint64, tried map[string]bool) *instance {
+// in turn), and counts the request as outstanding on it. It returns the
+// replica's fit context too, which ends when a poll finds it unfit. nil if
+// none.
+func (r *Router) pick(minLSN uint64, tried map[string]bool) (*instance, context.Context) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var cands []*instance
@@ -513,7 +559,7 @@ func (r *Router) pick(minLSN uint64, tried map[string]bool) *instance {
 		cands = append(cands, in)
 	}
 	if len(cands) == 0 {
-		return nil
+		return nil, nil
 	}
 	slices.SortFunc(cands, func(a, b *instance) int { return strings.Compare(a.id, b.id) })
 	start := int(r.rr % uint64(len(cands)))
@@ -526,7 +572,7 @@ func (r *Router) pick(minLSN uint64, tried map[string]bool) *instance {
 		}
 	}
 	best.outstanding.Add(1)
-	return best
+	return best, best.fit
 }
 
 // candidates counts the replicas that can take queries, and those of them
