@@ -211,6 +211,17 @@ func (fi *fakeInstance) serve(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusConflict, CodeNotWriter, "this is a replica; the writer is elsewhere")
 			return
 		}
+		var q struct {
+			MinLSN uint64 `json:"min_lsn"`
+		}
+		fi.mu.Lock()
+		vdl := fi.health.VDL
+		fi.mu.Unlock()
+		if r.URL.Path == "/v1/query" && fi.role == RoleReplica && json.Unmarshal(b, &q) == nil && q.MinLSN > vdl {
+			// As a replica that did not reach min_lsn within its wait.
+			writeError(w, http.StatusServiceUnavailable, "lagging", "applied %d, not min_lsn %d", vdl, q.MinLSN)
+			return
+		}
 		writeJSON(w, http.StatusOK, map[string]any{"answered_by": fi.id, "body_bytes": len(b), "lsn": 7})
 	default:
 		writeError(w, http.StatusNotFound, "bad_request", "no endpoint %s %s", r.Method, r.URL.Path)

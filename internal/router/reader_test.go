@@ -167,6 +167,15 @@ func TestReaderMinLSN(t *testing.T) {
 	if w.queries.Load() != 1 {
 		t.Fatalf("the writer got %d queries, want 1", w.queries.Load())
 	}
+	// Above every VDL polled, the first try still goes to a replica (it
+	// may have applied it since its last poll, and a real one waits for
+	// it); one that answers lagging sends the query to the writer, not to
+	// another replica.
+	before := rs["r1"].queries.Load() + rs["r2"].queries.Load()
+	expect(t, query(t, h, above), http.StatusOK, "w1")
+	if n := rs["r1"].queries.Load() + rs["r2"].queries.Load() - before; n != 1 {
+		t.Fatalf("a query above every replica's VDL tried %d replicas, want 1", n)
+	}
 
 	for _, bad := range []string{`{"sql":"SELECT 1","min_lsn":"5"}`, `{"sql":"SELECT 1","min_lsn":-1}`, `not json`, ``} {
 		rep := query(t, h, bad)

@@ -551,12 +551,25 @@ func (r *Router) pollUnfit(in *instance) string {
 func (r *Router) pick(minLSN uint64, tried map[string]bool) (*instance, context.Context) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var cands []*instance
+	var cands, near []*instance
 	for _, in := range r.insts {
-		if tried[in.id] || r.unfit(in) != "" || in.health.VDL < minLSN {
+		if tried[in.id] || r.unfit(in) != "" {
+			continue
+		}
+		if in.health.VDL < minLSN {
+			near = append(near, in)
 			continue
 		}
 		cands = append(cands, in)
+	}
+	if len(cands) == 0 && len(tried) == 0 {
+		// The VDLs polled are up to a refresh old, and a commit that just
+		// returned is newer than all of them: a fit replica trails the
+		// writer by far less than that, and waits (up to its
+		// --min-lsn-wait) for the LSN. Only the first try goes there, so
+		// that a replica that cannot reach it sends the query to the
+		// writer after one wait.
+		cands = near
 	}
 	if len(cands) == 0 {
 		return nil, nil
