@@ -240,11 +240,16 @@ arrived, floored at 0. For each level it prints the achieved writes/s, each
 replica's lag p50, p99 and max, and the bytes the writer sent each replica
 per commit (its /v1/health over the level).
 
-Then the writer's one-row INSERT throughput at --clients clients with 0, N
-and 15 replicas attached (it stops and starts replicas in between), with the
-CPU per transaction of every process from /proc, and the ratio to 0
-replicas; and point SELECTs through the router's reader endpoint with 1, 2
+Also the writer's one-row INSERT throughput at --clients clients with 0, N
+and 15 replicas attached, with the CPU per transaction of every process
+from /proc (and how busy the machine was, by others too), and the ratio to
+0 replicas; and point SELECTs through the router's reader endpoint with 1, 2
 and N replicas, once the router lists exactly those as candidates.
+
+It starts all 15 replicas before it writes anything and measures from the
+most replicas attached down, stopping replicas in between (a replica started
+on a volume that already holds data fails to open). Before each run it waits
+for the cluster to settle.
 
 With --cluster, it uses the running cluster's writer, replicas and router
 (starting a router if there is none), starts replicas of its own when it
@@ -464,6 +469,7 @@ func runReplicaBench(ctx context.Context, o replicaBenchOptions, progress io.Wri
 			clients := rateClients(rate, o.clients)
 			what := rateLabel(rate)
 			fmt.Fprintf(progress, "UPDATE: %s (%d clients) for %s, waiting on %d replicas for every commit\n", what, clients, o.duration, len(w.replicas))
+			env.settle(ctx)
 			h0, err := c.Health(ctx)
 			if err != nil {
 				return err
@@ -542,6 +548,14 @@ func runReplicaBench(ctx context.Context, o replicaBenchOptions, progress io.Wri
 			rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s with %d replicas: %s", s.what(), s.replicas, skip.why))
 			continue
 		}
+		// The INSERTs first, before the UPDATE levels leave storage
+		// background work to do; and each run on a settled cluster.
+		if s.insert {
+			env.settle(ctx)
+			if err := insertRun(s.replicas); err != nil {
+				return rep, err
+			}
+		}
 		if s.lag || s.read {
 			if err := env.warm(ctx, table, lastLSN); err != nil {
 				return rep, err
@@ -552,12 +566,8 @@ func runReplicaBench(ctx context.Context, o replicaBenchOptions, progress io.Wri
 				return rep, err
 			}
 		}
-		if s.insert {
-			if err := insertRun(s.replicas); err != nil {
-				return rep, err
-			}
-		}
 		if s.read {
+			env.settle(ctx)
 			if err := readRun(s.replicas); err != nil {
 				return rep, err
 			}
@@ -1036,6 +1046,43 @@ func (e *replicaEnv) profile(ctx context.Context, o replicaBenchOptions, name st
 		}()
 	}
 	return wg.Wait
+}
+
+// Settling: before a run, the benchmark waits until its processes use
+// less than settleCores of CPU over settleWindow (storage coalescing the
+// records of the run before, say), for at most settleMax.
+const (
+	settleCores  = 0.3
+	settleWindow = 500 * time.Millisecond
+	settleMax    = 20 * time.Second
+)
+
+// settle waits until the cluster is quiet, or settleMax has passed.
+func (e *replicaEnv) settle(ctx context.Context) {
+	start := time.Now()
+	a := e.cpuSample()
+	for time.Since(start) < settleMax {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(settleWindow):
+		}
+		b := e.cpuSample()
+		var ticks uint64
+		for pid, pb := range b.procs {
+			if pa, ok := a.procs[pid]; ok && pb.role != "bench" && pb.ticks >= pa.ticks {
+				ticks += pb.ticks - pa.ticks
+			}
+		}
+		if cores := float64(ticks) / clockTicks / b.at.Sub(a.at).Seconds(); cores < settleCores {
+			if d := time.Since(start); d > 2*settleWindow {
+				fmt.Fprintf(e.progress, "waited %s for the cluster to settle\n", d.Round(100*time.Millisecond))
+			}
+			return
+		}
+		a = b
+	}
+	fmt.Fprintf(e.progress, "the cluster did not settle (below %.1f cores) within %s; going on\n", settleCores, settleMax)
 }
 
 // cpuSample is the CPU time so far of each process of the cluster and of
