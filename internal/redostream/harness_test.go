@@ -338,6 +338,12 @@ func newCollector(t *testing.T, st *pb.StreamStart) *collector {
 // take checks one message.
 func (c *collector) take(m *pb.ReplicationMessage) {
 	c.t.Helper()
+	if m.GetBatch() != nil {
+		for _, one := range Unbatch(m) {
+			c.take(one)
+		}
+		return
+	}
 	switch k := m.Kind.(type) {
 	case *pb.ReplicationMessage_Mtr:
 		p := k.Mtr

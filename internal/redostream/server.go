@@ -3,11 +3,12 @@
 // subscription from it, and the replica's Subscribe loop. What a replica
 // does with the stream is decided by internal/replica's Follower.
 //
-// MTRs go out as they are submitted, before they are durable, and VDL
-// updates follow as the VDL rises: a replica then needs only the VDL update
-// to apply a commit, which reaches it about when the writer acknowledges the
-// commit to its client. The replica buffers what the VDL does not cover yet;
-// what a crash of the writer leaves undurable is never applied.
+// MTRs go out once they are durable, with the VDL that covers them, in one
+// message per rise of the VDL. A replica applies an MTR only once the VDL
+// passes it anyway, so sending it earlier would not make it visible sooner;
+// sending it with its VDL costs one message, not two, on both sides, per
+// rise of the VDL (which covers many commits under load), and a replica
+// never holds an MTR that a crash of the writer leaves undurable.
 package redostream
 
 import (
@@ -180,7 +181,8 @@ func (s *Server) Submitted(first, last uint64, records [][]byte) {
 		s.mtrs = s.mtrs[1:]
 		s.evicted++
 	}
-	s.wakeLocked()
+	// Subscriptions wake when it is durable (Durable), not now: it goes
+	// out with the VDL that covers it.
 }
 
 // Durable takes a new VDL (volume.RedoObserver; under the client's lock).
@@ -384,31 +386,30 @@ func (s *Server) feed(ctx context.Context, stream pb.Replication_SubscribeServer
 			s.log.Warn("replica fell behind the redo log; it resyncs", "replica", sub.id, "at", sentLSN)
 			return status.Error(codes.OutOfRange, errBehind.Error())
 		}
+		vdl, vdlAt := s.vdl, s.vdlAt
+		// The durable MTRs not sent yet, up to maxSendBytes a round.
 		var batch []logMTR
 		size := 0
-		for i := sub.next - s.evicted; i < len(s.mtrs) && (size == 0 || size+s.mtrs[i].size <= maxSendBytes); i++ {
+		for i := sub.next - s.evicted; i < len(s.mtrs) && s.mtrs[i].last <= vdl && (size == 0 || size+s.mtrs[i].size <= maxSendBytes); i++ {
 			batch = append(batch, s.mtrs[i])
 			size += s.mtrs[i].size
 		}
 		sub.next += len(batch)
-		vdl, vdlAt := s.vdl, s.vdlAt
 		s.mu.Unlock()
 
-		for _, m := range batch {
-			if err := sendMTR(stream, m); err != nil {
-				return err
-			}
-			sentLSN = m.last
+		if len(batch) > 0 {
+			sentLSN = batch[len(batch)-1].last
 		}
-		// Never a VDL beyond the MTRs sent (the replica takes that for a
-		// loss), and only a VDL the writer reached (the replica exposes
-		// it): a VDL above a capped batch goes out after the next one.
-		if vdl <= sentLSN && (vdl > sentVDL || (beat && len(batch) == 0)) {
-			msg := &pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Vdl{Vdl: &pb.VDLUpdate{Vdl: vdl, DurableUnixUs: vdlAt.UnixMicro()}}}
-			if err := stream.Send(msg); err != nil {
-				return err
-			}
+		// The VDL goes with the MTRs it covers, once all of them are sent
+		// (a VDL beyond them is a loss to the replica, and one in between
+		// would not be a VDL the writer reached); a heartbeat repeats it.
+		var up *pb.VDLUpdate
+		if vdl <= sentLSN && (vdl > sentVDL || beat) {
+			up = &pb.VDLUpdate{Vdl: vdl, DurableUnixUs: vdlAt.UnixMicro()}
 			sentVDL = max(sentVDL, vdl)
+		}
+		if err := sendBatch(stream, batch, up); err != nil {
+			return err
 		}
 		beat = false
 		s.mu.Lock()
@@ -438,6 +439,36 @@ func (s *Server) feed(ctx context.Context, stream pb.Replication_SubscribeServer
 			return ctx.Err()
 		}
 	}
+}
+
+// sendBatch sends mtrs and then up (if not nil) in as few messages as it
+// can: one Batch, except that an MTR above maxPartBytes goes out alone, in
+// parts.
+func sendBatch(stream pb.Replication_SubscribeServer, mtrs []logMTR, up *pb.VDLUpdate) error {
+	b := &pb.Batch{}
+	for _, m := range mtrs {
+		if m.size <= maxPartBytes {
+			b.Mtrs = append(b.Mtrs, &pb.MTR{FirstLsn: m.first, LastLsn: m.last, Records: m.records})
+			continue
+		}
+		if len(b.Mtrs) > 0 {
+			if err := stream.Send(&pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Batch{Batch: b}}); err != nil {
+				return err
+			}
+			b = &pb.Batch{}
+		}
+		if err := sendMTR(stream, m); err != nil {
+			return err
+		}
+	}
+	switch {
+	case len(b.Mtrs) > 0:
+		b.Vdl = up
+		return stream.Send(&pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Batch{Batch: b}})
+	case up != nil:
+		return stream.Send(&pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Vdl{Vdl: up}})
+	}
+	return nil
 }
 
 // maxPartBytes bounds the records of one MTR message: a larger MTR goes out

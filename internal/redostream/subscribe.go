@@ -143,8 +143,10 @@ func subscribeOnce(ctx context.Context, rc pb.ReplicationClient, cfg SubscriberC
 			}
 			streamed = true
 		}
-		if cfg.Handle(m) {
-			return streamed, errResubscribe
+		for _, one := range Unbatch(m) {
+			if cfg.Handle(one) {
+				return streamed, errResubscribe
+			}
 		}
 		select {
 		case err := <-sendErr:
@@ -167,4 +169,21 @@ func MessageOf(m *pb.ReplicationMessage) (replica.Message, bool) {
 		return replica.Message{Kind: replica.VDL, VDL: k.Vdl.Vdl}, true
 	}
 	return replica.Message{}, false
+}
+
+// Unbatch returns the messages a Batch holds, in order (its MTRs, then its
+// VDL update), or m itself.
+func Unbatch(m *pb.ReplicationMessage) []*pb.ReplicationMessage {
+	b := m.GetBatch()
+	if b == nil {
+		return []*pb.ReplicationMessage{m}
+	}
+	out := make([]*pb.ReplicationMessage, 0, len(b.Mtrs)+1)
+	for _, mtr := range b.Mtrs {
+		out = append(out, &pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Mtr{Mtr: mtr}})
+	}
+	if b.Vdl != nil {
+		out = append(out, &pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Vdl{Vdl: b.Vdl}})
+	}
+	return out
 }
