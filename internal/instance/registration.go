@@ -31,6 +31,7 @@ func (w *Writer) writerInfo() *pb.InstanceInfo {
 func (w *Writer) keepRegistration(lost <-chan struct{}) {
 	ttl := w.cfg.LeaseTTL
 	var lease int64
+	registered := false
 	register := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), ttl)
 		defer cancel()
@@ -38,6 +39,12 @@ func (w *Writer) keepRegistration(lost <-chan struct{}) {
 		if err != nil {
 			w.log.Warn("cannot register the writer in the catalog; retrying", "err", err)
 			return
+		}
+		if !registered {
+			registered = true
+			if st := w.Stream(); st != nil {
+				st.Serving()
+			}
 		}
 		lease = resp.Lease
 	}

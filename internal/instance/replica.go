@@ -85,7 +85,7 @@ type Replica struct {
 	applyDelay time.Duration
 	// applies remembers when recent VDLs were applied (ascending), for
 	// AppliedAt.
-	applies   []applyMark
+	applies   applyRing
 	applyErrs uint64
 	lease     int64
 }
@@ -228,11 +228,31 @@ func (r *Replica) WaitApplied(ctx context.Context, lsn uint64) error {
 func (r *Replica) AppliedAt(lsn uint64) (time.Time, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	i := sort.Search(len(r.applies), func(i int) bool { return r.applies[i].vdl >= lsn })
-	if i == len(r.applies) || (i == 0 && len(r.applies) == applyMarks) {
+	n := r.applies.len()
+	i := sort.Search(n, func(i int) bool { return r.applies.at(i).vdl >= lsn })
+	if i == n || (i == 0 && n == applyMarks) {
 		return time.Time{}, false
 	}
-	return r.applies[i].at, true
+	return r.applies.at(i).at, true
+}
+
+// applyRing holds the last applyMarks applyMarks, oldest first.
+type applyRing struct {
+	marks []applyMark
+	head  int // index of the oldest once full
+}
+
+func (a *applyRing) len() int { return len(a.marks) }
+
+func (a *applyRing) at(i int) applyMark { return a.marks[(a.head+i)%len(a.marks)] }
+
+func (a *applyRing) add(m applyMark) {
+	if len(a.marks) < applyMarks {
+		a.marks = append(a.marks, m)
+		return
+	}
+	a.marks[a.head] = m
+	a.head = (a.head + 1) % applyMarks
 }
 
 // Status is the replica's replication state.
@@ -304,6 +324,20 @@ func (r *Replica) handle(m *pb.ReplicationMessage) bool {
 			r.applyDelay = 0
 		}
 	}
+	if mtr := m.GetMtr(); mtr != nil {
+		// A record that does not decode must not be exposed: its PG's tail
+		// would go unnoted, and reads would route to segments that lack
+		// it. Drop the stream and what it buffered; the writer sends the
+		// MTR again on the next subscription.
+		for _, b := range mtr.Records {
+			if _, err := redo.Decode(b); err != nil {
+				r.log.Error("a record of the writer's stream does not decode; subscribing again", "first", mtr.FirstLsn, "last", mtr.LastLsn, "err", err)
+				r.applyErrs++
+				r.f.Step(replica.Message{Kind: replica.Lost})
+				return true
+			}
+		}
+	}
 	msg, ok := redostream.MessageOf(m)
 	if !ok {
 		return false
@@ -366,11 +400,7 @@ func (r *Replica) apply(rd replica.Ready, now time.Time) {
 	before := r.vol.VDL()
 	r.vol.SetVDL(rd.Applied)
 	if rd.Applied > before {
-		if len(r.applies) == applyMarks {
-			copy(r.applies, r.applies[1:])
-			r.applies = r.applies[:applyMarks-1]
-		}
-		r.applies = append(r.applies, applyMark{vdl: rd.Applied, at: now})
+		r.applies.add(applyMark{vdl: rd.Applied, at: now})
 	}
 	if rd.Applied >= r.f.WriterVDL() {
 		r.behindSince = 0

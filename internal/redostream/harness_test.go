@@ -56,6 +56,8 @@ func (f *fakeVolume) PGStates(at uint64) []volume.PGState {
 	}
 }
 
+func (f *fakeVolume) PinReadPoint() (uint64, func()) { return 0, func() {} }
+
 func (f *fakeVolume) SetReadFloor(floor uint64, held bool) {
 	f.mu.Lock()
 	f.floors = append(f.floors, floorCall{floor, held, time.Now()})

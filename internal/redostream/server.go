@@ -67,6 +67,8 @@ type Volume interface {
 	PGStates(at uint64) []volume.PGState
 	// SetReadFloor takes the replicas' part of the PGMRPL.
 	SetReadFloor(floor uint64, held bool)
+	// PinReadPoint pins the VDL (no min_read_point above it) until release.
+	PinReadPoint() (lsn uint64, release func())
 }
 
 // Server is the writer's side of the redo stream. It implements
@@ -204,6 +206,14 @@ func (s *Server) wakeLocked() {
 	}
 }
 
+// Serving starts the PGMRPL's hold afresh: replicas find the stream only
+// once the writer is in the catalog, so the hold's time runs from there.
+func (s *Server) Serving() {
+	s.mu.Lock()
+	s.floors.Begin(time.Now())
+	s.mu.Unlock()
+}
+
 // Close ends every subscription.
 func (s *Server) Close() {
 	s.mu.Lock()
@@ -279,7 +289,19 @@ func (s *Server) Subscribe(stream pb.Replication_SubscribeServer) error {
 	}
 	sub := &subscription{id: hello.ReplicaId, wake: make(chan struct{}, 1)}
 	s.mu.Lock()
-	if s.closed || s.vol == nil {
+	vol := s.vol
+	s.mu.Unlock()
+	if vol == nil {
+		return status.Error(codes.Unavailable, "redo stream: the writer is not serving")
+	}
+	// Until the replica's floor is in the PGMRPL and its start's tails are
+	// read, nothing above the VDL now may reach storage as min_read_point:
+	// storage would collect versions a read at From needs, and the volume
+	// client would let go of the PG LSNs those tails are made of.
+	_, unpin := vol.PinReadPoint()
+	defer unpin()
+	s.mu.Lock()
+	if s.closed {
 		s.mu.Unlock()
 		return status.Error(codes.Unavailable, "redo stream: the writer is not serving")
 	}
@@ -313,8 +335,9 @@ func (s *Server) Subscribe(stream pb.Replication_SubscribeServer) error {
 	start := &pb.StreamStart{
 		VolumeId: s.cfg.VolumeID, Epoch: s.cfg.Epoch, From: from, Vdl: vdl,
 		PageSize: uint32(s.cfg.PageSize), PagesPerPg: s.cfg.PagesPerPG,
-		Pgs: pgStatesPB(s.vol.PGStates(from)), HeartbeatMs: uint32(Heartbeat.Milliseconds()),
+		Pgs: pgStatesPB(vol.PGStates(from)), HeartbeatMs: uint32(Heartbeat.Milliseconds()),
 	}
+	unpin()
 	if err := stream.Send(&pb.ReplicationMessage{Kind: &pb.ReplicationMessage_Start{Start: start}}); err != nil {
 		return err
 	}

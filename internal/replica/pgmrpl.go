@@ -39,6 +39,9 @@ func NewPGMRPL(ttl time.Duration, start time.Time, expect []string) *PGMRPL {
 	return a
 }
 
+// Begin restarts the start's hold at now (the writer became reachable).
+func (a *PGMRPL) Begin(now time.Time) { a.start = now }
+
 // Report records replica id's floor at now.
 func (a *PGMRPL) Report(id string, floor uint64, now time.Time) {
 	a.reports[id] = floorReport{floor: floor, at: now}

@@ -32,7 +32,10 @@ type PGState struct {
 }
 
 // PGStates returns every PG's state at read point at (at most the VDL): the
-// PGs this client touched, and those recovery reported.
+// PGs this client touched, and those recovery reported. A PG whose tail at
+// at this client no longer knows (its LSNs below the oldest read point were
+// let go) has Tail 0: unknown, never an older tail, which would let a read
+// at at go to a segment that lacks the PG's records up to it.
 func (c *Client) PGStates(at uint64) []PGState {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -50,8 +53,12 @@ func (c *Client) PGStates(at uint64) []PGState {
 		st := &PGState{PG: idx, Recovered: p.recovered, SCLs: make(map[string]uint64, len(p.scl))}
 		if t := c.pgTailLocked(p, at); t > 0 {
 			st.Tail = t
-		} else if old, ok := byPG[idx]; ok {
+		} else if old, ok := byPG[idx]; ok && (p.first == 0 || at < p.first) {
+			// Nothing this client wrote is at or below at: recovery's tail
+			// is the PG's.
 			st.Tail = old.Tail
+		} else {
+			st.Tail = 0
 		}
 		for id, scl := range p.scl {
 			st.SCLs[id] = scl
