@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
@@ -31,6 +30,10 @@ import (
 //
 // If no segment can serve the read, the error is a *ReadError naming the PG
 // and what each segment said.
+//
+// The decisions are made in package quorum (ReadNeed, ReadOrder,
+// HedgeDelay, Config.ReadsAsZeros); ReadPage gathers what they weigh and
+// sends the requests.
 func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]byte, error) {
 	idx, err := c.pgOf(page)
 	if err != nil {
@@ -51,11 +54,9 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 	c.st.reads.Add(1)
 
 	type cand struct {
-		n        *node
-		m        Member
-		lat      time.Duration
-		complete bool
-		up       bool
+		n   *node
+		m   Member
+		lat time.Duration
 	}
 	c.mu.Lock()
 	if err := c.failedLocked(); err != nil {
@@ -76,27 +77,18 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 	// A known tail (from our own writes or from recovery) means the PG holds
 	// records at or below readLSN, so "not hosted" can't mean "all zeros".
 	wrote := (p.first != 0 && p.first <= readLSN) || tail > 0
-	need := readLSN
-	if tail > 0 {
-		need = tail
-	}
 	now := time.Now()
-	cands := make([]cand, len(p.nodes))
+	known := make([]quorum.ReadCandidate, len(p.nodes))
 	for i, n := range p.nodes {
-		cands[i] = cand{n: n, m: p.members[i], lat: n.latency(), complete: p.scl[n.m.NodeID] >= need, up: n.reachable(now)}
+		id := p.members[i].NodeID
+		known[i] = quorum.ReadCandidate{ID: quorum.SegmentID(id), SCL: p.scl[id], Reachable: n.reachable(now), Latency: n.latency()}
 	}
 	c.mu.Unlock()
-	// Known complete first, then reachable (the Append stream answers),
-	// then fastest.
-	sort.SliceStable(cands, func(i, j int) bool {
-		if cands[i].complete != cands[j].complete {
-			return cands[i].complete
-		}
-		if cands[i].up != cands[j].up {
-			return cands[i].up
-		}
-		return cands[i].lat < cands[j].lat
-	})
+	order := quorum.ReadOrder(known, quorum.ReadNeed(readLSN, tail))
+	cands := make([]cand, len(order))
+	for k, i := range order {
+		cands[k] = cand{n: p.nodes[i], m: p.members[i], lat: known[i].Latency}
+	}
 
 	req := &pb.GetPageRequest{
 		Volume:       c.cfg.VolumeID,
@@ -137,7 +129,7 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 			}
 			results <- result{k, resp, err}
 		}()
-		return max(3*cands[k].lat, minHedge)
+		return quorum.HedgeDelay(cands[k].lat, minHedge)
 	}
 	hedge := time.NewTimer(launch())
 	defer hedge.Stop()
@@ -183,7 +175,7 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 		}
 		re.Tried = append(re.Tried, SegmentError{Member: cands[k].m, Err: err})
 	}
-	if !wrote && p.qcfg.FullReadQuorum(func(s quorum.SegmentID) bool { return notHosted[s] }) {
+	if p.qcfg.ReadsAsZeros(func(s quorum.SegmentID) bool { return notHosted[s] }, wrote) {
 		return make([]byte, c.cfg.PageSize), nil
 	}
 	return nil, re
