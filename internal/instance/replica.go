@@ -86,6 +86,9 @@ type Replica struct {
 	// applies remembers when recent VDLs were applied (ascending), for
 	// AppliedAt.
 	applies   applyRing
+	// decoded are the records of received MTR parts, by first LSN, until
+	// applied (or dropped with the subscription).
+	decoded map[uint64][]redo.Record
 	applyErrs uint64
 	lease     int64
 }
@@ -114,7 +117,7 @@ func StartReplica(ctx context.Context, cfg ReplicaConfig) (*Replica, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	r := &Replica{cfg: cfg, log: cfg.Logger.With("replica", cfg.ID, "volume", cfg.Volume), f: replica.NewFollower()}
+	r := &Replica{cfg: cfg, log: cfg.Logger.With("replica", cfg.ID, "volume", cfg.Volume), f: replica.NewFollower(), decoded: map[uint64][]redo.Record{}}
 	vcfg := volume.Config{ReadOnly: true, Logger: cfg.Logger}
 	rctx, cancel := context.WithCancel(context.Background())
 	if err := volume.NewFromControl(cfg.Ctl, cfg.Volume).Configure(rctx, &vcfg); err != nil {
@@ -301,6 +304,7 @@ func (r *Replica) handle(m *pb.ReplicationMessage) bool {
 	r.heard = now
 	switch k := m.Kind.(type) {
 	case *pb.ReplicationMessage_Start:
+		clear(r.decoded) // the Follower drops what it buffered
 		if k.Start.Epoch >= r.f.Epoch() {
 			// The tails at From are known before From is exposed. (The
 			// Follower refuses an older epoch's stream: a fenced writer's.)
@@ -329,14 +333,21 @@ func (r *Replica) handle(m *pb.ReplicationMessage) bool {
 		// would go unnoted, and reads would route to segments that lack
 		// it. Drop the stream and what it buffered; the writer sends the
 		// MTR again on the next subscription.
-		for _, b := range mtr.Records {
-			if _, err := redo.Decode(b); err != nil {
+		recs := make([]redo.Record, len(mtr.Records))
+		for i, b := range mtr.Records {
+			rec, err := redo.Decode(b)
+			if err != nil {
 				r.log.Error("a record of the writer's stream does not decode; subscribing again", "first", mtr.FirstLsn, "last", mtr.LastLsn, "err", err)
 				r.applyErrs++
 				r.f.Step(replica.Message{Kind: replica.Lost})
+				clear(r.decoded)
 				return true
 			}
+			recs[i] = rec
 		}
+		// Kept for apply, which gets the MTR (its parts put together)
+		// back from the Follower once the VDL covers it.
+		r.decoded[mtr.FirstLsn] = recs
 	}
 	msg, ok := redostream.MessageOf(m)
 	if !ok {
@@ -370,17 +381,7 @@ func (r *Replica) apply(rd replica.Ready, now time.Time) {
 		r.db.Resync(rd.Applied)
 	}
 	for _, mtr := range rd.Apply {
-		recs := make([]redo.Record, 0, len(mtr.Records))
-		bad := false
-		for _, b := range mtr.Records {
-			rec, err := redo.Decode(b)
-			if err != nil {
-				r.log.Error("a record of the writer's stream does not decode; dropping the page cache", "first", mtr.First, "last", mtr.Last, "err", err)
-				bad = true
-				break
-			}
-			recs = append(recs, rec)
-		}
+		recs, bad := r.records(mtr)
 		for _, rec := range recs {
 			r.vol.NoteRedo(rec.PG, rec.LSN)
 		}
@@ -396,6 +397,14 @@ func (r *Replica) apply(rd replica.Ready, now time.Time) {
 			r.applyErrs++
 			r.log.Error("an MTR did not apply to the page cache; its pages were dropped from it", "last", mtr.Last, "err", err)
 		}
+	}
+	for lsn := range r.decoded {
+		if lsn <= rd.Applied {
+			delete(r.decoded, lsn) // a duplicate of what is applied
+		}
+	}
+	if rd.Resubscribe {
+		clear(r.decoded)
 	}
 	before := r.vol.VDL()
 	r.vol.SetVDL(rd.Applied)
@@ -416,6 +425,35 @@ func (r *Replica) lost(err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.f.Step(replica.Message{Kind: replica.Lost})
+	clear(r.decoded)
+}
+
+// records returns mtr's records as handle decoded them, part by part
+// (decoding what it does not find, which only a bug would cause).
+func (r *Replica) records(mtr replica.MTR) (recs []redo.Record, bad bool) {
+	recs = make([]redo.Record, 0, len(mtr.Records))
+	for lsn := mtr.First; lsn <= mtr.Last; {
+		part, ok := r.decoded[lsn]
+		if !ok {
+			break
+		}
+		delete(r.decoded, lsn)
+		recs = append(recs, part...)
+		lsn += uint64(len(part))
+	}
+	if len(recs) == len(mtr.Records) {
+		return recs, false
+	}
+	recs = recs[:0]
+	for _, b := range mtr.Records {
+		rec, err := redo.Decode(b)
+		if err != nil {
+			r.log.Error("a record of the writer's stream does not decode; dropping the page cache", "first", mtr.First, "last", mtr.Last, "err", err)
+			return recs, true
+		}
+		recs = append(recs, rec)
+	}
+	return recs, false
 }
 
 func (r *Replica) position() (uint64, uint64) {
