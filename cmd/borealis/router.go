@@ -92,6 +92,7 @@ It keeps no state: run as many as you like.`,
 	f.StringVar(&listen, "listen", "", "HTTP address of the cluster endpoint (to the writer)")
 	f.StringVar(&readerListen, "reader-listen", "", "HTTP address of the reader endpoint (default: the --listen port + 1)")
 	f.DurationVar(&cfg.MaxLag, "max-lag", router.DefaultMaxLag, "the reader endpoint skips a replica lagging more than this behind the writer")
+	f.DurationVar(&cfg.FailoverWait, "failover-wait", router.DefaultFailoverWait, "how long a request on the cluster endpoint waits for a writer when there is none or it cannot be reached, as during a failover (negative: not at all)")
 	f.DurationVar(&cfg.Refresh, "refresh", router.DefaultRefresh, "how often to list the instances and poll their health")
 	return cmd
 }

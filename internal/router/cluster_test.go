@@ -3,6 +3,7 @@ package router
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -55,11 +56,18 @@ func TestClusterNoWriter(t *testing.T) {
 	ctl := startControl(t)
 	r1 := newInstance(t, "r1", RoleReplica)
 	ctl.set(r1.record(1))
-	h := newHarness(t, ctl, nil)
+	const failoverWait = 400 * time.Millisecond
+	h := newHarness(t, ctl, func(c *Config) { c.FailoverWait = failoverWait })
 
+	// It waits for a writer, up to FailoverWait, and then gives up.
+	began := time.Now()
 	rep := execute(t, h.cluster.URL)
-	if rep.status != http.StatusServiceUnavailable || rep.code != CodeNoWriter || !strings.Contains(rep.message, `volume "main" has no writer`) {
-		t.Fatalf("got HTTP %d %s, want 503 no_writer naming the volume", rep.status, rep.body)
+	took := time.Since(began)
+	if rep.status != http.StatusServiceUnavailable || rep.code != CodeNoWriter || !strings.Contains(rep.message, `volume "main" has no writer`) || !strings.Contains(rep.message, "waited") {
+		t.Fatalf("got HTTP %d %s, want 503 no_writer naming the volume and saying how long it waited", rep.status, rep.body)
+	}
+	if took < failoverWait {
+		t.Fatalf("answered no_writer after %s, before the %s FailoverWait", took, failoverWait)
 	}
 	if rep.instance != "" {
 		t.Fatalf("the router's own refusal names instance %q", rep.instance)
@@ -117,7 +125,7 @@ func TestClusterRetriesWhenWriterUnreachable(t *testing.T) {
 	w1 := newInstance(t, "w1", RoleWriter)
 	w2 := newInstance(t, "w2", RoleWriter)
 	ctl.set(w1.record(1))
-	h := newHarness(t, ctl, func(c *Config) { c.Refresh = time.Hour })
+	h := newHarness(t, ctl, func(c *Config) { c.Refresh = time.Hour; c.FailoverWait = 400 * time.Millisecond })
 	wait.For(t, within, "w1 as the writer", func() bool { return h.writerID() == "w1" })
 
 	w1.srv.Close()
@@ -125,11 +133,102 @@ func TestClusterRetriesWhenWriterUnreachable(t *testing.T) {
 	ctl.set(w2.record(2))
 	expect(t, execute(t, h.cluster.URL), http.StatusOK, "w2")
 
-	// With no writer left that can be reached: 502, naming it.
+	// With no writer left that can be reached, once the wait is over: 503
+	// no_writer, naming the one it tried.
 	w2.srv.Close()
 	rep := execute(t, h.cluster.URL)
+	if rep.status != http.StatusServiceUnavailable || rep.code != CodeNoWriter || !strings.Contains(rep.message, "w2") || !strings.Contains(rep.message, "waited") {
+		t.Fatalf("got HTTP %d %s, want 503 no_writer naming w2 and the wait", rep.status, rep.body)
+	}
+
+	// Not waiting at all (a negative FailoverWait): 502 unavailable, after
+	// one retry.
+	h2 := newHarness(t, ctl, func(c *Config) { c.Refresh = time.Hour; c.FailoverWait = -1 })
+	rep = execute(t, h2.cluster.URL)
 	if rep.status != http.StatusBadGateway || rep.code != CodeUnavailable || !strings.Contains(rep.message, "w2") {
 		t.Fatalf("got HTTP %d %s, want 502 unavailable naming w2", rep.status, rep.body)
+	}
+}
+
+// A request arriving while the volume has no writer (a failover under
+// way) waits for one, and is sent to it once its record appears.
+func TestClusterWaitsForAWriterToRegister(t *testing.T) {
+	ctl := startControl(t)
+	r1 := newInstance(t, "r1", RoleReplica)
+	ctl.set(r1.record(1))
+	h := newHarness(t, ctl, func(c *Config) { c.FailoverWait = within })
+	wait.For(t, within, "the first listing", func() bool { return ctl.lists.Load() > 0 && len(h.r.Status().Replicas) == 1 })
+
+	w1 := newInstance(t, "w1", RoleWriter)
+	const after = 300 * time.Millisecond
+	began := time.Now()
+	registered := time.AfterFunc(after, func() { ctl.set(w1.record(2)) })
+	defer registered.Stop()
+	body := `{"statements":[{"sql":"INSERT INTO t VALUES (1)"}]}`
+	expect(t, do(t, http.MethodPost, h.cluster.URL+"/v1/execute", body), http.StatusOK, "w1")
+	if took := time.Since(began); took < after {
+		t.Fatalf("answered after %s, before the writer registered (%s)", took, after)
+	}
+	if w1.executes.Load() != 1 || string(w1.body()) != body || r1.executes.Load() != 0 {
+		t.Fatalf("w1 got %d writes (body %q), r1 %d; want the one write, unchanged, at w1", w1.executes.Load(), w1.body(), r1.executes.Load())
+	}
+}
+
+// A request whose writer refuses connections (it died, its record not yet
+// expired) waits, and goes to the new writer once the catalog names it.
+func TestClusterWaitsWhileTheWriterRefusesConnections(t *testing.T) {
+	ctl := startControl(t)
+	w1 := newInstance(t, "w1", RoleWriter)
+	w2 := newInstance(t, "w2", RoleWriter)
+	ctl.set(w1.record(1))
+	h := newHarness(t, ctl, func(c *Config) { c.FailoverWait = within })
+	wait.For(t, within, "w1 as the writer", func() bool { return h.writerID() == "w1" })
+
+	w1.srv.Close() // its port refuses connections
+	const after = 300 * time.Millisecond
+	began := time.Now()
+	promoted := time.AfterFunc(after, func() { ctl.set(w2.record(2)) })
+	defer promoted.Stop()
+	expect(t, execute(t, h.cluster.URL), http.StatusOK, "w2")
+	if took := time.Since(began); took < after {
+		t.Fatalf("answered after %s, before the new writer registered (%s)", took, after)
+	}
+	if w2.executes.Load() != 1 {
+		t.Fatalf("w2 got %d writes, want 1", w2.executes.Load())
+	}
+}
+
+// A request whose writer refuses connections waits for the same endpoint
+// to answer again, as a writer restarting in place would.
+func TestClusterWaitsForTheSameWriterToComeBack(t *testing.T) {
+	ctl := startControl(t)
+	w1 := newInstance(t, "w1", RoleWriter)
+	ctl.set(w1.record(1))
+	h := newHarness(t, ctl, func(c *Config) { c.FailoverWait = within })
+	wait.For(t, within, "w1 as the writer", func() bool { return h.writerID() == "w1" })
+
+	addr := w1.srv.Listener.Addr().String()
+	w1.srv.Close()
+	back := make(chan error, 1)
+	restarted := time.AfterFunc(300*time.Millisecond, func() {
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			back <- err
+			return
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(w1.serve)}
+		t.Cleanup(func() { srv.Close() })
+		back <- nil
+		srv.Serve(lis)
+	})
+	defer restarted.Stop()
+	rep := execute(t, h.cluster.URL)
+	if err := <-back; err != nil {
+		t.Skipf("cannot listen on %s again: %v", addr, err)
+	}
+	expect(t, rep, http.StatusOK, "w1")
+	if w1.executes.Load() != 1 {
+		t.Fatalf("w1 got %d writes, want 1", w1.executes.Load())
 	}
 }
 

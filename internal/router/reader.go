@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // ReaderHandler returns the reader endpoint. It serves POST /v1/query, and
@@ -86,7 +87,7 @@ func (r *Router) serveQuery(w http.ResponseWriter, req *http.Request) {
 	} else {
 		why = fmt.Sprintf("no replica has applied min_lsn %d", q.MinLSN)
 	}
-	r.toWriter(w, req, b, true, why)
+	r.toWriter(w, req, b, true, why, time.Time{}, time.Time{})
 }
 
 // tryReplica forwards the query to the replica in, which pick counted as

@@ -45,6 +45,9 @@ const (
 	DefaultMaxLag        = time.Second
 	DefaultRefresh       = 250 * time.Millisecond
 	DefaultHealthTimeout = 500 * time.Millisecond
+	// DefaultFailoverWait is how long the cluster endpoint waits for a
+	// writer: a failover names a new one within seconds.
+	DefaultFailoverWait = 10 * time.Second
 	// DefaultMaxBodyBytes is the SQL API's default cap on a request body
 	// (dbserver.DefaultMaxBodyBytes).
 	DefaultMaxBodyBytes = 48 << 20
@@ -107,6 +110,12 @@ type Config struct {
 	// it whole). Default DefaultMaxBodyBytes. The cluster endpoint leaves
 	// the bound to the writer.
 	MaxBodyBytes int64
+	// FailoverWait is how long, from its start, a request on the cluster
+	// endpoint waits for a writer when there is none, or when the one it
+	// tried could not be reached before the request went out (see
+	// ClusterHandler). Default DefaultFailoverWait (zero means the
+	// default); negative: it does not wait.
+	FailoverWait time.Duration
 	// Logger receives the router's log; nil discards it.
 	Logger *slog.Logger
 	// Transport carries forwarded requests and health polls. Default: a
@@ -124,7 +133,8 @@ type WriterSource interface {
 	Writer() (Target, bool)
 	// Refresh brings Writer up to date; the cluster endpoint calls it when
 	// the writer refused a request as not_writer or could not be reached,
-	// before it retries once.
+	// before it retries, and every Config.Refresh while it waits for a
+	// writer (Config.FailoverWait).
 	Refresh(ctx context.Context) error
 }
 
@@ -230,6 +240,9 @@ func New(cfg Config) (*Router, error) {
 	}
 	if cfg.HealthTimeout <= 0 {
 		cfg.HealthTimeout = DefaultHealthTimeout
+	}
+	if cfg.FailoverWait == 0 {
+		cfg.FailoverWait = DefaultFailoverWait
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = DefaultMaxBodyBytes
