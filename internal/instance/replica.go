@@ -85,10 +85,10 @@ type Replica struct {
 	applyDelay time.Duration
 	// applies remembers when recent VDLs were applied (ascending), for
 	// AppliedAt.
-	applies   applyRing
+	applies applyRing
 	// decoded are the records of received MTR parts, by first LSN, until
 	// applied (or dropped with the subscription).
-	decoded map[uint64][]redo.Record
+	decoded   map[uint64][]redo.Record
 	applyErrs uint64
 	lease     int64
 }
