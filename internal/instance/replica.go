@@ -73,8 +73,8 @@ type Replica struct {
 	f        *replica.Follower
 	writer   string // the writer's SQL endpoint
 	heard    time.Time
+	streamAt time.Time // when the current subscription started (tests wait on it)
 	started  bool
-	streamAt time.Time // when the current subscription started
 	// behindSince is the writer's clock when the oldest VDL not yet applied
 	// was reached (0: caught up).
 	behindSince int64
@@ -88,9 +88,8 @@ type Replica struct {
 	applies applyRing
 	// decoded are the records of received MTR parts, by first LSN, until
 	// applied (or dropped with the subscription).
-	decoded   map[uint64][]redo.Record
-	applyErrs uint64
-	lease     int64
+	decoded map[uint64][]redo.Record
+	lease   int64
 }
 
 type applyMark struct {
@@ -338,7 +337,6 @@ func (r *Replica) handle(m *pb.ReplicationMessage) bool {
 			rec, err := redo.Decode(b)
 			if err != nil {
 				r.log.Error("a record of the writer's stream does not decode; subscribing again", "first", mtr.FirstLsn, "last", mtr.LastLsn, "err", err)
-				r.applyErrs++
 				r.f.Step(replica.Message{Kind: replica.Lost})
 				clear(r.decoded)
 				return true
@@ -389,12 +387,10 @@ func (r *Replica) apply(rd replica.Ready, now time.Time) {
 			continue // no cache yet: storage serves every page
 		}
 		if bad {
-			r.applyErrs++
 			r.db.Resync(mtr.Last)
 			continue
 		}
 		if err := r.db.Apply(mtr.Last, recs); err != nil {
-			r.applyErrs++
 			r.log.Error("an MTR did not apply to the page cache; its pages were dropped from it", "last", mtr.Last, "err", err)
 		}
 	}

@@ -14,7 +14,6 @@ package redostream
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math"
 	"sort"
@@ -547,11 +546,4 @@ func PGStatesOf(pgs []*pb.PGState) []volume.PGState {
 		out = append(out, st)
 	}
 	return out
-}
-
-// String describes the server for logs.
-func (s *Server) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return fmt.Sprintf("redo stream of volume %d epoch %d: %d MTRs kept above %d, %d subscribed", s.cfg.VolumeID, s.cfg.Epoch, len(s.mtrs), s.start, len(s.subs))
 }
