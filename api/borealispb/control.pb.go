@@ -1648,6 +1648,593 @@ func (x *AcquireWriterRequest) GetTtlMs() uint32 {
 	return 0
 }
 
+type WatchWriterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchWriterRequest) Reset() {
+	*x = WatchWriterRequest{}
+	mi := &file_control_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchWriterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchWriterRequest) ProtoMessage() {}
+
+func (x *WatchWriterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchWriterRequest.ProtoReflect.Descriptor instead.
+func (*WatchWriterRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *WatchWriterRequest) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+// WriterState is a volume's writer as the catalog knows it.
+type WriterState struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Volume   string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	VolumeId uint64                 `protobuf:"varint,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	// The lease's holder ("" when no one holds it), the epoch it took and when.
+	Holder         string `protobuf:"bytes,3,opt,name=holder,proto3" json:"holder,omitempty"`
+	Epoch          uint64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	AcquiredUnixMs int64  `protobuf:"varint,5,opt,name=acquired_unix_ms,json=acquiredUnixMs,proto3" json:"acquired_unix_ms,omitempty"`
+	TtlMs          uint32 `protobuf:"varint,6,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	// The holder's registration, once it registered as the writer.
+	Writer *InstanceInfo `protobuf:"bytes,7,opt,name=writer,proto3" json:"writer,omitempty"`
+	// The current failover, or the last one (absent if none ever ran).
+	Failover *FailoverInfo `protobuf:"bytes,8,opt,name=failover,proto3" json:"failover,omitempty"`
+	// The catalog revision this state was read at.
+	Revision      int64 `protobuf:"varint,9,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriterState) Reset() {
+	*x = WriterState{}
+	mi := &file_control_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriterState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriterState) ProtoMessage() {}
+
+func (x *WriterState) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriterState.ProtoReflect.Descriptor instead.
+func (*WriterState) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *WriterState) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *WriterState) GetVolumeId() uint64 {
+	if x != nil {
+		return x.VolumeId
+	}
+	return 0
+}
+
+func (x *WriterState) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *WriterState) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *WriterState) GetAcquiredUnixMs() int64 {
+	if x != nil {
+		return x.AcquiredUnixMs
+	}
+	return 0
+}
+
+func (x *WriterState) GetTtlMs() uint32 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+func (x *WriterState) GetWriter() *InstanceInfo {
+	if x != nil {
+		return x.Writer
+	}
+	return nil
+}
+
+func (x *WriterState) GetFailover() *FailoverInfo {
+	if x != nil {
+		return x.Failover
+	}
+	return nil
+}
+
+func (x *WriterState) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// FailoverInfo is one failover of a volume's writer role.
+type FailoverInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Round uint64                 `protobuf:"varint,1,opt,name=round,proto3" json:"round,omitempty"`
+	// "unplanned" (the writer's lease was lost) or "planned" (Switchover).
+	Kind   string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The writer that lost (or hands over) the role, and its epoch.
+	From      string `protobuf:"bytes,4,opt,name=from,proto3" json:"from,omitempty"`
+	FromEpoch uint64 `protobuf:"varint,5,opt,name=from_epoch,json=fromEpoch,proto3" json:"from_epoch,omitempty"`
+	// "draining" (planned: the old writer finishes what it has in flight),
+	// "choosing" (no replica to promote yet), "promoting", "done", "failed".
+	State string `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	// The replica chosen, and the ones that failed to promote this round.
+	Target string   `protobuf:"bytes,7,opt,name=target,proto3" json:"target,omitempty"`
+	Tried  []string `protobuf:"bytes,8,rep,name=tried,proto3" json:"tried,omitempty"`
+	// What the failover waits for, if it waits.
+	Why string `protobuf:"bytes,9,opt,name=why,proto3" json:"why,omitempty"`
+	// The new writer's epoch, once it holds the lease.
+	Epoch          uint64 `protobuf:"varint,10,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	DetectedUnixMs int64  `protobuf:"varint,11,opt,name=detected_unix_ms,json=detectedUnixMs,proto3" json:"detected_unix_ms,omitempty"`
+	DecidedUnixMs  int64  `protobuf:"varint,12,opt,name=decided_unix_ms,json=decidedUnixMs,proto3" json:"decided_unix_ms,omitempty"`
+	DoneUnixMs     int64  `protobuf:"varint,13,opt,name=done_unix_ms,json=doneUnixMs,proto3" json:"done_unix_ms,omitempty"`
+	// The promoted instance's steps: taking the lease, fencing storage with
+	// the new epoch, the rest of recovery, and opening the database to
+	// serve; and for a planned one, the old writer's drain.
+	LeaseMs    uint32 `protobuf:"varint,14,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	EpochMs    uint32 `protobuf:"varint,15,opt,name=epoch_ms,json=epochMs,proto3" json:"epoch_ms,omitempty"`
+	RecoveryMs uint32 `protobuf:"varint,16,opt,name=recovery_ms,json=recoveryMs,proto3" json:"recovery_ms,omitempty"`
+	OpenMs     uint32 `protobuf:"varint,17,opt,name=open_ms,json=openMs,proto3" json:"open_ms,omitempty"`
+	DrainMs    uint32 `protobuf:"varint,18,opt,name=drain_ms,json=drainMs,proto3" json:"drain_ms,omitempty"`
+	// The VDL the old writer handed over at (planned), and the one the new
+	// writer's recovery found.
+	HandoverVdl uint64 `protobuf:"varint,19,opt,name=handover_vdl,json=handoverVdl,proto3" json:"handover_vdl,omitempty"`
+	Vdl         uint64 `protobuf:"varint,20,opt,name=vdl,proto3" json:"vdl,omitempty"`
+	// The new writer kept its page cache.
+	Warm bool `protobuf:"varint,21,opt,name=warm,proto3" json:"warm,omitempty"`
+	// The target must take the lease by then, or another is chosen.
+	DeadlineUnixMs int64 `protobuf:"varint,22,opt,name=deadline_unix_ms,json=deadlineUnixMs,proto3" json:"deadline_unix_ms,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FailoverInfo) Reset() {
+	*x = FailoverInfo{}
+	mi := &file_control_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailoverInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailoverInfo) ProtoMessage() {}
+
+func (x *FailoverInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailoverInfo.ProtoReflect.Descriptor instead.
+func (*FailoverInfo) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *FailoverInfo) GetRound() uint64 {
+	if x != nil {
+		return x.Round
+	}
+	return 0
+}
+
+func (x *FailoverInfo) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *FailoverInfo) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *FailoverInfo) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *FailoverInfo) GetFromEpoch() uint64 {
+	if x != nil {
+		return x.FromEpoch
+	}
+	return 0
+}
+
+func (x *FailoverInfo) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *FailoverInfo) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *FailoverInfo) GetTried() []string {
+	if x != nil {
+		return x.Tried
+	}
+	return nil
+}
+
+func (x *FailoverInfo) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
+func (x *FailoverInfo) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *FailoverInfo) GetDetectedUnixMs() int64 {
+	if x != nil {
+		return x.DetectedUnixMs
+	}
+	return 0
+}
+
+func (x *FailoverInfo) GetDecidedUnixMs() int64 {
+	if x != nil {
+		return x.DecidedUnixMs
+	}
+	return 0
+}
+
+func (x *FailoverInfo) GetDoneUnixMs() int64 {
+	if x != nil {
+		return x.DoneUnixMs
+	}
+	return 0
+}
+
+func (x *FailoverInfo) GetLeaseMs() uint32 {
+	if x != nil {
+		return x.LeaseMs
+	}
+	return 0
+}
+
+func (x *FailoverInfo) GetEpochMs() uint32 {
+	if x != nil {
+		return x.EpochMs
+	}
+	return 0
+}
+
+func (x *FailoverInfo) GetRecoveryMs() uint32 {
+	if x != nil {
+		return x.RecoveryMs
+	}
+	return 0
+}
+
+func (x *FailoverInfo) GetOpenMs() uint32 {
+	if x != nil {
+		return x.OpenMs
+	}
+	return 0
+}
+
+func (x *FailoverInfo) GetDrainMs() uint32 {
+	if x != nil {
+		return x.DrainMs
+	}
+	return 0
+}
+
+func (x *FailoverInfo) GetHandoverVdl() uint64 {
+	if x != nil {
+		return x.HandoverVdl
+	}
+	return 0
+}
+
+func (x *FailoverInfo) GetVdl() uint64 {
+	if x != nil {
+		return x.Vdl
+	}
+	return 0
+}
+
+func (x *FailoverInfo) GetWarm() bool {
+	if x != nil {
+		return x.Warm
+	}
+	return false
+}
+
+func (x *FailoverInfo) GetDeadlineUnixMs() int64 {
+	if x != nil {
+		return x.DeadlineUnixMs
+	}
+	return 0
+}
+
+type SwitchoverRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	To            string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SwitchoverRequest) Reset() {
+	*x = SwitchoverRequest{}
+	mi := &file_control_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwitchoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwitchoverRequest) ProtoMessage() {}
+
+func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwitchoverRequest.ProtoReflect.Descriptor instead.
+func (*SwitchoverRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *SwitchoverRequest) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *SwitchoverRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+type ReportFailoverRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Volume string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	Round  uint64                 `protobuf:"varint,2,opt,name=round,proto3" json:"round,omitempty"`
+	// The reporting instance: the target, or (planned) the old writer.
+	Instance string `protobuf:"bytes,3,opt,name=instance,proto3" json:"instance,omitempty"`
+	// "waiting" (with why), "draining" (old writer), "handed_over" (old
+	// writer, with handover_vdl), "done" (with the steps), "failed" (why).
+	State         string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	Why           string `protobuf:"bytes,5,opt,name=why,proto3" json:"why,omitempty"`
+	Epoch         uint64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	LeaseMs       uint32 `protobuf:"varint,7,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	EpochMs       uint32 `protobuf:"varint,8,opt,name=epoch_ms,json=epochMs,proto3" json:"epoch_ms,omitempty"`
+	RecoveryMs    uint32 `protobuf:"varint,9,opt,name=recovery_ms,json=recoveryMs,proto3" json:"recovery_ms,omitempty"`
+	OpenMs        uint32 `protobuf:"varint,10,opt,name=open_ms,json=openMs,proto3" json:"open_ms,omitempty"`
+	DrainMs       uint32 `protobuf:"varint,11,opt,name=drain_ms,json=drainMs,proto3" json:"drain_ms,omitempty"`
+	HandoverVdl   uint64 `protobuf:"varint,12,opt,name=handover_vdl,json=handoverVdl,proto3" json:"handover_vdl,omitempty"`
+	Vdl           uint64 `protobuf:"varint,13,opt,name=vdl,proto3" json:"vdl,omitempty"`
+	Warm          bool   `protobuf:"varint,14,opt,name=warm,proto3" json:"warm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportFailoverRequest) Reset() {
+	*x = ReportFailoverRequest{}
+	mi := &file_control_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportFailoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportFailoverRequest) ProtoMessage() {}
+
+func (x *ReportFailoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportFailoverRequest.ProtoReflect.Descriptor instead.
+func (*ReportFailoverRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ReportFailoverRequest) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *ReportFailoverRequest) GetRound() uint64 {
+	if x != nil {
+		return x.Round
+	}
+	return 0
+}
+
+func (x *ReportFailoverRequest) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *ReportFailoverRequest) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ReportFailoverRequest) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
+func (x *ReportFailoverRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ReportFailoverRequest) GetLeaseMs() uint32 {
+	if x != nil {
+		return x.LeaseMs
+	}
+	return 0
+}
+
+func (x *ReportFailoverRequest) GetEpochMs() uint32 {
+	if x != nil {
+		return x.EpochMs
+	}
+	return 0
+}
+
+func (x *ReportFailoverRequest) GetRecoveryMs() uint32 {
+	if x != nil {
+		return x.RecoveryMs
+	}
+	return 0
+}
+
+func (x *ReportFailoverRequest) GetOpenMs() uint32 {
+	if x != nil {
+		return x.OpenMs
+	}
+	return 0
+}
+
+func (x *ReportFailoverRequest) GetDrainMs() uint32 {
+	if x != nil {
+		return x.DrainMs
+	}
+	return 0
+}
+
+func (x *ReportFailoverRequest) GetHandoverVdl() uint64 {
+	if x != nil {
+		return x.HandoverVdl
+	}
+	return 0
+}
+
+func (x *ReportFailoverRequest) GetVdl() uint64 {
+	if x != nil {
+		return x.Vdl
+	}
+	return 0
+}
+
+func (x *ReportFailoverRequest) GetWarm() bool {
+	if x != nil {
+		return x.Warm
+	}
+	return false
+}
+
 type AcquireWriterResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Lease         int64                  `protobuf:"varint,1,opt,name=lease,proto3" json:"lease,omitempty"`
@@ -1659,7 +2246,7 @@ type AcquireWriterResponse struct {
 
 func (x *AcquireWriterResponse) Reset() {
 	*x = AcquireWriterResponse{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +2258,7 @@ func (x *AcquireWriterResponse) String() string {
 func (*AcquireWriterResponse) ProtoMessage() {}
 
 func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +2271,7 @@ func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterResponse.ProtoReflect.Descriptor instead.
 func (*AcquireWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AcquireWriterResponse) GetLease() int64 {
@@ -1717,7 +2304,7 @@ type RenewWriterRequest struct {
 
 func (x *RenewWriterRequest) Reset() {
 	*x = RenewWriterRequest{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +2316,7 @@ func (x *RenewWriterRequest) String() string {
 func (*RenewWriterRequest) ProtoMessage() {}
 
 func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +2329,7 @@ func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterRequest.ProtoReflect.Descriptor instead.
 func (*RenewWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RenewWriterRequest) GetLease() int64 {
@@ -1760,7 +2347,7 @@ type RenewWriterResponse struct {
 
 func (x *RenewWriterResponse) Reset() {
 	*x = RenewWriterResponse{}
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1772,7 +2359,7 @@ func (x *RenewWriterResponse) String() string {
 func (*RenewWriterResponse) ProtoMessage() {}
 
 func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1785,7 +2372,7 @@ func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterResponse.ProtoReflect.Descriptor instead.
 func (*RenewWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{30}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 type ReleaseWriterRequest struct {
@@ -1797,7 +2384,7 @@ type ReleaseWriterRequest struct {
 
 func (x *ReleaseWriterRequest) Reset() {
 	*x = ReleaseWriterRequest{}
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +2396,7 @@ func (x *ReleaseWriterRequest) String() string {
 func (*ReleaseWriterRequest) ProtoMessage() {}
 
 func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +2409,7 @@ func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{31}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ReleaseWriterRequest) GetLease() int64 {
@@ -1840,7 +2427,7 @@ type ReleaseWriterResponse struct {
 
 func (x *ReleaseWriterResponse) Reset() {
 	*x = ReleaseWriterResponse{}
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +2439,7 @@ func (x *ReleaseWriterResponse) String() string {
 func (*ReleaseWriterResponse) ProtoMessage() {}
 
 func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +2452,7 @@ func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{32}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 type RecordTruncationRequest struct {
@@ -1882,7 +2469,7 @@ type RecordTruncationRequest struct {
 
 func (x *RecordTruncationRequest) Reset() {
 	*x = RecordTruncationRequest{}
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +2481,7 @@ func (x *RecordTruncationRequest) String() string {
 func (*RecordTruncationRequest) ProtoMessage() {}
 
 func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +2494,7 @@ func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationRequest.ProtoReflect.Descriptor instead.
 func (*RecordTruncationRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{33}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RecordTruncationRequest) GetVolume() string {
@@ -1955,7 +2542,7 @@ type RecordTruncationResponse struct {
 
 func (x *RecordTruncationResponse) Reset() {
 	*x = RecordTruncationResponse{}
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1967,7 +2554,7 @@ func (x *RecordTruncationResponse) String() string {
 func (*RecordTruncationResponse) ProtoMessage() {}
 
 func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1980,7 +2567,7 @@ func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationResponse.ProtoReflect.Descriptor instead.
 func (*RecordTruncationResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{34}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RecordTruncationResponse) GetTruncations() []*TruncationRecord {
@@ -1998,7 +2585,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2010,7 +2597,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2023,7 +2610,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{35}
+	return file_control_proto_rawDescGZIP(), []int{40}
 }
 
 type NodeStatus struct {
@@ -2041,7 +2628,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2053,7 +2640,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2066,7 +2653,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -2115,7 +2702,7 @@ type WriterStatus struct {
 
 func (x *WriterStatus) Reset() {
 	*x = WriterStatus{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2714,7 @@ func (x *WriterStatus) String() string {
 func (*WriterStatus) ProtoMessage() {}
 
 func (x *WriterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2727,7 @@ func (x *WriterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterStatus.ProtoReflect.Descriptor instead.
 func (*WriterStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *WriterStatus) GetVolume() string {
@@ -2176,7 +2763,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2188,7 +2775,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2201,7 +2788,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{38}
+	return file_control_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -2343,7 +2930,66 @@ const file_control_proto_rawDesc = "" +
 	"\x14AcquireWriterRequest\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x15\n" +
-	"\x06ttl_ms\x18\x03 \x01(\rR\x05ttlMs\"t\n" +
+	"\x06ttl_ms\x18\x03 \x01(\rR\x05ttlMs\",\n" +
+	"\x12WatchWriterRequest\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\tR\x06volume\"\xb7\x02\n" +
+	"\vWriterState\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x1b\n" +
+	"\tvolume_id\x18\x02 \x01(\x04R\bvolumeId\x12\x16\n" +
+	"\x06holder\x18\x03 \x01(\tR\x06holder\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12(\n" +
+	"\x10acquired_unix_ms\x18\x05 \x01(\x03R\x0eacquiredUnixMs\x12\x15\n" +
+	"\x06ttl_ms\x18\x06 \x01(\rR\x05ttlMs\x121\n" +
+	"\x06writer\x18\a \x01(\v2\x19.borealis.v1.InstanceInfoR\x06writer\x125\n" +
+	"\bfailover\x18\b \x01(\v2\x19.borealis.v1.FailoverInfoR\bfailover\x12\x1a\n" +
+	"\brevision\x18\t \x01(\x03R\brevision\"\xe1\x04\n" +
+	"\fFailoverInfo\x12\x14\n" +
+	"\x05round\x18\x01 \x01(\x04R\x05round\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x12\n" +
+	"\x04from\x18\x04 \x01(\tR\x04from\x12\x1d\n" +
+	"\n" +
+	"from_epoch\x18\x05 \x01(\x04R\tfromEpoch\x12\x14\n" +
+	"\x05state\x18\x06 \x01(\tR\x05state\x12\x16\n" +
+	"\x06target\x18\a \x01(\tR\x06target\x12\x14\n" +
+	"\x05tried\x18\b \x03(\tR\x05tried\x12\x10\n" +
+	"\x03why\x18\t \x01(\tR\x03why\x12\x14\n" +
+	"\x05epoch\x18\n" +
+	" \x01(\x04R\x05epoch\x12(\n" +
+	"\x10detected_unix_ms\x18\v \x01(\x03R\x0edetectedUnixMs\x12&\n" +
+	"\x0fdecided_unix_ms\x18\f \x01(\x03R\rdecidedUnixMs\x12 \n" +
+	"\fdone_unix_ms\x18\r \x01(\x03R\n" +
+	"doneUnixMs\x12\x19\n" +
+	"\blease_ms\x18\x0e \x01(\rR\aleaseMs\x12\x19\n" +
+	"\bepoch_ms\x18\x0f \x01(\rR\aepochMs\x12\x1f\n" +
+	"\vrecovery_ms\x18\x10 \x01(\rR\n" +
+	"recoveryMs\x12\x17\n" +
+	"\aopen_ms\x18\x11 \x01(\rR\x06openMs\x12\x19\n" +
+	"\bdrain_ms\x18\x12 \x01(\rR\adrainMs\x12!\n" +
+	"\fhandover_vdl\x18\x13 \x01(\x04R\vhandoverVdl\x12\x10\n" +
+	"\x03vdl\x18\x14 \x01(\x04R\x03vdl\x12\x12\n" +
+	"\x04warm\x18\x15 \x01(\bR\x04warm\x12(\n" +
+	"\x10deadline_unix_ms\x18\x16 \x01(\x03R\x0edeadlineUnixMs\";\n" +
+	"\x11SwitchoverRequest\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\"\xf3\x02\n" +
+	"\x15ReportFailoverRequest\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x14\n" +
+	"\x05round\x18\x02 \x01(\x04R\x05round\x12\x1a\n" +
+	"\binstance\x18\x03 \x01(\tR\binstance\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x10\n" +
+	"\x03why\x18\x05 \x01(\tR\x03why\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\x12\x19\n" +
+	"\blease_ms\x18\a \x01(\rR\aleaseMs\x12\x19\n" +
+	"\bepoch_ms\x18\b \x01(\rR\aepochMs\x12\x1f\n" +
+	"\vrecovery_ms\x18\t \x01(\rR\n" +
+	"recoveryMs\x12\x17\n" +
+	"\aopen_ms\x18\n" +
+	" \x01(\rR\x06openMs\x12\x19\n" +
+	"\bdrain_ms\x18\v \x01(\rR\adrainMs\x12!\n" +
+	"\fhandover_vdl\x18\f \x01(\x04R\vhandoverVdl\x12\x10\n" +
+	"\x03vdl\x18\r \x01(\x04R\x03vdl\x12\x12\n" +
+	"\x04warm\x18\x0e \x01(\bR\x04warm\"t\n" +
 	"\x15AcquireWriterResponse\x12\x14\n" +
 	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12/\n" +
@@ -2378,8 +3024,7 @@ const file_control_proto_rawDesc = "" +
 	"\x05nodes\x18\x01 \x03(\v2\x17.borealis.v1.NodeStatusR\x05nodes\x121\n" +
 	"\avolumes\x18\x02 \x03(\v2\x17.borealis.v1.VolumeInfoR\avolumes\x123\n" +
 	"\awriters\x18\x03 \x03(\v2\x19.borealis.v1.WriterStatusR\awriters\x120\n" +
-	"\x14heartbeat_timeout_ms\x18\x04 \x01(\rR\x12heartbeatTimeoutMs2\xff\n" +
-	"\n" +
+	"\x14heartbeat_timeout_ms\x18\x04 \x01(\rR\x12heartbeatTimeoutMs2\xe5\f\n" +
 	"\aControl\x12S\n" +
 	"\fRegisterNode\x12 .borealis.v1.RegisterNodeRequest\x1a!.borealis.v1.RegisterNodeResponse\x12J\n" +
 	"\tHeartbeat\x12\x1d.borealis.v1.HeartbeatRequest\x1a\x1e.borealis.v1.HeartbeatResponse\x12I\n" +
@@ -2397,7 +3042,11 @@ const file_control_proto_rawDesc = "" +
 	"\x10RegisterInstance\x12$.borealis.v1.RegisterInstanceRequest\x1a%.borealis.v1.RegisterInstanceResponse\x12V\n" +
 	"\rRenewInstance\x12!.borealis.v1.RenewInstanceRequest\x1a\".borealis.v1.RenewInstanceResponse\x12e\n" +
 	"\x12DeregisterInstance\x12&.borealis.v1.DeregisterInstanceRequest\x1a'.borealis.v1.DeregisterInstanceResponse\x12V\n" +
-	"\rListInstances\x12!.borealis.v1.ListInstancesRequest\x1a\".borealis.v1.ListInstancesResponseB;Z9github.com/borealis-db/borealis/api/borealispb;borealispbb\x06proto3"
+	"\rListInstances\x12!.borealis.v1.ListInstancesRequest\x1a\".borealis.v1.ListInstancesResponse\x12J\n" +
+	"\vWatchWriter\x12\x1f.borealis.v1.WatchWriterRequest\x1a\x18.borealis.v1.WriterState0\x01\x12G\n" +
+	"\n" +
+	"Switchover\x12\x1e.borealis.v1.SwitchoverRequest\x1a\x19.borealis.v1.FailoverInfo\x12O\n" +
+	"\x0eReportFailover\x12\".borealis.v1.ReportFailoverRequest\x1a\x19.borealis.v1.FailoverInfoB;Z9github.com/borealis-db/borealis/api/borealispb;borealispbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -2411,7 +3060,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_control_proto_goTypes = []any{
 	(*InstanceInfo)(nil),               // 0: borealis.v1.InstanceInfo
 	(*RegisterInstanceRequest)(nil),    // 1: borealis.v1.RegisterInstanceRequest
@@ -2441,17 +3090,22 @@ var file_control_proto_goTypes = []any{
 	(*AddPGRequest)(nil),               // 25: borealis.v1.AddPGRequest
 	(*WatchVolumeRequest)(nil),         // 26: borealis.v1.WatchVolumeRequest
 	(*AcquireWriterRequest)(nil),       // 27: borealis.v1.AcquireWriterRequest
-	(*AcquireWriterResponse)(nil),      // 28: borealis.v1.AcquireWriterResponse
-	(*RenewWriterRequest)(nil),         // 29: borealis.v1.RenewWriterRequest
-	(*RenewWriterResponse)(nil),        // 30: borealis.v1.RenewWriterResponse
-	(*ReleaseWriterRequest)(nil),       // 31: borealis.v1.ReleaseWriterRequest
-	(*ReleaseWriterResponse)(nil),      // 32: borealis.v1.ReleaseWriterResponse
-	(*RecordTruncationRequest)(nil),    // 33: borealis.v1.RecordTruncationRequest
-	(*RecordTruncationResponse)(nil),   // 34: borealis.v1.RecordTruncationResponse
-	(*StatusRequest)(nil),              // 35: borealis.v1.StatusRequest
-	(*NodeStatus)(nil),                 // 36: borealis.v1.NodeStatus
-	(*WriterStatus)(nil),               // 37: borealis.v1.WriterStatus
-	(*StatusResponse)(nil),             // 38: borealis.v1.StatusResponse
+	(*WatchWriterRequest)(nil),         // 28: borealis.v1.WatchWriterRequest
+	(*WriterState)(nil),                // 29: borealis.v1.WriterState
+	(*FailoverInfo)(nil),               // 30: borealis.v1.FailoverInfo
+	(*SwitchoverRequest)(nil),          // 31: borealis.v1.SwitchoverRequest
+	(*ReportFailoverRequest)(nil),      // 32: borealis.v1.ReportFailoverRequest
+	(*AcquireWriterResponse)(nil),      // 33: borealis.v1.AcquireWriterResponse
+	(*RenewWriterRequest)(nil),         // 34: borealis.v1.RenewWriterRequest
+	(*RenewWriterResponse)(nil),        // 35: borealis.v1.RenewWriterResponse
+	(*ReleaseWriterRequest)(nil),       // 36: borealis.v1.ReleaseWriterRequest
+	(*ReleaseWriterResponse)(nil),      // 37: borealis.v1.ReleaseWriterResponse
+	(*RecordTruncationRequest)(nil),    // 38: borealis.v1.RecordTruncationRequest
+	(*RecordTruncationResponse)(nil),   // 39: borealis.v1.RecordTruncationResponse
+	(*StatusRequest)(nil),              // 40: borealis.v1.StatusRequest
+	(*NodeStatus)(nil),                 // 41: borealis.v1.NodeStatus
+	(*WriterStatus)(nil),               // 42: borealis.v1.WriterStatus
+	(*StatusResponse)(nil),             // 43: borealis.v1.StatusResponse
 }
 var file_control_proto_depIdxs = []int32{
 	0,  // 0: borealis.v1.RegisterInstanceRequest.info:type_name -> borealis.v1.InstanceInfo
@@ -2465,50 +3119,58 @@ var file_control_proto_depIdxs = []int32{
 	21, // 8: borealis.v1.PGInfo.segments:type_name -> borealis.v1.SegmentInfo
 	22, // 9: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
 	24, // 10: borealis.v1.VolumeInfo.truncations:type_name -> borealis.v1.TruncationRecord
-	23, // 11: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
-	24, // 12: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
-	36, // 13: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
-	23, // 14: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	37, // 15: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
-	9,  // 16: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
-	11, // 17: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
-	15, // 18: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
-	16, // 19: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
-	19, // 20: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
-	17, // 21: borealis.v1.Control.DeleteVolume:input_type -> borealis.v1.DeleteVolumeRequest
-	25, // 22: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
-	26, // 23: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
-	27, // 24: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
-	29, // 25: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
-	31, // 26: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
-	33, // 27: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
-	35, // 28: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
-	1,  // 29: borealis.v1.Control.RegisterInstance:input_type -> borealis.v1.RegisterInstanceRequest
-	3,  // 30: borealis.v1.Control.RenewInstance:input_type -> borealis.v1.RenewInstanceRequest
-	5,  // 31: borealis.v1.Control.DeregisterInstance:input_type -> borealis.v1.DeregisterInstanceRequest
-	7,  // 32: borealis.v1.Control.ListInstances:input_type -> borealis.v1.ListInstancesRequest
-	10, // 33: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
-	12, // 34: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
-	23, // 35: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
-	23, // 36: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
-	20, // 37: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
-	18, // 38: borealis.v1.Control.DeleteVolume:output_type -> borealis.v1.DeleteVolumeResponse
-	22, // 39: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
-	22, // 40: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
-	28, // 41: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
-	30, // 42: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
-	32, // 43: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
-	34, // 44: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
-	38, // 45: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
-	2,  // 46: borealis.v1.Control.RegisterInstance:output_type -> borealis.v1.RegisterInstanceResponse
-	4,  // 47: borealis.v1.Control.RenewInstance:output_type -> borealis.v1.RenewInstanceResponse
-	6,  // 48: borealis.v1.Control.DeregisterInstance:output_type -> borealis.v1.DeregisterInstanceResponse
-	8,  // 49: borealis.v1.Control.ListInstances:output_type -> borealis.v1.ListInstancesResponse
-	33, // [33:50] is the sub-list for method output_type
-	16, // [16:33] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	0,  // 11: borealis.v1.WriterState.writer:type_name -> borealis.v1.InstanceInfo
+	30, // 12: borealis.v1.WriterState.failover:type_name -> borealis.v1.FailoverInfo
+	23, // 13: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
+	24, // 14: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
+	41, // 15: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
+	23, // 16: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	42, // 17: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
+	9,  // 18: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
+	11, // 19: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
+	15, // 20: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
+	16, // 21: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
+	19, // 22: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
+	17, // 23: borealis.v1.Control.DeleteVolume:input_type -> borealis.v1.DeleteVolumeRequest
+	25, // 24: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
+	26, // 25: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
+	27, // 26: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
+	34, // 27: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
+	36, // 28: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
+	38, // 29: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
+	40, // 30: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
+	1,  // 31: borealis.v1.Control.RegisterInstance:input_type -> borealis.v1.RegisterInstanceRequest
+	3,  // 32: borealis.v1.Control.RenewInstance:input_type -> borealis.v1.RenewInstanceRequest
+	5,  // 33: borealis.v1.Control.DeregisterInstance:input_type -> borealis.v1.DeregisterInstanceRequest
+	7,  // 34: borealis.v1.Control.ListInstances:input_type -> borealis.v1.ListInstancesRequest
+	28, // 35: borealis.v1.Control.WatchWriter:input_type -> borealis.v1.WatchWriterRequest
+	31, // 36: borealis.v1.Control.Switchover:input_type -> borealis.v1.SwitchoverRequest
+	32, // 37: borealis.v1.Control.ReportFailover:input_type -> borealis.v1.ReportFailoverRequest
+	10, // 38: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
+	12, // 39: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
+	23, // 40: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
+	23, // 41: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
+	20, // 42: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
+	18, // 43: borealis.v1.Control.DeleteVolume:output_type -> borealis.v1.DeleteVolumeResponse
+	22, // 44: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
+	22, // 45: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
+	33, // 46: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
+	35, // 47: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
+	37, // 48: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
+	39, // 49: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
+	43, // 50: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
+	2,  // 51: borealis.v1.Control.RegisterInstance:output_type -> borealis.v1.RegisterInstanceResponse
+	4,  // 52: borealis.v1.Control.RenewInstance:output_type -> borealis.v1.RenewInstanceResponse
+	6,  // 53: borealis.v1.Control.DeregisterInstance:output_type -> borealis.v1.DeregisterInstanceResponse
+	8,  // 54: borealis.v1.Control.ListInstances:output_type -> borealis.v1.ListInstancesResponse
+	29, // 55: borealis.v1.Control.WatchWriter:output_type -> borealis.v1.WriterState
+	30, // 56: borealis.v1.Control.Switchover:output_type -> borealis.v1.FailoverInfo
+	30, // 57: borealis.v1.Control.ReportFailover:output_type -> borealis.v1.FailoverInfo
+	38, // [38:58] is the sub-list for method output_type
+	18, // [18:38] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -2522,7 +3184,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

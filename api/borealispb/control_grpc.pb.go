@@ -40,6 +40,9 @@ const (
 	Control_RenewInstance_FullMethodName      = "/borealis.v1.Control/RenewInstance"
 	Control_DeregisterInstance_FullMethodName = "/borealis.v1.Control/DeregisterInstance"
 	Control_ListInstances_FullMethodName      = "/borealis.v1.Control/ListInstances"
+	Control_WatchWriter_FullMethodName        = "/borealis.v1.Control/WatchWriter"
+	Control_Switchover_FullMethodName         = "/borealis.v1.Control/Switchover"
+	Control_ReportFailover_FullMethodName     = "/borealis.v1.Control/ReportFailover"
 )
 
 // ControlClient is the client API for Control service.
@@ -94,6 +97,21 @@ type ControlClient interface {
 	// ListInstances lists the registered instances of a volume ("" for all
 	// volumes), by volume and then id.
 	ListInstances(ctx context.Context, in *ListInstancesRequest, opts ...grpc.CallOption) (*ListInstancesResponse, error)
+	// WatchWriter streams the volume's writer state: the lease's holder, the
+	// registered writer and the current (or last) failover, once at once and
+	// again on every change. Instances follow it to learn when to promote or
+	// step down; the router, to follow the writer.
+	WatchWriter(ctx context.Context, in *WatchWriterRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WriterState], error)
+	// Switchover asks for a planned failover of the volume's writer role to a
+	// replica (to, or the control plane's choice when empty). It returns the
+	// failover record at once; its progress is WatchWriter's. FAILED_PRECONDITION
+	// when the volume has no serving writer, another failover is under way, or
+	// the target is not a live replica.
+	Switchover(ctx context.Context, in *SwitchoverRequest, opts ...grpc.CallOption) (*FailoverInfo, error)
+	// ReportFailover records a promoting instance's progress: what it waits
+	// for, its steps' durations once it serves, or that it gave up (then the
+	// control plane chooses another replica).
+	ReportFailover(ctx context.Context, in *ReportFailoverRequest, opts ...grpc.CallOption) (*FailoverInfo, error)
 }
 
 type controlClient struct {
@@ -283,6 +301,45 @@ func (c *controlClient) ListInstances(ctx context.Context, in *ListInstancesRequ
 	return out, nil
 }
 
+func (c *controlClient) WatchWriter(ctx context.Context, in *WatchWriterRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WriterState], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[1], Control_WatchWriter_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchWriterRequest, WriterState]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_WatchWriterClient = grpc.ServerStreamingClient[WriterState]
+
+func (c *controlClient) Switchover(ctx context.Context, in *SwitchoverRequest, opts ...grpc.CallOption) (*FailoverInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FailoverInfo)
+	err := c.cc.Invoke(ctx, Control_Switchover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) ReportFailover(ctx context.Context, in *ReportFailoverRequest, opts ...grpc.CallOption) (*FailoverInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FailoverInfo)
+	err := c.cc.Invoke(ctx, Control_ReportFailover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -335,6 +392,21 @@ type ControlServer interface {
 	// ListInstances lists the registered instances of a volume ("" for all
 	// volumes), by volume and then id.
 	ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error)
+	// WatchWriter streams the volume's writer state: the lease's holder, the
+	// registered writer and the current (or last) failover, once at once and
+	// again on every change. Instances follow it to learn when to promote or
+	// step down; the router, to follow the writer.
+	WatchWriter(*WatchWriterRequest, grpc.ServerStreamingServer[WriterState]) error
+	// Switchover asks for a planned failover of the volume's writer role to a
+	// replica (to, or the control plane's choice when empty). It returns the
+	// failover record at once; its progress is WatchWriter's. FAILED_PRECONDITION
+	// when the volume has no serving writer, another failover is under way, or
+	// the target is not a live replica.
+	Switchover(context.Context, *SwitchoverRequest) (*FailoverInfo, error)
+	// ReportFailover records a promoting instance's progress: what it waits
+	// for, its steps' durations once it serves, or that it gave up (then the
+	// control plane chooses another replica).
+	ReportFailover(context.Context, *ReportFailoverRequest) (*FailoverInfo, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -395,6 +467,15 @@ func (UnimplementedControlServer) DeregisterInstance(context.Context, *Deregiste
 }
 func (UnimplementedControlServer) ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListInstances not implemented")
+}
+func (UnimplementedControlServer) WatchWriter(*WatchWriterRequest, grpc.ServerStreamingServer[WriterState]) error {
+	return status.Errorf(codes.Unimplemented, "method WatchWriter not implemented")
+}
+func (UnimplementedControlServer) Switchover(context.Context, *SwitchoverRequest) (*FailoverInfo, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Switchover not implemented")
+}
+func (UnimplementedControlServer) ReportFailover(context.Context, *ReportFailoverRequest) (*FailoverInfo, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReportFailover not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -716,6 +797,53 @@ func _Control_ListInstances_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_WatchWriter_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchWriterRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControlServer).WatchWriter(m, &grpc.GenericServerStream[WatchWriterRequest, WriterState]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_WatchWriterServer = grpc.ServerStreamingServer[WriterState]
+
+func _Control_Switchover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SwitchoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Switchover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Switchover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Switchover(ctx, req.(*SwitchoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_ReportFailover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportFailoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).ReportFailover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_ReportFailover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).ReportFailover(ctx, req.(*ReportFailoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -787,11 +915,24 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListInstances",
 			Handler:    _Control_ListInstances_Handler,
 		},
+		{
+			MethodName: "Switchover",
+			Handler:    _Control_Switchover_Handler,
+		},
+		{
+			MethodName: "ReportFailover",
+			Handler:    _Control_ReportFailover_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "WatchVolume",
 			Handler:       _Control_WatchVolume_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchWriter",
+			Handler:       _Control_WatchWriter_Handler,
 			ServerStreams: true,
 		},
 	},

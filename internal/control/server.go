@@ -633,7 +633,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer cat.Close()
 
 	srv := NewServer(cat, timeout, log)
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(ServerOptions()...)
 	pb.RegisterControlServer(gs, srv)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gs.Serve(lis) }()
