@@ -644,7 +644,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	go watchNodes(wctx, cat, timeout, log)
+	go srv.leaderWork(wctx)
 
 	var etcdErrc <-chan error
 	if etcd != nil {
