@@ -16,6 +16,7 @@
 //	volume-ids/<volume-id %020d>        {name}: volume id to name
 //	pgs/<volume-id %020d>/<pg %010d>    PG: volume_id, pg, membership_epoch, geometry_epoch, segments [{node, az, addr}]
 //	writer/<volume-id %020d>            Writer: holder, epoch, lease, acquired_at; attached to the writer lease
+//	failover/<volume-id %020d>          Failover: the volume's current or last failover (failover.go)
 //	truncations/<volume-id %020d>/<epoch %020d>
 //	                                    Truncation: a recovery's range (after, through] and PG count; kept while the volume exists
 //	deleted/<volume-id %020d>           DeletedVolume: id, incarnation, name, pgs, deleted_at; the tombstone of a deleted volume, kept forever
@@ -316,6 +317,9 @@ func (c *Catalog) pgKey(vol uint64, pg uint32) string {
 	return fmt.Sprintf("%s%010d", c.pgPrefix(vol), pg)
 }
 func (c *Catalog) writerKey(vol uint64) string { return fmt.Sprintf("%swriter/%020d", c.prefix, vol) }
+func (c *Catalog) failoverKey(vol uint64) string {
+	return fmt.Sprintf("%sfailover/%020d", c.prefix, vol)
+}
 func (c *Catalog) truncsPrefix(vol uint64) string {
 	return fmt.Sprintf("%struncations/%020d/", c.prefix, vol)
 }
@@ -787,6 +791,7 @@ func (c *Catalog) DeleteVolume(ctx context.Context, name string) (Volume, []PG, 
 				clientv3.OpDelete(c.pgPrefix(vol.ID), clientv3.WithPrefix()),
 				clientv3.OpDelete(c.truncsPrefix(vol.ID), clientv3.WithPrefix()),
 				clientv3.OpDelete(c.volInstancesPrefix(vol.ID), clientv3.WithPrefix(), clientv3.WithPrevKV()),
+				clientv3.OpDelete(c.failoverKey(vol.ID)),
 				clientv3.OpPut(c.deletedKey(vol.ID), encode(tomb))).
 			Else(clientv3.OpGet(wk)).
 			Commit()
@@ -1029,12 +1034,22 @@ func (c *Catalog) AcquireWriter(ctx context.Context, volName, holder string, ttl
 			lease = g.ID
 		}
 		wk := c.writerKey(vol.ID)
+		fo, foRev, err := c.failover(ctx, vol.ID)
+		if err != nil {
+			revoke()
+			return 0, 0, err
+		}
+		if err := fo.Admits(holder, time.Now()); err != nil {
+			revoke()
+			return 0, 0, fmt.Errorf("volume %s: %w", volName, err)
+		}
 		nv := vol
 		nv.VolumeEpoch++
 		w := Writer{Version: RecordVersion, VolumeID: vol.ID, Holder: holder, Epoch: nv.VolumeEpoch, Lease: lease, TTLSeconds: secs, AcquiredAt: time.Now().UTC()}
 		tr, err := c.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(wk), "=", 0),
-				clientv3.Compare(clientv3.ModRevision(vk), "=", rev)).
+				clientv3.Compare(clientv3.ModRevision(vk), "=", rev),
+				clientv3.Compare(clientv3.ModRevision(c.failoverKey(vol.ID)), "=", foRev)).
 			Then(clientv3.OpPut(wk, encode(w), clientv3.WithLease(lease)), clientv3.OpPut(vk, encode(nv))).
 			Else(clientv3.OpGet(wk)).
 			Commit()

@@ -18,6 +18,12 @@ var (
 	ErrVolumeFull = errors.New("volume at maximum size")
 	// ErrWriterHeld: another holder has the volume's writer lease.
 	ErrWriterHeld = errors.New("writer lease held")
+	// ErrFailingOver: a failover promotes another instance; only it may
+	// take the writer lease.
+	ErrFailingOver = errors.New("failing over")
+	// ErrInvalidState: the request does not fit the volume's state now
+	// (a switchover without a serving writer, or during another failover).
+	ErrInvalidState = errors.New("not now")
 	// ErrStaleEpoch: a compare-and-swap on the volume epoch found another value.
 	ErrStaleEpoch = errors.New("stale volume epoch")
 	// ErrLeaseExpired: a writer lease that no longer exists, or an

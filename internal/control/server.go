@@ -44,6 +44,8 @@ type Server struct {
 	cat     *Catalog
 	timeout time.Duration
 	log     *slog.Logger
+	// failoverTiming bounds the failovers the leader runs.
+	failoverTiming FailoverTiming
 
 	stopOnce sync.Once
 	stopping chan struct{}
@@ -63,7 +65,7 @@ func NewServer(cat *Catalog, heartbeatTimeout time.Duration, log *slog.Logger) *
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Server{cat: cat, timeout: heartbeatTimeout, log: log, stopping: make(chan struct{})}
+	return &Server{cat: cat, timeout: heartbeatTimeout, log: log, failoverTiming: DefaultFailoverTiming, stopping: make(chan struct{})}
 }
 
 // HeartbeatTimeout is the time after which a silent node is down.
@@ -93,7 +95,7 @@ func grpcErr(ctx context.Context, err error) error {
 		return status.Error(codes.AlreadyExists, msg)
 	case errors.Is(err, ErrInvalid):
 		return status.Error(codes.InvalidArgument, msg)
-	case errors.Is(err, ErrPlacement), errors.Is(err, ErrWriterHeld), errors.Is(err, ErrLeaseExpired):
+	case errors.Is(err, ErrPlacement), errors.Is(err, ErrWriterHeld), errors.Is(err, ErrLeaseExpired), errors.Is(err, ErrFailingOver), errors.Is(err, ErrInvalidState):
 		return status.Error(codes.FailedPrecondition, msg)
 	case errors.Is(err, ErrVolumeFull):
 		return status.Error(codes.ResourceExhausted, msg)
@@ -118,7 +120,7 @@ func grpcErr(ctx context.Context, err error) error {
 }
 
 func isCatalogErr(err error) bool {
-	for _, s := range []error{ErrNotFound, ErrExists, ErrInvalid, ErrPlacement, ErrVolumeFull, ErrWriterHeld, ErrStaleEpoch, ErrLeaseExpired, ErrConflict, ErrUnavailable} {
+	for _, s := range []error{ErrNotFound, ErrExists, ErrInvalid, ErrPlacement, ErrVolumeFull, ErrWriterHeld, ErrFailingOver, ErrInvalidState, ErrStaleEpoch, ErrLeaseExpired, ErrConflict, ErrUnavailable} {
 		if errors.Is(err, s) {
 			return true
 		}
