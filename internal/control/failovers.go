@@ -270,11 +270,11 @@ func (c *Catalog) Switchover(ctx context.Context, volName, to string, t Failover
 
 // FailoverReport is an instance's report of a failover's progress.
 type FailoverReport struct {
-	Round                                      uint64
-	Instance, State, Why                       string
-	Epoch, HandoverVDL, VDL                    uint64
+	Round                                       uint64
+	Instance, State, Why                        string
+	Epoch, HandoverVDL, VDL                     uint64
 	LeaseMs, EpochMs, RecoveryMs, OpenMs, Drain uint32
-	Warm                                       bool
+	Warm                                        bool
 }
 
 // Report states.
