@@ -24,6 +24,42 @@ const (
 	embeddedLogFile  = "etcd.log"
 )
 
+// Raft timing of the embedded etcd. etcd's shortest lease TTL is
+// ceil(1.5 x the election timeout): with 500 ms that is 1 s, so a writer
+// lease of TTL 1 s is granted as asked. With etcd's default of 1000 ms it
+// would be raised to 2 s without a word, and a writer would keep its lease
+// twice as long after it stops renewing. The heartbeat is a fifth of the
+// election timeout (etcd advises at most a tenth to a fifth) so that a
+// member on a loaded machine is not taken for dead.
+const (
+	EmbeddedTickMs     = 100
+	EmbeddedElectionMs = 500
+	// MinLeaseTTL is the shortest lease the embedded etcd grants.
+	MinLeaseTTL = time.Second
+)
+
+// Member describes one member of a multi-member embedded etcd cluster
+// (EmbeddedConfig.Member). The zero Member is a single-member cluster.
+type Member struct {
+	// Name of this member, as in InitialCluster (c1, c2, ...).
+	Name string
+	// InitialCluster is every member's peer URL, etcd's syntax:
+	// "c1=http://10.0.0.1:2380,c2=http://10.0.0.2:2380,c3=...". It must
+	// name this member with this member's peer address.
+	InitialCluster string
+	// Existing joins a running cluster (etcd's initial-cluster-state
+	// existing) instead of bootstrapping a new one. Either way a member
+	// whose data directory already holds etcd data restarts from it and
+	// rejoins its cluster; the initial cluster is used once.
+	Existing bool
+	// Token tells clusters apart (etcd's initial-cluster-token); empty:
+	// "borealis".
+	Token string
+}
+
+// singleMemberName is the member name of the single-member default.
+const singleMemberName = "borealis-control"
+
 // StartEmbedded starts a single-node etcd server with its data in dir and
 // waits until it is ready. It returns the server and its client URLs (to
 // pass to clientv3).
@@ -43,8 +79,25 @@ const (
 // Auto-compaction keeps 10 minutes of history, so the revision history of
 // heartbeats does not grow without bound.
 func StartEmbedded(dir string, clientAddr, peerAddr string) (*embed.Etcd, []string, error) {
+	return StartEmbeddedMember(dir, clientAddr, peerAddr, Member{})
+}
+
+// StartEmbeddedMember is StartEmbedded for one member of a multi-member
+// cluster (m), or of a single-member one (the zero Member). A member of a
+// multi-member cluster needs both addresses, since the others know it by
+// its peer URL, and it is ready only once a majority of the members run:
+// start them all before waiting for any (the wait is EmbeddedReadyTimeout).
+func StartEmbeddedMember(dir string, clientAddr, peerAddr string, m Member) (*embed.Etcd, []string, error) {
 	if dir == "" {
 		return nil, nil, errors.New("control: the embedded etcd needs a data directory; pass one (--dir)")
+	}
+	if m.Name != "" {
+		if clientAddr == "" || peerAddr == "" {
+			return nil, nil, fmt.Errorf("control: etcd member %s needs its client and peer addresses (--client-listen, --peer-listen)", m.Name)
+		}
+		if _, err := ParseInitialCluster(m.InitialCluster, m.Name, peerAddr); err != nil {
+			return nil, nil, err
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("control: cannot create the etcd data directory %s: %w", dir, err)
@@ -62,7 +115,7 @@ func StartEmbedded(dir string, clientAddr, peerAddr string) (*embed.Etcd, []stri
 	}
 	var lastErr error
 	for range attempts {
-		e, urls, err := startEmbeddedOnce(dir, clientAddr, peerAddr)
+		e, urls, err := startEmbeddedOnce(dir, clientAddr, peerAddr, m)
 		if err == nil {
 			go func() {
 				<-e.Server.StopNotify()
@@ -79,7 +132,51 @@ func StartEmbedded(dir string, clientAddr, peerAddr string) (*embed.Etcd, []stri
 	return nil, nil, lastErr
 }
 
-func startEmbeddedOnce(dir, clientAddr, peerAddr string) (*embed.Etcd, []string, error) {
+// ParseInitialCluster checks an initial cluster ("c1=http://h:p,c2=...")
+// and returns its members' peer URLs by name. self, if not empty, must be
+// one of them, with peer address selfPeer (host:port or a URL).
+func ParseInitialCluster(ic, self, selfPeer string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, part := range strings.Split(ic, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, u, ok := strings.Cut(part, "=")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("control: initial cluster %q: %q is not NAME=http://HOST:PORT", ic, part)
+		}
+		pu, err := listenURL("peer", u)
+		if err != nil || !strings.HasPrefix(u, "http://") {
+			return nil, fmt.Errorf("control: initial cluster %q: member %s's peer URL %q is not http://HOST:PORT", ic, name, u)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("control: initial cluster %q names %s twice", ic, name)
+		}
+		out[name] = pu.String()
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("control: empty initial cluster; give every member's peer URL, such as c1=http://10.0.0.1:2380,c2=http://10.0.0.2:2380,c3=http://10.0.0.3:2380")
+	}
+	if self != "" {
+		u, ok := out[self]
+		if !ok {
+			return nil, fmt.Errorf("control: the initial cluster %q does not name this member, %s", ic, self)
+		}
+		if selfPeer != "" {
+			pu, err := listenURL("peer", selfPeer)
+			if err != nil {
+				return nil, err
+			}
+			if pu.String() != u {
+				return nil, fmt.Errorf("control: the initial cluster gives member %s the peer URL %s, but it listens on %s (--peer-listen)", self, u, pu)
+			}
+		}
+	}
+	return out, nil
+}
+
+func startEmbeddedOnce(dir, clientAddr, peerAddr string, m Member) (*embed.Etcd, []string, error) {
 	curl, err := listenURL("client", clientAddr)
 	if err != nil {
 		return nil, nil, err
@@ -89,13 +186,26 @@ func startEmbeddedOnce(dir, clientAddr, peerAddr string) (*embed.Etcd, []string,
 		return nil, nil, err
 	}
 	cfg := embed.NewConfig()
-	cfg.Name = "borealis-control"
+	cfg.Name = singleMemberName
 	cfg.Dir = dir
 	cfg.ListenClientUrls = []url.URL{*curl}
 	cfg.AdvertiseClientUrls = []url.URL{*curl}
 	cfg.ListenPeerUrls = []url.URL{*purl}
 	cfg.AdvertisePeerUrls = []url.URL{*purl}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	if m.Name != "" {
+		cfg.Name = m.Name
+		cfg.InitialCluster = m.InitialCluster
+		cfg.InitialClusterToken = m.Token
+		if cfg.InitialClusterToken == "" {
+			cfg.InitialClusterToken = "borealis"
+		}
+		if m.Existing {
+			cfg.ClusterState = embed.ClusterStateFlagExisting
+		}
+	}
+	cfg.TickMs = EmbeddedTickMs
+	cfg.ElectionMs = EmbeddedElectionMs
 	cfg.Logger = "zap"
 	cfg.LogLevel = "warn"
 	cfg.LogOutputs = []string{filepath.Join(dir, embeddedLogFile)}
@@ -123,6 +233,9 @@ func startEmbeddedOnce(dir, clientAddr, peerAddr string) (*embed.Etcd, []string,
 	case <-time.After(EmbeddedReadyTimeout):
 		e.Server.Stop()
 		e.Close()
+		if m.Name != "" {
+			return nil, nil, fmt.Errorf("control: etcd member %s in %s was not ready within %s: a member is ready once a majority of the members of %s run and reach each other; see its log %s", m.Name, dir, EmbeddedReadyTimeout, m.InitialCluster, filepath.Join(dir, embeddedLogFile))
+		}
 		return nil, nil, fmt.Errorf("control: the embedded etcd in %s was not ready within %s; see its log %s", dir, EmbeddedReadyTimeout, filepath.Join(dir, embeddedLogFile))
 	}
 	urls := make([]string, 0, len(e.Clients))

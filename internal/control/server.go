@@ -49,6 +49,9 @@ type Server struct {
 
 	stopOnce sync.Once
 	stopping chan struct{}
+
+	// ha is this control plane's part in the leader election (election.go).
+	ha election
 }
 
 // NewServer returns the Control service over cat. heartbeatTimeout (0: the
@@ -576,6 +579,23 @@ type Config struct {
 	// Ready, if set, is called with the address served once the service
 	// answers.
 	Ready func(addr string)
+
+	// Name names this control plane: its etcd member and its candidacy in
+	// the leader election (empty: "control").
+	Name string
+	// AZ is where it runs, shown by status.
+	AZ string
+	// ClientListen and PeerListen are the embedded etcd member's client and
+	// peer addresses (host:port); empty: free loopback ports, which only a
+	// single-member etcd can use.
+	ClientListen, PeerListen string
+	// InitialCluster makes the embedded etcd one member of a multi-member
+	// cluster: every member's peer URL, "c1=http://h:p,c2=...,c3=...",
+	// Name's among them. Empty: a single-member etcd.
+	InitialCluster string
+	// JoinExisting joins a running cluster (etcd's initial-cluster-state
+	// existing) rather than bootstrapping a new one.
+	JoinExisting bool
 }
 
 // Run runs the control plane until ctx ends: the catalog in etcd (embedded
@@ -615,7 +635,7 @@ func Run(ctx context.Context, cfg Config) error {
 	urls := cfg.Etcd
 	if len(urls) == 0 {
 		var err error
-		etcd, urls, err = StartEmbedded(cfg.Dir, "", "")
+		etcd, urls, err = startMember(cfg)
 		if err != nil {
 			return err
 		}
@@ -635,8 +655,15 @@ func Run(ctx context.Context, cfg Config) error {
 	defer cat.Close()
 
 	srv := NewServer(cat, timeout, log)
+	srv.ha.etcd = etcd
+	if etcd != nil && cfg.InitialCluster != "" {
+		sctx, stopSync := context.WithCancel(ctx)
+		defer stopSync()
+		go syncMembers(sctx, cat, 10*time.Second)
+	}
 	gs := grpc.NewServer(ServerOptions()...)
 	pb.RegisterControlServer(gs, srv)
+	pb.RegisterControlPlaneServer(gs, controlPlaneService{s: srv})
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gs.Serve(lis) }()
 	log.Info("control plane serving", "addr", lis.Addr().String(), "etcd", strings.Join(urls, ","), "embedded", etcd != nil, "heartbeat_timeout", timeout)
@@ -644,9 +671,10 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Ready(lis.Addr().String())
 	}
 
-	wctx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
-	go srv.leaderWork(wctx)
+	// Only the elected control plane runs leaderWork; the others serve
+	// calls and stand by.
+	stopLeading := srv.campaign(ctx, candidate(cfg, lis.Addr().String()))
+	defer stopLeading()
 
 	var etcdErrc <-chan error
 	if etcd != nil {
@@ -661,6 +689,8 @@ func Run(ctx context.Context, cfg Config) error {
 	case err := <-etcdErrc:
 		runErr = fmt.Errorf("control: the embedded etcd failed (its log: %s/%s): %w", cfg.Dir, embeddedLogFile, err)
 	}
+	// Resign first, so that another control plane leads at once.
+	stopLeading()
 	srv.Stop()
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
