@@ -141,6 +141,11 @@ func DecideFailover(rec *Failover, v FailoverView, t FailoverTiming) *Failover {
 		}
 		next.Target, next.Epoch = v.Holder, v.HolderEpoch
 		if next.State != FailoverPromoting {
+			if next.State == FailoverChoosing {
+				// Its why said no replica could be promoted; one holds
+				// the lease now.
+				next.Why = ""
+			}
 			next.State = FailoverPromoting
 			if next.DecidedMs == 0 {
 				next.DecidedMs = now
@@ -242,11 +247,20 @@ func choose(f *Failover, v FailoverView, now int64, t FailoverTiming) {
 	if pick == "" {
 		f.State, f.Target, f.DeadlineMs = FailoverChoosing, "", 0
 		reason := "no live replica to promote"
-		if f.Why != "" && !strings.HasPrefix(f.Why, reason) {
+		if strings.HasPrefix(f.Why, reason) {
+			// Said on an earlier pass, with its cause: rewriting it would
+			// drop the cause, and store the record again on every pass.
+			return
+		}
+		if f.Why != "" {
 			reason += " (" + f.Why + ")"
 		}
 		f.Why = reason + "; a writer instance that starts takes the lease"
 		return
+	}
+	if f.State == FailoverChoosing {
+		// Its why said there was no replica to promote; now there is.
+		f.Why = ""
 	}
 	f.State, f.Target, f.DecidedMs, f.DeadlineMs = FailoverPromoting, pick, now, now+t.TakeLease.Milliseconds()
 }
