@@ -31,9 +31,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
+	ctlplane "github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/instance"
 	"github.com/borealis-db/borealis/internal/sqlvfs"
 )
@@ -99,7 +99,7 @@ func dsn(control, volume string, reader bool) string {
 
 func open(control, volume string) (string, error) {
 	host, _ := os.Hostname()
-	conn, err := grpc.NewClient(control, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := ctlplane.Dial(control)
 	if err != nil {
 		return "", fmt.Errorf("borealis: control plane address %q: %w", control, err)
 	}

@@ -25,6 +25,7 @@ import (
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/volume"
 )
 
@@ -127,8 +128,8 @@ removed with its temporary directory, unless --keep is given.`,
 				for _, c := range f.Storage() {
 					members = append(members, volume.Member{NodeID: c.ID, AZ: c.AZ, Addr: c.Addr})
 				}
-				if c, ok := f.Find("control"); ok {
-					conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+				if addrs := f.ControlAddrs(); addrs != "" {
+					conn, err := control.Dial(addrs)
 					if err != nil {
 						return err
 					}

@@ -23,11 +23,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/router"
 	"github.com/borealis-db/borealis/internal/sqlclient"
 )
@@ -723,7 +722,7 @@ func (e *replicaEnv) startOwn(ctx context.Context, dir string) error {
 			}
 		}
 	}
-	conn, err := grpc.NewClient(ctlAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := control.Dial(ctlAddr)
 	if err != nil {
 		return err
 	}
@@ -785,11 +784,11 @@ func (e *replicaEnv) useCluster(ctx context.Context, path string) error {
 		return err
 	}
 	e.foreign = f.Components
-	ctl, ok := f.Find("control")
-	if !ok {
+	ctlAddrs := f.ControlAddrs()
+	if ctlAddrs == "" {
 		return fmt.Errorf("%s lists no control plane", path)
 	}
-	e.cl.ControlAddr = ctl.Addr
+	e.cl.ControlAddr = ctlAddrs
 	w, ok := f.Find("writer")
 	if !ok {
 		return fmt.Errorf("%s lists no writer: the cluster runs no database instance", path)

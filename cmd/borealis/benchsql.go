@@ -17,11 +17,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/sqlclient"
 )
 
@@ -185,7 +184,7 @@ func startSQLBenchCluster(ctx context.Context, dir string, progress io.Writer) (
 	if err := cl.StartStorageNodes(ctx, 6); err != nil {
 		return cl, "", err
 	}
-	conn, err := grpc.NewClient(ctlAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := control.Dial(ctlAddr)
 	if err != nil {
 		return cl, "", err
 	}

@@ -26,11 +26,10 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	"golang.org/x/text/width"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/router"
 	"github.com/borealis-db/borealis/internal/sqlclient"
 )
@@ -212,11 +211,11 @@ func sqlTargetFor(ctx context.Context, dir, endpoint, replica string, reader boo
 	}
 	// A replica `up` did not start (`borealis db --role replica` by hand)
 	// is in the catalog.
-	ctl, ok := cf.Find("control")
-	if !ok {
+	ctlAddrs := cf.ControlAddrs()
+	if ctlAddrs == "" {
 		return sqlTarget{}, fmt.Errorf("%s lists no replica %s, and no control plane to ask; %s", path, replica, replicaList(cf.Replicas()))
 	}
-	conn, err := grpc.NewClient(ctl.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := control.Dial(ctlAddrs)
 	if err != nil {
 		return sqlTarget{}, err
 	}

@@ -22,6 +22,7 @@ import (
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
+	ctlplane "github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/router"
 	"github.com/borealis-db/borealis/internal/sqlclient"
 	"github.com/borealis-db/borealis/internal/storage"
@@ -44,6 +45,12 @@ type statusReport struct {
 	InstancesError string `json:"instances_error,omitempty"`
 	// Routers are the routers cluster.json lists.
 	Routers []routerReport `json:"routers,omitempty"`
+	// ControlPlanes are the control-plane processes, each asked in turn
+	// (status_controlplanes.go); ControlLeader names the one that leads,
+	// or ControlLeaderError says why none does.
+	ControlPlanes      []controlPlaneReport `json:"control_planes"`
+	ControlLeader      string               `json:"control_leader,omitempty"`
+	ControlLeaderError string               `json:"control_leader_error,omitempty"`
 }
 
 // instanceReport is one database instance.
@@ -189,6 +196,20 @@ func statusCmd() *cobra.Command {
 			defer cancel()
 			rep, err := gatherStatus(ctx, control)
 			if err != nil {
+				// The catalog did not answer: say which control planes
+				// do, and who leads, before the error.
+				if !asJSON {
+					var cf *cluster.File
+					if where.control == "" {
+						cf, _ = cluster.ReadFile(filepath.Join(where.dir, clusterFileName))
+					}
+					cp := &statusReport{}
+					// Its own time: the failed call may have used all of ctx's.
+					cctx, ccancel := context.WithTimeout(cmd.Context(), 2*controlPlaneAskTimeout)
+					addControlPlanes(cctx, cp, control, cf)
+					ccancel()
+					printControlPlanes(cmd.OutOrStdout(), cp)
+				}
 				return err
 			}
 			var cf *cluster.File
@@ -198,6 +219,7 @@ func statusCmd() *cobra.Command {
 				cf, _ = cluster.ReadFile(clusterFile)
 			}
 			addInstances(ctx, rep, control, cf)
+			addControlPlanes(ctx, rep, control, cf)
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
@@ -214,7 +236,7 @@ func statusCmd() *cobra.Command {
 }
 
 func gatherStatus(ctx context.Context, control string) (*statusReport, error) {
-	conn, err := grpc.NewClient(control, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := ctlplane.Dial(control)
 	if err != nil {
 		return nil, err
 	}
@@ -357,6 +379,7 @@ func shortErr(err error) string {
 }
 
 func printStatus(out io.Writer, rep *statusReport) {
+	printControlPlanes(out, rep)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "NODE\tAZ\tADDRESS\tSTATE\tHEARTBEAT\n")
 	for _, n := range rep.Nodes {
@@ -474,7 +497,7 @@ const instanceHealthTimeout = time.Second
 func addInstances(ctx context.Context, rep *statusReport, control string, cf *cluster.File) {
 	rep.Instances = []instanceReport{}
 	var infos []*pb.InstanceInfo
-	conn, err := grpc.NewClient(control, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := ctlplane.Dial(control)
 	if err == nil {
 		var resp *pb.ListInstancesResponse
 		resp, err = pb.NewControlClient(conn).ListInstances(ctx, &pb.ListInstancesRequest{})

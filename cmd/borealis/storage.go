@@ -98,7 +98,7 @@ writer first declares them.`,
 	f.StringVar(&cfg.AZ, "az", "", "availability zone of the node (e.g. a)")
 	f.StringVar(&listen, "listen", "", "gRPC listen address (e.g. 127.0.0.1:7101)")
 	f.StringVar(&cfg.Dir, "dir", "", "data directory")
-	f.StringVar(&controlAddr, "control", "", "control plane address (host:port): register with it and heartbeat (optional)")
+	f.StringVar(&controlAddr, "control", "", "control plane address, host:port: one address, or several separated by commas; register with them and heartbeat (optional)")
 	f.StringVar(&metrics, "metrics", "", "serve Prometheus metrics (/metrics) and pprof (/debug/pprof/) on this address (optional)")
 	f.Uint64Var(&cfg.MinFreeBytes, "min-free-bytes", 64<<20, "refuse appends with DISK_FULL when the data directory's file system has less free space than this")
 	// A node alone on a machine wants Go's default. Several nodes sharing a

@@ -19,13 +19,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/control"
 )
 
 const (
@@ -55,6 +54,72 @@ const (
 	defaultReplicas = 1
 )
 
+// The control planes `up` runs, one per AZ, each embedding one member of a
+// three-member etcd. Their ports, from the base port P: c1's gRPC on P (where
+// a cluster of one control plane had it), c2's and c3's on P+30 and P+31,
+// the etcd members' client addresses on P+32..P+34 and their peer addresses
+// on P+35..P+37: above what the storage nodes, the writer, 15 replicas and
+// the router's two endpoints can take (up to P+24), so none collides.
+var controlPlanes = []struct{ id, az string }{{"c1", "a"}, {"c2", "b"}, {"c3", "c"}}
+
+// controlPorts are the offsets from the base port of the control planes'
+// gRPC, etcd client and etcd peer addresses, in controlPlanes' order.
+var controlPorts = struct{ grpc, client, peer [3]int }{[3]int{0, 30, 31}, [3]int{32, 33, 34}, [3]int{35, 36, 37}}
+
+// controlPortSpan is how many ports from the base one `up` may use.
+const controlPortSpan = 37
+
+// legacyControlID is the one control plane of a cluster made before there
+// were three; such a cluster keeps running one.
+const legacyControlID = "control"
+
+func clientKey(id string) string { return id + "-etcd-client" }
+func peerKey(id string) string   { return id + "-etcd-peer" }
+
+// controlKeys are the addresses.json keys of the control planes: their
+// gRPC, etcd client and etcd peer addresses (or the one legacy control
+// plane's).
+func controlKeys(addrs map[string]string) []string {
+	if _, ok := addrs[legacyControlID]; ok {
+		return []string{legacyControlID}
+	}
+	var keys []string
+	for _, cp := range controlPlanes {
+		keys = append(keys, cp.id, clientKey(cp.id), peerKey(cp.id))
+	}
+	return keys
+}
+
+// controlSpecs are the control planes to start, from addrs.
+func controlSpecs(addrs map[string]string) []cluster.ControlSpec {
+	var out []cluster.ControlSpec
+	for _, cp := range controlPlanes {
+		out = append(out, cluster.ControlSpec{ID: cp.id, AZ: cp.az, Addr: addrs[cp.id], ClientAddr: addrs[clientKey(cp.id)], PeerAddr: addrs[peerKey(cp.id)]})
+	}
+	return out
+}
+
+// controlAddrList is the control planes' gRPC addresses, comma-separated.
+func controlAddrList(addrs map[string]string) string {
+	if a, ok := addrs[legacyControlID]; ok {
+		return a
+	}
+	var list []string
+	for _, cp := range controlPlanes {
+		list = append(list, addrs[cp.id])
+	}
+	return strings.Join(list, ",")
+}
+
+// firstControlAddr is the address the other components' ports are planned
+// from: c1's (or the legacy control plane's).
+func firstControlAddr(addrs map[string]string) string {
+	if a, ok := addrs[legacyControlID]; ok {
+		return a
+	}
+	return addrs[controlPlanes[0].id]
+}
+
 // replicaID is the id of the i-th replica (from 1): r1, r2, ...
 func replicaID(i int) string { return fmt.Sprintf("r%d", i) }
 
@@ -79,9 +144,11 @@ func upCmd() *cobra.Command {
 	var heartbeatTimeout, writeTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "up [--dir D] [--replicas N] [--pg-size S]",
-		Short: "Run a whole local cluster: the control plane, 6 storage nodes, the writer, read replicas and the router, as separate processes",
-		Long: `Run a whole local cluster in the foreground: the control plane (with an
-embedded etcd), six storage nodes s1..s6, two in each of AZs a, b and c, the
+		Short: "Run a whole local cluster: 3 control planes, 6 storage nodes, the writer, read replicas and the router, as separate processes",
+		Long: `Run a whole local cluster in the foreground: three control planes c1, c2
+and c3, one in each of AZs a, b and c, each embedding one member of a
+three-member etcd (one of them leads, by election; the cluster goes on with
+any two), six storage nodes s1..s6, two in each of AZs a, b and c, the
 writer database instance (AZ a) serving SQL over HTTP, --replicas read
 replicas r1..rN (AZs b, c, a, b, ... in turn) and the router, with its
 cluster endpoint (to the writer) and its reader endpoint (queries balanced
@@ -94,10 +161,13 @@ starts it again. Running "up" again on the same directory resumes the same
 cluster, on the same addresses, with its data, and with as many replicas as
 it last ran unless --replicas says otherwise.
 
-Ports, from --base-port P: the control plane on P, s1..s6 on P+1..P+6, the
-writer on P+7, the replicas on P+8..P+7+N, then the router's cluster
-endpoint and reader endpoint. A resumed cluster keeps the ports it had; a
-replica or router it did not have yet gets the ports after the highest.`,
+Ports, from --base-port P: the control plane c1 on P, s1..s6 on P+1..P+6,
+the writer on P+7, the replicas on P+8..P+7+N, then the router's cluster
+endpoint and reader endpoint; c2 and c3 on P+30 and P+31, the etcd members'
+client addresses on P+32..P+34 and peer addresses on P+35..P+37. A resumed
+cluster keeps the ports it had; a replica or router it did not have yet gets
+the ports after the highest (below P+30). A cluster made when up ran one
+control plane (its addresses.json names "control") still runs one.`,
 		Args: noArgs("; the cluster's directory is --dir DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkReplicas(replicas); err != nil {
@@ -126,7 +196,7 @@ replica or router it did not have yet gets the ports after the highest.`,
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", defaultDir, "directory for the cluster's data, logs and cluster.json")
 	f.StringVar(&pgSize, "pg-size", "10GiB", "size of a protection group of a new volume, such as 1MiB, 64MiB or 10GiB")
-	f.IntVar(&basePort, "base-port", 7100, "loopback ports: the control plane on this one, s1..s6 on the next six, the writer's SQL HTTP on the one after, then the replicas', then the router's cluster and reader endpoints (a resumed cluster keeps its own)")
+	f.IntVar(&basePort, "base-port", 7100, "loopback ports: the control plane c1 on this one, s1..s6 on the next six, the writer's SQL HTTP on the one after, then the replicas', then the router's cluster and reader endpoints; c2, c3 and the etcd members on this one +30..+37 (a resumed cluster keeps its own)")
 	f.IntVar(&replicas, "replicas", defaultReplicas, fmt.Sprintf("read replicas to run, r1..rN, 0 to %d (a resumed cluster: as many as it last ran)", maxReplicas))
 	f.DurationVar(&heartbeatTimeout, "heartbeat-timeout", 3*time.Second, "a storage node that misses heartbeats this long is marked down")
 	f.DurationVar(&writeTimeout, "write-timeout", 10*time.Second, "how long the writer's commits wait for a write quorum of segments that can make them durable (answering, and holding or catching up to them) before failing with storage_unavailable")
@@ -193,7 +263,7 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 		return err
 	}
 	defer os.Remove(clusterFile)
-	for _, id := range append(append([]string{"control"}, storageIDs()...), append(instanceIDs, routerID, routerReaderKey)...) {
+	for _, id := range append(append(controlKeys(addrs), storageIDs()...), append(instanceIDs, routerID, routerReaderKey)...) {
 		if err := checkPortFree(addrs[id]); err != nil {
 			return fmt.Errorf("%s cannot listen on %s: %w; stop what holds it, or start a new cluster with another --base-port and --dir", id, addrs[id], err)
 		}
@@ -211,7 +281,8 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 		fmt.Fprintf(out, "  %s\n", note)
 	}
 	cl := cluster.New(bin, dir)
-	cl.ControlAddr = addrs["control"]
+	controlList := controlAddrList(addrs)
+	cl.ControlAddr = controlList
 	stopped := false
 	defer func() {
 		if !stopped {
@@ -219,10 +290,19 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 		}
 	}()
 	start := time.Now()
-	if err := cl.StartControl(ctx, addrs["control"], "--heartbeat-timeout", o.heartbeatTimeout.String()); err != nil {
-		return err
+	if _, legacy := addrs[legacyControlID]; legacy {
+		if err := cl.StartControl(ctx, addrs[legacyControlID], "--heartbeat-timeout", o.heartbeatTimeout.String()); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "  control plane   ready at %s (%s)\n", addrs[legacyControlID], since(start))
+		fmt.Fprintf(out, "  note: this cluster was made with one control plane, and runs one; a new cluster (another --dir) runs three, one per AZ\n")
+	} else {
+		// All three at once: an etcd member is ready only with a majority.
+		if err := cl.StartControlPlanes(ctx, controlSpecs(addrs), "--heartbeat-timeout", o.heartbeatTimeout.String()); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "  control planes c1, c2, c3 (AZs a, b, c) ready at %s (%s)\n", controlList, since(start))
 	}
-	fmt.Fprintf(out, "  control plane   ready at %s (%s)\n", addrs["control"], since(start))
 	for i, id := range storageIDs() {
 		az := cluster.StorageAZs[i]
 		if err := cl.StartStorage(ctx, id, az, addrs[id]); err != nil {
@@ -230,7 +310,7 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 		}
 		fmt.Fprintf(out, "  storage %s (AZ %s) ready at %s (%s)\n", id, az, addrs[id], since(start))
 	}
-	conn, err := grpc.NewClient(addrs["control"], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := control.Dial(controlList)
 	if err != nil {
 		return err
 	}
@@ -423,16 +503,17 @@ func plannedAddrs(dir string, basePort int) (map[string]string, bool, error) {
 		if err := json.Unmarshal(b, &addrs); err != nil {
 			return nil, false, fmt.Errorf("%s is corrupt (%v); it records where the cluster's processes listen", path, err)
 		}
-		for _, id := range append([]string{"control"}, storageIDs()...) {
+		for _, id := range append(controlKeys(addrs), storageIDs()...) {
 			if addrs[id] == "" {
 				return nil, false, fmt.Errorf("%s lists no address for %s", path, id)
 			}
 		}
 		if addrs[writerID] == "" {
 			// A cluster made before `up` ran a writer: the port after s6.
-			host, port, err := net.SplitHostPort(addrs["control"])
+			first := firstControlAddr(addrs)
+			host, port, err := net.SplitHostPort(first)
 			if err != nil {
-				return nil, false, fmt.Errorf("%s: control address %q: %w", path, addrs["control"], err)
+				return nil, false, fmt.Errorf("%s: control address %q: %w", path, first, err)
 			}
 			var p int
 			fmt.Sscan(port, &p)
@@ -446,10 +527,14 @@ func plannedAddrs(dir string, basePort int) (map[string]string, bool, error) {
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, false, fmt.Errorf("cannot resume: %w", err)
 	}
-	if basePort <= 0 || basePort > 65535-7 {
-		return nil, false, fmt.Errorf("--base-port %d: want a port from 1 to %d", basePort, 65535-7)
+	if basePort <= 0 || basePort > 65535-controlPortSpan {
+		return nil, false, fmt.Errorf("--base-port %d: want a port from 1 to %d", basePort, 65535-controlPortSpan)
 	}
-	addrs["control"] = fmt.Sprintf("127.0.0.1:%d", basePort)
+	for i, cp := range controlPlanes {
+		addrs[cp.id] = fmt.Sprintf("127.0.0.1:%d", basePort+controlPorts.grpc[i])
+		addrs[clientKey(cp.id)] = fmt.Sprintf("127.0.0.1:%d", basePort+controlPorts.client[i])
+		addrs[peerKey(cp.id)] = fmt.Sprintf("127.0.0.1:%d", basePort+controlPorts.peer[i])
+	}
 	for i, id := range storageIDs() {
 		addrs[id] = fmt.Sprintf("127.0.0.1:%d", basePort+1+i)
 	}
@@ -464,12 +549,22 @@ func plannedAddrs(dir string, basePort int) (map[string]string, bool, error) {
 // the addresses it had, and a replica it never had gets ports of its own.
 // It reports whether it added any.
 func planInstanceAddrs(addrs map[string]string, replicas int) (bool, error) {
-	host, _, err := net.SplitHostPort(addrs["control"])
+	first := firstControlAddr(addrs)
+	host, _, err := net.SplitHostPort(first)
 	if err != nil {
-		return false, fmt.Errorf("control address %q: %w", addrs["control"], err)
+		return false, fmt.Errorf("control address %q: %w", first, err)
+	}
+	// The control planes' ports lie above the others' (see controlPorts):
+	// the others grow from the highest of their own.
+	skip := map[string]bool{}
+	for _, k := range controlKeys(addrs) {
+		skip[k] = true
 	}
 	highest := 0
 	for id, a := range addrs {
+		if skip[id] {
+			continue
+		}
 		_, port, err := net.SplitHostPort(a)
 		if err != nil {
 			return false, fmt.Errorf("the address of %s, %q: %w", id, a, err)
@@ -587,7 +682,11 @@ func printUp(out io.Writer, dir string, comps []cluster.Component) {
 		}
 		switch c.Role {
 		case "control":
-			fmt.Fprintf(tw, "  control plane\t%s\t%s\tlog %s\n", c.Addr, az, c.Log)
+			name := "control plane"
+			if c.ID != legacyControlID {
+				name += " " + c.ID
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\tlog %s\n", name, c.Addr, az, c.Log)
 		case "storage":
 			fmt.Fprintf(tw, "  storage %s\t%s\t%s\tlog %s\n", c.ID, c.Addr, az, c.Log)
 		case "writer":
@@ -719,6 +818,9 @@ type restartEvent struct {
 	// Error (failed, error) says why; a failure quotes the last lines of
 	// the component's log, one per line.
 	Error string `json:"error,omitempty"`
+	// Started (started), for "restart control": each control plane
+	// started again, "c2 (pid 123)".
+	Started []string `json:"started,omitempty"`
 }
 
 // serveRestarts answers `borealis restart` on a unix socket in the cluster
@@ -772,6 +874,12 @@ func serveRestarts(ctx context.Context, dir string, cl *cluster.Cluster, writeFi
 // writer whose recovery needs storage nodes that are down waits until they
 // are back. send is told how it goes.
 func restart(ctx context.Context, cl *cluster.Cluster, id string, writeFile func() error, out io.Writer, send func(restartEvent)) {
+	if id == legacyControlID {
+		if _, ok := componentByID(cl, legacyControlID); !ok {
+			restartControlPlanes(ctx, cl, writeFile, out, send)
+			return
+		}
+	}
 	comp, err := cl.StartAgain(id)
 	if err != nil {
 		var ids []string
@@ -818,17 +926,88 @@ func restart(ctx context.Context, cl *cluster.Cluster, id string, writeFile func
 	}
 }
 
+func componentByID(cl *cluster.Cluster, id string) (cluster.Component, bool) {
+	for _, c := range cl.Components() {
+		if c.ID == id {
+			return c, true
+		}
+	}
+	return cluster.Component{}, false
+}
+
+// restartControlPlanes is "restart control" on a cluster of three control
+// planes: it starts every one that is stopped, all at once (a lone etcd
+// member is not ready until a majority runs, and gives up after a while),
+// and waits until all of them are ready.
+func restartControlPlanes(ctx context.Context, cl *cluster.Cluster, writeFile func() error, out io.Writer, send func(restartEvent)) {
+	var ids, stopped []string
+	for _, c := range cl.Components() {
+		if c.Role == "control" {
+			ids = append(ids, c.ID)
+			if !cl.Running(c.ID) {
+				stopped = append(stopped, c.ID)
+			}
+		}
+	}
+	if len(stopped) == 0 {
+		send(restartEvent{Event: "error", Error: fmt.Sprintf("the control planes %s all run; `restart ID` restarts one once it is stopped", strings.Join(ids, ", "))})
+		return
+	}
+	var started []string
+	var pid int
+	for _, id := range stopped {
+		comp, err := cl.StartAgain(id)
+		if err != nil {
+			send(restartEvent{Event: "error", Error: fmt.Sprintf("%s: %v", id, err)})
+			return
+		}
+		if pid == 0 {
+			pid = comp.Pid
+		}
+		started = append(started, fmt.Sprintf("%s (pid %d)", id, comp.Pid))
+		fmt.Fprintf(out, "%s restarted (pid %d)\n", id, comp.Pid)
+	}
+	if err := writeFile(); err != nil {
+		send(restartEvent{Event: "error", Pid: pid, Error: fmt.Sprintf("%s restarted, but cluster.json was not updated: %v", strings.Join(started, ", "), err)})
+		return
+	}
+	send(restartEvent{Event: "started", Pid: pid, Started: started})
+	errs := make([]error, len(stopped))
+	var wg sync.WaitGroup
+	for i, id := range stopped {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = cl.WaitReady(ctx, id, -1, nil)
+		}()
+	}
+	wg.Wait()
+	switch err := errors.Join(errs...); {
+	case err == nil:
+		fmt.Fprintf(out, "control planes %s are ready\n", strings.Join(stopped, ", "))
+		send(restartEvent{Event: "ready", Pid: pid, Started: started})
+	case ctx.Err() != nil:
+		send(restartEvent{Event: "error", Pid: pid, Error: "`borealis up` is stopping the cluster"})
+	default:
+		send(restartEvent{Event: "failed", Pid: pid, Error: err.Error()})
+	}
+}
+
 func restartCmd() *cobra.Command {
 	var dir string
 	var wait time.Duration
 	cmd := &cobra.Command{
 		Use:   "restart ID [--dir D] [--wait T]",
 		Short: "Start a stopped component of a running `borealis up` again",
-		Long: `Start a stopped component (control, s1..s6, writer, a replica r1..rN, router)
-of the cluster that a running "borealis up" manages in --dir, with the same
+		Long: `Start a stopped component (a control plane c1..c3, s1..s6, writer, a
+replica r1..rN, router) of the cluster that a running "borealis up" manages
+in --dir, with the same
 id, address and data (a replica and the router have none of their own). The
 running "up" starts it, so it stays under its supervision, and updates
-cluster.json with the new pid as soon as the process runs.
+cluster.json with the new pid as soon as the process runs. "restart
+control" starts every stopped control plane at once: an etcd member is ready
+only once a majority of the three run, so with two or three of them down,
+restart them together this way.
 
 It then waits up to --wait for the component to become ready. A component
 can take longer: a writer's crash recovery needs a read quorum of every PG
@@ -887,6 +1066,10 @@ the process exits before it is ready, quoting the end of its log.`,
 				case "waiting":
 					waiting = ev
 				case "ready":
+					if len(ev.Started) > 0 {
+						fmt.Fprintf(out, "%s restarted, ready (%s)\n", strings.Join(ev.Started, ", "), since(start))
+						return nil
+					}
 					fmt.Fprintf(out, "%s restarted, pid %d, ready (%s)\n", id, ev.Pid, since(start))
 					return nil
 				case "failed", "error":

@@ -3,8 +3,10 @@ package main
 import (
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -72,13 +74,14 @@ func TestInstanceAddrs(t *testing.T) {
 	if err != nil || !added {
 		t.Fatalf("planInstanceAddrs: %v, added %v", err, added)
 	}
-	want := map[string]int{"control": 18000, "s1": 18001, "s6": 18006, "writer": 18007, "r1": 18008, "r2": 18009, "r3": 18010, "router": 18011, "router-reader": 18012}
+	want := map[string]int{"c1": 18000, "s1": 18001, "s6": 18006, "writer": 18007, "r1": 18008, "r2": 18009, "r3": 18010, "router": 18011, "router-reader": 18012,
+		"c2": 18030, "c3": 18031, "c1-etcd-client": 18032, "c3-etcd-client": 18034, "c1-etcd-peer": 18035, "c3-etcd-peer": 18037}
 	for id, port := range want {
 		if a := addrs[id]; a != fmt.Sprintf("127.0.0.1:%d", port) {
 			t.Errorf("%s at %q, want port %d", id, a, port)
 		}
 	}
-	if len(addrs) != 13 {
+	if len(addrs) != 21 {
 		t.Errorf("addresses: %v", addrs)
 	}
 	// Resumed with the same, or fewer: nothing moves.
@@ -97,10 +100,57 @@ func TestInstanceAddrs(t *testing.T) {
 	if _, err := planInstanceAddrs(old, 1); err != nil || old["r1"] != "127.0.0.1:18108" || old["router"] != "127.0.0.1:18109" || old["router-reader"] != "127.0.0.1:18110" {
 		t.Fatalf("old cluster: %v: %v", err, old)
 	}
+	// The most a cluster's instances can take stays below the control
+	// planes' ports: 15 replicas and the router, grown one at a time.
+	grown := freshAddrs(t, 18200)
+	for n := 0; n <= 15; n++ {
+		if _, err := planInstanceAddrs(grown, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, a := range grown {
+		_, port, _ := net.SplitHostPort(a)
+		if p, _ := strconv.Atoi(port); p >= 18230 && !strings.HasPrefix(id, "c") {
+			t.Errorf("%s at %s, among the control planes' ports", id, a)
+		}
+	}
 	// No ports left.
-	high := freshAddrs(t, 65520)
-	if _, err := planInstanceAddrs(high, 15); err == nil || !strings.Contains(err.Error(), "no port left for r9") {
+	high := freshAddrs(t, 65490)
+	high["writer"] = "127.0.0.1:65530"
+	if _, err := planInstanceAddrs(high, 15); err == nil || !strings.Contains(err.Error(), "no port left for r6") {
 		t.Fatalf("past port 65535: %v", err)
+	}
+	if _, _, err := plannedAddrs(t.TempDir(), 65535-36); err == nil || !strings.Contains(err.Error(), "want a port from 1 to 65498") {
+		t.Fatalf("base port too high: %v", err)
+	}
+}
+
+// A cluster made when up ran one control plane keeps running one: its
+// addresses.json names "control", and the others' ports grow from it.
+func TestLegacyControlAddrs(t *testing.T) {
+	addrs := map[string]string{"control": "127.0.0.1:18000", "writer": "127.0.0.1:18007"}
+	for i := 1; i <= 6; i++ {
+		addrs[fmt.Sprintf("s%d", i)] = fmt.Sprintf("127.0.0.1:%d", 18000+i)
+	}
+	if k := controlKeys(addrs); len(k) != 1 || k[0] != "control" {
+		t.Fatalf("control keys %v", k)
+	}
+	if l := controlAddrList(addrs); l != "127.0.0.1:18000" {
+		t.Fatalf("control list %q", l)
+	}
+	if _, err := planInstanceAddrs(addrs, 1); err != nil || addrs["r1"] != "127.0.0.1:18008" {
+		t.Fatalf("%v %v", err, addrs)
+	}
+	fresh := freshAddrs(t, 18000)
+	if l := controlAddrList(fresh); l != "127.0.0.1:18000,127.0.0.1:18030,127.0.0.1:18031" {
+		t.Fatalf("control list %q", l)
+	}
+	specs := controlSpecs(fresh)
+	if len(specs) != 3 || specs[1].ID != "c2" || specs[1].AZ != "b" || specs[1].ClientAddr != "127.0.0.1:18033" || specs[1].PeerAddr != "127.0.0.1:18036" {
+		t.Fatalf("specs %+v", specs)
+	}
+	if ic := cluster.InitialCluster(specs); ic != "c1=http://127.0.0.1:18035,c2=http://127.0.0.1:18036,c3=http://127.0.0.1:18037" {
+		t.Fatalf("initial cluster %q", ic)
 	}
 }
 
@@ -159,7 +209,7 @@ func TestReplicaCountOnResume(t *testing.T) {
 // URLs to copy, one a line.
 func TestPrintUp(t *testing.T) {
 	comps := []cluster.Component{
-		{Role: "control", ID: "control", Addr: "127.0.0.1:7100", Log: "/d/control.log"},
+		{Role: "control", ID: "c1", AZ: "a", Addr: "127.0.0.1:7100", Log: "/d/c1.log"},
 		{Role: "storage", ID: "s1", AZ: "a", Addr: "127.0.0.1:7101", Log: "/d/s1.log"},
 		{Role: "writer", ID: "writer", AZ: "a", Addr: "127.0.0.1:7107", Log: "/d/writer.log"},
 		{Role: "replica", ID: "r1", AZ: "b", Addr: "127.0.0.1:7108", Log: "/d/r1.log"},
@@ -170,6 +220,7 @@ func TestPrintUp(t *testing.T) {
 	printUp(&b, "/d", comps)
 	out := b.String()
 	for _, want := range []string{
+		"  control plane c1  127.0.0.1:7100         AZ a  log /d/c1.log\n",
 		"  writer (SQL)      http://127.0.0.1:7107  AZ a  log /d/writer.log\n",
 		"  replica r1        http://127.0.0.1:7108  AZ b  log /d/r1.log\n",
 		"  replica r10       http://127.0.0.1:7117  AZ a  log /d/r10.log\n",

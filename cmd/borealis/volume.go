@@ -9,12 +9,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/control"
 )
 
 // controlAddrFlags are the two ways a command finds the control plane.
@@ -22,7 +21,7 @@ type controlAddrFlags struct{ dir, control string }
 
 func (f *controlAddrFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.dir, "dir", defaultDir, "directory of a cluster that borealis up runs (its cluster.json names the control plane)")
-	cmd.Flags().StringVar(&f.control, "control", "", "control plane address (instead of --dir)")
+	cmd.Flags().StringVar(&f.control, "control", "", "control plane address, host:port: one address, or several separated by commas (instead of --dir)")
 }
 
 func (f *controlAddrFlags) addr() (string, error) {
@@ -37,8 +36,8 @@ func (f *controlAddrFlags) addr() (string, error) {
 	if err := upGone(f.dir); err != nil {
 		return "", err
 	}
-	if c, ok := cf.Find("control"); ok {
-		return c.Addr, nil
+	if addrs := cf.ControlAddrs(); addrs != "" {
+		return addrs, nil
 	}
 	return "", fmt.Errorf("%s lists no control plane", path)
 }
@@ -50,7 +49,7 @@ func (f *controlAddrFlags) dial(parent context.Context) (context.Context, pb.Con
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := control.Dial(addr)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -67,6 +67,30 @@ func (f *File) Find(role string) (Component, bool) {
 	return Component{}, false
 }
 
+// ControlAddrs is the gRPC addresses of the cluster's control planes,
+// separated by commas, as every --control flag takes them; "" if it lists
+// none.
+func (f *File) ControlAddrs() string {
+	var addrs []string
+	for _, c := range f.Components {
+		if c.Role == "control" {
+			addrs = append(addrs, c.Addr)
+		}
+	}
+	return strings.Join(addrs, ",")
+}
+
+// ControlPlanes returns the control-plane components, in the file's order.
+func (f *File) ControlPlanes() []Component {
+	var out []Component
+	for _, c := range f.Components {
+		if c.Role == "control" {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // ByID returns the component with the given id.
 func (f *File) ByID(id string) (Component, bool) {
 	for _, c := range f.Components {
@@ -106,8 +130,9 @@ var StorageAZs = []string{"a", "a", "b", "b", "c", "c"}
 type Cluster struct {
 	Binary string
 	Dir    string
-	// ControlAddr, when set, is passed to storage nodes as --control, so they
-	// register and heartbeat with the control plane.
+	// ControlAddr, when set, is passed to storage nodes, database
+	// instances and the router as --control: the control planes' addresses,
+	// separated by commas.
 	ControlAddr string
 	// ReadyWithin, if set, replaces how long a start waits for a
 	// component to become ready (StorageReadyWithin, DBReadyWithin).
@@ -175,6 +200,61 @@ func (c *Cluster) StartControl(ctx context.Context, addr string, extra ...string
 		return err
 	}
 	return c.launch(ctx, p)
+}
+
+// ControlSpec is one control plane of StartControlPlanes: its id (its etcd
+// member's name), AZ, gRPC address and its etcd member's client and peer
+// addresses (host:port).
+type ControlSpec struct {
+	ID, AZ, Addr, ClientAddr, PeerAddr string
+}
+
+// InitialCluster is the etcd initial cluster of specs: every member's peer
+// URL, as `borealis control --initial-cluster` takes it.
+func InitialCluster(specs []ControlSpec) string {
+	parts := make([]string, len(specs))
+	for i, s := range specs {
+		parts[i] = s.ID + "=http://" + s.PeerAddr
+	}
+	return strings.Join(parts, ",")
+}
+
+// StartControlPlanes starts control-plane processes that each embed one
+// member of one etcd cluster, with their data in Dir/ID, all at once (a
+// member is ready only when a majority runs), and waits until each
+// answers. extra flags are passed to each.
+func (c *Cluster) StartControlPlanes(ctx context.Context, specs []ControlSpec, extra ...string) error {
+	ic := InitialCluster(specs)
+	procs := make([]*proc, len(specs))
+	for i, s := range specs {
+		dir := filepath.Join(c.Dir, s.ID)
+		procs[i] = &proc{
+			Component: Component{Role: "control", ID: s.ID, AZ: s.AZ, Addr: s.Addr, Dir: dir, Log: filepath.Join(c.Dir, s.ID+".log")},
+			args: append([]string{"control", "--name", s.ID, "--az", s.AZ, "--listen", s.Addr, "--dir", dir,
+				"--client-listen", s.ClientAddr, "--peer-listen", s.PeerAddr, "--initial-cluster", ic}, extra...),
+			ready:  controlReady,
+			within: StorageReadyWithin,
+		}
+		if err := c.add(procs[i]); err != nil {
+			return err
+		}
+	}
+	for _, p := range procs {
+		if err := c.start(p); err != nil {
+			return err
+		}
+	}
+	errs := make([]error, len(procs))
+	var wg sync.WaitGroup
+	for i, p := range procs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = c.waitReady(ctx, p, c.within(p), nil)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (c *Cluster) add(p *proc) error {

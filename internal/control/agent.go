@@ -6,10 +6,7 @@ import (
 	"log/slog"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
@@ -38,7 +35,8 @@ const (
 )
 
 // RunNodeAgent keeps a storage node registered with the control plane at
-// controlAddr and heartbeating, until ctx ends.
+// controlAddr (one address, or several separated by commas) and
+// heartbeating, until ctx ends.
 //
 // It registers the node, retrying with backoff (up to 2s apart) while the
 // control plane is unreachable or refuses, logging once per outage; then it
@@ -46,19 +44,19 @@ const (
 // sends it back to registering (registration is idempotent), so a control
 // plane that lost the node (NotFound, e.g. on a fresh etcd) or restarted
 // with another heartbeat timeout learns of it again.
+//
+// With no control plane answering at all, the node goes on serving what it
+// holds: the agent only keeps retrying, logging the outage once (and again
+// only if the error changes to something other than unreachable), and the
+// epochs it last received keep fencing stale writers.
 func RunNodeAgent(ctx context.Context, controlAddr string, node AgentNode, log *slog.Logger) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	log = log.With("control", controlAddr)
-	conn, err := grpc.NewClient(controlAddr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		// Reconnect promptly when the control plane comes back: gRPC's
-		// default backoff grows to two minutes.
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: agentMinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: time.Second,
-		}))
+	// Every control plane serves every call: Dial goes round the addresses
+	// of those that answer.
+	conn, err := Dial(controlAddr)
 	if err != nil {
 		log.Error("control plane address is not valid; the node will not register", "err", err)
 		return

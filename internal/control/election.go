@@ -222,7 +222,7 @@ func (c controlPlaneService) ControlPlaneStatus(ctx context.Context, _ *pb.Contr
 	}
 	// Short: status asks every control plane, and one cut off from the
 	// etcd majority should say so promptly.
-	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 	defer cancel()
 	if l, ok, err := s.cat.Leader(rctx); err != nil {
 		out.LeaderError = err.Error()
