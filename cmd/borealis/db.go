@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/borealis-db/borealis/internal/dbserver"
+	"github.com/borealis-db/borealis/internal/instance"
 )
 
 // maxBodyTooSmall reports whether a body cap of maxBody refuses every
@@ -43,8 +44,16 @@ over HTTP with JSON on --listen:
   POST /v1/query    {"sql":"...","params":[...]}
   GET  /v1/health
 
-It answers /v1/health (ready: false) while it starts. If it loses the lease it
-stops serving writes, takes the lease again and recovers again.
+It answers /v1/health (ready: false) while it starts.
+
+Failover: when the writer's lease is gone (it died, or was paused past its
+--lease-ttl), the control plane chooses a replica (lowest --promotion-tier,
+then the most caught up, then one whose AZ's storage nodes are up), which takes
+the lease, fences the old writer with a new epoch, recovers and serves writes
+with its page cache kept. A writer that loses its lease stops serving at once
+and comes back as a replica of the new writer; it never acknowledges a commit
+after that (storage refuses its epoch). With no replica, a writer that starts
+(up restarts it) takes the lease back.
 
 A string or blob is at most 32 MiB (a row, 32 MiB + 64 KiB). A request body
 is at most --max-body, 48 MiB by default: enough for the largest blob as a
@@ -142,21 +151,21 @@ a request beyond waits for room, and fails with busy if it finds none within
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Role, "role", dbserver.RoleWriter, "instance role: writer (takes the writer lease, recovers the volume and serves writes) or replica (reads the volume's pages from storage and follows the writer's redo stream; keeps no data on local disk)")
+	f.StringVar(&cfg.Role, "role", dbserver.RoleWriter, "the role to start in: writer (takes the writer lease, recovers the volume and serves writes; if another instance is the writer already, or a failover is promoting one, it starts as a replica instead) or replica (reads the volume's pages from storage and follows the writer's redo stream; keeps no data on local disk). Failovers change the role: a replica the control plane chooses promotes itself, and a writer that loses the lease comes back as a replica")
 	f.StringVar(&cfg.AZ, "az", "", "availability zone of the instance, registered in the catalog")
 	f.DurationVar(&cfg.MaxReadAge, "max-read-age", 5*time.Minute, "how long a read transaction may stay pinned at its read point; beyond it its reads fail with snapshot_too_old, and it no longer holds storage's garbage collection back")
 	f.DurationVar(&cfg.MinLSNWait, "min-lsn-wait", time.Second, "how long a query with min_lsn waits for the instance to reach that LSN before it fails with lagging")
 	f.StringVar(&cfg.ReplicationListen, "replication-listen", "", "writer: gRPC address to serve the redo stream to replicas on (default: the --listen host, on a port the system picks; replicas find it in the catalog)")
 	f.Uint32Var(&cfg.PromotionTier, "promotion-tier", 1, "replica: failover promotes a replica of the lowest tier first")
 	f.StringVar(&cfg.Volume, "volume", "", "volume name")
-	f.StringVar(&cfg.Control, "control", "", "control plane gRPC address")
+	f.StringVar(&cfg.Control, "control", "", "control plane gRPC address: one, or several separated by commas")
 	f.StringVar(&listen, "listen", "", "HTTP address to serve SQL on")
 	f.StringVar(&metrics, "metrics", "", "address to serve Prometheus /metrics and pprof on (off when empty)")
 	f.StringVar(&cfg.ID, "id", "", "instance id, registered in the catalog; the holder name of the writer lease (default: the role)")
 	f.IntVar(&cfg.CacheMiB, "cache-mib", 64, "page cache size in MiB")
 	f.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "how long a commit waits for a write quorum of segments that can make it durable (answering, and holding or catching up to it) before failing with storage_unavailable")
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", 0, "how long one request may take, from waiting for room to read its body to the end of its SQL, which is then interrupted and fails with timeout (0: 2m, or a minute more than --write-timeout if that is longer)")
-	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "writer lease time to live")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", instance.DefaultLeaseTTL, "writer lease time to live, whole seconds (etcd's leases are; the embedded etcd grants 1s and up). A writer that cannot renew it stops serving a tenth of it before it can expire, and a dead writer's replica is promoted about this long after its death; the instance's registration in the catalog has the same TTL")
 	f.IntVar(&cfg.MaxWriters, "max-writers", 64, "writer connections (transactions in flight)")
 	f.StringVar(&maxBody, "max-body", formatSize(dbserver.DefaultMaxBodyBytes), "largest request body, such as 48MiB; larger ones fail with body_too_large. The default admits the largest string or blob (32 MiB) as a base64 parameter, with its statement")
 	return cmd

@@ -34,7 +34,7 @@ func rootCmd() *cobra.Command {
 	}
 	root.AddCommand(storageCmd(), benchCmd(), controlCmd())
 	root.AddCommand(upCmd(), restartCmd(), statusCmd(), volumeCmd(), dbCmd())
-	root.AddCommand(sqlCmd(), routerCmd())
+	root.AddCommand(sqlCmd(), routerCmd(), failoverCmd())
 	return root
 }
 

@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/instance"
 	"github.com/borealis-db/borealis/internal/sqlvfs"
 	"github.com/borealis-db/borealis/internal/volume"
@@ -50,7 +50,7 @@ type Config struct {
 	// as long as its client waits. Default 2m, or a minute more than
 	// WriteTimeout if that is longer.
 	RequestTimeout time.Duration
-	// LeaseTTL is the writer lease's time to live. Default 5s.
+	// LeaseTTL is the writer lease's time to live. Default instance.DefaultLeaseTTL.
 	LeaseTTL time.Duration
 	// MaxBodyBytes bounds a request body. Default DefaultMaxBodyBytes,
 	// which admits the largest value the API takes (MaxValueBytes) as a blob
@@ -117,7 +117,7 @@ func (c *Config) defaults() error {
 		c.RequestTimeout = max(2*time.Minute, c.WriteTimeout+time.Minute)
 	}
 	if c.LeaseTTL <= 0 {
-		c.LeaseTTL = 5 * time.Second
+		c.LeaseTTL = instance.DefaultLeaseTTL
 	}
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
@@ -146,6 +146,9 @@ type Instance struct {
 	role role
 	w    *instance.Writer
 	rep  *replicaRole
+	// m is the member whose role failovers change (nil in tests that serve
+	// a writer or a replica as it is).
+	m *instance.Member
 
 	stats struct {
 		executes, queries atomic.Uint64
@@ -171,7 +174,7 @@ func New(cfg Config) (*Instance, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(cfg.Control, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := control.Dial(cfg.Control)
 	if err != nil {
 		return nil, fmt.Errorf("dbserver: control plane address %q: %w", cfg.Control, err)
 	}
@@ -181,17 +184,14 @@ func New(cfg Config) (*Instance, error) {
 		log:  cfg.Logger.With("instance", cfg.ID, "volume", cfg.Volume),
 		conn: conn,
 	}
-	if cfg.Role == RoleReplica {
-		s.rep = &replicaRole{cfg: cfg, log: s.log, ctl: ctl, status: "starting"}
-		s.role = s.rep
-		return s, nil
-	}
-	w, err := instance.NewWriter(writerConfig(cfg, ctl))
+	m, err := instance.NewMember(instance.MemberConfig{
+		Writer: writerConfig(cfg, ctl), PromotionTier: cfg.PromotionTier, StartAs: cfg.Role,
+	})
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	s.w, s.role = w, writerRole{w}
+	s.m, s.role = m, memberRole{cfg: cfg, m: m}
 	return s, nil
 }
 
@@ -207,14 +207,24 @@ func writerConfig(cfg Config, ctl pb.ControlClient) instance.WriterConfig {
 
 // DB returns a writer's SQL database once it is ready (nil on a replica).
 func (s *Instance) DB() *sqlvfs.DB {
-	if s.w == nil {
+	w := s.Writer()
+	if w == nil {
 		return nil
 	}
-	return s.w.DB()
+	return w.DB()
 }
 
-// Writer is the writer of a writer instance (nil on a replica).
-func (s *Instance) Writer() *instance.Writer { return s.w }
+// Writer is the instance's writer while it is the writer (nil on a
+// replica).
+func (s *Instance) Writer() *instance.Writer {
+	if s.m != nil {
+		return s.m.Writer()
+	}
+	return s.w
+}
+
+// Member is the instance's member (nil on an instance served as it is).
+func (s *Instance) Member() *instance.Member { return s.m }
 
 // Health reports the instance's state.
 func (s *Instance) Health() Health {
@@ -237,26 +247,27 @@ func (s *Instance) writable(ctx context.Context) (*sqlvfs.DB, *APIError) {
 
 // noteUnacknowledged records a commit whose outcome is unknown.
 func (s *Instance) noteUnacknowledged(lsn uint64) {
-	if s.w != nil {
-		s.w.NoteUnacknowledged(lsn)
+	if w := s.Writer(); w != nil {
+		w.NoteUnacknowledged(lsn)
 	}
 }
 
 // fenced is called when storage refuses this writer's epoch: another writer
 // took over.
 func (s *Instance) fenced(err error) {
-	if s.w != nil {
-		s.w.Fenced(err)
+	if w := s.Writer(); w != nil {
+		w.Fenced(err)
 	}
 }
 
 // writerVolume is a writer's volume client while it serves (nil otherwise,
 // and on a replica).
 func (s *Instance) writerVolume() *volume.Client {
-	if s.w == nil {
+	w := s.Writer()
+	if w == nil {
 		return nil
 	}
-	return s.w.Volume()
+	return w.Volume()
 }
 
 // Start starts the instance once: a writer takes the writer lease (waiting

@@ -137,6 +137,9 @@ func (r *replicaRole) replica() *instance.Replica {
 // Replica is the running replica of a replica instance (nil before it
 // started, and on a writer).
 func (s *Instance) Replica() *instance.Replica {
+	if s.m != nil {
+		return s.m.Replica()
+	}
 	if s.rep == nil {
 		return nil
 	}
@@ -191,6 +194,10 @@ func (r *replicaRole) health(h *Health) {
 	h.Replica = &sqlclient.ReplicaHealth{
 		Stream: st.State.String(), WriterVDL: st.WriterVDL, LagLSN: st.LagLSN,
 		LagMS: float64(st.Lag.Microseconds()) / 1000, Writer: st.Writer, Epoch: st.Epoch, Resyncs: st.Resyncs,
+	}
+	if db := rep.DB(); db != nil {
+		ds := db.Stats()
+		h.Stats.CacheHits, h.Stats.CacheMisses = ds.CacheHits, ds.VolumeReads
 	}
 	if st.State != replica.Streaming && h.Status == "ready" {
 		h.Status = "ready: serving reads at applied VDL; " + st.State.String()

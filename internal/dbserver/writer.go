@@ -59,6 +59,7 @@ func (r writerRole) health(h *Health) {
 	if db := w.DB(); db != nil {
 		st := db.Stats()
 		h.Stats.Commits, h.Stats.FullPageBytes = st.Commits, st.FullPageBytes
+		h.Stats.CacheHits, h.Stats.CacheMisses = st.CacheHits, st.VolumeReads
 	}
 	if stream := w.Stream(); stream != nil {
 		for _, sub := range stream.Subscriptions() {

@@ -552,6 +552,33 @@ func (r *Replica) keepRegistration(ctx context.Context) {
 	}
 }
 
+// Detach stops following the writer and renewing the registration (which
+// a writer's registration of the same id replaces), and returns the
+// database (nil if it never opened) and the VDL it applied, for a
+// promotion that keeps its cache (sqlvfs.DB.Promote). The replica is done
+// with: the caller owns the database, and closes the read-only volume
+// client with Retire once reads begun on it ended.
+func (r *Replica) Detach() (*sqlvfs.DB, uint64) {
+	r.cancel()
+	r.done.Wait()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	db := r.db
+	r.db = nil
+	return db, r.vol.VDL()
+}
+
+// Retire closes the read-only volume client of a detached replica once no
+// read pins it (or after the maximum read age, when such a read fails
+// anyway).
+func (r *Replica) Retire() {
+	deadline := time.Now().Add(r.cfg.Options.MaxReadAge)
+	for r.vol.Pinned() > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	r.vol.Close()
+}
+
 // Close stops following, deregisters and closes the database.
 func (r *Replica) Close() error {
 	r.mu.Lock()

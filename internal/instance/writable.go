@@ -53,10 +53,19 @@ func (e *PendingCommitError) Unwrap() error { return e.Err }
 // Readable returns the database to query, or a *NotReadyError.
 func (w *Writer) Readable() (*sqlvfs.DB, error) {
 	w.mu.Lock()
-	db, st := w.db, w.status
+	db, st, leased := w.db, w.status, w.lease != nil
+	lost, once := w.lost, w.lostOnce
 	w.mu.Unlock()
 	if !w.ready.Load() || db == nil {
 		return nil, &NotReadyError{Volume: w.cfg.Volume, Status: st}
+	}
+	if leased && !w.leaseValid() {
+		// The lease may have expired in etcd, and a new writer may serve:
+		// a read here could miss its commits. keepLease may not have run
+		// since (this process was paused); end the attempt now.
+		why := fmt.Sprintf("the writer lease was not renewed within its time to live (%s)", w.cfg.LeaseTTL)
+		go w.loseLease(lost, once, why, nil)
+		return nil, &NotReadyError{Volume: w.cfg.Volume, Status: why}
 	}
 	return db, nil
 }
@@ -70,6 +79,9 @@ func (w *Writer) Writable(ctx context.Context) (*sqlvfs.DB, error) {
 	db, err := w.Readable()
 	if err != nil {
 		return nil, err
+	}
+	if why := w.draining.Load(); why != nil {
+		return nil, &NotReadyError{Volume: w.cfg.Volume, Status: *why}
 	}
 	w.mu.Lock()
 	vol, limbo := w.vol, w.limbo

@@ -50,10 +50,20 @@ type WriterConfig struct {
 	// acknowledged; see Writable). Default 10s.
 	WriteTimeout time.Duration
 	// LeaseTTL is the writer lease's time to live, and the catalog
-	// registration's. Default 5s.
+	// registration's. Default DefaultLeaseTTL.
 	LeaseTTL time.Duration
-	Logger   *slog.Logger
+	// Yield, if set, is asked before each attempt to take the lease: true
+	// means another instance is the writer (or is being promoted), and
+	// Start gives way with ErrYielded rather than wait for the lease.
+	Yield  func() bool
+	Logger *slog.Logger
 }
+
+// DefaultLeaseTTL is the writer lease's time to live by default: the
+// shortest etcd grants (its minimum TTL is 1.5 election timeouts, rounded
+// up to a second; the embedded etcd's election timeout is 500 ms), so that
+// a dead writer's lease is gone within a second and a replica promoted.
+const DefaultLeaseTTL = time.Second
 
 func (c *WriterConfig) defaults() {
 	if c.ID == "" {
@@ -75,7 +85,7 @@ func (c *WriterConfig) defaults() {
 		c.WriteTimeout = 10 * time.Second
 	}
 	if c.LeaseTTL <= 0 {
-		c.LeaseTTL = 5 * time.Second
+		c.LeaseTTL = DefaultLeaseTTL
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -104,7 +114,15 @@ type Writer struct {
 	volID  uint64
 	epoch  uint64
 	ready  atomic.Bool
-	lease  *pb.AcquireWriterResponse
+	// leaseUntil is the monotonic time (monoNow) until which the lease is
+	// certainly alive in etcd.
+	leaseUntil atomic.Int64
+	// draining: a planned failover hands the role over; new writes are
+	// refused.
+	draining atomic.Pointer[string]
+	// lastAcquire is how long the AcquireWriter call that succeeded took.
+	lastAcquire atomic.Int64
+	lease       *pb.AcquireWriterResponse
 	// retryWhy, after a start attempt failed, is why: the status keeps it
 	// through the next attempt's quick steps (taking the lease, starting
 	// recovery), so that a poll between two attempts learns what the
@@ -269,7 +287,7 @@ func (w *Writer) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := w.open(ctx, lease); err != nil {
+	if err := w.open(ctx, lease, nil); err != nil {
 		w.release(lease)
 		return err
 	}
@@ -287,7 +305,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := w.open(ctx, lease); err != nil {
+		if err := w.open(ctx, lease, nil); err != nil {
 			w.release(lease)
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -320,8 +338,21 @@ func (w *Writer) Run(ctx context.Context) error {
 	}
 }
 
-// open recovers the volume under the new epoch and opens the database.
-func (w *Writer) open(ctx context.Context, lease *pb.AcquireWriterResponse) (err error) {
+// adoption is a replica's database that open promotes in place (keeping
+// its page cache), with what the promotion measures.
+type adoption struct {
+	db *sqlvfs.DB
+	// applied is the VDL the replica had applied when it stopped.
+	applied uint64
+	// Filled in by open.
+	recovery, openTook time.Duration
+	vdl                uint64
+	warm               bool
+}
+
+// open recovers the volume under the new epoch and opens the database, or
+// promotes adopt's.
+func (w *Writer) open(ctx context.Context, lease *pb.AcquireWriterResponse, adopt *adoption) (err error) {
 	epoch := lease.Epoch
 	w.setStep("recovering at epoch %d", epoch)
 	w.mu.Lock()
@@ -374,6 +405,10 @@ func (w *Writer) open(ctx context.Context, lease *pb.AcquireWriterResponse) (err
 		return fmt.Errorf("instance: recovery of volume %s at epoch %d: %w", w.cfg.Volume, epoch, err)
 	}
 	w.log.Info("recovery done", "epoch", epoch, "vdl", cfg.BaseLSN, "took", time.Since(start).Round(time.Millisecond), "detail", rec)
+	opened := time.Now()
+	if adopt != nil {
+		adopt.recovery, adopt.vdl = opened.Sub(start), cfg.BaseLSN
+	}
 	if h := w.hooks.recovered; h != nil {
 		h(lost)
 	}
@@ -392,7 +427,14 @@ func (w *Writer) open(ctx context.Context, lease *pb.AcquireWriterResponse) (err
 	stream.Attach(vol)
 	opts := w.cfg.Options
 	opts.PageSize = cfg.PageSize
-	db, err := sqlvfs.OpenDB(vol, opts)
+	var db *sqlvfs.DB
+	if adopt != nil {
+		db = adopt.db
+		adopt.warm = cfg.BaseLSN == adopt.applied
+		err = db.Promote(vol)
+	} else {
+		db, err = sqlvfs.OpenDB(vol, opts)
+	}
 	if err != nil {
 		stream.Close()
 		vol.Close()
@@ -430,6 +472,9 @@ func (w *Writer) open(ctx context.Context, lease *pb.AcquireWriterResponse) (err
 	w.status, w.retryWhy = "ready", ""
 	w.ready.Store(true)
 	w.mu.Unlock()
+	if adopt != nil {
+		adopt.openTook = time.Since(opened)
+	}
 	go w.keepRegistration(lost)
 	w.log.Info("serving as the writer", "epoch", epoch, "vdl", vol.VDL())
 	return nil

@@ -106,6 +106,27 @@ type Health struct {
 	// Replicas, on the writer, are the replicas subscribed to its redo
 	// stream.
 	Replicas []StreamHealth `json:"replicas,omitempty"`
+	// Roles counts the instance's changes of role by failovers, with what
+	// its last promotion took.
+	Roles *RoleHealth `json:"roles,omitempty"`
+}
+
+// RoleHealth is an instance's history of failovers.
+type RoleHealth struct {
+	Promotions uint64 `json:"promotions"`
+	StepDowns  uint64 `json:"step_downs"`
+	// LastPromotion's steps, in milliseconds.
+	LastPromotion *PromotionHealth `json:"last_promotion,omitempty"`
+}
+
+// PromotionHealth is what a promotion took.
+type PromotionHealth struct {
+	LeaseMS    float64 `json:"lease_ms"`
+	EpochMS    float64 `json:"epoch_ms"`
+	RecoveryMS float64 `json:"recovery_ms"`
+	OpenMS     float64 `json:"open_ms"`
+	VDL        uint64  `json:"vdl"`
+	Warm       bool    `json:"warm"`
 }
 
 // ReplicaHealth is a replica's replication state.
@@ -153,6 +174,10 @@ type HealthStats struct {
 	FullPageBytes uint64 `json:"full_page_bytes"`
 	Executes      uint64 `json:"executes"`
 	Queries       uint64 `json:"queries"`
+	// CacheHits and CacheMisses count the page reads of the database the
+	// instance serves now, served by its page cache or by storage.
+	CacheHits   uint64 `json:"cache_hits"`
+	CacheMisses uint64 `json:"cache_misses"`
 }
 
 // Error is a refusal from the server (a non-2xx reply).

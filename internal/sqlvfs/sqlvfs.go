@@ -346,8 +346,9 @@ type Stats struct {
 	// FullPageBytes is what shipping the whole dirty pages of those MTRs
 	// would have taken.
 	FullPageBytes uint64
-	// VolumeReads counts page reads that missed the page cache.
-	VolumeReads uint64
+	// VolumeReads counts page reads that missed the page cache;
+	// CacheHits, those it served.
+	VolumeReads, CacheHits uint64
 }
 
 // newDB makes the database of vol under a fresh name (prefix and a
@@ -419,6 +420,7 @@ func (db *DB) Stats() Stats {
 		Commits:       db.d.commits.Load(),
 		FullPageBytes: db.d.fullPageBytes.Load(),
 		VolumeReads:   db.d.volumeReads.Load(),
+		CacheHits:     db.d.cacheHits.Load(),
 	}
 }
 
@@ -455,6 +457,7 @@ type database struct {
 	batches       atomic.Uint64 // transactions committed by batch-atomic write
 	spilled       atomic.Uint64 // page writes outside a batch (cache spills, big transactions)
 	volumeReads   atomic.Uint64 // page reads that missed the cache
+	cacheHits     atomic.Uint64 // page reads the cache served
 	readAts       atomic.Uint64 // ReadAt calls on the main file
 	commits       atomic.Uint64 // MTRs submitted
 	fullPageBytes atomic.Uint64 // page size times the pages of those MTRs
@@ -503,6 +506,7 @@ func (d *database) releaseWriter() { <-d.writer }
 // modified).
 func (d *database) pageAt(pg, rp uint64) ([]byte, error) {
 	if b, ok := d.cache.at(pg, rp); ok {
+		d.cacheHits.Add(1)
 		return b, nil
 	}
 	b, err := d.read(pg, rp)
@@ -518,6 +522,7 @@ func (d *database) pageAt(pg, rp uint64) ([]byte, error) {
 // served by storage at the VDL.
 func (d *database) pageNewest(pg uint64) ([]byte, uint64, error) {
 	if b, lsn, ok := d.cache.newest(pg); ok {
+		d.cacheHits.Add(1)
 		return b, lsn, nil
 	}
 	rp := d.volume().VDL()

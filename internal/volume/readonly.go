@@ -193,3 +193,14 @@ func (c *Client) roTail(idx uint32, readLSN uint64) uint64 {
 // stream it follows. Its reads carry it, so that a segment serves a read
 // above that epoch's recovery only once it applied its truncation.
 func (c *Client) SetStreamEpoch(epoch uint64) { c.roEpoch.Store(epoch) }
+
+// Pinned is how many read points this client's readers pin now.
+func (c *Client) Pinned() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, k := range c.pins {
+		n += k
+	}
+	return n
+}
