@@ -82,6 +82,14 @@ type hookedControl struct {
 	pb.ControlClient
 	getVolume func(ctx context.Context, req *pb.GetVolumeRequest, opts ...grpc.CallOption) (*pb.VolumeInfo, error)
 	renew     func(ctx context.Context, req *pb.RenewWriterRequest, opts ...grpc.CallOption) (*pb.RenewWriterResponse, error)
+	release   func(ctx context.Context, req *pb.ReleaseWriterRequest, opts ...grpc.CallOption) (*pb.ReleaseWriterResponse, error)
+}
+
+func (h *hookedControl) ReleaseWriter(ctx context.Context, req *pb.ReleaseWriterRequest, opts ...grpc.CallOption) (*pb.ReleaseWriterResponse, error) {
+	if h.release != nil {
+		return h.release(ctx, req, opts...)
+	}
+	return h.ControlClient.ReleaseWriter(ctx, req, opts...)
 }
 
 func (h *hookedControl) GetVolume(ctx context.Context, req *pb.GetVolumeRequest, opts ...grpc.CallOption) (*pb.VolumeInfo, error) {
