@@ -527,9 +527,8 @@ func TestSQLPausedWriterIsFenced(t *testing.T) {
 		}
 	}()
 
-	control, _ := c.f.Find("control")
 	addr := cpFreeAddr(t)
-	cpStart(t, "db", "--role", "writer", "--volume", "main", "--control", control.Addr, "--listen", addr, "--id", "writer-2")
+	cpStart(t, "db", "--role", "writer", "--volume", "main", "--control", c.f.ControlAddrs(), "--listen", addr, "--id", "writer-2")
 	db2 := &sqlclient.Client{Endpoint: "http://" + addr}
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -20,11 +20,10 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
+	"github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/volume"
 )
 
@@ -53,7 +52,9 @@ func freeBasePort(t *testing.T) int {
 	for try := 0; try < 50; try++ {
 		base := 20000 + rand.IntN(12000)
 		ok := true
-		for p := base; p < base+11 && ok; p++ {
+		// up's ports run from the base to base+37 (the control planes'
+		// are at the top).
+		for p := base; p <= base+37 && ok; p++ {
 			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 			if err != nil {
 				ok = false
@@ -65,7 +66,7 @@ func freeBasePort(t *testing.T) int {
 			return base
 		}
 	}
-	t.Fatal("no 11 consecutive free ports")
+	t.Fatal("no 38 consecutive free ports")
 	return 0
 }
 
@@ -119,11 +120,11 @@ func (u *upProcess) waitReady() *cluster.File {
 
 func controlClient(t *testing.T, f *cluster.File) pb.ControlClient {
 	t.Helper()
-	c, ok := f.Find("control")
-	if !ok {
+	addrs := f.ControlAddrs()
+	if addrs == "" {
 		t.Fatal("cluster.json lists no control plane")
 	}
-	conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := control.Dial(addrs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +333,7 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 			t.Fatalf("component %+v is not running as listed", c)
 		}
 	}
-	if len(f.Components) != 10 || byID["r1"].Role != "replica" || byID["router"].Role != "router" || byID["control"].Role != "control" || byID["writer"].Role != "writer" || len(azs) != 3 || azs["a"] != 2 || azs["b"] != 2 || azs["c"] != 2 {
+	if len(f.Components) != 12 || byID["r1"].Role != "replica" || byID["router"].Role != "router" || byID["c1"].Role != "control" || byID["c2"].AZ != "b" || byID["c3"].AZ != "c" || byID["writer"].Role != "writer" || len(azs) != 3 || azs["a"] != 2 || azs["b"] != 2 || azs["c"] != 2 {
 		t.Fatalf("cluster.json: %+v", f.Components)
 	}
 	ctl := controlClient(t, f)
@@ -624,9 +625,11 @@ func TestWritesGoOnWithoutTheControlPlane(t *testing.T) {
 	if _, err := v.Commit(ctx, []volume.PageWrite{{Page: 3, New: image(3, 1)}}); err != nil {
 		t.Fatal(err)
 	}
-	control, _ := f.Find("control")
-	if err := syscall.Kill(control.Pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
+	// Every control plane: the catalog is gone.
+	for _, c := range f.ControlPlanes() {
+		if err := syscall.Kill(c.Pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
 	}
 	old := image(3, 1)
 	var lsn uint64
