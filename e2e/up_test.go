@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
 	"github.com/borealis-db/borealis/internal/control"
