@@ -207,9 +207,14 @@ func DecideFailover(rec *Failover, v FailoverView, t FailoverTiming) *Failover {
 		next.Why = fmt.Sprintf("the switchover's target %s went away", next.Target)
 		choose(&next, v, now, t)
 	case FailoverPromoting:
-		if next.Target == "" || !live[next.Target] || now > next.DeadlineMs {
+		switch {
+		case next.Target == "":
+			// The target reported that it could not promote
+			// (ReportFailover): the why is its cause, and it is tried.
+			choose(&next, v, now, t)
+		case !live[next.Target] || now > next.DeadlineMs:
 			why := fmt.Sprintf("%s did not take the writer lease within %s", next.Target, t.TakeLease)
-			if next.Target != "" && !live[next.Target] {
+			if !live[next.Target] {
 				why = fmt.Sprintf("%s went away before it served", next.Target)
 			}
 			next.Tried = appendOnce(next.Tried, next.Target)
