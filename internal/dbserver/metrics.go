@@ -29,11 +29,15 @@ var (
 
 	descSubApplied = prometheus.NewDesc("borealis_writer_replica_applied", "The VDL each subscribed replica reported applied.", []string{"volume", "replica"}, nil)
 	descSubBytes   = prometheus.NewDesc("borealis_writer_replica_stream_bytes_total", "Record bytes sent to each replica on its current subscription.", []string{"volume", "replica"}, nil)
+
+	descPromotions = prometheus.NewDesc("borealis_db_promotions_total", "Failovers that promoted this instance to writer.", []string{"volume"}, nil)
+	descStepDowns  = prometheus.NewDesc("borealis_db_step_downs_total", "Times this instance stopped being the writer (lease lost, fenced or handed over).", []string{"volume"}, nil)
+	descPromoStep  = prometheus.NewDesc("borealis_db_last_promotion_step_seconds", "What each step of this instance's last promotion took.", []string{"volume", "step"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descEpoch, descCommits, descFull, descExecutes, descQueries, descVDL, descReadPt,
-		descLagLSN, descLag, descStreaming, descResyncs, descSubApplied, descSubBytes} {
+		descLagLSN, descLag, descStreaming, descResyncs, descSubApplied, descSubBytes, descPromotions, descStepDowns, descPromoStep} {
 		ch <- d
 	}
 }
@@ -72,6 +76,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		seen[sub.ID] = true
 		ch <- prometheus.MustNewConstMetric(descSubApplied, prometheus.GaugeValue, float64(sub.Applied), h.Volume, sub.ID)
 		ch <- prometheus.MustNewConstMetric(descSubBytes, prometheus.CounterValue, float64(sub.BytesSent), h.Volume, sub.ID)
+	}
+	if r := h.Roles; r != nil {
+		ch <- prometheus.MustNewConstMetric(descPromotions, prometheus.CounterValue, float64(r.Promotions), h.Volume)
+		ch <- prometheus.MustNewConstMetric(descStepDowns, prometheus.CounterValue, float64(r.StepDowns), h.Volume)
+		if p := r.LastPromotion; p != nil {
+			for step, ms := range map[string]float64{"lease": p.LeaseMS, "epoch": p.EpochMS, "recovery": p.RecoveryMS, "open": p.OpenMS} {
+				ch <- prometheus.MustNewConstMetric(descPromoStep, prometheus.GaugeValue, ms/1000, h.Volume, step)
+			}
+		}
 	}
 	if vol := s.writerVolume(); vol != nil {
 		vol.Collector().Collect(ch)

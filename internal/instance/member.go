@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -263,7 +264,9 @@ func (m *Member) runReplica(ctx context.Context) *Writer {
 	}
 	m.set(w, nil, "promoting")
 	chosen := time.Now()
+	stopReports := m.reportWaits(round, w)
 	steps, err := w.StartFrom(ctx, rep)
+	stopReports()
 	if err != nil {
 		w.Close()
 		m.set(nil, nil, "")
@@ -361,6 +364,32 @@ func (m *Member) handover(ctx context.Context, w *Writer, f *pb.FailoverInfo) {
 		return
 	}
 	m.report(&pb.ReportFailoverRequest{Round: f.Round, State: "handed_over", HandoverVdl: vdl, DrainMs: ms(drained)})
+}
+
+// reportWaits tells the control plane what the promotion waits for (the
+// writer's status while it waits for the lease or for storage), so that
+// status shows why a failover takes long; the returned func stops it.
+func (m *Member) reportWaits(round uint64, w *Writer) func() {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		last := ""
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			st := w.Status()
+			if st == last || !strings.Contains(st, ": ") {
+				continue // a step, not a wait
+			}
+			last = st
+			m.report(&pb.ReportFailoverRequest{Round: round, State: "waiting", Why: m.cfg.Writer.ID + " is " + st})
+		}
+	}()
+	return func() { close(done) }
 }
 
 func (m *Member) report(r *pb.ReportFailoverRequest) {
