@@ -262,6 +262,33 @@ func TestControlHALeaderKilled(t *testing.T) {
 	next := h.waitLeader(t, map[string]bool{leader: true}, 10*time.Second, "another control plane to lead after "+leader+"'s SIGKILL")
 	t.Logf("%s led; SIGKILLed, %s leads %s later", leader, next, time.Since(killed).Round(10*time.Millisecond))
 	l.waitMore(t, 50, 20*time.Second, "after the leader's SIGKILL")
+
+	// Restarted on its data directory, the killed one rejoins: all three
+	// answer, and still exactly one leads.
+	if out, err := exec.Command(binary, "restart", leader, "--dir", h.u.dir).CombinedOutput(); err != nil {
+		t.Fatalf("borealis restart %s: %v\n%s", leader, err, out)
+	}
+	wait.For(t, 20*time.Second, leader+" to answer again after its restart", func() bool {
+		for _, c := range h.f.ControlPlanes() {
+			if c.ID != leader {
+				continue
+			}
+			conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				return false
+			}
+			defer conn.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			resp, err := pb.NewControlPlaneClient(conn).ControlPlaneStatus(ctx, &pb.ControlPlaneStatusRequest{})
+			return err == nil && resp.GetLeader() != nil && len(resp.GetMembers()) == 3
+		}
+		return false
+	})
+	if l := h.waitLeader(t, nil, 10*time.Second, "one leader among the three"); l != next {
+		t.Logf("the lead moved from %s to %s", next, l)
+	}
+	l.waitMore(t, 20, 20*time.Second, "after "+leader+" rejoined")
 	s := l.state()
 	t.Logf("%d inserts acknowledged, %d failed, %d reads", s.acked, s.failed, s.reads)
 	l.checkAllPresent(t, addr)
