@@ -141,6 +141,18 @@ type volumeReport struct {
 	PGSizeBytes uint64     `json:"pg_size_bytes"`
 	SizeBytes   uint64     `json:"size_bytes"`
 	PGs         []pgReport `json:"pgs"`
+	// WriterLease is the volume's writer lease now (absent when nobody
+	// holds it); LastFailover the volume's current or last failover.
+	WriterLease  *writerLeaseReport `json:"writer_lease,omitempty"`
+	LastFailover *failoverJSON      `json:"last_failover,omitempty"`
+}
+
+type writerLeaseReport struct {
+	Holder string `json:"holder"`
+	Epoch  uint64 `json:"epoch"`
+	// AgeMS is how long the holder has held it (the control plane's clock).
+	AgeMS int64  `json:"age_ms"`
+	TTLMS uint32 `json:"ttl_ms"`
 }
 
 type pgReport struct {
@@ -241,7 +253,8 @@ func gatherStatus(ctx context.Context, control string) (*statusReport, error) {
 		return nil, err
 	}
 	defer conn.Close()
-	st, err := pb.NewControlClient(conn).Status(ctx, &pb.StatusRequest{})
+	ctl := pb.NewControlClient(conn)
+	st, err := ctl.Status(ctx, &pb.StatusRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("control plane at %s: %w", control, err)
 	}
@@ -279,6 +292,12 @@ func gatherStatus(ctx context.Context, control string) (*statusReport, error) {
 				pr.Segments = append(pr.Segments, segmentReport{Node: s.Node, AZ: s.Az, Addr: addr})
 			}
 			vr.PGs = append(vr.PGs, pr)
+		}
+		if ws, err := firstWriterState(ctx, ctl, v.Name); err == nil {
+			if ws.Holder != "" {
+				vr.WriterLease = &writerLeaseReport{Holder: ws.Holder, Epoch: ws.Epoch, AgeMS: time.Now().UnixMilli() - ws.AcquiredUnixMs, TTLMS: ws.TtlMs}
+			}
+			vr.LastFailover = failoverOf(ws.Failover)
 		}
 		rep.Volumes = append(rep.Volumes, vr)
 	}
@@ -439,6 +458,11 @@ func printStatus(out io.Writer, rep *statusReport) {
 	}
 	for _, w := range rep.Writers {
 		fmt.Fprintf(out, "\nWRITER of %s: %s, epoch %d", w.Volume, w.Holder, w.Epoch)
+		for _, v := range rep.Volumes {
+			if l := v.WriterLease; v.Name == w.Volume && l != nil && l.Holder == w.Holder {
+				fmt.Fprintf(out, ", lease held %s (TTL %s)", (time.Duration(l.AgeMS) * time.Millisecond).Round(100*time.Millisecond), time.Duration(l.TTLMS)*time.Millisecond)
+			}
+		}
 		switch {
 		case w.Unreachable != "":
 			fmt.Fprintf(out, ", SQL at %s, UNREACHABLE  <-- (%s)", w.Endpoint, w.Unreachable)
@@ -447,7 +471,25 @@ func printStatus(out io.Writer, rep *statusReport) {
 		}
 		fmt.Fprintln(out)
 	}
+	for _, v := range rep.Volumes {
+		if f := v.LastFailover; f != nil {
+			fmt.Fprintf(out, "\nLAST FAILOVER of %s:\n", v.Name)
+			describeFailover(out, f, "  ")
+		}
+	}
 	printInstances(out, rep)
+}
+
+// firstWriterState is a volume's writer state now: the first message of
+// WatchWriter.
+func firstWriterState(ctx context.Context, ctl pb.ControlClient, volume string) (*pb.WriterState, error) {
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	stream, err := ctl.WatchWriter(wctx, &pb.WatchWriterRequest{Volume: volume})
+	if err != nil {
+		return nil, err
+	}
+	return stream.Recv()
 }
 
 // addWriterHealth adds what the writers listed in a cluster.json say of
@@ -459,8 +501,8 @@ func addWriterHealth(ctx context.Context, rep *statusReport, clusterFile string)
 		return
 	}
 	for _, c := range cf.Components {
-		if c.Role != "writer" {
-			continue
+		if c.Role != "writer" && c.Role != "replica" {
+			continue // failovers make any instance the writer
 		}
 		h, err := (&sqlclient.Client{Endpoint: "http://" + c.Addr}).Health(ctx)
 		if err != nil {
@@ -473,7 +515,7 @@ func addWriterHealth(ctx context.Context, rep *statusReport, clusterFile string)
 			continue
 		}
 		for i := range rep.Writers {
-			if w := &rep.Writers[i]; w.Volume == h.Volume && w.Epoch == h.Epoch {
+			if w := &rep.Writers[i]; w.Volume == h.Volume && w.Epoch == h.Epoch && h.Role == "writer" && (h.ID == "" || h.ID == w.Holder) {
 				ready := h.Ready
 				w.Endpoint, w.VDL, w.Ready, w.State = "http://"+c.Addr, h.VDL, &ready, h.Status
 				for j := range rep.Volumes {
