@@ -9,31 +9,45 @@ import (
 )
 
 // ClusterHandler returns the cluster endpoint: every request but
-// GET /v1/health (the router's status) goes, unchanged, to the volume's
-// current writer (Config.Writers), whose answer comes back with
-// InstanceHeader naming it.
+// GET /v1/health (the router's status) and GET /metrics (its metrics) goes,
+// unchanged, to the volume's current writer (Config.Writers), whose answer
+// comes back with InstanceHeader naming it.
 //
-// When the writer refuses the request as not_writer (409), the router
-// refreshes its writer and sends the request once more, if it can: the
-// body must have been buffered (at most ReplayBodyBytes; a larger one is
-// streamed and never sent twice).
+// A failover leaves the volume without a writer that serves for a moment.
+// A request whose body was buffered (at most ReplayBodyBytes) waits for
+// one, up to Config.FailoverWait from its start (and never after its
+// client went away), and is sent the moment the WriterSource names one
+// (at once when it says it changed, else at the next Config.Refresh) in
+// these cases, in which it provably did not run:
 //
-// A failover leaves the volume without a writer for a few seconds: with
-// no writer, or when the writer tried could not be reached before the
-// request went out (its connection refused, say: nothing reached it, so
-// nothing can have been applied), a request whose body was buffered waits
-// for one, refreshing the catalog every Config.Refresh, up to
-// Config.FailoverWait from its start (and never after its client went
-// away), and is sent then; when the wait runs out it is 503 no_writer,
-// saying how long it waited. A streamed body does not wait (503 no_writer
-// at once, or 502 unavailable). A write that fully reached a writer which
-// then failed may have committed: it is never sent again, and is 502
-// unavailable saying so. A query in that case is sent once more.
+//   - there is no writer;
+//   - the writer could not be reached before the whole request went out
+//     (its connection refused, say: nothing reached it);
+//   - the writer refused it before running anything: 503 not_ready or
+//     409 not_writer, in the words a writer that is not serving (starting,
+//     recovering, fenced, draining or stepping down) or a replica uses
+//     (see refusedUnrun).
+//
+// Queries (readOnly) also wait, and are sent again, when the writer failed
+// after they reached it. When the wait runs out the request is 503
+// no_writer, saying how long it waited and what the last writer tried
+// did. A write that reached a writer which then failed before it
+// answered, or which answered not_ready or not_writer in words that do
+// not say that nothing ran, may have committed: it is never sent again,
+// and is 502 outcome_unknown, saying so.
+//
+// A streamed body (larger than ReplayBodyBytes) is sent once: it does not
+// wait (503 no_writer at once, or 502 unavailable when the writer cannot
+// be reached), and a writer's refusal of it comes back as it is.
 func (r *Router) ClusterHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		start := time.Now()
-		if isHealth(req) {
+		switch {
+		case isHealth(req):
 			r.serveHealth(w, req)
+			return
+		case isMetrics(req):
+			r.MetricsHandler().ServeHTTP(w, req)
 			return
 		}
 		b, err := readBody(req)
@@ -65,21 +79,104 @@ func isHealth(req *http.Request) bool {
 	return req.URL.Path == "/v1/health" && (req.Method == http.MethodGet || req.Method == http.MethodHead)
 }
 
-// toWriter forwards req to the writer, refreshing it and retrying as
+// Error codes of the SQL API that the cluster endpoint reads in a
+// writer's refusal.
+const (
+	// CodeNotReady: the instance does not serve yet, or any more (503).
+	CodeNotReady = "not_ready"
+)
+
+// refusedUnrun says whether a writer's refusal, of code and message, says
+// that it ran nothing of the request, so that the request can go to the
+// next writer. The SQL API answers not_ready and not_writer both before
+// it runs anything and when a request under way meets the end of its
+// writer (fenced mid-commit, or closed): the latter may have committed.
+// Only the refusals made before anything ran are recognised here, by
+// their words (internal/instance's NotReadyError, and a replica's
+// refusals in internal/dbserver); a refusal in other words is taken as
+// one whose outcome is unknown, so that a change of wording can cost a
+// resend, never make one of a write that ran.
+func refusedUnrun(code, msg string) bool {
+	switch code {
+	case CodeNotReady:
+		// "the writer of volume V is not ready: STATUS", from Writable or
+		// Readable; "the writer of volume V stopped while the request
+		// ran" is the other kind.
+		if strings.HasPrefix(msg, "the writer of volume ") && strings.Contains(msg, " is not ready: ") {
+			return true
+		}
+		// A replica (an old writer back as one, or one not promoted yet)
+		// runs nothing while not ready.
+		return strings.HasPrefix(msg, "replica ") && (strings.Contains(msg, " is not ready: ") || strings.Contains(msg, " has not attached to the writer's redo stream yet"))
+	case CodeNotWriter:
+		// A replica never writes. A writer's own not_writer (fenced) is
+		// answered in the same words before and after it ran the request.
+		return strings.HasPrefix(msg, "instance ") && strings.Contains(msg, " is a read replica of volume ") && strings.Contains(msg, " and never writes")
+	}
+	return false
+}
+
+// toWriter forwards req to the writer, waiting and resending as
 // ClusterHandler says. why, when set, says why a query came to the writer,
 // for the refusals the router writes itself. until, when not zero, is how
-// long (the request having begun at start) it may wait for a writer that
-// is missing or cannot be reached; when zero it does not wait, and retries
-// an unreached writer once.
+// long (the request having begun at start) it may wait for a writer; when
+// zero it does not wait, and sends once more (after a refresh) a request
+// that did not reach the writer, or that the writer refused unrun.
 func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, readOnly bool, why string, start, until time.Time) {
 	ctx := req.Context()
 	r.awaitFirstListing(ctx)
-	retried := false   // the one retry after not_writer, or a query's failure
+	retried := false   // the one retry when not waiting
 	refreshed := false // the immediate refresh after the first unreached writer
+	var last *lastTry  // what the writer last tried did, while waiting
+	// The time spent waiting for a writer, for the failover wait metric:
+	// held is when the current wait began (zero: not waiting).
+	var waited time.Duration
+	var held time.Time
+	didWait := false
+	outcome := WaitSent
+	startHold := func() {
+		if held.IsZero() {
+			held, didWait = time.Now(), true
+			r.metrics.waiting.Add(1)
+		}
+	}
+	endHold := func() {
+		if !held.IsZero() {
+			waited += time.Since(held)
+			held = time.Time{}
+			r.metrics.waiting.Add(-1)
+		}
+	}
+	defer func() {
+		endHold()
+		if didWait {
+			r.metrics.failoverWait.WithLabelValues(outcome).Observe(waited.Seconds())
+		}
+	}()
+	// hold waits, from a state in which the request cannot be sent, for
+	// the writer to change or the next refresh; false: it cannot wait (any
+	// longer), and outcome says why.
+	backoff := refusedRetryMin
+	hold := func(changed <-chan struct{}, tick time.Duration) bool {
+		if until.IsZero() {
+			return false
+		}
+		startHold()
+		if !r.pause(ctx, until, changed, tick) {
+			outcome = WaitExpired
+			if clientGone(req) {
+				outcome = WaitCanceled
+			}
+			return false
+		}
+		return true
+	}
 	for {
+		changed := r.writerChanged()
 		t, ok := r.writers.Writer()
+		r.noteWriter(t, ok)
 		if !ok {
-			if r.pause(ctx, until) {
+			if hold(changed, r.cfg.Refresh) {
 				continue
 			}
 			if clientGone(req) {
@@ -88,39 +185,54 @@ func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, rea
 			if until.IsZero() {
 				r.noWriter(w, why)
 			} else {
-				r.waitedOut(w, why, start, nil)
+				r.waitedOut(w, why, start, last)
 			}
 			return
+		}
+		endHold()
+		if last != nil {
+			r.metrics.resent.Add(1)
 		}
 		done := r.begin(t.ID)
 		resp, wrote, err := r.send(ctx, req, t.Endpoint, b)
 		if err != nil {
 			done()
 			if clientGone(req) {
+				outcome = WaitCanceled
 				return
 			}
-			// Nothing reached the writer: wait for it, or for another.
-			wait := !wrote && !until.IsZero()
-			retry := wait || !retried && b.replayable() && (!wrote || readOnly)
+			// Nothing reached the writer, or a query did: wait for it,
+			// or for another.
+			safe := !wrote || readOnly
+			wait := safe && !until.IsZero()
+			retry := !wait && !retried && b.replayable() && safe
 			if ok, n := r.limited.allow("writer " + t.ID); ok {
-				r.log.Warn("the writer failed a request", "instance", t.ID, "endpoint", t.Endpoint, "path", req.URL.Path, "sent", wrote, "retry", retry, "err", err, "suppressed", n)
+				r.log.Warn("the writer failed a request", "instance", t.ID, "endpoint", t.Endpoint, "path", req.URL.Path, "sent", wrote, "wait", wait, "retry", retry, "err", err, "suppressed", n)
 			}
 			switch {
-			case wait && !refreshed && time.Now().Before(until):
-				// As likely as not the catalog already names another.
-				refreshed = true
-				_ = r.refresh(ctx, until)
-				continue
 			case wait:
-				if r.pause(ctx, until) {
+				last = &lastTry{t: t, what: fmt.Sprintf("cannot be reached: %v", err)}
+				if wrote {
+					last.what = fmt.Sprintf("failed before it answered: %v", err)
+				}
+				if !refreshed && time.Now().Before(until) {
+					// As likely as not the WriterSource already names
+					// another.
+					refreshed = true
+					startHold()
+					_ = r.refresh(ctx, until)
+					continue
+				}
+				if hold(changed, r.cfg.Refresh) {
 					continue
 				}
 				if !clientGone(req) {
-					r.waitedOut(w, why, start, &unreached{t, err})
+					r.waitedOut(w, why, start, last)
 				}
 				return
 			case retry:
 				retried = true
+				last = &lastTry{t: t}
 				_ = r.writers.Refresh(ctx)
 				continue
 			}
@@ -130,21 +242,52 @@ func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, rea
 			case readOnly:
 				writeError(w, http.StatusBadGateway, CodeUnavailable, "the writer %s (%s) failed before it answered: %v", t.ID, t.Endpoint, err)
 			default:
-				writeError(w, http.StatusBadGateway, CodeUnavailable, "the writer %s (%s) failed before it answered: %v; the request may or may not have been applied", t.ID, t.Endpoint, err)
+				r.outcomeUnknown(w, t, fmt.Sprintf("failed before it answered: %v", err))
 			}
 			return
 		}
-		if resp.StatusCode == http.StatusConflict && !retried && b.replayable() && peek(resp) == CodeNotWriter {
-			// A writer that was fenced, or demoted: the catalog will name
-			// the new one.
-			discard(resp)
-			done()
-			if ok, n := r.limited.allow("not_writer " + t.ID); ok {
-				r.log.Info("the writer refused a request as not_writer; refreshing", "instance", t.ID, "endpoint", t.Endpoint, "epoch", t.Epoch, "suppressed", n)
+		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusConflict {
+			if code, msg := peekError(resp); code == CodeNotReady || code == CodeNotWriter {
+				unrun := readOnly || refusedUnrun(code, msg)
+				switch {
+				case !unrun:
+					// It reached the writer, which gave up on it: it
+					// may have committed before that.
+					discard(resp)
+					done()
+					r.outcomeUnknown(w, t, fmt.Sprintf("answered %s: %s", code, msg))
+					return
+				case b.replayable() && !until.IsZero():
+					// Not the writer yet (promoting), or no longer
+					// (draining, stepping down, fenced, a replica
+					// again): the request did not run; wait for the
+					// writer that serves.
+					discard(resp)
+					done()
+					if ok, n := r.limited.allow(code + " " + t.ID); ok {
+						r.log.Info("the writer refused a request before running it; holding it for the writer that serves", "instance", t.ID, "endpoint", t.Endpoint, "epoch", t.Epoch, "code", code, "message", msg, "suppressed", n)
+					}
+					last = &lastTry{t: t, what: fmt.Sprintf("answered %s: %s", code, msg)}
+					// A writer that just refused is asked again only
+					// after a while, unless the WriterSource names
+					// another first.
+					if hold(changed, backoff) {
+						backoff = min(2*backoff, r.cfg.Refresh)
+						continue
+					}
+					if !clientGone(req) {
+						r.waitedOut(w, why, start, last)
+					}
+					return
+				case b.replayable() && !retried:
+					discard(resp)
+					done()
+					retried = true
+					last = &lastTry{t: t}
+					_ = r.writers.Refresh(ctx)
+					continue
+				}
 			}
-			retried = true
-			_ = r.writers.Refresh(ctx)
-			continue
 		}
 		err = relay(w, resp, t.ID)
 		done()
@@ -160,10 +303,27 @@ func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, rea
 	}
 }
 
-// pause waits, for a writer to appear or come back, until the next
-// refresh, and refreshes the writer. It returns false, at once, when ctx
-// ended or there is no waiting left before until (zero: no waiting at all).
-func (r *Router) pause(ctx context.Context, until time.Time) bool {
+// refusedRetryMin is how soon a request a writer refused unrun is sent to
+// it again, if the WriterSource names no other first; the delay doubles
+// up to Config.Refresh, so that a writer recovering for long is not asked
+// by every held request many times a second.
+const refusedRetryMin = 10 * time.Millisecond
+
+// outcomeUnknown answers 502 outcome_unknown for a write that reached the
+// writer t, which then did what (failed, gave up on it).
+func (r *Router) outcomeUnknown(w http.ResponseWriter, t Target, what string) {
+	r.metrics.outcomeUnknown.Add(1)
+	if ok, n := r.limited.allow("unknown " + t.ID); ok {
+		r.log.Warn("a write reached the writer, which did not answer it: its outcome is unknown, and it is not sent again", "instance", t.ID, "endpoint", t.Endpoint, "epoch", t.Epoch, "what", what, "suppressed", n)
+	}
+	writeError(w, http.StatusBadGateway, CodeOutcomeUnknown, "the writer %s (%s) %s; the write reached it, so its outcome is unknown: it may or may not have been applied. The router did not send it again; check whether it took effect before retrying it", t.ID, t.Endpoint, what)
+}
+
+// pause waits, for a writer to appear, come back or serve, until changed
+// is closed or tick passes (refreshing the writer then). It returns false,
+// at once, when ctx ended or there is no waiting left before until (zero:
+// no waiting at all).
+func (r *Router) pause(ctx context.Context, until time.Time, changed <-chan struct{}, tick time.Duration) bool {
 	if until.IsZero() || ctx.Err() != nil {
 		return false
 	}
@@ -171,11 +331,13 @@ func (r *Router) pause(ctx context.Context, until time.Time) bool {
 	if left <= 0 {
 		return false
 	}
-	t := time.NewTimer(min(r.cfg.Refresh, left))
+	t := time.NewTimer(min(tick, left))
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return false
+	case <-changed:
+		return true
 	case <-t.C:
 	}
 	_ = r.refresh(ctx, until)
@@ -192,23 +354,24 @@ func (r *Router) refresh(ctx context.Context, until time.Time) error {
 	return r.writers.Refresh(ctx)
 }
 
-// unreached is the writer a request last tried and could not reach.
-type unreached struct {
-	t   Target
-	err error
+// lastTry is the writer a request last tried, and what it did (""
+// when the request was retried without waiting).
+type lastTry struct {
+	t    Target
+	what string
 }
 
 // waitedOut answers 503 no_writer for a request that waited from start
 // for a writer in vain; last, when set, is the writer it last tried.
-func (r *Router) waitedOut(w http.ResponseWriter, why string, start time.Time, last *unreached) {
+func (r *Router) waitedOut(w http.ResponseWriter, why string, start time.Time, last *lastTry) {
 	waited := time.Since(start).Round(time.Millisecond)
-	if last != nil {
+	if last != nil && last.what != "" {
 		var msg strings.Builder
 		if why != "" {
 			msg.WriteString(why + ", and ")
 		}
-		fmt.Fprintf(&msg, "the writer of volume %q, %s (%s), cannot be reached: %v; waited %s (--failover-wait %s) for it or another writer; retry once a writer has started or a failover is done",
-			r.cfg.Volume, last.t.ID, last.t.Endpoint, last.err, waited, r.cfg.FailoverWait)
+		fmt.Fprintf(&msg, "the writer of volume %q, %s (%s), %s; waited %s (--failover-wait %s) for it or another writer to serve; the request was not run: retry it once a writer has started or a failover is done",
+			r.cfg.Volume, last.t.ID, last.t.Endpoint, last.what, waited, r.cfg.FailoverWait)
 		writeError(w, http.StatusServiceUnavailable, CodeNoWriter, "%s", msg.String())
 		return
 	}
@@ -228,10 +391,17 @@ func (r *Router) noWriterMsg(w http.ResponseWriter, why, waited string) {
 		msg.WriteString(why + ", and ")
 	}
 	fmt.Fprintf(&msg, "volume %q has no writer registered with the control plane", r.cfg.Volume)
+	if r.watch != nil {
+		msg.WriteString(r.watch.failoverNote())
+	}
 	if listErr != nil {
 		fmt.Fprintf(&msg, " as last listed (the latest listing failed: %v)", listErr)
 	}
 	msg.WriteString(waited)
-	msg.WriteString("; retry once a writer has started or a failover is done")
+	if waited != "" {
+		msg.WriteString("; the request was not run: retry it once a writer has started or a failover is done")
+	} else {
+		msg.WriteString("; retry once a writer has started or a failover is done")
+	}
 	writeError(w, http.StatusServiceUnavailable, CodeNoWriter, "%s", msg.String())
 }

@@ -77,9 +77,11 @@ func TestClusterNoWriter(t *testing.T) {
 	}
 }
 
-// A writer refusing as not_writer makes the router refresh and send the
-// request once more, to the writer the catalog names now.
-func TestClusterRetriesAfterNotWriter(t *testing.T) {
+// A writer refusing in words that say it ran nothing (a replica's
+// not_writer, a writer's not_ready) makes the router send the request to
+// the writer the catalog names next; a writer's own not_writer (fenced,
+// perhaps mid-commit) on a write is outcome_unknown, and not sent again.
+func TestClusterRetriesAfterUnrunRefusal(t *testing.T) {
 	ctl := startControl(t)
 	w1 := newInstance(t, "w1", RoleWriter)
 	w2 := newInstance(t, "w2", RoleWriter)
@@ -89,10 +91,10 @@ func TestClusterRetriesAfterNotWriter(t *testing.T) {
 	wait.For(t, within, "w1 as the writer", func() bool { return h.writerID() == "w1" })
 
 	w1.setOnExecute(func(w http.ResponseWriter, _ *http.Request, _ []byte) {
-		// Fenced by a new writer that has registered.
+		// Back as a replica, and a new writer has registered.
 		ctl.remove("w1")
 		ctl.set(w2.record(2))
-		writeError(w, http.StatusConflict, CodeNotWriter, "not the writer; the writer is w2")
+		writeError(w, http.StatusConflict, CodeNotWriter, "instance w1 is a read replica of volume main and never writes; send writes to the writer at %s", w2.endpoint())
 	})
 	body := `{"statements":[{"sql":"INSERT INTO t VALUES (1)"}]}`
 	expect(t, do(t, http.MethodPost, h.cluster.URL+"/v1/execute", body), http.StatusOK, "w2")
@@ -100,22 +102,49 @@ func TestClusterRetriesAfterNotWriter(t *testing.T) {
 		t.Fatalf("w1 got %d writes, w2 %d (body %q); want one each, the same body", w1.executes.Load(), w2.executes.Load(), w2.body())
 	}
 
-	// Retried once only: two writers that both refuse give the second
-	// refusal.
+	// Not waiting (a negative FailoverWait): sent once more only, so two
+	// writers that both refuse give the second refusal.
+	h2 := newHarness(t, ctl, func(c *Config) { c.Refresh = time.Hour; c.FailoverWait = -1 })
+	wait.For(t, within, "w2 as the writer", func() bool { return h2.writerID() == "w2" })
 	w2.setOnExecute(func(w http.ResponseWriter, _ *http.Request, _ []byte) {
-		writeError(w, http.StatusConflict, CodeNotWriter, "not the writer either")
+		ctl.set(w1.record(3))
+		writeError(w, http.StatusServiceUnavailable, CodeNotReady, "the writer of volume main is not ready: stepping down")
 	})
 	w1.setOnExecute(func(w http.ResponseWriter, _ *http.Request, _ []byte) {
-		writeError(w, http.StatusConflict, CodeNotWriter, "not the writer")
+		writeError(w, http.StatusServiceUnavailable, CodeNotReady, "the writer of volume main is not ready: recovering")
 	})
-	ctl.set(w1.record(3))
-	rep := execute(t, h.cluster.URL)
-	if rep.status != http.StatusConflict || rep.code != CodeNotWriter {
-		t.Fatalf("got HTTP %d %s, want the writer's own 409 not_writer", rep.status, rep.body)
+	rep := execute(t, h2.cluster.URL)
+	if rep.status != http.StatusServiceUnavailable || rep.code != CodeNotReady || rep.instance != "w1" {
+		t.Fatalf("got HTTP %d from %q %s, want w1's own 503 not_ready", rep.status, rep.instance, rep.body)
 	}
-	if n := w1.executes.Load() + w2.executes.Load(); n != 4 {
-		t.Fatalf("%d writes reached the writers, want 4 (two requests, each retried once)", n)
+	if w1.executes.Load() != 2 || w2.executes.Load() != 2 {
+		t.Fatalf("w1 got %d writes, w2 %d; want 2 each (the request sent once more)", w1.executes.Load(), w2.executes.Load())
 	}
+
+	// A writer's own not_writer: fenced, maybe after it ran the write.
+	w1.setOnExecute(func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+		writeError(w, http.StatusConflict, CodeNotWriter, "this instance is no longer the writer of volume main: volume: fenced")
+	})
+	h.r.writers.Refresh(t.Context())
+	wait.For(t, within, "w1 as the writer", func() bool { return h.writerID() == "w1" })
+	before := w1.executes.Load() + w2.executes.Load()
+	rep = execute(t, h.cluster.URL)
+	if rep.status != http.StatusBadGateway || rep.code != CodeOutcomeUnknown || !strings.Contains(rep.message, "may or may not have been applied") || !strings.Contains(rep.message, "fenced") {
+		t.Fatalf("got HTTP %d %s, want 502 outcome_unknown with the writer's words", rep.status, rep.body)
+	}
+	if n := w1.executes.Load() + w2.executes.Load() - before; n != 1 {
+		t.Fatalf("the write reached the writers %d times, want once", n)
+	}
+	// A query refused so is sent again: it changes nothing.
+	w2.setOnQuery(func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+		writeJSON(w, http.StatusOK, map[string]any{"answered_by": "w2"})
+	})
+	w1.setOnQuery(func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+		ctl.remove("w1")
+		ctl.set(w2.record(4))
+		writeError(w, http.StatusConflict, CodeNotWriter, "this instance is no longer the writer of volume main: volume: fenced")
+	})
+	expect(t, do(t, http.MethodPost, h.cluster.URL+"/v1/query", `{"sql":"SELECT 1"}`), http.StatusOK, "w2")
 }
 
 // A writer whose connection is refused: the router refreshes and retries
@@ -249,8 +278,8 @@ func TestClusterDoesNotRetryWriteThatReachedTheWriter(t *testing.T) {
 	}
 	w1.setOnExecute(crash)
 	rep := execute(t, h.cluster.URL)
-	if rep.status != http.StatusBadGateway || rep.code != CodeUnavailable || !strings.Contains(rep.message, "may or may not have been applied") {
-		t.Fatalf("got HTTP %d %s, want 502 unavailable saying the write may have been applied", rep.status, rep.body)
+	if rep.status != http.StatusBadGateway || rep.code != CodeOutcomeUnknown || !strings.Contains(rep.message, "may or may not have been applied") {
+		t.Fatalf("got HTTP %d %s, want 502 outcome_unknown saying the write may have been applied", rep.status, rep.body)
 	}
 	if w2.executes.Load() != 0 {
 		t.Fatal("a write that reached a writer was sent again")
@@ -282,7 +311,7 @@ func TestClusterStreamsLargeBodyWithoutRetry(t *testing.T) {
 	w1.setOnExecute(func(w http.ResponseWriter, _ *http.Request, _ []byte) {
 		ctl.remove("w1")
 		ctl.set(w2.record(2))
-		writeError(w, http.StatusConflict, CodeNotWriter, "not the writer; the writer is w2")
+		writeError(w, http.StatusConflict, CodeNotWriter, "instance w1 is a read replica of volume main and never writes; send writes to the writer at w2")
 	})
 	rep := do(t, http.MethodPost, h.cluster.URL+"/v1/execute", big)
 	if rep.status != http.StatusConflict || rep.code != CodeNotWriter || rep.instance != "w1" {

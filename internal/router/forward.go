@@ -22,8 +22,12 @@ const (
 	// CodeNotWriter: the reader endpoint refuses anything but queries (409).
 	CodeNotWriter = "not_writer"
 	// CodeUnavailable: the instance the request went to could not be
-	// reached, or failed before it answered (502).
+	// reached, or failed before it answered a query (502).
 	CodeUnavailable = "unavailable"
+	// CodeOutcomeUnknown: a write reached the writer, which failed, or
+	// gave up on it, before it answered (502). It may or may not have
+	// been applied, and the router did not send it again.
+	CodeOutcomeUnknown = "outcome_unknown"
 	// CodeBadRequest: a query body the router cannot read min_lsn from
 	// (400), or an unknown method on /v1/query (405).
 	CodeBadRequest = "bad_request"
@@ -53,13 +57,19 @@ func writeError(w http.ResponseWriter, status int, code, format string, args ...
 
 // errorCode returns the code of an SQL API error body, or "".
 func errorCode(b []byte) string {
+	code, _ := errorOf(b)
+	return code
+}
+
+// errorOf returns the code and message of an SQL API error body, or "".
+func errorOf(b []byte) (code, message string) {
 	var e struct {
 		Error *apiError `json:"error"`
 	}
 	if json.Unmarshal(b, &e) != nil || e.Error == nil {
-		return ""
+		return "", ""
 	}
-	return e.Error.Code
+	return e.Error.Code, e.Error.Message
 }
 
 // body is a request body to forward: whole in buf (it can be sent again),
@@ -188,15 +198,15 @@ func abortResponse() {
 	panic(http.ErrAbortHandler)
 }
 
-// peek reads the start of resp's body (a refusal: small) and returns its
-// error code; resp's body still reads from its first byte.
-func peek(resp *http.Response) string {
+// peekError reads the start of resp's body (a refusal: small) and returns
+// its error code and message; resp's body still reads from its first byte.
+func peekError(resp *http.Response) (code, message string) {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxPeek))
 	resp.Body = struct {
 		io.Reader
 		io.Closer
 	}{io.MultiReader(bytes.NewReader(b), resp.Body), resp.Body}
-	return errorCode(b)
+	return errorOf(b)
 }
 
 // discard drains (a bounded amount of) resp's body, so that its connection

@@ -16,6 +16,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/sqlclient"
@@ -34,6 +37,15 @@ type fakeControl struct {
 	recs  map[string]*pb.InstanceInfo
 	addr  string
 	lists atomic.Int64
+
+	// watch, when set (startWatchControl), makes WatchWriter stream
+	// wstate, again each time setWriter changes it; otherwise it is
+	// Unimplemented, as an older control plane's.
+	watch   bool
+	wstate  *pb.WriterState
+	wnotify chan struct{} // closed and replaced by each change
+	cut     chan struct{} // closed and replaced by cutStreams
+	streams atomic.Int64  // WatchWriter calls served
 }
 
 func startControl(t *testing.T) *fakeControl {
@@ -42,12 +54,94 @@ func startControl(t *testing.T) *fakeControl {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeControl{recs: map[string]*pb.InstanceInfo{}, addr: lis.Addr().String()}
+	f := &fakeControl{recs: map[string]*pb.InstanceInfo{}, addr: lis.Addr().String(),
+		wstate: &pb.WriterState{Volume: DefaultVolume}, wnotify: make(chan struct{}), cut: make(chan struct{})}
 	gs := grpc.NewServer()
 	pb.RegisterControlServer(gs, f)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
 	return f
+}
+
+// startWatchControl is startControl with WatchWriter served.
+func startWatchControl(t *testing.T) *fakeControl {
+	t.Helper()
+	f := startControl(t)
+	f.mu.Lock()
+	f.watch = true
+	f.mu.Unlock()
+	return f
+}
+
+func (f *fakeControl) WatchWriter(req *pb.WatchWriterRequest, stream grpc.ServerStreamingServer[pb.WriterState]) error {
+	f.mu.Lock()
+	watch, cut := f.watch, f.cut
+	f.mu.Unlock()
+	if !watch {
+		return f.UnimplementedControlServer.WatchWriter(req, stream)
+	}
+	f.streams.Add(1)
+	for {
+		f.mu.Lock()
+		st, changed := proto.Clone(f.wstate).(*pb.WriterState), f.wnotify
+		f.mu.Unlock()
+		if err := stream.Send(st); err != nil {
+			return err
+		}
+		select {
+		case <-changed:
+		case <-cut:
+			return status.Error(codes.Unavailable, "the test cut the stream")
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		}
+	}
+}
+
+// setWriter changes the writer state WatchWriter streams.
+func (f *fakeControl) setWriter(mod func(st *pb.WriterState)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	mod(f.wstate)
+	f.wstate.Revision++
+	close(f.wnotify)
+	f.wnotify = make(chan struct{})
+}
+
+// serving makes fi, registered at epoch, the ready writer of the watched
+// state, the failover (if any) done.
+func (f *fakeControl) serving(fi *fakeInstance, epoch uint64) {
+	f.setWriter(func(st *pb.WriterState) {
+		rec := fi.record(epoch)
+		rec.Role = RoleWriter
+		st.Holder, st.Epoch, st.Writer = fi.id, epoch, rec
+		if st.Failover != nil {
+			st.Failover.State = "done"
+		}
+	})
+}
+
+// failingOver starts a failover from the watched state's writer: with
+// state "draining" it stays registered (a planned switchover); otherwise
+// its lease and registration are gone.
+func (f *fakeControl) failingOver(state, target, why string) {
+	f.setWriter(func(st *pb.WriterState) {
+		round := st.GetFailover().GetRound() + 1
+		st.Failover = &pb.FailoverInfo{Round: round, Kind: "unplanned", From: st.Holder, FromEpoch: st.Epoch, State: state, Target: target, Why: why}
+		if state == "draining" {
+			st.Failover.Kind = "planned"
+			return
+		}
+		st.Holder, st.Writer = target, nil
+	})
+}
+
+// cutStreams breaks every open WatchWriter stream.
+func (f *fakeControl) cutStreams() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.cut)
+	f.cut = make(chan struct{})
 }
 
 func (f *fakeControl) ListInstances(_ context.Context, req *pb.ListInstancesRequest) (*pb.ListInstancesResponse, error) {

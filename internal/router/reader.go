@@ -11,8 +11,9 @@ import (
 	"time"
 )
 
-// ReaderHandler returns the reader endpoint. It serves POST /v1/query, and
-// GET /v1/health (the router's status); it refuses anything else with 409
+// ReaderHandler returns the reader endpoint. It serves POST /v1/query,
+// GET /v1/health (the router's status) and GET /metrics (its metrics); it
+// refuses anything else with 409
 // not_writer naming the cluster endpoint, since it never writes.
 //
 // A query goes to a replica that can take it: its last health poll
@@ -33,6 +34,8 @@ func (r *Router) ReaderHandler() http.Handler {
 		switch {
 		case isHealth(req):
 			r.serveHealth(w, req)
+		case isMetrics(req):
+			r.MetricsHandler().ServeHTTP(w, req)
 		case req.URL.Path == "/v1/query" && req.Method == http.MethodPost:
 			r.serveQuery(w, req)
 		case req.URL.Path == "/v1/query":
@@ -130,7 +133,7 @@ func (r *Router) tryReplica(w http.ResponseWriter, req *http.Request, in *instan
 		return false, fmt.Sprintf("%s (%v)", in.id, err)
 	}
 	if resp.StatusCode == http.StatusServiceUnavailable {
-		code := peek(resp)
+		code, _ := peekError(resp)
 		discard(resp)
 		return false, fmt.Sprintf("%s (%s)", in.id, orDash(code))
 	}

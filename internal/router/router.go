@@ -31,11 +31,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/sqlclient"
 )
 
@@ -89,7 +88,8 @@ const (
 
 // Config configures a Router.
 type Config struct {
-	// Control is the control plane's gRPC address (host:port). Required.
+	// Control is the control plane's gRPC address (host:port), or several
+	// separated by commas (control.Dial). Required.
 	Control string
 	// Volume is the volume whose instances the router serves. Default
 	// DefaultVolume.
@@ -121,9 +121,12 @@ type Config struct {
 	// Transport carries forwarded requests and health polls. Default: a
 	// clone of http.DefaultTransport, which Close releases.
 	Transport http.RoundTripper
-	// Writers says where writes go. Default: the catalog (the "writer"
-	// record with the highest epoch). It is the seam through which the
-	// cluster endpoint follows a failover.
+	// Writers says where writes go. Default: the control plane's
+	// WatchWriter stream (the lease holder's registration once it is a
+	// ready writer), and while that stream is not open, or the control
+	// plane does not serve it, the catalog (the "writer" record with the
+	// highest epoch). It is the seam through which the cluster endpoint
+	// follows a failover.
 	Writers WriterSource
 }
 
@@ -148,6 +151,15 @@ type Target struct {
 	Epoch uint64
 }
 
+// writerNotifier is a WriterSource that can say when its writer changes,
+// so that a request waiting for a writer is sent the moment one is there
+// rather than at the next Config.Refresh.
+type writerNotifier interface {
+	// Changed returns a channel that is closed when Writer's answer may
+	// have changed after the call.
+	Changed() <-chan struct{}
+}
+
 // Router serves a volume's cluster and reader endpoints. Its methods are
 // safe for concurrent use.
 type Router struct {
@@ -160,8 +172,16 @@ type Router struct {
 	ownsTr    *http.Transport // the default transport, closed by Close
 	health    *http.Client
 	writers   WriterSource
+	watch     *watchWriters // the default WriterSource; nil if Config.Writers is set
 	bigBodies chan struct{}
 	limited   limiter
+	metrics   *metrics
+	runOnce   sync.Once
+
+	fmu      sync.Mutex
+	followed Target    // the writer the cluster endpoint last followed ("" ID: none yet)
+	since    time.Time // when it began following it
+	changes  uint64    // how many times it followed another writer than before
 
 	base   context.Context // ends with Close; the pollers run under it
 	cancel context.CancelFunc
@@ -182,6 +202,9 @@ type instance struct {
 	id       string
 	endpoint string // fixed: a record with another endpoint is another instance
 	stop     context.CancelFunc
+	// pollNow asks its poller for a poll at once (a writer change: its
+	// role may have changed).
+	pollNow chan struct{}
 	// outstanding counts the requests forwarded to it that are not done.
 	outstanding atomic.Int64
 	served      atomic.Uint64
@@ -252,14 +275,11 @@ func New(cfg Config) (*Router, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("volume", cfg.Volume)
-	conn, err := grpc.NewClient(cfg.Control,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		// Reconnect promptly when the control plane comes back: gRPC's
-		// default backoff grows to two minutes.
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: time.Second,
-		}))
+	// control.Dial reconnects within a second and sends keepalives: a
+	// WatchWriter stream to a control plane that hangs (SIGSTOPped, or
+	// cut off) breaks within seconds instead of waiting forever, and is
+	// opened again on another.
+	conn, err := control.Dial(cfg.Control)
 	if err != nil {
 		return nil, fmt.Errorf("router: control plane address %q: %w", cfg.Control, err)
 	}
@@ -284,8 +304,10 @@ func New(cfg Config) (*Router, error) {
 	}
 	r.writers = cfg.Writers
 	if r.writers == nil {
-		r.writers = catalogWriters{r}
+		r.watch = newWatchWriters(r)
+		r.writers = r.watch
 	}
+	r.metrics = newMetrics(r)
 	r.base, r.cancel = context.WithCancel(context.Background())
 	return r, nil
 }
@@ -294,12 +316,29 @@ func New(cfg Config) (*Router, error) {
 // the router is closed, and returns nil then. Each instance listed is
 // polled for its health on its own, at the same interval, until it leaves
 // the catalog. A failed listing keeps the instances last listed (their
-// polls still tell which are alive) and is logged.
+// polls still tell which are alive) and is logged. With the default
+// Config.Writers, it also keeps the WatchWriter stream open.
 func (r *Router) Run(ctx context.Context) error {
+	if r.watch != nil {
+		r.runOnce.Do(func() {
+			wctx, cancel := context.WithCancel(r.base)
+			stop := context.AfterFunc(ctx, cancel)
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				defer stop()
+				r.watch.run(wctx)
+			}()
+		})
+	}
 	t := time.NewTicker(r.cfg.Refresh)
 	defer t.Stop()
 	for {
 		_ = r.refreshSince(ctx, time.Now())
+		if r.watch == nil || !r.watch.isLive() {
+			// Listings are how the writer is found: count its changes.
+			r.noteWriter(r.writers.Writer())
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -403,7 +442,7 @@ func (r *Router) apply(records []*pb.InstanceInfo, started time.Time) {
 		}
 		if in == nil {
 			ctx, stop := context.WithCancel(r.base)
-			in = &instance{id: info.Id, endpoint: info.SqlEndpoint, stop: stop}
+			in = &instance{id: info.Id, endpoint: info.SqlEndpoint, stop: stop, pollNow: make(chan struct{}, 1)}
 			r.insts[in.id] = in
 			r.wg.Add(1)
 			go r.poll(ctx, in)
@@ -435,6 +474,8 @@ func (r *Router) poll(ctx context.Context, in *instance) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-in.pollNow:
+			t.Stop() // reset below; since Go 1.23 a stopped timer sends nothing
 		}
 		began := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, r.cfg.HealthTimeout)
@@ -519,10 +560,21 @@ func (r *Router) awaitFirstListing(ctx context.Context) {
 }
 
 // unfit says why in cannot take queries now, or "" if it can (min_lsn
-// aside). r.mu must be held.
+// aside). r.mu and not r.fmu must be held.
+//
+// The reader endpoint balances over replicas only: the writer takes
+// queries there as the fallback when no replica fits, not as one more
+// replica, so that reads do not take from writes while replicas can serve
+// them. A replica that was promoted therefore stops being a candidate as
+// soon as the router follows it as the writer, before its catalog record
+// and health polls say so; the old writer becomes one once it has come
+// back as a replica, registered as one and is polled streaming.
 func (r *Router) unfit(in *instance) string {
 	if in.info.GetRole() != RoleReplica {
 		return fmt.Sprintf("catalog role %q", in.info.GetRole())
+	}
+	if w := r.followedWriter(); w.ID == in.id {
+		return "the writer: promoted"
 	}
 	why := r.pollUnfit(in)
 	if in.failed != nil && in.pollErr == nil && in.health != nil {

@@ -26,6 +26,41 @@ type Status struct {
 	// ListError is the latest listing's failure, if it failed.
 	ListedUnixMS int64  `json:"listed_unix_ms"`
 	ListError    string `json:"list_error,omitempty"`
+	// Following is how the cluster endpoint follows the writer.
+	Following FollowStatus `json:"following"`
+}
+
+// FollowStatus is how the cluster endpoint follows the volume's writer.
+type FollowStatus struct {
+	// Source is SourceWatch while a WatchWriter stream is open, else
+	// SourceCatalog (or "custom": a Config.Writers of the caller's).
+	Source string `json:"source"`
+	// WatchUnimplemented: the control plane does not serve WatchWriter;
+	// WatchError is why the stream last failed, if it is not open.
+	WatchUnimplemented bool   `json:"watch_unimplemented,omitempty"`
+	WatchError         string `json:"watch_error,omitempty"`
+	// The writer followed last (it may be gone since: Status.Writer is the
+	// current one), its epoch, and since when.
+	WriterID      string `json:"writer_id,omitempty"`
+	WriterEpoch   uint64 `json:"writer_epoch,omitempty"`
+	SinceUnixMS   int64  `json:"since_unix_ms,omitempty"`
+	WriterChanges uint64 `json:"writer_changes"`
+	// From the last WriterState the stream sent: the lease's holder, its
+	// epoch, the catalog revision, and the current or last failover.
+	Holder     string          `json:"holder,omitempty"`
+	LeaseEpoch uint64          `json:"lease_epoch,omitempty"`
+	Revision   int64           `json:"revision,omitempty"`
+	Failover   *FailoverStatus `json:"failover,omitempty"`
+}
+
+// FailoverStatus is the current (or last) failover, as WatchWriter tells.
+type FailoverStatus struct {
+	Round  uint64 `json:"round"`
+	Kind   string `json:"kind"`
+	State  string `json:"state"`
+	From   string `json:"from,omitempty"`
+	Target string `json:"target,omitempty"`
+	Why    string `json:"why,omitempty"`
 }
 
 // InstanceStatus is one instance as the router last saw it: its catalog
@@ -58,6 +93,16 @@ type InstanceStatus struct {
 // Status reports the router's view of its volume.
 func (r *Router) Status() Status {
 	w, hasWriter := r.writers.Writer()
+	fs := FollowStatus{Source: "custom"}
+	if r.watch != nil {
+		r.watch.followStatus(&fs)
+	}
+	r.fmu.Lock()
+	if r.followed.ID != "" {
+		fs.WriterID, fs.WriterEpoch, fs.SinceUnixMS = r.followed.ID, r.followed.Epoch, r.since.UnixMilli()
+	}
+	fs.WriterChanges = r.changes
+	r.fmu.Unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := Status{
@@ -65,6 +110,7 @@ func (r *Router) Status() Status {
 		ClusterEndpoint: r.cfg.ClusterAddr,
 		Replicas:        []InstanceStatus{},
 		MaxLagMS:        r.maxLagMS,
+		Following:       fs,
 	}
 	if !r.listed.IsZero() {
 		st.ListedUnixMS = r.listed.UnixMilli()
