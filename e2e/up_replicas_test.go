@@ -210,9 +210,9 @@ func TestUpReplicas(t *testing.T) {
 		t.Fatalf("up reported a failure:\n%s", u.output())
 	}
 
-	// cluster.json: control, 6 storage nodes, the writer, 15 replicas and
+	// cluster.json: 3 control planes, 6 storage nodes, the writer, 15 replicas and
 	// the router, each where the contract puts it.
-	if len(f.Components) != 1+6+1+n+1 {
+	if len(f.Components) != 3+6+1+n+1 {
 		t.Fatalf("cluster.json lists %d components: %+v", len(f.Components), f.Components)
 	}
 	addr := func(p int) string { return fmt.Sprintf("127.0.0.1:%d", p) }
