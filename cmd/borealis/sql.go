@@ -48,11 +48,17 @@ func sqlCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "sql [--dir D | --endpoint URL] [--replica ID | --reader] [-e SQL] [--json] [--timeout T]",
 		Short: "Run SQL on a database instance: one statement or script with -e, else a shell",
-		Long: `Run SQL on the writer of a running cluster, through its HTTP SQL API; with
---replica ID on that read replica, and with --reader on the router's reader
-endpoint, which balances queries over the replicas. A replica and the
-reader endpoint run queries only: a write there is refused, saying where
-writes go.
+		Long: `Run SQL on the writer of a running cluster, through its HTTP SQL API: on the
+router's cluster endpoint, which follows the writer through a failover (on
+the writer itself when the cluster runs no router); with --replica ID on
+that read replica, and with --reader on the router's reader endpoint, which
+balances queries over the replicas. A replica and the reader endpoint run
+queries only: a write there is refused, saying where writes go.
+
+During a failover the cluster endpoint holds a statement until the new
+writer serves (up to the router's --failover-wait); a write that was under
+way on a writer that died has an unknown outcome, and sql says so: check
+before running it again. The shell goes on after either.
 
 With -e it runs one statement or a ';'-separated script and exits; without it,
 it is an interactive shell (statements end with ';', and .help lists the dot
@@ -152,8 +158,9 @@ func checkSQLTarget(endpoint, replica string, replicaSet, reader bool) error {
 // sqlTarget is where `borealis sql` runs its statements.
 type sqlTarget struct {
 	endpoint string
-	// kind is "writer" (cluster.json's writer), "replica", "reader" (the
-	// router's reader endpoint) or "" (--endpoint).
+	// kind is "cluster" (the router's cluster endpoint, which follows the
+	// writer), "writer" (cluster.json's writer, when it lists no router),
+	// "replica", "reader" (the router's reader endpoint) or "" (--endpoint).
 	kind string
 	// id names the replica.
 	id string
@@ -172,6 +179,16 @@ func sqlTargetFor(ctx context.Context, dir, endpoint, replica string, reader boo
 		return sqlTarget{endpoint: endpoint}, nil
 	}
 	if replica == "" && !reader {
+		// The router's cluster endpoint follows the writer through a
+		// failover, so that a shell outlives the writer it began on.
+		if cf, err := cluster.ReadFile(filepath.Join(dir, clusterFileName)); err == nil {
+			if r, ok := cf.Find("router"); ok && r.ClusterEndpoint != "" {
+				if err := upGone(dir); err != nil {
+					return sqlTarget{}, err
+				}
+				return sqlTarget{endpoint: "http://" + r.ClusterEndpoint, kind: "cluster", dir: dir}, nil
+			}
+		}
 		ep, err := sqlEndpoint(dir, "")
 		return sqlTarget{endpoint: ep, kind: "writer", dir: dir}, err
 	}
@@ -256,6 +273,8 @@ func replicaList(reps []cluster.Component) string {
 // describe says what the session runs on, for the shell's greeting.
 func (t sqlTarget) describe() string {
 	switch t.kind {
+	case "cluster":
+		return " (the router's cluster endpoint: it follows the writer through a failover)"
 	case "replica":
 		return fmt.Sprintf(" (read replica %s: queries only)", t.id)
 	case "reader":
@@ -523,7 +542,7 @@ func (s *sqlSession) execute(ctx context.Context, stmts []sqlclient.Statement, t
 	defer cancel()
 	res, err := s.client.Execute(rctx, stmts, transaction)
 	if err != nil {
-		return s.withWriteHint(s.requestError(ctx, rctx, err, true))
+		return s.withWriteHint(outcomeError(s.requestError(ctx, rctx, err, true), len(stmts), transaction))
 	}
 	if s.asJSON {
 		// The server's shape: the counts, and columns, types and rows for
@@ -594,6 +613,26 @@ func printError(ctx context.Context, err error) error {
 		return ctx.Err()
 	case errors.Is(err, context.Canceled):
 		return errors.New("interrupted: the rest of the rows were not printed")
+	}
+	return err
+}
+
+// outcomeError puts first, for a write the router answered
+// outcome_unknown (it reached a writer that failed before it answered,
+// during a failover), that nobody knows whether it took effect: the
+// session goes on, and the user should look before running it again. A
+// write the router held for a new writer and sent is no error at all, and
+// one it refused (no_writer) did not run.
+func outcomeError(err error, n int, transaction bool) error {
+	what := "the statement"
+	if transaction && n > 1 {
+		what = "the transaction"
+	}
+	switch sqlclient.Code(err) {
+	case router.CodeOutcomeUnknown:
+		return fmt.Errorf("the outcome of %s is unknown: the writer failed before it answered, and it may or may not have committed; check before running it again\n%w", what, err)
+	case router.CodeNoWriter:
+		return fmt.Errorf("%s did not run: %w", what, err)
 	}
 	return err
 }
@@ -985,7 +1024,25 @@ func (s *sqlSession) dot(ctx context.Context, line string) (quit bool, err error
 		if s.target.kind == "reader" {
 			return false, s.routerStatus(ctx, rctx)
 		}
-		h, err := s.client.Health(rctx)
+		client := s.client
+		if s.target.kind == "cluster" {
+			// The router's view names the writer it follows; the rest is
+			// that writer's own health.
+			st, err := s.fetchRouterStatus(ctx, rctx)
+			if err != nil {
+				return false, err
+			}
+			if st.Writer == nil {
+				return false, fmt.Errorf("the router's cluster endpoint %s follows no writer now (a failover under way?): %s", s.client.Endpoint, followingText(st.Following))
+			}
+			if !s.asJSON {
+				if _, err := fmt.Fprintf(s.out, "router    %s (the cluster endpoint): follows %s at epoch %d, %s\n", s.client.Endpoint, st.Writer.ID, st.Writer.Epoch, followingText(st.Following)); err != nil {
+					return false, err
+				}
+			}
+			client = &sqlclient.Client{Endpoint: "http://" + strings.TrimPrefix(st.Writer.Endpoint, "http://"), HTTP: s.client.HTTP}
+		}
+		h, err := client.Health(rctx)
 		if err != nil {
 			return false, s.requestError(ctx, rctx, err, false)
 		}
@@ -997,7 +1054,7 @@ func (s *sqlSession) dot(ctx context.Context, line string) (quit bool, err error
 			ready += " (" + h.Status + ")"
 		}
 		_, err = fmt.Fprintf(s.out, "endpoint  %s\nrole      %s\nvolume    %s (id %d)\nepoch     %d\nVDL       %d\nready     %s\ncommits   %d\nqueries   %d\nredo      %d bytes shipped (whole dirty pages: %d bytes)\n",
-			s.client.Endpoint, h.Role, h.Volume, h.VolumeID, h.Epoch, h.VDL, ready, h.Stats.Commits, h.Stats.Queries,
+			client.Endpoint, h.Role, h.Volume, h.VolumeID, h.Epoch, h.VDL, ready, h.Stats.Commits, h.Stats.Queries,
 			h.Stats.RedoBytes, h.Stats.FullPageBytes)
 		if err != nil {
 			return false, err
@@ -1018,12 +1075,12 @@ func (s *sqlSession) dot(ctx context.Context, line string) (quit bool, err error
 	return false, fmt.Errorf("unknown command %q: .help lists the commands (a dot command is a whole line of its own, with no ';')", fields[0])
 }
 
-// routerStatus is .status on the reader endpoint: the router's view of the
-// volume's instances.
-func (s *sqlSession) routerStatus(ctx, rctx context.Context) error {
+// fetchRouterStatus asks the router whose endpoint the session runs on
+// for its view of the volume.
+func (s *sqlSession) fetchRouterStatus(ctx, rctx context.Context) (*router.Status, error) {
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, strings.TrimRight(s.client.Endpoint, "/")+"/v1/health", nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	hc := s.client.HTTP
 	if hc == nil {
@@ -1031,12 +1088,46 @@ func (s *sqlSession) routerStatus(ctx, rctx context.Context) error {
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return s.requestError(ctx, rctx, err, false)
+		return nil, s.requestError(ctx, rctx, err, false)
 	}
 	defer resp.Body.Close()
 	var st router.Status
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err != nil {
-		return fmt.Errorf("%s/v1/health answered %s, not a router's status: %v", s.client.Endpoint, resp.Status, err)
+		return nil, fmt.Errorf("%s/v1/health answered %s, not a router's status: %v", s.client.Endpoint, resp.Status, err)
+	}
+	return &st, nil
+}
+
+// followingText says how the router follows the writer.
+func followingText(f router.FollowStatus) string {
+	var b strings.Builder
+	switch f.Source {
+	case router.SourceWatch:
+		b.WriteString("told of every change by the control plane (WatchWriter)")
+	case router.SourceCatalog:
+		b.WriteString("from the catalog's listings")
+	default:
+		b.WriteString("from " + orDash(f.Source))
+	}
+	fmt.Fprintf(&b, "; %d writer change(s)", f.WriterChanges)
+	if fo := f.Failover; fo != nil {
+		fmt.Fprintf(&b, "; failover %d (%s) %s", fo.Round, orDash(fo.Kind), fo.State)
+		if fo.Target != "" {
+			b.WriteString(" to " + fo.Target)
+		}
+		if fo.Why != "" {
+			b.WriteString(": " + fo.Why)
+		}
+	}
+	return b.String()
+}
+
+// routerStatus is .status on the reader endpoint: the router's view of the
+// volume's instances.
+func (s *sqlSession) routerStatus(ctx, rctx context.Context) error {
+	st, err := s.fetchRouterStatus(ctx, rctx)
+	if err != nil {
+		return err
 	}
 	if s.asJSON {
 		return writeJSONLine(s.out, st)

@@ -84,7 +84,8 @@ func TestSQLTargets(t *testing.T) {
 		endpoint string
 		kind     string
 	}{
-		{"", false, "http://127.0.0.1:7107", "writer"},
+		// The cluster endpoint follows the writer through a failover.
+		{"", false, "http://127.0.0.1:7109", "cluster"},
 		{"r1", false, "http://127.0.0.1:7108", "replica"},
 		{"manual", false, "http://127.0.0.1:7200", "replica"},
 		{"", true, "http://127.0.0.1:7110", "reader"},

@@ -629,3 +629,82 @@ func TestSQLPrintsInfinities(t *testing.T) {
 		t.Fatalf("table: %q, %v; want %q", out, err, want)
 	}
 }
+
+// Without --endpoint, `sql` runs on the router's cluster endpoint when
+// cluster.json lists one (it follows the writer through a failover), else
+// on the writer.
+func TestSQLTargetIsTheClusterEndpoint(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cluster.json")
+	os.WriteFile(path, []byte(`{"components":[{"role":"writer","id":"writer","addr":"127.0.0.1:7107"},{"role":"router","id":"router","addr":"127.0.0.1:7109","cluster_endpoint":"127.0.0.1:7109","reader_endpoint":"127.0.0.1:7110"}]}`), 0o644)
+	tg, err := sqlTargetFor(t.Context(), dir, "", "", false)
+	if err != nil || tg.endpoint != "http://127.0.0.1:7109" || tg.kind != "cluster" {
+		t.Fatalf("target %+v, %v; want the cluster endpoint", tg, err)
+	}
+	os.WriteFile(path, []byte(`{"components":[{"role":"writer","id":"writer","addr":"127.0.0.1:7107"}]}`), 0o644)
+	tg, err = sqlTargetFor(t.Context(), dir, "", "", false)
+	if err != nil || tg.endpoint != "http://127.0.0.1:7107" || tg.kind != "writer" {
+		t.Fatalf("target %+v, %v; want the writer", tg, err)
+	}
+}
+
+// A statement the router answered outcome_unknown (the writer died with it
+// under way) says that its outcome is unknown, and the session runs the
+// next statement, as the shell does after an error; one it refused with
+// no_writer says it did not run.
+func TestSQLOutcomeUnknownThenGoesOn(t *testing.T) {
+	var n int
+	var mu sync.Mutex
+	w := newSQLWire(t, func(path string, body map[string]any) (int, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		n++
+		switch {
+		case path == "/v1/execute" && n == 1:
+			return http.StatusBadGateway, `{"error":{"code":"outcome_unknown","message":"the writer w1 (127.0.0.1:7107) failed before it answered: EOF; the write reached it, so its outcome is unknown"}}`
+		case path == "/v1/execute" && n == 2:
+			return http.StatusServiceUnavailable, `{"error":{"code":"no_writer","message":"volume \"main\" has no writer registered with the control plane; waited 10s (--failover-wait 10s) for one; the request was not run"}}`
+		}
+		return okReply(path, body)
+	})
+	var out bytes.Buffer
+	s := &sqlSession{client: &sqlclient.Client{Endpoint: w.URL, HTTP: &http.Client{}}, target: sqlTarget{endpoint: w.URL, kind: "cluster"}, out: &out}
+	ctx := t.Context()
+	err := s.run(ctx, "INSERT INTO t VALUES (1)")
+	if err == nil || !strings.Contains(err.Error(), "the outcome of the statement is unknown") || !strings.Contains(err.Error(), "may or may not have committed") || !strings.Contains(err.Error(), "outcome_unknown") {
+		t.Fatalf("err %v; want the outcome said to be unknown", err)
+	}
+	for _, st := range []string{"BEGIN", "INSERT INTO t VALUES (2)", "INSERT INTO t VALUES (3)"} {
+		if err := s.run(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.run(ctx, "COMMIT"); err == nil || !strings.HasPrefix(err.Error(), "the transaction did not run: no_writer") {
+		t.Fatalf("err %v; want the transaction said not to have run", err)
+	}
+	if err := s.run(ctx, "SELECT * FROM t"); err != nil {
+		t.Fatalf("the session did not go on: %v", err)
+	}
+	if got := len(w.requests()); got != 3 {
+		t.Fatalf("%d requests, want 3: %q", got, w.requests())
+	}
+}
+
+// .status on the cluster endpoint says which writer the router follows,
+// then that writer's own health.
+func TestSQLStatusOnTheClusterEndpoint(t *testing.T) {
+	writer := newSQLWire(t, okReply)
+	rtr := newSQLWire(t, func(path string, _ map[string]any) (int, string) {
+		return 200, `{"volume":"main","writer":{"id":"r1","role":"writer","endpoint":"` + strings.TrimPrefix(writer.URL, "http://") + `","epoch":3},"replicas":[],"following":{"source":"watch","writer_changes":2,"failover":{"round":2,"kind":"unplanned","state":"done","target":"r1"}}}`
+	})
+	var out bytes.Buffer
+	s := &sqlSession{client: &sqlclient.Client{Endpoint: rtr.URL, HTTP: &http.Client{}}, target: sqlTarget{endpoint: rtr.URL, kind: "cluster"}, out: &out}
+	if _, err := s.dot(t.Context(), ".status"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"follows r1 at epoch 3", "WatchWriter", "2 writer change(s)", "failover 2 (unplanned) done to r1", "endpoint  " + writer.URL + "\n", "role      writer\n", "ready     true\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf(".status output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
