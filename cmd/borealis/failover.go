@@ -75,7 +75,9 @@ func describeFailover(w io.Writer, f *failoverJSON, indent string) {
 	if f.Why != "" {
 		fmt.Fprintf(w, "%s  why: %s\n", indent, f.Why)
 	}
-	if f.State == control.FailoverDone {
+	if f.State == control.FailoverDone && f.EpochMS == 0 && f.VDL == 0 {
+		fmt.Fprintf(w, "%s  no replica was promoted: %s, a writer instance that started, took the lease at epoch %d\n", indent, f.Target, f.Epoch)
+	} else if f.State == control.FailoverDone {
 		var steps []string
 		if f.Kind == control.FailoverPlanned {
 			steps = append(steps, fmt.Sprintf("drain %dms (handed over at VDL %d)", f.DrainMS, f.HandoverVDL))

@@ -156,8 +156,11 @@ over the replicas). Each is a separate process of this binary with its data
 and log in --dir. It creates the volume "main" if there is none, starts the
 writer on it, then the replicas and the router, writes D/cluster.json once
 everything is ready, and runs until Ctrl-C, SIGTERM or SIGHUP (its terminal
-closing), which stop every process. A process that dies is reported, not restarted: "borealis restart ID"
-starts it again. Running "up" again on the same directory resumes the same
+closing), which stop every process. A database instance (the writer or a
+replica) that dies is started again at once (later and later if it keeps dying):
+if it was the writer, a failover has made a replica the writer meanwhile, and
+it comes back as a replica. Any other process that dies is reported, not
+restarted: "borealis restart ID" starts it again. Running "up" again on the same directory resumes the same
 cluster, on the same addresses, with its data, and with as many replicas as
 it last ran unless --replicas says otherwise.
 
@@ -397,6 +400,7 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 	}
 	fmt.Fprintf(out, "Ctrl-C stops the cluster; running `%s up --dir %s` again resumes it.\n", self, shellQuote(o.dir))
 
+	sup := newSupervisor()
 	for {
 		select {
 		case <-ctx.Done():
@@ -417,10 +421,60 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 			if e.AZ != "" {
 				where = ", AZ " + e.AZ
 			}
+			if e.Role == "writer" || e.Role == "replica" {
+				delay := sup.delay(e.ID)
+				fmt.Fprintf(out, "!! %s (%s%s, pid %d) %s. up starts it again in %s (a failover has made another instance the writer if it was; it comes back as a replica). Log: %s\n",
+					e.ID, e.Role, where, e.Pid, how, delay, e.Log)
+				go sup.restartLater(ctx, e.ID, delay, func() {
+					restart(ctx, cl, e.ID, writeFile, out, func(restartEvent) {})
+				})
+				continue
+			}
 			fmt.Fprintf(out, "!! %s (%s%s, pid %d) %s. It is not restarted; `%s restart %s --dir %s` starts it again. Log: %s\n",
 				e.ID, e.Role, where, e.Pid, how, self, e.ID, shellQuote(o.dir), e.Log)
 		}
 	}
+}
+
+// supervisor paces up's restarts of the database instances that die: at
+// once after a long run, and later and later (up to half a minute) for an
+// instance that keeps dying soon after its start.
+type supervisor struct {
+	mu     sync.Mutex
+	last   map[string]time.Time     // when each was last restarted
+	delays map[string]time.Duration // the delay before its next restart
+}
+
+func newSupervisor() *supervisor {
+	return &supervisor{last: map[string]time.Time{}, delays: map[string]time.Duration{}}
+}
+
+func (s *supervisor) delay(id string) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.delays[id]
+	switch {
+	case d == 0 || time.Since(s.last[id]) > time.Minute:
+		// A new writer process waits for the dead one's lease to expire
+		// anyway; a replica rejoins at once.
+		d = 200 * time.Millisecond
+	default:
+		d = min(2*d, 30*time.Second)
+	}
+	s.delays[id] = d
+	return d
+}
+
+func (s *supervisor) restartLater(ctx context.Context, id string, d time.Duration, restart func()) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(d):
+	}
+	s.mu.Lock()
+	s.last[id] = time.Now()
+	s.mu.Unlock()
+	restart()
 }
 
 // notReadyLine says in one line why a replica did not become ready, and
@@ -887,6 +941,17 @@ func restart(ctx context.Context, cl *cluster.Cluster, id string, writeFile func
 		for _, c := range cl.Components() {
 			ids = append(ids, c.ID)
 			known = known || c.ID == id
+		}
+		if c, ok := componentByID(cl, id); ok && cl.Running(id) && (c.Role == "writer" || c.Role == "replica") {
+			// up restarted it already (it supervises the database
+			// instances): the restart asked for is done.
+			send(restartEvent{Event: "started", Pid: c.Pid})
+			if err := cl.WaitReady(ctx, id, -1, nil); err != nil {
+				send(restartEvent{Event: "failed", Pid: c.Pid, Error: err.Error()})
+				return
+			}
+			send(restartEvent{Event: "ready", Pid: c.Pid})
+			return
 		}
 		switch {
 		case cl.Running(id):
