@@ -24,13 +24,19 @@ func routerCmd() *cobra.Command {
 		Long: `router serves two HTTP endpoints of one volume's SQL API:
 
   --listen         the cluster endpoint: every request goes to the current
-                   writer, found in the control plane's catalog;
+                   writer, which the control plane's WatchWriter stream names
+                   as it changes (the catalog's listings, every --refresh,
+                   while the stream is down). During a failover a request
+                   waits for the new writer up to --failover-wait; a write
+                   that reached a writer which died is 502 outcome_unknown
+                   and never sent again;
   --reader-listen  the reader endpoint: POST /v1/query is balanced across the
                    healthy replicas by least outstanding requests. It honours
                    min_lsn, skips replicas lagging more than --max-lag, and
                    falls back to the writer when no replica fits.
 
-It keeps no state: run as many as you like.`,
+Both answer GET /v1/health with the router's view and GET /metrics with its
+Prometheus metrics. It keeps no state: run as many as you like.`,
 		Args: noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfg.Control == "" || listen == "" {
@@ -87,7 +93,7 @@ It keeps no state: run as many as you like.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Control, "control", "", "control plane gRPC address")
+	f.StringVar(&cfg.Control, "control", "", "control plane gRPC address, or several separated by commas")
 	f.StringVar(&cfg.Volume, "volume", router.DefaultVolume, "volume whose instances to route to")
 	f.StringVar(&listen, "listen", "", "HTTP address of the cluster endpoint (to the writer)")
 	f.StringVar(&readerListen, "reader-listen", "", "HTTP address of the reader endpoint (default: the --listen port + 1)")
