@@ -405,7 +405,7 @@ func TestFailoverEndToEnd(t *testing.T) {
 	loopDone := make(chan struct{})
 	go func() {
 		defer close(loopDone)
-		runFailovers(lctx, cat, DefaultFailoverTiming, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		runFailovers(lctx, cat, DefaultFailoverTiming, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	}()
 	t.Cleanup(func() { stop(); <-loopDone })
 

@@ -38,7 +38,7 @@ func (c *Catalog) Failover(ctx context.Context, volName string) (*Failover, erro
 
 // putFailover stores f if the record is still at rev (0: absent); it
 // reports whether it did.
-func (c *Catalog) putFailover(ctx context.Context, f *Failover, rev int64) (bool, error) {
+func (c *Catalog) putFailover(ctx context.Context, f *Failover, rev int64, also ...clientv3.Cmp) (bool, error) {
 	k := c.failoverKey(f.VolumeID)
 	cmp := clientv3.Compare(clientv3.ModRevision(k), "=", rev)
 	if rev == 0 {
@@ -46,7 +46,7 @@ func (c *Catalog) putFailover(ctx context.Context, f *Failover, rev int64) (bool
 	}
 	// The volume must still exist: a delete removes the record with it.
 	tr, err := c.cli.Txn(ctx).
-		If(cmp, clientv3.Compare(clientv3.CreateRevision(c.volIDKey(f.VolumeID)), ">", 0)).
+		If(append([]clientv3.Cmp{cmp, clientv3.Compare(clientv3.CreateRevision(c.volIDKey(f.VolumeID)), ">", 0)}, also...)...).
 		Then(clientv3.OpPut(k, encode(f))).
 		Commit()
 	if err != nil {
@@ -126,8 +126,10 @@ func (c *Catalog) failoverView(ctx context.Context, vol Volume, lastHolder strin
 // whenever a writer lease or a failover record changes, and a few times a
 // second besides (a target's registration may go away), and stores what
 // DecideFailover says. The records are stored by compare-and-swap, so a
-// deposed leader that still looks cannot undo a newer leader's step.
-func runFailovers(ctx context.Context, cat *Catalog, t FailoverTiming, log *slog.Logger) {
+// deposed leader that still looks cannot undo a newer leader's step; and
+// with guard (the leader's election key, see leaderCmp), only while this
+// control plane still leads.
+func runFailovers(ctx context.Context, cat *Catalog, t FailoverTiming, log *slog.Logger, guard func() (clientv3.Cmp, bool)) {
 	wake := make(chan struct{}, 1)
 	for _, p := range []string{cat.prefix + "writer/", cat.prefix + "failover/"} {
 		go func() {
@@ -143,7 +145,7 @@ func runFailovers(ctx context.Context, cat *Catalog, t FailoverTiming, log *slog
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if err := failoverPass(ctx, cat, t, last, log); err != nil && ctx.Err() == nil {
+		if err := failoverPass(ctx, cat, t, last, log, guard); err != nil && ctx.Err() == nil {
 			log.Debug("failover pass failed", "err", err)
 		}
 		select {
@@ -155,7 +157,7 @@ func runFailovers(ctx context.Context, cat *Catalog, t FailoverTiming, log *slog
 	}
 }
 
-func failoverPass(ctx context.Context, cat *Catalog, t FailoverTiming, last map[uint64]string, log *slog.Logger) error {
+func failoverPass(ctx context.Context, cat *Catalog, t FailoverTiming, last map[uint64]string, log *slog.Logger, guard func() (clientv3.Cmp, bool)) error {
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	vols, err := cat.Volumes(pctx)
@@ -184,7 +186,15 @@ func failoverPass(ctx context.Context, cat *Catalog, t FailoverTiming, last map[
 		if next == nil {
 			continue
 		}
-		stored, err := cat.putFailover(pctx, next, rev)
+		var also []clientv3.Cmp
+		if guard != nil {
+			cmp, leading := guard()
+			if !leading {
+				return nil
+			}
+			also = append(also, cmp)
+		}
+		stored, err := cat.putFailover(pctx, next, rev, also...)
 		if err != nil {
 			return err
 		}

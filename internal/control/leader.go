@@ -13,7 +13,7 @@ func (s *Server) leaderWork(ctx context.Context) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		runFailovers(ctx, s.cat, s.failoverTiming, s.log)
+		runFailovers(ctx, s.cat, s.failoverTiming, s.log, s.leaderCmp)
 	}()
 	watchNodes(ctx, s.cat, s.timeout, s.log)
 	wg.Wait()
