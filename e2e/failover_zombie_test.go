@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"sync"
@@ -188,4 +189,82 @@ func refusalKind(status int, err error) string {
 	}
 	msg := err.Error()
 	return "no reply: " + msg[:min(len(msg), 80)]
+}
+
+// TestFailoverZombieInFlightWritesAnswered: writes the router sent to the
+// writer just after it was SIGSTOPped (it still held the lease, so the
+// router had no other to send them to) are caught in the failover. Once a
+// replica is promoted at a higher epoch, the old writer can commit nothing
+// more (storage fences its epoch), so the router has all it needs to
+// answer them outcome_unknown: it must, within its --failover-wait, rather
+// than hold the clients for as long as the old writer stays stopped.
+func TestFailoverZombieInFlightWritesAnswered(t *testing.T) {
+	const failoverWait = 10 * time.Second // the router's default --failover-wait
+	fc := startFailoverCluster(t, replicaClusterOpts{})
+	txLoadTables(t, fc.clusterEP)
+	old := fc.mustWriterState(t)
+
+	if err := fc.cl.Signal("writer", syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			fc.cl.Signal("writer", syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	type answer struct {
+		k    int64
+		err  error
+		took time.Duration
+	}
+	const n = 3
+	answers := make(chan answer, n)
+	for i := int64(0); i < n; i++ {
+		k := 4*directKeys + i
+		go func() {
+			sent := time.Now()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*failoverWait)
+			defer cancel()
+			_, err := execLSN(ctx, fc.clusterEP, true, st("INSERT INTO fa VALUES(?, 'in flight')", k), st("INSERT INTO fb VALUES(?, 'in flight')", k))
+			answers <- answer{k, err, time.Since(sent)}
+		}()
+	}
+	promoted := fc.waitPromoted(t, "writer", old.Epoch, 20*time.Second)
+	t.Logf("%s serves at epoch %d %s after the SIGSTOP", promoted.Holder, promoted.Epoch, time.Since(stopped).Round(time.Millisecond))
+
+	// The old writer stays stopped until every write is answered, or
+	// until the failover wait and a margin have passed.
+	limit := time.After(time.Until(stopped.Add(failoverWait + 3*time.Second)))
+	var late []int64
+	for got := 0; got < n; got++ {
+		select {
+		case a := <-answers:
+			t.Logf("write %d answered %s after it was sent: %v", a.k, a.took.Round(time.Millisecond), a.err)
+		case <-limit:
+			late = append(late, int64(n-got))
+			got = n
+		}
+	}
+	resume()
+	if len(late) > 0 {
+		// What the late ones get once the old writer wakes: never an
+		// acknowledgement.
+		for i := int64(0); i < late[0]; i++ {
+			select {
+			case a := <-answers:
+				t.Logf("write %d answered %s after it was sent, once the old writer woke: %v", a.k, a.took.Round(time.Millisecond), a.err)
+				if a.err == nil {
+					t.Errorf("write %d was acknowledged by the woken old writer", a.k)
+				}
+			case <-time.After(failoverWait):
+				t.Logf("a write is still unanswered %s after the old writer woke", failoverWait)
+			}
+		}
+		t.Fatalf("%d of %d writes sent through the cluster endpoint to the writer just after its SIGSTOP are still unanswered %s later, though %s was promoted %s after the SIGSTOP: the router holds writes to a fenced writer for as long as it stays stopped",
+			late[0], n, time.Since(stopped).Round(time.Millisecond), promoted.Holder, time.Duration(promoted.Failover.DoneUnixMs-stopped.UnixMilli())*time.Millisecond)
+	}
 }
