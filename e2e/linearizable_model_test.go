@@ -3,6 +3,8 @@ package e2e
 import (
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/anishathalye/porcupine"
@@ -138,5 +140,26 @@ func TestLinearizableModel(t *testing.T) {
 				t.Fatalf("porcupine says %s, want %s", got, c.want)
 			}
 		})
+	}
+}
+
+// TestLinearizableModelVisualization: the failure path of TestLinearizable
+// writes porcupine's visualization of a rejected history, operations that
+// never return and fault annotations included.
+func TestLinearizableModelVisualization(t *testing.T) {
+	ops := []porcupine.Operation{
+		linW(0, 0, 7, 0, linPending), linR(1, 0, 7, 10, 20), linW(2, 1, 9, 15, 25), linR(1, 0, 0, 30, 40),
+	}
+	res, info := porcupine.CheckOperationsVerbose(linModel, ops, 0)
+	if res != porcupine.Illegal {
+		t.Fatalf("porcupine says %s, want Illegal", res)
+	}
+	info.AddAnnotations([]porcupine.Annotation{{Tag: "kill", Start: 5, End: 12, Description: "SIGKILL writer"}})
+	path := filepath.Join(t.TempDir(), "history.html")
+	if err := porcupine.VisualizePath(linModel, info, path); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+		t.Fatalf("the visualization at %s: %v %v", path, fi, err)
 	}
 }
