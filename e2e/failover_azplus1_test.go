@@ -59,15 +59,15 @@ func TestFailoverAZPlusOne(t *testing.T) {
 	var target, status string
 	var rec *pb.FailoverInfo
 	wait.For(t, 30*time.Second, "a replica to take the writer lease and say that its recovery waits for a write quorum", func() bool {
-		st, err := fc.writerState()
-		if err != nil || st.Failover == nil || st.Failover.State != "promoting" || st.Holder == "" || st.Holder == "writer" {
+		ws, err := fc.writerState()
+		if err != nil || ws.Failover == nil || ws.Failover.State != "promoting" || ws.Holder == "" || ws.Holder == "writer" {
 			return false
 		}
-		h, err := health(fc.addr(st.Holder))
+		h, err := health(fc.addr(ws.Holder))
 		if err != nil || h.Ready {
 			return false
 		}
-		target, status, rec = st.Holder, h.Status, st.Failover
+		target, status, rec = ws.Holder, h.Status, ws.Failover
 		return strings.Contains(status, "write quorum")
 	})
 	t.Logf("%s promotes (round %d, from epoch %d), %s after the kill; its status: %s", target, rec.Round, st0.Epoch, time.Since(killed).Round(time.Millisecond), status)
@@ -84,11 +84,11 @@ func TestFailoverAZPlusOne(t *testing.T) {
 	// `borealis status` shows the failover record: its why says what the
 	// promotion waits for, as the promoting instance reports it.
 	wait.For(t, 10*time.Second, "the failover record's why to name the missing write quorum", func() bool {
-		st, err := fc.writerState()
-		if err != nil || st.Failover == nil {
+		ws, err := fc.writerState()
+		if err != nil || ws.Failover == nil {
 			return false
 		}
-		rec = st.Failover
+		rec = ws.Failover
 		return strings.Contains(rec.Why, "write quorum")
 	})
 	for _, id := range []string{"s1", "s2", "s3"} {
@@ -137,8 +137,8 @@ func TestFailoverAZPlusOne(t *testing.T) {
 
 	// The promotion still waits, for the same target: nobody gave up on it
 	// and chose another replica, which would wait all the same.
-	if st, err := fc.writerState(); err != nil || st.Holder != target || st.Failover.GetState() != "promoting" || st.Failover.GetRound() != rec.Round {
-		t.Fatalf("writer state while storage is down: %v %v; want round %d still promoting %s", st, err, rec.Round, target)
+	if ws, err := fc.writerState(); err != nil || ws.Holder != target || ws.Failover.GetState() != "promoting" || ws.Failover.GetRound() != rec.Round {
+		t.Fatalf("writer state while storage is down: %v %v; want round %d still promoting %s", ws, err, rec.Round, target)
 	}
 
 	restart := time.Now()
@@ -151,8 +151,8 @@ func TestFailoverAZPlusOne(t *testing.T) {
 		}
 	}
 	wait.For(t, 30*time.Second, fmt.Sprintf("the promotion of %s to complete once s1, s2 and s3 are back", target), func() bool {
-		st, err := fc.writerState()
-		return err == nil && st.Holder == target && st.Writer.GetId() == target && st.Failover.GetRound() == rec.Round && st.Failover.GetState() == "done"
+		ws, err := fc.writerState()
+		return err == nil && ws.Holder == target && ws.Writer.GetId() == target && ws.Failover.GetRound() == rec.Round && ws.Failover.GetState() == "done"
 	})
 	t.Logf("%s serves as the writer %s after the storage nodes' restart", target, time.Since(restart).Round(time.Millisecond))
 	wait.For(t, 20*time.Second, "the router to follow the new writer", func() bool {
