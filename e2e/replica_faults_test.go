@@ -214,20 +214,23 @@ func sameAsWriter(t *testing.T, writer, addr string, lsn uint64, upTo ...int64) 
 // TestReplicaFaults: a replica SIGSTOPped for 10 s while the writer
 // commits answers, once resumed, only states the writer had, never
 // going back, until it has caught up with the writer, and then holds the
-// writer's rows; with the writer SIGKILLed, the replicas answer at their
-// last VDL, report their stream stale with a lag that grows, refuse a
-// min_lsn above it as lagging; once the writer is started again they
-// follow its new epoch and see its new commits. The writer dies under
-// load: the recovered writer keeps every acknowledged commit and every
-// commit a replica showed.
+// writer's rows. With the writer SIGKILLed under load, a replica is
+// promoted on its own (issue 9): the other replica follows it at its new
+// epoch, and so does the old writer, started again, as a replica; while
+// that goes on, the replicas answer only states the writer had; the
+// promoted writer keeps every acknowledged commit and every commit a
+// replica showed, takes writes, and the other two see them.
 func TestReplicaFaults(t *testing.T) {
-	rc := startReplicaCluster(t, replicaClusterOpts{
+	// A failover cluster has the router, whose cluster endpoint following
+	// the promoted writer is part of what makes a promotion done.
+	fc := startFailoverCluster(t, replicaClusterOpts{
 		writerArgs: []string{"--lease-ttl", "2s"},
 		replicas: []replicaSpec{
 			{id: "r1", az: "b", extra: []string{"--min-lsn-wait", "500ms"}},
 			{id: "r2", az: "c", extra: []string{"--min-lsn-wait", "500ms"}},
 		},
 	})
+	rc := fc.replicaCluster
 	w := createSeq(t, rc.writer)
 	w.start()
 	defer func() {
@@ -331,10 +334,16 @@ func TestReplicaFaults(t *testing.T) {
 	t.Run("writer killed", func(t *testing.T) {
 		// The writer dies under load, while readers poll both replicas:
 		// whatever they answer is a state the writer had, never going back.
+		// The replica being promoted may refuse queries with not_ready
+		// while it takes the lease and recovers (it is no longer a
+		// replica, and not yet a writer); the one that stays a replica
+		// answers throughout.
 		var (
-			wg      sync.WaitGroup
-			maxSeen atomic.Int64
-			polls   atomic.Int64
+			wg       sync.WaitGroup
+			maxSeen  atomic.Int64
+			polls    atomic.Int64
+			refusedM sync.Mutex
+			refused  = map[string][]string{}
 		)
 		pctx, stopPolls := context.WithCancel(ctx)
 		defer stopPolls()
@@ -345,10 +354,21 @@ func TestReplicaFaults(t *testing.T) {
 				var last int64
 				for pctx.Err() == nil {
 					qctx, cancel := context.WithTimeout(pctx, 10*time.Second)
-					n, err := w.query(qctx, rc.replicas[id], false)
+					n, err := w.query(qctx, fc.addr(id), false)
 					cancel()
 					if pctx.Err() != nil {
 						return
+					}
+					if sqlclient.Code(err) == "not_ready" {
+						refusedM.Lock()
+						refused[id] = append(refused[id], err.Error())
+						refusedM.Unlock()
+						// Not a tight loop while it promotes.
+						select {
+						case <-pctx.Done():
+						case <-time.After(20 * time.Millisecond):
+						}
+						continue
 					}
 					if err != nil {
 						t.Errorf("%s with the writer killed: %v", id, err)
@@ -371,10 +391,6 @@ func TestReplicaFaults(t *testing.T) {
 		}
 		w.waitAcked(t, w.state().acked+30, 20*time.Second)
 		wh := mustHealth(t, rc.writer)
-		applied := map[string]uint64{}
-		for _, id := range rc.ids {
-			applied[id] = mustHealth(t, rc.replicas[id]).VDL
-		}
 		if err := rc.cl.Kill("writer"); err != nil {
 			t.Fatal(err)
 		}
@@ -383,89 +399,86 @@ func TestReplicaFaults(t *testing.T) {
 		crash := w.state()
 		t.Logf("writer killed with rows 1..%d acknowledged, up to %d sent; the client saw: %v", crash.acked, crash.sent, err)
 
-		// The replicas go on answering at their last VDL, stale, with a
-		// growing lag.
+		// A replica is promoted on its own: it holds the lease at a higher
+		// epoch, registered as the writer under its own id, its failover
+		// done, its /v1/health a ready writer, the router following it.
+		st := fc.waitPromoted(t, "writer", wh.Epoch, 30*time.Second)
+		holder := st.Holder
+		if f := st.Failover; f == nil || f.Kind != "unplanned" || f.From != "writer" || f.Target != holder {
+			t.Fatalf("the writer was killed and %s holds the lease, but the failover record is %v", holder, f)
+		}
+		if _, ok := rc.replicas[holder]; !ok {
+			t.Fatalf("%s holds the lease; it is none of the replicas %v", holder, rc.ids)
+		}
+		newWriter := fc.addr(holder)
+		nh := mustHealth(t, newWriter)
+		t.Logf("%s promoted %s after the writer's SIGKILL, at epoch %d (was %d), VDL %d (was %d)", holder, time.Since(killed).Round(time.Millisecond), nh.Epoch, wh.Epoch, nh.VDL, wh.VDL)
+		if nh.Role != "writer" || nh.Epoch != st.Epoch || nh.VDL < crash.lsn {
+			t.Fatalf("%s serves as %q at epoch %d VDL %d; the lease is at epoch %d, and LSN %d was acknowledged", holder, nh.Role, nh.Epoch, nh.VDL, st.Epoch, crash.lsn)
+		}
+		// The other replica follows the new writer, at its epoch; the old
+		// writer, started again, comes back as a replica of it (never a
+		// second writer).
 		for _, id := range rc.ids {
-			addr := rc.replicas[id]
-			var h1 *sqlclient.Health
-			wait.For(t, 10*time.Second, id+" to report its stream stale", func() bool {
-				h, err := health(addr)
-				if err == nil && h.Replica != nil && h.Replica.Stream == "stale" {
-					h1 = h
-					return true
-				}
-				return false
-			})
-			t.Logf("%s stale %s after the writer's SIGKILL: vdl %d, lag %.0f ms", id, time.Since(killed).Round(time.Millisecond), h1.VDL, h1.Replica.LagMS)
-			if h1.VDL < applied[id] {
-				t.Fatalf("%s's VDL went back to %d below the %d it had applied", id, h1.VDL, applied[id])
+			if id != holder {
+				fc.waitReplicaOf(t, id, newWriter, 20*time.Second)
 			}
-			// Every row acknowledged at or below its VDL.
-			n, err := w.query(ctx, addr, false)
-			if err != nil || n < w.ackedAt(h1.VDL) {
-				t.Fatalf("%s with the writer down, at VDL %d: rows 1..%d (%v); rows 1..%d were acknowledged at or below it", id, h1.VDL, n, err, w.ackedAt(h1.VDL))
+		}
+		fc.rejoin(t, "writer", newWriter)
+		for _, id := range fc.instanceIDs() {
+			if id == holder {
+				continue
 			}
-			_, _, err = queryRows(ctx, addr, h1.VDL+1, seqState)
-			if sqlclient.Code(err) != "lagging" {
-				t.Fatalf("%s with the writer down, a query with min_lsn above its VDL: %v; want lagging", id, err)
+			if h := mustHealth(t, fc.addr(id)); h.Replica == nil || h.Replica.Epoch != st.Epoch {
+				t.Fatalf("%s follows %s, but not at its epoch %d: %+v", id, holder, st.Epoch, h.Replica)
 			}
-			wait.For(t, 10*time.Second, id+"'s lag to grow", func() bool {
-				h, err := health(addr)
-				return err == nil && h.Replica != nil && h.Replica.Stream == "stale" && h.Replica.LagMS >= h1.Replica.LagMS+500 && h.VDL == h1.VDL
-			})
-		}
-
-		start := time.Now()
-		if err := rc.cl.Restart(ctx, "writer"); err != nil {
-			t.Fatal(err)
-		}
-		nh := mustHealth(t, rc.writer)
-		t.Logf("the writer is back after %s at epoch %d (was %d), VDL %d (was %d)", time.Since(start).Round(time.Millisecond), nh.Epoch, wh.Epoch, nh.VDL, wh.VDL)
-		if nh.Epoch <= wh.Epoch || nh.VDL < crash.lsn {
-			t.Fatalf("the writer came back at epoch %d VDL %d; it was at epoch %d, with LSN %d acknowledged", nh.Epoch, nh.VDL, wh.Epoch, crash.lsn)
-		}
-		for _, id := range rc.ids {
-			wait.For(t, 20*time.Second, id+" to follow the new writer", func() bool {
-				h, err := health(rc.replicas[id])
-				return err == nil && h.Replica != nil && h.Replica.Stream == "streaming" && h.Replica.Epoch == nh.Epoch
-			})
 		}
 		stopPolls()
 		wg.Wait()
 		if t.Failed() {
 			return
 		}
-		// Recovery kept every acknowledged transaction, and every one a
-		// replica showed.
-		rows := mustQuery(t, rc.writer, 0, seqState)
+		for id, errs := range refused {
+			if id != holder {
+				t.Fatalf("%s stayed a replica, yet refused %d queries while %s was promoted, first: %s", id, len(errs), holder, errs[0])
+			}
+			t.Logf("%s refused %d queries while it was promoted, first: %s", id, len(errs), errs[0])
+		}
+		// The promotion's recovery kept every acknowledged transaction,
+		// and every one a replica showed.
+		rows := mustQuery(t, newWriter, 0, seqState)
 		n, err := checkSeq(rows, crash.acked, crash.sent)
 		if err != nil {
-			t.Fatalf("the recovered writer: %v", err)
+			t.Fatalf("the promoted writer %s: %v", holder, err)
 		}
 		if n < maxSeen.Load() {
-			t.Fatalf("the recovered writer has rows 1..%d, but a replica showed rows 1..%d before the crash: a replica exposed a commit that was not durable", n, maxSeen.Load())
+			t.Fatalf("the promoted writer %s has rows 1..%d, but a replica showed rows 1..%d before the crash: a replica exposed a commit that was not durable", holder, n, maxSeen.Load())
 		}
 		t.Logf("recovered rows 1..%d (acknowledged %d, sent %d; replicas showed up to %d in %d polls)", n, crash.acked, crash.sent, maxSeen.Load(), polls.Load())
 
-		// The replicas see the new writer's commits.
+		// The new writer takes writes, and the other two instances, both
+		// replicas now, see them.
+		w.addr = newWriter
 		w.resetTo(n, nh.VDL)
 		w.start()
 		w.waitAcked(t, n+30, 20*time.Second)
 		w.stop(t)
 		after := w.state()
-		for _, id := range rc.ids {
-			if m, err := w.query(ctx, rc.replicas[id], true); err != nil || m != after.acked {
-				t.Fatalf("%s after the writer's restart: rows 1..%d (%v); want %d", id, m, err, after.acked)
-			}
-			sameAsWriter(t, rc.writer, rc.replicas[id], after.lsn)
-			integrityOKAt(t, rc.replicas[id], after.lsn)
-		}
 		var epochs []string
-		for _, id := range rc.ids {
-			h := mustHealth(t, rc.replicas[id])
+		for _, id := range fc.instanceIDs() {
+			if id == holder {
+				continue
+			}
+			addr := fc.addr(id)
+			if m, err := w.query(ctx, addr, true); err != nil || m != after.acked {
+				t.Fatalf("%s after the failover: rows 1..%d (%v); want %d", id, m, err, after.acked)
+			}
+			sameAsWriter(t, newWriter, addr, after.lsn)
+			integrityOKAt(t, addr, after.lsn)
+			h := mustHealth(t, addr)
 			epochs = append(epochs, fmt.Sprintf("%s epoch %d resyncs %d", id, h.Replica.Epoch, h.Replica.Resyncs))
 		}
 		sort.Strings(epochs)
-		t.Logf("after the writer's restart: %s", strings.Join(epochs, ", "))
+		t.Logf("after the failover to %s: %s", holder, strings.Join(epochs, ", "))
 	})
 }
