@@ -47,6 +47,9 @@ func (w *Writer) StartFrom(ctx context.Context, rep *Replica) (PromoteSteps, err
 	}
 	if err := w.open(ctx, lease, adopt); err != nil {
 		w.release(lease)
+		if adopt != nil {
+			adopt.db.Close() // the replica's, unless open closed it already
+		}
 		return steps, err
 	}
 	if adopt != nil {
