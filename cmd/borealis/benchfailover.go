@@ -156,9 +156,14 @@ type failoverRound struct {
 	// PauseMS: planned only, the longest time between consecutive
 	// acknowledged inserts from the request to the new writer's first.
 	PauseMS *float64 `json:"pause_ms,omitempty"`
-	// RejoinS: unplanned only, from restarting the killed instance to it
-	// streaming from the new writer as a replica.
+	// RejoinS: unplanned only, from the kill to the killed instance,
+	// started again, streaming from the new writer as a replica.
 	RejoinS *float64 `json:"rejoin_s,omitempty"`
+	// TookBack: unplanned only, the killed instance, started again, took
+	// the writer lease back before the replica chosen did, or before any
+	// was chosen (then FailoverRound is 0); To is From, and it did not
+	// rejoin as a replica.
+	TookBack bool `json:"took_back,omitempty"`
 	// LostAcknowledged: acknowledged inserts found missing by the read-back
 	// after this round that were not missing after the one before.
 	LostAcknowledged int `json:"lost_acknowledged"`
@@ -166,7 +171,9 @@ type failoverRound struct {
 }
 
 type unplannedSummary struct {
-	Rounds         int     `json:"rounds"`
+	Rounds int `json:"rounds"`
+	// TookBack counts the rounds whose killed writer took the role back.
+	TookBack       int     `json:"took_back"`
 	FirstWriteP50S float64 `json:"first_write_p50_s"`
 	FirstWriteMaxS float64 `json:"first_write_max_s"`
 	DetectP50S     float64 `json:"detect_p50_s"`
@@ -324,7 +331,9 @@ func runFailoverBench(ctx context.Context, o failoverBenchOptions, progress io.W
 				return
 			}
 			fmt.Fprintf(progress, "dropped table %s\n", table)
-			rep.TableDropped = true
+			if rep != nil {
+				rep.TableDropped = true
+			}
 		}()
 	}
 
@@ -347,7 +356,7 @@ func runFailoverBench(ctx context.Context, o failoverBenchOptions, progress io.W
 	}
 	for i := range o.rounds + o.plannedRounds {
 		if err := env.settle(ctx, watch, load, o.between); err != nil {
-			return rep, fmt.Errorf("before round %d: %w", i+1, err)
+			return nil, fmt.Errorf("before round %d: %w", i+1, err)
 		}
 		var r failoverRound
 		if i < o.rounds {
@@ -360,7 +369,8 @@ func runFailoverBench(ctx context.Context, o failoverBenchOptions, progress io.W
 			err = check(&r)
 		}
 		if err != nil {
-			return rep, fmt.Errorf("round %d (%s): %w", i+1, r.Kind, err)
+			// The rounds done so far are in the progress above.
+			return nil, fmt.Errorf("round %d (%s): %w", i+1, r.Kind, err)
 		}
 		rep.Rounds = append(rep.Rounds, r)
 		fmt.Fprintf(progress, "round %d: %s\n", r.Round, r.line())
@@ -369,7 +379,7 @@ func runFailoverBench(ctx context.Context, o failoverBenchOptions, progress io.W
 	rep.DurationS = time.Since(loadStart).Seconds()
 	fmt.Fprintln(progress, "reading every key back through the cluster endpoint")
 	if _, err := load.lost(ctx, c, true); err != nil {
-		return rep, err
+		return nil, err
 	}
 	load.finish(rep)
 	summarize(rep)
@@ -547,6 +557,7 @@ func (e *failoverEnv) unplannedRound(ctx context.Context, w *writerWatch, load *
 	if st.Failover != nil {
 		prevRound = st.Failover.Round
 	}
+	prevEpoch := st.Epoch
 	victim := st.Holder
 	r.From = victim
 	f, err := cluster.ReadFile(e.clusterFile)
@@ -571,10 +582,24 @@ func (e *failoverEnv) unplannedRound(ctx context.Context, w *writerWatch, load *
 		return r, fmt.Errorf("kill %s (pid %d): %w", victim, comp.Pid, err)
 	}
 	var fo *pb.FailoverInfo
+	var unrecorded time.Time // when the lease was first seen retaken with no failover round
 	err = pollFor(ctx, failoverWithin, "a failover of "+victim+" to be done", func(context.Context) error {
 		st := w.current()
 		if st.Failover == nil || st.Failover.Round <= prevRound {
-			return errors.New("no failover detected yet")
+			// The killed instance, started again (up restarts what
+			// dies), can take the lease back before the leader records
+			// a failover; give the leader time to record one first.
+			if st.Holder != victim || st.Epoch <= prevEpoch || st.Writer == nil {
+				return errors.New("no failover detected yet")
+			}
+			if unrecorded.IsZero() {
+				unrecorded = time.Now()
+			}
+			if time.Since(unrecorded) < 2*time.Second {
+				return errors.New("the lease was taken back with no failover round yet")
+			}
+			fo = &pb.FailoverInfo{From: victim, Target: victim, Epoch: st.Epoch, DetectedUnixMs: st.AcquiredUnixMs, DoneUnixMs: st.AcquiredUnixMs}
+			return nil
 		}
 		if st.Failover.State != control.FailoverDone {
 			return fmt.Errorf("failover round %d is %s: %s", st.Failover.Round, st.Failover.State, st.Failover.Why)
@@ -586,6 +611,8 @@ func (e *failoverEnv) unplannedRound(ctx context.Context, w *writerWatch, load *
 		return r, err
 	}
 	r.fromRecord(fo)
+	// Without a failover round, the detection is when the lease was
+	// taken again, and there was no promotion.
 	r.DetectS = ptr(time.UnixMilli(fo.DetectedUnixMs).Sub(killAt).Seconds())
 	r.PromoteS = float64(fo.DoneUnixMs-fo.DetectedUnixMs) / 1000
 	// A write sent before the kill and answered after it counts only if
@@ -596,8 +623,19 @@ func (e *failoverEnv) unplannedRound(ctx context.Context, w *writerWatch, load *
 	}
 	r.FirstWriteS = first.Sub(killAt).Seconds()
 
+	if fo.Target == victim {
+		// The killed instance, started again (up restarts what dies),
+		// took the lease before the chosen replica did: it serves as the
+		// writer again, and there is nothing to rejoin.
+		fmt.Fprintf(e.progress, "round: %s took the writer lease back itself; no replica was promoted\n", victim)
+		r.TookBack = true
+		end := time.Now()
+		r.ReadGapS = load.readGap(killAt, end).Seconds()
+		r.UnknownOutcome = load.unknownBetween(killAt, end)
+		return r, nil
+	}
+	// up may have restarted it already; then restart waits for it.
 	fmt.Fprintf(e.progress, "round: restarting %s\n", victim)
-	restartAt := time.Now()
 	if out, err := exec.CommandContext(ctx, e.bin, "restart", victim, "--dir", e.clusterDir, "--wait", rejoinWithin.String()).CombinedOutput(); err != nil {
 		return r, fmt.Errorf("restart %s: %v: %s", victim, err, strings.TrimSpace(string(out)))
 	}
@@ -617,7 +655,7 @@ func (e *failoverEnv) unplannedRound(ctx context.Context, w *writerWatch, load *
 		return r, err
 	}
 	end := time.Now()
-	r.RejoinS = ptr(end.Sub(restartAt).Seconds())
+	r.RejoinS = ptr(end.Sub(killAt).Seconds())
 	r.ReadGapS = load.readGap(killAt, end).Seconds()
 	r.UnknownOutcome = load.unknownBetween(killAt, end)
 	return r, nil
@@ -1056,6 +1094,9 @@ func summarize(rep *failoverBenchReport) {
 			took = append(took, time.Duration(r.TookMS)*time.Millisecond)
 			continue
 		}
+		if r.TookBack {
+			rep.Unplanned.TookBack++
+		}
 		first, detect, promote, gap = append(first, sec(r.FirstWriteS)), append(detect, sec(*r.DetectS)), append(promote, sec(r.PromoteS)), append(gap, sec(r.ReadGapS))
 	}
 	u := &rep.Unplanned
@@ -1125,6 +1166,9 @@ func printFailoverBench(out io.Writer, rep *failoverBenchReport) {
 			u.Rounds, u.FirstWriteP50S, u.FirstWriteMaxS, u.TargetFirstWriteP50S, u.TargetFirstWriteMaxS)
 		fmt.Fprintf(out, "  detect p50 %.3fs, max %.3fs; promote p50 %.3fs, max %.3fs; longest read gap p50 %.3fs, max %.3fs\n",
 			u.DetectP50S, u.DetectMaxS, u.PromoteP50S, u.PromoteMaxS, u.ReadGapP50S, u.ReadGapMaxS)
+		if u.TookBack > 0 {
+			fmt.Fprintf(out, "  in %d of them the killed writer, started again, took the lease back before a replica was promoted\n", u.TookBack)
+		}
 	}
 	if p := rep.Planned; p.Rounds > 0 {
 		fmt.Fprintf(out, "planned (%d rounds), the longest pause between acknowledged writes: p50 %.0fms, max %.0fms (target p50 <= %.0fms); switchover took p50 %.0fms, max %.0fms\n",
