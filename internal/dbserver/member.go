@@ -38,6 +38,9 @@ func (r memberRole) current() role {
 	}
 	if rep := r.m.Replica(); rep != nil {
 		rr := &replicaRole{cfg: r.cfg, rep: rep, volID: rep.VolumeID(), status: "ready"}
+		if !rep.Ready() {
+			rr.status = "a replica: waiting for its first attachment to the writer's redo stream (writer: " + orUnknown(rep.Writer()) + ")"
+		}
 		rr.ready.Store(true)
 		return rr
 	}
