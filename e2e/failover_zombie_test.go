@@ -150,6 +150,15 @@ func TestFailoverZombieWriter(t *testing.T) {
 	<-directDone
 	t.Logf("%d writes sent to the resumed old writer, %d acknowledged; refusals: %v", sent.Load(), accepted.Load(), codes)
 
+	// The old writer did not take the lease back on waking. (On a loaded
+	// machine the new writer may miss a renewal of its 1 s lease and take
+	// the lease again at a newer epoch; that is no zombie's doing.)
+	if s := fc.mustWriterState(t); s.Holder == "writer" || s.Epoch < promoted.Epoch {
+		t.Fatalf("after the old writer woke, the lease is %s's at epoch %d; want another's, at %d or above", s.Holder, s.Epoch, promoted.Epoch)
+	} else if s.Holder != newWriter || s.Epoch != promoted.Epoch {
+		t.Logf("the lease moved on since the promotion: %s's at epoch %d", s.Holder, s.Epoch)
+		newWriter = s.Holder
+	}
 	// It follows the new writer as a replica, having stepped down once.
 	fc.waitReplicaOf(t, "writer", fc.addr(newWriter), 10*time.Second)
 	h := mustHealth(t, zombie)
@@ -157,13 +166,11 @@ func TestFailoverZombieWriter(t *testing.T) {
 		t.Fatalf("the old writer follows as a replica, but its health counts no step-down: %+v", h.Roles)
 	}
 	t.Logf("the old writer is a replica %s after it woke: %+v", time.Since(woke).Round(time.Millisecond), *h.Roles)
-	if s := fc.mustWriterState(t); s.Holder != newWriter || s.Epoch != promoted.Epoch {
-		t.Fatalf("after the old writer woke, the lease is %s's at epoch %d; want %s's at %d", s.Holder, s.Epoch, newWriter, promoted.Epoch)
-	}
 
 	l.waitAcks(t, 20, 20*time.Second, "through the cluster endpoint after the old writer woke")
 	// Both writers' acknowledged commits: the old writer's direct ones
-	// (before the pause) and the load's through either.
+	// (before the pause), the new writer's during it, and the load's
+	// through either.
 	directMu.Lock()
 	acks := append(append([]int64(nil), directAcked...), promotedAcks...)
 	directMu.Unlock()
