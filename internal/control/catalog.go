@@ -1026,22 +1026,33 @@ func (c *Catalog) AcquireWriter(ctx context.Context, volName, holder string, ttl
 			revoke()
 			return 0, 0, err
 		}
-		if lease == 0 {
-			g, err := c.cli.Grant(ctx, secs)
-			if err != nil {
-				return 0, 0, etcdErr("grant the writer lease of volume "+volName, err)
-			}
-			lease = g.ID
-		}
 		wk := c.writerKey(vol.ID)
 		fo, foRev, err := c.failover(ctx, vol.ID)
 		if err != nil {
 			revoke()
 			return 0, 0, err
 		}
-		if err := fo.Admits(holder, time.Now()); err != nil {
+		ins, err := c.Instances(ctx, volName)
+		if err != nil {
+			revoke()
+			return 0, 0, err
+		}
+		var replicas []string
+		for _, in := range ins {
+			if in.Role == RoleReplica {
+				replicas = append(replicas, in.ID)
+			}
+		}
+		if err := fo.AdmitsWriter(holder, vol.VolumeEpoch, replicas, time.Now()); err != nil {
 			revoke()
 			return 0, 0, fmt.Errorf("volume %s: %w", volName, err)
+		}
+		if lease == 0 {
+			g, err := c.cli.Grant(ctx, secs)
+			if err != nil {
+				return 0, 0, etcdErr("grant the writer lease of volume "+volName, err)
+			}
+			lease = g.ID
 		}
 		nv := vol
 		nv.VolumeEpoch++

@@ -76,6 +76,33 @@ func (f *Failover) Admits(holder string, now time.Time) error {
 	return fmt.Errorf("%w: failover round %d promotes %s (%s); %s may not take the writer lease meanwhile", ErrFailingOver, f.Round, f.Target, f.State, holder)
 }
 
+// AdmitsWriter reports whether holder may take the writer lease now: as
+// Admits says under a failover under way; and with none under way, once a
+// writer has held the lease (epoch > 0), only if no other instance is a
+// registered replica. A writer instance that restarts when its lease is
+// gone would otherwise race the leader, which promotes a replica the
+// moment it sees the lease gone, and could take the role back cold; it
+// follows as a replica instead. The first writer of a volume, and a
+// writer with no replica, take the lease as they come.
+func (f *Failover) AdmitsWriter(holder string, epoch uint64, replicas []string, now time.Time) error {
+	if err := f.Admits(holder, now); err != nil {
+		return err
+	}
+	if f.Pending() || epoch == 0 {
+		return nil
+	}
+	var others []string
+	for _, id := range replicas {
+		if id != holder {
+			others = append(others, id)
+		}
+	}
+	if len(others) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: it has live replicas (%s); when its writer lease is gone the control plane promotes one of them, and %s follows it as a replica", ErrFailingOver, strings.Join(others, ", "), holder)
+}
+
 // FailoverView is what the leading control plane sees of a volume when it
 // decides: the writer lease, the registered writer, the replicas.
 type FailoverView struct {
