@@ -367,3 +367,34 @@ func TestFailoverAdmits(t *testing.T) {
 		}
 	}
 }
+
+func TestFailoverAdmitsWriter(t *testing.T) {
+	now := time.UnixMilli(10_000)
+	promoting := &Failover{State: FailoverPromoting, Target: "r1", DeadlineMs: 20_000}
+	choosing := &Failover{State: FailoverChoosing}
+	done := &Failover{State: FailoverDone, Target: "r1"}
+	for _, c := range []struct {
+		name     string
+		f        *Failover
+		holder   string
+		epoch    uint64
+		replicas []string
+		ok       bool
+	}{
+		{"the first writer, replicas already registered", nil, "writer", 0, []string{"r1"}, true},
+		{"a writer with no replica", done, "writer", 3, nil, true},
+		{"a restarted writer while replicas live", done, "writer", 3, []string{"r1", "r2"}, false},
+		{"the only replica is the holder itself", done, "r1", 3, []string{"r1"}, true},
+		{"a failover with no candidate admits anyone", choosing, "writer", 3, []string{"r1"}, true},
+		{"the target", promoting, "r1", 3, []string{"r1", "r2"}, true},
+		{"not the target", promoting, "writer", 3, nil, false},
+	} {
+		err := c.f.AdmitsWriter(c.holder, c.epoch, c.replicas, now)
+		if (err == nil) != c.ok {
+			t.Errorf("%s: AdmitsWriter = %v, want admitted %v", c.name, err, c.ok)
+		}
+		if err != nil && !errors.Is(err, ErrFailingOver) {
+			t.Errorf("%s: %v is not ErrFailingOver", c.name, err)
+		}
+	}
+}
