@@ -197,6 +197,13 @@ func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, rea
 		resp, wrote, err := r.send(ctx, req, t.Endpoint, b)
 		if err != nil {
 			done()
+			if !clientGone(req) {
+				// The writer may be dead: its other pooled connections
+				// are then dead too, and a request sent on one would have
+				// an unknown outcome; one that dials finds out before it
+				// sends anything.
+				r.dropIdleConns()
+			}
 			if clientGone(req) {
 				outcome = WaitCanceled
 				return
@@ -300,6 +307,13 @@ func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, rea
 			abortResponse()
 		}
 		return
+	}
+}
+
+// dropIdleConns closes the transport's idle connections.
+func (r *Router) dropIdleConns() {
+	if c, ok := r.transport.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
 	}
 }
 

@@ -86,7 +86,7 @@ func TestReaderLeastOutstanding(t *testing.T) {
 func TestReaderSkipsLaggingAndStaleReplicas(t *testing.T) {
 	h, _, rs := readerCluster(t, "r1", "r2", "r3")
 	rs["r1"].setHealth(func(h *sqlclient.Health) { h.Replica.LagMS = 5000; h.Replica.LagLSN = 900 })
-	rs["r2"].setHealth(func(h *sqlclient.Health) { h.Replica.Stream = "stale" })
+	rs["r2"].setHealth(func(h *sqlclient.Health) { h.Replica.Stream = "stale"; h.Replica.LagMS = 3000 })
 	h.waitCandidates(t, "r3")
 
 	for range 5 {
@@ -99,7 +99,7 @@ func TestReaderSkipsLaggingAndStaleReplicas(t *testing.T) {
 	for _, s := range h.r.Status().Replicas {
 		why[s.ID] = s.Why
 	}
-	if !strings.Contains(why["r1"], "lag 5000 ms above the 1s bound") || why["r2"] != "stream stale" || why["r3"] != "" {
+	if !strings.Contains(why["r1"], "lag 5000 ms above the 1s bound") || !strings.Contains(why["r2"], "stream stale") || why["r3"] != "" {
 		t.Fatalf("why not candidates: %q", why)
 	}
 
@@ -247,10 +247,22 @@ func TestReaderRetriesFailedConnection(t *testing.T) {
 func TestReaderNoReplicaNoWriter(t *testing.T) {
 	ctl := startControl(t)
 	r1 := newInstance(t, "r1", RoleReplica)
-	r1.setHealth(func(h *sqlclient.Health) { h.Replica.Stream = "stale" })
+	r1.setHealth(func(h *sqlclient.Health) { h.Replica.Stream = "stale"; h.Replica.LagMS = 3000 })
 	ctl.set(r1.record(1))
 	h := newHarness(t, ctl, nil)
 	wait.For(t, within, "r1 polled", func() bool { return r1.polls.Load() > 0 })
+	// With no writer (a failover), nothing commits: a stale replica
+	// serves what it applied, however long ago it last heard the writer.
+	expect(t, query(t, h, selectOne), http.StatusOK, "r1")
+	r1.setHealth(func(h *sqlclient.Health) { h.Ready = false; h.Status = "starting" })
+	wait.For(t, within, "r1 not ready", func() bool {
+		for _, s := range h.r.Status().Replicas {
+			if s.ID == "r1" && !s.Candidate {
+				return true
+			}
+		}
+		return false
+	})
 	rep := query(t, h, selectOne)
 	if rep.status != http.StatusServiceUnavailable || rep.code != CodeNoWriter || !strings.HasPrefix(rep.message, "no replica can take queries, and volume") {
 		t.Fatalf("got HTTP %d %s, want 503 no_writer saying no replica could take it", rep.status, rep.body)

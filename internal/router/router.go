@@ -69,6 +69,7 @@ const (
 	RoleWriter      = "writer"
 	RoleReplica     = "replica"
 	StreamStreaming = "streaming"
+	StreamStale     = "stale"
 )
 
 const (
@@ -163,20 +164,22 @@ type writerNotifier interface {
 // Router serves a volume's cluster and reader endpoints. Its methods are
 // safe for concurrent use.
 type Router struct {
-	cfg       Config
-	log       *slog.Logger
-	maxLagMS  float64
-	conn      *grpc.ClientConn
-	ctl       pb.ControlClient
-	transport http.RoundTripper
-	ownsTr    *http.Transport // the default transport, closed by Close
-	health    *http.Client
-	writers   WriterSource
-	watch     *watchWriters // the default WriterSource; nil if Config.Writers is set
-	bigBodies chan struct{}
-	limited   limiter
-	metrics   *metrics
-	runOnce   sync.Once
+	cfg      Config
+	log      *slog.Logger
+	maxLagMS float64
+	// writerless: no writer serves now (the volume fails over).
+	writerless atomic.Bool
+	conn       *grpc.ClientConn
+	ctl        pb.ControlClient
+	transport  http.RoundTripper
+	ownsTr     *http.Transport // the default transport, closed by Close
+	health     *http.Client
+	writers    WriterSource
+	watch      *watchWriters // the default WriterSource; nil if Config.Writers is set
+	bigBodies  chan struct{}
+	limited    limiter
+	metrics    *metrics
+	runOnce    sync.Once
 
 	fmu      sync.Mutex
 	followed Target    // the writer the cluster endpoint last followed ("" ID: none yet)
@@ -335,9 +338,11 @@ func (r *Router) Run(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		_ = r.refreshSince(ctx, time.Now())
+		w, ok := r.writers.Writer()
+		r.writerless.Store(!ok)
 		if r.watch == nil || !r.watch.isLive() {
 			// Listings are how the writer is found: count its changes.
-			r.noteWriter(r.writers.Writer())
+			r.noteWriter(w, ok)
 		}
 		select {
 		case <-ctx.Done():
@@ -600,11 +605,22 @@ func (r *Router) pollUnfit(in *instance) string {
 		return fmt.Sprintf("reports role %q", h.Role)
 	case !h.Ready:
 		return "not ready: " + orDash(h.Status)
-	case h.Replica.Stream != StreamStreaming:
+	case r.writerless.Load():
+		// No writer serves (a failover): nothing commits, so a replica
+		// whose stream broke with the writer lags no further behind; it
+		// serves what it applied, and min_lsn still holds for those who
+		// must read their writes.
+		return ""
+	case h.Replica.Stream != StreamStreaming && h.Replica.Stream != StreamStale:
 		return "stream " + orDash(h.Replica.Stream)
+	case h.Replica.LagMS > r.maxLagMS && h.Replica.Stream == StreamStale:
+		return fmt.Sprintf("stream stale, lag %.0f ms above the %s bound", h.Replica.LagMS, r.cfg.MaxLag)
 	case h.Replica.LagMS > r.maxLagMS:
 		return fmt.Sprintf("lag %.0f ms above the %s bound", h.Replica.LagMS, r.cfg.MaxLag)
 	}
+	// A replica whose stream just ended (the writer died, or it
+	// resubscribes) is fit while its lag, which counts the time since it
+	// last heard the writer, is within the bound.
 	return ""
 }
 

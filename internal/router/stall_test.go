@@ -63,7 +63,7 @@ func TestReaderQueryLeavesReplicaTurnedUnfit(t *testing.T) {
 			fi.setHealth(func(h *sqlclient.Health) { h.Replica.LagMS = 5000 })
 		},
 		"stream stale": func(_ *testing.T, fi *fakeInstance) {
-			fi.setHealth(func(h *sqlclient.Health) { h.Replica.Stream = "stale" })
+			fi.setHealth(func(h *sqlclient.Health) { h.Replica.Stream = "stale"; h.Replica.LagMS = 3000 })
 		},
 	}
 	for name, makeUnfit := range unfit {
