@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
 	"github.com/borealis-db/borealis/internal/wait"
 )
@@ -56,14 +55,20 @@ func componentOf(t *testing.T, dir, id string) cluster.Component {
 	return cluster.Component{}
 }
 
-// noWriterLease waits until the catalog shows no writer of any volume: a
-// SIGKILLed writer's lease has run out its TTL.
-func noWriterLease(t *testing.T, ctl pb.ControlClient) {
+// restartedByUp waits until up, which supervises the database instances,
+// has started the writer again after the death of the one of pid dead,
+// and cluster.json names the new process; it returns it.
+func restartedByUp(t *testing.T, u *upProcess, dir string, dead int) cluster.Component {
 	t.Helper()
-	wait.For(t, 15*time.Second, "the killed writer's lease to expire", func() bool {
-		st, err := ctl.Status(context.Background(), &pb.StatusRequest{})
-		return err == nil && len(st.Writers) == 0
+	var w cluster.Component
+	wait.For(t, 20*time.Second, fmt.Sprintf("up to report the death of the writer of pid %d and start it again", dead), func() bool {
+		if !strings.Contains(u.output(), fmt.Sprintf("!! writer (writer, AZ a, pid %d) ", dead)) {
+			return false
+		}
+		w = componentOf(t, dir, "writer")
+		return w.Pid != dead && alive(w.Pid)
 	})
+	return w
 }
 
 // TestRestartWriterThatWaitsForStorage: with three storage nodes down, a
@@ -73,12 +78,14 @@ func noWriterLease(t *testing.T, ctl pb.ControlClient) {
 // says what the writer waits for (the PG, and each missing segment with its
 // address), exits 0, and the writer becomes ready by itself once a node
 // returns. A restarted writer that dies before it is ready is a failure,
-// quoted with the whole lines it wrote to its log.
+// quoted with the whole lines it wrote to its log. up supervises the
+// writer, and starts it again itself each time it is killed; restart then
+// reports on the writer up started. The cluster has no replica, so that
+// none is promoted: this is the writer's own recovery.
 func TestRestartWriterThatWaitsForStorage(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "c")
-	u := startUp(t, dir, "--base-port", fmt.Sprint(freeBasePort(t)), "--pg-size", "1MiB")
-	f := u.waitReady()
-	ctl := controlClient(t, f)
+	u := startUp(t, dir, "--base-port", fmt.Sprint(freeBasePort(t)), "--pg-size", "1MiB", "--replicas", "0")
+	u.waitReady()
 	if out, err := exec.Command(binary, "sql", "--dir", dir, "-e", "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES('before')").CombinedOutput(); err != nil {
 		t.Fatalf("sql: %v\n%s", err, out)
 	}
@@ -88,17 +95,21 @@ func TestRestartWriterThatWaitsForStorage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	wait.For(t, 10*time.Second, "up to report the writer's death", func() bool { return strings.Contains(u.output(), "!! writer (writer") })
-	// So that the new writer goes straight to recovery.
-	noWriterLease(t, ctl)
+	// So that restart's wait goes to the recovery, not to the old lease's
+	// TTL: the writer up started again has taken the lease, and waits for
+	// storage.
+	w := restartedByUp(t, u, dir, old.Pid)
+	wait.For(t, 20*time.Second, "the writer up started again to wait for storage", func() bool {
+		_, status, _ := writerHealth(w.Addr)
+		return strings.Contains(status, "waiting for a write quorum of PG 0")
+	})
 
 	out, err := exec.Command(binary, "restart", "writer", "--dir", dir, "--wait", "5s").CombinedOutput()
 	if err != nil {
 		t.Fatalf("restart writer with three nodes down: %v\n%s", err, out)
 	}
-	w := componentOf(t, dir, "writer")
-	if w.Pid == old.Pid || !alive(w.Pid) {
-		t.Fatalf("cluster.json lists the writer with pid %d (the killed one was %d)", w.Pid, old.Pid)
+	if got := componentOf(t, dir, "writer"); got.Pid != w.Pid || !alive(w.Pid) {
+		t.Fatalf("cluster.json lists the writer with pid %d; up started pid %d (the killed one was %d)", got.Pid, w.Pid, old.Pid)
 	}
 	msg := string(out)
 	for _, want := range []string{
@@ -140,10 +151,7 @@ func TestRestartWriterThatWaitsForStorage(t *testing.T) {
 	if err := syscall.Kill(w.Pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	wait.For(t, 10*time.Second, "up to report the second writer's death", func() bool {
-		return strings.Contains(u.output(), fmt.Sprintf("!! writer (writer, AZ a, pid %d)", w.Pid))
-	})
-	noWriterLease(t, ctl)
+	restartedByUp(t, u, dir, w.Pid)
 	restart := exec.Command(binary, "restart", "writer", "--dir", dir, "--wait", "60s")
 	var rout strings.Builder
 	restart.Stdout, restart.Stderr = &rout, &rout
@@ -188,15 +196,14 @@ func TestRestartWriterThatWaitsForStorage(t *testing.T) {
 	}
 
 	// Restarted once more, it waits; a node back, it is ready by itself.
-	wait.For(t, 10*time.Second, "up to report the third writer's death", func() bool {
-		return strings.Contains(u.output(), fmt.Sprintf("!! writer (writer, AZ a, pid %d)", third.Pid))
-	})
-	noWriterLease(t, ctl)
+	fourth := restartedByUp(t, u, dir, third.Pid)
 	out, err = exec.Command(binary, "restart", "writer", "--dir", dir, "--wait", "0s").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "is not ready after") {
 		t.Fatalf("restart writer --wait 0s: %v\n%s", err, out)
 	}
-	fourth := componentOf(t, dir, "writer")
+	if got := componentOf(t, dir, "writer"); got.Pid != fourth.Pid {
+		t.Fatalf("cluster.json lists the writer with pid %d; up started pid %d", got.Pid, fourth.Pid)
+	}
 	if out, err := exec.Command(binary, "restart", "s3", "--dir", dir).CombinedOutput(); err != nil {
 		t.Fatalf("restart s3: %v\n%s", err, out)
 	}
