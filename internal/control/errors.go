@@ -23,7 +23,7 @@ var (
 	ErrFailingOver = errors.New("failing over")
 	// ErrInvalidState: the request does not fit the volume's state now
 	// (a switchover without a serving writer, or during another failover).
-	ErrInvalidState = errors.New("not now")
+	ErrInvalidState = errors.New("switchover refused")
 	// ErrStaleEpoch: a compare-and-swap on the volume epoch found another value.
 	ErrStaleEpoch = errors.New("stale volume epoch")
 	// ErrLeaseExpired: a writer lease that no longer exists, or an

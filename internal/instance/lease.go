@@ -109,7 +109,9 @@ func (w *Writer) keepLease(lease int64, lost chan struct{}, once *sync.Once) {
 		defer h(lease)
 	}
 	every := w.cfg.LeaseTTL / 4
-	next := time.NewTimer(every)
+	// The first renewal goes at once: the acquire may have taken much of
+	// the TTL (the lease's time runs from its grant, inside the call).
+	next := time.NewTimer(0)
 	defer next.Stop()
 	for {
 		select {
