@@ -2,9 +2,11 @@ package router
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -194,8 +196,14 @@ func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, rea
 			r.metrics.resent.Add(1)
 		}
 		done := r.begin(t.ID)
-		resp, wrote, err := r.send(ctx, req, t.Endpoint, b)
+		sctx, stopWatch, release := r.whileWriter(ctx, t)
+		resp, wrote, err := r.send(sctx, req, t.Endpoint, b)
+		stopWatch()
 		if err != nil {
+			release()
+			if d := context.Cause(sctx); errors.Is(d, errDeposed) {
+				err = d
+			}
 			done()
 			if !clientGone(req) {
 				// The writer may be dead: its other pooled connections
@@ -261,6 +269,7 @@ func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, rea
 					// It reached the writer, which gave up on it: it
 					// may have committed before that.
 					discard(resp)
+					release()
 					done()
 					r.outcomeUnknown(w, t, fmt.Sprintf("answered %s: %s", code, msg))
 					return
@@ -270,6 +279,7 @@ func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, rea
 					// again): the request did not run; wait for the
 					// writer that serves.
 					discard(resp)
+					release()
 					done()
 					if ok, n := r.limited.allow(code + " " + t.ID); ok {
 						r.log.Info("the writer refused a request before running it; holding it for the writer that serves", "instance", t.ID, "endpoint", t.Endpoint, "epoch", t.Epoch, "code", code, "message", msg, "suppressed", n)
@@ -288,6 +298,7 @@ func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, rea
 					return
 				case b.replayable() && !retried:
 					discard(resp)
+					release()
 					done()
 					retried = true
 					last = &lastTry{t: t}
@@ -297,6 +308,7 @@ func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, rea
 			}
 		}
 		err = relay(w, resp, t.ID)
+		release()
 		done()
 		if err != nil {
 			if !clientGone(req) {
@@ -308,6 +320,48 @@ func (r *Router) toWriter(w http.ResponseWriter, req *http.Request, b *body, rea
 		}
 		return
 	}
+}
+
+// errDeposed ends a request in flight to a writer that another replaced.
+var errDeposed = errors.New("it was replaced by a new writer before it answered (a writer paused past its lease, say); storage fences its epoch")
+
+// deposedGrace is how long a request in flight to a writer that another
+// replaced may still take before the router gives up on it.
+const deposedGrace = 2 * time.Second
+
+func (r *Router) whileWriter(ctx context.Context, t Target) (sctx context.Context, stop, release func()) {
+	ch := r.writerChanged()
+	if ch == nil {
+		return ctx, func() {}, func() {}
+	}
+	sctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-sctx.Done():
+				return
+			case <-ch:
+			}
+			ch = r.writerChanged()
+			if n, ok := r.writers.Writer(); ok && (n.ID != t.ID || n.Epoch > t.Epoch) {
+				// A deposed writer that runs answers soon (its lease guard
+				// refuses, storage fences its commit, or, handing over, it
+				// finishes what it has): give it that long.
+				select {
+				case <-done:
+				case <-sctx.Done():
+				case <-time.After(deposedGrace):
+					cancel(errDeposed)
+				}
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return sctx, func() { once.Do(func() { close(done) }) }, func() { cancel(nil) }
 }
 
 // dropIdleConns closes the transport's idle connections.

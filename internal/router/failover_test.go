@@ -246,7 +246,13 @@ func TestWatchWriteThatReachedADeadWriterIsNotResent(t *testing.T) {
 	if n := metricValue(t, h.r, "borealis_router_outcome_unknown_total"); n != 1 {
 		t.Fatalf("borealis_router_outcome_unknown_total %v, want 1", n)
 	}
-	// The next write goes to the new writer.
+	// The next write goes to the new writer, once the router follows it
+	// (the watch may tell it a moment after the old one dropped the
+	// connection).
+	wait.For(t, within, "the router to follow w2", func() bool {
+		st := h.r.Status()
+		return st.Writer != nil && st.Writer.ID == "w2"
+	})
 	expect(t, execute(t, h.cluster.URL), http.StatusOK, "w2")
 }
 
