@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/wait"
 )
 
 type listOnly struct {
@@ -42,8 +43,9 @@ func TestDialSeveralSurvivesOneDeath(t *testing.T) {
 	}
 	defer conn.Close()
 	ctl := pb.NewControlClient(conn)
+	// Round-robin reaches both once both connections are up.
 	seen := map[string]bool{}
-	for range 10 {
+	wait.For(t, 10*time.Second, "calls to reach both control planes", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		resp, err := ctl.ListVolumes(ctx, &pb.ListVolumesRequest{})
 		cancel()
@@ -51,10 +53,8 @@ func TestDialSeveralSurvivesOneDeath(t *testing.T) {
 			t.Fatal(err)
 		}
 		seen[resp.Volumes[0].Name] = true
-	}
-	if !seen["c1"] || !seen["c2"] {
-		t.Fatalf("calls reached %v; want both control planes", seen)
-	}
+		return seen["c1"] && seen["c2"]
+	})
 	servers[0].Stop()
 	// Calls after the death may fail while the connection's loss is
 	// noticed, but soon every call reaches c2.

@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
@@ -99,6 +100,7 @@ func (s *Server) WatchWriter(req *pb.WatchWriterRequest, stream grpc.ServerStrea
 		}
 	}()
 	var sent *pb.WriterState
+	var lastWriter atomic.Pointer[pb.InstanceInfo]
 	read := func() error {
 		st, err := call(wctx, func(ctx context.Context) (*pb.WriterState, error) { return s.cat.WriterState(ctx, vol) })
 		if err != nil {
@@ -110,7 +112,30 @@ func (s *Server) WatchWriter(req *pb.WatchWriterRequest, stream grpc.ServerStrea
 			}
 		}
 		sent = st
+		lastWriter.Store(st.Writer)
 		return nil
+	}
+	// relevant says whether an event of the instances' prefix may change
+	// the state: not a replica's renewal, nor the writer's that changes
+	// only its VDL, read point and time (several a second per instance).
+	relevant := func(resp clientv3.WatchResponse) bool {
+		for _, ev := range resp.Events {
+			if ev.Type != clientv3.EventTypePut {
+				return true
+			}
+			in, err := decode[Instance](ev.Kv)
+			if err != nil {
+				return true
+			}
+			if in.Role != RoleWriter {
+				continue
+			}
+			w := lastWriter.Load()
+			if w == nil || w.Id != in.ID || w.State != in.State || w.Epoch != in.Epoch || w.SqlEndpoint != in.SQLEndpoint || w.ReplicationEndpoint != in.ReplicationEndpoint {
+				return true
+			}
+		}
+		return false
 	}
 	if err := read(); err != nil {
 		return err
@@ -120,20 +145,26 @@ func (s *Server) WatchWriter(req *pb.WatchWriterRequest, stream grpc.ServerStrea
 	wake := make(chan struct{}, 1)
 	wch := make(chan error, 3)
 	for _, w := range []struct {
-		key  string
-		opts []clientv3.OpOption
+		key    string
+		prefix bool
 	}{
-		{s.cat.writerKey(vol.ID), nil},
-		{s.cat.failoverKey(vol.ID), nil},
-		{s.cat.volInstancesPrefix(vol.ID), []clientv3.OpOption{clientv3.WithPrefix()}},
+		{s.cat.writerKey(vol.ID), false},
+		{s.cat.failoverKey(vol.ID), false},
+		{s.cat.volInstancesPrefix(vol.ID), true},
 	} {
-		opts := append([]clientv3.OpOption{clientv3.WithRev(sent.Revision + 1)}, w.opts...)
+		opts := []clientv3.OpOption{clientv3.WithRev(sent.Revision + 1)}
+		if w.prefix {
+			opts = append(opts, clientv3.WithPrefix())
+		}
 		ch := s.cat.cli.Watch(clientv3.WithRequireLeader(wctx), w.key, opts...)
 		go func() {
 			for resp := range ch {
 				if err := resp.Err(); err != nil {
 					wch <- err
 					return
+				}
+				if w.prefix && !relevant(resp) {
+					continue
 				}
 				select {
 				case wake <- struct{}{}:

@@ -123,8 +123,8 @@ func (c *Catalog) failoverView(ctx context.Context, vol Volume, lastHolder strin
 }
 
 // runFailovers is the leader's failover loop: it looks at every volume
-// whenever a writer lease or a failover record changes, and a few times a
-// second besides (a target's registration may go away), and stores what
+// whenever a writer lease or a failover record changes, and once a second
+// besides (a target's registration may go away, a deadline pass), and stores what
 // DecideFailover says. The records are stored by compare-and-swap, so a
 // deposed leader that still looks cannot undo a newer leader's step; and
 // with guard (the leader's election key, see leaderCmp), only while this
@@ -142,7 +142,7 @@ func runFailovers(ctx context.Context, cat *Catalog, t FailoverTiming, log *slog
 		}()
 	}
 	last := map[uint64]string{} // the holder seen last, by volume id
-	tick := time.NewTicker(250 * time.Millisecond)
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		if err := failoverPass(ctx, cat, t, last, log, guard); err != nil && ctx.Err() == nil {
