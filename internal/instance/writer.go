@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/redo"
 	"github.com/borealis-db/borealis/internal/redostream"
 	"github.com/borealis-db/borealis/internal/sqlvfs"
 	"github.com/borealis-db/borealis/internal/volume"
@@ -430,8 +431,18 @@ func (w *Writer) open(ctx context.Context, lease *pb.AcquireWriterResponse, adop
 	var db *sqlvfs.DB
 	if adopt != nil {
 		db = adopt.db
-		adopt.warm = cfg.BaseLSN == adopt.applied
-		err = db.Promote(vol)
+		var lacking []redo.Record
+		if cfg.BaseLSN > adopt.applied {
+			// MTRs durable before the old writer died that the replica
+			// never received: read them from storage and apply them to
+			// the cache, which then stays warm.
+			var rerr error
+			if lacking, rerr = vol.RedoSince(rctx, adopt.applied); rerr != nil {
+				w.log.Warn("cannot read the MTRs the replica lacks; its page cache is dropped", "applied", adopt.applied, "vdl", cfg.BaseLSN, "err", rerr)
+				lacking = nil
+			}
+		}
+		adopt.warm, err = db.Promote(vol, lacking...)
 	} else {
 		db, err = sqlvfs.OpenDB(vol, opts)
 	}

@@ -3,6 +3,8 @@ package sqlvfs
 import (
 	"errors"
 	"fmt"
+
+	"github.com/borealis-db/borealis/internal/redo"
 )
 
 // Promote makes a replica's database (OpenReplicaDB) a writer's: from now
@@ -26,23 +28,36 @@ import (
 // point and its pin on the old volume client (close that client once they
 // ended); later ones pin vol's VDL. If the Writer pool does not open, the
 // database goes back to the old volume client and stays a replica's.
-func (db *DB) Promote(vol Volume) error {
+//
+// lacking, if given, are the records in (applied, vol's VDL], every one of
+// them in LSN order (volume.Client.RedoSince): Promote applies them to the
+// cached pages, as a replica applies MTRs, and keeps the cache. If they do
+// not end at the VDL, the cache is dropped. Promote reports whether it kept
+// the cache.
+func (db *DB) Promote(vol Volume, lacking ...redo.Record) (warm bool, err error) {
 	if db.Writer != nil {
-		return errors.New("sqlvfs: the database has a writer already")
+		return false, errors.New("sqlvfs: the database has a writer already")
 	}
 	d := db.d
 	applied, vdl := d.cache.lastSubmitted(), vol.VDL()
 	if vdl < applied {
-		return fmt.Errorf("sqlvfs: cannot promote the database of %s: the new volume client's VDL %d is below the LSN %d the database applied", d.name, vdl, applied)
+		return false, fmt.Errorf("sqlvfs: cannot promote the database of %s: the new volume client's VDL %d is below the LSN %d the database applied", d.name, vdl, applied)
 	}
 	old := d.volume()
 	d.setVolume(vol)
+	warm = true
 	if vdl > applied {
-		d.cache.reset(vdl)
+		warm = len(lacking) > 0 && lacking[0].LSN > applied && lacking[len(lacking)-1].LSN == vdl
+		if warm {
+			warm = d.cache.apply(vdl, lacking, d.pageSize) == nil
+		}
+		if !warm {
+			d.cache.reset(vdl)
+		}
 	}
 	if err := db.openWriter(); err != nil {
 		d.setVolume(old)
-		return fmt.Errorf("sqlvfs: promoting the database of %s: %w", d.name, err)
+		return false, fmt.Errorf("sqlvfs: promoting the database of %s: %w", d.name, err)
 	}
-	return nil
+	return warm, nil
 }

@@ -91,7 +91,7 @@ func TestPromoteKeepsThePageCache(t *testing.T) {
 
 	// The new writer recovered at the replica's VDL.
 	nw := &countingVolume{Volume: cl.client(t, 2, vdl)}
-	if err := db.Promote(lowVDL{Volume: nw, vdl: vdl - 1}); err == nil || !strings.Contains(err.Error(), "below") {
+	if _, err := db.Promote(lowVDL{Volume: nw, vdl: vdl - 1}); err == nil || !strings.Contains(err.Error(), "below") {
 		t.Fatalf("promotion onto a volume client below what the replica applied: %v", err)
 	}
 	if db.Writer != nil {
@@ -99,13 +99,13 @@ func TestPromoteKeepsThePageCache(t *testing.T) {
 	}
 	checkRows(t, db.Reader, 300)
 	before := db.Stats().VolumeReads
-	if err := db.Promote(nw); err != nil {
+	if _, err := db.Promote(nw); err != nil {
 		t.Fatal(err)
 	}
 	if db.Writer == nil {
 		t.Fatal("Promote opened no writer pool")
 	}
-	if err := db.Promote(nw); err == nil {
+	if _, err := db.Promote(nw); err == nil {
 		t.Fatal("a second Promote succeeded")
 	}
 	checkRows(t, db.Reader, 300)
@@ -170,7 +170,7 @@ func TestPromoteBehindDropsThePageCache(t *testing.T) {
 	}
 
 	nw := &countingVolume{Volume: cl.client(t, 2, b)}
-	if err := db.Promote(nw); err != nil {
+	if _, err := db.Promote(nw); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {

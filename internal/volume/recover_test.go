@@ -260,6 +260,28 @@ func TestRecoverAfterCrash(t *testing.T) {
 	for p, img := range want {
 		mustRead(t, c, p, c.VDL(), img)
 	}
+
+	// What a replica that applied up to the acknowledged VDL lacks: the
+	// whole MTR, in LSN order, and none of the records recovery truncated
+	// (they are off the PGs' chains).
+	lacking, err := c.RedoSince(ctx, acked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lacking) != 2 || lacking[0].Page != 1 || lacking[1].Page != 17 || lacking[1].LSN != xEnd || lacking[0].LSN <= acked || !lacking[1].CPL {
+		t.Fatalf("RedoSince(%d) gave %+v; want the whole MTR ending at %d", acked, lacking, xEnd)
+	}
+	// Storage collects the log below what it materialized: from LSN 0 the
+	// redo may be gone on every segment, and then RedoSince says so (a
+	// promotion drops its cache); else it gives it all.
+	all, err := c.RedoSince(ctx, 0)
+	switch {
+	case errors.Is(err, ErrRedoCollected):
+	case err != nil:
+		t.Fatalf("RedoSince(0): %v", err)
+	case len(all) != 5*len(pages)+2 || all[len(all)-1].LSN != xEnd:
+		t.Fatalf("RedoSince(0) gave %d records; want %d ending at %d", len(all), 5*len(pages)+2, xEnd)
+	}
 	next := map[uint64][]byte{2: pageImage(2, 300), 3: pageImage(3, 300), 17: pageImage(17, 300), 33: pageImage(33, 300)}
 	mtr := []PageWrite{{Page: 2, Old: want[2], New: next[2]}, {Page: 3, New: next[3]}, {Page: 17, Old: want[17], New: next[17]}, {Page: 33, New: next[33]}}
 	lsn, err := c.Commit(ctx, mtr)
