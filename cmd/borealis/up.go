@@ -944,9 +944,10 @@ func restart(ctx context.Context, cl *cluster.Cluster, id string, writeFile func
 		}
 		if c, ok := componentByID(cl, id); ok && cl.Running(id) && (c.Role == "writer" || c.Role == "replica") {
 			// up restarted it already (it supervises the database
-			// instances): the restart asked for is done.
+			// instances): the restart asked for is done; report it as
+			// one that was just started.
 			send(restartEvent{Event: "started", Pid: c.Pid})
-			if err := cl.WaitReady(ctx, id, -1, nil); err != nil {
+			if err := cl.WaitReady(ctx, id, -1, waitingReporter(cl, c.Pid, send)); err != nil {
 				send(restartEvent{Event: "failed", Pid: c.Pid, Error: err.Error()})
 				return
 			}
@@ -969,15 +970,7 @@ func restart(ctx context.Context, cl *cluster.Cluster, id string, writeFile func
 	fmt.Fprintf(out, "%s restarted (pid %d)\n", id, comp.Pid)
 	send(restartEvent{Event: "started", Pid: comp.Pid})
 	start := time.Now()
-	err = cl.WaitReady(ctx, id, -1, func(why string) {
-		var stopped []string
-		for _, o := range cl.Components() {
-			if !cl.Running(o.ID) {
-				stopped = append(stopped, o.ID)
-			}
-		}
-		send(restartEvent{Event: "waiting", Pid: comp.Pid, Why: why, Stopped: stopped})
-	})
+	err = cl.WaitReady(ctx, id, -1, waitingReporter(cl, comp.Pid, send))
 	switch {
 	case err == nil:
 		// Whoever restarted it may have stopped waiting long ago.
@@ -988,6 +981,20 @@ func restart(ctx context.Context, cl *cluster.Cluster, id string, writeFile func
 	default:
 		// Its exit is reported with the others' in up's output.
 		send(restartEvent{Event: "failed", Pid: comp.Pid, Error: err.Error()})
+	}
+}
+
+// waitingReporter sends what a restarted component waits for, with the
+// components that are stopped.
+func waitingReporter(cl *cluster.Cluster, pid int, send func(restartEvent)) func(string) {
+	return func(why string) {
+		var stopped []string
+		for _, o := range cl.Components() {
+			if !cl.Running(o.ID) {
+				stopped = append(stopped, o.ID)
+			}
+		}
+		send(restartEvent{Event: "waiting", Pid: pid, Why: why, Stopped: stopped})
 	}
 }
 
