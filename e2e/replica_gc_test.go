@@ -211,7 +211,11 @@ func TestReplicaGC(t *testing.T) {
 		// reads the table.
 		const q3 = `WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x+1 FROM c WHERE x < ?)
 			SELECT (SELECT count(*) FROM c), (SELECT sum(ver) FROM snap)`
-		steps := calibrateSteps(t, rc.replicas["r3"], 3500*time.Millisecond)
+		// Long enough that the query still runs once the PGMRPL passes
+		// its pin, a moment after the 2s read age, even if it runs twice
+		// as fast as the calibration measured (a machine whose load
+		// fell).
+		steps := calibrateSteps(t, rc.replicas["r3"], 6*time.Second)
 		_, lsn, _ = rw.state()
 		start := time.Now()
 		q := queryAsync(rc.replicas["r3"], lsn, q3, steps)
