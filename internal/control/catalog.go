@@ -1021,28 +1021,12 @@ func (c *Catalog) AcquireWriter(ctx context.Context, volName, holder string, ttl
 	}
 	vk := c.volKey(volName)
 	for range maxAttempts {
-		vol, rev, err := c.getVolume(ctx, volName)
+		vol, rev, fo, foRev, replicas, err := c.acquireView(ctx, volName)
 		if err != nil {
 			revoke()
 			return 0, 0, err
 		}
 		wk := c.writerKey(vol.ID)
-		fo, foRev, err := c.failover(ctx, vol.ID)
-		if err != nil {
-			revoke()
-			return 0, 0, err
-		}
-		ins, err := c.Instances(ctx, volName)
-		if err != nil {
-			revoke()
-			return 0, 0, err
-		}
-		var replicas []string
-		for _, in := range ins {
-			if in.Role == RoleReplica {
-				replicas = append(replicas, in.ID)
-			}
-		}
 		if err := fo.AdmitsWriter(holder, vol.VolumeEpoch, replicas, time.Now()); err != nil {
 			revoke()
 			return 0, 0, fmt.Errorf("volume %s: %w", volName, err)
@@ -1087,6 +1071,62 @@ func (c *Catalog) AcquireWriter(ctx context.Context, volName, holder string, ttl
 	}
 	revoke()
 	return 0, 0, fmt.Errorf("%w: acquiring the writer lease of volume %s raced with other changes %d times; retry", ErrConflict, volName, maxAttempts)
+}
+
+// acquireView reads what AcquireWriter decides on: the volume, its failover
+// record and its registered replicas. The volume's id is in its record, so
+// two reads: the volume, then the rest in one transaction.
+func (c *Catalog) acquireView(ctx context.Context, volName string) (vol Volume, rev int64, fo *Failover, foRev int64, replicas []string, err error) {
+	vol, rev, err = c.getVolume(ctx, volName)
+	if err != nil {
+		return
+	}
+	tr, terr := c.cli.Txn(ctx).Then(
+		clientv3.OpGet(c.failoverKey(vol.ID)),
+		clientv3.OpGet(c.volInstancesPrefix(vol.ID), clientv3.WithPrefix()),
+	).Commit()
+	if terr != nil {
+		err = etcdErr("read the failover and instances of volume "+volName, terr)
+		return
+	}
+	if kvs := tr.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		f, derr := decode[Failover](kvs[0])
+		if derr != nil {
+			err = derr
+			return
+		}
+		fo, foRev = &f, kvs[0].ModRevision
+	}
+	ins, derr := decodeAll[Instance](tr.Responses[1].GetResponseRange().Kvs)
+	if derr != nil {
+		err = derr
+		return
+	}
+	for _, in := range ins {
+		if in.Role == RoleReplica {
+			replicas = append(replicas, in.ID)
+		}
+	}
+	return
+}
+
+// VolumeSnapshot reads a volume with its PGs and truncations at one
+// revision.
+func (c *Catalog) VolumeSnapshot(ctx context.Context, v Volume) ([]PG, []Truncation, error) {
+	tr, err := c.cli.Txn(ctx).Then(
+		clientv3.OpGet(c.pgPrefix(v.ID), clientv3.WithPrefix()),
+		clientv3.OpGet(c.truncsPrefix(v.ID), clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return nil, nil, etcdErr("read the PGs and truncations of volume "+v.Name, err)
+	}
+	pgs, err := decodeAll[PG](tr.Responses[0].GetResponseRange().Kvs)
+	if err != nil {
+		return nil, nil, err
+	}
+	sort.Slice(pgs, func(i, j int) bool { return pgs[i].PG < pgs[j].PG })
+	truncs, err := decodeAll[Truncation](tr.Responses[1].GetResponseRange().Kvs)
+	return pgs, truncs, err
 }
 
 // RenewWriter renews a writer lease once. An expired lease gives

@@ -175,11 +175,7 @@ func truncationRecords(ts []Truncation) []*pb.TruncationRecord {
 // volumeWithPGs reads a volume's PGs and truncations and builds its
 // VolumeInfo.
 func (s *Server) volumeWithPGs(ctx context.Context, v Volume) (*pb.VolumeInfo, error) {
-	pgs, err := s.cat.PGs(ctx, v.ID)
-	if err != nil {
-		return nil, err
-	}
-	truncs, err := s.cat.Truncations(ctx, v.ID)
+	pgs, truncs, err := s.cat.VolumeSnapshot(ctx, v)
 	if err != nil {
 		return nil, err
 	}

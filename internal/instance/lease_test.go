@@ -83,6 +83,17 @@ type hookedControl struct {
 	getVolume func(ctx context.Context, req *pb.GetVolumeRequest, opts ...grpc.CallOption) (*pb.VolumeInfo, error)
 	renew     func(ctx context.Context, req *pb.RenewWriterRequest, opts ...grpc.CallOption) (*pb.RenewWriterResponse, error)
 	release   func(ctx context.Context, req *pb.ReleaseWriterRequest, opts ...grpc.CallOption) (*pb.ReleaseWriterResponse, error)
+	// describe: AcquireWriter's answer keeps the volume's description
+	// (else the writer reads it with GetVolume).
+	describe atomic.Bool
+}
+
+func (h *hookedControl) AcquireWriter(ctx context.Context, req *pb.AcquireWriterRequest, opts ...grpc.CallOption) (*pb.AcquireWriterResponse, error) {
+	resp, err := h.ControlClient.AcquireWriter(ctx, req, opts...)
+	if err == nil && !h.describe.Load() {
+		resp.Volume = nil
+	}
+	return resp, err
 }
 
 func (h *hookedControl) ReleaseWriter(ctx context.Context, req *pb.ReleaseWriterRequest, opts ...grpc.CallOption) (*pb.ReleaseWriterResponse, error) {

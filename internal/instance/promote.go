@@ -39,6 +39,7 @@ func (w *Writer) StartFrom(ctx context.Context, rep *Replica) (PromoteSteps, err
 	}
 	steps.Epoch = call
 	steps.Lease = time.Since(start) - call
+	rep.catchUp(ctx, 100*time.Millisecond)
 	db, applied := rep.Detach()
 	go rep.Retire()
 	var adopt *adoption
@@ -79,16 +80,14 @@ func (w *Writer) Lost() <-chan struct{} {
 
 // Handover hands the writer role over to the replica target, for a planned
 // failover: new writes are refused (not ready: the router holds them for
-// the new writer), the ones in flight finish, and once target has applied
-// the VDL (so that it promotes without a gap, its cache warm) the lease is
-// released. It returns the VDL handed over at and how long the drain took;
+// the new writer), the ones in flight finish, and the lease is released. It returns the VDL handed over at and how long the drain took;
 // the writer then stops serving (Lost is closed).
 func (w *Writer) Handover(ctx context.Context, target string, timeout time.Duration) (uint64, time.Duration, error) {
 	start := time.Now()
 	why := fmt.Sprintf("handing the writer role over to %s", target)
 	w.draining.Store(&why)
 	w.mu.Lock()
-	db, vol, stream, lease := w.db, w.vol, w.stream, w.lease
+	db, vol, lease := w.db, w.vol, w.lease
 	w.mu.Unlock()
 	if db == nil || vol == nil || lease == nil {
 		w.draining.Store(nil)
@@ -104,22 +103,12 @@ func (w *Writer) Handover(ctx context.Context, target string, timeout time.Durat
 		}
 		time.Sleep(time.Millisecond)
 	}
+	// Everything up to the VDL is durable and on its way to the target
+	// (the stream sends each MTR once durable): the target applies what
+	// it received before it promotes (Replica.catchUp), and reads from
+	// storage whatever it did not (RedoSince), so its cache stays warm
+	// without waiting here for its next report.
 	vdl := vol.VDL()
-	// Wait for the target to apply it: without it the new writer's cache
-	// would be dropped. Past the timeout, hand over all the same: the new
-	// writer recovers every durable commit either way.
-	for stream != nil && dctx.Err() == nil {
-		caught := false
-		for _, s := range stream.Subscriptions() {
-			if s.ID == target && s.Applied >= vdl {
-				caught = true
-			}
-		}
-		if caught {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
 	drained := time.Since(start)
 	w.mu.Lock()
 	lost, once := w.lost, w.lostOnce

@@ -17,10 +17,17 @@ import (
 
 // recoverVolume runs crash recovery of the named volume under the new epoch
 // (DESIGN.md §3) and puts its outcome (the VDL as BaseLSN, each PG's tail,
-// the truncations) into cfg. It returns a summary for the log. waiting is
+// the truncations) into cfg; v, if set, is the volume as AcquireWriter
+// described it. It returns a summary for the log. waiting is
 // told what the recovery waits for, and nil when that wait is over.
-func recoverVolume(ctx context.Context, ctl pb.ControlClient, name string, epoch uint64, cfg *volume.Config, log *slog.Logger, waiting func(*volume.RecoverWait)) (string, error) {
-	rc, err := volume.RecoverConfigFromControl(ctx, ctl, name, epoch)
+func recoverVolume(ctx context.Context, ctl pb.ControlClient, name string, v *pb.VolumeInfo, epoch uint64, cfg *volume.Config, log *slog.Logger, waiting func(*volume.RecoverWait)) (string, error) {
+	var rc volume.RecoverConfig
+	var err error
+	if v != nil {
+		rc, err = volume.RecoverConfigOf(ctl, name, v, epoch)
+	} else {
+		rc, err = volume.RecoverConfigFromControl(ctx, ctl, name, epoch)
+	}
 	if err != nil {
 		return "", err
 	}

@@ -552,6 +552,20 @@ func (r *Replica) keepRegistration(ctx context.Context) {
 	}
 }
 
+// catchUp waits, up to d, until the replica has applied the newest VDL the
+// writer sent it: a replica about to be promoted applies what is already
+// on its way before it stops following, and keeps its cache warm for it.
+func (r *Replica) catchUp(ctx context.Context, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		st := r.Status()
+		if st.Applied >= st.WriterVDL {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // Detach stops following the writer and renewing the registration (which
 // a writer's registration of the same id replaces), and returns the
 // database (nil if it never opened) and the VDL it applied, for a

@@ -390,12 +390,18 @@ func (w *Writer) open(ctx context.Context, lease *pb.AcquireWriterResponse, adop
 	}
 	vctx, stopFollow := context.WithCancel(context.Background())
 	// The catalog watch lives as long as this volume client.
-	if err := volume.NewFromControl(w.ctl, w.cfg.Volume).Configure(vctx, &cfg); err != nil {
+	// The lease's answer describes the volume at the new epoch: no need to
+	// ask the catalog again.
+	var described *pb.VolumeInfo
+	if v := lease.Volume; v != nil && v.VolumeEpoch == epoch {
+		described = v
+		volume.NewFromControl(w.ctl, w.cfg.Volume).ConfigureFrom(vctx, &cfg, v)
+	} else if err := volume.NewFromControl(w.ctl, w.cfg.Volume).Configure(vctx, &cfg); err != nil {
 		stopFollow()
 		return err
 	}
 	start := time.Now()
-	rec, err := recoverVolume(rctx, w.ctl, w.cfg.Volume, epoch, &cfg, w.log, w.recoveryWaits(epoch))
+	rec, err := recoverVolume(rctx, w.ctl, w.cfg.Volume, described, epoch, &cfg, w.log, w.recoveryWaits(epoch))
 	if err != nil {
 		stopFollow()
 		select {

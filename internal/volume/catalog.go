@@ -37,11 +37,17 @@ func (f *FromControl) Configure(ctx context.Context, cfg *Config) error {
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", f.name, err)
 	}
+	f.ConfigureFrom(ctx, cfg, v)
+	return nil
+}
+
+// ConfigureFrom is Configure for a volume as the catalog described it
+// already (AcquireWriter's answer).
+func (f *FromControl) ConfigureFrom(ctx context.Context, cfg *Config, v *pb.VolumeInfo) {
 	cfg.VolumeID, cfg.Incarnation, cfg.PageSize, cfg.PagesPerPG = v.Id, v.Incarnation, int(v.PageSize), v.PagesPerPg
 	cfg.Placement, cfg.Grow = f.Placement, f.Grow
 	f.note(v.PgList...)
 	go f.follow(ctx, v.Id)
-	return nil
 }
 
 func (f *FromControl) note(pgs ...*pb.PGInfo) {

@@ -853,6 +853,12 @@ func RecoverConfigFromControl(ctx context.Context, ctl pb.ControlClient, name st
 	if err != nil {
 		return RecoverConfig{}, fmt.Errorf("volume %s: %w", name, err)
 	}
+	return RecoverConfigOf(ctl, name, v, epoch)
+}
+
+// RecoverConfigOf is RecoverConfigFromControl for a volume as the catalog
+// described it already (AcquireWriter's answer).
+func RecoverConfigOf(ctl pb.ControlClient, name string, v *pb.VolumeInfo, epoch uint64) (RecoverConfig, error) {
 	if v.VolumeEpoch != epoch {
 		return RecoverConfig{}, fmt.Errorf("%w: volume %s is at epoch %d in the control plane, not %d", ErrFenced, name, v.VolumeEpoch, epoch)
 	}
