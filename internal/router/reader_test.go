@@ -96,9 +96,14 @@ func TestReaderSkipsLaggingAndStaleReplicas(t *testing.T) {
 		t.Fatal("a lagging or stale replica got a query")
 	}
 	why := map[string]string{}
-	for _, s := range h.r.Status().Replicas {
-		why[s.ID] = s.Why
-	}
+	// Every replica polled at least once (a candidate set of r3 alone
+	// is also what one not polled yet gives).
+	wait.For(t, within, "r1 and r2 polled", func() bool {
+		for _, s := range h.r.Status().Replicas {
+			why[s.ID] = s.Why
+		}
+		return why["r1"] != "not polled yet" && why["r2"] != "not polled yet"
+	})
 	if !strings.Contains(why["r1"], "lag 5000 ms above the 1s bound") || !strings.Contains(why["r2"], "stream stale") || why["r3"] != "" {
 		t.Fatalf("why not candidates: %q", why)
 	}

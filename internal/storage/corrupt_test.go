@@ -48,32 +48,35 @@ func TestCorruptStoreStopsTheNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.Close()
-	tables, _ := filepath.Glob(filepath.Join(dir, "pebble", "*.sst"))
-	if len(tables) == 0 {
-		t.Fatal("no table file after compaction")
+	// The damage must land in the page images, not in what the node reads
+	// while it opens (a small table mixes both): on a copy of the store
+	// each time, try a few places until the node opens and only a read
+	// meets the damage. Stopping at open on a damaged store is right too,
+	// but it is not what this test is for.
+	pristine := t.TempDir()
+	copyTree(t, dir, pristine)
+	var out []byte
+	opened := false
+	for _, frac := range []float64{0.5, 0.65, 0.8, 0.35} {
+		try := t.TempDir()
+		copyTree(t, pristine, try)
+		damageTables(t, try, frac)
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCorruptStoreStopsTheNode$", "-test.v")
+		cmd.Env = append(os.Environ(), corruptDirEnv+"="+try)
+		var err error
+		out, err = cmd.CombinedOutput()
+		exit, ok := err.(*exec.ExitError)
+		if !ok || exit.ExitCode() != 1 {
+			t.Fatalf("the node on a damaged store ended with %v, want exit 1; output:\n%s", err, out)
+		}
+		if strings.Contains(string(out), childOpened) {
+			dir, opened = try, true
+			break
+		}
+		t.Logf("damage at %.0f%% of the table met while the node opened; trying elsewhere", frac*100)
 	}
-	for _, table := range tables {
-		f, err := os.OpenFile(table, os.O_RDWR, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The index and footer are at the end, so the file still opens.
-		st, err := f.Stat()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.WriteAt(bytes.Repeat([]byte{0x5a}, 64), st.Size()/2); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-	}
-
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCorruptStoreStopsTheNode$", "-test.v")
-	cmd.Env = append(os.Environ(), corruptDirEnv+"="+dir)
-	out, err := cmd.CombinedOutput()
-	exit, ok := err.(*exec.ExitError)
-	if !ok || exit.ExitCode() != 1 {
-		t.Fatalf("the node on a damaged store ended with %v, want exit 1; output:\n%s", err, out)
+	if !opened {
+		t.Fatalf("every damaged copy stopped the node while it opened; output:\n%s", out)
 	}
 	for _, want := range []string{childOpened, "on-disk corruption in " + filepath.Join(dir, "pebble"), "checksum mismatch"} {
 		if !strings.Contains(string(out), want) {
@@ -90,6 +93,53 @@ func TestCorruptStoreStopsTheNode(t *testing.T) {
 
 // readEveryPage runs in the child process: it opens the node on dir and
 // reads every page written by the parent.
+// damageTables overwrites 64 bytes at frac of each table file of the store
+// in dir; the index and footer are at the end, so the files still open.
+func damageTables(t *testing.T, dir string, frac float64) {
+	t.Helper()
+	tables, _ := filepath.Glob(filepath.Join(dir, "pebble", "*.sst"))
+	if len(tables) == 0 {
+		t.Fatal("no table file after compaction")
+	}
+	for _, table := range tables {
+		f, err := os.OpenFile(table, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := f.Stat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(bytes.Repeat([]byte{0x5a}, 64), int64(float64(st.Size())*frac)); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+}
+
+// copyTree copies the files below src into dst.
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.Walk(src, func(path string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		to := filepath.Join(dst, rel)
+		if info.IsDir() {
+			return os.MkdirAll(to, 0o755)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(to, b, info.Mode())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func readEveryPage(t *testing.T, dir string) {
 	_, c, _ := startNode(t, dir)
 	fmt.Println(childOpened)
