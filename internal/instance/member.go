@@ -252,28 +252,46 @@ func (m *Member) runReplica(ctx context.Context) *Writer {
 		rep = r
 	}
 	m.set(nil, rep, "")
-	round, ok := m.waitChosen(ctx)
-	if !ok {
-		return nil
+	for {
+		round, ok := m.waitChosen(ctx)
+		if !ok {
+			return nil
+		}
+		m.log.Warn("chosen by failover round; promoting", "round", round)
+		pc := wc
+		// Another chosen meanwhile (this one was late): give way, and
+		// go on as a replica.
+		pc.Yield = m.yield
+		w, err := NewWriter(pc)
+		if err != nil {
+			rep.Close()
+			return nil
+		}
+		chosen := time.Now()
+		stopReports := m.reportWaits(round, w)
+		// The replica serves reads until it stops following; from then on
+		// the instance answers as the (starting) writer.
+		steps, detached, err := w.StartFrom(ctx, rep, func() { m.set(w, nil, "promoting") })
+		stopReports()
+		if err != nil {
+			w.Close()
+			m.report(&pb.ReportFailoverRequest{Round: round, State: "failed", Why: err.Error()})
+			if !detached {
+				m.log.Warn("did not take the writer lease; following the writer again", "round", round, "err", err)
+				m.set(nil, rep, "")
+				continue
+			}
+			m.set(nil, nil, "")
+			m.log.Error("promotion failed; following the writer again", "round", round, "err", err)
+			return nil
+		}
+		m.afterPromotion(round, chosen, w, steps)
+		return w
 	}
-	m.log.Warn("chosen by failover round; promoting", "round", round)
-	w, err := NewWriter(wc)
-	if err != nil {
-		rep.Close()
-		return nil
-	}
-	m.set(w, nil, "promoting")
-	chosen := time.Now()
-	stopReports := m.reportWaits(round, w)
-	steps, err := w.StartFrom(ctx, rep)
-	stopReports()
-	if err != nil {
-		w.Close()
-		m.set(nil, nil, "")
-		m.log.Error("promotion failed; following the writer again", "round", round, "err", err)
-		m.report(&pb.ReportFailoverRequest{Round: round, State: "failed", Why: err.Error()})
-		return nil
-	}
+}
+
+// afterPromotion records and reports a promotion that succeeded.
+func (m *Member) afterPromotion(round uint64, chosen time.Time, w *Writer, steps PromoteSteps) {
 	m.promotions.Add(1)
 	m.lastSteps.Store(&steps)
 	m.log.Warn("promoted: serving as the writer", "round", round, "took", time.Since(chosen).Round(time.Millisecond),
@@ -283,7 +301,6 @@ func (m *Member) runReplica(ctx context.Context) *Writer {
 		Round: round, State: "done", Epoch: w.Epoch(), Vdl: steps.VDL, Warm: steps.Warm,
 		LeaseMs: ms(steps.Lease), EpochMs: ms(steps.Epoch), RecoveryMs: ms(steps.Recovery), OpenMs: ms(steps.Open),
 	})
-	return w
 }
 
 // awaitState waits up to d for the first writer state, so that a writer

@@ -28,18 +28,22 @@ type PromoteSteps struct {
 // the lease, stops the replica (which is done with afterwards), recovers
 // the volume under the new epoch and promotes the replica's database in
 // place, keeping its page cache for every page at or below the recovered
-// VDL (sqlvfs.DB.Promote). On failure the replica's database is closed
-// and the lease released.
-func (w *Writer) StartFrom(ctx context.Context, rep *Replica) (PromoteSteps, error) {
-	var steps PromoteSteps
+// VDL (sqlvfs.DB.Promote). detaching runs when the replica stops
+// following. If the lease is not taken (another instance is the writer, or
+// ctx ended), the replica goes on untouched (detached false); a failure
+// after that closes the replica's database and releases the lease.
+func (w *Writer) StartFrom(ctx context.Context, rep *Replica, detaching func()) (steps PromoteSteps, detached bool, err error) {
 	start := time.Now()
 	lease, call, err := w.acquireTimed(ctx)
 	if err != nil {
-		return steps, err
+		return steps, false, err
 	}
 	steps.Epoch = call
 	steps.Lease = time.Since(start) - call
 	rep.catchUp(ctx, 100*time.Millisecond)
+	if detaching != nil {
+		detaching()
+	}
 	db, applied := rep.Detach()
 	go rep.Retire()
 	var adopt *adoption
@@ -51,14 +55,14 @@ func (w *Writer) StartFrom(ctx context.Context, rep *Replica) (PromoteSteps, err
 		if adopt != nil {
 			adopt.db.Close() // the replica's, unless open closed it already
 		}
-		return steps, err
+		return steps, true, err
 	}
 	if adopt != nil {
 		steps.Recovery, steps.Open, steps.VDL, steps.Warm = adopt.recovery, adopt.openTook, adopt.vdl, adopt.warm
 	} else {
 		steps.VDL = w.Volume().VDL()
 	}
-	return steps, nil
+	return steps, true, nil
 }
 
 // acquireTimed is acquire, with the duration of the call that succeeded.
