@@ -193,3 +193,74 @@ func TestPromoteBehindDropsThePageCache(t *testing.T) {
 		t.Fatalf("%d rows after writing on the promoted database, want 260", n)
 	}
 }
+
+// A replica behind the new writer's recovered VDL is promoted with the
+// records it lacked, read from storage (volume.Client.RedoSince): Promote
+// applies them to its cache and keeps it. The promoted database sees the
+// missed commits, and the pages the replica had cached are served without
+// a read from storage. Given records that do not reach the VDL, Promote
+// drops the cache instead.
+func TestPromoteBehindAppliesWhatItLacked(t *testing.T) {
+	for _, whole := range []bool{true, false} {
+		t.Run(map[bool]string{true: "whole", false: "short"}[whole], func(t *testing.T) {
+			cl := startCluster(t)
+			old, vc1 := oldWriter(t, cl, 200)
+			a := vc1.VDL()
+			ro := &countingVolume{Volume: cl.client(t, 1, a), readOnly: true}
+			db, err := OpenReplicaDB(ro, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
+			checkRows(t, db.Reader, 200)
+
+			mustExec(t, old.Writer, "UPDATE t SET v = 'changed' WHERE k <= 100")
+			insertRows(t, old.Writer, 200, 50)
+			b := vc1.VDL()
+			old.Close()
+			vc1.Close()
+
+			nc := cl.client(t, 2, b)
+			lacking, err := nc.RedoSince(context.Background(), a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(lacking) == 0 || lacking[0].LSN <= a || lacking[len(lacking)-1].LSN != b {
+				t.Fatalf("RedoSince(%d) gave %d records, up to %d; want them in (%d, %d]", a, len(lacking), lacking[len(lacking)-1].LSN, a, b)
+			}
+			if !whole {
+				lacking = lacking[:len(lacking)-1]
+			}
+			nw := &countingVolume{Volume: nc}
+			warm, err := db.Promote(nw, lacking...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if warm != whole {
+				t.Fatalf("Promote with the records in (%d, %d], whole %v: warm %v", a, b, whole, warm)
+			}
+			if whole {
+				// The pages of the first 200 rows, cached and brought up
+				// to date by the records.
+				if n := count(t, db.Reader, "SELECT count(*) FROM t WHERE k < 200 AND v = 'changed'"); n != 100 {
+					t.Fatalf("the promoted database sees %d changed rows, want 100", n)
+				}
+				if n := nw.reads.Load(); n != 0 {
+					t.Fatalf("%d page reads went to storage for pages the replica had cached", n)
+				}
+			}
+			for _, c := range []struct {
+				name string
+				db   *sql.DB
+			}{{"reader", db.Reader}, {"writer", db.Writer}} {
+				if n := count(t, c.db, "SELECT count(*) FROM t WHERE v = 'changed'"); n != 100 {
+					t.Fatalf("the promoted %s sees %d changed rows, want 100", c.name, n)
+				}
+				if n := count(t, c.db, "SELECT count(*) FROM t"); n != 250 {
+					t.Fatalf("the promoted %s sees %d rows, want 250", c.name, n)
+				}
+			}
+			integrityOK(t, db.Writer)
+		})
+	}
+}
