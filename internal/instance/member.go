@@ -173,22 +173,7 @@ func (m *Member) Run(ctx context.Context) error {
 
 // yield reports whether another instance holds the lease or is the target
 // of a failover under way.
-func (m *Member) yield() bool {
-	st := m.state.Load()
-	if st == nil {
-		return false
-	}
-	me := m.cfg.Writer.ID
-	if st.Holder != "" && st.Holder != me {
-		return true
-	}
-	f := st.Failover
-	return f != nil && pendingFailover(f) && f.Target != "" && f.Target != me
-}
-
-func pendingFailover(f *pb.FailoverInfo) bool {
-	return f.State == "draining" || f.State == "choosing" || f.State == "promoting"
-}
+func (m *Member) yield() bool { return OtherIsWriter(m.state.Load(), m.cfg.Writer.ID) }
 
 // startWriter starts as the writer: the lease (unless it yields), recovery
 // and the database. It returns nil when another instance is the writer.
@@ -331,10 +316,8 @@ func (m *Member) waitChosen(ctx context.Context) (uint64, bool) {
 		m.mu.Lock()
 		changed := m.changed
 		m.mu.Unlock()
-		if st := m.state.Load(); st != nil && st.Holder == "" {
-			if f := st.Failover; f != nil && pendingFailover(f) && f.Target == me {
-				return f.Round, true
-			}
+		if round, ok := ChosenToPromote(m.state.Load(), me); ok {
+			return round, true
 		}
 		select {
 		case <-ctx.Done():
@@ -356,11 +339,9 @@ func (m *Member) serveWriter(ctx context.Context, w *Writer) {
 		m.mu.Lock()
 		changed := m.changed
 		m.mu.Unlock()
-		if st := m.state.Load(); st != nil {
-			if f := st.Failover; f != nil && f.Kind == "planned" && f.State == "draining" && f.From == me && f.Target != me && f.Round != handed {
-				handed = f.Round
-				m.handover(ctx, w, f)
-			}
+		if f := AskedToHandOver(m.state.Load(), me); f != nil && f.Round != handed {
+			handed = f.Round
+			m.handover(ctx, w, f)
 		}
 		select {
 		case <-ctx.Done():
