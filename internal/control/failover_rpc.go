@@ -90,15 +90,8 @@ func (s *Server) WatchWriter(req *pb.WatchWriterRequest, stream grpc.ServerStrea
 	if err != nil {
 		return err
 	}
-	wctx, cancel := context.WithCancel(ctx)
+	wctx, cancel := s.untilStopping(ctx)
 	defer cancel()
-	go func() {
-		select {
-		case <-s.stopping:
-			cancel()
-		case <-wctx.Done():
-		}
-	}()
 	var sent *pb.WriterState
 	var lastWriter atomic.Pointer[pb.InstanceInfo]
 	read := func() error {

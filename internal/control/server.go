@@ -326,15 +326,8 @@ func (s *Server) WatchVolume(req *pb.WatchVolumeRequest, stream grpc.ServerStrea
 	if _, err := call(ctx, func(ctx context.Context) (Volume, error) { return s.cat.VolumeByID(ctx, req.GetVolumeId()) }); err != nil {
 		return err
 	}
-	wctx, cancel := context.WithCancel(ctx)
+	wctx, cancel := s.untilStopping(ctx)
 	defer cancel()
-	go func() {
-		select {
-		case <-s.stopping:
-			cancel()
-		case <-wctx.Done():
-		}
-	}()
 	for ev := range s.cat.Watch(wctx, req.GetVolumeId()) {
 		if err := stream.Send(pgInfo(ev.PG)); err != nil {
 			return err
@@ -344,6 +337,20 @@ func (s *Server) WatchVolume(req *pb.WatchVolumeRequest, stream grpc.ServerStrea
 		return status.FromContextError(ctx.Err()).Err()
 	}
 	return status.Error(codes.Unavailable, "control: the control plane is stopping; watch again from another one (or after its restart)")
+}
+
+// untilStopping is ctx, ended also when the server stops: a stream's watch
+// ends with the server rather than hold its graceful stop.
+func (s *Server) untilStopping(ctx context.Context) (context.Context, context.CancelFunc) {
+	wctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-s.stopping:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	return wctx, cancel
 }
 
 // AcquireWriter takes a volume's writer lease and bumps its epoch.
