@@ -272,6 +272,11 @@ func TestReportFailover(t *testing.T) {
 		t.Fatalf("the decision after r1 failed: %+v; want r2 promoted with a deadline, r1 tried, and r1's cause kept", next)
 	}
 
+	// A done from an instance this round does not promote changes nothing.
+	stray, err := report(&pb.ReportFailoverRequest{Round: 1, Instance: "r1", State: ReportDone, Epoch: epoch + 1})
+	if err != nil || stray.State != FailoverPromoting || stray.Target != "r2" {
+		t.Fatalf("done from r1 while r2 is promoted: %v %v; want the record unchanged", stray, err)
+	}
 	got, err = report(&pb.ReportFailoverRequest{Round: 1, Instance: "r2", State: ReportDone, Epoch: epoch + 1,
 		LeaseMs: 5, EpochMs: 6, RecoveryMs: 70, OpenMs: 8, Vdl: 500, Warm: true})
 	if err != nil || got.State != FailoverDone || got.Target != "r2" || got.Epoch != epoch+1 || got.LeaseMs != 5 || got.EpochMs != 6 ||

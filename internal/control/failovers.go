@@ -318,6 +318,9 @@ func (c *Catalog) ReportFailover(ctx context.Context, volName string, r Failover
 		case ReportHandedOver:
 			f.HandoverVDL, f.DrainMs, f.Why = r.HandoverVDL, r.Drain, ""
 		case ReportDone:
+			if f.Target != "" && f.Target != r.Instance {
+				return false, nil // not the one this round promotes
+			}
 			f.LeaseMs, f.EpochMs, f.RecoveryMs, f.OpenMs = r.LeaseMs, r.EpochMs, r.RecoveryMs, r.OpenMs
 			f.VDL, f.Warm, f.Epoch, f.Target = r.VDL, r.Warm, r.Epoch, r.Instance
 			if f.State != FailoverDone {
