@@ -145,7 +145,6 @@ type Instance struct {
 	// replica (the other is nil).
 	role role
 	w    *instance.Writer
-	rep  *replicaRole
 	// m is the member whose role failovers change (nil in tests that serve
 	// a writer or a replica as it is).
 	m *instance.Member
@@ -160,6 +159,12 @@ type role interface {
 	start(ctx context.Context) error
 	run(ctx context.Context) error
 	close() error
+	face
+}
+
+// face is how an instance answers in the role it has now: the writer's or a
+// replica's.
+type face interface {
 	// readable returns the database to query, or why there is none.
 	readable() (*sqlvfs.DB, *APIError)
 	// writable returns the database to write to, or the refusal.

@@ -32,17 +32,12 @@ func (r memberRole) close() error { return nil }
 
 // current is the role the member has now: the writer's or a replica's
 // face, or nil between the two.
-func (r memberRole) current() role {
+func (r memberRole) current() face {
 	if w := r.m.Writer(); w != nil {
 		return writerRole{w}
 	}
 	if rep := r.m.Replica(); rep != nil {
-		rr := &replicaRole{cfg: r.cfg, rep: rep, volID: rep.VolumeID(), status: "ready"}
-		if !rep.Ready() {
-			rr.status = "a replica: waiting for its first attachment to the writer's redo stream (writer: " + orUnknown(rep.Writer()) + ")"
-		}
-		rr.ready.Store(true)
-		return rr
+		return &replicaRole{cfg: r.cfg, rep: rep}
 	}
 	return nil
 }

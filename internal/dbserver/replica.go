@@ -4,15 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"sync"
-	"sync/atomic"
 	"time"
 
-	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/instance"
 	"github.com/borealis-db/borealis/internal/replica"
 	"github.com/borealis-db/borealis/internal/sqlclient"
@@ -29,143 +24,33 @@ const (
 	CodeSnapshotTooOld = "snapshot_too_old"
 )
 
-// replicaRole is a replica instance's lifecycle: it starts an
-// instance.Replica (retrying, under Run) and serves it until the end.
+// replicaRole is a replica's HTTP face: how the instance answers while
+// its member is a replica (the member runs the replica itself).
 type replicaRole struct {
 	cfg Config
-	log *slog.Logger
-	ctl pb.ControlClient
-
-	mu     sync.Mutex
-	status string
-	// retryWhy, after a start attempt failed, is why (see setStep).
-	retryWhy string
-	rep      *instance.Replica
-	volID    uint64
-	ready    atomic.Bool
+	rep *instance.Replica
 }
 
-// setStep records a step of the start that normally passes in moments; it
-// does not hide why the last attempt failed.
-func (r *replicaRole) setStep(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	r.mu.Lock()
-	if r.retryWhy == "" {
-		r.status = msg
-	}
-	r.mu.Unlock()
-}
-
-// setRetry records why a start attempt failed, as the status until an
-// attempt gets further.
-func (r *replicaRole) setRetry(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	r.mu.Lock()
-	r.status, r.retryWhy = msg, msg
-	r.mu.Unlock()
-}
-
-// start starts the replica once: the volume, the registration and the
-// stream.
-func (r *replicaRole) start(ctx context.Context) error {
-	r.setStep("opening volume %s read-only", r.cfg.Volume)
-	rep, err := instance.StartReplica(ctx, instance.ReplicaConfig{
-		Volume: r.cfg.Volume, Ctl: r.ctl, ID: r.cfg.ID, AZ: r.cfg.AZ, Endpoint: r.cfg.Endpoint,
-		Options:  withPolicy(sqlvfs.Options{CacheMiB: r.cfg.CacheMiB, MaxReadAge: r.cfg.MaxReadAge}),
-		LeaseTTL: r.cfg.LeaseTTL, PromotionTier: r.cfg.PromotionTier, MaxConns: r.cfg.MaxWriters, Logger: r.cfg.Logger,
-	})
-	if err != nil {
-		return err
-	}
-	r.mu.Lock()
-	r.rep, r.volID = rep, rep.VolumeID()
-	r.status, r.retryWhy = "ready", ""
-	r.ready.Store(true)
-	r.mu.Unlock()
-	return nil
-}
-
-// run starts the replica, retrying while the control plane or the volume
-// cannot be reached, and serves until ctx ends.
-func (r *replicaRole) run(ctx context.Context) error {
-	for {
-		err := r.start(ctx)
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		r.setRetry("start failed: %v; retrying", err)
-		r.log.Warn("replica start failed; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
-	<-ctx.Done()
-	r.stop()
-	return nil
-}
-
-func (r *replicaRole) close() error {
-	r.stop()
-	return nil
-}
-
-// stop closes the replica, if it runs.
-func (r *replicaRole) stop() {
-	r.mu.Lock()
-	rep := r.rep
-	r.rep = nil
-	r.ready.Store(false)
-	r.status = "stopped"
-	r.mu.Unlock()
-	if rep != nil {
-		rep.Close()
-	}
-}
-
-// replica is the running replica (nil before it started, and after).
-func (r *replicaRole) replica() *instance.Replica {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.rep
-}
-
-// Replica is the running replica of a replica instance (nil before it
-// started, and on a writer).
+// Replica is the instance's replica while its member is one (nil
+// otherwise).
 func (s *Instance) Replica() *instance.Replica {
-	if s.m != nil {
-		return s.m.Replica()
-	}
-	if s.rep == nil {
+	if s.m == nil {
 		return nil
 	}
-	return s.rep.replica()
+	return s.m.Replica()
 }
 
 func (r *replicaRole) readable() (*sqlvfs.DB, *APIError) {
-	r.mu.Lock()
-	rep, st := r.rep, r.status
-	r.mu.Unlock()
-	if rep == nil || !r.ready.Load() {
-		return nil, apiErr(http.StatusServiceUnavailable, CodeNotReady, "replica %s of volume %s is not ready: %s", r.cfg.ID, r.cfg.Volume, st)
+	if !r.rep.Ready() {
+		return nil, apiErr(http.StatusServiceUnavailable, CodeNotReady, "replica %s of volume %s has not attached to the writer's redo stream yet (writer: %s)", r.cfg.ID, r.cfg.Volume, orUnknown(r.rep.Writer()))
 	}
-	if !rep.Ready() {
-		return nil, apiErr(http.StatusServiceUnavailable, CodeNotReady, "replica %s of volume %s has not attached to the writer's redo stream yet (writer: %s)", r.cfg.ID, r.cfg.Volume, orUnknown(rep.Writer()))
-	}
-	return rep.DB(), nil
+	return r.rep.DB(), nil
 }
 
 // writable is a replica's answer to a write: not_writer, naming the
 // writer.
 func (r *replicaRole) writable(context.Context) (*sqlvfs.DB, *APIError) {
-	w := ""
-	if rep := r.replica(); rep != nil {
-		w = rep.Writer()
-	}
+	w := r.rep.Writer()
 	e := apiErr(http.StatusConflict, CodeNotWriter, "instance %s is a read replica of volume %s and never writes; send writes to the writer at %s", r.cfg.ID, r.cfg.Volume, orUnknown(w))
 	e.Writer = w
 	return nil, e
@@ -180,16 +65,12 @@ func orUnknown(s string) string {
 
 // health fills in the replica's state and its replication.
 func (r *replicaRole) health(h *Health) {
-	r.mu.Lock()
-	h.VolumeID, h.Status = r.volID, r.status
 	rep := r.rep
-	r.mu.Unlock()
-	h.Ready = r.ready.Load()
-	if rep == nil {
-		return
+	h.Status, h.Ready = "ready", rep.Ready()
+	if !h.Ready {
+		h.Status = "a replica: waiting for its first attachment to the writer's redo stream (writer: " + orUnknown(rep.Writer()) + ")"
 	}
 	st := rep.Status()
-	h.Ready = h.Ready && rep.Ready()
 	h.VDL, h.VolumeID, h.Epoch, h.ReadPoint = st.Applied, rep.VolumeID(), st.Epoch, st.ReadFloor
 	h.Replica = &sqlclient.ReplicaHealth{
 		Stream: st.State.String(), WriterVDL: st.WriterVDL, LagLSN: st.LagLSN,
