@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +28,15 @@ func TestBenchCommitJSON(t *testing.T) {
 			P99         float64 `json:"p99_ms"`
 			NetBytes    float64 `json:"net_bytes_per_commit"`
 			Fsyncs      float64 `json:"fsyncs_per_commit"`
+			CPU         struct {
+				Writer         float64 `json:"writer"`
+				StoragePerNode float64 `json:"storage_per_node"`
+				Storage        float64 `json:"storage"`
+				Client         float64 `json:"client"`
+				Total          float64 `json:"total"`
+			} `json:"cpu_us_per_txn"`
+			StorageByNode map[string]float64 `json:"storage_cpu_us_per_txn_by_node"`
+			Disk          float64            `json:"disk_bytes_per_txn_per_node"`
 		} `json:"levels"`
 	}
 	if err := json.Unmarshal(out, &rep); err != nil {
@@ -38,6 +48,13 @@ func TestBenchCommitJSON(t *testing.T) {
 	for i, l := range rep.Levels {
 		if l.Committers != []int{1, 4}[i] || l.CommitsPerS <= 0 || l.P50 <= 0 || l.P99 < l.P50 || l.NetBytes < 200*4 || l.Fsyncs <= 0 {
 			t.Fatalf("level %d is implausible: %+v", i, l)
+		}
+		// The benchmark is the writer; six node processes did the storing,
+		// and a synced commit writes to every node's disk.
+		c := l.CPU
+		if c.Writer <= 0 || c.StoragePerNode <= 0 || len(l.StorageByNode) != 6 || c.Client != 0 ||
+			math.Abs(c.Storage-6*c.StoragePerNode) > 1e-6*c.Storage || math.Abs(c.Total-(c.Writer+c.Storage)) > 1e-6*c.Total || l.Disk <= 0 {
+			t.Fatalf("level %d's costs are implausible: %+v\n%s", i, l, out)
 		}
 	}
 }

@@ -176,6 +176,15 @@ func TestBenchSQLJSON(t *testing.T) {
 			P99      *float64 `json:"p99_ms"`
 			Redo     *float64 `json:"redo_bytes_per_txn"`
 			FullPage *float64 `json:"full_page_bytes_per_txn"`
+			CPU      *struct {
+				Writer         float64 `json:"writer"`
+				StoragePerNode float64 `json:"storage_per_node"`
+				Control        float64 `json:"control"`
+				Client         float64 `json:"client"`
+				Total          float64 `json:"total"`
+			} `json:"cpu_us_per_txn"`
+			PerRecord *float64 `json:"storage_cpu_us_per_record_per_node"`
+			Disk      *float64 `json:"disk_bytes_per_txn_per_node"`
 		} `json:"insert"`
 		Select []struct {
 			Clients int      `json:"clients"`
@@ -183,6 +192,11 @@ func TestBenchSQLJSON(t *testing.T) {
 			P50     *float64 `json:"p50_ms"`
 			P99     *float64 `json:"p99_ms"`
 		} `json:"select"`
+		Space *struct {
+			Live      int64            `json:"live_bytes"`
+			Footprint map[string]int64 `json:"footprint_bytes_by_node"`
+			Ratio     float64          `json:"footprint_over_live"`
+		} `json:"space"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(out))
 	if err := dec.Decode(&rep); err != nil {
@@ -200,6 +214,15 @@ func TestBenchSQLJSON(t *testing.T) {
 			l.Redo == nil || *l.Redo <= 0 || l.FullPage == nil || *l.FullPage <= 0 {
 			t.Fatalf("insert level %d: %s", i, out)
 		}
+		// Every process of the cluster is on this machine, so each is
+		// metered; the writer and the nodes did work in every level.
+		if c := l.CPU; c == nil || c.Writer <= 0 || c.StoragePerNode <= 0 || c.Client <= 0 ||
+			c.Total < c.Writer+6*c.StoragePerNode+c.Control+c.Client-1e-6 || l.PerRecord == nil || *l.PerRecord <= 0 || l.Disk == nil || *l.Disk <= 0 {
+			t.Fatalf("insert level %d's costs: %s", i, out)
+		}
+	}
+	if sp := rep.Space; sp == nil || sp.Live <= 0 || len(sp.Footprint) != 6 || sp.Ratio <= 0 {
+		t.Fatalf("space: %s", out)
 	}
 	for i, l := range rep.Select {
 		if l.Clients != levels[i] || l.QPS == nil || *l.QPS <= 0 || l.P50 == nil || l.P99 == nil || *l.P99 < *l.P50 {

@@ -49,6 +49,13 @@ type commitLevel struct {
 	P50OverFloor      float64 `json:"p50_over_floor"`
 	// P50OverQuorumFloor is p50 over the quorum floor (see diskFloor).
 	P50OverQuorumFloor float64 `json:"p50_over_quorum_floor"`
+	// What the level cost per commit (see costMeter); the benchmark is the
+	// writer (it runs the volume client), so client is 0. A commit is one
+	// record, so storage_per_node is also per record.
+	CPUUsPerTxn              componentCPU       `json:"cpu_us_per_txn"`
+	StorageCPUUsPerTxnByNode map[string]float64 `json:"storage_cpu_us_per_txn_by_node,omitempty"`
+	DiskBytesPerTxnPerNode   float64            `json:"disk_bytes_per_txn_per_node"`
+	DiskBytesPerTxnByNode    map[string]float64 `json:"disk_bytes_per_txn_by_node,omitempty"`
 }
 
 type commitReport struct {
@@ -67,6 +74,9 @@ type commitReport struct {
 	// VolumesLeft are those of Volumes that the benchmark failed to delete:
 	// still in the catalog (and the command fails, saying why).
 	VolumesLeft []string `json:"volumes_left,omitempty"`
+	// Unmetered: components whose processes /proc could not read (on
+	// another machine), left out of cpu_us_per_txn.
+	Unmetered []string `json:"unmetered,omitempty"`
 }
 
 func benchCommitCmd() *cobra.Command {
@@ -113,6 +123,7 @@ removed with its temporary directory, unless --keep is given.`,
 				progress = io.Discard
 			}
 			var members []volume.Member
+			var comps []cluster.Component
 			var ctl pb.ControlClient // set when the cluster has a control plane
 			floorDir, tmp, removeTmp, err := benchDirs(dir, clusterFile, "borealis-bench-")
 			if err != nil {
@@ -128,6 +139,7 @@ removed with its temporary directory, unless --keep is given.`,
 				for _, c := range f.Storage() {
 					members = append(members, volume.Member{NodeID: c.ID, AZ: c.AZ, Addr: c.Addr})
 				}
+				comps = f.Components
 				if addrs := f.ControlAddrs(); addrs != "" {
 					conn, err := control.Dial(addrs)
 					if err != nil {
@@ -159,7 +171,8 @@ removed with its temporary directory, unless --keep is given.`,
 				if err := cl.StartStorageNodes(ctx, 6); err != nil {
 					return err
 				}
-				for _, c := range cl.Components() {
+				comps = cl.Components()
+				for _, c := range comps {
 					members = append(members, volume.Member{NodeID: c.ID, AZ: c.AZ, Addr: c.Addr})
 				}
 			}
@@ -168,9 +181,11 @@ removed with its temporary directory, unless --keep is given.`,
 				return err
 			}
 			rep := commitReport{Nodes: len(members), DurationS: duration.Seconds()}
+			meter, unmetered := newCostMeter(comps, true)
+			rep.Unmetered = unmetered
 			for _, n := range levels {
 				fmt.Fprintf(progress, "running %d committers for %s\n", n, duration)
-				lvl, err := runBenchLevel(ctx, ctl, vols, members, n, duration)
+				lvl, err := runBenchLevel(ctx, ctl, vols, members, n, duration, meter)
 				if err != nil {
 					return err
 				}
@@ -206,6 +221,14 @@ removed with its temporary directory, unless --keep is given.`,
 			if err := tw.Flush(); err != nil {
 				return err
 			}
+			var ls []int
+			var costs []componentCPU
+			var disk, perRecord []float64
+			for _, l := range rep.Levels {
+				ls, costs = append(ls, l.Committers), append(costs, l.CPUUsPerTxn)
+				disk, perRecord = append(disk, l.DiskBytesPerTxnPerNode), append(perRecord, l.CPUUsPerTxn.StoragePerNode)
+			}
+			printCosts(out, "commit", ls, costs, disk, perRecord)
 			return cleanupErr
 		},
 	}
@@ -222,14 +245,14 @@ removed with its temporary directory, unless --keep is given.`,
 
 // runBenchLevel runs one level on a fresh volume. The volume's catalog
 // watch ends with the level, before the volume may be deleted.
-func runBenchLevel(ctx context.Context, ctl pb.ControlClient, vols *benchVolumes, members []volume.Member, committers int, d time.Duration) (commitLevel, error) {
+func runBenchLevel(ctx context.Context, ctl pb.ControlClient, vols *benchVolumes, members []volume.Member, committers int, d time.Duration, meter *costMeter) (commitLevel, error) {
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cfg, err := benchVolume(lctx, ctl, vols, members, committers)
 	if err != nil {
 		return commitLevel{}, err
 	}
-	return runCommitLevel(lctx, cfg, members, committers, d)
+	return runCommitLevel(lctx, cfg, members, committers, d, meter)
 }
 
 // benchVolumes are the volumes a benchmark made in a cluster's catalog, to
@@ -330,7 +353,7 @@ func benchVolume(ctx context.Context, ctl pb.ControlClient, vols *benchVolumes, 
 	return cfg, volume.NewFromControl(ctl, name).Configure(ctx, &cfg)
 }
 
-func runCommitLevel(ctx context.Context, cfg volume.Config, members []volume.Member, committers int, d time.Duration) (commitLevel, error) {
+func runCommitLevel(ctx context.Context, cfg volume.Config, members []volume.Member, committers int, d time.Duration, meter *costMeter) (commitLevel, error) {
 	pageSize := cfg.PageSize
 	vol, err := volume.Open(ctx, cfg)
 	if err != nil {
@@ -351,6 +374,7 @@ func runCommitLevel(ctx context.Context, cfg volume.Config, members []volume.Mem
 		return commitLevel{}, err
 	}
 	st0 := vol.Stats()
+	c0 := meter.sample()
 	var mu sync.Mutex
 	var lat []time.Duration
 	var firstErr error
@@ -390,6 +414,7 @@ func runCommitLevel(ctx context.Context, cfg volume.Config, members []volume.Mem
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	c1 := meter.sample()
 	if firstErr != nil {
 		return commitLevel{}, firstErr
 	}
@@ -403,7 +428,13 @@ func runCommitLevel(ctx context.Context, cfg volume.Config, members []volume.Mem
 	}
 	sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
 	n := float64(len(lat))
+	cost := meter.cost(c0, c1, n, n)
 	return commitLevel{
+		CPUUsPerTxn:              cost.CPU,
+		StorageCPUUsPerTxnByNode: cost.StorageCPUByNode,
+		DiskBytesPerTxnPerNode:   cost.DiskBytesPerNode,
+		DiskBytesPerTxnByNode:    cost.DiskBytesByNode,
+
 		Committers:        committers,
 		Commits:           len(lat),
 		CommitsPerS:       n / elapsed.Seconds(),

@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"sort"
@@ -27,6 +26,7 @@ import (
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
 	"github.com/borealis-db/borealis/internal/control"
+	"github.com/borealis-db/borealis/internal/procstat"
 	"github.com/borealis-db/borealis/internal/router"
 	"github.com/borealis-db/borealis/internal/sqlclient"
 )
@@ -1011,40 +1011,11 @@ func (e *replicaEnv) profile(ctx context.Context, o replicaBenchOptions, name st
 	if o.pprofDir == "" {
 		return func() {}
 	}
-	secs := max(1, int(o.duration.Seconds())-1)
 	targets := map[string]string{writerID: e.metrics}
 	for _, r := range e.replicas {
 		targets[r.ID] = r.Metrics
 	}
-	var wg sync.WaitGroup
-	for id, addr := range targets {
-		if addr == "" {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			path := filepath.Join(o.pprofDir, name+"-"+id+".pprof")
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs), nil)
-			if err != nil {
-				return
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				fmt.Fprintf(e.progress, "profile of %s: %v\n", id, err)
-				return
-			}
-			defer resp.Body.Close()
-			b, err := io.ReadAll(resp.Body)
-			if err == nil && resp.StatusCode == http.StatusOK {
-				err = os.WriteFile(path, b, 0o644)
-			}
-			if err != nil {
-				fmt.Fprintf(e.progress, "profile of %s: %v\n", id, err)
-			}
-		}()
-	}
-	return wg.Wait
+	return fetchCPUProfiles(ctx, targets, o.pprofDir, name, o.duration, e.progress)
 }
 
 // Settling: before a run, the benchmark waits until its processes use
@@ -1101,8 +1072,8 @@ type procCPU struct {
 
 func (e *replicaEnv) cpuSample() cpuSample {
 	s := cpuSample{procs: map[int]procCPU{}, at: time.Now()}
-	if b, err := os.ReadFile("/proc/stat"); err == nil {
-		s.busy, _ = parseMachineBusy(b)
+	if busy, err := procstat.MachineBusy(); err == nil {
+		s.busy = uint64(busy / (time.Second / clockTicks))
 	}
 	add := func(role string, pid int) {
 		if pid <= 0 {
@@ -1129,58 +1100,8 @@ const clockTicks = 100
 
 // procTicks is a process's user + system CPU time, in clock ticks.
 func procTicks(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	return parseStatTicks(b)
-}
-
-// parseStatTicks reads utime + stime (fields 14 and 15) of a
-// /proc/PID/stat line; the command name before them is in parentheses and
-// may hold spaces.
-func parseStatTicks(b []byte) (uint64, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("no command name in /proc stat")
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (the state): utime is field 14, stime 15.
-	if len(f) < 13 {
-		return 0, errors.New("short /proc stat")
-	}
-	u, err := strconv.ParseUint(f[11], 10, 64)
-	if err != nil {
-		return 0, err
-	}
-	st, err := strconv.ParseUint(f[12], 10, 64)
-	if err != nil {
-		return 0, err
-	}
-	return u + st, nil
-}
-
-// parseMachineBusy reads the non-idle time (user, nice, system, irq,
-// softirq, steal) of /proc/stat's first line, in clock ticks.
-func parseMachineBusy(b []byte) (uint64, error) {
-	line, _, _ := bytes.Cut(b, []byte("\n"))
-	f := strings.Fields(string(line))
-	if len(f) < 9 || f[0] != "cpu" {
-		return 0, errors.New("no cpu line in /proc/stat")
-	}
-	var busy uint64
-	// user nice system idle iowait irq softirq steal: all but idle, iowait.
-	for i, v := range f[1:9] {
-		if i == 3 || i == 4 {
-			continue
-		}
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return 0, err
-		}
-		busy += n
-	}
-	return busy, nil
+	u, err := procstat.Read(pid)
+	return uint64(u.CPU / (time.Second / clockTicks)), err
 }
 
 // cpuPer is the CPU spent between two samples by the processes in both,

@@ -38,6 +38,12 @@ type sqlInsertLevel struct {
 	P50OverFloor  float64 `json:"p50_over_floor"`
 	// P50OverQuorumFloor is p50 over the quorum floor (see diskFloor).
 	P50OverQuorumFloor float64 `json:"p50_over_quorum_floor"`
+	// What the level cost per transaction (see costMeter).
+	CPUUsPerTxn                  componentCPU       `json:"cpu_us_per_txn"`
+	StorageCPUUsPerTxnByNode     map[string]float64 `json:"storage_cpu_us_per_txn_by_node,omitempty"`
+	StorageCPUUsPerRecordPerNode float64            `json:"storage_cpu_us_per_record_per_node"`
+	DiskBytesPerTxnPerNode       float64            `json:"disk_bytes_per_txn_per_node"`
+	DiskBytesPerTxnByNode        map[string]float64 `json:"disk_bytes_per_txn_by_node,omitempty"`
 }
 
 type sqlSelectLevel struct {
@@ -59,6 +65,12 @@ type sqlBenchReport struct {
 	DurationS        float64          `json:"duration_s_per_level"`
 	Insert           []sqlInsertLevel `json:"insert"`
 	Select           []sqlSelectLevel `json:"select"`
+	// Space: the storage nodes' footprint against the live database, when
+	// the benchmark ends.
+	Space *spaceReport `json:"space,omitempty"`
+	// Unmetered: components whose processes /proc could not read (on
+	// another machine), left out of cpu_us_per_txn.
+	Unmetered []string `json:"unmetered,omitempty"`
 	// TableDropped: the table was dropped from --cluster's volume at the
 	// end (it is kept with --keep, and goes with a cluster of its own).
 	TableDropped bool `json:"table_dropped,omitempty"`
@@ -68,7 +80,7 @@ type sqlBenchReport struct {
 const benchSQLValueLen = 100
 
 func benchSQLCmd() *cobra.Command {
-	var clusterFile, dir string
+	var clusterFile, dir, pprofDir string
 	var asJSON, keep bool
 	var levels []int
 	var duration time.Duration
@@ -91,7 +103,17 @@ transaction next to what shipping its whole dirty pages would have taken (from
 the instance's /v1/health counters over the level); for each SELECT level,
 queries/s, p50 and p99. The single-client INSERT p50 is also given as a
 multiple of the floor: the median of one fdatasync'd 4 KiB append on the same
-disk, measured in the same run. Progress goes to stderr.`,
+disk, measured in the same run.
+
+For each INSERT level it also prints what a transaction costs: the CPU time
+(user and system, from /proc/PID/stat over the level) of the writer, of each
+storage node, of the control plane, of any replicas and router, and of the
+benchmark process itself, and the bytes each storage node wrote to disk
+(/proc/PID/io). When the benchmark ends it prints each node's disk footprint
+against the live database size. Only processes on this machine are metered.
+With --pprof-dir (a cluster of its own only) the writer and the storage nodes
+serve pprof, and a CPU profile of each is written there for every INSERT level.
+Progress goes to stderr.`,
 		Args: noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -110,6 +132,15 @@ disk, measured in the same run. Progress goes to stderr.`,
 			}
 			defer keepOrRemove(keep, tmp, removeTmp, progress)
 			var endpoint string
+			var comps []cluster.Component
+			if pprofDir != "" && clusterFile != "" {
+				return errors.New("--pprof-dir profiles a cluster of the benchmark's own; it cannot be used with --cluster")
+			}
+			if pprofDir != "" {
+				if err := os.MkdirAll(pprofDir, 0o755); err != nil {
+					return err
+				}
+			}
 			if clusterFile != "" {
 				f, err := cluster.ReadFile(clusterFile)
 				if err != nil {
@@ -119,11 +150,12 @@ disk, measured in the same run. Progress goes to stderr.`,
 				if ok {
 					endpoint = "http://" + w.Addr
 				}
+				comps = f.Components
 				if !ok {
 					return fmt.Errorf("%s lists no writer: the cluster runs no database instance", clusterFile)
 				}
 			} else {
-				cl, ep, err := startSQLBenchCluster(ctx, tmp, progress)
+				cl, ep, err := startSQLBenchCluster(ctx, tmp, pprofDir != "", progress)
 				if cl != nil {
 					defer cl.Stop(5 * time.Second)
 				}
@@ -131,11 +163,12 @@ disk, measured in the same run. Progress goes to stderr.`,
 					return err
 				}
 				endpoint = ep
+				comps = cl.Components()
 			}
 			// A cluster of its own goes away whole; a running one keeps only
 			// what --keep asks for.
 			drop := clusterFile != "" && !keep
-			rep, err := runSQLBench(ctx, endpoint, floorDir, levels, duration, drop, progress)
+			rep, err := runSQLBench(ctx, endpoint, comps, floorDir, pprofDir, levels, duration, drop, progress)
 			if rep == nil {
 				return err
 			}
@@ -159,13 +192,14 @@ disk, measured in the same run. Progress goes to stderr.`,
 	f.IntSliceVar(&levels, "clients", []int{1, 8, 32, 64}, "concurrency levels to run")
 	f.DurationVar(&duration, "duration", 5*time.Second, "how long each level runs")
 	f.BoolVar(&keep, "keep", false, "keep what the benchmark made: its table in --cluster's volume, or its own cluster's directory")
+	f.StringVar(&pprofDir, "pprof-dir", "", "write a CPU profile of the writer and of each storage node for every INSERT level to this directory (a cluster of the benchmark's own)")
 	return cmd
 }
 
 // startSQLBenchCluster starts the control plane, 6 storage nodes and a
 // writer on a volume of its own in dir, and returns the writer's endpoint.
 // The cluster is returned even on error, to be stopped.
-func startSQLBenchCluster(ctx context.Context, dir string, progress io.Writer) (*cluster.Cluster, string, error) {
+func startSQLBenchCluster(ctx context.Context, dir string, metrics bool, progress io.Writer) (*cluster.Cluster, string, error) {
 	bin, err := os.Executable()
 	if err != nil {
 		return nil, "", err
@@ -176,6 +210,7 @@ func startSQLBenchCluster(ctx context.Context, dir string, progress io.Writer) (
 		return nil, "", err
 	}
 	cl.ControlAddr = ctlAddr
+	cl.StorageMetrics = metrics
 	start := time.Now()
 	fmt.Fprintf(progress, "starting the control plane, 6 storage nodes and a writer in %s\n", dir)
 	if err := cl.StartControl(ctx, ctlAddr); err != nil {
@@ -201,7 +236,15 @@ func startSQLBenchCluster(ctx context.Context, dir string, progress io.Writer) (
 	if err != nil {
 		return cl, "", err
 	}
-	if err := cl.StartDB(ctx, "writer", "writer", volumeName, addr); err != nil {
+	var extra []string
+	if metrics {
+		m, err := cluster.FreeAddr()
+		if err != nil {
+			return cl, "", err
+		}
+		extra = append(extra, "--metrics", m)
+	}
+	if err := cl.StartDB(ctx, "writer", "writer", volumeName, addr, extra...); err != nil {
 		return cl, "", err
 	}
 	fmt.Fprintf(progress, "cluster ready in %s; writer at %s\n", since(start), addr)
@@ -210,7 +253,7 @@ func startSQLBenchCluster(ctx context.Context, dir string, progress io.Writer) (
 
 // runSQLBench runs the levels on a fresh table, which it drops at the end
 // (also after a failure or Ctrl-C) when drop is set.
-func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d time.Duration, drop bool, progress io.Writer) (rep *sqlBenchReport, err error) {
+func runSQLBench(ctx context.Context, endpoint string, comps []cluster.Component, floorDir, pprofDir string, levels []int, d time.Duration, drop bool, progress io.Writer) (rep *sqlBenchReport, err error) {
 	// One keep-alive connection per client: enough idle connections are
 	// kept that none is closed and reopened between requests.
 	maxClients := slices.Max(levels)
@@ -269,6 +312,8 @@ func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d
 		return nil, err
 	}
 	rep = &sqlBenchReport{Endpoint: endpoint, Table: table, DurationS: d.Seconds()}
+	meter, unmetered := newCostMeter(comps, false)
+	rep.Unmetered = unmetered
 
 	var lastKey atomic.Int64
 	insertOne := func(ctx context.Context, rng *rand.Rand) error {
@@ -291,7 +336,18 @@ func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d
 		if err != nil {
 			return nil, err
 		}
+		wait := func() {}
+		if pprofDir != "" {
+			targets := map[string]string{}
+			for _, c := range comps {
+				targets[c.ID] = c.Metrics
+			}
+			wait = fetchCPUProfiles(ctx, targets, pprofDir, fmt.Sprintf("insert-c%d", n), d, progress)
+		}
+		c0 := meter.sample()
 		lat, elapsed, err := runSQLLevel(ctx, n, d, insertOne)
+		c1 := meter.sample()
+		wait()
 		if err != nil {
 			return nil, fmt.Errorf("INSERT with %d clients: %w", n, err)
 		}
@@ -300,6 +356,7 @@ func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d
 			return nil, err
 		}
 		txns := float64(len(lat))
+		cost := meter.cost(c0, c1, txns, float64(h1.Stats.RedoRecords-h0.Stats.RedoRecords))
 		rep.Insert = append(rep.Insert, sqlInsertLevel{
 			Clients:             n,
 			Txns:                len(lat),
@@ -309,6 +366,12 @@ func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d
 			RedoBytesPerTxn:     float64(h1.Stats.RedoBytes-h0.Stats.RedoBytes) / txns,
 			FullPageBytesPerTxn: float64(h1.Stats.FullPageBytes-h0.Stats.FullPageBytes) / txns,
 			CommitsPerTxn:       float64(h1.Stats.Commits-h0.Stats.Commits) / txns,
+
+			CPUUsPerTxn:                  cost.CPU,
+			StorageCPUUsPerTxnByNode:     cost.StorageCPUByNode,
+			StorageCPUUsPerRecordPerNode: cost.StorageCPUPerRecord,
+			DiskBytesPerTxnPerNode:       cost.DiskBytesPerNode,
+			DiskBytesPerTxnByNode:        cost.DiskBytesByNode,
 		})
 	}
 	keys := lastKey.Load()
@@ -341,6 +404,11 @@ func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d
 	if err := floor.sample(floorDir); err != nil {
 		return nil, err
 	}
+	// The footprint after the SELECT levels: the storage nodes have had
+	// their time to materialize and collect what the INSERTs wrote.
+	if rep.Space, err = space(comps, liveBytes(ctx, c)); err != nil {
+		return nil, err
+	}
 	rep.FloorP50Ms = ms(floor.singleP50())
 	rep.FloorBeforeP50Ms, rep.FloorAfterP50Ms = ms(median(floor.singleBefore)), ms(median(floor.singleAfter))
 	rep.QuorumFloorP50Ms = ms(floor.quorumP50())
@@ -349,6 +417,26 @@ func runSQLBench(ctx context.Context, endpoint, floorDir string, levels []int, d
 		rep.Insert[i].P50OverQuorumFloor = rep.Insert[i].P50Ms / rep.QuorumFloorP50Ms
 	}
 	return rep, nil
+}
+
+// liveBytes is the database's size (its pages), or 0 if the instance does
+// not say.
+func liveBytes(ctx context.Context, c *sqlclient.Client) int64 {
+	h, err := c.Health(ctx)
+	if err != nil || h.Stats.PageSize == 0 {
+		return 0
+	}
+	rows, err := c.Query(ctx, "SELECT page_count FROM pragma_page_count()")
+	if err != nil || len(rows.Rows) != 1 || len(rows.Rows[0]) != 1 {
+		return 0
+	}
+	switch v := rows.Rows[0][0].(type) {
+	case int64:
+		return v * int64(h.Stats.PageSize)
+	case float64:
+		return int64(v) * int64(h.Stats.PageSize)
+	}
+	return 0
 }
 
 // freshBenchTable is "bench", or the first of bench_2, bench_3, ... that
@@ -451,6 +539,18 @@ func printSQLBench(out io.Writer, rep *sqlBenchReport) {
 		fmt.Fprintf(tw, "%d\t%.0f\t%.3f\t%.3f\t\n", l.Clients, l.QPS, l.P50Ms, l.P99Ms)
 	}
 	tw.Flush()
+	var levels []int
+	var costs []componentCPU
+	var disk, perRecord []float64
+	for _, l := range rep.Insert {
+		levels, costs = append(levels, l.Clients), append(costs, l.CPUUsPerTxn)
+		disk, perRecord = append(disk, l.DiskBytesPerTxnPerNode), append(perRecord, l.StorageCPUUsPerRecordPerNode)
+	}
+	printCosts(out, "INSERT", levels, costs, disk, perRecord)
+	if len(rep.Unmetered) > 0 {
+		fmt.Fprintf(out, "(not metered: %s, whose processes are not on this machine)\n", strings.Join(rep.Unmetered, ", "))
+	}
+	printSpace(out, rep.Space)
 	if len(rep.Insert) > 0 {
 		l := rep.Insert[0]
 		fmt.Fprintf(out, "\n%d client(s): an INSERT commits in %.2fx the fsync floor (p50), %.2fx the quorum floor; the redo shipped is %s of the whole dirty pages (%.0f vs %.0f bytes per transaction)\n",

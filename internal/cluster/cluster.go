@@ -36,6 +36,9 @@ type Component struct {
 	// A router's two endpoints (host:port); Addr is its cluster endpoint.
 	ClusterEndpoint string `json:"cluster_endpoint,omitempty"`
 	ReaderEndpoint  string `json:"reader_endpoint,omitempty"`
+	// Metrics is where the process serves Prometheus metrics and pprof
+	// (host:port), when it does.
+	Metrics string `json:"metrics,omitempty"`
 }
 
 // File is the shape of cluster.json.
@@ -137,6 +140,9 @@ type Cluster struct {
 	// ReadyWithin, if set, replaces how long a start waits for a
 	// component to become ready (StorageReadyWithin, DBReadyWithin).
 	ReadyWithin time.Duration
+	// StorageMetrics: storage nodes started from now on serve metrics and
+	// pprof (--metrics) on a free loopback port, named in their Component.
+	StorageMetrics bool
 
 	exits chan Exit
 
@@ -351,14 +357,17 @@ func (c *Cluster) dbProc(id, role, volume, addr string, extra []string) (*proc, 
 	if c.ControlAddr == "" {
 		return nil, fmt.Errorf("cluster: a database instance needs the control plane (ControlAddr)")
 	}
-	az := ""
+	az, metrics := "", ""
 	for i := 0; i+1 < len(extra); i++ {
-		if extra[i] == "--az" {
+		switch extra[i] {
+		case "--az":
 			az = extra[i+1]
+		case "--metrics":
+			metrics = extra[i+1]
 		}
 	}
 	return &proc{
-		Component: Component{Role: role, ID: id, AZ: az, Addr: addr, Log: filepath.Join(c.Dir, id+".log")},
+		Component: Component{Role: role, ID: id, AZ: az, Addr: addr, Log: filepath.Join(c.Dir, id+".log"), Metrics: metrics},
 		args: append([]string{"db", "--role", role, "--volume", volume, "--control", c.ControlAddr,
 			"--listen", addr, "--id", id}, extra...),
 		httpReady: func(ctx context.Context) error { return dbReady(ctx, addr) },
@@ -523,6 +532,14 @@ func (c *Cluster) StartStorage(ctx context.Context, id, az, addr string) error {
 	}
 	if c.ControlAddr != "" {
 		p.args = append(p.args, "--control", c.ControlAddr)
+	}
+	if c.StorageMetrics {
+		m, err := FreeAddr()
+		if err != nil {
+			return err
+		}
+		p.args = append(p.args, "--metrics", m)
+		p.Metrics = m
 	}
 	if err := c.add(p); err != nil {
 		return err

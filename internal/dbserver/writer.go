@@ -53,13 +53,15 @@ func (r writerRole) health(h *Health) {
 	h.Ready = w.Ready()
 	if vol := w.Volume(); vol != nil {
 		h.VDL = vol.VDL()
-		h.Stats.RedoBytes = vol.Stats().RecordBytes
+		vs := vol.Stats()
+		h.Stats.RedoBytes, h.Stats.RedoRecords = vs.RecordBytes, vs.Records
 		h.ReadPoint = vol.MinReadPoint()
 	}
 	if db := w.DB(); db != nil {
 		st := db.Stats()
 		h.Stats.Commits, h.Stats.FullPageBytes = st.Commits, st.FullPageBytes
 		h.Stats.CacheHits, h.Stats.CacheMisses = st.CacheHits, st.VolumeReads
+		h.Stats.PageSize = db.PageSize()
 	}
 	if stream := w.Stream(); stream != nil {
 		for _, sub := range stream.Subscriptions() {

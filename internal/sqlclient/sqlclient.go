@@ -170,7 +170,10 @@ type HealthStats struct {
 	Commits uint64 `json:"commits"`
 	// RedoBytes: redo shipped to storage. FullPageBytes: what shipping the
 	// whole dirty pages of the same commits would have taken.
-	RedoBytes     uint64 `json:"redo_bytes"`
+	RedoBytes uint64 `json:"redo_bytes"`
+	// RedoRecords: the redo records the writer made (each shipped to
+	// every segment of its PG).
+	RedoRecords   uint64 `json:"redo_records"`
 	FullPageBytes uint64 `json:"full_page_bytes"`
 	Executes      uint64 `json:"executes"`
 	Queries       uint64 `json:"queries"`
@@ -178,6 +181,8 @@ type HealthStats struct {
 	// instance serves now, served by its page cache or by storage.
 	CacheHits   uint64 `json:"cache_hits"`
 	CacheMisses uint64 `json:"cache_misses"`
+	// PageSize is the database's page size in bytes.
+	PageSize int `json:"page_size,omitempty"`
 }
 
 // Error is a refusal from the server (a non-2xx reply).

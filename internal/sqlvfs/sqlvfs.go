@@ -414,6 +414,9 @@ func OpenDB(vol Volume, opts Options) (*DB, error) {
 // Name is the name the database is registered under.
 func (db *DB) Name() string { return db.d.name }
 
+// PageSize is the database's page size: the volume's.
+func (db *DB) PageSize() int { return db.d.pageSize }
+
 // Stats returns the database's counters.
 func (db *DB) Stats() Stats {
 	return Stats{

@@ -19,9 +19,9 @@ type Stats struct {
 	RecordsSent uint64
 	// RecordBytesSent is the encoded size of RecordsSent.
 	RecordBytesSent uint64
-	// RecordBytes is the encoded size of the records made, each counted
-	// once: the redo the writer produced.
-	RecordBytes uint64
+	// Records and RecordBytes count the records made, each once, and their
+	// encoded size: the redo the writer produced.
+	Records, RecordBytes uint64
 	// ResentRecords counts records sent again after a reconnect because the
 	// node had not acknowledged them and they were not yet durable.
 	ResentRecords uint64
@@ -40,8 +40,8 @@ type Stats struct {
 }
 
 type counters struct {
-	commits, requests, recordsSent, recordBytesSent, recordBytes, resent, dropped, reconnects atomic.Uint64
-	reads, hedged, bytesOut, bytesIn                                                          atomic.Uint64
+	commits, requests, recordsSent, recordBytesSent, records, recordBytes, resent, dropped, reconnects atomic.Uint64
+	reads, hedged, bytesOut, bytesIn                                                                   atomic.Uint64
 }
 
 // Stats returns the client's counters.
@@ -54,6 +54,7 @@ func (c *Client) Stats() Stats {
 		Requests:        c.st.requests.Load(),
 		RecordsSent:     c.st.recordsSent.Load(),
 		RecordBytesSent: c.st.recordBytesSent.Load(),
+		Records:         c.st.records.Load(),
 		RecordBytes:     c.st.recordBytes.Load(),
 		ResentRecords:   c.st.resent.Load(),
 		DroppedRecords:  c.st.dropped.Load(),

@@ -606,6 +606,7 @@ func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
 		}
 		p.lsns = append(p.lsns, lsn)
 		e := &entry{pg: p, lsn: lsn, data: rec.Encode()}
+		c.st.records.Add(1)
 		c.st.recordBytes.Add(uint64(len(e.data)))
 		if published != nil {
 			published = append(published, e.data)
