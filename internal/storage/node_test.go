@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/procstat"
 	"github.com/borealis-db/borealis/internal/redo"
 	"github.com/borealis-db/borealis/internal/storage"
 )
@@ -247,5 +248,32 @@ func TestFullDiskRefusesAppendsAndKeepsServing(t *testing.T) {
 	}
 	if page.Data[0] != 8 {
 		t.Fatalf("page 1 at LSN 2 starts with %d, want 8", page.Data[0])
+	}
+}
+
+// TestSmallStoreIsSmallOnDisk checks that a store with little in it takes
+// little disk: its write-ahead logs are not preallocated to the size of the
+// largest memtable (70 MiB each by default), which made a node of a few MiB
+// of data take 422 MiB.
+func TestSmallStoreIsSmallOnDisk(t *testing.T) {
+	dir := t.TempDir()
+	n, c, addr := startNode(t, dir)
+	w := newChainWriter(t, c, 1, 0, addr)
+	for lsn := uint64(1); lsn <= 200; lsn++ {
+		w.write(1+lsn%8, lsn, byte(lsn))
+	}
+	// A flush starts a new log, as memtable rotations do.
+	if err := n.Compact(); err != nil {
+		t.Fatal(err)
+	}
+	w.write(1, 201, 1)
+	used, err := procstat.DirBytes(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const limit = 8 << 20
+	t.Logf("200 records of 4 KiB: %d KiB on disk", used>>10)
+	if used > limit {
+		t.Fatalf("a store of 200 4 KiB records takes %d bytes on disk, over %d", used, limit)
 	}
 }
