@@ -184,6 +184,7 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 		}
 	}
 	sclWrites := map[*seg]uint64{}
+	vdlWrites := map[*seg]uint64{}
 	var accepted uint64
 	for i, b := range in.batches {
 		s := touched[i]
@@ -196,8 +197,7 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 		if !in.fromPeer && in.vdl > s.vdlSeen.Load() {
 			// Synced with this request's group, so recovery may trust it.
 			s.vdlSeen.Store(in.vdl)
-			key, vdl := metaSubKey(s.key.vol, s.key.pg, metaVDL), in.vdl
-			writes = append(writes, func(b *pebble.Batch) { b.Set(key, u64(vdl), nil) })
+			vdlWrites[s] = in.vdl
 		}
 		if b.retain > 0 {
 			raise(&s.retain, b.retain)
@@ -237,18 +237,18 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 	} else {
 		n.stats.recordsAppended.Add(accepted)
 	}
-	if len(writes) == 0 && len(sclWrites) == 0 {
+	if len(writes) == 0 && len(sclWrites) == 0 && len(vdlWrites) == 0 {
 		return nil, touched, nil
 	}
-	g := n.commits.join(func(b *pebble.Batch, scls map[*seg]uint64) {
+	g := n.commits.join(func(b *pebble.Batch, g *group) {
 		for _, w := range writes {
 			w(b)
 		}
 		for s, scl := range sclWrites {
-			b.Set(metaSubKey(s.key.vol, s.key.pg, metaSCL), u64(scl), nil)
-			if scl > scls[s] {
-				scls[s] = scl
-			}
+			g.scls[s] = scl
+		}
+		for s, vdl := range vdlWrites {
+			g.vdls[s] = max(g.vdls[s], vdl)
 		}
 	})
 	return g, touched, nil

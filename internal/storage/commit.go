@@ -14,8 +14,12 @@ import (
 type group struct {
 	batch  *pebble.Batch
 	joined int
-	// durable SCL per segment once this group is synced.
+	// scls is the SCL of each segment the group's appends and truncations
+	// left (the last one set wins, as fills run in order), and vdls the
+	// highest writer VDL its appends told: written once per group at commit
+	// rather than once per request, and published once synced.
 	scls map[*seg]uint64
+	vdls map[*seg]uint64
 	done chan struct{}
 	err  error
 }
@@ -38,12 +42,12 @@ func newCommitter(n *Node) *committer {
 }
 
 func (c *committer) newGroup() *group {
-	return &group{batch: c.n.db.NewBatch(), scls: map[*seg]uint64{}, done: make(chan struct{})}
+	return &group{batch: c.n.db.NewBatch(), scls: map[*seg]uint64{}, vdls: map[*seg]uint64{}, done: make(chan struct{})}
 }
 
 // join lets fill write into the open group and returns it. The caller holds
 // Node.mu, so groups are filled in offer order.
-func (c *committer) join(fill func(b *pebble.Batch, scls map[*seg]uint64)) *group {
+func (c *committer) join(fill func(b *pebble.Batch, g *group)) *group {
 	c.mu.Lock()
 	g := c.cur
 	if err := c.n.failure(); err != nil {
@@ -54,7 +58,7 @@ func (c *committer) join(fill func(b *pebble.Batch, scls map[*seg]uint64)) *grou
 		c.mu.Unlock()
 		return closedGroup
 	}
-	fill(g.batch, g.scls)
+	fill(g.batch, g)
 	g.joined++
 	c.mu.Unlock()
 	select {
@@ -106,6 +110,7 @@ func (c *committer) commit(g *group) {
 	start := time.Now()
 	err := c.n.failure()
 	if err == nil {
+		g.writeMeta()
 		err = g.batch.Commit(pebble.Sync)
 	}
 	c.n.stats.commitLatency.Observe(time.Since(start).Seconds())
@@ -129,4 +134,20 @@ func (c *committer) commit(g *group) {
 
 func (c *committer) close() {
 	close(c.quit)
+}
+
+// writeMeta adds the group's segment metadata to its batch, after every
+// fill. A segment dropped since (DropVolumes marks it before its deletions
+// join a group) gets none: its keys are gone or about to be.
+func (g *group) writeMeta() {
+	for s, scl := range g.scls {
+		if !s.dropped.Load() {
+			g.batch.Set(metaSubKey(s.key.vol, s.key.pg, metaSCL), u64(scl), nil)
+		}
+	}
+	for s, vdl := range g.vdls {
+		if !s.dropped.Load() {
+			g.batch.Set(metaSubKey(s.key.vol, s.key.pg, metaVDL), u64(vdl), nil)
+		}
+	}
 }

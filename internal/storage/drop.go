@@ -160,7 +160,7 @@ func (n *Node) DropVolumes(vols []*pb.VolumeIncarnation) error {
 	at := u64(uint64(time.Now().UnixNano()))
 	// Through the committer: appends accepted before are in this group or
 	// an earlier one, so the deletions cover them (a batch applies in order).
-	g := n.commits.join(func(b *pebble.Batch, _ map[*seg]uint64) {
+	g := n.commits.join(func(b *pebble.Batch, _ *group) {
 		for _, d := range todo {
 			for _, p := range d.ranges() {
 				b.DeleteRange(p, prefixEnd(p), nil)

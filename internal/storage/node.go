@@ -461,7 +461,7 @@ func (n *Node) ObserveEpochs(epochs map[uint64]uint64) error {
 	}
 	// Through the committer, so that it lands in order with the appends'
 	// own epoch writes.
-	g := n.commits.join(func(b *pebble.Batch, _ map[*seg]uint64) {
+	g := n.commits.join(func(b *pebble.Batch, _ *group) {
 		for vol, epoch := range raised {
 			b.Set(epochKey(vol), u64(epoch), nil)
 		}
@@ -490,7 +490,7 @@ func (n *Node) fence(vol, epoch uint64) error {
 		n.log.Info("volume epoch raised by a recovering writer", "volume", vol, "from", n.volEpochs[vol], "to", epoch)
 		n.volEpochs[vol] = epoch
 	}
-	g := n.commits.join(func(b *pebble.Batch, _ map[*seg]uint64) {
+	g := n.commits.join(func(b *pebble.Batch, _ *group) {
 		if raise {
 			b.Set(epochKey(vol), u64(epoch), nil)
 		}

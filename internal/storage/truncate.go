@@ -152,7 +152,7 @@ func (n *Node) truncate(vol uint64, pg uint32, epoch uint64, ts []segment.Trunca
 	// Whatever earlier groups hold must be in the store before it is
 	// scanned: groups commit in order, so once this empty one is synced,
 	// so is every one opened before.
-	flush := n.commits.join(func(*pebble.Batch, map[*seg]uint64) {})
+	flush := n.commits.join(func(*pebble.Batch, *group) {})
 	<-flush.done
 	if flush.err != nil {
 		return 0, flush.err
@@ -203,7 +203,7 @@ func (n *Node) truncate(vol uint64, pg uint32, epoch uint64, ts []segment.Trunca
 		return 0, err
 	}
 	scl := s.chain.SCL()
-	g := n.commits.join(func(b *pebble.Batch, _ map[*seg]uint64) {
+	g := n.commits.join(func(b *pebble.Batch, g *group) {
 		for _, k := range deletes {
 			b.Delete(k, nil)
 		}
@@ -211,7 +211,9 @@ func (n *Node) truncate(vol uint64, pg uint32, epoch uint64, ts []segment.Trunca
 			b.Set(epochKey(vol), u64(raiseTo), nil)
 		}
 		b.Set(metaSubKey(vol, pg, metaDecl), decl, nil)
-		b.Set(metaSubKey(vol, pg, metaSCL), u64(scl), nil)
+		// Set, not raised: the SCL may have gone down, and an append
+		// earlier in this group must not persist the higher one.
+		g.scls[s] = scl
 	})
 	<-g.done
 	if g.err != nil {
