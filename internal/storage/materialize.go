@@ -167,6 +167,10 @@ func (n *Node) collectStep(s *seg) (bool, error) {
 	b := n.db.NewBatch()
 	defer b.Close()
 	newFloor, count := floor, 0
+	// The records of each page in (old, newFloor]: a page with several goes
+	// with one range deletion, a page with one with a point deletion.
+	type span struct{ first, last uint64 }
+	pages := map[uint64]span{}
 	for it.First(); it.Valid(); it.Next() {
 		if count == collectChunk {
 			newFloor = lastUint64(it.Key()) - 1
@@ -178,12 +182,29 @@ func (n *Node) collectStep(s *seg) (bool, error) {
 			it.Close()
 			return false, errCorruptChain(s, lsn)
 		}
-		b.Delete(it.Key(), nil)
-		b.Delete(pageKey(famRecord, vol, pg, e.page, lsn), nil)
+		if sp, ok := pages[e.page]; ok {
+			sp.last = lsn
+			pages[e.page] = sp
+		} else {
+			pages[e.page] = span{lsn, lsn}
+		}
 		count++
 	}
 	if err := it.Close(); err != nil {
 		return false, err
+	}
+	// Nothing of the segment is written at or below newFloor any more
+	// (it is below the SCL, and truncations are above the VDL), so range
+	// deletions cover exactly the entries and records scanned above.
+	if count > 0 {
+		b.DeleteRange(chainKey(vol, pg, old+1), chainKey(vol, pg, newFloor+1), nil)
+	}
+	for page, sp := range pages {
+		if sp.first == sp.last {
+			b.Delete(pageKey(famRecord, vol, pg, page, sp.first), nil)
+		} else {
+			b.DeleteRange(pageKey(famRecord, vol, pg, page, sp.first), pageKey(famRecord, vol, pg, page, sp.last+1), nil)
+		}
 	}
 	state, _ := json.Marshal(materState{Materialized: s.mat.Load(), LogFloor: newFloor})
 	b.Set(metaSubKey(vol, pg, metaMater), state, nil)
