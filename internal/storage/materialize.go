@@ -81,12 +81,10 @@ func (n *Node) yield() {
 // version it writes is one a reader may use, and the versions it replaces are
 // ones no reader can need.
 func (n *Node) materializeStep(s *seg) (bool, error) {
-	target := min(s.durableSCL.Load(), s.readPoint.Load())
 	mat := s.mat.Load()
-	if target <= mat {
-		return false, nil
-	}
-	if target-mat < materializeBacklog && time.Since(s.lastMaterialized) < materializeDelay {
+	target, ok := materializeTarget(horizons{DurableSCL: s.durableSCL.Load(), ReadPoint: s.readPoint.Load(), Materialized: mat},
+		time.Since(s.lastMaterialized), materializeBacklog, materializeDelay)
+	if !ok {
 		return false, nil
 	}
 	vol, pg := s.key.vol, s.key.pg
@@ -151,9 +149,9 @@ func (n *Node) materializeStep(s *seg) (bool, error) {
 // collectStep deletes chain entries and records that are folded into page
 // versions and that every member of the PG already holds.
 func (n *Node) collectStep(s *seg) (bool, error) {
-	floor := min(s.mat.Load(), s.retain.Load())
 	old := s.logFloor.Load()
-	if floor <= old {
+	floor, ok := collectFloor(horizons{Materialized: s.mat.Load(), Retain: s.retain.Load(), LogFloor: old})
+	if !ok {
 		return false, nil
 	}
 	vol, pg := s.key.vol, s.key.pg

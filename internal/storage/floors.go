@@ -1,0 +1,53 @@
+package storage
+
+import "time"
+
+// This file is pure: it decides, from a segment's horizons, how far the
+// materializer and the GC may go. It reads no clock and touches no store;
+// materialize.go calls it with what it loaded.
+
+// horizons are a segment's LSNs that bound its background work.
+type horizons struct {
+	// DurableSCL: every record up to it is synced here.
+	DurableSCL uint64
+	// ReadPoint: the PGMRPL the writer last reported; no instance reads
+	// below it.
+	ReadPoint uint64
+	// Materialized: every record up to it is folded into page versions,
+	// and older versions are gone.
+	Materialized uint64
+	// Retain: the lowest SCL among the PG's members, last reported; a
+	// record above it may still be pulled by a peer.
+	Retain uint64
+	// LogFloor: chain entries and records up to it are collected.
+	LogFloor uint64
+}
+
+// materializeTarget says up to which LSN the materializer may fold now, and
+// whether it is worth doing: it goes no higher than the synced log nor than
+// the oldest read point (a version above it would hide an older one that a
+// reader may need), and it folds a backlog below backlog records' worth of
+// LSNs only once sinceLast (the time since its last fold) reaches delay, so
+// that it folds many records per page at once rather than rewrite hot pages
+// after every few.
+func materializeTarget(h horizons, sinceLast time.Duration, backlog uint64, delay time.Duration) (uint64, bool) {
+	target := min(h.DurableSCL, h.ReadPoint)
+	if target <= h.Materialized {
+		return 0, false
+	}
+	if target-h.Materialized < backlog && sinceLast < delay {
+		return 0, false
+	}
+	return target, true
+}
+
+// collectFloor says up to which LSN the GC may delete chain entries and
+// records: those folded into page versions that every member of the PG
+// already holds (a peer may still pull one above its retain LSN).
+func collectFloor(h horizons) (uint64, bool) {
+	floor := min(h.Materialized, h.Retain)
+	if floor <= h.LogFloor {
+		return 0, false
+	}
+	return floor, true
+}
