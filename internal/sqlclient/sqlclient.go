@@ -1,12 +1,14 @@
 // Package sqlclient is a small client of a Borealis database instance's SQL
 // API over HTTP (POST /v1/execute, POST /v1/query, GET /v1/health).
 //
-// Values. Parameters go out as JSON: integers and floats as numbers,
+// Values. Parameters go out as JSON: integers as numbers, floats as
+// numbers with a point or an exponent (2.0, not 2, so that SQLite takes
+// them as REALs; see AppendReal) and infinities as {"real":"Infinity"},
 // strings, booleans, nil as null, and []byte as {"base64":"..."}, the form in
 // which the server returns blobs. Row values come back as int64 (a JSON
-// number with no fraction or exponent that fits), float64 (any other number),
-// string, []byte (a blob) or nil. JSON cannot tell 2.0 from 2, so a REAL
-// with an integral value comes back as int64.
+// number with no point or exponent: an INTEGER, every digit kept, beyond
+// 2^53 too), float64 (a number with one: a REAL, which the server always
+// writes so, 2.0 and -0.0 included), string, []byte (a blob) or nil.
 package sqlclient
 
 import (
@@ -289,12 +291,6 @@ type blobJSON struct {
 	Base64 string `json:"base64"`
 }
 
-// realJSON carries the REAL values JSON numbers cannot: "Infinity" and
-// "-Infinity".
-type realJSON struct {
-	Real string `json:"real"`
-}
-
 func encodeParams(params []any) ([]any, error) {
 	if len(params) == 0 {
 		return nil, nil
@@ -306,21 +302,18 @@ func encodeParams(params []any) ([]any, error) {
 			// encoding/json would send a base64 string, which the server
 			// would store as text.
 			out[i] = blobJSON{Base64: base64.StdEncoding.EncodeToString(v)}
-		case float32, float64:
-			v64, _ := v.(float64)
-			if f, ok := v.(float32); ok {
-				v64 = float64(f)
+		case float64:
+			// encoding/json would send 2.0 as 2, which the server would
+			// bind as an INTEGER.
+			if math.IsNaN(v) {
+				return nil, fmt.Errorf("parameter %d: %w", i+1, errNaN)
 			}
-			switch v := v64; {
-			case math.IsInf(v, 1):
-				out[i] = realJSON{"Infinity"}
-			case math.IsInf(v, -1):
-				out[i] = realJSON{"-Infinity"}
-			case math.IsNaN(v):
-				return nil, fmt.Errorf("parameter %d: NaN is not a SQL value", i+1)
-			default:
-				out[i] = p
+			out[i] = Real(v)
+		case float32:
+			if math.IsNaN(float64(v)) {
+				return nil, fmt.Errorf("parameter %d: %w", i+1, errNaN)
 			}
+			out[i] = real32(v)
 		case nil, bool, string, json.Number,
 			int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64:
 			out[i] = v
@@ -369,8 +362,9 @@ func decodeValue(raw json.RawMessage) (any, error) {
 	}
 	num := string(s)
 	if !strings.ContainsAny(num, ".eE") {
-		// Parsed as text, not through float64, so that integers beyond 2^53
-		// keep every digit.
+		// An INTEGER: the server writes every REAL with a point or an
+		// exponent. Parsed as text, not through float64, so that integers
+		// beyond 2^53 keep every digit.
 		if i, err := strconv.ParseInt(num, 10, 64); err == nil {
 			return i, nil
 		}
