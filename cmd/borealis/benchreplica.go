@@ -642,8 +642,8 @@ func uniqueSorted(s []int) []int {
 }
 
 // rateClients is how many clients a level runs: for a fixed rate, enough
-// to meet it while commits take up to 40 ms (at least 8, at most 64, the
-// writer's default --max-writers); as fast as possible, clients.
+// to meet it while commits take up to 40 ms (at least 8, at most 64); as
+// fast as possible, clients.
 func rateClients(rate, clients int) int {
 	if rate == 0 {
 		return clients

@@ -166,7 +166,9 @@ a request beyond waits for room, and fails with busy if it finds none within
 	f.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "how long a commit waits for a write quorum of segments that can make it durable (answering, and holding or catching up to it) before failing with storage_unavailable")
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", 0, "how long one request may take, from waiting for room to read its body to the end of its SQL, which is then interrupted and fails with timeout (0: 2m, or a minute more than --write-timeout if that is longer)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", instance.DefaultLeaseTTL, "writer lease time to live, whole seconds (etcd's leases are; the embedded etcd grants 1s and up). A writer that cannot renew it stops serving a tenth of it before it can expire, and a dead writer's replica is promoted about this long after its death; the instance's registration in the catalog has the same TTL")
-	f.IntVar(&cfg.MaxWriters, "max-writers", 64, "writer connections (transactions in flight)")
+	f.IntVar(&cfg.MaxReaders, "max-readers", 64, "read connections: queries that run at once (writes share one connection and pipeline their commits)")
+	f.IntVar(&cfg.MaxReaders, "max-writers", 64, "")
+	_ = f.MarkDeprecated("max-writers", "writes share one connection now; --max-readers sets the read connections")
 	f.StringVar(&maxBody, "max-body", formatSize(dbserver.DefaultMaxBodyBytes), "largest request body, such as 48MiB; larger ones fail with body_too_large. The default admits the largest string or blob (32 MiB) as a base64 parameter, with its statement")
 	return cmd
 }

@@ -698,21 +698,53 @@ func (s *Instance) handleExecute(w http.ResponseWriter, r *http.Request, h *apiH
 	writeJSON(w, http.StatusOK, ExecuteResponse{Results: res, LSN: s.durableLSN()})
 }
 
+// execute runs a request's statements on a writer connection. The
+// connection defers durability (see sqlvfs.DeferDurability): it goes back
+// to the pool as soon as the statements are done, so the next request's
+// transaction runs on it (with SQLite's page cache still warm) while this
+// one's commit becomes durable, and only then does this request answer.
 func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req executeBody, args [][]any) ([]ExecResult, *APIError) {
-	conn, err := db.Writer.Conn(ctx)
+	// The one writer connection is held for a transaction's whole length:
+	// waiting for it is waiting for the writer turn, bounded as SQLite's
+	// own wait for a lock is.
+	busy := db.BusyTimeout()
+	cctx, cancel := context.WithTimeout(ctx, busy)
+	conn, err := db.Writer.Conn(cctx)
+	cancel()
 	if err != nil {
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			return nil, apiErr(http.StatusServiceUnavailable, CodeBusy, "the database is locked: another transaction held the writer turn for the whole busy timeout (%s); retry", busy)
+		}
 		return nil, s.classify(ctx, nil, err, "")
 	}
-	defer conn.Close()
-	if err := armPolicy(conn, false); err != nil {
+	done, err := sqlvfs.DeferDurability(conn)
+	if err != nil {
+		conn.Close()
 		return nil, s.classify(ctx, conn, err, "")
 	}
-	var tainted bool
-	defer func() {
-		if tainted {
-			discard(conn)
-		}
-	}()
+	res, e, tainted := s.executeOn(ctx, conn, req, args)
+	lsn, err := done()
+	if tainted {
+		discard(conn)
+	}
+	conn.Close()
+	if err == nil {
+		// Also after a failed statement: the statements before it may have
+		// committed in their own transactions, and the reply says so.
+		err = db.WaitDurable(context.Background(), lsn)
+	}
+	if err != nil && e == nil {
+		e = s.classify(ctx, nil, err, "")
+	}
+	return res, e
+}
+
+// executeOn runs the statements on conn; tainted says the connection must
+// not go back to the pool.
+func (s *Instance) executeOn(ctx context.Context, conn *sql.Conn, req executeBody, args [][]any) (_ []ExecResult, _ *APIError, tainted bool) {
+	if err := armPolicy(conn, false); err != nil {
+		return nil, s.classify(ctx, conn, err, ""), false
+	}
 	s.stats.executes.Add(1)
 	type preparer interface {
 		PrepareContext(context.Context, string) (*sql.Stmt, error)
@@ -721,8 +753,9 @@ func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req executeBody, 
 	var tx *sql.Tx
 	// One statement is atomic by itself: no BEGIN and COMMIT around it.
 	if req.Transaction && len(req.Statements) > 1 {
+		var err error
 		if tx, err = conn.BeginTx(ctx, nil); err != nil {
-			return nil, s.classify(ctx, conn, err, "BEGIN")
+			return nil, s.classify(ctx, conn, err, "BEGIN"), false
 		}
 		ex = tx
 	}
@@ -754,21 +787,21 @@ func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req executeBody, 
 					e.Message += " (statements before it ran in their own transactions, and those committed)"
 				}
 			}
-			return nil, e
+			return nil, e, tainted
 		}
 		results = append(results, out)
 	}
 	if tx != nil {
 		if err := tx.Commit(); err != nil {
-			return nil, s.classify(ctx, conn, err, "COMMIT")
+			return nil, s.classify(ctx, conn, err, "COMMIT"), false
 		}
 	} else if open, err := inTransaction(conn); err != nil || open {
 		// A BEGIN without its COMMIT would keep the writer turn after the
 		// request: every other writer would wait for it.
 		_, _ = conn.ExecContext(context.Background(), "ROLLBACK")
-		return nil, apiErr(http.StatusBadRequest, CodeBadRequest, "the statements left a transaction open (BEGIN without COMMIT or ROLLBACK); a transaction must end in the request that began it, so it was rolled back")
+		return nil, apiErr(http.StatusBadRequest, CodeBadRequest, "the statements left a transaction open (BEGIN without COMMIT or ROLLBACK); a transaction must end in the request that began it, so it was rolled back"), false
 	}
-	return results, nil
+	return results, nil, false
 }
 
 // noSQL reports whether SQLite would find no statement in q: nothing but

@@ -58,9 +58,9 @@ type Config struct {
 	MaxBodyBytes int64
 	// MaxRows bounds the rows of one query reply. Default 100,000.
 	MaxRows int
-	// MaxWriters is the number of writer connections (commits in flight),
-	// and of read connections. Default 64.
-	MaxWriters int
+	// MaxReaders is the number of read connections: queries run at once.
+	// Writes share one connection (see execute). Default 64.
+	MaxReaders int
 	Logger     *slog.Logger
 
 	// AZ is the instance's availability zone, registered in the catalog.
@@ -125,8 +125,8 @@ func (c *Config) defaults() error {
 	if c.MaxRows <= 0 {
 		c.MaxRows = 100_000
 	}
-	if c.MaxWriters <= 0 {
-		c.MaxWriters = 64
+	if c.MaxReaders <= 0 {
+		c.MaxReaders = 64
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -206,7 +206,7 @@ func writerConfig(cfg Config, ctl pb.ControlClient) instance.WriterConfig {
 		Volume: cfg.Volume, Ctl: ctl, Control: cfg.Control,
 		ID: cfg.ID, AZ: cfg.AZ, Endpoint: cfg.Endpoint, ReplicationListen: cfg.ReplicationListen,
 		Options:  withPolicy(sqlvfs.Options{CacheMiB: cfg.CacheMiB, MaxReadAge: cfg.MaxReadAge}),
-		MaxConns: cfg.MaxWriters, WriteTimeout: cfg.WriteTimeout, LeaseTTL: cfg.LeaseTTL, Logger: cfg.Logger,
+		MaxConns: cfg.MaxReaders, WriteTimeout: cfg.WriteTimeout, LeaseTTL: cfg.LeaseTTL, Logger: cfg.Logger,
 	}
 }
 

@@ -43,8 +43,12 @@ type WriterConfig struct {
 	// the page size comes from the catalog. MaxReadAge defaults to
 	// DefaultMaxReadAge.
 	Options sqlvfs.Options
-	// MaxConns is the number of writer connections (commits in flight),
-	// and of read connections. Default 64.
+	// MaxConns is the number of read connections. Writes run on one
+	// connection: a transaction holds the writer turn from its first read
+	// to its end anyway, and one connection keeps SQLite's page cache,
+	// which every other connection would drop each time one commits. Its
+	// commits still pipeline when the caller defers their durability wait
+	// (sqlvfs.DeferDurability). Default 64.
 	MaxConns int
 	// WriteTimeout is how long a commit waits for a write quorum before it
 	// fails (and how long a write waits for an earlier commit that was not
@@ -194,10 +198,11 @@ func NewOpenWriter(cfg WriterConfig, db *sqlvfs.DB, vol *volume.Client) *Writer 
 	return w
 }
 
-// sizePools sizes the database's pools for n connections each.
+// sizePools gives the database one writer connection (see
+// WriterConfig.MaxConns) and n read connections.
 func sizePools(db *sqlvfs.DB, n int) {
-	db.Writer.SetMaxOpenConns(n)
-	db.Writer.SetMaxIdleConns(n)
+	db.Writer.SetMaxOpenConns(1)
+	db.Writer.SetMaxIdleConns(1)
 	db.Reader.SetMaxIdleConns(n)
 	// Each connection may use up to 256 MiB; queries beyond this many wait
 	// for one rather than grow the process without bound.

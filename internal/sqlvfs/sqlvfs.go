@@ -414,6 +414,9 @@ func OpenDB(vol Volume, opts Options) (*DB, error) {
 // Name is the name the database is registered under.
 func (db *DB) Name() string { return db.d.name }
 
+// BusyTimeout is how long a connection waits for the writer turn.
+func (db *DB) BusyTimeout() time.Duration { return db.opts.BusyTimeout }
+
 // PageSize is the database's page size: the volume's.
 func (db *DB) PageSize() int { return db.d.pageSize }
 
@@ -467,6 +470,11 @@ type database struct {
 
 	lockMu   sync.Mutex
 	reserved bool
+
+	// cacheGen rises when a deferred commit failed to become durable: each
+	// writer connection then reads its pages again (see DB.WaitDurable), as
+	// a connection whose own wait failed does.
+	cacheGen atomic.Uint64
 }
 
 // volRef holds a Volume for atomic.Pointer.
@@ -672,6 +680,13 @@ type file struct {
 	pinnedAt time.Time
 	// commitLSN is the MTR this transaction submitted, waited for at Unlock.
 	commitLSN uint64
+	// deferred: Unlock does not wait, it raises undurable to what it would
+	// have waited for (see DeferDurability).
+	deferred  bool
+	undurable uint64
+	// cacheGen is the database's cacheGen when this writer connection last
+	// took SHARED.
+	cacheGen uint64
 	// failure is the last error the volume gave this connection. SQLite
 	// reports it only as an I/O error code; ConnError recovers it.
 	failMu  sync.Mutex
@@ -753,11 +768,13 @@ func (f *file) page(pg uint64) ([]byte, error) {
 		var lsn uint64
 		b, lsn, err = f.db.pageNewest(pg)
 		vol := f.db.volume()
-		if err == nil && f.opened && f.lock < vfs.LOCK_RESERVED && lsn > vol.VDL() {
+		if err == nil && f.opened && !f.deferred && f.lock < vfs.LOCK_RESERVED && lsn > vol.VDL() {
 			// A writer connection outside a write transaction hands what
 			// it reads to the caller before the transaction ends: it may
 			// not see what is not durable yet. (A write transaction may:
-			// its COMMIT waits for everything it read.)
+			// its COMMIT waits for everything it read. So may a deferred
+			// connection: its caller waits for its read point, the newest
+			// state, before handing anything on.)
 			if err = vol.WaitDurable(context.Background(), lsn); err != nil {
 				err = &UnacknowledgedError{LSN: lsn, Err: err}
 			}
@@ -1091,6 +1108,9 @@ func (f *file) Lock(lock vfs.LockLevel) error {
 				return err
 			}
 			f.holdsWriter = true
+			if g := d.cacheGen.Load(); g != f.cacheGen {
+				f.cacheGen, f.rpValid = g, false
+			}
 			f.setReadPoint(d.cache.lastSubmitted())
 		}
 		f.lock = vfs.LOCK_SHARED
@@ -1153,6 +1173,10 @@ func (f *file) Unlock(lock vfs.LockLevel) error {
 	}
 	f.lock = lock
 	if vol := d.volume(); wait > vol.VDL() {
+		if f.deferred {
+			f.undurable = max(f.undurable, wait)
+			return nil
+		}
 		if err := vol.WaitDurable(context.Background(), wait); err != nil {
 			// SQLite may keep what it read in its page cache: a new
 			// counter at the next SHARED makes it read again.
