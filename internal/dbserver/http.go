@@ -722,9 +722,11 @@ func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req executeBody, 
 		conn.Close()
 		return nil, s.classify(ctx, conn, err, "")
 	}
+	s.stmts.watch(db)
 	res, e, tainted := s.executeOn(ctx, conn, req, args)
 	lsn, err := done()
 	if tainted {
+		s.stmts.dropConn(conn)
 		discard(conn)
 	}
 	conn.Close()
@@ -854,6 +856,11 @@ func noSQL(q string) bool {
 func (s *Instance) execOne(ctx context.Context, conn *sql.Conn, p interface {
 	PrepareContext(context.Context, string) (*sql.Stmt, error)
 }, q string, args []any) (ExecResult, error) {
+	if cacheable(q) {
+		if out, err := s.execFast(ctx, conn, q, args); !errors.Is(err, errNotCacheable) {
+			return out, err
+		}
+	}
 	var out ExecResult
 	st, err := p.PrepareContext(ctx, q)
 	if err != nil {
@@ -931,6 +938,27 @@ func (s *Instance) execOne(ctx context.Context, conn *sql.Conn, p interface {
 		}
 	}
 	return out, nil
+}
+
+// execFast runs a write without rows as a statement the connection keeps
+// prepared (see stmtCache), with its counts as execOne reads them; it
+// fails with errNotCacheable, having run nothing, if q must take execOne's
+// general path.
+func (s *Instance) execFast(ctx context.Context, conn *sql.Conn, q string, args []any) (ExecResult, error) {
+	var out ExecResult
+	err := rawConnErr(conn, func(c *sqlite3.Conn) error {
+		before := c.TotalChanges()
+		c.SetLastInsertRowID(0)
+		if err := s.stmts.execCached(ctx, c, q, args); err != nil {
+			return err
+		}
+		if c.TotalChanges() != before {
+			out.RowsAffected = c.Changes()
+		}
+		out.LastInsertID = c.LastInsertRowID()
+		return nil
+	})
+	return out, err
 }
 
 // mayReturnRows reports whether q can produce rows: a read (SELECT, WITH

@@ -337,6 +337,18 @@ type DB struct {
 	d      *database
 	// opts, with defaults, open the pools (Promote opens Writer later).
 	opts Options
+	// beforeClose run first in Close (see OnClose).
+	closeMu     sync.Mutex
+	beforeClose []func()
+}
+
+// OnClose has f run at the start of Close, before the pools close: to
+// release what a user keeps on their connections (prepared statements,
+// which SQLite will not close a connection under).
+func (db *DB) OnClose(f func()) {
+	db.closeMu.Lock()
+	db.beforeClose = append(db.beforeClose, f)
+	db.closeMu.Unlock()
 }
 
 // Stats are a database's counters since it was opened.
@@ -432,6 +444,13 @@ func (db *DB) Stats() Stats {
 
 // Close closes both pools and removes the database from the registry.
 func (db *DB) Close() error {
+	db.closeMu.Lock()
+	hooks := db.beforeClose
+	db.beforeClose = nil
+	db.closeMu.Unlock()
+	for _, f := range hooks {
+		f()
+	}
 	var err error
 	if db.Reader != nil {
 		err = db.Reader.Close()
