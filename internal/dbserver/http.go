@@ -722,11 +722,9 @@ func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req executeBody, 
 		conn.Close()
 		return nil, s.classify(ctx, conn, err, "")
 	}
-	s.stmts.watch(db)
 	res, e, tainted := s.executeOn(ctx, conn, req, args)
 	lsn, err := done()
 	if tainted {
-		s.stmts.dropConn(conn)
 		discard(conn)
 	}
 	conn.Close()
@@ -949,7 +947,7 @@ func (s *Instance) execFast(ctx context.Context, conn *sql.Conn, q string, args 
 	err := rawConnErr(conn, func(c *sqlite3.Conn) error {
 		before := c.TotalChanges()
 		c.SetLastInsertRowID(0)
-		if err := s.stmts.execCached(ctx, c, q, args); err != nil {
+		if err := preparedWrites.execCached(ctx, c, q, args); err != nil {
 			return err
 		}
 		if c.TotalChanges() != before {

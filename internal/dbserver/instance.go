@@ -140,8 +140,6 @@ type Instance struct {
 	cfg  Config
 	log  *slog.Logger
 	conn *grpc.ClientConn // the control plane's (nil in tests)
-	// stmts are the writer connection's prepared writes.
-	stmts stmtCache
 
 	// role is the instance's lifecycle: w's on a writer, rep's on a
 	// replica (the other is nil).

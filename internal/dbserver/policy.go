@@ -41,16 +41,24 @@ const CodeNotAllowed = "not_allowed"
 //     the authorizer as an ordinary CREATE_TRIGGER; execOne looks for TEMP
 //     objects after a CREATE and throws the connection away.
 //
-// The authorizer is set at the start of every request (armPolicy): the
-// driver reads PRAGMA query_only on a new connection after its connect
-// hook, which the policy refuses. The connect hook caps the length of a
-// value, so that a request meets SQLITE_TOOBIG long before the connection's
-// memory runs out (SQLITE_NOMEM makes the driver panic with the connection
-// held, which would hang the request and keep the writer turn).
+// The authorizer is set by the first request on a connection (armPolicy):
+// the driver reads PRAGMA query_only on a new connection after its connect
+// hook, which the policy refuses. It is set once, not at every request:
+// setting an authorizer expires every statement prepared on the connection,
+// which would make stmtCache's statements prepare again at each run. The
+// connect hook caps the length of a value, so that a request meets
+// SQLITE_TOOBIG long before the connection's memory runs out (SQLITE_NOMEM
+// makes the driver panic with the connection held, which would hang the
+// request and keep the writer turn). The close hook forgets what was kept
+// of the connection.
 func withPolicy(opts sqlvfs.Options) sqlvfs.Options {
 	opts.OnConnect = func(c *sqlite3.Conn, reader bool) error {
 		c.Limit(sqlite3.LIMIT_LENGTH, MaxRowBytes)
 		return nil
+	}
+	opts.OnClose = func(c *sqlite3.Conn) {
+		preparedWrites.drop(c)
+		armed.Delete(c)
 	}
 	return opts
 }
@@ -247,13 +255,28 @@ var (
 	vacuumAuthorizer = authorizer(false, true)
 )
 
-// armPolicy sets the policy's authorizer on conn for this request.
+// armed holds the connections (*sqlite3.Conn) whose authorizer is set, and
+// to which kind (reader, a bool): setting it again would expire their
+// prepared statements. execOne's VACUUM restores the writer's.
+var armed sync.Map
+
+// armPolicy sets the policy's authorizer on conn, unless it has it.
 func armPolicy(conn *sql.Conn, reader bool) error {
 	a := writerAuthorizer
 	if reader {
 		a = readerAuthorizer
 	}
-	return rawConnErr(conn, func(c *sqlite3.Conn) error { return c.SetAuthorizer(a) })
+	return rawConnErr(conn, func(c *sqlite3.Conn) error {
+		if r, ok := armed.Load(c); ok && r.(bool) == reader {
+			return nil
+		}
+		if err := c.SetAuthorizer(a); err != nil {
+			armed.Delete(c)
+			return err
+		}
+		armed.Store(c, reader)
+		return nil
+	})
 }
 
 // authorizer is the policy's authorizer for a read or a writer connection;

@@ -2,15 +2,12 @@ package dbserver
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"sync"
-	"time"
 
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/borealis-db/borealis/internal/sqlclient"
-	"github.com/borealis-db/borealis/internal/sqlvfs"
 )
 
 // stmtCache keeps prepared statements of the writer connection, so that a
@@ -22,13 +19,16 @@ import (
 //
 // Every use is inside conn.Raw, which gives one goroutine the connection at
 // a time. SQLite will not close a connection with statements open, so they
-// are closed before execute discards a connection, and before the database
-// closes (sqlvfs.DB.OnClose).
+// are closed as it closes (the policy's sqlvfs.Options.OnClose).
 type stmtCache struct {
 	mu    sync.Mutex
 	conns map[*sqlite3.Conn]*connStmts
-	dbs   map[*sqlvfs.DB]bool
 }
+
+// preparedWrites is the statement cache of every writer connection of the
+// process; connections are keyed by their SQLite handle, dropped as they
+// close.
+var preparedWrites stmtCache
 
 // connStmts are one connection's statements, the oldest first out.
 type connStmts struct {
@@ -94,42 +94,6 @@ func (sc *stmtCache) drop(c *sqlite3.Conn) {
 		}
 		delete(sc.conns, c)
 	}
-}
-
-// dropConn closes the statements kept on conn's SQLite connection.
-func (sc *stmtCache) dropConn(conn *sql.Conn) {
-	_ = rawConn(conn, sc.drop)
-}
-
-// watch has the statements of db's writer connection closed before db
-// closes, once per database.
-func (sc *stmtCache) watch(db *sqlvfs.DB) {
-	sc.mu.Lock()
-	seen := sc.dbs[db]
-	if sc.dbs == nil {
-		sc.dbs = map[*sqlvfs.DB]bool{}
-	}
-	sc.dbs[db] = true
-	sc.mu.Unlock()
-	if seen {
-		return
-	}
-	db.OnClose(func() {
-		sc.mu.Lock()
-		delete(sc.dbs, db)
-		sc.mu.Unlock()
-		// The connection is free once the requests on it are done; one
-		// still running at close is not waited for long (its statements
-		// then stay, and so does the connection).
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		conn, err := db.Writer.Conn(ctx)
-		if err != nil {
-			return
-		}
-		sc.dropConn(conn)
-		conn.Close()
-	})
 }
 
 // execCached runs q with args as a statement kept on c, preparing it the

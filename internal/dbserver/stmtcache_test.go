@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/ncruces/go-sqlite3"
+
+	"github.com/borealis-db/borealis/internal/sqlvfs"
 )
 
 func memConn(t *testing.T) *sqlite3.Conn {
@@ -123,6 +125,55 @@ func TestCacheableWrites(t *testing.T) {
 	} {
 		if got := cacheable(q); got != want {
 			t.Errorf("cacheable(%q) = %v, want %v", q, got, want)
+		}
+	}
+}
+
+// Over the API, a repeated INSERT runs as one statement kept on the writer
+// connection, once the policy is armed; the database then closes cleanly:
+// SQLite refuses to close a connection with statements open, and the close
+// hook closes them first.
+func TestWriterKeepsItsInsertPreparedAndClosesCleanly(t *testing.T) {
+	ti := startTestInstance(t, Config{}, sqlvfs.Options{})
+	ti.ok(t, "/v1/execute", `{"statements":[{"sql":"CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)"}]}`, nil)
+	const ins = "INSERT INTO kv(k, v) VALUES (?, ?)"
+	for k := 1; k <= 5; k++ {
+		ti.ok(t, "/v1/execute", fmt.Sprintf(`{"statements":[{"sql":%q,"params":[%d,"v%d"]}]}`, ins, k, k), nil)
+	}
+	db := ti.DB()
+	conn, err := db.Writer.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept, open int
+	if err := rawConn(conn, func(c *sqlite3.Conn) {
+		if preparedWrites.get(c, ins) != nil {
+			kept++
+		}
+		open = stmtsOf(c)
+		if _, ok := armed.Load(c); !ok {
+			kept = -1
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	if kept != 1 || open != 1 {
+		t.Fatalf("after 5 INSERTs: kept %d (-1: the policy was not armed), %d statements open; want the one INSERT", kept, open)
+	}
+	var rows int
+	ti.ok(t, "/v1/query", `{"sql":"SELECT count(*) FROM kv"}`, nil)
+	if err := db.Reader.QueryRow("SELECT count(*) FROM kv").Scan(&rows); err != nil || rows != 5 {
+		t.Fatalf("%d rows, %v; want 5", rows, err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	preparedWrites.mu.Lock()
+	defer preparedWrites.mu.Unlock()
+	for c, cs := range preparedWrites.conns {
+		if cs.byQuery[ins] != nil {
+			t.Fatalf("connection %p closed with its statement kept", c)
 		}
 	}
 }

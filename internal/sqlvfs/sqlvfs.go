@@ -120,6 +120,10 @@ type Options struct {
 	// after the DSN's pragmas (reader tells which pool); a server that runs
 	// other people's SQL sets its authorizer there.
 	OnConnect func(c *sqlite3.Conn, reader bool) error
+	// OnClose, if set, runs as each connection of OpenDB's pools closes,
+	// before SQLite checks that none of its statements is left open: a user
+	// that keeps statements prepared on a connection closes them there.
+	OnClose func(c *sqlite3.Conn)
 	// MaxReadAge bounds how long a read transaction may stay pinned at its
 	// read point: past it, its page reads fail with ErrSnapshotTooOld (and a
 	// replica stops holding storage's GC back for it). 0: no bound.
@@ -149,6 +153,11 @@ func openPool(dsn string, opts Options, reader bool) (*sql.DB, error) {
 		// what it read (the schema): a new counter at the next SHARED makes
 		// it read again, under a transaction that waits.
 		f.rpValid = false
+		return nil
+	}, func(c *sqlite3.Conn) error {
+		if opts.OnClose != nil {
+			opts.OnClose(c)
+		}
 		return nil
 	})
 }
@@ -337,18 +346,6 @@ type DB struct {
 	d      *database
 	// opts, with defaults, open the pools (Promote opens Writer later).
 	opts Options
-	// beforeClose run first in Close (see OnClose).
-	closeMu     sync.Mutex
-	beforeClose []func()
-}
-
-// OnClose has f run at the start of Close, before the pools close: to
-// release what a user keeps on their connections (prepared statements,
-// which SQLite will not close a connection under).
-func (db *DB) OnClose(f func()) {
-	db.closeMu.Lock()
-	db.beforeClose = append(db.beforeClose, f)
-	db.closeMu.Unlock()
 }
 
 // Stats are a database's counters since it was opened.
@@ -444,13 +441,6 @@ func (db *DB) Stats() Stats {
 
 // Close closes both pools and removes the database from the registry.
 func (db *DB) Close() error {
-	db.closeMu.Lock()
-	hooks := db.beforeClose
-	db.beforeClose = nil
-	db.closeMu.Unlock()
-	for _, f := range hooks {
-		f()
-	}
 	var err error
 	if db.Reader != nil {
 		err = db.Reader.Close()
