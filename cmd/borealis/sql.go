@@ -669,7 +669,8 @@ func writeJSONLine(w io.Writer, v any) error {
 }
 
 // jsonRows is a result set as --json prints it: in the API's own form, blobs
-// as {"base64":...} and infinities as {"real":"Infinity"}.
+// as {"base64":...}, REALs with a point or an exponent (2.0) and infinities
+// as {"real":"Infinity"}.
 type jsonRows struct {
 	Columns []string `json:"columns"`
 	Types   []string `json:"types"`
@@ -685,12 +686,10 @@ func rowsJSON(r *sqlclient.Rows) *jsonRows {
 			case []byte:
 				v = map[string]string{"base64": base64.StdEncoding.EncodeToString(x)}
 			case float64:
-				// JSON numbers have no infinities; encoding/json refuses them.
-				if math.IsInf(x, 1) {
-					v = map[string]string{"real": "Infinity"}
-				} else if math.IsInf(x, -1) {
-					v = map[string]string{"real": "-Infinity"}
-				}
+				// As the server writes a REAL: 2.0, not 2, and the
+				// infinities, which JSON numbers cannot carry, as
+				// {"real":"Infinity"}.
+				v = sqlclient.Real(x)
 			}
 			out[j] = v
 		}
@@ -758,11 +757,7 @@ func printTable(ctx context.Context, w io.Writer, r *sqlclient.Rows) error {
 			if j >= len(row) {
 				continue
 			}
-			typ := ""
-			if j < len(r.Types) {
-				typ = r.Types[j]
-			}
-			s, n := tableCell(row[j], typ)
+			s, n := tableCell(row[j])
 			cells[i][j] = cell{s, n}
 			colWidth[j] = max(colWidth[j], n)
 			switch row[j].(type) {
@@ -825,19 +820,19 @@ func printTable(ctx context.Context, w io.Writer, r *sqlclient.Rows) error {
 // columns, at most maxCellWidth: text and numbers as formatValue shows
 // them, cut short if longer; a blob as an X'...' literal if that fits, else
 // as a summary of its size and first bytes.
-func tableCell(v any, typ string) (string, int) {
+func tableCell(v any) (string, int) {
 	switch v := v.(type) {
 	case string:
 		return cellText(v, maxCellWidth)
 	case []byte:
 		if 3+2*len(v) <= maxCellWidth {
-			s := formatValue(v, typ)
+			s := formatValue(v)
 			return s, len(s)
 		}
 		s := fmt.Sprintf("<blob %d bytes: %X%s>", len(v), v[:blobPrefixBytes], cellMore)
 		return cellText(s, maxCellWidth)
 	}
-	return cellText(formatValue(v, typ), maxCellWidth)
+	return cellText(formatValue(v), maxCellWidth)
 }
 
 // cellText is s with newlines, tabs and other control characters escaped
@@ -919,27 +914,16 @@ func runeWidth(r rune) int {
 // formatValue shows a value as sqlite3 would, except that NULL shows as
 // NULL (not as an empty string, which it is not), blobs as X'hex'
 // literals rather than raw bytes, and newlines, tabs and other control
-// characters in text escaped, as cellText does.
-func formatValue(v any, typ string) string {
+// characters in text escaped, as cellText does. An INTEGER (int64) has no
+// point, a REAL (float64) always has one (formatReal).
+func formatValue(v any) string {
 	switch v := v.(type) {
 	case nil:
 		return "NULL"
 	case int64:
-		// JSON has no 2.0; a column declared with REAL affinity shows it
-		// as SQLite would.
-		if realAffinity(typ) {
-			return strconv.FormatInt(v, 10) + ".0"
-		}
 		return strconv.FormatInt(v, 10)
 	case float64:
-		if math.IsInf(v, 0) {
-			return strings.TrimPrefix(strconv.FormatFloat(v, 'g', 15, 64), "+")
-		}
-		s := strconv.FormatFloat(v, 'g', 15, 64)
-		if !strings.ContainsAny(s, ".eEIN") {
-			s += ".0"
-		}
-		return s
+		return formatReal(v)
 	case string:
 		s, _ := cellText(v, -1)
 		return s
@@ -954,12 +938,54 @@ func formatValue(v any, typ string) string {
 	return fmt.Sprint(v)
 }
 
-func realAffinity(typ string) bool {
-	t := strings.ToUpper(typ)
-	if strings.Contains(t, "INT") || strings.Contains(t, "CHAR") || strings.Contains(t, "CLOB") || strings.Contains(t, "TEXT") || strings.Contains(t, "BLOB") {
-		return false
+// formatReal shows a REAL as SQLite writes one as text (CAST(x AS TEXT),
+// and so the sqlite3 shell): with a point or an exponent even when it is
+// whole (2.0, 1.0e+300), in fixed notation from 1.0e-04 up to below 1e17 and
+// with an exponent of at least two digits beyond (1.0e-05, 1.0e+17); Inf
+// and -Inf. The digits are the fewest that read back as x, so the value
+// shown is the one the server sent, where SQLite sometimes writes 17
+// (123456789012345.59 for 123456789012345.6); and -0.0 keeps its sign,
+// which SQLite drops.
+func formatReal(x float64) string {
+	if math.IsInf(x, 0) {
+		if x < 0 {
+			return "-Inf"
+		}
+		return "Inf"
 	}
-	return strings.Contains(t, "REAL") || strings.Contains(t, "FLOA") || strings.Contains(t, "DOUB")
+	e := strconv.FormatFloat(x, 'e', -1, 64) // -d.ddde±dd
+	mant, exp, _ := strings.Cut(e, "e")
+	neg := strings.HasPrefix(mant, "-")
+	digits := strings.Replace(strings.TrimPrefix(mant, "-"), ".", "", 1)
+	n, _ := strconv.Atoi(exp)
+	var b strings.Builder
+	if neg {
+		b.WriteByte('-')
+	}
+	switch {
+	case n < -4 || n >= 17:
+		b.WriteString(digits[:1])
+		b.WriteByte('.')
+		if len(digits) > 1 {
+			b.WriteString(digits[1:])
+		} else {
+			b.WriteByte('0')
+		}
+		fmt.Fprintf(&b, "e%+03d", n)
+	case n < 0:
+		b.WriteString("0.")
+		b.WriteString(strings.Repeat("0", -n-1))
+		b.WriteString(digits)
+	case len(digits) > n+1:
+		b.WriteString(digits[:n+1])
+		b.WriteByte('.')
+		b.WriteString(digits[n+1:])
+	default:
+		b.WriteString(digits)
+		b.WriteString(strings.Repeat("0", n+1-len(digits)))
+		b.WriteString(".0")
+	}
+	return b.String()
 }
 
 const sqlHelp = `Statements end with ';' and may span lines. Reads run on a read
@@ -992,7 +1018,7 @@ func (s *sqlSession) dot(ctx context.Context, line string) (quit bool, err error
 		}
 		var names []string
 		for _, r := range rows.Rows {
-			names = append(names, formatValue(r[0], ""))
+			names = append(names, formatValue(r[0]))
 		}
 		return false, printNameColumns(s.out, names, 80)
 	case ".schema":
@@ -1011,7 +1037,7 @@ func (s *sqlSession) dot(ctx context.Context, line string) (quit bool, err error
 			return false, writeJSONLine(s.out, rowsJSON(rows))
 		}
 		for _, r := range rows.Rows {
-			if _, err := fmt.Fprintf(s.out, "%s;\n", formatValue(r[0], "")); err != nil {
+			if _, err := fmt.Fprintf(s.out, "%s;\n", formatValue(r[0])); err != nil {
 				return false, err
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/ncruces/go-sqlite3"
 
 	"github.com/borealis-db/borealis/internal/sqlclient"
 )
@@ -280,31 +283,128 @@ func TestSQLNoServer(t *testing.T) {
 	}
 }
 
+// A value shows as sqlite3 shows it: an INTEGER without a point, whatever
+// its column's declared type, and a REAL always with one.
 func TestFormatValue(t *testing.T) {
 	for _, tc := range []struct {
 		v    any
-		typ  string
 		want string
 	}{
-		{nil, "", "NULL"},
-		{"", "TEXT", ""},
-		{"two\nlines\tand a tab", "TEXT", `two\nlines\tand a tab`},
-		{math.Inf(1), "REAL", "Inf"},
-		{math.Inf(-1), "REAL", "-Inf"},
-		{int64(-3), "INTEGER", "-3"},
-		{int64(2), "REAL", "2.0"},
-		{int64(2), "DOUBLE PRECISION", "2.0"},
-		{int64(2), "", "2"},
-		{2.5, "", "2.5"},
-		{1e20, "", "1e+20"},
-		{0.1, "", "0.1"},
-		{"héllo", "TEXT", "héllo"},
-		{[]byte{0xde, 0xad}, "BLOB", "X'DEAD'"},
+		{nil, "NULL"},
+		{"", ""},
+		{"two\nlines\tand a tab", `two\nlines\tand a tab`},
+		{math.Inf(1), "Inf"},
+		{math.Inf(-1), "-Inf"},
+		{int64(-3), "-3"},
+		{int64(2), "2"},
+		{int64(9007199254740993), "9007199254740993"},
+		{2.0, "2.0"},
+		{math.Copysign(0, -1), "-0.0"},
+		{0.0, "0.0"},
+		{2.5, "2.5"},
+		{-2.5, "-2.5"},
+		{0.1, "0.1"},
+		{0.30000000000000004, "0.30000000000000004"},
+		{100.0, "100.0"},
+		{0.0001, "0.0001"},
+		{0.00012345, "0.00012345"},
+		{1e-5, "1.0e-05"},
+		{-1.5e-7, "-1.5e-07"},
+		{1e15, "1000000000000000.0"},
+		{1e16, "10000000000000000.0"},
+		{1e17, "1.0e+17"},
+		{1e20, "1.0e+20"},
+		{-1e300, "-1.0e+300"},
+		{1.2345678901234567e+19, "1.2345678901234567e+19"},
+		{9007199254740993.0, "9007199254740992.0"},
+		{5e-324, "5.0e-324"},
+		{"héllo", "héllo"},
+		{[]byte{0xde, 0xad}, "X'DEAD'"},
 	} {
-		if got := formatValue(tc.v, tc.typ); got != tc.want {
-			t.Errorf("formatValue(%v, %q) = %q; want %q", tc.v, tc.typ, got, tc.want)
+		if got := formatValue(tc.v); got != tc.want {
+			t.Errorf("formatValue(%#v) = %q; want %q", tc.v, got, tc.want)
 		}
 	}
+}
+
+// formatReal lays a REAL out as SQLite itself writes it as text, for every
+// value whose shortest digits SQLite writes too (where it writes more, it
+// writes up to 17 digits; formatReal writes the shortest); and every REAL
+// it shows reads back as itself.
+func TestFormatRealAsSQLite(t *testing.T) {
+	c, err := sqlite3.Open(":memory:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	st, _, err := c.Prepare(`SELECT CAST(? AS TEXT)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	sqliteText := func(x float64) string {
+		t.Helper()
+		if err := st.BindFloat(1, x); err != nil {
+			t.Fatal(err)
+		}
+		if !st.Step() {
+			t.Fatal(st.Err())
+		}
+		s := st.ColumnText(0)
+		if err := st.Reset(); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	var vals []float64
+	for e := -12; e <= 25; e++ {
+		p := math.Pow10(e)
+		vals = append(vals, p, 1.5*p, -3.25*p, 123.456*p)
+	}
+	vals = append(vals, 0, 2, 3, 0.1, 0.1+0.2, 1.0/3, 2.0/3, 4.35, 1e300, -1e-300, math.MaxFloat64, math.SmallestNonzeroFloat64*1e300, 9007199254740993)
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		vals = append(vals, math.Float64frombits(rnd.Uint64()), rnd.Float64()*1000, float64(rnd.IntN(1e6))/100)
+	}
+	compared := 0
+	for _, x := range vals {
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			continue
+		}
+		got := formatReal(x)
+		if y, err := strconv.ParseFloat(got, 64); err != nil || y != x || math.Signbit(y) != math.Signbit(x) {
+			t.Errorf("formatReal(%v) = %q, which reads back as %v, %v", x, got, y, err)
+		}
+		if !strings.Contains(got, ".") {
+			t.Errorf("formatReal(%v) = %q: no point", x, got)
+		}
+		want := sqliteText(x)
+		if significantDigits(want) >= 17 {
+			// SQLite writes 17 digits, of which x may need fewer (or others:
+			// both read back as x).
+			continue
+		}
+		compared++
+		if got != want {
+			t.Errorf("formatReal(%v) = %q; SQLite writes %q", x, got, want)
+		}
+	}
+	if compared < len(vals)/3 {
+		t.Errorf("compared with SQLite only %d of %d values", compared, len(vals))
+	}
+}
+
+// significantDigits counts the digits of a number's text, from its first
+// nonzero digit to its last, exponent aside.
+func significantDigits(num string) int {
+	mant, _, _ := strings.Cut(num, "e")
+	digits := strings.Trim(strings.Map(func(r rune) rune {
+		if r >= '0' && r <= '9' {
+			return r
+		}
+		return -1
+	}, mant), "0")
+	return len(digits)
 }
 
 func TestPrintTableAlignsColumns(t *testing.T) {
@@ -312,10 +412,11 @@ func TestPrintTableAlignsColumns(t *testing.T) {
 	printTable(context.Background(), &b, &sqlclient.Rows{
 		Columns: []string{"id", "name", "score"},
 		Types:   []string{"INTEGER", "TEXT", "REAL"},
-		Rows:    [][]any{{int64(1), "ålice", 3.5}, {int64(100), nil, int64(12)}, {int64(7), "世界", 1.5}},
+		Rows:    [][]any{{int64(1), "ålice", 3.5}, {int64(100), nil, 12.0}, {int64(7), "世界", int64(2)}},
 	})
-	// Wide characters take two columns.
-	want := " id  name   score\n---  -----  -----\n  1  ålice    3.5\n100  NULL    12.0\n  7  世界     1.5\n"
+	// Wide characters take two columns; a REAL has a point, an INTEGER
+	// none, whatever the column's declared type.
+	want := " id  name   score\n---  -----  -----\n  1  ålice    3.5\n100  NULL    12.0\n  7  世界       2\n"
 	if b.String() != want {
 		t.Fatalf("table:\n%s\nwant:\n%s", b.String(), want)
 	}
@@ -627,6 +728,29 @@ func TestSQLPrintsInfinities(t *testing.T) {
 	out, err = runSQL(t, w, "", "-e", "SELECT 1e300*1e10")
 	if want := "   x\n----\n Inf\n-Inf\n 1.5\n"; err != nil || out != want {
 		t.Fatalf("table: %q, %v; want %q", out, err, want)
+	}
+}
+
+// A REAL prints as one, 2.0 not 2, in a table and in --json alike, and an
+// INTEGER without a point, every digit kept, whatever the column's type
+// says (a column of mixed values is ANY).
+func TestSQLPrintsRealsAsReals(t *testing.T) {
+	const rows = `"columns":["a","b","c","d","e","f","g","h"],"types":["REAL","REAL","REAL","INTEGER","INTEGER","REAL","REAL","ANY"],` +
+		`"rows":[[2.0,3.0,-0.0,1,9007199254740993,1e+300,0.1,2],[0.30000000000000004,100000000000000000000.0,1.5e-7,-2,-9223372036854775808,{"real":"-Infinity"},null,2.0]]`
+	w := newSQLWire(t, func(path string, body map[string]any) (int, string) {
+		return 200, "{" + rows + "}"
+	})
+	out, err := runSQL(t, w, "", "-e", "SELECT ...")
+	want := "                  a        b        c   d                     e         f     g    h\n" +
+		"-------------------  -------  -------  --  --------------------  --------  ----  ---\n" +
+		"                2.0      3.0     -0.0   1      9007199254740993  1.0e+300   0.1    2\n" +
+		"0.30000000000000004  1.0e+20  1.5e-07  -2  -9223372036854775808      -Inf  NULL  2.0\n"
+	if err != nil || out != want {
+		t.Fatalf("table: %v\n%s\nwant:\n%s", err, out, want)
+	}
+	out, err = runSQL(t, w, "", "--json", "-e", "SELECT ...")
+	if want := "{" + rows + "}\n"; err != nil || out != want {
+		t.Fatalf("--json: %v\n%s\nwant:\n%s", err, out, want)
 	}
 }
 
