@@ -1461,9 +1461,11 @@ type StatsResponse struct {
 	DiskBytes         uint64                 `protobuf:"varint,9,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
 	Segments          uint32                 `protobuf:"varint,10,opt,name=segments,proto3" json:"segments,omitempty"`
 	// Pull requests this node answered (gossip and recovery).
-	PullsServed   uint64 `protobuf:"varint,11,opt,name=pulls_served,json=pullsServed,proto3" json:"pulls_served,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PullsServed uint64 `protobuf:"varint,11,opt,name=pulls_served,json=pullsServed,proto3" json:"pulls_served,omitempty"`
+	// Bytes the node's store wrote to its files since the node started.
+	FileBytesWritten uint64 `protobuf:"varint,12,opt,name=file_bytes_written,json=fileBytesWritten,proto3" json:"file_bytes_written,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StatsResponse) Reset() {
@@ -1569,6 +1571,13 @@ func (x *StatsResponse) GetSegments() uint32 {
 func (x *StatsResponse) GetPullsServed() uint64 {
 	if x != nil {
 		return x.PullsServed
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetFileBytesWritten() uint64 {
+	if x != nil {
+		return x.FileBytesWritten
 	}
 	return 0
 }
@@ -1752,7 +1761,7 @@ const file_storage_proto_rawDesc = "" +
 	"\x05prior\x18\a \x03(\v2\x17.borealis.v1.TruncationR\x05prior\"$\n" +
 	"\x10TruncateResponse\x12\x10\n" +
 	"\x03scl\x18\x01 \x01(\x04R\x03scl\"\x0e\n" +
-	"\fStatsRequest\"\xfd\x02\n" +
+	"\fStatsRequest\"\xab\x03\n" +
 	"\rStatsResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x0e\n" +
 	"\x02az\x18\x02 \x01(\tR\x02az\x12\x16\n" +
@@ -1766,7 +1775,8 @@ const file_storage_proto_rawDesc = "" +
 	"disk_bytes\x18\t \x01(\x04R\tdiskBytes\x12\x1a\n" +
 	"\bsegments\x18\n" +
 	" \x01(\rR\bsegments\x12!\n" +
-	"\fpulls_served\x18\v \x01(\x04R\vpullsServed\"t\n" +
+	"\fpulls_served\x18\v \x01(\x04R\vpullsServed\x12,\n" +
+	"\x12file_bytes_written\x18\f \x01(\x04R\x10fileBytesWritten\"t\n" +
 	"\vErrorDetail\x12+\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x13.borealis.v1.ReasonR\x06reason\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\x04R\x06volume\x12\x0e\n" +

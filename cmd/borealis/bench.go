@@ -56,6 +56,8 @@ type commitLevel struct {
 	StorageCPUUsPerTxnByNode map[string]float64 `json:"storage_cpu_us_per_txn_by_node,omitempty"`
 	DiskBytesPerTxnPerNode   float64            `json:"disk_bytes_per_txn_per_node"`
 	DiskBytesPerTxnByNode    map[string]float64 `json:"disk_bytes_per_txn_by_node,omitempty"`
+	// DeviceBytesPerTxn: the machine's disks, all processes (see levelCost).
+	DeviceBytesPerTxn float64 `json:"device_bytes_per_txn"`
 }
 
 type commitReport struct {
@@ -182,6 +184,7 @@ removed with its temporary directory, unless --keep is given.`,
 			}
 			rep := commitReport{Nodes: len(members), DurationS: duration.Seconds()}
 			meter, unmetered := newCostMeter(comps, true)
+			defer meter.close()
 			rep.Unmetered = unmetered
 			for _, n := range levels {
 				fmt.Fprintf(progress, "running %d committers for %s\n", n, duration)
@@ -223,12 +226,13 @@ removed with its temporary directory, unless --keep is given.`,
 			}
 			var ls []int
 			var costs []componentCPU
-			var disk, perRecord []float64
+			var disk, device, perRecord []float64
 			for _, l := range rep.Levels {
 				ls, costs = append(ls, l.Committers), append(costs, l.CPUUsPerTxn)
 				disk, perRecord = append(disk, l.DiskBytesPerTxnPerNode), append(perRecord, l.CPUUsPerTxn.StoragePerNode)
+				device = append(device, l.DeviceBytesPerTxn)
 			}
-			printCosts(out, "commit", ls, costs, disk, perRecord)
+			printCosts(out, "commit", ls, costs, disk, device, perRecord)
 			return cleanupErr
 		},
 	}
@@ -374,7 +378,7 @@ func runCommitLevel(ctx context.Context, cfg volume.Config, members []volume.Mem
 		return commitLevel{}, err
 	}
 	st0 := vol.Stats()
-	c0 := meter.sample()
+	c0 := meter.sample(ctx)
 	var mu sync.Mutex
 	var lat []time.Duration
 	var firstErr error
@@ -414,7 +418,7 @@ func runCommitLevel(ctx context.Context, cfg volume.Config, members []volume.Mem
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	c1 := meter.sample()
+	c1 := meter.sample(ctx)
 	if firstErr != nil {
 		return commitLevel{}, firstErr
 	}
@@ -434,6 +438,7 @@ func runCommitLevel(ctx context.Context, cfg volume.Config, members []volume.Mem
 		StorageCPUUsPerTxnByNode: cost.StorageCPUByNode,
 		DiskBytesPerTxnPerNode:   cost.DiskBytesPerNode,
 		DiskBytesPerTxnByNode:    cost.DiskBytesByNode,
+		DeviceBytesPerTxn:        cost.DeviceBytes,
 
 		Committers:        committers,
 		Commits:           len(lat),

@@ -44,6 +44,8 @@ type sqlInsertLevel struct {
 	StorageCPUUsPerRecordPerNode float64            `json:"storage_cpu_us_per_record_per_node"`
 	DiskBytesPerTxnPerNode       float64            `json:"disk_bytes_per_txn_per_node"`
 	DiskBytesPerTxnByNode        map[string]float64 `json:"disk_bytes_per_txn_by_node,omitempty"`
+	// DeviceBytesPerTxn: the machine's disks, all processes (see levelCost).
+	DeviceBytesPerTxn float64 `json:"device_bytes_per_txn"`
 }
 
 type sqlSelectLevel struct {
@@ -313,6 +315,7 @@ func runSQLBench(ctx context.Context, endpoint string, comps []cluster.Component
 	}
 	rep = &sqlBenchReport{Endpoint: endpoint, Table: table, DurationS: d.Seconds()}
 	meter, unmetered := newCostMeter(comps, false)
+	defer meter.close()
 	rep.Unmetered = unmetered
 
 	var lastKey atomic.Int64
@@ -344,9 +347,9 @@ func runSQLBench(ctx context.Context, endpoint string, comps []cluster.Component
 			}
 			wait = fetchCPUProfiles(ctx, targets, pprofDir, fmt.Sprintf("insert-c%d", n), d, progress)
 		}
-		c0 := meter.sample()
+		c0 := meter.sample(ctx)
 		lat, elapsed, err := runSQLLevel(ctx, n, d, insertOne)
-		c1 := meter.sample()
+		c1 := meter.sample(ctx)
 		wait()
 		if err != nil {
 			return nil, fmt.Errorf("INSERT with %d clients: %w", n, err)
@@ -372,6 +375,7 @@ func runSQLBench(ctx context.Context, endpoint string, comps []cluster.Component
 			StorageCPUUsPerRecordPerNode: cost.StorageCPUPerRecord,
 			DiskBytesPerTxnPerNode:       cost.DiskBytesPerNode,
 			DiskBytesPerTxnByNode:        cost.DiskBytesByNode,
+			DeviceBytesPerTxn:            cost.DeviceBytes,
 		})
 	}
 	keys := lastKey.Load()
@@ -541,12 +545,13 @@ func printSQLBench(out io.Writer, rep *sqlBenchReport) {
 	tw.Flush()
 	var levels []int
 	var costs []componentCPU
-	var disk, perRecord []float64
+	var disk, device, perRecord []float64
 	for _, l := range rep.Insert {
 		levels, costs = append(levels, l.Clients), append(costs, l.CPUUsPerTxn)
 		disk, perRecord = append(disk, l.DiskBytesPerTxnPerNode), append(perRecord, l.StorageCPUUsPerRecordPerNode)
+		device = append(device, l.DeviceBytesPerTxn)
 	}
-	printCosts(out, "INSERT", levels, costs, disk, perRecord)
+	printCosts(out, "INSERT", levels, costs, disk, device, perRecord)
 	if len(rep.Unmetered) > 0 {
 		fmt.Fprintf(out, "(not metered: %s, whose processes are not on this machine)\n", strings.Join(rep.Unmetered, ", "))
 	}

@@ -1,7 +1,9 @@
 // Package procstat reads what a process has cost the machine so far, from
-// Linux's /proc: its CPU time (user and system, all threads) and the bytes
-// it caused to be written to disk. Benchmarks sample it before and after a
-// level and divide the difference by the work done.
+// Linux's /proc: its CPU time (user and system, all threads). Benchmarks
+// sample it before and after a level and divide the difference by the work
+// done. (Not the bytes written: /proc/PID/io write_bytes charges a whole
+// large folio of the page cache each time a page of it is dirtied, so on
+// current kernels it overstates an fsync'd log's writes many times over.)
 package procstat
 
 import (
@@ -19,16 +21,11 @@ type Usage struct {
 	// CPU is user plus system time of every thread of the process, at the
 	// kernel's clock-tick resolution.
 	CPU time.Duration
-	// WriteBytes is what the process caused to be sent to the storage
-	// layer (/proc/PID/io write_bytes): page-cache writeback and direct
-	// writes, not what it merely copied into the page cache and removed
-	// before writeback.
-	WriteBytes uint64
 }
 
 // Sub is u minus an earlier sample.
 func (u Usage) Sub(earlier Usage) Usage {
-	return Usage{CPU: u.CPU - earlier.CPU, WriteBytes: u.WriteBytes - earlier.WriteBytes}
+	return Usage{CPU: u.CPU - earlier.CPU}
 }
 
 // clockTick is the unit of /proc/PID/stat's times: USER_HZ, which Linux
@@ -49,15 +46,7 @@ func Read(pid int) (Usage, error) {
 	if err != nil {
 		return Usage{}, fmt.Errorf("%s/stat: %w", dir, err)
 	}
-	io, err := os.ReadFile(filepath.Join(dir, "io"))
-	if err != nil {
-		return Usage{}, err
-	}
-	wb, err := parseIO(io)
-	if err != nil {
-		return Usage{}, fmt.Errorf("%s/io: %w", dir, err)
-	}
-	return Usage{CPU: cpu, WriteBytes: wb}, nil
+	return Usage{CPU: cpu}, nil
 }
 
 // parseStat returns utime+stime of a /proc/PID/stat line. The command name
@@ -82,15 +71,6 @@ func parseStat(b []byte) (time.Duration, error) {
 		return 0, fmt.Errorf("stime: %w", err)
 	}
 	return time.Duration(utime+stime) * clockTick, nil
-}
-
-func parseIO(b []byte) (uint64, error) {
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "write_bytes:"); ok {
-			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("no write_bytes line")
 }
 
 // MachineBusy is the time every CPU of the machine has spent not idle
@@ -123,6 +103,42 @@ func parseMachineBusy(b []byte) (time.Duration, error) {
 		busy += n
 	}
 	return time.Duration(busy) * clockTick, nil
+}
+
+// DeviceWritten is the bytes written to the machine's block devices since
+// boot, by every process and the file systems themselves (journal, metadata):
+// the sectors /proc/diskstats counts for each whole device (those in
+// /sys/block, not their partitions; loop and zram devices left out, as they
+// store nothing on a disk).
+func DeviceWritten() (uint64, error) {
+	b, err := os.ReadFile("/proc/diskstats")
+	if err != nil {
+		return 0, err
+	}
+	return parseDiskstats(b, func(name string) bool {
+		if strings.HasPrefix(name, "loop") || strings.HasPrefix(name, "zram") || strings.HasPrefix(name, "ram") {
+			return false
+		}
+		_, err := os.Stat(filepath.Join("/sys/block", name))
+		return err == nil
+	})
+}
+
+func parseDiskstats(b []byte, whole func(string) bool) (uint64, error) {
+	var total uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 10 || !whole(f[2]) {
+			continue
+		}
+		// Field 10 (f[9]) is sectors written, always of 512 bytes.
+		n, err := strconv.ParseUint(f[9], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/diskstats: %s: %w", f[2], err)
+		}
+		total += n * 512
+	}
+	return total, nil
 }
 
 // DirBytes is the space the files under dir take on disk (allocated

@@ -22,16 +22,6 @@ func TestParseStatCountsFieldsFromTheLastParenthesis(t *testing.T) {
 	}
 }
 
-func TestParseIO(t *testing.T) {
-	got, err := parseIO([]byte("rchar: 1\nwchar: 2\nsyscr: 3\nsyscw: 4\nread_bytes: 5\nwrite_bytes: 40960\ncancelled_write_bytes: 0\n"))
-	if err != nil || got != 40960 {
-		t.Fatalf("write_bytes = %d, %v; want 40960", got, err)
-	}
-	if _, err := parseIO([]byte("rchar: 1\n")); err == nil {
-		t.Fatal("io without write_bytes parsed")
-	}
-}
-
 func TestReadSeesThisProcessSpendCPU(t *testing.T) {
 	before, err := Read(0)
 	if err != nil {
@@ -91,5 +81,19 @@ func TestParseMachineBusyLeavesIdleAndIOWaitOut(t *testing.T) {
 	}
 	if _, err := MachineBusy(); err != nil {
 		t.Errorf("this machine's /proc/stat: %v", err)
+	}
+}
+
+func TestParseDiskstatsCountsWholeDevices(t *testing.T) {
+	const stats = `   7       0 loop0 10 0 20 0 0 0 999 0 0 0 0
+ 254       0 vda 100 5 2000 30 40 6 800 50 0 60 70
+ 254       1 vda1 90 5 1900 30 40 6 790 50 0 60 70
+`
+	got, err := parseDiskstats([]byte(stats), func(name string) bool { return name == "vda" })
+	if err != nil || got != 800*512 {
+		t.Fatalf("parseDiskstats = %d, %v; want %d (vda's sectors written, not loop0's or the partition's)", got, err, 800*512)
+	}
+	if _, err := DeviceWritten(); err != nil {
+		t.Errorf("this machine's /proc/diskstats: %v", err)
 	}
 }

@@ -7,22 +7,36 @@ import (
 )
 
 // syncCountingFS counts the syncs Pebble really issues, so that group commit
-// is measured at the file system rather than inferred from our own loop. Its
-// files do not preallocate (see syncCountingFile.Preallocate).
+// is measured at the file system rather than inferred from our own loop, and
+// the bytes it writes to its files (what the node costs the disk: the
+// kernel's own per-process count, /proc/PID/io write_bytes, charges a whole
+// large folio each time a page of it is dirtied). Its files do not
+// preallocate (see syncCountingFile.Preallocate); its logs are zeroed ahead
+// instead (see zeroAheadFile).
 type syncCountingFS struct {
 	vfs.FS
-	syncs *atomic.Uint64
+	syncs, written *atomic.Uint64
 }
 
 func (fs syncCountingFS) wrap(f vfs.File, err error) (vfs.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return syncCountingFile{File: f, syncs: fs.syncs}, nil
+	return syncCountingFile{File: f, syncs: fs.syncs, written: fs.written}, nil
+}
+
+// wrapLog wraps a file being written from its start: a write-ahead log
+// keeps zeros ahead of its writes (see zeroAheadFile).
+func (fs syncCountingFS) wrapLog(name string, f vfs.File, err error) (vfs.File, error) {
+	if err == nil && isWAL(name) {
+		f, err = newZeroAheadFile(f, fs.written)
+	}
+	return fs.wrap(f, err)
 }
 
 func (fs syncCountingFS) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
-	return fs.wrap(fs.FS.Create(name, c))
+	f, err := fs.FS.Create(name, c)
+	return fs.wrapLog(name, f, err)
 }
 
 func (fs syncCountingFS) OpenReadWrite(name string, c vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
@@ -30,12 +44,25 @@ func (fs syncCountingFS) OpenReadWrite(name string, c vfs.DiskWriteCategory, opt
 }
 
 func (fs syncCountingFS) ReuseForWrite(oldname, newname string, c vfs.DiskWriteCategory) (vfs.File, error) {
-	return fs.wrap(fs.FS.ReuseForWrite(oldname, newname, c))
+	f, err := fs.FS.ReuseForWrite(oldname, newname, c)
+	return fs.wrapLog(newname, f, err)
 }
 
 type syncCountingFile struct {
 	vfs.File
-	syncs *atomic.Uint64
+	syncs, written *atomic.Uint64
+}
+
+func (f syncCountingFile) Write(p []byte) (int, error) {
+	n, err := f.File.Write(p)
+	f.written.Add(uint64(n))
+	return n, err
+}
+
+func (f syncCountingFile) WriteAt(p []byte, off int64) (int, error) {
+	n, err := f.File.WriteAt(p, off)
+	f.written.Add(uint64(n))
+	return n, err
 }
 
 func (f syncCountingFile) Sync() error {

@@ -17,6 +17,7 @@ func (n *Node) MetricsHandler() http.Handler {
 		}, func() float64 { return float64(f()) }))
 	}
 	counter("fsyncs_total", "File syncs issued by the store.", n.stats.fsyncs.Load)
+	counter("file_written_bytes_total", "Bytes the store wrote to its files (logs, tables, manifests, and the zeros kept ahead of its logs).", n.stats.fileBytes.Load)
 	counter("group_commits_total", "Synced group commits.", n.stats.groupCommits.Load)
 	counter("append_requests_total", "Append requests accepted.", n.stats.appendRequests.Load)
 	counter("records_appended_total", "Records accepted from the writer.", n.stats.recordsAppended.Load)

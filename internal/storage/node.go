@@ -112,6 +112,7 @@ type Node struct {
 
 type counters struct {
 	fsyncs            atomic.Uint64
+	fileBytes         atomic.Uint64
 	groupCommits      atomic.Uint64
 	appendRequests    atomic.Uint64
 	recordsAppended   atomic.Uint64
@@ -177,7 +178,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	opts := &pebble.Options{
-		FS:           syncCountingFS{FS: vfs.Default, syncs: &n.stats.fsyncs},
+		FS:           syncCountingFS{FS: vfs.Default, syncs: &n.stats.fsyncs, written: &n.stats.fileBytes},
 		Logger:       pebbleLogger{n.log},
 		MemTableSize: cfg.MemTableBytes,
 		EventListener: &pebble.EventListener{

@@ -411,5 +411,6 @@ func (n *Node) Stats() *pb.StatsResponse {
 		DiskBytes:         n.DiskUsage(),
 		Segments:          uint32(segs),
 		PullsServed:       n.stats.pullsServed.Load(),
+		FileBytesWritten:  n.stats.fileBytes.Load(),
 	}
 }
