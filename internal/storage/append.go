@@ -3,6 +3,7 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -236,6 +237,9 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 		n.stats.recordsPulled.Add(accepted)
 	} else {
 		n.stats.recordsAppended.Add(accepted)
+	}
+	if accepted > 0 {
+		n.lastAppend.Store(time.Now().UnixNano())
 	}
 	if len(writes) == 0 && len(sclWrites) == 0 && len(vdlWrites) == 0 {
 		return nil, touched, nil

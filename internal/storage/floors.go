@@ -51,3 +51,15 @@ func collectFloor(h horizons) (uint64, bool) {
 	}
 	return floor, true
 }
+
+// idleFlushDue says whether the store's memtables are worth flushing now
+// that the node is idle: appends stopped at least idle ago (sinceAppend),
+// nothing was flushed since (flushedSince), and the logs the memtables keep
+// alive hold more than minLog bytes. Pebble flushes a memtable only once the
+// queued ones reach its memtable size, so a quiet node would otherwise keep
+// every record it ever took, and the versions and deletions that replaced
+// them, in its logs: a footprint of many times its live data, and a long
+// replay at restart. A flush keeps only what is live, and frees the logs.
+func idleFlushDue(sinceAppend, idle time.Duration, flushedSince bool, logBytes, minLog uint64) bool {
+	return sinceAppend >= idle && !flushedSince && logBytes > minLog
+}

@@ -50,3 +50,23 @@ func TestCollectFloor(t *testing.T) {
 		}
 	}
 }
+
+func TestIdleFlushDue(t *testing.T) {
+	const idle, minLog = 5 * time.Second, 1 << 20
+	for _, c := range []struct {
+		name         string
+		sinceAppend  time.Duration
+		flushedSince bool
+		logBytes     uint64
+		want         bool
+	}{
+		{"appends going on", time.Second, false, 64 << 20, false},
+		{"idle, with logs to free", idle, false, 8 << 20, true},
+		{"idle, flushed already", 10 * idle, true, 8 << 20, false},
+		{"idle, logs too small to matter", idle, false, minLog, false},
+	} {
+		if got := idleFlushDue(c.sinceAppend, idle, c.flushedSince, c.logBytes, minLog); got != c.want {
+			t.Errorf("%s: idleFlushDue = %v, want %v", c.name, got, c.want)
+		}
+	}
+}

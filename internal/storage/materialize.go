@@ -21,6 +21,8 @@ const (
 	// maxYield bounds how long background work defers to appends, so that a
 	// steady write load cannot starve it and let the log grow without limit.
 	maxYield = 20 * time.Millisecond
+	// idleFlushMinLog: logs smaller than this are not worth an idle flush.
+	idleFlushMinLog = 4 << 20
 )
 
 func (n *Node) materializeLoop() {
@@ -50,7 +52,28 @@ func (n *Node) materializeLoop() {
 				}
 			}
 		}
+		n.maybeIdleFlush()
 	}
+}
+
+// maybeIdleFlush flushes the store's memtables once appends have stopped
+// for a while (see idleFlushDue), after the steps above folded and
+// collected what they could.
+func (n *Node) maybeIdleFlush() {
+	last := n.lastAppend.Load()
+	if last == 0 {
+		return
+	}
+	live, _ := n.WALBytes()
+	if !idleFlushDue(time.Since(time.Unix(0, last)), n.cfg.IdleFlushAfter, n.flushedAt >= last, live, idleFlushMinLog) {
+		return
+	}
+	if err := n.db.Flush(); err != nil {
+		n.log.Error("idle flush failed", "err", err)
+		return
+	}
+	n.flushedAt = last
+	n.log.Debug("flushed the memtables of an idle store", "log_bytes", live)
 }
 
 // backgroundStep materializes, or else collects, one chunk of a segment,

@@ -38,6 +38,10 @@ type Config struct {
 	// MaterializeInterval is how often the materializer looks for work when
 	// idle. Default 50ms.
 	MaterializeInterval time.Duration
+	// IdleFlushAfter is how long appends must have stopped before the
+	// store's memtables are flushed, freeing the logs they keep (see
+	// idleFlushDue). Default 5s.
+	IdleFlushAfter time.Duration
 	// MinFreeBytes is the free disk space below which appends are refused
 	// with DISK_FULL, so that the store never runs out of space in the middle
 	// of a write. Default 64 MiB.
@@ -73,6 +77,12 @@ type Node struct {
 	// dropMu is held by each materializer step and by DropVolumes, so that
 	// no step writes into a volume after it is dropped.
 	dropMu sync.Mutex
+
+	// lastAppend is when an append last stored records (unix nanos);
+	// flushedAt, the lastAppend an idle flush last covered (materializer
+	// goroutine only). See maybeIdleFlush.
+	lastAppend atomic.Int64
+	flushedAt  int64
 	// hooks let tests stop the node at chosen points; nil otherwise.
 	hooks struct {
 		// materializeCommit runs in a materializer step, under dropMu,
@@ -135,6 +145,9 @@ func Open(cfg Config) (*Node, error) {
 	}
 	if cfg.GossipInterval <= 0 {
 		cfg.GossipInterval = 200 * time.Millisecond
+	}
+	if cfg.IdleFlushAfter <= 0 {
+		cfg.IdleFlushAfter = 5 * time.Second
 	}
 	if cfg.MaterializeInterval <= 0 {
 		cfg.MaterializeInterval = 50 * time.Millisecond

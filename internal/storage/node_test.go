@@ -14,6 +14,7 @@ import (
 	"github.com/borealis-db/borealis/internal/procstat"
 	"github.com/borealis-db/borealis/internal/redo"
 	"github.com/borealis-db/borealis/internal/storage"
+	"github.com/borealis-db/borealis/internal/wait"
 )
 
 const pageSize = 4096
@@ -275,5 +276,38 @@ func TestSmallStoreIsSmallOnDisk(t *testing.T) {
 	t.Logf("200 records of 4 KiB: %d KiB on disk", used>>10)
 	if used > limit {
 		t.Fatalf("a store of 200 4 KiB records takes %d bytes on disk, over %d", used, limit)
+	}
+}
+
+// Once appends stop, the store flushes its memtables: the logs that held
+// every record (and the versions and deletions that replaced them) are freed,
+// and what is left on disk follows the live data.
+func TestIdleStoreFlushesItsLogs(t *testing.T) {
+	dir := t.TempDir()
+	n, c, addr := startNodeWith(t, storage.Config{ID: "s1", AZ: "a", Dir: dir, MaterializeInterval: 10 * time.Millisecond, IdleFlushAfter: 200 * time.Millisecond})
+	w := newChainWriter(t, c, 1, 0, addr)
+	// 3,000 images of 8 pages: 12 MiB of log for 32 KiB of live pages.
+	for lsn := uint64(1); lsn <= 3000; lsn++ {
+		w.write(1+lsn%8, lsn, byte(lsn))
+	}
+	wait.For(t, 30*time.Second, "the idle store's logs freed", func() bool {
+		live, _ := n.WALBytes()
+		return live < 4<<20
+	})
+	used, err := procstat.DirBytes(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after the idle flush: %d KiB on disk", used>>10)
+	// Every page still reads back as last written.
+	for page := uint64(1); page <= 8; page++ {
+		last := uint64(3000) - (3000-(page-1))%8
+		resp, err := c.GetPage(context.Background(), &pb.GetPageRequest{Volume: 1, Pg: 0, Page: page, ReadLsn: 3000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.PageLsn != last || resp.Data[0] != byte(last) {
+			t.Fatalf("page %d: LSN %d, first byte %d; want LSN %d's image", page, resp.PageLsn, resp.Data[0], last)
+		}
 	}
 }
