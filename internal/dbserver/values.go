@@ -74,6 +74,7 @@ func (s *Instance) readRows(rows *sql.Rows) (*QueryResponse, error) {
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
+	reals.finish()
 	for i, c := range classes {
 		if c != classDeclared {
 			resp.Types[i] = c.String()
@@ -94,8 +95,9 @@ var (
 
 // jsonValue is the value v that database/sql scanned in the form the API
 // writes it, and its storage class. A REAL becomes the text
-// sqlclient.AppendReal writes (2.0, -0.0, 1e+300), made by reals;
-// integers, text and NULL stay as they are.
+// sqlclient.AppendReal writes (2.0, -0.0, 1e+300), made by reals (and
+// complete once reals.finish has run); integers, text and NULL stay as they
+// are.
 func jsonValue(v any, reals *realTexts) (any, columnClass) {
 	switch x := v.(type) {
 	case int64:
@@ -128,22 +130,44 @@ func jsonValue(v any, reals *realTexts) (any, columnClass) {
 	return v, classMixed
 }
 
-// realTexts makes the JSON text of a result's REALs: each is a *json.Number
-// in a chunk of them, which encoding/json writes as it is. A REAL costs the
-// allocation of its text alone, no interface of its own.
+// realTexts makes the JSON text of a result's REALs. Each REAL is a
+// *json.Number in a chunk of them, which encoding/json writes as it is; the
+// texts of a chunk's REALs are one string, made once the chunk is full or
+// by finish. A REAL costs no allocation of its own.
 type realTexts struct {
-	chunk []json.Number
+	chunk []json.Number // the chunk being filled
+	text  []byte        // the texts of its REALs that have none yet, one after the other
+	ends  []int         // where each of those ends in text
 }
 
-// add returns the value of the REAL x.
+// add returns the value of the REAL x, which has its text once its chunk is
+// full or finish has run.
 func (r *realTexts) add(x float64) *json.Number {
 	if len(r.chunk) == cap(r.chunk) {
+		r.finish()
 		// A new chunk: the values handed out point into the old one.
 		r.chunk = make([]json.Number, 0, min(max(2*cap(r.chunk), 4), rowsPerChunk))
 	}
-	var buf [32]byte
-	r.chunk = append(r.chunk, json.Number(sqlclient.AppendReal(buf[:0], x)))
+	r.text = sqlclient.AppendReal(r.text, x)
+	r.ends = append(r.ends, len(r.text))
+	r.chunk = append(r.chunk, "")
 	return &r.chunk[len(r.chunk)-1]
+}
+
+// finish gives their text to the values of the chunk being filled that
+// have none yet.
+func (r *realTexts) finish() {
+	if len(r.ends) == 0 {
+		return
+	}
+	all := string(r.text)
+	vals := r.chunk[len(r.chunk)-len(r.ends):]
+	start := 0
+	for i, end := range r.ends {
+		vals[i] = json.Number(all[start:end])
+		start = end
+	}
+	r.text, r.ends = r.text[:0], r.ends[:0]
 }
 
 // columnClass is the storage class of a column's values, for a column with

@@ -197,6 +197,7 @@ func TestJSONValueOfReals(t *testing.T) {
 		finite = append(finite, x)
 		out = append(out, v)
 	}
+	reals.finish()
 
 	for i, x := range finite {
 		b, err := json.Marshal(out[i])
@@ -221,7 +222,8 @@ func TestJSONValueOfReals(t *testing.T) {
 	for i := range 1000 {
 		got = append(got, r.add(float64(i)+0.5))
 	}
-
+	r.finish()
+	r.finish() // again: nothing to do
 	for i, v := range got {
 		if b, _ := json.Marshal(v); string(b) != strconv.Itoa(i)+".5" {
 			t.Fatalf("value %d is %s", i, b)
