@@ -967,6 +967,12 @@ func mayReturnRows(q string) bool {
 	if k, _ := sqlclient.Classify(q); k == sqlclient.Read || sqlclient.Keyword(q) == "PRAGMA" {
 		return true
 	}
+	return hasReturning(q)
+}
+
+// hasReturning reports whether q holds the word RETURNING anywhere (a false
+// yes, in a string or a name, only sends q down the query path).
+func hasReturning(q string) bool {
 	for i := 0; i+len("returning") <= len(q); i++ {
 		if strings.EqualFold(q[i:i+len("returning")], "returning") {
 			return true

@@ -39,11 +39,12 @@ type connStmts struct {
 // stmtCacheSize bounds the statements kept per connection.
 const stmtCacheSize = 64
 
-// cacheable reports whether q is a write that runs without rows.
+// cacheable reports whether q is a write that runs without rows: its first
+// keyword says so, and it has no RETURNING (mayReturnRows' test for those).
 func cacheable(q string) bool {
 	switch sqlclient.Keyword(q) {
 	case "INSERT", "UPDATE", "DELETE", "REPLACE":
-		return !mayReturnRows(q)
+		return !hasReturning(q)
 	}
 	return false
 }
