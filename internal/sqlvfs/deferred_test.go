@@ -53,15 +53,21 @@ func (v *heldVolume) unhold() {
 	close(v.release)
 }
 
+// heldDB is a database with a table t on a heldVolume over six nodes.
+func heldDB(t *testing.T) (*heldVolume, *DB) {
+	cl := startCluster(t)
+	vol := &heldVolume{Client: cl.client(t, 1, 0)}
+	db := openDBPools(t, vol, Options{CacheMiB: 8})
+	mustExec(t, db.Writer, "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
+	return vol, db
+}
+
 // Under DeferDurability a COMMIT returns without waiting for its quorum,
 // and done hands over the LSN to wait for; DB.WaitDurable waits for it
 // after the connection went back. Once done is called the connection waits
 // in COMMIT again.
 func TestDeferredDurabilityWaitsOutsideTheConnection(t *testing.T) {
-	cl := startCluster(t)
-	vol := &heldVolume{Client: cl.client(t, 1, 0)}
-	db := openDBPools(t, vol, Options{CacheMiB: 8})
-	mustExec(t, db.Writer, "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
+	vol, db := heldDB(t)
 	ctx := context.Background()
 
 	vol.hold()
@@ -134,10 +140,7 @@ func TestDeferredDurabilityWaitsOutsideTheConnection(t *testing.T) {
 // A deferred commit that does not become durable fails WaitDurable with an
 // UnacknowledgedError, and writer connections read their pages again.
 func TestDeferredDurabilityFailure(t *testing.T) {
-	cl := startCluster(t)
-	vol := &heldVolume{Client: cl.client(t, 1, 0)}
-	db := openDBPools(t, vol, Options{CacheMiB: 8})
-	mustExec(t, db.Writer, "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
+	vol, db := heldDB(t)
 	ctx := context.Background()
 
 	vol.hold()
