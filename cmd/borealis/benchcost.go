@@ -246,23 +246,11 @@ func printSpace(out io.Writer, r *spaceReport) {
 		return
 	}
 	ids := sortedIDs(r.FootprintBytes)
-	fmt.Fprintf(out, "\nspace: live database %s; storage footprint per node:", humanBytes(r.LiveBytes))
+	fmt.Fprintf(out, "\nspace: live database %s; storage footprint per node:", formatSize(uint64(r.LiveBytes)))
 	for _, id := range ids {
-		fmt.Fprintf(out, " %s %s", id, humanBytes(r.FootprintBytes[id]))
+		fmt.Fprintf(out, " %s %s", id, formatSize(uint64(r.FootprintBytes[id])))
 	}
 	fmt.Fprintf(out, "; largest/live %.2fx\n", r.FootprintOverLive)
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }
 
 // sortedIDs is the keys of m, sorted.

@@ -722,6 +722,18 @@ func (s *Instance) execute(ctx context.Context, db *sqlvfs.DB, req executeBody, 
 		conn.Close()
 		return nil, s.classify(ctx, conn, err, "")
 	}
+	defer func() {
+		// A panic in the statements (the HTTP server recovers it) must not
+		// keep the one writer connection, or every later write would wait
+		// out its busy timeout: it is thrown away, and the pool opens
+		// another.
+		if r := recover(); r != nil {
+			_, _ = done()
+			discard(conn)
+			conn.Close()
+			panic(r)
+		}
+	}()
 	res, e, tainted := s.executeOn(ctx, conn, req, args)
 	lsn, err := done()
 	if tainted {

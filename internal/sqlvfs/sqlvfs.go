@@ -748,11 +748,11 @@ func (f *file) fail(err error) error {
 func ConnError(ctx context.Context, conn *sql.Conn) error {
 	var out error
 	err := conn.Raw(func(dc any) error {
-		rc, ok := dc.(interface{ Raw() *sqlite3.Conn })
-		if !ok {
-			return fmt.Errorf("sqlvfs: %T is not a go-sqlite3 connection", dc)
+		c, err := rawOf(dc)
+		if err != nil {
+			return err
 		}
-		f, err := fileOf(rc.Raw())
+		f, err := fileOf(c)
 		if err != nil {
 			return err
 		}
