@@ -60,7 +60,11 @@ const (
 
 	// maxInflight is the number of unanswered Append requests allowed per
 	// node; records queued meanwhile go out together in the next request.
-	maxInflight = 2
+	// One: a node syncs each request it is sent, so each further request in
+	// flight is another fsync and another round of per-request work for
+	// fewer records, while the records it would carry wait no longer in the
+	// queue than behind the request in flight.
+	maxInflight = 1
 	// maxRequestBytes caps the record bytes of one Append request (gRPC's
 	// default receive limit is 4 MiB).
 	maxRequestBytes = 3 << 20
