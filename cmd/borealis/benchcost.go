@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"text/tabwriter"
@@ -299,5 +300,33 @@ func fetchCPUProfiles(ctx context.Context, targets map[string]string, dir, name 
 			}
 		}()
 	}
-	return wg.Wait
+	// The benchmark's own process, the load client, profiled over the
+	// same seconds.
+	path := filepath.Join(dir, name+"-client.pprof")
+	f, err := os.Create(path)
+	if err == nil {
+		if err = pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(progress, "profile of the client: %v\n", err)
+		return wg.Wait
+	}
+	stopped := make(chan struct{})
+	stop := time.AfterFunc(time.Duration(secs)*time.Second, func() {
+		pprof.StopCPUProfile()
+		close(stopped)
+	})
+	return func() {
+		wg.Wait()
+		if stop.Stop() {
+			pprof.StopCPUProfile()
+		} else {
+			<-stopped
+		}
+		if err := f.Close(); err != nil {
+			fmt.Fprintf(progress, "profile of the client: %v\n", err)
+		}
+	}
 }

@@ -285,7 +285,7 @@ goes to stderr.`,
 	f.IntSliceVar(&o.rates, "rates", []int{500, 2000, 0}, "UPDATE rates of the lag levels, in writes/s; 0 is as fast as the writer goes")
 	f.IntVar(&o.clients, "clients", 32, "clients of the as-fast-as-possible level, the INSERT runs and the SELECT runs")
 	f.IntVar(&o.basePort, "base-port", 0, fmt.Sprintf("loopback ports of the benchmark's own cluster: this one and the next %d (default: ports the system picks)", portsUsed-1))
-	f.StringVar(&o.pprofDir, "pprof-dir", "", "start the database instances with --metrics and write a CPU profile of the writer and each replica for every level and run to this directory")
+	f.StringVar(&o.pprofDir, "pprof-dir", "", "start the database instances with --metrics and write a CPU profile of the writer, of each replica and of the benchmark client itself for every level and run to this directory")
 	f.BoolVar(&o.asJSON, "json", false, "print the figures as one JSON object")
 	f.BoolVar(&o.keep, "keep", false, "keep what the benchmark made: its tables in --cluster's volume, or its own cluster's directory")
 	return cmd
@@ -427,7 +427,7 @@ func runReplicaBench(ctx context.Context, o replicaBenchOptions, progress io.Wri
 	rep.InsertTable = insTable
 	var lastKey atomic.Int64
 	insert := sqlclient.Statement{SQL: "INSERT INTO " + insTable + "(k, v) VALUES (?, ?)"}
-	insertOne := func(ctx context.Context, rng *rand.Rand) error {
+	insertOne := func(ctx context.Context, rng *rand.Rand, _ int) error {
 		st := insert
 		st.Params = []any{lastKey.Add(1), benchText(rng)}
 		_, err := c.Execute(ctx, []sqlclient.Statement{st}, true)
@@ -435,7 +435,7 @@ func runReplicaBench(ctx context.Context, o replicaBenchOptions, progress io.Wri
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 20 {
-		if err := insertOne(ctx, rng); err != nil {
+		if err := insertOne(ctx, rng, 0); err != nil {
 			return nil, fmt.Errorf("warm-up insert: %w", err)
 		}
 	}
@@ -505,7 +505,7 @@ func runReplicaBench(ctx context.Context, o replicaBenchOptions, progress io.Wri
 			}{sel, []any{k}})
 			return b
 		}
-		selectOne := func(ctx context.Context, rng *rand.Rand) error {
+		selectOne := func(ctx context.Context, rng *rand.Rand, _ int) error {
 			k := 1 + rng.Int64N(keys)
 			var reply struct {
 				Rows [][]json.RawMessage `json:"rows"`

@@ -111,10 +111,11 @@ For each INSERT level it also prints what a transaction costs: the CPU time
 (user and system, from /proc/PID/stat over the level) of the writer, of each
 storage node, of the control plane, of any replicas and router, and of the
 benchmark process itself, and the bytes each storage node wrote to disk
-(/proc/PID/io). When the benchmark ends it prints each node's disk footprint
+(as the node counts them). When the benchmark ends it prints each node's disk footprint
 against the live database size. Only processes on this machine are metered.
 With --pprof-dir (a cluster of its own only) the writer and the storage nodes
-serve pprof, and a CPU profile of each is written there for every INSERT level.
+serve pprof, and a CPU profile of each, and of the benchmark client itself, is
+written there for every INSERT level.
 Progress goes to stderr.`,
 		Args: noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -194,7 +195,7 @@ Progress goes to stderr.`,
 	f.IntSliceVar(&levels, "clients", []int{1, 8, 32, 64}, "concurrency levels to run")
 	f.DurationVar(&duration, "duration", 5*time.Second, "how long each level runs")
 	f.BoolVar(&keep, "keep", false, "keep what the benchmark made: its table in --cluster's volume, or its own cluster's directory")
-	f.StringVar(&pprofDir, "pprof-dir", "", "write a CPU profile of the writer and of each storage node for every INSERT level to this directory (a cluster of the benchmark's own)")
+	f.StringVar(&pprofDir, "pprof-dir", "", "write a CPU profile of the writer, of each storage node and of the benchmark client itself for every INSERT level to this directory (a cluster of the benchmark's own)")
 	return cmd
 }
 
@@ -256,15 +257,10 @@ func startSQLBenchCluster(ctx context.Context, dir string, metrics bool, progres
 // runSQLBench runs the levels on a fresh table, which it drops at the end
 // (also after a failure or Ctrl-C) when drop is set.
 func runSQLBench(ctx context.Context, endpoint string, comps []cluster.Component, floorDir, pprofDir string, levels []int, d time.Duration, drop bool, progress io.Writer) (rep *sqlBenchReport, err error) {
-	// One keep-alive connection per client: enough idle connections are
-	// kept that none is closed and reopened between requests.
+	// c makes the table and reads the counters; the clients of the levels
+	// have connections of their own (conns below).
 	maxClients := slices.Max(levels)
-	tr := &http.Transport{
-		MaxIdleConns:        2 * maxClients,
-		MaxIdleConnsPerHost: 2 * maxClients,
-		IdleConnTimeout:     time.Minute,
-		DisableCompression:  true,
-	}
+	tr := &http.Transport{DisableCompression: true}
 	defer tr.CloseIdleConnections()
 	c := &sqlclient.Client{Endpoint: endpoint, HTTP: &http.Client{Transport: tr}}
 
@@ -318,18 +314,44 @@ func runSQLBench(ctx context.Context, endpoint string, comps []cluster.Component
 	defer meter.close()
 	rep.Unmetered = unmetered
 
+	// Each client has a connection of its own, kept from level to level: a
+	// sqlclient.Conn, which costs the benchmark process far less CPU per
+	// request than net/http's client, so that more of the machine is left
+	// to what is measured.
+	conns := make([]*sqlclient.Conn, maxClients)
+	defer func() {
+		for _, cn := range conns {
+			if cn != nil {
+				cn.Close()
+			}
+		}
+	}()
+	conn := func(worker int) (*sqlclient.Conn, error) {
+		if conns[worker] == nil {
+			cn, err := sqlclient.Dial(endpoint)
+			if err != nil {
+				return nil, err
+			}
+			conns[worker] = cn
+		}
+		return conns[worker], nil
+	}
 	var lastKey atomic.Int64
-	insertOne := func(ctx context.Context, rng *rand.Rand) error {
+	insertOne := func(ctx context.Context, rng *rand.Rand, worker int) error {
+		cn, err := conn(worker)
+		if err != nil {
+			return err
+		}
 		st := insert
 		st.Params = []any{lastKey.Add(1), benchText(rng)}
-		_, err := c.Execute(ctx, []sqlclient.Statement{st}, true)
+		_, err = cn.Execute(ctx, []sqlclient.Statement{st}, true)
 		return err
 	}
 	// Warm up: the table's first pages exist and the instance's caches are
 	// warm before anything is timed.
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := 0; i < 20; i++ {
-		if err := insertOne(ctx, rng); err != nil {
+		if err := insertOne(ctx, rng, 0); err != nil {
 			return nil, fmt.Errorf("warm-up insert: %w", err)
 		}
 	}
@@ -379,9 +401,13 @@ func runSQLBench(ctx context.Context, endpoint string, comps []cluster.Component
 		})
 	}
 	keys := lastKey.Load()
-	selectOne := func(ctx context.Context, rng *rand.Rand) error {
+	selectOne := func(ctx context.Context, rng *rand.Rand, worker int) error {
+		cn, err := conn(worker)
+		if err != nil {
+			return err
+		}
 		k := 1 + rng.Int64N(keys)
-		rows, err := c.Query(ctx, sel, k)
+		rows, err := cn.Query(ctx, sel, k)
 		if err != nil {
 			return err
 		}
@@ -472,9 +498,9 @@ func benchText(rng *rand.Rand) string {
 	return string(b)
 }
 
-// runSQLLevel runs op in n goroutines until d has passed and returns every
+// runSQLLevel runs op in n goroutines (op's worker 0 to n-1) until d has passed and returns every
 // latency, sorted. The first error stops the level.
-func runSQLLevel(ctx context.Context, n int, d time.Duration, op func(context.Context, *rand.Rand) error) ([]time.Duration, time.Duration, error) {
+func runSQLLevel(ctx context.Context, n int, d time.Duration, op func(ctx context.Context, rng *rand.Rand, worker int) error) ([]time.Duration, time.Duration, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var mu sync.Mutex
@@ -491,7 +517,7 @@ func runSQLLevel(ctx context.Context, n int, d time.Duration, op func(context.Co
 			mine := make([]time.Duration, 0, 1024)
 			for time.Now().Before(stopAt) && ctx.Err() == nil {
 				t0 := time.Now()
-				if err := op(ctx, rng); err != nil {
+				if err := op(ctx, rng, i); err != nil {
 					mu.Lock()
 					if firstErr == nil {
 						firstErr = err

@@ -217,50 +217,26 @@ func Code(err error) string {
 // Execute runs statements on the writer, all in one transaction if
 // transaction is set. It returns once the commit is durable.
 func (c *Client) Execute(ctx context.Context, statements []Statement, transaction bool) ([]Result, error) {
-	stmts := make([]wireStatement, len(statements))
-	for i, s := range statements {
-		p, err := encodeParams(s.Params)
-		if err != nil {
-			return nil, fmt.Errorf("statement %d: %w", i+1, err)
-		}
-		stmts[i] = wireStatement{SQL: s.SQL, Params: p}
-	}
-	var reply struct {
-		Results []struct {
-			RowsAffected int64 `json:"rows_affected"`
-			LastInsertID int64 `json:"last_insert_id"`
-			wireRows
-		} `json:"results"`
-	}
-	if err := c.do(ctx, http.MethodPost, "/v1/execute", executeRequest{Statements: stmts, Transaction: transaction}, &reply); err != nil {
+	body, err := appendExecute(nil, statements, transaction)
+	if err != nil {
 		return nil, err
 	}
-	results := make([]Result, len(reply.Results))
-	for i, r := range reply.Results {
-		results[i] = Result{RowsAffected: r.RowsAffected, LastInsertID: r.LastInsertID}
-		if len(r.Columns) > 0 {
-			rows, err := r.wireRows.decode()
-			if err != nil {
-				return nil, fmt.Errorf("statement %d: %w", i+1, err)
-			}
-			results[i].Rows = rows
-		}
+	var reply executeReply
+	if err := c.do(ctx, http.MethodPost, "/v1/execute", body, &reply); err != nil {
+		return nil, err
 	}
-	if len(results) != len(statements) {
-		return results, fmt.Errorf("the server returned %d results for %d statements", len(results), len(statements))
-	}
-	return results, nil
+	return reply.results(len(statements))
 }
 
 // Query runs one read-only statement on a read connection and returns all
 // its rows.
 func (c *Client) Query(ctx context.Context, sql string, params ...any) (*Rows, error) {
-	p, err := encodeParams(params)
+	body, err := appendStatement(nil, Statement{SQL: sql, Params: params})
 	if err != nil {
 		return nil, err
 	}
 	var reply wireRows
-	if err := c.do(ctx, http.MethodPost, "/v1/query", wireStatement{SQL: sql, Params: p}, &reply); err != nil {
+	if err := c.do(ctx, http.MethodPost, "/v1/query", body, &reply); err != nil {
 		return nil, err
 	}
 	return reply.decode()
@@ -275,16 +251,6 @@ func (c *Client) Health(ctx context.Context) (*Health, error) {
 		return nil, err
 	}
 	return &h, nil
-}
-
-type wireStatement struct {
-	SQL    string `json:"sql"`
-	Params []any  `json:"params,omitempty"`
-}
-
-type executeRequest struct {
-	Statements  []wireStatement `json:"statements"`
-	Transaction bool            `json:"transaction"`
 }
 
 type blobJSON struct {
@@ -387,20 +353,16 @@ func (c *Client) url(path string) string {
 // maxErrorBody bounds what is read of a reply that is not the expected JSON.
 const maxErrorBody = 64 << 10
 
-func (c *Client) do(ctx context.Context, method, path string, body, reply any) error {
+func (c *Client) do(ctx context.Context, method, path string, body []byte, reply any) error {
 	return c.doStatus(ctx, method, path, body, reply, false)
 }
 
 // doStatus with anyStatus takes a non-2xx reply that is not an error
 // object as the reply.
-func (c *Client) doStatus(ctx context.Context, method, path string, body, reply any, anyStatus bool) error {
+func (c *Client) doStatus(ctx context.Context, method, path string, body []byte, reply any, anyStatus bool) error {
 	var rd io.Reader
 	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
+		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.url(path), rd)
 	if err != nil {
