@@ -391,6 +391,15 @@ func decodeBody(body []byte, v any) error {
 	if len(bytes.TrimLeft(body, " \t\r\n")) == 0 {
 		return io.EOF
 	}
+	if decodeFast(body, v) {
+		return nil
+	}
+	return decodeSlow(body, v)
+}
+
+// decodeSlow is decodeBody through encoding/json: what a body means, and
+// the errors of a bad one.
+func decodeSlow(body []byte, v any) error {
 	if err := json.Unmarshal(body, v); err != nil {
 		if se, ok := errors.AsType[*json.SyntaxError](err); ok && se.Offset > 0 && json.Valid(body[:se.Offset-1]) {
 			return errDataAfter
