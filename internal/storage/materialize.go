@@ -50,17 +50,20 @@ func (n *Node) materializeLoop() {
 				if !did {
 					break
 				}
+				n.lastBackground = time.Now().UnixNano()
 			}
 		}
 		n.maybeIdleFlush()
 	}
 }
 
-// maybeIdleFlush flushes the store's memtables once appends have stopped
+// maybeIdleFlush flushes the store's memtables once writes have stopped
 // for a while (see idleFlushDue), after the steps above folded and
-// collected what they could.
+// collected what they could. The steps' own writes count: the versions and
+// deletions they make after the appends stop would otherwise stay in the
+// logs until the next append.
 func (n *Node) maybeIdleFlush() {
-	last := n.lastAppend.Load()
+	last := max(n.lastAppend.Load(), n.lastBackground)
 	if last == 0 {
 		return
 	}

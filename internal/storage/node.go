@@ -78,11 +78,13 @@ type Node struct {
 	// no step writes into a volume after it is dropped.
 	dropMu sync.Mutex
 
-	// lastAppend is when an append last stored records (unix nanos);
-	// flushedAt, the lastAppend an idle flush last covered (materializer
-	// goroutine only). See maybeIdleFlush.
-	lastAppend atomic.Int64
-	flushedAt  int64
+	// lastAppend is when an append last stored records (unix nanos), and
+	// lastBackground when a materializer or GC step last wrote (materializer
+	// goroutine only); flushedAt, the latest of the two an idle flush last
+	// covered (materializer goroutine only). See maybeIdleFlush.
+	lastAppend     atomic.Int64
+	lastBackground int64
+	flushedAt      int64
 	// hooks let tests stop the node at chosen points; nil otherwise.
 	hooks struct {
 		// materializeCommit runs in a materializer step, under dropMu,
@@ -561,10 +563,13 @@ func (n *Node) TableBytes() uint64 {
 }
 
 // WALBytes reports the bytes of the live write-ahead log and of the old log
-// files Pebble keeps to recycle.
+// files Pebble keeps to recycle. Pebble's physical size of the live logs
+// leaves out the log being written until it is closed (it reads 0 after
+// every rotation), so live is the larger of it and the bytes written to
+// the live logs.
 func (n *Node) WALBytes() (live, recyclable uint64) {
 	m := n.db.Metrics()
-	return m.WAL.PhysicalSize, m.WAL.ObsoletePhysicalSize
+	return max(m.WAL.PhysicalSize, m.WAL.Size), m.WAL.ObsoletePhysicalSize
 }
 
 // Compact forces a full compaction, so that deleted data leaves the disk;
