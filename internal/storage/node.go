@@ -564,9 +564,9 @@ func (n *Node) TableBytes() uint64 {
 
 // WALBytes reports the bytes of the live write-ahead log and of the old log
 // files Pebble keeps to recycle. Pebble's physical size of the live logs
-// leaves out the log being written until it is closed (it reads 0 after
-// every rotation), so live is the larger of it and the bytes written to
-// the live logs.
+// counts a log it created (rather than recycled) as 0 until the log is
+// closed, so live is the larger of it and the bytes written to the live
+// logs.
 func (n *Node) WALBytes() (live, recyclable uint64) {
 	m := n.db.Metrics()
 	return max(m.WAL.PhysicalSize, m.WAL.Size), m.WAL.ObsoletePhysicalSize

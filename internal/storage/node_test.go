@@ -284,11 +284,20 @@ func TestSmallStoreIsSmallOnDisk(t *testing.T) {
 // and what is left on disk follows the live data.
 func TestIdleStoreFlushesItsLogs(t *testing.T) {
 	dir := t.TempDir()
-	n, c, addr := startNodeWith(t, storage.Config{ID: "s1", AZ: "a", Dir: dir, MaterializeInterval: 10 * time.Millisecond, IdleFlushAfter: 200 * time.Millisecond})
+	n, c, addr := startNodeWith(t, storage.Config{ID: "s1", AZ: "a", Dir: dir, MaterializeInterval: 10 * time.Millisecond, IdleFlushAfter: time.Second})
 	w := newChainWriter(t, c, 1, 0, addr)
 	// 3,000 images of 8 pages: 12 MiB of log for 32 KiB of live pages.
 	for lsn := uint64(1); lsn <= 3000; lsn++ {
 		w.write(1+lsn%8, lsn, byte(lsn))
+		if lsn == 2999 {
+			// The live log counts before the flush, so that the idle flush
+			// sees it: Pebble's own size of a log it created (not recycled)
+			// is 0 until the log is closed, which once kept a store from
+			// ever flushing.
+			if live, _ := n.WALBytes(); live < 8<<20 {
+				t.Fatalf("the live logs hold %d bytes after 2,999 records of 4 KiB", live)
+			}
+		}
 	}
 	wait.For(t, 30*time.Second, "the idle store's logs freed", func() bool {
 		live, _ := n.WALBytes()
