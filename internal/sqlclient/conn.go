@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -288,6 +289,5 @@ func (c *Conn) readLine() (string, error) {
 }
 
 func isReset(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && strings.Contains(op.Err.Error(), "reset")
+	return errors.Is(err, syscall.ECONNRESET)
 }
