@@ -110,9 +110,11 @@ disk, measured in the same run.
 For each INSERT level it also prints what a transaction costs: the CPU time
 (user and system, from /proc/PID/stat over the level) of the writer, of each
 storage node, of the control plane, of any replicas and router, and of the
-benchmark process itself, and the bytes each storage node wrote to disk
-(as the node counts them). When the benchmark ends it prints each node's disk footprint
-against the live database size. Only processes on this machine are metered.
+benchmark process itself, and the bytes each storage node's store wrote to
+its files (as the node counts them) beside what the machine's disks took.
+When the benchmark ends it prints each node's disk footprint against the
+live database size. Only processes on this machine are metered. Each client
+keeps one HTTP/1.1 connection of its own.
 With --pprof-dir (a cluster of its own only) the writer and the storage nodes
 serve pprof, and a CPU profile of each, and of the benchmark client itself, is
 written there for every INSERT level.
