@@ -3,6 +3,7 @@ package sqlclient
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"unicode/utf8"
@@ -122,7 +123,7 @@ func (r *executeReply) results(n int) ([]Result, error) {
 // decodeJSON decodes the one JSON value in b into v.
 func decodeJSON(b []byte, v any) error {
 	if len(bytes.TrimSpace(b)) == 0 {
-		return fmt.Errorf("empty reply")
+		return errors.New("empty reply")
 	}
 	return json.Unmarshal(b, v)
 }
