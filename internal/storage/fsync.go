@@ -16,6 +16,9 @@ import (
 type syncCountingFS struct {
 	vfs.FS
 	syncs, written *atomic.Uint64
+	// logs serializes the creation and reuse of write-ahead logs with the
+	// emptying of obsolete ones (see logFiles).
+	logs *logFiles
 }
 
 func (fs syncCountingFS) wrap(f vfs.File, err error) (vfs.File, error) {
@@ -35,6 +38,11 @@ func (fs syncCountingFS) wrapLog(name string, f vfs.File, err error) (vfs.File, 
 }
 
 func (fs syncCountingFS) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
+	if isWAL(name) {
+		fs.logs.mu.Lock()
+		defer fs.logs.mu.Unlock()
+		fs.logs.forget(name)
+	}
 	f, err := fs.FS.Create(name, c)
 	return fs.wrapLog(name, f, err)
 }
@@ -44,8 +52,22 @@ func (fs syncCountingFS) OpenReadWrite(name string, c vfs.DiskWriteCategory, opt
 }
 
 func (fs syncCountingFS) ReuseForWrite(oldname, newname string, c vfs.DiskWriteCategory) (vfs.File, error) {
+	fs.logs.mu.Lock()
+	defer fs.logs.mu.Unlock()
+	fs.logs.forget(oldname)
+	fs.logs.forget(newname)
 	f, err := fs.FS.ReuseForWrite(oldname, newname, c)
 	return fs.wrapLog(newname, f, err)
+}
+
+// Remove forgets an emptied log that Pebble deletes.
+func (fs syncCountingFS) Remove(name string) error {
+	if isWAL(name) {
+		fs.logs.mu.Lock()
+		defer fs.logs.mu.Unlock()
+		fs.logs.forget(name)
+	}
+	return fs.FS.Remove(name)
 }
 
 type syncCountingFile struct {

@@ -61,22 +61,35 @@ func (n *Node) materializeLoop() {
 // for a while (see idleFlushDue), after the steps above folded and
 // collected what they could. The steps' own writes count: the versions and
 // deletions they make after the appends stop would otherwise stay in the
-// logs until the next append.
+// logs until the next append. Once idle, and after that flush if it was
+// due, it also empties the old logs Pebble keeps to recycle, once per idle
+// spell (see logFiles).
 func (n *Node) maybeIdleFlush() {
 	last := max(n.lastAppend.Load(), n.lastBackground)
 	if last == 0 {
 		return
 	}
+	since := time.Since(time.Unix(0, last))
 	live, _ := n.WALBytes()
-	if !idleFlushDue(time.Since(time.Unix(0, last)), n.cfg.IdleFlushAfter, n.flushedAt >= last, live, idleFlushMinLog) {
-		return
+	if idleFlushDue(since, n.cfg.IdleFlushAfter, n.flushedAt >= last, live, idleFlushMinLog) {
+		if err := n.db.Flush(); err != nil {
+			n.log.Error("idle flush failed", "err", err)
+			return
+		}
+		n.flushedAt = last
+		n.log.Debug("flushed the memtables of an idle store", "log_bytes", live)
 	}
-	if err := n.db.Flush(); err != nil {
-		n.log.Error("idle flush failed", "err", err)
-		return
+	if since >= n.cfg.IdleFlushAfter && n.emptiedAt < last {
+		freed, err := n.emptyObsoleteLogs()
+		if err != nil {
+			n.log.Warn("emptying the old write-ahead logs failed", "err", err)
+			return
+		}
+		n.emptiedAt = last
+		if freed > 0 {
+			n.log.Debug("emptied the old write-ahead logs of an idle store", "bytes", freed)
+		}
 	}
-	n.flushedAt = last
-	n.log.Debug("flushed the memtables of an idle store", "log_bytes", live)
 }
 
 // backgroundStep materializes, or else collects, one chunk of a segment,

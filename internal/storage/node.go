@@ -58,7 +58,9 @@ type Config struct {
 type Node struct {
 	cfg Config
 	log *slog.Logger
-	db  *pebble.DB
+	// fs is the store's file system (see syncCountingFS).
+	fs syncCountingFS
+	db *pebble.DB
 
 	// mu orders the append path: chain offers and the writes into the open
 	// commit group happen together, so groups commit in offer order and an
@@ -80,11 +82,13 @@ type Node struct {
 
 	// lastAppend is when an append last stored records (unix nanos), and
 	// lastBackground when a materializer or GC step last wrote (materializer
-	// goroutine only); flushedAt, the latest of the two an idle flush last
-	// covered (materializer goroutine only). See maybeIdleFlush.
+	// goroutine only); flushedAt and emptiedAt, the latest of the two an
+	// idle flush, and an emptying of the old logs, last covered (materializer
+	// goroutine only). See maybeIdleFlush.
 	lastAppend     atomic.Int64
 	lastBackground int64
 	flushedAt      int64
+	emptiedAt      int64
 	// hooks let tests stop the node at chosen points; nil otherwise.
 	hooks struct {
 		// materializeCommit runs in a materializer step, under dropMu,
@@ -192,8 +196,9 @@ func Open(cfg Config) (*Node, error) {
 	if err := n.checkIdentity(); err != nil {
 		return nil, err
 	}
+	n.fs = syncCountingFS{FS: vfs.Default, syncs: &n.stats.fsyncs, written: &n.stats.fileBytes, logs: newLogFiles()}
 	opts := &pebble.Options{
-		FS:           syncCountingFS{FS: vfs.Default, syncs: &n.stats.fsyncs, written: &n.stats.fileBytes},
+		FS:           n.fs,
 		Logger:       pebbleLogger{n.log},
 		MemTableSize: cfg.MemTableBytes,
 		EventListener: &pebble.EventListener{
@@ -552,8 +557,11 @@ func (n *Node) diskFreeLoop() {
 	}
 }
 
-// DiskUsage reports the bytes the store occupies on disk.
-func (n *Node) DiskUsage() uint64 { return n.db.Metrics().DiskSpaceUsage() }
+// DiskUsage reports the bytes the store occupies on disk: Pebble's count,
+// less what the node freed of the logs it keeps to recycle (see logFiles).
+func (n *Node) DiskUsage() uint64 {
+	return n.db.Metrics().DiskSpaceUsage() - min(n.fs.logs.emptiedBytes(), n.db.Metrics().WAL.ObsoletePhysicalSize)
+}
 
 // TableBytes reports the bytes of the store's sorted tables: the data itself,
 // without the write-ahead log files that Pebble keeps for reuse.
@@ -569,7 +577,15 @@ func (n *Node) TableBytes() uint64 {
 // logs.
 func (n *Node) WALBytes() (live, recyclable uint64) {
 	m := n.db.Metrics()
-	return max(m.WAL.PhysicalSize, m.WAL.Size), m.WAL.ObsoletePhysicalSize
+	return max(m.WAL.PhysicalSize, m.WAL.Size), m.WAL.ObsoletePhysicalSize - min(n.fs.logs.emptiedBytes(), m.WAL.ObsoletePhysicalSize)
+}
+
+// emptyObsoleteLogs truncates the logs Pebble keeps to recycle (see
+// logFiles), and returns the bytes it freed.
+func (n *Node) emptyObsoleteLogs() (uint64, error) {
+	return n.fs.emptyObsolete(filepath.Join(n.cfg.Dir, "pebble"), func() int {
+		return int(n.db.Metrics().WAL.Files)
+	})
 }
 
 // Compact forces a full compaction, so that deleted data leaves the disk;

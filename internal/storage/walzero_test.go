@@ -20,7 +20,7 @@ import (
 func TestZeroedLogsReplay(t *testing.T) {
 	dir := t.TempDir()
 	var syncs, written atomic.Uint64
-	fs := syncCountingFS{FS: vfs.Default, syncs: &syncs, written: &written}
+	fs := syncCountingFS{FS: vfs.Default, syncs: &syncs, written: &written, logs: newLogFiles()}
 	open := func() *pebble.DB {
 		db, err := pebble.Open(dir, &pebble.Options{FS: fs, Logger: pebbleLogger{slog.New(slog.NewTextHandler(io.Discard, nil))}})
 		if err != nil {
