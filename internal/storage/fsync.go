@@ -41,7 +41,7 @@ func (fs syncCountingFS) Create(name string, c vfs.DiskWriteCategory) (vfs.File,
 	if isWAL(name) {
 		fs.logs.mu.Lock()
 		defer fs.logs.mu.Unlock()
-		fs.logs.forget(name)
+		fs.logs.creating(name, "")
 	}
 	f, err := fs.FS.Create(name, c)
 	return fs.wrapLog(name, f, err)
@@ -54,18 +54,17 @@ func (fs syncCountingFS) OpenReadWrite(name string, c vfs.DiskWriteCategory, opt
 func (fs syncCountingFS) ReuseForWrite(oldname, newname string, c vfs.DiskWriteCategory) (vfs.File, error) {
 	fs.logs.mu.Lock()
 	defer fs.logs.mu.Unlock()
-	fs.logs.forget(oldname)
-	fs.logs.forget(newname)
+	fs.logs.creating(newname, oldname)
 	f, err := fs.FS.ReuseForWrite(oldname, newname, c)
 	return fs.wrapLog(newname, f, err)
 }
 
-// Remove forgets an emptied log that Pebble deletes.
+// Remove keeps logFiles up to date with the logs Pebble deletes.
 func (fs syncCountingFS) Remove(name string) error {
 	if isWAL(name) {
 		fs.logs.mu.Lock()
 		defer fs.logs.mu.Unlock()
-		fs.logs.forget(name)
+		fs.logs.removing(name)
 	}
 	return fs.FS.Remove(name)
 }

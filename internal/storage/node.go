@@ -205,6 +205,7 @@ func Open(cfg Config) (*Node, error) {
 			// A store with a damaged file can no longer back the SCLs it has
 			// acknowledged, so the node stops (crash-stop) rather than serve
 			// from it; its peers hold every durable record.
+			WALCreated: n.fs.logs.created,
 			DataCorruption: func(info pebble.DataCorruptionInfo) {
 				n.log.Error("on-disk corruption: the store is damaged and the node stops; every durable record is on its peers (a write quorum of each PG), from which its segments must be rebuilt",
 					"file", info.Path, "error", info.Details.Error(), "dir", cfg.Dir)
@@ -213,7 +214,7 @@ func Open(cfg Config) (*Node, error) {
 			},
 		},
 	}
-	db, err := pebble.Open(filepath.Join(cfg.Dir, "pebble"), opts)
+	db, err := pebble.Open(n.pebbleDir(), opts)
 	if errors.Is(err, syscall.EAGAIN) {
 		return nil, fmt.Errorf("storage: %s is in use by another running storage node (its store is locked); stop that one first, or use another --dir", cfg.Dir)
 	}
@@ -558,9 +559,16 @@ func (n *Node) diskFreeLoop() {
 }
 
 // DiskUsage reports the bytes the store occupies on disk: Pebble's count,
-// less what the node freed of the logs it keeps to recycle (see logFiles).
+// with its logs as they are on disk (Pebble counts an old log it keeps to
+// recycle as long as it was when it became obsolete, which the node may
+// have emptied since; see logFiles).
 func (n *Node) DiskUsage() uint64 {
-	return n.db.Metrics().DiskSpaceUsage() - min(n.fs.logs.emptiedBytes(), n.db.Metrics().WAL.ObsoletePhysicalSize)
+	m := n.db.Metrics()
+	logs, _, err := n.fs.logBytes(n.pebbleDir(), func() int { return int(m.WAL.Files) })
+	if err != nil {
+		return m.DiskSpaceUsage()
+	}
+	return m.DiskSpaceUsage() - m.WAL.PhysicalSize - m.WAL.ObsoletePhysicalSize + logs
 }
 
 // TableBytes reports the bytes of the store's sorted tables: the data itself,
@@ -571,22 +579,26 @@ func (n *Node) TableBytes() uint64 {
 }
 
 // WALBytes reports the bytes of the live write-ahead log and of the old log
-// files Pebble keeps to recycle. Pebble's physical size of the live logs
-// counts a log it created (rather than recycled) as 0 until the log is
-// closed, so live is the larger of it and the bytes written to the live
-// logs.
+// files Pebble keeps to recycle, as they are on disk. Pebble's physical size
+// of the live logs counts a log it created (rather than recycled) as 0 until
+// the log is closed, so live is the larger of it and the bytes written to
+// the live logs.
 func (n *Node) WALBytes() (live, recyclable uint64) {
 	m := n.db.Metrics()
-	return max(m.WAL.PhysicalSize, m.WAL.Size), m.WAL.ObsoletePhysicalSize - min(n.fs.logs.emptiedBytes(), m.WAL.ObsoletePhysicalSize)
+	live = max(m.WAL.PhysicalSize, m.WAL.Size)
+	if _, old, err := n.fs.logBytes(n.pebbleDir(), func() int { return int(m.WAL.Files) }); err == nil {
+		return live, old
+	}
+	return live, m.WAL.ObsoletePhysicalSize
 }
 
 // emptyObsoleteLogs truncates the logs Pebble keeps to recycle (see
 // logFiles), and returns the bytes it freed.
 func (n *Node) emptyObsoleteLogs() (uint64, error) {
-	return n.fs.emptyObsolete(filepath.Join(n.cfg.Dir, "pebble"), func() int {
-		return int(n.db.Metrics().WAL.Files)
-	})
+	return n.fs.emptyObsolete(n.pebbleDir(), func() int { return int(n.db.Metrics().WAL.Files) })
 }
+
+func (n *Node) pebbleDir() string { return filepath.Join(n.cfg.Dir, "pebble") }
 
 // Compact forces a full compaction, so that deleted data leaves the disk;
 // used by tests that check disk use follows live data.

@@ -1,35 +1,42 @@
 package storage
 
 import (
+	"cmp"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 
-	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2"
 )
 
 // Recycled write-ahead logs. Pebble keeps up to MemTableStopWritesThreshold+1
 // obsolete logs to reuse rather than delete them, each as long as it ever
 // grew: up to about a memtable apiece. On a store smaller than a few
 // memtables they are most of its footprint, and they hold nothing. So once
-// the store is idle and flushed, the node empties them (truncates them to
-// zero bytes). The next reuse of such a log zeroes it ahead of its appends
-// as a new log is (see zeroAheadFile), which is what reuse was to spare, but
-// only on the first burst after an idle spell.
+// the store is idle, the node empties them (truncates them to zero bytes).
+// The next reuse of such a log zeroes it ahead of its appends as a new log
+// is (see zeroAheadFile), which is what reuse was to spare, but only on the
+// first burst after an idle spell.
 //
 // Which logs are obsolete only Pebble knows, and it tells only how many logs
-// are live: live logs are the newest ones (logs become obsolete oldest
-// first, as their memtables are flushed). A log can only become live by
-// being created, so logFiles holds a lock that creating or reusing a log
-// takes too: under it, the live count is read first and the directory
-// listed second, and every live log is among the newest that many listed.
+// are live (db.Metrics().WAL.Files, its list of logs not yet flushed). Live
+// logs are the newest: logs become obsolete oldest first, as their memtables
+// are flushed. A log becomes live only by being created or reused, which
+// goes through this file system and then ends with Pebble's WALCreated
+// event, after Pebble has listed the log. So logFiles counts the logs
+// between the two as pending, under a lock that creating, reusing and
+// removing a log take too. Under it the live count is read, and the
+// directory listed; every live log is among the newest live+pending listed.
+// Only logs Pebble created or reused since the store opened are emptied: the
+// logs found at Open are Pebble's to replay and delete.
 type logFiles struct {
 	mu sync.Mutex
-	// emptied is each log this node truncated and Pebble has not reused or
-	// removed since, with the size Pebble still counts for it.
-	emptied map[string]int64
+	// pending holds the logs created or reused on disk whose WALCreated has
+	// not come; ours, the logs Pebble has listed since Open, until they are
+	// removed or reused under another name.
+	pending, ours map[string]bool
 	// truncate empties a file that exists, and fails if it does not (Pebble
 	// may be deleting it meanwhile): vfs.FS has no truncate, and os.Create
 	// semantics would bring a deleted log back.
@@ -37,24 +44,38 @@ type logFiles struct {
 }
 
 func newLogFiles() *logFiles {
-	return &logFiles{emptied: map[string]int64{}, truncate: os.Truncate}
+	return &logFiles{pending: map[string]bool{}, ours: map[string]bool{}, truncate: os.Truncate}
 }
 
-// forget is called, under mu, when Pebble reuses or removes a log: it counts
-// the log's size anew from then on.
-func (l *logFiles) forget(name string) {
-	delete(l.emptied, name)
+// creating is called, under mu, before a log is created at name (reusing
+// old, if not empty).
+func (l *logFiles) creating(name, old string) {
+	if old != "" {
+		delete(l.ours, old)
+	}
+	l.pending[name] = true
 }
 
-// emptiedBytes is how much less the obsolete logs hold than Pebble counts.
-func (l *logFiles) emptiedBytes() uint64 {
+// removing is called, under mu, before Pebble deletes a log.
+func (l *logFiles) removing(name string) {
+	delete(l.ours, name)
+	delete(l.pending, name)
+}
+
+// created is Pebble's WALCreated: the log is now on its list (or failed).
+func (l *logFiles) created(info pebble.WALCreateInfo) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var n int64
-	for _, sz := range l.emptied {
-		n += sz
+	delete(l.pending, info.Path)
+	if info.Err == nil {
+		l.ours[info.Path] = true
 	}
-	return uint64(n)
+}
+
+type logFile struct {
+	path string
+	num  uint64
+	size int64
 }
 
 // logNumber is the number in a log's name (NNNNNN.log, or NNNNNN-KKK.log for
@@ -69,67 +90,73 @@ func logNumber(name string) (uint64, bool) {
 	return n, err == nil
 }
 
-// emptyObsolete truncates every log in dir but the newest live() ones, and
-// returns the bytes it freed. live is called under the lock.
-func (fs syncCountingFS) emptyObsolete(dir string, live func() int) (uint64, error) {
-	l := fs.logs
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	keep := live()
+// listLogs lists the logs in dir, oldest first, with their sizes, and splits
+// them into those older than the newest live() plus pending ones, and the
+// rest. Called under mu.
+func (fs syncCountingFS) listLogs(dir string, live func() int) (old, newest []logFile, err error) {
+	keep := live() + len(fs.logs.pending)
 	names, err := fs.FS.List(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	var logs []logFile
+	for _, name := range names {
+		num, ok := logNumber(name)
+		if !ok {
+			continue
+		}
+		path := fs.FS.PathJoin(dir, name)
+		st, err := fs.FS.Stat(path)
+		if err != nil {
+			continue // removed meanwhile
+		}
+		logs = append(logs, logFile{path, num, st.Size()})
+	}
+	slices.SortFunc(logs, func(a, b logFile) int {
+		return cmp.Or(cmp.Compare(a.num, b.num), strings.Compare(a.path, b.path))
+	})
+	cut := max(len(logs)-keep, 0)
+	// The segments of one log go together: its number decides.
+	for cut > 0 && cut < len(logs) && logs[cut-1].num == logs[cut].num {
+		cut--
+	}
+	return logs[:cut], logs[cut:], nil
+}
+
+// emptyObsolete truncates the obsolete logs of dir that Pebble created since
+// Open, and returns the bytes it freed.
+func (fs syncCountingFS) emptyObsolete(dir string, live func() int) (uint64, error) {
+	fs.logs.mu.Lock()
+	defer fs.logs.mu.Unlock()
+	old, _, err := fs.listLogs(dir, live)
 	if err != nil {
 		return 0, err
 	}
-	type log struct {
-		name string
-		num  uint64
-	}
-	var logs []log
-	for _, name := range names {
-		if num, ok := logNumber(name); ok {
-			logs = append(logs, log{name, num})
-		}
-	}
-	if len(logs) <= keep {
-		return 0, nil
-	}
-	slices.SortFunc(logs, func(a, b log) int {
-		if a.num != b.num {
-			return compareU64(a.num, b.num)
-		}
-		return strings.Compare(a.name, b.name)
-	})
-	// A log with several segments has them all kept: its number decides.
-	cut := len(logs) - keep
-	for cut > 0 && logs[cut-1].num == logs[cut].num {
-		cut--
-	}
 	var freed uint64
-	for _, lg := range logs[:cut] {
-		path := fs.FS.PathJoin(dir, lg.name)
-		st, err := fs.FS.Stat(path)
-		if err != nil || st.Size() == 0 {
-			continue // removed meanwhile, or empty already
-		}
-		if err := l.truncate(path, 0); err != nil {
+	for _, lg := range old {
+		if lg.size == 0 || !fs.logs.ours[lg.path] {
 			continue
 		}
-		if _, seen := l.emptied[path]; !seen {
-			l.emptied[path] = st.Size()
+		if err := fs.logs.truncate(lg.path, 0); err != nil {
+			continue // removed meanwhile
 		}
-		freed += uint64(st.Size())
+		freed += uint64(lg.size)
 	}
 	return freed, nil
 }
 
-func compareU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
+// logBytes is the size of dir's logs on disk: all of them, and the obsolete
+// ones (as emptyObsolete would tell them, whoever created them).
+func (fs syncCountingFS) logBytes(dir string, live func() int) (all, obsolete uint64, err error) {
+	fs.logs.mu.Lock()
+	defer fs.logs.mu.Unlock()
+	old, newest, err := fs.listLogs(dir, live)
+	for _, lg := range old {
+		obsolete += uint64(lg.size)
 	}
-	return 0
+	all = obsolete
+	for _, lg := range newest {
+		all += uint64(lg.size)
+	}
+	return all, obsolete, err
 }
-
-var _ vfs.FS = syncCountingFS{}
