@@ -35,6 +35,10 @@ func Ensure(want time.Duration) error {
 	defer runtime.UnlockOSThread()
 	cur, err := Current()
 	if err != nil || cur >= want {
+		if os.Getenv(reexecEnv) != "" {
+			// Not for the processes this one starts.
+			os.Unsetenv(reexecEnv)
+		}
 		return err
 	}
 	pid := strconv.Itoa(os.Getpid())
@@ -45,8 +49,26 @@ func Ensure(want time.Duration) error {
 		return fmt.Errorf("set timer slack: %w", err)
 	}
 	env := append(os.Environ(), reexecEnv+"="+pid)
-	err = syscall.Exec("/proc/self/exe", os.Args, env)
+	err = syscall.Exec(executable(), os.Args, env)
 	// Still here: exec failed. Leave the thread as the others are.
 	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(cur.Nanoseconds()), 0, 0, 0)
 	return fmt.Errorf("re-execute with timer slack %s: %w", want, err)
+}
+
+// executable is the program's own file, by the path it has (exec through
+// /proc/self/exe would name the process "exe" in ps, top and pkill), or
+// /proc/self/exe when that path no longer leads to it (the binary was
+// replaced or removed since it started).
+func executable() string {
+	const self = "/proc/self/exe"
+	path, err := os.Executable()
+	if err != nil {
+		return self
+	}
+	want, err1 := os.Stat(self)
+	got, err2 := os.Stat(path)
+	if err1 != nil || err2 != nil || !os.SameFile(want, got) {
+		return self
+	}
+	return path
 }

@@ -5,6 +5,7 @@ package timerslack
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,32 +18,36 @@ const helperEnv = "TIMERSLACK_TEST_HELPER"
 
 func TestMain(m *testing.M) {
 	if want := os.Getenv(helperEnv); want != "" {
+		// In the re-executed process the marker is there at the start;
+		// Ensure takes it out of the environment the process passes on.
+		marker := os.Getenv(reexecEnv)
 		d, err := time.ParseDuration(want)
 		if err == nil {
 			err = Ensure(d)
 		}
 		if err != nil {
-			os.Stdout.WriteString("error " + err.Error() + "\n")
+			os.Stdout.WriteString("error=" + err.Error() + "\n")
 			os.Exit(1)
 		}
 		cur, err := Current()
 		if err != nil {
 			os.Exit(1)
 		}
-		os.Stdout.WriteString("pid " + strconv.Itoa(os.Getpid()) + " reexec " + os.Getenv(reexecEnv) + " slack " + strconv.FormatInt(cur.Nanoseconds(), 10) + "\n")
 		// A thread started after Ensure has the slack too.
 		done := make(chan time.Duration)
 		go func() {
 			c, _ := Current()
 			done <- c
 		}()
-		os.Stdout.WriteString("thread " + strconv.FormatInt((<-done).Nanoseconds(), 10) + "\n")
+		comm, _ := os.ReadFile("/proc/self/comm")
+		os.Stdout.WriteString("comm=" + strings.TrimSpace(string(comm)) + " pid=" + strconv.Itoa(os.Getpid()) + " marker=" + marker + " left=" + os.Getenv(reexecEnv) +
+			" slack=" + strconv.FormatInt(cur.Nanoseconds(), 10) + " thread=" + strconv.FormatInt((<-done).Nanoseconds(), 10) + "\n")
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
 
-func runHelper(t *testing.T, want string) string {
+func runHelper(t *testing.T, want string) map[string]string {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+want)
@@ -50,7 +55,12 @@ func runHelper(t *testing.T, want string) string {
 	if err != nil {
 		t.Fatalf("helper: %v\n%s", err, out)
 	}
-	return string(out)
+	got := map[string]string{}
+	for _, f := range strings.Fields(string(out)) {
+		k, v, _ := strings.Cut(f, "=")
+		got[k] = v
+	}
+	return got
 }
 
 // The helper starts with the default slack it inherits (50 µs unless this
@@ -65,17 +75,21 @@ func TestEnsureReexecutes(t *testing.T) {
 	if cur >= want {
 		t.Skipf("this test already runs with a slack of %s", cur)
 	}
-	out := runHelper(t, want.String())
-	f := strings.Fields(out)
-	if len(f) != 8 || f[0] != "pid" || f[2] != "reexec" || f[4] != "slack" || f[6] != "thread" {
-		t.Fatalf("helper printed %q", out)
+	got := runHelper(t, want.String())
+	if got["pid"] == "" || got["marker"] != got["pid"] {
+		t.Errorf("the helper did not re-execute itself in place: %v", got)
 	}
-	if f[3] != f[1] {
-		t.Errorf("the helper did not re-execute itself in place: pid %s, marker %q", f[1], f[3])
+	// The process keeps its name (exec through /proc/self/exe would make it
+	// "exe" in ps, top and pkill).
+	if name := filepath.Base(os.Args[0]); got["comm"] != name[:min(len(name), 15)] {
+		t.Errorf("the re-executed process is named %q, not %q", got["comm"], name)
 	}
-	for _, v := range []string{f[5], f[7]} {
-		if v != strconv.FormatInt(want.Nanoseconds(), 10) {
-			t.Errorf("slack after Ensure(%s) is %s ns", want, v)
+	if got["left"] != "" {
+		t.Errorf("the re-execution marker is left for the processes it starts: %v", got)
+	}
+	for _, k := range []string{"slack", "thread"} {
+		if got[k] != strconv.FormatInt(want.Nanoseconds(), 10) {
+			t.Errorf("%s after Ensure(%s): %v", k, want, got)
 		}
 	}
 }
@@ -86,9 +100,8 @@ func TestEnsureKeepsEnoughSlack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := runHelper(t, cur.String())
-	if !strings.Contains(out, "reexec  slack") {
-		t.Errorf("Ensure(%s) with the slack already %s re-executed: %q", cur, cur, out)
+	if got := runHelper(t, cur.String()); got["marker"] != "" || got["slack"] != strconv.FormatInt(cur.Nanoseconds(), 10) {
+		t.Errorf("Ensure(%s) with the slack already %s: %v", cur, cur, got)
 	}
 	if err := Ensure(0); err != nil {
 		t.Errorf("Ensure(0): %v", err)
