@@ -10,12 +10,12 @@ import (
 	"github.com/borealis-db/borealis/internal/timerslack"
 )
 
-// slackCommands are the commands that run long and busy: the daemons, and
-// the commands that start them (whose children inherit the slack) or drive
-// them with load.
 // timerSlackEnv carries --timer-slack to the processes up and bench start.
 const timerSlackEnv = "BOREALIS_TIMER_SLACK"
 
+// slackCommands are the commands that run long and busy: the daemons, and
+// the commands that start them (whose children inherit the slack) or drive
+// them with load.
 var slackCommands = map[string]bool{"up": true, "storage": true, "control": true, "db": true, "router": true, "bench": true}
 
 // addTimerSlack gives root the --timer-slack flag, applied to slackCommands
@@ -23,8 +23,12 @@ var slackCommands = map[string]bool{"up": true, "storage": true, "control": true
 func addTimerSlack(root *cobra.Command) {
 	var slack time.Duration
 	def := timerslack.Default
-	if d, err := time.ParseDuration(os.Getenv(timerSlackEnv)); err == nil {
-		def = d
+	if v := os.Getenv(timerSlackEnv); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			def = d
+		} else {
+			slog.Warn("ignoring "+timerSlackEnv+": not a duration", "value", v)
+		}
 	}
 	root.PersistentFlags().DurationVar(&slack, "timer-slack", def,
 		"how late the kernel may fire this process's timers, so that the Go runtime's short polling sleeps wake it less often (Linux; the daemons, up and bench re-execute themselves once to get it, and the processes up and bench start get the same value; 0 keeps what the process inherited)")

@@ -70,7 +70,7 @@ func (n *Node) maybeIdleFlush() {
 		return
 	}
 	since := time.Since(time.Unix(0, last))
-	live, _ := n.WALBytes()
+	live := n.liveWALBytes()
 	if idleFlushDue(since, n.cfg.IdleFlushAfter, n.flushedAt >= last, live, idleFlushMinLog) {
 		if err := n.db.Flush(); err != nil {
 			n.log.Error("idle flush failed", "err", err)

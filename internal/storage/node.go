@@ -585,12 +585,17 @@ func (n *Node) TableBytes() uint64 {
 // the live logs.
 func (n *Node) WALBytes() (live, recyclable uint64) {
 	m := n.db.Metrics()
-	live = max(m.WAL.PhysicalSize, m.WAL.Size)
+	live = liveWAL(m)
 	if _, old, err := n.fs.logBytes(n.pebbleDir(), func() int { return int(m.WAL.Files) }); err == nil {
 		return live, old
 	}
 	return live, m.WAL.ObsoletePhysicalSize
 }
+
+// liveWALBytes is WALBytes' live alone, without listing the logs.
+func (n *Node) liveWALBytes() uint64 { return liveWAL(n.db.Metrics()) }
+
+func liveWAL(m *pebble.Metrics) uint64 { return max(m.WAL.PhysicalSize, m.WAL.Size) }
 
 // emptyObsoleteLogs truncates the logs Pebble keeps to recycle (see
 // logFiles), and returns the bytes it freed.

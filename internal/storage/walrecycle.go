@@ -115,10 +115,14 @@ func (fs syncCountingFS) listLogs(dir string, live func() int) (old, newest []lo
 	slices.SortFunc(logs, func(a, b logFile) int {
 		return cmp.Or(cmp.Compare(a.num, b.num), strings.Compare(a.path, b.path))
 	})
-	cut := max(len(logs)-keep, 0)
-	// The segments of one log go together: its number decides.
-	for cut > 0 && cut < len(logs) && logs[cut-1].num == logs[cut].num {
-		cut--
+	// keep counts logs, not files: the segments of one log (the same number)
+	// go together.
+	cut := len(logs)
+	for kept := 0; cut > 0 && kept < keep; kept++ {
+		num := logs[cut-1].num
+		for cut > 0 && logs[cut-1].num == num {
+			cut--
+		}
 	}
 	return logs[:cut], logs[cut:], nil
 }

@@ -43,13 +43,19 @@ func Ensure(want time.Duration) error {
 	}
 	pid := strconv.Itoa(os.Getpid())
 	if os.Getenv(reexecEnv) == pid {
+		// The kernel did not keep it (it ignores the slack of a real-time
+		// process). The processes this one starts must not inherit the
+		// marker either: with another PID in it they would re-execute.
+		os.Unsetenv(reexecEnv)
 		return fmt.Errorf("timer slack is %s after re-executing with %s", cur, want)
 	}
 	if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(want.Nanoseconds()), 0, 0, 0); err != nil {
 		return fmt.Errorf("set timer slack: %w", err)
 	}
-	env := append(os.Environ(), reexecEnv+"="+pid)
-	err = syscall.Exec(executable(), os.Args, env)
+	// Set, not appended: an inherited marker would win over a second copy.
+	os.Setenv(reexecEnv, pid)
+	err = syscall.Exec(executable(), os.Args, os.Environ())
+	os.Unsetenv(reexecEnv)
 	// Still here: exec failed. Leave the thread as the others are.
 	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(cur.Nanoseconds()), 0, 0, 0)
 	return fmt.Errorf("re-execute with timer slack %s: %w", want, err)

@@ -3,6 +3,7 @@
 package timerslack
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,9 @@ import (
 // Ensure and print what it got instead of running the tests.
 const helperEnv = "TIMERSLACK_TEST_HELPER"
 
+// childEnv has a helper whose Ensure failed start one more helper.
+const childEnv = "TIMERSLACK_TEST_CHILD"
+
 func TestMain(m *testing.M) {
 	if want := os.Getenv(helperEnv); want != "" {
 		// In the re-executed process the marker is there at the start;
@@ -26,7 +30,20 @@ func TestMain(m *testing.M) {
 			err = Ensure(d)
 		}
 		if err != nil {
-			os.Stdout.WriteString("error=" + err.Error() + "\n")
+			os.Stdout.WriteString("error=" + strings.ReplaceAll(err.Error(), " ", "_") + "\n")
+			if os.Getenv(childEnv) != "" {
+				// Start one more helper, as a daemon starts its children:
+				// it must end too, not re-execute itself forever.
+				os.Unsetenv(childEnv)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				out, _ := exec.CommandContext(ctx, os.Args[0], "-test.run=^$").CombinedOutput()
+				if ctx.Err() != nil {
+					os.Stdout.WriteString("child=looped\n")
+				} else {
+					os.Stdout.WriteString("child=" + strings.Fields(string(out) + " none")[0] + "\n")
+				}
+			}
 			os.Exit(1)
 		}
 		cur, err := Current()
@@ -105,5 +122,38 @@ func TestEnsureKeepsEnoughSlack(t *testing.T) {
 	}
 	if err := Ensure(0); err != nil {
 		t.Errorf("Ensure(0): %v", err)
+	}
+}
+
+// A real-time process keeps a timer slack of 0 whatever it asks for. Ensure
+// then re-executes once, says so, and runs on; the processes it starts do
+// the same, once each (an inherited re-execution marker once had them
+// re-execute forever).
+func TestEnsureGivesUpUnderRealTime(t *testing.T) {
+	chrt, err := exec.LookPath("chrt")
+	if err != nil {
+		t.Skip("no chrt")
+	}
+	if err := exec.Command(chrt, "-f", "1", "true").Run(); err != nil {
+		t.Skipf("cannot run a real-time process here: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, chrt, "-f", "1", os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=2ms", childEnv+"=1")
+	out, _ := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("the real-time helper did not end: %s", out)
+	}
+	got := map[string]string{}
+	for _, f := range strings.Fields(string(out)) {
+		k, v, _ := strings.Cut(f, "=")
+		got[k] = v
+	}
+	if !strings.Contains(got["error"], "after_re-executing") {
+		t.Errorf("the real-time helper said %q", out)
+	}
+	if got["child"] == "looped" || !strings.HasPrefix(got["child"], "error") {
+		t.Errorf("the real-time helper's child: %q", got["child"])
 	}
 }
