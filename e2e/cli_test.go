@@ -37,6 +37,7 @@ func TestBenchCommitJSON(t *testing.T) {
 			} `json:"cpu_us_per_txn"`
 			StorageByNode map[string]float64 `json:"storage_cpu_us_per_txn_by_node"`
 			Disk          float64            `json:"disk_bytes_per_txn_per_node"`
+			CtxSwitches   float64            `json:"context_switches_per_txn"`
 		} `json:"levels"`
 	}
 	if err := json.Unmarshal(out, &rep); err != nil {
@@ -53,7 +54,7 @@ func TestBenchCommitJSON(t *testing.T) {
 		// and a synced commit writes to every node's disk.
 		c := l.CPU
 		if c.Writer <= 0 || c.StoragePerNode <= 0 || len(l.StorageByNode) != 6 || c.Client != 0 ||
-			math.Abs(c.Storage-6*c.StoragePerNode) > 1e-6*c.Storage || math.Abs(c.Total-(c.Writer+c.Storage)) > 1e-6*c.Total || l.Disk <= 0 {
+			math.Abs(c.Storage-6*c.StoragePerNode) > 1e-6*c.Storage || math.Abs(c.Total-(c.Writer+c.Storage)) > 1e-6*c.Total || l.Disk <= 0 || l.CtxSwitches <= 0 {
 			t.Fatalf("level %d's costs are implausible: %+v\n%s", i, l, out)
 		}
 	}

@@ -185,6 +185,7 @@ func TestBenchSQLJSON(t *testing.T) {
 			} `json:"cpu_us_per_txn"`
 			PerRecord *float64 `json:"storage_cpu_us_per_record_per_node"`
 			Disk      *float64 `json:"disk_bytes_per_txn_per_node"`
+			CtxSw     *float64 `json:"context_switches_per_txn"`
 		} `json:"insert"`
 		Select []struct {
 			Clients int      `json:"clients"`
@@ -217,7 +218,7 @@ func TestBenchSQLJSON(t *testing.T) {
 		// Every process of the cluster is on this machine, so each is
 		// metered; the writer and the nodes did work in every level.
 		if c := l.CPU; c == nil || c.Writer <= 0 || c.StoragePerNode <= 0 || c.Client <= 0 ||
-			c.Total < c.Writer+6*c.StoragePerNode+c.Control+c.Client-1e-6 || l.PerRecord == nil || *l.PerRecord <= 0 || l.Disk == nil || *l.Disk <= 0 {
+			c.Total < c.Writer+6*c.StoragePerNode+c.Control+c.Client-1e-6 || l.PerRecord == nil || *l.PerRecord <= 0 || l.Disk == nil || *l.Disk <= 0 || l.CtxSw == nil || *l.CtxSw <= 0 {
 			t.Fatalf("insert level %d's costs: %s", i, out)
 		}
 	}

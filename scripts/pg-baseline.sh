@@ -315,6 +315,14 @@ def device_bytes():
     with open(devstat) as f:
         return int(f.read().split()[6]) * 512  # sectors written, always of 512 bytes
 
+def context_switches():
+    """The machine's context switches since boot, as `borealis bench` counts them."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("ctxt "):
+                return int(line.split()[1])
+    return 0
+
 def settle(name, n, timeout=5.0):
     """Wait until the server is down to n processes again: after a level,
     until pgbench's backends have exited and been reaped."""
@@ -363,11 +371,13 @@ for i, n in enumerate(clients, 1):
     log(f"{n} client{'s' * (n != 1)} for {duration} s")
     before = {s: sample(s) for s in servers}
     dev0 = device_bytes()
+    ctxt0 = context_switches()
     prefix = f"{d}/pgbench-logs/c{n}"
     out, pgbench_cpu = pgbench(n, i, ["-T", str(duration)], prefix)
     settle("primary", base_procs)
     after = {s: sample(s) for s in servers}
     dev1 = device_bytes()
+    ctxt1 = context_switches()
 
     m = re.search(r"number of transactions actually processed: (\d+)", out)
     tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
@@ -414,6 +424,7 @@ for i, n in enumerate(clients, 1):
             "standby_mean": round((wbytes["s1"] + wbytes["s2"]) / 2 / txns),
         },
         "device_bytes_per_txn": round((dev1 - dev0) / txns) if devstat else None,
+        "context_switches_per_txn": round((ctxt1 - ctxt0) / txns, 1),
     })
 
 # Still both in the quorum, and every row everywhere.
@@ -440,13 +451,15 @@ print(f"PostgreSQL {ver}: a primary and 2 streaming standbys on loopback, "
       f"synchronous_standby_names = '{sync_names}', synchronous_commit = on, fsync = on; {cores} cores")
 print(f"INSERT: one-row transactions (bigint key, 100-character text), pgbench -M prepared, {duration} s per level")
 print("Per transaction: CPU µs (servers = primary + standbys, total = servers + pgbench); bytes written to files")
-print("by the primary and by a standby (wchar); bytes written to the disk's device by everything (machine-wide)\n")
+print("by the primary and by a standby (wchar); bytes written to the disk's device by everything (machine-wide);")
+print("the machine's context switches (ctx sw)\n")
 head = ["clients", "txn/s", "p50 ms", "p99 ms", "CPU µs primary", "standbys", "servers", "pgbench", "total",
-        "written B primary", "standby", "device B"]
+        "written B primary", "standby", "device B", "ctx sw"]
 rows = [[str(l["clients"]), f"{l['tps']:.0f}", f"{l['p50_ms']:.3f}", f"{l['p99_ms']:.3f}"] +
         [f"{l['cpu_us_per_txn'][k]:.1f}" for k in ("primary", "standbys", "servers", "pgbench", "total")] +
         [str(l["disk_bytes_per_txn"]["primary"]), str(l["disk_bytes_per_txn"]["standby_mean"]),
-         "-" if l["device_bytes_per_txn"] is None else str(l["device_bytes_per_txn"])]
+         "-" if l["device_bytes_per_txn"] is None else str(l["device_bytes_per_txn"]),
+         f"{l['context_switches_per_txn']:.1f}"]
         for l in levels]
 w = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 for r in [head] + rows:

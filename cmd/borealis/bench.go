@@ -58,6 +58,8 @@ type commitLevel struct {
 	DiskBytesPerTxnByNode    map[string]float64 `json:"disk_bytes_per_txn_by_node,omitempty"`
 	// DeviceBytesPerTxn: the machine's disks, all processes (see levelCost).
 	DeviceBytesPerTxn float64 `json:"device_bytes_per_txn"`
+	// ContextSwitchesPerTxn: the machine's, all processes (see levelCost).
+	ContextSwitchesPerTxn float64 `json:"context_switches_per_txn"`
 }
 
 type commitReport struct {
@@ -226,13 +228,14 @@ removed with its temporary directory, unless --keep is given.`,
 			}
 			var ls []int
 			var costs []componentCPU
-			var disk, device, perRecord []float64
+			var disk, device, ctxt, perRecord []float64
 			for _, l := range rep.Levels {
 				ls, costs = append(ls, l.Committers), append(costs, l.CPUUsPerTxn)
 				disk, perRecord = append(disk, l.DiskBytesPerTxnPerNode), append(perRecord, l.CPUUsPerTxn.StoragePerNode)
 				device = append(device, l.DeviceBytesPerTxn)
+				ctxt = append(ctxt, l.ContextSwitchesPerTxn)
 			}
-			printCosts(out, "commit", ls, costs, disk, device, perRecord)
+			printCosts(out, "commit", ls, costs, disk, device, ctxt, perRecord)
 			return cleanupErr
 		},
 	}
@@ -439,6 +442,7 @@ func runCommitLevel(ctx context.Context, cfg volume.Config, members []volume.Mem
 		DiskBytesPerTxnPerNode:   cost.DiskBytesPerNode,
 		DiskBytesPerTxnByNode:    cost.DiskBytesByNode,
 		DeviceBytesPerTxn:        cost.DeviceBytes,
+		ContextSwitchesPerTxn:    cost.ContextSwitches,
 
 		Committers:        committers,
 		Commits:           len(lat),

@@ -76,14 +76,16 @@ type costSample struct {
 	self      procstat.Usage
 	procs     map[string]procstat.Usage
 	fileBytes map[string]uint64
-	// device is the machine's block devices' bytes written (0: unknown).
-	device uint64
+	// device is the machine's block devices' bytes written (0: unknown);
+	// ctxt, its context switches (0: unknown).
+	device, ctxt uint64
 }
 
 func (m *costMeter) sample(ctx context.Context) costSample {
 	s := costSample{procs: map[string]procstat.Usage{}, fileBytes: map[string]uint64{}}
 	s.self, _ = procstat.Read(0)
 	s.device, _ = procstat.DeviceWritten()
+	s.ctxt, _ = procstat.ContextSwitches()
 	for _, c := range m.procs {
 		// A process that died mid-level is left out of the level's figures.
 		if u, err := procstat.Read(c.Pid); err == nil {
@@ -129,6 +131,8 @@ type levelCost struct {
 	// every process and the file system: an upper bound of the cluster's
 	// own writes, the 4 KiB blocks each sync writes whole included.
 	DeviceBytes float64
+	// ContextSwitches is the machine's, every process's, per transaction.
+	ContextSwitches float64
 	// StorageCPUPerRecord is the mean storage node's CPU per redo record it
 	// received (records: the writer's, each sent to every node of its PG).
 	StorageCPUPerRecord float64
@@ -159,6 +163,9 @@ func (m *costMeter) cost(a, b costSample, txns, records float64) levelCost {
 		case "control":
 			lc.CPU.Control += us(d)
 		}
+	}
+	if b.ctxt >= a.ctxt && a.ctxt > 0 {
+		lc.ContextSwitches = float64(b.ctxt-a.ctxt) / txns
 	}
 	if b.device >= a.device && a.device > 0 {
 		lc.DeviceBytes = float64(b.device-a.device) / txns
@@ -228,15 +235,15 @@ func space(comps []cluster.Component, live int64) (*spaceReport, error) {
 
 // printCosts prints each level's CPU per transaction by component, and disk
 // bytes written per transaction per node.
-func printCosts(out io.Writer, unit string, levels []int, costs []componentCPU, disk, device, perRecord []float64) {
+func printCosts(out io.Writer, unit string, levels []int, costs []componentCPU, disk, device, ctxt, perRecord []float64) {
 	if len(costs) == 0 {
 		return
 	}
-	fmt.Fprintf(out, "\nCPU µs per %s, from /proc of each process over the level; file B/node: bytes each storage node's store wrote to its files per %s; device B: what the machine's disks took per %s, from every process\n", unit, unit, unit)
+	fmt.Fprintf(out, "\nCPU µs per %s, from /proc of each process over the level; file B/node: bytes each storage node's store wrote to its files per %s; device B: what the machine's disks took per %s, from every process; ctx sw: the machine's context switches per %s\n", unit, unit, unit, unit)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "clients\twriter\tstorage/node\tstorage µs/record/node\tstorage (all)\tcontrol\treplicas\trouter\tclient\ttotal\tfile B/node\tdevice B\t")
+	fmt.Fprintln(tw, "clients\twriter\tstorage/node\tstorage µs/record/node\tstorage (all)\tcontrol\treplicas\trouter\tclient\ttotal\tfile B/node\tdevice B\tctx sw\t")
 	for i, c := range costs {
-		fmt.Fprintf(tw, "%d\t%.0f\t%.1f\t%.1f\t%.0f\t%.1f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t\n", levels[i], c.Writer, c.StoragePerNode, perRecord[i], c.Storage, c.Control, c.Replicas, c.Router, c.Client, c.Total, disk[i], device[i])
+		fmt.Fprintf(tw, "%d\t%.0f\t%.1f\t%.1f\t%.0f\t%.1f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.1f\t\n", levels[i], c.Writer, c.StoragePerNode, perRecord[i], c.Storage, c.Control, c.Replicas, c.Router, c.Client, c.Total, disk[i], device[i], ctxt[i])
 	}
 	tw.Flush()
 }

@@ -46,6 +46,8 @@ type sqlInsertLevel struct {
 	DiskBytesPerTxnByNode        map[string]float64 `json:"disk_bytes_per_txn_by_node,omitempty"`
 	// DeviceBytesPerTxn: the machine's disks, all processes (see levelCost).
 	DeviceBytesPerTxn float64 `json:"device_bytes_per_txn"`
+	// ContextSwitchesPerTxn: the machine's, all processes (see levelCost).
+	ContextSwitchesPerTxn float64 `json:"context_switches_per_txn"`
 }
 
 type sqlSelectLevel struct {
@@ -111,8 +113,9 @@ For each INSERT level it also prints what a transaction costs: the CPU time
 (user and system, from /proc/PID/stat over the level) of the writer, of each
 storage node, of the control plane, of any replicas and router, and of the
 benchmark process itself, and the bytes each storage node's store wrote to
-its files (as the node counts them) beside what the machine's disks took.
-When the benchmark ends it prints each node's disk footprint against the
+its files (as the node counts them) beside what the machine's disks took,
+and the machine's context switches (from /proc/stat), which on a virtual
+machine cost CPU of their own. When the benchmark ends it prints each node's disk footprint against the
 live database size. Only processes on this machine are metered. Each client
 keeps one HTTP/1.1 connection of its own.
 With --pprof-dir (a cluster of its own only) the writer and the storage nodes
@@ -400,6 +403,7 @@ func runSQLBench(ctx context.Context, endpoint string, comps []cluster.Component
 			DiskBytesPerTxnPerNode:       cost.DiskBytesPerNode,
 			DiskBytesPerTxnByNode:        cost.DiskBytesByNode,
 			DeviceBytesPerTxn:            cost.DeviceBytes,
+			ContextSwitchesPerTxn:        cost.ContextSwitches,
 		})
 	}
 	keys := lastKey.Load()
@@ -573,13 +577,14 @@ func printSQLBench(out io.Writer, rep *sqlBenchReport) {
 	tw.Flush()
 	var levels []int
 	var costs []componentCPU
-	var disk, device, perRecord []float64
+	var disk, device, ctxt, perRecord []float64
 	for _, l := range rep.Insert {
 		levels, costs = append(levels, l.Clients), append(costs, l.CPUUsPerTxn)
 		disk, perRecord = append(disk, l.DiskBytesPerTxnPerNode), append(perRecord, l.StorageCPUUsPerRecordPerNode)
 		device = append(device, l.DeviceBytesPerTxn)
+		ctxt = append(ctxt, l.ContextSwitchesPerTxn)
 	}
-	printCosts(out, "INSERT", levels, costs, disk, device, perRecord)
+	printCosts(out, "INSERT", levels, costs, disk, device, ctxt, perRecord)
 	if len(rep.Unmetered) > 0 {
 		fmt.Fprintf(out, "(not metered: %s, whose processes are not on this machine)\n", strings.Join(rep.Unmetered, ", "))
 	}

@@ -105,6 +105,27 @@ func parseMachineBusy(b []byte) (time.Duration, error) {
 	return time.Duration(busy) * clockTick, nil
 }
 
+// ContextSwitches is the number of context switches every CPU of the machine
+// has made since boot (/proc/stat's ctxt line). On a virtual machine each
+// costs microseconds of CPU, so how many a transaction causes, across every
+// process it involves, is worth knowing beside its CPU time.
+func ContextSwitches() (uint64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	return parseContextSwitches(b)
+}
+
+func parseContextSwitches(b []byte) (uint64, error) {
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "ctxt "); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no ctxt line in /proc/stat")
+}
+
 // DeviceWritten is the bytes written to the machine's block devices since
 // boot, by every process and the file systems themselves (journal, metadata):
 // the sectors /proc/diskstats counts for each whole device (those in

@@ -97,3 +97,17 @@ func TestParseDiskstatsCountsWholeDevices(t *testing.T) {
 		t.Errorf("this machine's /proc/diskstats: %v", err)
 	}
 }
+
+func TestParseContextSwitches(t *testing.T) {
+	stat := "cpu  27368 0 7472 18469 383 0 625 3045 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 12 3\nctxt 438645\nbtime 1764688000\n"
+	n, err := parseContextSwitches([]byte(stat))
+	if err != nil || n != 438645 {
+		t.Fatalf("parseContextSwitches = %d, %v; want 438645", n, err)
+	}
+	if _, err := parseContextSwitches([]byte("cpu 1 2 3\n")); err == nil {
+		t.Fatal("a /proc/stat without ctxt parsed")
+	}
+	if a, err := ContextSwitches(); err != nil || a == 0 {
+		t.Fatalf("ContextSwitches() = %d, %v", a, err)
+	}
+}
