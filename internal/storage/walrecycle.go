@@ -2,13 +2,13 @@ package storage
 
 import (
 	"cmp"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // Recycled write-ahead logs. Pebble keeps up to MemTableStopWritesThreshold+1
@@ -37,14 +37,10 @@ type logFiles struct {
 	// not come; ours, the logs Pebble has listed since Open, until they are
 	// removed or reused under another name.
 	pending, ours map[string]bool
-	// truncate empties a file that exists, and fails if it does not (Pebble
-	// may be deleting it meanwhile): vfs.FS has no truncate, and os.Create
-	// semantics would bring a deleted log back.
-	truncate func(path string, size int64) error
 }
 
 func newLogFiles() *logFiles {
-	return &logFiles{pending: map[string]bool{}, ours: map[string]bool{}, truncate: os.Truncate}
+	return &logFiles{pending: map[string]bool{}, ours: map[string]bool{}}
 }
 
 // creating is called, under mu, before a log is created at name (reusing
@@ -112,11 +108,17 @@ func (fs syncCountingFS) listLogs(dir string, live func() int) (old, newest []lo
 		}
 		logs = append(logs, logFile{path, num, st.Size()})
 	}
+	old, newest = splitLogs(logs, keep)
+	return old, newest, nil
+}
+
+// splitLogs sorts logs oldest first and splits them into the newest keep
+// logs and the older ones. keep counts logs, not files: the segments of one
+// log (files with the same number) go together.
+func splitLogs(logs []logFile, keep int) (old, newest []logFile) {
 	slices.SortFunc(logs, func(a, b logFile) int {
 		return cmp.Or(cmp.Compare(a.num, b.num), strings.Compare(a.path, b.path))
 	})
-	// keep counts logs, not files: the segments of one log (the same number)
-	// go together.
 	cut := len(logs)
 	for kept := 0; cut > 0 && kept < keep; kept++ {
 		num := logs[cut-1].num
@@ -124,7 +126,7 @@ func (fs syncCountingFS) listLogs(dir string, live func() int) (old, newest []lo
 			cut--
 		}
 	}
-	return logs[:cut], logs[cut:], nil
+	return logs[:cut], logs[cut:]
 }
 
 // emptyObsolete truncates the obsolete logs of dir that Pebble created since
@@ -141,8 +143,14 @@ func (fs syncCountingFS) emptyObsolete(dir string, live func() int) (uint64, err
 		if lg.size == 0 || !fs.logs.ours[lg.path] {
 			continue
 		}
-		if err := fs.logs.truncate(lg.path, 0); err != nil {
-			continue // removed meanwhile
+		// vfs.FS has no truncate: Create replaces the file with an empty
+		// one. Pebble cannot be removing it meanwhile (Remove takes mu).
+		f, err := fs.FS.Create(lg.path, vfs.WriteCategoryUnspecified)
+		if err == nil {
+			err = f.Close()
+		}
+		if err != nil {
+			return freed, err
 		}
 		freed += uint64(lg.size)
 	}

@@ -2,16 +2,12 @@ package storage_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/storage"
@@ -48,21 +44,8 @@ func logSizes(t *testing.T, dir string) (names []string, sizes []int64) {
 func TestIdleStoreEmptiesItsOldLogs(t *testing.T) {
 	dir := t.TempDir()
 	cfg := storage.Config{ID: "s1", AZ: "a", Dir: dir, MaterializeInterval: 10 * time.Millisecond, IdleFlushAfter: time.Second, MemTableBytes: 1 << 20}
-	n, err := storage.Open(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go n.Serve(lis)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := pb.NewStorageClient(conn)
-	w := newChainWriter(t, c, 1, 0, lis.Addr().String())
+	n, c, addr := startNodeWith(t, cfg)
+	w := newChainWriter(t, c, 1, 0, addr)
 	// 1,500 images of 8 pages: 6 MiB of log, several memtables of 1 MiB.
 	for lsn := uint64(1); lsn <= 1500; lsn++ {
 		w.write(1+lsn%8, lsn, byte(lsn))
@@ -90,8 +73,7 @@ func TestIdleStoreEmptiesItsOldLogs(t *testing.T) {
 	for lsn := uint64(1501); lsn <= 3000; lsn++ {
 		w.write(1+lsn%8, lsn, byte(lsn))
 	}
-	conn.Close()
-	n.Close()
+	n.Close() // again in the cleanup, which does nothing then
 
 	_, c2, _ := startNodeWith(t, cfg)
 	for page := uint64(1); page <= 8; page++ {
