@@ -28,6 +28,10 @@ func Current() (time.Duration, error) {
 // caller must not have started anything it would lose: exec ends the
 // process image.
 func Ensure(want time.Duration) error {
+	// The marker is this process's alone: the processes it starts must not
+	// inherit it (with another PID in it, they would re-execute forever).
+	marker := os.Getenv(reexecEnv)
+	os.Unsetenv(reexecEnv)
 	if want <= 0 {
 		return nil
 	}
@@ -35,27 +39,18 @@ func Ensure(want time.Duration) error {
 	defer runtime.UnlockOSThread()
 	cur, err := Current()
 	if err != nil || cur >= want {
-		if os.Getenv(reexecEnv) != "" {
-			// Not for the processes this one starts.
-			os.Unsetenv(reexecEnv)
-		}
 		return err
 	}
 	pid := strconv.Itoa(os.Getpid())
-	if os.Getenv(reexecEnv) == pid {
+	if marker == pid {
 		// The kernel did not keep it (it ignores the slack of a real-time
-		// process). The processes this one starts must not inherit the
-		// marker either: with another PID in it they would re-execute.
-		os.Unsetenv(reexecEnv)
+		// process).
 		return fmt.Errorf("timer slack is %s after re-executing with %s", cur, want)
 	}
 	if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(want.Nanoseconds()), 0, 0, 0); err != nil {
 		return fmt.Errorf("set timer slack: %w", err)
 	}
-	// Set, not appended: an inherited marker would win over a second copy.
-	os.Setenv(reexecEnv, pid)
-	err = syscall.Exec(executable(), os.Args, os.Environ())
-	os.Unsetenv(reexecEnv)
+	err = syscall.Exec(executable(), os.Args, append(os.Environ(), reexecEnv+"="+pid))
 	// Still here: exec failed. Leave the thread as the others are.
 	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(cur.Nanoseconds()), 0, 0, 0)
 	return fmt.Errorf("re-execute with timer slack %s: %w", want, err)
