@@ -15,6 +15,7 @@
 //	volumes/<name>                      Volume: name, id, incarnation, page_size, pg_size_bytes, pages_per_pg, geometry_epoch, volume_epoch, pgs
 //	volume-ids/<volume-id %020d>        {name}: volume id to name
 //	pgs/<volume-id %020d>/<pg %010d>    PG: volume_id, pg, membership_epoch, geometry_epoch, segments [{node, az, addr}]
+//	load                                Load: segments per node, updated in the transaction of every change of a PG's segments (load.go)
 //	writer/<volume-id %020d>            Writer: holder, epoch, lease, acquired_at; attached to the writer lease
 //	failover/<volume-id %020d>          Failover: the volume's current or last failover (failover.go)
 //	truncations/<volume-id %020d>/<epoch %020d>
@@ -549,47 +550,42 @@ func (c *Catalog) NodeStates(ctx context.Context) (map[string]NodeState, error) 
 
 // ---- placement input ----
 
-// snapshotOps are the reads placement needs, first in a read Txn.
+// snapshotOps are the reads placement needs, first in a read Txn: the
+// nodes, which are up, and the segments each hosts (the load record, not
+// the PGs, so the read does not grow with the volumes).
 func (c *Catalog) snapshotOps() []clientv3.Op {
 	return []clientv3.Op{
 		clientv3.OpGet(c.prefix+"nodes/", clientv3.WithPrefix()),
 		clientv3.OpGet(c.prefix+"alive/", clientv3.WithPrefix()),
-		clientv3.OpGet(c.pgsPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(c.loadKey()),
 	}
 }
 
 // nodeInfos builds placement's view from the responses of snapshotOps:
 // every registered node, up iff alive, loaded with the segments it hosts.
-func nodeInfos(rs []*etcdserverpb.ResponseOp) ([]NodeInfo, map[string]PG, error) {
+// ok is false when the catalog has no load record yet (ensureLoad makes it).
+func nodeInfos(rs []*etcdserverpb.ResponseOp) (infos []NodeInfo, lr loadRead, ok bool, err error) {
 	nodes, err := decodeAll[Node](rs[0].GetResponseRange().Kvs)
 	if err != nil {
-		return nil, nil, err
+		return nil, loadRead{}, false, err
 	}
 	alive, err := decodeAll[aliveRecord](rs[1].GetResponseRange().Kvs)
 	if err != nil {
-		return nil, nil, err
+		return nil, loadRead{}, false, err
+	}
+	lr, ok, err = decodeLoad((*clientv3.GetResponse)(rs[2].GetResponseRange()))
+	if err != nil || !ok {
+		return nil, loadRead{}, false, err
 	}
 	up := map[string]bool{}
 	for _, a := range alive {
 		up[a.Node] = true
 	}
-	load := map[string]int{}
-	pgs := map[string]PG{}
-	for _, kv := range rs[2].GetResponseRange().Kvs {
-		pg, err := decode[PG](kv)
-		if err != nil {
-			return nil, nil, err
-		}
-		pgs[string(kv.Key)] = pg
-		for _, s := range pg.Segments {
-			load[s.Node]++
-		}
-	}
-	infos := make([]NodeInfo, 0, len(nodes))
+	infos = make([]NodeInfo, 0, len(nodes))
 	for _, n := range nodes {
-		infos = append(infos, NodeInfo{ID: n.ID, AZ: n.AZ, Addr: n.Addr, Up: up[n.ID], Segments: load[n.ID]})
+		infos = append(infos, NodeInfo{ID: n.ID, AZ: n.AZ, Addr: n.Addr, Up: up[n.ID], Segments: lr.load.Segments[n.ID]})
 	}
-	return infos, pgs, nil
+	return infos, lr, true, nil
 }
 
 func segmentsOf(chosen []NodeInfo) []Segment {
@@ -646,9 +642,15 @@ func (c *Catalog) CreateVolume(ctx context.Context, name string, pageSize int, p
 			}
 			counterRev = kvs[0].ModRevision
 		}
-		infos, _, err := nodeInfos(tr.Responses[2:])
+		infos, lr, ok, err := nodeInfos(tr.Responses[2:])
 		if err != nil {
 			return Volume{}, err
+		}
+		if !ok {
+			if err := c.ensureLoad(ctx); err != nil {
+				return Volume{}, err
+			}
+			continue
 		}
 		chosen, err := Place(infos, SegmentsPerAZ, AZs)
 		if err != nil {
@@ -662,8 +664,10 @@ func (c *Catalog) CreateVolume(ctx context.Context, name string, pageSize int, p
 		pg := PG{Version: RecordVersion, VolumeID: vol.ID, PG: 0, MembershipEpoch: 1, GeometryEpoch: 1, Segments: segmentsOf(chosen)}
 		wr, err := c.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(vk), "=", 0),
-				clientv3.Compare(clientv3.ModRevision(ck), "=", counterRev)).
+				clientv3.Compare(clientv3.ModRevision(ck), "=", counterRev),
+				lr.guard(c.loadKey())).
 			Then(clientv3.OpPut(ck, strconv.FormatUint(vol.ID, 10)),
+				clientv3.OpPut(c.loadKey(), encode(lr.load.with(pg.Segments, 1))),
 				clientv3.OpPut(vk, encode(vol)),
 				clientv3.OpPut(c.volIDKey(vol.ID), encode(volumeIDRecord{Version: RecordVersion, Name: name})),
 				clientv3.OpPut(c.pgKey(vol.ID, 0), encode(pg))).
@@ -678,7 +682,8 @@ func (c *Catalog) CreateVolume(ctx context.Context, name string, pageSize int, p
 		if kvs := wr.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 			return Volume{}, existsErr(name, kvs[0])
 		}
-		// Another volume took the id; try the next.
+		// Another volume took the id, or a placement changed the load: look
+		// again.
 	}
 	return Volume{}, fmt.Errorf("%w: creating volume %s raced with other creates %d times; retry", ErrConflict, name, maxAttempts)
 }
@@ -780,11 +785,41 @@ func (c *Catalog) DeleteVolume(ctx context.Context, name string) (Volume, []PG, 
 		if err != nil {
 			return Volume{}, nil, err
 		}
+		// The load record loses the volume's segments in the same
+		// transaction; it is read first, with the PGs, and the delete is
+		// guarded on neither having changed since.
+		rd, err := c.cli.Txn(ctx).Then(
+			clientv3.OpGet(c.pgPrefix(vol.ID), clientv3.WithPrefix()),
+			clientv3.OpGet(c.loadKey()),
+		).Commit()
+		if err != nil {
+			return Volume{}, nil, etcdErr("delete volume "+name, err)
+		}
+		lr, ok, err := decodeLoad((*clientv3.GetResponse)(rd.Responses[1].GetResponseRange()))
+		if err != nil {
+			return Volume{}, nil, err
+		}
+		if !ok {
+			if err := c.ensureLoad(ctx); err != nil {
+				return Volume{}, nil, err
+			}
+			continue
+		}
+		held, err := decodeAll[PG](rd.Responses[0].GetResponseRange().Kvs)
+		if err != nil {
+			return Volume{}, nil, err
+		}
+		load := lr.load
+		for _, pg := range held {
+			load = load.with(pg.Segments, -1)
+		}
 		wk := c.writerKey(vol.ID)
 		tomb := DeletedVolume{Version: RecordVersion, ID: vol.ID, Incarnation: vol.Incarnation, Name: vol.Name, PGs: vol.PGs, DeletedAt: time.Now().UTC()}
 		tr, err := c.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(vk), "=", resp.Kvs[0].ModRevision),
-				clientv3.Compare(clientv3.CreateRevision(wk), "=", 0)).
+				clientv3.Compare(clientv3.CreateRevision(wk), "=", 0),
+				lr.guard(c.loadKey()),
+				clientv3.Compare(clientv3.ModRevision(c.pgPrefix(vol.ID)), "<", rd.Header.Revision+1).WithPrefix()).
 			Then(clientv3.OpGet(c.pgPrefix(vol.ID), clientv3.WithPrefix()),
 				clientv3.OpDelete(vk),
 				clientv3.OpDelete(c.volIDKey(vol.ID)),
@@ -792,7 +827,8 @@ func (c *Catalog) DeleteVolume(ctx context.Context, name string) (Volume, []PG, 
 				clientv3.OpDelete(c.truncsPrefix(vol.ID), clientv3.WithPrefix()),
 				clientv3.OpDelete(c.volInstancesPrefix(vol.ID), clientv3.WithPrefix(), clientv3.WithPrevKV()),
 				clientv3.OpDelete(c.failoverKey(vol.ID)),
-				clientv3.OpPut(c.deletedKey(vol.ID), encode(tomb))).
+				clientv3.OpPut(c.deletedKey(vol.ID), encode(tomb)),
+				clientv3.OpPut(c.loadKey(), encode(load))).
 			Else(clientv3.OpGet(wk)).
 			Commit()
 		if err != nil {
@@ -821,7 +857,8 @@ func (c *Catalog) DeleteVolume(ctx context.Context, name string) (Volume, []PG, 
 			return Volume{}, nil, fmt.Errorf("%w: volume %s has a writer: its lease is held by %s (epoch %d, since %s); stop that writer (its lease then goes, or expires within %ds) before deleting the volume",
 				ErrWriterHeld, name, w.Holder, w.Epoch, w.AcquiredAt.Format(time.RFC3339), w.TTLSeconds)
 		}
-		// The volume changed (a writer came and went, a PG was added): look again.
+		// The volume changed (a writer came and went, a PG was added), or
+		// a placement changed the load: look again.
 	}
 	return Volume{}, nil, fmt.Errorf("%w: deleting volume %s raced with other changes %d times; retry", ErrConflict, name, maxAttempts)
 }
@@ -957,16 +994,19 @@ func (c *Catalog) AddPG(ctx context.Context, volName string, pg uint32) (PG, err
 			return PG{}, err
 		}
 		rev := kvs[0].ModRevision
-		infos, pgs, err := nodeInfos(tr.Responses[1:])
+		pk := c.pgKey(vol.ID, pg)
+		if pg < vol.PGs {
+			return c.PG(ctx, vol.ID, pg)
+		}
+		infos, lr, ok, err := nodeInfos(tr.Responses[1:])
 		if err != nil {
 			return PG{}, err
 		}
-		pk := c.pgKey(vol.ID, pg)
-		if pg < vol.PGs {
-			if existing, ok := pgs[pk]; ok {
-				return existing, nil
+		if !ok {
+			if err := c.ensureLoad(ctx); err != nil {
+				return PG{}, err
 			}
-			return c.PG(ctx, vol.ID, pg)
+			continue
 		}
 		if uint64(pg) >= vol.MaxPGs() {
 			return PG{}, fmt.Errorf("%w: volume %s cannot grow to PG %d: it is at its maximum of %d PGs of %d bytes (128 TiB); no page beyond it can be written", ErrVolumeFull, volName, pg, vol.MaxPGs(), vol.PGSizeBytes)
@@ -984,8 +1024,10 @@ func (c *Catalog) AddPG(ctx context.Context, volName string, pg uint32) (PG, err
 		rec := PG{Version: RecordVersion, VolumeID: vol.ID, PG: pg, MembershipEpoch: 1, GeometryEpoch: nv.GeometryEpoch, Segments: segmentsOf(chosen)}
 		wr, err := c.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(vk), "=", rev),
-				clientv3.Compare(clientv3.CreateRevision(pk), "=", 0)).
-			Then(clientv3.OpPut(vk, encode(nv)), clientv3.OpPut(pk, encode(rec))).
+				clientv3.Compare(clientv3.CreateRevision(pk), "=", 0),
+				lr.guard(c.loadKey())).
+			Then(clientv3.OpPut(vk, encode(nv)), clientv3.OpPut(pk, encode(rec)),
+				clientv3.OpPut(c.loadKey(), encode(lr.load.with(rec.Segments, 1)))).
 			Commit()
 		if err != nil {
 			return PG{}, etcdErr(fmt.Sprintf("add PG %d to volume %s", pg, volName), err)
@@ -993,7 +1035,8 @@ func (c *Catalog) AddPG(ctx context.Context, volName string, pg uint32) (PG, err
 		if wr.Succeeded {
 			return rec, nil
 		}
-		// The volume changed (another PG, an epoch bump): look again.
+		// The volume changed (another PG, an epoch bump), or a placement
+		// changed the load: look again.
 	}
 	return PG{}, fmt.Errorf("%w: adding PG %d to volume %s raced with other changes %d times; retry", ErrConflict, pg, volName, maxAttempts)
 }
