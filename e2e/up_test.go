@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -388,8 +389,15 @@ func TestUpRunsAndResumesACluster(t *testing.T) {
 			t.Fatalf("status shows PG %d on %+v", pg.ID, pg.Segments)
 		}
 	}
-	if len(raw.PGs) == 0 {
+	if len(raw.PGs) == 0 || raw.PGsListed != "all" || raw.PGCounts["healthy"] != len(raw.PGs) || raw.PGCounts["degraded"] != 0 || raw.PGCounts["no_quorum"] != 0 {
 		t.Fatalf("status volumes: %+v", rep.Volumes)
+	}
+	// Without --pgs, status counts the PGs and lists only those that are
+	// not healthy: none here.
+	for _, v := range statusJSON(t, dir, "summary").Volumes {
+		if v.Name == rawVolume && (v.PGsListed != "not_healthy" || len(v.PGs) != 0 || v.PGCounts["healthy"] != len(raw.PGs)) {
+			t.Fatalf("status without --pgs: %+v", v)
+		}
 	}
 	complete := 0
 	for _, s := range raw.PGs[0].Segments {
@@ -527,11 +535,13 @@ type statusOutput struct {
 		Unreachable string `json:"unreachable"`
 	} `json:"writers"`
 	Volumes []struct {
-		Name          string `json:"name"`
-		VolumeEpoch   uint64 `json:"volume_epoch"`
-		GeometryEpoch uint64 `json:"geometry_epoch"`
-		VDL           uint64 `json:"vdl"`
-		VDLSource     string `json:"vdl_source"`
+		Name          string         `json:"name"`
+		VolumeEpoch   uint64         `json:"volume_epoch"`
+		GeometryEpoch uint64         `json:"geometry_epoch"`
+		VDL           uint64         `json:"vdl"`
+		VDLSource     string         `json:"vdl_source"`
+		PGCounts      map[string]int `json:"pg_counts"`
+		PGsListed     string         `json:"pgs_listed"`
 		PGs           []struct {
 			ID              uint32 `json:"id"`
 			MembershipEpoch uint64 `json:"membership_epoch"`
@@ -545,9 +555,15 @@ type statusOutput struct {
 	} `json:"volumes"`
 }
 
-func statusJSON(t *testing.T, dir string) statusOutput {
+// statusJSON is `borealis status --json --pgs` (every PG listed), or
+// without --pgs when extra says "summary".
+func statusJSON(t *testing.T, dir string, extra ...string) statusOutput {
 	t.Helper()
-	out, err := exec.Command(binary, "status", "--dir", dir, "--json").Output()
+	args := []string{"status", "--dir", dir, "--json", "--pgs"}
+	if slices.Contains(extra, "summary") {
+		args = args[:len(args)-1]
+	}
+	out, err := exec.Command(binary, args...).Output()
 	if err != nil {
 		t.Fatalf("borealis status: %v\n%s", err, out)
 	}

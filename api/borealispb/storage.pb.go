@@ -1138,6 +1138,148 @@ func (x *SegmentInfoRequest) GetFenceEpoch() uint64 {
 	return 0
 }
 
+type SegmentSCLsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        uint64                 `protobuf:"varint,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SegmentSCLsRequest) Reset() {
+	*x = SegmentSCLsRequest{}
+	mi := &file_storage_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SegmentSCLsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SegmentSCLsRequest) ProtoMessage() {}
+
+func (x *SegmentSCLsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SegmentSCLsRequest.ProtoReflect.Descriptor instead.
+func (*SegmentSCLsRequest) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SegmentSCLsRequest) GetVolume() uint64 {
+	if x != nil {
+		return x.Volume
+	}
+	return 0
+}
+
+type HostedSCL struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pg            uint32                 `protobuf:"varint,1,opt,name=pg,proto3" json:"pg,omitempty"`
+	Scl           uint64                 `protobuf:"varint,2,opt,name=scl,proto3" json:"scl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostedSCL) Reset() {
+	*x = HostedSCL{}
+	mi := &file_storage_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostedSCL) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostedSCL) ProtoMessage() {}
+
+func (x *HostedSCL) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostedSCL.ProtoReflect.Descriptor instead.
+func (*HostedSCL) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *HostedSCL) GetPg() uint32 {
+	if x != nil {
+		return x.Pg
+	}
+	return 0
+}
+
+func (x *HostedSCL) GetScl() uint64 {
+	if x != nil {
+		return x.Scl
+	}
+	return 0
+}
+
+type SegmentSCLsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every segment of the volume the node hosts, by PG; a PG it does not
+	// host is absent (its records have not reached the node yet).
+	Segments      []*HostedSCL `protobuf:"bytes,1,rep,name=segments,proto3" json:"segments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SegmentSCLsResponse) Reset() {
+	*x = SegmentSCLsResponse{}
+	mi := &file_storage_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SegmentSCLsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SegmentSCLsResponse) ProtoMessage() {}
+
+func (x *SegmentSCLsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SegmentSCLsResponse.ProtoReflect.Descriptor instead.
+func (*SegmentSCLsResponse) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SegmentSCLsResponse) GetSegments() []*HostedSCL {
+	if x != nil {
+		return x.Segments
+	}
+	return nil
+}
+
 type SegmentInfoResponse struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Scl             uint64                 `protobuf:"varint,1,opt,name=scl,proto3" json:"scl,omitempty"`
@@ -1160,7 +1302,7 @@ type SegmentInfoResponse struct {
 
 func (x *SegmentInfoResponse) Reset() {
 	*x = SegmentInfoResponse{}
-	mi := &file_storage_proto_msgTypes[13]
+	mi := &file_storage_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1314,7 @@ func (x *SegmentInfoResponse) String() string {
 func (*SegmentInfoResponse) ProtoMessage() {}
 
 func (x *SegmentInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[13]
+	mi := &file_storage_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1327,7 @@ func (x *SegmentInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentInfoResponse.ProtoReflect.Descriptor instead.
 func (*SegmentInfoResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{13}
+	return file_storage_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SegmentInfoResponse) GetScl() uint64 {
@@ -1291,7 +1433,7 @@ type TruncateRequest struct {
 
 func (x *TruncateRequest) Reset() {
 	*x = TruncateRequest{}
-	mi := &file_storage_proto_msgTypes[14]
+	mi := &file_storage_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1445,7 @@ func (x *TruncateRequest) String() string {
 func (*TruncateRequest) ProtoMessage() {}
 
 func (x *TruncateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[14]
+	mi := &file_storage_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1458,7 @@ func (x *TruncateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncateRequest.ProtoReflect.Descriptor instead.
 func (*TruncateRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{14}
+	return file_storage_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TruncateRequest) GetVolume() uint64 {
@@ -1377,7 +1519,7 @@ type TruncateResponse struct {
 
 func (x *TruncateResponse) Reset() {
 	*x = TruncateResponse{}
-	mi := &file_storage_proto_msgTypes[15]
+	mi := &file_storage_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +1531,7 @@ func (x *TruncateResponse) String() string {
 func (*TruncateResponse) ProtoMessage() {}
 
 func (x *TruncateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[15]
+	mi := &file_storage_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,7 +1544,7 @@ func (x *TruncateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncateResponse.ProtoReflect.Descriptor instead.
 func (*TruncateResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{15}
+	return file_storage_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TruncateResponse) GetScl() uint64 {
@@ -1420,7 +1562,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_storage_proto_msgTypes[16]
+	mi := &file_storage_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1574,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[16]
+	mi := &file_storage_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1587,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{16}
+	return file_storage_proto_rawDescGZIP(), []int{19}
 }
 
 type StatsResponse struct {
@@ -1470,7 +1612,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_storage_proto_msgTypes[17]
+	mi := &file_storage_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1482,7 +1624,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[17]
+	mi := &file_storage_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1495,7 +1637,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{17}
+	return file_storage_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StatsResponse) GetNodeId() string {
@@ -1596,7 +1738,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_storage_proto_msgTypes[18]
+	mi := &file_storage_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1750,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[18]
+	mi := &file_storage_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1763,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{18}
+	return file_storage_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ErrorDetail) GetReason() Reason {
@@ -1736,7 +1878,14 @@ const file_storage_proto_rawDesc = "" +
 	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12\x1f\n" +
 	"\vfence_epoch\x18\x03 \x01(\x04R\n" +
-	"fenceEpoch\"\x9d\x03\n" +
+	"fenceEpoch\",\n" +
+	"\x12SegmentSCLsRequest\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\x04R\x06volume\"-\n" +
+	"\tHostedSCL\x12\x0e\n" +
+	"\x02pg\x18\x01 \x01(\rR\x02pg\x12\x10\n" +
+	"\x03scl\x18\x02 \x01(\x04R\x03scl\"I\n" +
+	"\x13SegmentSCLsResponse\x122\n" +
+	"\bsegments\x18\x01 \x03(\v2\x16.borealis.v1.HostedSCLR\bsegments\"\x9d\x03\n" +
 	"\x13SegmentInfoResponse\x12\x10\n" +
 	"\x03scl\x18\x01 \x01(\x04R\x03scl\x12\x18\n" +
 	"\ahighest\x18\x02 \x01(\x04R\ahighest\x12\x14\n" +
@@ -1795,12 +1944,13 @@ const file_storage_proto_rawDesc = "" +
 	"\x0fBAD_DECLARATION\x10\t\x12\x0f\n" +
 	"\vBAD_REQUEST\x10\n" +
 	"\x12\x12\n" +
-	"\x0eVOLUME_DELETED\x10\v2\xae\x03\n" +
+	"\x0eVOLUME_DELETED\x10\v2\x80\x04\n" +
 	"\aStorage\x12E\n" +
 	"\x06Append\x12\x1a.borealis.v1.AppendRequest\x1a\x1b.borealis.v1.AppendResponse(\x010\x01\x12D\n" +
 	"\aGetPage\x12\x1b.borealis.v1.GetPageRequest\x1a\x1c.borealis.v1.GetPageResponse\x12;\n" +
 	"\x04Pull\x12\x18.borealis.v1.PullRequest\x1a\x19.borealis.v1.PullResponse\x12P\n" +
-	"\vSegmentInfo\x12\x1f.borealis.v1.SegmentInfoRequest\x1a .borealis.v1.SegmentInfoResponse\x12G\n" +
+	"\vSegmentInfo\x12\x1f.borealis.v1.SegmentInfoRequest\x1a .borealis.v1.SegmentInfoResponse\x12P\n" +
+	"\vSegmentSCLs\x12\x1f.borealis.v1.SegmentSCLsRequest\x1a .borealis.v1.SegmentSCLsResponse\x12G\n" +
 	"\bTruncate\x12\x1c.borealis.v1.TruncateRequest\x1a\x1d.borealis.v1.TruncateResponse\x12>\n" +
 	"\x05Stats\x12\x19.borealis.v1.StatsRequest\x1a\x1a.borealis.v1.StatsResponseB;Z9github.com/borealis-db/borealis/api/borealispb;borealispbb\x06proto3"
 
@@ -1817,7 +1967,7 @@ func file_storage_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_storage_proto_goTypes = []any{
 	(Reason)(0),                 // 0: borealis.v1.Reason
 	(*Member)(nil),              // 1: borealis.v1.Member
@@ -1833,12 +1983,15 @@ var file_storage_proto_goTypes = []any{
 	(*RecordHeader)(nil),        // 11: borealis.v1.RecordHeader
 	(*PullResponse)(nil),        // 12: borealis.v1.PullResponse
 	(*SegmentInfoRequest)(nil),  // 13: borealis.v1.SegmentInfoRequest
-	(*SegmentInfoResponse)(nil), // 14: borealis.v1.SegmentInfoResponse
-	(*TruncateRequest)(nil),     // 15: borealis.v1.TruncateRequest
-	(*TruncateResponse)(nil),    // 16: borealis.v1.TruncateResponse
-	(*StatsRequest)(nil),        // 17: borealis.v1.StatsRequest
-	(*StatsResponse)(nil),       // 18: borealis.v1.StatsResponse
-	(*ErrorDetail)(nil),         // 19: borealis.v1.ErrorDetail
+	(*SegmentSCLsRequest)(nil),  // 14: borealis.v1.SegmentSCLsRequest
+	(*HostedSCL)(nil),           // 15: borealis.v1.HostedSCL
+	(*SegmentSCLsResponse)(nil), // 16: borealis.v1.SegmentSCLsResponse
+	(*SegmentInfoResponse)(nil), // 17: borealis.v1.SegmentInfoResponse
+	(*TruncateRequest)(nil),     // 18: borealis.v1.TruncateRequest
+	(*TruncateResponse)(nil),    // 19: borealis.v1.TruncateResponse
+	(*StatsRequest)(nil),        // 20: borealis.v1.StatsRequest
+	(*StatsResponse)(nil),       // 21: borealis.v1.StatsResponse
+	(*ErrorDetail)(nil),         // 22: borealis.v1.ErrorDetail
 }
 var file_storage_proto_depIdxs = []int32{
 	1,  // 0: borealis.v1.SegmentSpec.members:type_name -> borealis.v1.Member
@@ -1848,27 +2001,30 @@ var file_storage_proto_depIdxs = []int32{
 	6,  // 4: borealis.v1.AppendResponse.acks:type_name -> borealis.v1.SegmentAck
 	11, // 5: borealis.v1.PullResponse.headers:type_name -> borealis.v1.RecordHeader
 	3,  // 6: borealis.v1.PullResponse.truncations:type_name -> borealis.v1.Truncation
-	2,  // 7: borealis.v1.SegmentInfoResponse.spec:type_name -> borealis.v1.SegmentSpec
-	3,  // 8: borealis.v1.SegmentInfoResponse.truncations:type_name -> borealis.v1.Truncation
-	3,  // 9: borealis.v1.TruncateRequest.prior:type_name -> borealis.v1.Truncation
-	0,  // 10: borealis.v1.ErrorDetail.reason:type_name -> borealis.v1.Reason
-	5,  // 11: borealis.v1.Storage.Append:input_type -> borealis.v1.AppendRequest
-	8,  // 12: borealis.v1.Storage.GetPage:input_type -> borealis.v1.GetPageRequest
-	10, // 13: borealis.v1.Storage.Pull:input_type -> borealis.v1.PullRequest
-	13, // 14: borealis.v1.Storage.SegmentInfo:input_type -> borealis.v1.SegmentInfoRequest
-	15, // 15: borealis.v1.Storage.Truncate:input_type -> borealis.v1.TruncateRequest
-	17, // 16: borealis.v1.Storage.Stats:input_type -> borealis.v1.StatsRequest
-	7,  // 17: borealis.v1.Storage.Append:output_type -> borealis.v1.AppendResponse
-	9,  // 18: borealis.v1.Storage.GetPage:output_type -> borealis.v1.GetPageResponse
-	12, // 19: borealis.v1.Storage.Pull:output_type -> borealis.v1.PullResponse
-	14, // 20: borealis.v1.Storage.SegmentInfo:output_type -> borealis.v1.SegmentInfoResponse
-	16, // 21: borealis.v1.Storage.Truncate:output_type -> borealis.v1.TruncateResponse
-	18, // 22: borealis.v1.Storage.Stats:output_type -> borealis.v1.StatsResponse
-	17, // [17:23] is the sub-list for method output_type
-	11, // [11:17] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	15, // 7: borealis.v1.SegmentSCLsResponse.segments:type_name -> borealis.v1.HostedSCL
+	2,  // 8: borealis.v1.SegmentInfoResponse.spec:type_name -> borealis.v1.SegmentSpec
+	3,  // 9: borealis.v1.SegmentInfoResponse.truncations:type_name -> borealis.v1.Truncation
+	3,  // 10: borealis.v1.TruncateRequest.prior:type_name -> borealis.v1.Truncation
+	0,  // 11: borealis.v1.ErrorDetail.reason:type_name -> borealis.v1.Reason
+	5,  // 12: borealis.v1.Storage.Append:input_type -> borealis.v1.AppendRequest
+	8,  // 13: borealis.v1.Storage.GetPage:input_type -> borealis.v1.GetPageRequest
+	10, // 14: borealis.v1.Storage.Pull:input_type -> borealis.v1.PullRequest
+	13, // 15: borealis.v1.Storage.SegmentInfo:input_type -> borealis.v1.SegmentInfoRequest
+	14, // 16: borealis.v1.Storage.SegmentSCLs:input_type -> borealis.v1.SegmentSCLsRequest
+	18, // 17: borealis.v1.Storage.Truncate:input_type -> borealis.v1.TruncateRequest
+	20, // 18: borealis.v1.Storage.Stats:input_type -> borealis.v1.StatsRequest
+	7,  // 19: borealis.v1.Storage.Append:output_type -> borealis.v1.AppendResponse
+	9,  // 20: borealis.v1.Storage.GetPage:output_type -> borealis.v1.GetPageResponse
+	12, // 21: borealis.v1.Storage.Pull:output_type -> borealis.v1.PullResponse
+	17, // 22: borealis.v1.Storage.SegmentInfo:output_type -> borealis.v1.SegmentInfoResponse
+	16, // 23: borealis.v1.Storage.SegmentSCLs:output_type -> borealis.v1.SegmentSCLsResponse
+	19, // 24: borealis.v1.Storage.Truncate:output_type -> borealis.v1.TruncateResponse
+	21, // 25: borealis.v1.Storage.Stats:output_type -> borealis.v1.StatsResponse
+	19, // [19:26] is the sub-list for method output_type
+	12, // [12:19] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_storage_proto_init() }
@@ -1882,7 +2038,7 @@ func file_storage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_proto_rawDesc), len(file_storage_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

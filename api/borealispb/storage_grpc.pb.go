@@ -26,6 +26,7 @@ const (
 	Storage_GetPage_FullMethodName     = "/borealis.v1.Storage/GetPage"
 	Storage_Pull_FullMethodName        = "/borealis.v1.Storage/Pull"
 	Storage_SegmentInfo_FullMethodName = "/borealis.v1.Storage/SegmentInfo"
+	Storage_SegmentSCLs_FullMethodName = "/borealis.v1.Storage/SegmentSCLs"
 	Storage_Truncate_FullMethodName    = "/borealis.v1.Storage/Truncate"
 	Storage_Stats_FullMethodName       = "/borealis.v1.Storage/Stats"
 )
@@ -44,6 +45,10 @@ type StorageClient interface {
 	Pull(ctx context.Context, in *PullRequest, opts ...grpc.CallOption) (*PullResponse, error)
 	// SegmentInfo reports one segment's chain state.
 	SegmentInfo(ctx context.Context, in *SegmentInfoRequest, opts ...grpc.CallOption) (*SegmentInfoResponse, error)
+	// SegmentSCLs reports the SCL of every segment of one volume that the
+	// node hosts, in one answer: what an operator's view of thousands of PGs
+	// needs, without a call per segment.
+	SegmentSCLs(ctx context.Context, in *SegmentSCLsRequest, opts ...grpc.CallOption) (*SegmentSCLsResponse, error)
 	// Truncate applies a new writer's recovery truncation to one segment: it
 	// drops the older epochs' records in (after, through] and continues the
 	// chain from tail. It is answered once the result is fsynced; applying it
@@ -105,6 +110,16 @@ func (c *storageClient) SegmentInfo(ctx context.Context, in *SegmentInfoRequest,
 	return out, nil
 }
 
+func (c *storageClient) SegmentSCLs(ctx context.Context, in *SegmentSCLsRequest, opts ...grpc.CallOption) (*SegmentSCLsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SegmentSCLsResponse)
+	err := c.cc.Invoke(ctx, Storage_SegmentSCLs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *storageClient) Truncate(ctx context.Context, in *TruncateRequest, opts ...grpc.CallOption) (*TruncateResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(TruncateResponse)
@@ -139,6 +154,10 @@ type StorageServer interface {
 	Pull(context.Context, *PullRequest) (*PullResponse, error)
 	// SegmentInfo reports one segment's chain state.
 	SegmentInfo(context.Context, *SegmentInfoRequest) (*SegmentInfoResponse, error)
+	// SegmentSCLs reports the SCL of every segment of one volume that the
+	// node hosts, in one answer: what an operator's view of thousands of PGs
+	// needs, without a call per segment.
+	SegmentSCLs(context.Context, *SegmentSCLsRequest) (*SegmentSCLsResponse, error)
 	// Truncate applies a new writer's recovery truncation to one segment: it
 	// drops the older epochs' records in (after, through] and continues the
 	// chain from tail. It is answered once the result is fsynced; applying it
@@ -168,6 +187,9 @@ func (UnimplementedStorageServer) Pull(context.Context, *PullRequest) (*PullResp
 }
 func (UnimplementedStorageServer) SegmentInfo(context.Context, *SegmentInfoRequest) (*SegmentInfoResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SegmentInfo not implemented")
+}
+func (UnimplementedStorageServer) SegmentSCLs(context.Context, *SegmentSCLsRequest) (*SegmentSCLsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SegmentSCLs not implemented")
 }
 func (UnimplementedStorageServer) Truncate(context.Context, *TruncateRequest) (*TruncateResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Truncate not implemented")
@@ -257,6 +279,24 @@ func _Storage_SegmentInfo_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Storage_SegmentSCLs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SegmentSCLsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServer).SegmentSCLs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Storage_SegmentSCLs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServer).SegmentSCLs(ctx, req.(*SegmentSCLsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Storage_Truncate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(TruncateRequest)
 	if err := dec(in); err != nil {
@@ -311,6 +351,10 @@ var Storage_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SegmentInfo",
 			Handler:    _Storage_SegmentInfo_Handler,
+		},
+		{
+			MethodName: "SegmentSCLs",
+			Handler:    _Storage_SegmentSCLs_Handler,
 		},
 		{
 			MethodName: "Truncate",

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -25,7 +26,6 @@ import (
 	ctlplane "github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/router"
 	"github.com/borealis-db/borealis/internal/sqlclient"
-	"github.com/borealis-db/borealis/internal/storage"
 )
 
 // statusReport is what `borealis status --json` prints.
@@ -136,11 +136,19 @@ type volumeReport struct {
 	// PGMRPL is the lowest read point of any of the volume's instances,
 	// below which storage may collect page versions: the writer's
 	// read_point (0 without a writer).
-	PGMRPL      uint64     `json:"pgmrpl"`
-	PageSize    uint32     `json:"page_size"`
-	PGSizeBytes uint64     `json:"pg_size_bytes"`
-	SizeBytes   uint64     `json:"size_bytes"`
-	PGs         []pgReport `json:"pgs"`
+	PGMRPL      uint64 `json:"pgmrpl"`
+	PageSize    uint32 `json:"page_size"`
+	PGSizeBytes uint64 `json:"pg_size_bytes"`
+	SizeBytes   uint64 `json:"size_bytes"`
+	// PGCounts counts the PGs by state: "healthy" (every segment
+	// answered), "degraded" (4 or 5 did: writes go on), "no_quorum" (fewer
+	// than 4 did: writes to the PG wait).
+	PGCounts map[string]int `json:"pg_counts"`
+	// PGsListed says which PGs PGs lists: "not_healthy" (the default, so a
+	// volume of thousands of PGs prints what needs attention) or "all"
+	// (--pgs).
+	PGsListed string     `json:"pgs_listed"`
+	PGs       []pgReport `json:"pgs"`
 	// WriterLease is the volume's writer lease now (absent when nobody
 	// holds it); LastFailover the volume's current or last failover.
 	WriterLease  *writerLeaseReport `json:"writer_lease,omitempty"`
@@ -192,9 +200,16 @@ type writerReport struct {
 	Unreachable string `json:"unreachable,omitempty"`
 }
 
+// PG states, as status counts them.
+const (
+	pgHealthy  = "healthy"
+	pgDegraded = "degraded"
+	pgNoQuorum = "no_quorum"
+)
+
 func statusCmd() *cobra.Command {
 	var where controlAddrFlags
-	var asJSON bool
+	var asJSON, allPGs bool
 	cmd := &cobra.Command{
 		Use:   "status [--dir D | --control ADDR] [--json]",
 		Short: "Show the cluster: nodes and their state, volumes, PGs with each segment's SCL, writers, replicas and their lag, the router",
@@ -206,7 +221,7 @@ func statusCmd() *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 			defer cancel()
-			rep, err := gatherStatus(ctx, control)
+			rep, err := gatherStatus(ctx, control, allPGs)
 			if err != nil {
 				// The catalog did not answer: say which control planes
 				// do, and who leads, before the error.
@@ -244,10 +259,11 @@ func statusCmd() *cobra.Command {
 	where.register(cmd)
 	f := cmd.Flags()
 	f.BoolVar(&asJSON, "json", false, "print one JSON object")
+	f.BoolVar(&allPGs, "pgs", false, "list every PG with its segments, not only those that are not healthy (each volume's counts by state are always given)")
 	return cmd
 }
 
-func gatherStatus(ctx context.Context, control string) (*statusReport, error) {
+func gatherStatus(ctx context.Context, control string, allPGs bool) (*statusReport, error) {
 	conn, err := ctlplane.Dial(control)
 	if err != nil {
 		return nil, err
@@ -271,8 +287,9 @@ func gatherStatus(ctx context.Context, control string) (*statusReport, error) {
 		addrOf[n.Id], stateOf[n.Id] = n.Addr, n.State
 	}
 	// Build the report with every segment, then ask each node for all of
-	// its segments' SCLs at once, over one connection, all nodes in
-	// parallel: a hung node costs one timeout, not one per segment.
+	// its segments' SCLs at once (SegmentSCLs, one call per volume), all
+	// nodes in parallel: a hung node costs one timeout, not one per
+	// segment, and a volume of thousands of PGs costs a few calls.
 	type ask struct {
 		vol uint64
 		pg  uint32
@@ -281,7 +298,8 @@ func gatherStatus(ctx context.Context, control string) (*statusReport, error) {
 	perNode := map[string][]ask{}
 	for _, v := range st.Volumes {
 		vr := volumeReport{Name: v.Name, ID: v.Id, VolumeEpoch: v.VolumeEpoch, GeometryEpoch: v.GeometryEpoch,
-			PageSize: v.PageSize, PGSizeBytes: v.PgSizeBytes, SizeBytes: v.SizeBytes}
+			PageSize: v.PageSize, PGSizeBytes: v.PgSizeBytes, SizeBytes: v.SizeBytes,
+			PGCounts: map[string]int{pgHealthy: 0, pgDegraded: 0, pgNoQuorum: 0}}
 		for _, pg := range v.PgList {
 			pr := pgReport{ID: pg.Pg, MembershipEpoch: pg.MembershipEpoch}
 			for _, s := range pg.Segments {
@@ -329,23 +347,34 @@ func gatherStatus(ctx context.Context, control string) (*statusReport, error) {
 			}
 			defer conn.Close()
 			client := pb.NewStorageClient(conn)
-			for i, a := range asks {
-				cctx, cancel := context.WithTimeout(ctx, time.Second)
-				info, err := client.SegmentInfo(cctx, &pb.SegmentInfoRequest{Volume: a.vol, Pg: a.pg})
+			// One call per volume, for every segment of it the node hosts.
+			byVol := map[uint64][]ask{}
+			for _, a := range asks {
+				byVol[a.vol] = append(byVol[a.vol], a)
+			}
+			for vol, vasks := range byVol {
+				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				resp, err := client.SegmentSCLs(cctx, &pb.SegmentSCLsRequest{Volume: vol})
 				cancel()
-				switch {
-				case err == nil:
-					a.seg.SCL = info.Scl
-				case storage.ReasonOf(err) == pb.Reason_PG_NOT_HOSTED:
-					// The node creates the segment with its first records.
-					a.seg.Empty = true
-				default:
+				if err != nil {
 					// A node that does not answer one question will not
 					// answer the next ones either.
-					for _, rest := range asks[i:] {
-						rest.seg.Error = shortErr(err)
+					for _, a := range asks {
+						a.seg.Error = shortErr(err)
 					}
 					return
+				}
+				scl := make(map[uint32]uint64, len(resp.Segments))
+				for _, h := range resp.Segments {
+					scl[h.Pg] = h.Scl
+				}
+				for _, a := range vasks {
+					if v, ok := scl[a.pg]; ok {
+						a.seg.SCL = v
+					} else {
+						// The node creates the segment with its first records.
+						a.seg.Empty = true
+					}
 				}
 			}
 		}(addrOf[node], asks)
@@ -362,19 +391,31 @@ func gatherStatus(ctx context.Context, control string) (*statusReport, error) {
 				}
 			}
 			sort.Slice(scls, func(i, j int) bool { return scls[i] > scls[j] })
+			state := pgHealthy
 			switch {
 			case len(scls) < 4:
 				pr.PGCLBound = "unknown"
 				vr.VDLSource = "unknown"
+				state = pgNoQuorum
 			case len(scls) < len(pr.Segments):
 				pr.PGCL, pr.PGCLBound = scls[3], "at_least"
 				if vr.VDLSource == "" {
 					vr.VDLSource = "segments, lower bound"
 				}
+				state = pgDegraded
 			default:
 				pr.PGCL, pr.PGCLBound = scls[3], "exact"
 			}
+			vr.PGCounts[state]++
 			vr.VDL = max(vr.VDL, pr.PGCL)
+		}
+		vr.PGsListed = "all"
+		if !allPGs {
+			vr.PGsListed = "not_healthy"
+			vr.PGs = slices.DeleteFunc(vr.PGs, func(pr pgReport) bool { return pr.PGCLBound == "exact" })
+		}
+		if vr.PGs == nil {
+			vr.PGs = []pgReport{}
 		}
 		switch vr.VDLSource {
 		case "":
@@ -423,8 +464,20 @@ func printStatus(out io.Writer, rep *statusReport) {
 		case "unknown":
 			vdl = "VDL unknown (a PG has fewer than 4 segments answering, and no writer answers)"
 		}
+		total := v.PGCounts[pgHealthy] + v.PGCounts[pgDegraded] + v.PGCounts[pgNoQuorum]
 		fmt.Fprintf(out, "\nVOLUME %s (id %d): volume epoch %d, geometry epoch %d, %s, %d PG(s) of %s, %s\n",
-			v.Name, v.ID, v.VolumeEpoch, v.GeometryEpoch, vdl, len(v.PGs), formatSize(v.PGSizeBytes), formatSize(v.SizeBytes))
+			v.Name, v.ID, v.VolumeEpoch, v.GeometryEpoch, vdl, total, formatSize(v.PGSizeBytes), formatSize(v.SizeBytes))
+		fmt.Fprintf(out, "  PGs: %d healthy, %d degraded (4 or 5 segments answer), %d without a write quorum (fewer than 4)\n",
+			v.PGCounts[pgHealthy], v.PGCounts[pgDegraded], v.PGCounts[pgNoQuorum])
+		if len(v.PGs) == 0 {
+			if v.PGsListed != "all" {
+				fmt.Fprintln(out, "  every PG has all its segments answering; --pgs lists them")
+			}
+			continue
+		}
+		if v.PGsListed != "all" {
+			fmt.Fprintln(out, "  the PGs that are not healthy (--pgs lists every one):")
+		}
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 		fmt.Fprintf(tw, "  PG\tEPOCH\tPGCL\tSEGMENTS (node/AZ: SCL)\n")
 		for _, pg := range v.PGs {

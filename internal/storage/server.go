@@ -1,10 +1,12 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
 	"net"
+	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/grpc"
@@ -374,6 +376,17 @@ func (r *rpcServer) SegmentInfo(ctx context.Context, req *pb.SegmentInfoRequest)
 	if err := n.droppedSegment(s); err != nil {
 		return nil, toStatus(err)
 	}
+	return resp, nil
+}
+
+func (r *rpcServer) SegmentSCLs(ctx context.Context, req *pb.SegmentSCLsRequest) (*pb.SegmentSCLsResponse, error) {
+	resp := &pb.SegmentSCLsResponse{}
+	for _, s := range r.n.segments() {
+		if s.key.vol == req.Volume && !s.dropped.Load() {
+			resp.Segments = append(resp.Segments, &pb.HostedSCL{Pg: s.key.pg, Scl: s.durableSCL.Load()})
+		}
+	}
+	slices.SortFunc(resp.Segments, func(a, b *pb.HostedSCL) int { return cmp.Compare(a.Pg, b.Pg) })
 	return resp, nil
 }
 
