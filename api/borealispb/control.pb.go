@@ -928,8 +928,11 @@ func (x *CreateVolumeRequest) GetPgSizeBytes() uint64 {
 }
 
 type GetVolumeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Leave out pg_list: a caller that needs the volume's geometry only (its
+	// PG count, to grow it) does not pay for thousands of PGs.
+	WithoutPgs    bool `protobuf:"varint,2,opt,name=without_pgs,json=withoutPgs,proto3" json:"without_pgs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -969,6 +972,13 @@ func (x *GetVolumeRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *GetVolumeRequest) GetWithoutPgs() bool {
+	if x != nil {
+		return x.WithoutPgs
+	}
+	return false
 }
 
 type DeleteVolumeRequest struct {
@@ -1544,6 +1554,58 @@ func (x *AddPGRequest) GetPg() uint32 {
 	return 0
 }
 
+type GetPGRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId      uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Pg            uint32                 `protobuf:"varint,2,opt,name=pg,proto3" json:"pg,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPGRequest) Reset() {
+	*x = GetPGRequest{}
+	mi := &file_control_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPGRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPGRequest) ProtoMessage() {}
+
+func (x *GetPGRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPGRequest.ProtoReflect.Descriptor instead.
+func (*GetPGRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *GetPGRequest) GetVolumeId() uint64 {
+	if x != nil {
+		return x.VolumeId
+	}
+	return 0
+}
+
+func (x *GetPGRequest) GetPg() uint32 {
+	if x != nil {
+		return x.Pg
+	}
+	return 0
+}
+
 type WatchVolumeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	VolumeId      uint64                 `protobuf:"varint,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
@@ -1553,7 +1615,7 @@ type WatchVolumeRequest struct {
 
 func (x *WatchVolumeRequest) Reset() {
 	*x = WatchVolumeRequest{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1565,7 +1627,7 @@ func (x *WatchVolumeRequest) String() string {
 func (*WatchVolumeRequest) ProtoMessage() {}
 
 func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1578,7 +1640,7 @@ func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVolumeRequest.ProtoReflect.Descriptor instead.
 func (*WatchVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WatchVolumeRequest) GetVolumeId() uint64 {
@@ -1599,7 +1661,7 @@ type AcquireWriterRequest struct {
 
 func (x *AcquireWriterRequest) Reset() {
 	*x = AcquireWriterRequest{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1673,7 @@ func (x *AcquireWriterRequest) String() string {
 func (*AcquireWriterRequest) ProtoMessage() {}
 
 func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1686,7 @@ func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterRequest.ProtoReflect.Descriptor instead.
 func (*AcquireWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AcquireWriterRequest) GetVolume() string {
@@ -1657,7 +1719,7 @@ type WatchWriterRequest struct {
 
 func (x *WatchWriterRequest) Reset() {
 	*x = WatchWriterRequest{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1731,7 @@ func (x *WatchWriterRequest) String() string {
 func (*WatchWriterRequest) ProtoMessage() {}
 
 func (x *WatchWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1744,7 @@ func (x *WatchWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchWriterRequest.ProtoReflect.Descriptor instead.
 func (*WatchWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WatchWriterRequest) GetVolume() string {
@@ -1714,7 +1776,7 @@ type WriterState struct {
 
 func (x *WriterState) Reset() {
 	*x = WriterState{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +1788,7 @@ func (x *WriterState) String() string {
 func (*WriterState) ProtoMessage() {}
 
 func (x *WriterState) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +1801,7 @@ func (x *WriterState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterState.ProtoReflect.Descriptor instead.
 func (*WriterState) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WriterState) GetVolume() string {
@@ -1850,7 +1912,7 @@ type FailoverInfo struct {
 
 func (x *FailoverInfo) Reset() {
 	*x = FailoverInfo{}
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +1924,7 @@ func (x *FailoverInfo) String() string {
 func (*FailoverInfo) ProtoMessage() {}
 
 func (x *FailoverInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +1937,7 @@ func (x *FailoverInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverInfo.ProtoReflect.Descriptor instead.
 func (*FailoverInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{30}
+	return file_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *FailoverInfo) GetRound() uint64 {
@@ -2042,7 +2104,7 @@ type SwitchoverRequest struct {
 
 func (x *SwitchoverRequest) Reset() {
 	*x = SwitchoverRequest{}
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2054,7 +2116,7 @@ func (x *SwitchoverRequest) String() string {
 func (*SwitchoverRequest) ProtoMessage() {}
 
 func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2067,7 +2129,7 @@ func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverRequest.ProtoReflect.Descriptor instead.
 func (*SwitchoverRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{31}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SwitchoverRequest) GetVolume() string {
@@ -2109,7 +2171,7 @@ type ReportFailoverRequest struct {
 
 func (x *ReportFailoverRequest) Reset() {
 	*x = ReportFailoverRequest{}
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2121,7 +2183,7 @@ func (x *ReportFailoverRequest) String() string {
 func (*ReportFailoverRequest) ProtoMessage() {}
 
 func (x *ReportFailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2134,7 +2196,7 @@ func (x *ReportFailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportFailoverRequest.ProtoReflect.Descriptor instead.
 func (*ReportFailoverRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{32}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReportFailoverRequest) GetVolume() string {
@@ -2246,7 +2308,7 @@ type AcquireWriterResponse struct {
 
 func (x *AcquireWriterResponse) Reset() {
 	*x = AcquireWriterResponse{}
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2320,7 @@ func (x *AcquireWriterResponse) String() string {
 func (*AcquireWriterResponse) ProtoMessage() {}
 
 func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2333,7 @@ func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterResponse.ProtoReflect.Descriptor instead.
 func (*AcquireWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{33}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AcquireWriterResponse) GetLease() int64 {
@@ -2304,7 +2366,7 @@ type RenewWriterRequest struct {
 
 func (x *RenewWriterRequest) Reset() {
 	*x = RenewWriterRequest{}
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2316,7 +2378,7 @@ func (x *RenewWriterRequest) String() string {
 func (*RenewWriterRequest) ProtoMessage() {}
 
 func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2329,7 +2391,7 @@ func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterRequest.ProtoReflect.Descriptor instead.
 func (*RenewWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{34}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RenewWriterRequest) GetLease() int64 {
@@ -2347,7 +2409,7 @@ type RenewWriterResponse struct {
 
 func (x *RenewWriterResponse) Reset() {
 	*x = RenewWriterResponse{}
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2359,7 +2421,7 @@ func (x *RenewWriterResponse) String() string {
 func (*RenewWriterResponse) ProtoMessage() {}
 
 func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2372,7 +2434,7 @@ func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterResponse.ProtoReflect.Descriptor instead.
 func (*RenewWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{35}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 type ReleaseWriterRequest struct {
@@ -2384,7 +2446,7 @@ type ReleaseWriterRequest struct {
 
 func (x *ReleaseWriterRequest) Reset() {
 	*x = ReleaseWriterRequest{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2396,7 +2458,7 @@ func (x *ReleaseWriterRequest) String() string {
 func (*ReleaseWriterRequest) ProtoMessage() {}
 
 func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2409,7 +2471,7 @@ func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ReleaseWriterRequest) GetLease() int64 {
@@ -2427,7 +2489,7 @@ type ReleaseWriterResponse struct {
 
 func (x *ReleaseWriterResponse) Reset() {
 	*x = ReleaseWriterResponse{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2439,7 +2501,7 @@ func (x *ReleaseWriterResponse) String() string {
 func (*ReleaseWriterResponse) ProtoMessage() {}
 
 func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2452,7 +2514,7 @@ func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 type RecordTruncationRequest struct {
@@ -2469,7 +2531,7 @@ type RecordTruncationRequest struct {
 
 func (x *RecordTruncationRequest) Reset() {
 	*x = RecordTruncationRequest{}
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2481,7 +2543,7 @@ func (x *RecordTruncationRequest) String() string {
 func (*RecordTruncationRequest) ProtoMessage() {}
 
 func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2494,7 +2556,7 @@ func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationRequest.ProtoReflect.Descriptor instead.
 func (*RecordTruncationRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{38}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RecordTruncationRequest) GetVolume() string {
@@ -2542,7 +2604,7 @@ type RecordTruncationResponse struct {
 
 func (x *RecordTruncationResponse) Reset() {
 	*x = RecordTruncationResponse{}
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2554,7 +2616,7 @@ func (x *RecordTruncationResponse) String() string {
 func (*RecordTruncationResponse) ProtoMessage() {}
 
 func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2567,7 +2629,7 @@ func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationResponse.ProtoReflect.Descriptor instead.
 func (*RecordTruncationResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{39}
+	return file_control_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RecordTruncationResponse) GetTruncations() []*TruncationRecord {
@@ -2585,7 +2647,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2597,7 +2659,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2610,7 +2672,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{40}
+	return file_control_proto_rawDescGZIP(), []int{41}
 }
 
 type NodeStatus struct {
@@ -2628,7 +2690,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2640,7 +2702,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2653,7 +2715,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{41}
+	return file_control_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -2702,7 +2764,7 @@ type WriterStatus struct {
 
 func (x *WriterStatus) Reset() {
 	*x = WriterStatus{}
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2714,7 +2776,7 @@ func (x *WriterStatus) String() string {
 func (*WriterStatus) ProtoMessage() {}
 
 func (x *WriterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2727,7 +2789,7 @@ func (x *WriterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterStatus.ProtoReflect.Descriptor instead.
 func (*WriterStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{42}
+	return file_control_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WriterStatus) GetVolume() string {
@@ -2763,7 +2825,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2775,7 +2837,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2788,7 +2850,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{43}
+	return file_control_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -2879,9 +2941,11 @@ const file_control_proto_rawDesc = "" +
 	"\x13CreateVolumeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\"\n" +
-	"\rpg_size_bytes\x18\x03 \x01(\x04R\vpgSizeBytes\"&\n" +
+	"\rpg_size_bytes\x18\x03 \x01(\x04R\vpgSizeBytes\"G\n" +
 	"\x10GetVolumeRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\")\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vwithout_pgs\x18\x02 \x01(\bR\n" +
+	"withoutPgs\")\n" +
 	"\x13DeleteVolumeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"G\n" +
 	"\x14DeleteVolumeResponse\x12/\n" +
@@ -2924,6 +2988,9 @@ const file_control_proto_rawDesc = "" +
 	"\x13recorded_at_unix_ms\x18\x05 \x01(\x03R\x10recordedAtUnixMs\"6\n" +
 	"\fAddPGRequest\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x0e\n" +
+	"\x02pg\x18\x02 \x01(\rR\x02pg\";\n" +
+	"\fGetPGRequest\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\"1\n" +
 	"\x12WatchVolumeRequest\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\"]\n" +
@@ -3024,7 +3091,7 @@ const file_control_proto_rawDesc = "" +
 	"\x05nodes\x18\x01 \x03(\v2\x17.borealis.v1.NodeStatusR\x05nodes\x121\n" +
 	"\avolumes\x18\x02 \x03(\v2\x17.borealis.v1.VolumeInfoR\avolumes\x123\n" +
 	"\awriters\x18\x03 \x03(\v2\x19.borealis.v1.WriterStatusR\awriters\x120\n" +
-	"\x14heartbeat_timeout_ms\x18\x04 \x01(\rR\x12heartbeatTimeoutMs2\xe5\f\n" +
+	"\x14heartbeat_timeout_ms\x18\x04 \x01(\rR\x12heartbeatTimeoutMs2\x9e\r\n" +
 	"\aControl\x12S\n" +
 	"\fRegisterNode\x12 .borealis.v1.RegisterNodeRequest\x1a!.borealis.v1.RegisterNodeResponse\x12J\n" +
 	"\tHeartbeat\x12\x1d.borealis.v1.HeartbeatRequest\x1a\x1e.borealis.v1.HeartbeatResponse\x12I\n" +
@@ -3032,7 +3099,8 @@ const file_control_proto_rawDesc = "" +
 	"\tGetVolume\x12\x1d.borealis.v1.GetVolumeRequest\x1a\x17.borealis.v1.VolumeInfo\x12P\n" +
 	"\vListVolumes\x12\x1f.borealis.v1.ListVolumesRequest\x1a .borealis.v1.ListVolumesResponse\x12S\n" +
 	"\fDeleteVolume\x12 .borealis.v1.DeleteVolumeRequest\x1a!.borealis.v1.DeleteVolumeResponse\x127\n" +
-	"\x05AddPG\x12\x19.borealis.v1.AddPGRequest\x1a\x13.borealis.v1.PGInfo\x12E\n" +
+	"\x05AddPG\x12\x19.borealis.v1.AddPGRequest\x1a\x13.borealis.v1.PGInfo\x127\n" +
+	"\x05GetPG\x12\x19.borealis.v1.GetPGRequest\x1a\x13.borealis.v1.PGInfo\x12E\n" +
 	"\vWatchVolume\x12\x1f.borealis.v1.WatchVolumeRequest\x1a\x13.borealis.v1.PGInfo0\x01\x12V\n" +
 	"\rAcquireWriter\x12!.borealis.v1.AcquireWriterRequest\x1a\".borealis.v1.AcquireWriterResponse\x12P\n" +
 	"\vRenewWriter\x12\x1f.borealis.v1.RenewWriterRequest\x1a .borealis.v1.RenewWriterResponse\x12V\n" +
@@ -3060,7 +3128,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_control_proto_goTypes = []any{
 	(*InstanceInfo)(nil),               // 0: borealis.v1.InstanceInfo
 	(*RegisterInstanceRequest)(nil),    // 1: borealis.v1.RegisterInstanceRequest
@@ -3088,24 +3156,25 @@ var file_control_proto_goTypes = []any{
 	(*VolumeInfo)(nil),                 // 23: borealis.v1.VolumeInfo
 	(*TruncationRecord)(nil),           // 24: borealis.v1.TruncationRecord
 	(*AddPGRequest)(nil),               // 25: borealis.v1.AddPGRequest
-	(*WatchVolumeRequest)(nil),         // 26: borealis.v1.WatchVolumeRequest
-	(*AcquireWriterRequest)(nil),       // 27: borealis.v1.AcquireWriterRequest
-	(*WatchWriterRequest)(nil),         // 28: borealis.v1.WatchWriterRequest
-	(*WriterState)(nil),                // 29: borealis.v1.WriterState
-	(*FailoverInfo)(nil),               // 30: borealis.v1.FailoverInfo
-	(*SwitchoverRequest)(nil),          // 31: borealis.v1.SwitchoverRequest
-	(*ReportFailoverRequest)(nil),      // 32: borealis.v1.ReportFailoverRequest
-	(*AcquireWriterResponse)(nil),      // 33: borealis.v1.AcquireWriterResponse
-	(*RenewWriterRequest)(nil),         // 34: borealis.v1.RenewWriterRequest
-	(*RenewWriterResponse)(nil),        // 35: borealis.v1.RenewWriterResponse
-	(*ReleaseWriterRequest)(nil),       // 36: borealis.v1.ReleaseWriterRequest
-	(*ReleaseWriterResponse)(nil),      // 37: borealis.v1.ReleaseWriterResponse
-	(*RecordTruncationRequest)(nil),    // 38: borealis.v1.RecordTruncationRequest
-	(*RecordTruncationResponse)(nil),   // 39: borealis.v1.RecordTruncationResponse
-	(*StatusRequest)(nil),              // 40: borealis.v1.StatusRequest
-	(*NodeStatus)(nil),                 // 41: borealis.v1.NodeStatus
-	(*WriterStatus)(nil),               // 42: borealis.v1.WriterStatus
-	(*StatusResponse)(nil),             // 43: borealis.v1.StatusResponse
+	(*GetPGRequest)(nil),               // 26: borealis.v1.GetPGRequest
+	(*WatchVolumeRequest)(nil),         // 27: borealis.v1.WatchVolumeRequest
+	(*AcquireWriterRequest)(nil),       // 28: borealis.v1.AcquireWriterRequest
+	(*WatchWriterRequest)(nil),         // 29: borealis.v1.WatchWriterRequest
+	(*WriterState)(nil),                // 30: borealis.v1.WriterState
+	(*FailoverInfo)(nil),               // 31: borealis.v1.FailoverInfo
+	(*SwitchoverRequest)(nil),          // 32: borealis.v1.SwitchoverRequest
+	(*ReportFailoverRequest)(nil),      // 33: borealis.v1.ReportFailoverRequest
+	(*AcquireWriterResponse)(nil),      // 34: borealis.v1.AcquireWriterResponse
+	(*RenewWriterRequest)(nil),         // 35: borealis.v1.RenewWriterRequest
+	(*RenewWriterResponse)(nil),        // 36: borealis.v1.RenewWriterResponse
+	(*ReleaseWriterRequest)(nil),       // 37: borealis.v1.ReleaseWriterRequest
+	(*ReleaseWriterResponse)(nil),      // 38: borealis.v1.ReleaseWriterResponse
+	(*RecordTruncationRequest)(nil),    // 39: borealis.v1.RecordTruncationRequest
+	(*RecordTruncationResponse)(nil),   // 40: borealis.v1.RecordTruncationResponse
+	(*StatusRequest)(nil),              // 41: borealis.v1.StatusRequest
+	(*NodeStatus)(nil),                 // 42: borealis.v1.NodeStatus
+	(*WriterStatus)(nil),               // 43: borealis.v1.WriterStatus
+	(*StatusResponse)(nil),             // 44: borealis.v1.StatusResponse
 }
 var file_control_proto_depIdxs = []int32{
 	0,  // 0: borealis.v1.RegisterInstanceRequest.info:type_name -> borealis.v1.InstanceInfo
@@ -3120,12 +3189,12 @@ var file_control_proto_depIdxs = []int32{
 	22, // 9: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
 	24, // 10: borealis.v1.VolumeInfo.truncations:type_name -> borealis.v1.TruncationRecord
 	0,  // 11: borealis.v1.WriterState.writer:type_name -> borealis.v1.InstanceInfo
-	30, // 12: borealis.v1.WriterState.failover:type_name -> borealis.v1.FailoverInfo
+	31, // 12: borealis.v1.WriterState.failover:type_name -> borealis.v1.FailoverInfo
 	23, // 13: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
 	24, // 14: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
-	41, // 15: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
+	42, // 15: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
 	23, // 16: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	42, // 17: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
+	43, // 17: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
 	9,  // 18: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
 	11, // 19: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
 	15, // 20: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
@@ -3133,41 +3202,43 @@ var file_control_proto_depIdxs = []int32{
 	19, // 22: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
 	17, // 23: borealis.v1.Control.DeleteVolume:input_type -> borealis.v1.DeleteVolumeRequest
 	25, // 24: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
-	26, // 25: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
-	27, // 26: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
-	34, // 27: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
-	36, // 28: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
-	38, // 29: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
-	40, // 30: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
-	1,  // 31: borealis.v1.Control.RegisterInstance:input_type -> borealis.v1.RegisterInstanceRequest
-	3,  // 32: borealis.v1.Control.RenewInstance:input_type -> borealis.v1.RenewInstanceRequest
-	5,  // 33: borealis.v1.Control.DeregisterInstance:input_type -> borealis.v1.DeregisterInstanceRequest
-	7,  // 34: borealis.v1.Control.ListInstances:input_type -> borealis.v1.ListInstancesRequest
-	28, // 35: borealis.v1.Control.WatchWriter:input_type -> borealis.v1.WatchWriterRequest
-	31, // 36: borealis.v1.Control.Switchover:input_type -> borealis.v1.SwitchoverRequest
-	32, // 37: borealis.v1.Control.ReportFailover:input_type -> borealis.v1.ReportFailoverRequest
-	10, // 38: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
-	12, // 39: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
-	23, // 40: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
-	23, // 41: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
-	20, // 42: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
-	18, // 43: borealis.v1.Control.DeleteVolume:output_type -> borealis.v1.DeleteVolumeResponse
-	22, // 44: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
-	22, // 45: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
-	33, // 46: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
-	35, // 47: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
-	37, // 48: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
-	39, // 49: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
-	43, // 50: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
-	2,  // 51: borealis.v1.Control.RegisterInstance:output_type -> borealis.v1.RegisterInstanceResponse
-	4,  // 52: borealis.v1.Control.RenewInstance:output_type -> borealis.v1.RenewInstanceResponse
-	6,  // 53: borealis.v1.Control.DeregisterInstance:output_type -> borealis.v1.DeregisterInstanceResponse
-	8,  // 54: borealis.v1.Control.ListInstances:output_type -> borealis.v1.ListInstancesResponse
-	29, // 55: borealis.v1.Control.WatchWriter:output_type -> borealis.v1.WriterState
-	30, // 56: borealis.v1.Control.Switchover:output_type -> borealis.v1.FailoverInfo
-	30, // 57: borealis.v1.Control.ReportFailover:output_type -> borealis.v1.FailoverInfo
-	38, // [38:58] is the sub-list for method output_type
-	18, // [18:38] is the sub-list for method input_type
+	26, // 25: borealis.v1.Control.GetPG:input_type -> borealis.v1.GetPGRequest
+	27, // 26: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
+	28, // 27: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
+	35, // 28: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
+	37, // 29: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
+	39, // 30: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
+	41, // 31: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
+	1,  // 32: borealis.v1.Control.RegisterInstance:input_type -> borealis.v1.RegisterInstanceRequest
+	3,  // 33: borealis.v1.Control.RenewInstance:input_type -> borealis.v1.RenewInstanceRequest
+	5,  // 34: borealis.v1.Control.DeregisterInstance:input_type -> borealis.v1.DeregisterInstanceRequest
+	7,  // 35: borealis.v1.Control.ListInstances:input_type -> borealis.v1.ListInstancesRequest
+	29, // 36: borealis.v1.Control.WatchWriter:input_type -> borealis.v1.WatchWriterRequest
+	32, // 37: borealis.v1.Control.Switchover:input_type -> borealis.v1.SwitchoverRequest
+	33, // 38: borealis.v1.Control.ReportFailover:input_type -> borealis.v1.ReportFailoverRequest
+	10, // 39: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
+	12, // 40: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
+	23, // 41: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
+	23, // 42: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
+	20, // 43: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
+	18, // 44: borealis.v1.Control.DeleteVolume:output_type -> borealis.v1.DeleteVolumeResponse
+	22, // 45: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
+	22, // 46: borealis.v1.Control.GetPG:output_type -> borealis.v1.PGInfo
+	22, // 47: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
+	34, // 48: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
+	36, // 49: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
+	38, // 50: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
+	40, // 51: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
+	44, // 52: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
+	2,  // 53: borealis.v1.Control.RegisterInstance:output_type -> borealis.v1.RegisterInstanceResponse
+	4,  // 54: borealis.v1.Control.RenewInstance:output_type -> borealis.v1.RenewInstanceResponse
+	6,  // 55: borealis.v1.Control.DeregisterInstance:output_type -> borealis.v1.DeregisterInstanceResponse
+	8,  // 56: borealis.v1.Control.ListInstances:output_type -> borealis.v1.ListInstancesResponse
+	30, // 57: borealis.v1.Control.WatchWriter:output_type -> borealis.v1.WriterState
+	31, // 58: borealis.v1.Control.Switchover:output_type -> borealis.v1.FailoverInfo
+	31, // 59: borealis.v1.Control.ReportFailover:output_type -> borealis.v1.FailoverInfo
+	39, // [39:60] is the sub-list for method output_type
+	18, // [18:39] is the sub-list for method input_type
 	18, // [18:18] is the sub-list for extension type_name
 	18, // [18:18] is the sub-list for extension extendee
 	0,  // [0:18] is the sub-list for field type_name
@@ -3184,7 +3255,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   44,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	Control_ListVolumes_FullMethodName        = "/borealis.v1.Control/ListVolumes"
 	Control_DeleteVolume_FullMethodName       = "/borealis.v1.Control/DeleteVolume"
 	Control_AddPG_FullMethodName              = "/borealis.v1.Control/AddPG"
+	Control_GetPG_FullMethodName              = "/borealis.v1.Control/GetPG"
 	Control_WatchVolume_FullMethodName        = "/borealis.v1.Control/WatchVolume"
 	Control_AcquireWriter_FullMethodName      = "/borealis.v1.Control/AcquireWriter"
 	Control_RenewWriter_FullMethodName        = "/borealis.v1.Control/RenewWriter"
@@ -66,6 +67,9 @@ type ControlClient interface {
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
 	// AddPG grows a volume by its next PG (idempotent for an existing PG).
 	AddPG(ctx context.Context, in *AddPGRequest, opts ...grpc.CallOption) (*PGInfo, error)
+	// GetPG returns one PG's membership (NotFound if the volume has not grown
+	// to it), without the volume's other PGs.
+	GetPG(ctx context.Context, in *GetPGRequest, opts ...grpc.CallOption) (*PGInfo, error)
 	// WatchVolume streams the volume's PGs: every existing one first, then
 	// each one added or changed.
 	WatchVolume(ctx context.Context, in *WatchVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PGInfo], error)
@@ -186,6 +190,16 @@ func (c *controlClient) AddPG(ctx context.Context, in *AddPGRequest, opts ...grp
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PGInfo)
 	err := c.cc.Invoke(ctx, Control_AddPG_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) GetPG(ctx context.Context, in *GetPGRequest, opts ...grpc.CallOption) (*PGInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PGInfo)
+	err := c.cc.Invoke(ctx, Control_GetPG_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -361,6 +375,9 @@ type ControlServer interface {
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
 	// AddPG grows a volume by its next PG (idempotent for an existing PG).
 	AddPG(context.Context, *AddPGRequest) (*PGInfo, error)
+	// GetPG returns one PG's membership (NotFound if the volume has not grown
+	// to it), without the volume's other PGs.
+	GetPG(context.Context, *GetPGRequest) (*PGInfo, error)
 	// WatchVolume streams the volume's PGs: every existing one first, then
 	// each one added or changed.
 	WatchVolume(*WatchVolumeRequest, grpc.ServerStreamingServer[PGInfo]) error
@@ -437,6 +454,9 @@ func (UnimplementedControlServer) DeleteVolume(context.Context, *DeleteVolumeReq
 }
 func (UnimplementedControlServer) AddPG(context.Context, *AddPGRequest) (*PGInfo, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method AddPG not implemented")
+}
+func (UnimplementedControlServer) GetPG(context.Context, *GetPGRequest) (*PGInfo, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetPG not implemented")
 }
 func (UnimplementedControlServer) WatchVolume(*WatchVolumeRequest, grpc.ServerStreamingServer[PGInfo]) error {
 	return status.Errorf(codes.Unimplemented, "method WatchVolume not implemented")
@@ -620,6 +640,24 @@ func _Control_AddPG_Handler(srv interface{}, ctx context.Context, dec func(inter
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ControlServer).AddPG(ctx, req.(*AddPGRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_GetPG_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPGRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).GetPG(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_GetPG_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).GetPG(ctx, req.(*GetPGRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -878,6 +916,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AddPG",
 			Handler:    _Control_AddPG_Handler,
+		},
+		{
+			MethodName: "GetPG",
+			Handler:    _Control_GetPG_Handler,
 		},
 		{
 			MethodName: "AcquireWriter",

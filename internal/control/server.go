@@ -263,7 +263,25 @@ func (s *Server) GetVolume(ctx context.Context, req *pb.GetVolumeRequest) (*pb.V
 		if err != nil {
 			return nil, err
 		}
+		if req.GetWithoutPgs() {
+			truncs, err := s.cat.Truncations(ctx, v.ID)
+			if err != nil {
+				return nil, err
+			}
+			return volumeInfo(v, nil, truncs), nil
+		}
 		return s.volumeWithPGs(ctx, v)
+	})
+}
+
+// GetPG returns one PG.
+func (s *Server) GetPG(ctx context.Context, req *pb.GetPGRequest) (*pb.PGInfo, error) {
+	return call(ctx, func(ctx context.Context) (*pb.PGInfo, error) {
+		pg, err := s.cat.PG(ctx, req.GetVolumeId(), req.GetPg())
+		if err != nil {
+			return nil, err
+		}
+		return pgInfo(pg), nil
 	})
 }
 

@@ -259,6 +259,19 @@ func TestServerNodesVolumesAndErrors(t *testing.T) {
 	if err != nil || got.Pgs != 2 || len(got.PgList) != 2 || got.GeometryEpoch != 2 {
 		t.Fatalf("GetVolume: %v %v", got, err)
 	}
+	// Without its PGs, and one PG alone: what growth asks for, at a cost
+	// that does not grow with the volume.
+	bare, err := cli.GetVolume(ctx, &pb.GetVolumeRequest{Name: "main", WithoutPgs: true})
+	if err != nil || bare.Pgs != 2 || len(bare.PgList) != 0 || bare.Id != vol.Id || bare.GeometryEpoch != 2 {
+		t.Fatalf("GetVolume without PGs: %v %v", bare, err)
+	}
+	one, err := cli.GetPG(ctx, &pb.GetPGRequest{VolumeId: vol.Id, Pg: 1})
+	if err != nil || one.Pg != 1 || one.Segments[0].Node != pg1.Segments[0].Node || one.GeometryEpoch != 2 {
+		t.Fatalf("GetPG: %v %v", one, err)
+	}
+	if _, err := cli.GetPG(ctx, &pb.GetPGRequest{VolumeId: vol.Id, Pg: 2}); status.Code(err) != codes.NotFound {
+		t.Fatalf("GetPG of a PG the volume has not grown to: %v, want NotFound", err)
+	}
 	list, err := cli.ListVolumes(ctx, &pb.ListVolumesRequest{})
 	if err != nil || len(list.Volumes) != 1 || list.Volumes[0].Name != "main" {
 		t.Fatalf("ListVolumes: %v %v", list, err)

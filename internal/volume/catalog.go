@@ -6,6 +6,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	pb "github.com/borealis-db/borealis/api/borealispb"
 )
 
@@ -17,8 +20,9 @@ const catalogTimeout = 10 * time.Second
 // catalog's watch of the volume, so PGs that others add are known without
 // asking.
 type FromControl struct {
-	ctl  pb.ControlClient
-	name string
+	ctl   pb.ControlClient
+	name  string
+	volID uint64 // set by Configure
 
 	mu  sync.Mutex
 	pgs map[uint32][]Member
@@ -46,6 +50,7 @@ func (f *FromControl) Configure(ctx context.Context, cfg *Config) error {
 func (f *FromControl) ConfigureFrom(ctx context.Context, cfg *Config, v *pb.VolumeInfo) {
 	cfg.VolumeID, cfg.Incarnation, cfg.PageSize, cfg.PagesPerPG = v.Id, v.Incarnation, int(v.PageSize), v.PagesPerPg
 	cfg.Placement, cfg.Grow = f.Placement, f.Grow
+	f.volID = v.Id
 	f.note(v.PgList...)
 	go f.follow(ctx, v.Id)
 }
@@ -93,15 +98,21 @@ func (f *FromControl) Placement(pg uint32) ([]Member, error) {
 	if m, ok := f.Known(pg); ok {
 		return m, nil
 	}
+	// One PG, and the volume without its PGs: the cost of a lookup does
+	// not grow with the volume.
 	ctx, cancel := context.WithTimeout(context.Background(), catalogTimeout)
 	defer cancel()
-	v, err := f.ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: f.name})
+	p, err := f.ctl.GetPG(ctx, &pb.GetPGRequest{VolumeId: f.volID, Pg: pg})
+	if err == nil {
+		f.note(p)
+		return members(p), nil
+	}
+	if status.Code(err) != codes.NotFound {
+		return nil, fmt.Errorf("volume %s: PG %d: %w", f.name, pg, err)
+	}
+	v, err := f.ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: f.name, WithoutPgs: true})
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: %w", f.name, err)
-	}
-	f.note(v.PgList...)
-	if m, ok := f.Known(pg); ok {
-		return m, nil
 	}
 	if pg >= v.Pgs {
 		return nil, fmt.Errorf("volume %s has %d PG(s), not PG %d: %w", f.name, v.Pgs, pg, ErrNoSuchPG)
@@ -114,7 +125,7 @@ func (f *FromControl) Placement(pg uint32) ([]Member, error) {
 func (f *FromControl) Grow(pg uint32) ([]Member, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), catalogTimeout)
 	defer cancel()
-	v, err := f.ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: f.name})
+	v, err := f.ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: f.name, WithoutPgs: true})
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: %w", f.name, err)
 	}
