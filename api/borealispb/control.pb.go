@@ -1216,9 +1216,16 @@ type PGInfo struct {
 	Pg              uint32                 `protobuf:"varint,2,opt,name=pg,proto3" json:"pg,omitempty"`
 	MembershipEpoch uint64                 `protobuf:"varint,3,opt,name=membership_epoch,json=membershipEpoch,proto3" json:"membership_epoch,omitempty"`
 	GeometryEpoch   uint64                 `protobuf:"varint,4,opt,name=geometry_epoch,json=geometryEpoch,proto3" json:"geometry_epoch,omitempty"`
-	Segments        []*SegmentInfo         `protobuf:"bytes,5,rep,name=segments,proto3" json:"segments,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The PG's quorum set; during a membership change, the set being left.
+	Segments []*SegmentInfo `protobuf:"bytes,5,rep,name=segments,proto3" json:"segments,omitempty"`
+	// During a membership change, the set the PG moves to (segments with one
+	// member replaced); a write needs a write quorum of both sets. Empty
+	// otherwise.
+	NextSegments []*SegmentInfo `protobuf:"bytes,6,rep,name=next_segments,json=nextSegments,proto3" json:"next_segments,omitempty"`
+	// The change under way, if any.
+	Change        *MembershipChange `protobuf:"bytes,7,opt,name=change,proto3" json:"change,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PGInfo) Reset() {
@@ -1286,6 +1293,95 @@ func (x *PGInfo) GetSegments() []*SegmentInfo {
 	return nil
 }
 
+func (x *PGInfo) GetNextSegments() []*SegmentInfo {
+	if x != nil {
+		return x.NextSegments
+	}
+	return nil
+}
+
+func (x *PGInfo) GetChange() *MembershipChange {
+	if x != nil {
+		return x.Change
+	}
+	return nil
+}
+
+// MembershipChange is one member of a PG being replaced: ABCDEF becomes
+// {ABCDEF, ABCDEG} while G hydrates, then ABCDEG, or ABCDEF again if F
+// comes back healthy first.
+type MembershipChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node whose segment is replaced (F).
+	Leaving string `protobuf:"bytes,1,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	// The node that hydrates the new segment (G).
+	Joining string `protobuf:"bytes,2,opt,name=joining,proto3" json:"joining,omitempty"`
+	// Why: "down" (no heartbeat for --repair-after), "removed" (node
+	// remove), "drain" (node drain), "empty" (came back without its data).
+	Reason          string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	StartedAtUnixMs int64  `protobuf:"varint,4,opt,name=started_at_unix_ms,json=startedAtUnixMs,proto3" json:"started_at_unix_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *MembershipChange) Reset() {
+	*x = MembershipChange{}
+	mi := &file_control_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembershipChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembershipChange) ProtoMessage() {}
+
+func (x *MembershipChange) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembershipChange.ProtoReflect.Descriptor instead.
+func (*MembershipChange) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *MembershipChange) GetLeaving() string {
+	if x != nil {
+		return x.Leaving
+	}
+	return ""
+}
+
+func (x *MembershipChange) GetJoining() string {
+	if x != nil {
+		return x.Joining
+	}
+	return ""
+}
+
+func (x *MembershipChange) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *MembershipChange) GetStartedAtUnixMs() int64 {
+	if x != nil {
+		return x.StartedAtUnixMs
+	}
+	return 0
+}
+
 type VolumeInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1311,7 +1407,7 @@ type VolumeInfo struct {
 
 func (x *VolumeInfo) Reset() {
 	*x = VolumeInfo{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1419,7 @@ func (x *VolumeInfo) String() string {
 func (*VolumeInfo) ProtoMessage() {}
 
 func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1432,7 @@ func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeInfo.ProtoReflect.Descriptor instead.
 func (*VolumeInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *VolumeInfo) GetName() string {
@@ -1439,7 +1535,7 @@ type TruncationRecord struct {
 
 func (x *TruncationRecord) Reset() {
 	*x = TruncationRecord{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1451,7 +1547,7 @@ func (x *TruncationRecord) String() string {
 func (*TruncationRecord) ProtoMessage() {}
 
 func (x *TruncationRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1464,7 +1560,7 @@ func (x *TruncationRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncationRecord.ProtoReflect.Descriptor instead.
 func (*TruncationRecord) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TruncationRecord) GetEpoch() uint64 {
@@ -1512,7 +1608,7 @@ type AddPGRequest struct {
 
 func (x *AddPGRequest) Reset() {
 	*x = AddPGRequest{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1524,7 +1620,7 @@ func (x *AddPGRequest) String() string {
 func (*AddPGRequest) ProtoMessage() {}
 
 func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1537,7 +1633,7 @@ func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddPGRequest.ProtoReflect.Descriptor instead.
 func (*AddPGRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AddPGRequest) GetVolume() string {
@@ -1564,7 +1660,7 @@ type GetPGRequest struct {
 
 func (x *GetPGRequest) Reset() {
 	*x = GetPGRequest{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +1672,7 @@ func (x *GetPGRequest) String() string {
 func (*GetPGRequest) ProtoMessage() {}
 
 func (x *GetPGRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +1685,7 @@ func (x *GetPGRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPGRequest.ProtoReflect.Descriptor instead.
 func (*GetPGRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetPGRequest) GetVolumeId() uint64 {
@@ -1615,7 +1711,7 @@ type WatchVolumeRequest struct {
 
 func (x *WatchVolumeRequest) Reset() {
 	*x = WatchVolumeRequest{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1627,7 +1723,7 @@ func (x *WatchVolumeRequest) String() string {
 func (*WatchVolumeRequest) ProtoMessage() {}
 
 func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1640,7 +1736,7 @@ func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVolumeRequest.ProtoReflect.Descriptor instead.
 func (*WatchVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WatchVolumeRequest) GetVolumeId() uint64 {
@@ -1661,7 +1757,7 @@ type AcquireWriterRequest struct {
 
 func (x *AcquireWriterRequest) Reset() {
 	*x = AcquireWriterRequest{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1673,7 +1769,7 @@ func (x *AcquireWriterRequest) String() string {
 func (*AcquireWriterRequest) ProtoMessage() {}
 
 func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1686,7 +1782,7 @@ func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterRequest.ProtoReflect.Descriptor instead.
 func (*AcquireWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AcquireWriterRequest) GetVolume() string {
@@ -1719,7 +1815,7 @@ type WatchWriterRequest struct {
 
 func (x *WatchWriterRequest) Reset() {
 	*x = WatchWriterRequest{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1731,7 +1827,7 @@ func (x *WatchWriterRequest) String() string {
 func (*WatchWriterRequest) ProtoMessage() {}
 
 func (x *WatchWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1744,7 +1840,7 @@ func (x *WatchWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchWriterRequest.ProtoReflect.Descriptor instead.
 func (*WatchWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WatchWriterRequest) GetVolume() string {
@@ -1776,7 +1872,7 @@ type WriterState struct {
 
 func (x *WriterState) Reset() {
 	*x = WriterState{}
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1788,7 +1884,7 @@ func (x *WriterState) String() string {
 func (*WriterState) ProtoMessage() {}
 
 func (x *WriterState) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1801,7 +1897,7 @@ func (x *WriterState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterState.ProtoReflect.Descriptor instead.
 func (*WriterState) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{30}
+	return file_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WriterState) GetVolume() string {
@@ -1912,7 +2008,7 @@ type FailoverInfo struct {
 
 func (x *FailoverInfo) Reset() {
 	*x = FailoverInfo{}
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +2020,7 @@ func (x *FailoverInfo) String() string {
 func (*FailoverInfo) ProtoMessage() {}
 
 func (x *FailoverInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2033,7 @@ func (x *FailoverInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverInfo.ProtoReflect.Descriptor instead.
 func (*FailoverInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{31}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FailoverInfo) GetRound() uint64 {
@@ -2104,7 +2200,7 @@ type SwitchoverRequest struct {
 
 func (x *SwitchoverRequest) Reset() {
 	*x = SwitchoverRequest{}
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2116,7 +2212,7 @@ func (x *SwitchoverRequest) String() string {
 func (*SwitchoverRequest) ProtoMessage() {}
 
 func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2129,7 +2225,7 @@ func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverRequest.ProtoReflect.Descriptor instead.
 func (*SwitchoverRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{32}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SwitchoverRequest) GetVolume() string {
@@ -2171,7 +2267,7 @@ type ReportFailoverRequest struct {
 
 func (x *ReportFailoverRequest) Reset() {
 	*x = ReportFailoverRequest{}
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2183,7 +2279,7 @@ func (x *ReportFailoverRequest) String() string {
 func (*ReportFailoverRequest) ProtoMessage() {}
 
 func (x *ReportFailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2196,7 +2292,7 @@ func (x *ReportFailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportFailoverRequest.ProtoReflect.Descriptor instead.
 func (*ReportFailoverRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{33}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ReportFailoverRequest) GetVolume() string {
@@ -2308,7 +2404,7 @@ type AcquireWriterResponse struct {
 
 func (x *AcquireWriterResponse) Reset() {
 	*x = AcquireWriterResponse{}
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2320,7 +2416,7 @@ func (x *AcquireWriterResponse) String() string {
 func (*AcquireWriterResponse) ProtoMessage() {}
 
 func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2333,7 +2429,7 @@ func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterResponse.ProtoReflect.Descriptor instead.
 func (*AcquireWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{34}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AcquireWriterResponse) GetLease() int64 {
@@ -2366,7 +2462,7 @@ type RenewWriterRequest struct {
 
 func (x *RenewWriterRequest) Reset() {
 	*x = RenewWriterRequest{}
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2378,7 +2474,7 @@ func (x *RenewWriterRequest) String() string {
 func (*RenewWriterRequest) ProtoMessage() {}
 
 func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2391,7 +2487,7 @@ func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterRequest.ProtoReflect.Descriptor instead.
 func (*RenewWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{35}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RenewWriterRequest) GetLease() int64 {
@@ -2409,7 +2505,7 @@ type RenewWriterResponse struct {
 
 func (x *RenewWriterResponse) Reset() {
 	*x = RenewWriterResponse{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2421,7 +2517,7 @@ func (x *RenewWriterResponse) String() string {
 func (*RenewWriterResponse) ProtoMessage() {}
 
 func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2434,7 +2530,7 @@ func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterResponse.ProtoReflect.Descriptor instead.
 func (*RenewWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 type ReleaseWriterRequest struct {
@@ -2446,7 +2542,7 @@ type ReleaseWriterRequest struct {
 
 func (x *ReleaseWriterRequest) Reset() {
 	*x = ReleaseWriterRequest{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2458,7 +2554,7 @@ func (x *ReleaseWriterRequest) String() string {
 func (*ReleaseWriterRequest) ProtoMessage() {}
 
 func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2471,7 +2567,7 @@ func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ReleaseWriterRequest) GetLease() int64 {
@@ -2489,7 +2585,7 @@ type ReleaseWriterResponse struct {
 
 func (x *ReleaseWriterResponse) Reset() {
 	*x = ReleaseWriterResponse{}
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2501,7 +2597,7 @@ func (x *ReleaseWriterResponse) String() string {
 func (*ReleaseWriterResponse) ProtoMessage() {}
 
 func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2514,7 +2610,7 @@ func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{38}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 type RecordTruncationRequest struct {
@@ -2531,7 +2627,7 @@ type RecordTruncationRequest struct {
 
 func (x *RecordTruncationRequest) Reset() {
 	*x = RecordTruncationRequest{}
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2543,7 +2639,7 @@ func (x *RecordTruncationRequest) String() string {
 func (*RecordTruncationRequest) ProtoMessage() {}
 
 func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2556,7 +2652,7 @@ func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationRequest.ProtoReflect.Descriptor instead.
 func (*RecordTruncationRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{39}
+	return file_control_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RecordTruncationRequest) GetVolume() string {
@@ -2604,7 +2700,7 @@ type RecordTruncationResponse struct {
 
 func (x *RecordTruncationResponse) Reset() {
 	*x = RecordTruncationResponse{}
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2616,7 +2712,7 @@ func (x *RecordTruncationResponse) String() string {
 func (*RecordTruncationResponse) ProtoMessage() {}
 
 func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2629,7 +2725,7 @@ func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationResponse.ProtoReflect.Descriptor instead.
 func (*RecordTruncationResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{40}
+	return file_control_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RecordTruncationResponse) GetTruncations() []*TruncationRecord {
@@ -2647,7 +2743,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2659,7 +2755,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2672,7 +2768,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{41}
+	return file_control_proto_rawDescGZIP(), []int{42}
 }
 
 type NodeStatus struct {
@@ -2690,7 +2786,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2702,7 +2798,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2715,7 +2811,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{42}
+	return file_control_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -2764,7 +2860,7 @@ type WriterStatus struct {
 
 func (x *WriterStatus) Reset() {
 	*x = WriterStatus{}
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2776,7 +2872,7 @@ func (x *WriterStatus) String() string {
 func (*WriterStatus) ProtoMessage() {}
 
 func (x *WriterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2789,7 +2885,7 @@ func (x *WriterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterStatus.ProtoReflect.Descriptor instead.
 func (*WriterStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{43}
+	return file_control_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *WriterStatus) GetVolume() string {
@@ -2825,7 +2921,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2837,7 +2933,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2850,7 +2946,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{44}
+	return file_control_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -2956,13 +3052,20 @@ const file_control_proto_rawDesc = "" +
 	"\vSegmentInfo\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x0e\n" +
 	"\x02az\x18\x02 \x01(\tR\x02az\x12\x12\n" +
-	"\x04addr\x18\x03 \x01(\tR\x04addr\"\xbd\x01\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\"\xb3\x02\n" +
 	"\x06PGInfo\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12)\n" +
 	"\x10membership_epoch\x18\x03 \x01(\x04R\x0fmembershipEpoch\x12%\n" +
 	"\x0egeometry_epoch\x18\x04 \x01(\x04R\rgeometryEpoch\x124\n" +
-	"\bsegments\x18\x05 \x03(\v2\x18.borealis.v1.SegmentInfoR\bsegments\"\x9f\x03\n" +
+	"\bsegments\x18\x05 \x03(\v2\x18.borealis.v1.SegmentInfoR\bsegments\x12=\n" +
+	"\rnext_segments\x18\x06 \x03(\v2\x18.borealis.v1.SegmentInfoR\fnextSegments\x125\n" +
+	"\x06change\x18\a \x01(\v2\x1d.borealis.v1.MembershipChangeR\x06change\"\x8b\x01\n" +
+	"\x10MembershipChange\x12\x18\n" +
+	"\aleaving\x18\x01 \x01(\tR\aleaving\x12\x18\n" +
+	"\ajoining\x18\x02 \x01(\tR\ajoining\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12+\n" +
+	"\x12started_at_unix_ms\x18\x04 \x01(\x03R\x0fstartedAtUnixMs\"\x9f\x03\n" +
 	"\n" +
 	"VolumeInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
@@ -3128,7 +3231,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_control_proto_goTypes = []any{
 	(*InstanceInfo)(nil),               // 0: borealis.v1.InstanceInfo
 	(*RegisterInstanceRequest)(nil),    // 1: borealis.v1.RegisterInstanceRequest
@@ -3153,28 +3256,29 @@ var file_control_proto_goTypes = []any{
 	(*ListVolumesResponse)(nil),        // 20: borealis.v1.ListVolumesResponse
 	(*SegmentInfo)(nil),                // 21: borealis.v1.SegmentInfo
 	(*PGInfo)(nil),                     // 22: borealis.v1.PGInfo
-	(*VolumeInfo)(nil),                 // 23: borealis.v1.VolumeInfo
-	(*TruncationRecord)(nil),           // 24: borealis.v1.TruncationRecord
-	(*AddPGRequest)(nil),               // 25: borealis.v1.AddPGRequest
-	(*GetPGRequest)(nil),               // 26: borealis.v1.GetPGRequest
-	(*WatchVolumeRequest)(nil),         // 27: borealis.v1.WatchVolumeRequest
-	(*AcquireWriterRequest)(nil),       // 28: borealis.v1.AcquireWriterRequest
-	(*WatchWriterRequest)(nil),         // 29: borealis.v1.WatchWriterRequest
-	(*WriterState)(nil),                // 30: borealis.v1.WriterState
-	(*FailoverInfo)(nil),               // 31: borealis.v1.FailoverInfo
-	(*SwitchoverRequest)(nil),          // 32: borealis.v1.SwitchoverRequest
-	(*ReportFailoverRequest)(nil),      // 33: borealis.v1.ReportFailoverRequest
-	(*AcquireWriterResponse)(nil),      // 34: borealis.v1.AcquireWriterResponse
-	(*RenewWriterRequest)(nil),         // 35: borealis.v1.RenewWriterRequest
-	(*RenewWriterResponse)(nil),        // 36: borealis.v1.RenewWriterResponse
-	(*ReleaseWriterRequest)(nil),       // 37: borealis.v1.ReleaseWriterRequest
-	(*ReleaseWriterResponse)(nil),      // 38: borealis.v1.ReleaseWriterResponse
-	(*RecordTruncationRequest)(nil),    // 39: borealis.v1.RecordTruncationRequest
-	(*RecordTruncationResponse)(nil),   // 40: borealis.v1.RecordTruncationResponse
-	(*StatusRequest)(nil),              // 41: borealis.v1.StatusRequest
-	(*NodeStatus)(nil),                 // 42: borealis.v1.NodeStatus
-	(*WriterStatus)(nil),               // 43: borealis.v1.WriterStatus
-	(*StatusResponse)(nil),             // 44: borealis.v1.StatusResponse
+	(*MembershipChange)(nil),           // 23: borealis.v1.MembershipChange
+	(*VolumeInfo)(nil),                 // 24: borealis.v1.VolumeInfo
+	(*TruncationRecord)(nil),           // 25: borealis.v1.TruncationRecord
+	(*AddPGRequest)(nil),               // 26: borealis.v1.AddPGRequest
+	(*GetPGRequest)(nil),               // 27: borealis.v1.GetPGRequest
+	(*WatchVolumeRequest)(nil),         // 28: borealis.v1.WatchVolumeRequest
+	(*AcquireWriterRequest)(nil),       // 29: borealis.v1.AcquireWriterRequest
+	(*WatchWriterRequest)(nil),         // 30: borealis.v1.WatchWriterRequest
+	(*WriterState)(nil),                // 31: borealis.v1.WriterState
+	(*FailoverInfo)(nil),               // 32: borealis.v1.FailoverInfo
+	(*SwitchoverRequest)(nil),          // 33: borealis.v1.SwitchoverRequest
+	(*ReportFailoverRequest)(nil),      // 34: borealis.v1.ReportFailoverRequest
+	(*AcquireWriterResponse)(nil),      // 35: borealis.v1.AcquireWriterResponse
+	(*RenewWriterRequest)(nil),         // 36: borealis.v1.RenewWriterRequest
+	(*RenewWriterResponse)(nil),        // 37: borealis.v1.RenewWriterResponse
+	(*ReleaseWriterRequest)(nil),       // 38: borealis.v1.ReleaseWriterRequest
+	(*ReleaseWriterResponse)(nil),      // 39: borealis.v1.ReleaseWriterResponse
+	(*RecordTruncationRequest)(nil),    // 40: borealis.v1.RecordTruncationRequest
+	(*RecordTruncationResponse)(nil),   // 41: borealis.v1.RecordTruncationResponse
+	(*StatusRequest)(nil),              // 42: borealis.v1.StatusRequest
+	(*NodeStatus)(nil),                 // 43: borealis.v1.NodeStatus
+	(*WriterStatus)(nil),               // 44: borealis.v1.WriterStatus
+	(*StatusResponse)(nil),             // 45: borealis.v1.StatusResponse
 }
 var file_control_proto_depIdxs = []int32{
 	0,  // 0: borealis.v1.RegisterInstanceRequest.info:type_name -> borealis.v1.InstanceInfo
@@ -3183,65 +3287,67 @@ var file_control_proto_depIdxs = []int32{
 	13, // 3: borealis.v1.HeartbeatRequest.hosted:type_name -> borealis.v1.VolumeIncarnation
 	14, // 4: borealis.v1.HeartbeatResponse.epochs:type_name -> borealis.v1.VolumeEpoch
 	13, // 5: borealis.v1.HeartbeatResponse.deleted:type_name -> borealis.v1.VolumeIncarnation
-	23, // 6: borealis.v1.DeleteVolumeResponse.volume:type_name -> borealis.v1.VolumeInfo
-	23, // 7: borealis.v1.ListVolumesResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	24, // 6: borealis.v1.DeleteVolumeResponse.volume:type_name -> borealis.v1.VolumeInfo
+	24, // 7: borealis.v1.ListVolumesResponse.volumes:type_name -> borealis.v1.VolumeInfo
 	21, // 8: borealis.v1.PGInfo.segments:type_name -> borealis.v1.SegmentInfo
-	22, // 9: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
-	24, // 10: borealis.v1.VolumeInfo.truncations:type_name -> borealis.v1.TruncationRecord
-	0,  // 11: borealis.v1.WriterState.writer:type_name -> borealis.v1.InstanceInfo
-	31, // 12: borealis.v1.WriterState.failover:type_name -> borealis.v1.FailoverInfo
-	23, // 13: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
-	24, // 14: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
-	42, // 15: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
-	23, // 16: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	43, // 17: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
-	9,  // 18: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
-	11, // 19: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
-	15, // 20: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
-	16, // 21: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
-	19, // 22: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
-	17, // 23: borealis.v1.Control.DeleteVolume:input_type -> borealis.v1.DeleteVolumeRequest
-	25, // 24: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
-	26, // 25: borealis.v1.Control.GetPG:input_type -> borealis.v1.GetPGRequest
-	27, // 26: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
-	28, // 27: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
-	35, // 28: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
-	37, // 29: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
-	39, // 30: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
-	41, // 31: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
-	1,  // 32: borealis.v1.Control.RegisterInstance:input_type -> borealis.v1.RegisterInstanceRequest
-	3,  // 33: borealis.v1.Control.RenewInstance:input_type -> borealis.v1.RenewInstanceRequest
-	5,  // 34: borealis.v1.Control.DeregisterInstance:input_type -> borealis.v1.DeregisterInstanceRequest
-	7,  // 35: borealis.v1.Control.ListInstances:input_type -> borealis.v1.ListInstancesRequest
-	29, // 36: borealis.v1.Control.WatchWriter:input_type -> borealis.v1.WatchWriterRequest
-	32, // 37: borealis.v1.Control.Switchover:input_type -> borealis.v1.SwitchoverRequest
-	33, // 38: borealis.v1.Control.ReportFailover:input_type -> borealis.v1.ReportFailoverRequest
-	10, // 39: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
-	12, // 40: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
-	23, // 41: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
-	23, // 42: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
-	20, // 43: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
-	18, // 44: borealis.v1.Control.DeleteVolume:output_type -> borealis.v1.DeleteVolumeResponse
-	22, // 45: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
-	22, // 46: borealis.v1.Control.GetPG:output_type -> borealis.v1.PGInfo
-	22, // 47: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
-	34, // 48: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
-	36, // 49: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
-	38, // 50: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
-	40, // 51: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
-	44, // 52: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
-	2,  // 53: borealis.v1.Control.RegisterInstance:output_type -> borealis.v1.RegisterInstanceResponse
-	4,  // 54: borealis.v1.Control.RenewInstance:output_type -> borealis.v1.RenewInstanceResponse
-	6,  // 55: borealis.v1.Control.DeregisterInstance:output_type -> borealis.v1.DeregisterInstanceResponse
-	8,  // 56: borealis.v1.Control.ListInstances:output_type -> borealis.v1.ListInstancesResponse
-	30, // 57: borealis.v1.Control.WatchWriter:output_type -> borealis.v1.WriterState
-	31, // 58: borealis.v1.Control.Switchover:output_type -> borealis.v1.FailoverInfo
-	31, // 59: borealis.v1.Control.ReportFailover:output_type -> borealis.v1.FailoverInfo
-	39, // [39:60] is the sub-list for method output_type
-	18, // [18:39] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	21, // 9: borealis.v1.PGInfo.next_segments:type_name -> borealis.v1.SegmentInfo
+	23, // 10: borealis.v1.PGInfo.change:type_name -> borealis.v1.MembershipChange
+	22, // 11: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
+	25, // 12: borealis.v1.VolumeInfo.truncations:type_name -> borealis.v1.TruncationRecord
+	0,  // 13: borealis.v1.WriterState.writer:type_name -> borealis.v1.InstanceInfo
+	32, // 14: borealis.v1.WriterState.failover:type_name -> borealis.v1.FailoverInfo
+	24, // 15: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
+	25, // 16: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
+	43, // 17: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
+	24, // 18: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	44, // 19: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
+	9,  // 20: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
+	11, // 21: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
+	15, // 22: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
+	16, // 23: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
+	19, // 24: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
+	17, // 25: borealis.v1.Control.DeleteVolume:input_type -> borealis.v1.DeleteVolumeRequest
+	26, // 26: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
+	27, // 27: borealis.v1.Control.GetPG:input_type -> borealis.v1.GetPGRequest
+	28, // 28: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
+	29, // 29: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
+	36, // 30: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
+	38, // 31: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
+	40, // 32: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
+	42, // 33: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
+	1,  // 34: borealis.v1.Control.RegisterInstance:input_type -> borealis.v1.RegisterInstanceRequest
+	3,  // 35: borealis.v1.Control.RenewInstance:input_type -> borealis.v1.RenewInstanceRequest
+	5,  // 36: borealis.v1.Control.DeregisterInstance:input_type -> borealis.v1.DeregisterInstanceRequest
+	7,  // 37: borealis.v1.Control.ListInstances:input_type -> borealis.v1.ListInstancesRequest
+	30, // 38: borealis.v1.Control.WatchWriter:input_type -> borealis.v1.WatchWriterRequest
+	33, // 39: borealis.v1.Control.Switchover:input_type -> borealis.v1.SwitchoverRequest
+	34, // 40: borealis.v1.Control.ReportFailover:input_type -> borealis.v1.ReportFailoverRequest
+	10, // 41: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
+	12, // 42: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
+	24, // 43: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
+	24, // 44: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
+	20, // 45: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
+	18, // 46: borealis.v1.Control.DeleteVolume:output_type -> borealis.v1.DeleteVolumeResponse
+	22, // 47: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
+	22, // 48: borealis.v1.Control.GetPG:output_type -> borealis.v1.PGInfo
+	22, // 49: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
+	35, // 50: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
+	37, // 51: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
+	39, // 52: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
+	41, // 53: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
+	45, // 54: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
+	2,  // 55: borealis.v1.Control.RegisterInstance:output_type -> borealis.v1.RegisterInstanceResponse
+	4,  // 56: borealis.v1.Control.RenewInstance:output_type -> borealis.v1.RenewInstanceResponse
+	6,  // 57: borealis.v1.Control.DeregisterInstance:output_type -> borealis.v1.DeregisterInstanceResponse
+	8,  // 58: borealis.v1.Control.ListInstances:output_type -> borealis.v1.ListInstancesResponse
+	31, // 59: borealis.v1.Control.WatchWriter:output_type -> borealis.v1.WriterState
+	32, // 60: borealis.v1.Control.Switchover:output_type -> borealis.v1.FailoverInfo
+	32, // 61: borealis.v1.Control.ReportFailover:output_type -> borealis.v1.FailoverInfo
+	41, // [41:62] is the sub-list for method output_type
+	20, // [20:41] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -3255,7 +3361,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   45,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

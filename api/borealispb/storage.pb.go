@@ -55,6 +55,11 @@ const (
 	// that carry no incarnation get it for a volume id the node dropped and
 	// holds no segment of since.
 	Reason_VOLUME_DELETED Reason = 11
+	// The request counts acks under an older membership epoch of the PG than
+	// the node holds (SegmentBatch.membership_epoch, or a declaration's), or
+	// the node is in no set of the PG's membership any more. The writer
+	// refreshes the PG's membership from the catalog and sends again.
+	Reason_STALE_MEMBERSHIP Reason = 12
 )
 
 // Enum value maps for Reason.
@@ -72,6 +77,7 @@ var (
 		9:  "BAD_DECLARATION",
 		10: "BAD_REQUEST",
 		11: "VOLUME_DELETED",
+		12: "STALE_MEMBERSHIP",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED": 0,
@@ -86,6 +92,7 @@ var (
 		"BAD_DECLARATION":    9,
 		"BAD_REQUEST":        10,
 		"VOLUME_DELETED":     11,
+		"STALE_MEMBERSHIP":   12,
 	}
 )
 
@@ -177,16 +184,70 @@ func (x *Member) GetAddr() string {
 	return ""
 }
 
-// SegmentSpec declares a segment a node must host. The writer sends it with
-// the first records of a PG; later the control plane takes this over.
+// MemberSet is one quorum set of a PG: normally its six segments, and
+// during a membership change one of two sets (ABCDEF and ABCDEG), of each
+// of which a write needs a write quorum (4 of 6).
+type MemberSet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Members       []*Member              `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberSet) Reset() {
+	*x = MemberSet{}
+	mi := &file_storage_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberSet) ProtoMessage() {}
+
+func (x *MemberSet) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberSet.ProtoReflect.Descriptor instead.
+func (*MemberSet) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MemberSet) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+// SegmentSpec declares a segment a node must host, and the PG's membership.
+// The writer sends it with the first records of a PG on every stream, and
+// the control plane with every membership change (Declare).
 type SegmentSpec struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Volume          uint64                 `protobuf:"varint,1,opt,name=volume,proto3" json:"volume,omitempty"`
-	Pg              uint32                 `protobuf:"varint,2,opt,name=pg,proto3" json:"pg,omitempty"`
-	PageSize        uint32                 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PagesPerPg      uint64                 `protobuf:"varint,4,opt,name=pages_per_pg,json=pagesPerPg,proto3" json:"pages_per_pg,omitempty"`
-	MembershipEpoch uint64                 `protobuf:"varint,5,opt,name=membership_epoch,json=membershipEpoch,proto3" json:"membership_epoch,omitempty"`
-	Members         []*Member              `protobuf:"bytes,6,rep,name=members,proto3" json:"members,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Volume     uint64                 `protobuf:"varint,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	Pg         uint32                 `protobuf:"varint,2,opt,name=pg,proto3" json:"pg,omitempty"`
+	PageSize   uint32                 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PagesPerPg uint64                 `protobuf:"varint,4,opt,name=pages_per_pg,json=pagesPerPg,proto3" json:"pages_per_pg,omitempty"`
+	// Raised by every membership change of the PG. A node keeps the highest
+	// it was told, and refuses writes under an older one (STALE_MEMBERSHIP).
+	MembershipEpoch uint64 `protobuf:"varint,5,opt,name=membership_epoch,json=membershipEpoch,proto3" json:"membership_epoch,omitempty"`
+	// One flat set: how declarations were made before member_sets. A spec
+	// with member_sets ignores it; one without is read as a single set.
+	Members []*Member `protobuf:"bytes,6,rep,name=members,proto3" json:"members,omitempty"`
+	// The PG's quorum sets: one, or two during a membership change.
+	MemberSets []*MemberSet `protobuf:"bytes,9,rep,name=member_sets,json=memberSets,proto3" json:"member_sets,omitempty"`
 	// The PG's recovery truncations, oldest epoch first. A node applies those
 	// it lacks (as Truncate does) before the request's records, so a node
 	// that was away during a recovery learns it on its next contact.
@@ -199,14 +260,18 @@ type SegmentSpec struct {
 	// declaration of another nonzero incarnation than the segments it holds
 	// of the volume (BAD_DECLARATION), and drops a segment only when the
 	// control plane names its own nonzero incarnation as deleted.
-	Incarnation   uint64 `protobuf:"varint,8,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	Incarnation uint64 `protobuf:"varint,8,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	// Set by the control plane for a member that is to copy the PG from a
+	// complete peer (a new member, or one that came back without its data):
+	// until it is complete it counts toward no quorum.
+	Hydrate       bool `protobuf:"varint,10,opt,name=hydrate,proto3" json:"hydrate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SegmentSpec) Reset() {
 	*x = SegmentSpec{}
-	mi := &file_storage_proto_msgTypes[1]
+	mi := &file_storage_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -218,7 +283,7 @@ func (x *SegmentSpec) String() string {
 func (*SegmentSpec) ProtoMessage() {}
 
 func (x *SegmentSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[1]
+	mi := &file_storage_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -231,7 +296,7 @@ func (x *SegmentSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentSpec.ProtoReflect.Descriptor instead.
 func (*SegmentSpec) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{1}
+	return file_storage_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *SegmentSpec) GetVolume() uint64 {
@@ -276,6 +341,13 @@ func (x *SegmentSpec) GetMembers() []*Member {
 	return nil
 }
 
+func (x *SegmentSpec) GetMemberSets() []*MemberSet {
+	if x != nil {
+		return x.MemberSets
+	}
+	return nil
+}
+
 func (x *SegmentSpec) GetTruncations() []*Truncation {
 	if x != nil {
 		return x.Truncations
@@ -288,6 +360,13 @@ func (x *SegmentSpec) GetIncarnation() uint64 {
 		return x.Incarnation
 	}
 	return 0
+}
+
+func (x *SegmentSpec) GetHydrate() bool {
+	if x != nil {
+		return x.Hydrate
+	}
+	return false
 }
 
 // Truncation is one recovery's decision for one PG: records of epochs older
@@ -305,7 +384,7 @@ type Truncation struct {
 
 func (x *Truncation) Reset() {
 	*x = Truncation{}
-	mi := &file_storage_proto_msgTypes[2]
+	mi := &file_storage_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -317,7 +396,7 @@ func (x *Truncation) String() string {
 func (*Truncation) ProtoMessage() {}
 
 func (x *Truncation) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[2]
+	mi := &file_storage_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -330,7 +409,7 @@ func (x *Truncation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Truncation.ProtoReflect.Descriptor instead.
 func (*Truncation) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{2}
+	return file_storage_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Truncation) GetAfter() uint64 {
@@ -369,14 +448,20 @@ type SegmentBatch struct {
 	Records [][]byte `protobuf:"bytes,2,rep,name=records,proto3" json:"records,omitempty"`
 	// Lowest SCL the writer knows among the PG's members: log records above it
 	// may still be needed by a lagging peer's gossip and must be kept.
-	RetainLsn     uint64 `protobuf:"varint,3,opt,name=retain_lsn,json=retainLsn,proto3" json:"retain_lsn,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RetainLsn uint64 `protobuf:"varint,3,opt,name=retain_lsn,json=retainLsn,proto3" json:"retain_lsn,omitempty"`
+	// The PG's membership epoch the writer counts this batch's acks under. A
+	// node that knows a newer one refuses the request (STALE_MEMBERSHIP), and
+	// the writer takes the new membership from the catalog: a record acked
+	// under an old membership could otherwise miss the write quorum of a new
+	// set. 0: not said (a writer from before membership changes).
+	MembershipEpoch uint64 `protobuf:"varint,4,opt,name=membership_epoch,json=membershipEpoch,proto3" json:"membership_epoch,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SegmentBatch) Reset() {
 	*x = SegmentBatch{}
-	mi := &file_storage_proto_msgTypes[3]
+	mi := &file_storage_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +473,7 @@ func (x *SegmentBatch) String() string {
 func (*SegmentBatch) ProtoMessage() {}
 
 func (x *SegmentBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[3]
+	mi := &file_storage_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +486,7 @@ func (x *SegmentBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentBatch.ProtoReflect.Descriptor instead.
 func (*SegmentBatch) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{3}
+	return file_storage_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SegmentBatch) GetPg() uint32 {
@@ -421,6 +506,13 @@ func (x *SegmentBatch) GetRecords() [][]byte {
 func (x *SegmentBatch) GetRetainLsn() uint64 {
 	if x != nil {
 		return x.RetainLsn
+	}
+	return 0
+}
+
+func (x *SegmentBatch) GetMembershipEpoch() uint64 {
+	if x != nil {
+		return x.MembershipEpoch
 	}
 	return 0
 }
@@ -448,7 +540,7 @@ type AppendRequest struct {
 
 func (x *AppendRequest) Reset() {
 	*x = AppendRequest{}
-	mi := &file_storage_proto_msgTypes[4]
+	mi := &file_storage_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +552,7 @@ func (x *AppendRequest) String() string {
 func (*AppendRequest) ProtoMessage() {}
 
 func (x *AppendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[4]
+	mi := &file_storage_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +565,7 @@ func (x *AppendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendRequest.ProtoReflect.Descriptor instead.
 func (*AppendRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{4}
+	return file_storage_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AppendRequest) GetSeq() uint64 {
@@ -535,7 +627,7 @@ type SegmentAck struct {
 
 func (x *SegmentAck) Reset() {
 	*x = SegmentAck{}
-	mi := &file_storage_proto_msgTypes[5]
+	mi := &file_storage_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +639,7 @@ func (x *SegmentAck) String() string {
 func (*SegmentAck) ProtoMessage() {}
 
 func (x *SegmentAck) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[5]
+	mi := &file_storage_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +652,7 @@ func (x *SegmentAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentAck.ProtoReflect.Descriptor instead.
 func (*SegmentAck) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{5}
+	return file_storage_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SegmentAck) GetPg() uint32 {
@@ -587,7 +679,7 @@ type AppendResponse struct {
 
 func (x *AppendResponse) Reset() {
 	*x = AppendResponse{}
-	mi := &file_storage_proto_msgTypes[6]
+	mi := &file_storage_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -599,7 +691,7 @@ func (x *AppendResponse) String() string {
 func (*AppendResponse) ProtoMessage() {}
 
 func (x *AppendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[6]
+	mi := &file_storage_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +704,7 @@ func (x *AppendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendResponse.ProtoReflect.Descriptor instead.
 func (*AppendResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{6}
+	return file_storage_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AppendResponse) GetSeq() uint64 {
@@ -657,7 +749,7 @@ type GetPageRequest struct {
 
 func (x *GetPageRequest) Reset() {
 	*x = GetPageRequest{}
-	mi := &file_storage_proto_msgTypes[7]
+	mi := &file_storage_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +761,7 @@ func (x *GetPageRequest) String() string {
 func (*GetPageRequest) ProtoMessage() {}
 
 func (x *GetPageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[7]
+	mi := &file_storage_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +774,7 @@ func (x *GetPageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPageRequest.ProtoReflect.Descriptor instead.
 func (*GetPageRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{7}
+	return file_storage_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetPageRequest) GetVolume() uint64 {
@@ -753,7 +845,7 @@ type GetPageResponse struct {
 
 func (x *GetPageResponse) Reset() {
 	*x = GetPageResponse{}
-	mi := &file_storage_proto_msgTypes[8]
+	mi := &file_storage_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -765,7 +857,7 @@ func (x *GetPageResponse) String() string {
 func (*GetPageResponse) ProtoMessage() {}
 
 func (x *GetPageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[8]
+	mi := &file_storage_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -778,7 +870,7 @@ func (x *GetPageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPageResponse.ProtoReflect.Descriptor instead.
 func (*GetPageResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{8}
+	return file_storage_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetPageResponse) GetData() []byte {
@@ -820,7 +912,7 @@ type PullRequest struct {
 
 func (x *PullRequest) Reset() {
 	*x = PullRequest{}
-	mi := &file_storage_proto_msgTypes[9]
+	mi := &file_storage_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +924,7 @@ func (x *PullRequest) String() string {
 func (*PullRequest) ProtoMessage() {}
 
 func (x *PullRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[9]
+	mi := &file_storage_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +937,7 @@ func (x *PullRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullRequest.ProtoReflect.Descriptor instead.
 func (*PullRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{9}
+	return file_storage_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PullRequest) GetVolume() uint64 {
@@ -911,7 +1003,7 @@ type RecordHeader struct {
 
 func (x *RecordHeader) Reset() {
 	*x = RecordHeader{}
-	mi := &file_storage_proto_msgTypes[10]
+	mi := &file_storage_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1015,7 @@ func (x *RecordHeader) String() string {
 func (*RecordHeader) ProtoMessage() {}
 
 func (x *RecordHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[10]
+	mi := &file_storage_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1028,7 @@ func (x *RecordHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordHeader.ProtoReflect.Descriptor instead.
 func (*RecordHeader) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{10}
+	return file_storage_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RecordHeader) GetLsn() uint64 {
@@ -996,7 +1088,7 @@ type PullResponse struct {
 
 func (x *PullResponse) Reset() {
 	*x = PullResponse{}
-	mi := &file_storage_proto_msgTypes[11]
+	mi := &file_storage_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1008,7 +1100,7 @@ func (x *PullResponse) String() string {
 func (*PullResponse) ProtoMessage() {}
 
 func (x *PullResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[11]
+	mi := &file_storage_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1021,7 +1113,7 @@ func (x *PullResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullResponse.ProtoReflect.Descriptor instead.
 func (*PullResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{11}
+	return file_storage_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PullResponse) GetRecords() [][]byte {
@@ -1089,7 +1181,7 @@ type SegmentInfoRequest struct {
 
 func (x *SegmentInfoRequest) Reset() {
 	*x = SegmentInfoRequest{}
-	mi := &file_storage_proto_msgTypes[12]
+	mi := &file_storage_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1101,7 +1193,7 @@ func (x *SegmentInfoRequest) String() string {
 func (*SegmentInfoRequest) ProtoMessage() {}
 
 func (x *SegmentInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[12]
+	mi := &file_storage_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1114,7 +1206,7 @@ func (x *SegmentInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentInfoRequest.ProtoReflect.Descriptor instead.
 func (*SegmentInfoRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{12}
+	return file_storage_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SegmentInfoRequest) GetVolume() uint64 {
@@ -1147,7 +1239,7 @@ type SegmentSCLsRequest struct {
 
 func (x *SegmentSCLsRequest) Reset() {
 	*x = SegmentSCLsRequest{}
-	mi := &file_storage_proto_msgTypes[13]
+	mi := &file_storage_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1251,7 @@ func (x *SegmentSCLsRequest) String() string {
 func (*SegmentSCLsRequest) ProtoMessage() {}
 
 func (x *SegmentSCLsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[13]
+	mi := &file_storage_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1264,7 @@ func (x *SegmentSCLsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentSCLsRequest.ProtoReflect.Descriptor instead.
 func (*SegmentSCLsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{13}
+	return file_storage_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SegmentSCLsRequest) GetVolume() uint64 {
@@ -1192,7 +1284,7 @@ type HostedSCL struct {
 
 func (x *HostedSCL) Reset() {
 	*x = HostedSCL{}
-	mi := &file_storage_proto_msgTypes[14]
+	mi := &file_storage_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1204,7 +1296,7 @@ func (x *HostedSCL) String() string {
 func (*HostedSCL) ProtoMessage() {}
 
 func (x *HostedSCL) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[14]
+	mi := &file_storage_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1217,7 +1309,7 @@ func (x *HostedSCL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostedSCL.ProtoReflect.Descriptor instead.
 func (*HostedSCL) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{14}
+	return file_storage_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HostedSCL) GetPg() uint32 {
@@ -1245,7 +1337,7 @@ type SegmentSCLsResponse struct {
 
 func (x *SegmentSCLsResponse) Reset() {
 	*x = SegmentSCLsResponse{}
-	mi := &file_storage_proto_msgTypes[15]
+	mi := &file_storage_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1257,7 +1349,7 @@ func (x *SegmentSCLsResponse) String() string {
 func (*SegmentSCLsResponse) ProtoMessage() {}
 
 func (x *SegmentSCLsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[15]
+	mi := &file_storage_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1270,7 +1362,7 @@ func (x *SegmentSCLsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentSCLsResponse.ProtoReflect.Descriptor instead.
 func (*SegmentSCLsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{15}
+	return file_storage_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SegmentSCLsResponse) GetSegments() []*HostedSCL {
@@ -1302,7 +1394,7 @@ type SegmentInfoResponse struct {
 
 func (x *SegmentInfoResponse) Reset() {
 	*x = SegmentInfoResponse{}
-	mi := &file_storage_proto_msgTypes[16]
+	mi := &file_storage_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1406,7 @@ func (x *SegmentInfoResponse) String() string {
 func (*SegmentInfoResponse) ProtoMessage() {}
 
 func (x *SegmentInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[16]
+	mi := &file_storage_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1419,7 @@ func (x *SegmentInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentInfoResponse.ProtoReflect.Descriptor instead.
 func (*SegmentInfoResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{16}
+	return file_storage_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SegmentInfoResponse) GetScl() uint64 {
@@ -1433,7 +1525,7 @@ type TruncateRequest struct {
 
 func (x *TruncateRequest) Reset() {
 	*x = TruncateRequest{}
-	mi := &file_storage_proto_msgTypes[17]
+	mi := &file_storage_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +1537,7 @@ func (x *TruncateRequest) String() string {
 func (*TruncateRequest) ProtoMessage() {}
 
 func (x *TruncateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[17]
+	mi := &file_storage_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +1550,7 @@ func (x *TruncateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncateRequest.ProtoReflect.Descriptor instead.
 func (*TruncateRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{17}
+	return file_storage_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TruncateRequest) GetVolume() uint64 {
@@ -1519,7 +1611,7 @@ type TruncateResponse struct {
 
 func (x *TruncateResponse) Reset() {
 	*x = TruncateResponse{}
-	mi := &file_storage_proto_msgTypes[18]
+	mi := &file_storage_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +1623,7 @@ func (x *TruncateResponse) String() string {
 func (*TruncateResponse) ProtoMessage() {}
 
 func (x *TruncateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[18]
+	mi := &file_storage_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +1636,7 @@ func (x *TruncateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncateResponse.ProtoReflect.Descriptor instead.
 func (*TruncateResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{18}
+	return file_storage_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TruncateResponse) GetScl() uint64 {
@@ -1552,6 +1644,185 @@ func (x *TruncateResponse) GetScl() uint64 {
 		return x.Scl
 	}
 	return 0
+}
+
+type DeclareRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Specs         []*SegmentSpec         `protobuf:"bytes,1,rep,name=specs,proto3" json:"specs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeclareRequest) Reset() {
+	*x = DeclareRequest{}
+	mi := &file_storage_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeclareRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeclareRequest) ProtoMessage() {}
+
+func (x *DeclareRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeclareRequest.ProtoReflect.Descriptor instead.
+func (*DeclareRequest) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *DeclareRequest) GetSpecs() []*SegmentSpec {
+	if x != nil {
+		return x.Specs
+	}
+	return nil
+}
+
+// DeclaredSegment is where one declared segment stands after a Declare.
+type DeclaredSegment struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pg    uint32                 `protobuf:"varint,1,opt,name=pg,proto3" json:"pg,omitempty"`
+	// The membership epoch the node now holds (higher than declared if it
+	// was told a newer one already).
+	MembershipEpoch uint64 `protobuf:"varint,2,opt,name=membership_epoch,json=membershipEpoch,proto3" json:"membership_epoch,omitempty"`
+	Scl             uint64 `protobuf:"varint,3,opt,name=scl,proto3" json:"scl,omitempty"`
+	// Highest LSN the segment holds (above scl when it has holes).
+	Highest uint64 `protobuf:"varint,4,opt,name=highest,proto3" json:"highest,omitempty"`
+	// The segment is copying from a peer and counts toward no quorum yet.
+	Hydrating bool `protobuf:"varint,5,opt,name=hydrating,proto3" json:"hydrating,omitempty"`
+	// The node is in no set of the membership it holds: it takes no more of
+	// the PG's writes.
+	Retired       bool `protobuf:"varint,6,opt,name=retired,proto3" json:"retired,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeclaredSegment) Reset() {
+	*x = DeclaredSegment{}
+	mi := &file_storage_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeclaredSegment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeclaredSegment) ProtoMessage() {}
+
+func (x *DeclaredSegment) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeclaredSegment.ProtoReflect.Descriptor instead.
+func (*DeclaredSegment) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DeclaredSegment) GetPg() uint32 {
+	if x != nil {
+		return x.Pg
+	}
+	return 0
+}
+
+func (x *DeclaredSegment) GetMembershipEpoch() uint64 {
+	if x != nil {
+		return x.MembershipEpoch
+	}
+	return 0
+}
+
+func (x *DeclaredSegment) GetScl() uint64 {
+	if x != nil {
+		return x.Scl
+	}
+	return 0
+}
+
+func (x *DeclaredSegment) GetHighest() uint64 {
+	if x != nil {
+		return x.Highest
+	}
+	return 0
+}
+
+func (x *DeclaredSegment) GetHydrating() bool {
+	if x != nil {
+		return x.Hydrating
+	}
+	return false
+}
+
+func (x *DeclaredSegment) GetRetired() bool {
+	if x != nil {
+		return x.Retired
+	}
+	return false
+}
+
+type DeclareResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Segments      []*DeclaredSegment     `protobuf:"bytes,1,rep,name=segments,proto3" json:"segments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeclareResponse) Reset() {
+	*x = DeclareResponse{}
+	mi := &file_storage_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeclareResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeclareResponse) ProtoMessage() {}
+
+func (x *DeclareResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeclareResponse.ProtoReflect.Descriptor instead.
+func (*DeclareResponse) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DeclareResponse) GetSegments() []*DeclaredSegment {
+	if x != nil {
+		return x.Segments
+	}
+	return nil
 }
 
 type StatsRequest struct {
@@ -1562,7 +1833,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_storage_proto_msgTypes[19]
+	mi := &file_storage_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1845,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[19]
+	mi := &file_storage_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1858,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{19}
+	return file_storage_proto_rawDescGZIP(), []int{23}
 }
 
 type StatsResponse struct {
@@ -1612,7 +1883,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_storage_proto_msgTypes[20]
+	mi := &file_storage_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1624,7 +1895,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[20]
+	mi := &file_storage_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1637,7 +1908,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{20}
+	return file_storage_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StatsResponse) GetNodeId() string {
@@ -1727,18 +1998,20 @@ func (x *StatsResponse) GetFileBytesWritten() uint64 {
 // ErrorDetail rides in a gRPC status's details so a caller can tell refusals
 // apart without parsing messages.
 type ErrorDetail struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reason        Reason                 `protobuf:"varint,1,opt,name=reason,proto3,enum=borealis.v1.Reason" json:"reason,omitempty"`
-	Volume        uint64                 `protobuf:"varint,2,opt,name=volume,proto3" json:"volume,omitempty"`
-	Pg            uint32                 `protobuf:"varint,3,opt,name=pg,proto3" json:"pg,omitempty"`
-	Lsn           uint64                 `protobuf:"varint,4,opt,name=lsn,proto3" json:"lsn,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Reason Reason                 `protobuf:"varint,1,opt,name=reason,proto3,enum=borealis.v1.Reason" json:"reason,omitempty"`
+	Volume uint64                 `protobuf:"varint,2,opt,name=volume,proto3" json:"volume,omitempty"`
+	Pg     uint32                 `protobuf:"varint,3,opt,name=pg,proto3" json:"pg,omitempty"`
+	Lsn    uint64                 `protobuf:"varint,4,opt,name=lsn,proto3" json:"lsn,omitempty"`
+	// With STALE_MEMBERSHIP: the PG's membership epoch the node holds.
+	MembershipEpoch uint64 `protobuf:"varint,5,opt,name=membership_epoch,json=membershipEpoch,proto3" json:"membership_epoch,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_storage_proto_msgTypes[21]
+	mi := &file_storage_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +2023,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[21]
+	mi := &file_storage_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +2036,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{21}
+	return file_storage_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ErrorDetail) GetReason() Reason {
@@ -1794,6 +2067,13 @@ func (x *ErrorDetail) GetLsn() uint64 {
 	return 0
 }
 
+func (x *ErrorDetail) GetMembershipEpoch() uint64 {
+	if x != nil {
+		return x.MembershipEpoch
+	}
+	return 0
+}
+
 var File_storage_proto protoreflect.FileDescriptor
 
 const file_storage_proto_rawDesc = "" +
@@ -1802,7 +2082,9 @@ const file_storage_proto_rawDesc = "" +
 	"\x06Member\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x0e\n" +
 	"\x02az\x18\x02 \x01(\tR\x02az\x12\x12\n" +
-	"\x04addr\x18\x03 \x01(\tR\x04addr\"\xab\x02\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\":\n" +
+	"\tMemberSet\x12-\n" +
+	"\amembers\x18\x01 \x03(\v2\x13.borealis.v1.MemberR\amembers\"\xfe\x02\n" +
 	"\vSegmentSpec\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12\x1b\n" +
@@ -1810,20 +2092,25 @@ const file_storage_proto_rawDesc = "" +
 	"\fpages_per_pg\x18\x04 \x01(\x04R\n" +
 	"pagesPerPg\x12)\n" +
 	"\x10membership_epoch\x18\x05 \x01(\x04R\x0fmembershipEpoch\x12-\n" +
-	"\amembers\x18\x06 \x03(\v2\x13.borealis.v1.MemberR\amembers\x129\n" +
+	"\amembers\x18\x06 \x03(\v2\x13.borealis.v1.MemberR\amembers\x127\n" +
+	"\vmember_sets\x18\t \x03(\v2\x16.borealis.v1.MemberSetR\n" +
+	"memberSets\x129\n" +
 	"\vtruncations\x18\a \x03(\v2\x17.borealis.v1.TruncationR\vtruncations\x12 \n" +
-	"\vincarnation\x18\b \x01(\x04R\vincarnation\"f\n" +
+	"\vincarnation\x18\b \x01(\x04R\vincarnation\x12\x18\n" +
+	"\ahydrate\x18\n" +
+	" \x01(\bR\ahydrate\"f\n" +
 	"\n" +
 	"Truncation\x12\x14\n" +
 	"\x05after\x18\x01 \x01(\x04R\x05after\x12\x18\n" +
 	"\athrough\x18\x02 \x01(\x04R\athrough\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x12\n" +
-	"\x04tail\x18\x04 \x01(\x04R\x04tail\"W\n" +
+	"\x04tail\x18\x04 \x01(\x04R\x04tail\"\x82\x01\n" +
 	"\fSegmentBatch\x12\x0e\n" +
 	"\x02pg\x18\x01 \x01(\rR\x02pg\x12\x18\n" +
 	"\arecords\x18\x02 \x03(\fR\arecords\x12\x1d\n" +
 	"\n" +
-	"retain_lsn\x18\x03 \x01(\x04R\tretainLsn\"\xf0\x01\n" +
+	"retain_lsn\x18\x03 \x01(\x04R\tretainLsn\x12)\n" +
+	"\x10membership_epoch\x18\x04 \x01(\x04R\x0fmembershipEpoch\"\xf0\x01\n" +
 	"\rAppendRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\x04R\x06volume\x12\x14\n" +
@@ -1909,7 +2196,18 @@ const file_storage_proto_rawDesc = "" +
 	"\x04tail\x18\x06 \x01(\x04R\x04tail\x12-\n" +
 	"\x05prior\x18\a \x03(\v2\x17.borealis.v1.TruncationR\x05prior\"$\n" +
 	"\x10TruncateResponse\x12\x10\n" +
-	"\x03scl\x18\x01 \x01(\x04R\x03scl\"\x0e\n" +
+	"\x03scl\x18\x01 \x01(\x04R\x03scl\"@\n" +
+	"\x0eDeclareRequest\x12.\n" +
+	"\x05specs\x18\x01 \x03(\v2\x18.borealis.v1.SegmentSpecR\x05specs\"\xb0\x01\n" +
+	"\x0fDeclaredSegment\x12\x0e\n" +
+	"\x02pg\x18\x01 \x01(\rR\x02pg\x12)\n" +
+	"\x10membership_epoch\x18\x02 \x01(\x04R\x0fmembershipEpoch\x12\x10\n" +
+	"\x03scl\x18\x03 \x01(\x04R\x03scl\x12\x18\n" +
+	"\ahighest\x18\x04 \x01(\x04R\ahighest\x12\x1c\n" +
+	"\thydrating\x18\x05 \x01(\bR\thydrating\x12\x18\n" +
+	"\aretired\x18\x06 \x01(\bR\aretired\"K\n" +
+	"\x0fDeclareResponse\x128\n" +
+	"\bsegments\x18\x01 \x03(\v2\x1c.borealis.v1.DeclaredSegmentR\bsegments\"\x0e\n" +
 	"\fStatsRequest\"\xab\x03\n" +
 	"\rStatsResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x0e\n" +
@@ -1925,12 +2223,13 @@ const file_storage_proto_rawDesc = "" +
 	"\bsegments\x18\n" +
 	" \x01(\rR\bsegments\x12!\n" +
 	"\fpulls_served\x18\v \x01(\x04R\vpullsServed\x12,\n" +
-	"\x12file_bytes_written\x18\f \x01(\x04R\x10fileBytesWritten\"t\n" +
+	"\x12file_bytes_written\x18\f \x01(\x04R\x10fileBytesWritten\"\x9f\x01\n" +
 	"\vErrorDetail\x12+\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x13.borealis.v1.ReasonR\x06reason\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x03 \x01(\rR\x02pg\x12\x10\n" +
-	"\x03lsn\x18\x04 \x01(\x04R\x03lsn*\xec\x01\n" +
+	"\x03lsn\x18\x04 \x01(\x04R\x03lsn\x12)\n" +
+	"\x10membership_epoch\x18\x05 \x01(\x04R\x0fmembershipEpoch*\x82\x02\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vSTALE_EPOCH\x10\x01\x12\x10\n" +
@@ -1944,7 +2243,8 @@ const file_storage_proto_rawDesc = "" +
 	"\x0fBAD_DECLARATION\x10\t\x12\x0f\n" +
 	"\vBAD_REQUEST\x10\n" +
 	"\x12\x12\n" +
-	"\x0eVOLUME_DELETED\x10\v2\x80\x04\n" +
+	"\x0eVOLUME_DELETED\x10\v\x12\x14\n" +
+	"\x10STALE_MEMBERSHIP\x10\f2\xc6\x04\n" +
 	"\aStorage\x12E\n" +
 	"\x06Append\x12\x1a.borealis.v1.AppendRequest\x1a\x1b.borealis.v1.AppendResponse(\x010\x01\x12D\n" +
 	"\aGetPage\x12\x1b.borealis.v1.GetPageRequest\x1a\x1c.borealis.v1.GetPageResponse\x12;\n" +
@@ -1952,7 +2252,8 @@ const file_storage_proto_rawDesc = "" +
 	"\vSegmentInfo\x12\x1f.borealis.v1.SegmentInfoRequest\x1a .borealis.v1.SegmentInfoResponse\x12P\n" +
 	"\vSegmentSCLs\x12\x1f.borealis.v1.SegmentSCLsRequest\x1a .borealis.v1.SegmentSCLsResponse\x12G\n" +
 	"\bTruncate\x12\x1c.borealis.v1.TruncateRequest\x1a\x1d.borealis.v1.TruncateResponse\x12>\n" +
-	"\x05Stats\x12\x19.borealis.v1.StatsRequest\x1a\x1a.borealis.v1.StatsResponseB;Z9github.com/borealis-db/borealis/api/borealispb;borealispbb\x06proto3"
+	"\x05Stats\x12\x19.borealis.v1.StatsRequest\x1a\x1a.borealis.v1.StatsResponse\x12D\n" +
+	"\aDeclare\x12\x1b.borealis.v1.DeclareRequest\x1a\x1c.borealis.v1.DeclareResponseB;Z9github.com/borealis-db/borealis/api/borealispb;borealispbb\x06proto3"
 
 var (
 	file_storage_proto_rawDescOnce sync.Once
@@ -1967,64 +2268,74 @@ func file_storage_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_storage_proto_goTypes = []any{
 	(Reason)(0),                 // 0: borealis.v1.Reason
 	(*Member)(nil),              // 1: borealis.v1.Member
-	(*SegmentSpec)(nil),         // 2: borealis.v1.SegmentSpec
-	(*Truncation)(nil),          // 3: borealis.v1.Truncation
-	(*SegmentBatch)(nil),        // 4: borealis.v1.SegmentBatch
-	(*AppendRequest)(nil),       // 5: borealis.v1.AppendRequest
-	(*SegmentAck)(nil),          // 6: borealis.v1.SegmentAck
-	(*AppendResponse)(nil),      // 7: borealis.v1.AppendResponse
-	(*GetPageRequest)(nil),      // 8: borealis.v1.GetPageRequest
-	(*GetPageResponse)(nil),     // 9: borealis.v1.GetPageResponse
-	(*PullRequest)(nil),         // 10: borealis.v1.PullRequest
-	(*RecordHeader)(nil),        // 11: borealis.v1.RecordHeader
-	(*PullResponse)(nil),        // 12: borealis.v1.PullResponse
-	(*SegmentInfoRequest)(nil),  // 13: borealis.v1.SegmentInfoRequest
-	(*SegmentSCLsRequest)(nil),  // 14: borealis.v1.SegmentSCLsRequest
-	(*HostedSCL)(nil),           // 15: borealis.v1.HostedSCL
-	(*SegmentSCLsResponse)(nil), // 16: borealis.v1.SegmentSCLsResponse
-	(*SegmentInfoResponse)(nil), // 17: borealis.v1.SegmentInfoResponse
-	(*TruncateRequest)(nil),     // 18: borealis.v1.TruncateRequest
-	(*TruncateResponse)(nil),    // 19: borealis.v1.TruncateResponse
-	(*StatsRequest)(nil),        // 20: borealis.v1.StatsRequest
-	(*StatsResponse)(nil),       // 21: borealis.v1.StatsResponse
-	(*ErrorDetail)(nil),         // 22: borealis.v1.ErrorDetail
+	(*MemberSet)(nil),           // 2: borealis.v1.MemberSet
+	(*SegmentSpec)(nil),         // 3: borealis.v1.SegmentSpec
+	(*Truncation)(nil),          // 4: borealis.v1.Truncation
+	(*SegmentBatch)(nil),        // 5: borealis.v1.SegmentBatch
+	(*AppendRequest)(nil),       // 6: borealis.v1.AppendRequest
+	(*SegmentAck)(nil),          // 7: borealis.v1.SegmentAck
+	(*AppendResponse)(nil),      // 8: borealis.v1.AppendResponse
+	(*GetPageRequest)(nil),      // 9: borealis.v1.GetPageRequest
+	(*GetPageResponse)(nil),     // 10: borealis.v1.GetPageResponse
+	(*PullRequest)(nil),         // 11: borealis.v1.PullRequest
+	(*RecordHeader)(nil),        // 12: borealis.v1.RecordHeader
+	(*PullResponse)(nil),        // 13: borealis.v1.PullResponse
+	(*SegmentInfoRequest)(nil),  // 14: borealis.v1.SegmentInfoRequest
+	(*SegmentSCLsRequest)(nil),  // 15: borealis.v1.SegmentSCLsRequest
+	(*HostedSCL)(nil),           // 16: borealis.v1.HostedSCL
+	(*SegmentSCLsResponse)(nil), // 17: borealis.v1.SegmentSCLsResponse
+	(*SegmentInfoResponse)(nil), // 18: borealis.v1.SegmentInfoResponse
+	(*TruncateRequest)(nil),     // 19: borealis.v1.TruncateRequest
+	(*TruncateResponse)(nil),    // 20: borealis.v1.TruncateResponse
+	(*DeclareRequest)(nil),      // 21: borealis.v1.DeclareRequest
+	(*DeclaredSegment)(nil),     // 22: borealis.v1.DeclaredSegment
+	(*DeclareResponse)(nil),     // 23: borealis.v1.DeclareResponse
+	(*StatsRequest)(nil),        // 24: borealis.v1.StatsRequest
+	(*StatsResponse)(nil),       // 25: borealis.v1.StatsResponse
+	(*ErrorDetail)(nil),         // 26: borealis.v1.ErrorDetail
 }
 var file_storage_proto_depIdxs = []int32{
-	1,  // 0: borealis.v1.SegmentSpec.members:type_name -> borealis.v1.Member
-	3,  // 1: borealis.v1.SegmentSpec.truncations:type_name -> borealis.v1.Truncation
-	2,  // 2: borealis.v1.AppendRequest.declare:type_name -> borealis.v1.SegmentSpec
-	4,  // 3: borealis.v1.AppendRequest.batches:type_name -> borealis.v1.SegmentBatch
-	6,  // 4: borealis.v1.AppendResponse.acks:type_name -> borealis.v1.SegmentAck
-	11, // 5: borealis.v1.PullResponse.headers:type_name -> borealis.v1.RecordHeader
-	3,  // 6: borealis.v1.PullResponse.truncations:type_name -> borealis.v1.Truncation
-	15, // 7: borealis.v1.SegmentSCLsResponse.segments:type_name -> borealis.v1.HostedSCL
-	2,  // 8: borealis.v1.SegmentInfoResponse.spec:type_name -> borealis.v1.SegmentSpec
-	3,  // 9: borealis.v1.SegmentInfoResponse.truncations:type_name -> borealis.v1.Truncation
-	3,  // 10: borealis.v1.TruncateRequest.prior:type_name -> borealis.v1.Truncation
-	0,  // 11: borealis.v1.ErrorDetail.reason:type_name -> borealis.v1.Reason
-	5,  // 12: borealis.v1.Storage.Append:input_type -> borealis.v1.AppendRequest
-	8,  // 13: borealis.v1.Storage.GetPage:input_type -> borealis.v1.GetPageRequest
-	10, // 14: borealis.v1.Storage.Pull:input_type -> borealis.v1.PullRequest
-	13, // 15: borealis.v1.Storage.SegmentInfo:input_type -> borealis.v1.SegmentInfoRequest
-	14, // 16: borealis.v1.Storage.SegmentSCLs:input_type -> borealis.v1.SegmentSCLsRequest
-	18, // 17: borealis.v1.Storage.Truncate:input_type -> borealis.v1.TruncateRequest
-	20, // 18: borealis.v1.Storage.Stats:input_type -> borealis.v1.StatsRequest
-	7,  // 19: borealis.v1.Storage.Append:output_type -> borealis.v1.AppendResponse
-	9,  // 20: borealis.v1.Storage.GetPage:output_type -> borealis.v1.GetPageResponse
-	12, // 21: borealis.v1.Storage.Pull:output_type -> borealis.v1.PullResponse
-	17, // 22: borealis.v1.Storage.SegmentInfo:output_type -> borealis.v1.SegmentInfoResponse
-	16, // 23: borealis.v1.Storage.SegmentSCLs:output_type -> borealis.v1.SegmentSCLsResponse
-	19, // 24: borealis.v1.Storage.Truncate:output_type -> borealis.v1.TruncateResponse
-	21, // 25: borealis.v1.Storage.Stats:output_type -> borealis.v1.StatsResponse
-	19, // [19:26] is the sub-list for method output_type
-	12, // [12:19] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	1,  // 0: borealis.v1.MemberSet.members:type_name -> borealis.v1.Member
+	1,  // 1: borealis.v1.SegmentSpec.members:type_name -> borealis.v1.Member
+	2,  // 2: borealis.v1.SegmentSpec.member_sets:type_name -> borealis.v1.MemberSet
+	4,  // 3: borealis.v1.SegmentSpec.truncations:type_name -> borealis.v1.Truncation
+	3,  // 4: borealis.v1.AppendRequest.declare:type_name -> borealis.v1.SegmentSpec
+	5,  // 5: borealis.v1.AppendRequest.batches:type_name -> borealis.v1.SegmentBatch
+	7,  // 6: borealis.v1.AppendResponse.acks:type_name -> borealis.v1.SegmentAck
+	12, // 7: borealis.v1.PullResponse.headers:type_name -> borealis.v1.RecordHeader
+	4,  // 8: borealis.v1.PullResponse.truncations:type_name -> borealis.v1.Truncation
+	16, // 9: borealis.v1.SegmentSCLsResponse.segments:type_name -> borealis.v1.HostedSCL
+	3,  // 10: borealis.v1.SegmentInfoResponse.spec:type_name -> borealis.v1.SegmentSpec
+	4,  // 11: borealis.v1.SegmentInfoResponse.truncations:type_name -> borealis.v1.Truncation
+	4,  // 12: borealis.v1.TruncateRequest.prior:type_name -> borealis.v1.Truncation
+	3,  // 13: borealis.v1.DeclareRequest.specs:type_name -> borealis.v1.SegmentSpec
+	22, // 14: borealis.v1.DeclareResponse.segments:type_name -> borealis.v1.DeclaredSegment
+	0,  // 15: borealis.v1.ErrorDetail.reason:type_name -> borealis.v1.Reason
+	6,  // 16: borealis.v1.Storage.Append:input_type -> borealis.v1.AppendRequest
+	9,  // 17: borealis.v1.Storage.GetPage:input_type -> borealis.v1.GetPageRequest
+	11, // 18: borealis.v1.Storage.Pull:input_type -> borealis.v1.PullRequest
+	14, // 19: borealis.v1.Storage.SegmentInfo:input_type -> borealis.v1.SegmentInfoRequest
+	15, // 20: borealis.v1.Storage.SegmentSCLs:input_type -> borealis.v1.SegmentSCLsRequest
+	19, // 21: borealis.v1.Storage.Truncate:input_type -> borealis.v1.TruncateRequest
+	24, // 22: borealis.v1.Storage.Stats:input_type -> borealis.v1.StatsRequest
+	21, // 23: borealis.v1.Storage.Declare:input_type -> borealis.v1.DeclareRequest
+	8,  // 24: borealis.v1.Storage.Append:output_type -> borealis.v1.AppendResponse
+	10, // 25: borealis.v1.Storage.GetPage:output_type -> borealis.v1.GetPageResponse
+	13, // 26: borealis.v1.Storage.Pull:output_type -> borealis.v1.PullResponse
+	18, // 27: borealis.v1.Storage.SegmentInfo:output_type -> borealis.v1.SegmentInfoResponse
+	17, // 28: borealis.v1.Storage.SegmentSCLs:output_type -> borealis.v1.SegmentSCLsResponse
+	20, // 29: borealis.v1.Storage.Truncate:output_type -> borealis.v1.TruncateResponse
+	25, // 30: borealis.v1.Storage.Stats:output_type -> borealis.v1.StatsResponse
+	23, // 31: borealis.v1.Storage.Declare:output_type -> borealis.v1.DeclareResponse
+	24, // [24:32] is the sub-list for method output_type
+	16, // [16:24] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_storage_proto_init() }
@@ -2038,7 +2349,7 @@ func file_storage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_proto_rawDesc), len(file_storage_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	Storage_SegmentSCLs_FullMethodName = "/borealis.v1.Storage/SegmentSCLs"
 	Storage_Truncate_FullMethodName    = "/borealis.v1.Storage/Truncate"
 	Storage_Stats_FullMethodName       = "/borealis.v1.Storage/Stats"
+	Storage_Declare_FullMethodName     = "/borealis.v1.Storage/Declare"
 )
 
 // StorageClient is the client API for Storage service.
@@ -57,6 +58,14 @@ type StorageClient interface {
 	// Stats reports node-wide counters (fsyncs, commits, gossip), for benchmarks
 	// and operators.
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
+	// Declare is the control plane telling a node the membership of PGs it
+	// hosts or is to host: a newer membership epoch replaces the one held, a
+	// segment the node does not hold yet is created (and hydrates from a
+	// complete peer, see SegmentSpec.hydrate), and a node that is in no set
+	// of the new membership stops taking the PG's writes. The answer says
+	// where each segment stands, so the control plane can tell when a new
+	// member is complete.
+	Declare(ctx context.Context, in *DeclareRequest, opts ...grpc.CallOption) (*DeclareResponse, error)
 }
 
 type storageClient struct {
@@ -140,6 +149,16 @@ func (c *storageClient) Stats(ctx context.Context, in *StatsRequest, opts ...grp
 	return out, nil
 }
 
+func (c *storageClient) Declare(ctx context.Context, in *DeclareRequest, opts ...grpc.CallOption) (*DeclareResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeclareResponse)
+	err := c.cc.Invoke(ctx, Storage_Declare_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StorageServer is the server API for Storage service.
 // All implementations must embed UnimplementedStorageServer
 // for forward compatibility.
@@ -166,6 +185,14 @@ type StorageServer interface {
 	// Stats reports node-wide counters (fsyncs, commits, gossip), for benchmarks
 	// and operators.
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
+	// Declare is the control plane telling a node the membership of PGs it
+	// hosts or is to host: a newer membership epoch replaces the one held, a
+	// segment the node does not hold yet is created (and hydrates from a
+	// complete peer, see SegmentSpec.hydrate), and a node that is in no set
+	// of the new membership stops taking the PG's writes. The answer says
+	// where each segment stands, so the control plane can tell when a new
+	// member is complete.
+	Declare(context.Context, *DeclareRequest) (*DeclareResponse, error)
 	mustEmbedUnimplementedStorageServer()
 }
 
@@ -196,6 +223,9 @@ func (UnimplementedStorageServer) Truncate(context.Context, *TruncateRequest) (*
 }
 func (UnimplementedStorageServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Stats not implemented")
+}
+func (UnimplementedStorageServer) Declare(context.Context, *DeclareRequest) (*DeclareResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Declare not implemented")
 }
 func (UnimplementedStorageServer) mustEmbedUnimplementedStorageServer() {}
 func (UnimplementedStorageServer) testEmbeddedByValue()                 {}
@@ -333,6 +363,24 @@ func _Storage_Stats_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Storage_Declare_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeclareRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServer).Declare(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Storage_Declare_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServer).Declare(ctx, req.(*DeclareRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Storage_ServiceDesc is the grpc.ServiceDesc for Storage service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -363,6 +411,10 @@ var Storage_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Stats",
 			Handler:    _Storage_Stats_Handler,
+		},
+		{
+			MethodName: "Declare",
+			Handler:    _Storage_Declare_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
