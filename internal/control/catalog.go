@@ -108,7 +108,18 @@ type Node struct {
 	Addr          string    `json:"addr"`
 	CapacityBytes uint64    `json:"capacity_bytes"`
 	RegisteredAt  time.Time `json:"registered_at"`
+	// Admin is what an operator made of the node: "" (in service),
+	// AdminDraining (node drain: its segments move off it) or AdminRemoved
+	// (node remove). Placement and repair put nothing on a node that has
+	// one; registering the node again keeps it.
+	Admin string `json:"admin,omitempty"`
 }
+
+// Admin states of a node (Node.Admin).
+const (
+	AdminDraining = "draining"
+	AdminRemoved  = "removed"
+)
 
 // Node states.
 const (
@@ -124,6 +135,11 @@ type NodeState struct {
 	// LastHeartbeat is the time of the node's last heartbeat; zero if it
 	// never heartbeat.
 	LastHeartbeat time.Time `json:"last_heartbeat"`
+	// ReportsHosted says the node's last heartbeat listed the volumes it
+	// holds segments of (Hosted, by id); a node whose agent does not report
+	// them leaves it false.
+	ReportsHosted bool     `json:"reports_hosted,omitempty"`
+	Hosted        []uint64 `json:"hosted,omitempty"`
 }
 
 // Volume is a volume's catalog record.
@@ -179,8 +195,39 @@ type PG struct {
 	PG              uint32 `json:"pg"`
 	MembershipEpoch uint64 `json:"membership_epoch"`
 	// GeometryEpoch is the volume's geometry epoch that added this PG.
-	GeometryEpoch uint64    `json:"geometry_epoch"`
-	Segments      []Segment `json:"segments"`
+	GeometryEpoch uint64 `json:"geometry_epoch"`
+	// Segments is the PG's quorum set; during a membership change, the set
+	// being left.
+	Segments []Segment `json:"segments"`
+	// Next is, during a membership change, the set the PG moves to:
+	// Segments with Change.Leaving replaced by Change.Joining, in the same
+	// position. A write needs a write quorum of both. Empty otherwise.
+	Next []Segment `json:"next,omitempty"`
+	// Change is the membership change under way, if any.
+	Change *MembershipChange `json:"change,omitempty"`
+}
+
+// MembershipChange is one member of a PG being replaced (membership.go).
+type MembershipChange struct {
+	Leaving string `json:"leaving"`
+	Joining string `json:"joining"`
+	// Reason is one of the Reason* constants.
+	Reason    string    `json:"reason"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// hosts is every segment the PG has on a node: its set and, during a
+// change, the joining one. The load record counts these.
+func (p PG) hosts() []Segment {
+	out := p.Segments
+	if p.Change != nil {
+		for _, s := range p.Next {
+			if s.Node == p.Change.Joining {
+				out = append(slices.Clip(out), s)
+			}
+		}
+	}
+	return out
 }
 
 // Writer is the holder of a volume's writer lease.
@@ -225,6 +272,11 @@ type aliveRecord struct {
 	Node       string    `json:"node"`
 	At         time.Time `json:"at"`
 	TTLSeconds int64     `json:"ttl_s,omitempty"`
+	// The volumes the node said it holds segments of, when it said
+	// (reports): what the leader's repair compares with the catalog to find
+	// a node that came back without its data.
+	Reports bool     `json:"reports,omitempty"`
+	Hosted  []uint64 `json:"hosted,omitempty"`
 }
 
 type volumeIDRecord struct {
@@ -398,6 +450,7 @@ func (c *Catalog) RegisterNode(ctx context.Context, n Node) error {
 		}
 		rec := n
 		rec.Version = RecordVersion
+		rec.Admin = ""
 		cmp := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 		if len(resp.Kvs) > 0 {
 			old, err := decode[Node](resp.Kvs[0])
@@ -411,6 +464,7 @@ func (c *Catalog) RegisterNode(ctx context.Context, n Node) error {
 				return nil
 			}
 			rec.RegisteredAt = old.RegisteredAt
+			rec.Admin = old.Admin
 			cmp = clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)
 		} else if rec.RegisteredAt.IsZero() {
 			rec.RegisteredAt = time.Now().UTC()
@@ -465,6 +519,12 @@ func (c *Catalog) lease(nodeID string) *nodeLease {
 // expired. A node that does not heartbeat within the TTL is down, and up
 // again at its next heartbeat.
 func (c *Catalog) Heartbeat(ctx context.Context, nodeID string, ttl time.Duration) error {
+	return c.HeartbeatHosted(ctx, nodeID, ttl, false, nil)
+}
+
+// HeartbeatHosted is Heartbeat that also records, when reports is set, the
+// volumes the node holds segments of (by id) with its liveness.
+func (c *Catalog) HeartbeatHosted(ctx context.Context, nodeID string, ttl time.Duration, reports bool, hosted []uint64) error {
 	secs := ttlSeconds(ttl)
 	nl := c.lease(nodeID)
 	nl.mu.Lock()
@@ -483,7 +543,7 @@ func (c *Catalog) Heartbeat(ctx context.Context, nodeID string, ttl time.Duratio
 			}
 			return etcdErr("heartbeat of node "+nodeID+": renew its lease", err)
 		}
-		rec := aliveRecord{Version: RecordVersion, Node: nodeID, At: time.Now().UTC(), TTLSeconds: secs}
+		rec := aliveRecord{Version: RecordVersion, Node: nodeID, At: time.Now().UTC(), TTLSeconds: secs, Reports: reports, Hosted: hosted}
 		v := encode(rec)
 		tr, err := c.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(c.nodeKey(nodeID)), ">", 0)).
@@ -542,6 +602,7 @@ func (c *Catalog) NodeStates(ctx context.Context) (map[string]NodeState, error) 
 			if a.At.After(ns.LastHeartbeat) {
 				ns.LastHeartbeat = a.At
 			}
+			ns.ReportsHosted, ns.Hosted = a.Reports, a.Hosted
 			out[a.Node] = ns
 		}
 	}
@@ -583,7 +644,9 @@ func nodeInfos(rs []*etcdserverpb.ResponseOp) (infos []NodeInfo, lr loadRead, ok
 	}
 	infos = make([]NodeInfo, 0, len(nodes))
 	for _, n := range nodes {
-		infos = append(infos, NodeInfo{ID: n.ID, AZ: n.AZ, Addr: n.Addr, Up: up[n.ID], Segments: lr.load.Segments[n.ID]})
+		// A draining or removed node takes no new segment: placement sees
+		// it as down.
+		infos = append(infos, NodeInfo{ID: n.ID, AZ: n.AZ, Addr: n.Addr, Up: up[n.ID] && n.Admin == "", Segments: lr.load.Segments[n.ID]})
 	}
 	return infos, lr, true, nil
 }
@@ -811,7 +874,7 @@ func (c *Catalog) DeleteVolume(ctx context.Context, name string) (Volume, []PG, 
 		}
 		load := lr.load
 		for _, pg := range held {
-			load = load.with(pg.Segments, -1)
+			load = load.with(pg.hosts(), -1)
 		}
 		wk := c.writerKey(vol.ID)
 		tomb := DeletedVolume{Version: RecordVersion, ID: vol.ID, Incarnation: vol.Incarnation, Name: vol.Name, PGs: vol.PGs, DeletedAt: time.Now().UTC()}

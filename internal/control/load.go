@@ -9,6 +9,7 @@ import (
 )
 
 // Load is how many segments each node hosts: the input placement weighs.
+// A PG in a membership change counts on its joining node too (PG.hosts).
 // It is kept as one record (key "load") that every change of a PG's
 // segments updates in the same transaction, guarded by its revision, so
 // placing a PG reads the nodes and this record, never every PG: its cost
@@ -86,7 +87,7 @@ func (c *Catalog) ensureLoad(ctx context.Context) error {
 		}
 		l := Load{Version: RecordVersion, Segments: map[string]int{}}
 		for _, pg := range pgs {
-			l = l.with(pg.Segments, 1)
+			l = l.with(pg.hosts(), 1)
 		}
 		wr, err := c.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0),

@@ -23,7 +23,7 @@ func recount(t testing.TB, c *Catalog) map[string]int {
 	}
 	out := map[string]int{}
 	for _, pg := range pgs {
-		for _, s := range pg.Segments {
+		for _, s := range pg.hosts() {
 			out[s.Node]++
 		}
 	}

@@ -149,6 +149,12 @@ func pgInfo(pg PG) *pb.PGInfo {
 	for _, s := range pg.Segments {
 		out.Segments = append(out.Segments, &pb.SegmentInfo{Node: s.Node, Az: s.AZ, Addr: s.Addr})
 	}
+	for _, s := range pg.Next {
+		out.NextSegments = append(out.NextSegments, &pb.SegmentInfo{Node: s.Node, Az: s.AZ, Addr: s.Addr})
+	}
+	if ch := pg.Change; ch != nil {
+		out.Change = &pb.MembershipChange{Leaving: ch.Leaving, Joining: ch.Joining, Reason: ch.Reason, StartedAtUnixMs: ch.StartedAt.UnixMilli()}
+	}
 	return out
 }
 

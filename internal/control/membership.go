@@ -1,0 +1,243 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Reasons for a membership change (MembershipChange.Reason).
+const (
+	// ReasonDown: the leaving node has not heartbeat for --repair-after.
+	ReasonDown = "down"
+	// ReasonRemoved: the leaving node was removed (node remove).
+	ReasonRemoved = "removed"
+	// ReasonDrain: the leaving node is drained (node drain) and healthy.
+	ReasonDrain = "drain"
+)
+
+// A membership change moves a PG from ABCDEF to the pair {ABCDEF, ABCDEG}
+// (BeginChange), then to ABCDEG once G is complete (CompleteChange), or back
+// to ABCDEF (RollbackChange); RetargetChange replaces G by another node when
+// G fails before it is complete. Each is one etcd transaction guarded by the
+// PG key's revision and the load record's, raises the PG's membership epoch
+// by one (storage nodes refuse writes under an older one, so a writer that
+// missed the change learns it from the refusal), and keeps the load record
+// counting every segment a node holds: the joining one from the change's
+// start (PG.hosts).
+//
+// Each op checks its precondition on the PG it read: a change decided on a
+// stale view (the PG changed meanwhile) is refused with ErrInvalidState
+// naming what differs, and a transaction that lost a race is retried from a
+// fresh read.
+
+// BeginChange starts replacing leaving by joining in a PG: Next becomes
+// Segments with leaving replaced by joining. Refused if the PG is in a
+// change already, if leaving is not a member, if joining is one, or if
+// joining is in another AZ than leaving (a PG keeps two segments per AZ).
+func (c *Catalog) BeginChange(ctx context.Context, volID uint64, pg uint32, leaving, joining Segment, reason string) (PG, error) {
+	if joining.Node == "" || joining.AZ == "" || joining.Addr == "" {
+		return PG{}, fmt.Errorf("%w: the joining segment of PG %d of volume id %d needs a node, AZ and address, got %+v", ErrInvalid, pg, volID, joining)
+	}
+	switch reason {
+	case ReasonDown, ReasonRemoved, ReasonDrain:
+	default:
+		return PG{}, fmt.Errorf("%w: membership change reason %q; want %s, %s or %s", ErrInvalid, reason, ReasonDown, ReasonRemoved, ReasonDrain)
+	}
+	return c.changePG(ctx, volID, pg, "begin a membership change of", func(p *PG, l Load) (Load, error) {
+		if p.Change != nil {
+			return l, fmt.Errorf("%w: PG %d of volume id %d is already replacing %s by %s (epoch %d); one change at a time", ErrInvalidState, pg, volID, p.Change.Leaving, p.Change.Joining, p.MembershipEpoch)
+		}
+		i := slices.IndexFunc(p.Segments, func(s Segment) bool { return s.Node == leaving.Node })
+		if i < 0 {
+			return l, fmt.Errorf("%w: %s holds no segment of PG %d of volume id %d (epoch %d); it cannot leave it", ErrInvalidState, leaving.Node, pg, volID, p.MembershipEpoch)
+		}
+		if slices.ContainsFunc(p.Segments, func(s Segment) bool { return s.Node == joining.Node }) {
+			return l, fmt.Errorf("%w: %s holds a segment of PG %d of volume id %d already; a PG has one segment per node", ErrInvalidState, joining.Node, pg, volID)
+		}
+		if p.Segments[i].AZ != joining.AZ {
+			return l, fmt.Errorf("%w: %s is in AZ %s and %s in AZ %s; a replacement must be in the AZ of the segment it replaces", ErrInvalid, joining.Node, joining.AZ, leaving.Node, p.Segments[i].AZ)
+		}
+		p.Next = slices.Clone(p.Segments)
+		p.Next[i] = joining
+		p.Change = &MembershipChange{Leaving: leaving.Node, Joining: joining.Node, Reason: reason, StartedAt: time.Now().UTC()}
+		return l.with([]Segment{joining}, 1), nil
+	})
+}
+
+// RetargetChange replaces the joining node of the PG's change under way at
+// membership epoch epoch by joining (the one before failed while it
+// hydrated): {ABCDEF, ABCDEG} becomes {ABCDEF, ABCDEH}.
+func (c *Catalog) RetargetChange(ctx context.Context, volID uint64, pg uint32, epoch uint64, joining Segment) (PG, error) {
+	if joining.Node == "" || joining.AZ == "" || joining.Addr == "" {
+		return PG{}, fmt.Errorf("%w: the joining segment of PG %d of volume id %d needs a node, AZ and address, got %+v", ErrInvalid, pg, volID, joining)
+	}
+	return c.changePG(ctx, volID, pg, "choose another joining node for", func(p *PG, l Load) (Load, error) {
+		if err := inChange(p, epoch); err != nil {
+			return l, err
+		}
+		if slices.ContainsFunc(p.Segments, func(s Segment) bool { return s.Node == joining.Node }) ||
+			slices.ContainsFunc(p.Next, func(s Segment) bool { return s.Node == joining.Node }) {
+			return l, fmt.Errorf("%w: %s holds a segment of PG %d of volume id %d already", ErrInvalidState, joining.Node, pg, volID)
+		}
+		i := slices.IndexFunc(p.Next, func(s Segment) bool { return s.Node == p.Change.Joining })
+		if p.Next[i].AZ != joining.AZ {
+			return l, fmt.Errorf("%w: %s is in AZ %s and the segment it would hold in AZ %s", ErrInvalid, joining.Node, joining.AZ, p.Next[i].AZ)
+		}
+		old := p.Next[i]
+		p.Next = slices.Clone(p.Next)
+		p.Next[i] = joining
+		ch := *p.Change
+		ch.Joining, ch.StartedAt = joining.Node, time.Now().UTC()
+		p.Change = &ch
+		return l.with([]Segment{old}, -1).with([]Segment{joining}, 1), nil
+	})
+}
+
+// CompleteChange ends the PG's change under way at membership epoch epoch:
+// the PG's set becomes Next (ABCDEG), and the leaving node holds it no more.
+func (c *Catalog) CompleteChange(ctx context.Context, volID uint64, pg uint32, epoch uint64) (PG, error) {
+	return c.changePG(ctx, volID, pg, "complete the membership change of", func(p *PG, l Load) (Load, error) {
+		if err := inChange(p, epoch); err != nil {
+			return l, err
+		}
+		leaving := p.Change.Leaving
+		var gone []Segment
+		for _, s := range p.Segments {
+			if s.Node == leaving {
+				gone = append(gone, s)
+			}
+		}
+		p.Segments, p.Next, p.Change = p.Next, nil, nil
+		return l.with(gone, -1), nil
+	})
+}
+
+// RollbackChange undoes the PG's change under way at membership epoch
+// epoch: the PG's set stays Segments (ABCDEF), and the joining node holds it
+// no more.
+func (c *Catalog) RollbackChange(ctx context.Context, volID uint64, pg uint32, epoch uint64) (PG, error) {
+	return c.changePG(ctx, volID, pg, "roll back the membership change of", func(p *PG, l Load) (Load, error) {
+		if err := inChange(p, epoch); err != nil {
+			return l, err
+		}
+		var gone []Segment
+		for _, s := range p.Next {
+			if s.Node == p.Change.Joining {
+				gone = append(gone, s)
+			}
+		}
+		p.Next, p.Change = nil, nil
+		return l.with(gone, -1), nil
+	})
+}
+
+func inChange(p *PG, epoch uint64) error {
+	if p.Change == nil {
+		return fmt.Errorf("%w: PG %d of volume id %d has no membership change under way (epoch %d)", ErrInvalidState, p.PG, p.VolumeID, p.MembershipEpoch)
+	}
+	if p.MembershipEpoch != epoch {
+		return fmt.Errorf("%w: PG %d of volume id %d is at membership epoch %d, not %d (replacing %s by %s): the change was decided on a stale view", ErrInvalidState, p.PG, p.VolumeID, p.MembershipEpoch, epoch, p.Change.Leaving, p.Change.Joining)
+	}
+	return nil
+}
+
+// changePG applies change to a PG and the load record, raising the PG's
+// membership epoch, in one transaction guarded by both keys' revisions, and
+// retries from a fresh read when it loses a race.
+func (c *Catalog) changePG(ctx context.Context, volID uint64, pg uint32, what string, change func(p *PG, l Load) (Load, error)) (PG, error) {
+	pk := c.pgKey(volID, pg)
+	desc := fmt.Sprintf("%s PG %d of volume id %d", what, pg, volID)
+	for range maxAttempts {
+		tr, err := c.cli.Txn(ctx).Then(clientv3.OpGet(pk), clientv3.OpGet(c.loadKey())).Commit()
+		if err != nil {
+			return PG{}, etcdErr(desc, err)
+		}
+		kvs := tr.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			return PG{}, fmt.Errorf("%w: volume id %d has no PG %d (the volume was deleted, or never grew to it)", ErrNotFound, volID, pg)
+		}
+		cur, err := decode[PG](kvs[0])
+		if err != nil {
+			return PG{}, err
+		}
+		lr, ok, err := decodeLoad((*clientv3.GetResponse)(tr.Responses[1].GetResponseRange()))
+		if err != nil {
+			return PG{}, err
+		}
+		if !ok {
+			if err := c.ensureLoad(ctx); err != nil {
+				return PG{}, err
+			}
+			continue
+		}
+		next := cur
+		load, err := change(&next, lr.load)
+		if err != nil {
+			return PG{}, err
+		}
+		next.MembershipEpoch++
+		wr, err := c.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(pk), "=", kvs[0].ModRevision), lr.guard(c.loadKey())).
+			Then(clientv3.OpPut(pk, encode(next)), clientv3.OpPut(c.loadKey(), encode(load))).
+			Commit()
+		if err != nil {
+			return PG{}, etcdErr(desc, err)
+		}
+		if wr.Succeeded {
+			return next, nil
+		}
+		// The PG or the load changed meanwhile: decide again on a fresh read.
+	}
+	return PG{}, fmt.Errorf("%w: trying to %s raced with other changes %d times; retry", ErrConflict, desc, maxAttempts)
+}
+
+// SetNodeAdmin marks a registered node draining (AdminDraining) or removed
+// (AdminRemoved), and returns it as it was before. Removing a draining node
+// is allowed; draining a removed one is refused (it is on its way out
+// already). Placement puts nothing on it from then on, and the leader's
+// repair moves its segments off it.
+func (c *Catalog) SetNodeAdmin(ctx context.Context, id, admin string) (Node, error) {
+	if err := checkName("node id", id); err != nil {
+		return Node{}, err
+	}
+	if admin != AdminDraining && admin != AdminRemoved {
+		return Node{}, fmt.Errorf("%w: node state %q; want %s or %s", ErrInvalid, admin, AdminDraining, AdminRemoved)
+	}
+	key := c.nodeKey(id)
+	for range maxAttempts {
+		resp, err := c.cli.Get(ctx, key)
+		if err != nil {
+			return Node{}, etcdErr("mark node "+id+" "+admin, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return Node{}, fmt.Errorf("%w: no storage node %s is registered; borealis status lists the nodes", ErrNotFound, id)
+		}
+		old, err := decode[Node](resp.Kvs[0])
+		if err != nil {
+			return Node{}, err
+		}
+		if old.Admin == admin {
+			return old, nil
+		}
+		if old.Admin == AdminRemoved {
+			return old, fmt.Errorf("%w: node %s is removed already; its segments are moving off it", ErrInvalidState, id)
+		}
+		rec := old
+		rec.Admin = admin
+		tr, err := c.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)).
+			Then(clientv3.OpPut(key, encode(rec))).
+			Commit()
+		if err != nil {
+			return Node{}, etcdErr("mark node "+id+" "+admin, err)
+		}
+		if tr.Succeeded {
+			return old, nil
+		}
+	}
+	return Node{}, fmt.Errorf("%w: marking node %s %s raced with other changes %d times; retry", ErrConflict, id, admin, maxAttempts)
+}
