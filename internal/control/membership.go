@@ -48,24 +48,30 @@ func (c *Catalog) BeginChange(ctx context.Context, volID uint64, pg uint32, leav
 		return PG{}, fmt.Errorf("%w: membership change reason %q; want %s, %s or %s", ErrInvalid, reason, ReasonDown, ReasonRemoved, ReasonDrain)
 	}
 	return c.changePG(ctx, volID, pg, "begin a membership change of", func(p *PG, l Load) (Load, error) {
-		if p.Change != nil {
-			return l, fmt.Errorf("%w: PG %d of volume id %d is already replacing %s by %s (epoch %d); one change at a time", ErrInvalidState, pg, volID, p.Change.Leaving, p.Change.Joining, p.MembershipEpoch)
-		}
-		i := slices.IndexFunc(p.Segments, func(s Segment) bool { return s.Node == leaving.Node })
-		if i < 0 {
-			return l, fmt.Errorf("%w: %s holds no segment of PG %d of volume id %d (epoch %d); it cannot leave it", ErrInvalidState, leaving.Node, pg, volID, p.MembershipEpoch)
-		}
-		if slices.ContainsFunc(p.Segments, func(s Segment) bool { return s.Node == joining.Node }) {
-			return l, fmt.Errorf("%w: %s holds a segment of PG %d of volume id %d already; a PG has one segment per node", ErrInvalidState, joining.Node, pg, volID)
-		}
-		if p.Segments[i].AZ != joining.AZ {
-			return l, fmt.Errorf("%w: %s is in AZ %s and %s in AZ %s; a replacement must be in the AZ of the segment it replaces", ErrInvalid, joining.Node, joining.AZ, leaving.Node, p.Segments[i].AZ)
-		}
-		p.Next = slices.Clone(p.Segments)
-		p.Next[i] = joining
-		p.Change = &MembershipChange{Leaving: leaving.Node, Joining: joining.Node, Reason: reason, StartedAt: time.Now().UTC()}
-		return l.with([]Segment{joining}, 1), nil
+		return beginChange(p, l, leaving, joining, reason, time.Now().UTC())
 	})
+}
+
+// beginChange is BeginChange on a PG read, and the load record's change.
+func beginChange(p *PG, l Load, leaving, joining Segment, reason string, now time.Time) (Load, error) {
+	pg, volID := p.PG, p.VolumeID
+	if p.Change != nil {
+		return l, fmt.Errorf("%w: PG %d of volume id %d is already replacing %s by %s (epoch %d); one change at a time", ErrInvalidState, pg, volID, p.Change.Leaving, p.Change.Joining, p.MembershipEpoch)
+	}
+	i := slices.IndexFunc(p.Segments, func(s Segment) bool { return s.Node == leaving.Node })
+	if i < 0 {
+		return l, fmt.Errorf("%w: %s holds no segment of PG %d of volume id %d (epoch %d); it cannot leave it", ErrInvalidState, leaving.Node, pg, volID, p.MembershipEpoch)
+	}
+	if slices.ContainsFunc(p.Segments, func(s Segment) bool { return s.Node == joining.Node }) {
+		return l, fmt.Errorf("%w: %s holds a segment of PG %d of volume id %d already; a PG has one segment per node", ErrInvalidState, joining.Node, pg, volID)
+	}
+	if p.Segments[i].AZ != joining.AZ {
+		return l, fmt.Errorf("%w: %s is in AZ %s and %s in AZ %s; a replacement must be in the AZ of the segment it replaces", ErrInvalid, joining.Node, joining.AZ, leaving.Node, p.Segments[i].AZ)
+	}
+	p.Next = slices.Clone(p.Segments)
+	p.Next[i] = joining
+	p.Change = &MembershipChange{Leaving: leaving.Node, Joining: joining.Node, Reason: reason, StartedAt: now}
+	return l.with([]Segment{joining}, 1), nil
 }
 
 // RetargetChange replaces the joining node of the PG's change under way at
@@ -76,44 +82,55 @@ func (c *Catalog) RetargetChange(ctx context.Context, volID uint64, pg uint32, e
 		return PG{}, fmt.Errorf("%w: the joining segment of PG %d of volume id %d needs a node, AZ and address, got %+v", ErrInvalid, pg, volID, joining)
 	}
 	return c.changePG(ctx, volID, pg, "choose another joining node for", func(p *PG, l Load) (Load, error) {
-		if err := inChange(p, epoch); err != nil {
-			return l, err
-		}
-		if slices.ContainsFunc(p.Segments, func(s Segment) bool { return s.Node == joining.Node }) ||
-			slices.ContainsFunc(p.Next, func(s Segment) bool { return s.Node == joining.Node }) {
-			return l, fmt.Errorf("%w: %s holds a segment of PG %d of volume id %d already", ErrInvalidState, joining.Node, pg, volID)
-		}
-		i := slices.IndexFunc(p.Next, func(s Segment) bool { return s.Node == p.Change.Joining })
-		if p.Next[i].AZ != joining.AZ {
-			return l, fmt.Errorf("%w: %s is in AZ %s and the segment it would hold in AZ %s", ErrInvalid, joining.Node, joining.AZ, p.Next[i].AZ)
-		}
-		old := p.Next[i]
-		p.Next = slices.Clone(p.Next)
-		p.Next[i] = joining
-		ch := *p.Change
-		ch.Joining, ch.StartedAt = joining.Node, time.Now().UTC()
-		p.Change = &ch
-		return l.with([]Segment{old}, -1).with([]Segment{joining}, 1), nil
+		return retargetChange(p, l, epoch, joining, time.Now().UTC())
 	})
+}
+
+// retargetChange is RetargetChange on a PG read.
+func retargetChange(p *PG, l Load, epoch uint64, joining Segment, now time.Time) (Load, error) {
+	pg, volID := p.PG, p.VolumeID
+	if err := inChange(p, epoch); err != nil {
+		return l, err
+	}
+	if slices.ContainsFunc(p.Segments, func(s Segment) bool { return s.Node == joining.Node }) ||
+		slices.ContainsFunc(p.Next, func(s Segment) bool { return s.Node == joining.Node }) {
+		return l, fmt.Errorf("%w: %s holds a segment of PG %d of volume id %d already", ErrInvalidState, joining.Node, pg, volID)
+	}
+	i := slices.IndexFunc(p.Next, func(s Segment) bool { return s.Node == p.Change.Joining })
+	if p.Next[i].AZ != joining.AZ {
+		return l, fmt.Errorf("%w: %s is in AZ %s and the segment it would hold in AZ %s", ErrInvalid, joining.Node, joining.AZ, p.Next[i].AZ)
+	}
+	old := p.Next[i]
+	p.Next = slices.Clone(p.Next)
+	p.Next[i] = joining
+	ch := *p.Change
+	ch.Joining, ch.StartedAt = joining.Node, now
+	p.Change = &ch
+	return l.with([]Segment{old}, -1).with([]Segment{joining}, 1), nil
 }
 
 // CompleteChange ends the PG's change under way at membership epoch epoch:
 // the PG's set becomes Next (ABCDEG), and the leaving node holds it no more.
 func (c *Catalog) CompleteChange(ctx context.Context, volID uint64, pg uint32, epoch uint64) (PG, error) {
 	return c.changePG(ctx, volID, pg, "complete the membership change of", func(p *PG, l Load) (Load, error) {
-		if err := inChange(p, epoch); err != nil {
-			return l, err
-		}
-		leaving := p.Change.Leaving
-		var gone []Segment
-		for _, s := range p.Segments {
-			if s.Node == leaving {
-				gone = append(gone, s)
-			}
-		}
-		p.Segments, p.Next, p.Change = p.Next, nil, nil
-		return l.with(gone, -1), nil
+		return completeChange(p, l, epoch)
 	})
+}
+
+// completeChange is CompleteChange on a PG read.
+func completeChange(p *PG, l Load, epoch uint64) (Load, error) {
+	if err := inChange(p, epoch); err != nil {
+		return l, err
+	}
+	leaving := p.Change.Leaving
+	var gone []Segment
+	for _, s := range p.Segments {
+		if s.Node == leaving {
+			gone = append(gone, s)
+		}
+	}
+	p.Segments, p.Next, p.Change = p.Next, nil, nil
+	return l.with(gone, -1), nil
 }
 
 // RollbackChange undoes the PG's change under way at membership epoch
@@ -121,18 +138,34 @@ func (c *Catalog) CompleteChange(ctx context.Context, volID uint64, pg uint32, e
 // no more.
 func (c *Catalog) RollbackChange(ctx context.Context, volID uint64, pg uint32, epoch uint64) (PG, error) {
 	return c.changePG(ctx, volID, pg, "roll back the membership change of", func(p *PG, l Load) (Load, error) {
-		if err := inChange(p, epoch); err != nil {
-			return l, err
-		}
-		var gone []Segment
-		for _, s := range p.Next {
-			if s.Node == p.Change.Joining {
-				gone = append(gone, s)
-			}
-		}
-		p.Next, p.Change = nil, nil
-		return l.with(gone, -1), nil
+		return rollbackChange(p, l, epoch)
 	})
+}
+
+// rollbackChange is RollbackChange on a PG read.
+func rollbackChange(p *PG, l Load, epoch uint64) (Load, error) {
+	if err := inChange(p, epoch); err != nil {
+		return l, err
+	}
+	var gone []Segment
+	for _, s := range p.Next {
+		if s.Node == p.Change.Joining {
+			gone = append(gone, s)
+		}
+	}
+	p.Next, p.Change = nil, nil
+	return l.with(gone, -1), nil
+}
+
+// applyChange runs one of the changes above on a PG read and raises its
+// membership epoch: what the catalog stores, and what tests replay.
+func applyChange(p *PG, l Load, change func(p *PG, l Load) (Load, error)) (Load, error) {
+	out, err := change(p, l)
+	if err != nil {
+		return l, err
+	}
+	p.MembershipEpoch++
+	return out, nil
 }
 
 func inChange(p *PG, epoch uint64) error {
@@ -175,11 +208,10 @@ func (c *Catalog) changePG(ctx context.Context, volID uint64, pg uint32, what st
 			continue
 		}
 		next := cur
-		load, err := change(&next, lr.load)
+		load, err := applyChange(&next, lr.load, change)
 		if err != nil {
 			return PG{}, err
 		}
-		next.MembershipEpoch++
 		wr, err := c.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(pk), "=", kvs[0].ModRevision), lr.guard(c.loadKey())).
 			Then(clientv3.OpPut(pk, encode(next)), clientv3.OpPut(c.loadKey(), encode(load))).
