@@ -1387,9 +1387,14 @@ type SegmentInfoResponse struct {
 	// Highest writer VDL this segment was told (AppendRequest.vdl), synced.
 	VdlSeen uint64 `protobuf:"varint,11,opt,name=vdl_seen,json=vdlSeen,proto3" json:"vdl_seen,omitempty"`
 	// The truncations applied to the segment, oldest epoch first.
-	Truncations   []*Truncation `protobuf:"bytes,12,rep,name=truncations,proto3" json:"truncations,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Truncations []*Truncation `protobuf:"bytes,12,rep,name=truncations,proto3" json:"truncations,omitempty"`
+	// As in DeclaredSegment.
+	Hydrating          bool   `protobuf:"varint,13,opt,name=hydrating,proto3" json:"hydrating,omitempty"`
+	Retired            bool   `protobuf:"varint,14,opt,name=retired,proto3" json:"retired,omitempty"`
+	HydrateBytesCopied uint64 `protobuf:"varint,15,opt,name=hydrate_bytes_copied,json=hydrateBytesCopied,proto3" json:"hydrate_bytes_copied,omitempty"`
+	HydrateBytesTotal  uint64 `protobuf:"varint,16,opt,name=hydrate_bytes_total,json=hydrateBytesTotal,proto3" json:"hydrate_bytes_total,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *SegmentInfoResponse) Reset() {
@@ -1504,6 +1509,34 @@ func (x *SegmentInfoResponse) GetTruncations() []*Truncation {
 		return x.Truncations
 	}
 	return nil
+}
+
+func (x *SegmentInfoResponse) GetHydrating() bool {
+	if x != nil {
+		return x.Hydrating
+	}
+	return false
+}
+
+func (x *SegmentInfoResponse) GetRetired() bool {
+	if x != nil {
+		return x.Retired
+	}
+	return false
+}
+
+func (x *SegmentInfoResponse) GetHydrateBytesCopied() uint64 {
+	if x != nil {
+		return x.HydrateBytesCopied
+	}
+	return 0
+}
+
+func (x *SegmentInfoResponse) GetHydrateBytesTotal() uint64 {
+	if x != nil {
+		return x.HydrateBytesTotal
+	}
+	return 0
 }
 
 type TruncateRequest struct {
@@ -1704,7 +1737,11 @@ type DeclaredSegment struct {
 	Hydrating bool `protobuf:"varint,5,opt,name=hydrating,proto3" json:"hydrating,omitempty"`
 	// The node is in no set of the membership it holds: it takes no more of
 	// the PG's writes.
-	Retired       bool `protobuf:"varint,6,opt,name=retired,proto3" json:"retired,omitempty"`
+	Retired bool `protobuf:"varint,6,opt,name=retired,proto3" json:"retired,omitempty"`
+	// While hydrating: page bytes copied so far, and in the whole copy (0
+	// until the source has said).
+	BytesCopied   uint64 `protobuf:"varint,7,opt,name=bytes_copied,json=bytesCopied,proto3" json:"bytes_copied,omitempty"`
+	BytesTotal    uint64 `protobuf:"varint,8,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1781,6 +1818,296 @@ func (x *DeclaredSegment) GetRetired() bool {
 	return false
 }
 
+func (x *DeclaredSegment) GetBytesCopied() uint64 {
+	if x != nil {
+		return x.BytesCopied
+	}
+	return 0
+}
+
+func (x *DeclaredSegment) GetBytesTotal() uint64 {
+	if x != nil {
+		return x.BytesTotal
+	}
+	return 0
+}
+
+// HydrateRequest starts or resumes a copy of a PG's pages from the node
+// asked (the source).
+type HydrateRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Volume uint64                 `protobuf:"varint,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	Pg     uint32                 `protobuf:"varint,2,opt,name=pg,proto3" json:"pg,omitempty"`
+	// The node that copies: the source keeps one copy per asking node.
+	FromNode string `protobuf:"bytes,3,opt,name=from_node,json=fromNode,proto3" json:"from_node,omitempty"`
+	// 0: a new copy, at the source's materialized point. Else the base_lsn
+	// of a copy begun before: the source continues it if it still can (it
+	// has kept that copy's view), and otherwise begins a new copy, whose
+	// chunks carry another base_lsn; the asker then drops what it copied
+	// and starts over.
+	BaseLsn uint64 `protobuf:"varint,4,opt,name=base_lsn,json=baseLsn,proto3" json:"base_lsn,omitempty"`
+	// Pages up to and including this one were copied already (0: none).
+	AfterPage uint64 `protobuf:"varint,5,opt,name=after_page,json=afterPage,proto3" json:"after_page,omitempty"`
+	// Bound on one chunk's page bytes (0: the source's default).
+	MaxChunkBytes uint32 `protobuf:"varint,6,opt,name=max_chunk_bytes,json=maxChunkBytes,proto3" json:"max_chunk_bytes,omitempty"`
+	// The asker has everything it needs (pages and the log after base_lsn):
+	// the source forgets the copy and answers with no chunk.
+	Release       bool `protobuf:"varint,7,opt,name=release,proto3" json:"release,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HydrateRequest) Reset() {
+	*x = HydrateRequest{}
+	mi := &file_storage_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HydrateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HydrateRequest) ProtoMessage() {}
+
+func (x *HydrateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HydrateRequest.ProtoReflect.Descriptor instead.
+func (*HydrateRequest) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *HydrateRequest) GetVolume() uint64 {
+	if x != nil {
+		return x.Volume
+	}
+	return 0
+}
+
+func (x *HydrateRequest) GetPg() uint32 {
+	if x != nil {
+		return x.Pg
+	}
+	return 0
+}
+
+func (x *HydrateRequest) GetFromNode() string {
+	if x != nil {
+		return x.FromNode
+	}
+	return ""
+}
+
+func (x *HydrateRequest) GetBaseLsn() uint64 {
+	if x != nil {
+		return x.BaseLsn
+	}
+	return 0
+}
+
+func (x *HydrateRequest) GetAfterPage() uint64 {
+	if x != nil {
+		return x.AfterPage
+	}
+	return 0
+}
+
+func (x *HydrateRequest) GetMaxChunkBytes() uint32 {
+	if x != nil {
+		return x.MaxChunkBytes
+	}
+	return 0
+}
+
+func (x *HydrateRequest) GetRelease() bool {
+	if x != nil {
+		return x.Release
+	}
+	return false
+}
+
+// HydratePage is one page as of the copy's base_lsn.
+type HydratePage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Page  uint64                 `protobuf:"varint,1,opt,name=page,proto3" json:"page,omitempty"`
+	// LSN of the newest record in data.
+	Lsn           uint64 `protobuf:"varint,2,opt,name=lsn,proto3" json:"lsn,omitempty"`
+	Data          []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HydratePage) Reset() {
+	*x = HydratePage{}
+	mi := &file_storage_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HydratePage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HydratePage) ProtoMessage() {}
+
+func (x *HydratePage) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HydratePage.ProtoReflect.Descriptor instead.
+func (*HydratePage) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *HydratePage) GetPage() uint64 {
+	if x != nil {
+		return x.Page
+	}
+	return 0
+}
+
+func (x *HydratePage) GetLsn() uint64 {
+	if x != nil {
+		return x.Lsn
+	}
+	return 0
+}
+
+func (x *HydratePage) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type HydrateChunk struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BaseLsn uint64                 `protobuf:"varint,1,opt,name=base_lsn,json=baseLsn,proto3" json:"base_lsn,omitempty"`
+	Pages   []*HydratePage         `protobuf:"bytes,2,rep,name=pages,proto3" json:"pages,omitempty"`
+	// The last page this chunk covers: the cursor to resume after.
+	Cursor uint64 `protobuf:"varint,3,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// No page above cursor: the copy of pages is complete.
+	Done bool `protobuf:"varint,4,opt,name=done,proto3" json:"done,omitempty"`
+	// Page bytes in the whole copy, for progress.
+	BytesTotal uint64 `protobuf:"varint,5,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
+	// The source's epoch and truncations of the PG when the copy began: the
+	// copy continues the source's chain from base_lsn and must judge the
+	// records after it as the source did.
+	Epoch       uint64        `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Truncations []*Truncation `protobuf:"bytes,7,rep,name=truncations,proto3" json:"truncations,omitempty"`
+	// CRC32C (Castagnoli) over the chunk's content: base_lsn, cursor, done,
+	// bytes_total, epoch, and each page's number, LSN and data, as the
+	// source computes it (see internal/storage hydrateChunkCRC). A chunk
+	// that does not match is refused and fetched again.
+	Crc32C        uint32 `protobuf:"varint,8,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HydrateChunk) Reset() {
+	*x = HydrateChunk{}
+	mi := &file_storage_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HydrateChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HydrateChunk) ProtoMessage() {}
+
+func (x *HydrateChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_storage_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HydrateChunk.ProtoReflect.Descriptor instead.
+func (*HydrateChunk) Descriptor() ([]byte, []int) {
+	return file_storage_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *HydrateChunk) GetBaseLsn() uint64 {
+	if x != nil {
+		return x.BaseLsn
+	}
+	return 0
+}
+
+func (x *HydrateChunk) GetPages() []*HydratePage {
+	if x != nil {
+		return x.Pages
+	}
+	return nil
+}
+
+func (x *HydrateChunk) GetCursor() uint64 {
+	if x != nil {
+		return x.Cursor
+	}
+	return 0
+}
+
+func (x *HydrateChunk) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+func (x *HydrateChunk) GetBytesTotal() uint64 {
+	if x != nil {
+		return x.BytesTotal
+	}
+	return 0
+}
+
+func (x *HydrateChunk) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *HydrateChunk) GetTruncations() []*Truncation {
+	if x != nil {
+		return x.Truncations
+	}
+	return nil
+}
+
+func (x *HydrateChunk) GetCrc32C() uint32 {
+	if x != nil {
+		return x.Crc32C
+	}
+	return 0
+}
+
 type DeclareResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Segments      []*DeclaredSegment     `protobuf:"bytes,1,rep,name=segments,proto3" json:"segments,omitempty"`
@@ -1790,7 +2117,7 @@ type DeclareResponse struct {
 
 func (x *DeclareResponse) Reset() {
 	*x = DeclareResponse{}
-	mi := &file_storage_proto_msgTypes[22]
+	mi := &file_storage_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +2129,7 @@ func (x *DeclareResponse) String() string {
 func (*DeclareResponse) ProtoMessage() {}
 
 func (x *DeclareResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[22]
+	mi := &file_storage_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +2142,7 @@ func (x *DeclareResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeclareResponse.ProtoReflect.Descriptor instead.
 func (*DeclareResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{22}
+	return file_storage_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeclareResponse) GetSegments() []*DeclaredSegment {
@@ -1833,7 +2160,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_storage_proto_msgTypes[23]
+	mi := &file_storage_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +2172,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[23]
+	mi := &file_storage_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +2185,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{23}
+	return file_storage_proto_rawDescGZIP(), []int{26}
 }
 
 type StatsResponse struct {
@@ -1883,7 +2210,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_storage_proto_msgTypes[24]
+	mi := &file_storage_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +2222,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[24]
+	mi := &file_storage_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +2235,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{24}
+	return file_storage_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StatsResponse) GetNodeId() string {
@@ -2011,7 +2338,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_storage_proto_msgTypes[25]
+	mi := &file_storage_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +2350,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_storage_proto_msgTypes[25]
+	mi := &file_storage_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +2363,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_storage_proto_rawDescGZIP(), []int{25}
+	return file_storage_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ErrorDetail) GetReason() Reason {
@@ -2172,7 +2499,7 @@ const file_storage_proto_rawDesc = "" +
 	"\x02pg\x18\x01 \x01(\rR\x02pg\x12\x10\n" +
 	"\x03scl\x18\x02 \x01(\x04R\x03scl\"I\n" +
 	"\x13SegmentSCLsResponse\x122\n" +
-	"\bsegments\x18\x01 \x03(\v2\x16.borealis.v1.HostedSCLR\bsegments\"\x9d\x03\n" +
+	"\bsegments\x18\x01 \x03(\v2\x16.borealis.v1.HostedSCLR\bsegments\"\xb7\x04\n" +
 	"\x13SegmentInfoResponse\x12\x10\n" +
 	"\x03scl\x18\x01 \x01(\x04R\x03scl\x12\x18\n" +
 	"\ahighest\x18\x02 \x01(\x04R\ahighest\x12\x14\n" +
@@ -2186,7 +2513,11 @@ const file_storage_proto_rawDesc = "" +
 	"\x04spec\x18\n" +
 	" \x01(\v2\x18.borealis.v1.SegmentSpecR\x04spec\x12\x19\n" +
 	"\bvdl_seen\x18\v \x01(\x04R\avdlSeen\x129\n" +
-	"\vtruncations\x18\f \x03(\v2\x17.borealis.v1.TruncationR\vtruncations\"\xc2\x01\n" +
+	"\vtruncations\x18\f \x03(\v2\x17.borealis.v1.TruncationR\vtruncations\x12\x1c\n" +
+	"\thydrating\x18\r \x01(\bR\thydrating\x12\x18\n" +
+	"\aretired\x18\x0e \x01(\bR\aretired\x120\n" +
+	"\x14hydrate_bytes_copied\x18\x0f \x01(\x04R\x12hydrateBytesCopied\x12.\n" +
+	"\x13hydrate_bytes_total\x18\x10 \x01(\x04R\x11hydrateBytesTotal\"\xc2\x01\n" +
 	"\x0fTruncateRequest\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12\x14\n" +
@@ -2198,14 +2529,40 @@ const file_storage_proto_rawDesc = "" +
 	"\x10TruncateResponse\x12\x10\n" +
 	"\x03scl\x18\x01 \x01(\x04R\x03scl\"@\n" +
 	"\x0eDeclareRequest\x12.\n" +
-	"\x05specs\x18\x01 \x03(\v2\x18.borealis.v1.SegmentSpecR\x05specs\"\xb0\x01\n" +
+	"\x05specs\x18\x01 \x03(\v2\x18.borealis.v1.SegmentSpecR\x05specs\"\xf4\x01\n" +
 	"\x0fDeclaredSegment\x12\x0e\n" +
 	"\x02pg\x18\x01 \x01(\rR\x02pg\x12)\n" +
 	"\x10membership_epoch\x18\x02 \x01(\x04R\x0fmembershipEpoch\x12\x10\n" +
 	"\x03scl\x18\x03 \x01(\x04R\x03scl\x12\x18\n" +
 	"\ahighest\x18\x04 \x01(\x04R\ahighest\x12\x1c\n" +
 	"\thydrating\x18\x05 \x01(\bR\thydrating\x12\x18\n" +
-	"\aretired\x18\x06 \x01(\bR\aretired\"K\n" +
+	"\aretired\x18\x06 \x01(\bR\aretired\x12!\n" +
+	"\fbytes_copied\x18\a \x01(\x04R\vbytesCopied\x12\x1f\n" +
+	"\vbytes_total\x18\b \x01(\x04R\n" +
+	"bytesTotal\"\xd1\x01\n" +
+	"\x0eHydrateRequest\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
+	"\x02pg\x18\x02 \x01(\rR\x02pg\x12\x1b\n" +
+	"\tfrom_node\x18\x03 \x01(\tR\bfromNode\x12\x19\n" +
+	"\bbase_lsn\x18\x04 \x01(\x04R\abaseLsn\x12\x1d\n" +
+	"\n" +
+	"after_page\x18\x05 \x01(\x04R\tafterPage\x12&\n" +
+	"\x0fmax_chunk_bytes\x18\x06 \x01(\rR\rmaxChunkBytes\x12\x18\n" +
+	"\arelease\x18\a \x01(\bR\arelease\"G\n" +
+	"\vHydratePage\x12\x12\n" +
+	"\x04page\x18\x01 \x01(\x04R\x04page\x12\x10\n" +
+	"\x03lsn\x18\x02 \x01(\x04R\x03lsn\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"\x8f\x02\n" +
+	"\fHydrateChunk\x12\x19\n" +
+	"\bbase_lsn\x18\x01 \x01(\x04R\abaseLsn\x12.\n" +
+	"\x05pages\x18\x02 \x03(\v2\x18.borealis.v1.HydratePageR\x05pages\x12\x16\n" +
+	"\x06cursor\x18\x03 \x01(\x04R\x06cursor\x12\x12\n" +
+	"\x04done\x18\x04 \x01(\bR\x04done\x12\x1f\n" +
+	"\vbytes_total\x18\x05 \x01(\x04R\n" +
+	"bytesTotal\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\x129\n" +
+	"\vtruncations\x18\a \x03(\v2\x17.borealis.v1.TruncationR\vtruncations\x12\x16\n" +
+	"\x06crc32c\x18\b \x01(\rR\x06crc32c\"K\n" +
 	"\x0fDeclareResponse\x128\n" +
 	"\bsegments\x18\x01 \x03(\v2\x1c.borealis.v1.DeclaredSegmentR\bsegments\"\x0e\n" +
 	"\fStatsRequest\"\xab\x03\n" +
@@ -2244,7 +2601,7 @@ const file_storage_proto_rawDesc = "" +
 	"\vBAD_REQUEST\x10\n" +
 	"\x12\x12\n" +
 	"\x0eVOLUME_DELETED\x10\v\x12\x14\n" +
-	"\x10STALE_MEMBERSHIP\x10\f2\xc6\x04\n" +
+	"\x10STALE_MEMBERSHIP\x10\f2\x8b\x05\n" +
 	"\aStorage\x12E\n" +
 	"\x06Append\x12\x1a.borealis.v1.AppendRequest\x1a\x1b.borealis.v1.AppendResponse(\x010\x01\x12D\n" +
 	"\aGetPage\x12\x1b.borealis.v1.GetPageRequest\x1a\x1c.borealis.v1.GetPageResponse\x12;\n" +
@@ -2253,7 +2610,8 @@ const file_storage_proto_rawDesc = "" +
 	"\vSegmentSCLs\x12\x1f.borealis.v1.SegmentSCLsRequest\x1a .borealis.v1.SegmentSCLsResponse\x12G\n" +
 	"\bTruncate\x12\x1c.borealis.v1.TruncateRequest\x1a\x1d.borealis.v1.TruncateResponse\x12>\n" +
 	"\x05Stats\x12\x19.borealis.v1.StatsRequest\x1a\x1a.borealis.v1.StatsResponse\x12D\n" +
-	"\aDeclare\x12\x1b.borealis.v1.DeclareRequest\x1a\x1c.borealis.v1.DeclareResponseB;Z9github.com/borealis-db/borealis/api/borealispb;borealispbb\x06proto3"
+	"\aDeclare\x12\x1b.borealis.v1.DeclareRequest\x1a\x1c.borealis.v1.DeclareResponse\x12C\n" +
+	"\aHydrate\x12\x1b.borealis.v1.HydrateRequest\x1a\x19.borealis.v1.HydrateChunk0\x01B;Z9github.com/borealis-db/borealis/api/borealispb;borealispbb\x06proto3"
 
 var (
 	file_storage_proto_rawDescOnce sync.Once
@@ -2268,7 +2626,7 @@ func file_storage_proto_rawDescGZIP() []byte {
 }
 
 var file_storage_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_storage_proto_goTypes = []any{
 	(Reason)(0),                 // 0: borealis.v1.Reason
 	(*Member)(nil),              // 1: borealis.v1.Member
@@ -2293,10 +2651,13 @@ var file_storage_proto_goTypes = []any{
 	(*TruncateResponse)(nil),    // 20: borealis.v1.TruncateResponse
 	(*DeclareRequest)(nil),      // 21: borealis.v1.DeclareRequest
 	(*DeclaredSegment)(nil),     // 22: borealis.v1.DeclaredSegment
-	(*DeclareResponse)(nil),     // 23: borealis.v1.DeclareResponse
-	(*StatsRequest)(nil),        // 24: borealis.v1.StatsRequest
-	(*StatsResponse)(nil),       // 25: borealis.v1.StatsResponse
-	(*ErrorDetail)(nil),         // 26: borealis.v1.ErrorDetail
+	(*HydrateRequest)(nil),      // 23: borealis.v1.HydrateRequest
+	(*HydratePage)(nil),         // 24: borealis.v1.HydratePage
+	(*HydrateChunk)(nil),        // 25: borealis.v1.HydrateChunk
+	(*DeclareResponse)(nil),     // 26: borealis.v1.DeclareResponse
+	(*StatsRequest)(nil),        // 27: borealis.v1.StatsRequest
+	(*StatsResponse)(nil),       // 28: borealis.v1.StatsResponse
+	(*ErrorDetail)(nil),         // 29: borealis.v1.ErrorDetail
 }
 var file_storage_proto_depIdxs = []int32{
 	1,  // 0: borealis.v1.MemberSet.members:type_name -> borealis.v1.Member
@@ -2313,29 +2674,33 @@ var file_storage_proto_depIdxs = []int32{
 	4,  // 11: borealis.v1.SegmentInfoResponse.truncations:type_name -> borealis.v1.Truncation
 	4,  // 12: borealis.v1.TruncateRequest.prior:type_name -> borealis.v1.Truncation
 	3,  // 13: borealis.v1.DeclareRequest.specs:type_name -> borealis.v1.SegmentSpec
-	22, // 14: borealis.v1.DeclareResponse.segments:type_name -> borealis.v1.DeclaredSegment
-	0,  // 15: borealis.v1.ErrorDetail.reason:type_name -> borealis.v1.Reason
-	6,  // 16: borealis.v1.Storage.Append:input_type -> borealis.v1.AppendRequest
-	9,  // 17: borealis.v1.Storage.GetPage:input_type -> borealis.v1.GetPageRequest
-	11, // 18: borealis.v1.Storage.Pull:input_type -> borealis.v1.PullRequest
-	14, // 19: borealis.v1.Storage.SegmentInfo:input_type -> borealis.v1.SegmentInfoRequest
-	15, // 20: borealis.v1.Storage.SegmentSCLs:input_type -> borealis.v1.SegmentSCLsRequest
-	19, // 21: borealis.v1.Storage.Truncate:input_type -> borealis.v1.TruncateRequest
-	24, // 22: borealis.v1.Storage.Stats:input_type -> borealis.v1.StatsRequest
-	21, // 23: borealis.v1.Storage.Declare:input_type -> borealis.v1.DeclareRequest
-	8,  // 24: borealis.v1.Storage.Append:output_type -> borealis.v1.AppendResponse
-	10, // 25: borealis.v1.Storage.GetPage:output_type -> borealis.v1.GetPageResponse
-	13, // 26: borealis.v1.Storage.Pull:output_type -> borealis.v1.PullResponse
-	18, // 27: borealis.v1.Storage.SegmentInfo:output_type -> borealis.v1.SegmentInfoResponse
-	17, // 28: borealis.v1.Storage.SegmentSCLs:output_type -> borealis.v1.SegmentSCLsResponse
-	20, // 29: borealis.v1.Storage.Truncate:output_type -> borealis.v1.TruncateResponse
-	25, // 30: borealis.v1.Storage.Stats:output_type -> borealis.v1.StatsResponse
-	23, // 31: borealis.v1.Storage.Declare:output_type -> borealis.v1.DeclareResponse
-	24, // [24:32] is the sub-list for method output_type
-	16, // [16:24] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	24, // 14: borealis.v1.HydrateChunk.pages:type_name -> borealis.v1.HydratePage
+	4,  // 15: borealis.v1.HydrateChunk.truncations:type_name -> borealis.v1.Truncation
+	22, // 16: borealis.v1.DeclareResponse.segments:type_name -> borealis.v1.DeclaredSegment
+	0,  // 17: borealis.v1.ErrorDetail.reason:type_name -> borealis.v1.Reason
+	6,  // 18: borealis.v1.Storage.Append:input_type -> borealis.v1.AppendRequest
+	9,  // 19: borealis.v1.Storage.GetPage:input_type -> borealis.v1.GetPageRequest
+	11, // 20: borealis.v1.Storage.Pull:input_type -> borealis.v1.PullRequest
+	14, // 21: borealis.v1.Storage.SegmentInfo:input_type -> borealis.v1.SegmentInfoRequest
+	15, // 22: borealis.v1.Storage.SegmentSCLs:input_type -> borealis.v1.SegmentSCLsRequest
+	19, // 23: borealis.v1.Storage.Truncate:input_type -> borealis.v1.TruncateRequest
+	27, // 24: borealis.v1.Storage.Stats:input_type -> borealis.v1.StatsRequest
+	21, // 25: borealis.v1.Storage.Declare:input_type -> borealis.v1.DeclareRequest
+	23, // 26: borealis.v1.Storage.Hydrate:input_type -> borealis.v1.HydrateRequest
+	8,  // 27: borealis.v1.Storage.Append:output_type -> borealis.v1.AppendResponse
+	10, // 28: borealis.v1.Storage.GetPage:output_type -> borealis.v1.GetPageResponse
+	13, // 29: borealis.v1.Storage.Pull:output_type -> borealis.v1.PullResponse
+	18, // 30: borealis.v1.Storage.SegmentInfo:output_type -> borealis.v1.SegmentInfoResponse
+	17, // 31: borealis.v1.Storage.SegmentSCLs:output_type -> borealis.v1.SegmentSCLsResponse
+	20, // 32: borealis.v1.Storage.Truncate:output_type -> borealis.v1.TruncateResponse
+	28, // 33: borealis.v1.Storage.Stats:output_type -> borealis.v1.StatsResponse
+	26, // 34: borealis.v1.Storage.Declare:output_type -> borealis.v1.DeclareResponse
+	25, // 35: borealis.v1.Storage.Hydrate:output_type -> borealis.v1.HydrateChunk
+	27, // [27:36] is the sub-list for method output_type
+	18, // [18:27] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_storage_proto_init() }
@@ -2349,7 +2714,7 @@ func file_storage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storage_proto_rawDesc), len(file_storage_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   26,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

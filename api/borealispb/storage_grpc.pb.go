@@ -30,6 +30,7 @@ const (
 	Storage_Truncate_FullMethodName    = "/borealis.v1.Storage/Truncate"
 	Storage_Stats_FullMethodName       = "/borealis.v1.Storage/Stats"
 	Storage_Declare_FullMethodName     = "/borealis.v1.Storage/Declare"
+	Storage_Hydrate_FullMethodName     = "/borealis.v1.Storage/Hydrate"
 )
 
 // StorageClient is the client API for Storage service.
@@ -66,6 +67,12 @@ type StorageClient interface {
 	// where each segment stands, so the control plane can tell when a new
 	// member is complete.
 	Declare(ctx context.Context, in *DeclareRequest, opts ...grpc.CallOption) (*DeclareResponse, error)
+	// Hydrate copies a PG's pages to a member that hydrates (see
+	// SegmentSpec.hydrate): every page as of one LSN, base_lsn, the
+	// source's materialized point when the copy began, in page order. The
+	// source keeps its log above base_lsn while the copy lasts, so that the
+	// member then pulls the records after it (Pull) and continues by gossip.
+	Hydrate(ctx context.Context, in *HydrateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[HydrateChunk], error)
 }
 
 type storageClient struct {
@@ -159,6 +166,25 @@ func (c *storageClient) Declare(ctx context.Context, in *DeclareRequest, opts ..
 	return out, nil
 }
 
+func (c *storageClient) Hydrate(ctx context.Context, in *HydrateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[HydrateChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Storage_ServiceDesc.Streams[1], Storage_Hydrate_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[HydrateRequest, HydrateChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Storage_HydrateClient = grpc.ServerStreamingClient[HydrateChunk]
+
 // StorageServer is the server API for Storage service.
 // All implementations must embed UnimplementedStorageServer
 // for forward compatibility.
@@ -193,6 +219,12 @@ type StorageServer interface {
 	// where each segment stands, so the control plane can tell when a new
 	// member is complete.
 	Declare(context.Context, *DeclareRequest) (*DeclareResponse, error)
+	// Hydrate copies a PG's pages to a member that hydrates (see
+	// SegmentSpec.hydrate): every page as of one LSN, base_lsn, the
+	// source's materialized point when the copy began, in page order. The
+	// source keeps its log above base_lsn while the copy lasts, so that the
+	// member then pulls the records after it (Pull) and continues by gossip.
+	Hydrate(*HydrateRequest, grpc.ServerStreamingServer[HydrateChunk]) error
 	mustEmbedUnimplementedStorageServer()
 }
 
@@ -226,6 +258,9 @@ func (UnimplementedStorageServer) Stats(context.Context, *StatsRequest) (*StatsR
 }
 func (UnimplementedStorageServer) Declare(context.Context, *DeclareRequest) (*DeclareResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Declare not implemented")
+}
+func (UnimplementedStorageServer) Hydrate(*HydrateRequest, grpc.ServerStreamingServer[HydrateChunk]) error {
+	return status.Errorf(codes.Unimplemented, "method Hydrate not implemented")
 }
 func (UnimplementedStorageServer) mustEmbedUnimplementedStorageServer() {}
 func (UnimplementedStorageServer) testEmbeddedByValue()                 {}
@@ -381,6 +416,17 @@ func _Storage_Declare_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Storage_Hydrate_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(HydrateRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(StorageServer).Hydrate(m, &grpc.GenericServerStream[HydrateRequest, HydrateChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Storage_HydrateServer = grpc.ServerStreamingServer[HydrateChunk]
+
 // Storage_ServiceDesc is the grpc.ServiceDesc for Storage service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -423,6 +469,11 @@ var Storage_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Storage_Append_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "Hydrate",
+			Handler:       _Storage_Hydrate_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "storage.proto",

@@ -29,12 +29,15 @@ type incomingBatch struct {
 	raw    [][]byte
 	recs   []redo.Record
 	retain uint64
+	// membership is the membership epoch the writer counts the batch's
+	// acks under (0: not said).
+	membership uint64
 }
 
 func fromAppendRequest(req *pb.AppendRequest) *incoming {
 	in := &incoming{volume: req.Volume, epoch: req.Epoch, minReadPoint: req.MinReadPoint, vdl: req.Vdl, declare: req.Declare}
 	for _, b := range req.Batches {
-		in.batches = append(in.batches, incomingBatch{pg: b.Pg, raw: b.Records, retain: b.RetainLsn})
+		in.batches = append(in.batches, incomingBatch{pg: b.Pg, raw: b.Records, retain: b.RetainLsn, membership: b.MembershipEpoch})
 	}
 	return in
 }
@@ -145,6 +148,9 @@ func (n *Node) ingest(in *incoming) (*group, []*seg, error) {
 			}
 		}
 		if !in.fromPeer {
+			if err := n.checkMembership(in.volume, b, s, declared[b.pg]); err != nil {
+				return nil, nil, err
+			}
 			if err := n.checkChain(in, b, s, declared[b.pg], volEpoch); err != nil {
 				return nil, nil, err
 			}
@@ -361,15 +367,6 @@ func (n *Node) checkDeclaration(vol uint64, spec *pb.SegmentSpec) error {
 	if spec.PageSize == 0 || spec.PagesPerPg == 0 {
 		return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "declaration of volume %d PG %d needs a page size and pages per PG", vol, spec.Pg)
 	}
-	self := false
-	for _, m := range spec.Members {
-		if m.NodeId == n.cfg.ID {
-			self = true
-		}
-	}
-	if !self {
-		return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "declaration of volume %d PG %d does not list this node (%s) as a member", vol, spec.Pg, n.cfg.ID)
-	}
 	if inc := spec.GetIncarnation(); inc == 0 {
 		// A declaration that does not say which volume of the id it is:
 		// refused if the node dropped the id and holds nothing of it since.
@@ -386,6 +383,52 @@ func (n *Node) checkDeclaration(vol uint64, spec *pb.SegmentSpec) error {
 			return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "volume %d PG %d is hosted with %d-byte pages and %d pages per PG; the declaration says %d and %d", vol, spec.Pg, s.spec.PageSize, s.spec.PagesPerPg, spec.PageSize, spec.PagesPerPg)
 		}
 	}
+	return n.checkDeclaredMembership(vol, spec)
+}
+
+// checkDeclaredMembership refuses a declaration of an older membership
+// than the segment holds (its sender acts on a membership that changed),
+// and one that does not list this node unless it is a newer membership of
+// a segment the node holds: then the node is being removed from the PG and
+// the segment retires. An epoch of 0 says nothing and is not judged by it.
+// Called under Node.mu.
+func (n *Node) checkDeclaredMembership(vol uint64, spec *pb.SegmentSpec) error {
+	s := n.segs[segKey{vol, spec.Pg}]
+	if s != nil && spec.MembershipEpoch != 0 && spec.MembershipEpoch < s.spec.MembershipEpoch {
+		return refuseMembership(vol, spec.Pg, s.spec.MembershipEpoch, "declaration of volume %d PG %d is of membership epoch %d, older than epoch %d that node %s holds; take the PG's membership from the catalog again", vol, spec.Pg, spec.MembershipEpoch, s.spec.MembershipEpoch, n.cfg.ID)
+	}
+	if inSomeSet(spec, n.cfg.ID) {
+		return nil
+	}
+	switch {
+	case s == nil:
+		return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "declaration of volume %d PG %d does not list this node (%s) in any member set, and the node hosts no segment of it", vol, spec.Pg, n.cfg.ID)
+	case spec.MembershipEpoch > s.spec.MembershipEpoch, s.retired:
+		return nil
+	default:
+		return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "declaration of volume %d PG %d leaves this node (%s) out of every member set under membership epoch %d, the one under which the node is a member; a removal needs a newer epoch", vol, spec.Pg, n.cfg.ID, spec.MembershipEpoch)
+	}
+}
+
+// checkMembership refuses a writer's batch for a segment that is retired
+// (the node is in no set of the membership it holds, or of the one the
+// request declares), or whose acks the writer counts under an older
+// membership epoch than the node holds: counted so, a record could miss
+// the write quorum of a newer set. Called under Node.mu.
+func (n *Node) checkMembership(vol uint64, b incomingBatch, s *seg, declared *pb.SegmentSpec) error {
+	spec := declared
+	if s != nil && (declared == nil || declared.MembershipEpoch <= s.spec.MembershipEpoch) {
+		spec = s.spec
+	}
+	if spec == nil {
+		return nil
+	}
+	if !inSomeSet(spec, n.cfg.ID) {
+		return refuseMembership(vol, b.pg, spec.MembershipEpoch, "node %s is in no member set of volume %d PG %d under membership epoch %d: it takes no more of the PG's writes", n.cfg.ID, vol, b.pg, spec.MembershipEpoch)
+	}
+	if b.membership != 0 && b.membership < spec.MembershipEpoch {
+		return refuseMembership(vol, b.pg, spec.MembershipEpoch, "batch for volume %d PG %d counts its acks under membership epoch %d, older than epoch %d that node %s holds; nothing was stored", vol, b.pg, b.membership, spec.MembershipEpoch, n.cfg.ID)
+	}
 	return nil
 }
 
@@ -399,12 +442,18 @@ func (n *Node) applyDeclaration(vol uint64, spec *pb.SegmentSpec) (*seg, []byte,
 		n.segs[key] = s
 		n.noteIncarnation(s)
 		n.noteWant(s)
-		n.log.Info("hosting new segment", "volume", vol, "pg", spec.Pg, "incarnation", fmt.Sprintf("%016x", spec.GetIncarnation()), "members", len(spec.Members), "truncations", len(spec.Truncations))
+		n.log.Info("hosting new segment", "volume", vol, "pg", spec.Pg, "incarnation", fmt.Sprintf("%016x", spec.GetIncarnation()), "members", len(memberUnion(spec)), "sets", len(memberSets(spec)), "truncations", len(spec.Truncations))
 	} else if spec.MembershipEpoch > s.spec.MembershipEpoch {
 		// A segment keeps the incarnation it was created with: a
 		// declaration of another one was refused, and one of none (or of
 		// one where the segment has none) does not change it.
+		wasRetired := s.retired
 		n.setSpec(s, withIncarnation(spec, s.spec.GetIncarnation()))
+		if s.retired && !wasRetired {
+			n.log.Info("segment retired: the node is in no member set of the PG's new membership; it refuses the PG's writes and still serves its peers", "volume", vol, "pg", spec.Pg, "membership_epoch", spec.MembershipEpoch)
+		} else {
+			n.log.Info("segment took a new membership", "volume", vol, "pg", spec.Pg, "membership_epoch", spec.MembershipEpoch, "sets", len(memberSets(spec)))
+		}
 	} else {
 		return s, nil, nil
 	}

@@ -27,6 +27,8 @@ type dropWriter struct {
 	pg   uint32
 	last uint64
 	rng  *rand.Rand
+	// membership is the membership epoch its declarations carry (0: 1).
+	membership uint64
 }
 
 // Small pages and large PGs: many materializer steps (materializeChunk
@@ -37,7 +39,7 @@ const (
 )
 
 func (w *dropWriter) spec() *pb.SegmentSpec {
-	return &pb.SegmentSpec{Volume: w.vol, Incarnation: w.inc, Pg: w.pg, PageSize: dropPageSize, PagesPerPg: dropPages, MembershipEpoch: 1,
+	return &pb.SegmentSpec{Volume: w.vol, Incarnation: w.inc, Pg: w.pg, PageSize: dropPageSize, PagesPerPg: dropPages, MembershipEpoch: max(w.membership, 1),
 		Members: []*pb.Member{{NodeId: "s1", Az: "a", Addr: "127.0.0.1:1"}}}
 }
 

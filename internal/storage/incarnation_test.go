@@ -82,7 +82,12 @@ func TestDropOnlyItsIncarnation(t *testing.T) {
 	if s := n.segment(1, 0); s.spec.GetIncarnation() != 0xa || s.spec.GetMembershipEpoch() != 2 {
 		t.Fatalf("volume 1 PG 0 after a new membership without an incarnation: %v", s.spec)
 	}
+	// An older membership than the one held is refused from now on.
 	a.inc = 0xa
+	if err := a.append(1); storageReason(err) != pb.Reason_STALE_MEMBERSHIP {
+		t.Fatalf("a declaration of membership epoch 1 after epoch 2: %v, want STALE_MEMBERSHIP", err)
+	}
+	a.membership = 2
 
 	// The segment of no incarnation takes no incarnation from a
 	// declaration; a new PG of volume 2 is hosted under the one it has,

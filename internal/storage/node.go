@@ -404,8 +404,15 @@ func (n *Node) setSpec(s *seg, spec *pb.SegmentSpec) {
 	s.spec = spec
 	s.pages.Store(spec.PagesPerPg)
 	s.pageSize.Store(spec.PageSize)
-	s.peers = s.peers[:0]
-	for _, m := range spec.Members {
+	s.retired = !inSomeSet(spec, n.cfg.ID)
+	s.retiredFlag.Store(s.retired)
+	s.joining = joiningMembers(spec)
+	// A retired segment completes nothing more: it only serves its peers.
+	s.peers = nil
+	if s.retired {
+		return
+	}
+	for _, m := range memberUnion(spec) {
 		if m.NodeId != n.cfg.ID {
 			s.peers = append(s.peers, m)
 		}

@@ -23,12 +23,24 @@ type refusal struct {
 	pg     uint32
 	lsn    uint64
 	msg    string
+	// membershipEpoch is the PG's membership epoch the node holds, with
+	// STALE_MEMBERSHIP.
+	membershipEpoch uint64
 }
 
 func (r *refusal) Error() string { return r.msg }
 
 func refuse(reason pb.Reason, vol uint64, pg uint32, lsn uint64, format string, args ...any) *refusal {
 	return &refusal{reason: reason, volume: vol, pg: pg, lsn: lsn, msg: fmt.Sprintf(format, args...)}
+}
+
+// refuseMembership is a STALE_MEMBERSHIP refusal that carries the node's
+// membership epoch of the PG, from which the writer tells whether the
+// catalog it reads again is new enough.
+func refuseMembership(vol uint64, pg uint32, held uint64, format string, args ...any) *refusal {
+	r := refuse(pb.Reason_STALE_MEMBERSHIP, vol, pg, 0, format, args...)
+	r.membershipEpoch = held
+	return r
 }
 
 var reasonCodes = map[pb.Reason]codes.Code{
@@ -43,6 +55,9 @@ var reasonCodes = map[pb.Reason]codes.Code{
 	pb.Reason_BAD_DECLARATION:  codes.InvalidArgument,
 	pb.Reason_BAD_REQUEST:      codes.InvalidArgument,
 	pb.Reason_VOLUME_DELETED:   codes.NotFound,
+	// Not FailedPrecondition (STALE_EPOCH): a stale membership is retried
+	// under the catalog's newer one, a stale epoch is a fenced writer.
+	pb.Reason_STALE_MEMBERSHIP: codes.Aborted,
 }
 
 // toStatus converts an internal error into the gRPC error sent to callers.
@@ -55,7 +70,7 @@ func toStatus(err error) error {
 		return status.Error(codes.Internal, err.Error())
 	}
 	st := status.New(reasonCodes[r.reason], r.msg)
-	if d, derr := st.WithDetails(&pb.ErrorDetail{Reason: r.reason, Volume: r.volume, Pg: r.pg, Lsn: r.lsn}); derr == nil {
+	if d, derr := st.WithDetails(&pb.ErrorDetail{Reason: r.reason, Volume: r.volume, Pg: r.pg, Lsn: r.lsn, MembershipEpoch: r.membershipEpoch}); derr == nil {
 		st = d
 	}
 	return st.Err()

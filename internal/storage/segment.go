@@ -59,7 +59,12 @@ type seg struct {
 	// guarded by Node.mu
 	spec  *pb.SegmentSpec
 	chain *segment.Chain
-	peers []*pb.Member // the other members
+	peers []*pb.Member // the other members of every set, none if retired
+	// retired: the node is in no set of the membership held (retiredFlag
+	// is the same, for lock-free readers); joining are the members being
+	// added by a change under way (see joiningMembers).
+	retired bool
+	joining map[string]bool
 
 	durableSCL atomic.Uint64 // SCL of records known fsynced
 	vdlSeen    atomic.Uint64 // highest writer VDL told (AppendRequest.vdl)
@@ -70,6 +75,8 @@ type seg struct {
 	pages      atomic.Uint64 // pages per PG
 	pageSize   atomic.Uint32
 	peerSCLs   atomic.Pointer[map[string]uint64]
+
+	retiredFlag atomic.Bool
 
 	// want is the PG tail a recovery truncation named; while the SCL is
 	// below it the segment lacks records that exist, and gossip treats it

@@ -369,6 +369,7 @@ func (r *rpcServer) SegmentInfo(ctx context.Context, req *pb.SegmentInfoRequest)
 		Spec:            s.spec,
 		VdlSeen:         s.vdlSeen.Load(),
 		Truncations:     TruncationsToPB(s.chain.State().Truncations),
+		Retired:         s.retired,
 	}
 	n.mu.Unlock()
 	resp.Records = n.countKeys(segPrefix(famChain, s.key.vol, s.key.pg))
