@@ -95,7 +95,7 @@ func openVolume(t *testing.T, cl *cluster.Cluster, o volumeOpts) *volume.Client 
 		Epoch:        o.epoch,
 		PageSize:     pageSize,
 		PagesPerPG:   o.pagesPerPG,
-		Placement:    func(uint32) ([]volume.Member, error) { return ms, nil },
+		Placement:    func(uint32) (volume.Membership, error) { return volume.OneSet(ms), nil },
 		WriteTimeout: o.writeTimeout,
 		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

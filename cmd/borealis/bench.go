@@ -349,7 +349,7 @@ func benchVolume(ctx context.Context, ctl pb.ControlClient, vols *benchVolumes, 
 	cfg := volume.Config{Epoch: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if ctl == nil {
 		cfg.VolumeID, cfg.Incarnation, cfg.PageSize, cfg.PagesPerPG = rand.Uint64()|1, rand.Uint64()|1, 4096, 1<<20
-		cfg.Placement = func(uint32) ([]volume.Member, error) { return members, nil }
+		cfg.Placement = func(uint32) (volume.Membership, error) { return volume.OneSet(members), nil }
 		return cfg, nil
 	}
 	name := fmt.Sprintf("bench-%s-c%d", time.Now().Format("20060102-150405"), committers)

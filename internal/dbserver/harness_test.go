@@ -83,7 +83,7 @@ func startTestInstance(t *testing.T, cfg Config, opts sqlvfs.Options) *testInsta
 		members = append(members, volume.Member{NodeID: id, AZ: az, Addr: addr})
 	}
 	vol, err := volume.Open(context.Background(), volume.Config{VolumeID: 1, Epoch: 1, PageSize: 4096,
-		Placement: func(uint32) ([]volume.Member, error) { return members, nil }, Logger: logger,
+		Placement: func(uint32) (volume.Membership, error) { return volume.OneSet(members), nil }, Logger: logger,
 		WriteTimeout: cfg.WriteTimeout})
 	if err != nil {
 		t.Fatal(err)

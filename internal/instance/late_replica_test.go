@@ -42,7 +42,7 @@ func TestReplicaStartsOnAVolumeWithData(t *testing.T) {
 	defer cancel()
 	// What the replica's read-only client asks first.
 	ro, err := volume.Open(ctx, volume.Config{VolumeID: 1, PageSize: 4096, PagesPerPG: 64, ReadOnly: true, Logger: testLogger(),
-		Placement: func(uint32) ([]volume.Member, error) { return members, nil }})
+		Placement: func(uint32) (volume.Membership, error) { return volume.OneSet(members), nil }})
 	if err != nil {
 		t.Fatal(err)
 	}

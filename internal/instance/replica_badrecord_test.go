@@ -17,7 +17,7 @@ import (
 // next subscription, is applied.
 func TestReplicaRefusesARecordWithABadCRC(t *testing.T) {
 	vol, err := volume.Open(context.Background(), volume.Config{VolumeID: 1, ReadOnly: true, Logger: testLogger(),
-		Placement: func(uint32) ([]volume.Member, error) { return nil, volume.ErrNoSuchPG }})
+		Placement: func(uint32) (volume.Membership, error) { return volume.Membership{}, volume.ErrNoSuchPG }})
 	if err != nil {
 		t.Fatal(err)
 	}

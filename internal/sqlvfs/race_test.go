@@ -158,7 +158,7 @@ func TestWriterPoolReadsOnlyDurableState(t *testing.T) {
 func TestSQLitePageSizeMustMatchTheVolume(t *testing.T) {
 	cl := startCluster(t)
 	cfg := volume.Config{VolumeID: 1, Epoch: 1, PageSize: 8192,
-		Placement:    func(uint32) ([]volume.Member, error) { return cl.members, nil },
+		Placement:    func(uint32) (volume.Membership, error) { return volume.OneSet(cl.members), nil },
 		WriteTimeout: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	vc, err := volume.Open(context.Background(), cfg)
 	if err != nil {

@@ -144,7 +144,7 @@ func startReplica(t *testing.T, ropts Options, mod func(*redoFeed)) *replicaPair
 	open := func(readOnly bool) *volume.Client {
 		cfg := volume.Config{
 			VolumeID: 1, Epoch: 1, PageSize: 4096,
-			Placement:    func(uint32) ([]volume.Member, error) { return cl.members, nil },
+			Placement:    func(uint32) (volume.Membership, error) { return volume.OneSet(cl.members), nil },
 			WriteTimeout: 5 * time.Second, Logger: quietLogger(), ReadOnly: readOnly,
 		}
 		if !readOnly {

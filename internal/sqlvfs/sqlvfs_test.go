@@ -80,7 +80,7 @@ func (cl *cluster) client(t testing.TB, epoch, base uint64, writeTimeout ...time
 		VolumeID:     1,
 		Epoch:        epoch,
 		PageSize:     4096,
-		Placement:    func(uint32) ([]volume.Member, error) { return cl.members, nil },
+		Placement:    func(uint32) (volume.Membership, error) { return volume.OneSet(cl.members), nil },
 		WriteTimeout: wt,
 		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}

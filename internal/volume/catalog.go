@@ -25,12 +25,15 @@ type FromControl struct {
 	volID uint64 // set by Configure
 
 	mu  sync.Mutex
-	pgs map[uint32][]Member
+	pgs map[uint32]Membership
+	// set is the client's SetMembership (Config.Follow): told of every PG
+	// whose membership epoch rises.
+	set func(pg uint32, m Membership)
 }
 
 // NewFromControl returns the placement of the named volume.
 func NewFromControl(ctl pb.ControlClient, volume string) *FromControl {
-	return &FromControl{ctl: ctl, name: volume, pgs: map[uint32][]Member{}}
+	return &FromControl{ctl: ctl, name: volume, pgs: map[uint32]Membership{}}
 }
 
 // Configure fills cfg's volume identity and geometry (id, incarnation, page
@@ -49,31 +52,58 @@ func (f *FromControl) Configure(ctx context.Context, cfg *Config) error {
 // already (AcquireWriter's answer).
 func (f *FromControl) ConfigureFrom(ctx context.Context, cfg *Config, v *pb.VolumeInfo) {
 	cfg.VolumeID, cfg.Incarnation, cfg.PageSize, cfg.PagesPerPG = v.Id, v.Incarnation, int(v.PageSize), v.PagesPerPg
-	cfg.Placement, cfg.Grow = f.Placement, f.Grow
+	cfg.Placement, cfg.Grow, cfg.Refresh, cfg.Follow = f.Placement, f.Grow, f.Refresh, f.follow
 	f.volID = v.Id
 	f.note(v.PgList...)
-	go f.follow(ctx, v.Id)
+	go f.watch(ctx, v.Id)
 }
 
+// note keeps each PG's membership the catalog showed, if it is newer than
+// the one known, and tells the client of those that changed.
 func (f *FromControl) note(pgs ...*pb.PGInfo) {
+	type change struct {
+		pg uint32
+		m  Membership
+	}
+	var changed []change
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	for _, p := range pgs {
-		f.pgs[p.Pg] = members(p)
+		m := membershipOf(p)
+		if old, ok := f.pgs[p.Pg]; ok && old.Epoch >= m.Epoch {
+			continue
+		}
+		f.pgs[p.Pg] = m
+		changed = append(changed, change{p.Pg, m})
+	}
+	set := f.set
+	f.mu.Unlock()
+	if set != nil {
+		for _, ch := range changed {
+			set(ch.pg, ch.m)
+		}
 	}
 }
 
-// Known returns the PG's segments if the catalog has shown them already.
-func (f *FromControl) Known(pg uint32) ([]Member, bool) {
+// follow is Config.Follow: the client's SetMembership hears of changes.
+func (f *FromControl) follow(set func(pg uint32, m Membership)) {
+	f.mu.Lock()
+	f.set = set
+	f.mu.Unlock()
+}
+
+// Known returns the PG's membership if the catalog has shown it already.
+func (f *FromControl) Known(pg uint32) (Membership, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	m, ok := f.pgs[pg]
 	return m, ok
 }
 
-// follow keeps the cache current from the control plane's watch of the
-// volume, reconnecting until ctx ends.
-func (f *FromControl) follow(ctx context.Context, volID uint64) {
+// watch keeps the cache current from the control plane's watch of the
+// volume, reconnecting until ctx ends. A PG changed while the watch was
+// down is caught up by the first refusal of a node that knows its new
+// membership (Refresh).
+func (f *FromControl) watch(ctx context.Context, volID uint64) {
 	for ctx.Err() == nil {
 		stream, err := f.ctl.WatchVolume(ctx, &pb.WatchVolumeRequest{VolumeId: volID})
 		if err == nil {
@@ -92,12 +122,18 @@ func (f *FromControl) follow(ctx context.Context, volID uint64) {
 	}
 }
 
-// Placement returns the PG's segments, or ErrNoSuchPG if the volume has not
-// grown that far.
-func (f *FromControl) Placement(pg uint32) ([]Member, error) {
+// Placement returns the PG's membership, or ErrNoSuchPG if the volume has
+// not grown that far.
+func (f *FromControl) Placement(pg uint32) (Membership, error) {
 	if m, ok := f.Known(pg); ok {
 		return m, nil
 	}
+	return f.Refresh(pg)
+}
+
+// Refresh returns the PG's membership as the catalog has it now, or
+// ErrNoSuchPG if the volume has not grown that far.
+func (f *FromControl) Refresh(pg uint32) (Membership, error) {
 	// One PG, and the volume without its PGs: the cost of a lookup does
 	// not grow with the volume.
 	ctx, cancel := context.WithTimeout(context.Background(), catalogTimeout)
@@ -105,29 +141,29 @@ func (f *FromControl) Placement(pg uint32) ([]Member, error) {
 	p, err := f.ctl.GetPG(ctx, &pb.GetPGRequest{VolumeId: f.volID, Pg: pg})
 	if err == nil {
 		f.note(p)
-		return members(p), nil
+		return membershipOf(p), nil
 	}
 	if status.Code(err) != codes.NotFound {
-		return nil, fmt.Errorf("volume %s: PG %d: %w", f.name, pg, err)
+		return Membership{}, fmt.Errorf("volume %s: PG %d: %w", f.name, pg, err)
 	}
 	v, err := f.ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: f.name, WithoutPgs: true})
 	if err != nil {
-		return nil, fmt.Errorf("volume %s: %w", f.name, err)
+		return Membership{}, fmt.Errorf("volume %s: %w", f.name, err)
 	}
 	if pg >= v.Pgs {
-		return nil, fmt.Errorf("volume %s has %d PG(s), not PG %d: %w", f.name, v.Pgs, pg, ErrNoSuchPG)
+		return Membership{}, fmt.Errorf("volume %s has %d PG(s), not PG %d: %w", f.name, v.Pgs, pg, ErrNoSuchPG)
 	}
-	return nil, fmt.Errorf("the catalog lists no segments for PG %d of volume %s", pg, f.name)
+	return Membership{}, fmt.Errorf("the catalog lists no segments for PG %d of volume %s", pg, f.name)
 }
 
 // Grow adds PGs to the volume, one at a time, until it holds pg, and returns
 // pg's segments. Racing writers are safe: adding an existing PG returns it.
-func (f *FromControl) Grow(pg uint32) ([]Member, error) {
+func (f *FromControl) Grow(pg uint32) (Membership, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), catalogTimeout)
 	defer cancel()
 	v, err := f.ctl.GetVolume(ctx, &pb.GetVolumeRequest{Name: f.name, WithoutPgs: true})
 	if err != nil {
-		return nil, fmt.Errorf("volume %s: %w", f.name, err)
+		return Membership{}, fmt.Errorf("volume %s: %w", f.name, err)
 	}
 	if pg < v.Pgs {
 		return f.Placement(pg)
@@ -135,18 +171,31 @@ func (f *FromControl) Grow(pg uint32) ([]Member, error) {
 	for next := v.Pgs; ; next++ {
 		p, err := f.ctl.AddPG(ctx, &pb.AddPGRequest{Volume: f.name, Pg: next})
 		if err != nil {
-			return nil, fmt.Errorf("grow volume %s to PG %d: %w", f.name, next, err)
+			return Membership{}, fmt.Errorf("grow volume %s to PG %d: %w", f.name, next, err)
 		}
 		f.note(p)
 		if next == pg {
-			return members(p), nil
+			return membershipOf(p), nil
 		}
 	}
 }
 
-func members(p *pb.PGInfo) []Member {
-	out := make([]Member, len(p.Segments))
-	for i, s := range p.Segments {
+// membershipOf is a PG's membership as the catalog describes it: its set,
+// and during a change the next one too.
+func membershipOf(p *pb.PGInfo) Membership {
+	m := Membership{Epoch: p.MembershipEpoch, Sets: [][]Member{membersOf(p.Segments)}}
+	if len(p.NextSegments) > 0 {
+		m.Sets = append(m.Sets, membersOf(p.NextSegments))
+	}
+	if ch := p.GetChange(); ch != nil && len(p.NextSegments) > 0 {
+		m.Joining = ch.GetJoining()
+	}
+	return m
+}
+
+func membersOf(segs []*pb.SegmentInfo) []Member {
+	out := make([]Member, len(segs))
+	for i, s := range segs {
 		out[i] = Member{NodeID: s.Node, AZ: s.Az, Addr: s.Addr}
 	}
 	return out

@@ -126,17 +126,20 @@ func (e *ReadError) Unwrap() []error {
 
 // reasonOf extracts the typed refusal reason carried by a gRPC status, or
 // REASON_UNSPECIFIED.
-func reasonOf(err error) pb.Reason {
+func reasonOf(err error) pb.Reason { return detailOf(err).GetReason() }
+
+// detailOf returns the ErrorDetail a storage node's refusal carries, or nil.
+func detailOf(err error) *pb.ErrorDetail {
 	st, ok := status.FromError(err)
 	if !ok || st == nil {
-		return pb.Reason_REASON_UNSPECIFIED
+		return nil
 	}
 	for _, d := range st.Details() {
 		if ed, ok := d.(*pb.ErrorDetail); ok {
-			return ed.GetReason()
+			return ed
 		}
 	}
-	return pb.Reason_REASON_UNSPECIFIED
+	return nil
 }
 
 // BelowGCHorizon reports whether a failed read was refused by a segment

@@ -31,6 +31,8 @@ var volumeMetrics = func() []metric {
 		m("records_resent_total", "Records sent again after a reconnect.", counter, func(s Stats) uint64 { return s.ResentRecords }),
 		m("records_dropped_total", "Records dropped from a node's queue as already durable elsewhere.", counter, func(s Stats) uint64 { return s.DroppedRecords }),
 		m("reconnects_total", "Append stream retries.", counter, func(s Stats) uint64 { return s.Reconnects }),
+		m("membership_changes_total", "PG memberships replaced by a newer one.", counter, func(s Stats) uint64 { return s.MembershipChanges }),
+		m("stale_membership_refusals_total", "Refusals by storage nodes that held a newer PG membership than the client.", counter, func(s Stats) uint64 { return s.StaleMemberships }),
 		m("reads_total", "Page reads.", counter, func(s Stats) uint64 { return s.Reads }),
 		m("hedged_reads_total", "Extra GetPage requests sent to a second segment.", counter, func(s Stats) uint64 { return s.HedgedReads }),
 		m("wire_bytes_sent_total", "gRPC wire bytes sent.", counter, func(s Stats) uint64 { return s.BytesSent }),

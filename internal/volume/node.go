@@ -93,6 +93,36 @@ func (n *node) addPG(p *pgState) {
 	n.mu.Unlock()
 }
 
+// redeclare has the next request declare the PG again: its membership
+// changed. Called under Client.mu.
+func (n *node) redeclare(pg uint32) {
+	n.mu.Lock()
+	delete(n.declared, pg)
+	n.mu.Unlock()
+}
+
+// removePG stops sending the PG to this node, which is no longer one of its
+// members: its queued records are dropped, and answers to records already
+// sent are ignored by the tracker. Called under Client.mu.
+func (n *node) removePG(pg uint32) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.pgs, pg)
+	delete(n.declared, pg)
+	kept := n.queue[:0]
+	bytes := 0
+	for _, e := range n.queue {
+		if e.pg.idx == pg {
+			continue
+		}
+		kept = append(kept, e)
+		bytes += len(e.data)
+	}
+	clear(n.queue[len(kept):])
+	n.queue = kept
+	n.queueBytes = bytes
+}
+
 // signal wakes the sender.
 func (n *node) signal() {
 	select {
@@ -221,6 +251,12 @@ func (n *node) run() {
 		if reasonOf(err) == pb.Reason_STALE_EPOCH {
 			c.fence(n.m.NodeID, err)
 			return
+		}
+		if reasonOf(err) == pb.Reason_STALE_MEMBERSHIP {
+			// The node was told of a newer membership of the PG than this
+			// client counts acks under; until the client takes it, every
+			// stream would be refused the same way.
+			c.refreshMembership(n.m.NodeID, detailOf(err).GetPg(), err)
 		}
 		n.mu.Lock()
 		n.lastErr = err
@@ -433,7 +469,7 @@ func (n *node) build(now time.Time) *pb.AppendRequest {
 		}
 		sort.Slice(idxs, func(i, j int) bool { return idxs[i] < idxs[j] })
 		for _, idx := range idxs {
-			req.Declare = append(req.Declare, n.pgs[idx].spec)
+			req.Declare = append(req.Declare, n.pgs[idx].mem.Load().spec)
 			n.declared[idx] = true
 		}
 	}
@@ -441,7 +477,7 @@ func (n *node) build(now time.Time) *pb.AppendRequest {
 	batch := func(p *pgState) *pb.SegmentBatch {
 		b, ok := batches[p.idx]
 		if !ok {
-			b = &pb.SegmentBatch{Pg: p.idx, RetainLsn: p.retain.Load()}
+			b = &pb.SegmentBatch{Pg: p.idx, RetainLsn: p.retain.Load(), MembershipEpoch: p.mem.Load().epoch}
 			batches[p.idx] = b
 			req.Batches = append(req.Batches, b)
 		}

@@ -17,23 +17,25 @@ func newTestClient(t *testing.T) (*Client, *pgState, []*node) {
 		members = append(members, Member{NodeID: id, AZ: id[:1], Addr: "unused:1"})
 	}
 	c, err := Open(context.Background(), Config{VolumeID: 1, Epoch: 1, PagesPerPG: 16, Logger: testLogger(),
-		Placement: func(uint32) ([]Member, error) { return members, nil }})
+		Placement: func(uint32) (Membership, error) { return OneSet(members), nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.mu.Lock()
-	p := &pgState{idx: 0, members: members, scl: map[string]uint64{}}
+	p := &pgState{idx: 0, scl: map[string]uint64{}}
+	pm := &pgMembership{epoch: 1, members: members}
 	ids := make([]quorum.SegmentID, len(members))
 	for i, m := range members {
 		ids[i] = quorum.SegmentID(m.NodeID)
 		n := &node{c: c, m: m, wake: make(chan struct{}, 1), pgs: map[uint32]*pgState{}, declared: map[uint32]bool{}}
 		c.nodes[m.NodeID] = n
-		p.nodes = append(p.nodes, n)
+		pm.nodes = append(pm.nodes, n)
 	}
-	p.qcfg = quorum.Config{Epoch: 1, Sets: []quorum.Set{quorum.Default(ids)}}
+	pm.qcfg = quorum.Config{Epoch: 1, Sets: []quorum.Set{quorum.Default(ids)}}
+	p.mem.Store(pm)
 	p.written = true
 	c.pgs[0] = p
-	c.tracker.SetConfig(0, p.qcfg)
+	c.tracker.SetConfig(0, pm.qcfg)
 	for lsn := uint64(1); lsn <= 10; lsn++ {
 		if err := c.tracker.Allocated(lsn, 0, true); err != nil {
 			t.Fatal(err)
@@ -41,7 +43,7 @@ func newTestClient(t *testing.T) (*Client, *pgState, []*node) {
 		p.pending = append(p.pending, lsn)
 	}
 	c.mu.Unlock()
-	return c, p, p.nodes
+	return c, p, pm.nodes
 }
 
 func TestReconnectDropsDurableAndResendsRest(t *testing.T) {

@@ -78,16 +78,17 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 	// records at or below readLSN, so "not hosted" can't mean "all zeros".
 	wrote := (p.first != 0 && p.first <= readLSN) || tail > 0
 	now := time.Now()
-	known := make([]quorum.ReadCandidate, len(p.nodes))
-	for i, n := range p.nodes {
-		id := p.members[i].NodeID
+	pm := p.mem.Load()
+	known := make([]quorum.ReadCandidate, len(pm.nodes))
+	for i, n := range pm.nodes {
+		id := pm.members[i].NodeID
 		known[i] = quorum.ReadCandidate{ID: quorum.SegmentID(id), SCL: p.scl[id], Reachable: n.reachable(now), Latency: n.latency()}
 	}
 	c.mu.Unlock()
 	order := quorum.ReadOrder(known, quorum.ReadNeed(readLSN, tail))
 	cands := make([]cand, len(order))
 	for k, i := range order {
-		cands[k] = cand{n: p.nodes[i], m: p.members[i], lat: known[i].Latency}
+		cands[k] = cand{n: pm.nodes[i], m: pm.members[i], lat: known[i].Latency}
 	}
 
 	req := &pb.GetPageRequest{
@@ -175,7 +176,7 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 		}
 		re.Tried = append(re.Tried, SegmentError{Member: cands[k].m, Err: err})
 	}
-	if p.qcfg.ReadsAsZeros(func(s quorum.SegmentID) bool { return notHosted[s] }, wrote) {
+	if pm.qcfg.ReadsAsZeros(func(s quorum.SegmentID) bool { return notHosted[s] }, wrote) {
 		return make([]byte, c.cfg.PageSize), nil
 	}
 	return nil, re
@@ -185,7 +186,7 @@ func (c *Client) ReadPage(ctx context.Context, page uint64, readLSN uint64) ([]b
 func (c *Client) noteSCL(p *pgState, nodeID string, scl uint64) {
 	c.mu.Lock()
 	if p.noteSCLLocked(nodeID, scl, time.Now(), time.Time{}) {
-		p.retain.Store(c.minSCLLocked(p))
+		p.retain.Store(c.retainLocked(p, time.Now()))
 	}
 	c.mu.Unlock()
 }

@@ -29,11 +29,15 @@ const DefaultRecoverRPCTimeout = 5 * time.Second
 // recovered VDL that gossip is still copying to a write quorum.
 const recoverPoll = 100 * time.Millisecond
 
-// RecoverPG is one PG of the volume and its segments.
+// RecoverPG is one PG of the volume and its membership: recovery needs a
+// read quorum of every set, and the truncation a write quorum of every set.
 type RecoverPG struct {
-	PG      uint32
-	Members []Member
+	PG         uint32
+	Membership Membership
 }
+
+// members returns every segment of the PG, of any set.
+func (p RecoverPG) members() []Member { return p.Membership.Members() }
 
 // RecoverConfig describes a recovery. RecoverConfigFromControl fills it from
 // the control plane.
@@ -263,17 +267,10 @@ func Recover(ctx context.Context, cfg RecoverConfig) (Recovered, error) {
 			return Recovered{}, fmt.Errorf("volume %d: PG %d is listed twice", cfg.VolumeID, p.PG)
 		}
 		seen[p.PG] = true
-		if len(p.Members) == 0 {
-			return Recovered{}, fmt.Errorf("volume %d: PG %d has no segments", cfg.VolumeID, p.PG)
+		if err := p.Membership.validate(); err != nil {
+			return Recovered{}, fmt.Errorf("volume %d: PG %d: %w", cfg.VolumeID, p.PG, err)
 		}
-		ids := map[string]bool{}
-		for _, m := range p.Members {
-			if m.NodeID == "" || ids[m.NodeID] {
-				return Recovered{}, fmt.Errorf("volume %d: PG %d lists a segment without a node id, or a node twice (%q); the segments of a PG are on distinct nodes", cfg.VolumeID, p.PG, m.NodeID)
-			}
-			ids[m.NodeID] = true
-		}
-		for _, m := range p.Members {
+		for _, m := range p.members() {
 			if err := r.dial(m); err != nil {
 				return Recovered{}, err
 			}
@@ -361,11 +358,15 @@ func (r *recoverer) close() {
 }
 
 func (r *recoverer) qconfig(p RecoverPG) quorum.Config {
-	ids := make([]quorum.SegmentID, len(p.Members))
-	for i, m := range p.Members {
-		ids[i] = quorum.SegmentID(m.NodeID)
+	c := quorum.Config{Epoch: p.Membership.Epoch}
+	for _, s := range p.Membership.Sets {
+		ids := make([]quorum.SegmentID, len(s))
+		for i, m := range s {
+			ids[i] = quorum.SegmentID(m.NodeID)
+		}
+		c.Sets = append(c.Sets, quorum.Default(ids))
 	}
-	return quorum.Config{Epoch: membershipEpoch, Sets: []quorum.Set{quorum.Default(ids)}}
+	return c
 }
 
 // segInfo is one member's SegmentInfo answer, or why there is none.
@@ -382,9 +383,10 @@ func (r *recoverer) gather(ctx context.Context) (recovery.Input, map[uint32][]se
 	infos := map[uint32][]segInfo{}
 	var wg sync.WaitGroup
 	for _, p := range r.cfg.PGs {
-		row := make([]segInfo, len(p.Members))
+		ms := p.members()
+		row := make([]segInfo, len(ms))
 		infos[p.PG] = row
-		for i, m := range p.Members {
+		for i, m := range ms {
 			wg.Go(func() { row[i] = r.askInfo(ctx, p.PG, m) })
 		}
 	}
@@ -604,7 +606,7 @@ func (r *recoverer) truncate(ctx context.Context, res recovery.Result) (map[uint
 		acked[p.PG] = map[quorum.SegmentID]bool{}
 		complete[p.PG] = map[quorum.SegmentID]bool{}
 		causes[p.PG] = map[string]error{}
-		for _, m := range p.Members {
+		for _, m := range p.members() {
 			send(p.PG, m)
 			pending++
 			pendingPG[p.PG]++
@@ -626,8 +628,8 @@ func (r *recoverer) truncate(ctx context.Context, res recovery.Result) (map[uint
 			return
 		}
 		p := byPG[pg]
-		w := &RecoverWait{PG: pg, Step: "Truncate", Have: len(acked[pg]), Need: r.writeQuorumSize(p), Segments: len(p.Members)}
-		for _, m := range p.Members {
+		w := &RecoverWait{PG: pg, Step: "Truncate", Have: len(acked[pg]), Need: r.writeQuorumSize(p), Segments: len(p.members())}
+		for _, m := range p.members() {
 			if err, ok := causes[pg][m.NodeID]; ok {
 				w.Causes = append(w.Causes, SegmentError{Member: m, Err: err})
 			}
@@ -686,7 +688,7 @@ func (r *recoverer) truncate(ctx context.Context, res recovery.Result) (map[uint
 			for _, p := range r.cfg.PGs {
 				if !qcfgs[p.PG].WriteQuorum(func(s quorum.SegmentID) bool { return acked[p.PG][s] }) {
 					re := &RecoverError{Volume: r.cfg.VolumeID, PG: p.PG, Step: "Truncate", Err: fmt.Errorf("no write quorum acknowledged the truncation: %w", ctx.Err())}
-					for _, m := range p.Members {
+					for _, m := range p.members() {
 						if !acked[p.PG][quorum.SegmentID(m.NodeID)] {
 							re.Causes = append(re.Causes, SegmentError{Member: m, Err: causes[p.PG][m.NodeID]})
 						}
@@ -731,7 +733,7 @@ func (r *recoverer) awaitDurable(ctx context.Context, res recovery.Result, pgs [
 				p := pgs[0]
 				re := &RecoverError{Volume: r.cfg.VolumeID, PG: p.PG, Step: "durable",
 					Err: fmt.Errorf("fewer than a write quorum of segments are complete up to the PG's tail at LSN %d (at or below the VDL %d): %w", res.Tails[p.PG], res.VDL, ctx.Err())}
-				for _, m := range p.Members {
+				for _, m := range p.members() {
 					if err, ok := last[p.PG][m.NodeID]; ok {
 						re.Causes = append(re.Causes, SegmentError{Member: m, Err: err})
 					}
@@ -749,7 +751,7 @@ func (r *recoverer) awaitDurable(ctx context.Context, res recovery.Result, pgs [
 			errs := map[string]error{}
 			var pmu sync.Mutex
 			var pwg sync.WaitGroup
-			for _, m := range p.Members {
+			for _, m := range p.members() {
 				pwg.Go(func() {
 					rctx, cancel := context.WithTimeout(ctx, r.cfg.RPCTimeout)
 					defer cancel()
@@ -793,8 +795,8 @@ func (r *recoverer) awaitDurable(ctx context.Context, res recovery.Result, pgs [
 		}
 		if len(missing) > 0 && r.cfg.Waiting != nil {
 			p := missing[0]
-			w := &RecoverWait{PG: p.PG, Step: "durable", Tail: res.Tails[p.PG], Have: have[p.PG], Need: r.writeQuorumSize(p), Segments: len(p.Members)}
-			for _, m := range p.Members {
+			w := &RecoverWait{PG: p.PG, Step: "durable", Tail: res.Tails[p.PG], Have: have[p.PG], Need: r.writeQuorumSize(p), Segments: len(p.members())}
+			for _, m := range p.members() {
 				if err, ok := last[p.PG][m.NodeID]; ok {
 					w.Causes = append(w.Causes, SegmentError{Member: m, Err: err})
 				}
@@ -818,9 +820,13 @@ func (r *recoverer) declare(ctx context.Context, p RecoverPG, m Member, ts []seg
 	if r.cfg.PageSize <= 0 || r.cfg.PagesPerPG == 0 {
 		return errors.New("RecoverConfig has no page size or PG size to declare it with")
 	}
-	spec := &pb.SegmentSpec{Volume: r.cfg.VolumeID, Incarnation: r.cfg.Incarnation, Pg: p.PG, PageSize: uint32(r.cfg.PageSize), PagesPerPg: r.cfg.PagesPerPG, MembershipEpoch: membershipEpoch}
-	for _, mm := range p.Members {
-		spec.Members = append(spec.Members, &pb.Member{NodeId: mm.NodeID, Az: mm.AZ, Addr: mm.Addr})
+	spec := &pb.SegmentSpec{Volume: r.cfg.VolumeID, Incarnation: r.cfg.Incarnation, Pg: p.PG, PageSize: uint32(r.cfg.PageSize), PagesPerPg: r.cfg.PagesPerPG, MembershipEpoch: p.Membership.Epoch}
+	for _, set := range p.Membership.Sets {
+		ms := &pb.MemberSet{}
+		for _, mm := range set {
+			ms.Members = append(ms.Members, &pb.Member{NodeId: mm.NodeID, Az: mm.AZ, Addr: mm.Addr})
+		}
+		spec.MemberSets = append(spec.MemberSets, ms)
 	}
 	for _, t := range ts {
 		spec.Truncations = append(spec.Truncations, &pb.Truncation{After: t.After, Through: t.Through, Epoch: t.Epoch, Tail: t.Tail})
@@ -864,7 +870,7 @@ func RecoverConfigOf(ctl pb.ControlClient, name string, v *pb.VolumeInfo, epoch 
 	}
 	cfg := RecoverConfig{VolumeID: v.Id, Incarnation: v.Incarnation, Epoch: epoch, PageSize: int(v.PageSize), PagesPerPG: v.PagesPerPg}
 	for _, p := range v.PgList {
-		cfg.PGs = append(cfg.PGs, RecoverPG{PG: p.Pg, Members: members(p)})
+		cfg.PGs = append(cfg.PGs, RecoverPG{PG: p.Pg, Membership: membershipOf(p)})
 	}
 	if len(cfg.PGs) != int(v.Pgs) {
 		return RecoverConfig{}, fmt.Errorf("volume %s has %d PGs, and the catalog lists segments for %d of them", name, v.Pgs, len(cfg.PGs))

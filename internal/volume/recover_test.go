@@ -357,7 +357,7 @@ func TestRecoverNeedsReadQuorum(t *testing.T) {
 		cl.stop(i)
 	}
 	_, err := Recover(ctx, RecoverConfig{VolumeID: 7, Epoch: 2, PageSize: 4096, PagesPerPG: 16, SkipRecord: true,
-		PGs: []RecoverPG{{PG: 0, Members: cl.members}}, RPCTimeout: time.Second, Logger: testLogger()})
+		PGs: []RecoverPG{{PG: 0, Membership: OneSet(cl.members)}}, RPCTimeout: time.Second, Logger: testLogger()})
 	var re *RecoverError
 	var nq *recovery.NoReadQuorumError
 	if !errors.As(err, &re) || !errors.As(err, &nq) || re.PG != 0 || re.Step != "SegmentInfo" || len(re.Causes) != 4 {
@@ -389,7 +389,7 @@ func TestRecoverCountsOnlyItsIncarnation(t *testing.T) {
 	}
 	c.Close()
 	rc := RecoverConfig{VolumeID: 7, Incarnation: 6, Epoch: 2, PageSize: 4096, PagesPerPG: 16, SkipRecord: true,
-		PGs: []RecoverPG{{PG: 0, Members: cl.members}}, RPCTimeout: time.Second, Logger: testLogger()}
+		PGs: []RecoverPG{{PG: 0, Membership: OneSet(cl.members)}}, RPCTimeout: time.Second, Logger: testLogger()}
 	_, err = Recover(ctx, rc)
 	var re *RecoverError
 	if !errors.As(err, &re) || re.PG != 0 || !strings.Contains(err.Error(), "holds incarnation 5 of volume id 7, and the catalog's volume is incarnation 6") {

@@ -32,7 +32,7 @@ func TestRecoverSaysWhatItWaitsFor(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		_, err := Recover(ctx, RecoverConfig{VolumeID: 7, Epoch: 2, PageSize: 4096, PagesPerPG: 16, SkipRecord: true,
-			PGs: []RecoverPG{{PG: 0, Members: cl.members}}, RPCTimeout: time.Second, Logger: testLogger(),
+			PGs: []RecoverPG{{PG: 0, Membership: OneSet(cl.members)}}, RPCTimeout: time.Second, Logger: testLogger(),
 			Waiting: func(w *RecoverWait) {
 				mu.Lock()
 				waits = append(waits, w)

@@ -42,7 +42,7 @@ func (c *Client) pgRedoSince(ctx context.Context, idx uint32, after, upto, tail 
 		return nil, err
 	}
 	var errs []error
-	for _, n := range p.nodes {
+	for _, n := range p.mem.Load().nodes {
 		recs, err := pullSince(ctx, n.rpc, c.cfg.VolumeID, idx, after, upto, tail)
 		if err == nil {
 			return recs, nil

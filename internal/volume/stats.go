@@ -30,6 +30,10 @@ type Stats struct {
 	DroppedRecords uint64
 	// Reconnects counts Append stream retries.
 	Reconnects uint64
+	// MembershipChanges counts PG memberships the client replaced by a
+	// newer one; StaleMemberships the refusals of nodes that held a newer
+	// one than the client, each followed by a fetch of it.
+	MembershipChanges, StaleMemberships uint64
 	// Reads and HedgedReads count ReadPage calls and the extra GetPage
 	// requests sent because a segment was slow or failed.
 	Reads, HedgedReads uint64
@@ -42,6 +46,7 @@ type Stats struct {
 type counters struct {
 	commits, requests, recordsSent, recordBytesSent, records, recordBytes, resent, dropped, reconnects atomic.Uint64
 	reads, hedged, bytesOut, bytesIn                                                                   atomic.Uint64
+	membershipChanges, staleMemberships                                                                atomic.Uint64
 }
 
 // Stats returns the client's counters.
@@ -50,21 +55,23 @@ func (c *Client) Stats() Stats {
 	last := c.tracker.LastAllocated()
 	c.mu.Unlock()
 	return Stats{
-		Commits:         c.st.commits.Load(),
-		Requests:        c.st.requests.Load(),
-		RecordsSent:     c.st.recordsSent.Load(),
-		RecordBytesSent: c.st.recordBytesSent.Load(),
-		Records:         c.st.records.Load(),
-		RecordBytes:     c.st.recordBytes.Load(),
-		ResentRecords:   c.st.resent.Load(),
-		DroppedRecords:  c.st.dropped.Load(),
-		Reconnects:      c.st.reconnects.Load(),
-		Reads:           c.st.reads.Load(),
-		HedgedReads:     c.st.hedged.Load(),
-		BytesSent:       c.st.bytesOut.Load(),
-		BytesReceived:   c.st.bytesIn.Load(),
-		VDL:             c.vdl.Load(),
-		LastAllocated:   last,
+		Commits:           c.st.commits.Load(),
+		Requests:          c.st.requests.Load(),
+		RecordsSent:       c.st.recordsSent.Load(),
+		RecordBytesSent:   c.st.recordBytesSent.Load(),
+		Records:           c.st.records.Load(),
+		RecordBytes:       c.st.recordBytes.Load(),
+		ResentRecords:     c.st.resent.Load(),
+		DroppedRecords:    c.st.dropped.Load(),
+		Reconnects:        c.st.reconnects.Load(),
+		MembershipChanges: c.st.membershipChanges.Load(),
+		StaleMemberships:  c.st.staleMemberships.Load(),
+		Reads:             c.st.reads.Load(),
+		HedgedReads:       c.st.hedged.Load(),
+		BytesSent:         c.st.bytesOut.Load(),
+		BytesReceived:     c.st.bytesIn.Load(),
+		VDL:               c.vdl.Load(),
+		LastAllocated:     last,
 	}
 }
 

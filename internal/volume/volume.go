@@ -106,9 +106,6 @@ const (
 	unavailableRecheck = 100 * time.Millisecond
 	// minHedge is the least delay before a read is hedged to another segment.
 	minHedge = 2 * time.Millisecond
-	// membershipEpoch is the membership epoch of the static placement. The
-	// control plane replaces both later.
-	membershipEpoch = 1
 	// pageLSNCap bounds the page -> last LSN map used for PrevPageLSN. When
 	// it fills up it is cleared: PrevPageLSN 0 means "unknown", which is
 	// always allowed.
@@ -132,13 +129,23 @@ type Config struct {
 	PageSize int
 	// PagesPerPG: PG i holds pages [i*N+1, (i+1)*N]. Default: 10 GiB worth.
 	PagesPerPG uint64
-	// Placement returns the segments (normally 6, 2 per AZ) of a PG. It is
-	// called once per PG, outside the client's locks.
-	Placement func(pg uint32) ([]Member, error)
+	// Placement returns the membership of a PG: its segments (normally 6,
+	// 2 per AZ), in two sets during a membership change. It is called the
+	// first time the client touches the PG, outside the client's locks.
+	Placement func(pg uint32) (Membership, error)
 	// Grow, when set, is asked for a PG that Placement reports missing
 	// (ErrNoSuchPG) the first time a write reaches it: the volume grows by
 	// that PG (and any before it). A read of a missing PG reads zeros.
-	Grow func(pg uint32) ([]Member, error)
+	Grow func(pg uint32) (Membership, error)
+	// Refresh, when set, returns a PG's current membership from its source
+	// (not from a cache): the client asks it when a storage node refuses a
+	// request for counting acks under an older membership epoch than it
+	// holds (STALE_MEMBERSHIP). Without it the client asks Placement.
+	Refresh func(pg uint32) (Membership, error)
+	// Follow, when set, is called once by Open with the client's
+	// SetMembership, for the source to report each PG's changes of
+	// membership as they happen.
+	Follow func(set func(pg uint32, m Membership))
 	// BaseLSN is the VDL recovered at open; 0 for a new volume. New LSNs
 	// start at BaseLSN+1.
 	BaseLSN uint64
@@ -231,13 +238,13 @@ type Client struct {
 // pgState is the client's view of one PG. Fields marked immutable are set
 // before the pgState is published in Client.pgs.
 type pgState struct {
-	idx     uint32            // immutable
-	members []Member          // immutable
-	nodes   []*node           // immutable, parallel to members
-	spec    *pb.SegmentSpec   // immutable
-	qcfg    quorum.Config     // immutable
-	retain  atomic.Uint64     // lowest SCL known among members
-	scl     map[string]uint64 // guarded by Client.mu: node id -> last known SCL
+	idx uint32 // immutable
+	// mem is the PG's current membership; it is replaced (under Client.mu)
+	// when the membership changes, never modified.
+	mem    atomic.Pointer[pgMembership]
+	since  time.Time         // immutable: when the client first touched the PG
+	retain atomic.Uint64     // lowest SCL among members that may pull (retainLocked)
+	scl    map[string]uint64 // guarded by Client.mu: node id -> last known SCL
 	// sclAt (guarded by Client.mu) is when each member's SCL last rose, or
 	// was first reported: a wait past WriteTimeout does not count a segment
 	// that answers but has stood still below the record (quorum.Judge).
@@ -310,6 +317,13 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	c.vdl.Store(cfg.BaseLSN)
 	c.mrp.Store(cfg.BaseLSN)
 	c.ctx, c.stop = context.WithCancel(context.Background())
+	if cfg.Follow != nil {
+		cfg.Follow(func(pg uint32, m Membership) {
+			if err := c.SetMembership(pg, m); err != nil {
+				c.log.Warn("membership change not taken", "pg", pg, "err", err)
+			}
+		})
+	}
 	c.dials = append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(grpc.ConnectParams{
@@ -380,26 +394,12 @@ func (c *Client) pg(ctx context.Context, idx uint32, write bool) (*pgState, erro
 		c.resolving[idx] = ch
 		c.mu.Unlock()
 
-		members, err := c.cfg.Placement(idx)
+		ms, err := c.cfg.Placement(idx)
 		if errors.Is(err, ErrNoSuchPG) && write && c.cfg.Grow != nil {
-			members, err = c.cfg.Grow(idx)
-		}
-		if err == nil && len(members) == 0 {
-			err = errors.New("Placement returned no segments; every PG needs its 6")
+			ms, err = c.cfg.Grow(idx)
 		}
 		if err == nil {
-			seen := map[string]bool{}
-			for _, m := range members {
-				if m.NodeID == "" {
-					err = fmt.Errorf("Placement returned a segment without a node id (address %q)", m.Addr)
-					break
-				}
-				if seen[m.NodeID] {
-					err = fmt.Errorf("Placement returned node %s twice; the segments of a PG must be on distinct nodes", m.NodeID)
-					break
-				}
-				seen[m.NodeID] = true
-			}
+			err = ms.validate()
 		}
 
 		c.mu.Lock()
@@ -409,42 +409,20 @@ func (c *Client) pg(ctx context.Context, idx uint32, write bool) (*pgState, erro
 			c.mu.Unlock()
 			return nil, fmt.Errorf("volume %d: placement of PG %d: %w", c.cfg.VolumeID, idx, err)
 		}
-		p := c.newPGLocked(idx, members)
+		p := c.newPGLocked(idx, ms)
 		c.mu.Unlock()
 		return p, nil
 	}
 }
 
-func (c *Client) newPGLocked(idx uint32, members []Member) *pgState {
-	p := &pgState{idx: idx, members: members, scl: make(map[string]uint64), sclAt: make(map[string]time.Time), reportAt: make(map[string]time.Time), recv: make(map[string]received)}
-	ids := make([]quorum.SegmentID, len(members))
-	spec := &pb.SegmentSpec{
-		Volume:          c.cfg.VolumeID,
-		Incarnation:     c.cfg.Incarnation,
-		Pg:              idx,
-		PageSize:        uint32(c.cfg.PageSize),
-		PagesPerPg:      c.cfg.PagesPerPG,
-		MembershipEpoch: membershipEpoch,
-	}
+func (c *Client) newPGLocked(idx uint32, ms Membership) *pgState {
+	p := &pgState{idx: idx, since: time.Now(), scl: make(map[string]uint64), sclAt: make(map[string]time.Time), reportAt: make(map[string]time.Time), recv: make(map[string]received)}
 	for _, t := range c.cfg.Truncations[idx] {
-		spec.Truncations = append(spec.Truncations, &pb.Truncation{After: t.After, Through: t.Through, Epoch: t.Epoch, Tail: t.Tail})
 		if t.Epoch == c.cfg.Epoch {
 			p.recovered = t.After
 		}
 	}
-	for i, m := range members {
-		ids[i] = quorum.SegmentID(m.NodeID)
-		spec.Members = append(spec.Members, &pb.Member{NodeId: m.NodeID, Az: m.AZ, Addr: m.Addr})
-		n, ok := c.nodes[m.NodeID]
-		if !ok {
-			n = c.newNodeLocked(m)
-			c.nodes[m.NodeID] = n
-		}
-		p.nodes = append(p.nodes, n)
-	}
-	set := quorum.Default(ids)
-	p.qcfg = quorum.Config{Epoch: membershipEpoch, Sets: []quorum.Set{set}}
-	p.spec = spec
+	p.mem.Store(c.newMembershipLocked(p, ms))
 	if t, ok := c.cfg.PGTails[idx]; ok && t > 0 {
 		p.last = t
 		p.lsns = []uint64{t}
@@ -566,10 +544,11 @@ func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
 		p := r.pg
 		lsn := c.tracker.LastAllocated() + 1
 		cpl := i == len(recs)-1
+		pm := p.mem.Load()
 		if !p.written {
-			c.tracker.SetConfig(p.idx, p.qcfg)
+			c.tracker.SetConfig(p.idx, pm.qcfg)
 			p.written = true
-			for _, n := range p.nodes {
+			for _, n := range pm.nodes {
 				n.addPG(p)
 			}
 		}
@@ -615,7 +594,7 @@ func (c *Client) Submit(ctx context.Context, mtr []PageWrite) (uint64, error) {
 		if published != nil {
 			published = append(published, e.data)
 		}
-		for _, n := range p.nodes {
+		for _, n := range pm.nodes {
 			j, ok := byNode[n]
 			if !ok {
 				j = len(batches)
@@ -741,12 +720,13 @@ func (c *Client) unavailable(target uint64, waited time.Duration) *UnavailableEr
 		if len(p.pending) == 0 || p.pending[0] > target {
 			continue
 		}
-		byID := make(map[quorum.SegmentID]*node, len(p.nodes))
-		for _, n := range p.nodes {
+		pm := p.mem.Load()
+		byID := make(map[quorum.SegmentID]*node, len(pm.nodes))
+		for _, n := range pm.nodes {
 			byID[quorum.SegmentID(n.m.NodeID)] = n
 		}
-		prog := make(map[quorum.SegmentID]quorum.Progress, len(p.nodes))
-		st := p.qcfg.Judge(p.pending[0], stuckAfter, reportFresh, func(id quorum.SegmentID) quorum.Progress {
+		prog := make(map[quorum.SegmentID]quorum.Progress, len(pm.nodes))
+		st := pm.qcfg.Judge(p.pending[0], stuckAfter, reportFresh, func(id quorum.SegmentID) quorum.Progress {
 			var pr quorum.Progress
 			if n := byID[id]; n != nil {
 				pr = n.progress(now, p.scl[n.m.NodeID], p.sclAt[n.m.NodeID], p.reportAt[n.m.NodeID], p.recv[n.m.NodeID], p.pending[0])
@@ -767,23 +747,24 @@ func (c *Client) unavailable(target uint64, waited time.Duration) *UnavailableEr
 	if worst == nil {
 		return nil
 	}
+	wm := worst.mem.Load()
 	e := &UnavailableError{
 		Volume:   c.cfg.VolumeID,
 		PG:       worst.idx,
-		Segments: len(worst.members),
+		Segments: len(wm.members),
 		LSN:      target,
 		PGLSN:    worst.pending[0],
 		Waited:   waited,
 	}
 	for _, id := range worstStall.Unreachable {
-		i := slices.IndexFunc(worst.members, func(m Member) bool { return m.NodeID == string(id) })
-		e.Unreachable = append(e.Unreachable, worst.members[i])
-		e.Causes = append(e.Causes, worst.nodes[i].unreachableCause(now))
+		i := slices.IndexFunc(wm.members, func(m Member) bool { return m.NodeID == string(id) })
+		e.Unreachable = append(e.Unreachable, wm.members[i])
+		e.Causes = append(e.Causes, wm.nodes[i].unreachableCause(now))
 	}
 	for _, id := range worstStall.Behind {
-		i := slices.IndexFunc(worst.members, func(m Member) bool { return m.NodeID == string(id) })
+		i := slices.IndexFunc(wm.members, func(m Member) bool { return m.NodeID == string(id) })
 		pr := worstProg[id]
-		e.Behind = append(e.Behind, BehindSegment{Member: worst.members[i], SCL: pr.SCL, Unchanged: pr.Unchanged})
+		e.Behind = append(e.Behind, BehindSegment{Member: wm.members[i], SCL: pr.SCL, Unchanged: pr.Unchanged})
 	}
 	if now.Sub(worst.warned) > 5*time.Second {
 		worst.warned = now
@@ -818,19 +799,15 @@ func (c *Client) onAcks(n *node, acks []*pb.SegmentAck, sent []*entry) {
 		}
 		c.tracker.Ack(p.idx, seg, a.GetScl())
 		p.noteSCLLocked(n.m.NodeID, a.GetScl(), now, connectedAt)
-		pgcl := c.tracker.PGCL(p.idx)
-		k := 0
-		for k < len(p.pending) && p.pending[k] <= pgcl {
-			k++
-		}
-		if k > 0 {
-			p.pending = p.pending[k:]
-			if len(p.pending) == 0 {
-				p.pending = nil
-			}
-		}
-		p.retain.Store(c.minSCLLocked(p))
+		p.trimPendingLocked(c.tracker.PGCL(p.idx))
+		p.retain.Store(c.retainLocked(p, now))
 	}
+	c.advancedLocked(now)
+}
+
+// advancedLocked publishes a VDL the tracker raised: it wakes the waiters
+// it reaches and tells the redo stream.
+func (c *Client) advancedLocked(now time.Time) {
 	if vdl := c.tracker.VDL(); vdl > c.vdl.Load() {
 		c.vdl.Store(vdl)
 		c.wakeLocked(vdl, false)
@@ -890,16 +867,6 @@ func (p *pgState) noteSCLLocked(nodeID string, scl uint64, now, connectedAt time
 	p.sclAt[nodeID] = now
 	p.scl[nodeID] = scl
 	return scl != old
-}
-
-func (c *Client) minSCLLocked(p *pgState) uint64 {
-	var lo uint64 = math.MaxUint64
-	for _, m := range p.members {
-		if s := p.scl[m.NodeID]; s < lo {
-			lo = s
-		}
-	}
-	return lo
 }
 
 // fence marks the client fenced (a node refused its epoch as stale).
@@ -971,8 +938,9 @@ func (c *Client) SegmentSCLs(pg uint32) map[string]uint64 {
 	if !ok {
 		return map[string]uint64{}
 	}
-	out := make(map[string]uint64, len(p.members))
-	for _, m := range p.members {
+	pm := p.mem.Load()
+	out := make(map[string]uint64, len(pm.members))
+	for _, m := range pm.members {
 		out[m.NodeID] = p.scl[m.NodeID]
 	}
 	return out

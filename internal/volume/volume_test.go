@@ -105,8 +105,8 @@ func (cl *cluster) restart(i int) {
 	cl.serve(i, lis)
 }
 
-func (cl *cluster) placement(pg uint32) ([]Member, error) {
-	return append([]Member(nil), cl.members...), nil
+func (cl *cluster) placement(pg uint32) (Membership, error) {
+	return OneSet(append([]Member(nil), cl.members...)), nil
 }
 
 func (cl *cluster) open(t *testing.T, mod func(*Config)) *Client {
