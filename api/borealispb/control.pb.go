@@ -25,6 +25,166 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type RemoveNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeRequest) Reset() {
+	*x = RemoveNodeRequest{}
+	mi := &file_control_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeRequest) ProtoMessage() {}
+
+func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
+func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RemoveNodeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DrainNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeRequest) Reset() {
+	*x = DrainNodeRequest{}
+	mi := &file_control_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeRequest) ProtoMessage() {}
+
+func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
+func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DrainNodeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type NodeAdminResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node's state now: "draining" or "removed".
+	Admin string `protobuf:"bytes,1,opt,name=admin,proto3" json:"admin,omitempty"`
+	// Its state before: "" (in service), "draining" or "removed".
+	Previous string `protobuf:"bytes,2,opt,name=previous,proto3" json:"previous,omitempty"`
+	// The segments it holds now (the load record); repair moves them off.
+	Segments uint32 `protobuf:"varint,3,opt,name=segments,proto3" json:"segments,omitempty"`
+	// Whether it heartbeats.
+	State         string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeAdminResponse) Reset() {
+	*x = NodeAdminResponse{}
+	mi := &file_control_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeAdminResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeAdminResponse) ProtoMessage() {}
+
+func (x *NodeAdminResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeAdminResponse.ProtoReflect.Descriptor instead.
+func (*NodeAdminResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *NodeAdminResponse) GetAdmin() string {
+	if x != nil {
+		return x.Admin
+	}
+	return ""
+}
+
+func (x *NodeAdminResponse) GetPrevious() string {
+	if x != nil {
+		return x.Previous
+	}
+	return ""
+}
+
+func (x *NodeAdminResponse) GetSegments() uint32 {
+	if x != nil {
+		return x.Segments
+	}
+	return 0
+}
+
+func (x *NodeAdminResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
 // InstanceInfo is a database instance as the catalog knows it.
 type InstanceInfo struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -57,7 +217,7 @@ type InstanceInfo struct {
 
 func (x *InstanceInfo) Reset() {
 	*x = InstanceInfo{}
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -69,7 +229,7 @@ func (x *InstanceInfo) String() string {
 func (*InstanceInfo) ProtoMessage() {}
 
 func (x *InstanceInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -82,7 +242,7 @@ func (x *InstanceInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceInfo.ProtoReflect.Descriptor instead.
 func (*InstanceInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{0}
+	return file_control_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *InstanceInfo) GetVolume() string {
@@ -179,7 +339,7 @@ type RegisterInstanceRequest struct {
 
 func (x *RegisterInstanceRequest) Reset() {
 	*x = RegisterInstanceRequest{}
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -191,7 +351,7 @@ func (x *RegisterInstanceRequest) String() string {
 func (*RegisterInstanceRequest) ProtoMessage() {}
 
 func (x *RegisterInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -204,7 +364,7 @@ func (x *RegisterInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterInstanceRequest.ProtoReflect.Descriptor instead.
 func (*RegisterInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{1}
+	return file_control_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RegisterInstanceRequest) GetInfo() *InstanceInfo {
@@ -230,7 +390,7 @@ type RegisterInstanceResponse struct {
 
 func (x *RegisterInstanceResponse) Reset() {
 	*x = RegisterInstanceResponse{}
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -242,7 +402,7 @@ func (x *RegisterInstanceResponse) String() string {
 func (*RegisterInstanceResponse) ProtoMessage() {}
 
 func (x *RegisterInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -255,7 +415,7 @@ func (x *RegisterInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterInstanceResponse.ProtoReflect.Descriptor instead.
 func (*RegisterInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{2}
+	return file_control_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RegisterInstanceResponse) GetLease() int64 {
@@ -276,7 +436,7 @@ type RenewInstanceRequest struct {
 
 func (x *RenewInstanceRequest) Reset() {
 	*x = RenewInstanceRequest{}
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -288,7 +448,7 @@ func (x *RenewInstanceRequest) String() string {
 func (*RenewInstanceRequest) ProtoMessage() {}
 
 func (x *RenewInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -301,7 +461,7 @@ func (x *RenewInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewInstanceRequest.ProtoReflect.Descriptor instead.
 func (*RenewInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{3}
+	return file_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RenewInstanceRequest) GetLease() int64 {
@@ -326,7 +486,7 @@ type RenewInstanceResponse struct {
 
 func (x *RenewInstanceResponse) Reset() {
 	*x = RenewInstanceResponse{}
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -338,7 +498,7 @@ func (x *RenewInstanceResponse) String() string {
 func (*RenewInstanceResponse) ProtoMessage() {}
 
 func (x *RenewInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -351,7 +511,7 @@ func (x *RenewInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewInstanceResponse.ProtoReflect.Descriptor instead.
 func (*RenewInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{4}
+	return file_control_proto_rawDescGZIP(), []int{7}
 }
 
 type DeregisterInstanceRequest struct {
@@ -363,7 +523,7 @@ type DeregisterInstanceRequest struct {
 
 func (x *DeregisterInstanceRequest) Reset() {
 	*x = DeregisterInstanceRequest{}
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -375,7 +535,7 @@ func (x *DeregisterInstanceRequest) String() string {
 func (*DeregisterInstanceRequest) ProtoMessage() {}
 
 func (x *DeregisterInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -388,7 +548,7 @@ func (x *DeregisterInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterInstanceRequest.ProtoReflect.Descriptor instead.
 func (*DeregisterInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{5}
+	return file_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeregisterInstanceRequest) GetLease() int64 {
@@ -406,7 +566,7 @@ type DeregisterInstanceResponse struct {
 
 func (x *DeregisterInstanceResponse) Reset() {
 	*x = DeregisterInstanceResponse{}
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -418,7 +578,7 @@ func (x *DeregisterInstanceResponse) String() string {
 func (*DeregisterInstanceResponse) ProtoMessage() {}
 
 func (x *DeregisterInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -431,7 +591,7 @@ func (x *DeregisterInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterInstanceResponse.ProtoReflect.Descriptor instead.
 func (*DeregisterInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{6}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 type ListInstancesRequest struct {
@@ -443,7 +603,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -455,7 +615,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -468,7 +628,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListInstancesRequest) GetVolume() string {
@@ -487,7 +647,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -499,7 +659,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -512,7 +672,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*InstanceInfo {
@@ -534,7 +694,7 @@ type RegisterNodeRequest struct {
 
 func (x *RegisterNodeRequest) Reset() {
 	*x = RegisterNodeRequest{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +706,7 @@ func (x *RegisterNodeRequest) String() string {
 func (*RegisterNodeRequest) ProtoMessage() {}
 
 func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +719,7 @@ func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegisterNodeRequest) GetId() string {
@@ -600,7 +760,7 @@ type RegisterNodeResponse struct {
 
 func (x *RegisterNodeResponse) Reset() {
 	*x = RegisterNodeResponse{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +772,7 @@ func (x *RegisterNodeResponse) String() string {
 func (*RegisterNodeResponse) ProtoMessage() {}
 
 func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +785,7 @@ func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeResponse.ProtoReflect.Descriptor instead.
 func (*RegisterNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RegisterNodeResponse) GetHeartbeatIntervalMs() uint32 {
@@ -643,14 +803,18 @@ type HeartbeatRequest struct {
 	// the answer can say which of them were deleted.
 	Hosted []*VolumeIncarnation `protobuf:"bytes,3,rep,name=hosted,proto3" json:"hosted,omitempty"`
 	// The ids of the volumes the node holds only an epoch of (no segment).
-	EpochOnly     []uint64 `protobuf:"varint,4,rep,packed,name=epoch_only,json=epochOnly,proto3" json:"epoch_only,omitempty"`
+	EpochOnly []uint64 `protobuf:"varint,4,rep,packed,name=epoch_only,json=epochOnly,proto3" json:"epoch_only,omitempty"`
+	// Set when hosted lists every volume the node holds segments of (even
+	// none): the leader compares it with the catalog to find a node that
+	// came back without its data. Unset, hosted says nothing of that.
+	ReportsHosted bool `protobuf:"varint,5,opt,name=reports_hosted,json=reportsHosted,proto3" json:"reports_hosted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -662,7 +826,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -675,7 +839,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *HeartbeatRequest) GetId() string {
@@ -699,6 +863,13 @@ func (x *HeartbeatRequest) GetEpochOnly() []uint64 {
 	return nil
 }
 
+func (x *HeartbeatRequest) GetReportsHosted() bool {
+	if x != nil {
+		return x.ReportsHosted
+	}
+	return false
+}
+
 type HeartbeatResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The current epoch of every volume, so that storage nodes refuse a
@@ -717,7 +888,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -729,7 +900,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -742,7 +913,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HeartbeatResponse) GetEpochs() []*VolumeEpoch {
@@ -771,7 +942,7 @@ type VolumeIncarnation struct {
 
 func (x *VolumeIncarnation) Reset() {
 	*x = VolumeIncarnation{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +954,7 @@ func (x *VolumeIncarnation) String() string {
 func (*VolumeIncarnation) ProtoMessage() {}
 
 func (x *VolumeIncarnation) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +967,7 @@ func (x *VolumeIncarnation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeIncarnation.ProtoReflect.Descriptor instead.
 func (*VolumeIncarnation) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *VolumeIncarnation) GetVolumeId() uint64 {
@@ -823,7 +994,7 @@ type VolumeEpoch struct {
 
 func (x *VolumeEpoch) Reset() {
 	*x = VolumeEpoch{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +1006,7 @@ func (x *VolumeEpoch) String() string {
 func (*VolumeEpoch) ProtoMessage() {}
 
 func (x *VolumeEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +1019,7 @@ func (x *VolumeEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeEpoch.ProtoReflect.Descriptor instead.
 func (*VolumeEpoch) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *VolumeEpoch) GetVolumeId() uint64 {
@@ -878,7 +1049,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -890,7 +1061,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -903,7 +1074,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateVolumeRequest) GetName() string {
@@ -939,7 +1110,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -951,7 +1122,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -964,7 +1135,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetVolumeRequest) GetName() string {
@@ -990,7 +1161,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1002,7 +1173,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1015,7 +1186,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteVolumeRequest) GetName() string {
@@ -1035,7 +1206,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1047,7 +1218,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1060,7 +1231,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteVolumeResponse) GetVolume() *VolumeInfo {
@@ -1078,7 +1249,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1261,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1274,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 type ListVolumesResponse struct {
@@ -1115,7 +1286,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1298,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1311,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeInfo {
@@ -1161,7 +1332,7 @@ type SegmentInfo struct {
 
 func (x *SegmentInfo) Reset() {
 	*x = SegmentInfo{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1173,7 +1344,7 @@ func (x *SegmentInfo) String() string {
 func (*SegmentInfo) ProtoMessage() {}
 
 func (x *SegmentInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1186,7 +1357,7 @@ func (x *SegmentInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentInfo.ProtoReflect.Descriptor instead.
 func (*SegmentInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SegmentInfo) GetNode() string {
@@ -1223,14 +1394,20 @@ type PGInfo struct {
 	// otherwise.
 	NextSegments []*SegmentInfo `protobuf:"bytes,6,rep,name=next_segments,json=nextSegments,proto3" json:"next_segments,omitempty"`
 	// The change under way, if any.
-	Change        *MembershipChange `protobuf:"bytes,7,opt,name=change,proto3" json:"change,omitempty"`
+	Change *MembershipChange `protobuf:"bytes,7,opt,name=change,proto3" json:"change,omitempty"`
+	// Status only: a member failed (down for the repair delay, removed or
+	// draining) and no live node of this AZ can take its segment, so the PG
+	// stays degraded until one joins. Empty otherwise.
+	WaitingForCapacityAz string `protobuf:"bytes,8,opt,name=waiting_for_capacity_az,json=waitingForCapacityAz,proto3" json:"waiting_for_capacity_az,omitempty"`
+	// Status only: the failed member that waits for capacity.
+	WaitingMember string `protobuf:"bytes,9,opt,name=waiting_member,json=waitingMember,proto3" json:"waiting_member,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PGInfo) Reset() {
 	*x = PGInfo{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1419,7 @@ func (x *PGInfo) String() string {
 func (*PGInfo) ProtoMessage() {}
 
 func (x *PGInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1432,7 @@ func (x *PGInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PGInfo.ProtoReflect.Descriptor instead.
 func (*PGInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PGInfo) GetVolumeId() uint64 {
@@ -1307,6 +1484,20 @@ func (x *PGInfo) GetChange() *MembershipChange {
 	return nil
 }
 
+func (x *PGInfo) GetWaitingForCapacityAz() string {
+	if x != nil {
+		return x.WaitingForCapacityAz
+	}
+	return ""
+}
+
+func (x *PGInfo) GetWaitingMember() string {
+	if x != nil {
+		return x.WaitingMember
+	}
+	return ""
+}
+
 // MembershipChange is one member of a PG being replaced: ABCDEF becomes
 // {ABCDEF, ABCDEG} while G hydrates, then ABCDEG, or ABCDEF again if F
 // comes back healthy first.
@@ -1326,7 +1517,7 @@ type MembershipChange struct {
 
 func (x *MembershipChange) Reset() {
 	*x = MembershipChange{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1529,7 @@ func (x *MembershipChange) String() string {
 func (*MembershipChange) ProtoMessage() {}
 
 func (x *MembershipChange) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1542,7 @@ func (x *MembershipChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembershipChange.ProtoReflect.Descriptor instead.
 func (*MembershipChange) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MembershipChange) GetLeaving() string {
@@ -1407,7 +1598,7 @@ type VolumeInfo struct {
 
 func (x *VolumeInfo) Reset() {
 	*x = VolumeInfo{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1610,7 @@ func (x *VolumeInfo) String() string {
 func (*VolumeInfo) ProtoMessage() {}
 
 func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1623,7 @@ func (x *VolumeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeInfo.ProtoReflect.Descriptor instead.
 func (*VolumeInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *VolumeInfo) GetName() string {
@@ -1535,7 +1726,7 @@ type TruncationRecord struct {
 
 func (x *TruncationRecord) Reset() {
 	*x = TruncationRecord{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +1738,7 @@ func (x *TruncationRecord) String() string {
 func (*TruncationRecord) ProtoMessage() {}
 
 func (x *TruncationRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +1751,7 @@ func (x *TruncationRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncationRecord.ProtoReflect.Descriptor instead.
 func (*TruncationRecord) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TruncationRecord) GetEpoch() uint64 {
@@ -1608,7 +1799,7 @@ type AddPGRequest struct {
 
 func (x *AddPGRequest) Reset() {
 	*x = AddPGRequest{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1811,7 @@ func (x *AddPGRequest) String() string {
 func (*AddPGRequest) ProtoMessage() {}
 
 func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1824,7 @@ func (x *AddPGRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddPGRequest.ProtoReflect.Descriptor instead.
 func (*AddPGRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AddPGRequest) GetVolume() string {
@@ -1660,7 +1851,7 @@ type GetPGRequest struct {
 
 func (x *GetPGRequest) Reset() {
 	*x = GetPGRequest{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1863,7 @@ func (x *GetPGRequest) String() string {
 func (*GetPGRequest) ProtoMessage() {}
 
 func (x *GetPGRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1876,7 @@ func (x *GetPGRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPGRequest.ProtoReflect.Descriptor instead.
 func (*GetPGRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetPGRequest) GetVolumeId() uint64 {
@@ -1711,7 +1902,7 @@ type WatchVolumeRequest struct {
 
 func (x *WatchVolumeRequest) Reset() {
 	*x = WatchVolumeRequest{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +1914,7 @@ func (x *WatchVolumeRequest) String() string {
 func (*WatchVolumeRequest) ProtoMessage() {}
 
 func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +1927,7 @@ func (x *WatchVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVolumeRequest.ProtoReflect.Descriptor instead.
 func (*WatchVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WatchVolumeRequest) GetVolumeId() uint64 {
@@ -1757,7 +1948,7 @@ type AcquireWriterRequest struct {
 
 func (x *AcquireWriterRequest) Reset() {
 	*x = AcquireWriterRequest{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1769,7 +1960,7 @@ func (x *AcquireWriterRequest) String() string {
 func (*AcquireWriterRequest) ProtoMessage() {}
 
 func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1782,7 +1973,7 @@ func (x *AcquireWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterRequest.ProtoReflect.Descriptor instead.
 func (*AcquireWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AcquireWriterRequest) GetVolume() string {
@@ -1815,7 +2006,7 @@ type WatchWriterRequest struct {
 
 func (x *WatchWriterRequest) Reset() {
 	*x = WatchWriterRequest{}
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1827,7 +2018,7 @@ func (x *WatchWriterRequest) String() string {
 func (*WatchWriterRequest) ProtoMessage() {}
 
 func (x *WatchWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1840,7 +2031,7 @@ func (x *WatchWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchWriterRequest.ProtoReflect.Descriptor instead.
 func (*WatchWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{30}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WatchWriterRequest) GetVolume() string {
@@ -1872,7 +2063,7 @@ type WriterState struct {
 
 func (x *WriterState) Reset() {
 	*x = WriterState{}
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1884,7 +2075,7 @@ func (x *WriterState) String() string {
 func (*WriterState) ProtoMessage() {}
 
 func (x *WriterState) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1897,7 +2088,7 @@ func (x *WriterState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterState.ProtoReflect.Descriptor instead.
 func (*WriterState) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{31}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WriterState) GetVolume() string {
@@ -2008,7 +2199,7 @@ type FailoverInfo struct {
 
 func (x *FailoverInfo) Reset() {
 	*x = FailoverInfo{}
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2020,7 +2211,7 @@ func (x *FailoverInfo) String() string {
 func (*FailoverInfo) ProtoMessage() {}
 
 func (x *FailoverInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2033,7 +2224,7 @@ func (x *FailoverInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverInfo.ProtoReflect.Descriptor instead.
 func (*FailoverInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{32}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *FailoverInfo) GetRound() uint64 {
@@ -2200,7 +2391,7 @@ type SwitchoverRequest struct {
 
 func (x *SwitchoverRequest) Reset() {
 	*x = SwitchoverRequest{}
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2403,7 @@ func (x *SwitchoverRequest) String() string {
 func (*SwitchoverRequest) ProtoMessage() {}
 
 func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2416,7 @@ func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverRequest.ProtoReflect.Descriptor instead.
 func (*SwitchoverRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{33}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SwitchoverRequest) GetVolume() string {
@@ -2267,7 +2458,7 @@ type ReportFailoverRequest struct {
 
 func (x *ReportFailoverRequest) Reset() {
 	*x = ReportFailoverRequest{}
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2279,7 +2470,7 @@ func (x *ReportFailoverRequest) String() string {
 func (*ReportFailoverRequest) ProtoMessage() {}
 
 func (x *ReportFailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2292,7 +2483,7 @@ func (x *ReportFailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportFailoverRequest.ProtoReflect.Descriptor instead.
 func (*ReportFailoverRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{34}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ReportFailoverRequest) GetVolume() string {
@@ -2404,7 +2595,7 @@ type AcquireWriterResponse struct {
 
 func (x *AcquireWriterResponse) Reset() {
 	*x = AcquireWriterResponse{}
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2416,7 +2607,7 @@ func (x *AcquireWriterResponse) String() string {
 func (*AcquireWriterResponse) ProtoMessage() {}
 
 func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2429,7 +2620,7 @@ func (x *AcquireWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireWriterResponse.ProtoReflect.Descriptor instead.
 func (*AcquireWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{35}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AcquireWriterResponse) GetLease() int64 {
@@ -2462,7 +2653,7 @@ type RenewWriterRequest struct {
 
 func (x *RenewWriterRequest) Reset() {
 	*x = RenewWriterRequest{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2474,7 +2665,7 @@ func (x *RenewWriterRequest) String() string {
 func (*RenewWriterRequest) ProtoMessage() {}
 
 func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2487,7 +2678,7 @@ func (x *RenewWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterRequest.ProtoReflect.Descriptor instead.
 func (*RenewWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RenewWriterRequest) GetLease() int64 {
@@ -2505,7 +2696,7 @@ type RenewWriterResponse struct {
 
 func (x *RenewWriterResponse) Reset() {
 	*x = RenewWriterResponse{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2517,7 +2708,7 @@ func (x *RenewWriterResponse) String() string {
 func (*RenewWriterResponse) ProtoMessage() {}
 
 func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2530,7 +2721,7 @@ func (x *RenewWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewWriterResponse.ProtoReflect.Descriptor instead.
 func (*RenewWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{40}
 }
 
 type ReleaseWriterRequest struct {
@@ -2542,7 +2733,7 @@ type ReleaseWriterRequest struct {
 
 func (x *ReleaseWriterRequest) Reset() {
 	*x = ReleaseWriterRequest{}
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2554,7 +2745,7 @@ func (x *ReleaseWriterRequest) String() string {
 func (*ReleaseWriterRequest) ProtoMessage() {}
 
 func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2567,7 +2758,7 @@ func (x *ReleaseWriterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{38}
+	return file_control_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ReleaseWriterRequest) GetLease() int64 {
@@ -2585,7 +2776,7 @@ type ReleaseWriterResponse struct {
 
 func (x *ReleaseWriterResponse) Reset() {
 	*x = ReleaseWriterResponse{}
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2597,7 +2788,7 @@ func (x *ReleaseWriterResponse) String() string {
 func (*ReleaseWriterResponse) ProtoMessage() {}
 
 func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2610,7 +2801,7 @@ func (x *ReleaseWriterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseWriterResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseWriterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{39}
+	return file_control_proto_rawDescGZIP(), []int{42}
 }
 
 type RecordTruncationRequest struct {
@@ -2627,7 +2818,7 @@ type RecordTruncationRequest struct {
 
 func (x *RecordTruncationRequest) Reset() {
 	*x = RecordTruncationRequest{}
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2639,7 +2830,7 @@ func (x *RecordTruncationRequest) String() string {
 func (*RecordTruncationRequest) ProtoMessage() {}
 
 func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2652,7 +2843,7 @@ func (x *RecordTruncationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationRequest.ProtoReflect.Descriptor instead.
 func (*RecordTruncationRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{40}
+	return file_control_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RecordTruncationRequest) GetVolume() string {
@@ -2700,7 +2891,7 @@ type RecordTruncationResponse struct {
 
 func (x *RecordTruncationResponse) Reset() {
 	*x = RecordTruncationResponse{}
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2712,7 +2903,7 @@ func (x *RecordTruncationResponse) String() string {
 func (*RecordTruncationResponse) ProtoMessage() {}
 
 func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2725,7 +2916,7 @@ func (x *RecordTruncationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTruncationResponse.ProtoReflect.Descriptor instead.
 func (*RecordTruncationResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{41}
+	return file_control_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RecordTruncationResponse) GetTruncations() []*TruncationRecord {
@@ -2743,7 +2934,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2755,7 +2946,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2768,7 +2959,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{42}
+	return file_control_proto_rawDescGZIP(), []int{45}
 }
 
 type NodeStatus struct {
@@ -2780,13 +2971,17 @@ type NodeStatus struct {
 	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
 	// Milliseconds since the last heartbeat; -1 if it never heartbeat.
 	HeartbeatAgeMs int64 `protobuf:"varint,5,opt,name=heartbeat_age_ms,json=heartbeatAgeMs,proto3" json:"heartbeat_age_ms,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// "" (in service), "draining" (node drain) or "removed" (node remove).
+	Admin string `protobuf:"bytes,6,opt,name=admin,proto3" json:"admin,omitempty"`
+	// The segments it holds (a joining one counts from its change's start).
+	Segments      uint32 `protobuf:"varint,7,opt,name=segments,proto3" json:"segments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2798,7 +2993,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2811,7 +3006,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{43}
+	return file_control_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -2849,6 +3044,20 @@ func (x *NodeStatus) GetHeartbeatAgeMs() int64 {
 	return 0
 }
 
+func (x *NodeStatus) GetAdmin() string {
+	if x != nil {
+		return x.Admin
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetSegments() uint32 {
+	if x != nil {
+		return x.Segments
+	}
+	return 0
+}
+
 type WriterStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Volume        string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
@@ -2860,7 +3069,7 @@ type WriterStatus struct {
 
 func (x *WriterStatus) Reset() {
 	*x = WriterStatus{}
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2872,7 +3081,7 @@ func (x *WriterStatus) String() string {
 func (*WriterStatus) ProtoMessage() {}
 
 func (x *WriterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2885,7 +3094,7 @@ func (x *WriterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriterStatus.ProtoReflect.Descriptor instead.
 func (*WriterStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{44}
+	return file_control_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *WriterStatus) GetVolume() string {
@@ -2915,13 +3124,15 @@ type StatusResponse struct {
 	Volumes            []*VolumeInfo          `protobuf:"bytes,2,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	Writers            []*WriterStatus        `protobuf:"bytes,3,rep,name=writers,proto3" json:"writers,omitempty"`
 	HeartbeatTimeoutMs uint32                 `protobuf:"varint,4,opt,name=heartbeat_timeout_ms,json=heartbeatTimeoutMs,proto3" json:"heartbeat_timeout_ms,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// How long a node may be down before repair replaces its segments.
+	RepairAfterMs uint32 `protobuf:"varint,5,opt,name=repair_after_ms,json=repairAfterMs,proto3" json:"repair_after_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_control_proto_msgTypes[45]
+	mi := &file_control_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2933,7 +3144,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[45]
+	mi := &file_control_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2946,7 +3157,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{45}
+	return file_control_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -2977,11 +3188,27 @@ func (x *StatusResponse) GetHeartbeatTimeoutMs() uint32 {
 	return 0
 }
 
+func (x *StatusResponse) GetRepairAfterMs() uint32 {
+	if x != nil {
+		return x.RepairAfterMs
+	}
+	return 0
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\vborealis.v1\"\xdc\x02\n" +
+	"\rcontrol.proto\x12\vborealis.v1\"#\n" +
+	"\x11RemoveNodeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\"\n" +
+	"\x10DrainNodeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"w\n" +
+	"\x11NodeAdminResponse\x12\x14\n" +
+	"\x05admin\x18\x01 \x01(\tR\x05admin\x12\x1a\n" +
+	"\bprevious\x18\x02 \x01(\tR\bprevious\x12\x1a\n" +
+	"\bsegments\x18\x03 \x01(\rR\bsegments\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\"\xdc\x02\n" +
 	"\fInstanceInfo\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
@@ -3019,12 +3246,13 @@ const file_control_proto_rawDesc = "" +
 	"\x04addr\x18\x03 \x01(\tR\x04addr\x12%\n" +
 	"\x0ecapacity_bytes\x18\x04 \x01(\x04R\rcapacityBytes\"J\n" +
 	"\x14RegisterNodeResponse\x122\n" +
-	"\x15heartbeat_interval_ms\x18\x01 \x01(\rR\x13heartbeatIntervalMs\"\x8f\x01\n" +
+	"\x15heartbeat_interval_ms\x18\x01 \x01(\rR\x13heartbeatIntervalMs\"\xb6\x01\n" +
 	"\x10HeartbeatRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
 	"\x06hosted\x18\x03 \x03(\v2\x1e.borealis.v1.VolumeIncarnationR\x06hosted\x12\x1d\n" +
 	"\n" +
-	"epoch_only\x18\x04 \x03(\x04R\tepochOnlyJ\x04\b\x02\x10\x03R\x0ehosted_volumes\"\x96\x01\n" +
+	"epoch_only\x18\x04 \x03(\x04R\tepochOnly\x12%\n" +
+	"\x0ereports_hosted\x18\x05 \x01(\bR\rreportsHostedJ\x04\b\x02\x10\x03R\x0ehosted_volumes\"\x96\x01\n" +
 	"\x11HeartbeatResponse\x120\n" +
 	"\x06epochs\x18\x01 \x03(\v2\x18.borealis.v1.VolumeEpochR\x06epochs\x128\n" +
 	"\adeleted\x18\x03 \x03(\v2\x1e.borealis.v1.VolumeIncarnationR\adeletedJ\x04\b\x02\x10\x03R\x0fdeleted_volumes\"R\n" +
@@ -3052,7 +3280,7 @@ const file_control_proto_rawDesc = "" +
 	"\vSegmentInfo\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x0e\n" +
 	"\x02az\x18\x02 \x01(\tR\x02az\x12\x12\n" +
-	"\x04addr\x18\x03 \x01(\tR\x04addr\"\xb3\x02\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\"\x91\x03\n" +
 	"\x06PGInfo\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\x04R\bvolumeId\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12)\n" +
@@ -3060,7 +3288,9 @@ const file_control_proto_rawDesc = "" +
 	"\x0egeometry_epoch\x18\x04 \x01(\x04R\rgeometryEpoch\x124\n" +
 	"\bsegments\x18\x05 \x03(\v2\x18.borealis.v1.SegmentInfoR\bsegments\x12=\n" +
 	"\rnext_segments\x18\x06 \x03(\v2\x18.borealis.v1.SegmentInfoR\fnextSegments\x125\n" +
-	"\x06change\x18\a \x01(\v2\x1d.borealis.v1.MembershipChangeR\x06change\"\x8b\x01\n" +
+	"\x06change\x18\a \x01(\v2\x1d.borealis.v1.MembershipChangeR\x06change\x125\n" +
+	"\x17waiting_for_capacity_az\x18\b \x01(\tR\x14waitingForCapacityAz\x12%\n" +
+	"\x0ewaiting_member\x18\t \x01(\tR\rwaitingMember\"\x8b\x01\n" +
 	"\x10MembershipChange\x12\x18\n" +
 	"\aleaving\x18\x01 \x01(\tR\aleaving\x12\x18\n" +
 	"\ajoining\x18\x02 \x01(\tR\ajoining\x12\x16\n" +
@@ -3178,23 +3408,26 @@ const file_control_proto_rawDesc = "" +
 	"\x03pgs\x18\x05 \x01(\rR\x03pgs\"[\n" +
 	"\x18RecordTruncationResponse\x12?\n" +
 	"\vtruncations\x18\x01 \x03(\v2\x1d.borealis.v1.TruncationRecordR\vtruncations\"\x0f\n" +
-	"\rStatusRequest\"\x80\x01\n" +
+	"\rStatusRequest\"\xb2\x01\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
 	"\x02az\x18\x02 \x01(\tR\x02az\x12\x12\n" +
 	"\x04addr\x18\x03 \x01(\tR\x04addr\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12(\n" +
-	"\x10heartbeat_age_ms\x18\x05 \x01(\x03R\x0eheartbeatAgeMs\"T\n" +
+	"\x10heartbeat_age_ms\x18\x05 \x01(\x03R\x0eheartbeatAgeMs\x12\x14\n" +
+	"\x05admin\x18\x06 \x01(\tR\x05admin\x12\x1a\n" +
+	"\bsegments\x18\a \x01(\rR\bsegments\"T\n" +
 	"\fWriterStatus\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\xd9\x01\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\x81\x02\n" +
 	"\x0eStatusResponse\x12-\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x17.borealis.v1.NodeStatusR\x05nodes\x121\n" +
 	"\avolumes\x18\x02 \x03(\v2\x17.borealis.v1.VolumeInfoR\avolumes\x123\n" +
 	"\awriters\x18\x03 \x03(\v2\x19.borealis.v1.WriterStatusR\awriters\x120\n" +
-	"\x14heartbeat_timeout_ms\x18\x04 \x01(\rR\x12heartbeatTimeoutMs2\x9e\r\n" +
+	"\x14heartbeat_timeout_ms\x18\x04 \x01(\rR\x12heartbeatTimeoutMs\x12&\n" +
+	"\x0frepair_after_ms\x18\x05 \x01(\rR\rrepairAfterMs2\xb8\x0e\n" +
 	"\aControl\x12S\n" +
 	"\fRegisterNode\x12 .borealis.v1.RegisterNodeRequest\x1a!.borealis.v1.RegisterNodeResponse\x12J\n" +
 	"\tHeartbeat\x12\x1d.borealis.v1.HeartbeatRequest\x1a\x1e.borealis.v1.HeartbeatResponse\x12I\n" +
@@ -3217,7 +3450,10 @@ const file_control_proto_rawDesc = "" +
 	"\vWatchWriter\x12\x1f.borealis.v1.WatchWriterRequest\x1a\x18.borealis.v1.WriterState0\x01\x12G\n" +
 	"\n" +
 	"Switchover\x12\x1e.borealis.v1.SwitchoverRequest\x1a\x19.borealis.v1.FailoverInfo\x12O\n" +
-	"\x0eReportFailover\x12\".borealis.v1.ReportFailoverRequest\x1a\x19.borealis.v1.FailoverInfoB;Z9github.com/borealis-db/borealis/api/borealispb;borealispbb\x06proto3"
+	"\x0eReportFailover\x12\".borealis.v1.ReportFailoverRequest\x1a\x19.borealis.v1.FailoverInfo\x12L\n" +
+	"\n" +
+	"RemoveNode\x12\x1e.borealis.v1.RemoveNodeRequest\x1a\x1e.borealis.v1.NodeAdminResponse\x12J\n" +
+	"\tDrainNode\x12\x1d.borealis.v1.DrainNodeRequest\x1a\x1e.borealis.v1.NodeAdminResponseB;Z9github.com/borealis-db/borealis/api/borealispb;borealispbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -3231,120 +3467,127 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_control_proto_goTypes = []any{
-	(*InstanceInfo)(nil),               // 0: borealis.v1.InstanceInfo
-	(*RegisterInstanceRequest)(nil),    // 1: borealis.v1.RegisterInstanceRequest
-	(*RegisterInstanceResponse)(nil),   // 2: borealis.v1.RegisterInstanceResponse
-	(*RenewInstanceRequest)(nil),       // 3: borealis.v1.RenewInstanceRequest
-	(*RenewInstanceResponse)(nil),      // 4: borealis.v1.RenewInstanceResponse
-	(*DeregisterInstanceRequest)(nil),  // 5: borealis.v1.DeregisterInstanceRequest
-	(*DeregisterInstanceResponse)(nil), // 6: borealis.v1.DeregisterInstanceResponse
-	(*ListInstancesRequest)(nil),       // 7: borealis.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),      // 8: borealis.v1.ListInstancesResponse
-	(*RegisterNodeRequest)(nil),        // 9: borealis.v1.RegisterNodeRequest
-	(*RegisterNodeResponse)(nil),       // 10: borealis.v1.RegisterNodeResponse
-	(*HeartbeatRequest)(nil),           // 11: borealis.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),          // 12: borealis.v1.HeartbeatResponse
-	(*VolumeIncarnation)(nil),          // 13: borealis.v1.VolumeIncarnation
-	(*VolumeEpoch)(nil),                // 14: borealis.v1.VolumeEpoch
-	(*CreateVolumeRequest)(nil),        // 15: borealis.v1.CreateVolumeRequest
-	(*GetVolumeRequest)(nil),           // 16: borealis.v1.GetVolumeRequest
-	(*DeleteVolumeRequest)(nil),        // 17: borealis.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),       // 18: borealis.v1.DeleteVolumeResponse
-	(*ListVolumesRequest)(nil),         // 19: borealis.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),        // 20: borealis.v1.ListVolumesResponse
-	(*SegmentInfo)(nil),                // 21: borealis.v1.SegmentInfo
-	(*PGInfo)(nil),                     // 22: borealis.v1.PGInfo
-	(*MembershipChange)(nil),           // 23: borealis.v1.MembershipChange
-	(*VolumeInfo)(nil),                 // 24: borealis.v1.VolumeInfo
-	(*TruncationRecord)(nil),           // 25: borealis.v1.TruncationRecord
-	(*AddPGRequest)(nil),               // 26: borealis.v1.AddPGRequest
-	(*GetPGRequest)(nil),               // 27: borealis.v1.GetPGRequest
-	(*WatchVolumeRequest)(nil),         // 28: borealis.v1.WatchVolumeRequest
-	(*AcquireWriterRequest)(nil),       // 29: borealis.v1.AcquireWriterRequest
-	(*WatchWriterRequest)(nil),         // 30: borealis.v1.WatchWriterRequest
-	(*WriterState)(nil),                // 31: borealis.v1.WriterState
-	(*FailoverInfo)(nil),               // 32: borealis.v1.FailoverInfo
-	(*SwitchoverRequest)(nil),          // 33: borealis.v1.SwitchoverRequest
-	(*ReportFailoverRequest)(nil),      // 34: borealis.v1.ReportFailoverRequest
-	(*AcquireWriterResponse)(nil),      // 35: borealis.v1.AcquireWriterResponse
-	(*RenewWriterRequest)(nil),         // 36: borealis.v1.RenewWriterRequest
-	(*RenewWriterResponse)(nil),        // 37: borealis.v1.RenewWriterResponse
-	(*ReleaseWriterRequest)(nil),       // 38: borealis.v1.ReleaseWriterRequest
-	(*ReleaseWriterResponse)(nil),      // 39: borealis.v1.ReleaseWriterResponse
-	(*RecordTruncationRequest)(nil),    // 40: borealis.v1.RecordTruncationRequest
-	(*RecordTruncationResponse)(nil),   // 41: borealis.v1.RecordTruncationResponse
-	(*StatusRequest)(nil),              // 42: borealis.v1.StatusRequest
-	(*NodeStatus)(nil),                 // 43: borealis.v1.NodeStatus
-	(*WriterStatus)(nil),               // 44: borealis.v1.WriterStatus
-	(*StatusResponse)(nil),             // 45: borealis.v1.StatusResponse
+	(*RemoveNodeRequest)(nil),          // 0: borealis.v1.RemoveNodeRequest
+	(*DrainNodeRequest)(nil),           // 1: borealis.v1.DrainNodeRequest
+	(*NodeAdminResponse)(nil),          // 2: borealis.v1.NodeAdminResponse
+	(*InstanceInfo)(nil),               // 3: borealis.v1.InstanceInfo
+	(*RegisterInstanceRequest)(nil),    // 4: borealis.v1.RegisterInstanceRequest
+	(*RegisterInstanceResponse)(nil),   // 5: borealis.v1.RegisterInstanceResponse
+	(*RenewInstanceRequest)(nil),       // 6: borealis.v1.RenewInstanceRequest
+	(*RenewInstanceResponse)(nil),      // 7: borealis.v1.RenewInstanceResponse
+	(*DeregisterInstanceRequest)(nil),  // 8: borealis.v1.DeregisterInstanceRequest
+	(*DeregisterInstanceResponse)(nil), // 9: borealis.v1.DeregisterInstanceResponse
+	(*ListInstancesRequest)(nil),       // 10: borealis.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),      // 11: borealis.v1.ListInstancesResponse
+	(*RegisterNodeRequest)(nil),        // 12: borealis.v1.RegisterNodeRequest
+	(*RegisterNodeResponse)(nil),       // 13: borealis.v1.RegisterNodeResponse
+	(*HeartbeatRequest)(nil),           // 14: borealis.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),          // 15: borealis.v1.HeartbeatResponse
+	(*VolumeIncarnation)(nil),          // 16: borealis.v1.VolumeIncarnation
+	(*VolumeEpoch)(nil),                // 17: borealis.v1.VolumeEpoch
+	(*CreateVolumeRequest)(nil),        // 18: borealis.v1.CreateVolumeRequest
+	(*GetVolumeRequest)(nil),           // 19: borealis.v1.GetVolumeRequest
+	(*DeleteVolumeRequest)(nil),        // 20: borealis.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),       // 21: borealis.v1.DeleteVolumeResponse
+	(*ListVolumesRequest)(nil),         // 22: borealis.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),        // 23: borealis.v1.ListVolumesResponse
+	(*SegmentInfo)(nil),                // 24: borealis.v1.SegmentInfo
+	(*PGInfo)(nil),                     // 25: borealis.v1.PGInfo
+	(*MembershipChange)(nil),           // 26: borealis.v1.MembershipChange
+	(*VolumeInfo)(nil),                 // 27: borealis.v1.VolumeInfo
+	(*TruncationRecord)(nil),           // 28: borealis.v1.TruncationRecord
+	(*AddPGRequest)(nil),               // 29: borealis.v1.AddPGRequest
+	(*GetPGRequest)(nil),               // 30: borealis.v1.GetPGRequest
+	(*WatchVolumeRequest)(nil),         // 31: borealis.v1.WatchVolumeRequest
+	(*AcquireWriterRequest)(nil),       // 32: borealis.v1.AcquireWriterRequest
+	(*WatchWriterRequest)(nil),         // 33: borealis.v1.WatchWriterRequest
+	(*WriterState)(nil),                // 34: borealis.v1.WriterState
+	(*FailoverInfo)(nil),               // 35: borealis.v1.FailoverInfo
+	(*SwitchoverRequest)(nil),          // 36: borealis.v1.SwitchoverRequest
+	(*ReportFailoverRequest)(nil),      // 37: borealis.v1.ReportFailoverRequest
+	(*AcquireWriterResponse)(nil),      // 38: borealis.v1.AcquireWriterResponse
+	(*RenewWriterRequest)(nil),         // 39: borealis.v1.RenewWriterRequest
+	(*RenewWriterResponse)(nil),        // 40: borealis.v1.RenewWriterResponse
+	(*ReleaseWriterRequest)(nil),       // 41: borealis.v1.ReleaseWriterRequest
+	(*ReleaseWriterResponse)(nil),      // 42: borealis.v1.ReleaseWriterResponse
+	(*RecordTruncationRequest)(nil),    // 43: borealis.v1.RecordTruncationRequest
+	(*RecordTruncationResponse)(nil),   // 44: borealis.v1.RecordTruncationResponse
+	(*StatusRequest)(nil),              // 45: borealis.v1.StatusRequest
+	(*NodeStatus)(nil),                 // 46: borealis.v1.NodeStatus
+	(*WriterStatus)(nil),               // 47: borealis.v1.WriterStatus
+	(*StatusResponse)(nil),             // 48: borealis.v1.StatusResponse
 }
 var file_control_proto_depIdxs = []int32{
-	0,  // 0: borealis.v1.RegisterInstanceRequest.info:type_name -> borealis.v1.InstanceInfo
-	0,  // 1: borealis.v1.RenewInstanceRequest.info:type_name -> borealis.v1.InstanceInfo
-	0,  // 2: borealis.v1.ListInstancesResponse.instances:type_name -> borealis.v1.InstanceInfo
-	13, // 3: borealis.v1.HeartbeatRequest.hosted:type_name -> borealis.v1.VolumeIncarnation
-	14, // 4: borealis.v1.HeartbeatResponse.epochs:type_name -> borealis.v1.VolumeEpoch
-	13, // 5: borealis.v1.HeartbeatResponse.deleted:type_name -> borealis.v1.VolumeIncarnation
-	24, // 6: borealis.v1.DeleteVolumeResponse.volume:type_name -> borealis.v1.VolumeInfo
-	24, // 7: borealis.v1.ListVolumesResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	21, // 8: borealis.v1.PGInfo.segments:type_name -> borealis.v1.SegmentInfo
-	21, // 9: borealis.v1.PGInfo.next_segments:type_name -> borealis.v1.SegmentInfo
-	23, // 10: borealis.v1.PGInfo.change:type_name -> borealis.v1.MembershipChange
-	22, // 11: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
-	25, // 12: borealis.v1.VolumeInfo.truncations:type_name -> borealis.v1.TruncationRecord
-	0,  // 13: borealis.v1.WriterState.writer:type_name -> borealis.v1.InstanceInfo
-	32, // 14: borealis.v1.WriterState.failover:type_name -> borealis.v1.FailoverInfo
-	24, // 15: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
-	25, // 16: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
-	43, // 17: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
-	24, // 18: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
-	44, // 19: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
-	9,  // 20: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
-	11, // 21: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
-	15, // 22: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
-	16, // 23: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
-	19, // 24: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
-	17, // 25: borealis.v1.Control.DeleteVolume:input_type -> borealis.v1.DeleteVolumeRequest
-	26, // 26: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
-	27, // 27: borealis.v1.Control.GetPG:input_type -> borealis.v1.GetPGRequest
-	28, // 28: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
-	29, // 29: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
-	36, // 30: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
-	38, // 31: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
-	40, // 32: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
-	42, // 33: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
-	1,  // 34: borealis.v1.Control.RegisterInstance:input_type -> borealis.v1.RegisterInstanceRequest
-	3,  // 35: borealis.v1.Control.RenewInstance:input_type -> borealis.v1.RenewInstanceRequest
-	5,  // 36: borealis.v1.Control.DeregisterInstance:input_type -> borealis.v1.DeregisterInstanceRequest
-	7,  // 37: borealis.v1.Control.ListInstances:input_type -> borealis.v1.ListInstancesRequest
-	30, // 38: borealis.v1.Control.WatchWriter:input_type -> borealis.v1.WatchWriterRequest
-	33, // 39: borealis.v1.Control.Switchover:input_type -> borealis.v1.SwitchoverRequest
-	34, // 40: borealis.v1.Control.ReportFailover:input_type -> borealis.v1.ReportFailoverRequest
-	10, // 41: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
-	12, // 42: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
-	24, // 43: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
-	24, // 44: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
-	20, // 45: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
-	18, // 46: borealis.v1.Control.DeleteVolume:output_type -> borealis.v1.DeleteVolumeResponse
-	22, // 47: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
-	22, // 48: borealis.v1.Control.GetPG:output_type -> borealis.v1.PGInfo
-	22, // 49: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
-	35, // 50: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
-	37, // 51: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
-	39, // 52: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
-	41, // 53: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
-	45, // 54: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
-	2,  // 55: borealis.v1.Control.RegisterInstance:output_type -> borealis.v1.RegisterInstanceResponse
-	4,  // 56: borealis.v1.Control.RenewInstance:output_type -> borealis.v1.RenewInstanceResponse
-	6,  // 57: borealis.v1.Control.DeregisterInstance:output_type -> borealis.v1.DeregisterInstanceResponse
-	8,  // 58: borealis.v1.Control.ListInstances:output_type -> borealis.v1.ListInstancesResponse
-	31, // 59: borealis.v1.Control.WatchWriter:output_type -> borealis.v1.WriterState
-	32, // 60: borealis.v1.Control.Switchover:output_type -> borealis.v1.FailoverInfo
-	32, // 61: borealis.v1.Control.ReportFailover:output_type -> borealis.v1.FailoverInfo
-	41, // [41:62] is the sub-list for method output_type
-	20, // [20:41] is the sub-list for method input_type
+	3,  // 0: borealis.v1.RegisterInstanceRequest.info:type_name -> borealis.v1.InstanceInfo
+	3,  // 1: borealis.v1.RenewInstanceRequest.info:type_name -> borealis.v1.InstanceInfo
+	3,  // 2: borealis.v1.ListInstancesResponse.instances:type_name -> borealis.v1.InstanceInfo
+	16, // 3: borealis.v1.HeartbeatRequest.hosted:type_name -> borealis.v1.VolumeIncarnation
+	17, // 4: borealis.v1.HeartbeatResponse.epochs:type_name -> borealis.v1.VolumeEpoch
+	16, // 5: borealis.v1.HeartbeatResponse.deleted:type_name -> borealis.v1.VolumeIncarnation
+	27, // 6: borealis.v1.DeleteVolumeResponse.volume:type_name -> borealis.v1.VolumeInfo
+	27, // 7: borealis.v1.ListVolumesResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	24, // 8: borealis.v1.PGInfo.segments:type_name -> borealis.v1.SegmentInfo
+	24, // 9: borealis.v1.PGInfo.next_segments:type_name -> borealis.v1.SegmentInfo
+	26, // 10: borealis.v1.PGInfo.change:type_name -> borealis.v1.MembershipChange
+	25, // 11: borealis.v1.VolumeInfo.pg_list:type_name -> borealis.v1.PGInfo
+	28, // 12: borealis.v1.VolumeInfo.truncations:type_name -> borealis.v1.TruncationRecord
+	3,  // 13: borealis.v1.WriterState.writer:type_name -> borealis.v1.InstanceInfo
+	35, // 14: borealis.v1.WriterState.failover:type_name -> borealis.v1.FailoverInfo
+	27, // 15: borealis.v1.AcquireWriterResponse.volume:type_name -> borealis.v1.VolumeInfo
+	28, // 16: borealis.v1.RecordTruncationResponse.truncations:type_name -> borealis.v1.TruncationRecord
+	46, // 17: borealis.v1.StatusResponse.nodes:type_name -> borealis.v1.NodeStatus
+	27, // 18: borealis.v1.StatusResponse.volumes:type_name -> borealis.v1.VolumeInfo
+	47, // 19: borealis.v1.StatusResponse.writers:type_name -> borealis.v1.WriterStatus
+	12, // 20: borealis.v1.Control.RegisterNode:input_type -> borealis.v1.RegisterNodeRequest
+	14, // 21: borealis.v1.Control.Heartbeat:input_type -> borealis.v1.HeartbeatRequest
+	18, // 22: borealis.v1.Control.CreateVolume:input_type -> borealis.v1.CreateVolumeRequest
+	19, // 23: borealis.v1.Control.GetVolume:input_type -> borealis.v1.GetVolumeRequest
+	22, // 24: borealis.v1.Control.ListVolumes:input_type -> borealis.v1.ListVolumesRequest
+	20, // 25: borealis.v1.Control.DeleteVolume:input_type -> borealis.v1.DeleteVolumeRequest
+	29, // 26: borealis.v1.Control.AddPG:input_type -> borealis.v1.AddPGRequest
+	30, // 27: borealis.v1.Control.GetPG:input_type -> borealis.v1.GetPGRequest
+	31, // 28: borealis.v1.Control.WatchVolume:input_type -> borealis.v1.WatchVolumeRequest
+	32, // 29: borealis.v1.Control.AcquireWriter:input_type -> borealis.v1.AcquireWriterRequest
+	39, // 30: borealis.v1.Control.RenewWriter:input_type -> borealis.v1.RenewWriterRequest
+	41, // 31: borealis.v1.Control.ReleaseWriter:input_type -> borealis.v1.ReleaseWriterRequest
+	43, // 32: borealis.v1.Control.RecordTruncation:input_type -> borealis.v1.RecordTruncationRequest
+	45, // 33: borealis.v1.Control.Status:input_type -> borealis.v1.StatusRequest
+	4,  // 34: borealis.v1.Control.RegisterInstance:input_type -> borealis.v1.RegisterInstanceRequest
+	6,  // 35: borealis.v1.Control.RenewInstance:input_type -> borealis.v1.RenewInstanceRequest
+	8,  // 36: borealis.v1.Control.DeregisterInstance:input_type -> borealis.v1.DeregisterInstanceRequest
+	10, // 37: borealis.v1.Control.ListInstances:input_type -> borealis.v1.ListInstancesRequest
+	33, // 38: borealis.v1.Control.WatchWriter:input_type -> borealis.v1.WatchWriterRequest
+	36, // 39: borealis.v1.Control.Switchover:input_type -> borealis.v1.SwitchoverRequest
+	37, // 40: borealis.v1.Control.ReportFailover:input_type -> borealis.v1.ReportFailoverRequest
+	0,  // 41: borealis.v1.Control.RemoveNode:input_type -> borealis.v1.RemoveNodeRequest
+	1,  // 42: borealis.v1.Control.DrainNode:input_type -> borealis.v1.DrainNodeRequest
+	13, // 43: borealis.v1.Control.RegisterNode:output_type -> borealis.v1.RegisterNodeResponse
+	15, // 44: borealis.v1.Control.Heartbeat:output_type -> borealis.v1.HeartbeatResponse
+	27, // 45: borealis.v1.Control.CreateVolume:output_type -> borealis.v1.VolumeInfo
+	27, // 46: borealis.v1.Control.GetVolume:output_type -> borealis.v1.VolumeInfo
+	23, // 47: borealis.v1.Control.ListVolumes:output_type -> borealis.v1.ListVolumesResponse
+	21, // 48: borealis.v1.Control.DeleteVolume:output_type -> borealis.v1.DeleteVolumeResponse
+	25, // 49: borealis.v1.Control.AddPG:output_type -> borealis.v1.PGInfo
+	25, // 50: borealis.v1.Control.GetPG:output_type -> borealis.v1.PGInfo
+	25, // 51: borealis.v1.Control.WatchVolume:output_type -> borealis.v1.PGInfo
+	38, // 52: borealis.v1.Control.AcquireWriter:output_type -> borealis.v1.AcquireWriterResponse
+	40, // 53: borealis.v1.Control.RenewWriter:output_type -> borealis.v1.RenewWriterResponse
+	42, // 54: borealis.v1.Control.ReleaseWriter:output_type -> borealis.v1.ReleaseWriterResponse
+	44, // 55: borealis.v1.Control.RecordTruncation:output_type -> borealis.v1.RecordTruncationResponse
+	48, // 56: borealis.v1.Control.Status:output_type -> borealis.v1.StatusResponse
+	5,  // 57: borealis.v1.Control.RegisterInstance:output_type -> borealis.v1.RegisterInstanceResponse
+	7,  // 58: borealis.v1.Control.RenewInstance:output_type -> borealis.v1.RenewInstanceResponse
+	9,  // 59: borealis.v1.Control.DeregisterInstance:output_type -> borealis.v1.DeregisterInstanceResponse
+	11, // 60: borealis.v1.Control.ListInstances:output_type -> borealis.v1.ListInstancesResponse
+	34, // 61: borealis.v1.Control.WatchWriter:output_type -> borealis.v1.WriterState
+	35, // 62: borealis.v1.Control.Switchover:output_type -> borealis.v1.FailoverInfo
+	35, // 63: borealis.v1.Control.ReportFailover:output_type -> borealis.v1.FailoverInfo
+	2,  // 64: borealis.v1.Control.RemoveNode:output_type -> borealis.v1.NodeAdminResponse
+	2,  // 65: borealis.v1.Control.DrainNode:output_type -> borealis.v1.NodeAdminResponse
+	43, // [43:66] is the sub-list for method output_type
+	20, // [20:43] is the sub-list for method input_type
 	20, // [20:20] is the sub-list for extension type_name
 	20, // [20:20] is the sub-list for extension extendee
 	0,  // [0:20] is the sub-list for field type_name
@@ -3361,7 +3604,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   46,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

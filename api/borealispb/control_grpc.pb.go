@@ -44,6 +44,8 @@ const (
 	Control_WatchWriter_FullMethodName        = "/borealis.v1.Control/WatchWriter"
 	Control_Switchover_FullMethodName         = "/borealis.v1.Control/Switchover"
 	Control_ReportFailover_FullMethodName     = "/borealis.v1.Control/ReportFailover"
+	Control_RemoveNode_FullMethodName         = "/borealis.v1.Control/RemoveNode"
+	Control_DrainNode_FullMethodName          = "/borealis.v1.Control/DrainNode"
 )
 
 // ControlClient is the client API for Control service.
@@ -116,6 +118,20 @@ type ControlClient interface {
 	// for, its steps' durations once it serves, or that it gave up (then the
 	// control plane chooses another replica).
 	ReportFailover(ctx context.Context, in *ReportFailoverRequest, opts ...grpc.CallOption) (*FailoverInfo, error)
+	// RemoveNode takes a storage node out of service for good: nothing is
+	// placed on it again, and the leader's repair moves each segment it
+	// still holds to another node of its AZ (membership changes with reason
+	// "removed"), at once, whether the node is up or not. Drain it first to
+	// move them while it is healthy, with nothing degraded. Removing a
+	// removed node again changes nothing. NOT_FOUND for a node that is not
+	// registered.
+	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*NodeAdminResponse, error)
+	// DrainNode moves every segment off a node (membership changes with
+	// reason "drain", the node serving its segments until each change
+	// completes); nothing is placed on it meanwhile. Once it holds none it
+	// can be removed. FAILED_PRECONDITION for a removed node, NOT_FOUND for
+	// a node that is not registered.
+	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*NodeAdminResponse, error)
 }
 
 type controlClient struct {
@@ -354,6 +370,26 @@ func (c *controlClient) ReportFailover(ctx context.Context, in *ReportFailoverRe
 	return out, nil
 }
 
+func (c *controlClient) RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*NodeAdminResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NodeAdminResponse)
+	err := c.cc.Invoke(ctx, Control_RemoveNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*NodeAdminResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NodeAdminResponse)
+	err := c.cc.Invoke(ctx, Control_DrainNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -424,6 +460,20 @@ type ControlServer interface {
 	// for, its steps' durations once it serves, or that it gave up (then the
 	// control plane chooses another replica).
 	ReportFailover(context.Context, *ReportFailoverRequest) (*FailoverInfo, error)
+	// RemoveNode takes a storage node out of service for good: nothing is
+	// placed on it again, and the leader's repair moves each segment it
+	// still holds to another node of its AZ (membership changes with reason
+	// "removed"), at once, whether the node is up or not. Drain it first to
+	// move them while it is healthy, with nothing degraded. Removing a
+	// removed node again changes nothing. NOT_FOUND for a node that is not
+	// registered.
+	RemoveNode(context.Context, *RemoveNodeRequest) (*NodeAdminResponse, error)
+	// DrainNode moves every segment off a node (membership changes with
+	// reason "drain", the node serving its segments until each change
+	// completes); nothing is placed on it meanwhile. Once it holds none it
+	// can be removed. FAILED_PRECONDITION for a removed node, NOT_FOUND for
+	// a node that is not registered.
+	DrainNode(context.Context, *DrainNodeRequest) (*NodeAdminResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -496,6 +546,12 @@ func (UnimplementedControlServer) Switchover(context.Context, *SwitchoverRequest
 }
 func (UnimplementedControlServer) ReportFailover(context.Context, *ReportFailoverRequest) (*FailoverInfo, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReportFailover not implemented")
+}
+func (UnimplementedControlServer) RemoveNode(context.Context, *RemoveNodeRequest) (*NodeAdminResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RemoveNode not implemented")
+}
+func (UnimplementedControlServer) DrainNode(context.Context, *DrainNodeRequest) (*NodeAdminResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DrainNode not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -882,6 +938,42 @@ func _Control_ReportFailover_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_RemoveNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RemoveNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RemoveNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RemoveNode(ctx, req.(*RemoveNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_DrainNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).DrainNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_DrainNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).DrainNode(ctx, req.(*DrainNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -964,6 +1056,14 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportFailover",
 			Handler:    _Control_ReportFailover_Handler,
+		},
+		{
+			MethodName: "RemoveNode",
+			Handler:    _Control_RemoveNode_Handler,
+		},
+		{
+			MethodName: "DrainNode",
+			Handler:    _Control_DrainNode_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -115,6 +115,7 @@ func RunNodeAgent(ctx context.Context, controlAddr string, node AgentNode, log *
 		req := &pb.HeartbeatRequest{Id: node.ID}
 		if node.Hosted != nil {
 			req.Hosted, req.EpochOnly = node.Hosted()
+			req.ReportsHosted = true
 		}
 		hctx, cancel := context.WithTimeout(ctx, max(interval, time.Second))
 		hb, err := cli.Heartbeat(hctx, req)

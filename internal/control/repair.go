@@ -158,17 +158,7 @@ type planner struct {
 // removed, draining, down for RepairAfter, or unknown to the catalog.
 func (p *planner) failed(id string) (string, bool) {
 	n, ok := p.nodes[id]
-	switch {
-	case !ok:
-		return ReasonDown, true
-	case n.Admin == AdminRemoved:
-		return ReasonRemoved, true
-	case n.Admin == AdminDraining:
-		return ReasonDrain, true
-	case !n.Live && p.v.Now.Sub(n.LastHeartbeat) >= p.v.RepairAfter:
-		return ReasonDown, true
-	}
-	return "", false
+	return nodeFailed(n, ok, p.v.Now, p.v.RepairAfter)
 }
 
 // healthy: live and in service.

@@ -7,12 +7,15 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"google.golang.org/grpc"
@@ -46,6 +49,11 @@ type Server struct {
 	log     *slog.Logger
 	// failoverTiming bounds the failovers the leader runs.
 	failoverTiming FailoverTiming
+	// repair tunes the leader's repair loop; repairMetrics counts its steps.
+	repair        RepairConfig
+	repairMetrics *repairMetrics
+	// metrics is the control plane's Prometheus registry.
+	metrics *prometheus.Registry
 
 	stopOnce sync.Once
 	stopping chan struct{}
@@ -68,8 +76,18 @@ func NewServer(cat *Catalog, heartbeatTimeout time.Duration, log *slog.Logger) *
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Server{cat: cat, timeout: heartbeatTimeout, log: log, failoverTiming: DefaultFailoverTiming, stopping: make(chan struct{})}
+	reg := prometheus.NewRegistry()
+	return &Server{cat: cat, timeout: heartbeatTimeout, log: log, failoverTiming: DefaultFailoverTiming, stopping: make(chan struct{}),
+		repair: RepairConfig{}.withDefaults(), repairMetrics: newRepairMetrics(reg), metrics: reg}
 }
+
+// SetRepair tunes the repair loop the server runs while it leads (a zero
+// field keeps its default). Call it before the server leads.
+func (s *Server) SetRepair(c RepairConfig) { s.repair = c.withDefaults() }
+
+// Metrics is the control plane's Prometheus registry (the repair loop's
+// counters).
+func (s *Server) Metrics() *prometheus.Registry { return s.metrics }
 
 // HeartbeatTimeout is the time after which a silent node is down.
 func (s *Server) HeartbeatTimeout() time.Duration { return s.timeout }
@@ -207,7 +225,11 @@ func (s *Server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.H
 		if err := checkName("node id", req.GetId()); err != nil {
 			return nil, err
 		}
-		if err := s.cat.Heartbeat(ctx, req.GetId(), s.timeout); err != nil {
+		var hostedIDs []uint64
+		for _, h := range req.GetHosted() {
+			hostedIDs = append(hostedIDs, h.GetVolumeId())
+		}
+		if err := s.cat.HeartbeatHosted(ctx, req.GetId(), s.timeout, req.GetReportsHosted(), hostedIDs); err != nil {
 			return nil, err
 		}
 		vols, err := s.cat.Volumes(ctx)
@@ -552,11 +574,20 @@ func (s *Server) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRes
 		if err != nil {
 			return nil, err
 		}
-		out := &pb.StatusResponse{HeartbeatTimeoutMs: uint32(s.timeout.Milliseconds())}
-		out.Nodes = nodeStatuses(states, time.Now())
+		load, err := s.cat.Load(ctx)
+		if err != nil {
+			return nil, err
+		}
+		now := time.Now()
+		out := &pb.StatusResponse{HeartbeatTimeoutMs: uint32(s.timeout.Milliseconds()), RepairAfterMs: uint32(s.repair.After.Milliseconds())}
+		out.Nodes = nodeStatuses(states, now)
+		for _, n := range out.Nodes {
+			n.Segments = uint32(load.Segments[n.Id])
+		}
 		if out.Volumes, err = s.listVolumes(ctx); err != nil {
 			return nil, err
 		}
+		markWaiting(out.Volumes, repairNodes(states, load), now, s.repair.After)
 		for _, v := range out.Volumes {
 			w, err := s.cat.Writer(ctx, v.Name)
 			if err != nil {
@@ -583,9 +614,94 @@ func nodeStatuses(states map[string]NodeState, now time.Time) []*pb.NodeStatus {
 		if !ns.LastHeartbeat.IsZero() {
 			age = max(now.Sub(ns.LastHeartbeat).Milliseconds(), 0)
 		}
-		out = append(out, &pb.NodeStatus{Id: ns.ID, Az: ns.AZ, Addr: ns.Addr, State: ns.State, HeartbeatAgeMs: age})
+		out = append(out, &pb.NodeStatus{Id: ns.ID, Az: ns.AZ, Addr: ns.Addr, State: ns.State, HeartbeatAgeMs: age, Admin: ns.Admin})
 	}
 	return out
+}
+
+// markWaiting sets waiting_for_capacity_az on the PGs that PlanRepair would
+// leave degraded for want of a spare node in an AZ, as the leader's repair
+// decides it (without the Declare answers, which only wait decisions do
+// not need).
+func markWaiting(vols []*pb.VolumeInfo, nodes []RepairNode, now time.Time, after time.Duration) {
+	known := map[string]RepairNode{}
+	for _, n := range nodes {
+		known[n.ID] = n
+	}
+	var pgs []PG
+	infos := map[PGKey]*pb.PGInfo{}
+	for _, v := range vols {
+		for _, p := range v.PgList {
+			pg := pgFromInfo(p)
+			failed := false
+			for _, sg := range pg.Segments {
+				n, ok := known[sg.Node]
+				if _, bad := nodeFailed(n, ok, now, after); bad {
+					failed = true
+				}
+			}
+			if failed && pg.Change == nil {
+				pgs = append(pgs, pg)
+				infos[pg.Key()] = p
+			}
+		}
+	}
+	if len(pgs) == 0 {
+		return
+	}
+	for _, a := range PlanRepair(RepairView{Now: now, RepairAfter: after, Nodes: nodes, PGs: pgs}) {
+		if p := infos[a.PG]; a.Kind == ActWait && p != nil && p.WaitingForCapacityAz == "" {
+			p.WaitingForCapacityAz, p.WaitingMember = a.AZ, a.Leaving.Node
+		}
+	}
+}
+
+// pgFromInfo is the catalog's form of a PGInfo.
+func pgFromInfo(p *pb.PGInfo) PG {
+	pg := PG{Version: RecordVersion, VolumeID: p.GetVolumeId(), PG: p.GetPg(), MembershipEpoch: p.GetMembershipEpoch(), GeometryEpoch: p.GetGeometryEpoch()}
+	for _, s := range p.GetSegments() {
+		pg.Segments = append(pg.Segments, Segment{Node: s.GetNode(), AZ: s.GetAz(), Addr: s.GetAddr()})
+	}
+	for _, s := range p.GetNextSegments() {
+		pg.Next = append(pg.Next, Segment{Node: s.GetNode(), AZ: s.GetAz(), Addr: s.GetAddr()})
+	}
+	if ch := p.GetChange(); ch != nil {
+		pg.Change = &MembershipChange{Leaving: ch.GetLeaving(), Joining: ch.GetJoining(), Reason: ch.GetReason(), StartedAt: time.UnixMilli(ch.GetStartedAtUnixMs()).UTC()}
+	}
+	return pg
+}
+
+// RemoveNode marks a node removed: repair moves its segments off it.
+func (s *Server) RemoveNode(ctx context.Context, req *pb.RemoveNodeRequest) (*pb.NodeAdminResponse, error) {
+	return s.nodeAdmin(ctx, req.GetId(), AdminRemoved)
+}
+
+// DrainNode marks a node draining: repair moves its segments off it.
+func (s *Server) DrainNode(ctx context.Context, req *pb.DrainNodeRequest) (*pb.NodeAdminResponse, error) {
+	return s.nodeAdmin(ctx, req.GetId(), AdminDraining)
+}
+
+func (s *Server) nodeAdmin(ctx context.Context, id, admin string) (*pb.NodeAdminResponse, error) {
+	return call(ctx, func(ctx context.Context) (*pb.NodeAdminResponse, error) {
+		old, err := s.cat.SetNodeAdmin(ctx, id, admin)
+		if err != nil {
+			s.log.Warn("node "+admin+" refused", "node", id, "err", err)
+			return nil, err
+		}
+		load, err := s.cat.Load(ctx)
+		if err != nil {
+			return nil, err
+		}
+		states, err := s.cat.NodeStates(ctx)
+		if err != nil {
+			return nil, err
+		}
+		segs := load.Segments[id]
+		if old.Admin != admin {
+			s.log.Warn("node "+admin, "node", id, "az", old.AZ, "previous", old.Admin, "segments", segs, "state", states[id].State)
+		}
+		return &pb.NodeAdminResponse{Admin: admin, Previous: old.Admin, Segments: uint32(segs), State: states[id].State}, nil
+	})
 }
 
 // ---- running the control plane ----
@@ -623,6 +739,12 @@ type Config struct {
 	// JoinExisting joins a running cluster (etcd's initial-cluster-state
 	// existing) rather than bootstrapping a new one.
 	JoinExisting bool
+	// RepairAfter: a node down this long has its segments replaced (0:
+	// DefaultRepairAfter).
+	RepairAfter time.Duration
+	// Metrics, if set, is the address to serve Prometheus metrics on
+	// (/metrics).
+	Metrics string
 }
 
 // Run runs the control plane until ctx ends: the catalog in etcd (embedded
@@ -682,7 +804,19 @@ func Run(ctx context.Context, cfg Config) error {
 	defer cat.Close()
 
 	srv := NewServer(cat, timeout, log)
+	srv.SetRepair(RepairConfig{After: cfg.RepairAfter})
 	srv.ha.etcd = etcd
+	if cfg.Metrics != "" {
+		mlis, err := net.Listen("tcp", cfg.Metrics)
+		if err != nil {
+			return fmt.Errorf("control: cannot serve metrics on %s: %w", cfg.Metrics, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(srv.metrics, promhttp.HandlerOpts{}))
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go hs.Serve(mlis)
+		defer hs.Close()
+	}
 	if etcd != nil && cfg.InitialCluster != "" {
 		sctx, stopSync := context.WithCancel(ctx)
 		defer stopSync()
@@ -693,7 +827,7 @@ func Run(ctx context.Context, cfg Config) error {
 	pb.RegisterControlPlaneServer(gs, controlPlaneService{s: srv})
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gs.Serve(lis) }()
-	log.Info("control plane serving", "addr", lis.Addr().String(), "etcd", strings.Join(urls, ","), "embedded", etcd != nil, "heartbeat_timeout", timeout)
+	log.Info("control plane serving", "addr", lis.Addr().String(), "etcd", strings.Join(urls, ","), "embedded", etcd != nil, "heartbeat_timeout", timeout, "repair_after", srv.repair.After)
 	if cfg.Ready != nil {
 		cfg.Ready(lis.Addr().String())
 	}
