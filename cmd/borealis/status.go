@@ -36,6 +36,9 @@ type statusReport struct {
 	// HeartbeatTimeoutMs is how long a node may miss heartbeats before it is
 	// shown down.
 	HeartbeatTimeoutMs uint32 `json:"heartbeat_timeout_ms"`
+	// RepairAfterMs is how long a node may be down before repair replaces
+	// its segments (0 from a control plane that does not say).
+	RepairAfterMs uint32 `json:"repair_after_ms"`
 	// Instances are the database instances, writers and replicas, of every
 	// volume: the catalog's records (Control.ListInstances) with what each
 	// says of itself on /v1/health, and those cluster.json lists that have
@@ -117,6 +120,12 @@ type nodeReport struct {
 	State string `json:"state"`
 	// HeartbeatAgeMs is the time since the last heartbeat; -1 if none.
 	HeartbeatAgeMs int64 `json:"heartbeat_age_ms"`
+	// Admin is "draining" (node drain) or "removed" (node remove); absent
+	// for a node in service.
+	Admin string `json:"admin,omitempty"`
+	// Segments is how many segments the node holds, a joining one counted
+	// from the start of its change.
+	Segments uint32 `json:"segments"`
 }
 
 type volumeReport struct {
@@ -145,10 +154,15 @@ type volumeReport struct {
 	// than 4 did: writes to the PG wait).
 	PGCounts map[string]int `json:"pg_counts"`
 	// PGsListed says which PGs PGs lists: "not_healthy" (the default, so a
-	// volume of thousands of PGs prints what needs attention) or "all"
-	// (--pgs).
+	// volume of thousands of PGs prints what needs attention: those not
+	// healthy, and those in a membership change or waiting for capacity)
+	// or "all" (--pgs).
 	PGsListed string     `json:"pgs_listed"`
 	PGs       []pgReport `json:"pgs"`
+	// PGsInChange counts the PGs in a membership change (repair, drain);
+	// PGsWaiting those degraded with no spare node in a failed member's AZ.
+	PGsInChange int `json:"pgs_in_change"`
+	PGsWaiting  int `json:"pgs_waiting_for_capacity"`
 	// WriterLease is the volume's writer lease now (absent when nobody
 	// holds it); LastFailover the volume's current or last failover.
 	WriterLease  *writerLeaseReport `json:"writer_lease,omitempty"`
@@ -172,6 +186,37 @@ type pgReport struct {
 	// only raise), or "unknown" (fewer than 4 did; pgcl is 0).
 	PGCLBound string          `json:"pgcl_bound"`
 	Segments  []segmentReport `json:"segments"`
+	// Change is the membership change under way, if any; the PG's state
+	// and PGCL are its current set's (segments), which the change leaves
+	// until the joining segment is complete.
+	Change *changeReport `json:"change,omitempty"`
+	// WaitingForCapacityAZ: a member failed (WaitingMember) and no live
+	// node of this AZ can take its segment; the PG stays degraded, writes
+	// go on, until a node joins the AZ. Waiting says so in words.
+	WaitingForCapacityAZ string `json:"waiting_for_capacity_az,omitempty"`
+	WaitingMember        string `json:"waiting_member,omitempty"`
+	Waiting              string `json:"waiting,omitempty"`
+}
+
+// changeReport is a PG's membership change: Leaving's segment moves to
+// Joining, which hydrates from the PG's other members.
+type changeReport struct {
+	Leaving string `json:"leaving"`
+	Joining string `json:"joining"`
+	// Reason: "down", "removed" or "drain".
+	Reason          string `json:"reason"`
+	StartedAtUnixMs int64  `json:"started_at_unix_ms"`
+	// NextSegments is the set the PG moves to.
+	NextSegments []segmentReport `json:"next_segments"`
+	// JoiningSCL is the joining segment's SCL, and OfSCL the highest SCL
+	// among the current set's segments that answered: its progress (it is
+	// complete once it holds what the old set held when the change began,
+	// and stops hydrating). Progress is JoiningSCL over OfSCL, in LSNs
+	// (the storage nodes report no byte counts).
+	JoiningSCL   uint64 `json:"joining_scl"`
+	OfSCL        uint64 `json:"of_scl"`
+	JoiningEmpty bool   `json:"joining_empty,omitempty"`
+	JoiningError string `json:"joining_error,omitempty"`
 }
 
 type segmentReport struct {
@@ -274,9 +319,9 @@ func gatherStatus(ctx context.Context, control string, allPGs bool) (*statusRepo
 	if err != nil {
 		return nil, fmt.Errorf("control plane at %s: %w", control, err)
 	}
-	rep := &statusReport{HeartbeatTimeoutMs: st.HeartbeatTimeoutMs, Nodes: []nodeReport{}, Volumes: []volumeReport{}, Writers: []writerReport{}}
+	rep := &statusReport{HeartbeatTimeoutMs: st.HeartbeatTimeoutMs, RepairAfterMs: st.RepairAfterMs, Nodes: []nodeReport{}, Volumes: []volumeReport{}, Writers: []writerReport{}}
 	for _, n := range st.Nodes {
-		rep.Nodes = append(rep.Nodes, nodeReport{ID: n.Id, AZ: n.Az, Addr: n.Addr, State: n.State, HeartbeatAgeMs: n.HeartbeatAgeMs})
+		rep.Nodes = append(rep.Nodes, nodeReport{ID: n.Id, AZ: n.Az, Addr: n.Addr, State: n.State, HeartbeatAgeMs: n.HeartbeatAgeMs, Admin: n.Admin, Segments: n.Segments})
 	}
 	sort.Slice(rep.Nodes, func(i, j int) bool { return rep.Nodes[i].ID < rep.Nodes[j].ID })
 	for _, w := range st.Writers {
@@ -302,12 +347,27 @@ func gatherStatus(ctx context.Context, control string, allPGs bool) (*statusRepo
 			PGCounts: map[string]int{pgHealthy: 0, pgDegraded: 0, pgNoQuorum: 0}}
 		for _, pg := range v.PgList {
 			pr := pgReport{ID: pg.Pg, MembershipEpoch: pg.MembershipEpoch}
-			for _, s := range pg.Segments {
+			seg := func(s *pb.SegmentInfo) segmentReport {
 				addr := addrOf[s.Node]
 				if addr == "" {
 					addr = s.Addr
 				}
-				pr.Segments = append(pr.Segments, segmentReport{Node: s.Node, AZ: s.Az, Addr: addr})
+				return segmentReport{Node: s.Node, AZ: s.Az, Addr: addr}
+			}
+			for _, s := range pg.Segments {
+				pr.Segments = append(pr.Segments, seg(s))
+			}
+			if ch := pg.Change; ch != nil {
+				pr.Change = &changeReport{Leaving: ch.Leaving, Joining: ch.Joining, Reason: ch.Reason, StartedAtUnixMs: ch.StartedAtUnixMs, NextSegments: []segmentReport{}}
+				for _, s := range pg.NextSegments {
+					pr.Change.NextSegments = append(pr.Change.NextSegments, seg(s))
+				}
+				vr.PGsInChange++
+			}
+			if az := pg.WaitingForCapacityAz; az != "" {
+				pr.WaitingForCapacityAZ, pr.WaitingMember = az, pg.WaitingMember
+				pr.Waiting = fmt.Sprintf("waiting for capacity in AZ %s: %s failed and no live node of AZ %s can take its segment", az, pg.WaitingMember, az)
+				vr.PGsWaiting++
 			}
 			vr.PGs = append(vr.PGs, pr)
 		}
@@ -330,6 +390,20 @@ func gatherStatus(ctx context.Context, control string, allPGs bool) (*statusRepo
 					continue
 				}
 				perNode[sr.Node] = append(perNode[sr.Node], ask{vr.ID, pr.ID, sr})
+			}
+			// The joining segment too: its SCL is the change's progress.
+			if ch := pr.Change; ch != nil {
+				for si := range ch.NextSegments {
+					sr := &ch.NextSegments[si]
+					if slices.ContainsFunc(pr.Segments, func(o segmentReport) bool { return o.Node == sr.Node }) {
+						continue
+					}
+					if stateOf[sr.Node] == "down" {
+						sr.Error = nodeDown
+						continue
+					}
+					perNode[sr.Node] = append(perNode[sr.Node], ask{vr.ID, pr.ID, sr})
+				}
 			}
 		}
 	}
@@ -408,11 +482,16 @@ func gatherStatus(ctx context.Context, control string, allPGs bool) (*statusRepo
 			}
 			vr.PGCounts[state]++
 			vr.VDL = max(vr.VDL, pr.PGCL)
+			if pr.Change != nil {
+				fillChange(pr)
+			}
 		}
 		vr.PGsListed = "all"
 		if !allPGs {
 			vr.PGsListed = "not_healthy"
-			vr.PGs = slices.DeleteFunc(vr.PGs, func(pr pgReport) bool { return pr.PGCLBound == "exact" })
+			vr.PGs = slices.DeleteFunc(vr.PGs, func(pr pgReport) bool {
+				return pr.PGCLBound == "exact" && pr.Change == nil && pr.WaitingForCapacityAZ == ""
+			})
 		}
 		if vr.PGs == nil {
 			vr.PGs = []pgReport{}
@@ -425,6 +504,47 @@ func gatherStatus(ctx context.Context, control string, allPGs bool) (*statusRepo
 		}
 	}
 	return rep, nil
+}
+
+// fillChange sets a change's progress from the SCLs gathered: the joining
+// segment's, against the highest of the current set's that answered.
+func fillChange(pr *pgReport) {
+	ch := pr.Change
+	for _, s := range pr.Segments {
+		if s.Error == "" {
+			ch.OfSCL = max(ch.OfSCL, s.SCL)
+		}
+	}
+	for i, s := range ch.NextSegments {
+		if s.Node == ch.Joining {
+			ch.JoiningSCL, ch.JoiningEmpty, ch.JoiningError = s.SCL, s.Empty, s.Error
+			continue
+		}
+		// A member of both sets was asked once, as one of the current set.
+		for _, o := range pr.Segments {
+			if o.Node == s.Node {
+				ch.NextSegments[i] = o
+			}
+		}
+	}
+}
+
+// describeChange is a change in words, for the text output.
+func describeChange(ch *changeReport) string {
+	progress := fmt.Sprintf("%s at SCL %d of %d", ch.Joining, ch.JoiningSCL, ch.OfSCL)
+	switch {
+	case ch.JoiningError == nodeDown:
+		progress = ch.Joining + " is DOWN"
+	case ch.JoiningError != "":
+		progress = ch.Joining + " UNREACHABLE"
+	case ch.JoiningEmpty:
+		progress = ch.Joining + " has nothing yet"
+	}
+	age := ""
+	if ch.StartedAtUnixMs > 0 {
+		age = fmt.Sprintf(", for %s", time.Since(time.UnixMilli(ch.StartedAtUnixMs)).Round(time.Second))
+	}
+	return fmt.Sprintf("moving %s -> %s (%s%s): %s", ch.Leaving, ch.Joining, ch.Reason, age, progress)
 }
 
 // nodeDown is a segment's error when the control plane has its node down.
@@ -441,19 +561,25 @@ func shortErr(err error) string {
 func printStatus(out io.Writer, rep *statusReport) {
 	printControlPlanes(out, rep)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "NODE\tAZ\tADDRESS\tSTATE\tHEARTBEAT\n")
+	fmt.Fprintf(tw, "NODE\tAZ\tADDRESS\tSTATE\tSEGMENTS\tHEARTBEAT\n")
 	for _, n := range rep.Nodes {
 		state := n.State
 		if state != "up" {
 			state = "DOWN  <--"
 		}
+		if n.Admin != "" {
+			state += " (" + n.Admin + ")"
+		}
 		age := "never"
 		if n.HeartbeatAgeMs >= 0 {
 			age = (time.Duration(n.HeartbeatAgeMs) * time.Millisecond).Round(100*time.Millisecond).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.ID, n.AZ, n.Addr, state, age)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", n.ID, n.AZ, n.Addr, state, n.Segments, age)
 	}
 	tw.Flush()
+	if rep.RepairAfterMs > 0 {
+		fmt.Fprintf(out, "a node down for %s has its segments moved to a spare of its AZ\n", time.Duration(rep.RepairAfterMs)*time.Millisecond)
+	}
 	for _, v := range rep.Volumes {
 		vdl := fmt.Sprintf("VDL %d (the writer's)", v.VDL)
 		switch v.VDLSource {
@@ -469,6 +595,9 @@ func printStatus(out io.Writer, rep *statusReport) {
 			v.Name, v.ID, v.VolumeEpoch, v.GeometryEpoch, vdl, total, formatSize(v.PGSizeBytes), formatSize(v.SizeBytes))
 		fmt.Fprintf(out, "  PGs: %d healthy, %d degraded (4 or 5 segments answer), %d without a write quorum (fewer than 4)\n",
 			v.PGCounts[pgHealthy], v.PGCounts[pgDegraded], v.PGCounts[pgNoQuorum])
+		if v.PGsInChange > 0 || v.PGsWaiting > 0 {
+			fmt.Fprintf(out, "  repair: %d PG(s) in a membership change, %d waiting for capacity\n", v.PGsInChange, v.PGsWaiting)
+		}
 		if len(v.PGs) == 0 {
 			if v.PGsListed != "all" {
 				fmt.Fprintln(out, "  every PG has all its segments answering; --pgs lists them")
@@ -476,7 +605,7 @@ func printStatus(out io.Writer, rep *statusReport) {
 			continue
 		}
 		if v.PGsListed != "all" {
-			fmt.Fprintln(out, "  the PGs that are not healthy (--pgs lists every one):")
+			fmt.Fprintln(out, "  the PGs that are not healthy, in a change or waiting (--pgs lists every one):")
 		}
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 		fmt.Fprintf(tw, "  PG\tEPOCH\tPGCL\tSEGMENTS (node/AZ: SCL)\n")
@@ -503,6 +632,12 @@ func printStatus(out io.Writer, rep *statusReport) {
 				pgcl = fmt.Sprintf(">=%d", pg.PGCL)
 			}
 			fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\n", pg.ID, pg.MembershipEpoch, pgcl, strings.Join(segs, "  "))
+			if pg.Change != nil {
+				fmt.Fprintf(tw, "  \t\t\t%s\n", describeChange(pg.Change))
+			}
+			if pg.Waiting != "" {
+				fmt.Fprintf(tw, "  \t\t\t%s  <--\n", pg.Waiting)
+			}
 		}
 		tw.Flush()
 	}

@@ -211,3 +211,120 @@ func TestIDOrder(t *testing.T) {
 func freeAddr() (string, error) {
 	return cluster.FreeAddr()
 }
+
+// fakeStatusControl answers Status with a canned report.
+type fakeStatusControl struct {
+	pb.UnimplementedControlServer
+	st *pb.StatusResponse
+}
+
+func (f *fakeStatusControl) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, error) {
+	return f.st, nil
+}
+
+// fakeSCLs is a storage node that answers SegmentSCLs.
+type fakeSCLs struct {
+	pb.UnimplementedStorageServer
+	scl map[uint32]uint64
+}
+
+func (f *fakeSCLs) SegmentSCLs(context.Context, *pb.SegmentSCLsRequest) (*pb.SegmentSCLsResponse, error) {
+	out := &pb.SegmentSCLsResponse{}
+	for pg, scl := range f.scl {
+		out.Segments = append(out.Segments, &pb.HostedSCL{Pg: pg, Scl: scl})
+	}
+	return out, nil
+}
+
+// status shows a PG in a membership change with its leaving and joining
+// members and the joining one's progress, and a PG that waits for
+// capacity in an AZ; the counts by state are the current sets'; a healthy
+// PG in no change is not listed. Text and JSON.
+func TestStatusRepair(t *testing.T) {
+	serve := func(scl map[uint32]uint64) string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := grpc.NewServer()
+		pb.RegisterStorageServer(g, &fakeSCLs{scl: scl})
+		go g.Serve(l)
+		t.Cleanup(g.Stop)
+		return l.Addr().String()
+	}
+	st := &pb.StatusResponse{HeartbeatTimeoutMs: 3000, RepairAfterMs: 60000}
+	azOf := map[string]string{"s1": "a", "s2": "a", "s7": "a", "s3": "b", "s4": "b", "s5": "c", "s6": "c"}
+	for _, id := range []string{"s1", "s2", "s3", "s4", "s5", "s6", "s7"} {
+		n := &pb.NodeStatus{Id: id, Az: azOf[id], State: "up", HeartbeatAgeMs: 100, Segments: 3}
+		switch id {
+		case "s2":
+			n.State, n.Addr = "down", "127.0.0.1:1"
+		case "s7":
+			n.Addr, n.Segments = serve(map[uint32]uint64{0: 40}), 1
+		default:
+			n.Addr = serve(map[uint32]uint64{0: 100, 1: 90, 2: 80})
+		}
+		st.Nodes = append(st.Nodes, n)
+	}
+	segs := func(ids ...string) []*pb.SegmentInfo {
+		var out []*pb.SegmentInfo
+		for _, id := range ids {
+			out = append(out, &pb.SegmentInfo{Node: id, Az: azOf[id]})
+		}
+		return out
+	}
+	set := segs("s1", "s2", "s3", "s4", "s5", "s6")
+	st.Volumes = []*pb.VolumeInfo{{Name: "main", Id: 1, Pgs: 3, PgList: []*pb.PGInfo{
+		{VolumeId: 1, Pg: 0, MembershipEpoch: 2, Segments: set, NextSegments: segs("s1", "s7", "s3", "s4", "s5", "s6"),
+			Change: &pb.MembershipChange{Leaving: "s2", Joining: "s7", Reason: "down", StartedAtUnixMs: 1}},
+		{VolumeId: 1, Pg: 1, MembershipEpoch: 1, Segments: set, WaitingForCapacityAz: "a", WaitingMember: "s2"},
+		{VolumeId: 1, Pg: 2, MembershipEpoch: 1, Segments: segs("s1", "s7", "s3", "s4", "s5", "s6")},
+	}}}
+	// PG 2 is on s7, which holds nothing of it: healthy all the same (an
+	// empty segment answers), so it is not listed.
+	control := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := grpc.NewServer()
+		pb.RegisterControlServer(g, &fakeStatusControl{st: st})
+		go g.Serve(l)
+		t.Cleanup(g.Stop)
+		return l.Addr().String()
+	}()
+	rep, err := gatherStatus(context.Background(), control, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.RepairAfterMs != 60000 || rep.Nodes[6].ID != "s7" || rep.Nodes[6].Segments != 1 {
+		t.Fatalf("report: repair after %d, nodes %+v", rep.RepairAfterMs, rep.Nodes)
+	}
+	v := rep.Volumes[0]
+	if v.PGCounts[pgDegraded] != 2 || v.PGCounts[pgHealthy] != 1 || v.PGsInChange != 1 || v.PGsWaiting != 1 || len(v.PGs) != 2 {
+		t.Fatalf("volume: counts %v, in change %d, waiting %d, %d listed", v.PGCounts, v.PGsInChange, v.PGsWaiting, len(v.PGs))
+	}
+	ch := v.PGs[0].Change
+	if ch == nil || ch.Leaving != "s2" || ch.Joining != "s7" || ch.JoiningSCL != 40 || ch.OfSCL != 100 || len(ch.NextSegments) != 6 || ch.NextSegments[2].SCL != 100 {
+		t.Fatalf("PG 0's change: %+v", ch)
+	}
+	if p := v.PGs[1]; p.WaitingForCapacityAZ != "a" || p.WaitingMember != "s2" || !strings.Contains(p.Waiting, "waiting for capacity in AZ a") {
+		t.Fatalf("PG 1: %+v", p)
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"repair_after_ms":60000`, `"pgs_in_change":1`, `"pgs_waiting_for_capacity":1`, `"waiting_for_capacity_az":"a"`, `"joining":"s7"`, `"joining_scl":40`, `"pg_counts":{`, `"segments":1}`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("JSON lacks %s: %s", want, b)
+		}
+	}
+	var text strings.Builder
+	printStatus(&text, rep)
+	for _, want := range []string{"moving s2 -> s7 (down", "s7 at SCL 40 of 100", "waiting for capacity in AZ a", "1 PG(s) in a membership change, 1 waiting for capacity"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("text lacks %q:\n%s", want, text.String())
+		}
+	}
+}
