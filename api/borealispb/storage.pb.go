@@ -1275,9 +1275,11 @@ func (x *SegmentSCLsRequest) GetVolume() uint64 {
 }
 
 type HostedSCL struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pg            uint32                 `protobuf:"varint,1,opt,name=pg,proto3" json:"pg,omitempty"`
-	Scl           uint64                 `protobuf:"varint,2,opt,name=scl,proto3" json:"scl,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pg    uint32                 `protobuf:"varint,1,opt,name=pg,proto3" json:"pg,omitempty"`
+	Scl   uint64                 `protobuf:"varint,2,opt,name=scl,proto3" json:"scl,omitempty"`
+	// The segment is copying from a peer (see DeclaredSegment.hydrating).
+	Hydrating     bool `protobuf:"varint,3,opt,name=hydrating,proto3" json:"hydrating,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1324,6 +1326,13 @@ func (x *HostedSCL) GetScl() uint64 {
 		return x.Scl
 	}
 	return 0
+}
+
+func (x *HostedSCL) GetHydrating() bool {
+	if x != nil {
+		return x.Hydrating
+	}
+	return false
 }
 
 type SegmentSCLsResponse struct {
@@ -2013,11 +2022,13 @@ type HydrateChunk struct {
 	// records after it as the source did.
 	Epoch       uint64        `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	Truncations []*Truncation `protobuf:"bytes,7,rep,name=truncations,proto3" json:"truncations,omitempty"`
-	// CRC32C (Castagnoli) over the chunk's content: base_lsn, cursor, done,
-	// bytes_total, epoch, and each page's number, LSN and data, as the
-	// source computes it (see internal/storage hydrateChunkCRC). A chunk
-	// that does not match is refused and fetched again.
-	Crc32C        uint32 `protobuf:"varint,8,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
+	// CRC32C (Castagnoli) over the chunk's content: every other field, as
+	// internal/storage's hydrateChunkCRC lays it out. A chunk that does not
+	// match is refused and fetched again.
+	Crc32C uint32 `protobuf:"varint,8,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
+	// The PG's last record at or below base_lsn (0: none): the copy's chain
+	// continues from it, as complete as the pages (its SCL).
+	TailLsn       uint64 `protobuf:"varint,9,opt,name=tail_lsn,json=tailLsn,proto3" json:"tail_lsn,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2104,6 +2115,13 @@ func (x *HydrateChunk) GetTruncations() []*Truncation {
 func (x *HydrateChunk) GetCrc32C() uint32 {
 	if x != nil {
 		return x.Crc32C
+	}
+	return 0
+}
+
+func (x *HydrateChunk) GetTailLsn() uint64 {
+	if x != nil {
+		return x.TailLsn
 	}
 	return 0
 }
@@ -2494,10 +2512,11 @@ const file_storage_proto_rawDesc = "" +
 	"\vfence_epoch\x18\x03 \x01(\x04R\n" +
 	"fenceEpoch\",\n" +
 	"\x12SegmentSCLsRequest\x12\x16\n" +
-	"\x06volume\x18\x01 \x01(\x04R\x06volume\"-\n" +
+	"\x06volume\x18\x01 \x01(\x04R\x06volume\"K\n" +
 	"\tHostedSCL\x12\x0e\n" +
 	"\x02pg\x18\x01 \x01(\rR\x02pg\x12\x10\n" +
-	"\x03scl\x18\x02 \x01(\x04R\x03scl\"I\n" +
+	"\x03scl\x18\x02 \x01(\x04R\x03scl\x12\x1c\n" +
+	"\thydrating\x18\x03 \x01(\bR\thydrating\"I\n" +
 	"\x13SegmentSCLsResponse\x122\n" +
 	"\bsegments\x18\x01 \x03(\v2\x16.borealis.v1.HostedSCLR\bsegments\"\xb7\x04\n" +
 	"\x13SegmentInfoResponse\x12\x10\n" +
@@ -2552,7 +2571,7 @@ const file_storage_proto_rawDesc = "" +
 	"\vHydratePage\x12\x12\n" +
 	"\x04page\x18\x01 \x01(\x04R\x04page\x12\x10\n" +
 	"\x03lsn\x18\x02 \x01(\x04R\x03lsn\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\fR\x04data\"\x8f\x02\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"\xaa\x02\n" +
 	"\fHydrateChunk\x12\x19\n" +
 	"\bbase_lsn\x18\x01 \x01(\x04R\abaseLsn\x12.\n" +
 	"\x05pages\x18\x02 \x03(\v2\x18.borealis.v1.HydratePageR\x05pages\x12\x16\n" +
@@ -2562,7 +2581,8 @@ const file_storage_proto_rawDesc = "" +
 	"bytesTotal\x12\x14\n" +
 	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\x129\n" +
 	"\vtruncations\x18\a \x03(\v2\x17.borealis.v1.TruncationR\vtruncations\x12\x16\n" +
-	"\x06crc32c\x18\b \x01(\rR\x06crc32c\"K\n" +
+	"\x06crc32c\x18\b \x01(\rR\x06crc32c\x12\x19\n" +
+	"\btail_lsn\x18\t \x01(\x04R\atailLsn\"K\n" +
 	"\x0fDeclareResponse\x128\n" +
 	"\bsegments\x18\x01 \x03(\v2\x1c.borealis.v1.DeclaredSegmentR\bsegments\"\x0e\n" +
 	"\fStatsRequest\"\xab\x03\n" +

@@ -9,6 +9,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,7 +22,7 @@ import (
 
 func storageCmd() *cobra.Command {
 	var cfg storage.Config
-	var listen, metrics, controlAddr string
+	var listen, metrics, controlAddr, repairRate string
 	var procs int
 	cmd := &cobra.Command{
 		Use:   "storage --id ID --az AZ --listen ADDR --dir DIR [--control ADDR]",
@@ -34,6 +35,11 @@ writer first declares them.`,
 			if cfg.ID == "" || cfg.AZ == "" || listen == "" || cfg.Dir == "" {
 				return errors.New("storage needs --id, --az, --listen and --dir")
 			}
+			rate, err := parseRepairRate(repairRate)
+			if err != nil {
+				return err
+			}
+			cfg.RepairRate = rate
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			cfg.Logger = log
 			if procs > 0 {
@@ -109,5 +115,18 @@ writer first declares them.`,
 	// 64-committer throughput +10%.
 	f.IntVar(&procs, "procs", 0, "Go scheduler Ps (GOMAXPROCS) for the node; 0 leaves Go's default (one per CPU, or the GOMAXPROCS environment variable). Local clusters use 1")
 	f.DurationVar(&cfg.GossipInterval, "gossip-interval", 200*time.Millisecond, "how often a segment compares notes with a peer")
+	f.StringVar(&repairRate, "repair-rate", "100MiB", "bytes per second that the node's hydrations (segments copying their PG from a peer) copy, all together, such as 64MiB; 0 for no limit")
 	return cmd
+}
+
+// parseRepairRate reads --repair-rate: a size per second, or 0 for none.
+func parseRepairRate(s string) (uint64, error) {
+	if strings.TrimSpace(s) == "0" {
+		return 0, nil
+	}
+	n, err := parseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("--repair-rate: %w (bytes per second, or 0 for no limit)", err)
+	}
+	return n, nil
 }

@@ -1,6 +1,9 @@
 package storage
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // This file is pure: it decides, from a segment's horizons, how far the
 // materializer and the GC may go. It reads no clock and touches no store;
@@ -62,4 +65,60 @@ func collectFloor(h horizons) (uint64, bool) {
 // replay at restart. A flush keeps only what is live, and frees the logs.
 func idleFlushDue(sinceAppend, idle time.Duration, flushedSince bool, logBytes, minLog uint64) bool {
 	return sinceAppend >= idle && !flushedSince && logBytes > minLog
+}
+
+// peerHorizon is what a segment knows of another member of its PG, for
+// how much of its log to keep.
+type peerHorizon struct {
+	// SCL the member last reported (in its pulls, or in answers to this
+	// segment's); Known is false when none was heard since the node
+	// started or the member last failed to answer.
+	SCL   uint64
+	Known bool
+	// Joining: the member is being added by a membership change under
+	// way; it copies the PG from a peer's pages (hydration) and needs no
+	// log below them.
+	Joining bool
+}
+
+// retainFloor says up to which LSN no peer needs this segment's log, for
+// collectFloor's Retain. The writer's retain LSN is the lowest SCL it knows
+// among the members it counts, which may include one that hydrates (its SCL
+// is low until its copy is in, and it needs no log below the copy) or one
+// that is gone. The node's own knowledge may therefore go higher: every
+// member of the held sets that is not joining has reported an SCL at least
+// this high, so no such member needs a record at or below it. One member
+// not heard from leaves the writer's retain LSN alone in force. Joining
+// members count for nothing, and members of no set (removed, retired) are
+// not among peers at all. The copies this node serves to hydrating peers
+// (pins, their tails) hold the floor below the log they pull next.
+func retainFloor(writerRetain uint64, peers []peerHorizon, pins []uint64) uint64 {
+	floor := writerRetain
+	members, lowest := 0, uint64(0)
+	allKnown := true
+	for _, p := range peers {
+		if p.Joining {
+			continue
+		}
+		if !p.Known {
+			allKnown = false
+			break
+		}
+		if members == 0 || p.SCL < lowest {
+			lowest = p.SCL
+		}
+		members++
+	}
+	if allKnown {
+		if members == 0 {
+			// No other member holds the PG's log from this one.
+			floor = math.MaxUint64
+		} else {
+			floor = max(floor, lowest)
+		}
+	}
+	for _, pin := range pins {
+		floor = min(floor, pin)
+	}
+	return floor
 }

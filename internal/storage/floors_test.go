@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"math"
 	"testing"
 	"time"
 )
@@ -67,6 +68,33 @@ func TestIdleFlushDue(t *testing.T) {
 	} {
 		if got := idleFlushDue(c.sinceAppend, idle, c.flushedSince, c.logBytes, minLog); got != c.want {
 			t.Errorf("%s: idleFlushDue = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func TestRetainFloor(t *testing.T) {
+	const max = math.MaxUint64
+	known := func(scl uint64) peerHorizon { return peerHorizon{SCL: scl, Known: true} }
+	for _, c := range []struct {
+		name   string
+		writer uint64
+		peers  []peerHorizon
+		pins   []uint64
+		want   uint64
+	}{
+		{"no peer: nobody pulls this log", 5, nil, nil, max},
+		{"every member heard from, above the writer's", 5, []peerHorizon{known(9), known(12)}, nil, 9},
+		{"every member heard from, below the writer's", 10, []peerHorizon{known(9), known(12)}, nil, 10},
+		{"a member not heard from: the writer's alone", 5, []peerHorizon{known(9), {}}, nil, 5},
+		{"a joining member does not hold the floor", 5, []peerHorizon{known(9), {SCL: 0, Known: true, Joining: true}}, nil, 9},
+		{"a joining member not heard from neither", 5, []peerHorizon{known(9), {Joining: true}}, nil, 9},
+		{"only joining members", 5, []peerHorizon{{Joining: true}}, nil, max},
+		{"a copy served holds it at its tail", 5, []peerHorizon{known(9)}, []uint64{7}, 7},
+		{"below the writer's too", 5, []peerHorizon{known(9)}, []uint64{3, 8}, 3},
+		{"a pin on a segment without peers", 0, nil, []uint64{4}, 4},
+	} {
+		if got := retainFloor(c.writer, c.peers, c.pins); got != c.want {
+			t.Errorf("%s: retainFloor(%d, %+v, %v) = %d, want %d", c.name, c.writer, c.peers, c.pins, got, c.want)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
@@ -99,6 +100,12 @@ func (n *Node) gossipLoop() {
 			onlyHoles = true
 		}
 		for _, s := range n.segments() {
+			// A hydrating segment's hydration pulls the log once its pages
+			// are in; a retired one completes nothing more and only serves
+			// its peers.
+			if s.hydrating.Load() || s.retiredFlag.Load() {
+				continue
+			}
 			n.mu.Lock()
 			// A segment below the tail a truncation named lacks records
 			// just as one with holes does.
@@ -246,4 +253,21 @@ func (n *Node) peerConn(addr string) (*grpc.ClientConn, error) {
 	}
 	n.peers[addr] = c
 	return c, nil
+}
+
+// peerHorizons are what s knows of its peers, for retainFloor.
+func (n *Node) peerHorizons(s *seg) []peerHorizon {
+	n.mu.Lock()
+	peers := slices.Clone(s.peers)
+	joining := s.joining
+	n.mu.Unlock()
+	scls := s.peerSCLs.Load()
+	out := make([]peerHorizon, len(peers))
+	for i, p := range peers {
+		out[i].Joining = joining[p.NodeId]
+		if scls != nil {
+			out[i].SCL, out[i].Known = (*scls)[p.NodeId]
+		}
+	}
+	return out
 }

@@ -54,6 +54,7 @@ func (n *Node) materializeLoop() {
 			}
 		}
 		n.maybeIdleFlush()
+		n.expireSources(time.Now())
 	}
 }
 
@@ -97,7 +98,9 @@ func (n *Node) maybeIdleFlush() {
 func (n *Node) backgroundStep(s *seg) (bool, error) {
 	n.dropMu.Lock()
 	defer n.dropMu.Unlock()
-	if s.dropped.Load() {
+	// A hydrating segment's versions are the copy's, and its log is not
+	// yet complete below them.
+	if s.dropped.Load() || s.hydrating.Load() {
 		return false, nil
 	}
 	did, err := n.materializeStep(s)
@@ -189,7 +192,8 @@ func (n *Node) materializeStep(s *seg) (bool, error) {
 // versions and that every member of the PG already holds.
 func (n *Node) collectStep(s *seg) (bool, error) {
 	old := s.logFloor.Load()
-	floor, ok := collectFloor(horizons{Materialized: s.mat.Load(), Retain: s.retain.Load(), LogFloor: old})
+	retain := retainFloor(s.retain.Load(), n.peerHorizons(s), n.hydrationPins(s))
+	floor, ok := collectFloor(horizons{Materialized: s.mat.Load(), Retain: retain, LogFloor: old})
 	if !ok {
 		return false, nil
 	}

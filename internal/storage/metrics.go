@@ -23,6 +23,10 @@ func (n *Node) MetricsHandler() http.Handler {
 	counter("records_appended_total", "Records accepted from the writer.", n.stats.recordsAppended.Load)
 	counter("records_pulled_total", "Records accepted from peers by gossip.", n.stats.recordsPulled.Load)
 	counter("pages_materialized_total", "Page versions written by the materializer.", n.stats.pagesMaterialized.Load)
+	counter("repairs_started_total", "Hydrations begun: segments that copy their PG from a peer.", n.stats.repairsStarted.Load)
+	counter("repairs_completed_total", "Hydrations completed.", n.stats.repairsCompleted.Load)
+	counter("hydrated_bytes_total", "Page bytes copied from peers by hydrations.", n.stats.hydratedBytes.Load)
+	counter("hydrate_bad_chunks_total", "Hydration chunks refused for a CRC32C mismatch and fetched again.", n.stats.hydrateBadChunks.Load)
 	reg.MustRegister(n.stats.commitLatency, n.stats.groupSize)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "borealis", Subsystem: "storage", Name: "disk_bytes", Help: "Bytes the store occupies on disk.",

@@ -51,7 +51,10 @@ type Config struct {
 	// the memtable, the more of them are deleted before a flush would write
 	// them to a table and compactions rewrite them. Default 64 MiB.
 	MemTableBytes uint64
-	Logger        *slog.Logger
+	// RepairRate bounds the bytes per second that the node's hydrations
+	// copy, all together; 0: unlimited.
+	RepairRate uint64
+	Logger     *slog.Logger
 }
 
 // Node is a running storage node.
@@ -96,7 +99,25 @@ type Node struct {
 		materializeCommit atomic.Pointer[func(*seg)]
 		// dropWaits runs when DropVolumes waits for dropMu.
 		dropWaits atomic.Pointer[func()]
+		// hydrateServe runs when the node is asked for a copy;
+		// hydrateChunk on each chunk a hydration receives, before its CRC
+		// is checked; hydrateStored after a chunk is stored.
+		hydrateServe  atomic.Pointer[func(*pb.HydrateRequest)]
+		hydrateChunk  atomic.Pointer[func(*pb.HydrateChunk)]
+		hydrateStored atomic.Pointer[func(*seg, hydrateState)]
 	}
+
+	// hydMu guards the copies served to hydrating peers (sources), the
+	// hydrations running here (hydrators), and hydClosed, set once Close
+	// starts, after which no hydration starts.
+	hydMu     sync.Mutex
+	sources   map[sourceKey]*hydrateSource
+	hydrators map[*seg]bool
+	hydClosed bool
+	repair    *rateLimiter
+	// hydrateChunkBytes is the chunk size hydrations ask for (0: the
+	// source's default).
+	hydrateChunkBytes uint32
 	// compactions queues the key ranges of dropped volumes for compactLoop.
 	compactions chan [2][]byte
 
@@ -135,6 +156,10 @@ type counters struct {
 	recordsPulled     atomic.Uint64
 	pullsServed       atomic.Uint64
 	pagesMaterialized atomic.Uint64
+	repairsStarted    atomic.Uint64
+	repairsCompleted  atomic.Uint64
+	hydratedBytes     atomic.Uint64
+	hydrateBadChunks  atomic.Uint64
 
 	commitLatency prometheus.Histogram
 	groupSize     prometheus.Histogram
@@ -179,6 +204,9 @@ func Open(cfg Config) (*Node, error) {
 		stop:      make(chan struct{}),
 
 		compactions: make(chan [2][]byte, 64),
+		sources:     map[sourceKey]*hydrateSource{},
+		hydrators:   map[*seg]bool{},
+		repair:      &rateLimiter{rate: float64(cfg.RepairRate)},
 	}
 	n.stats.commitLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "borealis", Subsystem: "storage", Name: "group_commit_seconds",
@@ -234,6 +262,11 @@ func Open(cfg Config) (*Node, error) {
 	go func() { defer n.wg.Done(); n.commits.run() }()
 	go func() { defer n.wg.Done(); n.materializeLoop() }()
 	go func() { defer n.wg.Done(); n.gossipLoop() }()
+	for _, s := range n.segments() {
+		if s.hydrating.Load() {
+			n.startHydration(s)
+		}
+	}
 	return n, nil
 }
 
@@ -390,6 +423,17 @@ func (n *Node) loadSegment(key segKey, declBytes []byte) (*seg, error) {
 	} else if ok {
 		s.vdlSeen.Store(binary.BigEndian.Uint64(v))
 	}
+	if v, ok, err := n.get(metaSubKey(key.vol, key.pg, metaHydrate)); err != nil {
+		return nil, err
+	} else if ok {
+		if err := json.Unmarshal(v, &s.hyd); err != nil {
+			return nil, fmt.Errorf("corrupt hydration state: %w", err)
+		}
+		s.hydRecord = true
+		s.hydrating.Store(!s.hyd.Done)
+		s.hydCopied.Store(s.hyd.Copied)
+		s.hydTotal.Store(s.hyd.Total)
+	}
 	n.noteWant(s)
 	return s, nil
 }
@@ -407,11 +451,7 @@ func (n *Node) setSpec(s *seg, spec *pb.SegmentSpec) {
 	s.retired = !inSomeSet(spec, n.cfg.ID)
 	s.retiredFlag.Store(s.retired)
 	s.joining = joiningMembers(spec)
-	// A retired segment completes nothing more: it only serves its peers.
 	s.peers = nil
-	if s.retired {
-		return
-	}
 	for _, m := range memberUnion(spec) {
 		if m.NodeId != n.cfg.ID {
 			s.peers = append(s.peers, m)
@@ -459,9 +499,13 @@ func (n *Node) Close() error {
 	if srv != nil {
 		srv.Stop()
 	}
+	n.hydMu.Lock()
+	n.hydClosed = true
+	n.hydMu.Unlock()
 	close(n.stop)
 	n.commits.close()
 	n.wg.Wait()
+	n.closeSources()
 	n.peersMu.Lock()
 	for _, c := range n.peers {
 		c.Close()

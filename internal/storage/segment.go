@@ -22,6 +22,9 @@ const (
 	metaSCL   = 's'
 	metaVDL   = 'v'
 	metaMater = 'g'
+	// metaHydrate: a hydration's progress (hydrateState), written by the
+	// declaration that starts it and then by the hydration alone.
+	metaHydrate = 'h'
 )
 
 func metaSubKey(vol uint64, pg uint32, sub byte) []byte {
@@ -59,7 +62,7 @@ type seg struct {
 	// guarded by Node.mu
 	spec  *pb.SegmentSpec
 	chain *segment.Chain
-	peers []*pb.Member // the other members of every set, none if retired
+	peers []*pb.Member // the other members of every set
 	// retired: the node is in no set of the membership held (retiredFlag
 	// is the same, for lock-free readers); joining are the members being
 	// added by a change under way (see joiningMembers).
@@ -77,6 +80,17 @@ type seg struct {
 	peerSCLs   atomic.Pointer[map[string]uint64]
 
 	retiredFlag atomic.Bool
+
+	// hydrating: the segment copies its PG from a peer (see hydrate.go)
+	// and counts toward no quorum; hydCopied and hydTotal are its progress
+	// in page bytes. hydRecord (guarded by Node.mu): a hydration was begun
+	// here, done or not. hyd is the hydration's state, owned by the
+	// hydration's goroutine once it runs.
+	hydrating atomic.Bool
+	hydRecord bool
+	hyd       hydrateState
+	hydCopied atomic.Uint64
+	hydTotal  atomic.Uint64
 
 	// want is the PG tail a recovery truncation named; while the SCL is
 	// below it the segment lacks records that exist, and gossip treats it

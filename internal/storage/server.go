@@ -194,6 +194,9 @@ func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) 
 			return nil, 0, 0, refuse(pb.Reason_STALE_EPOCH, req.Volume, req.Pg, 0, "volume %d: read with epoch %d, older than epoch %d already seen", req.Volume, req.Epoch, ve)
 		}
 	}
+	if s.hydrating.Load() {
+		return nil, 0, 0, refuse(pb.Reason_SEGMENT_BEHIND, req.Volume, req.Pg, req.ReadLsn, "node %s: segment of volume %d PG %d is hydrating from a peer and serves no reads until it is complete", n.cfg.ID, req.Volume, req.Pg)
+	}
 	if !s.holdsPage(req.Page) {
 		return nil, 0, 0, refuse(pb.Reason_BAD_REQUEST, req.Volume, req.Pg, 0, "page %d is not in volume %d PG %d", req.Page, req.Volume, req.Pg)
 	}
@@ -370,6 +373,10 @@ func (r *rpcServer) SegmentInfo(ctx context.Context, req *pb.SegmentInfoRequest)
 		VdlSeen:         s.vdlSeen.Load(),
 		Truncations:     TruncationsToPB(s.chain.State().Truncations),
 		Retired:         s.retired,
+
+		Hydrating:          s.hydrating.Load(),
+		HydrateBytesCopied: s.hydCopied.Load(),
+		HydrateBytesTotal:  s.hydTotal.Load(),
 	}
 	n.mu.Unlock()
 	resp.Records = n.countKeys(segPrefix(famChain, s.key.vol, s.key.pg))
@@ -384,7 +391,7 @@ func (r *rpcServer) SegmentSCLs(ctx context.Context, req *pb.SegmentSCLsRequest)
 	resp := &pb.SegmentSCLsResponse{}
 	for _, s := range r.n.segments() {
 		if s.key.vol == req.Volume && !s.dropped.Load() {
-			resp.Segments = append(resp.Segments, &pb.HostedSCL{Pg: s.key.pg, Scl: s.durableSCL.Load()})
+			resp.Segments = append(resp.Segments, &pb.HostedSCL{Pg: s.key.pg, Scl: s.durableSCL.Load(), Hydrating: s.hydrating.Load()})
 		}
 	}
 	slices.SortFunc(resp.Segments, func(a, b *pb.HostedSCL) int { return cmp.Compare(a.Pg, b.Pg) })
