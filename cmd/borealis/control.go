@@ -51,11 +51,24 @@ granted as asked (with etcd's default election timeout it would be 2s). An
 external etcd (--etcd) must be configured likewise for short leases.
 
 Storage nodes started with --control ADDR register and heartbeat; a node that
-misses heartbeats for --heartbeat-timeout is down until it heartbeats again.`,
+misses heartbeats for --heartbeat-timeout is down until it heartbeats again.
+
+Repair: the leader moves each segment of a node down for --repair-after (or
+removed, or drained: borealis node) to a live node of the same AZ that does
+not hold that PG, least loaded first: the PG goes from ABCDEF to {ABCDEF,
+ABCDEG} under a new membership epoch, G hydrates from its peers, and once G is
+complete the PG is ABCDEG; if F heartbeats again first, the PG goes back to
+ABCDEF. With no such node in the AZ, the PG stays degraded (writes go on) and
+status says it waits for capacity there; a storage node started later with
+--control joins, and the waiting repairs use it. A node that comes back
+without segments its peers hold is told to copy them.`,
 		Args: noArgs(""),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfg.Listen == "" {
 				return errors.New("control needs --listen (and --dir, or --etcd)")
+			}
+			if cfg.RepairAfter <= 0 {
+				return fmt.Errorf("--repair-after %s: give a positive duration, such as 60s", cfg.RepairAfter)
 			}
 			if cfg.Dir == "" && len(cfg.Etcd) == 0 {
 				return errors.New("control needs --dir for its embedded etcd's data, or --etcd with the client URLs of an external etcd")
@@ -93,6 +106,8 @@ misses heartbeats for --heartbeat-timeout is down until it heartbeats again.`,
 	f.StringVar(&cfg.Dir, "dir", "", "data directory of the embedded etcd")
 	f.StringSliceVar(&cfg.Etcd, "etcd", nil, "client URLs of an external etcd cluster (e.g. http://10.0.0.1:2379,http://10.0.0.2:2379) instead of the embedded one")
 	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", 3*time.Second, "a storage node that has not heartbeat for this long is down (whole seconds; at least 1s)")
+	f.DurationVar(&cfg.RepairAfter, "repair-after", control.DefaultRepairAfter, "a storage node down this long has each of its segments moved to a spare node of its AZ (the leader repairs)")
+	f.StringVar(&cfg.Metrics, "metrics", "", "serve Prometheus metrics (/metrics: the repairs) on this address (optional)")
 	f.StringVar(&cfg.Name, "name", "", "this control plane's name: its etcd member's (as --initial-cluster lists it) and what status shows (default \"control\")")
 	f.StringVar(&cfg.AZ, "az", "", "the AZ this control plane runs in, shown by status")
 	f.StringVar(&cfg.ClientListen, "client-listen", "", "the embedded etcd's client address, host:port (default: a free loopback port; needed with --initial-cluster)")

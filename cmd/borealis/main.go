@@ -35,6 +35,7 @@ func rootCmd() *cobra.Command {
 	root.AddCommand(storageCmd(), benchCmd(), controlCmd())
 	root.AddCommand(upCmd(), restartCmd(), statusCmd(), volumeCmd(), dbCmd())
 	root.AddCommand(sqlCmd(), routerCmd(), failoverCmd())
+	root.AddCommand(nodeCmd())
 	addTimerSlack(root)
 	return root
 }

@@ -140,10 +140,10 @@ func checkReplicas(n int) error {
 
 func upCmd() *cobra.Command {
 	var dir, pgSize string
-	var basePort, replicas int
-	var heartbeatTimeout, writeTimeout time.Duration
+	var basePort, replicas, nodesPerAZ int
+	var heartbeatTimeout, writeTimeout, repairAfter time.Duration
 	cmd := &cobra.Command{
-		Use:   "up [--dir D] [--replicas N] [--pg-size S]",
+		Use:   "up [--dir D] [--replicas N] [--pg-size S] [--nodes-per-az N] [--repair-after D]",
 		Short: "Run a whole local cluster: 3 control planes, 6 storage nodes, the writer, read replicas and the router, as separate processes",
 		Long: `Run a whole local cluster in the foreground: three control planes c1, c2
 and c3, one in each of AZs a, b and c, each embedding one member of a
@@ -170,7 +170,16 @@ endpoint and reader endpoint; c2 and c3 on P+30 and P+31, the etcd members'
 client addresses on P+32..P+34 and peer addresses on P+35..P+37. A resumed
 cluster keeps the ports it had; a replica or router it did not have yet gets
 the ports after the highest (below P+30). A cluster made when up ran one
-control plane (its addresses.json names "control") still runs one.`,
+control plane (its addresses.json names "control") still runs one.
+
+--nodes-per-az N runs N storage nodes in each AZ instead of two: s7, s8, ...
+in AZs a, b, c in turn, on the ports after the router's (a resumed cluster
+runs as many as it last ran unless told otherwise). A PG has two segments in
+each AZ, so the others are spare capacity: the control plane moves the
+segments of a storage node down for --repair-after (or drained or removed,
+borealis node) to a live node of the same AZ that does not hold that PG.
+Without a spare in the AZ, the PG stays degraded, writes go on, and status
+says it waits for capacity there.`,
 		Args: noArgs("; the cluster's directory is --dir DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkReplicas(replicas); err != nil {
@@ -178,6 +187,12 @@ control plane (its addresses.json names "control") still runs one.`,
 			}
 			if writeTimeout <= 0 {
 				return fmt.Errorf("--write-timeout %s: want a positive duration", writeTimeout)
+			}
+			if nodesPerAZ < cluster.SegmentsPerAZ || nodesPerAZ > maxNodesPerAZ {
+				return fmt.Errorf("--nodes-per-az %d: want %d to %d storage nodes per AZ (a PG has %d segments in each AZ)", nodesPerAZ, cluster.SegmentsPerAZ, maxNodesPerAZ, cluster.SegmentsPerAZ)
+			}
+			if repairAfter <= 0 {
+				return fmt.Errorf("--repair-after %s: want a positive duration, such as 60s", repairAfter)
 			}
 			if heartbeatTimeout < time.Second {
 				return fmt.Errorf("--heartbeat-timeout %s is too short; etcd leases have whole seconds, so use at least 1s", heartbeatTimeout)
@@ -193,6 +208,7 @@ control plane (its addresses.json names "control") still runs one.`,
 				dir: dir, pgSize: size, pgSizeSet: cmd.Flags().Changed("pg-size"),
 				basePort: basePort, heartbeatTimeout: heartbeatTimeout, writeTimeout: writeTimeout,
 				replicas: replicas, replicasSet: cmd.Flags().Changed("replicas"),
+				nodesPerAZ: nodesPerAZ, nodesPerAZSet: cmd.Flags().Changed("nodes-per-az"), repairAfter: repairAfter,
 			})
 		},
 	}
@@ -203,8 +219,14 @@ control plane (its addresses.json names "control") still runs one.`,
 	f.IntVar(&replicas, "replicas", defaultReplicas, fmt.Sprintf("read replicas to run, r1..rN, 0 to %d (a resumed cluster: as many as it last ran)", maxReplicas))
 	f.DurationVar(&heartbeatTimeout, "heartbeat-timeout", 3*time.Second, "a storage node that misses heartbeats this long is marked down")
 	f.DurationVar(&writeTimeout, "write-timeout", 10*time.Second, "how long the writer's commits wait for a write quorum of segments that can make them durable (answering, and holding or catching up to them) before failing with storage_unavailable")
+	f.IntVar(&nodesPerAZ, "nodes-per-az", cluster.SegmentsPerAZ, fmt.Sprintf("storage nodes to run in each of the 3 AZs, %d to %d: those beyond %d per AZ are spare capacity that repair moves segments to (a resumed cluster: as many as it last ran)", cluster.SegmentsPerAZ, maxNodesPerAZ, cluster.SegmentsPerAZ))
+	f.DurationVar(&repairAfter, "repair-after", control.DefaultRepairAfter, "a storage node down this long has its segments moved to a spare node of its AZ")
 	return cmd
 }
+
+// maxNodesPerAZ bounds --nodes-per-az: the spares' ports lie below the
+// control planes' (P+30).
+const maxNodesPerAZ = 6
 
 type upOptions struct {
 	dir              string
@@ -217,6 +239,10 @@ type upOptions struct {
 	// resumed cluster runs as many as it last did).
 	replicas    int
 	replicasSet bool
+	// nodesPerAZ is --nodes-per-az, likewise.
+	nodesPerAZ    int
+	nodesPerAZSet bool
+	repairAfter   time.Duration
 }
 
 func runUp(ctx context.Context, out io.Writer, o upOptions) error {
@@ -256,6 +282,16 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 	if err != nil {
 		return err
 	}
+	perAZ, lastPerAZ, err := nodesPerAZCount(dir, o.nodesPerAZ, o.nodesPerAZSet, resumed)
+	if err != nil {
+		return err
+	}
+	spares := spareStorage(perAZ)
+	sparesAdded, err := planAddrsAfter(addrs, spareIDs(spares))
+	if err != nil {
+		return err
+	}
+	addrsChanged = addrsChanged || sparesAdded
 	instanceIDs := []string{writerID}
 	for i := 1; i <= nReplicas; i++ {
 		instanceIDs = append(instanceIDs, replicaID(i))
@@ -266,7 +302,7 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 		return err
 	}
 	defer os.Remove(clusterFile)
-	for _, id := range append(append(controlKeys(addrs), storageIDs()...), append(instanceIDs, routerID, routerReaderKey)...) {
+	for _, id := range append(append(append(controlKeys(addrs), storageIDs()...), spareIDs(spares)...), append(instanceIDs, routerID, routerReaderKey)...) {
 		if err := checkPortFree(addrs[id]); err != nil {
 			return fmt.Errorf("%s cannot listen on %s: %w; stop what holds it, or start a new cluster with another --base-port and --dir", id, addrs[id], err)
 		}
@@ -283,7 +319,11 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 	if note := replicasNote(nReplicas, last, o.replicasSet); note != "" {
 		fmt.Fprintf(out, "  %s\n", note)
 	}
+	if lastPerAZ > perAZ {
+		fmt.Fprintf(out, "  note: the cluster last ran %d storage nodes per AZ and now runs %d; those not started are down, and after --repair-after (%s) their segments move to the others\n", lastPerAZ, perAZ, o.repairAfter)
+	}
 	cl := cluster.New(bin, dir)
+	cl.RepairAfter = o.repairAfter
 	controlList := controlAddrList(addrs)
 	cl.ControlAddr = controlList
 	stopped := false
@@ -313,16 +353,23 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 		}
 		fmt.Fprintf(out, "  storage %s (AZ %s) ready at %s (%s)\n", id, az, addrs[id], since(start))
 	}
+	for _, sp := range spares {
+		if err := cl.StartStorage(ctx, sp.id, sp.az, addrs[sp.id]); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "  storage %s (AZ %s, spare capacity) ready at %s (%s)\n", sp.id, sp.az, addrs[sp.id], since(start))
+	}
 	conn, err := control.Dial(controlList)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	ctl := pb.NewControlClient(conn)
-	if err := waitNodesUp(ctx, ctl, len(storageIDs()), 30*time.Second); err != nil {
+	nodes := len(storageIDs()) + len(spares)
+	if err := waitNodesUp(ctx, ctl, nodes, 30*time.Second); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "  all 6 storage nodes registered and up (%s)\n", since(start))
+	fmt.Fprintf(out, "  all %d storage nodes registered and up (%s)\n", nodes, since(start))
 	vol, created, err := getOrCreateVolume(ctx, ctl, defaultVolume, o.pgSize)
 	if err != nil {
 		return err
@@ -373,7 +420,7 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 		return err
 	}
 	fmt.Fprintf(out, "  router ready: cluster endpoint http://%s, reader endpoint http://%s (%s)\n", addrs[routerID], addrs[routerReaderKey], since(start))
-	if err := keepSettings(dir, upSettings{Replicas: nReplicas}); err != nil {
+	if err := keepSettings(dir, upSettings{Replicas: nReplicas, NodesPerAZ: perAZ}); err != nil {
 		return err
 	}
 
@@ -603,6 +650,18 @@ func plannedAddrs(dir string, basePort int) (map[string]string, bool, error) {
 // the addresses it had, and a replica it never had gets ports of its own.
 // It reports whether it added any.
 func planInstanceAddrs(addrs map[string]string, replicas int) (bool, error) {
+	want := []string{}
+	for i := 1; i <= replicas; i++ {
+		want = append(want, replicaID(i))
+	}
+	want = append(want, routerID, routerReaderKey)
+	return planAddrsAfter(addrs, want)
+}
+
+// planAddrsAfter gives each id of want that has no address the port after
+// the highest of every non-control-plane address, in order; it reports
+// whether it added any.
+func planAddrsAfter(addrs map[string]string, want []string) (bool, error) {
 	first := firstControlAddr(addrs)
 	host, _, err := net.SplitHostPort(first)
 	if err != nil {
@@ -629,11 +688,6 @@ func planInstanceAddrs(addrs map[string]string, replicas int) (bool, error) {
 		}
 		highest = max(highest, p)
 	}
-	want := []string{}
-	for i := 1; i <= replicas; i++ {
-		want = append(want, replicaID(i))
-	}
-	want = append(want, routerID, routerReaderKey)
 	added := false
 	for _, id := range want {
 		if addrs[id] != "" {
@@ -652,6 +706,56 @@ func planInstanceAddrs(addrs map[string]string, replicas int) (bool, error) {
 // upSettings is what the last `up` on a directory ran with (up.json).
 type upSettings struct {
 	Replicas int `json:"replicas"`
+	// NodesPerAZ is the storage nodes per AZ (0: two, from before spares).
+	NodesPerAZ int `json:"nodes_per_az,omitempty"`
+}
+
+// spare is a storage node beyond the two per AZ a PG uses.
+type spare struct{ id, az string }
+
+// spareStorage is the storage nodes beyond s1..s6 for perAZ nodes in each
+// AZ: s7, s8, ... in AZs a, b, c in turn (cluster.StorageAZ).
+func spareStorage(perAZ int) []spare {
+	var out []spare
+	for i := len(storageIDs()); i < perAZ*3; i++ {
+		out = append(out, spare{id: fmt.Sprintf("s%d", i+1), az: cluster.StorageAZ(i)})
+	}
+	return out
+}
+
+func spareIDs(sp []spare) []string {
+	out := make([]string, len(sp))
+	for i, s := range sp {
+		out[i] = s.id
+	}
+	return out
+}
+
+// nodesPerAZCount is how many storage nodes per AZ this `up` runs:
+// --nodes-per-az if given, or on a new cluster; else as many as the last
+// `up` ran (up.json). last is that number (2 when not recorded).
+func nodesPerAZCount(dir string, flag int, set, resumed bool) (n, last int, err error) {
+	last = cluster.SegmentsPerAZ
+	if !resumed {
+		return flag, flag, nil
+	}
+	b, err := os.ReadFile(filepath.Join(dir, upSettingsName))
+	switch {
+	case err == nil:
+		var st upSettings
+		if err := json.Unmarshal(b, &st); err != nil {
+			return 0, 0, fmt.Errorf("%s is corrupt (%v); it records how many replicas and storage nodes the cluster runs: fix it, or remove it and give --replicas and --nodes-per-az", filepath.Join(dir, upSettingsName), err)
+		}
+		if st.NodesPerAZ >= cluster.SegmentsPerAZ && st.NodesPerAZ <= maxNodesPerAZ {
+			last = st.NodesPerAZ
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return 0, 0, err
+	}
+	if set {
+		return flag, last, nil
+	}
+	return last, last, nil
 }
 
 // replicaCount is how many replicas this `up` runs: --replicas if given,

@@ -129,6 +129,20 @@ func (f *File) Storage() []Component {
 // StorageAZs are the AZs of the six storage nodes s1..s6, two per AZ.
 var StorageAZs = []string{"a", "a", "b", "b", "c", "c"}
 
+// SegmentsPerAZ is how many segments of a PG each AZ holds: the storage
+// nodes per AZ beyond it are spare capacity for repair.
+const SegmentsPerAZ = 2
+
+// StorageAZ is the AZ of the i-th storage node (from 0): s1..s6 as
+// StorageAZs, then the spares s7, s8, s9, ... in AZs a, b, c in turn, so
+// that any 3*N nodes are N per AZ.
+func StorageAZ(i int) string {
+	if i < len(StorageAZs) {
+		return StorageAZs[i]
+	}
+	return [...]string{"a", "b", "c"}[(i-len(StorageAZs))%3]
+}
+
 // Cluster is a set of running processes started from one binary.
 type Cluster struct {
 	Binary string
@@ -143,6 +157,10 @@ type Cluster struct {
 	// StorageMetrics: storage nodes started from now on serve metrics and
 	// pprof (--metrics) on a free loopback port, named in their Component.
 	StorageMetrics bool
+	// RepairAfter, if set, is passed to the control planes started from
+	// now on as --repair-after: how long a storage node may be down before
+	// its segments move to a spare of its AZ.
+	RepairAfter time.Duration
 
 	exits chan Exit
 
@@ -198,7 +216,7 @@ func (c *Cluster) StartControl(ctx context.Context, addr string, extra ...string
 	dir := filepath.Join(c.Dir, id)
 	p := &proc{
 		Component: Component{Role: "control", ID: id, Addr: addr, Dir: dir, Log: filepath.Join(c.Dir, id+".log")},
-		args:      append([]string{"control", "--listen", addr, "--dir", dir}, extra...),
+		args:      append(append([]string{"control", "--listen", addr, "--dir", dir}, c.controlFlags()...), extra...),
 		ready:     controlReady,
 		within:    StorageReadyWithin,
 	}
@@ -237,7 +255,7 @@ func (c *Cluster) StartControlPlanes(ctx context.Context, specs []ControlSpec, e
 		procs[i] = &proc{
 			Component: Component{Role: "control", ID: s.ID, AZ: s.AZ, Addr: s.Addr, Dir: dir, Log: filepath.Join(c.Dir, s.ID+".log")},
 			args: append([]string{"control", "--name", s.ID, "--az", s.AZ, "--listen", s.Addr, "--dir", dir,
-				"--client-listen", s.ClientAddr, "--peer-listen", s.PeerAddr, "--initial-cluster", ic}, extra...),
+				"--client-listen", s.ClientAddr, "--peer-listen", s.PeerAddr, "--initial-cluster", ic}, append(c.controlFlags(), extra...)...),
 			ready:  controlReady,
 			within: StorageReadyWithin,
 		}
@@ -261,6 +279,15 @@ func (c *Cluster) StartControlPlanes(ctx context.Context, specs []ControlSpec, e
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// controlFlags are the flags every control plane gets from the cluster's
+// settings.
+func (c *Cluster) controlFlags() []string {
+	if c.RepairAfter > 0 {
+		return []string{"--repair-after", c.RepairAfter.String()}
+	}
+	return nil
 }
 
 func (c *Cluster) add(p *proc) error {
@@ -298,8 +325,9 @@ func FreeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// StartStorageNodes starts n storage nodes s1..sn, two per AZ, and waits
-// until each answers.
+// StartStorageNodes starts n storage nodes s1..sn, in the AZs StorageAZ
+// gives (two per AZ for the first six, then the others round the AZs), and
+// waits until each answers.
 func (c *Cluster) StartStorageNodes(ctx context.Context, n int) error {
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("s%d", i+1)
@@ -311,7 +339,7 @@ func (c *Cluster) StartStorageNodes(ctx context.Context, n int) error {
 			if addr, err = FreeAddr(); err != nil {
 				return err
 			}
-			if err = c.StartStorage(ctx, id, StorageAZs[i%len(StorageAZs)], addr); !errors.Is(err, errExited) {
+			if err = c.StartStorage(ctx, id, StorageAZ(i), addr); !errors.Is(err, errExited) {
 				break
 			}
 			c.forget(id)

@@ -238,3 +238,23 @@ while true; do sleep 0.02; done`), dir)
 		t.Fatalf("stopped in the order %q", lines)
 	}
 }
+
+// Any 3*N storage nodes are N per AZ: s1..s6 two per AZ as before, then
+// the spares round the AZs.
+func TestStorageAZ(t *testing.T) {
+	var got []string
+	for i := range 12 {
+		got = append(got, StorageAZ(i))
+	}
+	if want := "a a b b c c a b c a b c"; strings.Join(got, " ") != want {
+		t.Fatalf("AZs of s1..s12: %s, want %s", strings.Join(got, " "), want)
+	}
+	c := New("borealis", t.TempDir())
+	if f := c.controlFlags(); f != nil {
+		t.Fatalf("control flags without a repair delay: %v", f)
+	}
+	c.RepairAfter = 3 * time.Second
+	if f := strings.Join(c.controlFlags(), " "); f != "--repair-after 3s" {
+		t.Fatalf("control flags: %s", f)
+	}
+}
