@@ -361,6 +361,17 @@ func (n *Node) applyDeclaredTruncations(in *incoming) error {
 }
 
 func (n *Node) checkDeclaration(vol uint64, spec *pb.SegmentSpec) error {
+	if err := n.checkDeclaredSegment(vol, spec); err != nil {
+		return err
+	}
+	return n.checkDeclaredMembership(vol, spec)
+}
+
+// checkDeclaredSegment refuses a declaration that contradicts the segment
+// or the volume the node holds: another volume than the request's, no page
+// geometry or another one, another incarnation, a deleted volume. Called
+// under Node.mu.
+func (n *Node) checkDeclaredSegment(vol uint64, spec *pb.SegmentSpec) error {
 	if spec.Volume != vol {
 		return refuse(pb.Reason_WRONG_VOLUME, vol, spec.Pg, 0, "declaration of PG %d names volume %d, but the request is for volume %d", spec.Pg, spec.Volume, vol)
 	}
@@ -383,7 +394,7 @@ func (n *Node) checkDeclaration(vol uint64, spec *pb.SegmentSpec) error {
 			return refuse(pb.Reason_BAD_DECLARATION, vol, spec.Pg, 0, "volume %d PG %d is hosted with %d-byte pages and %d pages per PG; the declaration says %d and %d", vol, spec.Pg, s.spec.PageSize, s.spec.PagesPerPg, spec.PageSize, spec.PagesPerPg)
 		}
 	}
-	return n.checkDeclaredMembership(vol, spec)
+	return nil
 }
 
 // checkDeclaredMembership refuses a declaration of an older membership

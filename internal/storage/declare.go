@@ -22,10 +22,16 @@ func (r *rpcServer) Declare(ctx context.Context, req *pb.DeclareRequest) (*pb.De
 // the segment, taking a newer membership, retiring the segment when the
 // node is in no set of it, applying truncations it lacks), and starts a
 // hydration for each spec with hydrate set whose segment holds nothing yet.
-// It answers, in the specs' order, once all of it is synced. Specs are
-// judged all before any is applied: one refused spec refuses the request,
-// and nothing of it is stored, except truncations, which stand on their
-// own (see refusal).
+// It answers, in the specs' order, once all of it is synced.
+//
+// Unlike a writer's, a declaration here is not refused for being of an
+// older membership than the node holds (the answer carries the newer
+// epoch, which is what the control plane needs to know), nor for leaving
+// out a node that hosts no segment of the PG (a removal the node has
+// nothing to retire for: answered retired, and nothing is created). Specs
+// are judged all before any is applied: one refused spec refuses the
+// request, and nothing of it is stored, except truncations, which stand on
+// their own (see refusal).
 func (n *Node) Declare(specs []*pb.SegmentSpec) ([]*pb.DeclaredSegment, error) {
 	seen := map[segKey]bool{}
 	for _, spec := range specs {
@@ -46,10 +52,23 @@ func (n *Node) Declare(specs []*pb.SegmentSpec) ([]*pb.DeclaredSegment, error) {
 		return nil, err
 	}
 	incs := map[uint64]uint64{}
-	for _, spec := range specs {
-		if err := n.checkDeclaration(spec.Volume, spec); err != nil {
+	answerOnly := make([]bool, len(specs))
+	for i, spec := range specs {
+		if err := n.checkDeclaredSegment(spec.Volume, spec); err != nil {
 			n.mu.Unlock()
 			return nil, err
+		}
+		s := n.segs[segKey{spec.Volume, spec.Pg}]
+		switch {
+		case s != nil && spec.MembershipEpoch != 0 && spec.MembershipEpoch < s.spec.MembershipEpoch:
+			answerOnly[i] = true
+		case s == nil && !inSomeSet(spec, n.cfg.ID):
+			answerOnly[i] = true
+		default:
+			if err := n.checkDeclaredMembership(spec.Volume, spec); err != nil {
+				n.mu.Unlock()
+				return nil, err
+			}
 		}
 		if i := spec.GetIncarnation(); i != 0 {
 			if have := incs[spec.Volume]; have != 0 && have != i {
@@ -63,6 +82,9 @@ func (n *Node) Declare(specs []*pb.SegmentSpec) ([]*pb.DeclaredSegment, error) {
 	segs := make([]*seg, len(specs))
 	var hydrate []*seg
 	for i, spec := range specs {
+		if answerOnly[i] {
+			continue
+		}
 		s, decl, err := n.applyDeclaration(spec.Volume, spec)
 		if err != nil {
 			n.mu.Unlock()
@@ -100,6 +122,13 @@ func (n *Node) Declare(specs []*pb.SegmentSpec) ([]*pb.DeclaredSegment, error) {
 	}
 	out := make([]*pb.DeclaredSegment, len(segs))
 	for i, s := range segs {
+		if s == nil {
+			s = n.segment(specs[i].Volume, specs[i].Pg)
+		}
+		if s == nil {
+			out[i] = &pb.DeclaredSegment{Pg: specs[i].Pg, MembershipEpoch: specs[i].MembershipEpoch, Retired: true}
+			continue
+		}
 		out[i] = n.declared(s)
 	}
 	return out, nil
@@ -119,7 +148,7 @@ func (n *Node) applySpecTruncations(spec *pb.SegmentSpec) error {
 		}
 	}
 	n.mu.Lock()
-	err := n.checkDeclaration(spec.Volume, spec)
+	err := n.checkDeclaredSegment(spec.Volume, spec)
 	s := n.segs[segKey{spec.Volume, spec.Pg}]
 	lacks := s != nil && lacksTruncation(s.chain, ts)
 	n.mu.Unlock()

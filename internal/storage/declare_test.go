@@ -16,9 +16,10 @@ func declareSpecs(c pb.StorageClient, specs ...*pb.SegmentSpec) (*pb.DeclareResp
 
 // TestDeclare: the control plane's Declare creates a segment (durably: it
 // is there after a restart), repeats harmlessly, takes a newer membership,
-// retires the segment when the node is left out, and refuses, storing
-// nothing, an older membership, a stranger's PG, another geometry, another
-// incarnation, a PG twice, and a deleted volume.
+// answers an older one with the epoch it holds, retires the segment when
+// the node is left out, answers a removal from a PG it does not host as
+// retired without creating it, and refuses, storing nothing, another
+// geometry, another incarnation, a PG twice, and a deleted volume.
 func TestDeclare(t *testing.T) {
 	dir := t.TempDir()
 	n, c, _ := startNode(t, dir)
@@ -49,11 +50,23 @@ func TestDeclare(t *testing.T) {
 		t.Fatalf("after the change: %+v", in.Spec)
 	}
 
-	_, err = declareSpecs(c, setsSpec(1, []string{"s1", "b1"}))
-	wantStaleMembership(t, err, 2, "a declaration of an older membership")
+	resp, err = declareSpecs(c, setsSpec(1, []string{"s1", "b1"}))
+	if err != nil || resp.Segments[0].MembershipEpoch != 2 {
+		t.Fatalf("a declaration of an older membership: %v, %v; want the answer of epoch 2", resp, err)
+	}
+	if in := info(t, c); len(in.Spec.MemberSets) != 2 {
+		t.Fatalf("an older membership replaced the held one: %+v", in.Spec)
+	}
 
 	stranger := setsSpec(1, []string{"b1", "g1"})
 	stranger.Pg = 3
+	resp, err = declareSpecs(c, stranger)
+	if err != nil || !resp.Segments[0].Retired || resp.Segments[0].Pg != 3 {
+		t.Fatalf("a removal from a PG the node does not host: %v, %v; want it answered retired", resp, err)
+	}
+	noGeometry := setsSpec(1, []string{"s1"})
+	noGeometry.Pg = 4
+	noGeometry.PageSize = 0
 	geometry := proto.Clone(change).(*pb.SegmentSpec)
 	geometry.PagesPerPg = 2048
 	other := proto.Clone(change).(*pb.SegmentSpec)
@@ -65,11 +78,11 @@ func TestDeclare(t *testing.T) {
 		specs []*pb.SegmentSpec
 		want  pb.Reason
 	}{
-		{"a PG that does not list the node", []*pb.SegmentSpec{stranger}, pb.Reason_BAD_DECLARATION},
+		{"no page geometry", []*pb.SegmentSpec{noGeometry}, pb.Reason_BAD_DECLARATION},
 		{"another page geometry", []*pb.SegmentSpec{geometry}, pb.Reason_BAD_DECLARATION},
 		{"another incarnation", []*pb.SegmentSpec{other}, pb.Reason_BAD_DECLARATION},
 		{"a PG twice", []*pb.SegmentSpec{newPG, newPG}, pb.Reason_BAD_DECLARATION},
-		{"a good spec beside a bad one", []*pb.SegmentSpec{newPG, stranger}, pb.Reason_BAD_DECLARATION},
+		{"a good spec beside a bad one", []*pb.SegmentSpec{newPG, geometry}, pb.Reason_BAD_DECLARATION},
 	} {
 		_, err := declareSpecs(c, c_.specs...)
 		if got := storage.ReasonOf(err); got != c_.want {
