@@ -808,6 +808,11 @@ type HeartbeatRequest struct {
 	// none): the leader compares it with the catalog to find a node that
 	// came back without its data. Unset, hosted says nothing of that.
 	ReportsHosted bool `protobuf:"varint,5,opt,name=reports_hosted,json=reportsHosted,proto3" json:"reports_hosted,omitempty"`
+	// A random id the node draws each time it starts: a new one tells the
+	// leader the node restarted, so it checks that the node still holds the
+	// segments its peers hold (and has it copy those it lacks). Empty: not
+	// said.
+	BootId        string `protobuf:"bytes,6,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -868,6 +873,13 @@ func (x *HeartbeatRequest) GetReportsHosted() bool {
 		return x.ReportsHosted
 	}
 	return false
+}
+
+func (x *HeartbeatRequest) GetBootId() string {
+	if x != nil {
+		return x.BootId
+	}
+	return ""
 }
 
 type HeartbeatResponse struct {
@@ -3246,13 +3258,14 @@ const file_control_proto_rawDesc = "" +
 	"\x04addr\x18\x03 \x01(\tR\x04addr\x12%\n" +
 	"\x0ecapacity_bytes\x18\x04 \x01(\x04R\rcapacityBytes\"J\n" +
 	"\x14RegisterNodeResponse\x122\n" +
-	"\x15heartbeat_interval_ms\x18\x01 \x01(\rR\x13heartbeatIntervalMs\"\xb6\x01\n" +
+	"\x15heartbeat_interval_ms\x18\x01 \x01(\rR\x13heartbeatIntervalMs\"\xcf\x01\n" +
 	"\x10HeartbeatRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
 	"\x06hosted\x18\x03 \x03(\v2\x1e.borealis.v1.VolumeIncarnationR\x06hosted\x12\x1d\n" +
 	"\n" +
 	"epoch_only\x18\x04 \x03(\x04R\tepochOnly\x12%\n" +
-	"\x0ereports_hosted\x18\x05 \x01(\bR\rreportsHostedJ\x04\b\x02\x10\x03R\x0ehosted_volumes\"\x96\x01\n" +
+	"\x0ereports_hosted\x18\x05 \x01(\bR\rreportsHosted\x12\x17\n" +
+	"\aboot_id\x18\x06 \x01(\tR\x06bootIdJ\x04\b\x02\x10\x03R\x0ehosted_volumes\"\x96\x01\n" +
 	"\x11HeartbeatResponse\x120\n" +
 	"\x06epochs\x18\x01 \x03(\v2\x18.borealis.v1.VolumeEpochR\x06epochs\x128\n" +
 	"\adeleted\x18\x03 \x03(\v2\x1e.borealis.v1.VolumeIncarnationR\adeletedJ\x04\b\x02\x10\x03R\x0fdeleted_volumes\"R\n" +

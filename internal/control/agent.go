@@ -2,6 +2,8 @@ package control
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"io"
 	"log/slog"
 	"time"
@@ -63,6 +65,7 @@ func RunNodeAgent(ctx context.Context, controlAddr string, node AgentNode, log *
 	}
 	defer conn.Close()
 	cli := pb.NewControlClient(conn)
+	boot := newBootID()
 
 	var (
 		registered bool
@@ -112,7 +115,7 @@ func RunNodeAgent(ctx context.Context, controlAddr string, node AgentNode, log *
 			registered, delay = true, agentMinBackoff
 			// Heartbeat at once, so that the node is up without waiting.
 		}
-		req := &pb.HeartbeatRequest{Id: node.ID}
+		req := &pb.HeartbeatRequest{Id: node.ID, BootId: boot}
 		if node.Hosted != nil {
 			req.Hosted, req.EpochOnly = node.Hosted()
 			req.ReportsHosted = true
@@ -154,4 +157,11 @@ func RunNodeAgent(ctx context.Context, controlAddr string, node AgentNode, log *
 			return
 		}
 	}
+}
+
+// newBootID draws the id of one run of a node's agent.
+func newBootID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read does not fail on Linux
+	return hex.EncodeToString(b[:])
 }

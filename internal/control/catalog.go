@@ -16,6 +16,7 @@
 //	volume-ids/<volume-id %020d>        {name}: volume id to name
 //	pgs/<volume-id %020d>/<pg %010d>    PG: volume_id, pg, membership_epoch, geometry_epoch, segments [{node, az, addr}]
 //	load                                Load: segments per node, updated in the transaction of every change of a PG's segments (load.go)
+//	checked/<node-id>                   {node, boot_id, at}: the node's boot under which repair last checked it holds its segments (membership.go)
 //	writer/<volume-id %020d>            Writer: holder, epoch, lease, acquired_at; attached to the writer lease
 //	failover/<volume-id %020d>          Failover: the volume's current or last failover (failover.go)
 //	truncations/<volume-id %020d>/<epoch %020d>
@@ -140,6 +141,9 @@ type NodeState struct {
 	// them leaves it false.
 	ReportsHosted bool     `json:"reports_hosted,omitempty"`
 	Hosted        []uint64 `json:"hosted,omitempty"`
+	// BootID is what the node's last heartbeat said of its start: a new
+	// one means it restarted ("" if it does not say).
+	BootID string `json:"boot_id,omitempty"`
 }
 
 // Volume is a volume's catalog record.
@@ -277,6 +281,7 @@ type aliveRecord struct {
 	// a node that came back without its data.
 	Reports bool     `json:"reports,omitempty"`
 	Hosted  []uint64 `json:"hosted,omitempty"`
+	BootID  string   `json:"boot_id,omitempty"`
 }
 
 type volumeIDRecord struct {
@@ -519,12 +524,22 @@ func (c *Catalog) lease(nodeID string) *nodeLease {
 // expired. A node that does not heartbeat within the TTL is down, and up
 // again at its next heartbeat.
 func (c *Catalog) Heartbeat(ctx context.Context, nodeID string, ttl time.Duration) error {
-	return c.HeartbeatHosted(ctx, nodeID, ttl, false, nil)
+	return c.HeartbeatWith(ctx, nodeID, ttl, HeartbeatReport{})
 }
 
-// HeartbeatHosted is Heartbeat that also records, when reports is set, the
-// volumes the node holds segments of (by id) with its liveness.
-func (c *Catalog) HeartbeatHosted(ctx context.Context, nodeID string, ttl time.Duration, reports bool, hosted []uint64) error {
+// HeartbeatReport is what a heartbeat says of the node besides that it is
+// alive, recorded with its liveness for the leader's repair.
+type HeartbeatReport struct {
+	// ReportsHosted: Hosted lists every volume the node holds segments of.
+	ReportsHosted bool
+	Hosted        []uint64
+	// BootID is drawn by the node each time it starts ("" if it does not
+	// say): a new one means it restarted.
+	BootID string
+}
+
+// HeartbeatWith is Heartbeat that also records what the node reports.
+func (c *Catalog) HeartbeatWith(ctx context.Context, nodeID string, ttl time.Duration, rep HeartbeatReport) error {
 	secs := ttlSeconds(ttl)
 	nl := c.lease(nodeID)
 	nl.mu.Lock()
@@ -543,7 +558,7 @@ func (c *Catalog) HeartbeatHosted(ctx context.Context, nodeID string, ttl time.D
 			}
 			return etcdErr("heartbeat of node "+nodeID+": renew its lease", err)
 		}
-		rec := aliveRecord{Version: RecordVersion, Node: nodeID, At: time.Now().UTC(), TTLSeconds: secs, Reports: reports, Hosted: hosted}
+		rec := aliveRecord{Version: RecordVersion, Node: nodeID, At: time.Now().UTC(), TTLSeconds: secs, Reports: rep.ReportsHosted, Hosted: rep.Hosted, BootID: rep.BootID}
 		v := encode(rec)
 		tr, err := c.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(c.nodeKey(nodeID)), ">", 0)).
@@ -602,7 +617,7 @@ func (c *Catalog) NodeStates(ctx context.Context) (map[string]NodeState, error) 
 			if a.At.After(ns.LastHeartbeat) {
 				ns.LastHeartbeat = a.At
 			}
-			ns.ReportsHosted, ns.Hosted = a.Reports, a.Hosted
+			ns.ReportsHosted, ns.Hosted, ns.BootID = a.Reports, a.Hosted, a.BootID
 			out[a.Node] = ns
 		}
 	}

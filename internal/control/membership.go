@@ -273,3 +273,42 @@ func (c *Catalog) SetNodeAdmin(ctx context.Context, id, admin string) (Node, err
 	}
 	return Node{}, fmt.Errorf("%w: marking node %s %s raced with other changes %d times; retry", ErrConflict, id, admin, maxAttempts)
 }
+
+// checkedRecord is the boot of a node whose segments the leader's repair
+// checked (checked/<node-id>): a node that heartbeats with another boot id
+// restarted since, and is checked again.
+type checkedRecord struct {
+	Version int       `json:"version"`
+	Node    string    `json:"node"`
+	BootID  string    `json:"boot_id"`
+	At      time.Time `json:"at"`
+}
+
+func (c *Catalog) checkedPrefix() string { return c.prefix + "checked/" }
+
+// CheckedBoots returns, by node, the boot id the leader's repair last
+// checked the node's segments under.
+func (c *Catalog) CheckedBoots(ctx context.Context) (map[string]string, error) {
+	resp, err := c.cli.Get(ctx, c.checkedPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, etcdErr("read the nodes' checked boots", err)
+	}
+	recs, err := decodeAll[checkedRecord](resp.Kvs)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(recs))
+	for _, r := range recs {
+		out[r.Node] = r.BootID
+	}
+	return out, nil
+}
+
+// SetCheckedBoot records that the node's segments were checked under boot.
+func (c *Catalog) SetCheckedBoot(ctx context.Context, node, boot string) error {
+	rec := checkedRecord{Version: RecordVersion, Node: node, BootID: boot, At: time.Now().UTC()}
+	if _, err := c.cli.Put(ctx, c.checkedPrefix()+node, encode(rec)); err != nil {
+		return etcdErr("record the checked boot of node "+node, err)
+	}
+	return nil
+}

@@ -307,11 +307,11 @@ func TestNodeAdmin(t *testing.T) {
 		t.Fatalf("an unknown node: %v", err)
 	}
 	// The heartbeat's hosted volumes reach NodeStates.
-	if err := c.HeartbeatHosted(ctx, "s3", 30*time.Second, true, []uint64{4, 5}); err != nil {
+	if err := c.HeartbeatWith(ctx, "s3", 30*time.Second, HeartbeatReport{ReportsHosted: true, Hosted: []uint64{4, 5}, BootID: "b1"}); err != nil {
 		t.Fatal(err)
 	}
 	states, _ = c.NodeStates(ctx)
-	if s := states["s3"]; !s.ReportsHosted || !slices.Equal(s.Hosted, []uint64{4, 5}) {
+	if s := states["s3"]; !s.ReportsHosted || !slices.Equal(s.Hosted, []uint64{4, 5}) || s.BootID != "b1" {
 		t.Fatalf("s3 after a heartbeat with hosted volumes: %+v", s)
 	}
 }

@@ -349,13 +349,16 @@ type HostedSCLs map[uint32]uint64
 // MissingSegments says which PGs of pgs, all of one volume and each with a
 // segment on node, the node lacks while a peer holds data of them: a node
 // that came back without its data, which must hydrate those segments
-// (Declare with hydrate). own is the node's SegmentSCLs answer; peers, each
-// peer's that answered. A PG no peer holds data of (a PG not written yet)
-// is not missing: there is nothing to copy, and its writer creates it.
+// (Declare with hydrate). It lacks a PG it does not hold, and one it holds
+// with an SCL of 0: the writer's stream may have created the segment again
+// with the records written since, above a hole gossip may not be able to
+// fill (the peers' log below it collected). own is the node's SegmentSCLs
+// answer; peers, each peer's that answered. A PG no peer holds data of (a
+// PG not written yet) is not missing: there is nothing to copy.
 func MissingSegments(node string, pgs []PG, own HostedSCLs, peers map[string]HostedSCLs) []uint32 {
 	var out []uint32
 	for _, pg := range pgs {
-		if _, ok := own[pg.PG]; ok {
+		if scl, ok := own[pg.PG]; ok && scl > 0 {
 			continue
 		}
 		for _, s := range pg.hosts() {

@@ -347,8 +347,9 @@ func showPG(pg *PG) string {
 	return s
 }
 
-// TestMissingSegments: a node lacks a PG that a peer holds data of; a PG
-// no one has written, or one it holds, is not missing.
+// TestMissingSegments: a node lacks a PG that a peer holds data of, or
+// holds it with nothing complete; a PG no one has written, or one it holds
+// complete through some LSN, is not missing.
 func TestMissingSegments(t *testing.T) {
 	seg := func(ids ...string) []Segment {
 		out := make([]Segment, len(ids))
@@ -370,7 +371,10 @@ func TestMissingSegments(t *testing.T) {
 	}{
 		{HostedSCLs{}, []uint32{0, 3}},
 		{HostedSCLs{0: 10}, []uint32{3}},
-		{HostedSCLs{0: 0, 3: 1}, nil},
+		{HostedSCLs{0: 3, 3: 1}, nil},
+		// Held again with nothing complete (the writer's records since, above
+		// a hole): missing as well.
+		{HostedSCLs{0: 0, 3: 1}, []uint32{0}},
 	} {
 		if got := MissingSegments("n", pgs, tc.own, peers); !slices.Equal(got, tc.want) {
 			t.Errorf("own %v: missing %v, want %v", tc.own, got, tc.want)

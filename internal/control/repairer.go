@@ -15,7 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 )
@@ -76,6 +78,9 @@ type repairer struct {
 	reports map[PGKey]map[string]DeclaredState
 	// last is the node states of the previous pass (nil before the first).
 	last map[string]NodeState
+	// checked is, by node, the boot its segments were last checked under
+	// (Catalog.CheckedBoots); nil until read.
+	checked map[string]string
 	// probe is the nodes to check for missing segments.
 	probe map[string]bool
 	// retire is the final declarations owed to nodes that left a PG (the
@@ -172,7 +177,12 @@ func (r *repairer) pass(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.noteReturns(states)
+	if r.checked == nil {
+		if r.checked, err = r.cat.CheckedBoots(pctx); err != nil {
+			return err
+		}
+	}
+	r.noteReturns(pctx, states)
 	nodes := repairNodes(states, Load{})
 	known := map[string]RepairNode{}
 	for _, n := range nodes {
@@ -228,19 +238,30 @@ func (r *repairer) forget(active []PGKey) {
 	}
 }
 
-// noteReturns marks for a check the nodes that came back up, those whose
-// heartbeat stopped listing a volume they listed, and every live node on the
-// first pass.
-func (r *repairer) noteReturns(states map[string]NodeState) {
+// noteReturns marks for a check the nodes that restarted (their heartbeat
+// carries another boot id than the one they were last checked under) and
+// those whose heartbeat stopped listing a volume it listed. A node seen for
+// the first time with no check recorded is taken as it is: it is new, or
+// was checked by no leader before (a cluster's first start, when every
+// node's first records are still on their way and a check would find
+// nodes a moment behind their peers).
+func (r *repairer) noteReturns(ctx context.Context, states map[string]NodeState) {
 	for id, ns := range states {
 		if ns.State != StateUp || ns.Admin != "" {
 			continue
 		}
+		if ns.BootID != "" {
+			switch checked, ok := r.checked[id]; {
+			case !ok:
+				if err := r.cat.SetCheckedBoot(ctx, id, ns.BootID); err == nil {
+					r.checked[id] = ns.BootID
+				}
+			case checked != ns.BootID:
+				r.probe[id] = true
+			}
+		}
 		prev, seen := r.last[id]
-		switch {
-		case r.last == nil, !seen, prev.State != StateUp:
-			r.probe[id] = true
-		case prev.ReportsHosted && ns.ReportsHosted:
+		if seen && prev.State == StateUp && prev.ReportsHosted && ns.ReportsHosted {
 			for _, v := range prev.Hosted {
 				if !slices.Contains(ns.Hosted, v) {
 					r.probe[id] = true
@@ -256,7 +277,7 @@ func (r *repairer) noteReturns(states map[string]NodeState) {
 // followed by the declarations of the new membership, then the Declares the
 // plan asked for, one call per node.
 func (r *repairer) execute(ctx context.Context, acts []RepairAction, states map[string]NodeState) {
-	specs := newSpecCache(r.cat)
+	specs := newSpecCache(r.cat, states)
 	toDeclare := map[string][]declareItem{}
 	waiting := map[PGKey]string{}
 	for _, a := range acts {
@@ -348,19 +369,36 @@ type declareItem struct {
 	hydrate bool
 }
 
-// declare sends items to one node and records its answers.
-func (r *repairer) declare(ctx context.Context, n Node, items []declareItem, specs *specCache) {
+// declare sends items to one node and records its answers. It returns an
+// error if some were not answered.
+func (r *repairer) declare(ctx context.Context, n Node, items []declareItem, specs *specCache) error {
 	var batch []*pb.SegmentSpec
 	var batchPGs []PG
+	var failed error
 	flush := func() {
 		if len(batch) == 0 {
 			return
 		}
 		resp, err := r.callDeclare(ctx, n, batch)
-		if err != nil {
-			r.log.Debug("repair: declare failed", "node", n.ID, "segments", len(batch), "err", err)
-		} else {
+		switch {
+		case err == nil:
 			r.record(n.ID, batchPGs, resp)
+		case len(batch) > 1 && !transient(err):
+			// A node judges every spec of a call before it applies any: one
+			// it refuses (a PG whose volume it dropped, say) must not hold
+			// the others back.
+			for i, spec := range batch {
+				resp, err := r.callDeclare(ctx, n, []*pb.SegmentSpec{spec})
+				if err != nil {
+					r.log.Debug("repair: declaration refused", "node", n.ID, "volume_id", spec.GetVolume(), "pg", spec.GetPg(), "err", err)
+					failed = err
+					continue
+				}
+				r.record(n.ID, batchPGs[i:i+1], resp)
+			}
+		default:
+			r.log.Debug("repair: declare failed", "node", n.ID, "segments", len(batch), "err", err)
+			failed = err
 		}
 		batch, batchPGs = batch[:0], batchPGs[:0]
 	}
@@ -368,6 +406,7 @@ func (r *repairer) declare(ctx context.Context, n Node, items []declareItem, spe
 		spec, err := specs.spec(ctx, it.pg, it.hydrate)
 		if err != nil {
 			r.log.Debug("repair: cannot build a declaration", "volume_id", it.pg.VolumeID, "pg", it.pg.PG, "err", err)
+			failed = err
 			continue
 		}
 		batch = append(batch, spec)
@@ -377,6 +416,17 @@ func (r *repairer) declare(ctx context.Context, n Node, items []declareItem, spe
 		}
 	}
 	flush()
+	return failed
+}
+
+// transient: the node did not answer (it may next time), as opposed to
+// refusing what it was told.
+func transient(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		return true
+	}
+	return false
 }
 
 func (r *repairer) callDeclare(ctx context.Context, n Node, specs []*pb.SegmentSpec) (*pb.DeclareResponse, error) {
@@ -470,6 +520,12 @@ func (r *repairer) probeNodes(ctx context.Context, states map[string]NodeState) 
 			r.log.Debug("repair: cannot check a node for missing segments; again next pass", "node", id, "err", err)
 			continue
 		}
+		if ns.BootID != "" && r.checked[id] != ns.BootID {
+			if err := r.cat.SetCheckedBoot(ctx, id, ns.BootID); err != nil {
+				continue // checked again next pass
+			}
+			r.checked[id] = ns.BootID
+		}
 		delete(r.probe, id)
 	}
 }
@@ -483,13 +539,13 @@ func (r *repairer) probeNode(ctx context.Context, n Node, states map[string]Node
 		}
 		byVol[pg.VolumeID] = append(byVol[pg.VolumeID], pg)
 	}
-	specs := newSpecCache(r.cat)
+	specs := newSpecCache(r.cat, states)
 	for vol, pgs := range byVol {
 		own, err := r.segmentSCLs(ctx, n.Addr, vol)
 		if err != nil {
 			return fmt.Errorf("ask %s for its segments of volume id %d: %w", n.ID, vol, err)
 		}
-		absent := slices.DeleteFunc(slices.Clone(pgs), func(pg PG) bool { _, ok := own[pg.PG]; return ok })
+		absent := slices.DeleteFunc(slices.Clone(pgs), func(pg PG) bool { return own[pg.PG] > 0 })
 		if len(absent) == 0 {
 			continue
 		}
@@ -517,8 +573,10 @@ func (r *repairer) probeNode(ctx context.Context, n Node, states map[string]Node
 			}
 		}
 		r.log.Warn("repair: node came back without segments its peers hold; it hydrates them", "node", n.ID, "volume_id", vol, "pgs", len(items))
+		if err := r.declare(ctx, n, items, specs); err != nil {
+			return fmt.Errorf("tell %s to hydrate %d segment(s) of volume id %d: %w", n.ID, len(items), vol, err)
+		}
 		r.metrics.rehydrated.Add(float64(len(items)))
-		r.declare(ctx, n, items, specs)
 	}
 	return nil
 }
@@ -556,12 +614,21 @@ func (r *repairer) conn(addr string) (*grpc.ClientConn, error) {
 }
 
 // specCache builds the declarations of one pass, reading each volume once.
+// Members' addresses are their node records' (a segment keeps the address
+// its node had when it was placed; a node may have moved since).
 type specCache struct {
-	cat  *Catalog
-	vols map[uint64]*Volume
+	cat    *Catalog
+	vols   map[uint64]*Volume
+	addrOf map[string]string
 }
 
-func newSpecCache(cat *Catalog) *specCache { return &specCache{cat: cat, vols: map[uint64]*Volume{}} }
+func newSpecCache(cat *Catalog, states map[string]NodeState) *specCache {
+	addrOf := make(map[string]string, len(states))
+	for id, ns := range states {
+		addrOf[id] = ns.Addr
+	}
+	return &specCache{cat: cat, vols: map[uint64]*Volume{}, addrOf: addrOf}
+}
 
 // spec is the declaration of pg's membership: its set, and during a change
 // the next one too, at its membership epoch. It carries no truncations: the
@@ -588,17 +655,21 @@ func (s *specCache) spec(ctx context.Context, pg PG, hydrate bool) (*pb.SegmentS
 		Volume: v.ID, Incarnation: v.Incarnation, Pg: pg.PG, PageSize: uint32(v.PageSize), PagesPerPg: v.PagesPerPG,
 		MembershipEpoch: pg.MembershipEpoch, Hydrate: hydrate,
 	}
-	spec.MemberSets = append(spec.MemberSets, memberSet(pg.Segments))
+	spec.MemberSets = append(spec.MemberSets, s.memberSet(pg.Segments))
 	if pg.Change != nil && len(pg.Next) > 0 {
-		spec.MemberSets = append(spec.MemberSets, memberSet(pg.Next))
+		spec.MemberSets = append(spec.MemberSets, s.memberSet(pg.Next))
 	}
 	return spec, nil
 }
 
-func memberSet(segs []Segment) *pb.MemberSet {
+func (s *specCache) memberSet(segs []Segment) *pb.MemberSet {
 	ms := &pb.MemberSet{}
-	for _, s := range segs {
-		ms.Members = append(ms.Members, &pb.Member{NodeId: s.Node, Az: s.AZ, Addr: s.Addr})
+	for _, sg := range segs {
+		addr := sg.Addr
+		if a := s.addrOf[sg.Node]; a != "" {
+			addr = a
+		}
+		ms.Members = append(ms.Members, &pb.Member{NodeId: sg.Node, Az: sg.AZ, Addr: addr})
 	}
 	return ms
 }

@@ -78,7 +78,7 @@ func (f *fakeStorage) heartbeat(t *testing.T, on bool) {
 	if !on {
 		return
 	}
-	if err := f.cat.HeartbeatHosted(ctxT(t), f.id, time.Second, true, f.hosted()); err != nil {
+	if err := f.cat.HeartbeatWith(ctxT(t), f.id, time.Second, HeartbeatReport{ReportsHosted: true, Hosted: f.hosted()}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -86,7 +86,7 @@ func (f *fakeStorage) heartbeat(t *testing.T, on bool) {
 	go func() {
 		defer close(done)
 		for sleepCtx(ctx, 200*time.Millisecond) {
-			_ = f.cat.HeartbeatHosted(ctx, f.id, time.Second, true, f.hosted())
+			_ = f.cat.HeartbeatWith(ctx, f.id, time.Second, HeartbeatReport{ReportsHosted: true, Hosted: f.hosted()})
 		}
 	}()
 	f.hbStop = func() { cancel(); <-done }

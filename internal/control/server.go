@@ -229,7 +229,8 @@ func (s *Server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.H
 		for _, h := range req.GetHosted() {
 			hostedIDs = append(hostedIDs, h.GetVolumeId())
 		}
-		if err := s.cat.HeartbeatHosted(ctx, req.GetId(), s.timeout, req.GetReportsHosted(), hostedIDs); err != nil {
+		rep := HeartbeatReport{ReportsHosted: req.GetReportsHosted(), Hosted: hostedIDs, BootID: req.GetBootId()}
+		if err := s.cat.HeartbeatWith(ctx, req.GetId(), s.timeout, rep); err != nil {
 			return nil, err
 		}
 		vols, err := s.cat.Volumes(ctx)
