@@ -217,6 +217,12 @@ type changeReport struct {
 	OfSCL        uint64 `json:"of_scl"`
 	JoiningEmpty bool   `json:"joining_empty,omitempty"`
 	JoiningError string `json:"joining_error,omitempty"`
+	// Hydrating: the joining segment still copies the PG from a peer
+	// (its SegmentInfo), BytesCopied of BytesTotal page bytes so far (the
+	// total is 0 until the source has said).
+	Hydrating   bool   `json:"hydrating"`
+	BytesCopied uint64 `json:"bytes_copied"`
+	BytesTotal  uint64 `json:"bytes_total"`
 }
 
 type segmentReport struct {
@@ -454,6 +460,7 @@ func gatherStatus(ctx context.Context, control string, allPGs bool) (*statusRepo
 		}(addrOf[node], asks)
 	}
 	wg.Wait()
+	addHydration(ctx, rep, addrOf, stateOf)
 	for vi := range rep.Volumes {
 		vr := &rep.Volumes[vi]
 		for pi := range vr.PGs {
@@ -506,6 +513,48 @@ func gatherStatus(ctx context.Context, control string, allPGs bool) (*statusRepo
 	return rep, nil
 }
 
+// addHydration asks each PG's joining node how its copy goes (SegmentInfo:
+// hydrating, bytes copied of the total), every joining node in parallel.
+func addHydration(ctx context.Context, rep *statusReport, addrOf, stateOf map[string]string) {
+	type ask struct {
+		vol uint64
+		pg  uint32
+		ch  *changeReport
+	}
+	perNode := map[string][]ask{}
+	for vi := range rep.Volumes {
+		vr := &rep.Volumes[vi]
+		for pi := range vr.PGs {
+			if ch := vr.PGs[pi].Change; ch != nil && stateOf[ch.Joining] == "up" {
+				perNode[ch.Joining] = append(perNode[ch.Joining], ask{vr.ID, vr.PGs[pi].ID, ch})
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for node, asks := range perNode {
+		wg.Add(1)
+		go func(addr string, asks []ask) {
+			defer wg.Done()
+			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			client := pb.NewStorageClient(conn)
+			for _, a := range asks {
+				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				info, err := client.SegmentInfo(cctx, &pb.SegmentInfoRequest{Volume: a.vol, Pg: a.pg})
+				cancel()
+				if err != nil {
+					return // the SCLs' answer says why, if it did not answer
+				}
+				a.ch.Hydrating, a.ch.BytesCopied, a.ch.BytesTotal = info.GetHydrating(), info.GetHydrateBytesCopied(), info.GetHydrateBytesTotal()
+			}
+		}(addrOf[node], asks)
+	}
+	wg.Wait()
+}
+
 // fillChange sets a change's progress from the SCLs gathered: the joining
 // segment's, against the highest of the current set's that answered.
 func fillChange(pr *pgReport) {
@@ -537,6 +586,10 @@ func describeChange(ch *changeReport) string {
 		progress = ch.Joining + " is DOWN"
 	case ch.JoiningError != "":
 		progress = ch.Joining + " UNREACHABLE"
+	case ch.Hydrating && ch.BytesTotal > 0:
+		progress = fmt.Sprintf("%s hydrating, %s of %s copied, SCL %d of %d", ch.Joining, formatSize(ch.BytesCopied), formatSize(ch.BytesTotal), ch.JoiningSCL, ch.OfSCL)
+	case ch.Hydrating:
+		progress = fmt.Sprintf("%s hydrating, %s copied, SCL %d of %d", ch.Joining, formatSize(ch.BytesCopied), ch.JoiningSCL, ch.OfSCL)
 	case ch.JoiningEmpty:
 		progress = ch.Joining + " has nothing yet"
 	}

@@ -225,7 +225,15 @@ func (f *fakeStatusControl) Status(context.Context, *pb.StatusRequest) (*pb.Stat
 // fakeSCLs is a storage node that answers SegmentSCLs.
 type fakeSCLs struct {
 	pb.UnimplementedStorageServer
-	scl map[uint32]uint64
+	scl       map[uint32]uint64
+	hydrating bool
+}
+
+func (f *fakeSCLs) SegmentInfo(_ context.Context, req *pb.SegmentInfoRequest) (*pb.SegmentInfoResponse, error) {
+	if f.hydrating {
+		return &pb.SegmentInfoResponse{Scl: f.scl[req.Pg], Hydrating: true, HydrateBytesCopied: 3 << 20, HydrateBytesTotal: 8 << 20}, nil
+	}
+	return &pb.SegmentInfoResponse{Scl: f.scl[req.Pg]}, nil
 }
 
 func (f *fakeSCLs) SegmentSCLs(context.Context, *pb.SegmentSCLsRequest) (*pb.SegmentSCLsResponse, error) {
@@ -241,13 +249,13 @@ func (f *fakeSCLs) SegmentSCLs(context.Context, *pb.SegmentSCLsRequest) (*pb.Seg
 // capacity in an AZ; the counts by state are the current sets'; a healthy
 // PG in no change is not listed. Text and JSON.
 func TestStatusRepair(t *testing.T) {
-	serve := func(scl map[uint32]uint64) string {
+	serve := func(scl map[uint32]uint64, hydrating bool) string {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		g := grpc.NewServer()
-		pb.RegisterStorageServer(g, &fakeSCLs{scl: scl})
+		pb.RegisterStorageServer(g, &fakeSCLs{scl: scl, hydrating: hydrating})
 		go g.Serve(l)
 		t.Cleanup(g.Stop)
 		return l.Addr().String()
@@ -260,9 +268,9 @@ func TestStatusRepair(t *testing.T) {
 		case "s2":
 			n.State, n.Addr = "down", "127.0.0.1:1"
 		case "s7":
-			n.Addr, n.Segments = serve(map[uint32]uint64{0: 40}), 1
+			n.Addr, n.Segments = serve(map[uint32]uint64{0: 40}, true), 1
 		default:
-			n.Addr = serve(map[uint32]uint64{0: 100, 1: 90, 2: 80})
+			n.Addr = serve(map[uint32]uint64{0: 100, 1: 90, 2: 80}, false)
 		}
 		st.Nodes = append(st.Nodes, n)
 	}
@@ -305,7 +313,7 @@ func TestStatusRepair(t *testing.T) {
 		t.Fatalf("volume: counts %v, in change %d, waiting %d, %d listed", v.PGCounts, v.PGsInChange, v.PGsWaiting, len(v.PGs))
 	}
 	ch := v.PGs[0].Change
-	if ch == nil || ch.Leaving != "s2" || ch.Joining != "s7" || ch.JoiningSCL != 40 || ch.OfSCL != 100 || len(ch.NextSegments) != 6 || ch.NextSegments[2].SCL != 100 {
+	if ch == nil || ch.Leaving != "s2" || ch.Joining != "s7" || ch.JoiningSCL != 40 || ch.OfSCL != 100 || len(ch.NextSegments) != 6 || ch.NextSegments[2].SCL != 100 || !ch.Hydrating || ch.BytesCopied != 3<<20 || ch.BytesTotal != 8<<20 {
 		t.Fatalf("PG 0's change: %+v", ch)
 	}
 	if p := v.PGs[1]; p.WaitingForCapacityAZ != "a" || p.WaitingMember != "s2" || !strings.Contains(p.Waiting, "waiting for capacity in AZ a") {
@@ -322,7 +330,7 @@ func TestStatusRepair(t *testing.T) {
 	}
 	var text strings.Builder
 	printStatus(&text, rep)
-	for _, want := range []string{"moving s2 -> s7 (down", "s7 at SCL 40 of 100", "waiting for capacity in AZ a", "1 PG(s) in a membership change, 1 waiting for capacity"} {
+	for _, want := range []string{"moving s2 -> s7 (down", "s7 hydrating, 3MiB of 8MiB copied, SCL 40 of 100", "waiting for capacity in AZ a", "1 PG(s) in a membership change, 1 waiting for capacity"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text lacks %q:\n%s", want, text.String())
 		}
