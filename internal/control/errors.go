@@ -30,6 +30,9 @@ var (
 	// instance lease that no longer holds its record (expired, released,
 	// replaced by a newer registration of the id).
 	ErrLeaseExpired = errors.New("lease expired")
+	// ErrNotLeader: a change only the leading control plane makes was
+	// refused because this one no longer leads.
+	ErrNotLeader = errors.New("not the leader")
 	// ErrConflict: too many concurrent changes to one record; retry later.
 	ErrConflict = errors.New("too many concurrent changes")
 	// ErrUnavailable: etcd did not answer (or failed) a catalog request. Its

@@ -18,7 +18,9 @@ func (s *Server) leaderWork(ctx context.Context) {
 	}()
 	go func() {
 		defer wg.Done()
-		newRepairer(s.cat, s.repair, s.log, s.repairMetrics).run(ctx)
+		r := newRepairer(s.cat, s.repair, s.log, s.repairMetrics)
+		r.guard = s.leaderCmp
+		r.run(ctx)
 	}()
 	watchNodes(ctx, s.cat, s.timeout, s.log)
 	wg.Wait()

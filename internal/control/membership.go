@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -38,7 +39,7 @@ const (
 // Segments with leaving replaced by joining. Refused if the PG is in a
 // change already, if leaving is not a member, if joining is one, or if
 // joining is in another AZ than leaving (a PG keeps two segments per AZ).
-func (c *Catalog) BeginChange(ctx context.Context, volID uint64, pg uint32, leaving, joining Segment, reason string) (PG, error) {
+func (c *Catalog) BeginChange(ctx context.Context, volID uint64, pg uint32, leaving, joining Segment, reason string, guards ...clientv3.Cmp) (PG, error) {
 	if joining.Node == "" || joining.AZ == "" || joining.Addr == "" {
 		return PG{}, fmt.Errorf("%w: the joining segment of PG %d of volume id %d needs a node, AZ and address, got %+v", ErrInvalid, pg, volID, joining)
 	}
@@ -47,7 +48,7 @@ func (c *Catalog) BeginChange(ctx context.Context, volID uint64, pg uint32, leav
 	default:
 		return PG{}, fmt.Errorf("%w: membership change reason %q; want %s, %s or %s", ErrInvalid, reason, ReasonDown, ReasonRemoved, ReasonDrain)
 	}
-	return c.changePG(ctx, volID, pg, "begin a membership change of", func(p *PG, l Load) (Load, error) {
+	return c.changePG(ctx, volID, pg, guards, "begin a membership change of", func(p *PG, l Load) (Load, error) {
 		return beginChange(p, l, leaving, joining, reason, time.Now().UTC())
 	})
 }
@@ -77,11 +78,11 @@ func beginChange(p *PG, l Load, leaving, joining Segment, reason string, now tim
 // RetargetChange replaces the joining node of the PG's change under way at
 // membership epoch epoch by joining (the one before failed while it
 // hydrated): {ABCDEF, ABCDEG} becomes {ABCDEF, ABCDEH}.
-func (c *Catalog) RetargetChange(ctx context.Context, volID uint64, pg uint32, epoch uint64, joining Segment) (PG, error) {
+func (c *Catalog) RetargetChange(ctx context.Context, volID uint64, pg uint32, epoch uint64, joining Segment, guards ...clientv3.Cmp) (PG, error) {
 	if joining.Node == "" || joining.AZ == "" || joining.Addr == "" {
 		return PG{}, fmt.Errorf("%w: the joining segment of PG %d of volume id %d needs a node, AZ and address, got %+v", ErrInvalid, pg, volID, joining)
 	}
-	return c.changePG(ctx, volID, pg, "choose another joining node for", func(p *PG, l Load) (Load, error) {
+	return c.changePG(ctx, volID, pg, guards, "choose another joining node for", func(p *PG, l Load) (Load, error) {
 		return retargetChange(p, l, epoch, joining, time.Now().UTC())
 	})
 }
@@ -111,8 +112,8 @@ func retargetChange(p *PG, l Load, epoch uint64, joining Segment, now time.Time)
 
 // CompleteChange ends the PG's change under way at membership epoch epoch:
 // the PG's set becomes Next (ABCDEG), and the leaving node holds it no more.
-func (c *Catalog) CompleteChange(ctx context.Context, volID uint64, pg uint32, epoch uint64) (PG, error) {
-	return c.changePG(ctx, volID, pg, "complete the membership change of", func(p *PG, l Load) (Load, error) {
+func (c *Catalog) CompleteChange(ctx context.Context, volID uint64, pg uint32, epoch uint64, guards ...clientv3.Cmp) (PG, error) {
+	return c.changePG(ctx, volID, pg, guards, "complete the membership change of", func(p *PG, l Load) (Load, error) {
 		return completeChange(p, l, epoch)
 	})
 }
@@ -136,8 +137,8 @@ func completeChange(p *PG, l Load, epoch uint64) (Load, error) {
 // RollbackChange undoes the PG's change under way at membership epoch
 // epoch: the PG's set stays Segments (ABCDEF), and the joining node holds it
 // no more.
-func (c *Catalog) RollbackChange(ctx context.Context, volID uint64, pg uint32, epoch uint64) (PG, error) {
-	return c.changePG(ctx, volID, pg, "roll back the membership change of", func(p *PG, l Load) (Load, error) {
+func (c *Catalog) RollbackChange(ctx context.Context, volID uint64, pg uint32, epoch uint64, guards ...clientv3.Cmp) (PG, error) {
+	return c.changePG(ctx, volID, pg, guards, "roll back the membership change of", func(p *PG, l Load) (Load, error) {
 		return rollbackChange(p, l, epoch)
 	})
 }
@@ -155,6 +156,15 @@ func rollbackChange(p *PG, l Load, epoch uint64) (Load, error) {
 	}
 	p.Next, p.Change = nil, nil
 	return l.with(gone, -1), nil
+}
+
+// sameRev: the key a Get answered for is at rev (0: absent).
+func sameRev(r *etcdserverpb.ResponseOp, rev int64) bool {
+	kvs := r.GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return rev == 0
+	}
+	return kvs[0].ModRevision == rev
 }
 
 // applyChange runs one of the changes above on a PG read and raises its
@@ -179,9 +189,11 @@ func inChange(p *PG, epoch uint64) error {
 }
 
 // changePG applies change to a PG and the load record, raising the PG's
-// membership epoch, in one transaction guarded by both keys' revisions, and
-// retries from a fresh read when it loses a race.
-func (c *Catalog) changePG(ctx context.Context, volID uint64, pg uint32, what string, change func(p *PG, l Load) (Load, error)) (PG, error) {
+// membership epoch, in one transaction guarded by both keys' revisions and
+// by guards (the leader's election key, for the leader's repair), and
+// retries from a fresh read when it loses a race. A guard that fails while
+// neither key changed is refused with ErrNotLeader.
+func (c *Catalog) changePG(ctx context.Context, volID uint64, pg uint32, guards []clientv3.Cmp, what string, change func(p *PG, l Load) (Load, error)) (PG, error) {
 	pk := c.pgKey(volID, pg)
 	desc := fmt.Sprintf("%s PG %d of volume id %d", what, pg, volID)
 	for range maxAttempts {
@@ -212,15 +224,20 @@ func (c *Catalog) changePG(ctx context.Context, volID uint64, pg uint32, what st
 		if err != nil {
 			return PG{}, err
 		}
+		cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(pk), "=", kvs[0].ModRevision), lr.guard(c.loadKey())}, guards...)
 		wr, err := c.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(pk), "=", kvs[0].ModRevision), lr.guard(c.loadKey())).
+			If(cmps...).
 			Then(clientv3.OpPut(pk, encode(next)), clientv3.OpPut(c.loadKey(), encode(load))).
+			Else(clientv3.OpGet(pk), clientv3.OpGet(c.loadKey())).
 			Commit()
 		if err != nil {
 			return PG{}, etcdErr(desc, err)
 		}
 		if wr.Succeeded {
 			return next, nil
+		}
+		if len(guards) > 0 && sameRev(wr.Responses[0], kvs[0].ModRevision) && sameRev(wr.Responses[1], lr.rev) {
+			return PG{}, fmt.Errorf("%w: could not %s: this control plane no longer leads", ErrNotLeader, desc)
 		}
 		// The PG or the load changed meanwhile: decide again on a fresh read.
 	}

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // memberNodes is the node ids of segs, in order.
@@ -188,6 +190,14 @@ func TestMembershipChangeRefusals(t *testing.T) {
 	}
 	if _, err := c.BeginChange(ctx, vol.ID, 7, pg.Segments[0], spare, ReasonDown); !errors.Is(err, ErrNotFound) {
 		t.Errorf("a PG that does not exist: %v", err)
+	}
+	// A leader whose election key is gone changes nothing.
+	lost := clientv3.Compare(clientv3.CreateRevision(c.electionPrefix()+"gone"), "=", 42)
+	if _, err := c.BeginChange(ctx, vol.ID, 0, pg.Segments[0], spare, ReasonDown, lost); !errors.Is(err, ErrNotLeader) {
+		t.Errorf("a change under a lost lead: %v, want ErrNotLeader", err)
+	}
+	if p, _ := c.PG(ctx, vol.ID, 0); p.MembershipEpoch != pg.MembershipEpoch || p.Change != nil {
+		t.Errorf("a change under a lost lead was applied: %+v", p)
 	}
 	checkLoad(t, c, "after refusals")
 }

@@ -68,7 +68,10 @@ const declareBatch = 512
 // up, when its heartbeat stops listing a volume, and for every node when
 // the loop starts) and has them hydrate what they lack.
 type repairer struct {
-	cat     *Catalog
+	cat *Catalog
+	// guard, if set, is the leader's election comparison: the catalog's
+	// changes apply only while this control plane leads.
+	guard   func() (clientv3.Cmp, bool)
 	cfg     RepairConfig
 	log     *slog.Logger
 	metrics *repairMetrics
@@ -300,15 +303,28 @@ func (r *repairer) execute(ctx context.Context, acts []RepairAction, states map[
 				toDeclare[n] = append(toDeclare[n], declareItem{pg: pgv, hydrate: n == a.Hydrate})
 			}
 			continue
+		}
+		var guards []clientv3.Cmp
+		if r.guard != nil {
+			cmp, leading := r.guard()
+			if !leading {
+				return
+			}
+			guards = append(guards, cmp)
+		}
+		switch a.Kind {
 		case ActBegin:
-			pg, err = r.cat.BeginChange(ctx, a.PG.Volume, a.PG.PG, a.Leaving, a.Joining, a.Reason)
+			pg, err = r.cat.BeginChange(ctx, a.PG.Volume, a.PG.PG, a.Leaving, a.Joining, a.Reason, guards...)
 		case ActRetarget:
-			pg, err = r.cat.RetargetChange(ctx, a.PG.Volume, a.PG.PG, a.Epoch, a.Joining)
+			pg, err = r.cat.RetargetChange(ctx, a.PG.Volume, a.PG.PG, a.Epoch, a.Joining, guards...)
 		case ActComplete:
-			pg, err = r.cat.CompleteChange(ctx, a.PG.Volume, a.PG.PG, a.Epoch)
+			pg, err = r.cat.CompleteChange(ctx, a.PG.Volume, a.PG.PG, a.Epoch, guards...)
 			attrs = append(attrs, "target", a.Target)
 		case ActRollback:
-			pg, err = r.cat.RollbackChange(ctx, a.PG.Volume, a.PG.PG, a.Epoch)
+			pg, err = r.cat.RollbackChange(ctx, a.PG.Volume, a.PG.PG, a.Epoch, guards...)
+		}
+		if errors.Is(err, ErrNotLeader) {
+			return
 		}
 		if err != nil {
 			if errors.Is(err, ErrInvalidState) || errors.Is(err, ErrNotFound) {

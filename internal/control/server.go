@@ -120,7 +120,7 @@ func grpcErr(ctx context.Context, err error) error {
 		return status.Error(codes.FailedPrecondition, msg)
 	case errors.Is(err, ErrVolumeFull):
 		return status.Error(codes.ResourceExhausted, msg)
-	case errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrConflict):
+	case errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrConflict), errors.Is(err, ErrNotLeader):
 		return status.Error(codes.Aborted, msg)
 	}
 	// The caller gave up, or we did (requestTimeout): the latter means etcd
@@ -141,7 +141,7 @@ func grpcErr(ctx context.Context, err error) error {
 }
 
 func isCatalogErr(err error) bool {
-	for _, s := range []error{ErrNotFound, ErrExists, ErrInvalid, ErrPlacement, ErrVolumeFull, ErrWriterHeld, ErrFailingOver, ErrInvalidState, ErrStaleEpoch, ErrLeaseExpired, ErrConflict, ErrUnavailable} {
+	for _, s := range []error{ErrNotFound, ErrExists, ErrInvalid, ErrPlacement, ErrVolumeFull, ErrWriterHeld, ErrFailingOver, ErrInvalidState, ErrStaleEpoch, ErrLeaseExpired, ErrConflict, ErrNotLeader, ErrUnavailable} {
 		if errors.Is(err, s) {
 			return true
 		}
