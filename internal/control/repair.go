@@ -374,3 +374,19 @@ func MissingSegments(node string, pgs []PG, own HostedSCLs, peers map[string]Hos
 	slices.Sort(out)
 	return out
 }
+
+// StraySegments says which PGs a node holds a segment of (own, its
+// SegmentSCLs answer for one volume) while being in no set of the PG's
+// membership (pgs, the catalog's PGs of that volume; a PG the catalog does
+// not have is not judged here). Such a node left the PG while it was away
+// and must be told the membership that retires it.
+func StraySegments(node string, own HostedSCLs, pgs map[uint32]PG) []uint32 {
+	var out []uint32
+	for p := range own {
+		if pg, ok := pgs[p]; ok && !holds(pg, node) {
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

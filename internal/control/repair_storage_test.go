@@ -35,7 +35,7 @@ type storageCluster struct {
 }
 
 type storageProc struct {
-	id, az, addr string
+	id, az, addr, dir string
 	node         *storage.Node
 	stop         func()
 }
@@ -103,7 +103,7 @@ func (sc *storageCluster) startOn(id, az, addr, dir string) *storageProc {
 			Hosted:   node.HostedVolumes,
 		}, nil)
 	}()
-	p := &storageProc{id: id, az: az, addr: lis.Addr().String(), node: node}
+	p := &storageProc{id: id, az: az, addr: lis.Addr().String(), dir: dir, node: node}
 	var once sync.Once
 	p.stop = func() { once.Do(func() { cancel(); <-done; node.Close(); lis.Close() }) }
 	sc.mu.Lock()
@@ -244,6 +244,18 @@ func TestRepairWithStorageNodes(t *testing.T) {
 	checkLoad(t, sc.cat, "after the repair")
 	if n := counterValue(t, sc.srv.repairMetrics.rehydrated); n != 0 {
 		t.Fatalf("rehydrated segments counted: %v; no node came back empty", n)
+	}
+	// s2 comes back with its data: it is told it left PG 0.
+	sc.mu.Lock()
+	old := sc.nodes["s2"]
+	sc.mu.Unlock()
+	sc.restartAt("s2", "a", old.addr, old.dir)
+	wait.For(t, 20*time.Second, "s2 to retire its segment of PG 0", func() bool {
+		i, err := sc.info("s2", v.ID, 0)
+		return err == nil && i.Retired && i.Spec.GetMembershipEpoch() == done.MembershipEpoch
+	})
+	if pg := sc.pg(v.ID); pg.MembershipEpoch != done.MembershipEpoch {
+		t.Fatalf("s2's return changed PG 0: %+v", pg)
 	}
 }
 

@@ -381,3 +381,25 @@ func TestMissingSegments(t *testing.T) {
 		}
 	}
 }
+
+// TestStraySegments: a segment of a PG the node is in no set of is stray;
+// one of a PG it joins, or that the catalog does not have, is not.
+func TestStraySegments(t *testing.T) {
+	seg := func(ids ...string) []Segment {
+		out := make([]Segment, len(ids))
+		for i, id := range ids {
+			out[i] = Segment{Node: id}
+		}
+		return out
+	}
+	pgs := map[uint32]PG{
+		0: {PG: 0, Segments: seg("n", "a")},
+		1: {PG: 1, Segments: seg("a", "b")},
+		2: {PG: 2, Segments: seg("a", "b"), Next: seg("a", "n"), Change: &MembershipChange{Leaving: "b", Joining: "n"}},
+		3: {PG: 3, Segments: seg("b", "c")},
+	}
+	got := StraySegments("n", HostedSCLs{0: 5, 1: 5, 2: 0, 3: 9, 4: 1}, pgs)
+	if !slices.Equal(got, []uint32{1, 3}) {
+		t.Fatalf("stray %v, want [1 3]", got)
+	}
+}

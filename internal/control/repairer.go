@@ -532,7 +532,7 @@ func (r *repairer) probeNodes(ctx context.Context, states map[string]NodeState) 
 			delete(r.probe, id)
 			continue
 		}
-		if err := r.probeNode(ctx, ns.Node, states); err != nil {
+		if err := r.probeNode(ctx, ns, states); err != nil {
 			r.log.Debug("repair: cannot check a node for missing segments; again next pass", "node", id, "err", err)
 			continue
 		}
@@ -546,7 +546,8 @@ func (r *repairer) probeNodes(ctx context.Context, states map[string]NodeState) 
 	}
 }
 
-func (r *repairer) probeNode(ctx context.Context, n Node, states map[string]NodeState) error {
+func (r *repairer) probeNode(ctx context.Context, ns NodeState, states map[string]NodeState) error {
+	n := ns.Node
 	byVol := map[uint64][]PG{}
 	for _, pg := range r.idx.get(r.idx.onNode(n.ID)) {
 		// A joining segment hydrates by its change already.
@@ -555,11 +556,21 @@ func (r *repairer) probeNode(ctx context.Context, n Node, states map[string]Node
 		}
 		byVol[pg.VolumeID] = append(byVol[pg.VolumeID], pg)
 	}
+	// The volumes it says it holds too: it may hold segments of PGs it left
+	// while it was away.
+	for _, v := range ns.Hosted {
+		if _, ok := byVol[v]; !ok {
+			byVol[v] = nil
+		}
+	}
 	specs := newSpecCache(r.cat, states)
 	for vol, pgs := range byVol {
 		own, err := r.segmentSCLs(ctx, n.Addr, vol)
 		if err != nil {
 			return fmt.Errorf("ask %s for its segments of volume id %d: %w", n.ID, vol, err)
+		}
+		if err := r.retireStrays(ctx, n, vol, own, specs); err != nil {
+			return err
 		}
 		absent := slices.DeleteFunc(slices.Clone(pgs), func(pg PG) bool { return own[pg.PG] > 0 })
 		if len(absent) == 0 {
@@ -593,6 +604,32 @@ func (r *repairer) probeNode(ctx context.Context, n Node, states map[string]Node
 			return fmt.Errorf("tell %s to hydrate %d segment(s) of volume id %d: %w", n.ID, len(items), vol, err)
 		}
 		r.metrics.rehydrated.Add(float64(len(items)))
+	}
+	return nil
+}
+
+// retireStrays declares to n the current membership of each PG of vol it
+// holds a segment of but is no member of (it left the PG while it was away,
+// and the declaration that retires it was never answered), so that it
+// takes none of the PG's writes.
+func (r *repairer) retireStrays(ctx context.Context, n Node, vol uint64, own HostedSCLs, specs *specCache) error {
+	pgs := map[uint32]PG{}
+	for pgNum := range own {
+		if pg, ok := r.idx.getOne(PGKey{vol, pgNum}); ok {
+			pgs[pgNum] = pg
+		}
+	}
+	stray := StraySegments(n.ID, own, pgs)
+	if len(stray) == 0 {
+		return nil
+	}
+	items := make([]declareItem, len(stray))
+	for i, p := range stray {
+		items[i] = declareItem{pg: pgs[p]}
+	}
+	r.log.Info("repair: node holds segments of PGs it left; telling it they are retired", "node", n.ID, "volume_id", vol, "pgs", len(items))
+	if err := r.declare(ctx, n, items, specs); err != nil {
+		return fmt.Errorf("retire %d segment(s) of volume id %d on %s: %w", len(items), vol, n.ID, err)
 	}
 	return nil
 }
