@@ -338,3 +338,90 @@ func (sc *storageCluster) restartAt(id, az, addr, dir string) *storageProc {
 	lis.Close()
 	return sc.startOn(id, az, addr, dir)
 }
+
+// TestRepairDrainStorage drains a healthy node under writes: every PG it
+// holds moves to the spare of its AZ while it serves (each commit goes on
+// meeting its quorum), it ends holding nothing and retired from each PG,
+// and removing it then changes no PG.
+func TestRepairDrainStorage(t *testing.T) {
+	sc := newStorageCluster(t, "s1", "a", "s2", "a", "s7", "a", "s3", "b", "s4", "b", "s5", "c", "s6", "c")
+	ctx := ctxT(t)
+	if _, err := sc.ctl.CreateVolume(ctx, &pb.CreateVolumeRequest{Name: "db", PageSize: 4096, PgSizeBytes: 16 * 4096}); err != nil {
+		t.Fatal(err)
+	}
+	w := sc.writer("db")
+	cur := map[uint64][]byte{}
+	n := 0
+	commit := func() {
+		t.Helper()
+		n++
+		var mtr []volume.PageWrite
+		// Pages 1 and 17: PGs 0 and 1.
+		for _, p := range []uint64{1, 17} {
+			nw := pageOf(p, n)
+			mtr = append(mtr, volume.PageWrite{Page: p, Old: cur[p], New: nw})
+			cur[p] = nw
+		}
+		if _, err := w.Commit(ctx, mtr); err != nil {
+			t.Fatalf("commit %d: %v", n, err)
+		}
+	}
+	for range 10 {
+		commit()
+	}
+	vol, err := sc.cat.Volume(ctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []uint32
+	for _, p := range []uint32{0, 1} {
+		pg, err := sc.cat.PG(ctx, vol.ID, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(memberNodes(pg.Segments), "s1") {
+			held = append(held, p)
+		}
+	}
+	if len(held) == 0 {
+		t.Fatal("s1 holds no PG to drain")
+	}
+	if _, err := sc.ctl.DrainNode(ctx, &pb.DrainNodeRequest{Id: "s1"}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, 60*time.Second, "s1 to hold nothing", func() bool {
+		commit()
+		l, err := sc.cat.Load(ctx)
+		return err == nil && l.Segments["s1"] == 0
+	})
+	for _, p := range held {
+		pg, err := sc.cat.PG(ctx, vol.ID, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pg.Change != nil || !slices.Contains(memberNodes(pg.Segments), "s7") {
+			t.Fatalf("PG %d after the drain: %+v", p, pg)
+		}
+		wait.For(t, 10*time.Second, fmt.Sprintf("s1 to retire PG %d", p), func() bool {
+			i, err := sc.info("s1", vol.ID, p)
+			return err == nil && i.Retired
+		})
+	}
+	before := sc.pg(vol.ID)
+	if _, err := sc.ctl.RemoveNode(ctx, &pb.RemoveNodeRequest{Id: "s1"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		commit()
+	}
+	if after := sc.pg(vol.ID); after.MembershipEpoch != before.MembershipEpoch {
+		t.Fatalf("removing the drained node changed PG 0: %+v", after)
+	}
+	for p, want := range cur {
+		got, err := w.ReadPage(ctx, p, w.VDL())
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("page %d after the drain: %v", p, err)
+		}
+	}
+	checkLoad(t, sc.cat, "after the drain")
+}
