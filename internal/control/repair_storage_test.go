@@ -36,8 +36,8 @@ type storageCluster struct {
 
 type storageProc struct {
 	id, az, addr, dir string
-	node         *storage.Node
-	stop         func()
+	node              *storage.Node
+	stop              func()
 }
 
 func newStorageCluster(t *testing.T, spec ...string) *storageCluster {
