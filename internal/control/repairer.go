@@ -77,7 +77,9 @@ type repairer struct {
 	metrics *repairMetrics
 	idx     *pgIndex
 
-	// reports are the latest Declare answers, by PG and node.
+	// reports are the latest Declare answers, by PG and node; repMu
+	// guards them while a pass's declarations run in parallel.
+	repMu   sync.Mutex
 	reports map[PGKey]map[string]DeclaredState
 	// last is the node states of the previous pass (nil before the first).
 	last map[string]NodeState
@@ -371,13 +373,21 @@ func (r *repairer) execute(ctx context.Context, acts []RepairAction, states map[
 		}
 	}
 	r.waiting = waiting
+	// Every node at once: a node that hangs costs the pass one timeout,
+	// not one per node.
+	var wg sync.WaitGroup
 	for node, items := range toDeclare {
 		ns, ok := states[node]
 		if !ok {
 			continue
 		}
-		r.declare(ctx, ns.Node, items, specs)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = r.declare(ctx, ns.Node, items, specs)
+		}()
 	}
+	wg.Wait()
 }
 
 type declareItem struct {
@@ -460,6 +470,8 @@ func (r *repairer) callDeclare(ctx context.Context, n Node, specs []*pb.SegmentS
 // volume at a time: a call's specs may span volumes, and the answer keeps
 // their order).
 func (r *repairer) record(node string, pgs []PG, resp *pb.DeclareResponse) {
+	r.repMu.Lock()
+	defer r.repMu.Unlock()
 	segs := resp.GetSegments()
 	for i, pg := range pgs {
 		var d *pb.DeclaredSegment
@@ -671,8 +683,10 @@ func (r *repairer) conn(addr string) (*grpc.ClientConn, error) {
 // its node had when it was placed; a node may have moved since).
 type specCache struct {
 	cat    *Catalog
-	vols   map[uint64]*Volume
 	addrOf map[string]string
+
+	mu   sync.Mutex
+	vols map[uint64]*Volume
 }
 
 func newSpecCache(cat *Catalog, states map[string]NodeState) *specCache {
@@ -689,6 +703,8 @@ func newSpecCache(cat *Catalog, states map[string]NodeState) *specCache {
 // recovered gave its segments; a hydrating segment copies a peer that
 // applied them.
 func (s *specCache) spec(ctx context.Context, pg PG, hydrate bool) (*pb.SegmentSpec, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	v, ok := s.vols[pg.VolumeID]
 	if !ok {
 		vol, err := s.cat.VolumeByID(ctx, pg.VolumeID)
