@@ -191,6 +191,8 @@ type repairTest struct {
 	srv   *Server
 	cli   pb.ControlClient
 	nodes map[string]*fakeStorage
+	// resign ends the control plane's candidacy (and its lead).
+	resign func()
 }
 
 func newRepairTest(t *testing.T, spec ...string) *repairTest {
@@ -211,8 +213,8 @@ func newRepairTest(t *testing.T, spec ...string) *repairTest {
 	go gs.Serve(lis)
 	t.Cleanup(func() { rt.srv.Stop(); gs.Stop() })
 	rt.cli = dialControl(t, lis.Addr().String())
-	stop := rt.srv.campaign(context.Background(), Candidate{Name: "c1", Addr: lis.Addr().String(), AZ: "a"})
-	t.Cleanup(stop)
+	rt.resign = rt.srv.campaign(context.Background(), Candidate{Name: "c1", Addr: lis.Addr().String(), AZ: "a"})
+	t.Cleanup(rt.resign)
 	wait.For(t, 10*time.Second, "the control plane to lead", rt.srv.Leading)
 	return rt
 }
@@ -522,4 +524,36 @@ func TestRepairNodeBackEmpty(t *testing.T) {
 	if n := counterValue(t, rt.srv.repairMetrics.rehydrated); n < 1 {
 		t.Fatalf("rehydrated segments counted: %v", n)
 	}
+}
+
+// TestRepairAcrossLeaders: the leader that began a change resigns before the
+// joining member is complete; the next leader, which knows nothing of the
+// first one's Declare answers, asks the members again and completes it.
+func TestRepairAcrossLeaders(t *testing.T) {
+	rt := newRepairTest(t, "s1", "a", "s2", "a", "s7", "a", "s3", "b", "s4", "b", "s5", "c", "s6", "c")
+	_, pg := rt.volume("main", 100)
+	k := pg.Key()
+	cat2, err := Open(ctxT(t), testURLs, rt.cat.Prefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cat2.Close() })
+	srv2 := NewServer(cat2, time.Second, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv2.SetRepair(RepairConfig{After: 1500 * time.Millisecond, Interval: 50 * time.Millisecond, RPCTimeout: 2 * time.Second})
+	t.Cleanup(srv2.campaign(context.Background(), Candidate{Name: "c2", Addr: "127.0.0.1:1", AZ: "b"}))
+
+	rt.nodes["s2"].heartbeat(t, false)
+	begun := rt.waitPG(k, "the change to begin", func(p PG) bool { return p.Change != nil })
+	wait.For(t, 10*time.Second, "s7 to hydrate", func() bool { s, ok := rt.nodes["s7"].seg(k); return ok && s.hydrating })
+	rt.resign()
+	wait.For(t, 15*time.Second, "the second control plane to lead", srv2.Leading)
+	rt.nodes["s7"].finish(k, 100)
+	done := rt.waitPG(k, "the second leader to complete the change", func(p PG) bool { return p.Change == nil })
+	if done.MembershipEpoch != begun.MembershipEpoch+1 || !slices.Contains(memberNodes(done.Segments), "s7") {
+		t.Fatalf("after the second leader: %+v", done)
+	}
+	if counterValue(t, srv2.repairMetrics.steps.WithLabelValues(ActComplete, ReasonDown)) != 1 {
+		t.Fatal("the second leader did not count the completion")
+	}
+	checkLoad(t, rt.cat, "after the completion by the second leader")
 }
