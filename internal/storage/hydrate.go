@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -69,6 +70,9 @@ type hydrateState struct {
 	// Cursor: every page up to it is copied.
 	Cursor    uint64 `json:"cursor,omitempty"`
 	PagesDone bool   `json:"pages_done,omitempty"`
+	// Recopy: the pages held are of a copy whose log no peer keeps; a new
+	// copy replaces them.
+	Recopy    bool   `json:"recopy,omitempty"`
 	Installed bool   `json:"installed,omitempty"`
 	Done      bool   `json:"done,omitempty"`
 	Copied    uint64 `json:"copied,omitempty"`
@@ -82,6 +86,11 @@ func (st hydrateState) encode() []byte {
 
 // errBadChunk: a chunk failed its CRC; it is fetched again at once.
 var errBadChunk = errors.New("hydration chunk failed its CRC32C")
+
+// errLogCollected: the peers have collected the log after the pages
+// copied (a source that restarted forgot its copy, and its pin on the
+// log); a new copy at a newer base is needed.
+var errLogCollected = errors.New("the peers have collected the log after the copied pages")
 
 // hydrateChunkCRC is the CRC32C of a chunk's content: every field but the
 // CRC, fixed-width big-endian, each page as number, LSN, length, data.
@@ -261,41 +270,47 @@ func (r *rpcServer) Hydrate(req *pb.HydrateRequest, stream pb.Storage_HydrateSer
 // taken now, at the segment's materialized point.
 func (n *Node) sourceFor(s *seg, key sourceKey, base uint64) (*hydrateSource, error) {
 	n.hydMu.Lock()
-	defer n.hydMu.Unlock()
-	if src := n.sources[key]; src != nil {
-		if base != 0 && src.base == base {
-			src.users++
-			src.lastUsed = time.Now()
-			return src, nil
-		}
-		n.closeSourceLocked(key, src)
+	if src := n.sources[key]; src != nil && base != 0 && src.base == base {
+		src.users++
+		src.lastUsed = time.Now()
+		n.hydMu.Unlock()
+		return src, nil
 	}
-	// Under dropMu no materializer step is half done: the view holds every
-	// version up to the materialized point, and none above it.
+	n.hydMu.Unlock()
+	// Under dropMu no materializer or GC step is half done: the view holds
+	// every version up to the materialized point and none above it, and
+	// the copy is registered (its pin on the log, see hydrationPins)
+	// before a GC step can pass the base. dropMu comes before hydMu, as in
+	// collectStep.
 	n.dropMu.Lock()
 	if err := n.droppedSegment(s); err != nil {
 		n.dropMu.Unlock()
 		return nil, err
 	}
-	snap := n.db.NewSnapshot()
-	mat := s.mat.Load()
+	src := &hydrateSource{snap: n.db.NewSnapshot(), base: s.mat.Load(), users: 1, lastUsed: time.Now()}
+	n.hydMu.Lock()
+	if old := n.sources[key]; old != nil {
+		n.closeSourceLocked(key, old)
+	}
+	n.sources[key] = src
+	n.hydMu.Unlock()
 	n.dropMu.Unlock()
 	n.mu.Lock()
 	st := s.chain.State()
 	n.mu.Unlock()
-	src := &hydrateSource{snap: snap, base: mat, epoch: st.Epoch, truncs: TruncationsToPB(st.Truncations), users: 1, lastUsed: time.Now()}
+	src.epoch, src.truncs = st.Epoch, TruncationsToPB(st.Truncations)
 	// Every record up to the base is in a page version, so the newest
 	// version is the PG's last record at or below it.
 	vol, pg := s.key.vol, s.key.pg
-	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: segPrefix(famVersion, vol, pg), UpperBound: prefixEnd(segPrefix(famVersion, vol, pg))})
+	it, err := src.snap.NewIter(&pebble.IterOptions{LowerBound: segPrefix(famVersion, vol, pg), UpperBound: prefixEnd(segPrefix(famVersion, vol, pg))})
 	if err != nil {
-		snap.Close()
+		n.putSource(src)
 		return nil, err
 	}
 	var pages, last uint64
 	for it.First(); it.Valid(); it.Next() {
 		k := it.Key()
-		if lsn := lastUint64(k); lsn <= mat {
+		if lsn := lastUint64(k); lsn <= src.base {
 			if p := binary.BigEndian.Uint64(k[13:21]); p != last || pages == 0 {
 				pages++
 				last = p
@@ -304,12 +319,11 @@ func (n *Node) sourceFor(s *seg, key sourceKey, base uint64) (*hydrateSource, er
 		}
 	}
 	if err := it.Close(); err != nil {
-		snap.Close()
+		n.putSource(src)
 		return nil, err
 	}
 	src.total = pages * uint64(s.pageSize.Load())
-	n.sources[key] = src
-	n.log.Info("serving a hydration", "segment", s.key.String(), "to", key.node, "base_lsn", mat, "tail_lsn", src.tail, "pages", pages, "bytes", src.total)
+	n.log.Info("serving a hydration", "segment", s.key.String(), "to", key.node, "base_lsn", src.base, "tail_lsn", src.tail, "pages", pages, "bytes", src.total)
 	return src, nil
 }
 
@@ -375,18 +389,30 @@ func (n *Node) closeSources() {
 	}
 }
 
-// hydrationPins are the tails of the copies served of s: the copiers pull
-// the log after them next, so it is kept.
+// hydrationPins are the bases of the copies served of s: the copiers pull
+// the log after them next, so it is kept (the PG has no record between a
+// copy's tail and its base).
 func (n *Node) hydrationPins(s *seg) []uint64 {
 	n.hydMu.Lock()
 	defer n.hydMu.Unlock()
 	var out []uint64
 	for key, src := range n.sources {
 		if key.seg == s.key {
-			out = append(out, src.tail)
+			out = append(out, src.base)
 		}
 	}
 	return out
+}
+
+// touchCopy notes that node still works on its copy of s (it pulls the
+// log after the copy's pages), so that the copy, and its pin on the log,
+// does not expire.
+func (n *Node) touchCopy(s *seg, node string) {
+	n.hydMu.Lock()
+	defer n.hydMu.Unlock()
+	if src := n.sources[sourceKey{s.key, node}]; src != nil {
+		src.lastUsed = time.Now()
+	}
 }
 
 // Copier side.
@@ -445,6 +471,7 @@ func (n *Node) runHydration(s *seg) {
 		n.hydMu.Unlock()
 	}()
 	wait := 50 * time.Millisecond
+	var warned time.Time
 	// A retired segment (its change rolled back) copies nothing more.
 	for !n.stopping() && !s.dropped.Load() && !s.retiredFlag.Load() {
 		err := n.hydrateStep(s)
@@ -457,7 +484,12 @@ func (n *Node) runHydration(s *seg) {
 		if errors.Is(err, errBadChunk) {
 			continue
 		}
-		n.log.Warn("hydration attempt failed; trying again", "segment", s.key.String(), "err", err)
+		// Once every half minute: a source may stay unavailable for long.
+		level := slog.LevelDebug
+		if time.Since(warned) >= 30*time.Second {
+			level, warned = slog.LevelWarn, time.Now()
+		}
+		n.log.Log(context.Background(), level, "hydration attempt failed; trying again", "segment", s.key.String(), "err", err)
 		select {
 		case <-n.stop:
 			return
@@ -481,9 +513,32 @@ func (n *Node) hydrateStep(s *seg) error {
 		}
 	}
 	if err := n.catchUp(s); err != nil {
+		if errors.Is(err, errLogCollected) {
+			return n.recopy(s, err)
+		}
 		return err
 	}
 	return n.finishHydration(s)
+}
+
+// recopy starts a new copy of the pages, at a newer base than the one
+// installed: the SCL only goes up, from the installed tail to the new one,
+// and the segment stays out of quorums and reads meanwhile.
+func (n *Node) recopy(s *seg, why error) error {
+	st := hydrateState{Source: s.hyd.Source, Recopy: true}
+	n.dropMu.Lock()
+	err := n.droppedSegment(s)
+	if err == nil {
+		err = n.db.Set(metaSubKey(s.key.vol, s.key.pg, metaHydrate), st.encode(), pebble.NoSync)
+	}
+	n.dropMu.Unlock()
+	if err != nil {
+		return err
+	}
+	n.log.Warn("hydration copies the pages again", "segment", s.key.String(), "scl", s.durableSCL.Load(), "reason", why)
+	s.hyd = st
+	s.hydCopied.Store(0)
+	return why
 }
 
 // sourceCandidates are the peers of s that hold the PG and are not
@@ -625,7 +680,7 @@ func (n *Node) copyPagesFrom(s *seg, src *pb.Member) error {
 		wipe := false
 		if first && (req.BaseLsn == 0 || c.BaseLsn != req.BaseLsn) {
 			// A new copy: what an earlier one stored is of another base.
-			wipe = st.Copied > 0 || st.Cursor > 0
+			wipe = st.Copied > 0 || st.Cursor > 0 || st.Recopy
 			st = hydrateState{Source: src.NodeId, Base: c.BaseLsn, Tail: c.TailLsn, Epoch: c.Epoch, Truncations: TruncationsFromPB(c.Truncations), Total: c.BytesTotal}
 			n.log.Info("hydration copies pages", "segment", s.key.String(), "source", src.NodeId, "base_lsn", c.BaseLsn, "tail_lsn", c.TailLsn, "bytes_total", c.BytesTotal, "restarted", wipe)
 			prog.from = 0
@@ -783,6 +838,7 @@ func (n *Node) catchUp(s *seg) error {
 		return 1
 	})
 	var errs []error
+	collected := 0
 	for _, p := range peers {
 		for {
 			before := s.durableSCL.Load()
@@ -802,12 +858,32 @@ func (n *Node) catchUp(s *seg) error {
 				return nil
 			}
 			if s.durableSCL.Load() == before {
+				if n.collectedAfter(s, p) {
+					collected++
+				}
 				errs = append(errs, fmt.Errorf("%s is complete to LSN %d and has not the records after LSN %d", p.NodeId, theirs, before))
 				break
 			}
 		}
 	}
+	if collected > 0 && collected == len(errs) {
+		return fmt.Errorf("%w (LSN %d): %w", errLogCollected, s.durableSCL.Load(), errors.Join(errs...))
+	}
 	return fmt.Errorf("the log after LSN %d is on no peer: %w", s.durableSCL.Load(), errors.Join(errs...))
+}
+
+// collectedAfter reports whether peer has collected records of s's PG
+// above s's SCL: they exist, and it no longer holds them.
+func (n *Node) collectedAfter(s *seg, peer *pb.Member) bool {
+	conn, err := n.peerConn(peer.Addr)
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	scl := s.durableSCL.Load()
+	resp, err := pb.NewStorageClient(conn).Pull(ctx, &pb.PullRequest{Volume: s.key.vol, Pg: s.key.pg, After: scl, MaxBytes: 1, HeadersOnly: true})
+	return err == nil && resp.LogFloor > scl && resp.Scl > scl
 }
 
 // finishHydration ends the hydration: from now on the segment takes part

@@ -384,3 +384,97 @@ func TestRehydrateInPlace(t *testing.T) {
 	waitHydrated(t, b, again, w.last)
 	samePages(t, a, b, w.last)
 }
+
+// TestHydrateFromAnotherSourceWhenTheSourceDies: the source closes
+// mid-copy; the copier starts a new copy from the other complete peer,
+// replacing the pages of the first.
+func TestHydrateFromAnotherSourceWhenTheSourceDies(t *testing.T) {
+	smallChunks(t)
+	a, c, b := newHydNode(t, "s1"), newHydNode(t, "s3"), newHydNode(t, "s2")
+	w := &hydWriter{t: t}
+	old := hydSpec(1, []*pb.Member{a.member(), c.member()})
+	for range 5 {
+		w.write(old, 40, a, c)
+	}
+	waitCollectedTo(t, a, w.last)
+	waitCollectedTo(t, c, w.last)
+
+	source, proceed := make(chan string), make(chan struct{})
+	var count atomic.Int32
+	stored := func(_ *seg, st hydrateState) {
+		if count.Add(1) == 3 {
+			source <- st.Source
+			<-proceed
+		}
+	}
+	b.n.hooks.hydrateStored.Store(&stored)
+	change := hydSpec(2, []*pb.Member{a.member(), c.member()}, []*pb.Member{a.member(), c.member(), b.member()})
+	declare(t, a, change)
+	declare(t, c, change)
+	joining := cloneSpec(change)
+	joining.Hydrate = true
+	declare(t, b, joining)
+	first := <-source
+	dead, live := a, c
+	if first == c.id {
+		dead, live = c, a
+	}
+	dead.close()
+	close(proceed)
+	w.write(change, 5, live, b)
+
+	d := waitHydrated(t, b, joining, w.last)
+	if got := b.n.segment(1, 0).hyd.Source; got != live.id {
+		t.Fatalf("hydration done from %s, want %s", got, live.id)
+	}
+	if d.BytesCopied != hydPGPages*hydPageSize {
+		t.Fatalf("s2 holds %d bytes of the new copy, want %d", d.BytesCopied, hydPGPages*hydPageSize)
+	}
+	samePages(t, live, b, w.last)
+}
+
+// TestHydrateCopiesAgainWhenTheLogIsGone: the source restarts after the
+// pages were copied, forgetting the copy and its hold on the log, and
+// collects the log after the copy; the copier then copies the pages again
+// at a newer base rather than wait for records no peer keeps.
+func TestHydrateCopiesAgainWhenTheLogIsGone(t *testing.T) {
+	smallChunks(t)
+	a, b := newHydNode(t, "s1"), newHydNode(t, "s2")
+	w := &hydWriter{t: t}
+	old := hydSpec(1, []*pb.Member{a.member()})
+	for range 5 {
+		w.write(old, 40, a)
+	}
+	waitCollectedTo(t, a, w.last)
+	base := w.last
+
+	copied, proceed := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	stored := func(_ *seg, st hydrateState) {
+		if st.PagesDone {
+			once.Do(func() {
+				close(copied)
+				<-proceed
+			})
+		}
+	}
+	b.n.hooks.hydrateStored.Store(&stored)
+	change := hydSpec(2, []*pb.Member{a.member()}, []*pb.Member{a.member(), b.member()})
+	declare(t, a, change)
+	joining := cloneSpec(change)
+	joining.Hydrate = true
+	declare(t, b, joining)
+	<-copied
+	a.close()
+	a.open()
+	w.write(change, 50, a)
+	waitCollectedTo(t, a, w.last)
+	close(proceed)
+
+	waitHydrated(t, b, joining, w.last)
+	st := b.n.segment(1, 0).hyd
+	if st.Base <= base || st.Base < w.last {
+		t.Fatalf("hydration done with the copy at %d; want a new one at %d or above (the first was at %d)", st.Base, w.last, base)
+	}
+	samePages(t, a, b, w.last)
+}

@@ -291,6 +291,7 @@ func (r *rpcServer) Pull(ctx context.Context, req *pb.PullRequest) (*pb.PullResp
 	}
 	if req.FromNode != "" {
 		s.notePeerSCL(req.FromNode, req.Scl)
+		n.touchCopy(s, req.FromNode)
 	}
 	defer n.stats.pullsServed.Add(1)
 	max := int(req.MaxBytes)
