@@ -139,7 +139,7 @@ func checkReplicas(n int) error {
 }
 
 func upCmd() *cobra.Command {
-	var dir, pgSize string
+	var dir, pgSize, repairRate string
 	var basePort, replicas, nodesPerAZ int
 	var heartbeatTimeout, writeTimeout, repairAfter time.Duration
 	cmd := &cobra.Command{
@@ -194,6 +194,11 @@ says it waits for capacity there.`,
 			if repairAfter <= 0 {
 				return fmt.Errorf("--repair-after %s: want a positive duration, such as 60s", repairAfter)
 			}
+			if repairRate != "" {
+				if _, err := parseRepairRate(repairRate); err != nil {
+					return err
+				}
+			}
 			if heartbeatTimeout < time.Second {
 				return fmt.Errorf("--heartbeat-timeout %s is too short; etcd leases have whole seconds, so use at least 1s", heartbeatTimeout)
 			}
@@ -209,6 +214,7 @@ says it waits for capacity there.`,
 				basePort: basePort, heartbeatTimeout: heartbeatTimeout, writeTimeout: writeTimeout,
 				replicas: replicas, replicasSet: cmd.Flags().Changed("replicas"),
 				nodesPerAZ: nodesPerAZ, nodesPerAZSet: cmd.Flags().Changed("nodes-per-az"), repairAfter: repairAfter,
+				repairRate: repairRate,
 			})
 		},
 	}
@@ -221,6 +227,7 @@ says it waits for capacity there.`,
 	f.DurationVar(&writeTimeout, "write-timeout", 10*time.Second, "how long the writer's commits wait for a write quorum of segments that can make them durable (answering, and holding or catching up to them) before failing with storage_unavailable")
 	f.IntVar(&nodesPerAZ, "nodes-per-az", cluster.SegmentsPerAZ, fmt.Sprintf("storage nodes to run in each of the 3 AZs, %d to %d: those beyond %d per AZ are spare capacity that repair moves segments to (a resumed cluster: as many as it last ran)", cluster.SegmentsPerAZ, maxNodesPerAZ, cluster.SegmentsPerAZ))
 	f.DurationVar(&repairAfter, "repair-after", control.DefaultRepairAfter, "a storage node down this long has its segments moved to a spare node of its AZ")
+	f.StringVar(&repairRate, "repair-rate", "", "the storage nodes' --repair-rate, bytes per second their hydrations copy, such as 64MiB, 0 for no limit (default: theirs, 100MiB)")
 	return cmd
 }
 
@@ -243,6 +250,8 @@ type upOptions struct {
 	nodesPerAZ    int
 	nodesPerAZSet bool
 	repairAfter   time.Duration
+	// repairRate is --repair-rate, passed to the storage nodes as given.
+	repairRate string
 }
 
 func runUp(ctx context.Context, out io.Writer, o upOptions) error {
@@ -324,6 +333,7 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 	}
 	cl := cluster.New(bin, dir)
 	cl.RepairAfter = o.repairAfter
+	cl.RepairRate = o.repairRate
 	controlList := controlAddrList(addrs)
 	cl.ControlAddr = controlList
 	stopped := false

@@ -161,6 +161,9 @@ type Cluster struct {
 	// now on as --repair-after: how long a storage node may be down before
 	// its segments move to a spare of its AZ.
 	RepairAfter time.Duration
+	// RepairRate, if set, is passed to the storage nodes started from now
+	// on as --repair-rate: how fast their hydrations copy, such as 64MiB.
+	RepairRate string
 
 	exits chan Exit
 
@@ -560,6 +563,9 @@ func (c *Cluster) StartStorage(ctx context.Context, id, az, addr string) error {
 	}
 	if c.ControlAddr != "" {
 		p.args = append(p.args, "--control", c.ControlAddr)
+	}
+	if c.RepairRate != "" {
+		p.args = append(p.args, "--repair-rate", c.RepairRate)
 	}
 	if c.StorageMetrics {
 		m, err := FreeAddr()
