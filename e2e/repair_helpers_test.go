@@ -149,28 +149,32 @@ func (rc *repairCluster) unrepaired(gone ...string) string {
 			return fmt.Sprintf("PG %d is still replacing %s by %s", p.Pg, p.GetChange().GetLeaving(), p.GetChange().GetJoining())
 		}
 		azs := map[string]int{}
-		var hi uint64
-		states := map[string]segmentState{}
 		for _, s := range p.Segments {
 			if slices.Contains(gone, s.Node) {
 				return fmt.Sprintf("PG %d still has a segment on %s", p.Pg, s.Node)
 			}
 			azs[s.Az]++
-			st := rc.segment(s.Addr, p.Pg)
-			states[s.Node] = st
-			hi = max(hi, st.scl)
 		}
 		if len(p.Segments) != 6 || azs["a"] != 2 || azs["b"] != 2 || azs["c"] != 2 {
 			return fmt.Sprintf("PG %d has segments %v", p.Pg, segNodes(p.Segments))
 		}
-		for node, st := range states {
-			switch {
-			case st.err != nil:
-				return fmt.Sprintf("PG %d: %s does not answer: %v", p.Pg, node, st.err)
-			case st.hydrating:
-				return fmt.Sprintf("PG %d: %s is hydrating", p.Pg, node)
-			case st.scl < hi:
-				return fmt.Sprintf("PG %d: %s is at SCL %d of %d", p.Pg, node, st.scl, hi)
+		// Under a load the SCLs move on while the segments are asked one by
+		// one: a segment is complete when, asked again, it has reached the
+		// highest SCL any of them reported the first time.
+		var hi uint64
+		for round := range 2 {
+			for _, s := range p.Segments {
+				st := rc.segment(s.Addr, p.Pg)
+				switch {
+				case st.err != nil:
+					return fmt.Sprintf("PG %d: %s does not answer: %v", p.Pg, s.Node, st.err)
+				case st.hydrating:
+					return fmt.Sprintf("PG %d: %s is hydrating", p.Pg, s.Node)
+				case round == 0:
+					hi = max(hi, st.scl)
+				case st.scl < hi:
+					return fmt.Sprintf("PG %d: %s is at SCL %d, below the %d another segment had", p.Pg, s.Node, st.scl, hi)
+				}
 			}
 		}
 	}

@@ -34,7 +34,7 @@ func benchCmd() *cobra.Command {
 		Use:   "bench",
 		Short: "Built-in workloads that print latency percentiles and throughput",
 	}
-	cmd.AddCommand(benchCommitCmd(), benchSQLCmd(), benchReplicaCmd(), benchFailoverCmd())
+	cmd.AddCommand(benchCommitCmd(), benchSQLCmd(), benchReplicaCmd(), benchFailoverCmd(), benchRepairCmd())
 	return cmd
 }
 

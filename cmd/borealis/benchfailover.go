@@ -386,61 +386,10 @@ func runFailoverBench(ctx context.Context, o failoverBenchOptions, progress io.W
 	return rep, nil
 }
 
-// startUp runs `borealis up` in dir and waits until it has written
-// cluster.json (every component ready). stop ends it, and with it the
-// cluster.
+// startUp runs `borealis up --replicas 2` in dir (see startUpCluster).
 func (e *failoverEnv) startUp(ctx context.Context, dir string, basePort int) (stop func(), err error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	logPath := filepath.Join(dir, "up.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	fmt.Fprintf(e.progress, "starting a cluster with `up --replicas 2 --base-port %d` in %s (its output: %s)\n", basePort, dir, logPath)
-	cmd := exec.Command(e.bin, "up", "--dir", dir, "--replicas", "2", "--base-port", strconv.Itoa(basePort))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Its own process group: a Ctrl-C reaches the benchmark, which stops up
-	// (and so the cluster) in order. If the benchmark dies, up stops too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, err
-	}
-	exited := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		logf.Close()
-		close(exited)
-	}()
-	stop = func() {
-		fmt.Fprintln(e.progress, "stopping the cluster")
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(60 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	}
-	e.clusterFile = filepath.Join(dir, clusterFileName)
-	start := time.Now()
-	err = pollFor(ctx, 3*time.Minute, "the cluster to come up", func(context.Context) error {
-		select {
-		case <-exited:
-			tail, _ := cluster.TailLines(logPath, 0, 20)
-			return fmt.Errorf("`up` exited before the cluster was up; the end of %s:\n  %s", logPath, strings.Join(tail, "\n  "))
-		default:
-		}
-		_, err := cluster.ReadFile(e.clusterFile)
-		return err
-	})
-	if err != nil {
-		return stop, err
-	}
-	fmt.Fprintf(e.progress, "cluster up in %s\n", since(start))
-	return stop, nil
+	e.clusterFile, stop, err = startUpCluster(ctx, e.bin, e.progress, dir, "--replicas", "2", "--base-port", strconv.Itoa(basePort))
+	return stop, err
 }
 
 // load reads the cluster file: the router's endpoints, the control
