@@ -327,7 +327,8 @@ func runRepairBench(ctx context.Context, o repairBenchOptions, size uint64, prog
 		return nil, fmt.Errorf("kill %s: %w", victim, err)
 	}
 
-	hydrated := map[uint32]uint64{}
+	// joining is the address of the segment each PG last took on.
+	joining := map[uint32]string{}
 	// startedAt: the first PG of the victim seen in a change; doneAt: the
 	// first time the catalog showed every one of them back to one set
 	// without the victim, each joining segment done hydrating (the control
@@ -352,7 +353,11 @@ func runRepairBench(ctx context.Context, o repairBenchOptions, size uint64, prog
 				fmt.Fprintf(progress, "repair started %s after the kill: PG %d replaces %s by %s\n", since(killedAt), p.Pg, p.Change.Leaving, p.Change.Joining)
 			}
 			if p.Change != nil {
-				env.noteHydration(ctx, p, hydrated)
+				for _, seg := range p.NextSegments {
+					if seg.Node == p.Change.Joining {
+						joining[p.Pg] = seg.Addr
+					}
+				}
 				moved = false
 			}
 			for _, s := range p.Segments {
@@ -365,15 +370,7 @@ func runRepairBench(ctx context.Context, o repairBenchOptions, size uint64, prog
 			doneAt = time.Now()
 			fmt.Fprintf(progress, "every PG of %s moved %s after the kill; checking each segment is complete\n", victim, since(killedAt))
 		}
-		for _, p := range pgs {
-			if !slices.Contains(held, p.Pg) {
-				continue
-			}
-			if w := env.incomplete(ctx, p, victim); w != "" {
-				why = w
-				break
-			}
-		}
+		why = env.incomplete(ctx, pgs, held, victim)
 		if why != "" && time.Since(lastNote) > 5*time.Second {
 			lastNote = time.Now()
 			fmt.Fprintf(progress, "%s after the kill: %s\n", since(killedAt), why)
@@ -396,8 +393,12 @@ func runRepairBench(ctx context.Context, o repairBenchOptions, size uint64, prog
 	rep.VerifiedS = verifiedAt.Sub(killedAt).Seconds()
 	rep.RepairStartS = startedAt.Sub(killedAt).Seconds()
 	rep.RepairDoneS = doneAt.Sub(killedAt).Seconds()
-	for _, b := range hydrated {
-		rep.HydratedBytes += b
+	for pg, addr := range joining {
+		info, err := env.segmentInfo(ctx, addr, pgs[0].VolumeId, pg)
+		if err != nil {
+			return nil, fmt.Errorf("ask the segment that joined PG %d what it copied: %w", pg, err)
+		}
+		rep.HydratedBytes += info.HydrateBytesTotal
 	}
 	if span := doneAt.Sub(startedAt).Seconds(); span > 0 {
 		rep.HydrationMBPerS = float64(rep.HydratedBytes) / 1e6 / span
@@ -520,58 +521,96 @@ func mostLoaded(pgs []*pb.PGInfo) (string, []uint32) {
 	return ids[0], by[ids[0]]
 }
 
-// noteHydration keeps the largest hydration total the joining segment of
-// p has reported.
-func (e *repairEnv) noteHydration(ctx context.Context, p *pb.PGInfo, hydrated map[uint32]uint64) {
-	for _, s := range p.NextSegments {
-		if s.Node != p.Change.Joining {
-			continue
-		}
-		if info, err := e.segmentInfo(ctx, s.Addr, p); err == nil {
-			hydrated[p.Pg] = max(hydrated[p.Pg], info.HydrateBytesTotal)
-		}
-	}
-}
-
-func (e *repairEnv) segmentInfo(ctx context.Context, addr string, p *pb.PGInfo) (*pb.SegmentInfoResponse, error) {
+func (e *repairEnv) segmentInfo(ctx context.Context, addr string, vol uint64, pg uint32) (*pb.SegmentInfoResponse, error) {
 	cli, err := e.storage(addr)
 	if err != nil {
 		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return cli.SegmentInfo(cctx, &pb.SegmentInfoRequest{Volume: p.VolumeId, Pg: p.Pg})
+	return cli.SegmentInfo(cctx, &pb.SegmentInfoRequest{Volume: vol, Pg: pg})
 }
 
-// incomplete says why p is not yet back to six complete segments off
-// victim, or "".
-func (e *repairEnv) incomplete(ctx context.Context, p *pb.PGInfo, victim string) string {
-	if p.Change != nil || len(p.NextSegments) > 0 {
-		return fmt.Sprintf("PG %d is replacing %s by %s", p.Pg, p.GetChange().GetLeaving(), p.GetChange().GetJoining())
+// hosted asks each node of addrs for the SCLs of every segment of vol it
+// hosts (one cheap call per node, unlike SegmentInfo, which counts a
+// segment's keys): by address, then PG.
+func (e *repairEnv) hosted(ctx context.Context, vol uint64, addrs []string) (map[string]map[uint32]*pb.HostedSCL, error) {
+	out := map[string]map[uint32]*pb.HostedSCL{}
+	for _, addr := range addrs {
+		cli, err := e.storage(addr)
+		if err != nil {
+			return nil, err
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := cli.SegmentSCLs(cctx, &pb.SegmentSCLsRequest{Volume: vol})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("%s does not answer: %w", addr, err)
+		}
+		out[addr] = map[uint32]*pb.HostedSCL{}
+		for _, h := range resp.Segments {
+			out[addr][h.Pg] = h
+		}
 	}
-	if len(p.Segments) != 6 {
-		return fmt.Sprintf("PG %d has %d segments", p.Pg, len(p.Segments))
-	}
-	// Under the load the SCLs move on while the segments are asked one
-	// by one: a segment is complete when, asked again, it has reached the
-	// highest SCL any of them reported the first time.
-	var hi uint64
-	for round := range 2 {
+	return out, nil
+}
+
+// incomplete says why the PGs held are not yet back to six complete
+// segments off victim, or "".
+func (e *repairEnv) incomplete(ctx context.Context, pgs []*pb.PGInfo, held []uint32, victim string) string {
+	var mine []*pb.PGInfo
+	var addrs []string
+	for _, p := range pgs {
+		if !slices.Contains(held, p.Pg) {
+			continue
+		}
+		if p.Change != nil || len(p.NextSegments) > 0 {
+			return fmt.Sprintf("PG %d is replacing %s by %s", p.Pg, p.GetChange().GetLeaving(), p.GetChange().GetJoining())
+		}
+		if len(p.Segments) != 6 {
+			return fmt.Sprintf("PG %d has %d segments", p.Pg, len(p.Segments))
+		}
 		for _, s := range p.Segments {
 			if s.Node == victim {
 				return fmt.Sprintf("PG %d still has its segment on %s", p.Pg, victim)
 			}
-			info, err := e.segmentInfo(ctx, s.Addr, p)
-			if err != nil {
-				return fmt.Sprintf("PG %d: %s does not answer: %v", p.Pg, s.Node, err)
+			if !slices.Contains(addrs, s.Addr) {
+				addrs = append(addrs, s.Addr)
 			}
-			if info.Hydrating {
-				return fmt.Sprintf("PG %d: %s is hydrating (%d of %d bytes)", p.Pg, s.Node, info.HydrateBytesCopied, info.HydrateBytesTotal)
+		}
+		mine = append(mine, p)
+	}
+	if len(mine) == 0 {
+		return ""
+	}
+	// Under the load the SCLs move on while the nodes are asked one by
+	// one: a segment is complete when, asked again, it has reached the
+	// highest SCL any segment of its PG reported the first time.
+	first, err := e.hosted(ctx, mine[0].VolumeId, addrs)
+	if err != nil {
+		return err.Error()
+	}
+	hi := map[uint32]uint64{}
+	for _, p := range mine {
+		for _, s := range p.Segments {
+			h := first[s.Addr][p.Pg]
+			switch {
+			case h == nil:
+				return fmt.Sprintf("PG %d: %s does not host its segment", p.Pg, s.Node)
+			case h.Hydrating:
+				return fmt.Sprintf("PG %d: %s is hydrating", p.Pg, s.Node)
 			}
-			if round == 0 {
-				hi = max(hi, info.Scl)
-			} else if info.Scl < hi {
-				return fmt.Sprintf("PG %d: %s is at SCL %d, below the %d another segment had", p.Pg, s.Node, info.Scl, hi)
+			hi[p.Pg] = max(hi[p.Pg], h.Scl)
+		}
+	}
+	again, err := e.hosted(ctx, mine[0].VolumeId, addrs)
+	if err != nil {
+		return err.Error()
+	}
+	for _, p := range mine {
+		for _, s := range p.Segments {
+			if h := again[s.Addr][p.Pg]; h == nil || h.Scl < hi[p.Pg] {
+				return fmt.Sprintf("PG %d: %s is at SCL %d, below the %d another segment had", p.Pg, s.Node, h.GetScl(), hi[p.Pg])
 			}
 		}
 	}
