@@ -24,6 +24,17 @@ func noArgs(hint string) cobra.PositionalArgs {
 	}
 }
 
+// oneArg refuses a command line without exactly one argument, naming
+// what it is (what, such as "the storage node's id").
+func oneArg(what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != 1 {
+			return fmt.Errorf("%s takes one argument, %s; got %d (%q)", cmd.CommandPath(), what, len(args), args)
+		}
+		return nil
+	}
+}
+
 // rootCmd is the borealis command, with every subcommand.
 func rootCmd() *cobra.Command {
 	root := &cobra.Command{

@@ -36,7 +36,7 @@ func nodeDrainCmd() *cobra.Command {
 segments until the node that replaces it is complete, so no PG is degraded by
 the drain. Nothing new is placed on it meanwhile. Once status shows it holds
 no segment, node remove takes it out for good.`,
-		Args: cobra.ExactArgs(1),
+		Args: oneArg(`the storage node's id, such as s3 (borealis status lists them)`),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, ctl, done, err := where.dial(cmd.Context())
 			if err != nil {
@@ -64,7 +64,7 @@ func nodeRemoveCmd() *cobra.Command {
 and each segment it still holds moves to another node of its AZ at once, up or
 not: until each move completes its PG counts that segment as lost (degraded).
 Drain the node first to move its segments while it still serves them.`,
-		Args: cobra.ExactArgs(1),
+		Args: oneArg(`the storage node's id, such as s3 (borealis status lists them)`),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, ctl, done, err := where.dial(cmd.Context())
 			if err != nil {
