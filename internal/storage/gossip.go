@@ -185,9 +185,17 @@ func (n *Node) pullFrom(s *seg, peer *pb.Member) error {
 			}
 		}
 		s.notePeerSCL(peer.NodeId, resp.Scl)
-		if resp.LogFloor > after && len(resp.Records) > 0 && s.hydrationWarnDue(time.Now()) {
-			n.log.Warn("peer has collected records this segment lacks; it needs hydration from pages",
-				"segment", s.key.String(), "peer", peer.NodeId, "scl", after, "peer_log_floor", resp.LogFloor)
+		if resp.LogFloor > after && resp.Scl > after {
+			if s.hydrationWarnDue(time.Now()) {
+				n.log.Warn("peer has collected records this segment lacks; it needs hydration from pages unless another peer still holds them",
+					"segment", s.key.String(), "peer", peer.NodeId, "scl", after, "peer_log_floor", resp.LogFloor)
+			}
+			if !s.hydrating.Load() {
+				n.rehydrateIfStranded(s)
+				if s.hydrating.Load() {
+					return nil
+				}
+			}
 		}
 		if len(resp.Records) == 0 {
 			return nil

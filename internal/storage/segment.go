@@ -97,6 +97,11 @@ type seg struct {
 	// like a hole.
 	want atomic.Uint64
 
+	// strandedChecked is when (unix nanos) the node last asked the peers
+	// whether any still holds the log after this segment's SCL (see
+	// rehydrateIfStranded).
+	strandedChecked atomic.Int64
+
 	// hydrationWarned is when (unix nanos) the node last logged that this
 	// segment needs hydration: once a minute, not every gossip round.
 	hydrationWarned atomic.Int64
