@@ -150,8 +150,8 @@ type volumeReport struct {
 	PGSizeBytes uint64 `json:"pg_size_bytes"`
 	SizeBytes   uint64 `json:"size_bytes"`
 	// PGCounts counts the PGs by state: "healthy" (every segment
-	// answered), "degraded" (4 or 5 did: writes go on), "no_quorum" (fewer
-	// than 4 did: writes to the PG wait).
+	// answered, none hydrating), "degraded" (4 or 5 did, not hydrating:
+	// writes go on), "no_quorum" (fewer than 4 did: writes to the PG wait).
 	PGCounts map[string]int `json:"pg_counts"`
 	// PGsListed says which PGs PGs lists: "not_healthy" (the default, so a
 	// volume of thousands of PGs prints what needs attention: those not
@@ -211,8 +211,7 @@ type changeReport struct {
 	// JoiningSCL is the joining segment's SCL, and OfSCL the highest SCL
 	// among the current set's segments that answered: its progress (it is
 	// complete once it holds what the old set held when the change began,
-	// and stops hydrating). Progress is JoiningSCL over OfSCL, in LSNs
-	// (the storage nodes report no byte counts).
+	// and stops hydrating): its progress in LSNs, beside the bytes below.
 	JoiningSCL   uint64 `json:"joining_scl"`
 	OfSCL        uint64 `json:"of_scl"`
 	JoiningEmpty bool   `json:"joining_empty,omitempty"`
@@ -231,8 +230,11 @@ type segmentReport struct {
 	Addr string `json:"addr"`
 	SCL  uint64 `json:"scl"`
 	// Empty: the node holds nothing of this PG yet (nothing was written).
-	Empty bool   `json:"empty,omitempty"`
-	Error string `json:"error,omitempty"`
+	Empty bool `json:"empty,omitempty"`
+	// Hydrating: the segment copies its PG from a peer (it joins, or is
+	// rebuilt in place) and counts toward no quorum until it is done.
+	Hydrating bool   `json:"hydrating,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 type writerReport struct {
@@ -444,13 +446,13 @@ func gatherStatus(ctx context.Context, control string, allPGs bool) (*statusRepo
 					}
 					return
 				}
-				scl := make(map[uint32]uint64, len(resp.Segments))
+				hosted := make(map[uint32]*pb.HostedSCL, len(resp.Segments))
 				for _, h := range resp.Segments {
-					scl[h.Pg] = h.Scl
+					hosted[h.Pg] = h
 				}
 				for _, a := range vasks {
-					if v, ok := scl[a.pg]; ok {
-						a.seg.SCL = v
+					if h, ok := hosted[a.pg]; ok {
+						a.seg.SCL, a.seg.Hydrating = h.Scl, h.Hydrating
 					} else {
 						// The node creates the segment with its first records.
 						a.seg.Empty = true
@@ -467,7 +469,8 @@ func gatherStatus(ctx context.Context, control string, allPGs bool) (*statusRepo
 			pr := &vr.PGs[pi]
 			scls := make([]uint64, 0, len(pr.Segments))
 			for _, sr := range pr.Segments {
-				if sr.Error == "" {
+				// A hydrating segment answers, but counts toward no quorum.
+				if sr.Error == "" && !sr.Hydrating {
 					scls = append(scls, sr.SCL)
 				}
 			}
@@ -668,6 +671,9 @@ func printStatus(out io.Writer, rep *statusReport) {
 				scl := fmt.Sprint(s.SCL)
 				if s.Empty {
 					scl = "empty"
+				}
+				if s.Hydrating {
+					scl += " hydrating"
 				}
 				switch {
 				case s.Error == nodeDown:

@@ -239,7 +239,7 @@ func (f *fakeSCLs) SegmentInfo(_ context.Context, req *pb.SegmentInfoRequest) (*
 func (f *fakeSCLs) SegmentSCLs(context.Context, *pb.SegmentSCLsRequest) (*pb.SegmentSCLsResponse, error) {
 	out := &pb.SegmentSCLsResponse{}
 	for pg, scl := range f.scl {
-		out.Segments = append(out.Segments, &pb.HostedSCL{Pg: pg, Scl: scl})
+		out.Segments = append(out.Segments, &pb.HostedSCL{Pg: pg, Scl: scl, Hydrating: f.hydrating})
 	}
 	return out, nil
 }
@@ -268,7 +268,7 @@ func TestStatusRepair(t *testing.T) {
 		case "s2":
 			n.State, n.Addr = "down", "127.0.0.1:1"
 		case "s7":
-			n.Addr, n.Segments = serve(map[uint32]uint64{0: 40}, true), 1
+			n.Addr, n.Segments = serve(map[uint32]uint64{0: 40, 3: 10}, true), 2
 		default:
 			n.Addr = serve(map[uint32]uint64{0: 100, 1: 90, 2: 80}, false)
 		}
@@ -287,9 +287,11 @@ func TestStatusRepair(t *testing.T) {
 			Change: &pb.MembershipChange{Leaving: "s2", Joining: "s7", Reason: "down", StartedAtUnixMs: 1}},
 		{VolumeId: 1, Pg: 1, MembershipEpoch: 1, Segments: set, WaitingForCapacityAz: "a", WaitingMember: "s2"},
 		{VolumeId: 1, Pg: 2, MembershipEpoch: 1, Segments: segs("s1", "s7", "s3", "s4", "s5", "s6")},
+		{VolumeId: 1, Pg: 3, MembershipEpoch: 1, Segments: segs("s1", "s7", "s3", "s4", "s5", "s6")},
 	}}}
 	// PG 2 is on s7, which holds nothing of it: healthy all the same (an
-	// empty segment answers), so it is not listed.
+	// empty segment answers), so it is not listed. PG 3's segment on s7
+	// is rebuilt in place (hydrating, in no change): degraded, and listed.
 	control := func() string {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -305,16 +307,19 @@ func TestStatusRepair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.RepairAfterMs != 60000 || rep.Nodes[6].ID != "s7" || rep.Nodes[6].Segments != 1 {
+	if rep.RepairAfterMs != 60000 || rep.Nodes[6].ID != "s7" || rep.Nodes[6].Segments != 2 {
 		t.Fatalf("report: repair after %d, nodes %+v", rep.RepairAfterMs, rep.Nodes)
 	}
 	v := rep.Volumes[0]
-	if v.PGCounts[pgDegraded] != 2 || v.PGCounts[pgHealthy] != 1 || v.PGsInChange != 1 || v.PGsWaiting != 1 || len(v.PGs) != 2 {
+	if v.PGCounts[pgDegraded] != 3 || v.PGCounts[pgHealthy] != 1 || v.PGsInChange != 1 || v.PGsWaiting != 1 || len(v.PGs) != 3 {
 		t.Fatalf("volume: counts %v, in change %d, waiting %d, %d listed", v.PGCounts, v.PGsInChange, v.PGsWaiting, len(v.PGs))
 	}
 	ch := v.PGs[0].Change
 	if ch == nil || ch.Leaving != "s2" || ch.Joining != "s7" || ch.JoiningSCL != 40 || ch.OfSCL != 100 || len(ch.NextSegments) != 6 || ch.NextSegments[2].SCL != 100 || !ch.Hydrating || ch.BytesCopied != 3<<20 || ch.BytesTotal != 8<<20 {
 		t.Fatalf("PG 0's change: %+v", ch)
+	}
+	if p := v.PGs[2]; p.ID != 3 || !p.Segments[1].Hydrating || p.Segments[1].SCL != 10 || p.PGCLBound != "at_least" {
+		t.Fatalf("PG 3, rebuilt in place on s7: %+v", p)
 	}
 	if p := v.PGs[1]; p.WaitingForCapacityAZ != "a" || p.WaitingMember != "s2" || !strings.Contains(p.Waiting, "waiting for capacity in AZ a") {
 		t.Fatalf("PG 1: %+v", p)
@@ -323,14 +328,14 @@ func TestStatusRepair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"repair_after_ms":60000`, `"pgs_in_change":1`, `"pgs_waiting_for_capacity":1`, `"waiting_for_capacity_az":"a"`, `"joining":"s7"`, `"joining_scl":40`, `"pg_counts":{`, `"segments":1}`} {
+	for _, want := range []string{`"repair_after_ms":60000`, `"pgs_in_change":1`, `"pgs_waiting_for_capacity":1`, `"waiting_for_capacity_az":"a"`, `"joining":"s7"`, `"joining_scl":40`, `"pg_counts":{`, `"segments":2}`, `"hydrating":true`} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("JSON lacks %s: %s", want, b)
 		}
 	}
 	var text strings.Builder
 	printStatus(&text, rep)
-	for _, want := range []string{"moving s2 -> s7 (down", "s7 hydrating, 3MiB of 8MiB copied, SCL 40 of 100", "waiting for capacity in AZ a", "1 PG(s) in a membership change, 1 waiting for capacity"} {
+	for _, want := range []string{"moving s2 -> s7 (down", "s7 hydrating, 3MiB of 8MiB copied, SCL 40 of 100", "waiting for capacity in AZ a", "1 PG(s) in a membership change, 1 waiting for capacity", "s7/a: 10 hydrating"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text lacks %q:\n%s", want, text.String())
 		}
