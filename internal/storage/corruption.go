@@ -49,8 +49,9 @@ type CorruptionInfo struct {
 	Path string
 	Err  error
 	// StoreDamaged: the store as a whole can no longer be trusted. The node
-	// refuses writes from now on, and the next Open moves the store aside
-	// and starts empty, its segments copied again from peers. Otherwise
+	// refuses writes from now on; the next Open moves a store with a
+	// damaged file aside and starts empty, its segments copied again from
+	// peers (after StoreStopped it tries the store again first). Otherwise
 	// the node repairs the item from a peer while it goes on serving, and
 	// refuses to serve the damaged item meanwhile.
 	StoreDamaged bool

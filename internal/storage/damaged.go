@@ -109,16 +109,21 @@ func (n *Node) resetLoaded() {
 }
 
 // storeDamaged marks the store damaged: the node refuses writes from now
-// on, and the next Open moves the store aside (see above). Reads go on:
-// Pebble checks each block it reads against its checksum, so a read
-// either meets the damage and fails, or is sound.
+// on, and, for a damaged file, the next Open moves the store aside (see
+// above). Reads go on: Pebble checks each block it reads against its
+// checksum, so a read either meets the damage and fails, or is sound. When
+// Pebble stopped (StoreStopped) the cause may be an I/O error that a
+// restart does not meet again: the next Open tries the store, and moves it
+// aside only if Pebble then finds it damaged.
 func (n *Node) storeDamaged(info CorruptionInfo) {
 	info.StoreDamaged = true
 	n.stats.corruptionsFound.Add(1)
 	if n.damaged.CompareAndSwap(false, true) {
-		n.log.Error("on-disk corruption: the store is damaged; the node refuses writes from now on, and once opened again it moves the store aside and copies its segments again from peers, which hold every durable record",
+		n.log.Error("the store is damaged: the node refuses writes from now on; once opened again, it moves a store with damaged files aside and copies its segments again from peers, which hold every durable record",
 			"item", info.Item.String(), "file", info.Path, "error", errString(info.Err), "dir", n.cfg.Dir)
-		if err := writeFileSync(n.cfg.FS, n.damagedMarkPath(), []byte(errString(info.Err))); err != nil {
+		if info.Item == StoreStopped {
+			// Not marked: see above.
+		} else if err := writeFileSync(n.cfg.FS, n.damagedMarkPath(), []byte(errString(info.Err))); err != nil {
 			n.log.Error("cannot mark the store damaged; it is not moved aside when the node opens again unless Pebble finds the damage then", "marker", n.damagedMarkPath(), "err", err)
 		}
 		n.fail(fmt.Errorf("the store is damaged (%s %s): %s", info.Item, info.Path, errString(info.Err)))

@@ -258,7 +258,7 @@ func (r *rpcServer) Hydrate(req *pb.HydrateRequest, stream pb.Storage_HydrateSer
 			// Not sent: the copier takes another source.
 			ce := &errCorrupt{corruptItem{item: CorruptPageVersion, seg: s.key, page: page, lsn: lsn}, err}
 			n.metCorruption(ce)
-			return toStatus(refuseCorrupt(n, ce))
+			return toStatus(refuseCorrupt(n, s, ce))
 		}
 		cur = &pb.HydratePage{Page: page, Lsn: lsn, Data: append([]byte(nil), img...)}
 	}

@@ -29,6 +29,11 @@ func (n *Node) metCorruption(err error) bool {
 		// A damaged store file: the DataCorruption event marked the store.
 		return err != nil && isCorruption(err)
 	}
+	if s := n.segment(ce.seg.vol, ce.seg.pg); s != nil && s.hydrating.Load() {
+		// Met in a view from before the segment began its copy, which
+		// replaces it.
+		return true
+	}
 	n.repairMu.Lock()
 	queued := n.repairing[ce.corruptItem]
 	if !queued {
@@ -53,13 +58,13 @@ func (n *Node) metCorruption(err error) bool {
 	return true
 }
 
-// refuseCorrupt is the refusal of a request that met damage.
-func refuseCorrupt(n *Node, err error) *refusal {
+// refuseCorrupt is the refusal of a request to s that met damage.
+func refuseCorrupt(n *Node, s *seg, err error) *refusal {
 	var ce *errCorrupt
 	if errors.As(err, &ce) {
 		return refuse(pb.Reason_SEGMENT_CORRUPT, ce.seg.vol, ce.seg.pg, ce.lsn, "node %s: %v; it is being repaired from a peer, read from another segment", n.cfg.ID, ce)
 	}
-	return refuse(pb.Reason_SEGMENT_CORRUPT, 0, 0, 0, "node %s: its store is damaged where the request needed it (%v); read from another segment", n.cfg.ID, err)
+	return refuse(pb.Reason_SEGMENT_CORRUPT, s.key.vol, s.key.pg, 0, "node %s: its store is damaged where the request to %s needed it (%v); read from another segment", n.cfg.ID, s.key, err)
 }
 
 func (n *Node) repairLoop() {

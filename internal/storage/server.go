@@ -235,7 +235,7 @@ func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) 
 	}
 	page, pageLSN, _, err := n.pageAt(snap, s, req.Page, min(req.ReadLsn, scl))
 	if n.metCorruption(err) {
-		return nil, 0, scl, refuseCorrupt(n, err)
+		return nil, 0, scl, refuseCorrupt(n, s, err)
 	}
 	return page, pageLSN, scl, err
 }
@@ -346,7 +346,7 @@ func (r *rpcServer) Pull(ctx context.Context, req *pb.PullRequest) (*pb.PullResp
 			if err != nil {
 				ce := &errCorrupt{corruptItem{item: CorruptRecord, seg: s.key, page: e.page, lsn: lsn}, err}
 				n.metCorruption(ce)
-				return nil, toStatus(refuseCorrupt(n, ce))
+				return nil, toStatus(refuseCorrupt(n, s, ce))
 			}
 			resp.Headers = append(resp.Headers, &pb.RecordHeader{Lsn: lsn, PrevLsn: rec.PrevLSN, Epoch: rec.Epoch, Cpl: rec.CPL, Page: rec.Page})
 			size += headerWireBytes
@@ -357,7 +357,7 @@ func (r *rpcServer) Pull(ctx context.Context, req *pb.PullRequest) (*pb.PullResp
 			// Not sent: the puller asks another peer.
 			ce := &errCorrupt{corruptItem{item: CorruptRecord, seg: s.key, page: e.page, lsn: lsn}, err}
 			n.metCorruption(ce)
-			return nil, toStatus(refuseCorrupt(n, ce))
+			return nil, toStatus(refuseCorrupt(n, s, ce))
 		}
 		resp.Records = append(resp.Records, append([]byte(nil), v...))
 		closer.Close()
