@@ -68,7 +68,7 @@ func (n *Node) openPebble() (*pebble.DB, error) {
 	}
 	db, err := pebble.Open(n.pebbleDir(), opts)
 	if errors.Is(err, syscall.EAGAIN) {
-		return nil, fmt.Errorf("storage: %s is in use by another running storage node (its store is locked); stop that one first, or use another --dir", n.cfg.Dir)
+		return nil, n.errInUse()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("storage: open store in %s: %w", n.cfg.Dir, err)
@@ -80,6 +80,18 @@ func (n *Node) openPebble() (*pebble.DB, error) {
 // it, where it stays for an operator to look at or delete, and forgets the
 // marker.
 func (n *Node) moveStoreAside(why error) error {
+	// Under the store's own lock: a store another running node holds is
+	// not this one's to move.
+	if _, err := n.cfg.FS.Stat(n.pebbleDir()); err == nil {
+		lock, err := n.cfg.FS.Lock(filepath.Join(n.pebbleDir(), "LOCK"))
+		if errors.Is(err, syscall.EAGAIN) {
+			return n.errInUse()
+		}
+		if err != nil {
+			return fmt.Errorf("storage: lock the damaged store %s to move it aside: %w", n.pebbleDir(), err)
+		}
+		defer lock.Close()
+	}
 	aside := filepath.Join(n.cfg.Dir, "damaged-"+time.Now().UTC().Format("20060102T150405.000000000Z"))
 	n.log.Error("the store is damaged: moved aside, whole; the node starts on an empty store and its segments are copied again from their peers, which hold every durable record (the control plane declares them to hydrate once the node heartbeats lacking them); delete the moved directory once it is not needed",
 		"store", n.pebbleDir(), "moved_to", aside, "reason", why.Error())
@@ -97,6 +109,10 @@ func (n *Node) moveStoreAside(why error) error {
 	n.failed.Store(nil)
 	n.damaged.Store(false)
 	return nil
+}
+
+func (n *Node) errInUse() error {
+	return fmt.Errorf("storage: %s is in use by another running storage node (its store is locked); stop that one first, or use another --dir", n.cfg.Dir)
 }
 
 // resetLoaded forgets what load took from a store that was then moved

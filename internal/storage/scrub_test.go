@@ -3,8 +3,10 @@ package storage
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -418,4 +420,31 @@ func TestAckedRecordsSurviveACrash(t *testing.T) {
 		t.Fatalf("after the crash the node is complete to LSN %d, want %d (all it acknowledged)", in.Scl, w.last)
 	}
 	samePages(t, a, b, w.last)
+}
+
+// TestStoreInUseIsNotMovedAside: a second node on a directory whose
+// running node marked its store damaged is refused, and the store stays
+// where it is: it is the running node's to move aside.
+func TestStoreInUseIsNotMovedAside(t *testing.T) {
+	mem := vfs.NewMem()
+	dir := "/data"
+	n, err := Open(Config{ID: "s1", AZ: "a", Dir: dir, FS: mem})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	n.storeDamaged(CorruptionInfo{Item: CorruptStoreFile, Path: "/data/pebble/000001.sst", Err: errors.New("injected")})
+	if _, err := mem.Stat(filepath.Join(dir, damagedMarker)); err != nil {
+		t.Fatalf("no damage marker: %v", err)
+	}
+	_, err = Open(Config{ID: "s1", AZ: "a", Dir: dir, FS: mem})
+	if err == nil || !strings.Contains(err.Error(), "in use by another running storage node") {
+		t.Fatalf("second node on the directory: %v; want it refused as in use", err)
+	}
+	if _, err := mem.Stat(filepath.Join(dir, "pebble")); err != nil {
+		t.Fatalf("the running node's store is gone: %v", err)
+	}
+	if aside, _ := mem.List(dir); slices.ContainsFunc(aside, func(s string) bool { return strings.HasPrefix(s, "damaged-") }) {
+		t.Fatalf("a store was moved aside: %v", aside)
+	}
 }
