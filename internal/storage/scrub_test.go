@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -166,6 +167,13 @@ func TestCorruptPageVersionIsRepaired(t *testing.T) {
 			}
 			if c.name == "found by the scrub" && b.n.stats.scrubbedItems.Load() == 0 {
 				t.Fatal("the scrub checked nothing")
+			}
+			rec := httptest.NewRecorder()
+			b.n.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+			for _, want := range []string{`borealis_storage_corruptions_found_total{az="a",node="s2"} 1`, `borealis_storage_corruptions_repaired_total{az="a",node="s2"} 1`} {
+				if !strings.Contains(rec.Body.String(), want) {
+					t.Fatalf("metrics lack %s:\n%s", want, rec.Body.String())
+				}
 			}
 			w.write(spec, 20, a, b)
 			samePages(t, a, b, w.last)
