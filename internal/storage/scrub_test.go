@@ -16,6 +16,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/redo"
@@ -455,4 +456,60 @@ func TestStoreInUseIsNotMovedAside(t *testing.T) {
 	if aside, _ := mem.List(dir); slices.ContainsFunc(aside, func(s string) bool { return strings.HasPrefix(s, "damaged-") }) {
 		t.Fatalf("a store was moved aside: %v", aside)
 	}
+}
+
+// TestIOErrorsAreNotCorruption: reads of s2's tables that fail (errorfs
+// injects I/O errors) are refused, but they are no corruption: nothing is
+// told, the store is not marked damaged and keeps taking writes, and it
+// serves again once the errors stop. A store that cannot be read at open
+// is not moved aside either: Open fails, and succeeds on the same store
+// once the errors stop.
+func TestIOErrorsAreNotCorruption(t *testing.T) {
+	var told corruptions
+	a := newHydNode(t, "s1")
+	b := newTunedHydNode(t, "s2", func(cfg *Config) { cfg.OnCorruption = told.note })
+	// errorfs matches patterns against whole paths.
+	tables := &errorfs.Toggle{Injector: errorfs.ErrInjected.If(errorfs.And(errorfs.Reads, errorfs.PathMatch(filepath.Join(b.dir, "pebble", "*.sst"))))}
+	all := &errorfs.Toggle{Injector: errorfs.ErrInjected.If(errorfs.Reads)}
+	fs := errorfs.Wrap(vfs.Default, errorfs.Any(tables, all))
+	b.close()
+	b.tune = func(cfg *Config) { cfg.FS = fs; cfg.OnCorruption = told.note }
+	b.open()
+	w := &hydWriter{t: t}
+	spec := hydSpec(1, []*pb.Member{a.member(), b.member()})
+	for range 5 {
+		w.write(spec, 40, a, b)
+	}
+	waitCollectedTo(t, a, w.last)
+	waitCollectedTo(t, b, w.last)
+	if err := b.n.Compact(); err != nil {
+		t.Fatal(err)
+	}
+	tables.On()
+	refused := readsSound(t, a, b, w.last)
+	tables.Off()
+	if refused[pb.Reason_REASON_UNSPECIFIED] == 0 {
+		t.Fatalf("reads with the tables unreadable: refused %v; want failures", refused)
+	}
+	if refused[pb.Reason_SEGMENT_CORRUPT] != 0 || b.n.StoreDamaged() || b.n.failure() != nil || len(told.all()) != 0 {
+		t.Fatalf("I/O errors taken for corruption: refused %v, damaged %v, failure %v, told %v", refused, b.n.StoreDamaged(), b.n.failure(), told.all())
+	}
+	samePages(t, a, b, w.last)
+	w.write(spec, 10, a, b)
+
+	b.close()
+	all.On()
+	if n, err := Open(Config{ID: "s2", AZ: "a", Dir: b.dir, FS: fs}); err == nil {
+		n.Close()
+		t.Fatal("the node opened a store it could not read")
+	}
+	all.Off()
+	if aside, _ := filepath.Glob(filepath.Join(b.dir, "damaged-*")); len(aside) != 0 {
+		t.Fatalf("a store that could not be read was moved aside: %v", aside)
+	}
+	b.open()
+	if in := segInfo(t, b); in.Scl != w.last {
+		t.Fatalf("s2 reopened complete to LSN %d, want %d", in.Scl, w.last)
+	}
+	samePages(t, a, b, w.last)
 }
