@@ -60,6 +60,11 @@ const (
 	// the node is in no set of the PG's membership any more. The writer
 	// refreshes the PG's membership from the catalog and sends again.
 	Reason_STALE_MEMBERSHIP Reason = 12
+	// The segment met a damaged stored item where the read needed it (a
+	// record or page version that fails its CRC32C, or a damaged store
+	// file). It serves nothing of the damage; it repairs the item from a
+	// peer, and the reader reads from another segment meanwhile.
+	Reason_SEGMENT_CORRUPT Reason = 13
 )
 
 // Enum value maps for Reason.
@@ -78,6 +83,7 @@ var (
 		10: "BAD_REQUEST",
 		11: "VOLUME_DELETED",
 		12: "STALE_MEMBERSHIP",
+		13: "SEGMENT_CORRUPT",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED": 0,
@@ -93,6 +99,7 @@ var (
 		"BAD_REQUEST":        10,
 		"VOLUME_DELETED":     11,
 		"STALE_MEMBERSHIP":   12,
+		"SEGMENT_CORRUPT":    13,
 	}
 )
 
@@ -2606,7 +2613,7 @@ const file_storage_proto_rawDesc = "" +
 	"\x06volume\x18\x02 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x03 \x01(\rR\x02pg\x12\x10\n" +
 	"\x03lsn\x18\x04 \x01(\x04R\x03lsn\x12)\n" +
-	"\x10membership_epoch\x18\x05 \x01(\x04R\x0fmembershipEpoch*\x82\x02\n" +
+	"\x10membership_epoch\x18\x05 \x01(\x04R\x0fmembershipEpoch*\x97\x02\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vSTALE_EPOCH\x10\x01\x12\x10\n" +
@@ -2621,7 +2628,8 @@ const file_storage_proto_rawDesc = "" +
 	"\vBAD_REQUEST\x10\n" +
 	"\x12\x12\n" +
 	"\x0eVOLUME_DELETED\x10\v\x12\x14\n" +
-	"\x10STALE_MEMBERSHIP\x10\f2\x8b\x05\n" +
+	"\x10STALE_MEMBERSHIP\x10\f\x12\x13\n" +
+	"\x0fSEGMENT_CORRUPT\x10\r2\x8b\x05\n" +
 	"\aStorage\x12E\n" +
 	"\x06Append\x12\x1a.borealis.v1.AppendRequest\x1a\x1b.borealis.v1.AppendResponse(\x010\x01\x12D\n" +
 	"\aGetPage\x12\x1b.borealis.v1.GetPageRequest\x1a\x1c.borealis.v1.GetPageResponse\x12;\n" +

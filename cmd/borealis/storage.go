@@ -22,7 +22,7 @@ import (
 
 func storageCmd() *cobra.Command {
 	var cfg storage.Config
-	var listen, metrics, controlAddr, repairRate string
+	var listen, metrics, controlAddr, repairRate, scrubRate string
 	var procs int
 	cmd := &cobra.Command{
 		Use:   "storage --id ID --az AZ --listen ADDR --dir DIR [--control ADDR]",
@@ -40,6 +40,9 @@ writer first declares them.`,
 				return err
 			}
 			cfg.RepairRate = rate
+			if cfg.ScrubRate, err = parseSize(scrubRate); err != nil || cfg.ScrubRate == 0 {
+				return fmt.Errorf("--scrub-rate %q: want a size per second above 0, such as 4MiB", scrubRate)
+			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			cfg.Logger = log
 			if procs > 0 {
@@ -54,6 +57,19 @@ writer first declares them.`,
 				if mlis, err = net.Listen("tcp", metrics); err != nil {
 					lis.Close()
 					return fmt.Errorf("metrics listen on %s: %w", metrics, err)
+				}
+			}
+			// A damaged record or page version is repaired from peers while
+			// the node serves; a damaged store is not: the process ends, and
+			// its next start moves the store aside and copies the node's
+			// segments again (see storage.CorruptionInfo).
+			damaged := make(chan storage.CorruptionInfo, 1)
+			cfg.OnCorruption = func(info storage.CorruptionInfo) {
+				if info.StoreDamaged {
+					select {
+					case damaged <- info:
+					default:
+					}
 				}
 			}
 			node, err := storage.Open(cfg)
@@ -96,7 +112,27 @@ writer first declares them.`,
 				}, log)
 			}
 			log.Info("storage node serving", "id", cfg.ID, "az", cfg.AZ, "addr", lis.Addr().String(), "dir", cfg.Dir)
-			return node.Serve(lis)
+			served := make(chan error, 1)
+			go func() { served <- node.Serve(lis) }()
+			for {
+				select {
+				case err := <-served:
+					return err
+				case info := <-damaged:
+					// Told while Open moved a damaged store aside: the
+					// store in use is the new one.
+					if !node.StoreDamaged() {
+						continue
+					}
+					log.Error("the store is damaged; the node stops, and when started again it moves the store aside and copies its segments again from peers", "item", info.Item.String(), "file", info.Path, "err", info.Err)
+					if info.Item == storage.StoreStopped {
+						// Pebble gave up inside a call that does not
+						// return; closing the store could wait for it.
+						os.Exit(1)
+					}
+					return fmt.Errorf("storage node %s: store in %s is damaged (%v); start the node again to rebuild it from its peers", cfg.ID, cfg.Dir, info.Err)
+				}
+			}
 		},
 	}
 	f := cmd.Flags()
@@ -115,6 +151,7 @@ writer first declares them.`,
 	// 64-committer throughput +10%.
 	f.IntVar(&procs, "procs", 0, "Go scheduler Ps (GOMAXPROCS) for the node; 0 leaves Go's default (one per CPU, or the GOMAXPROCS environment variable). Local clusters use 1")
 	f.DurationVar(&cfg.GossipInterval, "gossip-interval", 200*time.Millisecond, "how often a segment compares notes with a peer")
+	f.StringVar(&scrubRate, "scrub-rate", "4MiB", "bytes per second that the background scrub reads to check stored records and page versions against their CRC32C, such as 16MiB")
 	f.StringVar(&repairRate, "repair-rate", "100MiB", "bytes per second that the node's hydrations (segments copying their PG from a peer) copy, all together, such as 64MiB; 0 for no limit")
 	return cmd
 }

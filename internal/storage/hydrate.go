@@ -253,7 +253,14 @@ func (r *rpcServer) Hydrate(req *pb.HydrateRequest, stream pb.Storage_HydrateSer
 		}
 		// Versions of a page come oldest first: the last one at or below
 		// the base is the page as of it.
-		cur = &pb.HydratePage{Page: page, Lsn: lsn, Data: append([]byte(nil), it.Value()...)}
+		img, err := decodeVersion(k, it.Value(), int(s.pageSize.Load()))
+		if err != nil {
+			// Not sent: the copier takes another source.
+			ce := &errCorrupt{corruptItem{item: CorruptPageVersion, seg: s.key, page: page, lsn: lsn}, err}
+			n.metCorruption(ce)
+			return toStatus(refuseCorrupt(n, s, ce))
+		}
+		cur = &pb.HydratePage{Page: page, Lsn: lsn, Data: append([]byte(nil), img...)}
 	}
 	if err := it.Error(); err != nil {
 		return toStatus(err)
@@ -465,10 +472,16 @@ func (n *Node) stopping() bool {
 
 func (n *Node) runHydration(s *seg) {
 	defer n.wg.Done()
+	finished := false
 	defer func() {
 		n.hydMu.Lock()
 		delete(n.hydrators, s)
 		n.hydMu.Unlock()
+		// A new hydration begun (rehydrate) while this one was ending
+		// found it running and did not start; it starts now.
+		if finished && s.hydrating.Load() {
+			n.startHydration(s)
+		}
 	}()
 	wait := 50 * time.Millisecond
 	var warned time.Time
@@ -476,6 +489,7 @@ func (n *Node) runHydration(s *seg) {
 	for !n.stopping() && !s.dropped.Load() && !s.retiredFlag.Load() {
 		err := n.hydrateStep(s)
 		if err == nil {
+			finished = true
 			return
 		}
 		if n.stopping() || s.dropped.Load() {
@@ -732,7 +746,8 @@ func (n *Node) storeChunk(s *seg, c *pb.HydrateChunk, st hydrateState, wipe bool
 		if !s.holdsPage(p.Page) || len(p.Data) != int(s.pageSize.Load()) || p.Lsn > c.BaseLsn {
 			return fmt.Errorf("source sent page %d at LSN %d (%d bytes), which is not a page of %s as of LSN %d", p.Page, p.Lsn, len(p.Data), s.key, c.BaseLsn)
 		}
-		b.Set(pageKey(famVersion, vol, pg, p.Page, p.Lsn), p.Data, nil)
+		key := pageKey(famVersion, vol, pg, p.Page, p.Lsn)
+		b.Set(key, encodeVersion(key, p.Data), nil)
 	}
 	b.Set(metaSubKey(vol, pg, metaHydrate), st.encode(), nil)
 	return b.Commit(pebble.NoSync)
@@ -906,6 +921,9 @@ func (n *Node) finishHydration(s *seg) error {
 	s.hyd = st
 	s.hydrating.Store(false)
 	n.stats.repairsCompleted.Add(1)
+	if s.corruptCopy.Swap(false) {
+		n.stats.corruptionsFixed.Add(1)
+	}
 	n.log.Info("hydration complete", "segment", s.key.String(), "source", st.Source, "bytes_copied", st.Copied, "scl", s.durableSCL.Load())
 	n.mu.Lock()
 	var src *pb.Member

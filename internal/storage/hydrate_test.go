@@ -35,6 +35,8 @@ type hydNode struct {
 	n    *Node
 	c    pb.StorageClient
 	conn *grpc.ClientConn
+	// tune, if set, adjusts the node's configuration before each open.
+	tune func(*Config)
 }
 
 func reserveAddr(t *testing.T) string {
@@ -47,7 +49,13 @@ func reserveAddr(t *testing.T) string {
 }
 
 func newHydNode(t *testing.T, id string) *hydNode {
-	h := &hydNode{t: t, id: id, dir: t.TempDir(), addr: reserveAddr(t)}
+	return newTunedHydNode(t, id, nil)
+}
+
+// newTunedHydNode is newHydNode with tune applied to the node's
+// configuration at each open.
+func newTunedHydNode(t *testing.T, id string, tune func(*Config)) *hydNode {
+	h := &hydNode{t: t, id: id, dir: t.TempDir(), addr: reserveAddr(t), tune: tune}
 	h.open()
 	t.Cleanup(h.close)
 	return h
@@ -55,7 +63,11 @@ func newHydNode(t *testing.T, id string) *hydNode {
 
 func (h *hydNode) open() {
 	h.t.Helper()
-	n, err := Open(Config{ID: h.id, AZ: "a", Dir: h.dir, GossipInterval: 20 * time.Millisecond, MaterializeInterval: 10 * time.Millisecond})
+	cfg := Config{ID: h.id, AZ: "a", Dir: h.dir, GossipInterval: 20 * time.Millisecond, MaterializeInterval: 10 * time.Millisecond}
+	if h.tune != nil {
+		h.tune(&cfg)
+	}
+	n, err := Open(cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -96,6 +108,9 @@ func hydSpec(epoch uint64, sets ...[]*pb.Member) *pb.SegmentSpec {
 type hydWriter struct {
 	t    *testing.T
 	last uint64
+	// holdLog: the writes tell no newer retain LSN, so that the nodes keep
+	// the records written from then on.
+	holdLog bool
 }
 
 func (w *hydWriter) write(spec *pb.SegmentSpec, k int, to ...*hydNode) {
@@ -118,8 +133,12 @@ func (w *hydWriter) write(spec *pb.SegmentSpec, k int, to ...*hydNode) {
 		raw[i] = r.Encode()
 		prev = lsn
 	}
+	retain := prev
+	if w.holdLog {
+		retain = 0
+	}
 	req := &pb.AppendRequest{Seq: 1, Volume: 1, Epoch: 1, MinReadPoint: prev, Vdl: prev, Declare: []*pb.SegmentSpec{spec},
-		Batches: []*pb.SegmentBatch{{Pg: 0, Records: raw, RetainLsn: prev, MembershipEpoch: spec.MembershipEpoch}}}
+		Batches: []*pb.SegmentBatch{{Pg: 0, Records: raw, RetainLsn: retain, MembershipEpoch: spec.MembershipEpoch}}}
 	for _, h := range to {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		s, err := h.c.Append(ctx)

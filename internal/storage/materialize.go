@@ -43,6 +43,10 @@ func (n *Node) materializeLoop() {
 				}
 				n.yield()
 				did, err := n.backgroundStep(s)
+				if n.metCorruption(err) {
+					// Queued for repair; the segment waits for it.
+					break
+				}
 				if err != nil {
 					n.log.Error("materializer step failed", "segment", s.key.String(), "err", err)
 					break
@@ -162,7 +166,8 @@ func (n *Node) materializeStep(s *seg) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		b.Set(pageKey(famVersion, vol, pg, page, pageLSN), img, nil)
+		key := pageKey(famVersion, vol, pg, page, pageLSN)
+		b.Set(key, encodeVersion(key, img), nil)
 		// Each step leaves one version per page, so the version it started
 		// from is the only older one.
 		if base != 0 && base != pageLSN {

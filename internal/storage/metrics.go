@@ -27,6 +27,10 @@ func (n *Node) MetricsHandler() http.Handler {
 	counter("repairs_completed_total", "Hydrations completed.", n.stats.repairsCompleted.Load)
 	counter("hydrated_bytes_total", "Page bytes copied from peers by hydrations.", n.stats.hydratedBytes.Load)
 	counter("hydrate_bad_chunks_total", "Hydration chunks refused for a CRC32C mismatch and fetched again.", n.stats.hydrateBadChunks.Load)
+	counter("scrubbed_items_total", "Stored records and page versions the scrub checked against their CRC32C.", n.stats.scrubbedItems.Load)
+	counter("scrubbed_bytes_total", "Bytes of stored records and page versions the scrub read.", n.stats.scrubbedBytes.Load)
+	counter("corruptions_found_total", "Damaged stored items (records, page versions) and store files met by the scrub or by reads.", n.stats.corruptionsFound.Load)
+	counter("corruptions_repaired_total", "Damaged stored items replaced from a peer: a record fetched again, or a segment copied again.", n.stats.corruptionsFixed.Load)
 	reg.MustRegister(n.stats.commitLatency, n.stats.groupSize)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "borealis", Subsystem: "storage", Name: "disk_bytes", Help: "Bytes the store occupies on disk.",

@@ -9,12 +9,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -54,7 +55,24 @@ type Config struct {
 	// RepairRate bounds the bytes per second that the node's hydrations
 	// copy, all together; 0: unlimited.
 	RepairRate uint64
-	Logger     *slog.Logger
+	// FS is the file system of everything the store writes: Pebble's
+	// files, the node's identity and the damaged-store marker. Default
+	// vfs.Default; tests run faults in process on errorfs and on in-memory
+	// file systems cloned at a crash.
+	FS vfs.FS
+	// OnCorruption is told of each corruption the node meets (see
+	// CorruptionInfo), after the node has logged it and started what
+	// repair it can. The node never stops the process itself: the caller
+	// decides, from StoreDamaged, whether the process goes on. Called from
+	// the goroutine that met the damage; it must not block for long.
+	OnCorruption func(CorruptionInfo)
+	// ScrubRate bounds the bytes per second the background scrub reads to
+	// verify stored records and page versions. Default 4 MiB/s.
+	ScrubRate uint64
+	// ScrubInterval is the least time between the starts of two scrub
+	// passes over the store. Default 1 minute.
+	ScrubInterval time.Duration
+	Logger        *slog.Logger
 }
 
 // Node is a running storage node.
@@ -115,6 +133,14 @@ type Node struct {
 	hydrators map[*seg]bool
 	hydClosed bool
 	repair    *rateLimiter
+	// scrub paces the scrub's reads (Config.ScrubRate).
+	scrub *rateLimiter
+	// repairs queues the corrupt items met, for repairLoop; repairing
+	// (guarded by repairMu) are those queued or under repair, so that
+	// every read that meets one does not queue it again.
+	repairs   chan corruptItem
+	repairMu  sync.Mutex
+	repairing map[corruptItem]bool
 	// hydrateChunkBytes is the chunk size hydrations ask for (0: the
 	// source's default).
 	hydrateChunkBytes uint32
@@ -137,6 +163,8 @@ type Node struct {
 	// failed is set when the store failed under us; from then on the node
 	// refuses writes instead of acking what it may not hold.
 	failed atomic.Pointer[error]
+	// damaged is set once the store is marked damaged (storeDamaged).
+	damaged atomic.Bool
 	// diskFree is the free space of the data directory's file system, sampled
 	// in the background; appends are refused below cfg.MinFreeBytes.
 	diskFree atomic.Uint64
@@ -160,6 +188,10 @@ type counters struct {
 	repairsCompleted  atomic.Uint64
 	hydratedBytes     atomic.Uint64
 	hydrateBadChunks  atomic.Uint64
+	scrubbedItems     atomic.Uint64
+	scrubbedBytes     atomic.Uint64
+	corruptionsFound  atomic.Uint64
+	corruptionsFixed  atomic.Uint64
 
 	commitLatency prometheus.Histogram
 	groupSize     prometheus.Histogram
@@ -192,6 +224,15 @@ func Open(cfg Config) (*Node, error) {
 	if cfg.MemTableBytes == 0 {
 		cfg.MemTableBytes = 64 << 20
 	}
+	if cfg.FS == nil {
+		cfg.FS = vfs.Default
+	}
+	if cfg.ScrubRate == 0 {
+		cfg.ScrubRate = 4 << 20
+	}
+	if cfg.ScrubInterval <= 0 {
+		cfg.ScrubInterval = time.Minute
+	}
 	n := &Node{
 		cfg:       cfg,
 		log:       cfg.Logger.With("node", cfg.ID),
@@ -207,6 +248,9 @@ func Open(cfg Config) (*Node, error) {
 		sources:     map[sourceKey]*hydrateSource{},
 		hydrators:   map[*seg]bool{},
 		repair:      &rateLimiter{rate: float64(cfg.RepairRate)},
+		scrub:       &rateLimiter{rate: float64(cfg.ScrubRate)},
+		repairs:     make(chan corruptItem, 64),
+		repairing:   map[corruptItem]bool{},
 	}
 	n.stats.commitLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "borealis", Subsystem: "storage", Name: "group_commit_seconds",
@@ -218,45 +262,42 @@ func Open(cfg Config) (*Node, error) {
 		Help:    "Append requests sharing one group commit.",
 		Buckets: prometheus.ExponentialBuckets(1, 2, 10),
 	})
-	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+	if err := mkdirAllSynced(cfg.FS, cfg.Dir); err != nil {
 		return nil, fmt.Errorf("storage: create data directory: %w", err)
 	}
 	if err := n.checkIdentity(); err != nil {
 		return nil, err
 	}
-	n.fs = syncCountingFS{FS: vfs.Default, syncs: &n.stats.fsyncs, written: &n.stats.fileBytes, logs: newLogFiles()}
-	opts := &pebble.Options{
-		FS:           n.fs,
-		Logger:       pebbleLogger{n.log},
-		MemTableSize: cfg.MemTableBytes,
-		EventListener: &pebble.EventListener{
-			// A store with a damaged file can no longer back the SCLs it has
-			// acknowledged, so the node stops (crash-stop) rather than serve
-			// from it; its peers hold every durable record.
-			WALCreated: n.fs.logs.created,
-			DataCorruption: func(info pebble.DataCorruptionInfo) {
-				n.log.Error("on-disk corruption: the store is damaged and the node stops; every durable record is on its peers (a write quorum of each PG), from which its segments must be rebuilt",
-					"file", info.Path, "error", info.Details.Error(), "dir", cfg.Dir)
-				fmt.Fprintf(os.Stderr, "borealis: storage: on-disk corruption in %s: %v\n", info.Path, info.Details)
-				os.Exit(1)
-			},
-		},
-	}
-	db, err := pebble.Open(n.pebbleDir(), opts)
-	if errors.Is(err, syscall.EAGAIN) {
-		return nil, fmt.Errorf("storage: %s is in use by another running storage node (its store is locked); stop that one first, or use another --dir", cfg.Dir)
-	}
+	n.fs = syncCountingFS{FS: cfg.FS, syncs: &n.stats.fsyncs, written: &n.stats.fileBytes, logs: newLogFiles()}
+	db, err := n.openStore()
 	if err != nil {
-		return nil, fmt.Errorf("storage: open store in %s: %w", cfg.Dir, err)
+		return nil, err
 	}
 	n.db = db
 	if err := n.load(); err != nil {
 		db.Close()
-		return nil, err
+		if !isCorruption(err) {
+			return nil, err
+		}
+		// What the store says of its segments is damaged: the same as a
+		// store Pebble cannot open.
+		if err := n.moveStoreAside(err); err != nil {
+			return nil, err
+		}
+		if n.db, err = n.openPebble(); err != nil {
+			return nil, err
+		}
+		n.resetLoaded()
+		if err := n.load(); err != nil {
+			n.db.Close()
+			return nil, err
+		}
 	}
 	n.commits = newCommitter(n)
 	n.sampleDiskFree()
-	n.wg.Add(5)
+	n.wg.Add(7)
+	go func() { defer n.wg.Done(); n.scrubLoop() }()
+	go func() { defer n.wg.Done(); n.repairLoop() }()
 	go func() { defer n.wg.Done(); n.compactLoop() }()
 	go func() { defer n.wg.Done(); n.diskFreeLoop() }()
 	go func() { defer n.wg.Done(); n.commits.run() }()
@@ -278,10 +319,10 @@ func (n *Node) checkIdentity() error {
 		ID string `json:"id"`
 		AZ string `json:"az"`
 	}
-	b, err := os.ReadFile(path)
+	b, err := readFile(n.cfg.FS, path)
 	if errors.Is(err, os.ErrNotExist) {
 		b, _ = json.Marshal(identity{ID: n.cfg.ID, AZ: n.cfg.AZ})
-		return writeFileSync(path, b)
+		return writeFileSync(n.cfg.FS, path, b)
 	}
 	if err != nil {
 		return fmt.Errorf("storage: read %s: %w", path, err)
@@ -296,9 +337,11 @@ func (n *Node) checkIdentity() error {
 	return nil
 }
 
-func writeFileSync(path string, b []byte) error {
+// writeFileSync writes path whole, through a synced temporary file renamed
+// over it, so that a crash leaves the old content or the new.
+func writeFileSync(fs vfs.FS, path string, b []byte) error {
 	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
+	f, err := fs.Create(tmp, vfs.WriteCategoryUnspecified)
 	if err != nil {
 		return err
 	}
@@ -313,7 +356,60 @@ func writeFileSync(path string, b []byte) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err := fs.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(fs, filepath.Dir(path))
+}
+
+// mkdirAllSynced creates dir and its missing parents, and syncs the parent
+// of each directory it created, so that a crash does not lose the entry
+// (and all below it, the store included).
+func mkdirAllSynced(fs vfs.FS, dir string) error {
+	var created []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := fs.Stat(d); err == nil {
+			break
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		created = append(created, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	if err := fs.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, d := range created {
+		if parent := filepath.Dir(d); parent != d {
+			if err := syncDir(fs, parent); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func syncDir(fs vfs.FS, dir string) error {
+	d, err := fs.OpenDir(dir)
+	if err != nil {
+		return err
+	}
+	if err := d.Sync(); err != nil {
+		d.Close()
+		return err
+	}
+	return d.Close()
+}
+
+func readFile(fs vfs.FS, path string) ([]byte, error) {
+	f, err := fs.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
 }
 
 // load rebuilds every segment's chain from the store: the persisted SCL, then
@@ -376,11 +472,11 @@ func (n *Node) load() error {
 func (n *Node) loadSegment(key segKey, declBytes []byte) (*seg, error) {
 	var d declRecord
 	if err := json.Unmarshal(declBytes, &d); err != nil {
-		return nil, fmt.Errorf("corrupt declaration: %w", err)
+		return nil, fmt.Errorf("%w: declaration: %w", errCorruptMeta, err)
 	}
 	spec := &pb.SegmentSpec{}
 	if err := proto.Unmarshal(d.Spec, spec); err != nil {
-		return nil, fmt.Errorf("corrupt segment spec: %w", err)
+		return nil, fmt.Errorf("%w: segment spec: %w", errCorruptMeta, err)
 	}
 	var scl uint64
 	if v, ok, err := n.get(metaSubKey(key.vol, key.pg, metaSCL)); err != nil {
@@ -393,7 +489,7 @@ func (n *Node) loadSegment(key segKey, declBytes []byte) (*seg, error) {
 		return nil, err
 	} else if ok {
 		if err := json.Unmarshal(v, &ms); err != nil {
-			return nil, fmt.Errorf("corrupt materializer state: %w", err)
+			return nil, fmt.Errorf("%w: materializer state: %w", errCorruptMeta, err)
 		}
 	}
 	s := n.newSeg(key, spec, segment.New(segment.State{SCL: scl, Epoch: d.Epoch, Truncations: d.Truncations}))
@@ -411,7 +507,7 @@ func (n *Node) loadSegment(key segKey, declBytes []byte) (*seg, error) {
 	for it.First(); it.Valid(); it.Next() {
 		e, ok := decodeChainEntry(it.Value())
 		if !ok {
-			return nil, fmt.Errorf("corrupt chain entry at LSN %d", lastUint64(it.Key()))
+			return nil, fmt.Errorf("%w: chain entry at LSN %d", errCorruptMeta, lastUint64(it.Key()))
 		}
 		s.chain.Offer(segment.Entry{LSN: lastUint64(it.Key()), PrevLSN: e.prev, Epoch: e.epoch})
 	}
@@ -427,7 +523,7 @@ func (n *Node) loadSegment(key segKey, declBytes []byte) (*seg, error) {
 		return nil, err
 	} else if ok {
 		if err := json.Unmarshal(v, &s.hyd); err != nil {
-			return nil, fmt.Errorf("corrupt hydration state: %w", err)
+			return nil, fmt.Errorf("%w: hydration state: %w", errCorruptMeta, err)
 		}
 		s.hydRecord = true
 		s.hydrating.Store(!s.hyd.Done)
@@ -588,12 +684,18 @@ func (n *Node) failure() error {
 }
 
 func (n *Node) sampleDiskFree() {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(n.cfg.Dir, &st); err != nil {
+	u, err := n.cfg.FS.GetDiskUsage(n.cfg.Dir)
+	if errors.Is(err, vfs.ErrUnsupported) {
+		// A file system that cannot tell (in memory, in tests) is not
+		// judged full.
+		n.diskFree.Store(math.MaxUint64)
+		return
+	}
+	if err != nil {
 		n.log.Warn("cannot read free disk space", "dir", n.cfg.Dir, "err", err)
 		return
 	}
-	n.diskFree.Store(st.Bavail * uint64(st.Bsize))
+	n.diskFree.Store(u.AvailBytes)
 }
 
 func (n *Node) diskFreeLoop() {
@@ -665,7 +767,10 @@ func (n *Node) Compact() error {
 	return n.db.Compact(context.Background(), []byte{0}, []byte{0xff}, true)
 }
 
-type pebbleLogger struct{ log *slog.Logger }
+type pebbleLogger struct {
+	log *slog.Logger
+	n   *Node
+}
 
 func (l pebbleLogger) Infof(format string, args ...any) {
 	l.log.Debug(fmt.Sprintf(format, args...), "component", "pebble")
@@ -673,9 +778,20 @@ func (l pebbleLogger) Infof(format string, args ...any) {
 func (l pebbleLogger) Errorf(format string, args ...any) {
 	l.log.Error(fmt.Sprintf(format, plainErrors(args)...), "component", "pebble")
 }
+
+// Fatalf is Pebble stopping on an error it cannot go on from (a failed
+// write of its manifest, a broken invariant); its code after the call
+// assumes the call does not return. The node does not stop the process
+// (see Config.OnCorruption): it marks the store damaged, refuses writes,
+// tells the caller, and parks the calling goroutine for good rather than
+// let Pebble go on from a state it gave up on.
 func (l pebbleLogger) Fatalf(format string, args ...any) {
-	l.log.Error(fmt.Sprintf(format, plainErrors(args)...), "component", "pebble")
-	os.Exit(1)
+	msg := fmt.Sprintf(format, plainErrors(args)...)
+	l.log.Error(msg, "component", "pebble")
+	if l.n != nil {
+		l.n.storeDamaged(CorruptionInfo{Item: StoreStopped, Err: errors.New(msg)})
+	}
+	select {}
 }
 
 // plainErrors turns errors into their messages: pebble formats with %+v,

@@ -58,6 +58,8 @@ var reasonCodes = map[pb.Reason]codes.Code{
 	// Not FailedPrecondition (STALE_EPOCH): a stale membership is retried
 	// under the catalog's newer one, a stale epoch is a fenced writer.
 	pb.Reason_STALE_MEMBERSHIP: codes.Aborted,
+	// Like SEGMENT_BEHIND: this segment cannot serve it now, another can.
+	pb.Reason_SEGMENT_CORRUPT: codes.Unavailable,
 }
 
 // toStatus converts an internal error into the gRPC error sent to callers.

@@ -106,6 +106,10 @@ type seg struct {
 	// segment needs hydration: once a minute, not every gossip round.
 	hydrationWarned atomic.Int64
 
+	// corruptCopy: the running hydration replaces data found damaged
+	// here (rehydrate); its completion counts as a corruption repaired.
+	corruptCopy atomic.Bool
+
 	// dropped is set when the segment's volume is dropped (DropVolumes),
 	// under Node.dropMu, so the materializer leaves it alone from then on.
 	dropped atomic.Bool

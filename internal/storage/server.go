@@ -234,6 +234,9 @@ func (n *Node) readPage(req *pb.GetPageRequest) ([]byte, uint64, uint64, error) 
 		return nil, 0, scl, refuse(pb.Reason_BELOW_GC_HORIZON, req.Volume, req.Pg, req.ReadLsn, "node %s: read point %d of volume %d PG %d is below %d, where older page versions were collected", n.cfg.ID, req.ReadLsn, req.Volume, req.Pg, mat)
 	}
 	page, pageLSN, _, err := n.pageAt(snap, s, req.Page, min(req.ReadLsn, scl))
+	if n.metCorruption(err) {
+		return nil, 0, scl, refuseCorrupt(n, s, err)
+	}
 	return page, pageLSN, scl, err
 }
 
@@ -256,7 +259,12 @@ func (n *Node) pageAt(r reader, s *seg, page, lsn uint64) (img []byte, pageLSN, 
 	}
 	if vit.Last() {
 		base = lastUint64(vit.Key())
-		copy(buf, vit.Value())
+		img, err := decodeVersion(vit.Key(), vit.Value(), len(buf))
+		if err != nil {
+			vit.Close()
+			return nil, 0, 0, &errCorrupt{corruptItem{item: CorruptPageVersion, seg: s.key, page: page, lsn: base}, err}
+		}
+		copy(buf, img)
 	}
 	if err := vit.Close(); err != nil {
 		return nil, 0, 0, err
@@ -273,7 +281,7 @@ func (n *Node) pageAt(r reader, s *seg, page, lsn uint64) (img []byte, pageLSN, 
 	for rit.First(); rit.Valid(); rit.Next() {
 		rec, err := redo.Decode(rit.Value())
 		if err != nil {
-			return nil, 0, 0, status.Errorf(codes.DataLoss, "node %s: stored record at LSN %d of volume %d page %d is corrupt: %v", n.cfg.ID, lastUint64(rit.Key()), vol, page, err)
+			return nil, 0, 0, &errCorrupt{corruptItem{item: CorruptRecord, seg: s.key, page: page, lsn: lastUint64(rit.Key())}, err}
 		}
 		if err := redo.Apply(buf, &rec); err != nil {
 			return nil, 0, 0, status.Errorf(codes.DataLoss, "node %s: stored record at LSN %d does not apply to page %d: %v", n.cfg.ID, rec.LSN, page, err)
@@ -336,11 +344,20 @@ func (r *rpcServer) Pull(ctx context.Context, req *pb.PullRequest) (*pb.PullResp
 			rec, err := redo.Decode(v)
 			closer.Close()
 			if err != nil {
-				return nil, status.Errorf(codes.DataLoss, "node %s: stored record at LSN %d of volume %d PG %d is corrupt: %v", n.cfg.ID, lsn, req.Volume, req.Pg, err)
+				ce := &errCorrupt{corruptItem{item: CorruptRecord, seg: s.key, page: e.page, lsn: lsn}, err}
+				n.metCorruption(ce)
+				return nil, toStatus(refuseCorrupt(n, s, ce))
 			}
 			resp.Headers = append(resp.Headers, &pb.RecordHeader{Lsn: lsn, PrevLsn: rec.PrevLSN, Epoch: rec.Epoch, Cpl: rec.CPL, Page: rec.Page})
 			size += headerWireBytes
 			continue
+		}
+		if _, err := redo.PeekHeader(v); err != nil {
+			closer.Close()
+			// Not sent: the puller asks another peer.
+			ce := &errCorrupt{corruptItem{item: CorruptRecord, seg: s.key, page: e.page, lsn: lsn}, err}
+			n.metCorruption(ce)
+			return nil, toStatus(refuseCorrupt(n, s, ce))
 		}
 		resp.Records = append(resp.Records, append([]byte(nil), v...))
 		closer.Close()

@@ -22,7 +22,7 @@ func TestZeroedLogsReplay(t *testing.T) {
 	var syncs, written atomic.Uint64
 	fs := syncCountingFS{FS: vfs.Default, syncs: &syncs, written: &written, logs: newLogFiles()}
 	open := func() *pebble.DB {
-		db, err := pebble.Open(dir, &pebble.Options{FS: fs, Logger: pebbleLogger{slog.New(slog.NewTextHandler(io.Discard, nil))}})
+		db, err := pebble.Open(dir, &pebble.Options{FS: fs, Logger: pebbleLogger{log: slog.New(slog.NewTextHandler(io.Discard, nil))}})
 		if err != nil {
 			t.Fatal(err)
 		}

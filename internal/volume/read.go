@@ -17,8 +17,8 @@ import (
 // them, a reachable one with the lowest round-trip time. If that segment has not
 // answered within max(3x its usual latency, 2ms) the same read goes to the
 // next one too (hedging), and the first success wins; a refusal
-// (SEGMENT_BEHIND, BELOW_GC_HORIZON, ...) or a connection error moves on to
-// the next segment at once. Segments not known to be complete are tried last
+// (SEGMENT_BEHIND, SEGMENT_CORRUPT, BELOW_GC_HORIZON, ...) or a connection
+// error moves on to the next segment at once. Segments not known to be complete are tried last
 // (all of them, in latency order, for a fresh client that knows no SCLs).
 //
 // A page of a PG that no segment hosts reads as zeros: a segment is created

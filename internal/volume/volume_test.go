@@ -35,11 +35,19 @@ type cluster struct {
 	dirs    []string
 	mu      sync.Mutex
 	nodes   []*storage.Node
+	// tune, if set, adjusts node i's configuration each time it opens.
+	tune func(i int, cfg *storage.Config)
 }
 
 func startCluster(t testing.TB) *cluster {
+	return startClusterWith(t, nil)
+}
+
+// startClusterWith is startCluster with tune applied to each node's
+// configuration.
+func startClusterWith(t testing.TB, tune func(i int, cfg *storage.Config)) *cluster {
 	t.Helper()
-	cl := &cluster{t: t}
+	cl := &cluster{t: t, tune: tune}
 	azs := []string{"a", "a", "b", "b", "c", "c"}
 	for i, az := range azs {
 		dir := t.TempDir()
@@ -64,7 +72,11 @@ func startCluster(t testing.TB) *cluster {
 func (cl *cluster) serve(i int, lis net.Listener) {
 	cl.t.Helper()
 	m := cl.members[i]
-	n, err := storage.Open(storage.Config{ID: m.NodeID, AZ: m.AZ, Dir: cl.dirs[i], Logger: testLogger()})
+	cfg := storage.Config{ID: m.NodeID, AZ: m.AZ, Dir: cl.dirs[i], Logger: testLogger()}
+	if cl.tune != nil {
+		cl.tune(i, &cfg)
+	}
+	n, err := storage.Open(cfg)
 	if err != nil {
 		cl.t.Fatalf("open node %s: %v", m.NodeID, err)
 	}
