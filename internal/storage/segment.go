@@ -98,8 +98,8 @@ type seg struct {
 	want atomic.Uint64
 
 	// strandedChecked is when (unix nanos) the node last asked the peers
-	// whether any still holds the log after this segment's SCL (see
-	// rehydrateIfStranded).
+	// whether any still holds the log after this segment's SCL, or first
+	// found one that does not (see rehydrateIfStranded).
 	strandedChecked atomic.Int64
 
 	// hydrationWarned is when (unix nanos) the node last logged that this

@@ -11,7 +11,10 @@ import (
 )
 
 // strandedCheckEvery spaces a segment's checks of whether its peers still
-// hold the log after its SCL: each check asks every peer.
+// hold the log after its SCL: each check asks every peer. The first check
+// comes this long after gossip first met a peer that collected the log the
+// segment lacks, so that a segment merely behind, whose log a peer's GC
+// passed a moment ago, first gets its chance with the others.
 const strandedCheckEvery = 10 * time.Second
 
 // logHorizon is what a peer says of the PG's log after an SCL: whether it
@@ -51,7 +54,7 @@ func stranded(peers []logHorizon) bool {
 func (n *Node) rehydrateIfStranded(s *seg) {
 	now := time.Now().UnixNano()
 	last := s.strandedChecked.Load()
-	if last != 0 && time.Duration(now-last) < strandedCheckEvery || !s.strandedChecked.CompareAndSwap(last, now) {
+	if last != 0 && time.Duration(now-last) < strandedCheckEvery || !s.strandedChecked.CompareAndSwap(last, now) || last == 0 {
 		return
 	}
 	n.mu.Lock()

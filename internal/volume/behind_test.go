@@ -8,15 +8,19 @@ import (
 	"testing"
 	"time"
 
+	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/wait"
 )
 
 // TestBehindSegmentDoesNotHoldACommit is issue 7's repro in process: one
 // node's directory is emptied after its peers collected the log, so it
-// answers every append but can never complete a record; with two more nodes
+// answers every append but cannot complete a record; with two more nodes
 // down, only three segments can make a commit durable. The commit must fail
 // after WriteTimeout, naming the two unreachable nodes and the one behind,
-// instead of waiting forever because five answer.
+// instead of waiting forever because five answer. (Such a node rehydrates
+// by itself once its gossip has found, strandedCheckEvery apart, that every peer
+// has collected the log, as TestEmptiedSegmentRehydratesByItself shows; the
+// commit here comes before that.)
 func TestBehindSegmentDoesNotHoldACommit(t *testing.T) {
 	cl := startCluster(t)
 	c := cl.open(t, func(cfg *Config) { cfg.WriteTimeout = time.Second })
@@ -86,6 +90,68 @@ func TestBehindSegmentDoesNotHoldACommit(t *testing.T) {
 	}
 	// Reads at the VDL keep working from the three complete segments.
 	mustRead(t, c, 2, vdl, img)
+}
+
+// TestEmptiedSegmentRehydratesByItself: the node emptied after its peers
+// collected the log finds, by gossip, that no peer holds the log it lacks,
+// and copies the PG's pages again from a complete peer, with no control
+// plane to tell it; then, with two other nodes down, its segment is one of
+// the four that make commits durable.
+func TestEmptiedSegmentRehydratesByItself(t *testing.T) {
+	cl := startCluster(t)
+	c := cl.open(t, nil)
+	ctx := ctxT(t, 60*time.Second)
+	img := pageImage(2, 0)
+	if _, err := c.Commit(ctx, []PageWrite{{Page: 2, New: img}}); err != nil {
+		t.Fatal(err)
+	}
+	for v := 1; v <= 20; v++ {
+		next := pageImage(2, v)
+		if _, err := c.Commit(ctx, []PageWrite{{Page: 2, Old: img, New: next}}); err != nil {
+			t.Fatal(err)
+		}
+		img = next
+	}
+	vdl := c.VDL()
+	wait.For(t, 30*time.Second, "the peers to collect their log", func() bool {
+		for _, i := range []int{0, 1, 2, 3, 4} {
+			if infoOf(t, storageClient(t, cl.members[i].Addr), 7, 0).GetLogFloor() == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	cl.stop(5)
+	if err := os.RemoveAll(cl.dirs[5]); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(cl.dirs[5], 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cl.restart(5)
+	// The writer's commits declare the segment to the emptied node once
+	// its stream is back.
+	s5 := storageClient(t, cl.members[5].Addr)
+	v := 50
+	wait.For(t, 60*time.Second, "s5 to rehydrate its segment", func() bool {
+		in, err := s5.SegmentInfo(ctxT(t, 5*time.Second), &pb.SegmentInfoRequest{Volume: 7, Pg: 0})
+		if err == nil && !in.Hydrating && in.Scl >= vdl {
+			return true
+		}
+		next := pageImage(2, v)
+		if _, err := c.Commit(ctx, []PageWrite{{Page: 2, Old: img, New: next}}); err != nil {
+			t.Fatal(err)
+		}
+		img, v = next, v+1
+		return false
+	})
+	cl.stop(2)
+	cl.stop(3)
+	final := pageImage(2, 99)
+	if _, err := c.Commit(ctx, []PageWrite{{Page: 2, Old: img, New: final}}); err != nil {
+		t.Fatalf("commit with s2 and s3 down and s5 rehydrated: %v", err)
+	}
+	mustRead(t, c, 2, c.VDL(), final)
 }
 
 // TestQuietPGIsAskedForItsSCL: a node reports a PG's SCL only in answer to a
