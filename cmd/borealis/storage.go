@@ -4,19 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"runtime"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	pb "github.com/borealis-db/borealis/api/borealispb"
-	"github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/storage"
 )
 
@@ -48,91 +42,7 @@ writer first declares them.`,
 			if procs > 0 {
 				runtime.GOMAXPROCS(procs)
 			}
-			lis, err := net.Listen("tcp", listen)
-			if err != nil {
-				return fmt.Errorf("listen on %s: %w", listen, err)
-			}
-			var mlis net.Listener
-			if metrics != "" {
-				if mlis, err = net.Listen("tcp", metrics); err != nil {
-					lis.Close()
-					return fmt.Errorf("metrics listen on %s: %w", metrics, err)
-				}
-			}
-			// A damaged record or page version is repaired from peers while
-			// the node serves; a damaged store is not: the process ends, and
-			// its next start moves the store aside and copies the node's
-			// segments again (see storage.CorruptionInfo).
-			damaged := make(chan storage.CorruptionInfo, 1)
-			cfg.OnCorruption = func(info storage.CorruptionInfo) {
-				if info.StoreDamaged {
-					select {
-					case damaged <- info:
-					default:
-					}
-				}
-			}
-			node, err := storage.Open(cfg)
-			if err != nil {
-				return err
-			}
-			defer node.Close()
-			if mlis != nil {
-				mux := http.NewServeMux()
-				mux.Handle("/metrics", node.MetricsHandler())
-				mux.HandleFunc("/debug/pprof/", pprof.Index)
-				mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-				go http.Serve(mlis, mux)
-			}
-			ctx := cmd.Context()
-			go func() {
-				<-ctx.Done()
-				log.Info("stopping on signal")
-				node.Close()
-			}()
-			if controlAddr != "" {
-				var st syscall.Statfs_t
-				var capacity uint64
-				if err := syscall.Statfs(cfg.Dir, &st); err == nil {
-					capacity = uint64(st.Blocks) * uint64(st.Bsize)
-				}
-				go control.RunNodeAgent(ctx, controlAddr, control.AgentNode{
-					ID: cfg.ID, AZ: cfg.AZ, Addr: lis.Addr().String(), CapacityBytes: capacity,
-					OnEpochs: func(epochs map[uint64]uint64) {
-						if err := node.ObserveEpochs(epochs); err != nil {
-							log.Error("cannot record volume epochs from the control plane", "err", err)
-						}
-					},
-					Hosted: node.HostedVolumes,
-					OnDeleted: func(vols []*pb.VolumeIncarnation) {
-						if err := node.DropVolumes(vols); err != nil {
-							log.Error("cannot drop the segments of deleted volumes; once the node restarts, its first heartbeat drops them", "volumes", vols, "err", err)
-						}
-					},
-				}, log)
-			}
-			log.Info("storage node serving", "id", cfg.ID, "az", cfg.AZ, "addr", lis.Addr().String(), "dir", cfg.Dir)
-			served := make(chan error, 1)
-			go func() { served <- node.Serve(lis) }()
-			for {
-				select {
-				case err := <-served:
-					return err
-				case info := <-damaged:
-					// Told while Open moved a damaged store aside: the
-					// store in use is the new one.
-					if !node.StoreDamaged() {
-						continue
-					}
-					log.Error("the store is damaged; the node stops, and when started again it moves the store aside and copies its segments again from peers", "item", info.Item.String(), "file", info.Path, "err", info.Err)
-					if info.Item == storage.StoreStopped {
-						// Pebble gave up inside a call that does not
-						// return; closing the store could wait for it.
-						os.Exit(1)
-					}
-					return fmt.Errorf("storage node %s: store in %s is damaged (%v); start the node again to rebuild it from its peers", cfg.ID, cfg.Dir, info.Err)
-				}
-			}
+			return runStorageNode(cmd.Context(), cfg, listen, metrics, controlAddr, log)
 		},
 	}
 	f := cmd.Flags()
