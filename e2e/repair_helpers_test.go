@@ -17,10 +17,11 @@ import (
 	"github.com/borealis-db/borealis/internal/wait"
 )
 
-// repairArgs start an `up` cluster with a spare storage node in each AZ, a
+// repairArgs start an `up` cluster with a spare storage node in each AZ (and
+// no replica, which the repair tests do not need), a
 // short repair delay, and small PGs, so that a volume of a few megabytes
 // has dozens of PGs to repair.
-var repairArgs = []string{"--nodes-per-az", "3", "--repair-after", "3s", "--pg-size", "64KiB", "--write-timeout", "10s"}
+var repairArgs = []string{"--nodes-per-az", "3", "--replicas", "0", "--repair-after", "3s", "--pg-size", "64KiB", "--write-timeout", "10s"}
 
 // repairCluster is an `up` cluster for repair tests, with its catalog and
 // storage nodes at hand.
