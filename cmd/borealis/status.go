@@ -222,6 +222,26 @@ type changeReport struct {
 	Hydrating   bool   `json:"hydrating"`
 	BytesCopied uint64 `json:"bytes_copied"`
 	BytesTotal  uint64 `json:"bytes_total"`
+	// RateBytesPerS is the bytes copied over the time since the change
+	// began (which includes the wait for the first chunk), and ETAS the
+	// seconds left at that rate; both omitted while it cannot be told.
+	RateBytesPerS float64 `json:"rate_bytes_per_s,omitempty"`
+	ETAS          float64 `json:"eta_s,omitempty"`
+}
+
+// hydrationPace is a copy's average rate, bytes copied of total over the
+// time since it began, and the time left at that rate; ok is false before
+// anything was copied or while the total is not known.
+func hydrationPace(copied, total uint64, since time.Duration) (rate float64, eta time.Duration, ok bool) {
+	if copied == 0 || total == 0 || since <= 0 {
+		return 0, 0, false
+	}
+	rate = float64(copied) / since.Seconds()
+	left := float64(total) - float64(copied)
+	if left < 0 {
+		left = 0
+	}
+	return rate, time.Duration(left / rate * float64(time.Second)), true
 }
 
 type segmentReport struct {
@@ -552,6 +572,11 @@ func addHydration(ctx context.Context, rep *statusReport, addrOf, stateOf map[st
 					return // the SCLs' answer says why, if it did not answer
 				}
 				a.ch.Hydrating, a.ch.BytesCopied, a.ch.BytesTotal = info.GetHydrating(), info.GetHydrateBytesCopied(), info.GetHydrateBytesTotal()
+				if a.ch.Hydrating && a.ch.StartedAtUnixMs > 0 {
+					if rate, eta, ok := hydrationPace(a.ch.BytesCopied, a.ch.BytesTotal, time.Since(time.UnixMilli(a.ch.StartedAtUnixMs))); ok {
+						a.ch.RateBytesPerS, a.ch.ETAS = rate, eta.Seconds()
+					}
+				}
 			}
 		}(addrOf[node], asks)
 	}
@@ -591,6 +616,9 @@ func describeChange(ch *changeReport) string {
 		progress = ch.Joining + " UNREACHABLE"
 	case ch.Hydrating && ch.BytesTotal > 0:
 		progress = fmt.Sprintf("%s hydrating, %s of %s copied, SCL %d of %d", ch.Joining, formatSize(ch.BytesCopied), formatSize(ch.BytesTotal), ch.JoiningSCL, ch.OfSCL)
+		if ch.RateBytesPerS > 0 {
+			progress += fmt.Sprintf(", %s/s, about %s left", formatSize(uint64(ch.RateBytesPerS)), (time.Duration(ch.ETAS * float64(time.Second))).Round(time.Second))
+		}
 	case ch.Hydrating:
 		progress = fmt.Sprintf("%s hydrating, %s copied, SCL %d of %d", ch.Joining, formatSize(ch.BytesCopied), ch.JoiningSCL, ch.OfSCL)
 	case ch.JoiningEmpty:

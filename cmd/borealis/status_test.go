@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -244,6 +245,28 @@ func (f *fakeSCLs) SegmentSCLs(context.Context, *pb.SegmentSCLsRequest) (*pb.Seg
 	return out, nil
 }
 
+// hydrationPace: the rate and time left of a copy, from bytes and time.
+func TestHydrationPace(t *testing.T) {
+	for _, tc := range []struct {
+		copied, total uint64
+		since         time.Duration
+		rate          float64
+		eta           time.Duration
+		ok            bool
+	}{
+		{0, 100, time.Second, 0, 0, false},
+		{10, 0, time.Second, 0, 0, false},
+		{10, 100, 0, 0, 0, false},
+		{25 << 20, 100 << 20, 5 * time.Second, 5 << 20, 15 * time.Second, true},
+		{100, 100, time.Second, 100, 0, true},
+	} {
+		rate, eta, ok := hydrationPace(tc.copied, tc.total, tc.since)
+		if ok != tc.ok || rate != tc.rate || eta != tc.eta {
+			t.Errorf("hydrationPace(%d, %d, %s) = %v, %s, %v; want %v, %s, %v", tc.copied, tc.total, tc.since, rate, eta, ok, tc.rate, tc.eta, tc.ok)
+		}
+	}
+}
+
 // status shows a PG in a membership change with its leaving and joining
 // members and the joining one's progress, and a PG that waits for
 // capacity in an AZ; the counts by state are the current sets'; a healthy
@@ -284,7 +307,7 @@ func TestStatusRepair(t *testing.T) {
 	set := segs("s1", "s2", "s3", "s4", "s5", "s6")
 	st.Volumes = []*pb.VolumeInfo{{Name: "main", Id: 1, Pgs: 3, PgList: []*pb.PGInfo{
 		{VolumeId: 1, Pg: 0, MembershipEpoch: 2, Segments: set, NextSegments: segs("s1", "s7", "s3", "s4", "s5", "s6"),
-			Change: &pb.MembershipChange{Leaving: "s2", Joining: "s7", Reason: "down", StartedAtUnixMs: 1}},
+			Change: &pb.MembershipChange{Leaving: "s2", Joining: "s7", Reason: "down", StartedAtUnixMs: time.Now().Add(-3 * time.Second).UnixMilli()}},
 		{VolumeId: 1, Pg: 1, MembershipEpoch: 1, Segments: set, WaitingForCapacityAz: "a", WaitingMember: "s2"},
 		{VolumeId: 1, Pg: 2, MembershipEpoch: 1, Segments: segs("s1", "s7", "s3", "s4", "s5", "s6")},
 		{VolumeId: 1, Pg: 3, MembershipEpoch: 1, Segments: segs("s1", "s7", "s3", "s4", "s5", "s6")},
@@ -318,6 +341,9 @@ func TestStatusRepair(t *testing.T) {
 	if ch == nil || ch.Leaving != "s2" || ch.Joining != "s7" || ch.JoiningSCL != 40 || ch.OfSCL != 100 || len(ch.NextSegments) != 6 || ch.NextSegments[2].SCL != 100 || !ch.Hydrating || ch.BytesCopied != 3<<20 || ch.BytesTotal != 8<<20 {
 		t.Fatalf("PG 0's change: %+v", ch)
 	}
+	if ch.RateBytesPerS <= 0 || ch.ETAS <= 0 {
+		t.Fatalf("PG 0's change has no rate or ETA: %+v", ch)
+	}
 	if p := v.PGs[2]; p.ID != 3 || !p.Segments[1].Hydrating || p.Segments[1].SCL != 10 || p.PGCLBound != "at_least" {
 		t.Fatalf("PG 3, rebuilt in place on s7: %+v", p)
 	}
@@ -335,7 +361,7 @@ func TestStatusRepair(t *testing.T) {
 	}
 	var text strings.Builder
 	printStatus(&text, rep)
-	for _, want := range []string{"moving s2 -> s7 (down", "s7 hydrating, 3MiB of 8MiB copied, SCL 40 of 100", "waiting for capacity in AZ a", "1 PG(s) in a membership change, 1 waiting for capacity", "s7/a: 10 hydrating"} {
+	for _, want := range []string{"moving s2 -> s7 (down", "s7 hydrating, 3MiB of 8MiB copied, SCL 40 of 100, ", "/s, about ", "waiting for capacity in AZ a", "1 PG(s) in a membership change, 1 waiting for capacity", "s7/a: 10 hydrating"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text lacks %q:\n%s", want, text.String())
 		}
