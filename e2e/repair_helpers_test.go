@@ -18,10 +18,12 @@ import (
 )
 
 // repairArgs start an `up` cluster with a spare storage node in each AZ (and
-// no replica, which the repair tests do not need), a
-// short repair delay, and small PGs, so that a volume of a few megabytes
-// has dozens of PGs to repair.
-var repairArgs = []string{"--nodes-per-az", "3", "--replicas", "0", "--repair-after", "3s", "--pg-size", "64KiB", "--write-timeout", "10s"}
+// no replica, which the repair tests do not need), a short repair delay, and
+// small PGs, so that a volume of a few megabytes has dozens of PGs to
+// repair. The writer lease lives 3 s: the tests assert that no write fails,
+// and with 1 s a renewal slowed by the machine's load (9 storage nodes,
+// hydrations and other test packages on 2 cores) can end the writer's term.
+var repairArgs = []string{"--nodes-per-az", "3", "--replicas", "0", "--lease-ttl", "3s", "--repair-after", "3s", "--pg-size", "64KiB", "--write-timeout", "10s"}
 
 // repairCluster is an `up` cluster for repair tests, with its catalog and
 // storage nodes at hand.

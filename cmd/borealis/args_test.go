@@ -22,6 +22,7 @@ func TestCommandLinesRefused(t *testing.T) {
 		{upCmd, []string{"--heartbeat-timeout", "500ms"}, "use at least 1s"},
 		{upCmd, []string{"--nodes-per-az", "1"}, "--nodes-per-az 1: want 2 to 6 storage nodes per AZ"},
 		{upCmd, []string{"--nodes-per-az", "7"}, "--nodes-per-az 7: want 2 to 6"},
+		{upCmd, []string{"--lease-ttl", "1500ms"}, "--lease-ttl 1.5s: want whole seconds"},
 		{upCmd, []string{"--repair-after", "0s"}, "--repair-after 0s: want a positive duration"},
 		{upCmd, []string{"--repair-rate", "fast"}, "--repair-rate"},
 		{benchRepairCmd, []string{"--size", "10KiB"}, "--size 10KiB: want at least 1MiB"},

@@ -25,6 +25,7 @@ import (
 	pb "github.com/borealis-db/borealis/api/borealispb"
 	"github.com/borealis-db/borealis/internal/cluster"
 	"github.com/borealis-db/borealis/internal/control"
+	"github.com/borealis-db/borealis/internal/instance"
 )
 
 const (
@@ -141,7 +142,7 @@ func checkReplicas(n int) error {
 func upCmd() *cobra.Command {
 	var dir, pgSize, repairRate string
 	var basePort, replicas, nodesPerAZ int
-	var heartbeatTimeout, writeTimeout, repairAfter time.Duration
+	var heartbeatTimeout, writeTimeout, repairAfter, leaseTTL time.Duration
 	cmd := &cobra.Command{
 		Use:   "up [--dir D] [--replicas N] [--pg-size S] [--nodes-per-az N] [--repair-after D]",
 		Short: "Run a whole local cluster: 3 control planes, 6 storage nodes, the writer, read replicas and the router, as separate processes",
@@ -188,6 +189,9 @@ says it waits for capacity there.`,
 			if writeTimeout <= 0 {
 				return fmt.Errorf("--write-timeout %s: want a positive duration", writeTimeout)
 			}
+			if leaseTTL < time.Second || leaseTTL%time.Second != 0 {
+				return fmt.Errorf("--lease-ttl %s: want whole seconds, 1s or more (etcd's leases have whole seconds)", leaseTTL)
+			}
 			if nodesPerAZ < cluster.SegmentsPerAZ || nodesPerAZ > maxNodesPerAZ {
 				return fmt.Errorf("--nodes-per-az %d: want %d to %d storage nodes per AZ (a PG has %d segments in each AZ)", nodesPerAZ, cluster.SegmentsPerAZ, maxNodesPerAZ, cluster.SegmentsPerAZ)
 			}
@@ -211,7 +215,7 @@ says it waits for capacity there.`,
 			}
 			return runUp(cmd.Context(), cmd.OutOrStdout(), upOptions{
 				dir: dir, pgSize: size, pgSizeSet: cmd.Flags().Changed("pg-size"),
-				basePort: basePort, heartbeatTimeout: heartbeatTimeout, writeTimeout: writeTimeout,
+				basePort: basePort, heartbeatTimeout: heartbeatTimeout, writeTimeout: writeTimeout, leaseTTL: leaseTTL,
 				replicas: replicas, replicasSet: cmd.Flags().Changed("replicas"),
 				nodesPerAZ: nodesPerAZ, nodesPerAZSet: cmd.Flags().Changed("nodes-per-az"), repairAfter: repairAfter,
 				repairRate: repairRate,
@@ -224,6 +228,7 @@ says it waits for capacity there.`,
 	f.IntVar(&basePort, "base-port", 7100, "loopback ports: the control plane c1 on this one, s1..s6 on the next six, the writer's SQL HTTP on the one after, then the replicas', then the router's cluster and reader endpoints; c2, c3 and the etcd members on this one +30..+37 (a resumed cluster keeps its own)")
 	f.IntVar(&replicas, "replicas", defaultReplicas, fmt.Sprintf("read replicas to run, r1..rN, 0 to %d (a resumed cluster: as many as it last ran)", maxReplicas))
 	f.DurationVar(&heartbeatTimeout, "heartbeat-timeout", 3*time.Second, "a storage node that misses heartbeats this long is marked down")
+	f.DurationVar(&leaseTTL, "lease-ttl", instance.DefaultLeaseTTL, "the writer lease's time to live, passed to every database instance (db --lease-ttl): a writer that cannot renew it in time stops serving, and a dead writer's replica is promoted about this long after its death; a longer one rides out a loaded machine's slow renewals")
 	f.DurationVar(&writeTimeout, "write-timeout", 10*time.Second, "how long the writer's commits wait for a write quorum of segments that can make them durable (answering, and holding or catching up to them) before failing with storage_unavailable")
 	f.IntVar(&nodesPerAZ, "nodes-per-az", cluster.SegmentsPerAZ, fmt.Sprintf("storage nodes to run in each of the 3 AZs, %d to %d: those beyond %d per AZ are spare capacity that repair moves segments to (a resumed cluster: as many as it last ran)", cluster.SegmentsPerAZ, maxNodesPerAZ, cluster.SegmentsPerAZ))
 	f.DurationVar(&repairAfter, "repair-after", control.DefaultRepairAfter, "a storage node down this long has its segments moved to a spare node of its AZ")
@@ -242,6 +247,7 @@ type upOptions struct {
 	basePort         int
 	heartbeatTimeout time.Duration
 	writeTimeout     time.Duration
+	leaseTTL         time.Duration
 	// replicas is --replicas; replicasSet, whether it was given (else a
 	// resumed cluster runs as many as it last did).
 	replicas    int
@@ -395,7 +401,7 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 	printVolume(out, vol, created, resumed)
 	// The writer's start includes crash recovery, and after a crash it waits
 	// for the old writer's lease to expire.
-	if err := cl.StartDB(ctx, writerID, "writer", defaultVolume, addrs[writerID], "--az", writerAZ, "--write-timeout", o.writeTimeout.String()); err != nil {
+	if err := cl.StartDB(ctx, writerID, "writer", defaultVolume, addrs[writerID], "--az", writerAZ, "--write-timeout", o.writeTimeout.String(), "--lease-ttl", o.leaseTTL.String()); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "  writer (AZ %s) ready at http://%s, recovery done (%s)\n", writerAZ, addrs[writerID], since(start))
@@ -405,7 +411,7 @@ func runUp(ctx context.Context, out io.Writer, o upOptions) error {
 	// without it: the writer serves, and the reader endpoint skips it.
 	var specs []cluster.ReplicaSpec
 	for i := 1; i <= nReplicas; i++ {
-		specs = append(specs, cluster.ReplicaSpec{ID: replicaID(i), AZ: replicaAZ(i), Addr: addrs[replicaID(i)]})
+		specs = append(specs, cluster.ReplicaSpec{ID: replicaID(i), AZ: replicaAZ(i), Addr: addrs[replicaID(i)], Extra: []string{"--lease-ttl", o.leaseTTL.String()}})
 	}
 	if len(specs) > 0 {
 		errs, err := cl.StartReplicas(ctx, defaultVolume, specs, 0)

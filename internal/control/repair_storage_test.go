@@ -295,7 +295,7 @@ func TestRepairNodeBackEmptyStorage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wait.For(t, 10*time.Second, "s3 to hold PG 0 through the writer's last record", func() bool {
+	wait.For(t, 30*time.Second, "s3 to hold PG 0 through the writer's last record", func() bool {
 		i, err := sc.info("s3", vol.ID, 0)
 		return err == nil && i.Scl == want.Scl
 	})
