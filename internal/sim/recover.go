@@ -133,7 +133,7 @@ func (w *world) recoverStep() {
 	case rGather:
 		a := rc.ask[0]
 		rc.ask = rc.ask[1:]
-		if w.reachable(a.s) {
+		if !a.s.hydrating && w.reachable(a.s) {
 			// The fence is synced before the node answers.
 			a.s.fence = max(a.s.fence, rc.epoch)
 			ans := recovery.Answer{Segment: a.s.id, SCL: a.s.chain.SCL(), VDLSeen: a.s.vdlSeen,
@@ -170,7 +170,7 @@ func (w *world) recoverStep() {
 			tail := rc.res.Tails[p.id]
 			if !p.cfg.WriteQuorum(func(id quorum.SegmentID) bool {
 				s := p.byID[id]
-				return w.reachable(s) && s.chain.SCL() >= tail
+				return !s.hydrating && w.reachable(s) && s.chain.SCL() >= tail
 			}) {
 				w.log("recovery %d: pg%d not yet complete to its tail %d on a write quorum (%s)", rc.epoch, p.id, tail, p.scls())
 				return
