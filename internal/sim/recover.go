@@ -65,7 +65,14 @@ type recov struct {
 	heads map[uint32][]recovery.Header
 	res   recovery.Result
 	acked map[uint32]map[quorum.SegmentID]bool
+	// waited is the steps spent in rDurable: the writer's awaitDurable
+	// gives up after its context's deadline (durableSteps) and the volume
+	// recovers again under a newer epoch.
+	waited int
 }
+
+// durableSteps bounds a recovery's wait for its tails to be durable.
+const durableSteps = 300
 
 type member struct {
 	p *pg
@@ -173,6 +180,12 @@ func (w *world) recoverStep() {
 				return !s.hydrating && w.reachable(s) && s.chain.SCL() >= tail
 			}) {
 				w.log("recovery %d: pg%d not yet complete to its tail %d on a write quorum (%s)", rc.epoch, p.id, tail, p.scls())
+				if rc.waited++; rc.waited > durableSteps && !w.draining {
+					w.res.Failed++
+					w.res.DurableTimeouts++
+					w.log("recovery %d gives up: pg%d's tail %d is not durable after %d steps", rc.epoch, p.id, tail, rc.waited)
+					w.startRecovery()
+				}
 				return
 			}
 		}

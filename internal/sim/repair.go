@@ -31,6 +31,7 @@ const (
 	repairEvery = 5
 
 	nodeFailPml = 6  // per step, in runs with changes: a node fails
+	adminPml    = 1  // per step, in runs with changes: a node is drained, or one down for good removed
 	maxDown     = 2  // nodes down at once, at most
 	watchPct    = 20 // per step: the writer in office reads the catalog's memberships
 )
@@ -47,6 +48,9 @@ type node struct {
 	// drain).
 	back int
 	last time.Time // last heartbeat
+	// admin is control.AdminDraining or AdminRemoved once an operator
+	// said so (at most one node of a run).
+	admin string
 }
 
 // hydration is a joining segment's copy of its PG from a complete member:
@@ -143,6 +147,9 @@ func (w *world) nodesStep() {
 			n.last = now
 		}
 	}
+	if w.changes && !w.admin && w.rng.IntN(1000) < adminPml {
+		w.adminStep()
+	}
 	if !w.changes || down >= maxDown || w.rng.IntN(1000) >= nodeFailPml {
 		return
 	}
@@ -175,6 +182,30 @@ func (w *world) nodesStep() {
 	w.setNodeDown(n, true)
 }
 
+// adminStep is an operator's node drain of a live node, or node remove of
+// one that is down for good.
+func (w *world) adminStep() {
+	var gone, live []*node
+	for _, n := range w.nodes {
+		switch {
+		case n.down && n.back == 0:
+			gone = append(gone, n)
+		case !n.down:
+			live = append(live, n)
+		}
+	}
+	var n *node
+	if len(gone) > 0 && w.rng.IntN(2) == 0 {
+		n = gone[w.rng.IntN(len(gone))]
+		n.admin = control.AdminRemoved
+	} else {
+		n = live[w.rng.IntN(len(live))]
+		n.admin = control.AdminDraining
+	}
+	w.admin = true
+	w.log("node %s is %s", n.id, n.admin)
+}
+
 func (w *world) setNodeDown(n *node, down bool) {
 	n.down = down
 	for _, p := range w.pgs {
@@ -199,14 +230,15 @@ func (w *world) setNodeDown(n *node, down bool) {
 func (w *world) repairPass() {
 	view := control.RepairView{Now: w.now(), RepairAfter: repairAfter, Reports: w.reports}
 	for _, n := range w.nodes {
-		view.Nodes = append(view.Nodes, control.RepairNode{ID: n.id, AZ: n.az, Addr: n.id, Live: !n.down, LastHeartbeat: n.last, Load: w.load.Segments[n.id]})
+		view.Nodes = append(view.Nodes, control.RepairNode{ID: n.id, AZ: n.az, Addr: n.id, Live: !n.down, LastHeartbeat: n.last, Admin: n.admin, Load: w.load.Segments[n.id]})
 	}
+	w.sendRetires()
 	// As the repairer does: only PGs with a segment on a node that is down
 	// (PlanRepair judges whether it failed) and PGs in a change; none, no
 	// plan. The reports of PGs not given are forgotten.
 	byKey := map[control.PGKey]*pg{}
 	for _, p := range w.pgs {
-		if p.cat.Change != nil || slices.ContainsFunc(p.cat.Segments, func(s control.Segment) bool { return w.nodeByID[s.Node].down }) {
+		if p.cat.Change != nil || slices.ContainsFunc(p.cat.Segments, func(s control.Segment) bool { n := w.nodeByID[s.Node]; return n.down || n.admin != "" }) {
 			view.PGs = append(view.PGs, p.cat)
 			byKey[p.cat.Key()] = p
 		}
@@ -276,14 +308,24 @@ func (w *world) apply(p *pg, a control.RepairAction) error {
 	}
 	if gone != "" {
 		if s := p.onNode[gone]; s != nil {
-			s.retired = true
-			s.hyd = nil
-			s.syncDown()
+			// The final declaration goes to it when it is live; until it
+			// answers, it holds the membership it had.
+			s.retireOwed = true
 			delete(p.onNode, gone)
 		}
 	}
 	p.cfg = p.cfgOf()
 	w.log("pg%d catalog epoch %d: config %v", p.id, p.cat.MembershipEpoch, p.cfg)
+	if a.Kind == control.ActComplete && w.cur != nil {
+		// The new set alone must hold every commit acknowledged so far:
+		// the target PlanRepair completed at is to guarantee it.
+		vdl := w.cur.tr.VDL()
+		for l, h := range w.hist {
+			if h.pg == p && l <= vdl && !p.cfg.WriteQuorum(func(id quorum.SegmentID) bool { return p.byID[id].holds(h.e) }) {
+				return fmt.Errorf("completed at target %d, but LSN %d <= VDL %d is on no write quorum of %v (%s)", a.Target, l, vdl, p.cfg, p.scls())
+			}
+		}
+	}
 	// The new membership goes to its live members at once.
 	for _, s := range p.catHosts() {
 		if !w.nodeByID[s.Node].down {
@@ -291,6 +333,23 @@ func (w *world) apply(p *pg, a control.RepairAction) error {
 		}
 	}
 	return nil
+}
+
+// sendRetires sends the final declarations owed to segments that left
+// their PG, to those whose node is live and process up: each takes the
+// PG's membership, which leaves it out, and retires.
+func (w *world) sendRetires() {
+	for _, p := range w.pgs {
+		for _, s := range p.segs {
+			if !s.retireOwed || s.node.down || s.crashed > 0 {
+				continue
+			}
+			s.retireOwed, s.retired, s.hyd = false, true, nil
+			s.mem = max(s.mem, p.cat.MembershipEpoch)
+			s.syncDown()
+			w.log("pg%d %s on node %s retires at membership epoch %d", p.id, s.id, s.node.id, s.mem)
+		}
+	}
 }
 
 // catHosts is every segment of the PG's membership: its set and the joining

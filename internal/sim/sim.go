@@ -54,6 +54,8 @@ type Result struct {
 	StaleMembers int // writer requests refused under an older membership epoch
 	Reads        int // reads at a read point checked against the history
 
+	DurableTimeouts int // recoveries whose tails did not become durable in time (see recov.waited)
+
 	// Writer crashes and recoveries.
 	WriterCrashes int
 	Zombies       int // crashed writers that kept running, fenced or not
@@ -95,6 +97,8 @@ type seg struct {
 	hydrating bool
 	hyd       *hydration
 	retired   bool
+	// retireOwed: it left the PG and has not been told (its node is down).
+	retireOwed bool
 
 	// Crash and restart. Every accepted entry is persisted (held, list:
 	// a node acks only after fsync); saved is the State last persisted,
@@ -267,6 +271,7 @@ type world struct {
 	nodeByID map[string]*node
 	load     control.Load
 	reports  map[control.PGKey]map[string]control.DeclaredState
+	admin    bool // a node was drained or removed
 }
 
 // Options select what a run may do beyond the default schedule.
