@@ -477,12 +477,13 @@ func (w *world) hydrateStep(force bool) {
 }
 
 // readAt is a read of one PG at read point R, the VDL of the writer in
-// office, routed as the volume routes it: to a segment the tracker knows is
-// complete through what the read needs (quorum.ReadableAt, quorum.ReadNeed).
-// What the segment holds of the PG at or below R must be exactly the
-// history's records of the PG at or below R: the page as of R is then the
-// oracle's. A segment whose process is down or that hydrates is not asked
-// (the read would go to another).
+// office, routed as the volume's ReadPage routes it: the writer's members in
+// quorum.ReadOrder for what the read needs (quorum.ReadNeed of the PG's
+// tail), by the SCLs the writer's tracker knows. A segment that hydrates,
+// or is not complete through what the read needs, refuses and the next is
+// asked; one the tracker knows complete must be. What the serving segment
+// holds of the PG at or below R must be exactly the history's records of the
+// PG at or below R: the page as of R is then the oracle's.
 func (w *world) readAt() {
 	wr := w.cur
 	if wr == nil {
@@ -498,35 +499,40 @@ func (w *world) readAt() {
 		}
 	}
 	need := quorum.ReadNeed(r, tail)
-	var cands []*seg
-	for _, id := range wr.tr.ReadableAt(p.id, need) {
-		if s := p.byID[id]; !s.down && s.crashed == 0 && !s.hydrating {
-			cands = append(cands, s)
-		}
+	cfg, _ := wr.tr.Config(p.id)
+	var cands []quorum.ReadCandidate
+	for _, id := range cfg.Members() {
+		s := p.byID[id]
+		cands = append(cands, quorum.ReadCandidate{ID: id, SCL: wr.tr.SCL(p.id, id), Reachable: !s.down && s.crashed == 0})
 	}
-	if len(cands) == 0 {
-		return
-	}
-	s := cands[w.rng.IntN(len(cands))]
-	w.res.Reads++
-	if s.chain.SCL() < need {
-		w.fail(fmt.Errorf("read of pg%d at %d routed to %s, complete only through %d, below the %d it needs (writer %d knows SCL %d)", p.id, r, s.id, s.chain.SCL(), need, wr.epoch, wr.tr.SCL(p.id, s.id)))
-		return
-	}
-	got := 0
-	for _, e := range s.list {
-		if e.LSN > r {
+	for _, i := range quorum.ReadOrder(cands, need) {
+		s := p.byID[cands[i].ID]
+		if s.down || s.crashed > 0 || s.hydrating {
 			continue
 		}
-		got++
-		if h, ok := w.hist[e.LSN]; !ok || h.e != e || h.pg != p {
-			w.fail(fmt.Errorf("read of pg%d at %d from %s sees %+v, which the history does not have at that LSN (%+v, %v)", p.id, r, s.id, e, h.e, ok))
+		if s.chain.SCL() < need {
+			if cands[i].SCL >= need {
+				w.fail(fmt.Errorf("read of pg%d at %d: %s acked SCL %d to writer %d but is complete only through %d, below the %d the read needs", p.id, r, s.id, cands[i].SCL, wr.epoch, s.chain.SCL(), need))
+			}
+			continue
+		}
+		w.res.Reads++
+		got := 0
+		for _, e := range s.list {
+			if e.LSN > r {
+				continue
+			}
+			got++
+			if h, ok := w.hist[e.LSN]; !ok || h.e != e || h.pg != p {
+				w.fail(fmt.Errorf("read of pg%d at %d from %s sees %+v, which the history does not have at that LSN (%+v, %v)", p.id, r, s.id, e, h.e, ok))
+				return
+			}
+		}
+		if got != want {
+			w.fail(fmt.Errorf("read of pg%d at %d from %s sees %d records, the history has %d (%s)", p.id, r, s.id, got, want, p.scls()))
 			return
 		}
-	}
-	if got != want {
-		w.fail(fmt.Errorf("read of pg%d at %d from %s sees %d records, the history has %d (%s)", p.id, r, s.id, got, want, p.scls()))
+		w.log("read pg%d at %d from %s: %d records, as the history", p.id, r, s.id, got)
 		return
 	}
-	w.log("read pg%d at %d from %s: %d records, as the history", p.id, r, s.id, got)
 }

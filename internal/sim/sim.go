@@ -1,10 +1,15 @@
 // Package sim runs the pure core (quorum.Tracker, segment.Chain and
 // recovery) through seeded random schedules: a writer, a few PGs of six
-// segments, a network that drops, duplicates and reorders records and acks,
-// gossip between segments, membership changes with dual quorums, segment
-// crashes, and writer crashes followed by recovery under a new epoch (see
-// recover.go). After every step it checks the core's answers against oracles
-// and the durability invariants.
+// segments on storage nodes in three AZs, a network that drops, duplicates
+// and reorders records and acks, gossip between segments, segment crashes,
+// node failures, drains and removals, membership changes with dual quorums
+// that the control plane's own policy chooses and its catalog transitions
+// apply (control.PlanRepair, control.ApplyBegin and the rest; see
+// repair.go), hydration of joining segments, and writer crashes followed by
+// recovery under a new epoch (see recover.go). After every step it checks
+// the core's answers against oracles and the durability invariants, and
+// now and then reads a PG at the VDL from a segment the routing would
+// choose and checks it against the history.
 //
 // A run is a pure function of its seed, so a failing seed replays exactly.
 package sim
