@@ -317,12 +317,23 @@ func (w *world) apply(p *pg, a control.RepairAction) error {
 	p.cfg = p.cfgOf()
 	w.log("pg%d catalog epoch %d: config %v", p.id, p.cat.MembershipEpoch, p.cfg)
 	if a.Kind == control.ActComplete && w.cur != nil {
-		// The new set alone must hold every commit acknowledged so far:
-		// the target PlanRepair completed at is to guarantee it.
+		// The new set alone must hold every commit acknowledged so far,
+		// and every record the writer in office counts durable (its
+		// PGCL never goes back, so it will not count them again): the
+		// target PlanRepair completed at is to guarantee it.
+		on := func(e segment.Entry) bool {
+			return p.cfg.WriteQuorum(func(id quorum.SegmentID) bool { return p.byID[id].holds(e) })
+		}
 		vdl := w.cur.tr.VDL()
 		for l, h := range w.hist {
-			if h.pg == p && l <= vdl && !p.cfg.WriteQuorum(func(id quorum.SegmentID) bool { return p.byID[id].holds(h.e) }) {
+			if h.pg == p && l <= vdl && !on(h.e) {
 				return fmt.Errorf("completed at target %d, but LSN %d <= VDL %d is on no write quorum of %v (%s)", a.Target, l, vdl, p.cfg, p.scls())
+			}
+		}
+		wp, pgcl := w.cur.pgs[p.idx], w.cur.tr.PGCL(p.id)
+		for _, e := range wp.ents {
+			if e.LSN <= pgcl && !on(e) {
+				return fmt.Errorf("completed at target %d, but LSN %d <= PGCL %d of writer %d is on no write quorum of %v (%s)", a.Target, e.LSN, pgcl, w.cur.epoch, p.cfg, p.scls())
 			}
 		}
 	}
