@@ -34,6 +34,7 @@ const (
 	adminPml    = 1  // per step, in runs with changes: a node is drained, or one down for good removed
 	maxDown     = 2  // nodes down at once, at most
 	watchPct    = 20 // per step: the writer in office reads the catalog's memberships
+	declareLost = 10 // percent of Declare calls that get no answer (a timeout)
 )
 
 // epochStart is simulated time zero.
@@ -69,6 +70,11 @@ func (w *world) now() time.Time { return epochStart.Add(time.Duration(w.step) * 
 // placeNodes creates the nodes and places each PG's six segments on two
 // nodes of each AZ, filling the catalog.
 func (w *world) placeNodes() {
+	// Some runs bound the PGs in a change at once, as --repair's
+	// MaxChanges does, to one.
+	if w.rng.IntN(3) == 0 {
+		w.maxChanges = 1
+	}
 	w.nodeByID = map[string]*node{}
 	w.load = control.Load{Segments: map[string]int{}}
 	w.reports = map[control.PGKey]map[string]control.DeclaredState{}
@@ -228,7 +234,7 @@ func (w *world) setNodeDown(n *node, down bool) {
 // repairPass is one pass of the leader's repair loop: the view, PlanRepair,
 // and its actions applied to the catalog and declared to the nodes.
 func (w *world) repairPass() {
-	view := control.RepairView{Now: w.now(), RepairAfter: repairAfter, Reports: w.reports}
+	view := control.RepairView{Now: w.now(), RepairAfter: repairAfter, MaxChanges: w.maxChanges, Reports: w.reports}
 	for _, n := range w.nodes {
 		view.Nodes = append(view.Nodes, control.RepairNode{ID: n.id, AZ: n.az, Addr: n.id, Live: !n.down, LastHeartbeat: n.last, Admin: n.admin, Load: w.load.Segments[n.id]})
 	}
@@ -381,7 +387,7 @@ func (p *pg) catHosts() []control.Segment {
 // is (crashed), does not answer. The joining segment, declared with
 // hydrate, starts hydrating.
 func (w *world) declare(p *pg, id string, hydrate bool) {
-	if w.nodeByID[id].down {
+	if w.nodeByID[id].down || !w.draining && w.rng.IntN(100) < declareLost {
 		return
 	}
 	s := p.onNode[id]

@@ -277,6 +277,8 @@ type world struct {
 	load     control.Load
 	reports  map[control.PGKey]map[string]control.DeclaredState
 	admin    bool // a node was drained or removed
+	// maxChanges is RepairView.MaxChanges (0: no bound).
+	maxChanges int
 }
 
 // Options select what a run may do beyond the default schedule.
