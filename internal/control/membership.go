@@ -40,22 +40,44 @@ const (
 // change already, if leaving is not a member, if joining is one, or if
 // joining is in another AZ than leaving (a PG keeps two segments per AZ).
 func (c *Catalog) BeginChange(ctx context.Context, volID uint64, pg uint32, leaving, joining Segment, reason string, guards ...clientv3.Cmp) (PG, error) {
-	if joining.Node == "" || joining.AZ == "" || joining.Addr == "" {
-		return PG{}, fmt.Errorf("%w: the joining segment of PG %d of volume id %d needs a node, AZ and address, got %+v", ErrInvalid, pg, volID, joining)
+	// Checked before the round trip too: a malformed request fails fast.
+	if err := checkJoining(volID, pg, joining); err != nil {
+		return PG{}, err
 	}
-	switch reason {
-	case ReasonDown, ReasonRemoved, ReasonDrain:
-	default:
-		return PG{}, fmt.Errorf("%w: membership change reason %q; want %s, %s or %s", ErrInvalid, reason, ReasonDown, ReasonRemoved, ReasonDrain)
+	if err := checkReason(reason); err != nil {
+		return PG{}, err
 	}
 	return c.changePG(ctx, volID, pg, guards, "begin a membership change of", func(p *PG, l Load) (Load, error) {
 		return beginChange(p, l, leaving, joining, reason, time.Now().UTC())
 	})
 }
 
+// checkJoining: a joining segment is placed, so it names its node, AZ and
+// address.
+func checkJoining(volID uint64, pg uint32, joining Segment) error {
+	if joining.Node == "" || joining.AZ == "" || joining.Addr == "" {
+		return fmt.Errorf("%w: the joining segment of PG %d of volume id %d needs a node, AZ and address, got %+v", ErrInvalid, pg, volID, joining)
+	}
+	return nil
+}
+
+func checkReason(reason string) error {
+	switch reason {
+	case ReasonDown, ReasonRemoved, ReasonDrain:
+		return nil
+	}
+	return fmt.Errorf("%w: membership change reason %q; want %s, %s or %s", ErrInvalid, reason, ReasonDown, ReasonRemoved, ReasonDrain)
+}
+
 // beginChange is BeginChange on a PG read, and the load record's change.
 func beginChange(p *PG, l Load, leaving, joining Segment, reason string, now time.Time) (Load, error) {
 	pg, volID := p.PG, p.VolumeID
+	if err := checkJoining(volID, pg, joining); err != nil {
+		return l, err
+	}
+	if err := checkReason(reason); err != nil {
+		return l, err
+	}
 	if p.Change != nil {
 		return l, fmt.Errorf("%w: PG %d of volume id %d is already replacing %s by %s (epoch %d); one change at a time", ErrInvalidState, pg, volID, p.Change.Leaving, p.Change.Joining, p.MembershipEpoch)
 	}
@@ -79,8 +101,8 @@ func beginChange(p *PG, l Load, leaving, joining Segment, reason string, now tim
 // membership epoch epoch by joining (the one before failed while it
 // hydrated): {ABCDEF, ABCDEG} becomes {ABCDEF, ABCDEH}.
 func (c *Catalog) RetargetChange(ctx context.Context, volID uint64, pg uint32, epoch uint64, joining Segment, guards ...clientv3.Cmp) (PG, error) {
-	if joining.Node == "" || joining.AZ == "" || joining.Addr == "" {
-		return PG{}, fmt.Errorf("%w: the joining segment of PG %d of volume id %d needs a node, AZ and address, got %+v", ErrInvalid, pg, volID, joining)
+	if err := checkJoining(volID, pg, joining); err != nil {
+		return PG{}, err
 	}
 	return c.changePG(ctx, volID, pg, guards, "choose another joining node for", func(p *PG, l Load) (Load, error) {
 		return retargetChange(p, l, epoch, joining, time.Now().UTC())
@@ -91,6 +113,9 @@ func (c *Catalog) RetargetChange(ctx context.Context, volID uint64, pg uint32, e
 func retargetChange(p *PG, l Load, epoch uint64, joining Segment, now time.Time) (Load, error) {
 	pg, volID := p.PG, p.VolumeID
 	if err := inChange(p, epoch); err != nil {
+		return l, err
+	}
+	if err := checkJoining(volID, pg, joining); err != nil {
 		return l, err
 	}
 	if slices.ContainsFunc(p.Segments, func(s Segment) bool { return s.Node == joining.Node }) ||
@@ -156,6 +181,45 @@ func rollbackChange(p *PG, l Load, epoch uint64) (Load, error) {
 	}
 	p.Next, p.Change = nil, nil
 	return l.with(gone, -1), nil
+}
+
+// The catalog's membership transitions as pure functions: a PG and the load
+// record in, the PG and load the catalog would store out (the membership
+// epoch raised by one), or the refusal the catalog would give. The Catalog's
+// BeginChange, RetargetChange, CompleteChange and RollbackChange run exactly
+// these inside their etcd transactions; the simulator (internal/sim) drives
+// PlanRepair's actions through them, so that it tests the catalog's rules
+// and not a restatement of them. The PG given is not changed.
+
+// ApplyBegin is BeginChange on p: ABCDEF becomes {ABCDEF, ABCDEG}. now is
+// the change's StartedAt.
+func ApplyBegin(p PG, l Load, leaving, joining Segment, reason string, now time.Time) (PG, Load, error) {
+	return applyPure(p, l, func(p *PG, l Load) (Load, error) { return beginChange(p, l, leaving, joining, reason, now) })
+}
+
+// ApplyRetarget is RetargetChange on p: {ABCDEF, ABCDEG} becomes
+// {ABCDEF, ABCDEH}.
+func ApplyRetarget(p PG, l Load, epoch uint64, joining Segment, now time.Time) (PG, Load, error) {
+	return applyPure(p, l, func(p *PG, l Load) (Load, error) { return retargetChange(p, l, epoch, joining, now) })
+}
+
+// ApplyComplete is CompleteChange on p: the PG becomes ABCDEG.
+func ApplyComplete(p PG, l Load, epoch uint64) (PG, Load, error) {
+	return applyPure(p, l, func(p *PG, l Load) (Load, error) { return completeChange(p, l, epoch) })
+}
+
+// ApplyRollback is RollbackChange on p: the PG stays ABCDEF.
+func ApplyRollback(p PG, l Load, epoch uint64) (PG, Load, error) {
+	return applyPure(p, l, func(p *PG, l Load) (Load, error) { return rollbackChange(p, l, epoch) })
+}
+
+func applyPure(p PG, l Load, change func(p *PG, l Load) (Load, error)) (PG, Load, error) {
+	next := p
+	out, err := applyChange(&next, l, change)
+	if err != nil {
+		return p, l, err
+	}
+	return next, out, nil
 }
 
 // sameRev: the key a Get answered for is at rev (0: absent).

@@ -211,7 +211,9 @@ func holds(pg PG, node string) bool {
 //     the old one, so none can be acknowledged above it);
 //   - otherwise is declared to its members that have not answered at its
 //     epoch, and to the joining one until it is complete (that is how its
-//     progress is read).
+//     progress is read); and to all its members once the joining one has
+//     copied the PG but is below the target, so that the target follows
+//     what they hold now (a recovery may have truncated what set it).
 //
 // A PG not in a change with a member that failed begins replacing the first
 // such member that has a spare in its AZ (one change per PG at a time:
@@ -274,6 +276,15 @@ func (p *planner) planChange(pg PG) []RepairAction {
 		act.Kind, act.Target = ActComplete, target
 		return []RepairAction{act}
 	}
+	// A joining member that has copied the PG but is below the target may
+	// wait for records that will never come: the target is the old set's
+	// highest LSN as first reported, and a recovery since may have
+	// truncated what was above its VDL (an idle PG then never grows past
+	// it). Asking the old set again lowers the target to what its members
+	// hold now, which still bounds every record acknowledged under the old
+	// membership: such a record is on a write quorum of the old set, which
+	// meets every read quorum, and no member drops it.
+	stale := known && jok && jr.Epoch == pg.MembershipEpoch && !jr.Hydrating && jr.SCL < target
 	var to []string
 	for _, s := range pg.hosts() {
 		// A node that does not heartbeat is not asked; one that does is,
@@ -282,7 +293,7 @@ func (p *planner) planChange(pg PG) []RepairAction {
 			continue
 		}
 		r, ok := reports[s.Node]
-		if s.Node == ch.Joining || !ok || r.Epoch < pg.MembershipEpoch {
+		if s.Node == ch.Joining || !ok || r.Epoch < pg.MembershipEpoch || stale {
 			to = append(to, s.Node)
 		}
 	}

@@ -315,24 +315,27 @@ func (s *repairSim) apply(a RepairAction) error {
 		return fmt.Errorf("decided at epoch %d, the PG is at %d", a.Epoch, pg.MembershipEpoch)
 	}
 	now := s.view.Now
-	var change func(p *PG, l Load) (Load, error)
+	var (
+		next PG
+		l    Load
+		err  error
+	)
 	switch a.Kind {
 	case ActBegin:
-		change = func(p *PG, l Load) (Load, error) { return beginChange(p, l, a.Leaving, a.Joining, a.Reason, now) }
+		next, l, err = ApplyBegin(*pg, s.load, a.Leaving, a.Joining, a.Reason, now)
 	case ActRetarget:
-		change = func(p *PG, l Load) (Load, error) { return retargetChange(p, l, a.Epoch, a.Joining, now) }
+		next, l, err = ApplyRetarget(*pg, s.load, a.Epoch, a.Joining, now)
 	case ActComplete:
-		change = func(p *PG, l Load) (Load, error) { return completeChange(p, l, a.Epoch) }
+		next, l, err = ApplyComplete(*pg, s.load, a.Epoch)
 	case ActRollback:
-		change = func(p *PG, l Load) (Load, error) { return rollbackChange(p, l, a.Epoch) }
+		next, l, err = ApplyRollback(*pg, s.load, a.Epoch)
 	default:
 		return nil
 	}
-	l, err := applyChange(pg, s.load, change)
 	if err != nil {
 		return err
 	}
-	s.load = l
+	*pg, s.load = next, l
 	return nil
 }
 

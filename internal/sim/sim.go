@@ -1,10 +1,15 @@
 // Package sim runs the pure core (quorum.Tracker, segment.Chain and
 // recovery) through seeded random schedules: a writer, a few PGs of six
-// segments, a network that drops, duplicates and reorders records and acks,
-// gossip between segments, membership changes with dual quorums, segment
-// crashes, and writer crashes followed by recovery under a new epoch (see
-// recover.go). After every step it checks the core's answers against oracles
-// and the durability invariants.
+// segments on storage nodes in three AZs, a network that drops, duplicates
+// and reorders records and acks, gossip between segments, segment crashes,
+// node failures, drains and removals, membership changes with dual quorums
+// that the control plane's own policy chooses and its catalog transitions
+// apply (control.PlanRepair, control.ApplyBegin and the rest; see
+// repair.go), hydration of joining segments, and writer crashes followed by
+// recovery under a new epoch (see recover.go). After every step it checks
+// the core's answers against oracles and the durability invariants, and
+// now and then reads a PG at the VDL from a segment the routing would
+// choose and checks it against the history.
 //
 // A run is a pure function of its seed, so a failing seed replays exactly.
 package sim
@@ -16,6 +21,7 @@ import (
 	"math/rand/v2"
 	"slices"
 
+	"github.com/borealis-db/borealis/internal/control"
 	"github.com/borealis-db/borealis/internal/quorum"
 	"github.com/borealis-db/borealis/internal/recovery"
 	"github.com/borealis-db/borealis/internal/segment"
@@ -43,6 +49,18 @@ type Result struct {
 	Changes int
 	Crashes int
 
+	// Repair, as control.PlanRepair decided it (repair.go).
+	NodeFailures int
+	Completes    int
+	Rollbacks    int
+	Retargets    int
+	Waits        int // passes in which a PG waited for a spare
+	Hydrations   int // joining segments that finished copying
+	StaleMembers int // writer requests refused under an older membership epoch
+	Reads        int // reads at a read point checked against the history
+
+	DurableTimeouts int // recoveries whose tails did not become durable in time (see recov.waited)
+
 	// Writer crashes and recoveries.
 	WriterCrashes int
 	Zombies       int // crashed writers that kept running, fenced or not
@@ -69,7 +87,23 @@ type seg struct {
 	oscl  uint64
 	above map[uint64]bool // held LSNs above oscl
 
-	down bool // partitioned or dead: deliveries are lost, no gossip
+	down bool // partitioned or dead: deliveries are lost, no gossip (syncDown)
+
+	// The storage node the segment is on, and what storage knows of the
+	// PG's membership there: the membership epoch last declared to it or
+	// carried by a writer's request; declared (the control plane or the
+	// initial placement declared it; until then it is down); hydrating (a
+	// joining segment copying from a peer: it takes writes but acks none,
+	// gossips not and answers no recovery, so it counts toward no quorum);
+	// retired (it left the PG).
+	node      *node
+	mem       uint64
+	declared  bool
+	hydrating bool
+	hyd       *hydration
+	retired   bool
+	// retireOwed: it left the PG and has not been told (its node is down).
+	retireOwed bool
 
 	// Crash and restart. Every accepted entry is persisted (held, list:
 	// a node acks only after fsync); saved is the State last persisted,
@@ -104,11 +138,11 @@ type pg struct {
 	byID map[quorum.SegmentID]*seg
 	cfg  quorum.Config
 
-	// Membership change: phase 0 none, 1 dual {old, new}, 2 done.
-	phase    int
-	f, g     *seg
-	rollback bool
-	nextSeg  int
+	// cat is the catalog's record of the PG; cfg is its quorum config.
+	// onNode is the PG's segment on each node of cat's sets.
+	cat     control.PG
+	onNode  map[string]*seg
+	nextSeg int
 }
 
 // wpg is a writer's view of one PG.
@@ -182,7 +216,8 @@ type msg struct {
 	e    segment.Entry
 	vdl  uint64 // the VDL a writer tells with its request
 	scl  uint64
-	gen  int // seg.tgen when the ack was sent
+	gen  int    // seg.tgen when the ack was sent
+	mem  uint64 // the membership epoch a writer's request counts its acks under
 }
 
 // histRec is a record of the history: the one record at its LSN that a
@@ -235,6 +270,15 @@ type world struct {
 	dirty         []*seg
 	fullEvery     int
 	res           Result
+
+	// The control plane's view (repair.go).
+	nodes    []*node
+	nodeByID map[string]*node
+	load     control.Load
+	reports  map[control.PGKey]map[string]control.DeclaredState
+	admin    bool // a node was drained or removed
+	// maxChanges is RepairView.MaxChanges (0: no bound).
+	maxChanges int
 }
 
 // Options select what a run may do beyond the default schedule.
@@ -283,15 +327,17 @@ func RunWith(seed uint64, opt Options, logf func(string, ...any)) (Result, error
 	}
 	npg := 1 + rng.IntN(3)
 	for i := range npg {
-		p := &pg{id: uint32(10 + i), idx: i, byID: make(map[quorum.SegmentID]*seg)}
-		var ids []quorum.SegmentID
-		for range 6 {
-			s := p.newSeg(segment.State{})
+		w.pgs = append(w.pgs, &pg{id: uint32(10 + i), idx: i, byID: make(map[quorum.SegmentID]*seg)})
+	}
+	w.placeNodes()
+	for _, p := range w.pgs {
+		for _, cs := range p.cat.Segments {
+			s := w.segFor(p, cs.Node, segment.State{})
 			s.vdlSeen = w.firstBase
-			ids = append(ids, s.id)
+			s.declared, s.mem = true, p.cat.MembershipEpoch
+			s.syncDown()
 		}
-		p.cfg = quorum.Config{Epoch: 1, Sets: []quorum.Set{quorum.Default(ids)}}
-		w.pgs = append(w.pgs, p)
+		p.cfg = p.cfgOf()
 	}
 	w.epochs = 1
 	w.cur = w.newWriter(1, w.firstBase, nil, nil)
@@ -310,6 +356,16 @@ func RunWith(seed uint64, opt Options, logf func(string, ...any)) (Result, error
 			return Result{}, err
 		}
 		w.zombiesAge()
+		w.nodesStep()
+		w.hydrateStep(false)
+		if w.step%repairEvery == 0 {
+			w.repairPass()
+		}
+		if w.cur != nil && w.rng.IntN(100) < watchPct {
+			for _, p := range w.pgs {
+				w.follow(w.cur, p)
+			}
+		}
 		if w.rng.IntN(100) < crashPct {
 			w.crash()
 		}
@@ -343,7 +399,7 @@ func RunWith(seed uint64, opt Options, logf func(string, ...any)) (Result, error
 				w.resend(wr, w.pgs[w.rng.IntN(len(w.pgs))], 8)
 			}
 		default:
-			w.membership(w.pgs[w.rng.IntN(len(w.pgs))], false)
+			w.readAt()
 		}
 		if err := w.check(); err != nil {
 			return Result{}, err
@@ -487,8 +543,9 @@ func (w *world) allocMTR(wr *writer) {
 			wr.cpls[e.LSN] = true
 			wr.lastCPL = e.LSN
 		}
-		for _, id := range p.cfg.Members() {
-			w.send(msg{kind: kRecord, pg: p, seg: p.byID[id], wr: wr, e: e, vdl: wr.tr.VDL()})
+		cfg, _ := wr.tr.Config(p.id)
+		for _, id := range cfg.Members() {
+			w.send(msg{kind: kRecord, pg: p, seg: p.byID[id], wr: wr, e: e, vdl: wr.tr.VDL(), mem: cfg.Epoch})
 		}
 	}
 	if wr == w.cur {
@@ -506,15 +563,16 @@ func (w *world) resend(wr *writer, p *pg, limit int) {
 	pgcl := wr.tr.PGCL(p.id)
 	i, _ := slices.BinarySearch(wp.lsns, pgcl+1)
 	n := 0
+	cfg, _ := wr.tr.Config(p.id)
 	for ; i < len(wp.ents) && n < limit; i++ {
-		for _, id := range p.cfg.Members() {
-			w.send(msg{kind: kRecord, pg: p, seg: p.byID[id], wr: wr, e: wp.ents[i], vdl: wr.tr.VDL()})
+		for _, id := range cfg.Members() {
+			w.send(msg{kind: kRecord, pg: p, seg: p.byID[id], wr: wr, e: wp.ents[i], vdl: wr.tr.VDL(), mem: cfg.Epoch})
 		}
 		n++
 	}
 	if n == 0 {
-		for _, id := range p.cfg.Members() {
-			w.send(msg{kind: kRecord, pg: p, seg: p.byID[id], wr: wr, vdl: wr.tr.VDL()})
+		for _, id := range cfg.Members() {
+			w.send(msg{kind: kRecord, pg: p, seg: p.byID[id], wr: wr, vdl: wr.tr.VDL(), mem: cfg.Epoch})
 		}
 	}
 	w.log("writer %d: resend pg%d: %d records above PGCL %d", wr.epoch, p.id, n, pgcl)
@@ -566,6 +624,15 @@ func (w *world) deliverRecord(m msg) {
 		w.refused(m, fmt.Sprintf("epoch %d, the node has seen %d and its chain %d", wr.epoch, s.fence, s.chain.Epoch()))
 		return
 	}
+	if m.mem < s.mem {
+		// Counted under an older membership, the record could miss the
+		// write quorum of a newer set: nothing is stored, and the writer
+		// takes the PG's membership from the catalog again.
+		w.res.StaleMembers++
+		w.log("record %d (epoch %d) to pg%d %s refused: membership epoch %d, the segment holds %d", e.LSN, wr.epoch, m.pg.id, s.id, m.mem, s.mem)
+		w.follow(wr, m.pg)
+		return
+	}
 	if e.LSN != 0 {
 		if i, v := s.chain.Check([]segment.Entry{e}); i >= 0 {
 			if want := s.expect(e, s.chain.Epoch()); v != want {
@@ -576,6 +643,7 @@ func (w *world) deliverRecord(m msg) {
 		}
 	}
 	s.fence = max(s.fence, wr.epoch)
+	s.mem = max(s.mem, m.mem)
 	s.chain.ObserveEpoch(wr.epoch)
 	s.vdlSeen = max(s.vdlSeen, m.vdl)
 	if e.LSN != 0 {
@@ -583,6 +651,9 @@ func (w *world) deliverRecord(m msg) {
 		w.log("record %d (epoch %d) to pg%d %s: %v, scl %d", e.LSN, wr.epoch, m.pg.id, s.id, v, s.chain.SCL())
 	} else {
 		w.log("keepalive (epoch %d, vdl %d) to pg%d %s: scl %d", wr.epoch, m.vdl, m.pg.id, s.id, s.chain.SCL())
+	}
+	if s.hydrating {
+		return // it counts toward no quorum until it is complete
 	}
 	w.send(msg{kind: kAck, pg: m.pg, seg: s, wr: wr, scl: s.chain.SCL(), gen: s.tgen})
 }
@@ -714,7 +785,7 @@ func (s *seg) dirty(w *world) {
 func (p *pg) alive() []*seg {
 	var out []*seg
 	for _, s := range p.segs {
-		if !s.down && s.crashed == 0 {
+		if !s.down && s.crashed == 0 && !s.hydrating {
 			out = append(out, s)
 		}
 	}
@@ -744,7 +815,7 @@ func (w *world) gossip(p *pg) {
 // not seen a newer epoch.
 func (w *world) heartbeat(p *pg, s *seg) {
 	wr := w.cur
-	if wr == nil || wr.epoch < s.fence || wr.epoch < s.chain.Epoch() || lacksTruncation(s.chain, wr.truncs[p.id]) {
+	if wr == nil || s.hydrating || wr.epoch < s.fence || wr.epoch < s.chain.Epoch() || lacksTruncation(s.chain, wr.truncs[p.id]) {
 		return
 	}
 	w.send(msg{kind: kAck, pg: p, seg: s, wr: wr, scl: s.chain.SCL(), gen: s.tgen})
@@ -853,69 +924,6 @@ func (w *world) truncate(p *pg, s *seg, epoch uint64, ts []segment.Truncation) b
 	return true
 }
 
-// membership moves a PG through a change: ABCDEF -> {ABCDEF, ABCDEG} with F
-// down, then either ABCDEG once G has caught up to PGCL, or (rollback) back
-// to ABCDEF when F returns. final forces completion during the drain. The
-// writer in office drives it; none does while a recovery runs.
-func (w *world) membership(p *pg, final bool) {
-	wr := w.cur
-	if wr == nil {
-		return
-	}
-	switch p.phase {
-	case 0:
-		if !w.changes || final || wr.pgs[p.idx].last == 0 {
-			return
-		}
-		old := p.cfg.Sets[0]
-		p.f = p.byID[old.Members[w.rng.IntN(len(old.Members))]]
-		p.f.down = true
-		// G is declared with the PG's truncations, so that it judges the
-		// older records it copies against them.
-		st := segment.State{Truncations: wr.truncs[p.id]}
-		for _, t := range st.Truncations {
-			st.Epoch = max(st.Epoch, t.Epoch)
-		}
-		p.g = p.newSeg(st)
-		p.rollback = w.rng.IntN(3) == 0
-		var members []quorum.SegmentID
-		for _, id := range old.Members {
-			if id == p.f.id {
-				id = p.g.id
-			}
-			members = append(members, id)
-		}
-		w.setConfig(p, quorum.Config{Epoch: p.cfg.Epoch + 1, Sets: []quorum.Set{old, quorum.Default(members)}})
-		p.phase = 1
-		w.res.Changes++
-	case 1:
-		if p.rollback {
-			p.f.down = false
-			p.g.down = true
-			w.setConfig(p, quorum.Config{Epoch: p.cfg.Epoch + 1, Sets: []quorum.Set{p.cfg.Sets[0]}})
-			p.phase = 2
-			return
-		}
-		if p.g.crashed > 0 || p.g.chain.SCL() < wr.tr.PGCL(p.id) || lacksTruncation(p.g.chain, wr.truncs[p.id]) {
-			return // G is not complete yet
-		}
-		w.setConfig(p, quorum.Config{Epoch: p.cfg.Epoch + 1, Sets: []quorum.Set{p.cfg.Sets[1]}})
-		p.phase = 2
-	}
-}
-
-func (w *world) setConfig(p *pg, c quorum.Config) {
-	if err := c.Validate(); err != nil {
-		panic(err)
-	}
-	p.cfg = c
-	w.cur.tr.SetConfig(p.id, c)
-	if got, ok := w.cur.tr.Config(p.id); !ok || got.String() != c.String() {
-		w.fail(fmt.Errorf("tracker config %v, want %v", got, c))
-	}
-	w.log("pg%d config %v", p.id, c)
-}
-
 // drain finishes any recovery and then delivers everything losslessly and
 // gossips until quiet; then it checks that the volume is durable up to the
 // last CPL and that every member of every PG holds exactly the history.
@@ -927,8 +935,14 @@ func (w *world) drain() error {
 			wr.dead = true
 		}
 	}
-	// Restart every crashed segment first: with too many down no write
-	// quorum could form and the drain would never converge.
+	// Bring every node back and restart every crashed segment first: with
+	// too many down no write quorum could form and the drain would never
+	// converge.
+	for _, n := range w.nodes {
+		if n.down {
+			w.setNodeDown(n, false)
+		}
+	}
 	for _, p := range w.pgs {
 		for _, s := range p.segs {
 			if s.crashed > 0 {
@@ -963,15 +977,26 @@ func (w *world) drain() error {
 		if round == 0 {
 			for _, p := range w.pgs {
 				w.resend(wr, p, len(wr.pgs[p.idx].ents))
+				moved = true
 			}
 		}
 		if err := w.deliverAll(); err != nil {
 			return err
 		}
 		w.gossipAll()
+		// Repair finishes: every node is back, so each change completes or
+		// rolls back as PlanRepair says, and the writer follows.
+		w.hydrateStep(true)
+		w.repairPass()
 		for _, p := range w.pgs {
-			if p.phase == 1 {
-				w.membership(p, true)
+			w.follow(wr, p)
+			if wr.tr.PGCL(p.id) < wr.pgs[p.idx].last {
+				// Resent under the writer's membership now: what
+				// members of an older one refused.
+				w.resend(wr, p, len(wr.pgs[p.idx].ents))
+				moved = true
+			}
+			if p.cat.Change != nil {
 				moved = true
 			}
 		}

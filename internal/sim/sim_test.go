@@ -77,10 +77,16 @@ func TestRandomSchedules(t *testing.T) {
 		n, total.Steps, total.Records, total.Changes, total.Crashes,
 		total.WriterCrashes, total.Zombies, total.Recoveries, total.Interrupted, total.Failed, total.Changed, total.Truncated, total.Refused,
 		time.Since(start).Round(time.Millisecond))
+	t.Logf("repair by control.PlanRepair: %d node failures, %d changes begun, %d completed, %d rolled back, %d retargeted, %d waits for a spare, %d hydrations, %d requests refused under an older membership; %d reads at R checked; %d recoveries timed out waiting for their tails to be durable",
+		total.NodeFailures, total.Changes, total.Completes, total.Rollbacks, total.Retargets, total.Waits, total.Hydrations, total.StaleMembers, total.Reads, total.DurableTimeouts)
 	// The schedules must exercise what the simulation is for.
 	if n >= 1000 && failures.Load() == 0 && (total.WriterCrashes < n/4 || total.Recoveries < n/4 ||
 		total.Zombies < n/20 || total.Truncated == 0 || total.Refused == 0 || (opt.Interrupt && total.Interrupted == 0)) {
 		t.Errorf("the schedules crash and recover writers too little: %+v", total)
+	}
+	if n >= 1000 && failures.Load() == 0 && (total.Completes == 0 || total.Rollbacks == 0 || total.Retargets == 0 ||
+		total.Hydrations == 0 || total.StaleMembers == 0 || total.Reads < n) {
+		t.Errorf("the schedules exercise repair too little: %+v", total)
 	}
 }
 
@@ -97,6 +103,15 @@ func (r *Result) add(o Result) {
 	r.Changed += o.Changed
 	r.Truncated += o.Truncated
 	r.Refused += o.Refused
+	r.NodeFailures += o.NodeFailures
+	r.Completes += o.Completes
+	r.Rollbacks += o.Rollbacks
+	r.Retargets += o.Retargets
+	r.Waits += o.Waits
+	r.Hydrations += o.Hydrations
+	r.StaleMembers += o.StaleMembers
+	r.Reads += o.Reads
+	r.DurableTimeouts += o.DurableTimeouts
 }
 
 // A run must be a function of its seed alone, or replays would lie.
