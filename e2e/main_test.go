@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -35,13 +34,6 @@ func TestMain(m *testing.M) {
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build borealis:", err)
 		os.Exit(1)
-	}
-	// The package runs dozens of multi-process clusters one after another,
-	// which on a 2-core machine takes longer than go test's default
-	// timeout of 10 minutes; a -timeout given other than that is kept.
-	flag.Parse()
-	if f := flag.Lookup("test.timeout"); f != nil && f.Value.String() == (10*time.Minute).String() {
-		f.Value.Set((25 * time.Minute).String())
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
