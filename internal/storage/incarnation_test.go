@@ -8,6 +8,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	pb "github.com/borealis-db/borealis/api/borealispb"
+	"github.com/borealis-db/borealis/internal/wait"
 )
 
 // TestDropOnlyItsIncarnation: a tombstone drops the segments of its own
@@ -106,7 +107,15 @@ func TestDropOnlyItsIncarnation(t *testing.T) {
 	if got, want := hostedString(n), "1/a 2/0 2/f | []"; got != want {
 		t.Fatalf("HostedVolumes = %q, want %q", got, want)
 	}
-	keys2, keysPG1 := volumeKeyCount(t, n, 2), segKeyCount(t, n, 2, 1)
+	// The materializer folds and collects records in the background: count
+	// once volume 2's keys have stopped changing.
+	var keysPG1 int
+	keys2 = -1
+	wait.For(t, 10*time.Second, "volume 2's keys to stop changing", func() bool {
+		before := keys2
+		keys2, keysPG1 = volumeKeyCount(t, n, 2), segKeyCount(t, n, 2, 1)
+		return keys2 == before
+	})
 	if err := n.DropVolumes([]*pb.VolumeIncarnation{ref(2, 0xf)}); err != nil {
 		t.Fatal(err)
 	}
