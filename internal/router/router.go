@@ -442,7 +442,7 @@ func (r *Router) apply(records []*pb.InstanceInfo, started time.Time) {
 		in := r.insts[info.Id]
 		if in != nil && in.endpoint != info.SqlEndpoint {
 			r.log.Info("instance moved", "instance", in.id, "from", in.endpoint, "to", info.SqlEndpoint)
-			in.stop()
+			in.retire("it moved to " + info.SqlEndpoint)
 			in = nil
 		}
 		if in == nil {
@@ -457,7 +457,7 @@ func (r *Router) apply(records []*pb.InstanceInfo, started time.Time) {
 	}
 	for id, in := range r.insts {
 		if !seen[id] {
-			in.stop()
+			in.retire("it left the catalog")
 			delete(r.insts, id)
 			r.log.Info("instance left the catalog", "instance", id, "endpoint", in.endpoint)
 		}
@@ -704,6 +704,19 @@ func (r *Router) begin(id string) func() {
 	}
 	in.outstanding.Add(1)
 	return in.done
+}
+
+// retire stops polling in and ends its fit context, so that the queries in
+// flight to it are sent elsewhere now: once it is not polled, no poll would
+// end that context, and a query sent to an instance that stopped answering
+// as its record expired would wait for its own deadline. Called under
+// Router.mu.
+func (in *instance) retire(why string) {
+	in.stop()
+	if in.endFit != nil {
+		in.endFit(&unfitError{id: in.id, why: why})
+		in.fit, in.endFit = nil, nil
+	}
 }
 
 // done ends a request counted as outstanding on in.
