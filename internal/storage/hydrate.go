@@ -704,7 +704,7 @@ func (n *Node) copyPagesFrom(s *seg, src *pb.Member) error {
 		for _, p := range c.Pages {
 			bytes += len(p.Data)
 		}
-		if !n.repair.wait(n.stop, bytes) {
+		if !n.waitDiskRoom(s, bytes) || !n.repair.wait(n.stop, bytes) {
 			return errors.New("node is closing")
 		}
 		st.Cursor = c.Cursor
@@ -725,6 +725,35 @@ func (n *Node) copyPagesFrom(s *seg, src *pb.Member) error {
 			return nil
 		}
 	}
+}
+
+// hydrationRoom says whether a chunk of n bytes may be stored with free
+// bytes left on the disk: a hydration leaves twice the reserve that appends
+// are refused below (reserve), so that copying a PG onto a filling disk
+// never costs the node the writes of the PGs it serves.
+func hydrationRoom(free, reserve, n uint64) bool {
+	return free >= 2*reserve && free-2*reserve >= n
+}
+
+// waitDiskRoom waits until the disk has room for a chunk of n bytes (see
+// hydrationRoom), warning every half minute meanwhile. It returns false if
+// the node closes first.
+func (n *Node) waitDiskRoom(s *seg, bytes int) bool {
+	var warned time.Time
+	for !hydrationRoom(n.diskFree.Load(), n.cfg.MinFreeBytes, uint64(bytes)) {
+		n.stats.hydrateDiskWaits.Add(1)
+		if time.Since(warned) >= 30*time.Second {
+			warned = time.Now()
+			n.log.Warn("hydration paused: the disk is nearly full; it goes on once there is room (free space, or a larger disk)",
+				"segment", s.key.String(), "free_bytes", n.diskFree.Load(), "kept_free_bytes", 2*n.cfg.MinFreeBytes, "chunk_bytes", bytes)
+		}
+		select {
+		case <-n.stop:
+			return false
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return true
 }
 
 // storeChunk writes a chunk's pages and the progress after it in one

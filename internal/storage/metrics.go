@@ -27,6 +27,7 @@ func (n *Node) MetricsHandler() http.Handler {
 	counter("repairs_completed_total", "Hydrations completed.", n.stats.repairsCompleted.Load)
 	counter("hydrated_bytes_total", "Page bytes copied from peers by hydrations.", n.stats.hydratedBytes.Load)
 	counter("hydrate_bad_chunks_total", "Hydration chunks refused for a CRC32C mismatch and fetched again.", n.stats.hydrateBadChunks.Load)
+	counter("hydrate_disk_waits_total", "Times a hydration waited for disk space before storing a chunk (it keeps twice the append reserve free).", n.stats.hydrateDiskWaits.Load)
 	counter("scrubbed_items_total", "Stored records and page versions the scrub checked against their CRC32C.", n.stats.scrubbedItems.Load)
 	counter("scrubbed_bytes_total", "Bytes of stored records and page versions the scrub read.", n.stats.scrubbedBytes.Load)
 	counter("corruptions_found_total", "Damaged stored items (records, page versions) and store files met by the scrub or by reads.", n.stats.corruptionsFound.Load)

@@ -188,6 +188,7 @@ type counters struct {
 	repairsCompleted  atomic.Uint64
 	hydratedBytes     atomic.Uint64
 	hydrateBadChunks  atomic.Uint64
+	hydrateDiskWaits  atomic.Uint64
 	scrubbedItems     atomic.Uint64
 	scrubbedBytes     atomic.Uint64
 	corruptionsFound  atomic.Uint64
