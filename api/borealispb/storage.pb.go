@@ -1409,8 +1409,11 @@ type SegmentInfoResponse struct {
 	Retired            bool   `protobuf:"varint,14,opt,name=retired,proto3" json:"retired,omitempty"`
 	HydrateBytesCopied uint64 `protobuf:"varint,15,opt,name=hydrate_bytes_copied,json=hydrateBytesCopied,proto3" json:"hydrate_bytes_copied,omitempty"`
 	HydrateBytesTotal  uint64 `protobuf:"varint,16,opt,name=hydrate_bytes_total,json=hydrateBytesTotal,proto3" json:"hydrate_bytes_total,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The copy's rate in page bytes per second since it began (or resumed,
+	// after a restart of the node); 0 while nothing is copied yet.
+	HydrateRateBytesPerSecond float64 `protobuf:"fixed64,17,opt,name=hydrate_rate_bytes_per_second,json=hydrateRateBytesPerSecond,proto3" json:"hydrate_rate_bytes_per_second,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
 }
 
 func (x *SegmentInfoResponse) Reset() {
@@ -1551,6 +1554,13 @@ func (x *SegmentInfoResponse) GetHydrateBytesCopied() uint64 {
 func (x *SegmentInfoResponse) GetHydrateBytesTotal() uint64 {
 	if x != nil {
 		return x.HydrateBytesTotal
+	}
+	return 0
+}
+
+func (x *SegmentInfoResponse) GetHydrateRateBytesPerSecond() float64 {
+	if x != nil {
+		return x.HydrateRateBytesPerSecond
 	}
 	return 0
 }
@@ -2525,7 +2535,7 @@ const file_storage_proto_rawDesc = "" +
 	"\x03scl\x18\x02 \x01(\x04R\x03scl\x12\x1c\n" +
 	"\thydrating\x18\x03 \x01(\bR\thydrating\"I\n" +
 	"\x13SegmentSCLsResponse\x122\n" +
-	"\bsegments\x18\x01 \x03(\v2\x16.borealis.v1.HostedSCLR\bsegments\"\xb7\x04\n" +
+	"\bsegments\x18\x01 \x03(\v2\x16.borealis.v1.HostedSCLR\bsegments\"\xf9\x04\n" +
 	"\x13SegmentInfoResponse\x12\x10\n" +
 	"\x03scl\x18\x01 \x01(\x04R\x03scl\x12\x18\n" +
 	"\ahighest\x18\x02 \x01(\x04R\ahighest\x12\x14\n" +
@@ -2543,7 +2553,8 @@ const file_storage_proto_rawDesc = "" +
 	"\thydrating\x18\r \x01(\bR\thydrating\x12\x18\n" +
 	"\aretired\x18\x0e \x01(\bR\aretired\x120\n" +
 	"\x14hydrate_bytes_copied\x18\x0f \x01(\x04R\x12hydrateBytesCopied\x12.\n" +
-	"\x13hydrate_bytes_total\x18\x10 \x01(\x04R\x11hydrateBytesTotal\"\xc2\x01\n" +
+	"\x13hydrate_bytes_total\x18\x10 \x01(\x04R\x11hydrateBytesTotal\x12@\n" +
+	"\x1dhydrate_rate_bytes_per_second\x18\x11 \x01(\x01R\x19hydrateRateBytesPerSecond\"\xc2\x01\n" +
 	"\x0fTruncateRequest\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\x04R\x06volume\x12\x0e\n" +
 	"\x02pg\x18\x02 \x01(\rR\x02pg\x12\x14\n" +

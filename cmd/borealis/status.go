@@ -216,32 +216,49 @@ type changeReport struct {
 	OfSCL        uint64 `json:"of_scl"`
 	JoiningEmpty bool   `json:"joining_empty,omitempty"`
 	JoiningError string `json:"joining_error,omitempty"`
-	// Hydrating: the joining segment still copies the PG from a peer
-	// (its SegmentInfo), BytesCopied of BytesTotal page bytes so far (the
-	// total is 0 until the source has said).
-	Hydrating   bool   `json:"hydrating"`
-	BytesCopied uint64 `json:"bytes_copied"`
-	BytesTotal  uint64 `json:"bytes_total"`
-	// RateBytesPerS is the bytes copied over the time since the change
-	// began (which includes the wait for the first chunk), and ETAS the
-	// seconds left at that rate; both omitted while it cannot be told.
+	// Hydrating: the joining segment still copies the PG from a peer (its
+	// SegmentInfo); its progress is hydrationReport's.
+	Hydrating bool `json:"hydrating"`
+	hydrationReport
+}
+
+// hydrationReport is a copy's progress as the hydrating segment's node
+// reports it: BytesCopied of BytesTotal page bytes (the total is 0 until
+// the source has said), at the node's RateBytesPerS since the copy began
+// or resumed, with ETAS seconds left at that rate (both omitted while they
+// cannot be told).
+type hydrationReport struct {
+	BytesCopied   uint64  `json:"bytes_copied"`
+	BytesTotal    uint64  `json:"bytes_total"`
 	RateBytesPerS float64 `json:"rate_bytes_per_s,omitempty"`
 	ETAS          float64 `json:"eta_s,omitempty"`
 }
 
-// hydrationPace is a copy's average rate, bytes copied of total over the
-// time since it began, and the time left at that rate; ok is false before
-// anything was copied or while the total is not known.
-func hydrationPace(copied, total uint64, since time.Duration) (rate float64, eta time.Duration, ok bool) {
-	if copied == 0 || total == 0 || since <= 0 {
-		return 0, 0, false
+func hydrationOf(info *pb.SegmentInfoResponse) hydrationReport {
+	h := hydrationReport{BytesCopied: info.GetHydrateBytesCopied(), BytesTotal: info.GetHydrateBytesTotal()}
+	if rate := info.GetHydrateRateBytesPerSecond(); rate > 0 {
+		h.RateBytesPerS = rate
+		if left := float64(h.BytesTotal) - float64(h.BytesCopied); h.BytesTotal > 0 && left >= 0 {
+			h.ETAS = left / rate
+		}
 	}
-	rate = float64(copied) / since.Seconds()
-	left := float64(total) - float64(copied)
-	if left < 0 {
-		left = 0
+	return h
+}
+
+// String is the progress in words: "3MiB of 8MiB copied, 1MiB/s, about 5s
+// left".
+func (h hydrationReport) String() string {
+	out := formatSize(h.BytesCopied) + " copied"
+	if h.BytesTotal > 0 {
+		out = fmt.Sprintf("%s of %s copied", formatSize(h.BytesCopied), formatSize(h.BytesTotal))
 	}
-	return rate, time.Duration(left / rate * float64(time.Second)), true
+	if h.RateBytesPerS > 0 {
+		out += fmt.Sprintf(", %s/s", formatSize(uint64(h.RateBytesPerS)))
+		if h.BytesTotal > 0 {
+			out += fmt.Sprintf(", about %s left", time.Duration(h.ETAS*float64(time.Second)).Round(time.Second))
+		}
+	}
+	return out
 }
 
 type segmentReport struct {
@@ -252,9 +269,12 @@ type segmentReport struct {
 	// Empty: the node holds nothing of this PG yet (nothing was written).
 	Empty bool `json:"empty,omitempty"`
 	// Hydrating: the segment copies its PG from a peer (it joins, or is
-	// rebuilt in place) and counts toward no quorum until it is done.
-	Hydrating bool   `json:"hydrating,omitempty"`
-	Error     string `json:"error,omitempty"`
+	// rebuilt in place) and counts toward no quorum until it is done;
+	// Hydration is its progress (a segment of the current set: a joining
+	// one's is its change's).
+	Hydrating bool             `json:"hydrating,omitempty"`
+	Hydration *hydrationReport `json:"hydration,omitempty"`
+	Error     string           `json:"error,omitempty"`
 }
 
 type writerReport struct {
@@ -536,20 +556,36 @@ func gatherStatus(ctx context.Context, control string, allPGs bool) (*statusRepo
 	return rep, nil
 }
 
-// addHydration asks each PG's joining node how its copy goes (SegmentInfo:
-// hydrating, bytes copied of the total), every joining node in parallel.
+// addHydration asks the node of each hydrating segment how its copy goes
+// (SegmentInfo: bytes copied of the total, rate): each PG's joining
+// segment, and the segments of the current sets that hydrate in place;
+// every node in parallel.
 func addHydration(ctx context.Context, rep *statusReport, addrOf, stateOf map[string]string) {
 	type ask struct {
 		vol uint64
 		pg  uint32
-		ch  *changeReport
+		// put records the answer where it belongs.
+		put func(*pb.SegmentInfoResponse)
 	}
 	perNode := map[string][]ask{}
 	for vi := range rep.Volumes {
 		vr := &rep.Volumes[vi]
 		for pi := range vr.PGs {
-			if ch := vr.PGs[pi].Change; ch != nil && stateOf[ch.Joining] == "up" {
-				perNode[ch.Joining] = append(perNode[ch.Joining], ask{vr.ID, vr.PGs[pi].ID, ch})
+			pr := &vr.PGs[pi]
+			if ch := pr.Change; ch != nil && stateOf[ch.Joining] == "up" {
+				perNode[ch.Joining] = append(perNode[ch.Joining], ask{vr.ID, pr.ID, func(info *pb.SegmentInfoResponse) {
+					ch.Hydrating, ch.hydrationReport = info.GetHydrating(), hydrationOf(info)
+				}})
+			}
+			for si := range pr.Segments {
+				if sr := &pr.Segments[si]; sr.Hydrating && stateOf[sr.Node] == "up" {
+					perNode[sr.Node] = append(perNode[sr.Node], ask{vr.ID, pr.ID, func(info *pb.SegmentInfoResponse) {
+						if info.GetHydrating() {
+							h := hydrationOf(info)
+							sr.Hydration = &h
+						}
+					}})
+				}
 			}
 		}
 	}
@@ -571,12 +607,7 @@ func addHydration(ctx context.Context, rep *statusReport, addrOf, stateOf map[st
 				if err != nil {
 					return // the SCLs' answer says why, if it did not answer
 				}
-				a.ch.Hydrating, a.ch.BytesCopied, a.ch.BytesTotal = info.GetHydrating(), info.GetHydrateBytesCopied(), info.GetHydrateBytesTotal()
-				if a.ch.Hydrating && a.ch.StartedAtUnixMs > 0 {
-					if rate, eta, ok := hydrationPace(a.ch.BytesCopied, a.ch.BytesTotal, time.Since(time.UnixMilli(a.ch.StartedAtUnixMs))); ok {
-						a.ch.RateBytesPerS, a.ch.ETAS = rate, eta.Seconds()
-					}
-				}
+				a.put(info)
 			}
 		}(addrOf[node], asks)
 	}
@@ -614,13 +645,8 @@ func describeChange(ch *changeReport) string {
 		progress = ch.Joining + " is DOWN"
 	case ch.JoiningError != "":
 		progress = ch.Joining + " UNREACHABLE"
-	case ch.Hydrating && ch.BytesTotal > 0:
-		progress = fmt.Sprintf("%s hydrating, %s of %s copied, SCL %d of %d", ch.Joining, formatSize(ch.BytesCopied), formatSize(ch.BytesTotal), ch.JoiningSCL, ch.OfSCL)
-		if ch.RateBytesPerS > 0 {
-			progress += fmt.Sprintf(", %s/s, about %s left", formatSize(uint64(ch.RateBytesPerS)), (time.Duration(ch.ETAS * float64(time.Second))).Round(time.Second))
-		}
 	case ch.Hydrating:
-		progress = fmt.Sprintf("%s hydrating, %s copied, SCL %d of %d", ch.Joining, formatSize(ch.BytesCopied), ch.JoiningSCL, ch.OfSCL)
+		progress = fmt.Sprintf("%s hydrating, %s, SCL %d of %d", ch.Joining, ch.hydrationReport, ch.JoiningSCL, ch.OfSCL)
 	case ch.JoiningEmpty:
 		progress = ch.Joining + " has nothing yet"
 	}
@@ -721,6 +747,11 @@ func printStatus(out io.Writer, rep *statusReport) {
 			fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\n", pg.ID, pg.MembershipEpoch, pgcl, strings.Join(segs, "  "))
 			if pg.Change != nil {
 				fmt.Fprintf(tw, "  \t\t\t%s\n", describeChange(pg.Change))
+			}
+			for _, s := range pg.Segments {
+				if s.Hydration != nil {
+					fmt.Fprintf(tw, "  \t\t\t%s rebuilt in place, hydrating: %s\n", s.Node, s.Hydration)
+				}
 			}
 			if pg.Waiting != "" {
 				fmt.Fprintf(tw, "  \t\t\t%s  <--\n", pg.Waiting)

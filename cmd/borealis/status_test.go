@@ -232,7 +232,7 @@ type fakeSCLs struct {
 
 func (f *fakeSCLs) SegmentInfo(_ context.Context, req *pb.SegmentInfoRequest) (*pb.SegmentInfoResponse, error) {
 	if f.hydrating {
-		return &pb.SegmentInfoResponse{Scl: f.scl[req.Pg], Hydrating: true, HydrateBytesCopied: 3 << 20, HydrateBytesTotal: 8 << 20}, nil
+		return &pb.SegmentInfoResponse{Scl: f.scl[req.Pg], Hydrating: true, HydrateBytesCopied: 3 << 20, HydrateBytesTotal: 8 << 20, HydrateRateBytesPerSecond: 1 << 20}, nil
 	}
 	return &pb.SegmentInfoResponse{Scl: f.scl[req.Pg]}, nil
 }
@@ -245,24 +245,23 @@ func (f *fakeSCLs) SegmentSCLs(context.Context, *pb.SegmentSCLsRequest) (*pb.Seg
 	return out, nil
 }
 
-// hydrationPace: the rate and time left of a copy, from bytes and time.
-func TestHydrationPace(t *testing.T) {
+// hydrationOf: a copy's progress from its node's answer, with the time
+// left at the node's rate.
+func TestHydrationOf(t *testing.T) {
 	for _, tc := range []struct {
-		copied, total uint64
-		since         time.Duration
-		rate          float64
-		eta           time.Duration
-		ok            bool
+		info *pb.SegmentInfoResponse
+		want hydrationReport
+		text string
 	}{
-		{0, 100, time.Second, 0, 0, false},
-		{10, 0, time.Second, 0, 0, false},
-		{10, 100, 0, 0, 0, false},
-		{25 << 20, 100 << 20, 5 * time.Second, 5 << 20, 15 * time.Second, true},
-		{100, 100, time.Second, 100, 0, true},
+		{&pb.SegmentInfoResponse{}, hydrationReport{}, "0B copied"},
+		{&pb.SegmentInfoResponse{HydrateBytesCopied: 2 << 20}, hydrationReport{BytesCopied: 2 << 20}, "2MiB copied"},
+		{&pb.SegmentInfoResponse{HydrateBytesCopied: 2 << 20, HydrateRateBytesPerSecond: 1 << 20}, hydrationReport{BytesCopied: 2 << 20, RateBytesPerS: 1 << 20}, "2MiB copied, 1MiB/s"},
+		{&pb.SegmentInfoResponse{HydrateBytesCopied: 3 << 20, HydrateBytesTotal: 8 << 20, HydrateRateBytesPerSecond: 1 << 20},
+			hydrationReport{BytesCopied: 3 << 20, BytesTotal: 8 << 20, RateBytesPerS: 1 << 20, ETAS: 5}, "3MiB of 8MiB copied, 1MiB/s, about 5s left"},
 	} {
-		rate, eta, ok := hydrationPace(tc.copied, tc.total, tc.since)
-		if ok != tc.ok || rate != tc.rate || eta != tc.eta {
-			t.Errorf("hydrationPace(%d, %d, %s) = %v, %s, %v; want %v, %s, %v", tc.copied, tc.total, tc.since, rate, eta, ok, tc.rate, tc.eta, tc.ok)
+		got := hydrationOf(tc.info)
+		if got != tc.want || got.String() != tc.text {
+			t.Errorf("hydrationOf(%v) = %+v %q, want %+v %q", tc.info, got, got, tc.want, tc.text)
 		}
 	}
 }
@@ -341,10 +340,11 @@ func TestStatusRepair(t *testing.T) {
 	if ch == nil || ch.Leaving != "s2" || ch.Joining != "s7" || ch.JoiningSCL != 40 || ch.OfSCL != 100 || len(ch.NextSegments) != 6 || ch.NextSegments[2].SCL != 100 || !ch.Hydrating || ch.BytesCopied != 3<<20 || ch.BytesTotal != 8<<20 {
 		t.Fatalf("PG 0's change: %+v", ch)
 	}
-	if ch.RateBytesPerS <= 0 || ch.ETAS <= 0 {
-		t.Fatalf("PG 0's change has no rate or ETA: %+v", ch)
+	if ch.RateBytesPerS != 1<<20 || ch.ETAS != 5 {
+		t.Fatalf("PG 0's change: rate %v, ETA %v s; want the node's 1MiB/s and 5 s left", ch.RateBytesPerS, ch.ETAS)
 	}
-	if p := v.PGs[2]; p.ID != 3 || !p.Segments[1].Hydrating || p.Segments[1].SCL != 10 || p.PGCLBound != "at_least" {
+	if p := v.PGs[2]; p.ID != 3 || !p.Segments[1].Hydrating || p.Segments[1].SCL != 10 || p.PGCLBound != "at_least" ||
+		p.Segments[1].Hydration == nil || p.Segments[1].Hydration.ETAS != 5 {
 		t.Fatalf("PG 3, rebuilt in place on s7: %+v", p)
 	}
 	if p := v.PGs[1]; p.WaitingForCapacityAZ != "a" || p.WaitingMember != "s2" || !strings.Contains(p.Waiting, "waiting for capacity in AZ a") {
@@ -354,14 +354,14 @@ func TestStatusRepair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"repair_after_ms":60000`, `"pgs_in_change":1`, `"pgs_waiting_for_capacity":1`, `"waiting_for_capacity_az":"a"`, `"joining":"s7"`, `"joining_scl":40`, `"pg_counts":{`, `"segments":2}`, `"hydrating":true`} {
+	for _, want := range []string{`"repair_after_ms":60000`, `"pgs_in_change":1`, `"pgs_waiting_for_capacity":1`, `"waiting_for_capacity_az":"a"`, `"joining":"s7"`, `"joining_scl":40`, `"pg_counts":{`, `"segments":2}`, `"hydrating":true`, `"hydration":{"bytes_copied":3145728`, `"rate_bytes_per_s":1048576,"eta_s":5`} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("JSON lacks %s: %s", want, b)
 		}
 	}
 	var text strings.Builder
 	printStatus(&text, rep)
-	for _, want := range []string{"moving s2 -> s7 (down", "s7 hydrating, 3MiB of 8MiB copied, SCL 40 of 100, ", "/s, about ", "waiting for capacity in AZ a", "1 PG(s) in a membership change, 1 waiting for capacity", "s7/a: 10 hydrating"} {
+	for _, want := range []string{"moving s2 -> s7 (down", "s7 hydrating, 3MiB of 8MiB copied, 1MiB/s, about 5s left, SCL 40 of 100", "s7 rebuilt in place, hydrating: 3MiB of 8MiB copied, 1MiB/s, about 5s left", "waiting for capacity in AZ a", "1 PG(s) in a membership change, 1 waiting for capacity", "s7/a: 10 hydrating"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text lacks %q:\n%s", want, text.String())
 		}

@@ -10,6 +10,7 @@ import (
 	"hash/crc32"
 	"io"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -552,6 +553,7 @@ func (n *Node) recopy(s *seg, why error) error {
 	n.log.Warn("hydration copies the pages again", "segment", s.key.String(), "scl", s.durableSCL.Load(), "reason", why)
 	s.hyd = st
 	s.hydCopied.Store(0)
+	s.hydRate.Store(0)
 	return why
 }
 
@@ -606,25 +608,37 @@ type progress struct {
 	logged time.Time
 }
 
+// note keeps the copy's rate on s (for SegmentInfo) after each chunk, and
+// logs a progress line every hydrateProgressEvery, and when forced.
 func (p *progress) note(n *Node, s *seg, copied, total uint64, force bool) {
 	now := time.Now()
+	rate, eta, ok := HydrationPace(copied-p.from, total-min(total, p.from), now.Sub(p.start))
+	s.hydRate.Store(math.Float64bits(rate))
 	if !force && now.Sub(p.logged) < hydrateProgressEvery {
 		return
 	}
 	p.logged = now
-	elapsed := now.Sub(p.start).Seconds()
-	rate := 0.0
-	if elapsed > 0 {
-		rate = float64(copied-p.from) / elapsed
-	}
-	eta := "unknown"
-	if rate > 0 && total > copied {
-		eta = time.Duration(float64(total-copied) / rate * float64(time.Second)).Round(time.Second).String()
-	} else if total <= copied {
-		eta = "0s"
+	etaText := "unknown"
+	if ok {
+		etaText = eta.Round(time.Second).String()
 	}
 	n.log.Info("hydration progress", "segment", s.key.String(), "source", s.hyd.Source, "bytes_copied", copied, "bytes_total", total,
-		"rate_bytes_per_second", int64(rate), "eta", eta)
+		"rate_bytes_per_second", int64(rate), "eta", etaText)
+}
+
+// HydrationPace is a copy's rate, copied bytes of total over elapsed, and
+// the time left at that rate; ok is false while it cannot be told (nothing
+// copied yet, no total, no time).
+func HydrationPace(copied, total uint64, elapsed time.Duration) (rate float64, eta time.Duration, ok bool) {
+	if copied == 0 || total == 0 || elapsed <= 0 {
+		return 0, 0, false
+	}
+	rate = float64(copied) / elapsed.Seconds()
+	left := float64(total) - float64(copied)
+	if left < 0 {
+		left = 0
+	}
+	return rate, time.Duration(left / rate * float64(time.Second)), true
 }
 
 // copyPages copies every page as of the source's base, chunk by chunk,

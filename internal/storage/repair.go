@@ -234,6 +234,7 @@ func (n *Node) rehydrate(s *seg, why error) error {
 	s.hydrating.Store(true)
 	s.hyd = st
 	s.hydCopied.Store(0)
+	s.hydRate.Store(0)
 	s.hydTotal.Store(0)
 	s.corruptCopy.Store(true)
 	n.stats.repairsStarted.Add(1)

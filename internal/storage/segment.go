@@ -91,6 +91,7 @@ type seg struct {
 	hyd       hydrateState
 	hydCopied atomic.Uint64
 	hydTotal  atomic.Uint64
+	hydRate   atomic.Uint64 // float64 bits: bytes per second of the copy under way
 
 	// want is the PG tail a recovery truncation named; while the SCL is
 	// below it the segment lacks records that exist, and gossip treats it

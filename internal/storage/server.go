@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"slices"
 
@@ -392,9 +393,10 @@ func (r *rpcServer) SegmentInfo(ctx context.Context, req *pb.SegmentInfoRequest)
 		Truncations:     TruncationsToPB(s.chain.State().Truncations),
 		Retired:         s.retired,
 
-		Hydrating:          s.hydrating.Load(),
-		HydrateBytesCopied: s.hydCopied.Load(),
-		HydrateBytesTotal:  s.hydTotal.Load(),
+		Hydrating:                 s.hydrating.Load(),
+		HydrateBytesCopied:        s.hydCopied.Load(),
+		HydrateBytesTotal:         s.hydTotal.Load(),
+		HydrateRateBytesPerSecond: math.Float64frombits(s.hydRate.Load()),
 	}
 	n.mu.Unlock()
 	resp.Records = n.countKeys(segPrefix(famChain, s.key.vol, s.key.pg))

@@ -90,6 +90,7 @@ func (n *Node) rehydrateIfStranded(s *seg) {
 	s.hydRecord = true
 	s.hyd = st
 	s.hydCopied.Store(0)
+	s.hydRate.Store(0)
 	s.hydTotal.Store(0)
 	s.hydrating.Store(true)
 	n.mu.Unlock()
