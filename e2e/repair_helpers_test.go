@@ -42,6 +42,20 @@ func startRepairCluster(t *testing.T, extra ...string) *repairCluster {
 	return rc
 }
 
+// startRepairLoad starts a repair cluster (with extra flags), fills the
+// volume with about fill bytes, and starts an insert load of clients,
+// returning once it has 20 acknowledged writes (before says when, for the
+// failure message).
+func startRepairLoad(t *testing.T, fill, clients int, before string, extra ...string) (*repairCluster, *txLoad) {
+	t.Helper()
+	rc := startRepairCluster(t, extra...)
+	txLoadTables(t, rc.writerAddr())
+	rc.fill(fill)
+	l := startTxLoad(t, rc.writerAddr(), clients)
+	l.waitAcks(t, 20, 30*time.Second, before)
+	return rc, l
+}
+
 // writerAddr is the writer's SQL endpoint.
 func (rc *repairCluster) writerAddr() string {
 	w, ok := rc.f.Find("writer")

@@ -21,16 +21,12 @@ import (
 // insert load runs. Every write succeeds throughout, no acknowledged one is
 // lost, and the database's integrity check passes.
 func TestRepairNodeKilledForGood(t *testing.T) {
-	rc := startRepairCluster(t)
-	txLoadTables(t, rc.writerAddr())
-	rc.fill(2 << 20)
+	rc, l := startRepairLoad(t, 2<<20, 4, "before the kill")
 	victim := "s1"
 	held := rc.holding(victim)
 	if len(held) < 2 {
 		t.Fatalf("%s holds %d PGs; the test needs a node with several", victim, len(held))
 	}
-	l := startTxLoad(t, rc.writerAddr(), 4)
-	l.waitAcks(t, 20, 30*time.Second, "before the kill")
 	rc.kill(victim)
 	took := rc.waitRepaired(3*time.Minute, victim)
 	t.Logf("%d PGs held by %s repaired %s after the kill", len(held), victim, took.Round(time.Millisecond))
@@ -101,11 +97,7 @@ func TestRepairEmptiedNodeRehydratesInPlace(t *testing.T) {
 // write quorum of its sets, and the volume ends whole with every segment
 // complete.
 func TestRepairFailedNodeReturnsMidway(t *testing.T) {
-	rc := startRepairCluster(t, "--repair-rate", "512KiB")
-	txLoadTables(t, rc.writerAddr())
-	rc.fill(4 << 20)
-	l := startTxLoad(t, rc.writerAddr(), 2)
-	l.waitAcks(t, 20, 30*time.Second, "before the kill")
+	rc, l := startRepairLoad(t, 4<<20, 2, "before the kill", "--repair-rate", "512KiB")
 	rc.kill("s1")
 	p := rc.changeOf("s1", time.Minute)
 	t.Logf("PG %d replaces s1 by %s; restarting s1", p.Pg, p.Change.Joining)
@@ -121,11 +113,7 @@ func TestRepairFailedNodeReturnsMidway(t *testing.T) {
 // spare in its AZ the PG waits, degraded but writable, and once the node is
 // back the repair resumes and completes.
 func TestRepairJoiningNodeKilledMidHydration(t *testing.T) {
-	rc := startRepairCluster(t, "--repair-rate", "512KiB")
-	txLoadTables(t, rc.writerAddr())
-	rc.fill(4 << 20)
-	l := startTxLoad(t, rc.writerAddr(), 2)
-	l.waitAcks(t, 20, 30*time.Second, "before the kill")
+	rc, l := startRepairLoad(t, 4<<20, 2, "before the kill", "--repair-rate", "512KiB")
 	rc.kill("s1")
 	p := rc.changeOf("s1", time.Minute)
 	g := p.Change.Joining
@@ -143,11 +131,7 @@ func TestRepairJoiningNodeKilledMidHydration(t *testing.T) {
 // too. Each PG is repaired one change at a time, and every PG ends whole
 // off both nodes; writes never fail.
 func TestRepairSecondFailureInSamePG(t *testing.T) {
-	rc := startRepairCluster(t, "--repair-rate", "1MiB")
-	txLoadTables(t, rc.writerAddr())
-	rc.fill(4 << 20)
-	l := startTxLoad(t, rc.writerAddr(), 2)
-	l.waitAcks(t, 20, 30*time.Second, "before the kill")
+	rc, l := startRepairLoad(t, 4<<20, 2, "before the kill", "--repair-rate", "1MiB")
 	rc.kill("s1")
 	p := rc.changeOf("s1", time.Minute)
 	var second string
@@ -169,11 +153,7 @@ func TestRepairSecondFailureInSamePG(t *testing.T) {
 // `borealis storage --control` join; the repairs waiting for capacity in c
 // use them, and every PG is whole again.
 func TestRepairAZLost(t *testing.T) {
-	rc := startRepairCluster(t)
-	txLoadTables(t, rc.writerAddr())
-	rc.fill(2 << 20)
-	l := startTxLoad(t, rc.writerAddr(), 2)
-	l.waitAcks(t, 20, 30*time.Second, "before the AZ is lost")
+	rc, l := startRepairLoad(t, 2<<20, 2, "before the AZ is lost")
 	lost := rc.nodesIn("c")
 	for _, id := range lost {
 		rc.kill(id)
@@ -201,11 +181,7 @@ func TestRepairAZLost(t *testing.T) {
 // stays healthy, until the joining one is complete. Once empty the node is
 // removed.
 func TestRepairNodeDrain(t *testing.T) {
-	rc := startRepairCluster(t)
-	txLoadTables(t, rc.writerAddr())
-	rc.fill(2 << 20)
-	l := startTxLoad(t, rc.writerAddr(), 2)
-	l.waitAcks(t, 20, 30*time.Second, "before the drain")
+	rc, l := startRepairLoad(t, 2<<20, 2, "before the drain")
 	if n := len(rc.holding("s1")); n == 0 {
 		t.Fatal("s1 holds nothing to drain")
 	}
