@@ -141,9 +141,6 @@ type Node struct {
 	repairs   chan corruptItem
 	repairMu  sync.Mutex
 	repairing map[corruptItem]bool
-	// hydrateChunkBytes is the chunk size hydrations ask for (0: the
-	// source's default).
-	hydrateChunkBytes uint32
 	// compactions queues the key ranges of dropped volumes for compactLoop.
 	compactions chan [2][]byte
 
