@@ -223,20 +223,10 @@ func (l *repairLoad) window(from, to time.Time) (lat []time.Duration, failed int
 	return lat, failed
 }
 
-// pctOf is percentile of sorted latencies, 0 for none.
-func pctOf(sorted []time.Duration, p int) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	return percentile(sorted, p)
-}
-
 // repairEnv is the benchmark's cluster.
 type repairEnv struct {
-	file     *cluster.File
-	ctl      pb.ControlClient
-	conns    map[string]*grpc.ClientConn
-	progress io.Writer
+	ctl   pb.ControlClient
+	conns map[string]*grpc.ClientConn
 }
 
 func (e *repairEnv) storage(addr string) (pb.StorageClient, error) {
@@ -292,7 +282,7 @@ func runRepairBench(ctx context.Context, o repairBenchOptions, size uint64, prog
 		return nil, err
 	}
 	defer conn.Close()
-	env := &repairEnv{file: f, ctl: pb.NewControlClient(conn), conns: map[string]*grpc.ClientConn{}, progress: progress}
+	env := &repairEnv{ctl: pb.NewControlClient(conn), conns: map[string]*grpc.ClientConn{}}
 	defer env.close()
 	db := &sqlclient.Client{Endpoint: "http://" + w.Addr}
 
@@ -410,8 +400,8 @@ func runRepairBench(ctx context.Context, o repairBenchOptions, size uint64, prog
 	during, failed := load.window(startedAt, doneAt)
 	rep.FailedCommits = failed
 	rep.CommitsBefore, rep.CommitsDuring = len(before), len(during)
-	rep.CommitP50BeforeMs, rep.CommitP99BeforeMs = ms(pctOf(before, 50)), ms(pctOf(before, 99))
-	rep.CommitP50DuringMs, rep.CommitP99DuringMs = ms(pctOf(during, 50)), ms(pctOf(during, 99))
+	rep.CommitP50BeforeMs, rep.CommitP99BeforeMs = ms(percentile(before, 50)), ms(percentile(before, 99))
+	rep.CommitP50DuringMs, rep.CommitP99DuringMs = ms(percentile(during, 50)), ms(percentile(during, 99))
 	if rep.CommitP99BeforeMs > 0 {
 		rep.P99Ratio = rep.CommitP99DuringMs / rep.CommitP99BeforeMs
 	}

@@ -551,8 +551,11 @@ func runSQLLevel(ctx context.Context, n int, d time.Duration, op func(ctx contex
 	return lat, elapsed, nil
 }
 
-// percentile of sorted latencies.
+// percentile of sorted latencies, 0 for none.
 func percentile(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
 	return sorted[min(len(sorted)-1, len(sorted)*p/100)]
 }
 
