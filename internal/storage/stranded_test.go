@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,4 +57,42 @@ func TestStrandedSegmentRehydrates(t *testing.T) {
 	samePages(t, a, b, w.last)
 	w.write(spec, 5, a, b, c)
 	wait.For(t, 10*time.Second, "s2 to take new writes", func() bool { return segInfo(t, b).Scl >= w.last })
+}
+
+// A stranded segment's rehydration survives a crash of its node: closed
+// after a few chunks, the node opens again, resumes the copy, and ends
+// complete with its peers' pages.
+func TestStrandedRehydrationResumesAfterARestart(t *testing.T) {
+	smallChunks(t)
+	a, b := newHydNode(t, "s1"), newHydNode(t, "s2")
+	w := &hydWriter{t: t}
+	spec := hydSpec(1, []*pb.Member{a.member(), b.member()})
+	w.write(spec, 40, a, b)
+	b.close()
+	for range 5 {
+		w.write(spec, 40, a)
+	}
+	waitCollectedTo(t, a, w.last)
+	b.open()
+	stopped := make(chan hydrateState)
+	var count atomic.Int32
+	bn := b.n
+	stored := func(_ *seg, st hydrateState) {
+		if count.Add(1) == 3 {
+			stopped <- st
+			<-bn.stop
+		}
+	}
+	b.n.hooks.hydrateStored.Store(&stored)
+	st := <-stopped
+	b.close()
+	if st.Cursor == 0 || st.PagesDone {
+		t.Fatalf("progress when s2 closed: %+v", st)
+	}
+	b.open()
+	wait.For(t, 60*time.Second, "s2 to resume its rehydration and be complete", func() bool {
+		in := segInfo(t, b)
+		return !in.Hydrating && in.Scl >= w.last
+	})
+	samePages(t, a, b, w.last)
 }
